@@ -1,0 +1,366 @@
+"""The ``llmdr`` command line. Each command loads the config, opens the regions it needs and calls one core
+function; errors print one line (or a few) and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+
+from . import __version__
+from .errors import LlmdrError
+
+app = typer.Typer(
+    name="llmdr",
+    help="Disaster recovery for LLM bundles: snapshot, replicate, verify, restore.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: ./llmdr.yaml or $LLMDR_CONFIG).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
+RegionOpt = Annotated[Optional[str], typer.Option("--region", "-r", help="Region name (default: the primary).")]
+
+
+class _State:
+    config_path: Path | None = None
+
+
+state = _State()
+
+
+@app.callback()
+def _root(
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"llmdr {__version__}")
+        raise typer.Exit(0)
+    state.config_path = config
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _cfg(config: Path | None = None):
+    from .config import load_config
+
+    return load_config(config or state.config_path)
+
+
+def _emit(as_json: bool, data: Any, text: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif text is not None:
+        typer.echo(text)
+
+
+def _progress(as_json: bool):
+    from .progress import NoProgress
+
+    if as_json or not sys.stderr.isatty():
+        return NoProgress()
+    return _RichProgress()
+
+
+class _RichProgress:
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        self._p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                           TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._task = None
+
+    def start(self, description: str, total_bytes: int) -> None:
+        self._p.start()
+        self._task = self._p.add_task(description, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        if self._task is not None:
+            self._p.advance(self._task, nbytes)
+
+    def finish(self) -> None:
+        self._p.stop()
+
+
+def _repo(cfg, region_name: str | None, *, read_only: bool = False):
+    from .repository import Repository
+    from .storage.factory import open_region
+
+    region = cfg.region(region_name)
+    return region, Repository(open_region(cfg, region, read_only=read_only), cache_dir=cfg.state_path / "cache")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# init ------------------------------------------------------------------------------------------------------------------
+@app.command()
+def init(
+    bundle_dir: Annotated[Path, typer.Argument(help="The model bundle folder to protect.")],
+    name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the folder name).")] = None,
+    config: Annotated[Path, typer.Option("--config", "-c", help="Where to write the config.")] = Path("llmdr.yaml"),
+    primary_port: Annotated[int, typer.Option(help="S3 port of the local primary region.")] = 18333,
+    secondary_port: Annotated[int, typer.Option(help="S3 port of the local secondary region.")] = 28333,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config file.")] = False,
+) -> None:
+    """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions."""
+    from .initconfig import render_config
+
+    if config.exists() and not force:
+        raise LlmdrError(f"{config} already exists; pass --force to overwrite it")
+    if not bundle_dir.is_dir():
+        raise LlmdrError(f"{bundle_dir} is not a folder; give the model bundle's folder")
+    text = render_config(bundle_dir, name=name, config_path=config, primary_port=primary_port,
+                         secondary_port=secondary_port)
+    from .config import parse_config
+
+    parse_config(text, source=config)  # never write a config llmdr itself would refuse
+    tmp = config.with_name(f".{config.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(config)
+    typer.echo(f"wrote {config}; next: `llmdr stack up` then `llmdr snapshot`")
+
+
+@app.command("sample-bundle")
+def sample_bundle(
+    target: Annotated[Path, typer.Argument(help="Folder to write the sample bundle into.")],
+    shards: Annotated[int, typer.Option(min=1, help="Number of safetensors shards.")] = 2,
+    shard_mb: Annotated[int, typer.Option(min=1, help="Size of each shard in MiB.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the tensor bytes.")] = 0,
+) -> None:
+    """Write a synthetic model bundle (safetensors shards, tokenizer, configs, templates) for trying llmdr."""
+    from .samples import MiB, write_sample_bundle
+
+    files = write_sample_bundle(target, shards=shards, shard_size=shard_mb * MiB, seed=seed)
+    typer.echo(f"wrote {len(files)} files into {target}")
+
+
+# stack -----------------------------------------------------------------------------------------------------------------
+def _status_table(rows) -> str:
+    out = [f"{'region':<12} {'state':<8} {'pid':>7}  {'endpoint':<24} {'auth':<5} detail"]
+    for s in rows:
+        state_txt = "healthy" if s.healthy else ("running" if s.running else "stopped")
+        auth = "on" if s.auth_enforced else ("OFF" if s.auth_enforced is False else "-")
+        out.append(f"{s.region:<12} {state_txt:<8} {s.pid or '-':>7}  {s.endpoint:<24} {auth:<5} {s.detail}")
+    return "\n".join(out)
+
+
+@stack_app.command("up")
+def stack_up(
+    region: Annotated[Optional[str], typer.Argument(help="Only this region (default: every local region).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the local S3 servers (idempotent), wait until they answer, create the buckets."""
+    from .stack import local_regions, start_region
+
+    cfg = _cfg()
+    rows = [start_region(cfg, r) for r in local_regions(cfg, region)]
+    _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+
+
+@stack_app.command("down")
+def stack_down(
+    region: Annotated[Optional[str], typer.Argument(help="Only this region, e.g. to simulate its outage.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the local S3 servers (by their PIDs). Data stays on disk."""
+    from .stack import local_regions, stop_region
+
+    cfg = _cfg()
+    rows = [stop_region(cfg, r) for r in local_regions(cfg, region)]
+    _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+
+
+@stack_app.command("status")
+def stack_status(
+    region: Annotated[Optional[str], typer.Argument(help="Only this region.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each local region: running, healthy (authenticated access works), auth enforced."""
+    from .stack import local_regions, region_status
+
+    cfg = _cfg()
+    rows = [region_status(cfg, r) for r in local_regions(cfg, region)]
+    _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+    if not all(s.healthy for s in rows):
+        raise typer.Exit(3)
+
+
+# snapshot / replicate / list / show / restore ----------------------------------------------------------------------------
+@app.command()
+def snapshot(
+    region: RegionOpt = None,
+    path: Annotated[Optional[Path], typer.Option(help="Snapshot this folder instead of bundle.path.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE label stored in the manifest (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take an incremental, deduplicated snapshot of the bundle into a region (default: the primary)."""
+    from .snapshot import take_snapshot
+    from .statcache import StatCache
+
+    cfg = _cfg()
+    reg, repo = _repo(cfg, region)
+    tags = {}
+    for t in tag or []:
+        k, sep, v = t.partition("=")
+        if not sep or not k:
+            raise LlmdrError(f"--tag {t!r}: write KEY=VALUE")
+        tags[k] = v
+    source = path or cfg.bundle_path
+    cache = StatCache(StatCache.for_source(cfg.state_path / "cache", source), _repo_chunker(repo))
+    res = take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
+                        max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=_progress(as_json),
+                        tags=tags)
+    rate = res.bytes_read / res.duration_s if res.duration_s else 0
+    _emit(as_json, res.to_json() | {"region": reg.name},
+          f"snapshot {res.snapshot_id[:12]} of '{cfg.bundle.name}' in {reg.name}: {res.files} files, "
+          f"{_human(res.bytes_total)} ({res.files_unchanged} unchanged files skipped), {_human(res.bytes_new)} new, "
+          f"{_human(res.bytes_deduplicated)} deduplicated, {res.duration_s:.2f}s ({_human(rate)}/s read)\n"
+          f"id: {res.snapshot_id}")
+
+
+def _repo_chunker(repo):
+    cfg = repo.load_config()
+    from .chunking import DEFAULT_CHUNKER
+
+    return cfg.chunker if cfg else DEFAULT_CHUNKER
+
+
+@app.command()
+def replicate(
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix, 'latest' or 'all'.")],
+    to: Annotated[str, typer.Option("--to", help="Destination region.")],
+    source: Annotated[Optional[str], typer.Option("--from", help="Source region (default: the primary).")] = None,
+    recheck: Annotated[bool, typer.Option(help="Compare chunks even when the snapshot is already there.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a snapshot to another region: missing chunks only, verified, manifest last (atomic)."""
+    from .replicate import replicate_snapshot
+
+    cfg = _cfg()
+    src_region, src = _repo(cfg, source, read_only=True)
+    dst_region, dst = _repo(cfg, to)
+    if src_region.name == dst_region.name:
+        raise LlmdrError(f"--from and --to are both '{src_region.name}'; name another region")
+    ids = src.snapshot_ids() if snapshot_ref == "all" else [src.resolve(snapshot_ref, bundle=cfg.bundle.name)]
+    results = []
+    for sid in ids:
+        res = replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=_progress(as_json),
+                                 recheck=recheck)
+        results.append(res)
+        if not as_json:
+            if res.already_present:
+                typer.echo(f"{sid[:12]}: already complete in {dst_region.name}")
+            else:
+                typer.echo(f"{sid[:12]}: {res.chunks_copied}/{res.chunks_total} chunks copied to {dst_region.name} "
+                           f"({_human(res.bytes_copied)} in {res.duration_s:.2f}s)")
+    if as_json:
+        _emit(True, [r.to_json() for r in results])
+
+
+@app.command()
+def snapshots(region: RegionOpt = None, as_json: JsonOpt = False) -> None:
+    """List the complete snapshots in a region, oldest first."""
+    cfg = _cfg()
+    reg, repo = _repo(cfg, region, read_only=True)
+    snaps = repo.snapshots()
+    rows = [{"id": s.id, "bundle": s.manifest.bundle, "created": s.manifest.created, "files": len(s.manifest.files),
+             "bytes": s.manifest.total_size, "new_bytes": s.manifest.stats.get("new_bytes"),
+             "parent": s.manifest.parent} for s in snaps]
+    lines = [f"{'id':<12}  {'created (UTC)':<20} {'bundle':<16} {'files':>5} {'size':>10} {'new':>10}"]
+    for r in rows:
+        lines.append(f"{r['id'][:12]}  {r['created'][:19].replace('T', ' '):<20} {r['bundle']:<16} {r['files']:>5} "
+                     f"{_human(r['bytes']):>10} {_human(r['new_bytes'] or 0):>10}")
+    if not rows:
+        lines.append(f"(no snapshots in region {reg.name})")
+    _emit(as_json, rows, "\n".join(lines))
+
+
+@app.command()
+def show(
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
+    region: RegionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one snapshot's manifest: files, sizes, digests, parent, times."""
+    cfg = _cfg()
+    reg, repo = _repo(cfg, region, read_only=True)
+    sid = repo.resolve(snapshot_ref)
+    m = repo.load_manifest(sid)
+    if as_json:
+        _emit(True, {"id": sid, "region": reg.name} | m.to_json())
+        return
+    lines = [f"snapshot  {sid}", f"region    {reg.name}", f"bundle    {m.bundle} ({m.kind})",
+             f"created   {m.created}  (started {m.started})", f"source    {m.host}:{m.source}",
+             f"parent    {m.parent or '-'}", f"tool      llmdr {m.tool_version}, {m.hash}, {m.chunker.name}",
+             f"size      {_human(m.total_size)} in {len(m.files)} files, {len(m.chunk_set())} distinct chunks",
+             "", f"{'mode':<5} {'size':>10}  {'digest':<12}  path"]
+    for f in m.files:
+        lines.append(f"{f.mode:04o}  {_human(f.size):>10}  {f.digest[:12]}  {f.path}")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def restore(
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
+    to: Annotated[Path, typer.Option("--to", help="Target folder (created if missing).")],
+    region: RegionOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Restore into a non-empty folder, overwriting the snapshot's files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a snapshot from a region into a folder, verifying every chunk; resumes an interrupted restore."""
+    from .restore import restore_snapshot
+
+    cfg = _cfg()
+    reg, repo = _repo(cfg, region, read_only=True)
+    sid = repo.resolve(snapshot_ref, bundle=cfg.bundle.name if snapshot_ref == "latest" else None)
+    res = restore_snapshot(repo, sid, to, force=force, workers=cfg.transfer.workers, durable=cfg.transfer.fsync,
+                           progress=_progress(as_json))
+    rate = res.bytes_downloaded / res.duration_s if res.duration_s else 0
+    _emit(as_json, res.to_json() | {"region": reg.name},
+          f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {_human(res.bytes_total)} "
+          f"({res.files_skipped} already in place), {res.duration_s:.2f}s ({_human(rate)}/s), every chunk verified")
+
+
+def main() -> None:
+    try:
+        rv = app(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; nothing partial is visible. Run the same command again to resume.", err=True)
+        sys.exit(130)
+    except LlmdrError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        typer.echo(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""``llmdr.yaml``: one typed model for the bundle, the regions and the objectives.
+
+Secrets are never in the file: a region names the environment variables (or the Prefect Secret block) its keys come
+from. Loading a bad file raises ``ConfigError`` naming the file, the key (with its line) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UsageError
+
+DEFAULT_CONFIG = "llmdr.yaml"
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+_SECRET_WORDS = ("secret", "password", "token", "access_key_id", "aws_access_key", "private_key")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90d', '4h', '15m', '30s', '1h30m' or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m and any(m.groups()):
+            d, h, mi, s = (int(g or 0) for g in m.groups())
+            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    raise ValueError(f"{value!r} is not a duration; write e.g. '5m', '15m', '4h', '90d' or '1h30m'")
+
+
+def format_duration(td: timedelta) -> str:
+    secs = int(td.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            parts.append(f"{secs // size}{unit}")
+            secs %= size
+    return "".join(parts) or "0s"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(_Model):
+    """Where a region's keys come from. Environment variables by default; or a Prefect Secret block holding
+    ``{"access_key_id": ..., "secret_access_key": ...}``."""
+
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+    session_token_env: str | None = None
+    prefect_secret_block: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Credentials":
+        env = self.access_key_env or self.secret_key_env
+        if self.prefect_secret_block and env:
+            raise ValueError("give either access_key_env/secret_key_env or prefect_secret_block, not both")
+        if not self.prefect_secret_block and not (self.access_key_env and self.secret_key_env):
+            raise ValueError("name both access_key_env and secret_key_env (environment variable names)")
+        for name in (self.access_key_env, self.secret_key_env, self.session_token_env):
+            if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return self
+
+
+class LocalServer(_Model):
+    """How ``llmdr stack`` runs this region on this machine (SeaweedFS ``weed mini`` on loopback)."""
+
+    enabled: bool = True
+    data_dir: str | None = None  # default: <state_dir>/stack/<region>
+
+
+class Region(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    role: Literal["primary", "secondary"]
+    endpoint: str | None = None  # None = AWS S3 in s3_region
+    s3_region: str = "us-east-1"
+    bucket: str
+    prefix: str = ""
+    credentials: Credentials
+    local: LocalServer | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlparse(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL like http://127.0.0.1:8333")
+        return v.rstrip("/")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        if not _BUCKET.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _local_needs_loopback(self) -> "Region":
+        if self.local is not None and self.local.enabled:
+            host = urlparse(self.endpoint or "").hostname
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError("local: is only for loopback endpoints such as http://127.0.0.1:8333")
+            if urlparse(self.endpoint or "").port is None:
+                raise ValueError("a local region's endpoint needs an explicit port")
+        return self
+
+    @property
+    def failure_domain(self) -> tuple[str, str]:
+        """What two regions must not share: the same endpoint and bucket is the same store."""
+        where = self.endpoint.lower() if self.endpoint else f"aws:{self.s3_region}"
+        return (where, self.bucket)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None and self.local.enabled
+
+    @property
+    def port(self) -> int:
+        port = urlparse(self.endpoint or "").port
+        if port is None:
+            raise UsageError(f"region {self.name} has no port in its endpoint")
+        return port
+
+
+class Bundle(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    path: str
+    # Typed components (weights, tokenizer, ...) and the completeness check come with the bundle spec;
+    # until then a component is a name -> list of glob patterns, recorded for documentation only.
+    components: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class Objectives(_Model):
+    rpo: timedelta = timedelta(minutes=5)
+    rto: timedelta = timedelta(minutes=15)
+    drill_interval: timedelta = timedelta(days=90)
+
+    @field_validator("rpo", "rto", "drill_interval", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class Transfer(_Model):
+    workers: int = Field(default=8, ge=1, le=256)
+    max_inflight_mb: int = Field(default=128, ge=16, le=65536)
+    fsync: bool = True
+
+
+class Config(_Model):
+    version: Literal[1] = 1
+    bundle: Bundle
+    regions: list[Region] = Field(min_length=2)
+    objectives: Objectives = Objectives()
+    transfer: Transfer = Transfer()
+    state_dir: str = ".llmdr"
+
+    # set by load_config, not read from the file
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+    @model_validator(mode="after")
+    def _regions_separate(self) -> "Config":
+        names = [r.name for r in self.regions]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"region names must be unique; {sorted(dup)} appears more than once")
+        primaries = [r for r in self.regions if r.role == "primary"]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one region must have role: primary (found {len(primaries)})")
+        primary = primaries[0]
+        for r in self.regions:
+            if r is primary:
+                continue
+            if r.failure_domain == primary.failure_domain:
+                raise ValueError(
+                    f"region '{r.name}' uses the same endpoint and bucket as the primary '{primary.name}' "
+                    f"({r.endpoint or 'AWS ' + r.s3_region}, {r.bucket}): a copy there would not survive the "
+                    "primary's loss. Point it at a separate server or region."
+                )
+            if r.endpoint is None and primary.endpoint is None and r.s3_region == primary.s3_region:
+                raise ValueError(
+                    f"region '{r.name}' is in the same AWS region ({r.s3_region}) as the primary: pick another "
+                    "s3_region for disaster recovery"
+                )
+        ports = [r.port for r in self.regions if r.is_local]
+        for p in ports:
+            if ports.count(p) > 1:
+                raise ValueError(f"two local regions use port {p}")
+        return self
+
+    @property
+    def primary(self) -> Region:
+        return next(r for r in self.regions if r.role == "primary")
+
+    @property
+    def secondaries(self) -> list[Region]:
+        return [r for r in self.regions if r.role == "secondary"]
+
+    def region(self, name: str | None) -> Region:
+        if name is None:
+            return self.primary
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise UsageError(f"no region named {name!r} in {self.source_file or DEFAULT_CONFIG}; "
+                         f"known regions: {', '.join(r.name for r in self.regions)}")
+
+    @property
+    def state_path(self) -> Path:
+        p = Path(self.state_dir)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def bundle_path(self) -> Path:
+        p = Path(self.bundle.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``)."""
+    p = Path(path or os.environ.get("LLMDR_CONFIG") or DEFAULT_CONFIG)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file. Create one with `llmdr init BUNDLE_DIR`, or pass --config PATH.")
+    text = p.read_text(encoding="utf-8")
+    return parse_config(text, source=p)
+
+
+def parse_config(text: str, *, source: Path) -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}{where}: not valid YAML ({problem})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with bundle:, regions: and objectives:, got {type(raw).__name__}")
+    _refuse_literal_secrets(raw, node, source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err["loc"]
+            dotted = _dotted(loc)
+            line = _line_of(node, loc)
+            at = f" (line {line})" if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; check its spelling against `llmdr init`'s commented example"
+            lines.append(f"  {dotted or '(top level)'}{at}: {msg}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+    cfg._base_dir = source.resolve().parent
+    cfg._source_file = source
+    return cfg
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == part:
+                    nxt = v
+                    best = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return best
+
+
+def _refuse_literal_secrets(raw: Any, node: yaml.Node, source: Path, path: tuple = ()) -> None:
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            key = str(k).lower()
+            if not key.endswith("_env") and not key.endswith("_block") and any(w in key for w in _SECRET_WORDS):
+                dotted = _dotted(path + (k,))
+                line = _line_of(node, path + (k,))
+                raise ConfigError(
+                    f"{source} (line {line}): {dotted}: literal secrets are not allowed in the config file. Put the "
+                    "value in an environment variable and name it, e.g. credentials: {access_key_env: "
+                    "LLMDR_PRIMARY_ACCESS_KEY_ID, secret_key_env: LLMDR_PRIMARY_SECRET_ACCESS_KEY}."
+                )
+            _refuse_literal_secrets(v, node, source, path + (k,))
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            _refuse_literal_secrets(v, node, source, path + (i,))

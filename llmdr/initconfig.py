@@ -1,0 +1,66 @@
+"""The commented ``llmdr.yaml`` that ``llmdr init`` writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMPLATE = """\
+# llmdr configuration: what to protect, where, and how fast it must come back.
+# Secrets never go in this file: each region names the environment variables its keys are read from.
+version: 1
+
+bundle:
+  name: {name}
+  # The model bundle folder (relative to this file): weights, tokenizer, configs, prompt templates...
+  path: {path}
+
+regions:
+  # Exactly one primary; every other region is a disaster-recovery copy. Two regions may not share a region
+  # name or an endpoint+bucket: a copy in the same store does not survive the loss of that store.
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:{pport}   # omit for AWS S3 and set s3_region instead
+    s3_region: us-east-1
+    bucket: llmdr-primary
+    credentials:
+      access_key_env: LLMDR_PRIMARY_ACCESS_KEY_ID
+      secret_key_env: LLMDR_PRIMARY_SECRET_ACCESS_KEY
+      # or: prefect_secret_block: llmdr-primary   (a Prefect Secret holding access_key_id/secret_access_key)
+    local: {{}}      # `llmdr stack up` runs this region on this machine (SeaweedFS, ports {pport}-{pport_end})
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:{sport}
+    s3_region: us-east-1
+    bucket: llmdr-secondary
+    credentials:
+      access_key_env: LLMDR_SECONDARY_ACCESS_KEY_ID
+      secret_key_env: LLMDR_SECONDARY_SECRET_ACCESS_KEY
+    local: {{}}      # ports {sport}-{sport_end}
+
+objectives:
+  rpo: 5m              # newest snapshot in the DR region may be at most this old
+  rto: 15m             # time allowed from outage to correct answers from the DR region
+  drill_interval: 90d  # a DR drill at least this often
+
+transfer:
+  workers: 8           # parallel chunk uploads/downloads
+  max_inflight_mb: 128 # memory bound for chunks in flight
+  fsync: true          # flush restored files to disk before renaming them into place
+
+# Local state (stat cache, manifest cache, the local stack's data and generated keys). Keep it out of git.
+state_dir: .llmdr
+"""
+
+
+def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, primary_port: int,
+                  secondary_port: int) -> str:
+    base = config_path.absolute().parent
+    try:
+        rel = os.path.relpath(bundle_dir.absolute(), base)
+    except ValueError:
+        rel = str(bundle_dir.absolute())
+    bundle_name = name or bundle_dir.absolute().name
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in bundle_name).strip("-._") or "bundle"
+    return TEMPLATE.format(name=safe, path=rel, pport=primary_port, pport_end=primary_port + 9,
+                           sport=secondary_port, sport_end=secondary_port + 9)

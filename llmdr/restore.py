@@ -1,0 +1,264 @@
+"""Restoring a snapshot into a folder: every chunk verified, every file written atomically, resumable.
+
+Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), chunks written
+at their offsets as they arrive from parallel downloads, each checked against its SHA-256 first. Mode and mtime are
+set, the data is flushed to disk, and only then is the file renamed into place: a reader never sees a half file.
+
+A marker (``.llmdr-restore.json``) names the snapshot while a restore is under way. Running the same restore again
+into that folder resumes it: files already in place whose content hashes to the manifest are kept, not downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IntegrityError, ObjectNotFound, TargetNotEmpty, UnsafePathError
+from .manifest import FileEntry, Manifest, check_relpath
+from .progress import NoProgress, Progress
+from .repository import Repository, chunk_key
+
+log = logging.getLogger(__name__)
+
+MARKER = ".llmdr-restore.json"
+TMP_SUFFIX = ".llmdr-tmp"
+
+
+@dataclass
+class RestoreResult:
+    snapshot_id: str
+    target: str
+    files: int = 0
+    files_skipped: int = 0
+    bytes_total: int = 0
+    bytes_downloaded: int = 0
+    duration_s: float = 0.0
+    location: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "target": self.target,
+            "files": self.files,
+            "files_skipped": self.files_skipped,
+            "bytes_total": self.bytes_total,
+            "bytes_downloaded": self.bytes_downloaded,
+            "duration_s": round(self.duration_s, 3),
+            "location": self.location,
+        }
+
+
+def safe_destination(root: Path, relpath: str) -> Path:
+    """The path ``relpath`` maps to under ``root``; refuses anything that resolves outside ``root``."""
+    check_relpath(relpath)
+    dest = root / relpath
+    parent = dest.parent.resolve()
+    if parent != root and root not in parent.parents:
+        raise UnsafePathError(
+            f"refusing to restore {relpath!r}: its folder resolves to {parent}, outside the target {root} "
+            "(a symlink in the target points out of it)"
+        )
+    return dest
+
+
+def file_matches(path: Path, entry: FileEntry) -> bool:
+    """True when ``path`` is a regular file holding exactly ``entry``'s bytes (checked chunk by chunk)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not os.path.isfile(path) or os.path.islink(path) or st.st_size != entry.size:
+        return False
+    with open(path, "rb", buffering=0) as fh:
+        for hexd, n in entry.chunks:
+            if hashlib.sha256(fh.read(n)).hexdigest() != hexd:
+                return False
+    return True
+
+
+class _FileJob:
+    """One file being assembled from chunks; the last chunk to land finalises it."""
+
+    def __init__(self, entry: FileEntry, dest: Path, durable: bool) -> None:
+        self.entry = entry
+        self.dest = dest
+        self.tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}")
+        self.durable = durable
+        self.remaining = len(entry.chunks)
+        self.lock = threading.Lock()
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, entry.size)
+
+    def write(self, offset: int, data: bytes) -> bool:
+        os.pwrite(self.fd, data, offset)
+        with self.lock:
+            self.remaining -= 1
+            return self.remaining == 0
+
+    def finalise(self) -> None:
+        try:
+            os.fchmod(self.fd, self.entry.mode)
+            if self.durable:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        if self.dest.is_dir() and not self.dest.is_symlink():
+            raise UnsafePathError(f"cannot restore file {self.entry.path!r}: a folder is in the way at {self.dest}")
+        os.replace(self.tmp, self.dest)
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def restore_snapshot(
+    repo: Repository,
+    snapshot_id: str,
+    target: Path,
+    *,
+    force: bool = False,
+    workers: int = 8,
+    durable: bool = True,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done."""
+    progress = progress or NoProgress()
+    t0 = time.perf_counter()
+    manifest = repo.load_manifest(snapshot_id)
+    target = target.absolute()
+    # Every path is checked before anything is written: a bad manifest writes nothing at all.
+    for entry in manifest.files:
+        check_relpath(entry.path)
+    _prepare_target(target, snapshot_id, force)
+    root = target.resolve()
+    marker = root / MARKER
+    marker.write_text(json.dumps({"snapshot": snapshot_id, "location": repo.location}))
+
+    res = RestoreResult(snapshot_id, str(root), location=repo.location)
+    res.files = len(manifest.files)
+    res.bytes_total = manifest.total_size
+    progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
+    jobs: list[_FileJob] = []
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-down") as pool:
+            window = threading.BoundedSemaphore(workers * 2)
+            futures: set[Future] = set()
+            failed = threading.Event()
+            for entry in manifest.files:
+                if failed.is_set():
+                    break
+                dest = safe_destination(root, entry.path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                safe_destination(root, entry.path)  # re-check now that the folders exist
+                if file_matches(dest, entry):
+                    if dest.stat().st_mtime_ns != entry.mtime_ns or (dest.stat().st_mode & 0o7777) != entry.mode:
+                        os.chmod(dest, entry.mode)
+                        os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+                    res.files_skipped += 1
+                    progress.advance(entry.size)
+                    continue
+                job = _FileJob(entry, dest, durable)
+                jobs.append(job)
+                if not entry.chunks:
+                    job.finalise()
+                    continue
+                offset = 0
+                for hexd, n in entry.chunks:
+                    window.acquire()
+                    if failed.is_set():
+                        window.release()
+                        break
+                    fut = pool.submit(_fetch, repo, job, hexd, n, offset, manifest, res, progress)
+                    fut.add_done_callback(lambda f: _release(f, window, failed))
+                    futures.add(fut)
+                    offset += n
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in done if f.exception() is not None]
+            if errors:
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                raise errors[0]  # type: ignore[misc]
+    except BaseException:
+        for job in jobs:
+            if job.fd >= 0 or job.tmp.exists():
+                job.abandon()
+        raise
+    finally:
+        progress.finish()
+    marker.unlink(missing_ok=True)
+    res.duration_s = time.perf_counter() - t0
+    log.info("restored %s into %s: %d files (%d kept), %d bytes downloaded in %.2fs", snapshot_id[:12], root,
+             res.files, res.files_skipped, res.bytes_downloaded, res.duration_s)
+    return res
+
+
+_bytes_lock = threading.Lock()
+
+
+def _release(fut: Future, window: threading.BoundedSemaphore, failed: threading.Event) -> None:
+    window.release()
+    if fut.cancelled() or fut.exception() is not None:
+        failed.set()
+
+
+def _fetch(repo: Repository, job: _FileJob, hexd: str, n: int, offset: int, manifest: Manifest,
+           res: RestoreResult, progress: Progress) -> None:
+    try:
+        data = repo.store.get(chunk_key(hexd))
+    except ObjectNotFound:
+        raise IntegrityError(
+            f"chunk {hexd[:12]} of {job.entry.path!r} is missing from {repo.location}; the snapshot there is "
+            "damaged. Restore from another region, or repair with `llmdr replicate` from a healthy one."
+        ) from None
+    if len(data) != n or hashlib.sha256(data).hexdigest() != hexd:
+        raise IntegrityError(
+            f"chunk {hexd[:12]} of {job.entry.path!r} (offset {offset}) is corrupt in {repo.location}: its bytes "
+            "do not hash to its id. Nothing was written for that file. Restore from another region, or repair "
+            "this one with `llmdr replicate` from a healthy copy."
+        )
+    last = job.write(offset, data)
+    with _bytes_lock:
+        res.bytes_downloaded += n
+    progress.advance(n)
+    if last:
+        job.finalise()
+
+
+def _prepare_target(target: Path, snapshot_id: str, force: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise TargetNotEmpty(f"restore target {target} exists and is not a folder")
+    if not target.exists():
+        target.mkdir(parents=True)
+        return
+    entries = [p for p in target.iterdir()]
+    if not entries:
+        return
+    marker = target / MARKER
+    if marker.exists():
+        try:
+            previous = json.loads(marker.read_text()).get("snapshot")
+        except ValueError:
+            previous = None
+        if previous == snapshot_id:
+            log.info("resuming the interrupted restore of %s into %s", snapshot_id[:12], target)
+            return
+    if not force:
+        raise TargetNotEmpty(
+            f"restore target {target} is not empty ({len(entries)} entries). Choose an empty folder, or pass --force "
+            "to overwrite the files the snapshot holds (other files are left alone)."
+        )

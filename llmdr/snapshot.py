@@ -1,0 +1,290 @@
+"""Taking a snapshot: walk the bundle, chunk and hash every changed file, upload only new chunks, write the manifest
+last.
+
+Memory stays bounded whatever the file sizes: files are streamed through the chunker, and chunk uploads in flight
+are capped by ``max_inflight_bytes``. Uploads run in parallel on a thread pool (boto3 and hashlib release the GIL).
+A failure anywhere stops the snapshot before its manifest is written, so no partial snapshot is ever visible;
+chunks already uploaded are reused by the next attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .chunking import Chunker
+from .errors import LlmdrError, UsageError
+from .manifest import FileEntry, Manifest, manifest_id, utc_now
+from .progress import NoProgress, Progress
+from .repository import Repository, chunk_key, manifest_key
+from .statcache import StatCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDES = (".llmdr", ".git", "__pycache__")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    relpath: str
+    abspath: Path
+    st: os.stat_result
+
+
+@dataclass
+class SnapshotResult:
+    snapshot_id: str
+    manifest: Manifest
+    files: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    files_unchanged: int = 0
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_new: int = 0
+    duration_s: float = 0.0
+    location: str = ""
+
+    @property
+    def bytes_deduplicated(self) -> int:
+        return self.bytes_total - self.bytes_new
+
+    def to_json(self) -> dict:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "bundle": self.manifest.bundle,
+            "parent": self.manifest.parent,
+            "created": self.manifest.created,
+            "files": self.files,
+            "files_unchanged": self.files_unchanged,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "bytes_new": self.bytes_new,
+            "bytes_deduplicated": self.bytes_deduplicated,
+            "chunks_total": self.chunks_total,
+            "chunks_new": self.chunks_new,
+            "duration_s": round(self.duration_s, 3),
+            "location": self.location,
+        }
+
+
+def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> list[SourceFile]:
+    """Regular files under ``root`` (symlinks to files are followed and stored as files), sorted by path."""
+    if not root.is_dir():
+        raise UsageError(f"bundle folder {root} does not exist or is not a folder; set bundle.path in llmdr.yaml")
+    out: list[SourceFile] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dst = os.stat(dirpath)
+        if (dst.st_dev, dst.st_ino) in seen_dirs:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen_dirs.add((dst.st_dev, dst.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if d not in excludes)
+        for name in filenames:
+            if name in excludes or name.endswith(".llmdr-tmp"):
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                log.warning("skipping %s: dangling symlink or removed during the scan", path)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("skipping %s: not a regular file", path)
+                continue
+            rel = path.relative_to(root).as_posix()
+            out.append(SourceFile(rel, path, st))
+    out.sort(key=lambda f: f.relpath)
+    return out
+
+
+@dataclass
+class _Uploads:
+    """Parallel chunk uploads with a cap on the bytes held in memory."""
+
+    repo: Repository
+    pool: ThreadPoolExecutor
+    max_inflight_bytes: int
+    progress: Progress
+    futures: set[Future] = field(default_factory=set)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _inflight: int = 0
+    _error: BaseException | None = None
+
+    def submit(self, hexd: str, digest: bytes, data: bytes) -> None:
+        n = len(data)
+        with self._cv:
+            while self._inflight and self._inflight + n > self.max_inflight_bytes and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            self._inflight += n
+        fut = self.pool.submit(self._put, hexd, digest, data)
+        self.futures.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _put(self, hexd: str, digest: bytes, data: bytes) -> None:
+        try:
+            self.repo.store.put(chunk_key(hexd), data, sha256=digest)
+        finally:
+            with self._cv:
+                self._inflight -= len(data)
+                self._cv.notify_all()
+
+    def _done(self, fut: Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            with self._cv:
+                if self._error is None:
+                    self._error = exc
+                self._cv.notify_all()
+
+    def finish(self) -> None:
+        done, _ = wait(self.futures, return_when=FIRST_EXCEPTION)
+        for fut in done:
+            if fut.exception() is not None:
+                for other in self.futures:
+                    other.cancel()
+                raise fut.exception()  # type: ignore[misc]
+        wait(self.futures)
+
+
+def take_snapshot(
+    repo: Repository,
+    source: Path,
+    *,
+    bundle: str,
+    stat_cache: StatCache | None = None,
+    workers: int = 8,
+    max_inflight_bytes: int = 128 * 1024 * 1024,
+    progress: Progress | None = None,
+    tags: dict[str, str] | None = None,
+    kind: str = "bundle",
+) -> SnapshotResult:
+    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics."""
+    progress = progress or NoProgress()
+    t0 = time.perf_counter()
+    started = utc_now()
+    source = source.resolve()
+    cfg = repo.ensure_config()
+    chunker = Chunker(cfg.chunker)
+    if stat_cache is not None and stat_cache.chunker != cfg.chunker:
+        stat_cache = StatCache(None, cfg.chunker)
+
+    files = scan_source(source)
+    present = repo.list_chunks()
+    parent = _newest(repo, bundle)
+    result_entries: list[FileEntry] = []
+    res = SnapshotResult(snapshot_id="", manifest=None, location=repo.location)  # type: ignore[arg-type]
+    scheduled: set[str] = set()
+    total = sum(f.st.st_size for f in files)
+    progress.start(f"snapshot {bundle}", total)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-up") as pool:
+        uploads = _Uploads(repo, pool, max_inflight_bytes, progress)
+        try:
+            for f in files:
+                cached = stat_cache.lookup(f.relpath, f.st) if stat_cache else None
+                if cached is not None and all(d in present for d, _ in cached):
+                    chunks = cached
+                    res.files_unchanged += 1
+                    progress.advance(f.st.st_size)
+                else:
+                    chunks = _chunk_file(f, chunker, present, scheduled, uploads, res, progress)
+                st_after = os.stat(f.abspath)
+                if st_after.st_mtime_ns != f.st.st_mtime_ns or st_after.st_size != f.st.st_size:
+                    raise LlmdrError(
+                        f"{f.abspath} changed while it was being snapshotted; nothing was written. Stop writers to "
+                        "the bundle (or snapshot a stable copy) and run the snapshot again."
+                    )
+                if stat_cache is not None:
+                    stat_cache.record(f.relpath, f.st, chunks)
+                result_entries.append(
+                    FileEntry(f.relpath, f.st.st_size, stat.S_IMODE(f.st.st_mode), f.st.st_mtime_ns, tuple(chunks))
+                )
+            uploads.finish()
+        except BaseException:
+            for fut in uploads.futures:
+                fut.cancel()
+            raise
+        finally:
+            progress.finish()
+
+    res.files = len(result_entries)
+    res.bytes_total = sum(e.size for e in result_entries)
+    res.chunks_total = sum(len(e.chunks) for e in result_entries)
+    res.duration_s = time.perf_counter() - t0
+    manifest = Manifest(
+        bundle=bundle,
+        kind=kind,
+        source=str(source),
+        host=socket.gethostname(),
+        started=started,
+        created=utc_now(),
+        tool_version=__version__,
+        chunker=cfg.chunker,
+        files=tuple(result_entries),
+        parent=parent,
+        tags=dict(tags or {}),
+        stats={
+            "files": res.files,
+            "bytes": res.bytes_total,
+            "chunks": res.chunks_total,
+            "new_chunks": res.chunks_new,
+            "new_bytes": res.bytes_new,
+            "files_unchanged": res.files_unchanged,
+        },
+    )
+    data = manifest.to_bytes()
+    sid = manifest_id(data)
+    # The manifest goes last: until this put returns, the snapshot does not exist.
+    import hashlib
+
+    repo.store.put(manifest_key(sid), data, sha256=hashlib.sha256(data).digest())
+    if stat_cache is not None:
+        stat_cache.save()
+    res.snapshot_id = sid
+    res.manifest = manifest
+    res.duration_s = time.perf_counter() - t0
+    log.info("snapshot %s of %s: %d files, %d bytes, %d new bytes in %.2fs", sid[:12], bundle, res.files,
+             res.bytes_total, res.bytes_new, res.duration_s)
+    return res
+
+
+def _chunk_file(
+    f: SourceFile,
+    chunker: Chunker,
+    present: dict[str, int],
+    scheduled: set[str],
+    uploads: _Uploads,
+    res: SnapshotResult,
+    progress: Progress,
+) -> list[tuple[str, int]]:
+    chunks: list[tuple[str, int]] = []
+    with open(f.abspath, "rb", buffering=0) as fh:
+        for c in chunker.chunks(fh):
+            hexd = c.digest.hex()
+            n = len(c.data)
+            chunks.append((hexd, n))
+            res.bytes_read += n
+            if hexd not in present and hexd not in scheduled:
+                scheduled.add(hexd)
+                res.chunks_new += 1
+                res.bytes_new += n
+                uploads.submit(hexd, c.digest, bytes(c.data))
+            progress.advance(n)
+    return chunks
+
+
+def _newest(repo: Repository, bundle: str) -> str | None:
+    snaps = repo.snapshots(bundle=bundle)
+    return snaps[-1].id if snaps else None

@@ -1,0 +1,60 @@
+"""The one storage interface llmdr needs, and the guarantees every adapter must give.
+
+Everything llmdr keeps in a region (chunks, manifests, the repository config) goes through ``BlobStore``. Retries,
+read-only mode and fault injection are wrappers around it (``retrying.py``, ``readonly.py``, ``faulty.py``), never
+subclasses, so each adapter stays small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    key: str
+    size: int
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """A flat namespace of immutable-by-convention blobs addressed by ``/``-separated keys.
+
+    Guarantees every adapter gives (checked by ``tests/test_store_contract.py`` against each one):
+
+    - **Atomic put**: after ``put`` returns, readers see the whole new value; a failed or interrupted ``put`` leaves
+      either the old value or nothing, never a prefix. ``put`` of the same key and bytes is idempotent.
+    - **Verified put**: when ``sha256`` (32 raw bytes) is given, the store rejects the write with ``IntegrityError``
+      unless the bytes it received hash to it (S3 does this server-side with the ``x-amz-checksum-sha256`` header).
+    - **Read-after-write**: ``get``/``head``/``list`` see a completed ``put`` at once; ``delete`` likewise.
+    - **Typed errors**: a missing key raises ``ObjectNotFound``; a missing bucket ``BucketNotFound``; bad
+      credentials ``AccessDenied``; a fault that may pass ``TransientStorageError``. Adapters map their client's
+      errors to these and to nothing else.
+    - ``get`` with ``start``/``length`` returns exactly that byte range (shorter only at the end of the blob).
+    - ``list`` yields every key under the prefix, in lexicographic order, each once.
+    - ``delete`` is idempotent: deleting a missing key is not an error.
+
+    Adapters are safe to call from several threads at once.
+    """
+
+    location: str
+    """Where the blobs live, for messages (e.g. ``s3://bucket/prefix at http://127.0.0.1:8333``). No secrets."""
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None: ...
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes: ...
+
+    def head(self, key: str) -> BlobInfo: ...
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that no adapter can store the same way (empty, leading slash, ``..`` segments)."""
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise ValueError(f"invalid blob key {key!r}: use non-empty '/'-separated segments without '.' or '..'")
+    return key

@@ -1,0 +1,58 @@
+"""An in-process BlobStore: fast, exact, for unit tests and dry runs."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import threading
+from collections.abc import Iterator
+
+from ..errors import IntegrityError, ObjectNotFound
+from .base import BlobInfo, check_key
+
+
+class MemoryStore:
+    def __init__(self, name: str = "memory") -> None:
+        self.location = f"memory://{name}"
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+        check_key(key)
+        value = bytes(data)
+        if sha256 is not None and hashlib.sha256(value).digest() != sha256:
+            raise IntegrityError(f"{self.location}/{key}: the bytes sent do not match the SHA-256 given; nothing was written")
+        with self._lock:
+            self._blobs[key] = value
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+        with self._lock:
+            try:
+                value = self._blobs[key]
+            except KeyError:
+                raise ObjectNotFound(f"{self.location}/{key} does not exist") from None
+        end = len(value) if length is None else start + length
+        return value[start:end]
+
+    def head(self, key: str) -> BlobInfo:
+        with self._lock:
+            try:
+                return BlobInfo(key, len(self._blobs[key]))
+            except KeyError:
+                raise ObjectNotFound(f"{self.location}/{key} does not exist") from None
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        with self._lock:
+            keys = sorted(k for k in self._blobs if k.startswith(prefix))
+            infos = [BlobInfo(k, len(self._blobs[k])) for k in keys]
+        yield from infos
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    # test helpers -------------------------------------------------------------------------------------------------
+    def corrupt(self, key: str, data: bytes) -> None:
+        """Overwrite a blob without any check, as bit rot or a bad disk would."""
+        with self._lock:
+            self._blobs[key] = data

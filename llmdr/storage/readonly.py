@@ -1,0 +1,32 @@
+"""Read-only wrapper: lets verification and restore run with no way to change a region."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import ReadOnlyStoreError
+from .base import BlobInfo, BlobStore
+
+
+class ReadOnlyStore:
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def _refuse(self, op: str, key: str) -> None:
+        raise ReadOnlyStoreError(f"{op} {key!r} refused: {self.location} is opened read-only")
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+        self._refuse("put", key)
+
+    def delete(self, key: str) -> None:
+        self._refuse("delete", key)
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+        return self.inner.get(key, start=start, length=length)
+
+    def head(self, key: str) -> BlobInfo:
+        return self.inner.head(key)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.inner.list(prefix)

@@ -1,0 +1,225 @@
+"""S3 adapter (boto3): AWS, SeaweedFS, MinIO, any S3-compatible endpoint.
+
+botocore's own retries are off (``max_attempts=1``): the single retry layer is ``RetryingStore``. botocore errors
+are mapped to llmdr's typed errors here and nowhere else. Writes send ``x-amz-checksum-sha256`` when the caller
+knows the digest, so the server itself refuses bytes that were damaged on the way.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import AccessDenied, BucketNotFound, IntegrityError, ObjectNotFound, StorageError, TransientStorageError
+from .base import BlobInfo, check_key
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
+           "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_INTEGRITY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+              "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted"}
+
+
+class S3Store:
+    """One bucket (and optional key prefix) of an S3-compatible service."""
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        endpoint_url: str | None,
+        access_key_id: str,
+        secret_access_key: str,
+        region_name: str = "us-east-1",
+        prefix: str = "",
+        session_token: str | None = None,
+        max_pool_connections: int = 32,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        name: str = "",
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint_url = endpoint_url
+        where = endpoint_url or f"AWS {region_name}"
+        label = f"region '{name}' " if name else ""
+        self.location = f"{label}s3://{bucket}/{self.prefix} at {where}"
+        config = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
+            # llmdr hashes every byte itself (SHA-256 content ids); skip botocore's second pass of CRC32s.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+            region_name=region_name,
+            config=config,
+        )
+
+    # mapping --------------------------------------------------------------------------------------------------------
+    def _map(self, exc: Exception, op: str, key: str | None) -> Exception:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+            ConnectTimeoutError,
+        )
+
+        what = f"{op} {key!r} in {self.location}" if key else f"{op} in {self.location}"
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            msg = err.get("Message", "")
+            if code == "NoSuchBucket":
+                return BucketNotFound(
+                    f"bucket '{self.bucket}' does not exist at {self.endpoint_url or 'AWS'} ({what}). Create it, "
+                    "or for the local stack run `llmdr stack up`."
+                )
+            if code in _NOT_FOUND:
+                return ObjectNotFound(f"{what}: not found")
+            if code in _DENIED or status == 403:
+                return AccessDenied(
+                    f"{what}: access denied ({code}{': ' + msg if msg else ''}). Check the credentials this region "
+                    "reads (the environment variables named under credentials: in llmdr.yaml) and their permissions."
+                )
+            if code in _INTEGRITY:
+                return IntegrityError(f"{what}: the server rejected the bytes as damaged in transit ({code}); nothing was written")
+            if code in _TRANSIENT or (status is not None and status >= 500):
+                return TransientStorageError(f"{what}: server fault {code or status} ({msg})")
+            if code == "PreconditionFailed":
+                return StorageError(f"{what}: precondition failed ({msg})")
+            return StorageError(f"{what}: {code or status} {msg}".strip())
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+            return TransientStorageError(
+                f"{what}: cannot connect to {self.endpoint_url or 'AWS'}. Is the server up? For the local stack: "
+                "`llmdr stack status`."
+            )
+        if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
+            return TransientStorageError(f"{what}: connection lost or timed out ({exc})")
+        if isinstance(exc, NoCredentialsError):
+            return AccessDenied(f"{what}: no credentials found for this region")
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return TransientStorageError(f"{what}: {exc}")
+        from botocore.exceptions import BotoCoreError
+
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"{what}: {exc}")
+        return exc
+
+    def _k(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    # BlobStore ------------------------------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key), "Body": bytes(data) if isinstance(data, memoryview) else data}
+        if sha256 is not None:
+            args["ChecksumSHA256"] = base64.b64encode(sha256).decode("ascii")
+        try:
+            self._client.put_object(**args)
+        except Exception as exc:
+            raise self._map(exc, "put", key) from exc
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
+        if start or length is not None:
+            if length == 0:
+                return b""
+            end = "" if length is None else str(start + length - 1)
+            args["Range"] = f"bytes={start}-{end}"
+        try:
+            resp = self._client.get_object(**args)
+            return resp["Body"].read()
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            raise self._map(exc, "get", key) from exc
+
+    def head(self, key: str) -> BlobInfo:
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except Exception as exc:
+            mapped = self._map(exc, "head", key)
+            if isinstance(mapped, ObjectNotFound):
+                self._check_bucket()
+            raise mapped from exc
+        return BlobInfo(key, int(resp["ContentLength"]))
+
+    def _check_bucket(self) -> None:
+        """HEAD answers a bare 404 for a missing bucket too; tell the two apart."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            mapped = self._map(exc, "head bucket", None)
+            if isinstance(mapped, ObjectNotFound):
+                raise BucketNotFound(
+                    f"bucket '{self.bucket}' does not exist at {self.endpoint_url or 'AWS'}. Create it, or for the "
+                    "local stack run `llmdr stack up`."
+                ) from exc
+            raise mapped from exc
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        token: str | None = None
+        full = self.prefix + prefix
+        cut = len(self.prefix)
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
+            if token:
+                args["ContinuationToken"] = token
+            try:
+                resp = self._client.list_objects_v2(**args)
+            except Exception as exc:
+                raise self._map(exc, "list", prefix or "/") from exc
+            for obj in resp.get("Contents", []):
+                yield BlobInfo(obj["Key"][cut:], int(obj["Size"]))
+            if not resp.get("IsTruncated"):
+                return
+            token = resp.get("NextContinuationToken")
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        except Exception as exc:
+            mapped = self._map(exc, "delete", key)
+            if isinstance(mapped, ObjectNotFound):
+                return
+            raise mapped from exc
+
+    # administration (used by the local stack and by checks) -----------------------------------------------------------
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it is missing. Returns True when it was created."""
+        try:
+            self._check_bucket()
+            return False
+        except BucketNotFound:
+            pass
+        try:
+            self._client.create_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._map(exc, "create bucket", None) from exc
+        return True
+
+    def check_access(self) -> None:
+        """Fail fast, with a clear error, when the endpoint is unreachable, the bucket missing or the keys wrong."""
+        try:
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:
+            raise self._map(exc, "list", None) from exc
