@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from . import __version__
 from .errors import LlmdrError
@@ -38,15 +38,19 @@ class _State:
 state = _State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmdr {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                                          is_eager=True)] = False,
 ) -> None:
-    if version:
-        typer.echo(f"llmdr {__version__}")
-        raise typer.Exit(0)
     state.config_path = config
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -117,7 +121,7 @@ def init(
     name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the folder name).")] = None,
     config: Annotated[Path, typer.Option("--config", "-c", help="Where to write the config.")] = Path("llmdr.yaml"),
     primary_port: Annotated[int, typer.Option(help="S3 port of the local primary region.")] = 18333,
-    secondary_port: Annotated[int, typer.Option(help="S3 port of the local secondary region.")] = 28333,
+    secondary_port: Annotated[int, typer.Option(help="S3 port of the local secondary region.")] = 18433,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config file.")] = False,
 ) -> None:
     """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions."""
@@ -342,12 +346,16 @@ def restore(
 def main() -> None:
     try:
         rv = app(standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except TyperException as e:  # usage errors: missing argument, bad option...
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -131,6 +131,13 @@ class Region(_Model):
         return self.local is not None and self.local.enabled
 
     @property
+    def local_ports(self) -> list[int]:
+        """Ports the local stack binds for this region: the endpoint port to +8, and +10008 (weed mini's worker
+        reaches the admin gRPC port at admin HTTP port + 10000, so that one is fixed)."""
+        p = self.port
+        return [*range(p, p + 9), p + 8 + 10000]
+
+    @property
     def port(self) -> int:
         port = urlparse(self.endpoint or "").port
         if port is None:
@@ -207,10 +214,15 @@ class Config(_Model):
                     f"region '{r.name}' is in the same AWS region ({r.s3_region}) as the primary: pick another "
                     "s3_region for disaster recovery"
                 )
-        ports = [r.port for r in self.regions if r.is_local]
-        for p in ports:
-            if ports.count(p) > 1:
-                raise ValueError(f"two local regions use port {p}")
+        used: dict[int, str] = {}
+        for r in self.regions:
+            if not r.is_local:
+                continue
+            for p in r.local_ports:
+                if p in used:
+                    raise ValueError(f"local regions '{used[p]}' and '{r.name}' both need port {p}; a local region "
+                                     "uses its endpoint port to +8 and +10008: move one endpoint port")
+                used[p] = r.name
         return self
 
     @property

@@ -27,7 +27,7 @@ regions:
       access_key_env: LLMDR_PRIMARY_ACCESS_KEY_ID
       secret_key_env: LLMDR_PRIMARY_SECRET_ACCESS_KEY
       # or: prefect_secret_block: llmdr-primary   (a Prefect Secret holding access_key_id/secret_access_key)
-    local: {{}}      # `llmdr stack up` runs this region on this machine (SeaweedFS, ports {pport}-{pport_end})
+    local: {{}}      # `llmdr stack up` runs this region on this machine (SeaweedFS, ports {pport}-{pport_end} and {pport_admin})
   - name: secondary
     role: secondary
     endpoint: http://127.0.0.1:{sport}
@@ -36,7 +36,7 @@ regions:
     credentials:
       access_key_env: LLMDR_SECONDARY_ACCESS_KEY_ID
       secret_key_env: LLMDR_SECONDARY_SECRET_ACCESS_KEY
-    local: {{}}      # ports {sport}-{sport_end}
+    local: {{}}      # ports {sport}-{sport_end} and {sport_admin}
 
 objectives:
   rpo: 5m              # newest snapshot in the DR region may be at most this old
@@ -62,5 +62,5 @@ def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, prim
         rel = str(bundle_dir.absolute())
     bundle_name = name or bundle_dir.absolute().name
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in bundle_name).strip("-._") or "bundle"
-    return TEMPLATE.format(name=safe, path=rel, pport=primary_port, pport_end=primary_port + 9,
-                           sport=secondary_port, sport_end=secondary_port + 9)
+    return TEMPLATE.format(name=safe, path=rel, pport=primary_port, pport_end=primary_port + 8, pport_admin=primary_port + 10008,
+                           sport=secondary_port, sport_end=secondary_port + 8, sport_admin=secondary_port + 10008)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -154,7 +155,7 @@ def check_relpath(path: Any) -> str:
         raise UnsafePathError(f"manifest path {path!r} is empty or not text")
     if "\x00" in path or "\\" in path:
         raise UnsafePathError(f"manifest path {path!r} contains a NUL or backslash")
-    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+    if path.startswith("/") or re.match(r"[A-Za-z]:", path):  # POSIX or Windows-drive absolute
         raise UnsafePathError(f"manifest path {path!r} is absolute; refusing to restore outside the target")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(path) != path:

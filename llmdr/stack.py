@@ -29,7 +29,9 @@ from .errors import LlmdrError, StackError
 
 log = logging.getLogger(__name__)
 
-PORTS_PER_REGION = 10
+# weed mini's embedded maintenance worker dials the admin server at "admin HTTP port + 10000", whatever
+# -admin.port.grpc says; so the admin gRPC port must be exactly that, or the worker reaches another region's server.
+ADMIN_GRPC_OFFSET = 10000
 
 
 @dataclass
@@ -141,7 +143,7 @@ def _weed_args(r: Region, rdir: Path) -> list[str]:
         f"-s3.port={p}", f"-master.port={p + 1}", f"-master.port.grpc={p + 2}",
         f"-volume.port={p + 3}", f"-volume.port.grpc={p + 4}",
         f"-filer.port={p + 5}", f"-filer.port.grpc={p + 6}", f"-s3.port.grpc={p + 7}",
-        f"-admin.port={p + 8}", f"-admin.port.grpc={p + 9}", "-admin.ui=false",
+        f"-admin.port={p + 8}", f"-admin.port.grpc={p + 8 + ADMIN_GRPC_OFFSET}", "-admin.ui=false",
         "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", "-master.resumeState=false",
         "-s3.autoCreateBucket=false",
@@ -159,11 +161,12 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
     keys = resolve_keys(cfg, r)
     pid = _read_pid(cfg, r)
     if pid is None:
-        for port in range(r.port, r.port + PORTS_PER_REGION):
+        for port in r.local_ports:
             if _port_open(port):
                 raise StackError(
                     f"region '{r.name}': port {port} on 127.0.0.1 is already in use by another process. A local "
-                    f"region uses ports {r.port}-{r.port + PORTS_PER_REGION - 1}; change its endpoint port in the config."
+                    f"region uses ports {r.port}-{r.port + 8} and {r.port + 8 + ADMIN_GRPC_OFFSET}; "
+                    "change its endpoint port in the config."
                 )
         (rdir / "data").mkdir(parents=True, exist_ok=True)
         s3cfg = {"identities": [{"name": "llmdr", "credentials": [

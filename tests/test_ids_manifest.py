@@ -1,0 +1,105 @@
+import hashlib
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from llmdr.chunking import DEFAULT_CHUNKER
+from llmdr.errors import IntegrityError, UnsafePathError
+from llmdr.ids import Digest
+from llmdr.manifest import FileEntry, Manifest, check_relpath, manifest_id
+from llmdr.repository import chunk_key, key_to_chunk
+
+hexdigests = st.binary(min_size=32, max_size=32).map(lambda b: b.hex())
+seg = st.text(alphabet=st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1,
+              max_size=12).filter(lambda s: s not in (".", ".."))
+relpaths = st.lists(seg, min_size=1, max_size=4).map("/".join).filter(lambda p: not (p[:1].isalpha() and p[1:2] == ":"))
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_digest_parse_str_round_trip(raw):
+    d = Digest(raw)
+    assert Digest.parse(str(d)) == d
+    assert d.short == str(d)[:12]
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "G" * 64, "A" * 64, "0" * 63, "0" * 65])
+def test_digest_parse_rejects(bad):
+    with pytest.raises(ValueError):
+        Digest.parse(bad)
+
+
+@given(hexdigests)
+def test_chunk_key_round_trip(h):
+    assert key_to_chunk(chunk_key(h)) == h
+
+
+def test_key_to_chunk_rejects_other_keys():
+    h = "ab" + "0" * 62
+    assert key_to_chunk(f"chunks/cd/{h}") is None
+    assert key_to_chunk(f"snapshots/{h}.json") is None
+
+
+@st.composite
+def manifests(draw):
+    paths = draw(st.lists(relpaths, min_size=0, max_size=6, unique=True))
+    files = []
+    for p in paths:
+        chunks = tuple(draw(st.lists(st.tuples(hexdigests, st.integers(0, 2**40)), max_size=4)))
+        files.append(FileEntry(p, sum(n for _, n in chunks), draw(st.integers(0, 0o7777)),
+                               draw(st.integers(0, 2**62)), chunks))
+    return Manifest(bundle="b", source="/src", host="h", started="2026-01-01T00:00:00.000000Z",
+                    created="2026-01-01T00:00:01.000000Z", tool_version="0.1.0", chunker=DEFAULT_CHUNKER,
+                    files=tuple(files), parent=draw(st.none() | hexdigests),
+                    tags=draw(st.dictionaries(seg, seg, max_size=3)), stats={"files": len(files)})
+
+
+@given(manifests())
+def test_manifest_serialise_parse_round_trip(m):
+    data = m.to_bytes()
+    back = Manifest.from_bytes(data, expect_id=manifest_id(data))
+    assert back.to_bytes() == data
+    assert back.files == tuple(sorted(m.files, key=lambda f: f.path))
+
+
+@given(manifests())
+def test_manifest_bytes_are_deterministic_whatever_the_file_order(m):
+    reversed_m = Manifest(**{**{k: getattr(m, k) for k in m.__dataclass_fields__}, "files": tuple(reversed(m.files))})
+    assert reversed_m.to_bytes() == m.to_bytes()
+    json.loads(m.to_bytes())  # plain JSON
+
+
+def test_manifest_tamper_detected():
+    m = Manifest(bundle="b", source="/s", host="h", started="2026-01-01T00:00:00.000000Z",
+                 created="2026-01-01T00:00:00.000000Z", tool_version="x", chunker=DEFAULT_CHUNKER, files=())
+    data = m.to_bytes()
+    sid = manifest_id(data)
+    with pytest.raises(IntegrityError, match="damaged"):
+        Manifest.from_bytes(data.replace(b'"b"', b'"c"'), expect_id=sid)
+
+
+def test_manifest_rejects_sizes_that_do_not_add_up():
+    m = Manifest(bundle="b", source="/s", host="h", started="2026-01-01T00:00:00.000000Z",
+                 created="2026-01-01T00:00:00.000000Z", tool_version="x", chunker=DEFAULT_CHUNKER,
+                 files=(FileEntry("a", 5, 0o644, 0, (("0" * 64, 4),)),))
+    with pytest.raises(IntegrityError, match="do not add up"):
+        Manifest.from_bytes(m.to_bytes())
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "", "a\\b", "C:/x",
+                                 "a\x00b", "a/"])
+def test_unsafe_paths_refused(bad):
+    with pytest.raises(UnsafePathError):
+        check_relpath(bad)
+
+
+@given(relpaths)
+def test_plain_relative_paths_accepted(p):
+    assert check_relpath(p) == p
+
+
+def test_file_digest_depends_on_content_and_order():
+    a, b = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()
+    f1 = FileEntry("x", 2, 0o644, 0, ((a, 1), (b, 1)))
+    f2 = FileEntry("x", 2, 0o644, 0, ((b, 1), (a, 1)))
+    assert f1.digest != f2.digest

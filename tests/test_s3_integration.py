@@ -1,0 +1,173 @@
+"""Against real SeaweedFS servers: the data path end to end, and the ways it must fail clearly."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_config, read_tree
+from llmdr.errors import AccessDenied, BucketNotFound, IntegrityError, TransientStorageError
+from llmdr.repository import Repository, chunk_key
+from llmdr.replicate import replicate_snapshot
+from llmdr.restore import restore_snapshot
+from llmdr.samples import MiB, write_sample_bundle
+from llmdr.snapshot import take_snapshot
+from llmdr.stack import region_status, start_region
+from llmdr.storage.factory import open_region
+from llmdr.storage.s3 import S3Store
+
+LLMDR = [sys.executable, "-m", "llmdr.cli"]
+
+
+def repo_of(cfg, region):
+    return Repository(open_region(cfg, region))
+
+
+def test_snapshot_replicate_restore_from_secondary(region_config, tmp_path):
+    cfg = region_config
+    bundle = tmp_path / "bundle"
+    write_sample_bundle(bundle, shards=2, shard_size=3 * MiB)
+    p, s = repo_of(cfg, cfg.primary), repo_of(cfg, cfg.secondaries[0])
+    snap = take_snapshot(p, bundle, bundle="b", workers=4)
+    rep = replicate_snapshot(p, s, snap.snapshot_id, workers=4)
+    assert rep.chunks_copied == len(snap.manifest.chunk_set())
+    assert s.snapshot_ids() == [snap.snapshot_id]
+    out = tmp_path / "out"
+    restore_snapshot(s, snap.snapshot_id, out, durable=True)
+    assert read_tree(out) == read_tree(bundle)
+
+
+def test_stack_is_idempotent_and_enforces_auth(stack):
+    r = stack.primary
+    before = region_status(stack, r)
+    again = start_region(stack, r)
+    assert again.healthy and again.pid == before.pid
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{r.endpoint}/llmdr-primary?list-type=2", timeout=5)
+    assert e.value.code == 403  # unsigned requests are refused
+
+
+def test_wrong_credentials_fail_fast_and_clearly(stack):
+    r = stack.primary
+    store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id="WRONG", secret_access_key="wrong")
+    with pytest.raises(AccessDenied, match="access denied.*InvalidAccessKeyId"):
+        store.check_access()
+    from llmdr.credentials import resolve_keys
+
+    good = resolve_keys(stack, r)
+    store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id=good.access_key_id,
+                    secret_access_key="not-the-secret")
+    with pytest.raises(AccessDenied, match="SignatureDoesNotMatch"):
+        store.put("x", b"y")
+
+
+def test_wrong_credentials_are_not_retried(stack, monkeypatch):
+    cfg = stack
+    monkeypatch.setenv("LLMDR_TEST_P_SK", "not-the-secret")
+    store = open_region(cfg, cfg.primary)
+    calls = []
+    inner = store.inner
+    real = inner._client.list_objects_v2
+    monkeypatch.setattr(inner._client, "list_objects_v2", lambda **kw: (calls.append(kw), real(**kw))[1])
+    with pytest.raises(AccessDenied):
+        list(store.list("chunks/"))
+    assert len(calls) == 1
+
+
+def test_unreachable_endpoint(tmp_path, monkeypatch):
+    cfg = make_config(tmp_path, 9, 19, tmp_path / "state")  # nothing listens on ports 9 / 19
+    monkeypatch.setenv("LLMDR_TEST_P_AK", "a")
+    monkeypatch.setenv("LLMDR_TEST_P_SK", "b")
+    store = open_region(cfg, cfg.primary, attempts=2)
+    with pytest.raises(TransientStorageError, match="cannot connect to http://127.0.0.1:9"):
+        store.head("config.json")
+
+
+def test_missing_bucket(stack):
+    from llmdr.credentials import resolve_keys
+
+    r = stack.primary
+    k = resolve_keys(stack, r)
+    store = S3Store(bucket="no-such-bucket-here", endpoint_url=r.endpoint, access_key_id=k.access_key_id,
+                    secret_access_key=k.secret_access_key)
+    with pytest.raises(BucketNotFound, match="no-such-bucket-here.*does not exist"):
+        store.check_access()
+    with pytest.raises(BucketNotFound):
+        store.put("k", b"v")  # auto-create is off: a typo never silently makes a new bucket
+    with pytest.raises(BucketNotFound):
+        store.head("k")
+
+
+def test_corrupted_chunk_on_server_detected_on_restore(region_config, tmp_path):
+    cfg = region_config
+    bundle = tmp_path / "bundle"
+    write_sample_bundle(bundle, shards=1, shard_size=2 * MiB)
+    repo = repo_of(cfg, cfg.primary)
+    snap = take_snapshot(repo, bundle, bundle="b")
+    entry = next(f for f in snap.manifest.files if f.path.endswith(".safetensors"))
+    victim = entry.chunks[0][0]
+    data = bytearray(repo.store.get(chunk_key(victim)))
+    data[100] ^= 0xFF
+    repo.store.put(chunk_key(victim), bytes(data))  # bit rot on the server
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=f"chunk {victim[:12]}.*corrupt"):
+        restore_snapshot(repo, snap.snapshot_id, out, durable=False)
+    assert not (out / entry.path).exists()
+
+
+def run(args, cwd, env=None, check=False):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(LLMDR + args, cwd=cwd, env=e, capture_output=True, text=True, timeout=300, check=check)
+
+
+def test_cli_outage_walkthrough(tmp_path):
+    """The README's walk-through: own stack, snapshot, replicate, primary down, restore from the secondary."""
+    from conftest import _free_base_port
+
+    p = _free_base_port()
+    s = _free_base_port()
+    while abs(p - s) < 10 or abs(p - s) == 10000:
+        s = _free_base_port()
+    cwd = tmp_path
+    assert run(["sample-bundle", "bundle", "--shards", "2", "--shard-mb", "2"], cwd).returncode == 0
+    r = run(["init", "bundle", "--primary-port", str(p), "--secondary-port", str(s)], cwd)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run(["stack", "up"], cwd)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("healthy") == 2
+        r = run(["snapshot", "--json"], cwd)
+        assert r.returncode == 0, r.stderr
+        import json
+
+        sid = json.loads(r.stdout)["snapshot_id"]
+        r = run(["replicate", "latest", "--to", "secondary"], cwd)
+        assert r.returncode == 0 and "copied to secondary" in r.stdout, r.stderr
+        r = run(["stack", "down", "primary"], cwd)
+        assert r.returncode == 0 and "stopped" in r.stdout
+        r = run(["snapshots", "--region", "primary"], cwd)
+        assert r.returncode != 0 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+        r = run(["restore", sid[:10], "--region", "secondary", "--to", "restored"], cwd)
+        assert r.returncode == 0, r.stderr
+        assert read_tree(cwd / "restored") == read_tree(cwd / "bundle")
+        r = run(["restore", "latest", "--region", "secondary", "--to", "restored"], cwd)
+        assert r.returncode == 2 and "--force" in r.stderr
+        r = run(["stack", "status"], cwd)
+        assert r.returncode == 3  # not all healthy: primary is down
+    finally:
+        run(["stack", "down"], cwd)
+    assert not any(b"weed" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, str(cwd)))
+
+
+def _cmdline_has(pid: str, needle: str) -> bool:
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

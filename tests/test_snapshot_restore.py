@@ -1,0 +1,304 @@
+"""Snapshot and restore against the memory store: round trips, dedup, incremental, crash safety, hostile input."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import read_tree, write_tree
+from llmdr.chunking import ChunkerParams
+from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
+from llmdr.manifest import FileEntry, Manifest, manifest_id
+from llmdr.repository import CHUNKS, RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.restore import MARKER, restore_snapshot
+from llmdr.snapshot import take_snapshot
+from llmdr.statcache import StatCache
+from llmdr.storage.faulty import FaultyStore
+from llmdr.storage.memory import MemoryStore
+
+SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
+
+
+def small_repo(store=None) -> Repository:
+    repo = Repository(store or MemoryStore())
+    repo.ensure_config(RepoConfig(chunker=SMALL))
+    return repo
+
+
+def rnd(n, seed=0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+names = st.text(alphabet="abcdefghij_-.", min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(st.lists(names, min_size=1, max_size=3).map("/".join), st.binary(max_size=40_000),
+                             max_size=6))
+def test_snapshot_restore_round_trip_is_byte_identical(tmp_path_factory, files):
+    src = tmp_path_factory.mktemp("src")
+    # a name cannot be both a file and a folder
+    files = {k: v for k, v in files.items() if not any(o.startswith(k + "/") for o in files)}
+    write_tree(src, files)
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b", workers=3)
+    out = tmp_path_factory.mktemp("out") / "restored"
+    restore_snapshot(repo, res.snapshot_id, out, durable=False)
+    assert read_tree(out) == files
+
+
+def test_dedup_across_files_and_snapshots(tmp_path):
+    blob = rnd(200_000)
+    write_tree(tmp_path / "src", {"a.bin": blob, "copy/b.bin": blob})
+    repo = small_repo()
+    r1 = take_snapshot(repo, tmp_path / "src", bundle="b")
+    assert r1.bytes_new < len(blob) * 1.05  # the second copy costs nothing
+    assert r1.bytes_deduplicated >= len(blob) * 0.95
+    r2 = take_snapshot(repo, tmp_path / "src", bundle="b")
+    assert r2.bytes_new == 0 and r2.chunks_new == 0
+    assert r2.manifest.parent == r1.snapshot_id
+
+
+def test_incremental_uploads_only_new_chunks_and_stat_cache_skips_reads(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"w1.safetensors": rnd(300_000, 1), "w2.safetensors": rnd(300_000, 2), "config.json": b"{}"})
+    repo = small_repo()
+    cache = tmp_path / "stat.json"
+    take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    warm = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    assert warm.bytes_read == 0 and warm.files_unchanged == 3
+    data = bytearray((src / "w2.safetensors").read_bytes())
+    data[150_000:150_010] = b"X" * 10
+    (src / "w2.safetensors").write_bytes(bytes(data))
+    inc = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    assert inc.files_unchanged == 2
+    assert inc.bytes_read == len(data)
+    assert 0 < inc.bytes_new <= 3 * SMALL.max_size  # only the chunks around the edit
+    out = tmp_path / "out"
+    restore_snapshot(repo, inc.snapshot_id, out, durable=False)
+    assert (out / "w2.safetensors").read_bytes() == bytes(data)
+
+
+def test_stat_cache_entry_ignored_when_chunks_are_gone(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"a": rnd(50_000)})
+    repo = small_repo()
+    cache = tmp_path / "stat.json"
+    take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    for info in list(repo.store.list(CHUNKS)):
+        repo.store.delete(info.key)
+    res = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    assert res.files_unchanged == 0 and res.bytes_new == 50_000
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
+    assert (tmp_path / "out" / "a").read_bytes() == rnd(50_000)
+
+
+def test_crash_during_upload_leaves_no_visible_snapshot_and_retry_completes(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"a": rnd(200_000, 3), "b": rnd(100_000, 4)})
+    faulty = FaultyStore(MemoryStore())
+    repo = small_repo(faulty)
+    faulty.fail("put", lambda: TransientStorageError("connection reset"), after=5, key_prefix=CHUNKS)
+    with pytest.raises(TransientStorageError):
+        take_snapshot(repo, src, bundle="b", workers=2)
+    faulty.assert_all_fired()
+    assert repo.snapshot_ids() == []  # nothing visible
+    uploaded = len(repo.list_chunks())
+    assert uploaded > 0
+    res = take_snapshot(repo, src, bundle="b")
+    assert res.chunks_new == len(res.manifest.chunk_set()) - uploaded  # the rest were reused
+    assert repo.snapshot_ids() == [res.snapshot_id]
+
+
+def test_manifest_is_the_last_write(tmp_path):
+    write_tree(tmp_path / "src", {"a": rnd(100_000)})
+    order = []
+
+    class Recording(MemoryStore):
+        def put(self, key, data, *, sha256=None):
+            order.append(key)
+            super().put(key, data, sha256=sha256)
+
+    repo = small_repo(Recording())
+    order.clear()
+    res = take_snapshot(repo, tmp_path / "src", bundle="b")
+    assert order[-1] == manifest_key(res.snapshot_id)
+    assert all(k.startswith(CHUNKS) for k in order[:-1])
+
+
+def test_modes_and_mtimes_restored(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"run.sh": b"#!/bin/sh\n", "empty": b""})
+    os.chmod(src / "run.sh", 0o750)
+    os.utime(src / "run.sh", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b")
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
+    st = os.stat(tmp_path / "out" / "run.sh")
+    assert st.st_mode & 0o7777 == 0o750
+    assert st.st_mtime_ns == 1_700_000_000_123_456_789
+    assert (tmp_path / "out" / "empty").read_bytes() == b""
+
+
+def test_symlinked_files_are_stored_as_content(tmp_path):
+    src = tmp_path / "src"
+    write_tree(tmp_path / "blobs", {"x": b"weights"})
+    src.mkdir()
+    os.symlink(tmp_path / "blobs" / "x", src / "model.safetensors")
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b")
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
+    out = tmp_path / "out" / "model.safetensors"
+    assert out.read_bytes() == b"weights" and not out.is_symlink()
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(LlmdrError, match="does not exist"):
+        take_snapshot(small_repo(), tmp_path / "nope", bundle="b")
+
+
+# restore safety ------------------------------------------------------------------------------------------------------
+def _forge(repo: Repository, entries: list[FileEntry]) -> str:
+    m = Manifest(bundle="b", source="/x", host="h", started="2026-01-01T00:00:00.000000Z",
+                 created="2026-01-01T00:00:00.000000Z", tool_version="0", chunker=SMALL, files=tuple(entries))
+    # bypass check_relpath: write raw JSON the way an attacker would
+    raw = m.to_json()
+    data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+    sid = manifest_id(data)
+    repo.store.put(manifest_key(sid), data)
+    return sid
+
+
+@pytest.mark.parametrize("evil", ["../escape", "/tmp/abs", "a/../../escape"])
+def test_path_traversal_refused_and_nothing_written(tmp_path, evil):
+    repo = small_repo()
+    repo.store.put(chunk_key(__import__("hashlib").sha256(b"x").hexdigest()), b"x")
+    good = FileEntry("ok.txt", 1, 0o644, 0, ((__import__("hashlib").sha256(b"x").hexdigest(), 1),))
+    bad = FileEntry.__new__(FileEntry)
+    object.__setattr__(bad, "path", evil)
+    for f, v in (("size", 1), ("mode", 0o644), ("mtime_ns", 0), ("chunks", good.chunks)):
+        object.__setattr__(bad, f, v)
+    sid = _forge(repo, [good, bad])
+    out = tmp_path / "target"
+    with pytest.raises(UnsafePathError):
+        restore_snapshot(repo, sid, out, durable=False)
+    assert not (out / "ok.txt").exists()
+    assert not (tmp_path / "escape").exists()
+
+
+def test_symlink_in_target_pointing_out_is_refused(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"sub/f": b"data"})
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b")
+    target = tmp_path / "target"
+    target.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, target / "sub")
+    with pytest.raises(UnsafePathError, match="outside the target"):
+        restore_snapshot(repo, res.snapshot_id, target, force=True, durable=False)
+    assert list(outside.iterdir()) == []
+
+
+def test_non_empty_target_needs_force(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"new"})
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b")
+    target = tmp_path / "t"
+    write_tree(target, {"a": b"old", "keep": b"mine"})
+    with pytest.raises(TargetNotEmpty, match="--force"):
+        restore_snapshot(repo, res.snapshot_id, target, durable=False)
+    assert (target / "a").read_bytes() == b"old"
+    restore_snapshot(repo, res.snapshot_id, target, force=True, durable=False)
+    assert read_tree(target) == {"a": b"new", "keep": b"mine"}
+
+
+def test_corrupt_chunk_detected_and_no_partial_file(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"weights.bin": rnd(100_000, 9), "small.json": b"{}"})
+    store = MemoryStore()
+    repo = small_repo(store)
+    res = take_snapshot(repo, src, bundle="b")
+    entry = next(f for f in res.manifest.files if f.path == "weights.bin")
+    victim = entry.chunks[len(entry.chunks) // 2][0]
+    good = store.get(chunk_key(victim))
+    store.corrupt(chunk_key(victim), good[:-1] + bytes([good[-1] ^ 1]))
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=victim[:12]):
+        restore_snapshot(repo, res.snapshot_id, out, durable=False)
+    assert not (out / "weights.bin").exists()
+    assert not any(p.name.endswith(".llmdr-tmp") for p in out.rglob("*"))
+
+
+def test_interrupted_restore_resumes_without_redownloading(tmp_path):
+    src = tmp_path / "src"
+    files = {f"f{i}.bin": rnd(30_000, i) for i in range(6)}
+    write_tree(src, files)
+    faulty = FaultyStore(MemoryStore())
+    repo = small_repo(faulty)
+    res = take_snapshot(repo, src, bundle="b")
+    out = tmp_path / "out"
+    faulty.fail("get", lambda: TransientStorageError("network down"), after=12, key_prefix=CHUNKS)
+    with pytest.raises(TransientStorageError):
+        restore_snapshot(repo, res.snapshot_id, out, workers=1, durable=False)
+    faulty.assert_all_fired()
+    assert (out / MARKER).exists()
+    done_before = [p for p in files if (out / p).exists()]
+    assert 0 < len(done_before) < len(files)
+    gets_before = faulty.calls["get"]
+    again = restore_snapshot(repo, res.snapshot_id, out, durable=False)  # no --force needed: same snapshot
+    assert again.files_skipped == len(done_before)
+    assert read_tree(out) == files
+    assert not (out / MARKER).exists()
+    chunks_needed = sum(len(f.chunks) for f in res.manifest.files if f.path not in done_before)
+    assert faulty.calls["get"] - gets_before == chunks_needed + 1  # + the manifest
+
+
+def test_restore_into_folder_of_another_restore_needs_force(tmp_path):
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"1"})
+    repo = small_repo()
+    r1 = take_snapshot(repo, src, bundle="b")
+    (src / "a").write_bytes(b"2")
+    r2 = take_snapshot(repo, src, bundle="b")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"snapshot": r1.snapshot_id}))
+    with pytest.raises(TargetNotEmpty):
+        restore_snapshot(repo, r2.snapshot_id, out, durable=False)
+
+
+def test_file_changing_during_snapshot_is_refused(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    write_tree(src, {"a": rnd(100_000)})
+    repo = small_repo()
+    import llmdr.snapshot as snap
+
+    real = snap._chunk_file
+
+    def mutate_then_chunk(f, *args):
+        out = real(f, *args)
+        with open(f.abspath, "ab") as fh:
+            fh.write(b"late write")
+        return out
+
+    monkeypatch.setattr(snap, "_chunk_file", mutate_then_chunk)
+    with pytest.raises(LlmdrError, match="changed while it was being snapshotted"):
+        take_snapshot(repo, src, bundle="b")
+    assert repo.snapshot_ids() == []
+
+
+def test_large_file_streams_with_bounded_inflight(tmp_path):
+    """A file much larger than the in-flight cap still round-trips (the cap blocks, it does not fail)."""
+    src = tmp_path / "src"
+    write_tree(src, {"big.safetensors": rnd(3_000_000, 5)})
+    repo = small_repo()
+    res = take_snapshot(repo, src, bundle="b", workers=2, max_inflight_bytes=SMALL.max_size)
+    assert res.chunks_total > 50
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
+    assert (tmp_path / "out" / "big.safetensors").read_bytes() == rnd(3_000_000, 5)
