@@ -14,7 +14,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import LlmdrError
+from .errors import LlmdrError, UsageError
 
 app = typer.Typer(
     name="llmdr",
@@ -99,11 +99,10 @@ class _RichProgress:
 
 
 def _repo(cfg, region_name: str | None, *, read_only: bool = False):
-    from .repository import Repository
-    from .storage.factory import open_region
+    from .ops import open_repo
 
     region = cfg.region(region_name)
-    return region, Repository(open_region(cfg, region, read_only=read_only), cache_dir=cfg.state_path / "cache")
+    return region, open_repo(cfg, region, read_only=read_only)
 
 
 def _human(n: float) -> str:
@@ -216,35 +215,23 @@ def snapshot(
     as_json: JsonOpt = False,
 ) -> None:
     """Take an incremental, deduplicated snapshot of the bundle into a region (default: the primary)."""
-    from .snapshot import take_snapshot
-    from .statcache import StatCache
+    from .ops import snapshot_bundle
 
     cfg = _cfg()
-    reg, repo = _repo(cfg, region)
+    reg = cfg.region(region)
     tags = {}
     for t in tag or []:
         k, sep, v = t.partition("=")
         if not sep or not k:
-            raise LlmdrError(f"--tag {t!r}: write KEY=VALUE")
+            raise UsageError(f"--tag {t!r}: write KEY=VALUE")
         tags[k] = v
-    source = path or cfg.bundle_path
-    cache = StatCache(StatCache.for_source(cfg.state_path / "cache", source), _repo_chunker(repo))
-    res = take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
-                        max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=_progress(as_json),
-                        tags=tags)
+    res = snapshot_bundle(cfg, region=region, path=path, tags=tags, progress=_progress(as_json))
     rate = res.bytes_read / res.duration_s if res.duration_s else 0
     _emit(as_json, res.to_json() | {"region": reg.name},
           f"snapshot {res.snapshot_id[:12]} of '{cfg.bundle.name}' in {reg.name}: {res.files} files, "
           f"{_human(res.bytes_total)} ({res.files_unchanged} unchanged files skipped), {_human(res.bytes_new)} new, "
           f"{_human(res.bytes_deduplicated)} deduplicated, {res.duration_s:.2f}s ({_human(rate)}/s read)\n"
           f"id: {res.snapshot_id}")
-
-
-def _repo_chunker(repo):
-    cfg = repo.load_config()
-    from .chunking import DEFAULT_CHUNKER
-
-    return cfg.chunker if cfg else DEFAULT_CHUNKER
 
 
 @app.command()
@@ -256,24 +243,18 @@ def replicate(
     as_json: JsonOpt = False,
 ) -> None:
     """Copy a snapshot to another region: missing chunks only, verified, manifest last (atomic)."""
-    from .replicate import replicate_snapshot
+    from .ops import replicate as do_replicate
 
     cfg = _cfg()
-    src_region, src = _repo(cfg, source, read_only=True)
-    dst_region, dst = _repo(cfg, to)
-    if src_region.name == dst_region.name:
-        raise LlmdrError(f"--from and --to are both '{src_region.name}'; name another region")
-    ids = src.snapshot_ids() if snapshot_ref == "all" else [src.resolve(snapshot_ref, bundle=cfg.bundle.name)]
-    results = []
-    for sid in ids:
-        res = replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=_progress(as_json),
-                                 recheck=recheck)
-        results.append(res)
+    dst_name = cfg.region(to).name
+    results = do_replicate(cfg, snapshot_ref, to=to, source=source, recheck=recheck, progress=_progress(as_json))
+    for res in results:
         if not as_json:
+            sid = res.snapshot_id
             if res.already_present:
-                typer.echo(f"{sid[:12]}: already complete in {dst_region.name}")
+                typer.echo(f"{sid[:12]}: already complete in {dst_name}")
             else:
-                typer.echo(f"{sid[:12]}: {res.chunks_copied}/{res.chunks_total} chunks copied to {dst_region.name} "
+                typer.echo(f"{sid[:12]}: {res.chunks_copied}/{res.chunks_total} chunks copied to {dst_name} "
                            f"({_human(res.bytes_copied)} in {res.duration_s:.2f}s)")
     if as_json:
         _emit(True, [r.to_json() for r in results])
@@ -330,13 +311,12 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot from a region into a folder, verifying every chunk; resumes an interrupted restore."""
-    from .restore import restore_snapshot
+    from .ops import restore as do_restore
 
     cfg = _cfg()
-    reg, repo = _repo(cfg, region, read_only=True)
-    sid = repo.resolve(snapshot_ref, bundle=cfg.bundle.name if snapshot_ref == "latest" else None)
-    res = restore_snapshot(repo, sid, to, force=force, workers=cfg.transfer.workers, durable=cfg.transfer.fsync,
-                           progress=_progress(as_json))
+    reg = cfg.region(region)
+    res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=_progress(as_json))
+    sid = res.snapshot_id
     rate = res.bytes_downloaded / res.duration_s if res.duration_s else 0
     _emit(as_json, res.to_json() | {"region": reg.name},
           f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {_human(res.bytes_total)} "

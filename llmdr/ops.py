@@ -1,0 +1,76 @@
+"""Operations on a configured deployment: the one place that turns ``llmdr.yaml`` into repositories and calls the
+core. The CLI and the Prefect tasks both call these, so they behave the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chunking import DEFAULT_CHUNKER
+from .config import Config, Region
+from .errors import UsageError
+from .progress import Progress
+from .replicate import ReplicateResult, replicate_snapshot
+from .repository import Repository
+from .restore import RestoreResult, restore_snapshot
+from .snapshot import SnapshotResult, take_snapshot
+from .statcache import StatCache
+
+
+def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False) -> Repository:
+    from .storage.factory import open_region
+
+    reg = region if isinstance(region, Region) else cfg.region(region)
+    return Repository(open_region(cfg, reg, read_only=read_only), cache_dir=cfg.state_path / "cache")
+
+
+def snapshot_bundle(
+    cfg: Config,
+    *,
+    region: str | None = None,
+    path: Path | None = None,
+    tags: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> SnapshotResult:
+    repo = open_repo(cfg, region)
+    source = path or cfg.bundle_path
+    repo_cfg = repo.load_config()
+    cache = StatCache(StatCache.for_source(cfg.state_path / "cache", source),
+                      repo_cfg.chunker if repo_cfg else DEFAULT_CHUNKER)
+    return take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
+                         max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=progress,
+                         tags=tags)
+
+
+def replicate(
+    cfg: Config,
+    ref: str,
+    *,
+    to: str,
+    source: str | None = None,
+    recheck: bool = False,
+    progress: Progress | None = None,
+) -> list[ReplicateResult]:
+    """Replicate one snapshot (id, prefix, ``latest``) or ``all`` from ``source`` (default primary) to ``to``."""
+    src_region, dst_region = cfg.region(source), cfg.region(to)
+    if src_region.name == dst_region.name:
+        raise UsageError(f"source and destination are both '{src_region.name}'; name another region")
+    src = open_repo(cfg, src_region, read_only=True)
+    dst = open_repo(cfg, dst_region)
+    ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
+    return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck)
+            for sid in ids]
+
+
+def restore(
+    cfg: Config,
+    ref: str,
+    target: Path,
+    *,
+    region: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    repo = open_repo(cfg, region, read_only=True)
+    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.workers,
+                            durable=cfg.transfer.fsync, progress=progress)
