@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .errors import IntegrityError, ObjectNotFound
+from .manifest import Manifest
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key, manifest_key
 
@@ -62,7 +63,7 @@ def replicate_snapshot(
     t0 = time.perf_counter()
     res = ReplicateResult(snapshot_id, src.location, dst.location)
     data = src.load_manifest_bytes(snapshot_id)
-    manifest = src.load_manifest(snapshot_id)
+    manifest = Manifest.from_bytes(data, expect_id=snapshot_id)
     needed = manifest.chunk_set()
     res.chunks_total = len(needed)
     res.bytes_total = sum(needed.values())

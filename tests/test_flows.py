@@ -94,3 +94,30 @@ def test_prefect_yaml_entrypoints_are_flows():
         assert dep["work_pool"]["name"] == "llmdr-process"
         names.add(obj.name)
     assert {"protect-bundle", "restore-bundle"} <= names
+
+
+def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
+    from prefect.blocks.system import Secret
+
+    from conftest import make_config
+    from llmdr.credentials import resolve_keys
+    from llmdr.errors import AccessDenied, ConfigError
+
+    Secret(value={"access_key_id": "AKIDBLOCK", "secret_access_key": "s3cr3t"}).save("llmdr-test-keys", overwrite=True)
+    Secret(value="just-a-string").save("llmdr-test-bad", overwrite=True)
+    cfg = make_config(tmp_path, 1000, 2000, tmp_path / "state")
+    text = cfg.source_file.read_text().replace(
+        "credentials: {access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}",
+        "credentials: {prefect_secret_block: llmdr-test-keys}")
+    from llmdr.config import parse_config
+
+    cfg = parse_config(text, source=cfg.source_file)
+    keys = resolve_keys(cfg, cfg.primary)
+    assert (keys.access_key_id, keys.secret_access_key) == ("AKIDBLOCK", "s3cr3t")
+    assert "s3cr3t" not in repr(keys)
+    bad = parse_config(text.replace("llmdr-test-keys", "llmdr-test-bad"), source=cfg.source_file)
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        resolve_keys(bad, bad.primary)
+    missing = parse_config(text.replace("llmdr-test-keys", "no-such-block"), source=cfg.source_file)
+    with pytest.raises(AccessDenied, match="cannot load Prefect Secret block 'no-such-block'"):
+        resolve_keys(missing, missing.primary)
