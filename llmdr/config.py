@@ -165,9 +165,10 @@ class Objectives(_Model):
 
 
 class Transfer(_Model):
-    workers: int = Field(default=8, ge=1, le=256)
+    workers: int = Field(default=8, ge=1, le=256)  # parallel uploads and cross-region copies
+    download_workers: int = Field(default=16, ge=1, le=256)  # parallel chunk downloads during restore
     max_inflight_mb: int = Field(default=128, ge=16, le=65536)
-    fsync: bool = True
+    fsync: bool = False
 
 
 class Config(_Model):

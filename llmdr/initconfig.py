@@ -44,9 +44,11 @@ objectives:
   drill_interval: 90d  # a DR drill at least this often
 
 transfer:
-  workers: 8           # parallel chunk uploads/downloads
-  max_inflight_mb: 128 # memory bound for chunks in flight
-  fsync: true          # flush restored files to disk before renaming them into place
+  workers: 8            # parallel chunk uploads and cross-region copies
+  download_workers: 16  # parallel chunk downloads during a restore
+  max_inflight_mb: 128  # memory bound for upload chunks in flight
+  fsync: false          # true: flush each restored file to disk before renaming it into place (slower; an
+                        # interrupted restore is re-verified by hash on resume either way)
 
 # Local state (stat cache, manifest cache, the local stack's data and generated keys). Keep it out of git.
 state_dir: .llmdr

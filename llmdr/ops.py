@@ -72,5 +72,5 @@ def restore(
 ) -> RestoreResult:
     repo = open_repo(cfg, region, read_only=True)
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
-    return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.workers,
+    return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
                             durable=cfg.transfer.fsync, progress=progress)

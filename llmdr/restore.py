@@ -132,7 +132,7 @@ def restore_snapshot(
     *,
     force: bool = False,
     workers: int = 8,
-    durable: bool = True,
+    durable: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done."""
