@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .chunking import DEFAULT_CHUNKER, ChunkerParams
+from .fsutil import atomic_write
 from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UsageError
 from .ids import is_hex_digest
 from .manifest import Manifest, canonical_json, parse_utc
@@ -146,7 +146,7 @@ class Repository:
         if hashlib.sha256(data).hexdigest() != snapshot_id:
             Manifest.from_bytes(data, expect_id=snapshot_id)  # raises IntegrityError with the details
         if cached is not None:
-            _atomic_write(cached, data)
+            atomic_write(cached, data)
         return data
 
     def load_manifest(self, snapshot_id: str) -> Manifest:
@@ -195,10 +195,3 @@ class Repository:
 
 def missing_chunks(needed: Iterable[str], present: dict[str, int]) -> list[str]:
     return sorted(d for d in set(needed) if d not in present)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

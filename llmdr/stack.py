@@ -26,6 +26,7 @@ from pathlib import Path
 from .config import Config, Region
 from .credentials import LOCAL_ENV, read_env_file, resolve_keys, write_env_file
 from .errors import LlmdrError, StackError
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,7 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
         s3cfg = {"identities": [{"name": "llmdr", "credentials": [
             {"accessKey": keys.access_key_id, "secretKey": keys.secret_access_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-        fd = os.open(rdir / "s3.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(s3cfg, fh)
+        atomic_write(rdir / "s3.json", json.dumps(s3cfg), mode=0o600)
         logf = open(rdir / "weed.log", "ab")
         proc = subprocess.Popen(
             _weed_args(r, rdir), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,

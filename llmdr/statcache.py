@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .chunking import ChunkerParams
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,5 @@ class StatCache:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = {"chunker": self.chunker.to_json(), "files": {p: [list(k), c] for p, (k, c) in self._new.items()}}
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data, separators=(",", ":")))

@@ -1,6 +1,5 @@
 """Against real SeaweedFS servers: the data path end to end, and the ways it must fail clearly."""
 
-import hashlib
 import os
 import subprocess
 import sys
