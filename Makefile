@@ -3,7 +3,7 @@ SHELL := bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: install demo test bench clean stack-up stack-down
+.PHONY: install demo test lint bench clean
 
 install: .venv/.installed
 
@@ -17,6 +17,9 @@ demo: install
 
 test: install
 	$(UV) run --frozen pytest
+
+lint: install
+	$(UV) run --frozen ruff check llmdr tasks flows tests bench
 
 bench: install
 	$(UV) run --frozen python bench/bench.py

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .chunking import DEFAULT_CHUNKER, ChunkerParams
-from .fsutil import atomic_write
 from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UsageError
+from .fsutil import atomic_write
 from .ids import is_hex_digest
 from .manifest import Manifest, canonical_json, parse_utc
 from .storage.base import BlobStore

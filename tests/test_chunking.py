@@ -3,9 +3,10 @@ import io
 import os
 import random
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llmdr.chunking import ChunkerParams, Chunker
+from llmdr.chunking import Chunker, ChunkerParams
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 

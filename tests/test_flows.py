@@ -4,10 +4,11 @@ import pytest
 from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import read_tree
 from llmdr.errors import AccessDenied, IntegrityError, TransientStorageError
 from llmdr.samples import MiB, write_sample_bundle
 from tasks.retry import retry_if_transient
+
+from conftest import read_tree
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +100,10 @@ def test_prefect_yaml_entrypoints_are_flows():
 def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
     from prefect.blocks.system import Secret
 
-    from conftest import make_config
     from llmdr.credentials import resolve_keys
     from llmdr.errors import AccessDenied, ConfigError
+
+    from conftest import make_config
 
     Secret(value={"access_key_id": "AKIDBLOCK", "secret_access_key": "s3cr3t"}).save("llmdr-test-keys", overwrite=True)
     Secret(value="just-a-string").save("llmdr-test-bad", overwrite=True)

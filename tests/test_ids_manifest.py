@@ -2,7 +2,8 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmdr.chunking import DEFAULT_CHUNKER
 from llmdr.errors import IntegrityError, UnsafePathError

@@ -2,15 +2,16 @@ import random
 
 import pytest
 
-from conftest import read_tree, write_tree
 from llmdr.chunking import ChunkerParams
 from llmdr.errors import IntegrityError, TransientStorageError
-from llmdr.repository import CHUNKS, SNAPSHOTS, RepoConfig, Repository, chunk_key
 from llmdr.replicate import replicate_snapshot
+from llmdr.repository import CHUNKS, SNAPSHOTS, RepoConfig, Repository, chunk_key
 from llmdr.restore import restore_snapshot
 from llmdr.snapshot import take_snapshot
 from llmdr.storage.faulty import FaultyStore
 from llmdr.storage.memory import MemoryStore
+
+from conftest import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 

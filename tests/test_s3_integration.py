@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_config, read_tree
 from llmdr.errors import AccessDenied, BucketNotFound, IntegrityError, TransientStorageError
-from llmdr.repository import Repository, chunk_key
 from llmdr.replicate import replicate_snapshot
+from llmdr.repository import Repository, chunk_key
 from llmdr.restore import restore_snapshot
 from llmdr.samples import MiB, write_sample_bundle
 from llmdr.snapshot import take_snapshot
 from llmdr.stack import region_status, start_region
 from llmdr.storage.factory import open_region
 from llmdr.storage.s3 import S3Store
+
+from conftest import make_config, read_tree
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 

@@ -5,9 +5,9 @@ import os
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conftest import read_tree, write_tree
 from llmdr.chunking import ChunkerParams
 from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
 from llmdr.manifest import FileEntry, Manifest, manifest_id
@@ -17,6 +17,8 @@ from llmdr.snapshot import take_snapshot
 from llmdr.statcache import StatCache
 from llmdr.storage.faulty import FaultyStore
 from llmdr.storage.memory import MemoryStore
+
+from conftest import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 

@@ -79,10 +79,10 @@ class S3Store:
         from botocore.exceptions import (
             ClientError,
             ConnectionClosedError,
+            ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
             ReadTimeoutError,
-            ConnectTimeoutError,
         )
 
         what = f"{op} {key!r} in {self.location}" if key else f"{op} in {self.location}"
