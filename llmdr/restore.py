@@ -16,6 +16,8 @@ import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,39 +155,41 @@ def restore_snapshot(
     res.bytes_total = manifest.total_size
     progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
     jobs: list[_FileJob] = []
+
+    def open_file(entry: FileEntry) -> _FileJob | None:
+        """Start restoring ``entry``; None when there is nothing to download (already in place, or empty)."""
+        dest = safe_destination(root, entry.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        safe_destination(root, entry.path)  # re-check now that the folders exist
+        if file_matches(dest, entry):
+            st = dest.stat()
+            if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
+                os.chmod(dest, entry.mode)
+                os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+            res.files_skipped += 1
+            progress.advance(entry.size)
+            return None
+        job = _FileJob(entry, dest, durable)
+        jobs.append(job)
+        if not entry.chunks:
+            job.finalise()
+            return None
+        return job
+
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-down") as pool:
             window = threading.BoundedSemaphore(workers * 2)
             futures: set[Future] = set()
             failed = threading.Event()
-            for entry in manifest.files:
+            # Several files at a time: threads writing into one file serialise on its inode lock.
+            for job, hexd, n, offset in _interleave(manifest.files, open_file, max(1, workers // 2)):
+                window.acquire()
                 if failed.is_set():
+                    window.release()
                     break
-                dest = safe_destination(root, entry.path)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                safe_destination(root, entry.path)  # re-check now that the folders exist
-                if file_matches(dest, entry):
-                    if dest.stat().st_mtime_ns != entry.mtime_ns or (dest.stat().st_mode & 0o7777) != entry.mode:
-                        os.chmod(dest, entry.mode)
-                        os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
-                    res.files_skipped += 1
-                    progress.advance(entry.size)
-                    continue
-                job = _FileJob(entry, dest, durable)
-                jobs.append(job)
-                if not entry.chunks:
-                    job.finalise()
-                    continue
-                offset = 0
-                for hexd, n in entry.chunks:
-                    window.acquire()
-                    if failed.is_set():
-                        window.release()
-                        break
-                    fut = pool.submit(_fetch, repo, job, hexd, n, offset, manifest, res, progress)
-                    fut.add_done_callback(lambda f: _release(f, window, failed))
-                    futures.add(fut)
-                    offset += n
+                fut = pool.submit(_fetch, repo, job, hexd, n, offset, manifest, res, progress)
+                fut.add_done_callback(lambda f: _release(f, window, failed))
+                futures.add(fut)
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             errors = [f.exception() for f in done if f.exception() is not None]
             if errors:
@@ -208,6 +212,38 @@ def restore_snapshot(
 
 
 _bytes_lock = threading.Lock()
+
+
+def _interleave(entries, open_file, width: int) -> Iterator[tuple[_FileJob, str, int, int]]:
+    """Yield (file job, chunk id, length, offset) round-robin over up to ``width`` files at a time, opening each
+    file only when it joins the rotation (so the number of open files stays bounded)."""
+    pending = iter(entries)
+    active: deque[tuple[_FileJob, Iterator[tuple[str, int, int]]]] = deque()
+
+    def chunks_of(entry: FileEntry) -> Iterator[tuple[str, int, int]]:
+        offset = 0
+        for hexd, n in entry.chunks:
+            yield hexd, n, offset
+            offset += n
+
+    def refill() -> None:
+        while len(active) < width:
+            entry = next(pending, None)
+            if entry is None:
+                return
+            job = open_file(entry)
+            if job is not None:
+                active.append((job, chunks_of(entry)))
+
+    refill()
+    while active:
+        job, it = active.popleft()
+        item = next(it, None)
+        if item is None:
+            refill()
+            continue
+        yield (job, *item)
+        active.append((job, it))
 
 
 def _release(fut: Future, window: threading.BoundedSemaphore, failed: threading.Event) -> None:
