@@ -167,7 +167,7 @@ class Objectives(_Model):
 class Transfer(_Model):
     workers: int = Field(default=8, ge=1, le=256)  # parallel uploads and cross-region copies
     download_workers: int = Field(default=16, ge=1, le=256)  # parallel chunk downloads during restore
-    max_inflight_mb: int = Field(default=128, ge=16, le=65536)
+    max_inflight_mb: int = Field(default=64, ge=16, le=65536)
     fsync: bool = False
 
 

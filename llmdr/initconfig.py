@@ -46,7 +46,7 @@ objectives:
 transfer:
   workers: 8            # parallel chunk uploads and cross-region copies
   download_workers: 16  # parallel chunk downloads during a restore
-  max_inflight_mb: 128  # memory bound for upload chunks in flight
+  max_inflight_mb: 64   # memory bound for upload chunks in flight (peak RSS grows with it)
   fsync: false          # true: flush each restored file to disk before renaming it into place (slower; an
                         # interrupted restore is re-verified by hash on resume either way)
 

@@ -165,7 +165,7 @@ def take_snapshot(
     bundle: str,
     stat_cache: StatCache | None = None,
     workers: int = 8,
-    max_inflight_bytes: int = 128 * 1024 * 1024,
+    max_inflight_bytes: int = 64 * 1024 * 1024,
     progress: Progress | None = None,
     tags: dict[str, str] | None = None,
     kind: str = "bundle",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,22 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _INTEGRITY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
               "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted"}
+
+
+_session_lock = threading.Lock()
+_session = None
+
+
+def _shared_session():
+    """One botocore session per process: building a client parses the S3 service model (~0.2 s); the session's
+    loader caches it, so the second region's client is cheap."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            import botocore.session
+
+            _session = botocore.session.get_session()
+        return _session
 
 
 class S3Store:
@@ -44,7 +61,6 @@ class S3Store:
         read_timeout: float = 60.0,
         name: str = "",
     ) -> None:
-        import boto3
         from botocore.config import Config
 
         self.bucket = bucket
@@ -64,7 +80,7 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        self._client = boto3.session.Session().client(
+        self._client = _shared_session().create_client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
