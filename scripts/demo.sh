@@ -18,12 +18,12 @@ cd "$WORK"
 declare -a STEPS=()
 t() {  # t LABEL CMD...: run, time, remember
   local label=$1; shift
-  local t0 t1
-  t0=$(date +%s.%N)
-  echo "\$ llmdr ${*:2}" | sed "s|$LLMDR|llmdr|"
+  local t0 ms
+  t0=$(date +%s%N)
+  echo "\$ llmdr ${*:2}"
   "$@"
-  t1=$(date +%s.%N)
-  STEPS+=("$(printf '%-34s %6.2fs' "$label" "$(echo "$t1 - $t0" | bc)")")
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  STEPS+=("$(printf '%-34s %4d.%03ds' "$label" $((ms / 1000)) $((ms % 1000)))")
 }
 
 cleanup() { "$LLMDR" stack down >/dev/null 2>&1 || true; }
