@@ -173,7 +173,11 @@ def stack_up(
     from .stack import local_regions, start_region
 
     cfg = _cfg()
-    rows = [start_region(cfg, r) for r in local_regions(cfg, region)]
+    regions = local_regions(cfg, region)
+    if not regions:
+        raise UsageError(f"no region in {cfg.source_file} has a local: section, so there is nothing for `llmdr stack` "
+                         "to start; remote regions are run by their owners")
+    rows = [start_region(cfg, r) for r in regions]
     _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
 
 

@@ -70,3 +70,12 @@ def test_sample_bundle(tmp_path):
     assert {"model-00001-of-00001.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"} <= files
     idx = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())
     assert set(idx["weight_map"].values()) == {"model-00001-of-00001.safetensors"}
+
+
+def test_stack_up_without_local_regions(tmp_path):
+    (tmp_path / "b").mkdir()
+    run(["init", "b"], tmp_path)
+    cfg = tmp_path / "llmdr.yaml"
+    cfg.write_text(cfg.read_text().replace("    local: {}", "").replace("    local: {}", ""))
+    r = run(["stack", "up"], tmp_path)
+    assert r.returncode == 2 and "nothing for `llmdr stack` to start" in r.stderr
