@@ -171,3 +171,67 @@ def _cmdline_has(pid: str, needle: str) -> bool:
         return needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
+    """Stop the secondary's server in the middle of a copy, start it again, re-run: only the rest is copied and the
+    snapshot appears there only at the end."""
+    from conftest import _free_base_port
+    from llmdr.stack import stop_region
+    from llmdr.storage.faulty import FaultyStore
+
+    p = _free_base_port()
+    s = _free_base_port()
+    while abs(p - s) < 10 or abs(p - s) == 10000:
+        s = _free_base_port()
+    cfg = make_config(tmp_path, p, s, tmp_path / ".llmdr")
+    sec = cfg.secondaries[0]
+    try:
+        for r in cfg.regions:
+            start_region(cfg, r)
+        bundle = tmp_path / "bundle"
+        write_sample_bundle(bundle, shards=3, shard_size=3 * MiB)
+        src = repo_of(cfg, cfg.primary)
+        snap = take_snapshot(src, bundle, bundle="b")
+        total = len(snap.manifest.chunk_set())
+
+        # After 3 chunks have landed, the secondary region goes down for real.
+        dst_store = FaultyStore(open_region(cfg, sec, attempts=2))
+        outage = dst_store.fail("put", lambda: _outage(cfg, sec, stop_region), after=3, key_prefix="chunks/")
+        dst = Repository(dst_store)
+        with pytest.raises(TransientStorageError):
+            replicate_snapshot(src, dst, snap.snapshot_id, workers=1)
+        assert outage.fired == 1
+
+        start_region(cfg, sec)
+        dst = repo_of(cfg, sec)
+        assert dst.snapshot_ids() == []  # nothing visible after the failed copy
+        copied_before = len(dst.list_chunks())
+        assert 0 < copied_before < total
+        res = replicate_snapshot(src, dst, snap.snapshot_id)
+        assert res.chunks_copied == total - copied_before
+        assert dst.snapshot_ids() == [snap.snapshot_id]
+        out = tmp_path / "out"
+        restore_snapshot(dst, snap.snapshot_id, out)
+        assert read_tree(out) == read_tree(bundle)
+    finally:
+        from llmdr.stack import stop_region as stop
+
+        for r in cfg.regions:
+            stop(cfg, r)
+
+
+def _outage(cfg, region, stop_region):
+    """Stop the region's server, then fail the put the way the client sees a dead server."""
+    stop_region(cfg, region)
+    from llmdr.storage.s3 import S3Store
+    from llmdr.credentials import resolve_keys
+
+    k = resolve_keys(cfg, region)
+    store = S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=k.access_key_id,
+                    secret_access_key=k.secret_access_key)
+    try:
+        store.put("chunks/probe", b"x")
+    except TransientStorageError as exc:
+        return exc
+    raise AssertionError("the stopped server still accepted a put")
