@@ -114,7 +114,6 @@ class _Uploads:
     repo: Repository
     pool: ThreadPoolExecutor
     max_inflight_bytes: int
-    progress: Progress
     futures: set[Future] = field(default_factory=set)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _inflight: int = 0
@@ -141,7 +140,7 @@ class _Uploads:
                 self._cv.notify_all()
 
     def _done(self, fut: Future) -> None:
-        exc = fut.exception()
+        exc = None if fut.cancelled() else fut.exception()
         if exc is not None:
             with self._cv:
                 if self._error is None:
@@ -149,13 +148,13 @@ class _Uploads:
                 self._cv.notify_all()
 
     def finish(self) -> None:
-        done, _ = wait(self.futures, return_when=FIRST_EXCEPTION)
-        for fut in done:
-            if fut.exception() is not None:
-                for other in self.futures:
-                    other.cancel()
-                raise fut.exception()  # type: ignore[misc]
-        wait(self.futures)
+        """Wait for every upload; on the first failure cancel the rest and raise it."""
+        done, not_done = wait(self.futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+        if failed:
+            for f in not_done:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
 
 
 def take_snapshot(
@@ -190,7 +189,7 @@ def take_snapshot(
     progress.start(f"snapshot {bundle}", total)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-up") as pool:
-        uploads = _Uploads(repo, pool, max_inflight_bytes, progress)
+        uploads = _Uploads(repo, pool, max_inflight_bytes)
         try:
             for f in files:
                 cached = stat_cache.lookup(f.relpath, f.st) if stat_cache else None
