@@ -238,6 +238,27 @@ def snapshot(
 
 
 @app.command()
+def check(
+    folder: Annotated[Optional[Path], typer.Argument(help="Bundle folder (default: bundle.path).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the bundle is complete: every required component present, non-empty and parsable."""
+    from .ops import check as do_check
+
+    cfg = _cfg()
+    report = do_check(cfg, folder)
+    lines = [f"{'component':<18} {'req':<4} {'files':>5}  status"]
+    for c in report.components:
+        status = "ok" if c.ok else "; ".join(p.message if p.file is None else f"{p.file}: {p.message}"
+                                            for p in c.problems)
+        lines.append(f"{c.kind.value:<18} {'yes' if c.required else 'no':<4} {len(c.files):>5}  {status}")
+    lines.append(f"bundle at {report.root}: {'complete' if report.complete else 'INCOMPLETE'}")
+    _emit(as_json, report.to_json(), "\n".join(lines))
+    if not report.complete:
+        raise typer.Exit(4)
+
+
+@app.command()
 def replicate(
     snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix, 'latest' or 'all'.")],
     to: Annotated[str, typer.Option("--to", help="Destination region.")],

@@ -16,11 +16,14 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .bundle import ComponentKind
 from .errors import ConfigError, UsageError
 
 DEFAULT_CONFIG = "llmdr.yaml"
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
-_SECRET_WORDS = ("secret", "password", "token", "access_key_id", "aws_access_key", "private_key")
+_SECRET_KEYS = ("secret", "password", "token", "passwd")
+_SECRET_SUFFIXES = ("_secret", "secret_key", "secret_access_key", "password", "_token", "access_key_id",
+                    "aws_access_key", "private_key", "api_key")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -145,12 +148,20 @@ class Region(_Model):
         return port
 
 
+class Component(_Model):
+    """Files that make one component (fnmatch patterns relative to the bundle folder; ``*`` also crosses
+    folders), and whether a snapshot or restore without it is refused."""
+
+    paths: list[str] = Field(min_length=1)
+    required: bool = True
+
+
 class Bundle(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     path: str
-    # Typed components (weights, tokenizer, ...) and the completeness check come with the bundle spec;
-    # until then a component is a name -> list of glob patterns, recorded for documentation only.
-    components: dict[str, list[str]] = Field(default_factory=dict)
+    # Keys are component kinds: weights, tokenizer, model_config, generation_config, prompt_templates,
+    # serving_config, security_rules, datasets, checkpoints. Empty: no completeness check.
+    components: dict[ComponentKind, Component] = Field(default_factory=dict)
 
 
 class Objectives(_Model):
@@ -329,7 +340,7 @@ def _refuse_literal_secrets(raw: Any, node: yaml.Node, source: Path, path: tuple
     if isinstance(raw, dict):
         for k, v in raw.items():
             key = str(k).lower()
-            if not key.endswith("_env") and not key.endswith("_block") and any(w in key for w in _SECRET_WORDS):
+            if not key.endswith(("_env", "_block")) and (key in _SECRET_KEYS or key.endswith(_SECRET_SUFFIXES)):
                 dotted = _dotted(path + (k,))
                 line = _line_of(node, path + (k,))
                 raise ConfigError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +16,11 @@ bundle:
   name: {name}
   # The model bundle folder (relative to this file): weights, tokenizer, configs, prompt templates...
   path: {path}
-
+  # What the bundle is made of. A snapshot is refused, and a restore fails, when a required component is missing,
+  # empty or does not parse. Patterns are relative to the bundle folder; '*' also matches across folders.
+  # Kinds: weights, tokenizer, model_config, generation_config, prompt_templates, serving_config, security_rules,
+  # datasets, checkpoints. Detected by `llmdr init` in {path}:
+{components}
 regions:
   # Exactly one primary; every other region is a disaster-recovery copy. Two regions may not share a region
   # name or an endpoint+bucket: a copy in the same store does not survive the loss of that store.
@@ -55,6 +61,23 @@ state_dir: .llmdr
 """
 
 
+def render_components(bundle_dir: Path) -> str:
+    from .bundle import DEFAULT_PATTERNS, detect_components
+
+    files = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
+    found = detect_components(bundle_dir, files)
+    lines = []
+    for kind, pats in DEFAULT_PATTERNS.items():
+        hits = found.get(kind, [])
+        used = [p for p in pats if any(fnmatch.fnmatchcase(f, p) for f in hits)]
+        if hits:  # found now, so losing it later is exactly the failure to catch
+            lines.append(f"    {kind.value}: {{paths: {json.dumps(used)}, required: true}}   # {len(hits)} file(s)")
+        else:
+            lines.append(f"    # {kind.value}: {{paths: {json.dumps(pats)}, required: true}}   # not found")
+    header = "  components:" if found else "  components: {}   # nothing detected: declare what the bundle needs"
+    return "\n".join([header, *lines]) + "\n"
+
+
 def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, primary_port: int,
                   secondary_port: int) -> str:
     base = config_path.absolute().parent
@@ -64,5 +87,5 @@ def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, prim
         rel = str(bundle_dir.absolute())
     bundle_name = name or bundle_dir.absolute().name
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in bundle_name).strip("-._") or "bundle"
-    return TEMPLATE.format(name=safe, path=rel, pport=primary_port, pport_end=primary_port + 8, pport_admin=primary_port + 10008,
+    return TEMPLATE.format(name=safe, path=rel, components=render_components(bundle_dir), pport=primary_port, pport_end=primary_port + 8, pport_admin=primary_port + 10008,
                            sport=secondary_port, sport_end=secondary_port + 8, sport_admin=secondary_port + 10008)

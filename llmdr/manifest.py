@@ -70,6 +70,8 @@ class Manifest:
     kind: str = "bundle"
     stats: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    # kind -> {"files": [paths], "required": bool, "digest": hex}: which tokenizer went with which weights.
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
     hash: str = "sha256"
     format: int = FORMAT
 
@@ -88,6 +90,7 @@ class Manifest:
             "parent": self.parent,
             "stats": self.stats,
             "tags": self.tags,
+            "components": self.components,
             "files": [f.to_json() for f in sorted(self.files, key=lambda f: f.path)],
         }
 
@@ -127,10 +130,18 @@ class Manifest:
                 format=raw["format"], kind=raw["kind"], bundle=raw["bundle"], source=raw["source"], host=raw["host"],
                 started=raw["started"], created=raw["created"], tool_version=raw["tool_version"], hash=raw["hash"],
                 chunker=ChunkerParams.from_json(raw["chunker"]), parent=raw["parent"], stats=dict(raw["stats"]),
-                tags=dict(raw["tags"]), files=files,
+                tags=dict(raw["tags"]), components=dict(raw.get("components", {})), files=files,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"manifest is malformed: {exc!r}") from exc
+
+
+def component_digest(entries: list[FileEntry]) -> str:
+    """Digest of a component: SHA-256 over its files' paths and content digests, in path order."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.path):
+        h.update(f"{e.path}\0{e.digest}\n".encode())
+    return h.hexdigest()
 
 
 def canonical_json(obj: Any) -> bytes:

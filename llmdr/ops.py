@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .bundle import BundleReport, check_bundle, specs_from_config
 from .chunking import DEFAULT_CHUNKER
 from .config import Config, Region
 from .errors import UsageError
@@ -38,7 +39,7 @@ def snapshot_bundle(
                       repo_cfg.chunker if repo_cfg else DEFAULT_CHUNKER)
     return take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
                          max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=progress,
-                         tags=tags)
+                         tags=tags, components=specs_from_config(cfg.bundle.components))
 
 
 def replicate(
@@ -74,3 +75,14 @@ def restore(
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
                             durable=cfg.transfer.fsync, progress=progress)
+
+
+def check(cfg: Config, path: Path | None = None) -> BundleReport:
+    """The completeness check of the configured bundle (or of another folder, e.g. a restored copy)."""
+    root = path or cfg.bundle_path
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder")
+    if not cfg.bundle.components:
+        raise UsageError(f"{cfg.source_file}: bundle.components is empty, so there is nothing to check; "
+                          "`llmdr init` detects and writes them")
+    return check_bundle(root, specs_from_config(cfg.bundle.components))

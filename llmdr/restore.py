@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bundle import IncompleteBundle, check_bundle, specs_from_manifest
 from .errors import IntegrityError, ObjectNotFound, TargetNotEmpty, UnsafePathError
 from .manifest import FileEntry, Manifest, check_relpath
 from .progress import NoProgress, Progress
@@ -43,11 +44,13 @@ class RestoreResult:
     bytes_downloaded: int = 0
     duration_s: float = 0.0
     location: str = ""
+    complete: bool | None = None  # completeness check after restore; None when the snapshot declares no components
 
     def to_json(self) -> dict:
         return {
             "snapshot_id": self.snapshot_id,
             "target": self.target,
+            "complete": self.complete,
             "files": self.files,
             "files_skipped": self.files_skipped,
             "bytes_total": self.bytes_total,
@@ -205,6 +208,11 @@ def restore_snapshot(
     finally:
         progress.finish()
     marker.unlink(missing_ok=True)
+    if manifest.components:
+        report = check_bundle(root, specs_from_manifest(manifest.components))
+        res.complete = report.complete
+        if not report.complete:
+            raise IncompleteBundle(report, "the files were restored but the bundle would not serve correctly")
     res.duration_s = time.perf_counter() - t0
     log.info("restored %s into %s: %d files (%d kept), %d bytes downloaded in %.2fs", snapshot_id[:12], root,
              res.files, res.files_skipped, res.bytes_downloaded, res.duration_s)

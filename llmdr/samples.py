@@ -36,6 +36,19 @@ def _write_safetensors(path: Path, size: int, rng: random.Random, tensors: int =
             left -= n
 
 
+def _word_tokenizer_json(vocab_size: int) -> str:
+    """A real (if simple) tokenizer, built with the tokenizers library: word-level, whitespace-split."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, vocab_size)})
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    return tok.to_str(pretty=True)
+
+
 def write_sample_bundle(target: Path, *, shards: int = 2, shard_size: int = 8 * MiB, seed: int = 0) -> list[Path]:
     """Write the sample bundle into ``target`` (created if missing) and return the files written."""
     target.mkdir(parents=True, exist_ok=True)
@@ -56,14 +69,14 @@ def write_sample_bundle(target: Path, *, shards: int = 2, shard_size: int = 8 * 
         "tokenizer_config.json": {"bos_token": "<s>", "eos_token": "</s>", "model_max_length": 4096,
                                   "chat_template": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"},
         "special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
-        "tokenizer.json": {"version": "1.0", "model": {"type": "BPE", "vocab": {f"tok{i}": i for i in range(4096)},
-                                                        "merges": []}},
         "serving.json": {"endpoint": "/v1/chat/completions", "max_concurrency": 32, "timeout_s": 30},
     }
     for name, content in files.items():
         p = target / name
         p.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         written.append(p)
+    (target / "tokenizer.json").write_text(_word_tokenizer_json(4096))
+    written.append(target / "tokenizer.json")
     prompts = target / "prompts"
     prompts.mkdir(exist_ok=True)
     (prompts / "system.jinja").write_text("You are the support assistant for {{ product }}. Answer briefly.\n")

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .bundle import BundleReport, ComponentSpec, IncompleteBundle, check_bundle
 from .chunking import Chunker
 from .errors import LlmdrError, UsageError
-from .manifest import FileEntry, Manifest, manifest_id, utc_now
+from .manifest import FileEntry, Manifest, component_digest, manifest_id, utc_now
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key, manifest_key
 from .statcache import StatCache
@@ -168,8 +169,12 @@ def take_snapshot(
     progress: Progress | None = None,
     tags: dict[str, str] | None = None,
     kind: str = "bundle",
+    components: list[ComponentSpec] | None = None,
 ) -> SnapshotResult:
-    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics."""
+    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics.
+
+    With ``components``, the bundle is checked first and an incomplete one is refused before anything is uploaded;
+    the manifest then records each component's files and digest."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     started = utc_now()
@@ -180,6 +185,13 @@ def take_snapshot(
         stat_cache = StatCache(None, cfg.chunker)
 
     files = scan_source(source)
+    report = None
+    if components:
+        report = check_bundle(source, components, [f.relpath for f in files])
+        if not report.complete:
+            raise IncompleteBundle(report, "the snapshot was refused and nothing was uploaded")
+        for problem in report.warnings:
+            log.warning("optional component: %s", problem)
     present = repo.list_chunks()
     parent = _newest(repo, bundle)
     result_entries: list[FileEntry] = []
@@ -234,6 +246,7 @@ def take_snapshot(
         files=tuple(result_entries),
         parent=parent,
         tags=dict(tags or {}),
+        components=_component_records(report, result_entries),
         stats={
             "files": res.files,
             "bytes": res.bytes_total,
@@ -282,6 +295,17 @@ def _chunk_file(
                 uploads.submit(hexd, c.digest, bytes(c.data))
             progress.advance(n)
     return chunks
+
+
+def _component_records(report: BundleReport | None, entries: list[FileEntry]) -> dict[str, dict]:
+    if report is None:
+        return {}
+    by_path = {e.path: e for e in entries}
+    return {
+        c.kind.value: {"files": c.files, "required": c.required,
+                       "digest": component_digest([by_path[f] for f in c.files])}
+        for c in report.components
+    }
 
 
 def _newest(repo: Repository, bundle: str) -> str | None:

@@ -176,9 +176,10 @@ def _cmdline_has(pid: str, needle: str) -> bool:
 def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
     """Stop the secondary's server in the middle of a copy, start it again, re-run: only the rest is copied and the
     snapshot appears there only at the end."""
-    from conftest import _free_base_port
     from llmdr.stack import stop_region
     from llmdr.storage.faulty import FaultyStore
+
+    from conftest import _free_base_port
 
     p = _free_base_port()
     s = _free_base_port()
@@ -224,8 +225,8 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
 def _outage(cfg, region, stop_region):
     """Stop the region's server, then fail the put the way the client sees a dead server."""
     stop_region(cfg, region)
-    from llmdr.storage.s3 import S3Store
     from llmdr.credentials import resolve_keys
+    from llmdr.storage.s3 import S3Store
 
     k = resolve_keys(cfg, region)
     store = S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=k.access_key_id,
