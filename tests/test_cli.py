@@ -79,3 +79,17 @@ def test_stack_up_without_local_regions(tmp_path):
     cfg.write_text(cfg.read_text().replace("    local: {}", "").replace("    local: {}", ""))
     r = run(["stack", "up"], tmp_path)
     assert r.returncode == 2 and "nothing for `llmdr stack` to start" in r.stderr
+
+
+def test_check_command(tmp_path):
+    assert run(["sample-bundle", "b", "--shards", "1", "--shard-mb", "1"], tmp_path).returncode == 0
+    assert run(["init", "b"], tmp_path).returncode == 0
+    r = run(["check"], tmp_path)
+    assert r.returncode == 0 and "complete" in r.stdout
+    (tmp_path / "b" / "tokenizer.json").unlink()
+    r = run(["check", "--json"], tmp_path)
+    assert r.returncode == 4
+    report = json.loads(r.stdout)
+    assert report["complete"] is False
+    tok = next(c for c in report["components"] if c["kind"] == "tokenizer")
+    assert tok["problems"] == ["tokenizer: missing: tokenizer.json is not there"]
