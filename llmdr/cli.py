@@ -140,6 +140,24 @@ def init(
     typer.echo(f"wrote {config}; next: `llmdr stack up` then `llmdr snapshot`")
 
 
+@app.command("demo-bundle")
+def demo_bundle(
+    target: Annotated[Path, typer.Argument(help="Folder to write the tiny model bundle into.")],
+    prompt: Annotated[Optional[str], typer.Option(help="Also load the model and answer this chat message.")] = None,
+) -> None:
+    """Write a tiny real model (2-layer numpy transformer, ~1.5 MB): safetensors shards, tokenizer, configs,
+    chat template, serving config. Its answers are gibberish but depend on every one of those files."""
+    from .tinymodel import TinyModel, write_demo_bundle
+
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"{target} is not empty; choose a new folder")
+    files = write_demo_bundle(target)
+    typer.echo(f"wrote {len(files)} files into {target}")
+    if prompt is not None:
+        text, n_in, n_out, finish = TinyModel(target).chat([{"role": "user", "content": prompt}])
+        typer.echo(f"> {prompt}\n{text}\n({n_in} prompt tokens, {n_out} completion tokens, finish: {finish})")
+
+
 @app.command("sample-bundle")
 def sample_bundle(
     target: Annotated[Path, typer.Argument(help="Folder to write the sample bundle into.")],
