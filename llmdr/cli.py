@@ -158,6 +158,30 @@ def demo_bundle(
         typer.echo(f"> {prompt}\n{text}\n({n_in} prompt tokens, {n_out} completion tokens, finish: {finish})")
 
 
+@app.command()
+def serve(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder to serve (an llmdr-tiny model).")],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+) -> None:
+    """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
+    from .serving import ModelService, make_server
+
+    service = ModelService(bundle_dir)
+    try:
+        httpd = make_server(service, host, port)
+    except OSError as exc:
+        raise LlmdrError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    typer.echo(f"serving {service.name} from {bundle_dir} on http://{host}:{port} (bundle {service.digest[:12]})",
+               err=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
 @app.command("sample-bundle")
 def sample_bundle(
     target: Annotated[Path, typer.Argument(help="Folder to write the sample bundle into.")],
