@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+golden_app = typer.Typer(help="Record and check golden answers of a serving endpoint.", no_args_is_help=True)
+app.add_typer(golden_app, name="golden")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: ./llmdr.yaml or $LLMDR_CONFIG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
@@ -180,6 +182,60 @@ def serve(
         pass
     finally:
         httpd.server_close()
+
+
+@golden_app.command("record")
+def golden_record(
+    url: Annotated[str, typer.Option(help="Known-good OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000.")],
+    out: Annotated[Path, typer.Option(help="Golden file to write (JSONL).")] = Path("golden.jsonl"),
+    prompts: Annotated[Optional[Path], typer.Option(help="Text file, one chat prompt per line (default: built-in set).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="max_tokens for every case (default: the model's).")] = None,
+) -> None:
+    """Ask the endpoint every prompt (greedy) and write the answers as the golden set."""
+    from . import golden
+    from .endpoint import OpenAIEndpoint
+
+    ep = OpenAIEndpoint(url)
+    health = ep.health()
+    texts = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()] if prompts else golden.DEFAULT_PROMPTS
+    cases = golden.default_cases(texts)
+    for c in cases:
+        c.max_tokens = max_tokens
+    header = {"model": (ep.models() or [None])[0], "bundle_digest": health.get("bundle_digest"), "url": url}
+    gs = golden.record(cases, ep.answer, header)
+    gs.save(out)
+    typer.echo(f"recorded {len(gs.cases)} golden answers from {url} into {out}")
+
+
+@golden_app.command("check")
+def golden_check(
+    url: Annotated[str, typer.Option(help="Endpoint to check.")],
+    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file (JSONL).")] = Path("golden.jsonl"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the endpoint's greedy answers with the golden set; exit 5 on any mismatch."""
+    from . import golden
+    from .endpoint import OpenAIEndpoint
+
+    gs = golden.GoldenSet.load(golden_file)
+    ep = OpenAIEndpoint(url)
+    ep.models()  # unreachable: one clear error, not one per case
+    report = golden.check(gs, ep.answer)
+    _emit(as_json, report.to_json(), _golden_table(report))
+    if not report.ok:
+        raise typer.Exit(5)
+
+
+def _golden_table(report) -> str:
+    lines = [f"{'case':<10} {'result':<8} {'similarity':>10}  answer"]
+    for r in report.results:
+        verdict = "ok" if r.ok else ("ERROR" if r.error else "MISMATCH")
+        shown = r.error or r.actual or ""
+        lines.append(f"{r.id:<10} {verdict:<8} {r.similarity:>10.2f}  {shown[:70]}")
+        if not r.ok and not r.error:
+            lines.append(f"{'':<10} {'':<8} {'expected':>10}  {r.expected[:70]}")
+    lines.append(f"{report.passed}/{len(report.results)} golden answers match")
+    return "\n".join(lines)
 
 
 @app.command("sample-bundle")
