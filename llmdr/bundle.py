@@ -310,3 +310,23 @@ def specs_from_manifest(components: Mapping[str, Mapping]) -> list[ComponentSpec
     """Specs that check a restored bundle against exactly the files its snapshot recorded per component."""
     return [ComponentSpec(ComponentKind(kind), tuple(c["files"]) or ("(none recorded)",), bool(c["required"]))
             for kind, c in components.items()]
+
+
+def content_digests(root: Path, specs: Iterable[ComponentSpec]) -> dict[str, str]:
+    """Per component, SHA-256 over its files' paths and bytes: compares two copies of a bundle component-wise."""
+    import hashlib
+
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    out = {}
+    for spec in specs:
+        h = hashlib.sha256()
+        for rel in match_files(root, spec.paths, files):
+            h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
+        out[spec.kind.value] = h.hexdigest()
+    return out
+
+
+def detected_specs(root: Path) -> list[ComponentSpec]:
+    """Component specs for a folder as `llmdr init` would declare them."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [ComponentSpec(kind, tuple(hits)) for kind, hits in detect_components(root, files).items()]

@@ -190,6 +190,8 @@ def golden_record(
     out: Annotated[Path, typer.Option(help="Golden file to write (JSONL).")] = Path("golden.jsonl"),
     prompts: Annotated[Optional[Path], typer.Option(help="Text file, one chat prompt per line (default: built-in set).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="max_tokens for every case (default: the model's).")] = None,
+    bundle: Annotated[Optional[Path], typer.Option(help="The bundle folder the endpoint serves: its per-component "
+                                                         "digests are recorded, so a restore test can name what differs.")] = None,
 ) -> None:
     """Ask the endpoint every prompt (greedy) and write the answers as the golden set."""
     from . import golden
@@ -202,6 +204,10 @@ def golden_record(
     for c in cases:
         c.max_tokens = max_tokens
     header = {"model": (ep.models() or [None])[0], "bundle_digest": health.get("bundle_digest"), "url": url}
+    if bundle is not None:
+        from .bundle import content_digests, detected_specs
+
+        header["components"] = content_digests(bundle, detected_specs(bundle))
     gs = golden.record(cases, ep.answer, header)
     gs.save(out)
     typer.echo(f"recorded {len(gs.cases)} golden answers from {url} into {out}")
@@ -236,6 +242,38 @@ def _golden_table(report) -> str:
             lines.append(f"{'':<10} {'':<8} {'expected':>10}  {r.expected[:70]}")
     lines.append(f"{report.passed}/{len(report.results)} golden answers match")
     return "\n".join(lines)
+
+
+@app.command()
+def verify(
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
+    region: RegionOpt = None,
+    restore_test: Annotated[bool, typer.Option("--restore-test", help="Restore, check, serve and ask the golden set.")] = False,
+    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file (JSONL).")] = Path("golden.jsonl"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a snapshot in a region. With --restore-test: restore it to a scratch folder, run the completeness
+    check, start a server on it and compare its answers with the golden set (exit 6 on failure)."""
+    from .bundle import specs_from_config
+    from .golden import GoldenSet
+    from .verify import restore_test as run_restore_test
+
+    if not restore_test:
+        raise UsageError("only --restore-test is available so far; full and sampled chunk verification come with "
+                         "the verify-replicas flow")
+    cfg = _cfg()
+    reg, repo = _repo(cfg, region, read_only=True)
+    gs = GoldenSet.load(golden_file)
+    sid = repo.resolve(snapshot_ref, bundle=cfg.bundle.name if snapshot_ref == "latest" else None)
+    res = run_restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components), gs,
+                           workers=cfg.transfer.download_workers)
+    lines = [f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} ({res.duration_s:.2f}s)"]
+    lines += [f"  - {p}" for p in res.problems]
+    if res.golden is not None:
+        lines.append(_golden_table(res.golden))
+    _emit(as_json, res.to_json() | {"region": reg.name}, "\n".join(lines))
+    if not res.ok:
+        raise typer.Exit(6)
 
 
 @app.command("sample-bundle")
