@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import ComponentSpec, IncompleteBundle, check_bundle, content_digests
+from .bundle import ComponentSpec, IncompleteBundle, check_bundle, content_digests, detected_specs
 from .endpoint import OpenAIEndpoint
 from .errors import IntegrityError
 from .golden import GoldenReport, GoldenSet, check
@@ -58,7 +58,7 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         if res.problems:
             return res
         expected = golden.header.get("components") or {}
-        actual = content_digests(target, specs)
+        actual = content_digests(target, specs or detected_specs(target))
         res.differing_components = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
         try:
             service = ModelService(target)

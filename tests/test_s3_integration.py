@@ -1,5 +1,6 @@
 """Against real SeaweedFS servers: the data path end to end, and the ways it must fail clearly."""
 
+import json
 import os
 import subprocess
 import sys
@@ -236,3 +237,36 @@ def _outage(cfg, region, stop_region):
     except TransientStorageError as exc:
         return exc
     raise AssertionError("the stopped server still accepted a put")
+
+
+def test_cli_restore_test(region_config, tmp_path):
+    """`llmdr verify --restore-test` end to end through the CLI: pass, then fail after a template change."""
+    import threading
+
+    from llmdr import golden
+    from llmdr.bundle import content_digests, detected_specs
+    from llmdr.endpoint import OpenAIEndpoint
+    from llmdr.serving import ModelService, make_server
+    from llmdr.tinymodel import write_demo_bundle
+
+    cfg_path = region_config.source_file
+    cwd = cfg_path.parent
+    bundle = cwd / "bundle"
+    write_demo_bundle(bundle)
+    httpd = make_server(ModelService(bundle), "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        ep = OpenAIEndpoint(f"http://127.0.0.1:{httpd.server_address[1]}")
+        golden.record(golden.default_cases(), ep.answer,
+                      {"components": content_digests(bundle, detected_specs(bundle))}).save(cwd / "golden.jsonl")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert run(["snapshot"], cwd).returncode == 0
+    r = run(["verify", "latest", "--restore-test", "--json"], cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    (bundle / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert run(["snapshot"], cwd).returncode == 0
+    r = run(["verify", "latest", "--restore-test"], cwd)
+    assert r.returncode == 6 and "FAIL" in r.stdout and "prompt_templates" in r.stdout
