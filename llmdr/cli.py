@@ -248,31 +248,49 @@ def _golden_table(report) -> str:
 def verify(
     snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
     region: RegionOpt = None,
-    restore_test: Annotated[bool, typer.Option("--restore-test", help="Restore, check, serve and ask the golden set.")] = False,
-    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file (JSONL).")] = Path("golden.jsonl"),
+    sample: Annotated[Optional[str], typer.Option(help="Read only subset N/T of the chunks (or T: today's share, "
+                                                       "rotating daily). Default: every chunk.")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix corrupt or missing chunks from another region.")] = False,
+    restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore, check, serve and ask the golden set.")] = False,
+    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file for --restore-test (JSONL).")] = Path("golden.jsonl"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a snapshot in a region. With --restore-test: restore it to a scratch folder, run the completeness
-    check, start a server on it and compare its answers with the golden set (exit 6 on failure)."""
+    """Verify a snapshot in a region: every chunk (or a subset) read back and hashed; optionally repaired from
+    another region; optionally the restore test. Exit 6 when anything is wrong."""
     from .bundle import specs_from_config
     from .golden import GoldenSet
+    from .integrity import Subset, verify_snapshot
     from .verify import restore_test as run_restore_test
 
-    if not restore_test:
-        raise UsageError("only --restore-test is available so far; full and sampled chunk verification come with "
-                         "the verify-replicas flow")
     cfg = _cfg()
-    reg, repo = _repo(cfg, region, read_only=True)
-    gs = GoldenSet.load(golden_file)
+    reg, repo = _repo(cfg, region, read_only=not repair)
+    gs = GoldenSet.load(golden_file) if restore_test else None
     sid = repo.resolve(snapshot_ref, bundle=cfg.bundle.name if snapshot_ref == "latest" else None)
-    res = run_restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components), gs,
-                           workers=cfg.transfer.download_workers)
-    lines = [f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} ({res.duration_s:.2f}s)"]
-    lines += [f"  - {p}" for p in res.problems]
-    if res.golden is not None:
-        lines.append(_golden_table(res.golden))
-    _emit(as_json, res.to_json() | {"region": reg.name}, "\n".join(lines))
-    if not res.ok:
+    sources = [(r.name, _repo(cfg, r.name, read_only=True)[1]) for r in cfg.regions if r.name != reg.name] if repair else []
+    check = verify_snapshot(repo, sid, subset=Subset.parse(sample) if sample else None, repair_from=sources,
+                            workers=cfg.transfer.download_workers, progress=_progress(as_json))
+    scope = f"subset {check.subset}" if check.subset else "every chunk"
+    lines = [f"verify {sid[:12]} in {reg.name} ({scope}): {'ok' if check.ok else 'FAILED'} - {check.chunks_read} of "
+             f"{check.chunks_total} chunks read ({_human(check.bytes_read)}) in {check.duration_s:.2f}s"]
+    for d in check.missing:
+        lines.append(f"  - chunk {d[:12]} missing" + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
+    for d in check.corrupt:
+        lines.append(f"  - chunk {d[:12]} corrupt" + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
+    if check.unrepaired and not repair:
+        lines.append("    run again with --repair to fetch intact copies from another region")
+    out = {"region": reg.name, "chunks": check.to_json()}
+    ok = check.ok
+    if restore_test:
+        res = run_restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components), gs,
+                               workers=cfg.transfer.download_workers)
+        ok = ok and res.ok
+        out["restore_test"] = res.to_json()
+        lines.append(f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} ({res.duration_s:.2f}s)")
+        lines += [f"  - {p}" for p in res.problems]
+        if res.golden is not None:
+            lines.append(_golden_table(res.golden))
+    _emit(as_json, out | {"ok": ok}, "\n".join(lines))
+    if not ok:
         raise typer.Exit(6)
 
 

@@ -270,3 +270,22 @@ def test_cli_restore_test(region_config, tmp_path):
     assert run(["snapshot"], cwd).returncode == 0
     r = run(["verify", "latest", "--restore-test"], cwd)
     assert r.returncode == 6 and "FAIL" in r.stdout and "prompt_templates" in r.stdout
+
+
+def test_cli_verify_finds_and_repairs_a_corrupt_chunk(region_config):
+    cwd = region_config.source_file.parent
+    write_sample_bundle(cwd / "bundle", shards=1, shard_size=2 * MiB)
+    assert run(["snapshot"], cwd).returncode == 0
+    assert run(["replicate", "latest", "--to", "secondary"], cwd).returncode == 0
+    repo = repo_of(region_config, region_config.primary)
+    sid = repo.resolve("latest")
+    victim = sorted(repo.load_manifest(sid).chunk_set())[0]
+    data = bytearray(repo.store.get(chunk_key(victim)))
+    data[0] ^= 0xFF
+    repo.store.put(chunk_key(victim), bytes(data))
+    r = run(["verify", "latest"], cwd)
+    assert r.returncode == 6 and f"chunk {victim[:12]} corrupt" in r.stdout and "--repair" in r.stdout
+    r = run(["verify", "latest", "--repair"], cwd)
+    assert r.returncode == 0 and f"chunk {victim[:12]} corrupt: repaired from secondary" in r.stdout
+    r = run(["verify", "latest", "--sample", "1/1", "--json"], cwd)
+    assert r.returncode == 0 and json.loads(r.stdout)["chunks"]["corrupt"] == []
