@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from llmdr.config import load_config
-from llmdr.report import protect_summary_markdown
+from llmdr.report import artifact_key, protect_summary_markdown
 from tasks.protect import copy_snapshot_to_region, take_snapshot
 
 
@@ -18,7 +18,7 @@ def protect_bundle(config_path: str = "llmdr.yaml") -> dict:
     futures = [copy_snapshot_to_region.submit(config_path, snap["snapshot_id"], r.name) for r in cfg.secondaries]
     copies = [f.result() for f in futures]
     result = {"snapshot": snap, "copies": copies}
-    create_markdown_artifact(key=f"protect-bundle-{cfg.bundle.name.lower().replace('_', '-').replace('.', '-')}",
+    create_markdown_artifact(key=artifact_key("protect-bundle", cfg.bundle.name),
                              markdown=protect_summary_markdown(cfg.bundle.name, snap, copies),
                              description="Newest protect-bundle run")
     return result

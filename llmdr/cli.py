@@ -257,18 +257,12 @@ def verify(
 ) -> None:
     """Verify a snapshot in a region: every chunk (or a subset) read back and hashed; optionally repaired from
     another region; optionally the restore test. Exit 6 when anything is wrong."""
-    from .bundle import specs_from_config
-    from .golden import GoldenSet
-    from .integrity import Subset, verify_snapshot
-    from .verify import restore_test as run_restore_test
+    from . import ops
 
     cfg = _cfg()
-    reg, repo = _repo(cfg, region, read_only=not repair)
-    gs = GoldenSet.load(golden_file) if restore_test else None
-    sid = repo.resolve(snapshot_ref, bundle=cfg.bundle.name if snapshot_ref == "latest" else None)
-    sources = [(r.name, _repo(cfg, r.name, read_only=True)[1]) for r in cfg.regions if r.name != reg.name] if repair else []
-    check = verify_snapshot(repo, sid, subset=Subset.parse(sample) if sample else None, repair_from=sources,
-                            workers=cfg.transfer.download_workers, progress=_progress(as_json))
+    reg = cfg.region(region)
+    check = ops.verify(cfg, snapshot_ref, region=region, sample=sample, repair=repair, progress=_progress(as_json))
+    sid = check.snapshot_id
     scope = f"subset {check.subset}" if check.subset else "every chunk"
     lines = [f"verify {sid[:12]} in {reg.name} ({scope}): {'ok' if check.ok else 'FAILED'} - {check.chunks_read} of "
              f"{check.chunks_total} chunks read ({_human(check.bytes_read)}) in {check.duration_s:.2f}s"]
@@ -281,8 +275,7 @@ def verify(
     out = {"region": reg.name, "chunks": check.to_json()}
     ok = check.ok
     if restore_test:
-        res = run_restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components), gs,
-                               workers=cfg.transfer.download_workers)
+        res = ops.restore_test(cfg, sid, region=region, golden_path=golden_file)
         ok = ok and res.ok
         out["restore_test"] = res.to_json()
         lines.append(f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} ({res.duration_s:.2f}s)")

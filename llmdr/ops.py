@@ -86,3 +86,28 @@ def check(cfg: Config, path: Path | None = None) -> BundleReport:
         raise UsageError(f"{cfg.source_file}: bundle.components is empty, so there is nothing to check; "
                           "`llmdr init` detects and writes them")
     return check_bundle(root, specs_from_config(cfg.bundle.components))
+
+
+def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
+           progress: Progress | None = None):
+    """Read back (and with ``repair`` fix from the other regions) a snapshot in one region."""
+    from .integrity import Subset, verify_snapshot
+
+    reg = cfg.region(region)
+    repo = open_repo(cfg, reg, read_only=not repair)
+    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    sources = [(r.name, open_repo(cfg, r, read_only=True)) for r in cfg.regions if r.name != reg.name] if repair else []
+    return verify_snapshot(repo, sid, subset=Subset.parse(sample) if sample else None, repair_from=sources,
+                           workers=cfg.transfer.download_workers, progress=progress)
+
+
+def restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):
+    """Restore into scratch, check completeness, serve, compare with the golden set."""
+    from .golden import GoldenSet
+    from .verify import restore_test as run
+
+    repo = open_repo(cfg, region, read_only=True)
+    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
+    return run(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
+               GoldenSet.load(path), workers=cfg.transfer.download_workers)

@@ -94,7 +94,7 @@ def test_prefect_yaml_entrypoints_are_flows():
         assert isinstance(obj, Flow), dep["entrypoint"]
         assert dep["work_pool"]["name"] == "llmdr-process"
         names.add(obj.name)
-    assert {"protect-bundle", "restore-bundle"} <= names
+    assert {"protect-bundle", "restore-bundle", "verify-replicas"} <= names
 
 
 def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
@@ -123,3 +123,35 @@ def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
     missing = parse_config(text.replace("llmdr-test-keys", "no-such-block"), source=cfg.source_file)
     with pytest.raises(AccessDenied, match="cannot load Prefect Secret block 'no-such-block'"):
         resolve_keys(missing, missing.primary)
+
+
+def test_verify_replicas_repairs_a_corrupt_chunk(prefect_harness, region_config):
+    from flows.protect_bundle import protect_bundle
+    from flows.verify_replicas import verify_replicas
+    from llmdr.ops import open_repo
+    from llmdr.repository import chunk_key
+
+    cfg_path = region_config.source_file
+    write_sample_bundle(cfg_path.parent / "bundle", shards=1, shard_size=2 * MiB)
+    sid = protect_bundle(config_path=str(cfg_path))["snapshot"]["snapshot_id"]
+    primary = open_repo(region_config, "primary")
+    victim = sorted(primary.load_manifest(sid).chunk_set())[0]
+    primary.store.put(chunk_key(victim), b"bit rot")
+    out = verify_replicas(config_path=str(cfg_path))
+    by_region = {c["region"]: c for c in out["checks"]}
+    assert by_region["primary"]["repaired"] == {victim: "secondary"} and by_region["primary"]["ok"]
+    assert by_region["secondary"]["corrupt"] == [] and by_region["secondary"]["ok"]
+    assert primary.store.get(chunk_key(victim)) != b"bit rot"
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["verify-replicas-testbundle"])))
+
+    import asyncio
+
+    arts = asyncio.run(artifacts())
+    assert arts and f"{victim[:12]} from secondary" in arts[0].data
