@@ -287,6 +287,37 @@ def verify(
         raise typer.Exit(6)
 
 
+@app.command()
+def forget(
+    keep_last: Annotated[int, typer.Option(min=1, help="Keep the newest N snapshots of the bundle.")],
+    keep_every: Annotated[Optional[int], typer.Option(min=1, help="Also keep every Mth older snapshot.")] = None,
+    region: RegionOpt = None,
+    prune: Annotated[bool, typer.Option(help="Delete chunks no snapshot references any more.")] = True,
+    grace: Annotated[str, typer.Option(help="Never prune chunks younger than this (uploads in progress).")] = "6h",
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget the bundle's snapshots outside the retention policy in one region, then prune unreferenced chunks."""
+    from .config import parse_duration
+    from .ops import forget as do_forget
+
+    cfg = _cfg()
+    reg = cfg.region(region)
+    try:
+        grace_s = parse_duration(grace).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--grace: {exc}") from None
+    res = do_forget(cfg, keep_last=keep_last, keep_every=keep_every, region=region, prune=prune, grace_s=grace_s)
+    text = (f"{reg.name}: kept {len(res.kept)}, forgot {len(res.forgotten)} snapshot(s); pruned {res.chunks_deleted} "
+            f"chunk(s), {_human(res.bytes_freed)} freed ({res.chunks_in_grace} unreferenced chunk(s) kept: younger "
+            f"than {grace})")
+    if res.raced:
+        text += f"\nWARNING: snapshot(s) {', '.join(r[:12] for r in res.raced)} were written during the prune and " \
+                "lost a chunk; run `llmdr verify latest --repair`"
+    _emit(as_json, res.to_json() | {"region": reg.name}, text)
+    if res.raced:
+        raise typer.Exit(6)
+
+
 @app.command("sample-bundle")
 def sample_bundle(
     target: Annotated[Path, typer.Argument(help="Folder to write the sample bundle into.")],

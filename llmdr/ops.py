@@ -111,3 +111,12 @@ def restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_pat
     path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
     return run(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
                GoldenSet.load(path), workers=cfg.transfer.download_workers)
+
+
+def forget(cfg: Config, *, keep_last: int, keep_every: int | None = None, region: str | None = None,
+           prune: bool = True, grace_s: float = 6 * 3600):
+    """Apply a retention policy to the configured bundle's snapshots in one region (default: the primary)."""
+    from .retention import Policy, apply_retention
+
+    policy = Policy(keep_last, keep_every)
+    return apply_retention(open_repo(cfg, region), cfg.bundle.name, policy, prune=prune, grace_s=grace_s)

@@ -289,3 +289,19 @@ def test_cli_verify_finds_and_repairs_a_corrupt_chunk(region_config):
     assert r.returncode == 0 and f"chunk {victim[:12]} corrupt: repaired from secondary" in r.stdout
     r = run(["verify", "latest", "--sample", "1/1", "--json"], cwd)
     assert r.returncode == 0 and json.loads(r.stdout)["chunks"]["corrupt"] == []
+
+
+def test_cli_forget_and_prune(region_config):
+    cwd = region_config.source_file.parent
+    for seed in range(3):
+        write_sample_bundle(cwd / "bundle", shards=1, shard_size=MiB, seed=seed)
+        assert run(["snapshot"], cwd).returncode == 0
+    r = run(["forget", "--keep-last", "1", "--grace", "0s", "--json"], cwd)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["kept"]) == 1 and len(out["forgotten"]) == 2 and out["chunks_deleted"] > 0
+    repo = repo_of(region_config, region_config.primary)
+    assert repo.snapshot_ids() == out["kept"]
+    from llmdr.integrity import verify_snapshot
+
+    assert verify_snapshot(repo, out["kept"][0]).ok

@@ -116,3 +116,13 @@ def test_empty_blob(store):
     store.put(key, b"")
     assert store.get(key) == b""
     assert store.head(key).size == 0
+
+
+def test_listing_and_head_report_write_time(store):
+    import time
+
+    before = time.time() - 120  # generous: server clocks and second granularity
+    store.put("mt/a", b"x")
+    [info] = list(store.list("mt/"))
+    assert info.modified is not None and before <= info.modified <= time.time() + 120
+    assert store.head("mt/a").modified is not None

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 class BlobInfo:
     key: str
     size: int
+    modified: float | None = None  # last write, seconds since the epoch (listing and head report it)
 
 
 @runtime_checkable
@@ -33,7 +34,8 @@ class BlobStore(Protocol):
       credentials ``AccessDenied``; a fault that may pass ``TransientStorageError``. Adapters map their client's
       errors to these and to nothing else.
     - ``get`` with ``start``/``length`` returns exactly that byte range (shorter only at the end of the blob).
-    - ``list`` yields every key under the prefix, in lexicographic order, each once.
+    - ``list`` yields every key under the prefix, in lexicographic order, each once, with its size and last-write
+      time (``modified``), so unreferenced blobs can be told apart from blobs a running writer just added.
     - ``delete`` is idempotent: deleting a missing key is not an error.
 
     Adapters are safe to call from several threads at once.

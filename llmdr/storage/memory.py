@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 
 from ..errors import IntegrityError, ObjectNotFound
@@ -14,6 +15,7 @@ class MemoryStore:
     def __init__(self, name: str = "memory") -> None:
         self.location = f"memory://{name}"
         self._blobs: dict[str, bytes] = {}
+        self._times: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
@@ -23,6 +25,7 @@ class MemoryStore:
             raise IntegrityError(f"{self.location}/{key}: the bytes sent do not match the SHA-256 given; nothing was written")
         with self._lock:
             self._blobs[key] = value
+            self._times[key] = time.time()
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         with self._lock:
@@ -36,22 +39,28 @@ class MemoryStore:
     def head(self, key: str) -> BlobInfo:
         with self._lock:
             try:
-                return BlobInfo(key, len(self._blobs[key]))
+                return BlobInfo(key, len(self._blobs[key]), self._times.get(key))
             except KeyError:
                 raise ObjectNotFound(f"{self.location}/{key} does not exist") from None
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         with self._lock:
             keys = sorted(k for k in self._blobs if k.startswith(prefix))
-            infos = [BlobInfo(k, len(self._blobs[k])) for k in keys]
+            infos = [BlobInfo(k, len(self._blobs[k]), self._times.get(k)) for k in keys]
         yield from infos
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(key, None)
+            self._times.pop(key, None)
 
     # test helpers -------------------------------------------------------------------------------------------------
     def corrupt(self, key: str, data: bytes) -> None:
         """Overwrite a blob without any check, as bit rot or a bad disk would."""
         with self._lock:
             self._blobs[key] = data
+
+    def age(self, key: str, seconds: float) -> None:
+        """Pretend a blob was written ``seconds`` earlier (for grace-period tests)."""
+        with self._lock:
+            self._times[key] -= seconds

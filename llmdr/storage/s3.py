@@ -182,7 +182,8 @@ class S3Store:
             if isinstance(mapped, ObjectNotFound):
                 self._check_bucket()
             raise mapped from exc
-        return BlobInfo(key, int(resp["ContentLength"]))
+        modified = resp.get("LastModified")
+        return BlobInfo(key, int(resp["ContentLength"]), modified.timestamp() if modified else None)
 
     def _check_bucket(self) -> None:
         """HEAD answers a bare 404 for a missing bucket too; tell the two apart."""
@@ -210,7 +211,8 @@ class S3Store:
             except Exception as exc:
                 raise self._map(exc, "list", prefix or "/") from exc
             for obj in resp.get("Contents", []):
-                yield BlobInfo(obj["Key"][cut:], int(obj["Size"]))
+                modified = obj.get("LastModified")
+                yield BlobInfo(obj["Key"][cut:], int(obj["Size"]), modified.timestamp() if modified else None)
             if not resp.get("IsTruncated"):
                 return
             token = resp.get("NextContinuationToken")

@@ -1,0 +1,92 @@
+"""Retention: which snapshots to keep, forgetting the rest, and pruning chunks nothing references any more.
+
+The plan is pure: of a bundle's snapshots (oldest first), keep the newest ``keep_last`` and, among the older ones,
+every ``keep_every``-th (counted from the oldest, so the kept ones do not shift as new snapshots arrive). Applying
+it deletes the forgotten manifests first; pruning then deletes only chunks that (a) no remaining manifest of any
+bundle references and (b) were written more than ``grace`` ago — a snapshot still uploading has chunks that no
+manifest names yet, and the grace period keeps them (Kopia's rule).
+
+Pruning must not run at the same time as a snapshot into the same repository that re-adds old content (it could
+reuse a chunk that prune is deleting). The flows serialise protect and retention per bundle; prune also re-reads
+the manifests after deleting and reports any snapshot that now lacks a chunk, which `llmdr verify --repair` can
+bring back from another region.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+from .repository import Repository, SnapshotInfo, key_to_chunk, manifest_key
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep_last: int
+    keep_every: int | None = None  # also keep every Mth older snapshot
+
+    def __post_init__(self) -> None:
+        if self.keep_last < 1:
+            raise UsageError("retention keep_last must be at least 1: the newest snapshot is never forgotten")
+        if self.keep_every is not None and self.keep_every < 1:
+            raise UsageError("retention keep_every must be at least 1")
+
+
+def plan(snapshots: list[SnapshotInfo], policy: Policy) -> tuple[list[str], list[str]]:
+    """(keep, forget) snapshot ids; ``snapshots`` oldest first."""
+    ids = [s.id for s in snapshots]
+    newest = set(ids[-policy.keep_last:])
+    keep = []
+    for i, sid in enumerate(ids):
+        if sid in newest or (policy.keep_every and i % policy.keep_every == 0):
+            keep.append(sid)
+    forget = [sid for sid in ids if sid not in set(keep)]
+    return keep, forget
+
+
+@dataclass
+class RetentionResult:
+    location: str
+    kept: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    chunks_in_grace: int = 0
+    raced: list[str] = field(default_factory=list)  # snapshots written during the prune that lost a chunk
+
+    def to_json(self) -> dict:
+        return {"location": self.location, "kept": self.kept, "forgotten": self.forgotten,
+                "chunks_deleted": self.chunks_deleted, "bytes_freed": self.bytes_freed,
+                "chunks_in_grace": self.chunks_in_grace, "raced": self.raced}
+
+
+def apply_retention(repo: Repository, bundle: str, policy: Policy, *, prune: bool = True,
+                    grace_s: float = 6 * 3600, now: float | None = None) -> RetentionResult:
+    res = RetentionResult(repo.location)
+    res.kept, res.forgotten = plan(repo.snapshots(bundle=bundle), policy)
+    for sid in res.forgotten:
+        repo.store.delete(manifest_key(sid))
+    if prune:
+        _prune(repo, res, grace_s, time.time() if now is None else now)
+    return res
+
+
+def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float) -> None:
+    referenced: set[str] = set()
+    for info in repo.snapshots():  # every bundle's snapshots share the chunk store
+        referenced.update(info.manifest.chunk_set())
+    deleted: set[str] = set()
+    for blob in list(repo.store.list("chunks/")):
+        hexd = key_to_chunk(blob.key)
+        if hexd is None or hexd in referenced:
+            continue
+        if blob.modified is None or now - blob.modified < grace_s:
+            res.chunks_in_grace += 1
+            continue
+        repo.store.delete(blob.key)
+        deleted.add(hexd)
+        res.chunks_deleted += 1
+        res.bytes_freed += blob.size
+    if deleted:
+        res.raced = [i.id for i in repo.snapshots() if deleted & i.manifest.chunk_set().keys()]
