@@ -1,24 +1,38 @@
-"""protect-bundle: snapshot the bundle into the primary region, then copy it to every secondary region."""
+"""protect-bundle: completeness → snapshot → copy to every secondary region → verify each copy → retention →
+RPO clock. Publishes a markdown summary and a table artifact with stable keys."""
 
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, protect_summary_markdown
-from tasks.protect import copy_snapshot_to_region, take_snapshot
+from llmdr.report import artifact_key, protect_summary_markdown, protect_table
+from tasks.protect import (
+    apply_retention,
+    check_bundle_complete,
+    copy_snapshot_to_region,
+    measure_rpo,
+    take_snapshot,
+    verify_copy,
+)
 
 
 @flow(name="protect-bundle", log_prints=False)
 def protect_bundle(config_path: str = "llmdr.yaml") -> dict:
-    """Snapshot → copy to each secondary region. Fails (and publishes nothing partial) if any step fails."""
+    """Fails (and publishes nothing partial) if any step fails; retention runs only after every copy verified."""
     cfg = load_config(config_path)
+    check_bundle_complete(config_path)
     snap = take_snapshot(config_path)
-    futures = [copy_snapshot_to_region.submit(config_path, snap["snapshot_id"], r.name) for r in cfg.secondaries]
+    sid = snap["snapshot_id"]
+    futures = [copy_snapshot_to_region.submit(config_path, sid, r.name) for r in cfg.secondaries]
     copies = [f.result() for f in futures]
-    result = {"snapshot": snap, "copies": copies}
-    create_markdown_artifact(key=artifact_key("protect-bundle", cfg.bundle.name),
-                             markdown=protect_summary_markdown(cfg.bundle.name, snap, copies),
+    verified = [verify_copy(config_path, sid, r.name) for r in cfg.secondaries]
+    retention = [apply_retention(config_path, r.name) for r in cfg.regions]
+    rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
+    key = artifact_key("protect-bundle", cfg.bundle.name)
+    create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo),
                              description="Newest protect-bundle run")
-    return result
+    create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
+                          description="protect-bundle transfers")
+    return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo}

@@ -175,6 +175,20 @@ class Objectives(_Model):
         return parse_duration(v)
 
 
+class Retention(_Model):
+    """Applied by protect-bundle after each snapshot, in every region (``llmdr forget`` does it by hand)."""
+
+    keep_last: int = Field(ge=1)
+    keep_every: int | None = Field(default=None, ge=1)
+    prune: bool = True
+    grace: timedelta = timedelta(hours=6)
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
 class Transfer(_Model):
     workers: int = Field(default=8, ge=1, le=256)  # parallel uploads and cross-region copies
     download_workers: int = Field(default=16, ge=1, le=256)  # parallel chunk downloads during restore
@@ -188,6 +202,7 @@ class Config(_Model):
     regions: list[Region] = Field(min_length=2)
     objectives: Objectives = Objectives()
     transfer: Transfer = Transfer()
+    retention: Retention | None = None
     state_dir: str = ".llmdr"
 
     # set by load_config, not read from the file

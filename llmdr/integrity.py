@@ -85,19 +85,22 @@ def verify_snapshot(
     repair_from: list[tuple[str, Repository]] | None = None,
     workers: int = 8,
     progress: Progress | None = None,
+    read: bool = True,
 ) -> VerifyResult:
-    """Check ``snapshot_id`` in ``repo``; with ``repair_from`` ([(region name, repo)]), fix what is broken."""
+    """Check ``snapshot_id`` in ``repo``; with ``repair_from`` ([(region name, repo)]), fix what is broken.
+    ``read=False`` checks presence and sizes only (one listing, no chunk read): cheap enough after every copy."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     manifest = repo.load_manifest(snapshot_id)  # raises IntegrityError if the manifest itself is damaged
     wanted = manifest.chunk_set()
-    res = VerifyResult(snapshot_id, repo.location, str(subset) if subset else None, chunks_total=len(wanted))
+    scope = (str(subset) if subset else None) if read else "listing"
+    res = VerifyResult(snapshot_id, repo.location, scope, chunks_total=len(wanted))
     present = repo.list_chunks()
-    selected = sorted(d for d in wanted if subset is None or subset.contains(d))
+    selected = sorted(d for d in wanted if read and (subset is None or subset.contains(d)))
     for d in sorted(wanted):
         if d not in present:
             res.missing.append(d)
-        elif present[d] != wanted[d] and (subset is None or subset.contains(d)):
+        elif present[d] != wanted[d] and (not read or subset is None or subset.contains(d)):
             res.corrupt.append(d)
     to_read = [d for d in selected if d in present and present[d] == wanted[d]]
     progress.start(f"verify {snapshot_id[:12]}", sum(wanted[d] for d in to_read))

@@ -89,7 +89,7 @@ def check(cfg: Config, path: Path | None = None) -> BundleReport:
 
 
 def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
-           progress: Progress | None = None):
+           progress: Progress | None = None, read: bool = True):
     """Read back (and with ``repair`` fix from the other regions) a snapshot in one region."""
     from .integrity import Subset, verify_snapshot
 
@@ -98,7 +98,24 @@ def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | No
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     sources = [(r.name, open_repo(cfg, r, read_only=True)) for r in cfg.regions if r.name != reg.name] if repair else []
     return verify_snapshot(repo, sid, subset=Subset.parse(sample) if sample else None, repair_from=sources,
-                           workers=cfg.transfer.download_workers, progress=progress)
+                           workers=cfg.transfer.download_workers, progress=progress, read=read)
+
+
+def rpo_clock(cfg: Config, region: str) -> dict:
+    """Age of the bundle's newest complete snapshot in ``region`` against the RPO objective."""
+    from datetime import datetime, timezone
+
+    from .manifest import parse_utc
+
+    snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
+    objective = cfg.objectives.rpo.total_seconds()
+    if not snaps:
+        return {"region": region, "newest": None, "created": None, "age_s": None, "objective_s": objective,
+                "ok": False}
+    created = snaps[-1].manifest.created
+    age = (datetime.now(timezone.utc) - parse_utc(created)).total_seconds()
+    return {"region": region, "newest": snaps[-1].id, "created": created, "age_s": round(age, 1),
+            "objective_s": objective, "ok": age <= objective}
 
 
 def restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):

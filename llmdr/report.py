@@ -7,7 +7,7 @@ def _mb(n: int | float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict]) -> str:
+def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: list[dict] | None = None) -> str:
     rate = snap["bytes_read"] / snap["duration_s"] / 1e6 if snap["duration_s"] else 0.0
     lines = [
         f"# protect-bundle: {bundle}",
@@ -25,7 +25,31 @@ def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict]) -> str
         lines.append(f"| copy ({state}) | {c['region']} | {c['snapshot_id'][:12]} | {_mb(c['bytes_total'])} | "
                      f"{_mb(c['bytes_copied'])} | {_mb(c['bytes_total'] - c['bytes_copied'])} | "
                      f"{c['duration_s']:.2f} | {crate:.1f} |")
+    for r in rpo or []:
+        if r["age_s"] is None:
+            lines += ["", f"**RPO clock, {r['region']}: no snapshot there at all** (objective {r['objective_s']:.0f} s)"]
+        else:
+            verdict = "within" if r["ok"] else "**OVER**"
+            lines += ["", f"RPO clock, {r['region']}: newest snapshot {r['newest'][:12]} is {r['age_s']:.0f} s old, "
+                          f"{verdict} the {r['objective_s']:.0f} s objective."]
     return "\n".join(lines) + "\n"
+
+
+def protect_table(snap: dict, copies: list[dict], verified: list[dict]) -> list[dict]:
+    """Rows for the table artifact: one per step, the same columns for every run."""
+    ok = {v["region"]: v["ok"] for v in verified}
+    rows = [{"step": "snapshot", "region": snap["region"], "snapshot": snap["snapshot_id"][:12],
+             "bytes_total": snap["bytes_total"], "bytes_new": snap["bytes_new"],
+             "bytes_deduplicated": snap["bytes_deduplicated"], "duration_s": snap["duration_s"],
+             "mb_per_s": round(snap["bytes_read"] / snap["duration_s"] / 1e6, 1) if snap["duration_s"] else 0.0,
+             "verified": "n/a"}]
+    for c in copies:
+        rows.append({"step": "copy", "region": c["region"], "snapshot": c["snapshot_id"][:12],
+                     "bytes_total": c["bytes_total"], "bytes_new": c["bytes_copied"],
+                     "bytes_deduplicated": c["bytes_total"] - c["bytes_copied"], "duration_s": c["duration_s"],
+                     "mb_per_s": round(c["bytes_copied"] / c["duration_s"] / 1e6, 1) if c["duration_s"] else 0.0,
+                     "verified": "ok" if ok.get(c["region"]) else "FAILED"})
+    return rows
 
 
 def artifact_key(flow: str, bundle: str) -> str:

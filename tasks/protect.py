@@ -40,3 +40,45 @@ def restore_snapshot(config_path: str, snapshot: str, region: str, target: str, 
     cfg = load_config(config_path)
     res = ops.restore(cfg, snapshot, Path(target), region=region, force=force)
     return res.to_json() | {"region": region}
+
+
+@task(name="check-bundle-complete")
+def check_bundle_complete(config_path: str) -> dict:
+    """Refuse to protect an incomplete bundle (not retried: the files must be fixed first)."""
+    from llmdr.bundle import IncompleteBundle
+
+    cfg = load_config(config_path)
+    if not cfg.bundle.components:
+        get_run_logger().warning("bundle.components is empty in %s: completeness is not checked", config_path)
+        return {"complete": None, "components": []}
+    report = ops.check(cfg)
+    if not report.complete:
+        raise IncompleteBundle(report, "protect-bundle stopped before the snapshot")
+    return report.to_json()
+
+
+@task(name="verify-copy", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
+def verify_copy(config_path: str, snapshot_id: str, region: str) -> dict:
+    """Every chunk of the snapshot is present, at the right size, in ``region`` (one listing, no reads)."""
+    res = ops.verify(load_config(config_path), snapshot_id, region=region, read=False)
+    if not res.ok:
+        from llmdr.errors import IntegrityError
+
+        raise IntegrityError(f"the copy of {snapshot_id[:12]} in {region} lacks {len(res.unrepaired)} chunk(s)")
+    return res.to_json() | {"region": region}
+
+
+@task(name="apply-retention", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
+def apply_retention(config_path: str, region: str) -> dict:
+    cfg = load_config(config_path)
+    r = cfg.retention
+    if r is None:
+        return {"region": region, "skipped": True}
+    res = ops.forget(cfg, keep_last=r.keep_last, keep_every=r.keep_every, region=region, prune=r.prune,
+                     grace_s=r.grace.total_seconds())
+    return res.to_json() | {"region": region, "skipped": False}
+
+
+@task(name="measure-rpo", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
+def measure_rpo(config_path: str, region: str) -> dict:
+    return ops.rpo_clock(load_config(config_path), region)

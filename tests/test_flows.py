@@ -60,6 +60,10 @@ def test_protect_then_restore_flows(prefect_harness, region_config, tmp_path):
     sid = out["snapshot"]["snapshot_id"]
     assert [c["region"] for c in out["copies"]] == ["secondary"]
     assert out["copies"][0]["snapshot_id"] == sid and out["copies"][0]["chunks_copied"] > 0
+    assert [v["ok"] for v in out["verified"]] == [True]
+    assert [r["skipped"] for r in out["retention"]] == [True, True]  # no retention: configured
+    [rpo] = out["rpo"]
+    assert rpo["region"] == "secondary" and rpo["newest"] == sid and rpo["ok"] and rpo["age_s"] < 300
     res = restore_bundle(target=str(tmp_path / "restored"), region="secondary", snapshot=sid[:8],
                          config_path=str(cfg_path))
     assert res["snapshot_id"] == sid
@@ -76,7 +80,7 @@ def test_protect_then_restore_flows(prefect_harness, region_config, tmp_path):
     import asyncio
 
     arts = asyncio.run(artifacts())
-    assert arts and sid[:12] in arts[0].data
+    assert arts and sid[:12] in arts[0].data and "RPO clock, secondary" in arts[0].data
 
 
 def test_prefect_yaml_entrypoints_are_flows():
@@ -155,3 +159,20 @@ def test_verify_replicas_repairs_a_corrupt_chunk(prefect_harness, region_config)
 
     arts = asyncio.run(artifacts())
     assert arts and f"{victim[:12]} from secondary" in arts[0].data
+
+
+def test_protect_applies_retention_in_every_region(prefect_harness, region_config):
+    from flows.protect_bundle import protect_bundle
+    from llmdr.config import parse_config
+    from llmdr.ops import open_repo
+
+    path = region_config.source_file
+    path.write_text(path.read_text() + "retention: {keep_last: 1, grace: 0s}\n")
+    cfg = parse_config(path.read_text(), source=path)
+    for seed in range(2):
+        write_sample_bundle(path.parent / "bundle", shards=1, shard_size=MiB, seed=seed)
+        out = protect_bundle(config_path=str(path))
+    sid = out["snapshot"]["snapshot_id"]
+    assert all(not r["skipped"] and r["kept"] == [sid] for r in out["retention"])
+    for region in ("primary", "secondary"):
+        assert open_repo(cfg, region).snapshot_ids() == [sid]
