@@ -189,6 +189,15 @@ class Retention(_Model):
         return parse_duration(v)
 
 
+class Checkpoints(_Model):
+    """Training checkpoints: each sub-folder of ``path`` matching ``pattern`` is one checkpoint, snapshotted once
+    (checkpoints deduplicate against each other) and kept by its own retention policy."""
+
+    path: str
+    pattern: str = "checkpoint-*"
+    retention: Retention | None = None
+
+
 class Transfer(_Model):
     workers: int = Field(default=8, ge=1, le=256)  # parallel uploads and cross-region copies
     download_workers: int = Field(default=16, ge=1, le=256)  # parallel chunk downloads during restore
@@ -203,6 +212,7 @@ class Config(_Model):
     objectives: Objectives = Objectives()
     transfer: Transfer = Transfer()
     retention: Retention | None = None
+    checkpoints: Checkpoints | None = None
     state_dir: str = ".llmdr"
 
     # set by load_config, not read from the file

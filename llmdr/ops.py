@@ -137,3 +137,56 @@ def forget(cfg: Config, *, keep_last: int, keep_every: int | None = None, region
 
     policy = Policy(keep_last, keep_every)
     return apply_retention(open_repo(cfg, region), cfg.bundle.name, policy, prune=prune, grace_s=grace_s)
+
+
+def checkpoint_series(cfg: Config) -> str:
+    return f"{cfg.bundle.name}-checkpoints"
+
+
+def protect_checkpoints(cfg: Config) -> dict:
+    """Snapshot every checkpoint folder not yet protected (oldest step first) into the primary, copy each to every
+    secondary, then apply the checkpoint retention policy in every region."""
+    import fnmatch
+    import re
+
+    ck = cfg.checkpoints
+    if ck is None:
+        raise UsageError(f"{cfg.source_file} has no checkpoints: section (path, pattern, retention)")
+    root = Path(ck.path) if Path(ck.path).is_absolute() else cfg.base_dir / ck.path
+    if not root.is_dir():
+        raise UsageError(f"checkpoint folder {root} does not exist; set checkpoints.path in llmdr.yaml")
+
+    def step(name: str) -> tuple[int, str]:
+        nums = re.findall(r"\d+", name)
+        return (int(nums[-1]) if nums else -1, name)
+
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and fnmatch.fnmatchcase(p.name, ck.pattern)),
+                     key=lambda p: step(p.name))
+    series = checkpoint_series(cfg)
+    primary = open_repo(cfg, cfg.primary)
+    done = {s.manifest.tags.get("checkpoint") for s in primary.snapshots(bundle=series)}
+    new = []
+    for folder in folders:
+        if folder.name in done:
+            continue
+        res = take_snapshot(primary, folder, bundle=series, kind="checkpoint", workers=cfg.transfer.workers,
+                            max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024,
+                            tags={"checkpoint": folder.name, "step": str(step(folder.name)[0])})
+        new.append(res.to_json() | {"checkpoint": folder.name})
+    copies = []
+    for r in cfg.secondaries:
+        dst = open_repo(cfg, r)
+        for snap in new:
+            copies.append(replicate_snapshot(primary, dst, snap["snapshot_id"], workers=cfg.transfer.workers).to_json()
+                          | {"region": r.name})
+    retention = []
+    if ck.retention is not None:
+        from .retention import Policy, apply_retention
+
+        policy = Policy(ck.retention.keep_last, ck.retention.keep_every)
+        for r in cfg.regions:
+            res = apply_retention(open_repo(cfg, r), series, policy, prune=ck.retention.prune,
+                                  grace_s=ck.retention.grace.total_seconds())
+            retention.append(res.to_json() | {"region": r.name})
+    return {"series": series, "found": [p.name for p in folders], "new": new, "copies": copies,
+            "retention": retention}

@@ -75,3 +75,17 @@ def verify_summary_markdown(bundle: str, checks: list[dict], tests: list[dict]) 
             lines.append(f"| {t['region']} | {'PASS' if t['ok'] else '**FAIL**'} | {golden} | "
                          f"{'; '.join(t['problems']) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def checkpoints_summary_markdown(out: dict) -> str:
+    lines = [f"# protect-checkpoints: {out['series']}", "",
+             f"{len(out['found'])} checkpoint folder(s) found, {len(out['new'])} new.", "",
+             "| checkpoint | snapshot | bytes total | bytes new | deduplicated | duration s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for n in out["new"]:
+        lines.append(f"| {n['checkpoint']} | {n['snapshot_id'][:12]} | {_mb(n['bytes_total'])} | {_mb(n['bytes_new'])} | "
+                     f"{_mb(n['bytes_deduplicated'])} | {n['duration_s']:.2f} |")
+    for r in out["retention"]:
+        lines.append(f"\nRetention in {r['region']}: kept {len(r['kept'])}, forgot {len(r['forgotten'])}, "
+                     f"pruned {r['chunks_deleted']} chunk(s) ({_mb(r['bytes_freed'])}).")
+    return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ def test_prefect_yaml_entrypoints_are_flows():
         assert isinstance(obj, Flow), dep["entrypoint"]
         assert dep["work_pool"]["name"] == "llmdr-process"
         names.add(obj.name)
-    assert {"protect-bundle", "restore-bundle", "verify-replicas"} <= names
+    assert {"protect-bundle", "restore-bundle", "verify-replicas", "protect-checkpoints"} <= names
 
 
 def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
@@ -176,3 +176,33 @@ def test_protect_applies_retention_in_every_region(prefect_harness, region_confi
     assert all(not r["skipped"] and r["kept"] == [sid] for r in out["retention"])
     for region in ("primary", "secondary"):
         assert open_repo(cfg, region).snapshot_ids() == [sid]
+
+
+def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_config):
+    import random
+
+    from flows.protect_checkpoints import protect_checkpoints
+    from llmdr.ops import open_repo
+
+    path = region_config.source_file
+    path.write_text(path.read_text() + "checkpoints: {path: ckpts, retention: {keep_last: 2, grace: 0s}}\n")
+    base = random.Random(1).randbytes(6 * MiB)
+
+    def checkpoint(step: int) -> None:
+        d = path.parent / "ckpts" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(base + random.Random(step).randbytes(MiB))  # mostly shared
+        (d / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+
+    for step in (100, 200):
+        checkpoint(step)
+    first = protect_checkpoints(config_path=str(path))
+    assert [n["checkpoint"] for n in first["new"]] == ["checkpoint-100", "checkpoint-200"]
+    assert first["new"][1]["bytes_deduplicated"] > 0  # the second reuses the first one's shared bytes
+    assert protect_checkpoints(config_path=str(path))["new"] == []  # nothing new: nothing taken
+    checkpoint(300)
+    third = protect_checkpoints(config_path=str(path))
+    assert [n["checkpoint"] for n in third["new"]] == ["checkpoint-300"]
+    for region in ("primary", "secondary"):
+        snaps = open_repo(region_config, region).snapshots(bundle="testbundle-checkpoints")
+        assert [s.manifest.tags["checkpoint"] for s in snaps] == ["checkpoint-200", "checkpoint-300"]

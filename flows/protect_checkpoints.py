@@ -1,0 +1,20 @@
+"""protect-checkpoints: back up new training checkpoints incrementally, copy them to every DR region, and keep
+the last N (and every Mth) of them."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from llmdr.config import load_config
+from llmdr.report import artifact_key, checkpoints_summary_markdown
+from tasks.checkpoints import protect_new_checkpoints
+
+
+@flow(name="protect-checkpoints")
+def protect_checkpoints(config_path: str = "llmdr.yaml") -> dict:
+    cfg = load_config(config_path)
+    out = protect_new_checkpoints(config_path)
+    create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),
+                             markdown=checkpoints_summary_markdown(out), description="Newest protect-checkpoints run")
+    return out
