@@ -122,6 +122,11 @@ class IncompleteBundle(LlmdrError):
         )
 
 
+def list_files(root: Path) -> list[str]:
+    """Every regular file under ``root``, as sorted relative '/'-paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
 def match_files(root: Path, patterns: Iterable[str], files: Iterable[str]) -> list[str]:
     """The files (relative '/'-paths) matching any pattern; ``**`` matches across folders."""
     pats = list(patterns)
@@ -142,7 +147,7 @@ def detect_components(root: Path, files: Iterable[str]) -> dict[ComponentKind, l
 def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str] | None = None) -> BundleReport:
     """Check every component of the bundle at ``root``; never raises for a bad bundle, reports instead."""
     if files is None:
-        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        files = list_files(root)
     files = list(files)
     reports = []
     for spec in specs:
@@ -316,7 +321,7 @@ def content_digests(root: Path, specs: Iterable[ComponentSpec]) -> dict[str, str
     """Per component, SHA-256 over its files' paths and bytes: compares two copies of a bundle component-wise."""
     import hashlib
 
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    files = list_files(root)
     out = {}
     for spec in specs:
         h = hashlib.sha256()
@@ -328,5 +333,5 @@ def content_digests(root: Path, specs: Iterable[ComponentSpec]) -> dict[str, str
 
 def detected_specs(root: Path) -> list[ComponentSpec]:
     """Component specs for a folder as `llmdr init` would declare them."""
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    files = list_files(root)
     return [ComponentSpec(kind, tuple(hits)) for kind, hits in detect_components(root, files).items()]

@@ -62,9 +62,9 @@ state_dir: .llmdr
 
 
 def render_components(bundle_dir: Path) -> str:
-    from .bundle import DEFAULT_PATTERNS, detect_components
+    from .bundle import DEFAULT_PATTERNS, detect_components, list_files
 
-    files = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
+    files = list_files(bundle_dir)
     found = detect_components(bundle_dir, files)
     lines = []
     for kind, pats in DEFAULT_PATTERNS.items():

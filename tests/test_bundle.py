@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.bundle import ComponentKind, ComponentSpec, IncompleteBundle, check_bundle, detect_components
+from llmdr.bundle import ComponentKind, ComponentSpec, IncompleteBundle, check_bundle, detected_specs
 from llmdr.errors import ConfigError
 from llmdr.manifest import FileEntry, Manifest, manifest_id
 from llmdr.repository import Repository, manifest_key
@@ -23,9 +23,7 @@ K = ComponentKind
 def sample(tmp_path: Path) -> tuple[Path, list[ComponentSpec]]:
     root = tmp_path / "bundle"
     write_sample_bundle(root, shards=2, shard_size=MiB // 4)
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    found = detect_components(root, files)
-    specs = [ComponentSpec(kind, tuple(hits), True) for kind, hits in found.items()]
+    specs = detected_specs(root)
     return root, specs
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.bundle import ComponentSpec, check_bundle, detect_components
+from llmdr.bundle import check_bundle, detected_specs
 from llmdr.tinymodel import TinyModel, write_demo_bundle
 
 PROMPTS = ["what is the capital of the north region ?", "tell me a story about a dog", "how do I restore a snapshot ?",
@@ -44,8 +44,7 @@ def test_deterministic_and_small(bundle, tmp_path):
 
 
 def test_demo_bundle_is_complete(bundle):
-    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
-    specs = [ComponentSpec(k, tuple(v)) for k, v in detect_components(bundle, files).items()]
+    specs = detected_specs(bundle)
     assert {s.kind.value for s in specs} >= {"weights", "tokenizer", "model_config", "generation_config",
                                              "prompt_templates", "serving_config", "security_rules"}
     assert check_bundle(bundle, specs).complete
