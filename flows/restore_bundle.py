@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
+from llmdr.config import load_config
+from llmdr.report import artifact_key, restore_summary_markdown
 from tasks.protect import restore_snapshot
 
 
@@ -11,4 +14,9 @@ from tasks.protect import restore_snapshot
 def restore_bundle(target: str, region: str = "secondary", snapshot: str = "latest", force: bool = False,
                    config_path: str = "llmdr.yaml") -> dict:
     """Restore ``snapshot`` (default: the newest) from ``region`` into ``target``, verifying every chunk."""
-    return restore_snapshot(config_path, snapshot, region, target, force)
+    cfg = load_config(config_path)
+    res = restore_snapshot(config_path, snapshot, region, target, force)
+    create_markdown_artifact(key=artifact_key("restore-bundle", cfg.bundle.name),
+                             markdown=restore_summary_markdown(cfg.bundle.name, res),
+                             description="Newest restore-bundle run")
+    return res

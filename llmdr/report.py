@@ -89,3 +89,16 @@ def checkpoints_summary_markdown(out: dict) -> str:
         lines.append(f"\nRetention in {r['region']}: kept {len(r['kept'])}, forgot {len(r['forgotten'])}, "
                      f"pruned {r['chunks_deleted']} chunk(s) ({_mb(r['bytes_freed'])}).")
     return "\n".join(lines) + "\n"
+
+
+def restore_summary_markdown(bundle: str, res: dict) -> str:
+    rate = res["bytes_downloaded"] / res["duration_s"] / 1e6 if res["duration_s"] else 0.0
+    complete = {True: "complete", False: "**INCOMPLETE**", None: "not checked (no components declared)"}
+    return "\n".join([
+        f"# restore-bundle: {bundle}", "",
+        "| snapshot | region | target | files | kept (already in place) | MB | MB downloaded | duration s | MB/s | bundle |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| {res['snapshot_id'][:12]} | {res['region']} | {res['target']} | {res['files']} | {res['files_skipped']} | "
+        f"{_mb(res['bytes_total'])} | {_mb(res['bytes_downloaded'])} | {res['duration_s']:.2f} | {rate:.1f} | "
+        f"{complete[res.get('complete')]} |",
+    ]) + "\n"

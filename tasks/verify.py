@@ -30,3 +30,14 @@ def run_restore_test(config_path: str, snapshot: str, region: str, golden_path: 
     """Restore to scratch, check completeness, serve, compare with the golden set."""
     res = ops.restore_test(load_config(config_path), snapshot, region=region, golden_path=Path(golden_path))
     return res.to_json() | {"region": region}
+
+
+@task(name="run-golden-check", retries=2, retry_delay_seconds=RETRY_DELAYS)
+def run_golden_check(url: str, golden_path: str) -> dict:
+    """Ask an OpenAI-compatible endpoint the golden set; the result says which cases differ (a mismatch is a result,
+    not an error: the caller decides what it means)."""
+    from llmdr.endpoint import OpenAIEndpoint
+    from llmdr.golden import GoldenSet, check
+
+    report = check(GoldenSet.load(Path(golden_path)), OpenAIEndpoint(url).answer)
+    return report.to_json() | {"url": url}

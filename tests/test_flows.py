@@ -82,6 +82,14 @@ def test_protect_then_restore_flows(prefect_harness, region_config, tmp_path):
     arts = asyncio.run(artifacts())
     assert arts and sid[:12] in arts[0].data and "RPO clock, secondary" in arts[0].data
 
+    async def restore_artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["restore-bundle-testbundle"])))
+
+    [art] = asyncio.run(restore_artifacts())[:1]
+    assert sid[:12] in art.data and "secondary" in art.data
+
 
 def test_prefect_yaml_entrypoints_are_flows():
     import importlib
@@ -206,3 +214,29 @@ def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_
     for region in ("primary", "secondary"):
         snaps = open_repo(region_config, region).snapshots(bundle="testbundle-checkpoints")
         assert [s.manifest.tags["checkpoint"] for s in snaps] == ["checkpoint-200", "checkpoint-300"]
+
+
+def test_run_golden_check_task(tmp_path):
+    import threading
+
+    from llmdr import golden
+    from llmdr.endpoint import OpenAIEndpoint
+    from llmdr.serving import ModelService, make_server
+    from llmdr.tinymodel import write_demo_bundle
+    from tasks.verify import run_golden_check
+
+    write_demo_bundle(tmp_path / "m")
+    httpd = make_server(ModelService(tmp_path / "m"), "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        golden.record(golden.default_cases(["name three colors"]), OpenAIEndpoint(url).answer).save(tmp_path / "g.jsonl")
+        assert run_golden_check.fn(url, str(tmp_path / "g.jsonl"))["ok"] is True
+        g = golden.GoldenSet.load(tmp_path / "g.jsonl")
+        g.cases[0].expected = "something else"
+        g.save(tmp_path / "g.jsonl")
+        out = run_golden_check.fn(url, str(tmp_path / "g.jsonl"))
+        assert out["ok"] is False and out["cases"][0]["actual"] != "something else"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
