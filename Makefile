@@ -3,7 +3,7 @@ SHELL := bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench ui clean
 
 install: .venv/.installed
 

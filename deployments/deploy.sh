@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create the process work pool (idempotent) and deploy every flow in prefect.yaml to the Prefect API in
-# $PREFECT_API_URL. Run from the repository root: LLMDR_HOME=/path/with/llmdr.yaml deployments/deploy.sh
+# $PREFECT_API_URL. Run from the repository root: LLMDR_CONFIG=/path/to/llmdr.yaml deployments/deploy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PREFECT_API_URL:?set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api}"
-: "${LLMDR_HOME:?set LLMDR_HOME to the folder holding llmdr.yaml}"
+: "${LLMDR_CONFIG:?set LLMDR_CONFIG to the project's llmdr.yaml}"
+export LLMDR_CODE=${LLMDR_CODE:-$PWD}
 uv run --frozen prefect work-pool inspect llmdr-process >/dev/null 2>&1 \
   || uv run --frozen prefect work-pool create llmdr-process --type process
 uv run --frozen prefect --no-prompt deploy --all

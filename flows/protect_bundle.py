@@ -19,7 +19,7 @@ from tasks.protect import (
 
 
 @flow(name="protect-bundle", log_prints=False)
-def protect_bundle(config_path: str = "llmdr.yaml") -> dict:
+def protect_bundle(config_path: str = "") -> dict:
     """Fails (and publishes nothing partial) if any step fails; retention runs only after every copy verified."""
     cfg = load_config(config_path)
     check_bundle_complete(config_path)

@@ -12,7 +12,7 @@ from tasks.checkpoints import protect_new_checkpoints
 
 
 @flow(name="protect-checkpoints")
-def protect_checkpoints(config_path: str = "llmdr.yaml") -> dict:
+def protect_checkpoints(config_path: str = "") -> dict:
     cfg = load_config(config_path)
     out = protect_new_checkpoints(config_path)
     create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),

@@ -12,7 +12,7 @@ from tasks.protect import restore_snapshot
 
 @flow(name="restore-bundle")
 def restore_bundle(target: str, region: str = "secondary", snapshot: str = "latest", force: bool = False,
-                   config_path: str = "llmdr.yaml") -> dict:
+                   config_path: str = "") -> dict:
     """Restore ``snapshot`` (default: the newest) from ``region`` into ``target``, verifying every chunk."""
     cfg = load_config(config_path)
     res = restore_snapshot(config_path, snapshot, region, target, force)

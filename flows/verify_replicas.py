@@ -13,7 +13,7 @@ from tasks.verify import run_restore_test, verify_snapshot
 
 
 @flow(name="verify-replicas")
-def verify_replicas(config_path: str = "llmdr.yaml", snapshot: str = "latest", sample: str | None = None,
+def verify_replicas(config_path: str = "", snapshot: str = "latest", sample: str | None = None,
                     repair: bool = True, restore_test: bool = False, golden_path: str = "golden.jsonl") -> dict:
     """``sample``: None reads every chunk; "N/T" a fixed subset; "T" today's share of T (rotates daily)."""
     cfg = load_config(config_path)

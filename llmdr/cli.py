@@ -345,9 +345,12 @@ def _status_table(rows) -> str:
 @stack_app.command("up")
 def stack_up(
     region: Annotated[Optional[str], typer.Argument(help="Only this region (default: every local region).")] = None,
+    ui: Annotated[bool, typer.Option("--ui", help="Also start a Prefect server + worker and deploy the flows.")] = False,
+    ui_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the local S3 servers (idempotent), wait until they answer, create the buckets."""
+    """Start the local S3 servers (idempotent), wait until they answer, create the buckets; with --ui also the
+    Prefect server, the llmdr work pool, the deployments and a worker."""
     from .stack import local_regions, start_region
 
     cfg = _cfg()
@@ -356,7 +359,15 @@ def stack_up(
         raise UsageError(f"no region in {cfg.source_file} has a local: section, so there is nothing for `llmdr stack` "
                          "to start; remote regions are run by their owners")
     rows = [start_region(cfg, r) for r in regions]
-    _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+    text = _status_table(rows)
+    out: Any = [s.to_json() for s in rows]
+    if ui:
+        from . import orchestration
+
+        st = orchestration.start(cfg, ui_port)
+        text += "\n" + orchestration.describe(st)
+        out = {"regions": out, "prefect": st.to_json()}
+    _emit(as_json, out, text)
 
 
 @stack_app.command("down")
@@ -365,9 +376,12 @@ def stack_down(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop the local S3 servers (by their PIDs). Data stays on disk."""
+    from . import orchestration
     from .stack import local_regions, stop_region
 
     cfg = _cfg()
+    if region is None and orchestration.running(cfg):
+        orchestration.stop(cfg)
     rows = [stop_region(cfg, r) for r in local_regions(cfg, region)]
     _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
 
@@ -378,11 +392,15 @@ def stack_status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each local region: running, healthy (authenticated access works), auth enforced."""
+    from . import orchestration
     from .stack import local_regions, region_status
 
     cfg = _cfg()
     rows = [region_status(cfg, r) for r in local_regions(cfg, region)]
-    _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+    text = _status_table(rows)
+    if orchestration.running(cfg):
+        text += "\n" + orchestration.describe(orchestration.status(cfg))
+    _emit(as_json, [s.to_json() for s in rows], text)
     if not all(s.healthy for s in rows):
         raise typer.Exit(3)
 

@@ -1,0 +1,45 @@
+"""The local orchestration stack for real: a Prefect server and worker started by llmdr, the deployments of
+prefect.yaml, and protect-bundle triggered through the API exactly as the UI's Run button does."""
+
+import json
+import socket
+import subprocess
+import urllib.request
+
+from llmdr import orchestration
+from llmdr.samples import MiB, write_sample_bundle
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url: str, path: str, body: dict) -> list | dict:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_deploy_and_run_protect_bundle_through_the_api(region_config):
+    cfg = region_config
+    write_sample_bundle(cfg.source_file.parent / "bundle", shards=1, shard_size=MiB)
+    port = _port()
+    try:
+        st = orchestration.start(cfg, port)
+        assert st.healthy and st.server_pid and st.worker_pid
+        api = f"http://127.0.0.1:{port}/api"
+        names = {d["name"] for d in _api(api, "/deployments/filter", {})}
+        assert {"protect-bundle", "verify-replicas-daily", "protect-checkpoints", "restore-bundle"} <= names
+        env = orchestration.env(cfg, port)
+        r = subprocess.run([orchestration._prefect(), "deployment", "run", "protect-bundle/protect-bundle", "--watch",
+                            "--watch-timeout", "240"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        arts = _api(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["protect-bundle-testbundle"]}}})
+        assert arts and "RPO clock, secondary" in arts[0]["data"]
+        assert orchestration.status(cfg).healthy
+    finally:
+        orchestration.stop(cfg)
+    assert orchestration.status(cfg).server_pid is None and orchestration.status(cfg).worker_pid is None
