@@ -2,9 +2,11 @@
 prefect.yaml, and protect-bundle triggered through the API exactly as the UI's Run button does."""
 
 import json
+import shutil
 import socket
 import subprocess
 import urllib.request
+from pathlib import Path
 
 from llmdr import orchestration
 from llmdr.samples import MiB, write_sample_bundle
@@ -40,6 +42,33 @@ def test_deploy_and_run_protect_bundle_through_the_api(region_config):
         arts = _api(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["protect-bundle-testbundle"]}}})
         assert arts and "RPO clock, secondary" in arts[0]["data"]
         assert orchestration.status(cfg).healthy
+        _browser_check(f"http://127.0.0.1:{port}/deployments")
     finally:
         orchestration.stop(cfg)
     assert orchestration.status(cfg).server_pid is None and orchestration.status(cfg).worker_pid is None
+
+
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+            "--virtual-time-budget=15000", "--window-size=1400,900"]
+
+
+def _browser_check(url: str) -> None:
+    """The UI's Deployments page, rendered by headless Chromium, lists llmdr's deployments; a screenshot is kept
+    under build/ (not committed). .ci/run installs Chromium; elsewhere `apt-get install chromium`."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        import pytest
+
+        pytest.skip("headless UI check needs Chromium: apt-get install -y --no-install-recommends chromium")
+    build = Path(__file__).parent.parent / "build"
+    build.mkdir(exist_ok=True)
+    profile = build / "chromium-profile"
+    dom = subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True,
+                         text=True, timeout=120).stdout
+    for name in ("protect-bundle", "protect-checkpoints", "restore-bundle", "verify-replicas-daily",
+                 "verify-replicas-weekly"):
+        assert name in dom, f"{name} not on the rendered deployments page"
+    subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", f"--screenshot={build / 'ui-deployments.png'}",
+                    url], capture_output=True, timeout=120)
+    assert (build / "ui-deployments.png").stat().st_size > 10_000
