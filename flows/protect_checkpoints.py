@@ -4,10 +4,10 @@ the last N (and every Mth) of them."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, checkpoints_summary_markdown
+from llmdr.report import artifact_key, checkpoints_summary_markdown, checkpoints_table
 from tasks.checkpoints import protect_new_checkpoints
 
 
@@ -17,4 +17,6 @@ def protect_checkpoints(config_path: str = "") -> dict:
     out = protect_new_checkpoints(config_path)
     create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),
                              markdown=checkpoints_summary_markdown(out), description="Newest protect-checkpoints run")
+    create_table_artifact(key=f"{artifact_key('protect-checkpoints', cfg.bundle.name)}-table",
+                          table=checkpoints_table(out), description="protect-checkpoints transfers")
     return out

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, restore_summary_markdown
+from llmdr.report import artifact_key, restore_summary_markdown, restore_table
 from tasks.protect import restore_snapshot
 
 
@@ -19,4 +19,6 @@ def restore_bundle(target: str, region: str = "secondary", snapshot: str = "late
     create_markdown_artifact(key=artifact_key("restore-bundle", cfg.bundle.name),
                              markdown=restore_summary_markdown(cfg.bundle.name, res),
                              description="Newest restore-bundle run")
+    create_table_artifact(key=f"{artifact_key('restore-bundle', cfg.bundle.name)}-table",
+                          table=restore_table(res), description="restore-bundle transfer")
     return res

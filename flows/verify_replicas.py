@@ -5,10 +5,10 @@ left wrong."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, verify_summary_markdown
+from llmdr.report import artifact_key, verify_summary_markdown, verify_table
 from tasks.verify import run_restore_test, verify_snapshot
 
 
@@ -22,6 +22,8 @@ def verify_replicas(config_path: str = "", snapshot: str = "latest", sample: str
     create_markdown_artifact(key=artifact_key("verify-replicas", cfg.bundle.name),
                              markdown=verify_summary_markdown(cfg.bundle.name, checks, tests),
                              description="Newest verify-replicas run")
+    create_table_artifact(key=f"{artifact_key('verify-replicas', cfg.bundle.name)}-table",
+                          table=verify_table(checks, tests), description="verify-replicas per region")
     failed = [c["region"] for c in checks if not c["ok"]] + [t["region"] for t in tests if not t["ok"]]
     if failed:
         raise RuntimeError(f"verify-replicas: problems left in region(s) {', '.join(sorted(set(failed)))}; "

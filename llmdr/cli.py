@@ -434,6 +434,39 @@ def snapshot(
 
 
 @app.command()
+def protect(
+    checkpoints: Annotated[bool, typer.Option("--checkpoints", help="Run protect-checkpoints instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the protect-bundle flow now, in this process (no Prefect server or worker needed): completeness,
+    snapshot, copy to every secondary, verify the copies, retention, RPO clock."""
+    import os
+
+    cfg = _cfg()
+    path = str((cfg.source_file or Path("llmdr.yaml")).resolve())
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if checkpoints:
+        from flows.protect_checkpoints import protect_checkpoints
+
+        out = protect_checkpoints(config_path=path)
+        _emit(as_json, out, f"{len(out['new'])} new checkpoint(s) of {len(out['found'])} protected "
+                            f"({', '.join(n['checkpoint'] for n in out['new']) or 'none new'})")
+        return
+    from flows.protect_bundle import protect_bundle
+
+    out = protect_bundle(config_path=path)
+    snap = out["snapshot"]
+    lines = [f"snapshot {snap['snapshot_id'][:12]} in {snap['region']}: {_human(snap['bytes_new'])} new of "
+             f"{_human(snap['bytes_total'])}"]
+    lines += [f"copied to {c['region']}: {c['chunks_copied']}/{c['chunks_total']} chunks, verified" for c in out["copies"]]
+    for r in out["rpo"]:
+        lines.append(f"RPO clock {r['region']}: newest snapshot {r['age_s']:.0f}s old "
+                     f"({'within' if r['ok'] else 'OVER'} the {r['objective_s']:.0f}s objective)")
+    _emit(as_json, out, "\n".join(lines))
+
+
+@app.command()
 def check(
     folder: Annotated[Optional[Path], typer.Argument(help="Bundle folder (default: bundle.path).")] = None,
     as_json: JsonOpt = False,

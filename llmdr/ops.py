@@ -172,7 +172,7 @@ def protect_checkpoints(cfg: Config) -> dict:
         res = take_snapshot(primary, folder, bundle=series, kind="checkpoint", workers=cfg.transfer.workers,
                             max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024,
                             tags={"checkpoint": folder.name, "step": str(step(folder.name)[0])})
-        new.append(res.to_json() | {"checkpoint": folder.name})
+        new.append(res.to_json() | {"checkpoint": folder.name, "region": cfg.primary.name})
     copies = []
     for r in cfg.secondaries:
         dst = open_repo(cfg, r)

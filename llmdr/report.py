@@ -102,3 +102,33 @@ def restore_summary_markdown(bundle: str, res: dict) -> str:
         f"{_mb(res['bytes_total'])} | {_mb(res['bytes_downloaded'])} | {res['duration_s']:.2f} | {rate:.1f} | "
         f"{complete[res.get('complete')]} |",
     ]) + "\n"
+
+
+def verify_table(checks: list[dict], tests: list[dict]) -> list[dict]:
+    by_region = {t["region"]: t for t in tests}
+    rows = []
+    for c in checks:
+        t = by_region.get(c["region"])
+        rows.append({"region": c["region"], "snapshot": c["snapshot_id"][:12], "scope": c["subset"] or "all",
+                     "chunks_read": c["chunks_read"], "bytes_read": c["bytes_read"], "duration_s": c["duration_s"],
+                     "mb_per_s": round(c["bytes_read"] / c["duration_s"] / 1e6, 1) if c["duration_s"] else 0.0,
+                     "corrupt": len(c["corrupt"]), "missing": len(c["missing"]), "repaired": len(c["repaired"]),
+                     "verification": "ok" if c["ok"] else "FAILED",
+                     "restore_test": ("PASS" if t["ok"] else "FAIL") if t else "not run"})
+    return rows
+
+
+def checkpoints_table(out: dict) -> list[dict]:
+    return [{"checkpoint": n["checkpoint"], "snapshot": n["snapshot_id"][:12], "region": n["region"],
+             "bytes_total": n["bytes_total"], "bytes_new": n["bytes_new"],
+             "bytes_deduplicated": n["bytes_deduplicated"], "duration_s": n["duration_s"],
+             "mb_per_s": round(n["bytes_read"] / n["duration_s"] / 1e6, 1) if n["duration_s"] else 0.0}
+            for n in out["new"]]
+
+
+def restore_table(res: dict) -> list[dict]:
+    return [{"snapshot": res["snapshot_id"][:12], "region": res["region"], "files": res["files"],
+             "bytes_total": res["bytes_total"], "bytes_downloaded": res["bytes_downloaded"],
+             "duration_s": res["duration_s"],
+             "mb_per_s": round(res["bytes_downloaded"] / res["duration_s"] / 1e6, 1) if res["duration_s"] else 0.0,
+             "verification": "every chunk verified", "complete": res.get("complete")}]

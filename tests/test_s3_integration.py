@@ -305,3 +305,14 @@ def test_cli_forget_and_prune(region_config):
     from llmdr.integrity import verify_snapshot
 
     assert verify_snapshot(repo, out["kept"][0]).ok
+
+
+def test_cli_protect_runs_the_flow_without_a_server(region_config):
+    cwd = region_config.source_file.parent
+    write_sample_bundle(cwd / "bundle", shards=1, shard_size=MiB)
+    r = run(["protect", "--json"], cwd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    sid = out["snapshot"]["snapshot_id"]
+    assert [c["region"] for c in out["copies"]] == ["secondary"] and out["verified"][0]["ok"]
+    assert repo_of(region_config, region_config.secondaries[0]).snapshot_ids() == [sid]
