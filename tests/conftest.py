@@ -3,6 +3,7 @@ session on free loopback ports and stops them at the end, by PID."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -111,3 +112,28 @@ def read_tree(root: Path) -> dict[str, bytes]:
             p = Path(dirpath) / n
             out[p.relative_to(root).as_posix()] = p.read_bytes()
     return out
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(bundle: Path):
+    """`llmdr serve`'s server for ``bundle`` in a thread on a free port; yields its base URL."""
+    import threading
+
+    from llmdr.serving import ModelService, make_server
+
+    httpd = make_server(ModelService(bundle), "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

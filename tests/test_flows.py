@@ -217,19 +217,15 @@ def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_
 
 
 def test_run_golden_check_task(tmp_path):
-    import threading
-
     from llmdr import golden
     from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.serving import ModelService, make_server
     from llmdr.tinymodel import write_demo_bundle
     from tasks.verify import run_golden_check
 
+    from conftest import serving
+
     write_demo_bundle(tmp_path / "m")
-    httpd = make_server(ModelService(tmp_path / "m"), "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with serving(tmp_path / "m") as url:
         golden.record(golden.default_cases(["name three colors"]), OpenAIEndpoint(url).answer).save(tmp_path / "g.jsonl")
         assert run_golden_check.fn(url, str(tmp_path / "g.jsonl"))["ok"] is True
         g = golden.GoldenSet.load(tmp_path / "g.jsonl")
@@ -237,6 +233,3 @@ def test_run_golden_check_task(tmp_path):
         g.save(tmp_path / "g.jsonl")
         out = run_golden_check.fn(url, str(tmp_path / "g.jsonl"))
         assert out["ok"] is False and out["cases"][0]["actual"] != "something else"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

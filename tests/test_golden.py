@@ -1,7 +1,6 @@
 """Golden sets: file format errors, exact and similarity comparison, and record/check against a real server."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import pytest
 from llmdr import golden
 from llmdr.errors import UsageError
 from llmdr.tinymodel import write_demo_bundle
+
+from conftest import free_port
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 
@@ -47,14 +48,8 @@ def test_missing_golden_file_says_how_to_record(tmp_path):
         golden.GoldenSet.load(tmp_path / "none.jsonl")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(bundle):
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen(LLMDR + ["serve", str(bundle), "--port", str(port)], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

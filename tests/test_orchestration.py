@@ -3,7 +3,6 @@ prefect.yaml, and protect-bundle triggered through the API exactly as the UI's R
 
 import json
 import shutil
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -11,11 +10,7 @@ from pathlib import Path
 from llmdr import orchestration
 from llmdr.samples import MiB, write_sample_bundle
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def _api(url: str, path: str, body: dict) -> list | dict:
@@ -28,7 +23,7 @@ def _api(url: str, path: str, body: dict) -> list | dict:
 def test_deploy_and_run_protect_bundle_through_the_api(region_config):
     cfg = region_config
     write_sample_bundle(cfg.source_file.parent / "bundle", shards=1, shard_size=MiB)
-    port = _port()
+    port = free_port()
     try:
         st = orchestration.start(cfg, port)
         assert st.healthy and st.server_pid and st.worker_pid

@@ -3,7 +3,6 @@ failures from the field each fail it, naming what went wrong."""
 
 import json
 import shutil
-import threading
 
 import pytest
 
@@ -11,11 +10,12 @@ from llmdr import golden
 from llmdr.bundle import content_digests, detected_specs
 from llmdr.endpoint import OpenAIEndpoint
 from llmdr.repository import Repository, chunk_key
-from llmdr.serving import ModelService, make_server
 from llmdr.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 from llmdr.tinymodel import write_demo_bundle
 from llmdr.verify import restore_test
+
+from conftest import serving
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +24,9 @@ def good(tmp_path_factory):
     root = tmp_path_factory.mktemp("good") / "bundle"
     write_demo_bundle(root)
     specs = detected_specs(root)
-    httpd = make_server(ModelService(root), "127.0.0.1", 0)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        ep = OpenAIEndpoint(f"http://127.0.0.1:{httpd.server_address[1]}")
-        gs = golden.record(golden.default_cases(), ep.answer, {"components": content_digests(root, specs)})
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(root) as url:
+        gs = golden.record(golden.default_cases(), OpenAIEndpoint(url).answer,
+                           {"components": content_digests(root, specs)})
     return root, specs, gs
 
 

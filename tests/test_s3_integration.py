@@ -241,27 +241,20 @@ def _outage(cfg, region, stop_region):
 
 def test_cli_restore_test(region_config, tmp_path):
     """`llmdr verify --restore-test` end to end through the CLI: pass, then fail after a template change."""
-    import threading
-
     from llmdr import golden
     from llmdr.bundle import content_digests, detected_specs
     from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.serving import ModelService, make_server
     from llmdr.tinymodel import write_demo_bundle
+
+    from conftest import serving
 
     cfg_path = region_config.source_file
     cwd = cfg_path.parent
     bundle = cwd / "bundle"
     write_demo_bundle(bundle)
-    httpd = make_server(ModelService(bundle), "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        ep = OpenAIEndpoint(f"http://127.0.0.1:{httpd.server_address[1]}")
-        golden.record(golden.default_cases(), ep.answer,
+    with serving(bundle) as url:
+        golden.record(golden.default_cases(), OpenAIEndpoint(url).answer,
                       {"components": content_digests(bundle, detected_specs(bundle))}).save(cwd / "golden.jsonl")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert run(["snapshot"], cwd).returncode == 0
     r = run(["verify", "latest", "--restore-test", "--json"], cwd)
     assert r.returncode == 0, r.stdout + r.stderr

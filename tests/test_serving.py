@@ -13,13 +13,9 @@ import pytest
 
 from llmdr.tinymodel import TinyModel, write_demo_bundle
 
+from conftest import free_port
+
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -36,7 +32,7 @@ def call(url: str, body: dict | None = None) -> tuple[int, dict]:
 def server(tmp_path_factory):
     bundle = tmp_path_factory.mktemp("serve") / "tiny"
     write_demo_bundle(bundle)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(LLMDR + ["serve", str(bundle), "--port", str(port)], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -110,7 +106,7 @@ def test_unknown_route(server):
 def test_refuses_a_non_tiny_bundle(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
-    r = subprocess.run(LLMDR + ["serve", str(tmp_path / "m"), "--port", str(_free_port())], capture_output=True,
+    r = subprocess.run(LLMDR + ["serve", str(tmp_path / "m"), "--port", str(free_port())], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "vLLM" in r.stderr and "Traceback" not in r.stderr
 
