@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import BundleReport, check_bundle, specs_from_config
-from .chunking import DEFAULT_CHUNKER
 from .config import Config, Region
 from .errors import UsageError
 from .progress import Progress
@@ -34,9 +33,7 @@ def snapshot_bundle(
 ) -> SnapshotResult:
     repo = open_repo(cfg, region)
     source = path or cfg.bundle_path
-    repo_cfg = repo.load_config()
-    cache = StatCache(StatCache.for_source(cfg.state_path / "cache", source),
-                      repo_cfg.chunker if repo_cfg else DEFAULT_CHUNKER)
+    cache = StatCache.for_source(cfg.state_path / "cache", source)
     return take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
                          max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=progress,
                          tags=tags, components=specs_from_config(cfg.bundle.components))

@@ -163,7 +163,7 @@ def take_snapshot(
     source: Path,
     *,
     bundle: str,
-    stat_cache: StatCache | None = None,
+    stat_cache: Path | None = None,
     workers: int = 8,
     max_inflight_bytes: int = 64 * 1024 * 1024,
     progress: Progress | None = None,
@@ -171,7 +171,8 @@ def take_snapshot(
     kind: str = "bundle",
     components: list[ComponentSpec] | None = None,
 ) -> SnapshotResult:
-    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics.
+    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics. ``stat_cache`` is the
+    path of the local stat cache file (entries made with other chunker parameters are ignored).
 
     With ``components``, the bundle is checked first and an incomplete one is refused before anything is uploaded;
     the manifest then records each component's files and digest."""
@@ -181,8 +182,7 @@ def take_snapshot(
     source = source.resolve()
     cfg = repo.ensure_config()
     chunker = Chunker(cfg.chunker)
-    if stat_cache is not None and stat_cache.chunker != cfg.chunker:
-        stat_cache = StatCache(None, cfg.chunker)
+    stat_cache = StatCache(stat_cache, cfg.chunker) if stat_cache is not None else None
 
     files = scan_source(source)
     report = None

@@ -14,7 +14,6 @@ from llmdr.manifest import FileEntry, Manifest, manifest_id
 from llmdr.repository import CHUNKS, RepoConfig, Repository, chunk_key, manifest_key
 from llmdr.restore import MARKER, restore_snapshot
 from llmdr.snapshot import take_snapshot
-from llmdr.statcache import StatCache
 from llmdr.storage.faulty import FaultyStore
 from llmdr.storage.memory import MemoryStore
 
@@ -68,13 +67,13 @@ def test_incremental_uploads_only_new_chunks_and_stat_cache_skips_reads(tmp_path
     write_tree(src, {"w1.safetensors": rnd(300_000, 1), "w2.safetensors": rnd(300_000, 2), "config.json": b"{}"})
     repo = small_repo()
     cache = tmp_path / "stat.json"
-    take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
-    warm = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    take_snapshot(repo, src, bundle="b", stat_cache=cache)
+    warm = take_snapshot(repo, src, bundle="b", stat_cache=cache)
     assert warm.bytes_read == 0 and warm.files_unchanged == 3
     data = bytearray((src / "w2.safetensors").read_bytes())
     data[150_000:150_010] = b"X" * 10
     (src / "w2.safetensors").write_bytes(bytes(data))
-    inc = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    inc = take_snapshot(repo, src, bundle="b", stat_cache=cache)
     assert inc.files_unchanged == 2
     assert inc.bytes_read == len(data)
     assert 0 < inc.bytes_new <= 3 * SMALL.max_size  # only the chunks around the edit
@@ -88,10 +87,10 @@ def test_stat_cache_entry_ignored_when_chunks_are_gone(tmp_path):
     write_tree(src, {"a": rnd(50_000)})
     repo = small_repo()
     cache = tmp_path / "stat.json"
-    take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    take_snapshot(repo, src, bundle="b", stat_cache=cache)
     for info in list(repo.store.list(CHUNKS)):
         repo.store.delete(info.key)
-    res = take_snapshot(repo, src, bundle="b", stat_cache=StatCache(cache, SMALL))
+    res = take_snapshot(repo, src, bundle="b", stat_cache=cache)
     assert res.files_unchanged == 0 and res.bytes_new == 50_000
     restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
     assert (tmp_path / "out" / "a").read_bytes() == rnd(50_000)
