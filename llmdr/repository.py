@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +191,3 @@ class Repository:
             return None
         return self.cache_dir / "manifests" / f"{snapshot_id}.json"
 
-
-def missing_chunks(needed: Iterable[str], present: dict[str, int]) -> list[str]:
-    return sorted(d for d in set(needed) if d not in present)
