@@ -7,8 +7,12 @@ def _mb(n: int | float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+def _mb_per_s(nbytes: int | float, seconds: float) -> float:
+    return round(nbytes / seconds / 1e6, 1) if seconds else 0.0
+
+
 def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: list[dict] | None = None) -> str:
-    rate = snap["bytes_read"] / snap["duration_s"] / 1e6 if snap["duration_s"] else 0.0
+    rate = _mb_per_s(snap["bytes_read"], snap["duration_s"])
     lines = [
         f"# protect-bundle: {bundle}",
         "",
@@ -20,7 +24,7 @@ def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: l
         f"{_mb(snap['bytes_new'])} | {_mb(snap['bytes_deduplicated'])} | {snap['duration_s']:.2f} | {rate:.1f} |",
     ]
     for c in copies:
-        crate = c["bytes_copied"] / c["duration_s"] / 1e6 if c["duration_s"] else 0.0
+        crate = _mb_per_s(c["bytes_copied"], c["duration_s"])
         state = "already there" if c["already_present"] else f"{c['chunks_copied']}/{c['chunks_total']} chunks"
         lines.append(f"| copy ({state}) | {c['region']} | {c['snapshot_id'][:12]} | {_mb(c['bytes_total'])} | "
                      f"{_mb(c['bytes_copied'])} | {_mb(c['bytes_total'] - c['bytes_copied'])} | "
@@ -41,13 +45,13 @@ def protect_table(snap: dict, copies: list[dict], verified: list[dict]) -> list[
     rows = [{"step": "snapshot", "region": snap["region"], "snapshot": snap["snapshot_id"][:12],
              "bytes_total": snap["bytes_total"], "bytes_new": snap["bytes_new"],
              "bytes_deduplicated": snap["bytes_deduplicated"], "duration_s": snap["duration_s"],
-             "mb_per_s": round(snap["bytes_read"] / snap["duration_s"] / 1e6, 1) if snap["duration_s"] else 0.0,
+             "mb_per_s": _mb_per_s(snap["bytes_read"], snap["duration_s"]),
              "verified": "n/a"}]
     for c in copies:
         rows.append({"step": "copy", "region": c["region"], "snapshot": c["snapshot_id"][:12],
                      "bytes_total": c["bytes_total"], "bytes_new": c["bytes_copied"],
                      "bytes_deduplicated": c["bytes_total"] - c["bytes_copied"], "duration_s": c["duration_s"],
-                     "mb_per_s": round(c["bytes_copied"] / c["duration_s"] / 1e6, 1) if c["duration_s"] else 0.0,
+                     "mb_per_s": _mb_per_s(c["bytes_copied"], c["duration_s"]),
                      "verified": "ok" if ok.get(c["region"]) else "FAILED"})
     return rows
 
@@ -92,7 +96,7 @@ def checkpoints_summary_markdown(out: dict) -> str:
 
 
 def restore_summary_markdown(bundle: str, res: dict) -> str:
-    rate = res["bytes_downloaded"] / res["duration_s"] / 1e6 if res["duration_s"] else 0.0
+    rate = _mb_per_s(res["bytes_downloaded"], res["duration_s"])
     complete = {True: "complete", False: "**INCOMPLETE**", None: "not checked (no components declared)"}
     return "\n".join([
         f"# restore-bundle: {bundle}", "",
@@ -111,7 +115,7 @@ def verify_table(checks: list[dict], tests: list[dict]) -> list[dict]:
         t = by_region.get(c["region"])
         rows.append({"region": c["region"], "snapshot": c["snapshot_id"][:12], "scope": c["subset"] or "all",
                      "chunks_read": c["chunks_read"], "bytes_read": c["bytes_read"], "duration_s": c["duration_s"],
-                     "mb_per_s": round(c["bytes_read"] / c["duration_s"] / 1e6, 1) if c["duration_s"] else 0.0,
+                     "mb_per_s": _mb_per_s(c["bytes_read"], c["duration_s"]),
                      "corrupt": len(c["corrupt"]), "missing": len(c["missing"]), "repaired": len(c["repaired"]),
                      "verification": "ok" if c["ok"] else "FAILED",
                      "restore_test": ("PASS" if t["ok"] else "FAIL") if t else "not run"})
@@ -122,7 +126,7 @@ def checkpoints_table(out: dict) -> list[dict]:
     return [{"checkpoint": n["checkpoint"], "snapshot": n["snapshot_id"][:12], "region": n["region"],
              "bytes_total": n["bytes_total"], "bytes_new": n["bytes_new"],
              "bytes_deduplicated": n["bytes_deduplicated"], "duration_s": n["duration_s"],
-             "mb_per_s": round(n["bytes_read"] / n["duration_s"] / 1e6, 1) if n["duration_s"] else 0.0}
+             "mb_per_s": _mb_per_s(n["bytes_read"], n["duration_s"])}
             for n in out["new"]]
 
 
@@ -130,5 +134,5 @@ def restore_table(res: dict) -> list[dict]:
     return [{"snapshot": res["snapshot_id"][:12], "region": res["region"], "files": res["files"],
              "bytes_total": res["bytes_total"], "bytes_downloaded": res["bytes_downloaded"],
              "duration_s": res["duration_s"],
-             "mb_per_s": round(res["bytes_downloaded"] / res["duration_s"] / 1e6, 1) if res["duration_s"] else 0.0,
+             "mb_per_s": _mb_per_s(res["bytes_downloaded"], res["duration_s"]),
              "verification": "every chunk verified", "complete": res.get("complete")}]
