@@ -86,6 +86,48 @@ class LocalServer(_Model):
     data_dir: str | None = None  # default: <state_dir>/stack/<region>
 
 
+def _http_url(v: str, example: str) -> str:
+    u = urlparse(v)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"{v!r} is not an http(s) URL like {example}")
+    return v.rstrip("/")
+
+
+class Serving(_Model):
+    """The region's OpenAI-compatible serving endpoint and how llmdr starts a replica behind it.
+
+    ``command`` starts the server (placeholders ``{model_dir}``, ``{host}``, ``{port}``), e.g.
+    ``vllm serve {model_dir} --host {host} --port {port}``. Without it, a local region runs ``llmdr serve`` and a
+    remote region's endpoint is managed elsewhere (llmdr probes it and routes to it, but cannot start it).
+    """
+
+    url: str
+    command: list[str] | str | None = None
+    warm: bool = True  # keep a replica running here (`llmdr stack up` starts it); false: cold start on failover
+    model: str | None = None  # model name sent in requests; default: the server's own
+    health_path: str = "/health"
+    start_timeout: timedelta = timedelta(minutes=5)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v, "http://127.0.0.1:18101")
+
+    @field_validator("start_timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (443 if u.scheme == "https" else 80)
+
+
 class Region(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     role: Literal["primary", "secondary"]
@@ -95,16 +137,12 @@ class Region(_Model):
     prefix: str = ""
     credentials: Credentials
     local: LocalServer | None = None
+    serving: Serving | None = None
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        u = urlparse(v)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"{v!r} is not an http(s) URL like http://127.0.0.1:8333")
-        return v.rstrip("/")
+        return None if v is None else _http_url(v, "http://127.0.0.1:8333")
 
     @field_validator("bucket")
     @classmethod
@@ -205,6 +243,97 @@ class Transfer(_Model):
     fsync: bool = False
 
 
+class CaddyRouter(_Model):
+    """A local Caddy reverse proxy in front of the regions' serving endpoints, switched through its admin API."""
+
+    kind: Literal["caddy"] = "caddy"
+    listen: str = "http://127.0.0.1:18100"  # where clients send requests
+    admin: str = "http://127.0.0.1:18119"  # Caddy's admin API (loopback only)
+
+    @field_validator("listen", "admin")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        v = _http_url(v, "http://127.0.0.1:18100")
+        u = urlparse(v)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1") or u.port is None:
+            raise ValueError(f"{v!r}: the local router listens on loopback with an explicit port")
+        return v
+
+    @property
+    def url(self) -> str:
+        return self.listen
+
+
+class Route53Router(_Model):
+    """DNS failover in Route 53: one record per region (weighted: the active one gets weight 100, the others 0;
+    failover: the PRIMARY record points at the active region's value)."""
+
+    kind: Literal["route53"] = "route53"
+    hosted_zone_id: str
+    record_name: str  # e.g. api.example.com.
+    record_type: Literal["A", "AAAA", "CNAME"] = "CNAME"
+    ttl: int = Field(default=30, ge=1, le=86400)
+    policy: Literal["weighted", "failover"] = "weighted"
+    values: dict[str, str]  # region name -> record value (IP or host name of that region's endpoint)
+    url: str  # how clients reach the record, e.g. https://api.example.com
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v, "https://api.example.com")
+
+
+class Monitor(_Model):
+    """How `llmdr monitor` and the monitor-endpoints flow probe endpoints and decide degraded / down."""
+
+    interval: timedelta = timedelta(seconds=2)  # between probe rounds
+    timeout: timedelta = timedelta(seconds=2)  # per probe
+    down_after: int = Field(default=3, ge=1)  # consecutive failed probes before an endpoint is down
+    baseline_window: int = Field(default=120, ge=10)  # samples that define "normal"
+    recent_window: int = Field(default=10, ge=3)  # samples compared against the baseline
+    z_threshold: float = Field(default=4.0, gt=0)  # robust z-score that flags latency / token anomalies
+    error_rate_threshold: float = Field(default=0.2, gt=0, le=1)  # recent error rate that flags degraded
+    golden_every: int = Field(default=10, ge=0)  # golden spot-check every Nth round (0: never)
+    keep: timedelta = timedelta(days=7)  # how long samples are kept
+
+    @field_validator("interval", "timeout", "keep", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class Failover(_Model):
+    auto: bool = True  # the automation runs the failover deployment when the active region is down
+    confirm_probes: int = Field(default=3, ge=1)  # direct probes that must all fail before switching
+    confirm_interval: timedelta = timedelta(milliseconds=300)
+    target: str | None = None  # region to fail over to; default: the first healthy secondary
+
+    @field_validator("confirm_interval", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class Notifications(_Model):
+    """Where failover, failback and failed verifications are announced: a webhook (JSON POST) and/or a Prefect
+    notification block (Slack, Teams, email...). Webhook URLs often embed a token: prefer ``webhook_url_env``."""
+
+    webhook_url: str | None = None
+    webhook_url_env: str | None = None
+    prefect_block: str | None = None  # "<block-type-slug>/<name>", e.g. "slack-webhook/ops"
+    timeout: timedelta = timedelta(seconds=5)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, "https://hooks.example.com/llmdr")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
 class Config(_Model):
     version: Literal[1] = 1
     bundle: Bundle
@@ -213,6 +342,11 @@ class Config(_Model):
     transfer: Transfer = Transfer()
     retention: Retention | None = None
     checkpoints: Checkpoints | None = None
+    router: CaddyRouter | Route53Router | None = Field(default=None, discriminator="kind")
+    monitor: Monitor = Monitor()
+    failover: Failover = Failover()
+    notifications: Notifications | None = None
+    golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
     state_dir: str = ".llmdr"
 
     # set by load_config, not read from the file
@@ -251,6 +385,19 @@ class Config(_Model):
                     f"region '{r.name}' is in the same AWS region ({r.s3_region}) as the primary: pick another "
                     "s3_region for disaster recovery"
                 )
+        names_set = set(names)
+        if self.failover.target is not None and self.failover.target not in names_set:
+            raise ValueError(f"failover.target {self.failover.target!r} is not a region name ({', '.join(names)})")
+        if self.failover.target == primary.name:
+            raise ValueError("failover.target must be a secondary region, not the primary")
+        if isinstance(self.router, Route53Router):
+            unknown = set(self.router.values) - names_set
+            if unknown:
+                raise ValueError(f"router.values names unknown regions {sorted(unknown)}; known: {', '.join(names)}")
+        serving = [r.serving.url.lower() for r in self.regions if r.serving]
+        if len(serving) != len(set(serving)):
+            raise ValueError("two regions share a serving url: a replica in the same place does not survive the loss "
+                             "of that place")
         used: dict[int, str] = {}
         for r in self.regions:
             if not r.is_local:
@@ -260,6 +407,16 @@ class Config(_Model):
                     raise ValueError(f"local regions '{used[p]}' and '{r.name}' both need port {p}; a local region "
                                      "uses its endpoint port to +8 and +10008: move one endpoint port")
                 used[p] = r.name
+        loopback = ("127.0.0.1", "localhost", "::1")
+        more = [(f"region '{r.name}' serving", r.serving.port) for r in self.regions
+                if r.serving and r.serving.host in loopback]
+        if isinstance(self.router, CaddyRouter):
+            more += [("the router", urlparse(self.router.listen).port), ("the router admin API",
+                                                                          urlparse(self.router.admin).port)]
+        for what, port in more:
+            if port in used:
+                raise ValueError(f"{what} wants port {port}, already used by {used[port]}; pick another port")
+            used[port] = what
         return self
 
     @property
@@ -283,6 +440,14 @@ class Config(_Model):
     def state_path(self) -> Path:
         p = Path(self.state_dir)
         return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def golden_path(self) -> Path:
+        p = Path(self.golden)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def failover_target(self) -> Region:
+        return self.region(self.failover.target) if self.failover.target else self.secondaries[0]
 
     @property
     def bundle_path(self) -> Path:
