@@ -5,7 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent / "llmdr"
 # Adapters allowed to talk to those libraries (inside functions, so importing llmdr stays light).
-ADAPTERS = {"storage/s3.py": {"boto3", "botocore"}, "credentials.py": {"prefect"}}
+ADAPTERS = {"storage/s3.py": {"boto3", "botocore"}, "credentials.py": {"prefect"},
+            "router/route53.py": {"boto3", "botocore"}, "notify.py": {"prefect"}, "events.py": {"prefect"}}
 FORBIDDEN = {"prefect", "boto3", "botocore"}
 
 
