@@ -9,3 +9,4 @@ export LLMDR_CODE=${LLMDR_CODE:-$PWD}
 uv run --frozen prefect work-pool inspect llmdr-process >/dev/null 2>&1 \
   || uv run --frozen prefect work-pool create llmdr-process --type process
 uv run --frozen prefect --no-prompt deploy --all
+uv run --frozen python deployments/automations.py

@@ -122,6 +122,7 @@ def init(
     config: Annotated[Path, typer.Option("--config", "-c", help="Where to write the config.")] = Path("llmdr.yaml"),
     primary_port: Annotated[int, typer.Option(help="S3 port of the local primary region.")] = 18333,
     secondary_port: Annotated[int, typer.Option(help="S3 port of the local secondary region.")] = 18433,
+    router_port: Annotated[int, typer.Option(help="Port of the local router (its admin API: the next one).")] = 18300,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config file.")] = False,
 ) -> None:
     """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions."""
@@ -132,7 +133,7 @@ def init(
     if not bundle_dir.is_dir():
         raise LlmdrError(f"{bundle_dir} is not a folder; give the model bundle's folder")
     text = render_config(bundle_dir, name=name, config_path=config, primary_port=primary_port,
-                         secondary_port=secondary_port)
+                         secondary_port=secondary_port, router_port=router_port)
     from .config import parse_config
 
     parse_config(text, source=config)  # never write a config llmdr itself would refuse
@@ -345,13 +346,17 @@ def _status_table(rows) -> str:
 @stack_app.command("up")
 def stack_up(
     region: Annotated[Optional[str], typer.Argument(help="Only this region (default: every local region).")] = None,
-    ui: Annotated[bool, typer.Option("--ui", help="Also start a Prefect server + worker and deploy the flows.")] = False,
+    ui: Annotated[bool, typer.Option("--ui", help="Also start a Prefect server + worker, deploy the flows and "
+                                     "create the automations.")] = False,
     ui_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
+    serving: Annotated[bool, typer.Option("--serving/--no-serving", help="Start the replicas (from each region's "
+                                          "own newest snapshot) and the router.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the local S3 servers (idempotent), wait until they answer, create the buckets; with --ui also the
-    Prefect server, the llmdr work pool, the deployments and a worker."""
-    from .stack import local_regions, start_region
+    """Start the local S3 servers (idempotent), wait until they answer, create the buckets; then each region's
+    serving replica restored from that region's store, and the Caddy router. With --ui also the Prefect server,
+    the llmdr work pool, the deployments, the automations and a worker."""
+    from .stack import local_regions, start_region, start_router, start_serving
 
     cfg = _cfg()
     regions = local_regions(cfg, region)
@@ -360,29 +365,39 @@ def stack_up(
                          "to start; remote regions are run by their owners")
     rows = [start_region(cfg, r) for r in regions]
     text = _status_table(rows)
-    out: Any = [s.to_json() for s in rows]
+    out: dict[str, Any] = {"regions": [s.to_json() for s in rows]}
+    if serving:
+        notes = start_serving(cfg, regions)
+        router = start_router(cfg)
+        notes += [router] if router else []
+        text += "\n" + "\n".join(f"{n.region:<12} {'serving' if n.started else '-':<8} {n.detail}" for n in notes)
+        out["serving"] = [n.__dict__ for n in notes]
     if ui:
         from . import orchestration
 
         st = orchestration.start(cfg, ui_port)
         text += "\n" + orchestration.describe(st)
-        out = {"regions": out, "prefect": st.to_json()}
+        out["prefect"] = st.to_json()
     _emit(as_json, out, text)
 
 
 @stack_app.command("down")
 def stack_down(
-    region: Annotated[Optional[str], typer.Argument(help="Only this region, e.g. to simulate its outage.")] = None,
+    region: Annotated[Optional[str], typer.Argument(help="Only this region (its S3 server and its replica), e.g. "
+                                                    "to simulate its outage.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop the local S3 servers (by their PIDs). Data stays on disk."""
+    """Stop the local servers by their PIDs: a region's S3 server and serving replica; without REGION also the
+    router and the Prefect server and worker. Data stays on disk."""
     from . import orchestration
-    from .stack import local_regions, stop_region
+    from .stack import local_regions, stop_region, stop_serving
 
     cfg = _cfg()
+    regions = local_regions(cfg, region)
+    stop_serving(cfg, regions, router=region is None)
     if region is None and orchestration.running(cfg):
         orchestration.stop(cfg)
-    rows = [stop_region(cfg, r) for r in local_regions(cfg, region)]
+    rows = [stop_region(cfg, r) for r in regions]
     _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
 
 
@@ -574,6 +589,212 @@ def restore(
     _emit(as_json, res.to_json() | {"region": reg.name},
           f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {_human(res.bytes_total)} "
           f"({res.files_skipped} already in place), {res.duration_s:.2f}s ({_human(rate)}/s), every chunk verified")
+
+
+# serving: status / monitor / failover / failback / replica ---------------------------------------------------------------
+replica_app = typer.Typer(help="Start, stop and show the serving replica of a region.", no_args_is_help=True)
+app.add_typer(replica_app, name="replica")
+
+
+def _use_local_prefect(cfg) -> None:
+    """Send events and flow runs to the local Prefect server when `llmdr stack up --ui` runs one (unless the
+    environment already names a Prefect API)."""
+    import os
+
+    from . import orchestration
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "PREFECT_API_URL" not in os.environ and orchestration.running(cfg):
+        st = orchestration.status(cfg)
+        if st.healthy:
+            os.environ["PREFECT_API_URL"] = st.url + "/api"
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    from datetime import datetime, timezone
+
+    from .manifest import parse_utc
+
+    secs = (datetime.now(timezone.utc) - parse_utc(iso)).total_seconds()
+    return f"{secs:.0f}s ago" if secs < 120 else (f"{secs / 60:.0f}m ago" if secs < 7200 else f"{secs / 3600:.1f}h ago")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Where traffic goes now and the health of everything behind it: router, replicas, stores, monitor, last
+    failover. Exit 3 if the active region does not answer."""
+    from . import failover as fo
+    from .replica import replica_status
+    from .router import open_router, router_log
+    from .stack import region_status
+    from .watch import read_status
+
+    cfg = _cfg()
+    out: dict[str, Any] = {"bundle": cfg.bundle.name}
+    rec = router_log(cfg).current() if cfg.router else None
+    active = None
+    router_err = None
+    if cfg.router:
+        try:
+            active = open_router(cfg).active()
+        except LlmdrError as exc:
+            router_err = str(exc).splitlines()[0]
+    out["router"] = {"kind": cfg.router.kind if cfg.router else None, "url": cfg.router.url if cfg.router else None,
+                     "active": active, "recorded": rec, "error": router_err}
+    mon = read_status(cfg)
+    rows = []
+    for r in cfg.regions:
+        st = region_status(cfg, r) if r.is_local else None
+        rep = replica_status(cfg, r) if r.serving else None
+        rows.append({"region": r.name, "role": r.role, "active": r.name == active,
+                     "store": ("healthy" if st.healthy else "down") if st else "remote",
+                     "replica": rep.to_json() if rep else None, "monitor": mon.get(r.name, {}).get("status")})
+    out["regions"] = rows
+    hist = fo.history(cfg)
+    out["last_failover"] = hist[-1].to_json() if hist else None
+    lines = []
+    if cfg.router:
+        since = f", since {rec['since']} ({_age(rec['since'])}): {rec['reason']}" if rec and rec.get("since") else ""
+        lines.append(f"router   {cfg.router.kind} {cfg.router.url} -> "
+                     f"{active or 'UNREACHABLE (' + (router_err or '?') + ')'}{since}")
+    else:
+        lines.append("router   none configured")
+    lines.append(f"{'region':<12} {'role':<10} {'traffic':<8} {'store':<8} {'replica':<9} {'snapshot':<13} monitor")
+    for row in rows:
+        rep = row["replica"] or {}
+        rstate = "-" if not rep else ("healthy" if rep["healthy"] else "down")
+        lines.append(f"{row['region']:<12} {row['role']:<10} {'ACTIVE' if row['active'] else '':<8} {row['store']:<8} "
+                     f"{rstate:<9} {(rep.get('snapshot') or '-')[:12]:<13} {row['monitor'] or '-'}")
+    if hist:
+        h = hist[-1]
+        verdict = "ok" if h.ok else "FAILED"
+        rto = f", RTO {h.rto_s:.1f}s" if h.rto_s is not None else ""
+        lines.append(f"last {h.kind}: {h.from_region} -> {h.to_region} {verdict}{rto} ({h.trigger}, "
+                     f"{_age(fo.utc(h.started_ts))})")
+    _emit(as_json, out, "\n".join(lines))
+    act = next((r for r in rows if r["active"]), None)
+    if cfg.router and (act is None or not (act["replica"] or {}).get("healthy")):
+        raise typer.Exit(3)
+
+
+@app.command()
+def monitor(
+    once: Annotated[bool, typer.Option("--once", help="One probe round, then exit.")] = False,
+    duration: Annotated[Optional[float], typer.Option(help="Watch this many seconds (default: until Ctrl-C).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe every region's endpoint and the router every monitor.interval, learn each one's normal latency /
+    tokens / error rate, and flag degraded or down endpoints (as Prefect events when a server runs: a down active
+    region starts the failover automation). Exit 3 if the last round found the active region down."""
+    from .watch import watch
+
+    cfg = _cfg()
+    _use_local_prefect(cfg)
+
+    def show(res) -> None:
+        if as_json:
+            typer.echo(json.dumps(res.to_json(), sort_keys=True, default=str))
+            return
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(res.ts, timezone.utc).strftime("%H:%M:%S")
+        for smp in res.samples:
+            a = res.assessments[smp.target]
+            lat = f"{smp.latency_s * 1000:7.1f} ms" if smp.latency_s is not None else "      -   "
+            mark = "*" if smp.target == res.active else " "
+            why = "; ".join(a.reasons) if a.reasons else (smp.error or "")
+            typer.echo(f"{when} {mark}{smp.target:<11} {a.status:<9} {lat}  {why}")
+        for e in res.emitted:
+            typer.echo(f"{when}  event {e['event']} ({e['target']}){'' if e['sent'] else ' [no Prefect API: not sent]'}")
+
+    summary = watch(cfg, rounds=1 if once else None, duration=duration, on_round=show)
+    last = summary.last
+    if last.active and last.assessments.get(last.active) and last.assessments[last.active].status == "down":
+        raise typer.Exit(3)
+
+
+def _run_flow(fn, **kw) -> dict:
+    cfg = _cfg()
+    _use_local_prefect(cfg)
+    path = str((cfg.source_file or Path("llmdr.yaml")).resolve())
+    return fn(config_path=path, **kw)
+
+
+def _failover_text(out: dict) -> str:
+    from .report import failover_markdown
+
+    return failover_markdown(out)
+
+
+@app.command()
+def failover(
+    to: Annotated[Optional[str], typer.Option("--to", help="Target region (default: failover.target or the first "
+                                              "secondary).")] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded with the switch.")] = "manual failover",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move traffic to a verified replica in another region now: start it from that region's store if it is not
+    warm, check the golden set against it, switch the router, check again through the router (switch rolled back
+    if that fails). Runs the failover flow in this process (visible in the UI when `stack up --ui` runs)."""
+    _use_local_prefect(_cfg())
+    from flows.failover import failover as flow
+
+    out = _run_flow(flow, to=to or "", reason=reason, trigger="manual")
+    _emit(as_json, out, _failover_text(out))
+
+
+@app.command()
+def failback(
+    reason: Annotated[str, typer.Option(help="Why; recorded with the switch.")] = "primary healthy again",
+    as_json: JsonOpt = False,
+) -> None:
+    """Return traffic to the primary: its store must answer; snapshots taken meanwhile are copied back; its
+    replica is (re)started on the newest snapshot and verified before the router switches."""
+    _use_local_prefect(_cfg())
+    from flows.failover import failback as flow
+
+    out = _run_flow(flow, reason=reason, trigger="manual")
+    _emit(as_json, out, _failover_text(out))
+
+
+@replica_app.command("start")
+def replica_start(
+    region: Annotated[str, typer.Argument(help="Region whose replica to start.")],
+    snapshot: Annotated[str, typer.Option(help="Snapshot id, prefix or 'latest' in that region's store.")] = "latest",
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore SNAPSHOT from REGION's own store and start its serving replica (replaces one on another snapshot)."""
+    from .replica import start_replica
+
+    cfg = _cfg()
+    st = start_replica(cfg, cfg.region(region), ref=snapshot, progress=_progress(as_json))
+    _emit(as_json, st.to_json(), f"replica {region}: {st.url} serving {(st.snapshot or '')[:12]} (pid {st.pid}; "
+                                 f"restore {st.restore_s or 0:.2f}s, start {st.start_s or 0:.2f}s)")
+
+
+@replica_app.command("stop")
+def replica_stop(region: Annotated[str, typer.Argument(help="Region whose replica to stop.")]) -> None:
+    """Stop REGION's replica (only a process llmdr started)."""
+    from .replica import stop_replica
+
+    cfg = _cfg()
+    stop_replica(cfg, cfg.region(region))
+    typer.echo(f"replica {region}: stopped")
+
+
+@replica_app.command("status")
+def replica_status_cmd(as_json: JsonOpt = False) -> None:
+    """Each region's replica: answering, pid, snapshot."""
+    from .replica import replica_status
+
+    cfg = _cfg()
+    rows = [replica_status(cfg, r) for r in cfg.regions if r.serving]
+    _emit(as_json, [r.to_json() for r in rows], "\n".join(
+        f"{r.region:<12} {'healthy' if r.healthy else 'down':<8} {r.pid or '-':>7}  {r.url:<28} "
+        f"{(r.snapshot or '-')[:12]}  {r.detail}" for r in rows))
 
 
 def main() -> None:

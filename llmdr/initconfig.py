@@ -34,6 +34,9 @@ regions:
       secret_key_env: LLMDR_PRIMARY_SECRET_ACCESS_KEY
       # or: prefect_secret_block: llmdr-primary   (a Prefect Secret holding access_key_id/secret_access_key)
     local: {{}}      # `llmdr stack up` runs this region on this machine (SeaweedFS, ports {pport}-{pport_end} and {pport_admin})
+    serving:       # this region's OpenAI-compatible endpoint; `llmdr stack up` starts it from THIS region's store
+      url: http://127.0.0.1:{pserve}
+      # command: "vllm serve {{model_dir}} --host {{host}} --port {{port}}"   # default for a local region: llmdr serve
   - name: secondary
     role: secondary
     endpoint: http://127.0.0.1:{sport}
@@ -43,6 +46,33 @@ regions:
       access_key_env: LLMDR_SECONDARY_ACCESS_KEY_ID
       secret_key_env: LLMDR_SECONDARY_SECRET_ACCESS_KEY
     local: {{}}      # ports {sport}-{sport_end} and {sport_admin}
+    serving:
+      url: http://127.0.0.1:{sserve}
+      warm: true     # a warm standby restored from the secondary's own copy; false: cold start on failover
+
+# One URL for clients, in front of the regions. Locally: Caddy, switched through its admin API without a restart.
+# In AWS: kind: route53 (hosted_zone_id, record_name, policy: weighted|failover, values: {{region: value}}, url).
+router:
+  kind: caddy
+  listen: http://127.0.0.1:{rport}
+  admin: http://127.0.0.1:{radmin}
+
+monitor:
+  interval: 2s        # probe every endpoint and the router this often
+  timeout: 2s
+  down_after: 3       # consecutive failed probes before an endpoint is down (and the active one fails over)
+  z_threshold: 4.0    # robust z-score of latency / tokens against the learned baseline that flags "degraded"
+  golden_every: 10    # a golden prompt spot-check every Nth round
+
+failover:
+  auto: true          # the Prefect automation runs the failover deployment when the active region is down
+  confirm_probes: 3   # direct probes that must all fail first (a blip does not move traffic)
+
+# notifications:      # on failover, failback and failed verification
+#   webhook_url_env: LLMDR_WEBHOOK_URL    # a Slack/Teams/generic incoming webhook, read from the environment
+#   prefect_block: slack-webhook/ops      # or a Prefect notification block
+
+golden: golden.jsonl  # golden answers (`llmdr golden record`), checked before and after every switch
 
 objectives:
   rpo: 5m              # newest snapshot in the DR region may be at most this old
@@ -79,7 +109,7 @@ def render_components(bundle_dir: Path) -> str:
 
 
 def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, primary_port: int,
-                  secondary_port: int) -> str:
+                  secondary_port: int, router_port: int = 18300) -> str:
     base = config_path.absolute().parent
     try:
         rel = os.path.relpath(bundle_dir.absolute(), base)
@@ -88,4 +118,6 @@ def render_config(bundle_dir: Path, *, name: str | None, config_path: Path, prim
     bundle_name = name or bundle_dir.absolute().name
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in bundle_name).strip("-._") or "bundle"
     return TEMPLATE.format(name=safe, path=rel, components=render_components(bundle_dir), pport=primary_port, pport_end=primary_port + 8, pport_admin=primary_port + 10008,
-                           sport=secondary_port, sport_end=secondary_port + 8, sport_admin=secondary_port + 10008)
+                           sport=secondary_port, sport_end=secondary_port + 8, sport_admin=secondary_port + 10008,
+                           pserve=primary_port + 17, sserve=secondary_port + 17, rport=router_port,
+                           radmin=router_port + 1)

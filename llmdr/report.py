@@ -136,3 +136,68 @@ def restore_table(res: dict) -> list[dict]:
              "duration_s": res["duration_s"],
              "mb_per_s": _mb_per_s(res["bytes_downloaded"], res["duration_s"]),
              "verification": "every chunk verified", "complete": res.get("complete")}]
+
+
+def failover_markdown(rec: dict) -> str:
+    """One failover / failback run: outcome, RTO and every step with its UTC time."""
+    kind = rec["kind"]
+    if rec.get("noop"):
+        head = f"No {kind} needed: {rec.get('error') or rec['steps'][-1]['detail'] if rec['steps'] else ''}"
+    elif rec["ok"]:
+        head = (f"**{kind} completed**: {rec['from_region']} → **{rec['to_region']}**, "
+                f"RTO **{rec['rto_s']:.1f} s** ({rec['rto_basis']}).")
+    else:
+        rb = " The router switch was rolled back." if rec.get("rolled_back") else ""
+        head = f"**{kind} FAILED**: {rec['from_region']} → {rec['to_region']}: {rec.get('error')}.{rb}"
+    lines = [f"# {kind}: {rec['bundle']}", "", head, "",
+             f"Trigger: {rec['trigger']}; reason: {rec['reason']}; run `{rec['id']}`"
+             + (f", flow run `{rec['flow_run_id']}`" if rec.get("flow_run_id") else "") + ".", ""]
+    if rec.get("first_failure_utc"):
+        lines.append(f"First failed probe: {rec['first_failure_utc']}.")
+    replica = rec.get("replica") or {}
+    if replica:
+        how = "cold start from the region's store" if replica.get("cold") else "warm standby"
+        lines.append(f"Replica in {rec['to_region']}: {how}, snapshot `{(replica.get('snapshot') or '?')[:12]}`, "
+                     f"restore {replica.get('restore_s') or 0:.2f} s, start {replica.get('start_s') or 0:.2f} s.")
+    lines += ["", "| step | time (UTC) | result | detail |", "|---|---|---|---|"]
+    for s in rec["steps"]:
+        detail = str(s["detail"]).replace("|", "\\|").replace("\n", " ")[:300]
+        lines.append(f"| {s['name']} | {s['at']} | {'ok' if s['ok'] else '**FAILED**'} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def failover_table(records: list[dict]) -> list[dict]:
+    """Every run of one kind, newest last: the RTO history."""
+    return [{"run": r["id"], "started_utc": r["started_utc"], "from": r["from_region"], "to": r["to_region"],
+             "trigger": r["trigger"], "ok": r["ok"], "noop": r.get("noop", False),
+             "rto_s": r.get("rto_s"), "cold_start": bool((r.get("replica") or {}).get("cold")),
+             "rolled_back": r.get("rolled_back", False), "error": (r.get("error") or "")[:200]} for r in records]
+
+
+def monitor_table(summary: dict) -> list[dict]:
+    """One row per probed target: status, why, and the figures behind it."""
+    last = summary["last"]
+    samples = {s["target"]: s for s in last["samples"]}
+    rows = []
+    for target, a in last["assessments"].items():
+        s = samples.get(target, {})
+        ev = a.get("evidence", {})
+        rows.append({"target": target, "active": target == last["active"], "status": a["status"],
+                     "latency_s": s.get("latency_s"), "ok": s.get("ok"), "error": s.get("error") or "",
+                     "baseline_latency_s": ev.get("baseline_latency_median"),
+                     "recent_error_rate": ev.get("recent_error_rate"), "reasons": "; ".join(a.get("reasons", []))})
+    return rows
+
+
+def monitor_markdown(bundle: str, summary: dict) -> str:
+    last = summary["last"]
+    lines = [f"# monitor-endpoints: {bundle}", "",
+             f"{summary['rounds']} probe rounds; traffic goes to **{last['active']}**.", "",
+             "| target | status | latency s | error | reasons |", "|---|---|---:|---|---|"]
+    for row in monitor_table(summary):
+        lat = f"{row['latency_s']:.3f}" if row["latency_s"] is not None else "-"
+        lines.append(f"| {row['target']}{' (active)' if row['active'] else ''} | {row['status']} | {lat} | "
+                     f"{row['error']} | {row['reasons']} |")
+    if summary["emitted"]:
+        lines += ["", "Events:", *[f"- `{e['event']}` {e['target']}: {e['reason']}" for e in summary["emitted"]]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,24 @@
+"""monitor-endpoints: deployed every minute, each run watches for ``duration_s`` (just under a minute), so the
+endpoints are probed continuously every ``monitor.interval``; status changes become Prefect events
+(``llmdr.endpoint.down`` for the active region starts the failover automation). Publishes the latest assessment
+of every target as a table artifact."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from llmdr.config import load_config
+from llmdr.report import artifact_key, monitor_markdown, monitor_table
+from tasks.monitor import watch_endpoints
+
+
+@flow(name="monitor-endpoints")
+def monitor_endpoints(duration_s: float = 55.0, config_path: str = "") -> dict:
+    cfg = load_config(config_path)
+    summary = watch_endpoints(config_path, duration_s)
+    key = artifact_key("monitor-endpoints", cfg.bundle.name)
+    create_markdown_artifact(key=key, markdown=monitor_markdown(cfg.bundle.name, summary),
+                             description="Latest endpoint assessments")
+    create_table_artifact(key=f"{key}-table", table=monitor_table(summary), description="Endpoint health")
+    return summary
