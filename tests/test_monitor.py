@@ -224,6 +224,16 @@ class _Broken(BaseHTTPRequestHandler):
         if self.path.startswith("/slow/"):
             self.release.wait(10)  # longer than any probe timeout here
             self._send(200, b"{}")
+        elif self.path.startswith("/trickle/"):  # each byte in time, the whole answer too late
+            body = json.dumps({"choices": [{"index": 0, "text": "pong"}], "usage": {"completion_tokens": 1}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(0, len(body), 8):
+                self.wfile.write(body[i: i + 8])
+                self.wfile.flush()
+                self.release.wait(0.1)
         elif self.path.startswith("/unavailable/"):
             self._send(503, json.dumps({"error": {"message": "no replica ready"}}).encode(),
                        headers=[("X-Llmdr-Region", "secondary")])
@@ -288,6 +298,11 @@ def test_probe_closed_port():
 def test_probe_timeout(broken):
     s = probe("primary", broken + "/slow", timeout=0.3)
     assert not s.ok and s.error == "timeout" and s.status is None and s.latency_s is not None
+
+
+def test_probe_answer_trickling_past_the_timeout(broken):
+    s = probe("primary", broken + "/trickle", timeout=0.4)  # the socket timeout alone is per read: never trips here
+    assert not s.ok and s.error.startswith("timeout") and s.tokens is None
 
 
 def test_probe_503(broken):
