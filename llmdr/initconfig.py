@@ -58,9 +58,9 @@ router:
   admin: http://127.0.0.1:{radmin}
 
 monitor:
-  interval: 2s        # probe every endpoint and the router this often
+  interval: 1s        # probe every endpoint and the router this often
   timeout: 2s
-  down_after: 3       # consecutive failed probes before an endpoint is down (and the active one fails over)
+  down_after: 2       # consecutive failed probes before an endpoint is down (and the active one fails over)
   z_threshold: 4.0    # robust z-score of latency / tokens against the learned baseline that flags "degraded"
   golden_every: 10    # a golden prompt spot-check every Nth round
 

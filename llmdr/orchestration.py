@@ -58,7 +58,7 @@ def env(cfg: Config, port: int) -> dict[str, str]:
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # a failover run is picked up within a second
         "LLMDR_CODE": str(code_root()),
         "LLMDR_CONFIG": str((cfg.source_file or Path("llmdr.yaml")).resolve()),
     })
@@ -122,12 +122,22 @@ def _run(args: list[str], e: dict[str, str], cwd: Path) -> None:
 
 
 def stop(cfg: Config, timeout: float = 20.0) -> None:
+    """Stop the worker, the flow runs it started (e.g. a monitor-endpoints run still watching), then the server."""
+    import psutil
+
     from .stack import _terminate
 
     for name in ("worker", "server"):
         pid = _pid(cfg, name)
         if pid is not None:
+            try:
+                children = psutil.Process(pid).children(recursive=True)
+            except psutil.Error:
+                children = []
             _terminate(pid, timeout)
+            for child in children:
+                if child.is_running():
+                    _terminate(child.pid, timeout)
         (_dir(cfg) / f"{name}.pid").unlink(missing_ok=True)
 
 

@@ -112,7 +112,7 @@ class Watcher:
         return active
 
     def run_round(self) -> RoundResult:
-        from .monitor import assess, probe
+        from .monitor import assess_all, probe
 
         cfg = self.cfg
         self.round_no += 1
@@ -127,9 +127,9 @@ class Watcher:
         self.store.add(samples)
         active = self.active()
         res = RoundResult(ts=time.time(), active=active, samples=samples)
+        assessed = assess_all(self.store, cfg.monitor)
         for t in self.targets:
-            frame = self.store.frame(t.name, limit=cfg.monitor.baseline_window + cfg.monitor.recent_window)
-            a = assess(frame, cfg.monitor)
+            a = assessed[t.name]
             res.assessments[t.name] = a
             self._transition(t, a, active, res)
         atomic_write(_status_path(cfg), json.dumps(self.status, sort_keys=True))

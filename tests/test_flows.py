@@ -2,19 +2,12 @@
 
 import pytest
 from prefect import flow, task
-from prefect.testing.utilities import prefect_test_harness
 
 from llmdr.errors import AccessDenied, IntegrityError, TransientStorageError
 from llmdr.samples import MiB, write_sample_bundle
 from tasks.retry import retry_if_transient
 
 from conftest import read_tree
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def _flaky(exc_type, failures):
