@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import Config, parse_config
-from llmdr.errors import ConfigError, StackError, UsageError
+from llmdr.errors import ConfigError, LlmdrError, StackError, UsageError
 from llmdr.router import RouterLog, RouterState, open_router, upstreams
 from llmdr.router.caddy import Caddy
 from llmdr.router.route53 import Route53
@@ -49,15 +49,28 @@ def write_config(tmp: Path, *, router: str, serving: dict[str, int]) -> Config:
 
 
 class Upstream:
-    """A tiny serving endpoint that answers every GET with its region name; ``/slow`` takes 1.5 s."""
+    """A tiny serving endpoint that answers every GET with its region name; ``/slow`` takes 1.5 s; ``/stream``
+    sends a first line, then waits (up to 5 s) for ``release`` before the second, like tokens streaming."""
 
     def __init__(self, name: str):
         self.name = name
         self.slow_started = threading.Event()
+        self.release = threading.Event()
+        self.second_sent = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path == "/stream":  # HTTP/1.0, no length: the body ends when the connection closes
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-ndjson")  # no SSE: caddy flushes those anyway
+                    self.end_headers()
+                    self.wfile.write(b"data: first\n\n")
+                    self.wfile.flush()
+                    outer.release.wait(5)
+                    outer.second_sent = True
+                    self.wfile.write(b"data: second\n\n")
+                    return
                 if self.path == "/slow":
                     outer.slow_started.set()
                     time.sleep(1.5)
@@ -192,6 +205,22 @@ def test_caddy_request_in_flight_during_switch_completes(caddy, servers):
     assert get(caddy.url) == (200, "secondary", "secondary")
     t.join(10)
     assert result["slow"] == (200, "primary", "primary")
+
+
+def test_caddy_streams_responses_without_buffering(caddy, servers):
+    caddy.start("primary")
+    conn = http.client.HTTPConnection("127.0.0.1", caddy.listen_port, timeout=10)
+    try:
+        conn.request("GET", "/stream")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.headers["X-Llmdr-Region"] == "primary"
+        assert resp.read(len(b"data: first\n\n")) == b"data: first\n\n"
+        assert not servers["primary"].second_sent, "the first event arrived only after the upstream finished"
+        servers["primary"].release.set()
+        assert resp.read() == b"data: second\n\n"
+    finally:
+        servers["primary"].release.set()
+        conn.close()
 
 
 def test_caddy_clients_see_no_failures_during_switches(caddy):
@@ -437,6 +466,22 @@ def test_route53_failover(r53, tmp_path):
     assert (st.active, st.upstream) == ("secondary", "s.example.net")
     assert router.active() == "secondary"
     assert weighted.active() == "primary"  # the other record was not touched
+
+
+def test_route53_change_not_insync_in_time_is_recorded_and_reported(r53, tmp_path):
+    client, zone = r53
+    router = route53_router(tmp_path, client, zone, "weighted", "api.example.com.")
+    router.change_timeout = 0.05
+
+    def still_pending(parsed, **kwargs):  # Route 53 propagating slowly (moto answers INSYNC at once)
+        parsed["ChangeInfo"]["Status"] = "PENDING"
+
+    client.meta.events.register("after-call.route53.GetChange", still_pending)
+    with pytest.raises(LlmdrError, match=r"accepted the switch .* not INSYNC after .*aws route53 get-change"):
+        router.switch("secondary", reason="failover")
+    assert router.active() == "secondary"  # Route 53 has the change: the log must say so too
+    (entry,) = router.log.history()
+    assert entry["active"] == "secondary" and "not INSYNC" in entry["reason"]
 
 
 def test_route53_missing_zone(r53, tmp_path):

@@ -143,7 +143,8 @@ class Caddy:
             "handler": "reverse_proxy",
             "upstreams": [{"dial": dial}],
             "transport": transport,
-            "flush_interval": -1,  # stream tokens to the client as they come, no response buffering
+            # stream tokens as they come (Caddy already does for SSE and unknown-length bodies; -1 makes it every body)
+            "flush_interval": -1,
             "headers": {
                 # a remote endpoint routes by Host: send the upstream's, not the router's
                 "request": {"set": {"Host": ["{http.reverse_proxy.upstream.hostport}"]}},
