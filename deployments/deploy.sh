@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 : "${PREFECT_API_URL:?set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api}"
 : "${LLMDR_CONFIG:?set LLMDR_CONFIG to the project's llmdr.yaml}"
 export LLMDR_CODE=${LLMDR_CODE:-$PWD}
-uv run --frozen prefect work-pool inspect llmdr-process >/dev/null 2>&1 \
-  || uv run --frozen prefect work-pool create llmdr-process --type process
+for pool in llmdr-process llmdr-failover; do
+  uv run --frozen prefect work-pool inspect "$pool" >/dev/null 2>&1 \
+    || uv run --frozen prefect work-pool create "$pool" --type process
+done
 uv run --frozen prefect --no-prompt deploy --all
 uv run --frozen python deployments/automations.py

@@ -65,6 +65,18 @@ def _publish(config_path: str, rec: core.FailoverRecord) -> None:
         send_notice(config_path, _notice_args(n))
 
 
+def _parse_time(value: str) -> float | None:
+    """The event's ``occurred`` time (ISO 8601, from the automation) as unix time; None if absent."""
+    from datetime import datetime
+
+    if not value or value == "None":
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _notice_args(n) -> dict:
     return {"kind": n.kind, "title": n.title, "body": n.body, "severity": n.severity, "data": n.data}
 
@@ -92,18 +104,20 @@ def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str
 
 @flow(name="failover")
 def failover(to: str = "", reason: str = "manual failover", trigger: str = "manual",
-             first_failure_ts: float | str | None = None, config_path: str = "") -> dict:
+             first_failure_ts: float | str | None = None, detected_at: str = "", config_path: str = "") -> dict:
     """``to``: target region (default: failover.target or the first secondary). ``trigger``: "automation" and
     "drill" runs require the outage to be confirmed by direct probes; a "manual" run is a planned switchover and
     moves traffic even if the active region answers. ``first_failure_ts``: unix time of the first failed probe
     (from the monitor's event; the automation passes it as text), the start of the RTO clock."""
     cfg = load_config(config_path)
     first_failure_ts = float(first_failure_ts) if first_failure_ts not in (None, "", "None") else None
+    detected_ts = _parse_time(detected_at)
     active = read_active_region(config_path)
     target = core.pick_target(cfg, to or None, active)
     rec = core.FailoverRecord(kind="failover", bundle=cfg.bundle.name, from_region=active, to_region=target.name,
                               trigger=trigger, reason=reason, started_ts=time.time(),
-                              first_failure_ts=first_failure_ts, flow_run_id=str(runtime.flow_run.id or "") or None)
+                              first_failure_ts=first_failure_ts, detected_ts=detected_ts,
+                              flow_run_id=str(runtime.flow_run.id or "") or None)
     try:
         if active == target.name:
             rec.noop = True

@@ -58,6 +58,7 @@ class FailoverRecord:
     reason: str
     started_ts: float
     first_failure_ts: float | None = None
+    detected_ts: float | None = None  # when the monitor declared the region down (the event's time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     confirmed: bool | None = None
     replica: dict | None = None
@@ -88,15 +89,25 @@ class FailoverRecord:
             self.rto_basis = "run start -> first golden-correct answer through the router (no failure observed)"
         self.ok = True
 
+    def rto_breakdown(self) -> dict[str, float] | None:
+        """Where the RTO went: detection (first failed probe -> down declared), dispatch (-> failover run started:
+        event, automation, worker, process start), recovery (-> verified answer through the router)."""
+        if not self.ok or self.first_failure_ts is None or self.detected_ts is None or self.verified_ts is None:
+            return None
+        return {"detection_s": round(self.detected_ts - self.first_failure_ts, 3),
+                "dispatch_s": round(self.started_ts - self.detected_ts, 3),
+                "recovery_s": round(self.verified_ts - self.started_ts, 3)}
+
     def to_json(self) -> dict:
         out = asdict(self)
-        for k in ("started_ts", "first_failure_ts", "switched_ts", "verified_ts"):
+        out["rto_breakdown"] = self.rto_breakdown()
+        for k in ("started_ts", "first_failure_ts", "detected_ts", "switched_ts", "verified_ts"):
             out[k.removesuffix("_ts") + "_utc"] = utc(out[k]) if out[k] is not None else None
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> "FailoverRecord":
-        data = {k: v for k, v in data.items() if not k.endswith("_utc")}
+        data = {k: v for k, v in data.items() if not k.endswith("_utc") and k != "rto_breakdown"}
         steps = [Step(**s) for s in data.pop("steps", [])]
         return cls(**data, steps=steps)
 

@@ -20,6 +20,7 @@ from .config import Config
 from .errors import StackError
 
 POOL = "llmdr-process"
+FAILOVER_POOL = "llmdr-failover"  # served by deployments/warm_runner.py: failover runs start in < 1 s
 
 
 @dataclass
@@ -28,6 +29,7 @@ class OrchestrationStatus:
     server_pid: int | None
     worker_pid: int | None
     healthy: bool
+    runner_pid: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -105,13 +107,17 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0) -> Orchestratio
         if _pid(cfg, "server") is None or time.monotonic() > deadline:
             raise StackError(f"the Prefect server did not answer on 127.0.0.1:{port}; see {_dir(cfg) / 'server.log'}")
         time.sleep(0.5)
-    pools = subprocess.run([_prefect(), "work-pool", "inspect", POOL], env=e, capture_output=True, text=True)
-    if pools.returncode != 0:
-        _run([_prefect(), "work-pool", "create", POOL, "--type", "process"], e, root)
+    for pool in (POOL, FAILOVER_POOL):
+        found = subprocess.run([_prefect(), "work-pool", "inspect", pool], env=e, capture_output=True, text=True)
+        if found.returncode != 0:
+            _run([_prefect(), "work-pool", "create", pool, "--type", "process"], e, root)
     _run([_prefect(), "--no-prompt", "deploy", "--all"], e, root)
     _run([sys.executable, str(root / "deployments" / "automations.py")], e, root)
     if _pid(cfg, "worker") is None:
         _spawn(cfg, "worker", [_prefect(), "worker", "start", "--pool", POOL], e, root)
+    if _pid(cfg, "runner") is None:
+        _spawn(cfg, "runner", [sys.executable, str(root / "deployments" / "warm_runner.py"), "--pool", FAILOVER_POOL],
+               e, root)
     return status(cfg, port)
 
 
@@ -127,7 +133,7 @@ def stop(cfg: Config, timeout: float = 20.0) -> None:
 
     from .stack import _terminate
 
-    for name in ("worker", "server"):
+    for name in ("runner", "worker", "server"):
         pid = _pid(cfg, name)
         if pid is not None:
             try:
@@ -148,7 +154,7 @@ def status(cfg: Config, port: int | None = None) -> OrchestrationStatus:
         except (FileNotFoundError, ValueError):
             port = 4200
     return OrchestrationStatus(url=f"http://127.0.0.1:{port}", server_pid=_pid(cfg, "server"),
-                               worker_pid=_pid(cfg, "worker"), healthy=_healthy(port))
+                               worker_pid=_pid(cfg, "worker"), runner_pid=_pid(cfg, "runner"), healthy=_healthy(port))
 
 
 def running(cfg: Config) -> bool:
@@ -158,4 +164,4 @@ def running(cfg: Config) -> bool:
 def describe(st: OrchestrationStatus) -> str:
     state = "healthy" if st.healthy else ("starting" if st.server_pid else "stopped")
     return (f"prefect      {state:<8} {st.server_pid or '-':>7}  {st.url} (UI; API {st.url}/api), worker pid "
-            f"{st.worker_pid or '-'}")
+            f"{st.worker_pid or '-'}, failover runner pid {st.runner_pid or '-'}")

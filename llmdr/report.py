@@ -142,7 +142,8 @@ def failover_markdown(rec: dict) -> str:
     """One failover / failback run: outcome, RTO and every step with its UTC time."""
     kind = rec["kind"]
     if rec.get("noop"):
-        head = f"No {kind} needed: {rec.get('error') or rec['steps'][-1]['detail'] if rec['steps'] else ''}"
+        why = rec.get("error") or (rec["steps"][-1]["detail"] if rec["steps"] else "")
+        head = f"No {kind} needed: {why}"
     elif rec["ok"]:
         head = (f"**{kind} completed**: {rec['from_region']} → **{rec['to_region']}**, "
                 f"RTO **{rec['rto_s']:.1f} s** ({rec['rto_basis']}).")
@@ -154,6 +155,11 @@ def failover_markdown(rec: dict) -> str:
              + (f", flow run `{rec['flow_run_id']}`" if rec.get("flow_run_id") else "") + ".", ""]
     if rec.get("first_failure_utc"):
         lines.append(f"First failed probe: {rec['first_failure_utc']}.")
+    b = rec.get("rto_breakdown")
+    if b:
+        lines.append(f"RTO = detection {b['detection_s']:.1f} s (first failed probe → down declared) + dispatch "
+                     f"{b['dispatch_s']:.1f} s (event → automation → worker → failover run started) + recovery "
+                     f"{b['recovery_s']:.1f} s (confirm, replica, golden check, switch, check through the router).")
     replica = rec.get("replica") or {}
     if replica:
         how = "cold start from the region's store" if replica.get("cold") else "warm standby"
@@ -168,9 +174,13 @@ def failover_markdown(rec: dict) -> str:
 
 def failover_table(records: list[dict]) -> list[dict]:
     """Every run of one kind, newest last: the RTO history."""
+    def part(r: dict, k: str):
+        return (r.get("rto_breakdown") or {}).get(k)
+
     return [{"run": r["id"], "started_utc": r["started_utc"], "from": r["from_region"], "to": r["to_region"],
-             "trigger": r["trigger"], "ok": r["ok"], "noop": r.get("noop", False),
-             "rto_s": r.get("rto_s"), "cold_start": bool((r.get("replica") or {}).get("cold")),
+             "trigger": r["trigger"], "ok": r["ok"], "noop": r.get("noop", False), "rto_s": r.get("rto_s"),
+             "detection_s": part(r, "detection_s"), "dispatch_s": part(r, "dispatch_s"),
+             "recovery_s": part(r, "recovery_s"), "cold_start": bool((r.get("replica") or {}).get("cold")),
              "rolled_back": r.get("rolled_back", False), "error": (r.get("error") or "")[:200]} for r in records]
 
 

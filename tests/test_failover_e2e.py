@@ -193,8 +193,9 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
         after = [e for e in client.log if e[0] > rec.verified_ts]
         assert len(after) >= 5 and all(ok and region == "secondary" and right for _, ok, region, right in after)
         during = [e for e in client.log if t_outage <= e[0] <= rec.switched_ts]
-        print(f"\nRTO {rec.rto_s:.2f}s; client requests during the outage: {len(during)}, failed: "
-              f"{sum(not e[1] for e in during)}")
+        print(f"\nRTO {rec.rto_s:.2f}s {rec.rto_breakdown()}; client requests during the outage: {len(during)}, "
+              f"failed: {sum(not e[1] for e in during)}")
+        assert rec.detected_ts is not None and rec.first_failure_ts < rec.detected_ts < rec.started_ts
 
         arts = _api(api_port, "/artifacts/filter", {"artifacts": {"key": {"any_": ["failover-e2ebot"]}}})
         assert arts and f"RTO **{rec.rto_s:.1f} s**" in arts[0]["data"]
