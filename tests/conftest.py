@@ -146,3 +146,68 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+SERVED = """\
+version: 1
+bundle: {{name: testbundle, path: model}}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:{p}
+    bucket: llmdr-primary
+    prefix: {prefix}
+    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
+    local: {{}}
+    serving: {{url: "http://127.0.0.1:{ps}"}}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:{s}
+    bucket: llmdr-secondary
+    prefix: {prefix}
+    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
+    local: {{}}
+    serving: {{url: "http://127.0.0.1:{ss}", warm: {warm}}}
+router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
+monitor: {{interval: 0.2, timeout: 1s, down_after: 2, recent_window: 5, baseline_window: 20, golden_every: 0}}
+failover: {{confirm_probes: 2, confirm_interval: 0.1}}
+{extra}
+transfer: {{workers: 4, fsync: false}}
+state_dir: .llmdr
+"""
+
+
+def make_served_config(stack: Config, tmp: Path, *, warm: bool = True, extra: str = "") -> Config:
+    """A config on the running test regions (fresh key prefix) with a serving endpoint per region and a Caddy
+    router, all on free loopback ports, and its own state folder under ``tmp`` (the regions' keys copied in).
+    The bundle folder is ``tmp/model`` (write it with ``write_demo_bundle``)."""
+    import shutil
+
+    state = tmp / ".llmdr"
+    state.mkdir(parents=True, exist_ok=True)
+    keys = stack.state_path / "local.env"
+    if keys.exists():
+        shutil.copy(keys, state / "local.env")
+    taken = set(stack.primary.local_ports) | set(stack.secondaries[0].local_ports)
+
+    def port() -> int:
+        while (n := free_port()) in taken:
+            pass
+        taken.add(n)
+        return n
+
+    text = SERVED.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
+                         ps=port(), ss=port(), rl=port(), ra=port(), warm=str(warm).lower(), extra=extra)
+    path = tmp / "llmdr.yaml"
+    path.write_text(text)
+    return parse_config(text, source=path)
+
+
+@pytest.fixture
+def served_config(stack, tmp_path) -> Config:
+    """``make_served_config`` for this test; stops every replica and the router it started afterwards."""
+    cfg = make_served_config(stack, tmp_path)
+    yield cfg
+    from llmdr.stack import stop_serving
+
+    stop_serving(cfg, router=True)
