@@ -3,7 +3,7 @@ SHELL := bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: install demo test lint bench ui clean
+.PHONY: install demo test lint bench bench-rto ui clean
 
 install: .venv/.installed
 
@@ -23,6 +23,9 @@ lint: install
 
 bench: install
 	$(UV) run --frozen python bench/bench.py
+
+bench-rto: install
+	$(UV) run --frozen python bench/rto.py
 
 clean:
 	rm -rf .demo bench/work .pytest_cache .hypothesis
