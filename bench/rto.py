@@ -236,7 +236,7 @@ def main() -> int:
         start_router(cfg)
         golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
         print("starting Prefect (server, deployments, automation, worker, warm runner)...", flush=True)
-        orchestration.start(cfg, API)
+        orchestration.start(cfg, API, start_monitor=False)
         env = orchestration.env(cfg, API)
         prefect(env, "deployment", "run", "monitor-endpoints/monitor-endpoints", "-p", "duration_s=3600")
         from llmdr.watch import read_status

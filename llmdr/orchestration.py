@@ -94,8 +94,10 @@ def _spawn(cfg: Config, name: str, args: list[str], e: dict[str, str], cwd: Path
     return proc.pid
 
 
-def start(cfg: Config, port: int = 4200, timeout: float = 180.0) -> OrchestrationStatus:
-    """Start (idempotently) the server, create the pool, deploy, start a worker."""
+def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monitor: bool = True) -> OrchestrationStatus:
+    """Start (idempotently) the server, create the pools, deploy, create the automations, start the worker and the
+    warm failover runner; with ``start_monitor`` also a monitor-endpoints run now (else the first one waits for
+    the schedule's next minute)."""
     e = env(cfg, port)
     root = code_root()
     _dir(cfg).mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,28 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0) -> Orchestratio
     if _pid(cfg, "runner") is None:
         _spawn(cfg, "runner", [sys.executable, str(root / "deployments" / "warm_runner.py"), "--pool", FAILOVER_POOL],
                e, root)
+    if start_monitor and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
+        # start watching now rather than at the schedule's next minute
+        _run([_prefect(), "deployment", "run", "monitor-endpoints/monitor-endpoints"], e, root)
     return status(cfg, port)
+
+
+def _monitor_scheduled_soon(port: int) -> bool:
+    """A monitor-endpoints run is running, or due within 10 s."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=10)).isoformat()
+    body = {"flows": {"name": {"any_": ["monitor-endpoints"]}},
+            "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "SCHEDULED"]}},
+                          "expected_start_time": {"before_": soon}}, "limit": 1}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback
+            return bool(json.loads(r.read()))
+    except OSError:
+        return False
 
 
 def _run(args: list[str], e: dict[str, str], cwd: Path) -> None:

@@ -160,7 +160,7 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
         sec_state = json.loads((cfg.state_path / "replicas" / "secondary" / "replica.json").read_text())
         assert sec_state["snapshot"] == snap.snapshot_id and "/replicas/secondary/" in sec_state["model_dir"]
 
-        orchestration.start(cfg, api_port)
+        orchestration.start(cfg, api_port, start_monitor=False)
         autos = _api(api_port, "/automations/filter", {})
         assert any(a["name"] == "llmdr-failover-when-active-region-down" and a["enabled"] for a in autos)
         env = orchestration.env(cfg, api_port)
