@@ -104,7 +104,10 @@ def _pid_matches(pid: int, argv: list[str]) -> bool:
     args = [c.decode(errors="replace") for c in cmdline if c]
     # a script's argv[0] shows up as "python /path/script": compare the arguments after it
     tail = argv[1:]
-    return bool(args) and (not tail or args[-len(tail):] == tail) and _alive(pid)
+    if not tail:  # a one-word command: only the program itself (run directly, or as a script) can identify it
+        name = Path(argv[0]).name
+        return any(Path(a).name == name for a in args[:2]) and _alive(pid)
+    return bool(args) and args[-len(tail):] == tail and _alive(pid)
 
 
 def _running_pid(cfg: Config, region: Region) -> int | None:
