@@ -760,6 +760,25 @@ def failback(
     _emit(as_json, out, _failover_text(out))
 
 
+@app.command()
+def failovers(as_json: JsonOpt = False) -> None:
+    """Every failover and failback so far: when, where to, what started it, the RTO and where it went."""
+    from . import failover as fo
+
+    cfg = _cfg()
+    hist = [h.to_json() for h in fo.history(cfg)]
+    lines = [f"{'started (UTC)':<24} {'kind':<9} {'from -> to':<22} {'trigger':<10} {'result':<8} {'RTO s':>6}  "
+             "detection + dispatch + recovery"]
+    for h in hist:
+        b = h.get("rto_breakdown")
+        parts = f"{b['detection_s']:.1f} + {b['dispatch_s']:.1f} + {b['recovery_s']:.1f}" if b else "-"
+        result = "noop" if h.get("noop") else ("ok" if h["ok"] else "FAILED")
+        rto = f"{h['rto_s']:.2f}" if h.get("rto_s") is not None else "-"
+        lines.append(f"{h['started_utc']:<24} {h['kind']:<9} {str(h['from_region']) + ' -> ' + h['to_region']:<22} "
+                     f"{h['trigger']:<10} {result:<8} {rto:>6}  {parts}")
+    _emit(as_json, hist, "\n".join(lines) if hist else "no failover or failback yet")
+
+
 @replica_app.command("start")
 def replica_start(
     region: Annotated[str, typer.Argument(help="Region whose replica to start.")],
