@@ -128,3 +128,107 @@ def test_local_region_must_be_loopback():
 @pytest.mark.parametrize("text,expected", [("5m", 300), ("90d", 90 * 86400), ("1h30m", 5400), (45, 45), ("30s", 30)])
 def test_parse_duration(text, expected):
     assert parse_duration(text).total_seconds() == expected
+
+
+
+# --- serving, router, monitor, failover ------------------------------------------------------------------------------
+SERVED = """\
+version: 1
+bundle: {name: support-bot, path: ./bundle}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:18333
+    bucket: llmdr-primary
+    credentials: {access_key_env: P_AK, secret_key_env: P_SK}
+    local: {}
+    serving: {url: 'http://127.0.0.1:18350'}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:18433
+    bucket: llmdr-secondary
+    credentials: {access_key_env: S_AK, secret_key_env: S_SK}
+    local: {}
+    serving: {url: 'http://127.0.0.1:18450', warm: false, command: 'vllm serve {model_dir} --port {port}'}
+router: {kind: caddy, listen: 'http://127.0.0.1:18300', admin: 'http://127.0.0.1:18301'}
+"""
+
+
+def test_serving_sections_load():
+    cfg = parse(SERVED + "monitor: {interval: 1s, down_after: 2}\nfailover: {target: secondary}\n")
+    p, s = cfg.primary.serving, cfg.secondaries[0].serving
+    assert (p.host, p.port, p.warm, p.command) == ("127.0.0.1", 18350, True, None)
+    assert (s.port, s.warm, s.command) == (18450, False, "vllm serve {model_dir} --port {port}")
+    assert cfg.router.kind == "caddy" and cfg.router.url == "http://127.0.0.1:18300"
+    assert cfg.monitor.interval == timedelta(seconds=1) and cfg.monitor.down_after == 2
+    assert cfg.failover_target().name == "secondary"
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("mars", r"failover.target 'mars' is not a region name \(primary, secondary\)"),
+    ("primary", "failover.target must be a secondary region, not the primary"),
+])
+def test_failover_target_must_be_a_secondary(target, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse(SERVED + f"failover: {{target: {target}}}\n")
+
+
+def test_two_regions_sharing_a_serving_url_refused():
+    with pytest.raises(ConfigError, match="two regions share a serving url"):
+        parse(SERVED.replace("http://127.0.0.1:18450", "http://127.0.0.1:18350"))
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("listen: 'http://127.0.0.1:18300'", "listen: 'http://127.0.0.1:18334'",
+     "the router wants port 18334, already used by primary"),  # the primary's S3 port + 1
+    ("admin: 'http://127.0.0.1:18301'", "admin: 'http://127.0.0.1:28441'",
+     "the router admin API wants port 28441, already used by secondary"),  # the secondary's S3 port + 10008
+    ("listen: 'http://127.0.0.1:18300'", "listen: 'http://127.0.0.1:18450'",
+     "the router wants port 18450, already used by region 'secondary' serving"),
+    ("url: 'http://127.0.0.1:18350'", "url: 'http://127.0.0.1:18440'",
+     "region 'primary' serving wants port 18440, already used by secondary"),
+])
+def test_router_and_serving_ports_must_not_collide(old, new, message):
+    assert old in SERVED
+    with pytest.raises(ConfigError, match=message):
+        parse(SERVED.replace(old, new))
+
+
+def test_router_must_listen_on_loopback():
+    with pytest.raises(ConfigError, match=r"router.caddy.listen.*loopback"):
+        parse(SERVED.replace("listen: 'http://127.0.0.1:18300'", "listen: 'http://0.0.0.0:18300'"))
+
+
+def test_bad_serving_url_is_named():
+    with pytest.raises(ConfigError, match=r"regions\[1\].serving.url \(line 17\): .*not an http\(s\) URL"):
+        parse(SERVED.replace("http://127.0.0.1:18450", "127.0.0.1:18450"))
+
+
+ROUTE53 = ("router: {kind: route53, hosted_zone_id: Z1, record_name: api.example.com., url: 'https://api.example.com',"
+           " values: {primary: p.example.com, %s: s.example.com}}\n")
+
+
+def test_route53_router_values_name_regions():
+    text = SERVED.replace(SERVED.splitlines()[-1] + "\n", "")
+    cfg = parse(text + ROUTE53 % "secondary")
+    assert cfg.router.kind == "route53" and cfg.router.values == {"primary": "p.example.com",
+                                                                 "secondary": "s.example.com"}
+    with pytest.raises(ConfigError, match=r"router.values names unknown regions \['tertiary'\]; known: primary, "
+                                          "secondary"):
+        parse(text + ROUTE53 % "tertiary")
+
+
+def test_init_template_has_serving_router_monitor_and_failover(tmp_path):
+    (tmp_path / "b").mkdir()
+    text = render_config(tmp_path / "b", name=None, config_path=tmp_path / "llmdr.yaml", primary_port=18333,
+                         secondary_port=18433, router_port=18300)
+    cfg = parse_config(text, source=tmp_path / "llmdr.yaml")
+    assert cfg.primary.serving.url == "http://127.0.0.1:18350"
+    assert cfg.secondaries[0].serving.url == "http://127.0.0.1:18450" and cfg.secondaries[0].serving.warm
+    assert (cfg.router.kind, cfg.router.listen, cfg.router.admin) == ("caddy", "http://127.0.0.1:18300",
+                                                                      "http://127.0.0.1:18301")
+    assert cfg.monitor.interval == timedelta(seconds=1) and cfg.monitor.down_after == 2
+    assert cfg.failover.auto and cfg.failover.confirm_probes == 3
+    assert cfg.notifications is None and cfg.golden == "golden.jsonl"
+    # the commented example start command uses only the placeholders the replica fills in
+    assert 'command: "vllm serve {model_dir} --host {host} --port {port}"' in text
