@@ -26,6 +26,15 @@ def verify_replicas(config_path: str = "", snapshot: str = "latest", sample: str
                           table=verify_table(checks, tests), description="verify-replicas per region")
     failed = [c["region"] for c in checks if not c["ok"]] + [t["region"] for t in tests if not t["ok"]]
     if failed:
+        from llmdr.notify import verification_failed_notice
+        from tasks.failover import send_notice
+
+        for region in sorted(set(failed)):
+            n = verification_failed_notice(cfg.bundle.name, region, what="verify-replicas (read-back"
+                                           + (" and restore test)" if restore_test else ")"),
+                                           details={"snapshot": snapshot, "sample": sample or "every chunk"})
+            send_notice(config_path, {"kind": n.kind, "title": n.title, "body": n.body, "severity": n.severity,
+                                      "data": n.data})
         raise RuntimeError(f"verify-replicas: problems left in region(s) {', '.join(sorted(set(failed)))}; "
                            "see the artifact")
     return {"checks": checks, "restore_tests": tests}
