@@ -130,6 +130,7 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
             rec.step("confirm-outage", conf["confirmed"], f"{len(conf['samples'])} direct probe(s) of {active}")
             if not conf["confirmed"]:
                 rec.noop = True
+                rec.ok = True  # the right outcome: a blip does not move traffic
                 rec.error = f"{active} answered a direct probe: not an outage, traffic stays"
                 return rec.to_json()
         rec.replica = ensure_replica(config_path, target.name)

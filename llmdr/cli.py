@@ -670,7 +670,7 @@ def status(as_json: JsonOpt = False) -> None:
                      f"{rstate:<9} {(rep.get('snapshot') or '-')[:12]:<13} {row['monitor'] or '-'}")
     if hist:
         h = hist[-1]
-        verdict = "ok" if h.ok else "FAILED"
+        verdict = "noop" if h.noop else ("ok" if h.ok else "FAILED")
         rto = f", RTO {h.rto_s:.1f}s" if h.rto_s is not None else ""
         lines.append(f"last {h.kind}: {h.from_region} -> {h.to_region} {verdict}{rto} ({h.trigger}, "
                      f"{_age(fo.utc(h.started_ts))})")

@@ -97,9 +97,12 @@ def test_prefect_yaml_entrypoints_are_flows():
         module, _, attr = dep["entrypoint"].partition(":")
         obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert isinstance(obj, Flow), dep["entrypoint"]
-        assert dep["work_pool"]["name"] == "llmdr-process"
+        # failover and failback go to the pool the warm runner serves; everything else to the process worker
+        want = "llmdr-failover" if obj.name in ("failover", "failback") else "llmdr-process"
+        assert dep["work_pool"]["name"] == want, dep["name"]
         names.add(obj.name)
-    assert {"protect-bundle", "restore-bundle", "verify-replicas", "protect-checkpoints"} <= names
+    assert {"protect-bundle", "restore-bundle", "verify-replicas", "protect-checkpoints", "monitor-endpoints",
+            "failover", "failback"} <= names
 
 
 def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
