@@ -5,6 +5,7 @@ replicas and a real Caddy router on the session's regions: status, monitor, repl
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,9 +30,16 @@ from conftest import make_served_config
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 
 
-def run(cfg: Config, *args: str) -> subprocess.CompletedProcess:
+def run(cfg: Config, *args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """``llmdr --config <cfg> ARGS`` in a subprocess; ``env`` sets (or, with None, removes) variables."""
+    full = {**os.environ, "LLMDR_CONFIG": ""}
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
     return subprocess.run([*LLMDR, "--config", str(cfg.source_file), *args], cwd=cfg.base_dir, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "LLMDR_CONFIG": ""})
+                          text=True, timeout=120, env=full)
 
 
 def row(text: str, first: str) -> list[str]:
@@ -101,6 +109,18 @@ def test_status_exits_3_when_the_active_replica_is_down(cfg):
     assert row(r.stdout, "secondary")[3] == "down"
 
 
+def test_status_exits_3_when_the_router_is_down(cfg):
+    Caddy(cfg).stop()
+    try:
+        r = run(cfg, "status")
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert r.stdout.startswith(f"router   caddy {cfg.router.url} -> UNREACHABLE (the caddy router is not running")
+        assert "ACTIVE" not in r.stdout
+    finally:
+        start_router(cfg)
+    assert run(cfg, "status").returncode == 0
+
+
 def test_monitor_once_prints_one_line_per_target(cfg):
     shutil.rmtree(watch.store_path(cfg).parent, ignore_errors=True)
     r = run(cfg, "monitor", "--once")
@@ -118,6 +138,32 @@ def test_monitor_once_prints_one_line_per_target(cfg):
     assert sorted(s["target"] for s in doc["samples"]) == ["primary", "router", "secondary"]
     assert all(s["ok"] for s in doc["samples"])
     assert watch.read_status(cfg)["primary"]["status"] == "unknown"  # the CLI's rounds were kept
+
+
+def test_monitor_exits_3_when_the_active_region_is_down(cfg, monkeypatch):
+    # in-process (typer's CliRunner), with Prefect's event bus replaced by a list: without a Prefect API, Prefect
+    # would start a throw-away ephemeral server for the event (~15 s)
+    from typer.testing import CliRunner
+
+    from llmdr.cli import app
+
+    sent = []
+    monkeypatch.setattr(watch, "Watcher", functools.partial(
+        watch.Watcher, emit=lambda event, resource, payload: sent.append((event, resource)) or True))
+    for var in ("PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED"):  # the command sets them if unset
+        monkeypatch.setenv(var, os.environ.get(var, "WARNING" if var.endswith("LEVEL") else "false"))
+    shutil.rmtree(watch.store_path(cfg).parent, ignore_errors=True)
+    stop_replica(cfg, cfg.primary)
+    runner = CliRunner()
+    r = runner.invoke(app, ["--config", str(cfg.source_file), "monitor", "--once"])
+    assert r.exit_code == 0, r.output  # one failed probe: not down yet
+    assert re.search(r"\*primary +unknown", r.output) and sent == []
+    r = runner.invoke(app, ["--config", str(cfg.source_file), "monitor", "--once"])
+    assert r.exit_code == 3, r.output
+    assert re.search(r"\*primary +down .*connection refused", r.output)
+    assert re.search(r"event llmdr.endpoint.down \(primary\)$", r.output, re.M)
+    assert [(e, res["llmdr.region"], res.get("llmdr.active")) for e, res in sent] == [
+        ("llmdr.endpoint.down", "primary", "true"), ("llmdr.endpoint.down", "router", None)]
 
 
 def test_replica_status_lists_both(cfg):
