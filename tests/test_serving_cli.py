@@ -217,6 +217,14 @@ def on_session_servers(stack: Config, cfg: Config) -> Config:
     return parse_config(text, source=cfg.source_file)
 
 
+def test_stack_up_refuses_ports_of_servers_it_did_not_start(stack, tmp_path):
+    # served configs live in their own state folder: the session's servers are not theirs
+    cfg = make_served_config(stack, tmp_path)
+    r = run(cfg, "stack", "up", "--no-serving")
+    assert r.returncode == 1 and "region 'primary': port" in r.stderr and "already in use" in r.stderr
+    assert not (region_dir(cfg, cfg.primary) / "weed.pid").exists()
+
+
 def test_stack_up_without_and_with_serving(stack, tmp_path):
     cfg = on_session_servers(stack, make_served_config(stack, tmp_path))
     write_demo_bundle(cfg.bundle_path)
