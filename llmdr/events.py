@@ -34,7 +34,13 @@ def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
     monitoring and failover keep working without Prefect."""
     try:
         from prefect.events import emit_event
+        from prefect.settings import PREFECT_API_URL
 
+        if not PREFECT_API_URL.value():
+            # without an API, Prefect would start a throw-away temporary server (~15 s) that nobody listens to
+            log.warning("%s not sent: no Prefect API configured (run `llmdr stack up --ui`, or set PREFECT_API_URL)",
+                        event)
+            return False
         return emit_event(event=event, resource=resource, payload=payload) is not None
     except Exception as exc:  # noqa: BLE001 - an unreachable event bus must not stop a probe or a failover
         log.warning("could not emit %s: %s", event, exc)

@@ -26,7 +26,12 @@ from .errors import StackError, UsageError
 from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
-READY_MARKER = ".llmdr-replica.json"
+
+
+def ready_marker(model_dir: Path) -> Path:
+    """The record that ``model_dir`` holds a complete restore of a snapshot: next to the folder, not inside it,
+    so the served folder is exactly the snapshot (its bundle digest equals the original's)."""
+    return model_dir.with_name(model_dir.name + ".ready.json")
 
 
 @dataclass
@@ -149,7 +154,7 @@ def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> t
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     root = replica_dir(cfg, region)
     target = root / f"model-{sid[:12]}"
-    marker = target / READY_MARKER
+    marker = ready_marker(target)
     try:
         if json.loads(marker.read_text()).get("snapshot") == sid:
             return sid, target, 0.0, False
@@ -159,10 +164,11 @@ def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> t
     t0 = time.monotonic()
     restore_snapshot(repo, sid, partial, force=True, workers=cfg.transfer.download_workers,
                      durable=cfg.transfer.fsync, progress=progress)
-    atomic_write(partial / READY_MARKER, json.dumps({"snapshot": sid, "region": region.name}))
+    marker.unlink(missing_ok=True)
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)
+    atomic_write(marker, json.dumps({"snapshot": sid, "region": region.name}))
     return sid, target, time.monotonic() - t0, True
 
 
@@ -223,6 +229,8 @@ def _drop_old_models(root: Path, keep: Path) -> None:
     for d in root.glob("model-*"):
         if d.is_dir() and d != keep:
             shutil.rmtree(d, ignore_errors=True)
+        elif d.is_file() and d != ready_marker(keep):
+            d.unlink(missing_ok=True)
 
 
 def _stop_pid(pid: int) -> None:

@@ -309,8 +309,10 @@ def start_serving(cfg: Config, regions: list[Region] | None = None) -> list[Serv
             continue
         try:
             if not open_repo(cfg, r, read_only=True).snapshots(bundle=cfg.bundle.name):
-                notes.append(ServingNote(r.name, False, f"no snapshot of {cfg.bundle.name} in {r.name} yet; "
-                                                        "`llmdr protect` then `llmdr stack up` starts it"))
+                how = "`llmdr protect` (or `llmdr snapshot`" + ("" if r.role == "primary" else
+                                                                   f" + `llmdr replicate latest --to {r.name}`")
+                notes.append(ServingNote(r.name, False, f"no snapshot of {cfg.bundle.name} in {r.name}'s store yet; "
+                                                        f"{how}), then `llmdr stack up` starts its replica"))
                 continue
             st = start_replica(cfg, r)
         except (LlmdrError, ObjectNotFound) as exc:

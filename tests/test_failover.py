@@ -29,7 +29,7 @@ from llmdr import failover as fo
 from llmdr import golden, ops
 from llmdr.endpoint import OpenAIEndpoint
 from llmdr.errors import UsageError
-from llmdr.replica import READY_MARKER, replica_status, start_replica, stop_replica
+from llmdr.replica import ready_marker, replica_status, start_replica, stop_replica
 from llmdr.report import failover_markdown, failover_table
 from llmdr.router import open_router, router_log
 from llmdr.stack import start_router, start_serving, stop_serving
@@ -393,7 +393,7 @@ def test_failover_cold_starts_the_standby_from_the_dr_store(prefect_harness, sta
         assert rep["snapshot"] == newest_in_dr
         model_dir = Path(rep["model_dir"])
         assert model_dir.parent == cfg.state_path / "replicas" / "secondary"
-        marker = json.loads((model_dir / READY_MARKER).read_text())
+        marker = json.loads(ready_marker(model_dir).read_text())
         assert marker == {"snapshot": dr_sid, "region": "secondary"}
         assert not (model_dir / "README.md").exists()
         assert open_router(cfg).active() == "secondary"

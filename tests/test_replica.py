@@ -21,7 +21,7 @@ import yaml
 from llmdr import ops
 from llmdr.config import Config, parse_config
 from llmdr.errors import SnapshotNotFound, StackError, UsageError
-from llmdr.replica import READY_MARKER, ensure_replica, replica_dir, replica_status, start_replica, stop_replica
+from llmdr.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica
 from llmdr.stack import _alive, start_serving, stop_serving
 from llmdr.tinymodel import write_demo_bundle
 
@@ -44,10 +44,8 @@ def get_json(url: str) -> dict:
 
 
 def served_tree(model_dir: str | Path) -> dict[str, bytes]:
-    """The files a replica serves, without llmdr's restore marker."""
-    tree = read_tree(Path(model_dir))
-    tree.pop(READY_MARKER)
-    return tree
+    """The files a replica serves (llmdr's restore marker sits next to the folder, not in it)."""
+    return read_tree(Path(model_dir))
 
 
 def cmdline(pid: int) -> list[str]:
@@ -93,7 +91,7 @@ def test_each_replica_is_restored_from_its_own_region(d):
         root = d.cfg.state_path / "replicas" / region.name
         assert Path(st.model_dir) == root / f"model-{st.snapshot[:12]}"
         assert served_tree(st.model_dir) == tree
-        marker = json.loads((Path(st.model_dir) / READY_MARKER).read_text())
+        marker = json.loads(ready_marker(Path(st.model_dir)).read_text())
         assert marker == {"snapshot": st.snapshot, "region": region.name}
         recorded = json.loads((root / "replica.json").read_text())
         assert recorded["pid"] == st.pid and recorded["snapshot"] == st.snapshot
@@ -123,7 +121,8 @@ def test_new_snapshot_replaces_the_process_and_drops_the_old_model(d):
     assert new.snapshot == d.v2 and new.pid != old.pid and new.healthy
     assert not _alive(old.pid)
     assert not Path(old.model_dir).exists()
-    assert sorted(p.name for p in replica_dir(d.cfg, d.primary).glob("model-*")) == [f"model-{d.v2[:12]}"]
+    assert sorted(p.name for p in replica_dir(d.cfg, d.primary).glob("model-*")) == [
+        f"model-{d.v2[:12]}", f"model-{d.v2[:12]}.ready.json"]
     assert served_tree(new.model_dir) == d.tree2
     assert get_json(d.primary.serving.url + "/health")["bundle"] == new.model_dir
 
@@ -226,7 +225,7 @@ def test_one_word_command_is_started_and_stopped(d, tmp_path):
     # a wrapper script without arguments (it finds the model in its working folder, the replica folder)
     script = tmp_path / "start-server"
     script.write_text(f"#!{sys.executable}\nimport glob, sys\nfrom llmdr.cli import main\n"
-                      f"sys.argv = ['llmdr', 'serve', glob.glob('model-*')[0], '--port', "
+                      f"sys.argv = ['llmdr', 'serve', glob.glob('model-*/')[0], '--port', "
                       f"'{d.secondary.serving.port}']\nmain()\n")
     script.chmod(0o755)
     cfg = reconfigure(d.cfg, "secondary", command=[str(script)])
