@@ -120,7 +120,7 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
     if kind == "cold":
         stop_replica(cfg, sec)
         for d in replica_dir(cfg, sec).glob("model-*"):
-            shutil.rmtree(d)
+            shutil.rmtree(d) if d.is_dir() else d.unlink()
         time.sleep(3)  # let the monitor see the secondary down first: its event is not the one under test
     before = len(fo.history(cfg))
     t_outage = time.time()
@@ -132,9 +132,10 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
     time.sleep(1.0)
     during = [e for e in client.log if t_outage <= e[0] <= (rec.verified_ts or t_outage)]
     after = [e for e in client.log if e[0] > (rec.verified_ts or 0)]
-    out = {"kind": kind, "ok": rec.ok, "rto_s": rec.rto_s, **(rec.rto_breakdown() or {}),
-           "cold": bool((rec.replica or {}).get("cold")), "restore_s": (rec.replica or {}).get("restore_s"),
-           "start_s": (rec.replica or {}).get("start_s"), "outage_to_first_failed_probe_s":
+    cold = bool((rec.replica or {}).get("cold"))  # a warm standby's restore/start happened long before
+    out = {"kind": kind, "ok": rec.ok, "rto_s": rec.rto_s, **(rec.rto_breakdown() or {}), "cold": cold,
+           "restore_s": (rec.replica or {}).get("restore_s") if cold else None,
+           "start_s": (rec.replica or {}).get("start_s") if cold else None, "outage_to_first_failed_probe_s":
            round((rec.first_failure_ts or t_outage) - t_outage, 3), "client_failed_during": sum(not e[1] for e in during),
            "client_requests_during": len(during), "client_ok_after": all(e[1] and e[2] == "secondary" for e in after)}
     start_region(cfg, cfg.primary)
@@ -171,16 +172,22 @@ def s5cmd_download_rate(cfg, work: Path) -> dict:
     return {"bytes": nbytes, "seconds": round(secs, 3), "mb_s": round(nbytes / secs / 1e6, 1)}
 
 
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def render(res: dict) -> str:
     lines = [f"# Failover RTO, local stack ({res['started']})", "",
              f"Bundle {res['bundle_mb']:.0f} MB (tiny model + {res['pad_mb']} MB padding), monitor every 1 s, down "
              "after 2 failed probes, confirmation 2 probes 0.2 s apart; client request through the router every "
              "100 ms.", "",
-             "| trial | outage → first failed probe s | RTO s | detection s | dispatch s | recovery s | restore s | "
-             "start s | client requests failed | answers after from DR |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| trial | outage → first failed probe s | RTO s | detection s | dispatch s (automation + pickup) | "
+             "recovery s | restore s | start s | client requests failed | answers after from DR |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for t in res["trials"]:
-        lines.append(f"| {t['kind']} | {t['outage_to_first_failed_probe_s']:.2f} | {t['rto_s']:.2f} | {t.get('detection_s', 0):.2f} | {t.get('dispatch_s', 0):.2f}"
-                     f" | {t.get('recovery_s', 0):.2f} | {t['restore_s'] or 0:.2f} | {t['start_s'] or 0:.2f} | "
+        lines.append(f"| {t['kind']} | {t['outage_to_first_failed_probe_s']:.2f} | {t['rto_s']:.2f} | {t.get('detection_s', 0):.2f} | "
+                     f"{t.get('dispatch_s', 0):.2f} ({_f(t.get('automation_s'))} + {_f(t.get('pickup_s'))})"
+                     f" | {t.get('recovery_s', 0):.2f} | {_f(t['restore_s'])} | {_f(t['start_s'])} | "
                      f"{t['client_failed_during']}/{t['client_requests_during']} | "
                      f"{'all ok' if t['client_ok_after'] else 'FAILURES'} |")
     lines += ["", "| target | value | goal | verdict |", "|---|---:|---|---|"]

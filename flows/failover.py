@@ -65,6 +65,11 @@ def _publish(config_path: str, rec: core.FailoverRecord) -> None:
         send_notice(config_path, _notice_args(n))
 
 
+def _scheduled_ts() -> float | None:
+    when = runtime.flow_run.scheduled_start_time
+    return when.timestamp() if when is not None and runtime.flow_run.id else None
+
+
 def _parse_time(value: str) -> float | None:
     """The event's ``occurred`` time (ISO 8601, from the automation) as unix time; None if absent."""
     from datetime import datetime
@@ -117,7 +122,7 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
     rec = core.FailoverRecord(kind="failover", bundle=cfg.bundle.name, from_region=active, to_region=target.name,
                               trigger=trigger, reason=reason, started_ts=time.time(),
                               first_failure_ts=first_failure_ts, detected_ts=detected_ts,
-                              flow_run_id=str(runtime.flow_run.id or "") or None)
+                              scheduled_ts=_scheduled_ts(), flow_run_id=str(runtime.flow_run.id or "") or None)
     try:
         if active == target.name:
             rec.noop = True

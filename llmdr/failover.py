@@ -59,6 +59,7 @@ class FailoverRecord:
     started_ts: float
     first_failure_ts: float | None = None
     detected_ts: float | None = None  # when the monitor declared the region down (the event's time)
+    scheduled_ts: float | None = None  # when the flow run was scheduled (by the automation, at once)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     confirmed: bool | None = None
     replica: dict | None = None
@@ -94,14 +95,19 @@ class FailoverRecord:
         event, automation, worker, process start), recovery (-> verified answer through the router)."""
         if not self.ok or self.first_failure_ts is None or self.detected_ts is None or self.verified_ts is None:
             return None
-        return {"detection_s": round(self.detected_ts - self.first_failure_ts, 3),
-                "dispatch_s": round(self.started_ts - self.detected_ts, 3),
-                "recovery_s": round(self.verified_ts - self.started_ts, 3)}
+        out = {"detection_s": round(self.detected_ts - self.first_failure_ts, 3),
+               "dispatch_s": round(self.started_ts - self.detected_ts, 3),
+               "recovery_s": round(self.verified_ts - self.started_ts, 3)}
+        if self.scheduled_ts is not None and self.detected_ts <= self.scheduled_ts <= self.started_ts:
+            # dispatch = the automation creating the run + the runner picking it up and starting it
+            out["automation_s"] = round(self.scheduled_ts - self.detected_ts, 3)
+            out["pickup_s"] = round(self.started_ts - self.scheduled_ts, 3)
+        return out
 
     def to_json(self) -> dict:
         out = asdict(self)
         out["rto_breakdown"] = self.rto_breakdown()
-        for k in ("started_ts", "first_failure_ts", "detected_ts", "switched_ts", "verified_ts"):
+        for k in ("started_ts", "first_failure_ts", "detected_ts", "scheduled_ts", "switched_ts", "verified_ts"):
             out[k.removesuffix("_ts") + "_utc"] = utc(out[k]) if out[k] is not None else None
         return out
 
