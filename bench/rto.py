@@ -286,7 +286,7 @@ def main() -> int:
            "checks": checks, "peer_s5cmd": peer}
     out = BENCH_DIR / "results"
     out.mkdir(exist_ok=True)
-    stamp = started.replace(":", "")
+    stamp = started.replace(":", "").replace("-", "")
     for name in (f"rto-{stamp}", "rto-latest"):
         (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
         (out / f"{name}.md").write_text(render(res))
