@@ -2,8 +2,8 @@
 
 A Prefect process worker starts every flow run in a new Python process, which must import Prefect, llmdr and the
 flow before the first line of the flow runs: 2.5-7 s on a small machine, most of a warm-standby RTO. This runner
-serves one work pool (``llmdr-failover``, where the failover and failback deployments live) like a worker, but
-keeps one child process waiting with everything already imported. When a run is scheduled (e.g. by the failover
+serves one work pool (``llmdr-failover``: the failover, failback and monitor-endpoints deployments) like a worker,
+but keeps two child processes waiting with everything already imported. When a run is scheduled (e.g. by the failover
 automation) the runner claims it (Pending), hands its id to the waiting child, which runs it exactly as
 ``python -m prefect.engine`` would, and immediately starts the next waiting child.
 
@@ -37,6 +37,7 @@ def child() -> int:
     from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
 
     import flows.failover  # noqa: F401 - imported now so the run does not pay for it
+    import flows.monitor_endpoints  # noqa: F401
     import llmdr.monitor  # noqa: F401
     import llmdr.notify  # noqa: F401
     import llmdr.replica  # noqa: F401
@@ -56,15 +57,21 @@ def child() -> int:
 
 
 class Waiting:
-    """One child process that has imported everything and waits for a run id."""
+    """One child process that imports everything, then waits for a run id."""
 
     def __init__(self, logf) -> None:
         self.proc = subprocess.Popen([sys.executable, __file__, "--child"], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=logf, text=True)
+        self._ready = False
 
-    def ready(self, timeout: float = 60.0) -> bool:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip() == "ready"
+    def ready(self, wait: bool) -> bool:
+        """Has it finished importing? With ``wait``, block until it has (or died)."""
+        import select
+
+        if not self._ready and self.proc.stdout is not None and self.proc.poll() is None:
+            if wait or select.select([self.proc.stdout], [], [], 0)[0]:
+                self._ready = self.proc.stdout.readline().strip() == "ready"
+        return self._ready
 
     def hand(self, flow_run_id: str) -> int:
         assert self.proc.stdin is not None
@@ -76,6 +83,31 @@ class Waiting:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class Pool:
+    """``size`` waiting children, so a run that arrives just after another (a failover right after a monitor run
+    started) still finds one ready."""
+
+    def __init__(self, logf, size: int = 2) -> None:
+        self.logf = logf
+        self.size = size
+        self.children = [Waiting(logf) for _ in range(size)]
+
+    def take(self) -> Waiting:
+        self.children = [c for c in self.children if c.proc.poll() is None] or [Waiting(self.logf)]
+        child = next((c for c in self.children if c.ready(wait=False)), None)
+        if child is None:
+            child = self.children[0]
+            child.ready(wait=True)
+        self.children.remove(child)
+        while len(self.children) < self.size:
+            self.children.append(Waiting(self.logf))
+        return child
+
+    def discard(self) -> None:
+        for c in self.children:
+            c.discard()
 
 
 def runner(pool: str, poll: float) -> int:
@@ -94,8 +126,7 @@ def runner(pool: str, poll: float) -> int:
     signal.signal(signal.SIGINT, stop)
     name = f"llmdr-warm-runner-{os.getpid()}"
     logf = sys.stderr
-    waiting = Waiting(logf)
-    waiting.ready()
+    pool_ = Pool(logf)
     running: list[subprocess.Popen] = []
     last_beat = 0.0
     log.info("%s serving work pool %s (poll %.2fs)", name, pool, poll)
@@ -121,18 +152,14 @@ def runner(pool: str, poll: float) -> int:
                 result = client.set_flow_run_state(fr.id, Pending())
                 if result.status != SetStateStatus.ACCEPT:
                     continue  # another runner took it, or a concurrency limit says wait
-                if waiting.proc.poll() is not None:  # the waiting child died: start another
-                    waiting = Waiting(logf)
-                    waiting.ready()
-                pid = waiting.hand(str(fr.id))
-                running.append(waiting.proc)
+                child = pool_.take()
+                pid = child.hand(str(fr.id))
+                running.append(child.proc)
                 client.update_flow_run(fr.id, infrastructure_pid=str(pid))
                 log.info("flow run %s (%s) handed to pid %d", fr.name, fr.id, pid)
-                waiting = Waiting(logf)
-                waiting.ready()
             running = [p for p in running if p.poll() is None]
             time.sleep(poll)
-    waiting.discard()
+    pool_.discard()
     for p in running:
         p.wait(60)
     return 0

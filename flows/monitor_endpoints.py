@@ -14,7 +14,7 @@ from tasks.monitor import watch_endpoints
 
 
 @flow(name="monitor-endpoints")
-def monitor_endpoints(duration_s: float = 55.0, config_path: str = "") -> dict:
+def monitor_endpoints(duration_s: float = 58.0, config_path: str = "") -> dict:
     cfg = load_config(config_path)
     summary = watch_endpoints(config_path, duration_s)
     key = artifact_key("monitor-endpoints", cfg.bundle.name)

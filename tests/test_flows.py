@@ -97,8 +97,8 @@ def test_prefect_yaml_entrypoints_are_flows():
         module, _, attr = dep["entrypoint"].partition(":")
         obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert isinstance(obj, Flow), dep["entrypoint"]
-        # failover and failback go to the pool the warm runner serves; everything else to the process worker
-        want = "llmdr-failover" if obj.name in ("failover", "failback") else "llmdr-process"
+        # failover, failback and the monitor go to the pool the warm runner serves; the rest to the process worker
+        want = "llmdr-failover" if obj.name in ("failover", "failback", "monitor-endpoints") else "llmdr-process"
         assert dep["work_pool"]["name"] == want, dep["name"]
         names.add(obj.name)
     assert {"protect-bundle", "restore-bundle", "verify-replicas", "protect-checkpoints", "monitor-endpoints",
