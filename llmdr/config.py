@@ -334,6 +334,32 @@ class Notifications(_Model):
         return parse_duration(v)
 
 
+class Signing(_Model):
+    """How drill reports are signed. Ed25519 (default): a key pair under the state folder is made on first use;
+    auditors verify with the public key alone. HMAC-SHA256: the key comes from an environment variable."""
+
+    method: Literal["ed25519", "hmac"] = "ed25519"
+    private_key: str = "keys/report-signing.key"  # ed25519, relative to state_dir; created 0600 if missing
+    public_key: str = "keys/report-signing.pub"  # ed25519, relative to state_dir
+    hmac_key_env: str = "LLMDR_REPORT_HMAC_KEY"
+
+
+class Drill(_Model):
+    """The DR drill: how the outage is simulated, how long to wait for the automation, where reports go."""
+
+    outage: Literal["local", "command"] = "local"  # local: stop the primary's local S3 server and replica
+    outage_command: list[str] | None = None  # "command": run this to cut the region off (never delete data)
+    restore_command: list[str] | None = None  # "command": run this to bring it back
+    reports_dir: str = "reports"  # relative to this file
+    signing: Signing = Signing()
+
+    @model_validator(mode="after")
+    def _commands(self) -> "Drill":
+        if self.outage == "command" and not (self.outage_command and self.restore_command):
+            raise ValueError("outage: command needs outage_command and restore_command (argv lists)")
+        return self
+
+
 class Config(_Model):
     version: Literal[1] = 1
     bundle: Bundle
@@ -346,6 +372,7 @@ class Config(_Model):
     monitor: Monitor = Monitor()
     failover: Failover = Failover()
     notifications: Notifications | None = None
+    drill: Drill = Drill()
     golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
     state_dir: str = ".llmdr"
 
@@ -439,6 +466,11 @@ class Config(_Model):
     @property
     def state_path(self) -> Path:
         p = Path(self.state_dir)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def reports_path(self) -> Path:
+        p = Path(self.drill.reports_dir)
         return p if p.is_absolute() else self.base_dir / p
 
     @property
