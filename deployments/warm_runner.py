@@ -174,6 +174,7 @@ def main() -> int:
     if args.child:
         return child()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll (4/s) would fill the log
     return runner(args.pool, args.poll)
 
 
