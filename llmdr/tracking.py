@@ -430,18 +430,14 @@ def _find_drill_run(client, experiment_id: str, drill_id: str):
     return runs[0] if runs else None
 
 
-def log_drill(target: TrackingTarget, record: dict, report_folder: Path, *, experiment: str = DRILL_EXPERIMENT) -> str:
-    """Record one drill as the MLflow run ``drill <id>`` in ``experiment``; returns its run id.
+_START_TAGS = (TAG_KIND, "llmdr.bundle", "llmdr.drill_id", "llmdr.prefect_flow_run_id", "llmdr.started_by")
 
-    Params (scope), metrics (:func:`drill_metrics`), tags (:func:`drill_tags`) and every file of ``report_folder``
-    as artifacts. Idempotent per drill id: logging the same drill again completes the same run (e.g. with local
-    artifacts after :class:`ArtifactUploadError`) instead of adding a second one."""
+
+def _drill_run(target: TrackingTarget, record: dict, experiment: str, *, final: bool):
+    """Find (by ``llmdr.drill_id``) or create the drill's run and log what the record holds; returns the run."""
     _mlflow()
-    from mlflow.entities import Metric, Param, RunStatus, RunTag
+    from mlflow.entities import Metric, Param, RunTag
 
-    report_folder = Path(report_folder)
-    if not report_folder.is_dir():
-        raise TrackingError(f"drill report folder {report_folder} does not exist: nothing to log as artifacts")
     drill_id = str(record.get("id") or "")
     if not drill_id:
         raise TrackingError("the drill record has no id: log the record the dr-drill flow produced (to_json())")
@@ -452,23 +448,48 @@ def log_drill(target: TrackingTarget, record: dict, report_folder: Path, *, expe
         if run is None:
             run = client.create_run(exp_id, start_time=_ms(record.get("started_ts")), run_name=f"drill {drill_id}")
         run_id = run.info.run_id
-        ended = _ms(record.get("ended_ts"))
-        stamp = ended or _ms(record.get("started_ts")) or 0
-        client.log_batch(run_id,
-                         metrics=[Metric(k, v, stamp, 0) for k, v in drill_metrics(record).items()],
-                         params=[Param(k, v) for k, v in drill_params(record).items()],
-                         tags=[RunTag(k, v) for k, v in drill_tags(record).items()])
-        run = client.get_run(run_id)
+        tags = drill_tags(record)
+        if not final:
+            tags = {k: v for k, v in tags.items() if k in _START_TAGS}
+        stamp = _ms(record.get("ended_ts")) or _ms(record.get("started_ts")) or 0
+        metrics = [Metric(k, v, stamp, 0) for k, v in drill_metrics(record).items()] if final else []
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in drill_params(record).items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        return client.get_run(run_id)
     except Exception as exc:
         raise TrackingError(f"MLflow: cannot record drill {drill_id} in experiment {experiment!r} of "
                             f"{_safe_uri(target.tracking_uri)}: {_short(exc)}") from exc
+
+
+def begin_drill(target: TrackingTarget, record: dict, *, experiment: str = DRILL_EXPERIMENT) -> str:
+    """Create (or find) the drill's run at the start, with its scope params, and return its id, so the signed report
+    can name its MLflow run; :func:`log_drill` later completes the same run. Touches no artifact store."""
+    return _drill_run(target, record, experiment, final=False).info.run_id
+
+
+def log_drill(target: TrackingTarget, record: dict, report_folder: Path, *, experiment: str = DRILL_EXPERIMENT) -> str:
+    """Record one drill as the MLflow run ``drill <id>`` in ``experiment``; returns its run id.
+
+    Params (scope), metrics (:func:`drill_metrics`), tags (:func:`drill_tags`) and every file of ``report_folder``
+    as artifacts. Idempotent per drill id: logging the same drill again completes the same run (the one
+    :func:`begin_drill` made, or the one an :class:`ArtifactUploadError` left FAILED, e.g. now with local
+    artifacts) instead of adding a second one."""
+    _mlflow()
+    from mlflow.entities import RunStatus
+
+    report_folder = Path(report_folder)
+    if not report_folder.is_dir():
+        raise TrackingError(f"drill report folder {report_folder} does not exist: nothing to log as artifacts")
+    run = _drill_run(target, record, experiment, final=True)
+    run_id, ended = run.info.run_id, _ms(record.get("ended_ts"))
+    client = open_client(target)
     try:
         uri = upload_artifacts(target, run, report_folder, experiment)
     except ArtifactUploadError:
         client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED), end_time=ended)
         raise
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED), end_time=ended)
-    log.info("drill %s recorded as MLflow run %s (artifacts %s)", drill_id, run_id, uri)
+    log.info("drill %s recorded as MLflow run %s (artifacts %s)", record.get("id"), run_id, uri)
     return run_id
 
 

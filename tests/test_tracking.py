@@ -97,7 +97,10 @@ def test_drill_run_with_artifacts_in_the_dr_region(region_config, tmp_path):
     s3_vars = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     env_before = {k: os.environ.get(k) for k in s3_vars}
     record = sample_record(rpo=None)
+    begun = tracking.begin_drill(target, record)  # at the drill's start, so the signed report can name its run
+    assert tracking.open_client(target).get_run(begun).info.status == "RUNNING"
     run_id = tracking.log_drill(target, record, report_folder(tmp_path), experiment="dr-drills")
+    assert run_id == begun
     assert {k: os.environ.get(k) for k in s3_vars} == env_before  # the S3 variables were set only for the call
 
     client = tracking.open_client(target)
