@@ -513,3 +513,27 @@ def test_the_page_checks_can_fail(tmp_path):
     (_, _, boxes, (w, _h)), = _pdf_pages(tmp_path / "bad.pdf", "selftest-bad")
     assert _overlaps(boxes)
     assert any(right > w for _, (_, _, right, _) in boxes)
+
+
+def test_a_written_report_signs_and_verifies(reports, tmp_path):
+    """The real folder (not a toy one): signed as written, verified, then one byte of each file flipped."""
+    import shutil
+
+    from llmdr.config import Signing
+    from llmdr.signing import key_paths, sign_folder, verify_folder
+
+    folder = tmp_path / "report"
+    shutil.copytree(reports["fail"][1]["html"].parent, folder)
+    doc = sign_folder(folder, Signing(), tmp_path / "state")
+    assert [f["path"] for f in doc["files"]] == sorted(drillreport.FILES.values())
+    pub = key_paths(Signing(), tmp_path / "state")[1]
+    assert verify_folder(folder, public_key=pub).ok
+    for name in sorted(drillreport.FILES.values()):
+        path = folder / name
+        original = path.read_bytes()
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0x20
+        path.write_bytes(bytes(data))
+        assert verify_folder(folder, public_key=pub).problems == [f"{name}: SHA-256 differs from the signed value"]
+        path.write_bytes(original)
+    assert verify_folder(folder, public_key=pub).ok
