@@ -26,6 +26,8 @@ stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_arg
 app.add_typer(stack_app, name="stack")
 golden_app = typer.Typer(help="Record and check golden answers of a serving endpoint.", no_args_is_help=True)
 app.add_typer(golden_app, name="golden")
+report_app = typer.Typer(help="Check drill reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: ./llmdr.yaml or $LLMDR_CONFIG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
@@ -461,6 +463,7 @@ def protect(
     path = str((cfg.source_file or Path("llmdr.yaml")).resolve())
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _use_local_prefect(cfg)  # the local server when `stack up --ui` runs one, else a temporary one
     if checkpoints:
         from flows.protect_checkpoints import protect_checkpoints
 
@@ -777,6 +780,131 @@ def failovers(as_json: JsonOpt = False) -> None:
         lines.append(f"{h['started_utc']:<24} {h['kind']:<9} {str(h['from_region']) + ' -> ' + h['to_region']:<22} "
                      f"{h['trigger']:<10} {result:<8} {rto:>6}  {parts}")
     _emit(as_json, hist, "\n".join(lines) if hist else "no failover or failback yet")
+
+
+@app.command()
+def drill(as_json: JsonOpt = False) -> None:
+    """Run a DR drill now: cut the primary region off, watch the automation fail over on its own, measure RTO and
+    RPO, check the answers through the router, run the restore test from the DR store, bring the primary back and
+    fail back; write a signed report (HTML, PDF, JSON) and an MLflow run. Needs `llmdr stack up --ui` (the
+    automation and the monitor run there). Exit 8 if any control fails."""
+    import getpass
+
+    from . import orchestration
+    from .drill import DrillFailed
+
+    cfg = _cfg()
+    if "PREFECT_API_URL" not in __import__("os").environ and not orchestration.status(cfg).healthy:
+        raise UsageError("a drill watches the monitor → automation → failover chain, which runs on the Prefect "
+                         "server: start it with `llmdr stack up --ui` (or set PREFECT_API_URL)")
+    _use_local_prefect(cfg)
+    from flows.dr_drill import dr_drill
+
+    try:
+        out = _run_flow(dr_drill, started_by=f"cli:{getpass.getuser()}")
+    except DrillFailed as exc:
+        if exc.record is not None:
+            _emit(as_json, exc.record, _drill_text(exc.record))
+        raise
+    _emit(as_json, out, _drill_text(out))
+
+
+def _drill_text(rec: dict) -> str:
+    verdict = "PASS" if rec["passed"] else "FAIL"
+    lines = [f"DR drill {rec['id']} of {rec['bundle']}: {verdict}"]
+    if rec.get("failed_over_at_end"):
+        lines.append("!!! THE SYSTEM IS LEFT FAILED OVER: run `llmdr failback` !!!")
+    for c in rec["controls"]:
+        lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']} (objective {c['objective']})")
+    rep = rec.get("report") or {}
+    if rep:
+        files = rep.get("files", {})
+        lines.append(f"report: {rep.get('folder')}")
+        for k in ("html", "pdf", "evidence"):
+            if k in files:
+                lines.append(f"  {k}: {files[k]}")
+        lines.append(f"  verify: llmdr report verify {rep.get('folder')}")
+        if rep.get("mlflow_run_id"):
+            lines.append(f"  MLflow run: {rep['mlflow_run_id']} (experiment dr-drills)")
+    return "\n".join(lines)
+
+
+@app.command()
+def drills(
+    chart: Annotated[Optional[Path], typer.Option(help="Also write the RTO/RPO trend chart (PNG) here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past drills (date, RTO, RPO, result), newest last; warns when the last passing drill is older than
+    objectives.drill_interval, or there is none (`llmdr readiness` turns that into a failing check)."""
+    import time
+
+    from . import drill as core
+
+    cfg = _cfg()
+    hist = core.history(cfg)
+    rows = [r.to_json() for r in hist]
+    lines = [f"{'started (UTC)':<24} {'drill id':<24} {'RTO s':>7} {'RPO s':>7}  result"]
+    for r in rows:
+        m = r["measurements"]
+        rto = f"{m['rto_s']:.1f}" if m.get("rto_s") is not None else "-"
+        rpo = f"{m['rpo_s']:.1f}" if m.get("rpo_s") is not None else "-"
+        res = "PASS" if r["passed"] else ("FAIL (left failed over)" if r["failed_over_at_end"] else "FAIL")
+        lines.append(f"{r['started_utc']:<24} {r['id']:<24} {rto:>7} {rpo:>7}  {res}")
+    last = core.last_pass_ts(cfg)
+    interval = cfg.objectives.drill_interval.total_seconds()
+    stale = last is None or time.time() - last > interval
+    from datetime import timedelta
+
+    from .config import format_duration
+
+    if last is None:
+        warn = f"WARNING: no passing drill on record; run one (`llmdr drill`) — objective: every {format_duration(cfg.objectives.drill_interval)}"
+    elif stale:
+        warn = (f"WARNING: the last passing drill was {format_duration(timedelta(seconds=time.time() - last))} ago, "
+                f"more than the {format_duration(cfg.objectives.drill_interval)} drill interval: your plan may be broken")
+    else:
+        warn = f"last passing drill {format_duration(timedelta(seconds=time.time() - last))} ago (interval {format_duration(cfg.objectives.drill_interval)})"
+    if chart is not None and rows:
+        from .drillreport import trend_chart
+
+        trend_chart(rows, chart)
+        lines.append(f"trend chart: {chart}")
+    _emit(as_json, {"drills": rows, "stale": stale, "warning": warn}, "\n".join(lines + [warn]))
+
+
+@report_app.command("verify")
+def report_verify(
+    folder: Annotated[Path, typer.Argument(help="A drill report folder (holds SIGNATURE.json).")],
+    public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM). Default: the project's "
+                                                       "drill.signing.public_key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a drill report offline: every file's SHA-256 against the signed list, and the signature (Ed25519 with
+    the public key, or HMAC with the key in drill.signing.hmac_key_env). Exit 10 if anything was changed."""
+    import os
+
+    from .signing import verify_folder
+
+    if folder.is_file():
+        folder = folder.parent
+    key = public_key
+    hmac_key = None
+    try:
+        cfg = _cfg()
+        if key is None:
+            key = cfg.state_path / cfg.drill.signing.public_key
+        env = os.environ.get(cfg.drill.signing.hmac_key_env)
+        hmac_key = env.encode() if env else None
+    except LlmdrError:
+        if key is None:
+            raise UsageError("no llmdr.yaml here to find the public key: pass --public-key FILE") from None
+    res = verify_folder(folder, public_key=key if key and key.exists() else None, hmac_key=hmac_key)
+    text = (f"{folder}: signature OK ({res.algorithm}, key {res.key_id}); {len(res.files)} files unchanged"
+            if res.ok else f"{folder}: VERIFICATION FAILED\n" + "\n".join(f"  - {p}" for p in res.problems))
+    _emit(as_json, {"ok": res.ok, "problems": res.problems, "key_id": res.key_id, "algorithm": res.algorithm,
+                    "files": res.files}, text)
+    if not res.ok:
+        raise typer.Exit(10)
 
 
 @replica_app.command("start")

@@ -16,8 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import LlmdrError
 
 SCHEMA = 1
+
+
+class DrillFailed(LlmdrError):
+    """The drill ran and at least one control failed (or the system was left failed over). The report exists."""
+
+    exit_code = 8
+
+    def __init__(self, drill_id: str, reasons: list[str], folder: str, record: dict | None = None) -> None:
+        self.drill_id, self.reasons, self.folder, self.record = drill_id, reasons, folder, record
+        super().__init__(f"DR drill {drill_id} FAILED:\n" + "\n".join(f"  - {r}" for r in reasons)
+                         + f"\nreport: {folder}")
+
+    def __reduce__(self):  # Prefect pickles exceptions into states
+        return (DrillFailed, (self.drill_id, self.reasons, self.folder, self.record))
 
 
 def utc(ts: float | None = None) -> str:
@@ -177,3 +192,94 @@ def history(cfg: Config) -> list[DrillRecord]:
 def last_pass_ts(cfg: Config, before: float | None = None) -> float | None:
     passes = [r.started_ts for r in history(cfg) if r.passed and (before is None or r.started_ts < before)]
     return max(passes) if passes else None
+
+
+# --- steps the dr-drill flow composes (no Prefect here) ------------------------------------------------------------
+def scope_of(cfg: Config) -> dict[str, Any]:
+    return {"bundle": cfg.bundle.name,
+            "regions": [{"name": r.name, "role": r.role, "endpoint": r.endpoint or f"aws:{r.s3_region}",
+                         "bucket": r.bucket, "serving": r.serving.url if r.serving else None} for r in cfg.regions],
+            "objectives": {"rpo_s": cfg.objectives.rpo.total_seconds(), "rto_s": cfg.objectives.rto.total_seconds(),
+                           "drill_interval_s": cfg.objectives.drill_interval.total_seconds()},
+            "router": {"kind": cfg.router.kind, "url": cfg.router.url} if cfg.router else None,
+            "outage_action": cfg.drill.outage}
+
+
+def region_copy(cfg: Config, region: str) -> dict[str, Any]:
+    """The newest snapshot of the bundle complete in ``region``: id (= manifest digest), creation time, and
+    whether every required component is recorded in its manifest (no download)."""
+    from .manifest import parse_utc
+    from .ops import open_repo
+
+    snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
+    if not snaps:
+        return {"region": region, "id": None, "created": None, "complete": False,
+                "detail": f"no snapshot of {cfg.bundle.name} in {region}"}
+    m = snaps[-1].manifest
+    required = [k.value for k, c in cfg.bundle.components.items() if c.required]
+    missing = [k for k in required if k not in m.components or not m.components[k].get("files")]
+    return {"region": region, "id": snaps[-1].id, "created": m.created,
+            "created_ts": parse_utc(m.created).timestamp(), "files": len(m.files),
+            "components": {k: v.get("digest") for k, v in sorted(m.components.items())},
+            "complete": not missing,
+            "detail": ("every required component recorded: " + ", ".join(required)) if not missing else
+            f"missing from the manifest: {', '.join(missing)}"}
+
+
+def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
+    """Cut the region off without deleting anything: locally, stop its replica and S3 server (by PID); with
+    ``drill.outage: command``, run ``drill.outage_command``."""
+    import subprocess
+
+    reg = cfg.region(region)
+    if cfg.drill.outage == "command":
+        r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600)
+        return {"region": region, "action": "command: " + " ".join(cfg.drill.outage_command or []),
+                "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:]}
+    from .replica import replica_status, stop_replica
+    from .stack import _read_pid, stop_region
+
+    if not reg.is_local:
+        from .errors import UsageError
+
+        raise UsageError(f"region '{region}' is not local, so `drill.outage: local` cannot stop it; set drill.outage: "
+                         "command with an outage_command that blocks the region (never one that deletes data)")
+    rep = replica_status(cfg, reg) if reg.serving else None
+    s3_pid = _read_pid(cfg, reg)
+    stop_replica(cfg, reg)
+    stop_region(cfg, reg)
+    return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}) and the "
+                                        f"S3 server (pid {s3_pid or '-'}); data left on disk"}
+
+
+def end_outage(cfg: Config, region: str) -> dict[str, Any]:
+    import subprocess
+
+    reg = cfg.region(region)
+    if cfg.drill.outage == "command":
+        r = subprocess.run(cfg.drill.restore_command or [], capture_output=True, text=True, timeout=600)
+        return {"action": "command: " + " ".join(cfg.drill.restore_command or []), "returncode": r.returncode}
+    from .replica import can_start, start_replica
+    from .stack import start_region
+
+    st = start_region(cfg, reg)
+    action = f"local: S3 server started again (pid {st.pid})"
+    if reg.serving is not None and can_start(reg):
+        rep = start_replica(cfg, reg)  # from the region's own store, as after a real outage
+        action += f", replica restarted from its own store (pid {rep.pid})"
+    return {"action": action, "healthy": st.healthy}
+
+
+def wait_for_failover(cfg: Config, since_ts: float, timeout: float, *, poll: float = 0.2):
+    """The first failover record that started after ``since_ts`` (the automation's run), waiting up to
+    ``timeout`` seconds; None if none came. The drill never starts a failover itself."""
+    from . import failover as fo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for rec in fo.history(cfg):
+            if rec.kind == "failover" and rec.started_ts >= since_ts and not rec.noop:
+                return rec
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)

@@ -2,9 +2,10 @@
 # The main job, end to end, on the local two-region stack:
 #   a tiny real model -> snapshot (primary) -> replicate (secondary) -> replicas in both regions, each restored
 #   from its own region's store, behind a Caddy router -> golden answers -> Prefect server, deployments, failover
-#   automation, monitor -> primary region outage (S3 + replica killed) while a client sends requests -> the
-#   automation fails over -> restore from the secondary + restore test -> primary back -> failback
-#   -> an incomplete bundle is refused -> summary with timings and the measured RTO.
+#   automation, monitor -> protect-bundle (snapshot + copy + verify) -> a DR drill while a client sends requests:
+#   the primary region is cut off, the automation fails over on its own, RTO/RPO measured, answers checked through
+#   the router, restore test from the DR store, primary back, failback -> signed report (HTML, PDF, JSON), MLflow
+#   run, Prefect artifacts -> restore from the secondary is byte-identical -> an incomplete bundle is refused.
 # Runs in ./.demo (kept out of git). KEEP=1 leaves the stack running afterwards.
 set -euo pipefail
 
@@ -26,9 +27,11 @@ t() {  # t LABEL CMD...: run, time, remember
   local t0 ms
   t0=$(date +%s%N)
   if [ "$1" = "$LLMDR" ]; then echo "\$ llmdr ${*:2}"; else echo "($label)"; fi
-  "$@"
+  local rc=0
+  "$@" || rc=$?
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   STEPS+=("$(printf '%-34s %4d.%03ds' "$label" $((ms / 1000)) $((ms % 1000)))")
+  return $rc
 }
 
 CLIENT_PID=""
@@ -52,6 +55,7 @@ t "replicate to secondary"         "$LLMDR" replicate latest --to secondary
 t "replicas from each region"      "$LLMDR" stack up
 t "record golden answers"          "$LLMDR" golden record --url "$PRIMARY_URL" --bundle model
 t "Prefect + automation + monitor" "$LLMDR" stack up --ui --ui-port "$UI_PORT"
+t "protect-bundle flow"            "$LLMDR" protect
 wait_for 120 "the monitor to learn the primary" grep -q '"primary": {"active": true[^}]*"status": "healthy"' .llmdr/monitor/status.json
 "$LLMDR" status
 
@@ -66,21 +70,15 @@ CLIENT_PID=$!
 sleep 2
 
 echo
-echo "== outage: the primary region (S3 server and serving replica) goes down =="
-t "outage: stop primary region"    "$LLMDR" stack down primary
-t "automatic failover (watching)"  wait_for 120 "the automation's failover" sh -c "'$LLMDR' status --json | grep -q '\"active\": \"secondary\"'"
-"$LLMDR" status
-sleep 2
-t "restore from secondary"         "$LLMDR" restore latest --region secondary --to restored
-if diff -r model restored >/dev/null; then verdict="byte-identical"; else verdict="DIFFERENT"; fi
-t "restore test (serve + golden)"  "$LLMDR" verify latest --region secondary --restore-test
-
-echo
-echo "== the primary region is back: fail back =="
-t "primary region back"            "$LLMDR" stack up primary
-t "failback"                       "$LLMDR" failback
+echo "== a DR drill: the primary region is cut off; nothing but the automation moves traffic =="
+drill_rc=0
+t "DR drill (outage ... failback)"   "$LLMDR" drill || drill_rc=$?
 "$LLMDR" status
 kill "$CLIENT_PID"; CLIENT_PID=""
+t "restore from secondary"         "$LLMDR" restore latest --region secondary --to restored
+if diff -r model restored >/dev/null; then verdict="byte-identical"; else verdict="DIFFERENT"; fi
+REPORT=$(ls -d reports/drills/*/ 2>/dev/null | tail -1)
+t "verify the signed report"       "$LLMDR" report verify "$REPORT"
 
 rm model/tokenizer.json
 echo "\$ rm model/tokenizer.json; llmdr snapshot    # must be refused"
@@ -99,7 +97,9 @@ echo "== llmdr demo summary =="
 printf '%s\n' "${STEPS[@]}"
 echo "restored bundle vs original: $verdict ($(find restored -type f | wc -l) files, $(du -sh restored | cut -f1))"
 echo "snapshot of a bundle without its tokenizer: $refused"
-echo "failover RTO (first failed probe -> golden-correct answer through the router): $RTO"
+echo "drill: $(if [ $drill_rc = 0 ]; then echo PASS; else echo "FAIL (exit $drill_rc)"; fi); failover RTO (first failed probe -> golden-correct answer through the router): $RTO"
+echo "drill report: ${REPORT}report.html, ${REPORT}report.pdf, ${REPORT}evidence.json (signed: SIGNATURE.json)"
+echo "MLflow: experiment dr-drills in .llmdr/mlflow/mlflow.db (mlflow ui --backend-store-uri sqlite:///$WORK/.llmdr/mlflow/mlflow.db)"
 echo "client requests through the router: $total, failed: $failed (while the primary was down, before the switch)"
-echo "Prefect UI: http://127.0.0.1:$UI_PORT (flow runs, artifacts failover-model / failback-model, automations)"
-[ "$verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ]
+echo "Prefect UI: http://127.0.0.1:$UI_PORT (flow runs; artifacts dr-drill-model, failover-model, failback-model; automations)"
+[ "$verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ] && [ "$drill_rc" = 0 ]
