@@ -207,16 +207,22 @@ def test_stale_dr_copy_fails_the_rpo_control(drill_stack):
 @pytest.mark.s3
 def test_drill_fails_when_the_automation_is_off(drill_stack):
     st = drill_stack
-    autos = _api(st["api"], "/automations/filter", {})
-    auto = next(a for a in autos if a["name"] == "llmdr-failover-when-active-region-down")
-    _api(st["api"], f"/automations/{auto['id']}", {"enabled": False}, method="PATCH")
+    name = "llmdr-failover-when-active-region-down"
+
+    def automation(action: str) -> None:
+        r = subprocess.run([orchestration._prefect(), "automation", action, name], env=st["env"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    automation("pause")
+    assert not next(a for a in _api(st["api"], "/automations/filter", {}) if a["name"] == name)["enabled"]
     cfg_path = st["cfg"].source_file
     cfg_path.write_text(CONFIG.format(**st["ports"], rpo="1h", rto="20s"))
     try:
         run, rec = _run_drill(st)
     finally:
         cfg_path.write_text(CONFIG.format(**st["ports"], rpo="1h", rto="2m"))
-        _api(st["api"], f"/automations/{auto['id']}", {"enabled": True}, method="PATCH")
+        automation("resume")
     assert run.returncode != 0 and not rec["passed"]
     assert not _controls(rec)["rto"]
     reason = " ".join(rec["failure_reasons"])
