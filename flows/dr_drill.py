@@ -59,7 +59,7 @@ def dr_drill(config_path: str = "", started_by: str = "") -> dict:
     log = get_run_logger()
     primary, dr = cfg.primary, cfg.failover_target()
     rec = core.DrillRecord(bundle=cfg.bundle.name, started_ts=time.time(), started_by=_started_by(started_by),
-                           tool_version=f"llmdr {__version__}", scope=core.scope_of(cfg))
+                           tool_version=__version__, scope=core.scope_of(cfg))
     rec.evidence["prefect_flow_run_id"] = rec.started_by.get("flow_run_id")
     rec.evidence["model_version"] = None  # MLflow model registry: issue #7
     rec.evidence["dataset_versions"] = []  # DVC datasets: issue #7
