@@ -13,6 +13,7 @@ from tasks.protect import (
     check_bundle_complete,
     copy_snapshot_to_region,
     measure_rpo,
+    refresh_standby,
     take_snapshot,
     verify_copy,
 )
@@ -30,9 +31,11 @@ def protect_bundle(config_path: str = "") -> dict:
     verified = [verify_copy(config_path, sid, r.name) for r in cfg.secondaries]
     retention = [apply_retention(config_path, r.name) for r in cfg.regions]
     rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
+    standbys = [refresh_standby(config_path, r.name) for r in cfg.secondaries if r.serving is not None]
     key = artifact_key("protect-bundle", cfg.bundle.name)
     create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo),
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")
-    return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo}
+    return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo,
+            "standbys": standbys}

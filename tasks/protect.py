@@ -82,3 +82,34 @@ def apply_retention(config_path: str, region: str) -> dict:
 @task(name="measure-rpo", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def measure_rpo(config_path: str, region: str) -> dict:
     return ops.rpo_clock(load_config(config_path), region)
+
+
+@task(name="refresh-standby", retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_if_transient)
+def refresh_standby(config_path: str, region: str) -> dict:
+    """Move a running warm standby onto the newest snapshot in its own region, so a failover serves the model
+    just protected. Never touches the replica that receives traffic, nor one llmdr did not start."""
+    from llmdr.replica import can_start, replica_status, start_replica
+    from llmdr.router import open_router
+
+    cfg = load_config(config_path)
+    reg = cfg.region(region)
+    if reg.serving is None or not reg.serving.warm or not can_start(reg):
+        return {"region": region, "refreshed": False, "why": "no warm standby llmdr runs here"}
+    st = replica_status(cfg, reg)
+    if st.pid is None:
+        return {"region": region, "refreshed": False, "why": "standby not running"}
+    try:
+        active = open_router(cfg).active() if cfg.router else None
+    except Exception:  # noqa: BLE001 - unknown: leave it alone
+        active = region
+    if active == region:
+        return {"region": region, "refreshed": False, "why": "it serves the traffic now"}
+    from llmdr.ops import open_repo
+    from llmdr.replica import same_content
+
+    newest = open_repo(cfg, reg, read_only=True).resolve("latest", bundle=cfg.bundle.name)
+    if same_content(cfg, reg, st.snapshot, newest):
+        return {"region": region, "refreshed": False, "why": "already serves this content", "snapshot": st.snapshot}
+    new = start_replica(cfg, reg, ref=newest)
+    get_run_logger().info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], new.snapshot[:12])
+    return {"region": region, "refreshed": True, "snapshot": new.snapshot, "previous": st.snapshot}

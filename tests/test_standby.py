@@ -1,0 +1,56 @@
+"""protect-bundle keeps the warm standby on the newest content of its own region: a new snapshot of unchanged
+files leaves it alone, changed files move it, and the replica that serves traffic is never restarted."""
+
+from __future__ import annotations
+
+import json
+
+from llmdr import ops
+from llmdr.replica import replica_status
+from llmdr.router import open_router
+from llmdr.stack import start_router, start_serving
+from llmdr.tinymodel import write_demo_bundle
+
+
+def test_refresh_standby_follows_content_not_snapshot_ids(prefect_harness, served_config):
+    from tasks.protect import refresh_standby
+
+    cfg = served_config
+    path = str(cfg.source_file)
+    write_demo_bundle(cfg.bundle_path)
+    v1 = ops.snapshot_bundle(cfg).snapshot_id
+    ops.replicate(cfg, v1, to="secondary")
+    start_serving(cfg)
+    start_router(cfg)
+    sec = cfg.region("secondary")
+    before = replica_status(cfg, sec)
+    assert before.snapshot == v1
+
+    # same files, new snapshot id: nothing to do
+    v2 = ops.snapshot_bundle(cfg, tags={"run": "2"}).snapshot_id
+    ops.replicate(cfg, v2, to="secondary")
+    assert v2 != v1
+    out = refresh_standby(path, "secondary")
+    assert out["refreshed"] is False and out["why"] == "already serves this content"
+    assert replica_status(cfg, sec).pid == before.pid
+
+    # changed generation settings: the standby moves to the new content, restored from its own store
+    gen = cfg.bundle_path / "generation_config.json"
+    data = json.loads(gen.read_text())
+    data["max_new_tokens"] = 5
+    gen.write_text(json.dumps(data))
+    v3 = ops.snapshot_bundle(cfg).snapshot_id
+    ops.replicate(cfg, v3, to="secondary")
+    out = refresh_standby(path, "secondary")
+    after = replica_status(cfg, sec)
+    assert out["refreshed"] is True and after.snapshot == v3 and after.pid != before.pid and after.healthy
+
+    # the replica that serves traffic is never restarted
+    data["max_new_tokens"] = 7
+    gen.write_text(json.dumps(data))
+    v4 = ops.snapshot_bundle(cfg).snapshot_id
+    ops.replicate(cfg, v4, to="secondary")
+    open_router(cfg).switch("secondary", reason="test")
+    out = refresh_standby(path, "secondary")
+    assert out["refreshed"] is False and "traffic" in out["why"]
+    assert replica_status(cfg, sec).pid == after.pid
