@@ -174,6 +174,13 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     assert arts and "PASS" in arts[0]["data"]
     mlflow_id = rec["evidence"].get("mlflow_run_id")
     assert mlflow_id, rec["evidence"].get("mlflow_error")
+    from llmdr.tracking import drill_runs, target_for
+
+    run = next(r for r in drill_runs(target_for(cfg), bundle="drillbot") if r["id"] == mlflow_id)
+    assert run["status"] == "FINISHED" and run["metrics"]["passed"] == 1
+    assert run["metrics"]["rto_seconds"] == pytest.approx(m["rto_s"], abs=0.05)
+    assert run["metrics"]["rpo_seconds"] == pytest.approx(m["rpo_s"], abs=0.05)
+    assert run["artifact_uri"].startswith("s3://llmdr-secondary/")  # the evidence lives in the DR region
 
     # tampering with any byte is detected
     ev = folder / "evidence.json"
