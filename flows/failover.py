@@ -12,6 +12,7 @@ replica on the newest snapshot → golden set → [switch → verify through the
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -107,6 +108,28 @@ def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str
     rec.finish(verified["verified_ts"])
 
 
+@contextmanager
+def _recorded(config_path: str, rec: core.FailoverRecord):
+    """Whatever happens inside, the run is recorded, published and announced; a failure marks it not ok."""
+    try:
+        yield
+    except Exception as exc:
+        rec.error = rec.error or str(exc)
+        rec.ok = False
+        raise
+    finally:
+        _publish(config_path, rec)
+
+
+def _noop_if_active(rec: core.FailoverRecord, active: str | None) -> bool:
+    if active != rec.to_region:
+        return False
+    rec.noop = True
+    rec.ok = True
+    rec.step("already-active", True, f"the router already sends traffic to {rec.to_region}")
+    return True
+
+
 def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
     """The golden set against the target's replica directly, then the switch + check through the router."""
     try:
@@ -134,11 +157,8 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
                               trigger=trigger, reason=reason, started_ts=time.time(),
                               first_failure_ts=first_failure_ts, detected_ts=detected_ts,
                               scheduled_ts=_scheduled_ts(), flow_run_id=str(runtime.flow_run.id or "") or None)
-    try:
-        if active == target.name:
-            rec.noop = True
-            rec.ok = True
-            rec.step("already-active", True, f"the router already sends traffic to {target.name}")
+    with _recorded(config_path, rec):
+        if _noop_if_active(rec, active):
             return rec.to_json()
         if trigger != "manual" and active is not None:
             conf = confirm_outage(config_path, active)
@@ -154,12 +174,6 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
                                           f"{(rec.replica.get('snapshot') or '?')[:12]}")
         _verify_and_switch(config_path, rec, active)
         return rec.to_json()
-    except Exception as exc:
-        rec.error = rec.error or str(exc)
-        rec.ok = False
-        raise
-    finally:
-        _publish(config_path, rec)
 
 
 @flow(name="failback")
@@ -172,11 +186,8 @@ def failback(reason: str = "primary healthy again", trigger: str = "manual", con
     rec = core.FailoverRecord(kind="failback", bundle=cfg.bundle.name, from_region=active, to_region=primary.name,
                               trigger=trigger, reason=reason, started_ts=time.time(),
                               flow_run_id=str(runtime.flow_run.id or "") or None)
-    try:
-        if active == primary.name:
-            rec.noop = True
-            rec.ok = True
-            rec.step("already-active", True, f"the router already sends traffic to {primary.name}")
+    with _recorded(config_path, rec):
+        if _noop_if_active(rec, active):
             return rec.to_json()
         data = copy_back_snapshots(config_path, active or cfg.failover_target().name)
         rec.step("primary-data-current", True, f"{len(data['copied'])} snapshot(s) copied back; newest "
@@ -185,9 +196,3 @@ def failback(reason: str = "primary healthy again", trigger: str = "manual", con
         rec.step("ensure-replica", True, f"primary replica on {(rec.replica.get('snapshot') or '?')[:12]}")
         _verify_and_switch(config_path, rec, active)
         return rec.to_json()
-    except Exception as exc:
-        rec.error = rec.error or str(exc)
-        rec.ok = False
-        raise
-    finally:
-        _publish(config_path, rec)
