@@ -360,6 +360,24 @@ class Drill(_Model):
         return self
 
 
+class Dataset(_Model):
+    """A training or evaluation dataset tracked by DVC in a git+DVC repository (the nearest parent folder holding
+    ``.dvc/``). llmdr pushes each version to one DVC remote per region and validates it with Great Expectations."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    path: str  # the data file, relative to llmdr.yaml (its .dvc file sits next to it)
+    block_on_failure: bool = True  # a dataset failing its expectation suite stops the snapshot
+    suite: str | None = None  # expectation suite JSON (default: expectations/<name>.json next to llmdr.yaml)
+
+
+class Tracking(_Model):
+    """MLflow: model registry and runs. Default store: sqlite under state_dir."""
+
+    uri: str | None = None  # any MLflow tracking URI; default sqlite:///<state_dir>/mlflow/mlflow.db
+    model_name: str | None = None  # registered model name (default: the bundle name)
+    register: bool = True  # every protected snapshot registers / updates a model version
+
+
 class Config(_Model):
     version: Literal[1] = 1
     bundle: Bundle
@@ -373,6 +391,8 @@ class Config(_Model):
     failover: Failover = Failover()
     notifications: Notifications | None = None
     drill: Drill = Drill()
+    datasets: list[Dataset] = Field(default_factory=list)
+    tracking: Tracking = Tracking()
     golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
     state_dir: str = ".llmdr"
 
@@ -413,6 +433,9 @@ class Config(_Model):
                     "s3_region for disaster recovery"
                 )
         names_set = set(names)
+        ds_names = [d.name for d in self.datasets]
+        if len(ds_names) != len(set(ds_names)):
+            raise ValueError("dataset names must be unique")
         if self.failover.target is not None and self.failover.target not in names_set:
             raise ValueError(f"failover.target {self.failover.target!r} is not a region name ({', '.join(names)})")
         if self.failover.target == primary.name:
@@ -472,6 +495,18 @@ class Config(_Model):
     def reports_path(self) -> Path:
         p = Path(self.drill.reports_dir)
         return p if p.is_absolute() else self.base_dir / p
+
+    def dataset_path(self, ds: "Dataset") -> Path:
+        p = Path(ds.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def suite_path(self, ds: "Dataset") -> Path:
+        p = Path(ds.suite or f"expectations/{ds.name}.json")
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.model_name or self.bundle.name
 
     @property
     def golden_path(self) -> Path:
