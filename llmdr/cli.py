@@ -353,6 +353,9 @@ def stack_up(
     ui_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     serving: Annotated[bool, typer.Option("--serving/--no-serving", help="Start the replicas (from each region's "
                                           "own newest snapshot) and the router.")] = True,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Also start the MLflow UI over the project's tracking "
+                                         "store (model versions, drill runs, training runs).")] = False,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the local S3 servers (idempotent), wait until they answer, create the buckets; then each region's
@@ -380,6 +383,12 @@ def stack_up(
         st = orchestration.start(cfg, ui_port)
         text += "\n" + orchestration.describe(st)
         out["prefect"] = st.to_json()
+    if mlflow:
+        from . import mlflowui
+
+        ml = mlflowui.start(cfg, mlflow_port)
+        text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
+        out["mlflow"] = ml
     _emit(as_json, out, text)
 
 
@@ -399,6 +408,10 @@ def stack_down(
     stop_serving(cfg, regions, router=region is None)
     if region is None and orchestration.running(cfg):
         orchestration.stop(cfg)
+    if region is None:
+        from . import mlflowui
+
+        mlflowui.stop(cfg)
     rows = [stop_region(cfg, r) for r in regions]
     _emit(as_json, [s.to_json() for s in rows], _status_table(rows))
 
