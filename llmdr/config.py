@@ -375,7 +375,7 @@ class Tracking(_Model):
 
     uri: str | None = None  # any MLflow tracking URI; default sqlite:///<state_dir>/mlflow/mlflow.db
     model_name: str | None = None  # registered model name (default: the bundle name)
-    register: bool = True  # every protected snapshot registers / updates a model version
+    register_models: bool = True  # every protected snapshot registers / updates a model version
 
 
 class Config(_Model):
