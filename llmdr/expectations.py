@@ -262,9 +262,18 @@ def _read_suite(path: Path, ds_name: str) -> dict:
     return suite
 
 
+def _import_gx() -> Any:
+    """Great Expectations, imported on first use with its usage analytics off (the variable is read at import)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations
+
+    return great_expectations
+
+
 def _build_suite(suite: dict, path: Path) -> Any:
     """GE's ExpectationSuite from the JSON, refusing what GE would otherwise skip silently: an unknown expectation
     type is only logged and dropped by ``ExpectationSuite(**d)``, which would turn a typo into a missing check."""
+    _import_gx()
     from great_expectations.core import ExpectationSuite
     from great_expectations.expectations.registry import get_expectation_impl
 
@@ -362,8 +371,7 @@ def _detail(f: dict) -> str:
 
 
 def _run_ge(df: "pd.DataFrame", suite: Any) -> dict:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    import great_expectations as gx
+    gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")  # in memory: no gx/ folder, no great_expectations.yml
