@@ -151,12 +151,16 @@ def profile_suite(df: "pd.DataFrame", *, name: str) -> dict:
             continue
         if pdt.is_numeric_dtype(s.dtype):
             lo, hi = _num(values.min()), _num(values.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                continue
             pad = (hi - lo) * RANGE_WIDEN if hi > lo else max(abs(hi) * RANGE_WIDEN, 1)
             low, high = lo - pad, hi + pad
             if lo >= 0:
                 low = max(low, 0)
             if pdt.is_integer_dtype(s.dtype):
                 low, high = math.floor(low), math.ceil(high)
+            else:  # outward to 6 decimals, so the file reads 1.097 rather than 1.0970000000000002
+                low, high = math.floor(low * 1e6) / 1e6, math.ceil(high * 1e6) / 1e6
             expect("expect_column_values_to_be_between", column=c, min_value=_num(low), max_value=_num(high))
         elif isinstance(s.dtype, pd.CategoricalDtype) or pdt.is_string_dtype(s.dtype) or s.dtype == object:
             if not all(isinstance(v, str) for v in values):
@@ -199,6 +203,12 @@ def ensure_suite(cfg: "Config", ds: "Dataset", df: "pd.DataFrame | None" = None)
         os.link(tmp, path)  # fails if the file appeared meanwhile: never replace a suite
     except FileExistsError:
         return path, False
+    except OSError:  # no hard links on this filesystem: exclusive create instead
+        try:
+            with open(path, "x", encoding="utf-8") as fh:
+                fh.write(text)
+        except FileExistsError:
+            return path, False
     finally:
         tmp.unlink(missing_ok=True)
     log.info("profiled %s (%d rows) into %s", ds.name, len(df), path)

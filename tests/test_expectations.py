@@ -117,6 +117,14 @@ def test_profile_follows_the_documented_rules_and_ge_loads_it(ge_import_s):
     assert len(loaded.expectations) == len(suite["expectations"])
 
 
+def test_profile_bounds_are_readable_and_never_infinite():
+    df = pd.DataFrame({"x": [0.1, 0.2, 0.3], "y": [1.0, float("inf"), 2.0], "k": ["a", "a", "b"]})
+    suite = ex.profile_suite(df, name="t")
+    between = {e["kwargs"]["column"]: e["kwargs"] for e in suite["expectations"] if e["type"] == BETWEEN}
+    assert between == {"x": {"column": "x", "min_value": 0.08, "max_value": 0.32}}  # y holds inf: no range
+    json.dumps(suite, allow_nan=False)
+
+
 def test_suite_is_created_once_and_a_user_edit_survives(tickets_project):
     cfg, ds = tickets_project
     path, created = ex.ensure_suite(cfg, ds)
