@@ -209,6 +209,12 @@ def _datasets_from_tags(tags: dict[str, str]) -> list[dict]:
             for n, d in sorted(out.items())]
 
 
+def _datasets_from_manifest(manifest: Manifest) -> list[dict]:
+    """``dataset.<name>.md5`` tags of a snapshot (protect-bundle writes them); remotes are not in the manifest."""
+    return [{"name": k[len("dataset."):-len(".md5")], "md5": v, "remotes": {}}
+            for k, v in sorted(manifest.tags.items()) if k.startswith("dataset.") and k.endswith(".md5")]
+
+
 def _set_tags(client, name: str, version: str, tags: dict[str, str]) -> None:
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
@@ -227,7 +233,8 @@ def register_snapshot(cfg: Config, snapshot_id: str, *, regions: dict[str, str],
     ``regions`` maps each region holding the snapshot (copies verified) to its id there. Idempotent: the same
     snapshot id returns its version (refreshing region, dataset and training-run tags); a new snapshot of unchanged
     content updates the existing version rather than adding one; changed content makes a new version. ``alias``
-    (default ``production``; None for none) moves to the version. Reads the manifest from one of ``regions``."""
+    (default ``production``; None for none) moves to the version. Reads the manifest from one of ``regions``.
+    ``datasets`` None: the md5s in the snapshot's ``dataset.<name>.md5`` tags (no remotes); ``[]``: none."""
     if not is_hex_digest(snapshot_id):
         raise UsageError(f"{snapshot_id!r} is not a full snapshot id (64 hex characters)")
     if not regions:
@@ -238,6 +245,8 @@ def register_snapshot(cfg: Config, snapshot_id: str, *, regions: dict[str, str],
         raise UsageError(f"alias {alias!r} is reserved by MLflow (latest, v<number>): pick another name")
     manifest = _load_manifest(cfg, snapshot_id, list(regions))
     digest = content_digest(manifest)
+    if datasets is None:  # protect-bundle records each dataset's md5 in the snapshot's tags
+        datasets = _datasets_from_manifest(manifest)
     name = cfg.model_name
     target = _registry_target(cfg, tracking_uri)
     client = open_client(target)
@@ -792,6 +801,8 @@ def lineage(cfg: Config, ref: str, *, tracking_uri: str | None = None) -> dict:
     datasets = _datasets_from_tags(tags)
     if not datasets and training:
         datasets = training.get("datasets") or []
+    if not datasets and manifest is not None:
+        datasets = _datasets_from_manifest(manifest)
     model = None
     if mv is not None:
         model = {"name": mv.name, "version": str(mv.version), "aliases": sorted(mv.aliases), "source": mv.source,

@@ -130,13 +130,16 @@ def test_one_model_version_per_snapshot_content(cfg, uri):
 
     cfg_json = cfg.bundle_path / "config.json"
     cfg_json.write_text(cfg_json.read_text().replace('"hidden_size": 256', '"hidden_size": 512'))
-    s2 = protected_snapshot(cfg)
-    r2 = register_snapshot(cfg, s2, regions=both(s2), datasets=ds, tracking_uri=uri)
+    s2 = ops.snapshot_bundle(cfg, tags={"dataset.support-chats.md5": MD5}).snapshot_id  # as protect-bundle tags it
+    ops.replicate(cfg, s2, to="secondary")
+    r2 = register_snapshot(cfg, s2, regions=both(s2), tracking_uri=uri)  # datasets from the snapshot's tags
     assert (r2["version"], r2["created"], r2["aliases"]) == ("2", True, ["production"])
     assert {a: str(v) for a, v in client.get_registered_model("testbundle").aliases.items()} == {"production": "2"}
     t1, t2 = client.get_model_version("testbundle", "1").tags, client.get_model_version("testbundle", "2").tags
     assert t2["llmdr.component.weights"] == t1["llmdr.component.weights"]
     assert t2["llmdr.component.model_config"] != t1["llmdr.component.model_config"]
+    assert t2["llmdr.dataset.support-chats.md5"] == MD5
+    assert not any(".remote." in k for k in t2)  # the manifest does not say where the remotes are
 
     # drills: a pass moves drill-verified (found through an older id of version 1), a failure does not
     m = mark_drill_verified(cfg, s1, drill_id="d-1", passed=True, mlflow_run_id="r1", tracking_uri=uri)
