@@ -1,5 +1,6 @@
-"""protect-bundle: completeness → snapshot → copy to every secondary region → verify each copy → retention →
-RPO clock. Publishes a markdown summary and a table artifact with stable keys."""
+"""protect-bundle: completeness → datasets (expectation suite, DVC push to every region) → snapshot (dataset md5s
+in its tags) → copy to every secondary region → verify each copy → retention → RPO clock → warm standbys onto new
+content → model version in the MLflow registry. Publishes a markdown summary and a table artifact."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
 from llmdr.report import artifact_key, protect_summary_markdown, protect_table
+from tasks.lineage import push_dataset, register_model_version, validate_dataset
 from tasks.protect import (
     apply_retention,
     check_bundle_complete,
@@ -24,7 +26,10 @@ def protect_bundle(config_path: str = "") -> dict:
     """Fails (and publishes nothing partial) if any step fails; retention runs only after every copy verified."""
     cfg = load_config(config_path)
     check_bundle_complete(config_path)
-    snap = take_snapshot(config_path)
+    validations = [validate_dataset(config_path, d.name) for d in cfg.datasets]
+    datasets = [push_dataset(config_path, d.name) for d in cfg.datasets]
+    tags = {f"dataset.{d['name']}.md5": d["md5"] for d in datasets}
+    snap = take_snapshot(config_path, tags=tags or None)
     sid = snap["snapshot_id"]
     futures = [copy_snapshot_to_region.submit(config_path, sid, r.name) for r in cfg.secondaries]
     copies = [f.result() for f in futures]
@@ -32,10 +37,12 @@ def protect_bundle(config_path: str = "") -> dict:
     retention = [apply_retention(config_path, r.name) for r in cfg.regions]
     rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
     standbys = [refresh_standby(config_path, r.name) for r in cfg.secondaries if r.serving is not None]
+    model = (register_model_version(config_path, sid, [r.name for r in cfg.regions], datasets)
+             if cfg.tracking.register_models else None)
     key = artifact_key("protect-bundle", cfg.bundle.name)
     create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo),
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")
     return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo,
-            "standbys": standbys}
+            "standbys": standbys, "datasets": datasets, "validations": validations, "model_version": model}

@@ -122,13 +122,15 @@ def default_tracking_uri(cfg: Config) -> str:
 
 def target_for(cfg: Config, *, region: str | None = None, tracking_uri: str | None = None,
                local_artifacts: bool = False) -> TrackingTarget:
-    """The tracking target for ``cfg``: tracking store from ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the
+    """The tracking target for ``cfg``: tracking store from ``tracking_uri``, else ``tracking.uri`` in the config, else
+    ``MLFLOW_TRACKING_URI``, else the
     sqlite file under the state folder; artifacts in ``region``'s bucket (default: the DR region, i.e.
     ``cfg.failover_target()``), or on local disk with ``local_artifacts``. Resolves the region's keys now (raises
     ``AccessDenied`` when they are not set); touches nothing else."""
     from .credentials import resolve_keys
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg)
+    uri = (tracking_uri or cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or default_tracking_uri(cfg))
     if local_artifacts:
         root = (cfg.state_path / "mlflow" / "artifacts").resolve().as_uri()
         return TrackingTarget(tracking_uri=uri, artifact_location=root, s3_env={}, region=None)

@@ -13,10 +13,10 @@ from .retry import RETRY_DELAYS, retry_if_transient
 
 
 @task(name="take-snapshot", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
-def take_snapshot(config_path: str, region: str | None = None) -> dict:
-    """Snapshot the configured bundle into ``region`` (default: the primary)."""
+def take_snapshot(config_path: str, region: str | None = None, tags: dict[str, str] | None = None) -> dict:
+    """Snapshot the configured bundle into ``region`` (default: the primary); ``tags`` go into the manifest."""
     cfg = load_config(config_path)
-    res = ops.snapshot_bundle(cfg, region=region)
+    res = ops.snapshot_bundle(cfg, region=region, tags=tags)
     get_run_logger().info("snapshot %s: %d files, %d new bytes of %d", res.snapshot_id[:12], res.files,
                           res.bytes_new, res.bytes_total)
     return res.to_json() | {"region": cfg.region(region).name}
