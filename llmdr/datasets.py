@@ -8,7 +8,7 @@ brings it back from any region, re-hashing what came back before it reaches the 
 DVC runs in this process through ``dvc.repo.Repo`` (imported lazily): one import (~0.8 s), then each push, status or
 fetch costs 0.1-0.4 s instead of 2-3.5 s for a ``dvc`` subprocess that re-imports everything; keys travel in memory
 (a per-call config override), never on a command line. DVC's import-time side effects (console log handlers,
-colorama wrapping ``sys.stdout``/``sys.stderr``) are undone once in ``_dvc()``; its log records are captured per call,
+colorama wrapping ``sys.stdout``/``sys.stderr``) are undone once in ``_tame_dvc()``; its log records are captured per call,
 stripped of secrets and re-logged here.
 
 Credentials are written only to ``.dvc/config.local`` (git-ignored by DVC, mode 0600) by ``configure_remotes``, for
@@ -47,6 +47,7 @@ from .errors import (
     LlmdrError,
     ObjectNotFound,
     StorageError,
+    TargetNotEmpty,
     TransientStorageError,
     UnsafePathError,
     UsageError,
@@ -187,8 +188,8 @@ def version(cfg: Config, ds: Dataset, *, check_workspace: bool = True) -> Datase
                 with Repo(str(root)) as dvc_repo:
                     status = dvc_repo.status(targets=[str(dvcfile)])
             except Exception as exc:
-                raise _map_error(exc, (), records, f"dataset '{ds.name}': checking {data} against {dvcfile.name}") \
-                    from None
+                raise _map_error(exc, (), records, f"dataset '{ds.name}': checking {data} against {dvcfile.name}",
+                                 local=True) from None
         changes = _changed_outs(status)
         if not data.exists():  # DVC reports a missing file as 'not in cache' when its cache lacks it too
             changes.append("deleted")
@@ -224,7 +225,7 @@ def track(cfg: Config, ds: Dataset) -> DatasetVersion:
             with Repo(str(root), config={"core": {"autostage": _has_git(root)}}) as dvc_repo:
                 dvc_repo.add(str(data))
         except Exception as exc:
-            raise _map_error(exc, (), records, f"dataset '{ds.name}': `dvc add {data}`") from None
+            raise _map_error(exc, (), records, f"dataset '{ds.name}': `dvc add {data}`", local=True) from None
     ver = version(cfg, ds, check_workspace=False)
     log.info("dataset %s tracked: md5 %s (%d bytes, %.2fs)", ds.name, ver.md5, ver.size, time.monotonic() - t0)
     return ver
@@ -325,13 +326,11 @@ def present(cfg: Config, ds: Dataset, region: str, *, ver: DatasetVersion | None
         return True
     except ObjectNotFound:
         return False
-    except BucketNotFound:
-        return False
 
 
 # --- pull --------------------------------------------------------------------------------------------------------------
 def pull(cfg: Config, ds: Dataset, region: str, *, target: Path | None = None,
-         expect_md5: str | None = None) -> DatasetVersion:
+         expect_md5: str | None = None, force: bool = False) -> DatasetVersion:
     """Bring the recorded version back from ``region``'s remote and check it before it lands.
 
     DVC fetches into a temporary cache (so the bytes really come from that region, and nothing unchecked reaches the
@@ -339,8 +338,9 @@ def pull(cfg: Config, ds: Dataset, region: str, *, target: Path | None = None,
     is the md5 of its ``.dir`` listing, whose entries are checked too). A mismatch raises ``IntegrityError`` naming
     the dataset and region and leaves the destination untouched. Then the data is written to ``target`` (default:
     the dataset's own path) and, if missing there, into the repository's DVC cache (so ``dvc status`` and later
-    pushes see it). ``expect_md5`` (e.g. from a snapshot manifest) refuses when the ``.dvc`` file records another
-    version."""
+    pushes see it). Data already at the destination that is not this version (local edits) is replaced only with
+    ``force``; otherwise ``TargetNotEmpty``. ``expect_md5`` (e.g. from a snapshot manifest) refuses when the ``.dvc``
+    file records another version."""
     r = cfg.region(region)
     data, root, dvcfile = _locate(cfg, ds)
     ver = _read_dvcfile(ds, data, root, dvcfile)
@@ -376,6 +376,7 @@ def pull(cfg: Config, ds: Dataset, region: str, *, target: Path | None = None,
                 raise
             except Exception as exc:
                 raise _map_error(exc, secrets, records, where) from None
+        _check_destination(ds, ver, objects, dest, force)
         _materialize(objects, ver, dest)
         _seed_cache(root, objects)
     log.info("dataset %s md5 %s <- region %s: %d object(s) fetched, verified, written to %s (%.2fs)", ds.name,
@@ -421,14 +422,36 @@ def _verify_fetched(odb: Any, ver: DatasetVersion, ds: Dataset, r: Region, where
     return out
 
 
+def _check_destination(ds: Dataset, ver: DatasetVersion, objects: dict[str, tuple[str, Path]], dest: Path,
+                       force: bool) -> None:
+    """Refuse to replace data that is not this version (someone's edits) unless ``force``."""
+    if force or not (dest.exists() or dest.is_symlink()):
+        return
+    if not ver.is_dir:
+        if dest.is_file() and md5_file(dest) == ver.md5:
+            return
+    elif dest.is_dir():
+        want = {rel: md5 for rel, (md5, _) in objects.items() if rel != "/.dir"}
+        have = {p.relative_to(dest).as_posix(): p for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
+        if not have or (set(have) == set(want) and all(md5_file(have[rel]) == md5 for rel, md5 in want.items())):
+            return
+    raise TargetNotEmpty(
+        f"dataset '{ds.name}': {dest} already holds data that is not version {ver.md5}; pulling would replace it. "
+        "Move it away, pull to another target, or pass force to replace it."
+    )
+
+
 def _materialize(objects: dict[str, tuple[str, Path]], ver: DatasetVersion, dest: Path) -> None:
     """Write verified objects to ``dest``; the old content is replaced only once the new one is complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not ver.is_dir:
         _, src = objects[""]
         tmp = dest.with_name(f".{dest.name}.llmdr-tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
         return
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.llmdr-", dir=dest.parent))
     try:
@@ -715,8 +738,10 @@ def _missing_note(records: list[str]) -> str:
     return f" (DVC: {missing[0].splitlines()[0]})" if missing else ""
 
 
-def _map_error(exc: BaseException, secrets: tuple[str, ...] | list[str], records: list[str], where: str) -> LlmdrError:
-    """DVC's and the S3 client's exceptions as llmdr's typed errors, with every secret removed from the text."""
+def _map_error(exc: BaseException, secrets: tuple[str, ...] | list[str], records: list[str], where: str, *,
+               local: bool = False) -> LlmdrError:
+    """DVC's and the S3 client's exceptions as llmdr's typed errors, with every secret removed from the text.
+    ``local``: an operation on the repository alone (add, status), where DVC's refusal is advice to the user."""
     if isinstance(exc, LlmdrError):
         return exc
     chain = list(_chain(exc))
@@ -727,6 +752,12 @@ def _map_error(exc: BaseException, secrets: tuple[str, ...] | list[str], records
     if "LockError" in names:
         return TransientStorageError(f"{where}: the DVC repository is locked by another dvc command ({detail}); try "
                                      "again when it has finished.")
+    not_tracked = {"NotDvcRepoError", "OutputNotFoundError", "StageFileDoesNotExistError", "StageNotFound",
+                   "NoOutputOrStageError"}
+    if names & not_tracked:
+        return DatasetNotTracked(f"{where}: {detail}")
+    if local:  # nothing remote was involved: a PermissionError here is the local disk's, not a region's
+        return UsageError(f"{where}: DVC refused: {_redact(str(exc).strip(), secrets)}")
     if any(isinstance(e, PermissionError) for e in chain) or any(s in blob for s in _DENIED):
         return AccessDenied(f"{where}: the region refused the credentials ({detail}). Check the region's "
                             "credentials (environment variables named in llmdr.yaml) and its bucket permissions.")
@@ -739,9 +770,6 @@ def _map_error(exc: BaseException, secrets: tuple[str, ...] | list[str], records
                                                            "(500)")):
         return TransientStorageError(f"{where}: the region did not answer ({detail}); try again later or use "
                                      "another region.")
-    if names & {"NotDvcRepoError", "OutputNotFoundError", "StageFileDoesNotExistError", "StageNotFound",
-                "NoOutputOrStageError"}:
-        return DatasetNotTracked(f"{where}: {detail}")
-    if names & {"DvcException", "ConfigError"} or any(type(e).__module__.startswith("dvc") for e in chain):
+    if any(type(e).__module__.startswith("dvc") for e in chain):
         return StorageError(f"{where}: DVC failed: {detail}")
     return StorageError(f"{where}: {detail}")

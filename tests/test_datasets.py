@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.config import Config, parse_config
+from llmdr.config import Config, Dataset, parse_config
 from llmdr.credentials import read_env_file
 from llmdr.datasets import (
     DatasetChanged,
@@ -32,7 +32,7 @@ from llmdr.datasets import (
     track,
     version,
 )
-from llmdr.errors import AccessDenied, IntegrityError, ObjectNotFound, TransientStorageError
+from llmdr.errors import AccessDenied, IntegrityError, ObjectNotFound, TargetNotEmpty, TransientStorageError, UsageError
 from llmdr.storage.factory import open_region
 
 from conftest import _free_base_port
@@ -40,8 +40,8 @@ from conftest import _free_base_port
 pytestmark = pytest.mark.s3
 
 DVC = str(Path(sys.executable).parent / "dvc")
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+          "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 CONFIG = """\
 version: 1
@@ -69,7 +69,8 @@ state_dir: {state}
 
 
 def run(*args: str, cwd: Path) -> str:
-    res = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", **GIT_ID}
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f"{args}: {res.stdout}\n{res.stderr}"
     return res.stdout
 
@@ -96,6 +97,19 @@ def secrets_of(cfg: Config) -> list[str]:
 
 def ds(cfg: Config, name: str = "train"):
     return next(d for d in cfg.datasets if d.name == name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dvc_site_cache(tmp_path_factory):
+    """DVC keeps per-repository indexes under /var/tmp/dvc; keep this module's many throwaway repositories' ones in
+    its own temporary folder (for the in-process calls and the `dvc` commands alike)."""
+    old = os.environ.get("DVC_SITE_CACHE_DIR")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DVC_SITE_CACHE_DIR", None)
+    else:
+        os.environ["DVC_SITE_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +255,15 @@ def test_corrupt_copy_in_a_region_fails_pull_and_leaves_data_alone(project, tmp_
     assert pull(project, train, "primary", target=out).md5 == ver.md5
     assert md5_file(out) == ver.md5
 
+    # local edits in the workspace are not overwritten by a restore unless asked
+    workspace = project.base_dir / "data" / "train.csv"
+    workspace.write_text("id,text,label\n0,edited by hand,1\n")
+    with pytest.raises(TargetNotEmpty, match="force"):
+        pull(project, train, "primary")
+    assert "edited by hand" in workspace.read_text()
+    pull(project, train, "primary", force=True)
+    assert md5_file(workspace) == ver.md5 and version(project, train).md5 == ver.md5
+
     store.put(key, good[:100])  # truncated: even the presence check sees the damage
     with pytest.raises(IntegrityError, match="100 bytes"):
         present(project, train, "secondary")
@@ -313,6 +336,12 @@ def test_errors_say_what_and_keep_secrets_out(project, monkeypatch, caplog, tmp_
         f"{r.name}: {r.getMessage()}" for r in caplog.records if r.name.startswith(("llmdr", "dvc")))
     assert not [s for s in [*secrets, wrong] if s in text]
 
+    notes = project.base_dir / "data" / "notes.csv"
+    notes.write_text("a,b\n1,2\n")
+    run("git", "add", "data/notes.csv", cwd=project.base_dir)
+    with pytest.raises(UsageError, match="already tracked by SCM"):  # DVC's own advice, passed on
+        track(project, Dataset(name="notes", path="data/notes.csv"))
+
     (project.base_dir / "data" / "train.csv.dvc").unlink()
     with pytest.raises(DatasetNotTracked, match="dvc add"):
         version(project, train)
@@ -338,3 +367,20 @@ def test_error_text_from_dvc_is_redacted():
         err = _map_error(exc, [secret], [f"ERROR: transfer failed with {secret}"], "dataset 'train': pushing")
     assert isinstance(err, AccessDenied)
     assert secret not in str(err) and "***" in str(err) and "dataset 'train'" in str(err)
+
+
+def test_using_dvc_leaves_the_process_streams_and_logging_alone(tmp_path):
+    """Importing DVC wraps sys.stdout/sys.stderr in colorama and adds console handlers; llmdr undoes both."""
+    code = (
+        "import logging, sys\n"
+        "out, err = sys.stdout, sys.stderr\n"
+        "from llmdr.datasets import _tame_dvc\n"
+        "_tame_dvc()\n"
+        "assert sys.stdout is out and sys.stderr is err, (sys.stdout, sys.stderr)\n"
+        "handlers = [h for n in ('dvc', 'dvc_data', 'dvc_objects') for h in logging.getLogger(n).handlers]\n"
+        "assert handlers == [], handlers\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
