@@ -19,8 +19,10 @@ from llmdr import drill as core
 from llmdr.config import load_config
 from llmdr.report import artifact_key
 from tasks.drill import (
+    datasets_from_dr,
     end_outage,
     golden_through_router,
+    mark_model_version,
     prechecks,
     publish_report,
     restore_test_dr,
@@ -118,6 +120,14 @@ def dr_drill(config_path: str = "", started_by: str = "") -> dict:
         rt = restore_test_dr(config_path, dr.name)
         rec.evidence["restore_test"] = rt
         rec.mark("check", f"restore test from the {dr.name} store", ok=rt["ok"], detail=rt["summary"])
+        if cfg.datasets:
+            dss = datasets_from_dr(config_path, dr.name)
+            rec.evidence["datasets"] = dss
+            rec.evidence["dataset_versions"] = [{"name": d["name"], "md5": d.get("md5"), "remote": d["remote"]}
+                                                for d in dss]
+            ok = all(d.get("valid") for d in dss)
+            rec.mark("check", f"datasets from the {dr.name} DVC remote", ok=ok,
+                     detail="; ".join(d.get("validation") or d.get("error", "") for d in dss))
     except Exception as exc:  # noqa: BLE001 - the drill reports every failure; it never dies half-way silently
         log.error("drill step failed: %s", exc)
         rec.fail(f"drill step failed: {exc}")
@@ -179,6 +189,8 @@ def _finish(config_path: str, cfg, rec: core.DrillRecord) -> dict:
     rec.ended_ts = time.time()
     rec.mark("info", "drill ended", ok=None)
     core.evaluate(rec, cfg, previous_pass_ts=core.last_pass_ts(cfg, before=rec.started_ts))
+    dr_sid = (rec.evidence.get("snapshots") or {}).get(cfg.failover_target().name, {}).get("id")
+    rec.evidence["model_version"] = mark_model_version(config_path, dr_sid, rec.id, rec.passed)
     record = rec.to_json()
     pub = publish_report(config_path, record)
     record["report"] = pub

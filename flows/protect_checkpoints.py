@@ -1,5 +1,6 @@
-"""protect-checkpoints: back up new training checkpoints incrementally, copy them to every DR region, and keep
-the last N (and every Mth) of them."""
+"""protect-checkpoints: back up new training checkpoints incrementally, copy them to every DR region, keep the
+last N (and every Mth) of them, and record each new one as an MLflow training run (parameters, dataset versions,
+hardware, step, snapshot id)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
 from llmdr.report import artifact_key, checkpoints_summary_markdown, checkpoints_table
-from tasks.checkpoints import protect_new_checkpoints
+from tasks.checkpoints import protect_new_checkpoints, record_training_runs
 
 
 @flow(name="protect-checkpoints")
 def protect_checkpoints(config_path: str = "") -> dict:
     cfg = load_config(config_path)
     out = protect_new_checkpoints(config_path)
+    out["training_runs"] = record_training_runs(config_path, out["new"])
     create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),
                              markdown=checkpoints_summary_markdown(out), description="Newest protect-checkpoints run")
     create_table_artifact(key=f"{artifact_key('protect-checkpoints', cfg.bundle.name)}-table",

@@ -28,6 +28,9 @@ golden_app = typer.Typer(help="Record and check golden answers of a serving endp
 app.add_typer(golden_app, name="golden")
 report_app = typer.Typer(help="Check drill reports.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+datasets_app = typer.Typer(help="DVC-versioned datasets: status per region, validate, pull from a region.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: ./llmdr.yaml or $LLMDR_CONFIG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
@@ -918,6 +921,93 @@ def report_verify(
                     "files": res.files}, text)
     if not res.ok:
         raise typer.Exit(10)
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="MODEL, MODEL@alias (production, drill-verified), MODEL@VERSION, or a "
+                                       "snapshot id / prefix.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The chain behind a model version: snapshot (components) → regions holding it now → datasets (DVC md5,
+    remotes) → training run → drill results."""
+    from .lineage import lineage as query
+    from .lineage import render_lineage
+
+    cfg = _cfg()
+    data = query(cfg, ref, tracking_uri=cfg.tracking.uri)
+    _emit(as_json, data, render_lineage(data))
+
+
+def _ds(cfg, name: str):
+    for d in cfg.datasets:
+        if d.name == name:
+            return d
+    raise UsageError(f"no dataset named {name!r} in {cfg.source_file}; known: "
+                     f"{', '.join(d.name for d in cfg.datasets) or 'none (add a datasets: section)'}")
+
+
+@datasets_app.command("status")
+def datasets_status(as_json: JsonOpt = False) -> None:
+    """Each dataset's recorded version (DVC md5) and whether every region's remote holds it."""
+    from .datasets import present, version
+
+    cfg = _cfg()
+    rows = []
+    for d in cfg.datasets:
+        v = version(cfg, d, check_workspace=False)
+        where = {}
+        for r in cfg.regions:
+            try:
+                where[r.name] = present(cfg, d, r.name, ver=v)
+            except LlmdrError as exc:
+                where[r.name] = None
+                logging.getLogger(__name__).warning("%s", exc)
+        rows.append(v.to_json() | {"regions": where})
+    lines = [f"{'dataset':<20} {'md5':<34} {'size':>10}  regions"]
+    for r in rows:
+        regs = ", ".join(f"{k}: {'yes' if v else ('?' if v is None else 'MISSING')}" for k, v in r["regions"].items())
+        lines.append(f"{r['name']:<20} {r['md5']:<34} {_human(r['size']):>10}  {regs}")
+    _emit(as_json, rows, "\n".join(lines) if rows else "no datasets: section in the config")
+
+
+@datasets_app.command("validate")
+def datasets_validate(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    path: Annotated[Optional[Path], typer.Option(help="Validate this copy (e.g. a restored one) instead.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a dataset against its expectation suite (created from a profile of the data if missing). Exit 4
+    if it fails."""
+    from .expectations import ensure_suite, validate
+
+    cfg = _cfg()
+    ds = _ds(cfg, name)
+    suite, created = ensure_suite(cfg, ds)
+    rep = validate(cfg, ds, path=path)
+    _emit(as_json, rep.to_json(), (f"suite profiled into {suite}\n" if created else "") + rep.summary())
+    if not rep.success:
+        raise typer.Exit(4)
+
+
+@datasets_app.command("pull")
+def datasets_pull(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    region: RegionOpt = None,
+    to: Annotated[Optional[Path], typer.Option(help="Write it here instead of the dataset's own path.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace local data that is not this version.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring the recorded version back from a region's DVC remote (e.g. the DR region), re-hashed against the
+    recorded md5 before it lands."""
+    from .datasets import pull
+
+    cfg = _cfg()
+    ds = _ds(cfg, name)
+    reg = cfg.region(region)
+    v = pull(cfg, ds, reg.name, target=to, force=force)
+    _emit(as_json, v.to_json() | {"region": reg.name},
+          f"{name}: md5 {v.md5} pulled from {reg.name} into {to or cfg.dataset_path(ds)} and checked")
 
 
 @replica_app.command("start")

@@ -158,6 +158,12 @@ def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -
                             bool(fb.get("ok")) and not rec.failed_over_at_end,
                             "ok" if fb.get("ok") and not rec.failed_over_at_end else "NOT failed back",
                             "traffic on the primary at the end", fb.get("error") or ""))
+    dss = ev.get("datasets")
+    if dss:  # only when datasets are configured
+        bad = [d["name"] for d in dss if not d.get("valid")]
+        controls.append(Control("datasets", "Datasets restored from the DR remote and valid", not bad,
+                                f"{len(dss) - len(bad)}/{len(dss)} valid", "md5 matches and expectation suite passes",
+                                "; ".join(d.get("validation") or d.get("error", "") for d in dss)))
     if previous_pass_ts is None:
         controls.append(Control("previous_drill", "Previous passing drill within the drill interval", False,
                                 "none on record", f"<= {_dur(interval)}", "this is the first drill on record"))

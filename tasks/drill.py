@@ -151,3 +151,49 @@ def publish_report(config_path: str, record: dict) -> dict:
     return {"folder": str(folder), "files": {k: str(Path(v)) for k, v in files.items()},
             "signature": {k: v for k, v in signature.items() if k != "files"} if isinstance(signature, dict)
             else signature, "mlflow_run_id": record["evidence"].get("mlflow_run_id")}
+
+
+@task(name="datasets-from-dr", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[5],
+      retry_condition_fn=retry_if_transient)
+def datasets_from_dr(config_path: str, region: str) -> list[dict]:
+    """Every configured dataset pulled from the DR region's DVC remote into scratch (re-hashed against the recorded
+    md5) and validated against its expectation suite."""
+    import shutil
+
+    from llmdr.datasets import pull, remote_url
+    from llmdr.expectations import validate
+
+    cfg = load_config(config_path)
+    out = []
+    for ds in cfg.datasets:
+        scratch = cfg.state_path / "scratch" / "datasets" / ds.name
+        shutil.rmtree(scratch, ignore_errors=True)
+        entry: dict = {"name": ds.name, "region": region, "remote": remote_url(cfg.region(region))}
+        try:
+            target = scratch / cfg.dataset_path(ds).name
+            v = pull(cfg, ds, region, target=target, force=True)
+            entry.update(md5=v.md5, pulled=True)
+            rep = validate(cfg, ds, path=target)
+            entry.update(valid=rep.success, validation=rep.summary(), failures=rep.failures)
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed control
+            entry.update(pulled=entry.get("pulled", False), valid=False, error=str(exc))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        out.append(entry)
+    return out
+
+
+@task(name="mark-model-version", cache_policy=NO_CACHE)
+def mark_model_version(config_path: str, snapshot_id: str | None, drill_id: str, passed: bool) -> dict | None:
+    """The registered model version of the DR snapshot; a passing drill moves its `drill-verified` alias."""
+    from llmdr.lineage import mark_drill_verified
+
+    cfg = load_config(config_path)
+    if not snapshot_id or not cfg.tracking.register_models:
+        return None
+    try:
+        return mark_drill_verified(cfg, snapshot_id, drill_id=drill_id, passed=passed, mlflow_run_id=None,
+                                   tracking_uri=cfg.tracking.uri)
+    except Exception as exc:  # noqa: BLE001 - the report still records the drill
+        get_run_logger().warning("model version not marked: %s", exc)
+        return {"error": str(exc)}
