@@ -493,7 +493,18 @@ def protect(
     snap = out["snapshot"]
     lines = [f"snapshot {snap['snapshot_id'][:12]} in {snap['region']}: {_human(snap['bytes_new'])} new of "
              f"{_human(snap['bytes_total'])}"]
+    for v in out.get("validations", []):
+        lines.append(f"dataset {v['dataset']}: {v['evaluated'] - v['failed']}/{v['evaluated']} expectations passed"
+                     + (" (suite profiled from the data on this first backup)" if v.get("suite_created") else ""))
+    for d in out.get("datasets", []):
+        lines.append(f"dataset {d['name']}: md5 {d['md5']} in every region's DVC remote ("
+                     + ", ".join(f"{p['region']}: {'already there' if p['already'] else 'pushed'}" for p in d["pushes"])
+                     + ")")
     lines += [f"copied to {c['region']}: {c['chunks_copied']}/{c['chunks_total']} chunks, verified" for c in out["copies"]]
+    if out.get("model_version"):
+        mv = out["model_version"]
+        lines.append(f"model version {mv['name']} v{mv['version']} ({', '.join(mv.get('aliases', []))})"
+                     + (" registered" if mv.get("created") else " (same content: updated)"))
     for r in out["rpo"]:
         lines.append(f"RPO clock {r['region']}: newest snapshot {r['age_s']:.0f}s old "
                      f"({'within' if r['ok'] else 'OVER'} the {r['objective_s']:.0f}s objective)")

@@ -277,6 +277,9 @@ def _import_gx() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations
 
+    gx_log = logging.getLogger("great_expectations")
+    if gx_log.level == logging.NOTSET:  # its INFO lines (temporary docs folders...) are noise in a backup's output
+        gx_log.setLevel(logging.WARNING)
     return great_expectations
 
 

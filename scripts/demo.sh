@@ -49,6 +49,33 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...: poll until CMD succeeds
 
 t "write the tiny model bundle"    "$LLMDR" demo-bundle model
 t "write llmdr.yaml"               "$LLMDR" init model --router-port "$ROUTER_PORT"
+# a training dataset, versioned with DVC in this folder's git repository
+PY=${PY:-$ROOT/.venv/bin/python}
+DVC=${DVC:-$ROOT/.venv/bin/dvc}
+git init -q . && git -c user.email=demo@llmdr -c user.name=demo commit -q --allow-empty -m init
+"$DVC" init -q && "$DVC" config core.analytics false
+mkdir -p data
+"$PY" - <<'PYEOF'
+import csv, random
+random.seed(7)
+labels = ["billing", "outage", "restore", "account"]
+with open("data/tickets.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "text", "label", "priority"])
+    for i in range(400):
+        lab = random.choice(labels)
+        w.writerow([i, f"ticket {i} about {lab}", lab, random.randint(1, 4)])
+PYEOF
+"$DVC" add -q data/tickets.csv
+git add data/.gitignore data/tickets.csv.dvc .dvc && git -c user.email=demo@llmdr -c user.name=demo commit -q -m "dataset v1"
+cat >> llmdr.yaml <<'YAML'
+
+# training data: DVC-tracked, pushed to one DVC remote per region, validated by Great Expectations
+datasets:
+  - name: tickets
+    path: data/tickets.csv
+YAML
+
 t "start two regions + router"     "$LLMDR" stack up
 t "snapshot (cold)"                "$LLMDR" snapshot
 t "replicate to secondary"         "$LLMDR" replicate latest --to secondary
@@ -75,6 +102,8 @@ drill_rc=0
 t "DR drill (outage ... failback)"   "$LLMDR" drill || drill_rc=$?
 "$LLMDR" status
 kill "$CLIENT_PID"; CLIENT_PID=""
+t "lineage of the protected model"  "$LLMDR" lineage model@production
+"$LLMDR" datasets status
 t "restore from secondary"         "$LLMDR" restore latest --region secondary --to restored
 if diff -r model restored >/dev/null; then verdict="byte-identical"; else verdict="DIFFERENT"; fi
 REPORT=$(ls -d reports/drills/*/ 2>/dev/null | tail -1)
