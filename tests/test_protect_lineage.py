@@ -1,0 +1,108 @@
+"""protect-bundle with a dataset, for real (SeaweedFS regions, a git+DVC repository, a sqlite MLflow store, the
+flow under the Prefect harness): the dataset is validated and pushed to every region before the snapshot, its md5
+is in the snapshot's tags, the snapshot becomes a model version with the dataset tags, `llmdr lineage` shows the
+whole chain; a corrupted dataset blocks the snapshot naming the failing expectation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmdr import ops
+from llmdr.config import parse_config
+from llmdr.tinymodel import write_demo_bundle
+
+DVC = str(Path(sys.executable).parent / "dvc")
+GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+CONFIG = """\
+version: 1
+bundle: {{name: linbot, path: model, components: {{weights: {{paths: ["*.safetensors"]}}, tokenizer: {{paths: ["tokenizer.json"]}}}}}}
+regions:
+  - {{name: primary, role: primary, endpoint: "http://127.0.0.1:{p}", bucket: llmdr-primary, prefix: {prefix},
+     credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}}}
+  - {{name: secondary, role: secondary, endpoint: "http://127.0.0.1:{s}", bucket: llmdr-secondary, prefix: {prefix},
+     credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}}}
+datasets:
+  - {{name: tickets, path: data/tickets.csv}}
+tracking: {{uri: "sqlite:///{db}"}}
+state_dir: .llmdr
+"""
+
+
+def _run(*args: str, cwd: Path) -> None:
+    r = subprocess.run(args, cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1", **GIT_ID}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _write(path: Path, labels: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        for i in range(300):
+            w.writerow([i, f"ticket {i}", labels[i % len(labels)]])
+
+
+@pytest.fixture
+def project(stack, tmp_path):
+    import uuid
+
+    root = tmp_path / "project"
+    root.mkdir()
+    _run("git", "init", "-q", cwd=root)
+    _run(DVC, "init", "-q", cwd=root)
+    _write(root / "data" / "tickets.csv", ["billing", "outage", "restore"])
+    _run(DVC, "add", "-q", "data/tickets.csv", cwd=root)
+    _run("git", "add", "-A", cwd=root)
+    _run("git", "commit", "-q", "-m", "v1", cwd=root)
+    write_demo_bundle(root / "model")
+    state = root / ".llmdr"
+    state.mkdir()
+    shutil.copy(stack.state_path / "local.env", state / "local.env")
+    text = CONFIG.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
+                         db=tmp_path / "mlflow.db")
+    (root / "llmdr.yaml").write_text(text)
+    return parse_config(text, source=root / "llmdr.yaml")
+
+
+def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, project):
+    from flows.protect_bundle import protect_bundle
+    from llmdr.datasets import present, version
+
+    cfg = project
+    out = protect_bundle(config_path=str(cfg.source_file))
+    ds = cfg.datasets[0]
+    v = version(cfg, ds)
+    assert out["validations"][0]["success"] and out["validations"][0]["suite_created"]
+    assert cfg.suite_path(ds).exists()  # profiled once, editable, committed by the user
+    assert all(present(cfg, ds, r.name, ver=v) for r in cfg.regions)
+    sid = out["snapshot"]["snapshot_id"]
+    manifest = ops.open_repo(cfg, "secondary", read_only=True).load_manifest(sid)
+    assert manifest.tags["dataset.tickets.md5"] == v.md5
+    mv = out["model_version"]
+    assert mv["name"] == "linbot" and "production" in mv["aliases"]
+
+    r = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), "lineage",
+                        "linbot@production", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["snapshot"]["id"] == sid
+    assert {k: x["present"] for k, x in data["regions"].items()} == {"primary": True, "secondary": True}
+    assert [(d["name"], d["md5"]) for d in data["datasets"]] == [("tickets", v.md5)]
+    assert set(data["snapshot"]["components"]) >= {"weights", "tokenizer"}
+
+    # the data goes bad (labels no one has seen, re-added to DVC): the next snapshot is refused
+    _write(cfg.dataset_path(ds), ["spam", "ham"])
+    _run(DVC, "add", "-q", "data/tickets.csv", cwd=cfg.base_dir)
+    with pytest.raises(Exception, match=r"expect_column_values_to_be_in_set\(label\)"):
+        protect_bundle(config_path=str(cfg.source_file))
+    assert len(ops.open_repo(cfg, "primary", read_only=True).snapshots(bundle="linbot")) == 1
