@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
 from llmdr.report import artifact_key, protect_summary_markdown, protect_table
-from tasks.lineage import push_dataset, register_model_version, validate_dataset
+from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
     apply_retention,
     check_bundle_complete,
@@ -37,10 +37,12 @@ def protect_bundle(config_path: str = "") -> dict:
     retention = [apply_retention(config_path, r.name) for r in cfg.regions]
     rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
     standbys = [refresh_standby(config_path, r.name) for r in cfg.secondaries if r.serving is not None]
+    if datasets:
+        store_dataset_evidence(config_path, sid, validations, datasets)
     model = (register_model_version(config_path, sid, [r.name for r in cfg.regions], datasets)
              if cfg.tracking.register_models else None)
     key = artifact_key("protect-bundle", cfg.bundle.name)
-    create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo),
+    create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo, validations, datasets),
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")

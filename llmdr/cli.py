@@ -1010,15 +1010,22 @@ def datasets_pull(
     as_json: JsonOpt = False,
 ) -> None:
     """Bring the recorded version back from a region's DVC remote (e.g. the DR region), re-hashed against the
-    recorded md5 before it lands."""
+    recorded md5 before it lands, then validated against its expectation suite (exit 4 if it fails)."""
     from .datasets import pull
 
     cfg = _cfg()
     ds = _ds(cfg, name)
     reg = cfg.region(region)
+    from .expectations import validate
+
     v = pull(cfg, ds, reg.name, target=to, force=force)
-    _emit(as_json, v.to_json() | {"region": reg.name},
-          f"{name}: md5 {v.md5} pulled from {reg.name} into {to or cfg.dataset_path(ds)} and checked")
+    landed = to or cfg.dataset_path(ds)
+    rep = validate(cfg, ds, path=landed) if cfg.suite_path(ds).exists() else None
+    _emit(as_json, v.to_json() | {"region": reg.name, "validation": rep.to_json() if rep else None},
+          f"{name}: md5 {v.md5} pulled from {reg.name} into {landed}, md5 checked"
+          + (f"\n{rep.summary()}" if rep else " (no expectation suite yet)"))
+    if rep is not None and not rep.success:
+        raise typer.Exit(4)
 
 
 @replica_app.command("start")

@@ -11,7 +11,8 @@ def _mb_per_s(nbytes: int | float, seconds: float) -> float:
     return round(nbytes / seconds / 1e6, 1) if seconds else 0.0
 
 
-def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: list[dict] | None = None) -> str:
+def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: list[dict] | None = None,
+                             validations: list[dict] | None = None, datasets: list[dict] | None = None) -> str:
     rate = _mb_per_s(snap["bytes_read"], snap["duration_s"])
     lines = [
         f"# protect-bundle: {bundle}",
@@ -29,6 +30,14 @@ def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: l
         lines.append(f"| copy ({state}) | {c['region']} | {c['snapshot_id'][:12]} | {_mb(c['bytes_total'])} | "
                      f"{_mb(c['bytes_copied'])} | {_mb(c['bytes_total'] - c['bytes_copied'])} | "
                      f"{c['duration_s']:.2f} | {crate:.1f} |")
+    if validations or datasets:
+        lines += ["", "| dataset | md5 | regions | expectations | result |", "|---|---|---|---:|---|"]
+        checked = {v["dataset"]: v for v in validations or []}
+        for d in datasets or []:
+            v = checked.get(d["name"], {})
+            regions = ", ".join(p["region"] for p in d.get("pushes", []))
+            lines.append(f"| {d['name']} | `{d['md5']}` | {regions} | {v.get('evaluated', 0) - v.get('failed', 0)}/"
+                         f"{v.get('evaluated', 0)} | {'valid' if v.get('success') else '**FAILED**'} |")
     for r in rpo or []:
         if r["age_s"] is None:
             lines += ["", f"**RPO clock, {r['region']}: no snapshot there at all** (objective {r['objective_s']:.0f} s)"]

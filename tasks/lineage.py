@@ -67,3 +67,24 @@ def register_model_version(config_path: str, snapshot_id: str, regions: list[str
     return register_snapshot(cfg, snapshot_id, regions={r: snapshot_id for r in regions},
                              datasets=[{"name": d["name"], "md5": d["md5"], "remotes": d["remotes"]}
                                        for d in datasets], tracking_uri=cfg.tracking.uri)
+
+
+@task(name="store-dataset-evidence", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15],
+      retry_condition_fn=retry_if_transient)
+def store_dataset_evidence(config_path: str, snapshot_id: str, validations: list[dict], datasets: list[dict]) -> list[str]:
+    """The datasets' versions and full validation results as ``evidence/<snapshot>/datasets.json`` in every region,
+    beside the snapshot they were checked for (a DR region keeps its own copy)."""
+    import hashlib
+    import json
+
+    from llmdr import ops
+
+    cfg = load_config(config_path)
+    data = json.dumps({"snapshot_id": snapshot_id, "datasets": datasets, "validations": validations},
+                      sort_keys=True, default=str).encode()
+    key = f"evidence/{snapshot_id}/datasets.json"
+    done = []
+    for r in cfg.regions:
+        ops.open_repo(cfg, r).store.put(key, data, sha256=hashlib.sha256(data).digest())
+        done.append(r.name)
+    return done

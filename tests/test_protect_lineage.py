@@ -88,6 +88,9 @@ def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, proje
     sid = out["snapshot"]["snapshot_id"]
     manifest = ops.open_repo(cfg, "secondary", read_only=True).load_manifest(sid)
     assert manifest.tags["dataset.tickets.md5"] == v.md5
+    evidence = json.loads(ops.open_repo(cfg, "secondary", read_only=True).store.get(
+        f"evidence/{sid}/datasets.json"))
+    assert evidence["datasets"][0]["md5"] == v.md5 and evidence["validations"][0]["result"]["success"] is True
     mv = out["model_version"]
     assert mv["name"] == "linbot" and "production" in mv["aliases"]
 
