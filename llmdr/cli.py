@@ -982,6 +982,23 @@ def datasets_status(as_json: JsonOpt = False) -> None:
     _emit(as_json, rows, "\n".join(lines) if rows else "no datasets: section in the config")
 
 
+@datasets_app.command("remotes")
+def datasets_remotes(as_json: JsonOpt = False) -> None:
+    """Write one DVC remote per region (llmdr-<region>) into each dataset's repository: URL and endpoint in
+    .dvc/config (commit it), keys in .dvc/config.local (git-ignored), so `dvc pull -r llmdr-secondary` works by hand
+    too. llmdr's own pushes and pulls do not need this."""
+    from .datasets import _locate, configure_remotes
+
+    cfg = _cfg()
+    done: dict[str, list[str]] = {}
+    for d in cfg.datasets:
+        _, root, _ = _locate(cfg, d)
+        if str(root) not in done:
+            done[str(root)] = configure_remotes(cfg, root)
+    _emit(as_json, done, "\n".join(f"{root}: remotes {', '.join(names)} (commit .dvc/config; keys are in "
+                                    ".dvc/config.local)" for root, names in done.items()) or "no datasets configured")
+
+
 @datasets_app.command("validate")
 def datasets_validate(
     name: Annotated[str, typer.Argument(help="Dataset name.")],

@@ -77,6 +77,7 @@ datasets:
 YAML
 
 t "start two regions + router"     "$LLMDR" stack up
+"$LLMDR" datasets remotes >/dev/null   # `dvc pull -r llmdr-secondary` by hand works too
 t "snapshot (cold)"                "$LLMDR" snapshot
 t "replicate to secondary"         "$LLMDR" replicate latest --to secondary
 t "replicas from each region"      "$LLMDR" stack up

@@ -103,6 +103,14 @@ def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, proje
     assert [(d["name"], d["md5"]) for d in data["datasets"]] == [("tickets", v.md5)]
     assert set(data["snapshot"]["components"]) >= {"weights", "tokenizer"}
 
+    # remotes for people using dvc by hand: in the tracked config, keys only in config.local
+    r = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), "datasets", "remotes"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "llmdr-primary, llmdr-secondary" in r.stdout, r.stdout + r.stderr
+    tracked = (cfg.base_dir / ".dvc" / "config").read_text()
+    assert "llmdr-secondary" in tracked and "secret_access_key" not in tracked
+    assert "secret_access_key" in (cfg.base_dir / ".dvc" / "config.local").read_text()
+
     # the data goes bad (labels no one has seen, re-added to DVC): the next snapshot is refused
     _write(cfg.dataset_path(ds), ["spam", "ham"])
     _run(DVC, "add", "-q", "data/tickets.csv", cwd=cfg.base_dir)
