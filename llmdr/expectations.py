@@ -277,9 +277,13 @@ def _import_gx() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations
 
-    gx_log = logging.getLogger("great_expectations")
-    if gx_log.level == logging.NOTSET:  # its INFO lines (temporary docs folders...) are noise in a backup's output
-        gx_log.setLevel(logging.WARNING)
+    # GE pins some of its module loggers to INFO (data_context.types.base announces every temporary docs folder):
+    # noise in a backup's output unless the caller asked for INFO logs
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        import great_expectations.data_context.types.base  # noqa: F401 - the module that pins its level
+
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return great_expectations
 
 
