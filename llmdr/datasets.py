@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -621,14 +619,9 @@ def _override(r: Region, keys: Keys) -> dict[str, Any]:
 
 def _preflight(r: Region, where: str) -> None:
     """Fail in milliseconds on an endpoint that refuses connections (DVC's S3 client retries for ~14 s)."""
-    if not r.endpoint:
-        return
-    u = urlparse(r.endpoint)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        with socket.create_connection((u.hostname, port), timeout=CONNECT_TIMEOUT):
-            pass
-    except OSError as exc:
+    from .netutil import unreachable
+
+    if r.endpoint and (exc := unreachable(r.endpoint, CONNECT_TIMEOUT)) is not None:
         raise TransientStorageError(
             f"{where}: region '{r.name}' is unreachable ({exc.strerror or exc}). Try again when it is back, or use "
             "another region."

@@ -610,17 +610,13 @@ def _iso_ms(ms: int | None) -> str | None:
 def _region_state(cfg: Config, region: Region, candidates: list[str], recorded: str | None) -> dict:
     """Ask ``region`` now (one listing, then the manifest): is one of ``candidates`` there, and is it whole?"""
     out: dict[str, Any] = {"present": None, "snapshot_id": None, "complete": None, "recorded": recorded}
-    from urllib.parse import urlparse
+    from .netutil import unreachable
 
     try:
-        if region.endpoint:  # a stopped server: fail in seconds, not after botocore's connect timeout
-            u = urlparse(region.endpoint)
-            port = u.port or (443 if u.scheme == "https" else 80)
-            try:
-                socket.create_connection((u.hostname, port), timeout=_REGION_TIMEOUT_S).close()
-            except OSError as exc:
-                out["error"] = f"unreachable at {region.endpoint} ({exc.strerror or exc})"
-                return out
+        # a stopped server: fail in seconds, not after botocore's connect timeout
+        if region.endpoint and (exc := unreachable(region.endpoint, _REGION_TIMEOUT_S)) is not None:
+            out["error"] = f"unreachable at {region.endpoint} ({exc.strerror or exc})"
+            return out
         repo = _open_region_repo(cfg, region, attempts=1)
         present = set(repo.snapshot_ids())
         found = next((i for i in candidates if i in present), None)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Iterator
@@ -290,14 +289,9 @@ def _artifact_repo(target: TrackingTarget, uri: str):
 def _check_reachable(target: TrackingTarget, run_id: str, uri: str) -> None:
     """Fail in seconds when the region's endpoint does not answer: botocore would wait out its connect timeout
     (60 s) and retries first."""
-    if not target.endpoint:
-        return
-    u = urlparse(target.endpoint)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        with socket.create_connection((u.hostname, port), timeout=_REACH_TIMEOUT_S):
-            pass
-    except OSError as exc:
+    from .netutil import unreachable
+
+    if target.endpoint and (exc := unreachable(target.endpoint, _REACH_TIMEOUT_S)) is not None:
         raise ArtifactUploadError(
             f"MLflow artifacts for run {run_id}: region '{target.region}' is unreachable at {target.endpoint} "
             f"({exc.strerror or exc}); nothing uploaded to {uri}. The run is recorded in "
