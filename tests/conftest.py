@@ -39,9 +39,11 @@ state_dir: {state}
 
 
 def _free_base_port() -> int:
-    """A port P such that every port a local region needs (P..P+8 and P+10008) is free on 127.0.0.1."""
+    """A port P such that every port a local region needs (P..P+8 and P+10008) is free on 127.0.0.1. All of them stay
+    below Linux's ephemeral range (32768+), where any outgoing connection (Prefect, MLflow, boto3...) may take a
+    port between this check and the server's bind."""
     for _ in range(200):
-        base = 20000 + (uuid.uuid4().int % 2000) * 10
+        base = 10000 + (uuid.uuid4().int % 1275) * 10  # base + 10008 <= 32758
         ok = True
         for port in [*range(base, base + 9), base + 10008]:
             with socket.socket() as s:
