@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import Config
 from .errors import LlmdrError
+from .failover import utc
 
 SCHEMA = 1
 
@@ -33,11 +34,6 @@ class DrillFailed(LlmdrError):
 
     def __reduce__(self):  # Prefect pickles exceptions into states
         return (DrillFailed, (self.drill_id, self.reasons, self.folder, self.record))
-
-
-def utc(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_drill_id(ts: float | None = None) -> str:

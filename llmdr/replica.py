@@ -24,6 +24,7 @@ from pathlib import Path
 from .config import Config, Region
 from .errors import StackError, UsageError
 from .fsutil import atomic_write
+from .stack import _tail
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +281,3 @@ def ensure_replica(cfg: Config, region: Region, *, ref: str = "latest", progress
         raise StackError(f"region '{region.name}': its endpoint {serving.url} does not answer and llmdr cannot start "
                          "it (no serving.command)")
     return start_replica(cfg, region, ref=ref, progress=progress)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
