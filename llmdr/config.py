@@ -65,6 +65,25 @@ class Credentials(_Model):
     secret_key_env: str | None = None
     session_token_env: str | None = None
     prefect_secret_block: str | None = None
+    # When the keys expire (session tokens, federated or assumed-role credentials): the name of an environment
+    # variable holding an ISO-8601 time, e.g. AWS_CREDENTIAL_EXPIRATION as set by `aws configure
+    # export-credentials` and aws-vault. A Prefect Secret block may carry an "expiration" field instead.
+    expiration_env: str | None = None
+    # Assume this IAM role with the keys above (STS AssumeRole) and use the temporary credentials it returns;
+    # their expiry is then known exactly.
+    role_arn: str | None = None
+    sts_endpoint: str | None = None  # default: AWS STS; any STS-compatible endpoint
+    session_duration: timedelta = timedelta(hours=1)
+
+    @field_validator("session_duration", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("sts_endpoint")
+    @classmethod
+    def _sts(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, "https://sts.eu-west-1.amazonaws.com")
 
     @model_validator(mode="after")
     def _one_source(self) -> "Credentials":
@@ -73,7 +92,11 @@ class Credentials(_Model):
             raise ValueError("give either access_key_env/secret_key_env or prefect_secret_block, not both")
         if not self.prefect_secret_block and not (self.access_key_env and self.secret_key_env):
             raise ValueError("name both access_key_env and secret_key_env (environment variable names)")
-        for name in (self.access_key_env, self.secret_key_env, self.session_token_env):
+        if self.role_arn is not None and not re.fullmatch(r"arn:[a-z-]+:iam::\d{12}:role/[\w+=,.@/-]+", self.role_arn):
+            raise ValueError(f"role_arn {self.role_arn!r} is not an IAM role ARN like arn:aws:iam::123456789012:role/llmdr")
+        if not 900 <= self.session_duration.total_seconds() <= 43200:
+            raise ValueError("session_duration must be between 15m and 12h (the limits of STS AssumeRole)")
+        for name in (self.access_key_env, self.secret_key_env, self.session_token_env, self.expiration_env):
             if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return self
@@ -128,6 +151,25 @@ class Serving(_Model):
         return u.port or (443 if u.scheme == "https" else 80)
 
 
+class ObjectLock(_Model):
+    """S3 Object Lock (write once, read many) for the copies in this region: every object llmdr writes here is
+    locked for ``period``; retention never deletes a locked object and re-extends the locks of the snapshots it
+    keeps. The bucket must have Object Lock enabled at creation (``llmdr stack up`` does it for local regions).
+    COMPLIANCE: nobody, root included, can delete or shorten the lock. GOVERNANCE: principals with
+    s3:BypassGovernanceRetention can."""
+
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    period: timedelta = timedelta(days=30)
+
+    @field_validator("period", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        td = parse_duration(v)
+        if td.total_seconds() < 1:
+            raise ValueError("an Object Lock period must be at least 1s")
+        return td
+
+
 class Region(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     role: Literal["primary", "secondary"]
@@ -138,6 +180,8 @@ class Region(_Model):
     credentials: Credentials
     local: LocalServer | None = None
     serving: Serving | None = None
+    object_lock: ObjectLock | None = None
+    price_per_gb_month: float | None = Field(default=None, ge=0)  # storage price, for the readiness cost estimate
 
     @field_validator("endpoint")
     @classmethod
@@ -370,6 +414,33 @@ class Dataset(_Model):
     suite: str | None = None  # expectation suite JSON (default: expectations/<name>.json next to llmdr.yaml)
 
 
+class Readiness(_Model):
+    """Thresholds of `llmdr readiness` (and the readiness-check flow)."""
+
+    credential_warning: timedelta = timedelta(days=7)  # WARN when a region's credentials expire sooner than this
+    probe_mb: int = Field(default=64, ge=1, le=4096)  # bytes read from the DR region to measure its throughput
+    start_estimate: timedelta = timedelta(seconds=60)  # starting a replica once the bundle is on disk
+
+    @field_validator("credential_warning", "start_estimate", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class Contact(_Model):
+    name: str
+    role: str = ""  # e.g. "incident commander", "ML platform on-call"
+    reach: str = ""  # how to reach them: pager, phone, Slack handle (no secrets)
+
+
+class Runbook(_Model):
+    """What `llmdr runbook` adds to what it derives from the rest of the config."""
+
+    path: str = "RUNBOOK.md"  # relative to this file
+    contacts: list[Contact] = Field(default_factory=list)
+    emergency_access: list[str] = Field(default_factory=list)  # break-glass steps, in order (names, never secrets)
+
+
 class Tracking(_Model):
     """MLflow: model registry and runs. Default store: sqlite under state_dir."""
 
@@ -393,6 +464,8 @@ class Config(_Model):
     drill: Drill = Drill()
     datasets: list[Dataset] = Field(default_factory=list)
     tracking: Tracking = Tracking()
+    readiness: Readiness = Readiness()
+    runbook: Runbook = Runbook()
     golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
     state_dir: str = ".llmdr"
 
@@ -502,6 +575,11 @@ class Config(_Model):
 
     def suite_path(self, ds: "Dataset") -> Path:
         p = Path(ds.suite or f"expectations/{ds.name}.json")
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def runbook_path(self) -> Path:
+        p = Path(self.runbook.path)
         return p if p.is_absolute() else self.base_dir / p
 
     @property
