@@ -316,6 +316,12 @@ def forget(
     text = (f"{reg.name}: kept {len(res.kept)}, forgot {len(res.forgotten)} snapshot(s); pruned {res.chunks_deleted} "
             f"chunk(s), {_human(res.bytes_freed)} freed ({res.chunks_in_grace} unreferenced chunk(s) kept: younger "
             f"than {grace})")
+    if res.locked or res.chunks_locked:
+        text += (f"\nkept by Object Lock: {len(res.locked)} snapshot(s) the policy forgets ("
+                 + ", ".join(f"{k[:12]} until {v}" for k, v in res.locked.items())
+                 + f") and {res.chunks_locked} unreferenced chunk(s); a later run removes them once unlocked")
+    if res.locks_extended:
+        text += f"\nextended the Object Lock of {res.locks_extended} object(s) of kept snapshots"
     if res.raced:
         text += f"\nWARNING: snapshot(s) {', '.join(r[:12] for r in res.raced)} were written during the prune and " \
                 "lost a chunk; run `llmdr verify latest --repair`"

@@ -41,6 +41,14 @@ class AccessDenied(StorageError):
     """Credentials are wrong or lack permission. Never retried: trying again cannot help."""
 
 
+class ObjectLocked(StorageError):
+    """The object is under an S3 Object Lock retention (or legal hold) and cannot be deleted yet."""
+
+
+class ObjectLockUnavailable(StorageError):
+    """The bucket has no Object Lock and the server cannot add it to an existing bucket."""
+
+
 class ReadOnlyStoreError(StorageError):
     """A write was attempted through a read-only store."""
 

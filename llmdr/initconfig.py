@@ -49,6 +49,11 @@ regions:
     serving:
       url: http://127.0.0.1:{sserve}
       warm: true     # a warm standby restored from the secondary's own copy; false: cold start on failover
+    # Write once, read many: every copy here is locked (S3 Object Lock) for `period`; nobody, not even with these
+    # keys, can delete or overwrite it before then (COMPLIANCE; GOVERNANCE lets s3:BypassGovernanceRetention do it).
+    # Retention extends the locks of the snapshots it keeps. The bucket needs Object Lock: `llmdr stack up` does it.
+    object_lock: {{mode: COMPLIANCE, period: 30d}}
+    # price_per_gb_month: 0.023   # storage price, for the cost estimate in `llmdr readiness`
 
 # One URL for clients, in front of the regions. Locally: Caddy, switched through its admin API without a restart.
 # In AWS: kind: route53 (hosted_zone_id, record_name, policy: weighted|failover, values: {{region: value}}, url).

@@ -18,6 +18,7 @@ from .errors import IntegrityError, ObjectNotFound
 from .manifest import Manifest
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key, manifest_key
+from .storage.locks import Locker
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class ReplicateResult:
     bytes_total: int = 0
     bytes_copied: int = 0
     duration_s: float = 0.0
+    locks_extended: int = 0
 
     def to_json(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class ReplicateResult:
             "bytes_total": self.bytes_total,
             "bytes_copied": self.bytes_copied,
             "duration_s": round(self.duration_s, 3),
+            "locks_extended": self.locks_extended,
         }
 
 
@@ -109,6 +112,10 @@ def replicate_snapshot(
     finally:
         progress.finish()
     res.chunks_copied = len(missing)
+    locker = Locker.of(dst.store)
+    if locker is not None:  # chunks already there must stay locked as long as this snapshot
+        copied = {d for d, _ in missing}
+        res.locks_extended = locker.extend([chunk_key(d) for d in needed if d not in copied], workers=workers)
     # Last: publishing the manifest makes the snapshot visible in the destination region.
     dst.store.put(manifest_key(snapshot_id), data, sha256=hashlib.sha256(data).digest())
     res.duration_s = time.perf_counter() - t0

@@ -10,6 +10,11 @@ Pruning must not run at the same time as a snapshot into the same repository tha
 reuse a chunk that prune is deleting). The flows serialise protect and retention per bundle; prune also re-reads
 the manifests after deleting and reports any snapshot that now lacks a chunk, which `llmdr verify --repair` can
 bring back from another region.
+
+In a region with Object Lock, retention never deletes a locked object: a snapshot the policy forgets but whose lock
+is still in force stays (reported as ``locked``, forgotten by a later run once the lock ends), and so do its chunks.
+The snapshots it keeps get their locks extended (chunks first, then the manifest) whenever less than half the lock
+period is left, so a kept snapshot never becomes deletable while the policy keeps it.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .errors import UsageError
-from .repository import Repository, SnapshotInfo, key_to_chunk, manifest_key
+from .errors import ObjectLocked, UsageError
+from .repository import Repository, SnapshotInfo, chunk_key, key_to_chunk, manifest_key
+from .storage.locks import Locker
 
 
 @dataclass(frozen=True)
@@ -54,25 +60,61 @@ class RetentionResult:
     bytes_freed: int = 0
     chunks_in_grace: int = 0
     raced: list[str] = field(default_factory=list)  # snapshots written during the prune that lost a chunk
+    locked: dict[str, str] = field(default_factory=dict)  # forgotten by the policy, kept by Object Lock: id -> until
+    chunks_locked: int = 0  # unreferenced chunks still under Object Lock
+    locks_extended: int = 0  # objects of kept snapshots whose locks were extended
 
     def to_json(self) -> dict:
         return {"location": self.location, "kept": self.kept, "forgotten": self.forgotten,
                 "chunks_deleted": self.chunks_deleted, "bytes_freed": self.bytes_freed,
-                "chunks_in_grace": self.chunks_in_grace, "raced": self.raced}
+                "chunks_in_grace": self.chunks_in_grace, "raced": self.raced, "locked": self.locked,
+                "chunks_locked": self.chunks_locked, "locks_extended": self.locks_extended}
 
 
 def apply_retention(repo: Repository, bundle: str, policy: Policy, *, prune: bool = True,
-                    grace_s: float = 6 * 3600, now: float | None = None) -> RetentionResult:
+                    grace_s: float = 6 * 3600, now: float | None = None, workers: int = 8) -> RetentionResult:
+    t = time.time() if now is None else now
     res = RetentionResult(repo.location)
-    res.kept, res.forgotten = plan(repo.snapshots(bundle=bundle), policy)
-    for sid in res.forgotten:
-        repo.store.delete(manifest_key(sid))
+    snaps = repo.snapshots(bundle=bundle)
+    res.kept, forgotten = plan(snaps, policy)
+    locker = Locker.of(repo.store)
+    if locker is not None:
+        by_id = {s.id: s for s in snaps}
+        _extend_kept(locker, [by_id[i] for i in res.kept], t, res, workers)
+    for sid in forgotten:
+        lock = locker.locked(manifest_key(sid), t) if locker is not None else None
+        try:
+            if lock is None:
+                repo.store.delete(manifest_key(sid))
+                res.forgotten.append(sid)
+                continue
+        except ObjectLocked:
+            lock = locker.locked(manifest_key(sid), t) if locker is not None else None
+        until = "legal hold" if lock is None or lock.legal_hold else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                 time.gmtime(lock.until))
+        res.locked[sid] = until
     if prune:
-        _prune(repo, res, grace_s, time.time() if now is None else now)
+        _prune(repo, res, grace_s, t, locker)
     return res
 
 
-def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float) -> None:
+def _extend_kept(locker: Locker, kept: list[SnapshotInfo], now: float, res: RetentionResult, workers: int) -> None:
+    """Extend the locks of kept snapshots with less than half the lock period left: chunks first, then manifests (a
+    manifest's lock is its snapshot's lock)."""
+    due = []
+    for info in kept:
+        lock = locker.retention(manifest_key(info.id))
+        if lock is None or (not lock.legal_hold and lock.until < now + locker.period_s / 2):
+            due.append(info)
+    if not due:
+        return
+    chunks = set().union(*(i.manifest.chunk_set().keys() for i in due))
+    until = now + locker.period_s
+    res.locks_extended += locker.extend([chunk_key(d) for d in sorted(chunks)], until=until, workers=workers)
+    res.locks_extended += locker.extend([manifest_key(i.id) for i in due], until=until, workers=workers)
+
+
+def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float, locker: Locker | None = None) -> None:
     referenced: set[str] = set()
     for info in repo.snapshots():  # every bundle's snapshots share the chunk store
         referenced.update(info.manifest.chunk_set())
@@ -84,7 +126,14 @@ def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float) -
         if blob.modified is None or now - blob.modified < grace_s:
             res.chunks_in_grace += 1
             continue
-        repo.store.delete(blob.key)
+        if locker is not None and locker.locked(blob.key, now) is not None:
+            res.chunks_locked += 1
+            continue
+        try:
+            repo.store.delete(blob.key)
+        except ObjectLocked:
+            res.chunks_locked += 1
+            continue
         deleted.add(hexd)
         res.chunks_deleted += 1
         res.bytes_freed += blob.size

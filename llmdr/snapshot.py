@@ -27,6 +27,7 @@ from .manifest import FileEntry, Manifest, component_digest, manifest_id, utc_no
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key, manifest_key
 from .statcache import StatCache
+from .storage.locks import Locker
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,9 @@ def take_snapshot(
     )
     data = manifest.to_bytes()
     sid = manifest_id(data)
+    locker = Locker.of(repo.store)
+    if locker is not None:  # reused chunks must stay locked as long as this snapshot (uploads were locked on put)
+        locker.extend([chunk_key(d) for d in manifest.chunk_set() if d not in scheduled], workers=workers)
     # The manifest goes last: until this put returns, the snapshot does not exist.
     import hashlib
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import Config, Region
 from .credentials import LOCAL_ENV, read_env_file, resolve_keys, write_env_file
-from .errors import LlmdrError, StackError
+from .errors import LlmdrError, ObjectLockUnavailable, StackError
 from .fsutil import atomic_write, bundled_binary
 
 log = logging.getLogger(__name__)
@@ -189,16 +189,24 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
     store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id=keys.access_key_id,
                     secret_access_key=keys.secret_access_key, region_name=r.s3_region, name=r.name)
     deadline = time.monotonic() + timeout
+    note = ""
     while True:
         try:
-            store.ensure_bucket()
+            store.ensure_bucket(object_lock=r.object_lock is not None)
+            break
+        except ObjectLockUnavailable as exc:  # the region runs; `llmdr readiness` fails its immutability check
+            log.warning("region '%s': %s", r.name, exc)
+            note = f"WARNING: {exc}"
             break
         except LlmdrError as exc:
             # The S3 gateway answers before the filer and volumes are ready; give them a moment.
             if time.monotonic() > deadline:
                 raise StackError(f"region '{r.name}': bucket {r.bucket} could not be created: {exc}") from exc
             time.sleep(0.25)
-    return region_status(cfg, r)
+    st = region_status(cfg, r)
+    if note:
+        st.detail = f"{st.detail}; {note}" if st.detail else note
+    return st
 
 
 def stop_region(cfg: Config, r: Region, *, timeout: float = 20.0) -> RegionStatus:

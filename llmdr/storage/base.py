@@ -55,6 +55,16 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """An S3 Object Lock retention on one object: ``mode`` COMPLIANCE or GOVERNANCE (or LEGAL_HOLD), ``until`` in
+    seconds since the epoch (infinite for a legal hold without retention)."""
+
+    mode: str
+    until: float
+    legal_hold: bool = False
+
+
 def check_key(key: str) -> str:
     """Refuse keys that no adapter can store the same way (empty, leading slash, ``..`` segments)."""
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):

@@ -23,6 +23,7 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
         prefix=region.prefix,
         max_pool_connections=max(16, cfg.transfer.workers * 2),
         name=region.name,
+        object_lock=(region.object_lock.mode, region.object_lock.period.total_seconds()) if region.object_lock else None,
     )
     store = RetryingStore(store, attempts=attempts)
     if read_only:

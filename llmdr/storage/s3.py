@@ -13,11 +13,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import AccessDenied, BucketNotFound, IntegrityError, ObjectNotFound, StorageError, TransientStorageError
-from .base import BlobInfo, check_key
+from ..errors import (
+    AccessDenied,
+    BucketNotFound,
+    IntegrityError,
+    ObjectLocked,
+    ObjectLockUnavailable,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
+from .base import BlobInfo, Lock, check_key
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
@@ -60,7 +71,10 @@ class S3Store:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         name: str = "",
+        object_lock: tuple[str, float] | None = None,
     ) -> None:
+        """``object_lock`` = (mode, seconds): every put is locked (COMPLIANCE or GOVERNANCE) until now + seconds, and
+        ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones."""
         from botocore.config import Config
 
         self.bucket = bucket
@@ -69,6 +83,8 @@ class S3Store:
         where = endpoint_url or f"AWS {region_name}"
         label = f"region '{name}' " if name else ""
         self.location = f"{label}s3://{bucket}/{self.prefix} at {where}"
+        self.lock_mode = object_lock[0] if object_lock else None
+        self.lock_period_s = float(object_lock[1]) if object_lock else None
         config = Config(
             s3={"addressing_style": "path", "payload_signing_enabled": False},
             retries={"max_attempts": 1, "mode": "standard"},
@@ -152,6 +168,9 @@ class S3Store:
         digest = sha256 if sha256 is not None else hashlib.sha256(body).digest()
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key), "Body": body,
                                 "ChecksumSHA256": base64.b64encode(digest).decode("ascii")}
+        if self.lock_mode:
+            args["ObjectLockMode"] = self.lock_mode
+            args["ObjectLockRetainUntilDate"] = _utc(time.time() + (self.lock_period_s or 0))
         try:
             self._client.put_object(**args)
         except Exception as exc:
@@ -218,6 +237,8 @@ class S3Store:
             token = resp.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:
+        if self.lock_mode:
+            return self._delete_versions(key)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
         except Exception as exc:
@@ -226,19 +247,144 @@ class S3Store:
                 return
             raise mapped from exc
 
+    def _delete_versions(self, key: str) -> None:
+        """In a locked (hence versioned) bucket a plain DELETE only adds a delete marker: the bytes stay, hidden. Remove
+        every version instead; a version under retention raises ``ObjectLocked`` (the key then stays listed)."""
+        full = self._k(key)
+        try:
+            resp = self._client.list_object_versions(Bucket=self.bucket, Prefix=full, MaxKeys=1000)
+        except Exception as exc:
+            raise self._map(exc, "list versions", key) from exc
+        versions = [v for v in resp.get("Versions", []) + resp.get("DeleteMarkers", []) if v["Key"] == full]
+        # oldest first: if a locked version stops us, the current one is still there and the key stays readable
+        versions.sort(key=lambda v: (v.get("IsLatest", False), v.get("LastModified") or 0))
+        for v in versions:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=full, VersionId=v["VersionId"])
+            except Exception as exc:
+                mapped = self._map(exc, "delete", key)
+                if isinstance(mapped, ObjectNotFound):
+                    continue
+                if isinstance(mapped, AccessDenied):
+                    lock = self.retention(key, version_id=v["VersionId"])
+                    if lock is not None and lock.until > time.time():
+                        raise ObjectLocked(
+                            f"delete {key!r} in {self.location}: version {v['VersionId']} is under {lock.mode} "
+                            f"Object Lock until {_utc(lock.until).isoformat(timespec='seconds')}; it cannot be "
+                            "deleted before then (by design)"
+                        ) from exc
+                raise mapped from exc
+
+    # Object Lock ----------------------------------------------------------------------------------------------------
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        """The Object Lock retention on ``key`` (its current version), or None when it has none."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
+        if version_id:
+            args["VersionId"] = version_id
+        try:
+            resp = self._client.head_object(**args)
+        except Exception as exc:
+            raise self._map(exc, "head", key) from exc
+        until = resp.get("ObjectLockRetainUntilDate")
+        mode = resp.get("ObjectLockMode")
+        hold = resp.get("ObjectLockLegalHoldStatus") == "ON"
+        if until is None and not hold:
+            return None
+        return Lock(mode or "LEGAL_HOLD", until.timestamp() if until else float("inf"), legal_hold=hold)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        """Make ``key``'s retention last at least until ``until`` (epoch seconds). Returns False when it already did
+        (a retention can be extended, never shortened)."""
+        if not self.lock_mode:
+            raise StorageError(f"{self.location} has no object_lock configured; nothing to extend")
+        try:
+            self._client.put_object_retention(
+                Bucket=self.bucket, Key=self._k(key),
+                Retention={"Mode": self.lock_mode, "RetainUntilDate": _utc(until)},
+            )
+            return True
+        except Exception as exc:
+            mapped = self._map(exc, "extend lock of", key)
+            if isinstance(mapped, AccessDenied):  # also what S3 answers to an attempt to shorten a retention
+                current = self.retention(key)
+                if current is not None and current.until >= until:
+                    return False
+            raise mapped from exc
+
+    def bucket_protection(self) -> dict[str, Any]:
+        """Versioning and Object Lock state of the bucket, as the server reports them."""
+        out: dict[str, Any] = {"bucket": self.bucket, "versioning": "Disabled", "object_lock": False,
+                               "default_retention": None}
+        try:
+            out["versioning"] = self._client.get_bucket_versioning(Bucket=self.bucket).get("Status") or "Disabled"
+        except Exception as exc:
+            raise self._map(exc, "get versioning of bucket", None) from exc
+        try:
+            conf = self._client.get_object_lock_configuration(Bucket=self.bucket).get("ObjectLockConfiguration", {})
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+            if code in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
+                return out
+            raise self._map(exc, "get Object Lock configuration of bucket", None) from exc
+        out["object_lock"] = conf.get("ObjectLockEnabled") == "Enabled"
+        rule = (conf.get("Rule") or {}).get("DefaultRetention")
+        if rule:
+            days = rule.get("Days") or (rule.get("Years") or 0) * 365
+            out["default_retention"] = {"mode": rule.get("Mode"), "days": days}
+        return out
+
+    def usage(self) -> dict[str, int]:
+        """Bytes and objects stored under the prefix, every version counted (noncurrent versions and delete markers
+        cost storage / requests too in a versioned bucket)."""
+        out = {"current_bytes": 0, "current_objects": 0, "noncurrent_bytes": 0, "noncurrent_objects": 0,
+               "delete_markers": 0}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1000}
+        while True:
+            try:
+                resp = self._client.list_object_versions(**kwargs)
+            except Exception as exc:
+                raise self._map(exc, "list versions", None) from exc
+            for v in resp.get("Versions", []):
+                which = "current" if v.get("IsLatest") else "noncurrent"
+                out[f"{which}_bytes"] += int(v.get("Size", 0))
+                out[f"{which}_objects"] += 1
+            out["delete_markers"] += len(resp.get("DeleteMarkers", []))
+            if not resp.get("IsTruncated"):
+                return out
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+
     # administration (used by the local stack and by checks) -----------------------------------------------------------
-    def ensure_bucket(self) -> bool:
-        """Create the bucket if it is missing. Returns True when it was created."""
+    def ensure_bucket(self, *, object_lock: bool = False) -> bool:
+        """Create the bucket if it is missing (with Object Lock, hence versioning, when asked). Returns True when it was
+        created. An existing bucket without Object Lock gets it where the server allows (AWS does on a versioned
+        bucket); otherwise ``StorageError`` says what to do."""
         try:
             self._check_bucket()
-            return False
         except BucketNotFound:
-            pass
-        try:
-            self._client.create_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            raise self._map(exc, "create bucket", None) from exc
-        return True
+            args: dict[str, Any] = {"Bucket": self.bucket}
+            if object_lock:
+                args["ObjectLockEnabledForBucket"] = True
+            try:
+                self._client.create_bucket(**args)
+            except Exception as exc:
+                raise self._map(exc, "create bucket", None) from exc
+            return True
+        if object_lock and not self.bucket_protection()["object_lock"]:
+            try:
+                self._client.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+                self._client.put_object_lock_configuration(
+                    Bucket=self.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+            except Exception as exc:
+                raise ObjectLockUnavailable(
+                    f"bucket '{self.bucket}' at {self.endpoint_url or 'AWS'} exists without Object Lock and the "
+                    f"server refused to enable it ({self._map(exc, 'enable Object Lock on bucket', None)}). Object Lock "
+                    "can only be set when a bucket is created here: point the region at a new bucket (llmdr copies "
+                    "the snapshots in on the next protect) or remove object_lock: from the region."
+                ) from exc
+        return False
 
     def check_access(self) -> None:
         """Fail fast, with a clear error, when the endpoint is unreachable, the bucket missing or the keys wrong."""
@@ -246,3 +392,7 @@ class S3Store:
             self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise self._map(exc, "list", None) from exc
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)

@@ -1,0 +1,225 @@
+"""Object Lock in the DR region, against a real SeaweedFS server: locked copies cannot be deleted (not by llmdr, not
+by a direct S3 call), copies and retention extend the locks the kept snapshots rely on, and retention never tries
+to delete a locked object but does delete (every version of) what is no longer locked."""
+
+import random
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from llmdr.chunking import ChunkerParams
+from llmdr.config import parse_config
+from llmdr.credentials import resolve_keys
+from llmdr.errors import ObjectLocked
+from llmdr.replicate import replicate_snapshot
+from llmdr.repository import RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.restore import restore_snapshot
+from llmdr.retention import Policy, apply_retention
+from llmdr.snapshot import take_snapshot
+from llmdr.storage.factory import open_region
+from llmdr.storage.locks import Locker
+
+from conftest import read_tree, write_tree
+
+SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
+
+LOCKED = """\
+version: 1
+bundle: {{name: testbundle, path: bundle}}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:{p}
+    bucket: llmdr-primary
+    prefix: {prefix}
+    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
+    local: {{}}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:{s}
+    bucket: {bucket}
+    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
+    local: {{}}
+    object_lock: {{mode: {mode}, period: {period}}}
+state_dir: {state}
+"""
+
+
+def locked_config(stack, tmp_path, *, period="60s", mode="COMPLIANCE"):
+    text = LOCKED.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:8]}",
+                         bucket=f"llmdr-lock-{uuid.uuid4().hex[:10]}", mode=mode, period=period,
+                         state=stack.state_path)
+    path = tmp_path / "llmdr.yaml"
+    path.write_text(text)
+    cfg = parse_config(text, source=path)
+    dr = cfg.secondaries[0]
+    s3 = open_region(cfg, dr).inner
+    assert s3.ensure_bucket(object_lock=True) is True
+    return cfg
+
+
+def raw_client(cfg, region):
+    import boto3
+    from botocore.config import Config
+
+    k = resolve_keys(cfg, region)
+    return boto3.client("s3", endpoint_url=region.endpoint, aws_access_key_id=k.access_key_id,
+                        aws_secret_access_key=k.secret_access_key, region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def protect_one(cfg, src, seed, size=50_000):
+    write_tree(src, {"weights.bin": random.Random(seed).randbytes(size), "config.json": b'{"n": %d}' % seed})
+    p = Repository(open_region(cfg, cfg.primary))
+    p.ensure_config(RepoConfig(chunker=SMALL))
+    snap = take_snapshot(p, src, bundle="testbundle")
+    dr = Repository(open_region(cfg, cfg.secondaries[0]))
+    res = replicate_snapshot(p, dr, snap.snapshot_id, workers=4)
+    return snap, dr, res
+
+
+def test_stack_up_creates_the_dr_bucket_with_object_lock_and_versioning(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path)
+    prot = open_region(cfg, cfg.secondaries[0]).inner.bucket_protection()
+    assert prot["object_lock"] is True and prot["versioning"] == "Enabled"
+    plain = open_region(cfg, cfg.primary).inner.bucket_protection()
+    assert plain["object_lock"] is False
+
+
+def test_start_region_creates_a_locked_bucket_for_a_region_with_object_lock(stack, tmp_path):
+    from llmdr.stack import start_region
+
+    cfg = locked_config(stack, tmp_path)
+    text = cfg.source_file.read_text().replace(cfg.secondaries[0].bucket, f"llmdr-new-{uuid.uuid4().hex[:8]}")
+    cfg2 = parse_config(text, source=cfg.source_file)
+    st = start_region(cfg2, cfg2.secondaries[0])  # the server runs already: only the bucket is made
+    assert st.healthy
+    assert open_region(cfg2, cfg2.secondaries[0]).inner.bucket_protection()["object_lock"] is True
+
+
+def test_an_existing_bucket_without_lock_gets_versioning_and_lock(stack, tmp_path):
+    from llmdr.storage.s3 import S3Store
+
+    cfg = locked_config(stack, tmp_path)
+    dr = cfg.secondaries[0]
+    k = resolve_keys(cfg, dr)
+    plain = S3Store(bucket=f"llmdr-plain-{uuid.uuid4().hex[:8]}", endpoint_url=dr.endpoint,
+                    access_key_id=k.access_key_id, secret_access_key=k.secret_access_key)
+    assert plain.ensure_bucket() is True
+    assert plain.bucket_protection() == {"bucket": plain.bucket, "versioning": "Disabled", "object_lock": False,
+                                         "default_retention": None}
+    assert plain.ensure_bucket(object_lock=True) is False  # existed; SeaweedFS, like AWS, adds the lock once versioned
+    prot = plain.bucket_protection()
+    assert prot["object_lock"] is True and prot["versioning"] == "Enabled"
+
+
+def test_a_locked_snapshot_cannot_be_deleted(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path)
+    snap, dr, _ = protect_one(cfg, tmp_path / "src", 1)
+    sid = snap.snapshot_id
+    locker = Locker.of(dr.store)
+    lock = locker.locked(manifest_key(sid))
+    assert lock is not None and lock.mode == "COMPLIANCE"
+    assert 50 < lock.until - time.time() <= 61
+    for d in snap.manifest.chunk_set():  # every chunk is locked at least as long as the manifest
+        assert locker.retention(chunk_key(d)).until >= lock.until - 1
+
+    # llmdr refuses, naming the lock
+    with pytest.raises(ObjectLocked, match="COMPLIANCE Object Lock until"):
+        dr.store.delete(manifest_key(sid))
+    # so does the server to anyone deleting the version directly
+    from botocore.exceptions import ClientError
+
+    s3 = raw_client(cfg, cfg.secondaries[0])
+    key = dr.store.inner.prefix + manifest_key(sid)
+    vid = s3.head_object(Bucket=cfg.secondaries[0].bucket, Key=key)["VersionId"]
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.delete_object(Bucket=cfg.secondaries[0].bucket, Key=key, VersionId=vid)
+    assert dr.snapshot_ids() == [sid]
+    restore_snapshot(dr, sid, tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(tmp_path / "src")
+
+
+def test_copies_extend_the_locks_of_chunks_they_reuse(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path)
+    src = tmp_path / "src"
+    snap1, dr, _ = protect_one(cfg, src, 2, size=80_000)
+    locker = Locker.of(dr.store)
+    before = {d: locker.retention(chunk_key(d)).until for d in snap1.manifest.chunk_set()}
+    time.sleep(2.1)  # retention times have one-second resolution
+    (src / "config.json").write_bytes(b'{"changed": true}')  # weights unchanged: their chunks are reused
+    p = Repository(open_region(cfg, cfg.primary))
+    snap2 = take_snapshot(p, src, bundle="testbundle")
+    res = replicate_snapshot(p, dr, snap2.snapshot_id, workers=4)
+    reused = set(snap1.manifest.chunk_set()) & set(snap2.manifest.chunk_set())
+    assert reused and res.chunks_copied < res.chunks_total
+    assert res.locks_extended == len(reused)
+    after2 = locker.retention(manifest_key(snap2.snapshot_id)).until
+    for d in reused:
+        assert locker.retention(chunk_key(d)).until > before[d] + 1
+        assert locker.retention(chunk_key(d)).until >= after2 - 1
+
+
+def test_retention_keeps_locked_snapshots_and_deletes_them_once_unlocked(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path, period="4s")
+    src = tmp_path / "src"
+    snap1, dr, _ = protect_one(cfg, src, 3)
+    snap2, _, _ = protect_one(cfg, src, 4)
+    only1 = set(snap1.manifest.chunk_set()) - set(snap2.manifest.chunk_set())
+    assert only1
+
+    res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
+    assert res.forgotten == [] and snap1.snapshot_id in res.locked
+    assert res.chunks_locked == 0 and res.chunks_deleted == 0  # snap1 still references its chunks
+    assert set(dr.snapshot_ids()) == {snap1.snapshot_id, snap2.snapshot_id}
+
+    time.sleep(4.5)  # both locks have ended; the kept snapshot gets fresh ones, the forgotten one goes
+    res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
+    assert res.forgotten == [snap1.snapshot_id] and res.locked == {}
+    assert res.chunks_deleted == len(only1)
+    assert res.locks_extended >= len(snap2.manifest.chunk_set()) + 1
+    assert Locker.of(dr.store).locked(manifest_key(snap2.snapshot_id)) is not None
+    # deleted for real: no version and no delete marker is left behind to keep paying for
+    s3 = raw_client(cfg, cfg.secondaries[0])
+    key = dr.store.inner.prefix + manifest_key(snap1.snapshot_id)
+    v = s3.list_object_versions(Bucket=cfg.secondaries[0].bucket, Prefix=key)
+    assert not v.get("Versions") and not v.get("DeleteMarkers")
+    assert dr.snapshot_ids() == [snap2.snapshot_id]
+
+
+def test_prune_skips_unreferenced_chunks_that_are_still_locked(stack, tmp_path):
+    import hashlib
+
+    cfg = locked_config(stack, tmp_path, period="60s")
+    snap, dr, _ = protect_one(cfg, tmp_path / "src", 5)
+    orphan = random.Random(9).randbytes(3000)  # a chunk of an upload that crashed before its manifest
+    hexd = hashlib.sha256(orphan).hexdigest()
+    dr.store.put(chunk_key(hexd), orphan)
+    res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
+    assert res.chunks_locked == 1 and res.chunks_deleted == 0
+    assert dr.store.get(chunk_key(hexd)) == orphan
+    # and COMPLIANCE cannot be shortened to get around it, not even by the bucket owner
+    from botocore.exceptions import ClientError
+
+    s3 = raw_client(cfg, cfg.secondaries[0])
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.put_object_retention(Bucket=cfg.secondaries[0].bucket, Key=dr.store.inner.prefix + chunk_key(hexd),
+                                Retention={"Mode": "COMPLIANCE", "RetainUntilDate": datetime.now(timezone.utc)
+                                                                          + timedelta(seconds=5)})
+
+
+def test_governance_mode_locks_too(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path, mode="GOVERNANCE")
+    snap, dr, _ = protect_one(cfg, tmp_path / "src", 7)
+    lock = Locker.of(dr.store).locked(manifest_key(snap.snapshot_id))
+    assert lock.mode == "GOVERNANCE"
+    with pytest.raises(ObjectLocked, match="GOVERNANCE"):
+        dr.store.delete(manifest_key(snap.snapshot_id))
+
+
+def test_read_only_store_has_no_locker(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path)
+    assert Locker.of(open_region(cfg, cfg.secondaries[0], read_only=True)) is None
+    assert Locker.of(open_region(cfg, cfg.primary)) is None
