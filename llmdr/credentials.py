@@ -1,20 +1,36 @@
-"""Resolve a region's keys at run time: environment first, then the local stack's env file, or a Prefect block.
+"""Resolve a region's keys at run time: environment first, then the local stack's env file, or a Prefect block;
+optionally exchanged for an assumed role's temporary keys (STS AssumeRole).
 
 The local stack (``llmdr stack up``) generates keys for its own servers and keeps them in ``<state_dir>/local.env``
 (mode 0600, never committed); they are read only for variables the environment does not set.
+
+Keys carry when they expire, when that is known: from ``credentials.expiration_env`` (e.g. AWS_CREDENTIAL_EXPIRATION
+as ``aws configure export-credentials`` and aws-vault set it), a Prefect Secret block's ``expiration`` field, or
+the ``Expiration`` STS returns for an assumed role. Assumed-role keys are cached per process and reused until five
+minutes before they expire. No secret (secret key, session token) ever goes into a log line, a message or
+``Keys.source``; access key ids appear at most as their first four characters.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from .config import Config, Region
-from .errors import AccessDenied, ConfigError
+from .errors import AccessDenied, ConfigError, StorageError, TransientStorageError
 from .fsutil import atomic_write
 
+log = logging.getLogger(__name__)
+
 LOCAL_ENV = "local.env"
+REFRESH_MARGIN = timedelta(minutes=5)  # assumed-role keys are renewed this long before they expire
+_EXPIRY_EXAMPLE = "2026-05-01T12:00:00Z"
 
 
 @dataclass(frozen=True)
@@ -22,9 +38,19 @@ class Keys:
     access_key_id: str
     secret_access_key: str
     session_token: str | None = None
+    expiration: datetime | None = None  # timezone-aware UTC; None = not known (long-term keys, or not exposed)
+    source: str = ""  # where the keys came from, by NAME only (variables, block, role ARN)
 
     def __repr__(self) -> str:  # never print secrets
-        return f"Keys(access_key_id={self.access_key_id[:4]}…)"
+        exp = self.expiration.isoformat() if self.expiration else None
+        return f"Keys(access_key_id={self.access_key_id[:4]}…, source={self.source!r}, expiration={exp})"
+
+
+def expires_in(keys: Keys, now: datetime | None = None) -> timedelta | None:
+    """Time left before ``keys`` expire (negative once expired); None when their expiry is not known."""
+    if keys.expiration is None:
+        return None
+    return keys.expiration - _aware(now or _now())
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -50,15 +76,31 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
 
 
 def resolve_keys(cfg: Config, region: Region) -> Keys:
+    """The keys to use for ``region``: the configured ones, or the temporary keys of ``role_arn`` assumed with them."""
+    base = _base_keys(cfg, region)
+    if region.credentials.role_arn:
+        return _assumed(region, base)
+    return base
+
+
+def _base_keys(cfg: Config, region: Region) -> Keys:
     creds = region.credentials
     if creds.prefect_secret_block:
         return _from_prefect_block(region, creds.prefect_secret_block)
-    fallback = read_env_file(cfg.state_path / LOCAL_ENV)
+    env_file = cfg.state_path / LOCAL_ENV
+    fallback = read_env_file(env_file)
+    used: dict[str, str] = {}  # variable name -> "environment" | env file path
 
     def get(name: str | None) -> str | None:
         if name is None:
             return None
-        return os.environ.get(name) or fallback.get(name)
+        if os.environ.get(name):
+            used[name] = "environment"
+            return os.environ[name]
+        if fallback.get(name):
+            used[name] = str(env_file)
+            return fallback[name]
+        return None
 
     ak, sk = get(creds.access_key_env), get(creds.secret_key_env)
     missing = [n for n, v in ((creds.access_key_env, ak), (creds.secret_key_env, sk)) if not v]
@@ -68,7 +110,32 @@ def resolve_keys(cfg: Config, region: Region) -> Keys:
             f"region '{region.name}': credentials not set: environment variable(s) {', '.join(missing)} are empty."
             + hint
         )
-    return Keys(ak, sk, get(creds.session_token_env))  # type: ignore[arg-type]
+    token = get(creds.session_token_env)
+    raw_exp = get(creds.expiration_env)
+    expiration = None
+    if raw_exp is not None:
+        expiration = parse_expiration(raw_exp, f"region '{region.name}': {creds.expiration_env}")
+    wheres = sorted(set(used.values()), key=lambda w: w != "environment")
+    source = f"{' and '.join(wheres)} {'/'.join(used)}"
+    return Keys(ak, sk, token, expiration, source)  # type: ignore[arg-type]
+
+
+def parse_expiration(value: str, what: str) -> datetime:
+    """An ISO-8601 time ("...Z", "+02:00" offsets; no offset = UTC) as an aware UTC datetime.
+
+    ``what`` names where the value came from (a variable or block field), for the error message.
+    """
+    text = value.strip()
+    try:
+        # Python 3.11's fromisoformat accepts "Z"; the replace keeps older spellings such as "...z" working too.
+        t = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text))
+    except ValueError:
+        # Echo only what looks like a date: a secret pasted into the wrong variable must not reach a log.
+        shown = repr(text) if re.fullmatch(r"[\d\-T:.+Zz ]{1,40}", text) else "the value (not shown)"
+        raise ConfigError(
+            f"{what}: {shown} is not an ISO-8601 time; expected e.g. {_EXPIRY_EXAMPLE} or 2026-05-01T14:00:00+02:00"
+        ) from None
+    return _aware(t)
 
 
 def _from_prefect_block(region: Region, block: str) -> Keys:
@@ -80,9 +147,175 @@ def _from_prefect_block(region: Region, block: str) -> Keys:
         value = Secret.load(block).get()
     except Exception as exc:
         raise AccessDenied(f"region '{region.name}': cannot load Prefect Secret block {block!r}: {exc}") from exc
+    return keys_from_block_value(region, block, value)
+
+
+def keys_from_block_value(region: Region, block: str, value: Any) -> Keys:
+    """Keys from the value of a Prefect Secret block: ``{"access_key_id", "secret_access_key"}`` and optionally
+    ``"session_token"`` and ``"expiration"`` (ISO-8601)."""
     if not isinstance(value, dict) or not {"access_key_id", "secret_access_key"} <= set(value):
         raise ConfigError(
             f"region '{region.name}': Prefect Secret block {block!r} must hold a JSON object with access_key_id and "
             "secret_access_key"
         )
-    return Keys(value["access_key_id"], value["secret_access_key"], value.get("session_token"))
+    expiration = None
+    if value.get("expiration"):
+        expiration = parse_expiration(
+            str(value["expiration"]), f"region '{region.name}': field 'expiration' of Prefect Secret block {block!r}"
+        )
+    return Keys(value["access_key_id"], value["secret_access_key"], value.get("session_token"), expiration,
+                f"Prefect Secret block {block!r}")
+
+
+# STS ----------------------------------------------------------------------------------------------------------------
+
+_cache: dict[tuple[str, ...], Keys] = {}
+_cache_lock = threading.Lock()
+_key_locks: dict[tuple[str, ...], threading.Lock] = {}
+
+_DENIED = {"AccessDenied", "InvalidClientTokenId", "ExpiredToken", "SignatureDoesNotMatch", "InvalidAccessKeyId",
+           "UnrecognizedClientException", "IncompleteSignature", "MissingAuthenticationToken", "AuthFailure",
+           "InvalidToken", "RegionDisabledException", "403"}
+_TRANSIENT = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable", "InternalFailure",
+              "InternalError", "IDPCommunicationError"}
+
+
+def clear_cache() -> None:
+    """Forget every cached assumed-role key (tests; or after rotating the base keys)."""
+    with _cache_lock:
+        _cache.clear()
+        _key_locks.clear()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime) -> datetime:
+    return (t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t).astimezone(timezone.utc)
+
+
+def session_name(region: Region) -> str:
+    """RoleSessionName for ``region``: shows in CloudTrail; STS allows [\\w+=,.@-], at most 64 characters."""
+    return re.sub(r"[^\w+=,.@-]", "-", f"llmdr-{region.name}")[:64]
+
+
+def _assumed(region: Region, base: Keys) -> Keys:
+    creds = region.credentials
+    key = (region.name, creds.role_arn or "", base.access_key_id, creds.sts_endpoint or "",
+           str(int(creds.session_duration.total_seconds())))
+    with _cache_lock:
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:  # one AssumeRole per key at a time; other regions are not held up
+        hit = _cache.get(key)
+        if hit is not None and hit.expiration is not None and hit.expiration - _now() > REFRESH_MARGIN:
+            return hit
+        keys = _assume_role(region, base)
+        with _cache_lock:
+            _cache[key] = keys
+        return keys
+
+
+def _sts_client(region: Region, keys: Keys):
+    from botocore.config import Config as BotoConfig
+
+    from .storage.s3 import _shared_session
+
+    # One attempt: bad keys must fail at once, and a transient fault surfaces as TransientStorageError for the
+    # caller's retry layer (Prefect task retries), as for S3.
+    config = BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=30)
+    return _shared_session().create_client(
+        "sts",
+        endpoint_url=region.credentials.sts_endpoint,
+        region_name=region.s3_region,
+        aws_access_key_id=keys.access_key_id,
+        aws_secret_access_key=keys.secret_access_key,
+        aws_session_token=keys.session_token,
+        config=config,
+    )
+
+
+def _assume_role(region: Region, base: Keys) -> Keys:
+    creds = region.credentials
+    arn = creds.role_arn or ""
+    what = f"region '{region.name}': assuming role {arn} with {base.source}"
+    try:
+        resp = _sts_client(region, base).assume_role(
+            RoleArn=arn,
+            RoleSessionName=session_name(region),
+            DurationSeconds=int(creds.session_duration.total_seconds()),
+        )
+    except Exception as exc:
+        raise _map_sts_error(exc, region, what, base,
+                             f"Check the keys named by {base.source}, that they may call sts:AssumeRole on {arn}, and "
+                             "that the role's trust policy lets them in.") from exc
+    c = resp["Credentials"]
+    expiration = c["Expiration"]
+    if not isinstance(expiration, datetime):
+        expiration = parse_expiration(str(expiration), f"{what}: Expiration returned by STS")
+    keys = Keys(c["AccessKeyId"], c["SecretAccessKey"], c.get("SessionToken"), _aware(expiration),
+                f"role {arn} assumed with {base.source}")
+    log.info("region %s: assumed role %s (session %s), keys %s… expire %s", region.name, arn, session_name(region),
+             keys.access_key_id[:4], keys.expiration.isoformat() if keys.expiration else "?")
+    return keys
+
+
+def caller_identity(cfg: Config, region: Region) -> dict[str, str]:
+    """Who the region's keys are, by a real signed STS GetCallerIdentity call: ``{"account", "arn", "user_id"}``.
+
+    Uses ``credentials.sts_endpoint`` when set, else AWS STS in the region's ``s3_region``. Proves the keys (or the
+    assumed role's keys) work right now; S3-only endpoints without STS are checked with an S3 call instead.
+    """
+    keys = resolve_keys(cfg, region)
+    what = f"region '{region.name}': checking the identity of {keys.source}"
+    try:
+        resp = _sts_client(region, keys).get_caller_identity()
+    except Exception as exc:
+        raise _map_sts_error(exc, region, what, keys,
+                             f"Check the keys named by {keys.source}: they may be wrong, disabled or expired.") from exc
+    return {"account": str(resp.get("Account", "")), "arn": str(resp.get("Arn", "")),
+            "user_id": str(resp.get("UserId", ""))}
+
+
+def _scrub(text: str, keys: Keys) -> str:
+    """Remove any key material a server may have echoed back."""
+    for secret in (keys.secret_access_key, keys.session_token):
+        if secret:
+            text = text.replace(secret, "***")
+    if keys.access_key_id:
+        text = text.replace(keys.access_key_id, keys.access_key_id[:4] + "…")
+    return text
+
+
+def _map_sts_error(exc: Exception, region: Region, what: str, keys: Keys, check: str) -> Exception:
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    endpoint = region.credentials.sts_endpoint or f"AWS STS ({region.s3_region})"
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        msg = _scrub(str(err.get("Message", "")), keys)
+        detail = f"{code}{': ' + msg if msg else ''}"
+        if code in _DENIED or status == 403:
+            return AccessDenied(f"{what}: denied by {endpoint} ({detail}). {check}")
+        if code in _TRANSIENT or (status is not None and status >= 500):
+            return TransientStorageError(f"{what}: {endpoint} fault ({detail}); try again later")
+        if code == "ValidationError":
+            return ConfigError(f"{what}: {endpoint} rejected the request ({detail}). Check credentials: in llmdr.yaml "
+                               "(role_arn, session_duration, which may not exceed the role's maximum session duration).")
+        return StorageError(f"{what}: {endpoint} answered {detail or status}")
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return TransientStorageError(f"{what}: cannot connect to {endpoint}. Is it reachable from here?")
+    if isinstance(exc, (ReadTimeoutError, ConnectionClosedError, ConnectionError, TimeoutError)):
+        return TransientStorageError(f"{what}: connection to {endpoint} lost or timed out")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"{what}: {_scrub(str(exc), keys)}")
+    return exc
