@@ -1,8 +1,8 @@
 """S3 adapter (boto3): AWS, SeaweedFS, MinIO, any S3-compatible endpoint.
 
-botocore's own retries are off (``max_attempts=1``): the single retry layer is ``RetryingStore``. botocore errors
-are mapped to llmdr's typed errors here and nowhere else. Writes send ``x-amz-checksum-sha256`` when the caller
-knows the digest (and computes it otherwise), so the server itself refuses bytes damaged on the way. Because
+botocore's own retries are off (``total_max_attempts=1``; its ``max_attempts`` counts retries, so 1 would still
+retry once): the single retry layer is ``RetryingStore``. botocore errors are mapped to llmdr's typed errors here
+and nowhere else. Writes send ``x-amz-checksum-sha256`` when the caller knows the digest (and computes it otherwise), so the server itself refuses bytes damaged on the way. Because
 every put carries that signed checksum header, the request body is not hashed a second time for the SigV4
 signature (``payload_signing_enabled=False``): on plain-HTTP endpoints botocore would otherwise SHA-256 every byte
 again, which halves upload throughput on a small machine.
@@ -87,7 +87,7 @@ class S3Store:
         self.lock_period_s = float(object_lock[1]) if object_lock else None
         config = Config(
             s3={"addressing_style": "path", "payload_signing_enabled": False},
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
