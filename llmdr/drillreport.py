@@ -2,10 +2,11 @@
 
 One report folder per drill: ``evidence.json`` (the record itself), ``timeline.png`` (outage, detection, switch,
 recovery, checks, failback on a time axis), ``trend.png`` (RTO/RPO across drills, when there is history),
-``report.html`` (self-contained: images inlined) and ``report.pdf`` (A4, same content). ``llmdr.signing`` signs the
-folder afterwards. The HTML and the PDF are built from one list of sections (:func:`sections`), so they always show
-the same facts. Failed drills have holes (no RTO, no snapshot, no golden check): every missing value is shown as
-"—" or "not recorded", never a crash.
+``report.html`` (self-contained: images inlined) and ``report.pdf`` (A4, same content). The drill task writes
+``RUNBOOK.md`` (``llmdr.runbook``: the playbook in force during the drill) into the folder first; the report links to
+it when it is there. ``llmdr.signing`` signs the folder afterwards. The HTML and the PDF are built from one list of
+sections (:func:`sections`), so they always show the same facts. Failed drills have holes (no RTO, no snapshot, no
+golden check): every missing value is shown as "—" or "not recorded", never a crash.
 
 :func:`render_markdown` and :func:`table_rows` feed the Prefect artifacts; :func:`trend_chart` serves
 ``llmdr drills --chart`` on its own.
@@ -36,6 +37,9 @@ PASS_RGB, FAIL_RGB, WARN_RGB = (22, 128, 60), (190, 30, 45), (120, 120, 120)
 
 FILES = {"evidence": "evidence.json", "timeline": "timeline.png", "trend": "trend.png", "html": "report.html",
          "pdf": "report.pdf"}
+# Written into the folder by the drill task (not by write_report), before the report, so the signature covers it.
+RUNBOOK_FILE = "RUNBOOK.md"
+RUNBOOK_LABEL = "Runbook in force during this drill"
 
 
 # --- small formatting helpers --------------------------------------------------------------------------------------
@@ -191,8 +195,9 @@ def _record_blocks(name: str, d: Any) -> list[Any]:
     return blocks
 
 
-def sections(record: dict, *, has_trend: bool = False) -> list[Section]:
-    """The report's content, in order, as plain tables and text."""
+def sections(record: dict, *, has_trend: bool = False, runbook: str | None = None) -> list[Section]:
+    """The report's content, in order, as plain tables and text. ``runbook``: the runbook's file name in the report
+    folder, when it is there (linked from the HTML)."""
     record = _as_dict(record)
     out: list[Section] = []
     passed = _verdict(record) == "PASS"
@@ -220,6 +225,16 @@ def sections(record: dict, *, has_trend: bool = False) -> list[Section]:
               [1, 1, 2.4, 1.6], "Regions"),
     ]
     out.append(Section("Scope", "scope", blocks))
+
+    rb_error = _get(record, "evidence", "runbook_error")
+    if runbook:
+        out.append(Section("Runbook", "runbook", [
+            "Who is notified, how to fail over, restore and fail back by hand (command line and Prefect UI), where "
+            "the credentials live (names only) and the emergency access steps, as rendered from llmdr.yaml when "
+            "this report was written. It is part of the signed folder.",
+            ("link", f"{RUNBOOK_LABEL}:", runbook)]))
+    elif rb_error:
+        out.append(Section("Runbook", "runbook", [f"The runbook could not be written into this report: {rb_error}"]))
 
     sb = record.get("started_by") or {}
     pairs = [("Started by", sb.get("kind")), ("Who", sb.get("who")), ("Deployment", sb.get("deployment")),
@@ -276,7 +291,8 @@ def sections(record: dict, *, has_trend: bool = False) -> list[Section]:
             ("image", FILES["trend"])]))
 
     out.append(Section("Signature", "signature", [
-        "evidence.json, the charts, this HTML and the PDF are listed with their SHA-256 in SIGNATURE.json and "
+        f"evidence.json, the charts, {'the runbook, ' if runbook else ''}this HTML and the PDF are listed with their "
+        "SHA-256 in SIGNATURE.json and "
         "signed (Ed25519, or HMAC-SHA256 with a key from the environment). Editing any byte of any file makes "
         f"verification fail. Verify offline with `{VERIFY_HINT}`."]))
     return out
@@ -338,7 +354,7 @@ def _evidence_blocks(ev: dict) -> list[Any]:
     blocks.append(_kv(prov, caption="Provenance", mono=True))
     known = {"snapshots", "manifest_digests", "components", "golden_after_failover", "restore_test",
              "bundle_complete_dr", "failover", "failback", "model_version", "dataset_versions",
-             "prefect_flow_run_id", "mlflow_run_id", "runbook"}
+             "prefect_flow_run_id", "mlflow_run_id", "runbook", "runbook_error"}
     other = [(k, ev[k]) for k in sorted(ev) if k not in known]
     if other:
         blocks.append(_kv([(k, _compact(v, 600) if isinstance(v, (dict, list)) else v) for k, v in other],
@@ -533,8 +549,9 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def render_html(record: dict, images: dict[str, Path] | None = None) -> str:
-    """The self-contained HTML report; ``images`` maps chart file names to PNGs to inline."""
+def render_html(record: dict, images: dict[str, Path] | None = None, *, runbook: str | None = None) -> str:
+    """The self-contained HTML report; ``images`` maps chart file names to PNGs to inline; ``runbook`` the
+    runbook's file name in the report folder (a relative link), if it is there."""
     from importlib.resources import files
 
     import jinja2
@@ -544,11 +561,11 @@ def render_html(record: dict, images: dict[str, Path] | None = None) -> str:
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.tests["table"] = lambda b: isinstance(b, Table)
     tpl = env.from_string((files("llmdr") / "templates" / "drill_report.html.j2").read_text(encoding="utf-8"))
-    secs = sections(record, has_trend=FILES["trend"] in images)
+    secs = sections(record, has_trend=FILES["trend"] in images, runbook=runbook)
     return tpl.render(record=record, verdict=_verdict(record), sections=secs,
                       images={k: _data_uri(p) for k, p in images.items()}, kind_colors=KIND_COLORS,
                       bundle=record.get("bundle") or _get(record, "scope", "bundle") or DASH,
-                      headline=_headline(record), dash=DASH)
+                      headline=_headline(record), dash=DASH, runbook=runbook, runbook_label=RUNBOOK_LABEL)
 
 
 def _objective_figures(record: dict) -> list[tuple[str, str]]:
@@ -604,9 +621,9 @@ def _clean(s: str, cmaps: list[Any] | None = None) -> str:
     return "".join(out)
 
 
-def render_pdf(record: dict, path: Path, images: dict[str, Path] | None = None) -> Path:
+def render_pdf(record: dict, path: Path, images: dict[str, Path] | None = None, *, runbook: str | None = None) -> Path:
     """The PDF report: A4, DejaVu fonts (→, ≤, — and most scripts render), page numbers, charts embedded,
-    tables whose long digests wrap inside their cells."""
+    tables whose long digests wrap inside their cells. ``runbook``: named (as text) when it is in the folder."""
     from fpdf import FPDF
     from fpdf.enums import WrapMode, XPos, YPos
     from fpdf.fonts import FontFace
@@ -685,7 +702,7 @@ def render_pdf(record: dict, path: Path, images: dict[str, Path] | None = None) 
         with Image.open(images[name]) as im:
             return pdf.epw, pdf.epw * im.height / im.width
 
-    for sec in sections(record, has_trend=FILES["trend"] in images):
+    for sec in sections(record, has_trend=FILES["trend"] in images, runbook=runbook):
         pdf.ln(3)
         first = sec.blocks[0] if sec.blocks else None
         size = image_size(first[1]) if isinstance(first, tuple) and first[0] == "image" else None
@@ -715,6 +732,11 @@ def render_pdf(record: dict, path: Path, images: dict[str, Path] | None = None) 
                         pdf.add_page()
                 pdf.image(str(images[block[1]]), x=pdf.l_margin + (pdf.epw - w) / 2, w=w, h=h)
                 pdf.ln(2)
+            elif isinstance(block, tuple) and block[0] == "link":
+                pdf.set_font("dv", "B", 9.5)
+                pdf.multi_cell(0, 5.2, t(f"{block[1]} {block[2]} (in this report folder)"), align="L",
+                               new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+                pdf.ln(1)
             elif isinstance(block, tuple) and block[0] == "list":
                 failing = sec.anchor == "failures" and verdict == "FAIL"
                 pdf.set_font("dv", "B" if failing else "", 9.5)
@@ -792,6 +814,11 @@ def render_markdown(record: dict) -> str:
               f"{_text(record.get('tool_version'))}.", ""]
     for name, v in _objective_figures(record):
         lines.append(f"- **{name}**: {v}")
+    runbook = _get(record, "report", "files", "runbook") or _get(record, "evidence", "runbook")
+    if runbook:
+        lines.append(f"- **{RUNBOOK_LABEL}**: `{runbook}`")
+    elif _get(record, "evidence", "runbook_error"):
+        lines.append(f"- **Runbook**: not in the report ({_md(_get(record, 'evidence', 'runbook_error'))})")
     lines += ["", "## Controls", "", "| control | result | measured | objective | detail |", "|---|---|---|---|---|"]
     for c in record.get("controls") or []:
         if isinstance(c, dict):
@@ -828,8 +855,9 @@ def table_rows(history: list[dict]) -> list[dict]:
 def write_report(record: dict, folder: Path, *, history: list[dict] | None = None) -> dict[str, Path]:
     """Write evidence.json, timeline.png, trend.png (with history), report.html and report.pdf into ``folder``.
 
-    ``history`` is the past drills (oldest first); the trend shows them plus this drill. Returns
-    ``{"evidence", "timeline", "trend"?, "html", "pdf"}`` → path. Sign the folder afterwards."""
+    ``history`` is the past drills (oldest first); the trend shows them plus this drill. A ``RUNBOOK.md`` already in
+    the folder is linked from the HTML and named in the PDF. Returns ``{"evidence", "timeline", "trend"?,
+    "runbook"?, "html", "pdf"}`` → path. Sign the folder afterwards."""
     record = _as_dict(record)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -846,11 +874,15 @@ def write_report(record: dict, folder: Path, *, history: list[dict] | None = Non
     else:
         trend.unlink(missing_ok=True)  # a stale chart would otherwise be signed with this report
     images = {p.name: p for k, p in paths.items() if k in ("timeline", "trend")}
+    runbook = None
+    if (folder / RUNBOOK_FILE).is_file():
+        runbook = RUNBOOK_FILE
+        paths["runbook"] = folder / RUNBOOK_FILE
     paths["html"] = folder / FILES["html"]
-    atomic_write(paths["html"], render_html(record, images))
+    atomic_write(paths["html"], render_html(record, images, runbook=runbook))
     pdf_tmp = folder / f".{FILES['pdf']}.tmp"
     try:
-        render_pdf(record, pdf_tmp, images)
+        render_pdf(record, pdf_tmp, images, runbook=runbook)
         pdf_tmp.replace(folder / FILES["pdf"])
     finally:
         pdf_tmp.unlink(missing_ok=True)

@@ -113,10 +113,12 @@ def end_outage(config_path: str, region: str) -> dict:
 
 @task(name="publish-drill-report", cache_policy=NO_CACHE)
 def publish_report(config_path: str, record: dict) -> dict:
-    """Write the report folder (evidence JSON, HTML, PDF, charts), sign it, log it as an MLflow run."""
+    """Write the report folder (the runbook in force, evidence JSON, HTML, PDF, charts), sign it, log it as an
+    MLflow run."""
     from pathlib import Path
 
-    from llmdr.drillreport import write_report
+    from llmdr.drillreport import RUNBOOK_FILE, write_report
+    from llmdr.runbook import write_runbook
     from llmdr.signing import sign_folder
 
     cfg = load_config(config_path)
@@ -134,6 +136,15 @@ def publish_report(config_path: str, record: dict) -> dict:
         log.warning("MLflow run not created: %s", exc)
         record["evidence"]["mlflow_run_id"] = None
         record["evidence"]["mlflow_error"] = str(exc)
+    # the playbook in force during the drill goes into the folder first, so the signature covers it
+    try:
+        write_runbook(cfg, folder / RUNBOOK_FILE)
+        record["evidence"]["runbook"] = RUNBOOK_FILE
+    except Exception as exc:  # noqa: BLE001 - the drill's evidence must be written and signed regardless
+        log.warning("runbook not written into the drill report: %s", exc)
+        (folder / RUNBOOK_FILE).unlink(missing_ok=True)
+        record["evidence"]["runbook"] = None
+        record["evidence"]["runbook_error"] = f"{type(exc).__name__}: {exc}"
     files = write_report(record, folder, history=history)
     signature = sign_folder(folder, cfg.drill.signing, cfg.state_path)
     if target is not None and record["evidence"].get("mlflow_run_id"):

@@ -126,3 +126,59 @@ def test_drills_lists_history_and_warns_when_the_last_pass_is_too_old(tmp_path):
     _write(cfg, fresh)
     out = _drills(cfg)
     assert "WARNING" not in out.stdout and re.search(r"last passing drill 1m(\d+s)? ago", out.stdout), out.stdout
+
+
+def _publish(cfg, rec: core.DrillRecord) -> dict:
+    from prefect.logging import disable_run_logger
+
+    from tasks.drill import publish_report
+
+    with disable_run_logger():  # the task's logic, without a Prefect run around it
+        return publish_report.fn(str(cfg.source_file), rec.to_json())
+
+
+def test_the_signed_report_holds_the_runbook_in_force(tmp_path):
+    from pathlib import Path
+
+    from llmdr.signing import key_paths, verify_folder
+
+    cfg = _cfg(tmp_path)
+    rec = _good(time.time())
+    core.evaluate(rec, cfg, previous_pass_ts=None)
+    out = _publish(cfg, rec)
+    folder = Path(out["folder"])
+    runbook = folder / "RUNBOOK.md"
+    assert out["files"]["runbook"] == str(runbook)
+    text = runbook.read_text()
+    assert text.startswith("# DR runbook: b\n") and "## 9. Drills and readiness" in text
+    assert "failover --to secondary" in text and "No contacts configured" in text
+    assert json.loads((folder / "evidence.json").read_text())["evidence"]["runbook"] == "RUNBOOK.md"
+    assert '<a href="RUNBOOK.md">RUNBOOK.md</a>' in (folder / "report.html").read_text()
+    res = verify_folder(folder, public_key=key_paths(cfg.drill.signing, cfg.state_path)[1])
+    assert res.ok and "RUNBOOK.md" in [f["path"] for f in res.files]
+
+
+def test_a_runbook_that_fails_to_render_does_not_stop_the_report(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from llmdr import runbook
+
+    cfg = _cfg(tmp_path)
+    rec = _good(time.time())
+    core.evaluate(rec, cfg, previous_pass_ts=None)
+    stale = core.drills_dir(cfg) / rec.id / "RUNBOOK.md"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older playbook that must not be signed as this drill's")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runbook, "write_runbook", broken)
+    out = _publish(cfg, rec)
+    folder = Path(out["folder"])
+    assert not (folder / "RUNBOOK.md").exists() and "runbook" not in out["files"]
+    ev = json.loads((folder / "evidence.json").read_text())["evidence"]
+    assert ev["runbook"] is None and ev["runbook_error"] == "OSError: disk full"
+    assert "The runbook could not be written into this report: OSError: disk full" in \
+        (folder / "report.html").read_text()
+    assert (folder / "SIGNATURE.json").exists()

@@ -537,3 +537,60 @@ def test_a_written_report_signs_and_verifies(reports, tmp_path):
         assert verify_folder(folder, public_key=pub).problems == [f"{name}: SHA-256 differs from the signed value"]
         path.write_bytes(original)
     assert verify_folder(folder, public_key=pub).ok
+
+
+# --- the runbook in force during the drill --------------------------------------------------------------------------------
+def test_the_runbook_in_the_folder_is_linked_named_and_signed(tmp_path):
+    """The drill task writes RUNBOOK.md into the folder before the report: the HTML links it (relative), the PDF and
+    the markdown artifact name it, and the signature covers it like every other file."""
+    from llmdr.config import Signing
+    from llmdr.signing import key_paths, sign_folder, verify_folder
+
+    rec = passing_record(tmp_path)
+    rec["evidence"]["runbook"] = drillreport.RUNBOOK_FILE
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "RUNBOOK.md").write_text("# DR runbook: support-bot\n\n## 1. Overview\n")
+    paths = write_report(rec, folder)
+    assert paths["runbook"] == folder / "RUNBOOK.md"
+    html = paths["html"].read_text()
+    assert '<section id="runbook">' in html
+    assert '<strong>Runbook in force during this drill:</strong> <a href="RUNBOOK.md">RUNBOOK.md</a>' in html
+    assert 'Runbook in force during this drill: <a href="RUNBOOK.md">RUNBOOK.md</a></footer>' in html
+    assert "evidence.json, the charts, the runbook, this HTML and the PDF are listed" in html
+    pages = _pdf_pages(paths["pdf"], "runbook")
+    for _img, _, boxes, (w, _h) in pages:
+        assert _overlaps(boxes) == [] and all(0 <= right <= w for _, (_, _, right, _) in boxes)
+    assert _flat("Runbook in force during this drill: RUNBOOK.md (in this report folder)") in \
+        _flat("".join(p[1] for p in pages))
+    assert "- **Runbook in force during this drill**: `RUNBOOK.md`" in render_markdown(rec)
+    # the flow's artifact: the record carries the report's files (absolute paths) by then
+    rec["report"] = {"files": {k: str(p) for k, p in paths.items()}}
+    assert f"- **Runbook in force during this drill**: `{folder / 'RUNBOOK.md'}`" in render_markdown(rec)
+
+    doc = sign_folder(folder, Signing(), tmp_path / "state")
+    assert "RUNBOOK.md" in [f["path"] for f in doc["files"]]
+    pub = key_paths(Signing(), tmp_path / "state")[1]
+    assert verify_folder(folder, public_key=pub).ok
+    rb = folder / "RUNBOOK.md"
+    rb.write_text(rb.read_text().replace("Overview", "Oferview"))  # one edited letter of the playbook
+    assert verify_folder(folder, public_key=pub).problems == ["RUNBOOK.md: SHA-256 differs from the signed value"]
+
+
+def test_no_runbook_no_link(reports):
+    _, paths = reports["pass"]
+    html = paths["html"].read_text()
+    assert "runbook" not in paths and 'href="RUNBOOK.md"' not in html and 'id="runbook"' not in html
+    assert "evidence.json, the charts, this HTML and the PDF are listed" in html
+
+
+def test_a_runbook_that_could_not_be_written_is_said(tmp_path):
+    rec = passing_record(tmp_path)
+    rec["evidence"]["runbook"] = None
+    rec["evidence"]["runbook_error"] = "ConfigError: llmdr.yaml: no such file"
+    paths = write_report(rec, tmp_path / "r")
+    html = paths["html"].read_text()
+    assert "The runbook could not be written into this report: ConfigError: llmdr.yaml: no such file" in html
+    assert 'href="RUNBOOK.md"' not in html and "runbook" not in paths
+    assert "Other evidence" not in html  # the error is shown once, in its section
+    assert "- **Runbook**: not in the report (ConfigError: llmdr.yaml: no such file)" in render_markdown(rec)
