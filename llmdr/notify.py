@@ -32,7 +32,7 @@ from .config import Notifications
 
 log = logging.getLogger(__name__)
 
-KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill")
+KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness")
 SEVERITIES = ("info", "warning", "critical")
 RETRY_DELAY_S = 0.25  # the one quick retry after a connection error or a 5xx
 _URL = re.compile(r"(https?)://([^/\s'\"<>]+)[^\s'\"<>]*")
@@ -324,3 +324,17 @@ def verification_failed_notice(bundle: str, region: str, *, what: str,
                   f"repair it from another region: `llmdr verify --region {region} --repair`",
                   "if chunks keep going bad, check that region's disks and storage logs"]
     return Notice("verification_failed", title, _body(happened, _evidence(details), next_steps), "critical", data)
+
+
+def readiness_notice(bundle: str, *, verdict: str, score: int, failed: Sequence[Mapping[str, Any]],
+                     warned: Sequence[Mapping[str, Any]] = ()) -> Notice:
+    """The daily readiness check found something that would break a recovery today."""
+    data = {"bundle": bundle, "verdict": verdict, "score": score,
+            "failed": [c.get("id") for c in failed], "warned": [c.get("id") for c in warned]}
+    title = f"llmdr: {bundle} DR readiness {verdict} (score {score}/100, {len(failed)} failing check(s))"
+    happened = (f"The readiness check of {bundle} found {len(failed)} failing and {len(warned)} warning check(s): a "
+                "recovery started now could miss its objectives.")
+    evidence = [f"{c.get('status')} {c.get('title')}: {c.get('summary')}" for c in [*failed, *warned]]
+    steps = [f"{c.get('title')}: {c.get('action')}" for c in failed if c.get("action")]
+    steps.append("re-run `llmdr readiness` once fixed")
+    return Notice("readiness", title, _body(happened, evidence, steps), "critical" if failed else "warning", data)

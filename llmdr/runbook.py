@@ -262,6 +262,9 @@ def _notify(c: _Ctx) -> list[str]:
             ["verification failed", "verify-replicas left a region's copy wrong (read-back or restore test), or "
                                     "the golden check before a switch failed", "critical"],
             ["DR drill finished", "every drill, with its verdict", "info (PASS) / critical (FAIL)"],
+            ["readiness failed", "the daily readiness-check found a failing check (credentials, stale copy, "
+                                 "missing component, no recent drill, no Object Lock, restore slower than the RTO)",
+             "critical"],
         ])
         lines += ["", "Not notified by themselves: an endpoint going down or degraded (a Prefect event, "
                   "`llmdr.endpoint.down` / `.degraded`, that starts the failover automation), a failover that found "
