@@ -314,15 +314,15 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
     with ThreadPoolExecutor(max_workers=8) as pool:
         chunk_locks = list(pool.map(lambda d: locker.retention(chunk_key(d)), sample))
     short_chunks = [d[:12] for d, lk in zip(sample, chunk_locks, strict=True)
-                    if lk is None or lk.until < (locks[-1].until if locks[-1] else now) - 1]
+                    if lk is None or lk.until < (locks[-1].until if locks[-1] else now) - locker.slack_s - 1]
     data |= {"unlocked_snapshots": unlocked, "chunks_sampled": len(sample), "chunks_locked_shorter": short_chunks}
     if unlocked or short_chunks:
         what = []
         if unlocked:
             what.append(f"{len(unlocked)} of {len(snaps)} snapshot(s) not locked now ({', '.join(unlocked[:4])})")
         if short_chunks:
-            what.append(f"{len(short_chunks)} of {len(sample)} sampled chunk(s) of {newest.short} locked shorter "
-                        "than its manifest")
+            what.append(f"{len(short_chunks)} of {len(sample)} sampled chunk(s) of {newest.short} locked for "
+                        "less than its manifest minus a quarter period")
         return Check(cid, title, FAIL, "; ".join(what), "run retention (`llmdr forget --region "
                      f"{region.name} ...` or protect-bundle): it re-extends the locks of the snapshots it keeps", data)
     earliest = min(lk.until for lk in locks if lk is not None)

@@ -115,7 +115,7 @@ def replicate_snapshot(
     locker = Locker.of(dst.store)
     if locker is not None:  # chunks already there must stay locked as long as this snapshot
         copied = {d for d, _ in missing}
-        res.locks_extended = locker.extend([chunk_key(d) for d in needed if d not in copied], workers=workers)
+        res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], workers=workers)
     # Last: publishing the manifest makes the snapshot visible in the destination region.
     dst.store.put(manifest_key(snapshot_id), data, sha256=hashlib.sha256(data).digest())
     res.duration_s = time.perf_counter() - t0

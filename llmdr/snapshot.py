@@ -261,7 +261,7 @@ def take_snapshot(
     sid = manifest_id(data)
     locker = Locker.of(repo.store)
     if locker is not None:  # reused chunks must stay locked as long as this snapshot (uploads were locked on put)
-        locker.extend([chunk_key(d) for d in manifest.chunk_set() if d not in scheduled], workers=workers)
+        locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], workers=workers)
     # The manifest goes last: until this put returns, the snapshot does not exist.
     import hashlib
 

@@ -142,24 +142,33 @@ def test_a_locked_snapshot_cannot_be_deleted(stack, tmp_path):
     assert read_tree(tmp_path / "out") == read_tree(tmp_path / "src")
 
 
-def test_copies_extend_the_locks_of_chunks_they_reuse(stack, tmp_path):
-    cfg = locked_config(stack, tmp_path)
+def test_copies_extend_the_locks_of_reused_chunks_only_when_needed(stack, tmp_path):
+    cfg = locked_config(stack, tmp_path, period="8s")  # slack: a quarter period, 2 s
     src = tmp_path / "src"
     snap1, dr, _ = protect_one(cfg, src, 2, size=80_000)
     locker = Locker.of(dr.store)
     before = {d: locker.retention(chunk_key(d)).until for d in snap1.manifest.chunk_set()}
-    time.sleep(2.1)  # retention times have one-second resolution
-    (src / "config.json").write_bytes(b'{"changed": true}')  # weights unchanged: their chunks are reused
     p = Repository(open_region(cfg, cfg.primary))
-    snap2 = take_snapshot(p, src, bundle="testbundle")
-    res = replicate_snapshot(p, dr, snap2.snapshot_id, workers=4)
+
+    def next_snapshot(text):
+        (src / "config.json").write_bytes(text)  # weights unchanged: their chunks are reused
+        snap = take_snapshot(p, src, bundle="testbundle")
+        return snap, replicate_snapshot(p, dr, snap.snapshot_id, workers=4)
+
+    # a protect right after the last: the previous snapshot's fresh lock covers the reused chunks, nothing re-locked
+    snap2, res2 = next_snapshot(b'{"v": 2}')
     reused = set(snap1.manifest.chunk_set()) & set(snap2.manifest.chunk_set())
-    assert reused and res.chunks_copied < res.chunks_total
-    assert res.locks_extended == len(reused)
-    after2 = locker.retention(manifest_key(snap2.snapshot_id)).until
-    for d in reused:
+    assert reused and res2.chunks_copied < res2.chunks_total and res2.locks_extended == 0
+    time.sleep(2.3)  # more than the slack: the reused chunks are re-locked as long as the new snapshot
+    snap3, res3 = next_snapshot(b'{"v": 3}')
+    reused3 = set(snap3.manifest.chunk_set()) - {d for d in snap3.manifest.chunk_set()
+                                                   if d not in snap2.manifest.chunk_set()}
+    assert res3.locks_extended == len(reused3) > 0
+    m3 = locker.retention(manifest_key(snap3.snapshot_id)).until
+    for d in reused & reused3:
         assert locker.retention(chunk_key(d)).until > before[d] + 1
-        assert locker.retention(chunk_key(d)).until >= after2 - 1
+    for d in snap3.manifest.chunk_set():  # the rule readiness checks: chunks locked >= manifest - slack
+        assert locker.retention(chunk_key(d)).until >= m3 - locker.slack_s - 1
 
 
 def test_retention_keeps_locked_snapshots_and_deletes_them_once_unlocked(stack, tmp_path):

@@ -6,8 +6,10 @@ must be locked as long as today's snapshot is. ``Locker`` extends those locks (o
 in parallel, with the store's retry policy), and tells retention which objects are still locked.
 
 Rule kept by every writer (snapshot, cross-region copy, retention): all chunks of a snapshot are locked at least
-until its manifest is. So a manifest's retention is the snapshot's lock, and retention can decide from one HEAD per
-snapshot whether its locks need extending.
+until its manifest's lock minus a quarter of the period (``slack_s``). A new snapshot reusing chunks that a recent
+snapshot already locked long enough (its manifest lock ends after now + period - slack) does not re-lock them, so a
+protect every few minutes costs one HEAD, not one request per chunk; a full extension happens once per slack. Retention
+extends a kept snapshot when less than half the period is left, while its chunks still have at least a quarter.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ class Locker:
         lock = self.retention(key)
         t = time.time() if now is None else now
         return lock if lock is not None and (lock.legal_hold or lock.until > t) else None
+
+    @property
+    def slack_s(self) -> float:
+        return self.period_s / 4
+
+    def extend_reused(self, repo: Any, chunks: Iterable[str], *, workers: int = 8, now: float | None = None) -> int:
+        """Before publishing a snapshot into ``repo``: lock the chunks it reuses (hex digests) as long as the new
+        snapshot, except those a recently locked snapshot already covers. Returns how many locks were extended."""
+        from ..repository import chunk_key, manifest_key
+
+        t = time.time() if now is None else now
+        todo = set(chunks)
+        enough = t + self.period_s - self.slack_s
+        for info in reversed(repo.snapshots()):  # newest first: usually the previous snapshot covers everything
+            if not todo:
+                break
+            mine = todo & info.manifest.chunk_set().keys()
+            if not mine:
+                continue
+            lock = self.retention(manifest_key(info.id))
+            if lock is not None and (lock.legal_hold or lock.until >= enough):
+                todo -= mine
+        return self.extend([chunk_key(d) for d in sorted(todo)], workers=workers)
 
     def extend(self, keys: Iterable[str], *, until: float | None = None, workers: int = 8) -> int:
         """Lock every key at least until ``until`` (default: now + the region's period). Returns how many locks
