@@ -110,6 +110,16 @@ if diff -r model restored >/dev/null; then verdict="byte-identical"; else verdic
 REPORT=$(ls -d reports/drills/*/ 2>/dev/null | tail -1)
 t "verify the signed report"       "$LLMDR" report verify "$REPORT"
 
+echo
+echo "== readiness: would a recovery work today? (exits 9 on any FAIL, so it can gate a pipeline) =="
+ready_rc=0
+t "readiness (every check)"        "$LLMDR" readiness || ready_rc=$?
+echo "\$ llmdr plan --size 140GB --bandwidth 1Gbps --rto 15m    # a real model over a real link"
+"$LLMDR" plan --size 140GB --bandwidth 1Gbps --rto 15m
+echo "\$ llmdr plan --region secondary    # this bundle, measured from the DR store"
+"$LLMDR" plan --region secondary
+t "runbook"                        "$LLMDR" runbook
+
 rm model/tokenizer.json
 echo "\$ rm model/tokenizer.json; llmdr snapshot    # must be refused"
 if "$LLMDR" snapshot; then refused="NOT refused"; else refused="refused"; fi
@@ -127,9 +137,10 @@ echo "== llmdr demo summary =="
 printf '%s\n' "${STEPS[@]}"
 echo "restored bundle vs original: $verdict ($(find restored -type f | wc -l) files, $(du -sh restored | cut -f1))"
 echo "snapshot of a bundle without its tokenizer: $refused"
+echo "readiness: $(if [ $ready_rc = 0 ]; then echo "no FAIL"; else echo "FAIL (exit $ready_rc)"; fi) (llmdr readiness); runbook: RUNBOOK.md"
 echo "drill: $(if [ $drill_rc = 0 ]; then echo PASS; else echo "FAIL (exit $drill_rc)"; fi); failover RTO (first failed probe -> golden-correct answer through the router): $RTO"
 echo "drill report: ${REPORT}report.html, ${REPORT}report.pdf, ${REPORT}evidence.json (signed: SIGNATURE.json)"
 echo "MLflow: experiment dr-drills in .llmdr/mlflow/mlflow.db (mlflow ui --backend-store-uri sqlite:///$WORK/.llmdr/mlflow/mlflow.db)"
 echo "client requests through the router: $total, failed: $failed (while the primary was down, before the switch)"
 echo "Prefect UI: http://127.0.0.1:$UI_PORT (flow runs; artifacts dr-drill-model, failover-model, failback-model; automations)"
-[ "$verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ] && [ "$drill_rc" = 0 ]
+[ "$verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ] && [ "$drill_rc" = 0 ] && [ "$ready_rc" = 0 ]
