@@ -170,6 +170,35 @@ class ObjectLock(_Model):
         return td
 
 
+class Encryption(_Model):
+    """Client-side authenticated encryption (AES-256-GCM) of every object llmdr writes to this region: chunks,
+    manifests, the repository config. The 256-bit key (64 hex characters or base64) comes from an environment
+    variable or a Prefect Secret block; its key id is recorded in every object. Keep the key somewhere that survives
+    the loss of both regions: without it the copy cannot be read."""
+
+    key_env: str | None = None
+    prefect_secret_block: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Encryption":
+        if bool(self.key_env) == bool(self.prefect_secret_block):
+            raise ValueError("give exactly one of key_env (an environment variable name) or prefect_secret_block")
+        if self.key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env):
+            raise ValueError(f"{self.key_env!r} is not an environment variable name")
+        return self
+
+
+class ManifestSigning(_Model):
+    """Every manifest llmdr writes is signed and every manifest it reads must carry a valid signature, so a manifest
+    edited or forged in the store is refused even in an unencrypted region. HMAC-SHA256 with a key from the
+    environment, or Ed25519 (the private key signs; readers need only the public key)."""
+
+    method: Literal["hmac", "ed25519"] = "hmac"
+    hmac_key_env: str = "LLMDR_MANIFEST_KEY"
+    private_key: str = "keys/manifest-signing.key"  # ed25519, relative to state_dir; made on first signing
+    public_key: str = "keys/manifest-signing.pub"
+
+
 class Region(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     role: Literal["primary", "secondary"]
@@ -181,6 +210,7 @@ class Region(_Model):
     local: LocalServer | None = None
     serving: Serving | None = None
     object_lock: ObjectLock | None = None
+    encryption: Encryption | None = None
     price_per_gb_month: float | None = Field(default=None, ge=0)  # storage price, for the readiness cost estimate
 
     @field_validator("endpoint")
@@ -466,6 +496,7 @@ class Config(_Model):
     tracking: Tracking = Tracking()
     readiness: Readiness = Readiness()
     runbook: Runbook = Runbook()
+    manifest_signing: ManifestSigning | None = None
     golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
     state_dir: str = ".llmdr"
 

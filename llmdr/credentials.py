@@ -319,3 +319,62 @@ def _map_sts_error(exc: Exception, region: Region, what: str, keys: Keys, check:
     if isinstance(exc, BotoCoreError):
         return StorageError(f"{what}: {_scrub(str(exc), keys)}")
     return exc
+
+
+# --- encryption and manifest-signing keys ------------------------------------------------------------------------------
+def _secret_value(cfg: Config, env_name: str | None, block: str | None, what: str) -> tuple[str, str]:
+    """(value, where) of a key named by an environment variable (falling back to the local env file) or held by a
+    Prefect Secret block (a string, or an object with a "key" field). ``where`` names the source, never the value."""
+    if block:
+        try:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(block).get()
+        except Exception as exc:
+            raise AccessDenied(f"{what}: cannot load Prefect Secret block {block!r}: {type(exc).__name__}") from exc
+        if isinstance(value, dict):
+            value = value.get("key")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{what}: Prefect Secret block {block!r} must hold the key as a string (or {{\"key\": "
+                              "...}})")
+        return value, f"Prefect Secret block '{block}'"
+    assert env_name is not None
+    value = os.environ.get(env_name) or read_env_file(cfg.state_path / LOCAL_ENV).get(env_name)
+    if not value:
+        raise ConfigError(f"{what}: the environment variable {env_name} is not set. Set it to the key (64 hex "
+                          "characters, e.g. `openssl rand -hex 32`; keep a copy outside both regions: without it "
+                          "the copy cannot be read). For the local stack, `llmdr stack up` generates it.")
+    return value, f"environment {env_name}"
+
+
+def encryption_key(cfg: Config, region: Region) -> tuple[bytes, str] | None:
+    """The region's 256-bit encryption key and where it comes from (a name), or None when it is not encrypted."""
+    enc = region.encryption
+    if enc is None:
+        return None
+    from .storage.crypto import parse_key
+
+    value, where = _secret_value(cfg, enc.key_env, enc.prefect_secret_block, f"region '{region.name}' encryption")
+    return parse_key(value, where), where
+
+
+def manifest_signer(cfg: Config, *, create: bool = False):
+    """The configured manifest signer (``llmdr.storage.crypto.ManifestSigner``), or None when signing is off. With
+    ``create``, a missing Ed25519 pair is made (a writer's first run)."""
+    ms = cfg.manifest_signing
+    if ms is None:
+        return None
+    from .storage.crypto import ManifestSigner, load_ed25519
+
+    if ms.method == "hmac":
+        value, where = _secret_value(cfg, ms.hmac_key_env, None, "manifest signing")
+        if len(value.encode()) < 32:
+            raise ConfigError(f"manifest signing: {where} holds fewer than 32 bytes; use e.g. `openssl rand -hex 32`")
+        return ManifestSigner("hmac", hmac_key=value.encode(), source=where)
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else cfg.state_path / path
+
+    priv, pub = load_ed25519(resolve(ms.private_key), resolve(ms.public_key), create=create)
+    return ManifestSigner("ed25519", private=priv, public=pub, source=f"Ed25519 key {resolve(ms.public_key)}")

@@ -53,6 +53,10 @@ regions:
     # keys, can delete or overwrite it before then (COMPLIANCE; GOVERNANCE lets s3:BypassGovernanceRetention do it).
     # Retention extends the locks of the snapshots it keeps. The bucket needs Object Lock: `llmdr stack up` does it.
     object_lock: {{mode: COMPLIANCE, period: 30d}}
+    # Client-side AES-256-GCM of every chunk and manifest written here (the key id is recorded in each object).
+    # `llmdr stack up` generates the key into .llmdr/local.env; for a real region keep it in a secret store that
+    # survives the loss of BOTH regions (or use prefect_secret_block:), or the copy cannot be read.
+    encryption: {{key_env: LLMDR_SECONDARY_ENCRYPTION_KEY}}
     # price_per_gb_month: 0.023   # storage price, for the cost estimate in `llmdr readiness`
 
 # One URL for clients, in front of the regions. Locally: Caddy, switched through its admin API without a restart.
@@ -78,6 +82,10 @@ failover:
 #   prefect_block: slack-webhook/ops      # or a Prefect notification block
 
 golden: golden.jsonl  # golden answers (`llmdr golden record`), checked before and after every switch
+
+# Every manifest is signed and checked on read, so a manifest edited or forged in a store is refused (also in an
+# unencrypted region). hmac: a shared key from the environment; ed25519: private key signs, public key verifies.
+manifest_signing: {{method: hmac, hmac_key_env: LLMDR_MANIFEST_KEY}}
 
 objectives:
   rpo: 5m              # newest snapshot in the DR region may be at most this old

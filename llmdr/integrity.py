@@ -11,6 +11,7 @@ silent, and a chunk no region holds intact stays listed as unrepaired.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from .errors import IntegrityError, ObjectNotFound, UsageError
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ def verify_snapshot(
             data = repo.store.get(chunk_key(hexd))
         except ObjectNotFound:
             return hexd, 0, False
+        except IntegrityError as exc:  # an encrypted region refused it: damaged, truncated or tampered
+            log.warning("%s", exc)
+            return hexd, -1, False
         progress.advance(len(data))
         return hexd, len(data), hashlib.sha256(data).hexdigest() == hexd
 
@@ -117,7 +123,7 @@ def verify_snapshot(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-verify") as pool:
             for hexd, n, good in pool.map(read, to_read):
                 res.chunks_read += 1
-                res.bytes_read += n
+                res.bytes_read += max(n, 0)
                 if not good:
                     (res.corrupt if n else res.missing).append(hexd)
     finally:

@@ -71,7 +71,9 @@ def local_regions(cfg: Config, name: str | None = None) -> list[Region]:
 
 
 def ensure_local_keys(cfg: Config) -> None:
-    """Generate keys for local regions whose credential variables are set nowhere yet."""
+    """Generate keys for local regions whose credential variables are set nowhere yet (S3 keys, encryption keys, the
+    manifest-signing key). They live in <state_dir>/local.env: fine for a demo on one machine; for real regions keep
+    encryption and signing keys in a secret store that survives the loss of both regions."""
     env_file = cfg.state_path / LOCAL_ENV
     known = read_env_file(env_file)
     new: dict[str, str] = {}
@@ -83,6 +85,13 @@ def ensure_local_keys(cfg: Config) -> None:
                          (c.secret_key_env, lambda: secrets.token_urlsafe(30))):
             if var and not os.environ.get(var) and var not in known and var not in new:
                 new[var] = gen()
+    # client-side encryption keys of local regions and the manifest-signing key (HMAC), if configured and unset
+    wanted = [r.encryption.key_env for r in local_regions(cfg) if r.encryption and r.encryption.key_env]
+    if cfg.manifest_signing and cfg.manifest_signing.method == "hmac" and local_regions(cfg):
+        wanted.append(cfg.manifest_signing.hmac_key_env)
+    for var in wanted:
+        if not os.environ.get(var) and var not in known and var not in new:
+            new[var] = secrets.token_hex(32)
     if new:
         write_env_file(env_file, new)
 

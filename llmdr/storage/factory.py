@@ -1,4 +1,5 @@
-"""Build the store for a configured region: S3 adapter wrapped in the retry layer."""
+"""Build the store for a configured region: S3 adapter, the retry layer, then encryption (if the region has it) and
+manifest signatures (if configured): sign, then encrypt; read-only outermost."""
 
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
         object_lock=(region.object_lock.mode, region.object_lock.period.total_seconds()) if region.object_lock else None,
     )
     store = RetryingStore(store, attempts=attempts)
+    store = _sealed(cfg, region, store, read_only=read_only)
     if read_only:
         store = ReadOnlyStore(store)
+    return store
+
+
+def _sealed(cfg: Config, region: Region, store: BlobStore, *, read_only: bool) -> BlobStore:
+    from ..credentials import encryption_key, manifest_signer
+
+    key = encryption_key(cfg, region)
+    if key is not None:
+        from .crypto import EncryptingStore
+
+        store = EncryptingStore(store, key[0], key_source=key[1])
+    signer = manifest_signer(cfg, create=not read_only)
+    if signer is not None:
+        from .crypto import SigningStore
+
+        store = SigningStore(store, signer)
     return store

@@ -1,0 +1,270 @@
+"""Client-side encryption and manifest signatures, as BlobStore wrappers.
+
+``EncryptingStore`` seals every object with AES-256-GCM before it leaves the machine::
+
+    b"LLMDRE1\\0" | key id (8 bytes) | nonce (12 bytes) | ciphertext | GCM tag (16 bytes)
+
+The object's key (its name in the store) is the additional authenticated data, so a ciphertext moved to another
+name, or written under another key, fails to open. A wrong key, a flipped bit, a truncated object or an object that
+is not encrypted at all each raise ``IntegrityError`` naming the object; nothing unauthenticated is returned. Sizes
+reported by ``head``/``list`` are the plaintext sizes (the overhead is fixed), so callers comparing chunk lengths
+work unchanged. Chunk names stay the SHA-256 of the plaintext: deduplication works as before within a region (one
+key per region), and a copy to a region with another key is decrypted and re-encrypted on the way (the copy reads
+through the source's wrapper and writes through the destination's). Those names do let someone who can list the
+bucket test whether a chunk they already hold (e.g. public base-model weights) is stored there; nothing else about
+the content is visible.
+
+``SigningStore`` appends a signature to every manifest (``snapshots/*``) it writes and refuses, on read, a manifest
+without a valid one::
+
+    <canonical manifest JSON> \\n llmdr-signature v1 <method> <key id> <base64 signature>
+
+A snapshot id is the SHA-256 of the manifest, which proves a manifest untouched only against an id you already
+trust; the signature proves the writer held the signing key, so a manifest edited in the store — even one stored
+under its new hash as a new "snapshot" — is refused. Signing sits outside encryption (sign, then encrypt).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, IntegrityError
+from .base import BlobInfo, BlobStore
+
+MAGIC = b"LLMDRE1\0"
+KEY_ID_LEN = 8
+NONCE_LEN = 12
+TAG_LEN = 16
+HEADER = len(MAGIC) + KEY_ID_LEN + NONCE_LEN
+OVERHEAD = HEADER + TAG_LEN
+SIG_MARK = b"\nllmdr-signature v1 "
+MANIFESTS = "snapshots/"
+
+
+def parse_key(value: str, where: str) -> bytes:
+    """A 256-bit key written as 64 hex characters or as base64."""
+    v = value.strip()
+    raw: bytes | None = None
+    if len(v) == 64:
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+    if raw is None or len(raw) != 32:
+        raise ConfigError(f"{where} does not hold a 256-bit key: give 64 hex characters or the base64 of 32 bytes "
+                          "(e.g. `openssl rand -hex 32`)")
+    return raw
+
+
+def key_id(key: bytes) -> bytes:
+    """8 bytes that name a key without revealing it."""
+    return hmac.new(key, b"llmdr encryption key id", hashlib.sha256).digest()[:KEY_ID_LEN]
+
+
+class EncryptingStore:
+    def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if len(key) != 32:
+            raise ConfigError("an encryption key must be 32 bytes (AES-256)")
+        self.inner = inner
+        self.location = inner.location
+        self.key_id = key_id(key)
+        self.key_source = key_source  # for messages: where the key comes from (a variable or block NAME)
+        self._aead = AESGCM(key)
+
+    @property
+    def key_id_hex(self) -> str:
+        return self.key_id.hex()
+
+    def seal(self, key: str, data: bytes | bytearray | memoryview) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return MAGIC + self.key_id + nonce + self._aead.encrypt(nonce, bytes(data), key.encode("utf-8"))
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        where = f"{self.location}: object {key!r}"
+        if not blob.startswith(MAGIC):
+            raise IntegrityError(f"{where} is not encrypted although this region encrypts everything; it was not "
+                                 "written by llmdr with this configuration (or was replaced): refusing it")
+        if len(blob) < OVERHEAD:
+            raise IntegrityError(f"{where} is truncated ({len(blob)} bytes, shorter than the encryption envelope)")
+        kid = blob[len(MAGIC):len(MAGIC) + KEY_ID_LEN]
+        if kid != self.key_id:
+            source = self.key_source or "the configured key"
+            raise IntegrityError(
+                f"{where} was encrypted with key id {kid.hex()}, but this region's key ({source}) has id "
+                f"{self.key_id_hex}: wrong key. Set it to the key the copy was written with; nothing was read")
+        nonce = blob[len(MAGIC) + KEY_ID_LEN:HEADER]
+        try:
+            return self._aead.decrypt(nonce, blob[HEADER:], key.encode("utf-8"))
+        except InvalidTag:
+            raise IntegrityError(f"{where} failed authentication (damaged, truncated or tampered with); it was not "
+                                 "used. `llmdr verify --repair` restores it from another region") from None
+
+    # BlobStore --------------------------------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+        # ``sha256`` names the plaintext; the store below checks the bytes it receives against their own digest
+        blob = self.seal(key, data)
+        self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest())
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+        plain = self.open(key, self.inner.get(key))  # the tag covers the whole object: read it whole
+        if start or length is not None:
+            end = len(plain) if length is None else start + length
+            return plain[start:end]
+        return plain
+
+    def head(self, key: str) -> BlobInfo:
+        info = self.inner.head(key)
+        return BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        for info in self.inner.list(prefix):
+            yield BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
+# --- manifest signatures -----------------------------------------------------------------------------------------------
+class ManifestSigner:
+    """Signs and verifies manifest bytes. HMAC-SHA256 (one shared key) or Ed25519 (private key to sign; the public
+    key alone verifies, so a restore host needs no signing secret)."""
+
+    def __init__(self, method: str, *, hmac_key: bytes | None = None, private: Any = None, public: Any = None,
+                 source: str = "") -> None:
+        self.method = method
+        self.source = source
+        self._hmac = hmac_key
+        self._private = private
+        self._public = public if public is not None else (private.public_key() if private is not None else None)
+        if method == "hmac":
+            if not hmac_key:
+                raise ConfigError("HMAC manifest signing needs a key")
+            self.key_id = hmac.new(hmac_key, b"llmdr manifest key id", hashlib.sha256).hexdigest()[:16]
+        else:
+            from cryptography.hazmat.primitives import serialization
+
+            if self._public is None:
+                raise ConfigError("Ed25519 manifest signing needs a public key to verify with")
+            raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+
+    @property
+    def can_sign(self) -> bool:
+        return self.method == "hmac" or self._private is not None
+
+    def sign(self, data: bytes) -> bytes:
+        if self.method == "hmac":
+            return hmac.new(self._hmac, data, hashlib.sha256).digest()  # type: ignore[arg-type]
+        if self._private is None:
+            raise ConfigError(f"cannot sign manifests: the Ed25519 private key is not here ({self.source}); this "
+                              "machine can verify and restore, not write snapshots")
+        return self._private.sign(data)
+
+    def verify(self, data: bytes, sig: bytes) -> bool:
+        if self.method == "hmac":
+            return hmac.compare_digest(self.sign(data), sig)
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._public.verify(sig, data)
+            return True
+        except InvalidSignature:
+            return False
+
+
+class SigningStore:
+    def __init__(self, inner: BlobStore, signer: ManifestSigner) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.signer = signer
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+        if not key.startswith(MANIFESTS):
+            return self.inner.put(key, data, sha256=sha256)
+        body = bytes(data)
+        sig = base64.b64encode(self.signer.sign(body))
+        signed = body + SIG_MARK + f"{self.signer.method} {self.signer.key_id} ".encode() + sig + b"\n"
+        self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest())
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+        if not key.startswith(MANIFESTS):
+            return self.inner.get(key, start=start, length=length)
+        blob = self.inner.get(key)
+        where = f"{self.location}: manifest {key!r}"
+        cut = blob.rfind(SIG_MARK)
+        if cut < 0:
+            raise IntegrityError(f"{where} carries no signature although manifest signing is on: it was written "
+                                 "without the signing key, or edited; refusing it")
+        body, trailer = blob[:cut], blob[cut + len(SIG_MARK):].strip()
+        try:
+            method, kid, sig_b64 = trailer.decode("ascii").split(" ")
+            sig = base64.b64decode(sig_b64, validate=True)
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise IntegrityError(f"{where} has a malformed signature line; refusing it") from None
+        if method != self.signer.method or kid != self.signer.key_id:
+            raise IntegrityError(f"{where} is signed with {method} key {kid}, not this configuration's {self.signer.method} "
+                                 f"key {self.signer.key_id} ({self.signer.source}): wrong key, or forged")
+        if not self.signer.verify(body, sig):
+            raise IntegrityError(f"{where} fails its signature check: edited or forged after it was written; "
+                                 "refusing it. `llmdr verify --repair` restores it from another region")
+        if start or length is not None:
+            end = len(body) if length is None else start + length
+            return body[start:end]
+        return body
+
+    def head(self, key: str) -> BlobInfo:
+        return self.inner.head(key)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
+def load_ed25519(private_path: Path, public_path: Path, *, create: bool) -> tuple[Any, Any]:
+    """(private key or None, public key). With ``create``, a missing pair is made (private key 0600)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    private = None
+    if private_path.exists():
+        private = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ConfigError(f"{private_path} is not an Ed25519 private key")
+    elif create and not public_path.exists():
+        private = Ed25519PrivateKey.generate()
+        private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    if public_path.exists():
+        public = serialization.load_pem_public_key(public_path.read_bytes())
+        if not isinstance(public, Ed25519PublicKey):
+            raise ConfigError(f"{public_path} is not an Ed25519 public key")
+    elif private is not None:
+        public = private.public_key()
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        public_path.write_bytes(public.public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    else:
+        raise ConfigError(f"manifest signing is ed25519 but neither {private_path} nor {public_path} exists: copy "
+                          "the public key (to verify) or the private key (to write snapshots) here")
+    return private, public
