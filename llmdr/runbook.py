@@ -465,6 +465,21 @@ def _credentials(c: _Ctx) -> list[str]:
             more.append(f"on the local stack `llmdr stack up` generates them into {_code(_rel(cfg.state_dir, 'local.env'))} "
                         "(mode 0600) unless the environment sets them")
         lines.append(f"- **{r.name}** storage: {src}" + ("; " + "; ".join(more) if more else "") + ".")
+        if r.encryption:
+            e = r.encryption
+            where = (f"Prefect Secret block {_code(e.prefect_secret_block)}" if e.prefect_secret_block
+                     else f"environment variable {_code(e.key_env)}")
+            lines.append(f"- **{r.name}** encryption key (AES-256-GCM, client side): {where}. WITHOUT IT THE COPY IN "
+                         f"{r.name.upper()} CANNOT BE READ: keep it in a secret store outside both regions.")
+    ms = cfg.manifest_signing
+    if ms is not None:
+        if ms.method == "hmac":
+            lines.append(f"- **Manifest signing** (HMAC-SHA256): key in environment variable {_code(ms.hmac_key_env)}; "
+                         "every host that writes or restores snapshots needs it.")
+        else:
+            lines.append(f"- **Manifest signing** (Ed25519): private key {_code(_rel(cfg.state_dir, ms.private_key))} "
+                         f"(hosts that write snapshots), public key {_code(_rel(cfg.state_dir, ms.public_key))} "
+                         "(every host that restores).")
     rt = cfg.router
     if isinstance(rt, Route53Router):
         lines.append(f"- **Route 53** (zone {_code(rt.hosted_zone_id)}): the standard AWS chain (`AWS_PROFILE`, or "

@@ -258,3 +258,11 @@ def test_key_from_a_prefect_secret_block(stack, tmp_path, keys_env, prefect_harn
     assert raw_get(cfg, cfg.secondaries[0], chunk_key(d))[8:16] == key_id(bytes.fromhex(KEY_S))
     restore_snapshot(s, snap.snapshot_id, tmp_path / "out")
     assert read_tree(tmp_path / "out") == read_tree(tmp_path / "src")
+
+
+def test_runbook_names_the_keys_never_their_values(stack, tmp_path, keys_env):
+    from llmdr.runbook import render_runbook
+
+    text = render_runbook(cfg_for(stack, tmp_path))
+    assert "`LLMDR_T_KEY_S`" in text and "CANNOT BE READ" in text and "`LLMDR_T_SIGN`" in text
+    assert KEY_S not in text and SIGN not in text
