@@ -161,11 +161,14 @@ def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str
         if rep.files:
             for rel in rep.files:
                 path = root / rel
-                if path.stat().st_size == 0:
-                    rep.problems.append(Problem(spec.kind.value, rel, "is empty"))
-                    continue
-                for msg in _CHECKS.get(spec.kind, _no_check)(root, rel, files):
-                    rep.problems.append(Problem(spec.kind.value, rel, msg))
+                try:
+                    if path.stat().st_size == 0:
+                        rep.problems.append(Problem(spec.kind.value, rel, "is empty"))
+                        continue
+                    for msg in _CHECKS.get(spec.kind, _no_check)(root, rel, files):
+                        rep.problems.append(Problem(spec.kind.value, rel, msg))
+                except OSError as exc:  # unreadable (permissions), a symlink loop, gone: a problem, not a crash
+                    rep.problems.append(Problem(spec.kind.value, rel, f"cannot be read ({exc.strerror or exc})"))
         reports.append(rep)
     return BundleReport(str(root), reports)
 

@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import LlmdrError, UsageError
+from .errors import LlmdrError, UnsafePathError, UsageError
 
 app = typer.Typer(
     name="llmdr",
@@ -619,7 +619,17 @@ def restore(
 
     cfg = _cfg()
     reg = cfg.region(region)
-    res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=_progress(as_json))
+    try:
+        res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=_progress(as_json))
+    except UnsafePathError as e:
+        if not str(e).startswith("manifest path"):  # a symlink in the target: its message says where and why
+            raise
+        # The manifest is read and every path checked before the target is touched.
+        raise UnsafePathError(
+            f"snapshot {snapshot_ref} in region '{reg.name}' was refused: {e}. Nothing was written. Its manifest was "
+            f"damaged or tampered with: restore another snapshot (`llmdr snapshots --region {reg.name}`) or from "
+            "another region, and check who can write to that bucket."
+        ) from None
     sid = res.snapshot_id
     rate = res.bytes_downloaded / res.duration_s if res.duration_s else 0
     _emit(as_json, res.to_json() | {"region": reg.name},

@@ -25,6 +25,19 @@ _SECRET_KEYS = ("secret", "password", "token", "passwd")
 _SECRET_SUFFIXES = ("_secret", "secret_key", "secret_access_key", "password", "_token", "access_key_id",
                     "aws_access_key", "private_key", "api_key")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What a key pasted where its variable's name belongs looks like: AWS or local-stack access key ids, hex keys.
+_KEY_LIKE = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}|LLMDR[0-9A-F]{16}|[0-9a-fA-F]{32,}")
+
+
+def _env_name(field: str, value: str | None) -> str | None:
+    """``value`` must name an environment variable. The message never repeats the value: a key pasted here by
+    mistake must not reach a terminal, a log or a flow run's error."""
+    if value is not None and (_KEY_LIKE.fullmatch(value) or not _ENV_NAME.fullmatch(value)):
+        raise ValueError(f"{field} must be the name of an environment variable (letters, digits and _, e.g. "
+                         "LLMDR_PRIMARY_SECRET_ACCESS_KEY), and the value given is not one; it is not shown here in "
+                         "case it is the secret itself. Put the secret in that variable, never in this file.")
+    return value
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -96,9 +109,8 @@ class Credentials(_Model):
             raise ValueError(f"role_arn {self.role_arn!r} is not an IAM role ARN like arn:aws:iam::123456789012:role/llmdr")
         if not 900 <= self.session_duration.total_seconds() <= 43200:
             raise ValueError("session_duration must be between 15m and 12h (the limits of STS AssumeRole)")
-        for name in (self.access_key_env, self.secret_key_env, self.session_token_env, self.expiration_env):
-            if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{name!r} is not an environment variable name")
+        for field in ("access_key_env", "secret_key_env", "session_token_env", "expiration_env"):
+            _env_name(field, getattr(self, field))
         return self
 
 
@@ -183,8 +195,7 @@ class Encryption(_Model):
     def _one(self) -> "Encryption":
         if bool(self.key_env) == bool(self.prefect_secret_block):
             raise ValueError("give exactly one of key_env (an environment variable name) or prefect_secret_block")
-        if self.key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env):
-            raise ValueError(f"{self.key_env!r} is not an environment variable name")
+        _env_name("key_env", self.key_env)
         return self
 
 
@@ -197,6 +208,11 @@ class ManifestSigning(_Model):
     hmac_key_env: str = "LLMDR_MANIFEST_KEY"
     private_key: str = "keys/manifest-signing.key"  # ed25519, relative to state_dir; made on first signing
     public_key: str = "keys/manifest-signing.pub"
+
+    @field_validator("hmac_key_env")
+    @classmethod
+    def _hmac_env(cls, v: str) -> str:
+        return _env_name("hmac_key_env", v)  # type: ignore[return-value]
 
 
 class Region(_Model):
@@ -400,7 +416,16 @@ class Notifications(_Model):
     @field_validator("webhook_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        return None if v is None else _http_url(v, "https://hooks.example.com/llmdr")
+        try:
+            return None if v is None else _http_url(v, "https://hooks.example.com/llmdr")
+        except ValueError:  # without the value: webhook URLs carry their token
+            raise ValueError("is not an http(s) URL like https://hooks.example.com/llmdr (not shown: a webhook URL "
+                             "carries a token; better, name an environment variable with webhook_url_env)") from None
+
+    @field_validator("webhook_url_env")
+    @classmethod
+    def _url_env(cls, v: str | None) -> str | None:
+        return _env_name("webhook_url_env", v)
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -416,6 +441,11 @@ class Signing(_Model):
     private_key: str = "keys/report-signing.key"  # ed25519, relative to state_dir; created 0600 if missing
     public_key: str = "keys/report-signing.pub"  # ed25519, relative to state_dir
     hmac_key_env: str = "LLMDR_REPORT_HMAC_KEY"
+
+    @field_validator("hmac_key_env")
+    @classmethod
+    def _hmac_env(cls, v: str) -> str:
+        return _env_name("hmac_key_env", v)  # type: ignore[return-value]
 
 
 class Drill(_Model):
@@ -648,7 +678,11 @@ def parse_config(text: str, *, source: Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}{where}: not valid YAML ({problem})") from None
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None and (mark is None or cmark.line != mark.line):
+            problem += f", {context} started at line {cmark.line + 1}"  # where the unclosed bracket or quote is
+        raise ConfigError(f"{source}{where}: not valid YAML ({problem}). Fix it there or on the line it names (often "
+                          "an unclosed bracket or quote, or a wrong indent), then run the command again.") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with bundle:, regions: and objectives:, got {type(raw).__name__}")
     _refuse_literal_secrets(raw, node, source)

@@ -10,10 +10,12 @@ into that folder resumes it: files already in place whose content hashes to the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import IncompleteBundle, check_bundle, specs_from_manifest
-from .errors import IntegrityError, ObjectNotFound, TargetNotEmpty, UnsafePathError
+from .errors import IntegrityError, LlmdrError, ObjectNotFound, TargetNotEmpty, UnsafePathError
+from .fsutil import atomic_write
 from .manifest import FileEntry, Manifest, check_relpath
 from .progress import NoProgress, Progress
 from .repository import Repository, chunk_key
@@ -32,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
+# A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+            errno.EFBIG: "a file is larger than this process may write (file size limit, `ulimit -f`) or than the "
+                         "file system holds"}
 
 
 @dataclass
@@ -99,10 +106,24 @@ class _FileJob:
         self.remaining = len(entry.chunks)
         self.lock = threading.Lock()
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, entry.size)
+        try:
+            os.ftruncate(self.fd, entry.size)  # EFBIG here when the file exceeds a file size limit
+        except BaseException as exc:
+            self.abandon()
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = entry.path
+            raise
 
     def write(self, offset: int, data: bytes) -> bool:
-        os.pwrite(self.fd, data, offset)
+        # pwrite may write less than asked without an error when the disk fills up (tmpfs does): ignoring that
+        # left zeros in a file that was then renamed into place as restored. Write the rest; a full disk then
+        # raises ENOSPC.
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.entry.path)
+            view, offset = view[n:], offset + n
         with self.lock:
             self.remaining -= 1
             return self.remaining == 0
@@ -151,7 +172,12 @@ def restore_snapshot(
     _prepare_target(target, snapshot_id, force)
     root = target.resolve()
     marker = root / MARKER
-    marker.write_text(json.dumps({"snapshot": snapshot_id, "location": repo.location}))
+    try:  # all at once: a marker cut short by a full disk would make the re-run refuse to resume
+        atomic_write(marker, json.dumps({"snapshot": snapshot_id, "location": repo.location}))
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise _no_room(exc, snapshot_id, root, manifest, 0, []) from None
+        raise
 
     res = RestoreResult(snapshot_id, str(root), location=repo.location)
     res.files = len(manifest.files)
@@ -200,10 +226,14 @@ def restore_snapshot(
                     f.cancel()
                 wait(futures)
                 raise errors[0]  # type: ignore[misc]
-    except BaseException:
+    except BaseException as exc:
+        in_place = res.files_skipped + sum(1 for j in jobs if j.fd < 0 and not j.tmp.exists())
+        unfinished = [j.entry.path for j in jobs if j.fd >= 0 or j.tmp.exists()]
         for job in jobs:
             if job.fd >= 0 or job.tmp.exists():
                 job.abandon()
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise _no_room(exc, snapshot_id, root, manifest, in_place, unfinished) from None
         raise
     finally:
         progress.finish()
@@ -220,6 +250,26 @@ def restore_snapshot(
 
 
 _bytes_lock = threading.Lock()
+
+
+def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_place: int,
+             unfinished: list[str]) -> LlmdrError:
+    """The restore ran out of room: say where, how much is free against what the snapshot needs, and that a re-run
+    resumes. Called after the unfinished files' temporary copies were removed."""
+    try:
+        free = f"{shutil.disk_usage(root).free / 2**20:.1f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    if not unfinished and exc.filename:
+        unfinished = [str(exc.filename)]
+    stopped = f" (stopped while writing {', '.join(repr(p) for p in unfinished[:3])}" \
+              f"{f' and {len(unfinished) - 3} more' if len(unfinished) > 3 else ''})" if unfinished else ""
+    return LlmdrError(
+        f"restore of {snapshot_id[:12]} into {root} stopped: {_NO_ROOM[exc.errno]}{stopped}; {free}, the snapshot "
+        f"holds {manifest.total_size / 2**20:.1f} MiB in {len(manifest.files)} files. {in_place} files are in place "
+        "and complete; no partial file was left. Free space there (or raise the limit), or restore into another "
+        "folder, then run the same command again: it resumes and keeps the files already in place."
+    )
 
 
 def _interleave(entries, open_file, width: int) -> Iterator[tuple[_FileJob, str, int, int]]:

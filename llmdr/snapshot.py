@@ -9,6 +9,7 @@ chunks already uploaded are reused by the next attempt.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -79,17 +80,38 @@ class SnapshotResult:
 
 
 def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> list[SourceFile]:
-    """Regular files under ``root`` (symlinks to files are followed and stored as files), sorted by path."""
+    """Regular files under ``root`` (symlinks to files and folders are followed and stored as what they point at),
+    sorted by path.
+
+    Anything that cannot be stored as it is fails the scan, all of it named in one error, before a byte is uploaded:
+    a file or folder that cannot be read, a symlink whose target does not exist, a symlink loop. A snapshot that
+    quietly left them out would restore a different bundle. FIFOs, sockets and devices hold no content to protect:
+    they are skipped with a warning (and never opened, so a FIFO cannot hang the scan)."""
     if not root.is_dir():
         raise UsageError(f"bundle folder {root} does not exist or is not a folder; set bundle.path in llmdr.yaml")
     out: list[SourceFile] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    problems: list[str] = []
+    # (dev, inode) of every folder from root down to each folder walked: a folder met again below itself is a loop.
+    # Two links to the same folder side by side are not a loop and are both stored.
+    chain: dict[str, frozenset[tuple[int, int]]] = {}
+
+    def rel(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def walk_error(exc: OSError) -> None:
+        where = rel(exc.filename) if exc.filename and str(exc.filename).startswith(str(root)) else "."
+        problems.append(f"{where}/: folder cannot be read ({exc.strerror or exc})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
         dst = os.stat(dirpath)
-        if (dst.st_dev, dst.st_ino) in seen_dirs:  # a symlink loop
+        me = (dst.st_dev, dst.st_ino)
+        above = chain.get(os.path.dirname(dirpath), frozenset()) if dirpath != str(root) else frozenset()
+        if me in above:
+            problems.append(f"{rel(dirpath)}: symlink loop (it leads back to {os.path.realpath(dirpath)}, a folder "
+                            "above it)")
             dirnames[:] = []
             continue
-        seen_dirs.add((dst.st_dev, dst.st_ino))
+        chain[dirpath] = above | {me}
         dirnames[:] = sorted(d for d in dirnames if d not in excludes)
         for name in filenames:
             if name in excludes or name.endswith(".llmdr-tmp"):
@@ -98,13 +120,33 @@ def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> lis
             try:
                 st = os.stat(path)
             except FileNotFoundError:
-                log.warning("skipping %s: dangling symlink or removed during the scan", path)
+                if os.path.islink(path):
+                    problems.append(f"{rel(path)}: symlink to {os.readlink(path)}, which does not exist")
+                else:
+                    log.warning("skipping %s: removed during the scan", path)
+                continue
+            except OSError as exc:
+                what = "symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror or exc})"
+                problems.append(f"{rel(path)}: {what}")
                 continue
             if not stat.S_ISREG(st.st_mode):
-                log.warning("skipping %s: not a regular file", path)
+                log.warning("skipping %s: not a regular file (FIFO, socket or device)", path)
                 continue
-            rel = path.relative_to(root).as_posix()
-            out.append(SourceFile(rel, path, st))
+            try:  # opening is enough to know it can be read; the stat cache may mean it is never read
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                problems.append(f"{rel(path)}: cannot be read ({exc.strerror or exc})")
+                continue
+            out.append(SourceFile(rel(path), path, st))
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise LlmdrError(
+            f"cannot snapshot {root}: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} cannot be stored; "
+            f"the snapshot was refused and nothing was uploaded:\n{shown}{more}\n"
+            "Make them readable (e.g. `chmod u+r FILE`, or run as the files' owner), replace a broken or looping "
+            "symlink with the file it should point at, or move them out of the bundle folder."
+        )
     out.sort(key=lambda f: f.relpath)
     return out
 
