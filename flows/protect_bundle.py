@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, protect_summary_markdown, protect_table
+from llmdr.report import artifact_key, protect_summary_markdown, protect_table, run_retries
 from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
     apply_retention,
@@ -42,9 +42,12 @@ def protect_bundle(config_path: str = "") -> dict:
     model = (register_model_version(config_path, sid, [r.name for r in cfg.regions], datasets)
              if cfg.tracking.register_models else None)
     key = artifact_key("protect-bundle", cfg.bundle.name)
-    create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo, validations, datasets),
+    create_markdown_artifact(key=key, markdown=protect_summary_markdown(cfg.bundle.name, snap, copies, rpo, validations,
+                                                                          datasets, verified=verified,
+                                                                          retention=retention),
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")
     return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo,
-            "standbys": standbys, "datasets": datasets, "validations": validations, "model_version": model}
+            "standbys": standbys, "datasets": datasets, "validations": validations, "model_version": model,
+            "retries": run_retries([snap, *copies, *verified, *retention, *rpo])}

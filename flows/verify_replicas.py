@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.config import load_config
-from llmdr.report import artifact_key, verify_summary_markdown, verify_table
+from llmdr.report import artifact_key, run_retries, verify_summary_markdown, verify_table
 from tasks.verify import run_restore_test, verify_snapshot
 
 
@@ -37,4 +37,4 @@ def verify_replicas(config_path: str = "", snapshot: str = "latest", sample: str
                                       "data": n.data})
         raise RuntimeError(f"verify-replicas: problems left in region(s) {', '.join(sorted(set(failed)))}; "
                            "see the artifact")
-    return {"checks": checks, "restore_tests": tests}
+    return {"checks": checks, "restore_tests": tests, "retries": run_retries([*checks, *tests])}

@@ -1,4 +1,9 @@
-"""Report content built from plain results (no Prefect here): markdown for flow artifacts."""
+"""Report content built from plain results (no Prefect here): markdown for flow artifacts.
+
+Step results may carry ``retries`` (``RetryStats.to_json()``: the storage requests the retry layer repeated after a
+transient fault, by kind and region); every artifact shows them, so a run that only succeeded thanks to retries
+says so. Results without the key (older runs, other callers) show ``-``.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +16,78 @@ def _mb_per_s(nbytes: int | float, seconds: float) -> float:
     return round(nbytes / seconds / 1e6, 1) if seconds else 0.0
 
 
+def retries_text(rt: dict | None) -> str:
+    """Retry counts (``RetryStats.to_json()``) in a few words: ``7 (get 4, put 3)``, ``0``, or ``-`` when unknown."""
+    if not rt:
+        return "-"
+    ops = ", ".join(f"{op} {n}" for op, n in rt.get("ops", {}).items())
+    return f"{rt['total']} ({ops})" if ops else str(rt["total"])
+
+
+def _retries(r: dict | None) -> str:
+    return retries_text((r or {}).get("retries"))
+
+
+def _retry_total(r: dict | None) -> int | None:
+    rt = (r or {}).get("retries")
+    return rt["total"] if rt else None
+
+
+def run_retries(steps: list[dict]) -> dict:
+    """The retries of every step of a run added up: ``total``, ``ops``, ``regions``, ``requests``, ``gave_up``."""
+    out: dict = {"total": 0, "ops": {}, "regions": {}, "requests": {}, "gave_up": {}}
+    for step in steps:
+        rt = (step or {}).get("retries") or {}
+        out["total"] += rt.get("total", 0)
+        for part in ("ops", "regions", "requests", "gave_up"):
+            for k, n in rt.get(part, {}).items():
+                out[part][k] = out[part].get(k, 0) + n
+    for part in ("ops", "regions", "requests", "gave_up"):
+        out[part] = dict(sorted(out[part].items()))
+    return out
+
+
+def retries_line(steps: list[dict]) -> str:
+    """One sentence for an artifact: how many storage requests were retried in the whole run, and where."""
+    total = run_retries(steps)
+    requests = sum(total["requests"].values())
+    if not any((s or {}).get("retries") for s in steps):
+        return "Storage request retries: not recorded."
+    if not total["total"] and not total["gave_up"]:
+        return f"Storage request retries: none ({requests:,} requests, no transient fault)."
+    ops = ", ".join(f"{op} {n}" for op, n in total["ops"].items())
+    regions = ", ".join(f"{r} {n}" for r, n in total["regions"].items())
+    gave_up = sum(total["gave_up"].values())
+    lost = f" **{gave_up} still failed after the last attempt.**" if gave_up else ""
+    return (f"Storage request retries: **{total['total']}** of {requests:,} requests failed transiently and were "
+            f"retried ({ops}; by region: {regions}).{lost}")
+
+
 def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: list[dict] | None = None,
-                             validations: list[dict] | None = None, datasets: list[dict] | None = None) -> str:
+                             validations: list[dict] | None = None, datasets: list[dict] | None = None,
+                             verified: list[dict] | None = None, retention: list[dict] | None = None) -> str:
     rate = _mb_per_s(snap["bytes_read"], snap["duration_s"])
     lines = [
         f"# protect-bundle: {bundle}",
         "",
         f"Snapshot `{snap['snapshot_id'][:12]}` created {snap['created']} in **{snap['region']}**.",
         "",
-        "| step | region | snapshot | bytes total | bytes new | deduplicated | duration s | MB/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| step | region | snapshot | bytes total | bytes new | deduplicated | duration s | MB/s | retries |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
         f"| snapshot | {snap['region']} | {snap['snapshot_id'][:12]} | {_mb(snap['bytes_total'])} | "
-        f"{_mb(snap['bytes_new'])} | {_mb(snap['bytes_deduplicated'])} | {snap['duration_s']:.2f} | {rate:.1f} |",
+        f"{_mb(snap['bytes_new'])} | {_mb(snap['bytes_deduplicated'])} | {snap['duration_s']:.2f} | {rate:.1f} | "
+        f"{_retries(snap)} |",
     ]
     for c in copies:
         crate = _mb_per_s(c["bytes_copied"], c["duration_s"])
         state = "already there" if c["already_present"] else f"{c['chunks_copied']}/{c['chunks_total']} chunks"
         lines.append(f"| copy ({state}) | {c['region']} | {c['snapshot_id'][:12]} | {_mb(c['bytes_total'])} | "
                      f"{_mb(c['bytes_copied'])} | {_mb(c['bytes_total'] - c['bytes_copied'])} | "
-                     f"{c['duration_s']:.2f} | {crate:.1f} |")
+                     f"{c['duration_s']:.2f} | {crate:.1f} | {_retries(c)} |")
+    for v in verified or []:
+        lines.append(f"| verify copy ({'ok' if v['ok'] else '**FAILED**'}) | {v['region']} | {v['snapshot_id'][:12]} "
+                     f"| | | | {v.get('duration_s', 0):.2f} | | {_retries(v)} |")
+    lines += ["", retries_line([snap, *copies, *(verified or []), *(retention or []), *(rpo or [])])]
     if validations or datasets:
         lines += ["", "| dataset | md5 | regions | expectations | result |", "|---|---|---|---:|---|"]
         checked = {v["dataset"]: v for v in validations or []}
@@ -51,17 +109,20 @@ def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: l
 def protect_table(snap: dict, copies: list[dict], verified: list[dict]) -> list[dict]:
     """Rows for the table artifact: one per step, the same columns for every run."""
     ok = {v["region"]: v["ok"] for v in verified}
+    verify_retries = {v["region"]: _retry_total(v) for v in verified}
     rows = [{"step": "snapshot", "region": snap["region"], "snapshot": snap["snapshot_id"][:12],
              "bytes_total": snap["bytes_total"], "bytes_new": snap["bytes_new"],
              "bytes_deduplicated": snap["bytes_deduplicated"], "duration_s": snap["duration_s"],
              "mb_per_s": _mb_per_s(snap["bytes_read"], snap["duration_s"]),
-             "verified": "n/a"}]
+             "verified": "n/a", "retries": _retry_total(snap)}]
     for c in copies:
+        copy_retries, check_retries = _retry_total(c), verify_retries.get(c["region"])
+        retries = None if copy_retries is None and check_retries is None else (copy_retries or 0) + (check_retries or 0)
         rows.append({"step": "copy", "region": c["region"], "snapshot": c["snapshot_id"][:12],
                      "bytes_total": c["bytes_total"], "bytes_new": c["bytes_copied"],
                      "bytes_deduplicated": c["bytes_total"] - c["bytes_copied"], "duration_s": c["duration_s"],
                      "mb_per_s": _mb_per_s(c["bytes_copied"], c["duration_s"]),
-                     "verified": "ok" if ok.get(c["region"]) else "FAILED"})
+                     "verified": "ok" if ok.get(c["region"]) else "FAILED", "retries": retries})
     return rows
 
 
@@ -73,20 +134,22 @@ def artifact_key(flow: str, bundle: str) -> str:
 
 def verify_summary_markdown(bundle: str, checks: list[dict], tests: list[dict]) -> str:
     lines = [f"# verify-replicas: {bundle}", "",
-             "| region | snapshot | scope | chunks read | MB read | corrupt | missing | repaired | unrepaired | result |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| region | snapshot | scope | chunks read | MB read | corrupt | missing | repaired | unrepaired | result "
+             "| retries |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for c in checks:
         repaired = ", ".join(f"{k[:12]} from {v}" for k, v in c["repaired"].items()) or "0"
         lines.append(f"| {c['region']} | {c['snapshot_id'][:12]} | {c['subset'] or 'all'} | {c['chunks_read']}/"
                      f"{c['chunks_total']} | {_mb(c['bytes_read'])} | {len(c['corrupt'])} | {len(c['missing'])} | "
-                     f"{repaired} | {len(c['unrepaired'])} | {'ok' if c['ok'] else '**FAILED**'} |")
+                     f"{repaired} | {len(c['unrepaired'])} | {'ok' if c['ok'] else '**FAILED**'} | {_retries(c)} |")
     if tests:
-        lines += ["", "| region | restore test | golden | problems |", "|---|---|---|---|"]
+        lines += ["", "| region | restore test | golden | problems | retries |", "|---|---|---|---|---:|"]
         for t in tests:
             g = t["golden"]
             golden = f"{g['passed']}/{g['total']}" if g else "-"
             lines.append(f"| {t['region']} | {'PASS' if t['ok'] else '**FAIL**'} | {golden} | "
-                         f"{'; '.join(t['problems']) or '-'} |")
+                         f"{'; '.join(t['problems']) or '-'} | {_retries(t)} |")
+    lines += ["", retries_line([*checks, *tests])]
     return "\n".join(lines) + "\n"
 
 
@@ -109,11 +172,13 @@ def restore_summary_markdown(bundle: str, res: dict) -> str:
     complete = {True: "complete", False: "**INCOMPLETE**", None: "not checked (no components declared)"}
     return "\n".join([
         f"# restore-bundle: {bundle}", "",
-        "| snapshot | region | target | files | kept (already in place) | MB | MB downloaded | duration s | MB/s | bundle |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| snapshot | region | target | files | kept (already in place) | MB | MB downloaded | duration s | MB/s | bundle "
+        "| retries |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
         f"| {res['snapshot_id'][:12]} | {res['region']} | {res['target']} | {res['files']} | {res['files_skipped']} | "
         f"{_mb(res['bytes_total'])} | {_mb(res['bytes_downloaded'])} | {res['duration_s']:.2f} | {rate:.1f} | "
-        f"{complete[res.get('complete')]} |",
+        f"{complete[res.get('complete')]} | {_retries(res)} |",
+        "", retries_line([res]),
     ]) + "\n"
 
 
@@ -127,7 +192,9 @@ def verify_table(checks: list[dict], tests: list[dict]) -> list[dict]:
                      "mb_per_s": _mb_per_s(c["bytes_read"], c["duration_s"]),
                      "corrupt": len(c["corrupt"]), "missing": len(c["missing"]), "repaired": len(c["repaired"]),
                      "verification": "ok" if c["ok"] else "FAILED",
-                     "restore_test": ("PASS" if t["ok"] else "FAIL") if t else "not run"})
+                     "restore_test": ("PASS" if t["ok"] else "FAIL") if t else "not run",
+                     "retries": _retry_total(c) if t is None or _retry_total(t) is None
+                     else (_retry_total(c) or 0) + (_retry_total(t) or 0)})
     return rows
 
 
@@ -144,7 +211,7 @@ def restore_table(res: dict) -> list[dict]:
              "bytes_total": res["bytes_total"], "bytes_downloaded": res["bytes_downloaded"],
              "duration_s": res["duration_s"],
              "mb_per_s": _mb_per_s(res["bytes_downloaded"], res["duration_s"]),
-             "verification": "every chunk verified", "complete": res.get("complete")}]
+             "verification": "every chunk verified", "complete": res.get("complete"), "retries": _retry_total(res)}]
 
 
 def failover_markdown(rec: dict) -> str:

@@ -8,6 +8,8 @@ from prefect import get_run_logger, task
 
 from llmdr import ops
 from llmdr.config import load_config
+from llmdr.report import retries_text
+from llmdr.storage.retrying import count_retries
 
 from .retry import RETRY_DELAYS, retry_if_transient
 
@@ -16,10 +18,11 @@ from .retry import RETRY_DELAYS, retry_if_transient
 def take_snapshot(config_path: str, region: str | None = None, tags: dict[str, str] | None = None) -> dict:
     """Snapshot the configured bundle into ``region`` (default: the primary); ``tags`` go into the manifest."""
     cfg = load_config(config_path)
-    res = ops.snapshot_bundle(cfg, region=region, tags=tags)
-    get_run_logger().info("snapshot %s: %d files, %d new bytes of %d", res.snapshot_id[:12], res.files,
-                          res.bytes_new, res.bytes_total)
-    return res.to_json() | {"region": cfg.region(region).name}
+    with count_retries() as retries:
+        res = ops.snapshot_bundle(cfg, region=region, tags=tags)
+    get_run_logger().info("snapshot %s: %d files, %d new bytes of %d; request retries: %s", res.snapshot_id[:12],
+                          res.files, res.bytes_new, res.bytes_total, retries_text(retries.to_json()))
+    return res.to_json() | {"region": cfg.region(region).name, "retries": retries.to_json()}
 
 
 @task(name="copy-snapshot-to-region", retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -28,18 +31,22 @@ def copy_snapshot_to_region(config_path: str, snapshot_id: str, to_region: str,
                             from_region: str | None = None) -> dict:
     """Make ``snapshot_id`` complete in ``to_region``; the snapshot appears there only when all of it is."""
     cfg = load_config(config_path)
-    [res] = ops.replicate(cfg, snapshot_id, to=to_region, source=from_region)
-    get_run_logger().info("%s -> %s: %d/%d chunks copied", snapshot_id[:12], to_region, res.chunks_copied,
-                          res.chunks_total)
-    return res.to_json() | {"region": to_region}
+    with count_retries() as retries:
+        [res] = ops.replicate(cfg, snapshot_id, to=to_region, source=from_region)
+    get_run_logger().info("%s -> %s: %d/%d chunks copied; request retries: %s", snapshot_id[:12], to_region,
+                          res.chunks_copied, res.chunks_total, retries_text(retries.to_json()))
+    return res.to_json() | {"region": to_region, "retries": retries.to_json()}
 
 
 @task(name="restore-snapshot", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def restore_snapshot(config_path: str, snapshot: str, region: str, target: str, force: bool = False) -> dict:
     """Restore ``snapshot`` from ``region`` into ``target``; a retry resumes where the last attempt stopped."""
     cfg = load_config(config_path)
-    res = ops.restore(cfg, snapshot, Path(target), region=region, force=force)
-    return res.to_json() | {"region": region}
+    with count_retries() as retries:
+        res = ops.restore(cfg, snapshot, Path(target), region=region, force=force)
+    get_run_logger().info("restore %s from %s: request retries: %s", res.snapshot_id[:12], region,
+                          retries_text(retries.to_json()))
+    return res.to_json() | {"region": region, "retries": retries.to_json()}
 
 
 @task(name="check-bundle-complete")
@@ -60,12 +67,13 @@ def check_bundle_complete(config_path: str) -> dict:
 @task(name="verify-copy", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def verify_copy(config_path: str, snapshot_id: str, region: str) -> dict:
     """Every chunk of the snapshot is present, at the right size, in ``region`` (one listing, no reads)."""
-    res = ops.verify(load_config(config_path), snapshot_id, region=region, read=False)
+    with count_retries() as retries:
+        res = ops.verify(load_config(config_path), snapshot_id, region=region, read=False)
     if not res.ok:
         from llmdr.errors import IntegrityError
 
         raise IntegrityError(f"the copy of {snapshot_id[:12]} in {region} lacks {len(res.unrepaired)} chunk(s)")
-    return res.to_json() | {"region": region}
+    return res.to_json() | {"region": region, "retries": retries.to_json()}
 
 
 @task(name="apply-retention", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
@@ -74,14 +82,17 @@ def apply_retention(config_path: str, region: str) -> dict:
     r = cfg.retention
     if r is None:
         return {"region": region, "skipped": True}
-    res = ops.forget(cfg, keep_last=r.keep_last, keep_every=r.keep_every, region=region, prune=r.prune,
-                     grace_s=r.grace.total_seconds())
-    return res.to_json() | {"region": region, "skipped": False}
+    with count_retries() as retries:
+        res = ops.forget(cfg, keep_last=r.keep_last, keep_every=r.keep_every, region=region, prune=r.prune,
+                         grace_s=r.grace.total_seconds())
+    return res.to_json() | {"region": region, "skipped": False, "retries": retries.to_json()}
 
 
 @task(name="measure-rpo", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def measure_rpo(config_path: str, region: str) -> dict:
-    return ops.rpo_clock(load_config(config_path), region)
+    with count_retries() as retries:
+        out = ops.rpo_clock(load_config(config_path), region)
+    return out | {"retries": retries.to_json()}
 
 
 @task(name="refresh-standby", retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_if_transient)

@@ -1,9 +1,31 @@
-"""Retry wrapper: the one request-level retry layer, driven by ``errors.is_retriable``."""
+"""Retry wrapper: the one request-level retry layer, driven by ``errors.is_retriable``; and its retry counts.
+
+Counting. Each ``RetryingStore`` counts, per operation kind (``put``, ``get``, ``head``, ``list``, ``delete``, and
+what the Object Lock helper runs through it), the requests it made to the store below, the retries, and the
+requests it gave up on. ``store.retries`` is the per-kind retry count, ``store.stats`` the whole record.
+
+A run's counts. A Prefect task does not hold the stores it uses: ``llmdr.ops`` opens them inside the one core call,
+and the core fans requests out to thread pools. So a task wraps its call in ``count_retries()``::
+
+    with count_retries() as retries:
+        res = ops.replicate(cfg, sid, to="secondary")
+    return res.to_json() | {"retries": retries.to_json()}
+
+Every ``RetryingStore`` *constructed* inside the block (in that thread or context) reports to the block's
+``RetryStats`` for its whole life, whichever worker thread makes the requests. Binding at construction, rather than
+a process-wide counter read before and after the task, keeps two tasks running at once in the same process (the
+parallel copies of protect-bundle) from counting each other's retries; and it needs nothing from the core modules.
+Stores opened outside any block count only in their own ``stats``. A task attempt that fails takes its counts with
+it: the result (and so the artifact) shows the attempt that succeeded.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -15,11 +37,63 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class RetryStats:
+    """Thread-safe counts of requests, retries and give-ups, per region and operation kind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}  # (what, region, op) -> n; what: requests|retries|gave_up
+
+    def add(self, what: str, region: str, op: str) -> None:
+        with self._lock:
+            k = (what, region, op)
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def _sum(self, what: str, by: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for k, n in self._counts.items():
+                if k[0] == what:
+                    out[k[by]] = out.get(k[by], 0) + n
+        return dict(sorted(out.items()))
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Retries per operation kind, e.g. ``{"get": 7, "put": 3}`` (kinds never retried are absent)."""
+        return self._sum("retries", 2)
+
+    @property
+    def total(self) -> int:
+        return sum(self.retries.values())
+
+    def to_json(self) -> dict:
+        """``total`` retries, ``ops`` and ``regions`` (retries by kind and by region), ``requests`` (every attempt
+        made to the store below, by kind) and ``gave_up`` (requests that still failed after the last attempt)."""
+        return {"total": self.total, "ops": self.retries, "regions": self._sum("retries", 1),
+                "requests": self._sum("requests", 2), "gave_up": self._sum("gave_up", 2)}
+
+
+_collectors: contextvars.ContextVar[tuple[RetryStats, ...]] = contextvars.ContextVar("llmdr_retry_collectors",
+                                                                                      default=())
+
+
+@contextlib.contextmanager
+def count_retries() -> Iterator[RetryStats]:
+    """Collect the retries of every ``RetryingStore`` constructed inside the block (see the module docstring)."""
+    stats = RetryStats()
+    token = _collectors.set(_collectors.get() + (stats,))
+    try:
+        yield stats
+    finally:
+        _collectors.reset(token)
+
+
 class RetryingStore:
     """Retries operations that failed with a retriable error, with jittered exponential backoff.
 
     Every BlobStore operation is idempotent (puts are whole-object and atomic), so repeating one is safe.
     ``list`` restarts after the last key it already yielded, so a retried listing never repeats or skips a key.
+    ``name`` labels the counts (the region's name; default: the inner store's location).
     """
 
     def __init__(
@@ -30,26 +104,49 @@ class RetryingStore:
         base_delay: float = 0.2,
         max_delay: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        name: str = "",
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.inner = inner
         self.location = inner.location
+        self.name = name or inner.location
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
+        self.stats = RetryStats()
+        self._sinks = (self.stats, *_collectors.get())
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Retries so far per operation kind, e.g. ``{"get": 7, "put": 3}``."""
+        return self.stats.retries
+
+    @property
+    def retries_total(self) -> int:
+        return self.stats.total
+
+    def _count(self, what: str, op: str) -> None:
+        for sink in self._sinks:
+            sink.add(what, self.name, op)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        op = what.split(" ", 1)[0]
         for attempt in range(1, self.attempts + 1):
+            self._count("requests", op)
             try:
                 return fn()
             except Exception as exc:
-                if attempt == self.attempts or not is_retriable(exc):
+                if not is_retriable(exc):
                     raise
+                if attempt == self.attempts:
+                    self._count("gave_up", op)
+                    raise
+                self._count("retries", op)
                 delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
                 log.info("%s on %s failed (%s); retry %d/%d in %.2fs", what, self.location, exc, attempt,
-                            self.attempts - 1, delay)
+                         self.attempts - 1, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -69,6 +166,7 @@ class RetryingStore:
         last: str | None = None
         failures = 0
         while True:
+            self._count("requests", "list")
             try:
                 for info in self.inner.list(prefix):
                     if last is not None and info.key <= last:
@@ -78,10 +176,14 @@ class RetryingStore:
                     failures = 0
                 return
             except Exception as exc:
-                failures += 1
-                if failures >= self.attempts or not is_retriable(exc):
+                if not is_retriable(exc):
                     raise
+                failures += 1
+                if failures >= self.attempts:
+                    self._count("gave_up", "list")
+                    raise
+                self._count("retries", "list")
                 delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
                 log.info("list %s on %s failed (%s); resuming after %r in %.2fs", prefix, self.location, exc,
-                            last, delay)
+                         last, delay)
                 self._sleep(delay)

@@ -113,9 +113,12 @@ class S3Store:
             ConnectionClosedError,
             ConnectTimeoutError,
             EndpointConnectionError,
+            IncompleteReadError,
             NoCredentialsError,
             ReadTimeoutError,
+            ResponseStreamingError,
         )
+        from urllib3.exceptions import ProtocolError as URLLib3ProtocolError
 
         what = f"{op} {key!r} in {self.location}" if key else f"{op} in {self.location}"
         if isinstance(exc, ClientError):
@@ -149,6 +152,10 @@ class S3Store:
             )
         if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
             return TransientStorageError(f"{what}: connection lost or timed out ({exc})")
+        if isinstance(exc, (ResponseStreamingError, IncompleteReadError, URLLib3ProtocolError)):
+            # The answer started, then the body stopped short (reset, or a close before Content-Length bytes):
+            # botocore raises these from ``Body.read()``. Nothing partial is returned, and a new request may succeed.
+            return TransientStorageError(f"{what}: connection dropped in the middle of the response body ({exc})")
         if isinstance(exc, NoCredentialsError):
             return AccessDenied(f"{what}: no credentials found for this region")
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
