@@ -27,5 +27,9 @@ bench: install
 bench-rto: install
 	$(UV) run --frozen python bench/rto.py
 
+.PHONY: bench-lock
+bench-lock: install
+	$(UV) run --frozen python bench/object_lock.py
+
 clean:
 	rm -rf .demo bench/work .pytest_cache .hypothesis
