@@ -64,6 +64,7 @@ def replicate_snapshot(
     compared again (missing chunks are copied); otherwise its manifest's presence proves it complete."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
+    started_ts = time.time()
     res = ReplicateResult(snapshot_id, src.location, dst.location)
     data = src.load_manifest_bytes(snapshot_id)
     manifest = Manifest.from_bytes(data, expect_id=snapshot_id)
@@ -115,7 +116,8 @@ def replicate_snapshot(
     locker = Locker.of(dst.store)
     if locker is not None:  # chunks already there must stay locked as long as this snapshot
         copied = {d for d, _ in missing}
-        res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], workers=workers)
+        res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], written=copied,
+                                                  started=started_ts, workers=workers)
     # Last: publishing the manifest makes the snapshot visible in the destination region.
     dst.store.put(manifest_key(snapshot_id), data, sha256=hashlib.sha256(data).digest())
     res.duration_s = time.perf_counter() - t0

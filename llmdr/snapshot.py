@@ -222,6 +222,7 @@ def take_snapshot(
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     started = utc_now()
+    started_ts = time.time()
     source = source.resolve()
     cfg = repo.ensure_config()
     chunker = Chunker(cfg.chunker)
@@ -303,7 +304,8 @@ def take_snapshot(
     sid = manifest_id(data)
     locker = Locker.of(repo.store)
     if locker is not None:  # reused chunks must stay locked as long as this snapshot (uploads were locked on put)
-        locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], workers=workers)
+        locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], written=scheduled,
+                             started=started_ts, workers=workers)
     # The manifest goes last: until this put returns, the snapshot does not exist.
     import hashlib
 

@@ -232,3 +232,26 @@ def test_read_only_store_has_no_locker(stack, tmp_path):
     cfg = locked_config(stack, tmp_path)
     assert Locker.of(open_region(cfg, cfg.secondaries[0], read_only=True)) is None
     assert Locker.of(open_region(cfg, cfg.primary)) is None
+
+
+def test_a_copy_slower_than_the_slack_relocks_its_early_chunks(stack, tmp_path):
+    """Chunks are locked when put, the manifest when published: a long copy would leave its first chunks locked
+    shorter than the rule (>= manifest - period/4) allows, so they are extended before publishing."""
+    from llmdr.storage.faulty import FaultyStore
+
+    cfg = locked_config(stack, tmp_path, period="4s")  # slack 1 s
+    src = tmp_path / "src"
+    write_tree(src, {"weights.bin": random.Random(11).randbytes(60_000)})
+    p = Repository(open_region(cfg, cfg.primary))
+    p.ensure_config(RepoConfig(chunker=SMALL))
+    snap = take_snapshot(p, src, bundle="testbundle")
+    n = len(snap.manifest.chunk_set())
+    slow = FaultyStore(p.store)
+    slow.delay("get", 1.5 / n + 0.02, times=None, key_prefix="chunks/")  # the copy takes > 1.5 s
+    dr = Repository(open_region(cfg, cfg.secondaries[0]))
+    res = replicate_snapshot(Repository(slow), dr, snap.snapshot_id, workers=1)
+    assert res.duration_s > 1.5 and res.locks_extended == n
+    locker = Locker.of(dr.store)
+    m = locker.retention(manifest_key(snap.snapshot_id)).until
+    for d in snap.manifest.chunk_set():
+        assert locker.retention(chunk_key(d)).until >= m - locker.slack_s - 1

@@ -67,13 +67,18 @@ class Locker:
     def slack_s(self) -> float:
         return self.period_s / 4
 
-    def extend_reused(self, repo: Any, chunks: Iterable[str], *, workers: int = 8, now: float | None = None) -> int:
+    def extend_reused(self, repo: Any, chunks: Iterable[str], *, written: Iterable[str] = (),
+                      started: float | None = None, workers: int = 8, now: float | None = None) -> int:
         """Before publishing a snapshot into ``repo``: lock the chunks it reuses (hex digests) as long as the new
-        snapshot, except those a recently locked snapshot already covers. Returns how many locks were extended."""
+        snapshot, except those a recently locked snapshot already covers. Chunks this run ``written`` were locked
+        when put; if the run began (``started``) more than the slack ago, the early ones would end too soon, so they
+        are extended too. Returns how many locks were extended."""
         from ..repository import chunk_key, manifest_key
 
         t = time.time() if now is None else now
         todo = set(chunks)
+        if started is not None and t - started > self.slack_s:
+            todo |= set(written)
         enough = t + self.period_s - self.slack_s
         for info in reversed(repo.snapshots()):  # newest first: usually the previous snapshot covers everything
             if not todo:
