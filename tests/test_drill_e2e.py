@@ -5,12 +5,16 @@ through the API exactly as the quarterly schedule or the UI's Run button would.
 1. a drill passes and produces every format (evidence JSON, HTML, PDF, charts, signature, MLflow run, Prefect
    artifacts), and `llmdr report verify` accepts it until a byte is changed;
 2. with the DR copy older than the RPO objective, the RPO control fails;
-3. with the failover automation paused, nothing fails over within the RTO objective and the drill fails, saying so.
+3. with the failover automation paused, nothing fails over within the RTO objective and the drill fails, saying so;
+4. after those drills and a protect-bundle run, no secret (either region's S3 keys, the webhook URL's token, the
+   report-signing key) is in any output: command output, files under the project and state folders, Prefect
+   artifacts / logs / events / runs, MLflow runs and model versions, the objects in both buckets.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,8 +61,44 @@ objectives: {{rpo: {rpo}, rto: {rto}, drill_interval: 90d}}
 monitor: {{interval: 1s, timeout: 1s, down_after: 2, recent_window: 5, baseline_window: 20, golden_every: 0}}
 failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 golden: golden.jsonl
+notifications: {{webhook_url_env: DRILL_WEBHOOK_URL}}
 state_dir: .llmdr
 """
+
+_OUTPUTS: list[tuple[str, str]] = []  # (command, stdout + stderr) of every command this module runs: checked for secrets
+
+
+class _Webhook:
+    """A loopback incoming-webhook receiver (Slack-style URL with a token in the path) that records each POST."""
+
+    def __init__(self) -> None:
+        import secrets
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append((self.path, body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.token = secrets.token_urlsafe(24)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/services/T0LLMDR/B0DRILL/{self.token}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
 
 
 def _api(port: int, path: str, body: dict | None = None, method: str = "POST"):
@@ -71,8 +111,10 @@ def _api(port: int, path: str, body: dict | None = None, method: str = "POST"):
 
 
 def _llmdr(cfg, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args],
-                          capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args],
+                       capture_output=True, text=True, timeout=120)
+    _OUTPUTS.append((f"llmdr {' '.join(args)}", r.stdout + r.stderr))
+    return r
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +138,8 @@ def drill_stack(tmp_path_factory):
     write_demo_bundle(tmp / "model")
     cfg = load_config(path)
     api = port()
+    webhook = _Webhook()  # before the Prefect processes start: they inherit its URL from the environment
+    os.environ["DRILL_WEBHOOK_URL"] = webhook.url
     try:
         for r in cfg.regions:
             start_region(cfg, r)
@@ -108,6 +152,7 @@ def drill_stack(tmp_path_factory):
         env = orchestration.env(cfg, api)
         run = subprocess.run([orchestration._prefect(), "deployment", "run", "monitor-endpoints/monitor-endpoints",
                               "-p", "duration_s=900"], env=env, capture_output=True, text=True, timeout=120)
+        _OUTPUTS.append(("prefect deployment run monitor-endpoints", run.stdout + run.stderr))
         assert run.returncode == 0, run.stdout + run.stderr
         from llmdr.watch import read_status
 
@@ -115,12 +160,14 @@ def drill_stack(tmp_path_factory):
         while read_status(cfg).get("primary", {}).get("status") != "healthy":
             assert time.monotonic() < deadline, "the monitor never judged the primary healthy"
             time.sleep(0.5)
-        yield {"cfg": cfg, "api": api, "env": env, "ports": ports, "sid": sid}
+        yield {"cfg": cfg, "api": api, "env": env, "ports": ports, "sid": sid, "webhook": webhook}
     finally:
         orchestration.stop(cfg)
         stop_serving(cfg, router=True)
         for r in cfg.regions:
             stop_region(cfg, r)
+        webhook.close()
+        os.environ.pop("DRILL_WEBHOOK_URL", None)
 
 
 def _run_drill(st) -> tuple[subprocess.CompletedProcess, dict]:
@@ -129,6 +176,7 @@ def _run_drill(st) -> tuple[subprocess.CompletedProcess, dict]:
     before = {r.id for r in core.history(st["cfg"])}
     r = subprocess.run([orchestration._prefect(), "deployment", "run", "dr-drill/dr-drill-quarterly", "--watch",
                         "--watch-timeout", "400"], env=st["env"], capture_output=True, text=True, timeout=450)
+    _OUTPUTS.append(("prefect deployment run dr-drill", r.stdout + r.stderr))
     new = [x for x in core.history(st["cfg"]) if x.id not in before]
     assert len(new) == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return r, new[0].to_json()
@@ -219,6 +267,7 @@ def test_drill_fails_when_the_automation_is_off(drill_stack):
     def automation(action: str) -> None:
         r = subprocess.run([orchestration._prefect(), "automation", action, name], env=st["env"],
                            capture_output=True, text=True, timeout=120)
+        _OUTPUTS.append((f"prefect automation {action}", r.stdout + r.stderr))
         assert r.returncode == 0, r.stdout + r.stderr
 
     automation("pause")
@@ -235,3 +284,140 @@ def test_drill_fails_when_the_automation_is_off(drill_stack):
     reason = " ".join(rec["failure_reasons"])
     assert "no failover within the RTO objective" in reason and "automation is disabled" in reason
     assert not rec["failed_over_at_end"] and open_router(st["cfg"]).active() == "primary"
+
+
+# --- secrets never leak (issue #9 item 6) ------------------------------------------------------------------------------
+# The only files allowed to hold a secret, relative to the project folder: the local stack's key file, each local S3
+# server's identity file, the report-signing private key. The test fails if any other file holds one, and if one of
+# these does not (then the list is stale).
+SECRET_FILES = {".llmdr/local.env", ".llmdr/stack/primary/s3.json", ".llmdr/stack/secondary/s3.json",
+                ".llmdr/keys/report-signing.key"}
+
+
+def _forms(secret: str) -> set[bytes]:
+    """``secret`` as it could appear in an output: plain, URL-encoded, hex, and base64 (standard and URL-safe) at each
+    of the three alignments it can have inside a longer encoded string (only the characters that depend on the secret
+    alone are kept)."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    raw = secret.encode()
+    out = {raw, quote(secret, safe="").encode(), quote_plus(secret).encode(), raw.hex().encode()}
+    for enc in (base64.b64encode, base64.urlsafe_b64encode):
+        for k in range(3):  # k bytes before the secret in its 3-byte group; 4 characters encode each full group
+            text = enc(b"\0" * k + raw)
+            part = text[4 if k else 0:4 * ((k + len(raw)) // 3)]  # drop the groups shared with other bytes
+            if len(part) >= 16:
+                out.add(part)
+    return out
+
+
+def _prefect_records(api: int) -> dict[str, bytes]:
+    """Everything the Prefect server holds that a user or an integration can read, one JSON document per kind."""
+    out: dict[str, bytes] = {}
+    for kind, path in (("flow runs", "/flow_runs/filter"), ("task runs", "/task_runs/filter"),
+                       ("logs", "/logs/filter"), ("artifacts", "/artifacts/filter"),
+                       ("deployments", "/deployments/filter"), ("work pools", "/work_pools/filter"),
+                       ("automations", "/automations/filter"), ("variables", "/variables/filter"),
+                       ("block documents", "/block_documents/filter")):
+        rows, offset = [], 0
+        while True:
+            page = _api(api, path, {"limit": 200, "offset": offset}) if kind != "automations" else _api(api, path, {})
+            rows += page
+            if kind == "automations" or len(page) < 200:
+                break
+            offset += 200
+        out[f"prefect {kind}"] = json.dumps(rows).encode()
+    events, page = [], _api(api, "/events/filter", {"limit": 50})
+    while page:
+        events += page.get("events", [])
+        nxt = page.get("next_page")
+        page = _api_url(nxt) if nxt else None
+    out["prefect events"] = json.dumps(events).encode()
+    assert json.loads(out["prefect logs"]) and json.loads(out["prefect artifacts"]) and events
+    return out
+
+
+def _api_url(url: str):
+    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback
+        return json.loads(r.read())
+
+
+def _mlflow_records(cfg) -> bytes:
+    """Params, tags and metrics of every MLflow run, and every registered model version's tags."""
+    from llmdr.tracking import open_client, target_for
+
+    client = open_client(target_for(cfg))
+    runs = [r.to_dictionary() for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id])]
+    versions = [dict(v) for v in client.search_model_versions()]
+    assert runs and versions, "no MLflow run or model version to check"
+    return json.dumps({"runs": runs, "model_versions": versions}, default=str).encode()
+
+
+def _bucket_objects(cfg) -> dict[str, bytes]:
+    """Every object in both regions' buckets (snapshots, chunks, the drill evidence MLflow uploaded), as served."""
+    from llmdr.storage.factory import open_region
+
+    out = {}
+    for r in cfg.regions:
+        store = open_region(cfg, r, read_only=True)
+        for info in store.list(""):
+            out[f"s3://{r.bucket}/{info.key}"] = store.get(info.key)
+    return out
+
+
+@pytest.mark.s3
+def test_no_secret_in_any_output(drill_stack):
+    st = drill_stack
+    cfg = st["cfg"]
+    from cryptography.hazmat.primitives import serialization
+
+    from llmdr import drill as core
+    from llmdr.credentials import read_env_file
+
+    t0 = time.monotonic()
+    if not core.history(cfg):  # run on its own: the drills above did not run
+        _run_drill(st)
+    protect = _llmdr(cfg, "protect")
+    assert protect.returncode == 0, protect.stdout + protect.stderr
+    assert st["webhook"].received, "no notification reached the webhook, so its URL was never used"
+
+    root = cfg.base_dir
+    secrets = {f"local.env {k}": v for k, v in read_env_file(cfg.state_path / "local.env").items()}
+    assert {"DRILL_P_AK", "DRILL_P_SK", "DRILL_S_AK", "DRILL_S_SK"} <= {k.split()[1] for k in secrets}
+    secrets["webhook token"] = st["webhook"].token
+    pem = (root / ".llmdr/keys/report-signing.key").read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
+    raw_key = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    secrets["signing key (PEM body)"] = "".join(pem.decode().strip().splitlines()[1:-1])
+    patterns = {form: name for name, value in secrets.items() for form in _forms(value)}
+    patterns[raw_key] = "signing key (raw)"
+
+    sources: dict[str, bytes] = {f"output of {cmd}": out.encode() for cmd, out in _OUTPUTS}
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        sources[rel] = p.read_bytes()
+        if p.suffix == ".pdf":
+            import pypdfium2
+
+            sources[rel + " (text)"] = "\n".join(page.get_textpage().get_text_range()
+                                                 for page in pypdfium2.PdfDocument(p)).encode()
+    assert any(k.endswith("report.pdf (text)") for k in sources) and any(k.endswith("evidence.json") for k in sources)
+    assert any(k.endswith("RUNBOOK.md") for k in sources) and any("caddy" in k and k.endswith(".log") for k in sources)
+    sources |= _prefect_records(st["api"])
+    sources["mlflow runs and model versions"] = _mlflow_records(cfg)
+    sources |= _bucket_objects(cfg)
+
+    leaks: dict[str, set[str]] = {}
+    for where, data in sources.items():
+        for form, name in patterns.items():
+            if form in data:
+                leaks.setdefault(where, set()).add(name)
+    took = time.monotonic() - t0
+    print(f"\nsecrets: {len(secrets) + 1} values, {len(patterns)} forms, searched in {len(sources)} outputs "
+          f"({sum(map(len, sources.values())) / 2**20:.1f} MiB) in {took:.1f}s; found only in {sorted(leaks)}")
+    unexpected = {k: sorted(v) for k, v in leaks.items() if k not in SECRET_FILES}
+    assert not unexpected, f"secrets leaked into: {unexpected}"
+    assert set(leaks) == SECRET_FILES, f"files that should hold a secret but do not: {SECRET_FILES - set(leaks)}"
