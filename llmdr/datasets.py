@@ -307,7 +307,7 @@ def present(cfg: Config, ds: Dataset, region: str, *, ver: DatasetVersion | None
 
     r = cfg.region(region)
     ver = ver or version(cfg, ds, check_workspace=False)
-    store = open_region(cfg, r, read_only=True, attempts=2)
+    store = open_region(cfg, r, read_only=True, attempts=2, sealed=False)  # DVC writes these objects itself
     try:
         info = store.head(_object_key(ver.md5))
         if not ver.is_dir:

@@ -266,3 +266,17 @@ def test_runbook_names_the_keys_never_their_values(stack, tmp_path, keys_env):
     text = render_runbook(cfg_for(stack, tmp_path))
     assert "`LLMDR_T_KEY_S`" in text and "CANNOT BE READ" in text and "`LLMDR_T_SIGN`" in text
     assert KEY_S not in text and SIGN not in text
+
+
+def test_dvc_objects_in_an_encrypted_bucket_are_read_raw(stack, tmp_path, keys_env):
+    """DVC writes its remote's objects itself (unencrypted) into the same bucket; the dataset checks read them
+    through an unsealed store, or every size would be off by the envelope (a bug `make demo` caught)."""
+    from llmdr.datasets import _object_key
+
+    cfg = cfg_for(stack, tmp_path)
+    dr = cfg.secondaries[0]
+    key = _object_key("95ba2742e6e5b9fe66c7e4814b6181fc")
+    raw_put(cfg, dr, key, b"x" * 1000)
+    assert open_region(cfg, dr, read_only=True, sealed=False).head(key).size == 1000
+    with pytest.raises(IntegrityError, match="is not encrypted"):
+        open_region(cfg, dr, read_only=True).get(key)

@@ -18,7 +18,10 @@ from .retrying import RetryingStore
 log = logging.getLogger(__name__)
 
 
-def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempts: int = 4) -> BlobStore:
+def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempts: int = 4,
+                sealed: bool = True) -> BlobStore:
+    """The region's store. ``sealed=False`` leaves out encryption and manifest signatures: for objects other tools
+    write into the same bucket (DVC's remote), never for llmdr's own repository."""
     from .s3 import S3Store
 
     keys = resolve_keys(cfg, region)
@@ -36,7 +39,8 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
     )
     store, attempts = _with_injected_faults(store, region, attempts)  # tests and drills only; off unless asked
     store = RetryingStore(store, attempts=attempts, name=region.name)
-    store = _sealed(cfg, region, store, read_only=read_only)
+    if sealed:
+        store = _sealed(cfg, region, store, read_only=read_only)
     if read_only:
         store = ReadOnlyStore(store)
     return store
