@@ -1,0 +1,381 @@
+"""Crash consistency against the real SeaweedFS regions: `llmdr snapshot`, `llmdr replicate` and `llmdr restore`,
+each run as the real CLI in a subprocess, are killed with SIGKILL at 20 seeded random points (`random.Random(9)`).
+
+Kill points: the transfer time of an uninterrupted run is measured first (from the moment its first chunk or file
+appears to its exit; the faster of two runs, as the machine is shared); each kill then comes a random delay within
+that time after the killed run's own transfer has begun. Counting from the transfer's start rather than the
+process's keeps the points mid-transfer whatever the interpreter's start-up costs on a busy machine. After every
+kill:
+
+- snapshot / replicate: no partial snapshot is listed in the region written to (any listed snapshot has every
+  chunk); the re-run (`llmdr.ops`, what the CLI command calls) sends exactly the chunks that had not arrived
+  (counted from the region's listing after the kill) and nothing else; the snapshot restores byte-identical;
+- restore: every file under its final name in the target is byte-identical to the source (partial data only under
+  the hidden temporary names); the re-run downloads exactly the files that were not complete, and the target is
+  then byte-identical to the source, with no temporary file or marker left.
+
+A kill only proves something if it lands while the command runs, so each test counts the kills that did (the
+process had not exited by itself) and those that landed mid-transfer (some but not all of the data had arrived),
+and asserts most did. The bundle (24 MiB of shards, 256 KiB chunks, `transfer.workers: 2`) makes a transfer last
+about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from llmdr import ops
+from llmdr.chunking import ChunkerParams
+from llmdr.config import Config, parse_config
+from llmdr.errors import TargetNotEmpty
+from llmdr.repository import RepoConfig, Repository
+from llmdr.restore import MARKER, TMP_SUFFIX, restore_snapshot
+from llmdr.samples import MiB, write_sample_bundle
+from llmdr.storage.factory import open_region
+
+from conftest import read_tree
+
+pytestmark = pytest.mark.s3
+
+KILLS = 20
+SEED = 9
+MIN_LANDED = 15  # of KILLS: a kill after the command finished proves nothing
+MIN_MID_TRANSFER = 10  # of KILLS: some but not all of the data had arrived
+WINDOW = 0.85
+SMALL = ChunkerParams(avg_size=256 * 1024, min_size=64 * 1024, max_size=1024 * 1024)
+
+CONFIG = """\
+version: 1
+bundle: {{name: crash, path: {bundle}}}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:{p}
+    bucket: llmdr-primary
+    prefix: {p_prefix}
+    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:{s}
+    bucket: llmdr-secondary
+    prefix: {s_prefix}
+    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
+transfer: {{workers: 2, download_workers: 2, fsync: false}}
+state_dir: {state}
+"""
+
+
+@dataclass
+class World:
+    """The running regions, one bundle, and a source snapshot in the primary (under ``source_prefix``)."""
+
+    stack: Config
+    root: Path
+    bundle: Path
+    tree: dict[str, bytes]
+    source_prefix: str = ""
+    snapshot_id: str = ""
+    chunks: dict[str, int] = field(default_factory=dict)  # the snapshot's chunks (id -> size)
+
+    def config(self, *, p_prefix: str | None = None, s_prefix: str | None = None) -> tuple[Path, Config]:
+        """A config file of its own (own state folder: no stat or manifest cache shared between runs), with fresh
+        key prefixes unless given."""
+        d = self.root / f"c-{uuid.uuid4().hex[:10]}"
+        state = d / "state"
+        state.mkdir(parents=True)
+        shutil.copy(self.stack.state_path / "local.env", state / "local.env")
+        text = CONFIG.format(bundle=self.bundle, p=self.stack.primary.port, s=self.stack.secondaries[0].port,
+                             p_prefix=p_prefix or f"c-{uuid.uuid4().hex[:10]}",
+                             s_prefix=s_prefix or f"c-{uuid.uuid4().hex[:10]}", state=state)
+        path = d / "llmdr.yaml"
+        path.write_text(text)
+        return path, parse_config(text, source=path)
+
+
+def cli(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "llmdr.cli", "--config", str(path), *args]
+
+
+def run_json(cmd: list[str]):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _spawn_and_wait_for_transfer(cmd: list[str], started: Callable[[], bool]) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None and not started():
+            time.sleep(0.02)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _exited(proc: subprocess.Popen, cmd: list[str]) -> None:
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.returncode == 0, f"{cmd[4:]} failed by itself (exit {proc.returncode}): {err}"
+
+
+def kill_during(cmd: list[str], started: Callable[[], bool], delay: float) -> bool:
+    """Start ``cmd``; once ``started()`` (its transfer has begun), wait ``delay`` seconds more and SIGKILL it.
+    True when the kill landed: the process had not exited by itself."""
+    proc = _spawn_and_wait_for_transfer(cmd, started)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+        return True
+    _exited(proc, cmd)
+    return False
+
+
+def transfer_time(runs: list[tuple[list[str], Callable[[], bool]]]) -> float:
+    """Seconds from the start of the transfer (``started()``) to the exit of an uninterrupted run; the fastest of
+    ``runs`` (the machine is shared: a slow measurement would put kills after the end)."""
+    times = []
+    for cmd, started in runs:
+        proc = _spawn_and_wait_for_transfer(cmd, started)
+        t0 = time.perf_counter()
+        proc.wait(timeout=120)
+        times.append(time.perf_counter() - t0)
+        _exited(proc, cmd)
+    return min(times)
+
+
+def kill_points(duration: float) -> list[float]:
+    """KILLS seeded random delays within ``duration``, the transfer time of an uninterrupted run (its first
+    WINDOW share: on a shared machine a run is often faster than the one measured, and a kill after the exit
+    proves nothing)."""
+    rng = random.Random(SEED)
+    return [rng.uniform(0, WINDOW * duration) for _ in range(KILLS)]
+
+
+def repo(cfg: Config, name: str) -> Repository:
+    return Repository(open_region(cfg, cfg.region(name)))
+
+
+def settled_chunks(r: Repository) -> dict[str, int]:
+    """The region's chunks once the server has finished the requests of the killed process (two equal listings)."""
+    before = r.list_chunks()
+    while True:
+        time.sleep(0.1)
+        now = r.list_chunks()
+        if now == before:
+            return now
+        before = now
+
+
+def assert_nothing_partial(r: Repository, chunks: dict[str, int]) -> list[str]:
+    """Every snapshot listed in ``r`` has every chunk in place; returns the listed ids."""
+    ids = r.snapshot_ids()
+    for sid in ids:
+        needed = r.load_manifest(sid).chunk_set()
+        missing = [d for d, n in needed.items() if chunks.get(d) != n]
+        assert not missing, f"snapshot {sid[:12]} is listed in {r.location} but lacks {len(missing)} chunk(s)"
+    return ids
+
+
+def assert_restores_identical(r: Repository, sid: str, world: World, where: Path) -> None:
+    restore_snapshot(r, sid, where, workers=8)
+    try:
+        assert read_tree(where) == world.tree
+    finally:
+        shutil.rmtree(where)
+
+
+@pytest.fixture(scope="module")
+def world(stack, tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("crash")
+    bundle = root / "bundle"
+    write_sample_bundle(bundle, shards=6, shard_size=4 * MiB, seed=SEED)
+    w = World(stack, root, bundle, read_tree(bundle))
+    path, cfg = w.config()
+    w.source_prefix = cfg.primary.prefix
+    repo(cfg, "primary").ensure_config(RepoConfig(chunker=SMALL))
+    out = run_json(cli(path, "snapshot", "--json"))
+    w.snapshot_id = out["snapshot_id"]
+    w.chunks = repo(cfg, "primary").load_manifest(w.snapshot_id).chunk_set()
+    assert out["chunks_new"] == len(w.chunks) > 60
+    return w
+
+
+@dataclass
+class Tally:
+    op: str
+    transfer_s: float
+    landed: int = 0  # the process was still running when killed
+    mid_transfer: int = 0  # ... and some, but not all, of the data had arrived
+    rerun_bytes: int = 0  # bytes the re-runs transferred
+    resent_bytes: int = 0  # ... of which had already arrived before the kill (must stay 0)
+
+    def check(self) -> None:
+        print(f"\n{self.op}: transfer {self.transfer_s:.2f}s uninterrupted; {KILLS} kills: {self.landed} landed, "
+              f"{self.mid_transfer} mid-transfer; re-runs transferred {self.rerun_bytes} bytes, {self.resent_bytes} "
+              "of them already there")
+        assert self.resent_bytes == 0
+        assert self.landed >= MIN_LANDED and self.mid_transfer >= MIN_MID_TRANSFER
+
+
+def has_chunks(r: Repository) -> Callable[[], bool]:
+    return lambda: any(True for _ in r.store.list("chunks/"))
+
+
+def has_files(target: Path) -> Callable[[], bool]:
+    return lambda: any(n != MARKER for _, _, names in os.walk(target) for n in names)
+
+
+def test_snapshot_killed(world, tmp_path):
+    def fresh() -> tuple[Path, Config, Repository]:
+        path, cfg = world.config()
+        prim = repo(cfg, "primary")
+        prim.ensure_config(RepoConfig(chunker=SMALL))
+        return path, cfg, prim
+
+    runs = [(cli(p, "snapshot"), has_chunks(r)) for p, _, r in (fresh(), fresh())]
+    t = Tally("snapshot", transfer_time(runs))
+    for i, delay in enumerate(kill_points(t.transfer_s)):
+        path, cfg, prim = fresh()
+        t.landed += kill_during(cli(path, "snapshot"), has_chunks(prim), delay)
+        present = settled_chunks(prim)
+        listed = assert_nothing_partial(prim, present)
+        assert len(listed) <= 1  # killed after its manifest was written: complete (checked above)
+        arrived = {d: n for d, n in world.chunks.items() if present.get(d) == n}
+        t.mid_transfer += 0 < len(arrived) < len(world.chunks)
+        res = ops.snapshot_bundle(cfg)  # the re-run: what `llmdr snapshot` calls
+        expected = {d: n for d, n in world.chunks.items() if d not in arrived}
+        t.rerun_bytes += res.bytes_new
+        t.resent_bytes += res.bytes_new - sum(expected.values())
+        assert (res.chunks_new, res.bytes_new) == (len(expected), sum(expected.values())), f"kill {i}"
+        assert res.snapshot_id in prim.snapshot_ids()
+        assert_restores_identical(prim, res.snapshot_id, world, tmp_path / f"r{i}")
+    t.check()
+
+
+def test_replicate_killed(world, tmp_path):
+    sid = world.snapshot_id
+
+    def fresh() -> tuple[Path, Config, Repository]:
+        path, cfg = world.config(p_prefix=world.source_prefix)
+        return path, cfg, repo(cfg, "secondary")
+
+    def replicate(path: Path) -> list[str]:
+        return cli(path, "replicate", sid, "--to", "secondary")
+
+    runs = [(replicate(p), has_chunks(r)) for p, _, r in (fresh(), fresh())]
+    t = Tally("replicate", transfer_time(runs))
+    for i, delay in enumerate(kill_points(t.transfer_s)):
+        path, cfg, dst = fresh()
+        t.landed += kill_during(replicate(path), has_chunks(dst), delay)
+        present = settled_chunks(dst)
+        listed = assert_nothing_partial(dst, present)
+        assert listed in ([], [sid])
+        arrived = {d: n for d, n in world.chunks.items() if present.get(d) == n}
+        t.mid_transfer += 0 < len(arrived) < len(world.chunks)
+        (res,) = ops.replicate(cfg, sid, to="secondary")  # the re-run: what `llmdr replicate` calls
+        expected = {d: n for d, n in world.chunks.items() if d not in arrived}
+        t.rerun_bytes += res.bytes_copied
+        t.resent_bytes += res.bytes_copied - sum(expected.values())
+        assert res.already_present == bool(listed)
+        assert (res.chunks_copied, res.bytes_copied) == (len(expected), sum(expected.values())), f"kill {i}"
+        assert dst.snapshot_ids() == [sid]
+        assert_restores_identical(dst, sid, world, tmp_path / f"r{i}")
+    t.check()
+
+
+def target_state(target: Path, tree: dict[str, bytes]) -> tuple[dict[str, int], int, bool]:
+    """(files complete under their final name -> size, partial files under a temporary name, marker present).
+    Fails on a file under its final name whose bytes differ from the source, or on anything else in the target."""
+    complete: dict[str, int] = {}
+    partial = 0
+    marker = False
+    for dirpath, _, names in os.walk(target):
+        for name in names:
+            p = Path(dirpath) / name
+            rel = p.relative_to(target).as_posix()
+            if rel == MARKER:
+                marker = True
+            elif name.startswith(".") and name.endswith(TMP_SUFFIX):
+                final = (p.parent / name[1:-len(TMP_SUFFIX)]).relative_to(target).as_posix()
+                assert final in tree, f"temporary file {rel} for a file the snapshot does not hold"
+                partial += 1
+            else:
+                assert rel in tree, f"unexpected file {rel} in the restore target"
+                assert p.read_bytes() == tree[rel], f"{rel} is under its final name but not byte-identical"
+                complete[rel] = len(tree[rel])
+    return complete, partial, marker
+
+
+def test_restore_killed(world, tmp_path):
+    sid = world.snapshot_id
+    total = sum(len(b) for b in world.tree.values())
+    path, cfg = world.config(p_prefix=world.source_prefix)
+
+    def restore(target: Path) -> list[str]:
+        return cli(path, "restore", sid, "--to", str(target))
+
+    t = Tally("restore", transfer_time([(restore(tmp_path / m), has_files(tmp_path / m)) for m in ("m1", "m2")]))
+    finished = 0
+    for i, delay in enumerate(kill_points(t.transfer_s)):
+        target = tmp_path / f"t{i}"
+        t.landed += kill_during(restore(target), has_files(target), delay)
+        complete, partial, marker = target_state(target, world.tree) if target.exists() else ({}, 0, False)
+        t.mid_transfer += 0 < len(complete) < len(world.tree) or partial > 0
+        force = False
+        if complete and not marker:
+            # Killed after the restore removed its marker, at its very end: every file is in place, and a re-run
+            # treats the folder like any non-empty one (refused without --force).
+            assert complete.keys() == world.tree.keys()
+            with pytest.raises(TargetNotEmpty):
+                ops.restore(cfg, sid, target)
+            finished += 1
+            force = True
+        res = ops.restore(cfg, sid, target, force=force)  # the re-run: what `llmdr restore` calls
+        expected = total - sum(complete.values())
+        t.rerun_bytes += res.bytes_downloaded
+        t.resent_bytes += res.bytes_downloaded - expected
+        assert (res.files_skipped, res.bytes_downloaded) == (len(complete), expected), f"kill {i}"
+        assert read_tree(target) == world.tree  # no temporary file, no marker left
+        shutil.rmtree(target)
+    print(f"\nrestore: {finished} kill(s) landed after the marker was removed (the restore was already complete)")
+    t.check()
+
+
+@pytest.mark.xfail(strict=True, reason="restore.py removes its resume marker before the completeness check: a restore "
+                   "interrupted in the check (or killed before it exits) is refused on re-run without --force")
+def test_restore_interrupted_in_its_completeness_check_resumes(world, mem_repo, tmp_path, monkeypatch):
+    """Some of the SIGKILLs above land after the marker was removed, where the same command no longer resumes; here
+    that point deterministically: a bundle with components, interrupted while the restored folder is checked."""
+    from llmdr import restore as restore_module
+    from llmdr.bundle import detected_specs
+    from llmdr.snapshot import take_snapshot
+
+    sid = take_snapshot(mem_repo, world.bundle, bundle="crash", components=detected_specs(world.bundle)).snapshot_id
+    target = tmp_path / "t"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(restore_module, "check_bundle", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            restore_snapshot(mem_repo, sid, target)
+    res = restore_snapshot(mem_repo, sid, target)  # the same command again: today TargetNotEmpty
+    assert res.complete and res.files_skipped == len(world.tree) and res.bytes_downloaded == 0
