@@ -156,7 +156,7 @@ def keys_source(keys: Any, region: Region) -> str:
 
 
 def _newest(repo: Repository, bundle: str) -> tuple[list[SnapshotInfo], SnapshotInfo | None]:
-    snaps = repo.snapshots(bundle=bundle)
+    snaps = repo.snapshots(bundle=bundle, strict=False)
     return snaps, (snaps[-1] if snaps else None)
 
 
@@ -167,6 +167,12 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
     if newest is None:
         return Check(cid, title, FAIL, f"no snapshot of '{cfg.bundle.name}' in {region.name}",
                      "run the protect-bundle deployment (or `llmdr protect`)", {"rpo_s": rpo})
+    if repo.unreadable:
+        bad = ", ".join(i[:12] for i in sorted(repo.unreadable))
+        return Check(cid, title, FAIL, f"{len(repo.unreadable)} manifest(s) in {region.name} cannot be trusted ({bad}: "
+                     f"{next(iter(repo.unreadable.values()))})", f"`llmdr verify --region {region.name} --repair` "
+                     "brings a damaged manifest back from another region; a forged one must be deleted",
+                     {"unreadable": sorted(repo.unreadable)})
     present = repo.list_chunks()
     need = newest.manifest.chunk_set()
     missing = [d for d, n in need.items() if present.get(d) != n]

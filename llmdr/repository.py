@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .chunking import DEFAULT_CHUNKER, ChunkerParams
-from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UsageError
+from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UnsafePathError, UsageError
 from .fsutil import atomic_write
 from .ids import is_hex_digest
 from .manifest import Manifest, canonical_json, parse_utc
@@ -86,6 +86,7 @@ class Repository:
     def __init__(self, store: BlobStore, *, cache_dir: Path | None = None) -> None:
         self.store = store
         self.cache_dir = cache_dir
+        self.unreadable: dict[str, str] = {}  # snapshots a non-strict listing left out, with the reason
 
     @property
     def location(self) -> str:
@@ -151,11 +152,27 @@ class Repository:
     def load_manifest(self, snapshot_id: str) -> Manifest:
         return Manifest.from_bytes(self.load_manifest_bytes(snapshot_id), expect_id=snapshot_id)
 
-    def snapshots(self, *, bundle: str | None = None, workers: int = 8) -> list[SnapshotInfo]:
-        """All snapshots, oldest first (by creation time, then id)."""
+    def snapshots(self, *, bundle: str | None = None, workers: int = 8, strict: bool = True) -> list[SnapshotInfo]:
+        """All snapshots, oldest first (by creation time, then id).
+
+        ``strict`` (the default, and what retention and copies use): a manifest that cannot be read — damaged,
+        forged, unsigned, hostile paths — raises, because acting on a partial list could delete what the unreadable
+        snapshot needs. ``strict=False`` (listing, ``latest`` for a restore): such a manifest is left out with a
+        warning and recorded in ``self.unreadable`` (id -> reason), so one bad object cannot block every restore."""
         ids = self.snapshot_ids()
+
+        def load(i: str) -> SnapshotInfo | None:
+            try:
+                return SnapshotInfo(i, self.load_manifest(i))
+            except (IntegrityError, UnsafePathError) as exc:
+                if strict:
+                    raise
+                self.unreadable[i] = str(exc)
+                log.warning("left out snapshot %s: %s", i[:12], exc)
+                return None
+
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
-            infos = list(pool.map(lambda i: SnapshotInfo(i, self.load_manifest(i)), ids))
+            infos = [x for x in pool.map(load, ids) if x is not None]
         if bundle is not None:
             infos = [s for s in infos if s.manifest.bundle == bundle]
         infos.sort(key=lambda s: (parse_utc(s.manifest.created), s.id))
@@ -165,7 +182,7 @@ class Repository:
         """Turn ``latest``, a full id or a unique id prefix (>= 4 hex characters) into a full snapshot id."""
         ref = ref.strip().lower()
         if ref == "latest":
-            snaps = self.snapshots(bundle=bundle)
+            snaps = self.snapshots(bundle=bundle, strict=False)
             if not snaps:
                 scope = f" of bundle '{bundle}'" if bundle else ""
                 raise SnapshotNotFound(f"there is no snapshot{scope} in {self.location}; take one with `llmdr snapshot`")

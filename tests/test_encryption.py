@@ -280,3 +280,31 @@ def test_dvc_objects_in_an_encrypted_bucket_are_read_raw(stack, tmp_path, keys_e
     assert open_region(cfg, dr, read_only=True, sealed=False).head(key).size == 1000
     with pytest.raises(IntegrityError, match="is not encrypted"):
         open_region(cfg, dr, read_only=True).get(key)
+
+
+def test_one_forged_manifest_does_not_block_restores_but_stops_retention(stack, tmp_path, keys_env):
+    import subprocess
+    import sys
+
+    from llmdr.retention import Policy, apply_retention
+
+    cfg = cfg_for(stack, tmp_path, s_extra="")
+    bundle(tmp_path / "src")
+    snap, p, _, _ = protect(cfg, tmp_path / "src")
+    forged = b'{"bundle":"testbundle","files":[]}'
+    fid = hashlib.sha256(forged).hexdigest()
+    raw_put(cfg, cfg.primary, manifest_key(fid), forged)  # unsigned
+    assert p.resolve("latest", bundle="testbundle") == snap.snapshot_id and fid in p.unreadable
+
+    def llmdr(*args):
+        return subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    listed = llmdr("snapshots")
+    assert listed.returncode == 6 and snap.snapshot_id[:12] in listed.stdout
+    assert f"snapshot {fid[:12]} left out" in listed.stderr and "carries no signature" in listed.stderr
+    out = llmdr("restore", "latest", "--to", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert read_tree(tmp_path / "out") == read_tree(tmp_path / "src")
+    with pytest.raises(IntegrityError, match="carries no signature"):  # never prune on a partial list
+        apply_retention(Repository(open_region(cfg, cfg.primary)), "testbundle", Policy(keep_last=1))
