@@ -3,11 +3,12 @@ core. The CLI and the Prefect tasks both call these, so they behave the same."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .bundle import BundleReport, check_bundle, specs_from_config
 from .config import Config, Region
-from .errors import UsageError
+from .errors import IntegrityError, LlmdrError, SnapshotNotFound, UsageError
 from .progress import Progress
 from .replicate import ReplicateResult, replicate_snapshot
 from .repository import Repository
@@ -16,11 +17,15 @@ from .snapshot import SnapshotResult, take_snapshot
 from .statcache import StatCache
 
 
-def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False) -> Repository:
+def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False,
+              cache: bool = True) -> Repository:
+    """The repository of ``region``; ``cache=False`` reads every manifest from the store (checks must see what the
+    region holds, not a copy this machine cached earlier)."""
     from .storage.factory import open_region
 
     reg = region if isinstance(region, Region) else cfg.region(region)
-    return Repository(open_region(cfg, reg, read_only=read_only), cache_dir=cfg.state_path / "cache")
+    return Repository(open_region(cfg, reg, read_only=read_only),
+                      cache_dir=cfg.state_path / "cache" if cache else None)
 
 
 def snapshot_bundle(
@@ -87,15 +92,73 @@ def check(cfg: Config, path: Path | None = None) -> BundleReport:
 
 def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
            progress: Progress | None = None, read: bool = True):
-    """Read back (and with ``repair`` fix from the other regions) a snapshot in one region."""
+    """Check (and with ``repair`` fix from the other regions) a snapshot in one region: its manifest, read from the
+    region and proven against its id, then its chunks (read back, or with ``read=False`` only listed). Returns a
+    ``verify.SnapshotCheck``; a damaged manifest left unrepaired raises ``IntegrityError`` naming its key."""
     from .integrity import Subset, verify_snapshot
+    from .verify import SnapshotCheck, check_manifest
 
     reg = cfg.region(region)
-    repo = open_repo(cfg, reg, read_only=not repair)
-    sid = repo.resolve(ref, bundle=cfg.bundle.name)
-    sources = [(r.name, open_repo(cfg, r, read_only=True)) for r in cfg.regions if r.name != reg.name] if repair else []
-    return verify_snapshot(repo, sid, subset=Subset.parse(sample) if sample else None, repair_from=sources,
-                           workers=cfg.transfer.download_workers, progress=progress, read=read)
+    repo = open_repo(cfg, reg, read_only=not repair, cache=False)
+    sources = [(r.name, open_repo(cfg, r, read_only=True, cache=False)) for r in cfg.regions if r.name != reg.name] \
+        if repair else []
+    subset = Subset.parse(sample) if sample else None
+    sid = _resolve_checked(cfg, repo, ref, lambda: [r for _, r in sources])
+    manifest = check_manifest(repo, sid, sources)
+    if not manifest.ok:
+        hint = (f"no other region holds an intact copy; restore snapshot {sid[:12]} from another region or use an "
+                "older snapshot" if repair else
+                f"run `llmdr verify {sid} --region {reg.name} --repair` to copy an intact one from another region")
+        raise IntegrityError(f"{manifest.problem()}; {hint}")
+    res = verify_snapshot(repo, sid, subset=subset, repair_from=sources, workers=cfg.transfer.download_workers,
+                          progress=progress, read=read)
+    return SnapshotCheck.of(res, manifest)
+
+
+def _resolve_checked(cfg: Config, repo: Repository, ref: str,
+                     others: Callable[[], list[Repository]] = list) -> str:
+    """Like ``repo.resolve``, but ``latest`` is decided on every manifest in the region, never only on those that
+    happen to read: one damaged there is read from another region that holds it intact (``others()``, opened only
+    then), so that ``verify latest --repair`` finds and repairs it; one no region holds intact is an error naming
+    its key."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .errors import UnsafePathError
+    from .manifest import Manifest, parse_utc
+    from .repository import manifest_key
+
+    if ref.strip().lower() != "latest":
+        return repo.resolve(ref, bundle=cfg.bundle.name)
+    fallback: list[list[Repository]] = []
+    lock = threading.Lock()
+
+    def intact(sid: str) -> Manifest:
+        try:
+            return repo.load_manifest(sid)
+        except (IntegrityError, UnsafePathError) as exc:
+            damage = exc
+        with lock:
+            if not fallback:
+                fallback.append(others())
+        for r in fallback[0]:
+            try:
+                return r.load_manifest(sid)
+            except (IntegrityError, UnsafePathError, SnapshotNotFound):
+                continue
+        hint = ("no other region holds an intact copy" if fallback[0] else
+                "`llmdr verify latest --repair` in that region copies an intact one from another region")
+        raise IntegrityError(f"manifest {manifest_key(sid)} of snapshot {sid[:12]} in {repo.location} cannot be "
+                             f"trusted ({damage}), so 'latest' cannot be decided; {hint}")
+
+    ids = repo.snapshot_ids()
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(ids)))) as pool:
+        manifests = list(pool.map(lambda sid: (sid, intact(sid)), ids))
+    newest = [(parse_utc(m.created), sid) for sid, m in manifests if m.bundle == cfg.bundle.name]
+    if not newest:
+        raise SnapshotNotFound(f"there is no snapshot of bundle '{cfg.bundle.name}' in {repo.location}; take one "
+                               "with `llmdr snapshot`")
+    return max(newest)[1]
 
 
 def rpo_clock(cfg: Config, region: str) -> dict:
@@ -116,15 +179,33 @@ def rpo_clock(cfg: Config, region: str) -> dict:
 
 
 def restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):
-    """Restore into scratch, check completeness, serve, compare with the golden set."""
+    """Restore into scratch, check completeness, serve, compare with the golden set. The region's own manifests
+    are used (not this machine's cache); a 'latest' that cannot be decided fails the test, naming the manifest."""
     from .golden import GoldenSet
+    from .verify import RestoreTestResult
     from .verify import restore_test as run
 
-    repo = open_repo(cfg, region, read_only=True)
-    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    reg = cfg.region(region)
+    repo = open_repo(cfg, reg, read_only=True, cache=False)
+    try:
+        sid = _resolve_checked(cfg, repo, ref, lambda: _readable_others(cfg, reg))
+    except IntegrityError as exc:
+        return RestoreTestResult(ref, repo.location, problems=[str(exc)])
     path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
     return run(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
                GoldenSet.load(path), workers=cfg.transfer.download_workers)
+
+
+def _readable_others(cfg: Config, region: Region) -> list[Repository]:
+    """The other regions, read-only, skipping those this host cannot open (e.g. no credentials on a DR host)."""
+    out = []
+    for r in cfg.regions:
+        if r.name != region.name:
+            try:
+                out.append(open_repo(cfg, r, read_only=True, cache=False))
+            except LlmdrError:
+                continue
+    return out
 
 
 def forget(cfg: Config, *, keep_last: int, keep_every: int | None = None, region: str | None = None,
