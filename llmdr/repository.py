@@ -143,14 +143,22 @@ class Repository:
             data = self.store.get(manifest_key(snapshot_id))
         except ObjectNotFound:
             raise SnapshotNotFound(f"snapshot {snapshot_id[:12]} is not in {self.location}") from None
-        if hashlib.sha256(data).hexdigest() != snapshot_id:
-            Manifest.from_bytes(data, expect_id=snapshot_id)  # raises IntegrityError with the details
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != snapshot_id:
+            raise IntegrityError(
+                f"{self.location}: manifest {manifest_key(snapshot_id)} is damaged: its bytes hash to {actual[:12]}. "
+                "`llmdr verify --repair` brings an intact copy from another region; or restore from a healthy region."
+            )
         if cached is not None:
             atomic_write(cached, data)
         return data
 
     def load_manifest(self, snapshot_id: str) -> Manifest:
-        return Manifest.from_bytes(self.load_manifest_bytes(snapshot_id), expect_id=snapshot_id)
+        data = self.load_manifest_bytes(snapshot_id)
+        try:
+            return Manifest.from_bytes(data, expect_id=snapshot_id)
+        except (IntegrityError, UnsafePathError) as exc:
+            raise type(exc)(f"{self.location}: manifest {manifest_key(snapshot_id)}: {exc}") from None
 
     def snapshots(self, *, bundle: str | None = None, workers: int = 8, strict: bool = True) -> list[SnapshotInfo]:
         """All snapshots, oldest first (by creation time, then id).

@@ -237,12 +237,12 @@ def restore_snapshot(
         raise
     finally:
         progress.finish()
-    marker.unlink(missing_ok=True)
     if manifest.components:
         report = check_bundle(root, specs_from_manifest(manifest.components))
         res.complete = report.complete
         if not report.complete:
             raise IncompleteBundle(report, "the files were restored but the bundle would not serve correctly")
+    marker.unlink(missing_ok=True)  # last: until here, the same command resumes (and re-checks)
     res.duration_s = time.perf_counter() - t0
     log.info("restored %s into %s: %d files (%d kept), %d bytes downloaded in %.2fs", snapshot_id[:12], root,
              res.files, res.files_skipped, res.bytes_downloaded, res.duration_s)
@@ -316,12 +316,12 @@ def _fetch(repo: Repository, job: _FileJob, hexd: str, n: int, offset: int, mani
         data = repo.store.get(chunk_key(hexd))
     except ObjectNotFound:
         raise IntegrityError(
-            f"chunk {hexd[:12]} of {job.entry.path!r} is missing from {repo.location}; the snapshot there is "
+            f"chunk {chunk_key(hexd)} of {job.entry.path!r} is missing from {repo.location}; the snapshot there is "
             "damaged. Restore from another region, or repair with `llmdr replicate` from a healthy one."
         ) from None
     if len(data) != n or hashlib.sha256(data).hexdigest() != hexd:
         raise IntegrityError(
-            f"chunk {hexd[:12]} of {job.entry.path!r} (offset {offset}) is corrupt in {repo.location}: its bytes "
+            f"chunk {chunk_key(hexd)} of {job.entry.path!r} (offset {offset}) is corrupt in {repo.location}: its bytes "
             "do not hash to its id. Nothing was written for that file. Restore from another region, or repair "
             "this one with `llmdr replicate` from a healthy copy."
         )

@@ -358,8 +358,6 @@ def test_restore_killed(world, tmp_path):
     t.check()
 
 
-@pytest.mark.xfail(strict=True, reason="restore.py removes its resume marker before the completeness check: a restore "
-                   "interrupted in the check (or killed before it exits) is refused on re-run without --force")
 def test_restore_interrupted_in_its_completeness_check_resumes(world, mem_repo, tmp_path, monkeypatch):
     """Some of the SIGKILLs above land after the marker was removed, where the same command no longer resumes; here
     that point deterministically: a bundle with components, interrupted while the restored folder is checked."""
