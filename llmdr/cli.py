@@ -272,10 +272,15 @@ def verify(
     scope = f"subset {check.subset}" if check.subset else "every chunk"
     lines = [f"verify {sid[:12]} in {reg.name} ({scope}): {'ok' if check.ok else 'FAILED'} - {check.chunks_read} of "
              f"{check.chunks_total} chunks read ({_human(check.bytes_read)}) in {check.duration_s:.2f}s"]
-    for d in check.missing:
-        lines.append(f"  - chunk {d[:12]} missing" + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
-    for d in check.corrupt:
-        lines.append(f"  - chunk {d[:12]} corrupt" + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
+    from .repository import chunk_key
+
+    mc = getattr(check, "manifest", None)
+    if mc is not None and mc.repaired_from:
+        lines.append(f"  - manifest {mc.key} {mc.state}: repaired from {mc.repaired_from}")
+    for state, ids in (("missing", check.missing), ("corrupt", check.corrupt)):
+        for d in ids:
+            lines.append(f"  - chunk {d[:12]} {state} ({chunk_key(d)})"
+                         + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
     if check.unrepaired and not repair:
         lines.append("    run again with --repair to fetch intact copies from another region")
     out = {"region": reg.name, "chunks": check.to_json()}

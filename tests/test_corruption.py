@@ -284,7 +284,8 @@ def test_reports_the_object_key(case, detector):
     if detector == "verify":
         if case.name == "manifest-edited":
             assert case.key in case.verify_text.stderr
-        else:  # the JSON report keys every damaged chunk (the text report lists 12-character ids)
+        else:  # the text and JSON reports name every damaged chunk's key
+            assert case.key in case.verify_text.stdout
             assert json.loads(case.verify_json.stdout)["chunks"]["keys"] == {case.chunk: case.key}
     elif detector == "restore":
         assert case.key in case.restore.stderr
