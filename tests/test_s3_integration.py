@@ -116,7 +116,7 @@ def test_corrupted_chunk_on_server_detected_on_restore(region_config, tmp_path):
     data[100] ^= 0xFF
     repo.store.put(chunk_key(victim), bytes(data))  # bit rot on the server
     out = tmp_path / "out"
-    with pytest.raises(IntegrityError, match=f"chunk {victim[:12]}.*corrupt"):
+    with pytest.raises(IntegrityError, match=f"chunk chunks/{victim[:2]}/{victim}.*corrupt"):
         restore_snapshot(repo, snap.snapshot_id, out, durable=False)
     assert not (out / entry.path).exists()
 
@@ -279,7 +279,7 @@ def test_cli_verify_finds_and_repairs_a_corrupt_chunk(region_config):
     r = run(["verify", "latest"], cwd)
     assert r.returncode == 6 and f"chunk {victim[:12]} corrupt" in r.stdout and "--repair" in r.stdout
     r = run(["verify", "latest", "--repair"], cwd)
-    assert r.returncode == 0 and f"chunk {victim[:12]} corrupt: repaired from secondary" in r.stdout
+    assert r.returncode == 0 and f"chunk {victim[:12]} corrupt (chunks/{victim[:2]}/{victim}): repaired from secondary" in r.stdout
     r = run(["verify", "latest", "--sample", "1/1", "--json"], cwd)
     assert r.returncode == 0 and json.loads(r.stdout)["chunks"]["corrupt"] == []
 
