@@ -62,6 +62,47 @@ def make_config(tmp: Path, p: int, s: int, state: Path, prefix: str = "") -> Con
     return parse_config(text, source=path)
 
 
+TWO_REGIONS = """\
+version: 1
+bundle: {bundle}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:{p}
+    bucket: llmdr-primary
+    prefix: '{prefix}'
+    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK{p_creds}}}
+{primary}
+  - name: secondary
+    role: secondary
+    endpoint: {s_endpoint}
+    bucket: {s_bucket}
+    prefix: '{s_prefix}'
+    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
+{secondary}
+{extra}
+state_dir: {state}
+"""
+
+
+def two_regions(stack: Config, tmp: Path, *, prefix: str | None = None, bundle: str = "{name: testbundle, path: bundle}",
+                primary: str = "", secondary: str = "", primary_creds: str = "", secondary_endpoint: str | None = None,
+                secondary_bucket: str = "llmdr-secondary", secondary_prefix: str | None = None, extra: str = "",
+                state: Path | None = None) -> Config:
+    """A config on the running test regions (a fresh key prefix unless given), written to its own file under
+    ``tmp`` so the CLI can be pointed at it. ``primary`` / ``secondary`` are extra indented lines for that region
+    (e.g. ``"    object_lock: {mode: COMPLIANCE, period: 60s}"``), ``extra`` top-level lines."""
+    prefix = prefix or f"t-{uuid.uuid4().hex[:8]}"
+    text = TWO_REGIONS.format(
+        bundle=bundle, p=stack.primary.port, prefix=prefix, p_creds=primary_creds, primary=primary,
+        s_endpoint=secondary_endpoint or stack.secondaries[0].endpoint, s_bucket=secondary_bucket,
+        s_prefix=secondary_prefix if secondary_prefix is not None else prefix, secondary=secondary, extra=extra,
+        state=state or stack.state_path)
+    path = tmp / f"llmdr-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(text)
+    return parse_config(text, source=path)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Two running local regions. Yields (config, state_dir); config's prefix is '' (tests use ``region_config``)."""

@@ -10,7 +10,6 @@ import uuid
 import pytest
 
 from llmdr.chunking import ChunkerParams
-from llmdr.config import parse_config
 from llmdr.credentials import resolve_keys
 from llmdr.errors import ConfigError, IntegrityError
 from llmdr.manifest import manifest_id
@@ -21,34 +20,12 @@ from llmdr.snapshot import take_snapshot
 from llmdr.storage.crypto import MAGIC, OVERHEAD, key_id
 from llmdr.storage.factory import open_region
 
-from conftest import read_tree, write_tree
+from conftest import read_tree, two_regions, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 KEY_P = "11" * 32
 KEY_S = "22" * 32
 SIGN = "manifest-signing-key-0123456789abcdef"
-
-CONFIG = """\
-version: 1
-bundle: {{name: testbundle, path: bundle}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
-{p_extra}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-{s_extra}
-{top}
-state_dir: {state}
-"""
 
 ENC_P = "    encryption: {key_env: LLMDR_T_KEY_P}"
 ENC_S = "    encryption: {key_env: LLMDR_T_KEY_S}"
@@ -63,11 +40,7 @@ def keys_env(monkeypatch):
 
 
 def cfg_for(stack, tmp_path, *, p_extra="", s_extra=ENC_S, top=SIGNING, prefix=None, state=None):
-    text = CONFIG.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=prefix or f"t-{uuid.uuid4().hex[:8]}",
-                         p_extra=p_extra, s_extra=s_extra, top=top, state=state or stack.state_path)
-    path = tmp_path / f"llmdr-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(text)
-    return parse_config(text, source=path)
+    return two_regions(stack, tmp_path, primary=p_extra, secondary=s_extra, extra=top, prefix=prefix, state=state)
 
 
 def raw(cfg, region):

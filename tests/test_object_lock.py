@@ -21,41 +21,14 @@ from llmdr.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 from llmdr.storage.locks import Locker
 
-from conftest import read_tree, write_tree
+from conftest import read_tree, two_regions, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 
-LOCKED = """\
-version: 1
-bundle: {{name: testbundle, path: bundle}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
-    local: {{}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: {bucket}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-    local: {{}}
-    object_lock: {{mode: {mode}, period: {period}}}
-state_dir: {state}
-"""
-
-
 def locked_config(stack, tmp_path, *, period="60s", mode="COMPLIANCE"):
-    text = LOCKED.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:8]}",
-                         bucket=f"llmdr-lock-{uuid.uuid4().hex[:10]}", mode=mode, period=period,
-                         state=stack.state_path)
-    path = tmp_path / "llmdr.yaml"
-    path.write_text(text)
-    cfg = parse_config(text, source=path)
-    dr = cfg.secondaries[0]
-    s3 = open_region(cfg, dr).inner
+    cfg = two_regions(stack, tmp_path, secondary_bucket=f"llmdr-lock-{uuid.uuid4().hex[:10]}", secondary_prefix="",
+                      secondary=f"    object_lock: {{mode: {mode}, period: {period}}}")
+    s3 = open_region(cfg, cfg.secondaries[0]).inner
     assert s3.ensure_bucket(object_lock=True) is True
     return cfg
 

@@ -19,47 +19,26 @@ from llmdr.repository import RepoConfig, Repository, chunk_key
 from llmdr.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 
+from conftest import two_regions
+
 SMALL = ChunkerParams(avg_size=16384, min_size=4096, max_size=65536)
 
-CONFIG = """\
-version: 1
-bundle:
+BUNDLE = """
   name: testbundle
   path: bundle
   components:
-    weights: {{paths: ["*.safetensors", "model.safetensors.index.json"]}}
-    tokenizer: {{paths: ["tokenizer.json"]}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK{pexp}}}
-    price_per_gb_month: 0.023
-  - name: secondary
-    role: secondary
-    endpoint: {s_endpoint}
-    bucket: {s_bucket}
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-{s_extra}
-objectives: {{rpo: {rpo}, rto: {rto}, drill_interval: 90d}}
-readiness: {{probe_mb: 1, start_estimate: {start}, credential_warning: 2h}}
-state_dir: {state}
-drill: {{reports_dir: {reports}}}
-"""
+    weights: {paths: ["*.safetensors", "model.safetensors.index.json"]}
+    tokenizer: {paths: ["tokenizer.json"]}"""
 
 
 def cfg_for(stack, tmp_path, *, s_endpoint=None, s_bucket="llmdr-secondary", s_extra="", rpo="5m", rto="15m",
             start="1s", pexp="", prefix=None):
-    text = CONFIG.format(p=stack.primary.port, s_endpoint=s_endpoint or stack.secondaries[0].endpoint,
-                         s_bucket=s_bucket, s_extra=s_extra, prefix=prefix or f"t-{uuid.uuid4().hex[:8]}",
-                         rpo=rpo, rto=rto, start=start, pexp=pexp, state=stack.state_path,
-                         reports=tmp_path / "reports")
-    path = tmp_path / f"llmdr-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(text)
-    return parse_config(text, source=path)
+    return two_regions(
+        stack, tmp_path, bundle=BUNDLE, prefix=prefix, primary_creds=pexp, primary="    price_per_gb_month: 0.023",
+        secondary_endpoint=s_endpoint, secondary_bucket=s_bucket, secondary=s_extra,
+        extra=f"objectives: {{rpo: {rpo}, rto: {rto}, drill_interval: 90d}}\n"
+              f"readiness: {{probe_mb: 1, start_estimate: {start}, credential_warning: 2h}}\n"
+              f"drill: {{reports_dir: {tmp_path / 'reports'}}}")
 
 
 def make_bundle(root, *, tokenizer=True):
