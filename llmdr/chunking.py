@@ -54,8 +54,17 @@ class Chunker:
         self.params = params
         self._cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
 
-    def chunks(self, stream: BinaryIO) -> Iterator[Chunk]:
-        """Yield chunks of ``stream``; each ``Chunk.data`` view is valid until the next one is produced."""
+    def chunks(self, stream: BinaryIO, size: int | None = None) -> Iterator[Chunk]:
+        """Yield chunks of ``stream``; each ``Chunk.data`` view is valid until the next one is produced.
+
+        With ``size`` (the file's size) at most twice ``max_size``, the file is read whole and cut in memory: the
+        same cut points, without the stream chunker's buffer of 2 x ``max_size`` allocated and zero-filled per file
+        (32 MiB with the defaults, ~21 ms each: minutes for a bundle of 10,000 small files)."""
+        if size is not None and size <= 2 * self.params.max_size:
+            data = stream.read()
+            if data:
+                yield from self.chunks_of(data)
+            return
         for c in self._cdc.cut_stream(stream):
             yield Chunk(hashlib.sha256(c.data).digest(), c.offset, c.data)
 

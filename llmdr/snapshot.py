@@ -331,7 +331,7 @@ def _chunk_file(
 ) -> list[tuple[str, int]]:
     chunks: list[tuple[str, int]] = []
     with open(f.abspath, "rb", buffering=0) as fh:
-        for c in chunker.chunks(fh):
+        for c in chunker.chunks(fh, f.st.st_size):
             hexd = c.digest.hex()
             n = len(c.data)
             chunks.append((hexd, n))

@@ -47,3 +47,21 @@ def test_default_params_bound_chunk_size():
     assert sum(sizes) == len(data)
     assert max(sizes) <= 16 * 1024 * 1024
     assert all(s >= 1024 * 1024 for s in sizes[:-1])
+
+
+def test_small_files_cut_in_memory_give_the_same_chunks_as_the_stream_chunker():
+    """Files up to 2 x max_size are read whole and cut with cut_buf (no 2 x max_size stream buffer per file): the
+    cut points must be exactly the stream chunker's, or dedup across snapshots taken both ways would break."""
+    import io
+    import random
+
+    from llmdr.chunking import Chunker, ChunkerParams
+
+    params = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
+    ch = Chunker(params)
+    for n in (0, 1, 1023, 1024, 5000, 16383, 16384, 16391, 32768, 32769):
+        data = random.Random(n).randbytes(n)
+        stream = [(c.digest, c.offset, bytes(c.data)) for c in ch.chunks(io.BytesIO(data))]
+        whole = [(c.digest, c.offset, bytes(c.data)) for c in ch.chunks(io.BytesIO(data), len(data))]
+        assert whole == stream, n
+        assert b"".join(d for _, _, d in whole) == data
