@@ -85,7 +85,7 @@ def test_protect_then_restore_flows(prefect_harness, region_config, tmp_path):
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["restore-bundle-testbundle"])))
 
-    [art] = asyncio.run(restore_artifacts())[:1]
+    art = newest(asyncio.run(restore_artifacts()))
     assert sid[:12] in art.data and "secondary" in art.data
 
 
