@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .chunking import DEFAULT_CHUNKER, ChunkerParams
 from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UnsafePathError, UsageError
@@ -186,15 +187,40 @@ class Repository:
         infos.sort(key=lambda s: (parse_utc(s.manifest.created), s.id))
         return infos
 
+    def newest(self, *, bundle: str | None = None, strict: bool = True, workers: int = 8) -> str | None:
+        """The id of the newest snapshot (of ``bundle``), like ``snapshots()[-1]`` but without holding every manifest
+        in memory at once (a long history of large bundles made that grow with the number of snapshots)."""
+        ids = self.snapshot_ids()
+
+        def head(i: str) -> tuple[Any, str, str] | None:
+            try:
+                m = self.load_manifest(i)
+            except (IntegrityError, UnsafePathError) as exc:
+                if strict:
+                    raise
+                self.unreadable[i] = str(exc)
+                log.warning("left out snapshot %s: %s", i[:12], exc)
+                return None
+            return parse_utc(m.created), i, m.bundle
+
+        best: tuple[Any, str] | None = None
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
+            for h in pool.map(head, ids):
+                if h is None or (bundle is not None and h[2] != bundle):
+                    continue
+                if best is None or (h[0], h[1]) > best:
+                    best = (h[0], h[1])
+        return best[1] if best else None
+
     def resolve(self, ref: str, *, bundle: str | None = None) -> str:
         """Turn ``latest``, a full id or a unique id prefix (>= 4 hex characters) into a full snapshot id."""
         ref = ref.strip().lower()
         if ref == "latest":
-            snaps = self.snapshots(bundle=bundle, strict=False)
-            if not snaps:
+            newest = self.newest(bundle=bundle, strict=False)
+            if newest is None:
                 scope = f" of bundle '{bundle}'" if bundle else ""
                 raise SnapshotNotFound(f"there is no snapshot{scope} in {self.location}; take one with `llmdr snapshot`")
-            return snaps[-1].id
+            return newest
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
             raise UsageError(f"{ref!r} is not a snapshot id: give 'latest', a full id or at least 4 hex characters")
         matches = [i for i in self.snapshot_ids() if i.startswith(ref)]

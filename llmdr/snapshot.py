@@ -357,5 +357,4 @@ def _component_records(report: BundleReport | None, entries: list[FileEntry]) ->
 
 
 def _newest(repo: Repository, bundle: str) -> str | None:
-    snaps = repo.snapshots(bundle=bundle)
-    return snaps[-1].id if snaps else None
+    return repo.newest(bundle=bundle)
