@@ -34,5 +34,9 @@ bench-rto: install
 bench-lock: install
 	$(UV) run --frozen python bench/object_lock.py
 
+.PHONY: bench-scale
+bench-scale: install
+	$(UV) run --frozen python bench/scale.py
+
 clean:
 	rm -rf .demo bench/work .pytest_cache .hypothesis .pycache
