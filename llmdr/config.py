@@ -736,10 +736,16 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return best
 
 
+_KEY_FILE_SETTINGS = {("drill", "signing", "private_key"), ("manifest_signing", "private_key")}
+
+
 def _refuse_literal_secrets(raw: Any, node: yaml.Node, source: Path, path: tuple = ()) -> None:
     if isinstance(raw, dict):
         for k, v in raw.items():
             key = str(k).lower()
+            key_path = tuple(str(x) for x in path) + (key,)
+            if key_path in _KEY_FILE_SETTINGS and isinstance(v, str) and "-----BEGIN" not in v and "\n" not in v:
+                continue  # the PATH of a key file (e.g. drill.signing.private_key), not a key
             if not key.endswith(("_env", "_block")) and (key in _SECRET_KEYS or key.endswith(_SECRET_SUFFIXES)):
                 dotted = _dotted(path + (k,))
                 line = _line_of(node, path + (k,))

@@ -232,3 +232,23 @@ def test_init_template_has_serving_router_monitor_and_failover(tmp_path):
     assert cfg.notifications is None and cfg.golden == "golden.jsonl"
     # the commented example start command uses only the placeholders the replica fills in
     assert 'command: "vllm serve {model_dir} --host {host} --port {port}"' in text
+
+
+def test_key_file_paths_are_not_taken_for_literal_secrets(tmp_path):
+    """drill.signing.private_key and manifest_signing.private_key name key FILES; a PEM pasted there is refused."""
+    from llmdr.config import parse_config
+    from llmdr.errors import ConfigError
+
+    base = """
+version: 1
+bundle: {name: b, path: bundle}
+regions:
+  - {name: primary, role: primary, endpoint: "http://127.0.0.1:9", bucket: llmdr-a, credentials: {access_key_env: A, secret_key_env: B}}
+  - {name: secondary, role: secondary, endpoint: "http://127.0.0.1:10", bucket: llmdr-b, credentials: {access_key_env: A, secret_key_env: B}}
+"""
+    ok = parse_config(base + "drill: {signing: {private_key: keys/x.key}}\nmanifest_signing: {method: ed25519, "
+                      "private_key: /secure/m.key}\n", source=tmp_path / "a.yaml")
+    assert ok.drill.signing.private_key == "keys/x.key" and ok.manifest_signing.private_key == "/secure/m.key"
+    with pytest.raises(ConfigError, match="literal secrets"):
+        parse_config(base + 'drill: {signing: {private_key: "-----BEGIN PRIVATE KEY----- abc"}}\n',
+                     source=tmp_path / "b.yaml")
