@@ -171,14 +171,8 @@ class Repository:
         ids = self.snapshot_ids()
 
         def load(i: str) -> SnapshotInfo | None:
-            try:
-                return SnapshotInfo(i, self.load_manifest(i))
-            except (IntegrityError, UnsafePathError) as exc:
-                if strict:
-                    raise
-                self.unreadable[i] = str(exc)
-                log.warning("left out snapshot %s: %s", i[:12], exc)
-                return None
+            m = self._manifest_or_skip(i, strict)
+            return None if m is None else SnapshotInfo(i, m)
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
             infos = [x for x in pool.map(load, ids) if x is not None]
@@ -187,21 +181,25 @@ class Repository:
         infos.sort(key=lambda s: (parse_utc(s.manifest.created), s.id))
         return infos
 
+    def _manifest_or_skip(self, snapshot_id: str, strict: bool) -> Manifest | None:
+        """The manifest; when it cannot be trusted: raise (``strict``) or record it in ``unreadable`` and warn."""
+        try:
+            return self.load_manifest(snapshot_id)
+        except (IntegrityError, UnsafePathError) as exc:
+            if strict:
+                raise
+            self.unreadable[snapshot_id] = str(exc)
+            log.warning("left out snapshot %s: %s", snapshot_id[:12], exc)
+            return None
+
     def newest(self, *, bundle: str | None = None, strict: bool = True, workers: int = 8) -> str | None:
         """The id of the newest snapshot (of ``bundle``), like ``snapshots()[-1]`` but without holding every manifest
         in memory at once (a long history of large bundles made that grow with the number of snapshots)."""
         ids = self.snapshot_ids()
 
         def head(i: str) -> tuple[Any, str, str] | None:
-            try:
-                m = self.load_manifest(i)
-            except (IntegrityError, UnsafePathError) as exc:
-                if strict:
-                    raise
-                self.unreadable[i] = str(exc)
-                log.warning("left out snapshot %s: %s", i[:12], exc)
-                return None
-            return parse_utc(m.created), i, m.bundle
+            m = self._manifest_or_skip(i, strict)
+            return None if m is None else (parse_utc(m.created), i, m.bundle)
 
         best: tuple[Any, str] | None = None
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
