@@ -306,7 +306,7 @@ def prepare_work(b: Bench) -> None:
 
 
 def make_bundle(b: Bench) -> None:
-    from llmdr.samples import write_sample_bundle
+    from llmdr.devstack.samples import write_sample_bundle
 
     t0 = time.perf_counter()
     shard_size = b.size_bytes // SHARDS
@@ -332,7 +332,7 @@ def bundle_bytes(b: Bench) -> int:
 
 
 def stack_up(b: Bench) -> None:
-    from llmdr.credentials import read_env_file
+    from llmdr.storage.credentials import read_env_file
 
     run_quiet(b.llmdr_cmd("init", "bundle", "--primary-port", str(b.ports["primary"]), "--secondary-port",
                           str(b.ports["secondary"])), env=b.base_env, cwd=b.work)
@@ -377,8 +377,8 @@ def stack_down(b: Bench) -> None:
 
 def warm_bytecode(b: Bench) -> None:
     """Import what the measured Python commands import once, so the bytecode cache is filled before timing."""
-    run_quiet([sys.executable, "-c", "import llmdr.cli, llmdr.snapshot, llmdr.restore, llmdr.replicate, "
-               "llmdr.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, pyfastcdc"],
+    run_quiet([sys.executable, "-c", "import llmdr.cli, llmdr.repo.snapshot, llmdr.repo.restore, llmdr.repo.replicate, "
+               "llmdr.repo.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, pyfastcdc"],
               env=b.base_env, cwd=b.work)
     run_quiet([b.llmdr, "--help"], env=b.base_env, cwd=b.work)
 
@@ -631,7 +631,7 @@ def measure_micro(b: Bench, repeats: int = 3) -> None:
     import blake3
     from pyfastcdc import FastCDC
 
-    from llmdr.chunking import DEFAULT_CHUNKER, Chunker
+    from llmdr.repo.chunking import DEFAULT_CHUNKER, Chunker
 
     print("6. hashing micro-bench (256 MiB buffer, one thread)", flush=True)
     buf = os.urandom(256 * MiB)

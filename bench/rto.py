@@ -101,7 +101,7 @@ def wait(what: str, cond, timeout: float, step: float = 0.1):
 
 
 def prefect(env: dict, *args: str, timeout: float = 300) -> str:
-    from llmdr import orchestration
+    from llmdr.devstack import orchestration
 
     r = subprocess.run([orchestration._prefect(), *args], env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
@@ -110,10 +110,10 @@ def prefect(env: dict, *args: str, timeout: float = 300) -> str:
 
 
 def trial(cfg, env, client: Client, kind: str) -> dict:
-    from llmdr import failover as fo
-    from llmdr.replica import replica_dir, stop_replica
-    from llmdr.router import open_router
-    from llmdr.stack import start_region, stop_region
+    from llmdr.devstack.regions import start_region, stop_region
+    from llmdr.failover import steps as fo
+    from llmdr.failover.router import open_router
+    from llmdr.serving.replica import replica_dir, stop_replica
 
     router = open_router(cfg)
     sec = cfg.region("secondary")
@@ -142,10 +142,10 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
     prefect(env, "deployment", "run", "failback/failback", "--watch", "--watch-timeout", "300")
     wait("the router back on primary", lambda: router.active() == "primary", 60)
     if kind == "cold":
-        from llmdr.replica import start_replica
+        from llmdr.serving.replica import start_replica
 
         start_replica(cfg, sec)
-    from llmdr.watch import read_status
+    from llmdr.failover.watch import read_status
 
     wait("the monitor to see primary healthy", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy",
          120, 0.5)
@@ -154,7 +154,7 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
 
 def s5cmd_download_rate(cfg, work: Path) -> dict:
     """The peer: s5cmd downloads the secondary bucket's objects (the same chunks a cold start restores)."""
-    from llmdr.credentials import resolve_keys
+    from llmdr.storage.credentials import resolve_keys
 
     sec = cfg.region("secondary")
     keys = resolve_keys(cfg, sec)
@@ -214,11 +214,13 @@ def main() -> int:
     args = ap.parse_args()
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from llmdr import golden, ops, orchestration
     from llmdr.config import load_config
-    from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.stack import start_region, start_router, start_serving, stop_region, stop_serving
-    from llmdr.tinymodel import write_demo_bundle
+    from llmdr.devstack import orchestration
+    from llmdr.devstack.regions import start_region, start_router, start_serving, stop_region, stop_serving
+    from llmdr.repo import ops
+    from llmdr.serving import golden
+    from llmdr.serving.endpoint import OpenAIEndpoint
+    from llmdr.serving.tinymodel import write_demo_bundle
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     work = args.work
@@ -246,7 +248,7 @@ def main() -> int:
         orchestration.start(cfg, API, start_monitor=False)
         env = orchestration.env(cfg, API)
         prefect(env, "deployment", "run", "monitor-endpoints/monitor-endpoints", "-p", "duration_s=3600")
-        from llmdr.watch import read_status
+        from llmdr.failover.watch import read_status
 
         wait("the monitor", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy", 180, 0.5)
         client = Client(cfg.router.url)

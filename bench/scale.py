@@ -98,7 +98,7 @@ class Tree:
         self.digests[rel] = hashlib.sha256(data).hexdigest()
 
     def generate(self, files: int, seed: int) -> None:
-        from llmdr.samples import write_sample_bundle
+        from llmdr.devstack.samples import write_sample_bundle
 
         for p in write_sample_bundle(self.root, shards=SHARDS, shard_size=SHARD_MIB * MiB, seed=seed):
             self.digests[p.relative_to(self.root).as_posix()] = _sha256(p)
@@ -303,7 +303,7 @@ def ports_free(s: Scale) -> None:
 
 
 def stack_up(s: Scale) -> None:
-    from llmdr.credentials import read_env_file
+    from llmdr.storage.credentials import read_env_file
 
     run_quiet(s.llmdr_cmd("init", "bundle", "--primary-port", str(s.ports["primary"]), "--secondary-port",
                           str(s.ports["secondary"]), "--router-port", str(ROUTER_PORT)), env=s.base_env, cwd=s.work)
@@ -355,8 +355,8 @@ def stack_down(s: Scale) -> None:
 
 
 def warm_bytecode(s: Scale) -> None:
-    run_quiet([sys.executable, "-c", "import llmdr.cli, llmdr.snapshot, llmdr.restore, llmdr.replicate, "
-               "llmdr.retention, llmdr.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, "
+    run_quiet([sys.executable, "-c", "import llmdr.cli, llmdr.repo.snapshot, llmdr.repo.restore, llmdr.repo.replicate, "
+               "llmdr.repo.retention, llmdr.repo.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, "
                "pyfastcdc, jinja2, tokenizers"], env=s.base_env, cwd=s.work)
     run_quiet([s.llmdr, "--help"], env=s.base_env, cwd=s.work)
 

@@ -38,10 +38,10 @@ def child() -> int:
 
     import flows.failover  # noqa: F401 - imported now so the run does not pay for it
     import flows.monitor_endpoints  # noqa: F401
-    import llmdr.monitor  # noqa: F401
+    import llmdr.failover.monitor  # noqa: F401
+    import llmdr.failover.router.caddy  # noqa: F401
     import llmdr.notify  # noqa: F401
-    import llmdr.replica  # noqa: F401
-    import llmdr.router.caddy  # noqa: F401
+    import llmdr.serving.replica  # noqa: F401
 
     print("ready", flush=True)
     line = sys.stdin.readline().strip()

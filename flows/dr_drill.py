@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr import __version__
-from llmdr import drill as core
+from llmdr.artifacts import artifact_key
 from llmdr.config import load_config
-from llmdr.report import artifact_key
+from llmdr.drill import record as core
 from tasks.drill import (
     datasets_from_dr,
     end_outage,
@@ -155,7 +155,7 @@ def _failover_timeline(rec: core.DrillRecord, fo: dict) -> None:
 def _restore_and_fail_back(config_path: str, cfg, rec: core.DrillRecord) -> None:
     """Bring the primary back and return traffic to it; a drill that cannot must say so."""
     from flows.failover import failback
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
 
     try:
         back = end_outage(config_path, cfg.primary.name)
@@ -184,7 +184,7 @@ def _restore_and_fail_back(config_path: str, cfg, rec: core.DrillRecord) -> None
 
 
 def _finish(config_path: str, cfg, rec: core.DrillRecord) -> dict:
-    from llmdr.drillreport import render_markdown, table_rows
+    from llmdr.drill.report import render_markdown, table_rows
 
     rec.ended_ts = time.time()
     rec.mark("info", "drill ended", ok=None)

@@ -18,10 +18,10 @@ from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import transaction
 
-from llmdr import events
-from llmdr import failover as core
+from llmdr.artifacts import artifact_key, failover_markdown, failover_table
 from llmdr.config import load_config
-from llmdr.report import artifact_key, failover_markdown, failover_table
+from llmdr.failover import steps as core
+from llmdr.integrations import events
 from tasks.failover import (
     confirm_outage,
     copy_back_snapshots,
@@ -98,7 +98,7 @@ def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str
             verified = verify_through_router(config_path, rec.to_region)
     except Exception as exc:
         if rec.switched_ts is not None:
-            from llmdr.router import open_router
+            from llmdr.failover.router import open_router
 
             rec.rolled_back = open_router(cfg).active() == previous
             rec.step("verify-through-router", False, f"{exc}; switch rolled back to {previous}: {rec.rolled_back}")

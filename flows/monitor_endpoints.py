@@ -8,8 +8,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from llmdr.artifacts import artifact_key, monitor_markdown, monitor_table
 from llmdr.config import load_config
-from llmdr.report import artifact_key, monitor_markdown, monitor_table
 from tasks.monitor import watch_endpoints
 
 

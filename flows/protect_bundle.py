@@ -7,8 +7,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
 from llmdr.config import load_config
-from llmdr.report import artifact_key, protect_summary_markdown, protect_table, run_retries
 from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
     apply_retention,

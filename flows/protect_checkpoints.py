@@ -7,8 +7,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from llmdr.artifacts import artifact_key, checkpoints_summary_markdown, checkpoints_table
 from llmdr.config import load_config
-from llmdr.report import artifact_key, checkpoints_summary_markdown, checkpoints_table
 from tasks.checkpoints import protect_new_checkpoints, record_training_runs
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from llmdr.artifacts import artifact_key, restore_summary_markdown, restore_table
 from llmdr.config import load_config
-from llmdr.report import artifact_key, restore_summary_markdown, restore_table
 from tasks.protect import restore_snapshot
 
 

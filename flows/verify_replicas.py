@@ -7,8 +7,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from llmdr.artifacts import artifact_key, run_retries, verify_summary_markdown, verify_table
 from llmdr.config import load_config
-from llmdr.report import artifact_key, run_retries, verify_summary_markdown, verify_table
 from tasks.verify import run_restore_test, verify_snapshot
 
 

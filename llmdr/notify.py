@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import Notifications
+from llmdr.config import Notifications
 
 log = logging.getLogger(__name__)
 

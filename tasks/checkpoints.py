@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from llmdr import ops
 from llmdr.config import load_config
+from llmdr.repo import ops
 
 from .retry import RETRY_DELAYS, retry_if_transient
 
@@ -26,7 +26,7 @@ def record_training_runs(config_path: str, new: list[dict]) -> list[dict]:
     loss history, the dataset versions, the hardware, the step and the checkpoint's snapshot id."""
     from pathlib import Path
 
-    from llmdr.lineage import record_training_run
+    from llmdr.lineage.registry import record_training_run
 
     cfg = load_config(config_path)
     if not cfg.tracking.register_models or cfg.checkpoints is None:
@@ -35,7 +35,7 @@ def record_training_runs(config_path: str, new: list[dict]) -> list[dict]:
     root = root if root.is_absolute() else cfg.base_dir / root
     datasets = []
     if cfg.datasets:
-        from llmdr.datasets import remote_url, version
+        from llmdr.lineage.datasets import remote_url, version
 
         for d in cfg.datasets:
             v = version(cfg, d, check_workspace=False)

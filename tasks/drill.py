@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from llmdr import drill as core
 from llmdr.config import load_config
+from llmdr.drill import record as core
 
 from .retry import retry_if_transient
 
@@ -15,9 +15,9 @@ from .retry import retry_if_transient
 def prechecks(config_path: str) -> dict:
     """Before anything is cut: traffic on the primary, both replicas answering, the copy in each DR region, the
     monitor watching, the failover automation enabled."""
-    from llmdr.replica import replica_status
-    from llmdr.router import open_router
-    from llmdr.watch import read_status
+    from llmdr.failover.router import open_router
+    from llmdr.failover.watch import read_status
+    from llmdr.serving.replica import replica_status
 
     cfg = load_config(config_path)
     out: dict = {"problems": [], "warnings": []}
@@ -82,8 +82,8 @@ def watch_for_failover(config_path: str, since_ts: float, timeout_s: float) -> d
 
 @task(name="golden-through-router", cache_policy=NO_CACHE)
 def golden_through_router(config_path: str) -> dict:
-    from llmdr import failover as fo
-    from llmdr.router import open_router
+    from llmdr.failover import steps as fo
+    from llmdr.failover.router import open_router
 
     cfg = load_config(config_path)
     url = open_router(cfg).url
@@ -95,10 +95,10 @@ def golden_through_router(config_path: str) -> dict:
       retry_condition_fn=retry_if_transient)
 def restore_test_dr(config_path: str, region: str) -> dict:
     """Restore the newest snapshot from the DR store into scratch, check completeness, serve, golden set."""
-    from llmdr import ops
+    from llmdr.serving import restoretest
 
     cfg = load_config(config_path)
-    res = ops.restore_test(cfg, "latest", region=region, golden_path=cfg.golden_path)
+    res = restoretest.run_restore_test(cfg, "latest", region=region, golden_path=cfg.golden_path)
     out = res.to_json()
     g = out.get("golden") or {}
     out["summary"] = (f"{res.snapshot_id[:12]} from {region}: {g.get('passed', 0)}/{g.get('total', 0)} golden, "
@@ -117,15 +117,15 @@ def publish_report(config_path: str, record: dict) -> dict:
     MLflow run."""
     from pathlib import Path
 
-    from llmdr.drillreport import RUNBOOK_FILE, write_report
-    from llmdr.runbook import write_runbook
-    from llmdr.signing import sign_folder
+    from llmdr.drill.report import RUNBOOK_FILE, write_report
+    from llmdr.drill.runbook import write_runbook
+    from llmdr.drill.signing import sign_folder
 
     cfg = load_config(config_path)
     log = get_run_logger()
     folder = core.drills_dir(cfg) / record["id"]
     history = [r.to_json() for r in core.history(cfg) if r.id != record["id"]] + [record]
-    from llmdr.tracking import ArtifactUploadError, begin_drill, log_drill, target_for
+    from llmdr.lineage.tracking import ArtifactUploadError, begin_drill, log_drill, target_for
 
     target = None
     try:
@@ -171,8 +171,8 @@ def datasets_from_dr(config_path: str, region: str) -> list[dict]:
     md5) and validated against its expectation suite."""
     import shutil
 
-    from llmdr.datasets import pull, remote_url
-    from llmdr.expectations import validate
+    from llmdr.lineage.datasets import pull, remote_url
+    from llmdr.lineage.expectations import validate
 
     cfg = load_config(config_path)
     out = []
@@ -197,7 +197,7 @@ def datasets_from_dr(config_path: str, region: str) -> list[dict]:
 @task(name="mark-model-version", cache_policy=NO_CACHE)
 def mark_model_version(config_path: str, snapshot_id: str | None, drill_id: str, passed: bool) -> dict | None:
     """The registered model version of the DR snapshot; a passing drill moves its `drill-verified` alias."""
-    from llmdr.lineage import mark_drill_verified
+    from llmdr.lineage.registry import mark_drill_verified
 
     cfg = load_config(config_path)
     if not snapshot_id or not cfg.tracking.register_models:

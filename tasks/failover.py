@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import get_transaction
 
-from llmdr import failover as core
 from llmdr.config import load_config
+from llmdr.failover import steps as core
 
 from .retry import retry_if_transient
 
@@ -15,7 +15,7 @@ from .retry import retry_if_transient
 @task(name="read-active-region", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 3])
 def read_active_region(config_path: str) -> str | None:
     """Which region the router sends traffic to now (asked from the router itself)."""
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
 
     return open_router(load_config(config_path)).active()
 
@@ -35,8 +35,8 @@ def confirm_outage(config_path: str, region: str) -> dict:
 def ensure_replica(config_path: str, region: str, snapshot: str = "latest", restart: bool = False) -> dict:
     """A healthy replica in ``region``: the warm standby, or restored from that region's own store and started.
     ``restart``: (re)start it on ``snapshot`` even if a replica answers (failback onto current data)."""
-    from llmdr.replica import ensure_replica as ensure
-    from llmdr.replica import start_replica
+    from llmdr.serving.replica import ensure_replica as ensure
+    from llmdr.serving.replica import start_replica
 
     cfg = load_config(config_path)
     reg = cfg.region(region)
@@ -63,7 +63,7 @@ def golden_check(config_path: str, region: str) -> dict:
 @task(name="switch-router", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 3])
 def switch_router(config_path: str, region: str, reason: str, previous: str | None) -> dict:
     """Point the router at ``region``. Rolled back (pointed at ``previous``) if the transaction it runs in fails."""
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
 
     txn = get_transaction()
     if txn is not None:
@@ -76,7 +76,7 @@ def switch_router(config_path: str, region: str, reason: str, previous: str | No
 
 @switch_router.on_rollback
 def _switch_back(txn) -> None:
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
 
     previous = txn.get("previous")
     if previous:
@@ -87,7 +87,7 @@ def _switch_back(txn) -> None:
 @task(name="verify-through-router", cache_policy=NO_CACHE)
 def verify_through_router(config_path: str, region: str) -> dict:
     """Golden-check through the router until answers come, correct, from ``region``."""
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
 
     cfg = load_config(config_path)
     router = open_router(cfg)
@@ -99,7 +99,7 @@ def verify_through_router(config_path: str, region: str) -> dict:
       retry_condition_fn=retry_if_transient)
 def copy_back_snapshots(config_path: str, source: str) -> dict:
     """Before failback: copy to the primary any snapshot taken in ``source`` that the primary lacks."""
-    from llmdr import ops
+    from llmdr.repo import ops
 
     cfg = load_config(config_path)
     state = core.primary_data_current(cfg, source=source)

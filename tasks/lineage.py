@@ -24,7 +24,7 @@ def _dataset(cfg, name: str):
 @task(name="validate-dataset", cache_policy=NO_CACHE)
 def validate_dataset(config_path: str, name: str) -> dict:
     """The dataset against its expectation suite (profiled from the data on first backup, then user-editable)."""
-    from llmdr.expectations import ensure_suite, validate
+    from llmdr.lineage.expectations import ensure_suite, validate
 
     cfg = load_config(config_path)
     ds = _dataset(cfg, name)
@@ -45,7 +45,7 @@ def validate_dataset(config_path: str, name: str) -> dict:
       retry_condition_fn=retry_if_transient)
 def push_dataset(config_path: str, name: str) -> dict:
     """This version of the dataset (its DVC md5) into every region's DVC remote."""
-    from llmdr.datasets import push_all, remote_url, version
+    from llmdr.lineage.datasets import push_all, remote_url, version
 
     cfg = load_config(config_path)
     ds = _dataset(cfg, name)
@@ -61,7 +61,7 @@ def push_dataset(config_path: str, name: str) -> dict:
 def register_model_version(config_path: str, snapshot_id: str, regions: list[str], datasets: list[dict]) -> dict:
     """The protected snapshot as a model version in the MLflow registry (alias `production`), with its digests,
     regions and dataset versions as tags."""
-    from llmdr.lineage import register_snapshot
+    from llmdr.lineage.registry import register_snapshot
 
     cfg = load_config(config_path)
     return register_snapshot(cfg, snapshot_id, regions={r: snapshot_id for r in regions},
@@ -77,7 +77,7 @@ def store_dataset_evidence(config_path: str, snapshot_id: str, validations: list
     import hashlib
     import json
 
-    from llmdr import ops
+    from llmdr.repo import ops
 
     cfg = load_config(config_path)
     data = json.dumps({"snapshot_id": snapshot_id, "datasets": datasets, "validations": validations},

@@ -11,7 +11,7 @@ from llmdr.config import load_config
 @task(name="watch-endpoints", cache_policy=NO_CACHE)
 def watch_endpoints(config_path: str, duration_s: float) -> dict:
     """Probe every endpoint and the router each ``monitor.interval`` for ``duration_s``; events on changes."""
-    from llmdr.watch import watch
+    from llmdr.failover.watch import watch
 
     cfg = load_config(config_path)
     summary = watch(cfg, duration=duration_s)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from llmdr import ops
+from llmdr.artifacts import retries_text
 from llmdr.config import load_config
-from llmdr.report import retries_text
+from llmdr.repo import ops
 from llmdr.storage.retrying import count_retries
 
 from .retry import RETRY_DELAYS, retry_if_transient
@@ -52,7 +52,7 @@ def restore_snapshot(config_path: str, snapshot: str, region: str, target: str, 
 @task(name="check-bundle-complete")
 def check_bundle_complete(config_path: str) -> dict:
     """Refuse to protect an incomplete bundle (not retried: the files must be fixed first)."""
-    from llmdr.bundle import IncompleteBundle
+    from llmdr.repo.bundle import IncompleteBundle
 
     cfg = load_config(config_path)
     if not cfg.bundle.components:
@@ -99,8 +99,8 @@ def measure_rpo(config_path: str, region: str) -> dict:
 def refresh_standby(config_path: str, region: str) -> dict:
     """Move a running warm standby onto the newest snapshot in its own region, so a failover serves the model
     just protected. Never touches the replica that receives traffic, nor one llmdr did not start."""
-    from llmdr.replica import can_start, replica_status, start_replica
-    from llmdr.router import open_router
+    from llmdr.failover.router import open_router
+    from llmdr.serving.replica import can_start, replica_status, start_replica
 
     cfg = load_config(config_path)
     reg = cfg.region(region)
@@ -115,8 +115,8 @@ def refresh_standby(config_path: str, region: str) -> dict:
         active = region
     if active == region:
         return {"region": region, "refreshed": False, "why": "it serves the traffic now"}
-    from llmdr.ops import open_repo
-    from llmdr.replica import same_content
+    from llmdr.repo.ops import open_repo
+    from llmdr.serving.replica import same_content
 
     newest = open_repo(cfg, reg, read_only=True).resolve("latest", bundle=cfg.bundle.name)
     if same_content(cfg, reg, st.snapshot, newest):

@@ -11,7 +11,7 @@ from llmdr.config import load_config
 def run_readiness_checks(config_path: str, only: list[str] | None = None) -> dict:
     """Every readiness check; a failing check is a result, not an error (no retries: a retry would hide a flaky
     region, which is itself worth reporting)."""
-    from llmdr.readiness import run_checks
+    from llmdr.drill.readiness import run_checks
 
     rep = run_checks(load_config(config_path), only=set(only) if only else None)
     log = get_run_logger()
@@ -23,6 +23,6 @@ def run_readiness_checks(config_path: str, only: list[str] | None = None) -> dic
 
 
 def _markdown(rep) -> str:
-    from llmdr.readiness import render_markdown
+    from llmdr.drill.readiness import render_markdown
 
     return render_markdown(rep)

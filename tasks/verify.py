@@ -6,9 +6,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from llmdr import ops
+from llmdr.artifacts import retries_text
 from llmdr.config import load_config
-from llmdr.report import retries_text
+from llmdr.repo import ops
+from llmdr.serving import restoretest
 from llmdr.storage.retrying import count_retries
 
 from .retry import RETRY_DELAYS, retry_if_transient
@@ -33,7 +34,7 @@ def verify_snapshot(config_path: str, snapshot: str, region: str, sample: str | 
 def run_restore_test(config_path: str, snapshot: str, region: str, golden_path: str) -> dict:
     """Restore to scratch, check completeness, serve, compare with the golden set."""
     with count_retries() as retries:
-        res = ops.restore_test(load_config(config_path), snapshot, region=region, golden_path=Path(golden_path))
+        res = restoretest.run_restore_test(load_config(config_path), snapshot, region=region, golden_path=Path(golden_path))
     return res.to_json() | {"region": region, "retries": retries.to_json()}
 
 
@@ -41,8 +42,8 @@ def run_restore_test(config_path: str, snapshot: str, region: str, golden_path: 
 def run_golden_check(url: str, golden_path: str) -> dict:
     """Ask an OpenAI-compatible endpoint the golden set; the result says which cases differ (a mismatch is a result,
     not an error: the caller decides what it means)."""
-    from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.golden import GoldenSet, check
+    from llmdr.serving.endpoint import OpenAIEndpoint
+    from llmdr.serving.golden import GoldenSet, check
 
     report = check(GoldenSet.load(Path(golden_path)), OpenAIEndpoint(url).answer)
     return report.to_json() | {"url": url}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import Config, parse_config
-from llmdr.repository import Repository
+from llmdr.repo.repository import Repository
 from llmdr.storage.memory import MemoryStore
 
 CONFIG = """\
@@ -106,7 +106,7 @@ def two_regions(stack: Config, tmp: Path, *, prefix: str | None = None, bundle: 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Two running local regions. Yields (config, state_dir); config's prefix is '' (tests use ``region_config``)."""
-    from llmdr.stack import start_region, stop_region
+    from llmdr.devstack.regions import start_region, stop_region
 
     base = tmp_path_factory.mktemp("stack")
     p = _free_base_port()
@@ -169,7 +169,7 @@ def serving(bundle: Path):
     """`llmdr serve`'s server for ``bundle`` in a thread on a free port; yields its base URL."""
     import threading
 
-    from llmdr.serving import ModelService, make_server
+    from llmdr.serving.server import ModelService, make_server
 
     httpd = make_server(ModelService(bundle), "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -251,6 +251,6 @@ def served_config(stack, tmp_path) -> Config:
     """``make_served_config`` for this test; stops every replica and the router it started afterwards."""
     cfg = make_served_config(stack, tmp_path)
     yield cfg
-    from llmdr.stack import stop_serving
+    from llmdr.devstack.regions import stop_serving
 
     stop_serving(cfg, router=True)

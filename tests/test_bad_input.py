@@ -32,10 +32,10 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import load_config
-from llmdr.manifest import canonical_json, manifest_id
-from llmdr.ops import open_repo
-from llmdr.repository import manifest_key
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.repo.manifest import canonical_json, manifest_id
+from llmdr.repo.ops import open_repo
+from llmdr.repo.repository import manifest_key
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import read_tree
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.bundle import ComponentKind, ComponentSpec, IncompleteBundle, check_bundle, detected_specs
+from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import ConfigError
-from llmdr.manifest import FileEntry, Manifest, manifest_id
-from llmdr.repository import Repository, manifest_key
-from llmdr.restore import restore_snapshot
-from llmdr.samples import MiB, write_sample_bundle
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.bundle import ComponentKind, ComponentSpec, IncompleteBundle, check_bundle, detected_specs
+from llmdr.repo.manifest import FileEntry, Manifest, manifest_id
+from llmdr.repo.repository import Repository, manifest_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
 
 from conftest import write_tree
@@ -163,7 +163,7 @@ def test_config_refuses_unknown_component_kind(tmp_path):
 
     (tmp_path / "b").mkdir()
     write_tree(tmp_path / "b", {"config.json": b"{}"})
-    from llmdr.initconfig import render_config
+    from llmdr.config.scaffold import render_config
 
     text = render_config(tmp_path / "b", name=None, config_path=tmp_path / "llmdr.yaml", primary_port=1000,
                          secondary_port=2000)

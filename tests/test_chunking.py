@@ -6,7 +6,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmdr.chunking import Chunker, ChunkerParams
+from llmdr.repo.chunking import Chunker, ChunkerParams
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 
@@ -55,7 +55,7 @@ def test_small_files_cut_in_memory_give_the_same_chunks_as_the_stream_chunker():
     import io
     import random
 
-    from llmdr.chunking import Chunker, ChunkerParams
+    from llmdr.repo.chunking import Chunker, ChunkerParams
 
     params = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
     ch = Chunker(params)

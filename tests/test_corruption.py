@@ -4,7 +4,7 @@ silently accepted. Against the real SeaweedFS regions, through the real CLI.
 Four kinds of damage, made directly with boto3 in the primary region's bucket (as bit rot, a truncated write, a lost
 object or a hand edit would leave them): a flipped bit in a chunk, a truncated chunk, a deleted chunk, and a manifest
 edited by hand and put back under its own key. Each meets three detectors: `llmdr verify`, `llmdr restore`, and the
-restore test (`ops.restore_test`: what `llmdr verify --restore-test` and the DR drill run); then
+restore test (`restoretest.run_restore_test`: what `llmdr verify --restore-test` and the DR drill run); then
 `llmdr verify --repair` must bring the intact copy back from the secondary region, after which verify passes and a
 restore is byte-identical to the bundle.
 
@@ -29,14 +29,15 @@ from pathlib import Path
 
 import pytest
 
-from llmdr import golden, ops
-from llmdr.bundle import content_digests, detected_specs
 from llmdr.config import Config, parse_config
-from llmdr.credentials import resolve_keys
-from llmdr.endpoint import OpenAIEndpoint
-from llmdr.repository import chunk_key, manifest_key
-from llmdr.restore import MARKER, TMP_SUFFIX
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.repo import ops
+from llmdr.repo.bundle import content_digests, detected_specs
+from llmdr.repo.repository import chunk_key, manifest_key
+from llmdr.repo.restore import MARKER, TMP_SUFFIX
+from llmdr.serving import golden, restoretest
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.tinymodel import write_demo_bundle
+from llmdr.storage.credentials import resolve_keys
 
 from conftest import read_tree, serving
 
@@ -228,7 +229,7 @@ def run_detectors(world: World, path: Path, cfg: Config, sid: str, out: Path) ->
         "verify_json": llmdr(path, "verify", sid, "--json"),
         "restore": llmdr(path, "restore", sid, "--to", str(out / "restore")),
         "restored": final_names(out / "restore"),
-        "restore_test": ops.restore_test(cfg, sid, region="primary", golden_path=world.golden),
+        "restore_test": restoretest.run_restore_test(cfg, sid, region="primary", golden_path=world.golden),
     }
 
 
@@ -364,7 +365,7 @@ def test_verify_reads_the_regions_manifest_not_this_machines_cache(world, tmp_pa
     key = edit_manifest_in_place(Raw(cfg, "primary"), sid, "")
     r = llmdr(path, "verify", sid)
     assert r.returncode == 1 and key in r.stderr and "is damaged" in r.stderr
-    res = ops.restore_test(cfg, sid, region="primary", golden_path=world.golden)
+    res = restoretest.run_restore_test(cfg, sid, region="primary", golden_path=world.golden)
     assert not res.ok and any(p.endswith(f": {key} (damaged)") for p in res.problems), res.problems
 
 
@@ -379,7 +380,7 @@ def test_verify_latest_with_a_damaged_manifest(world, tmp_path):
     key = edit_manifest_in_place(Raw(cfg, "primary"), sid, "")
     r = llmdr(path, "verify", "latest")
     assert r.returncode == 1 and key in r.stderr and "--repair" in r.stderr
-    res = ops.restore_test(cfg, "latest", region="primary", golden_path=world.golden)  # tests the newest, not the one before
+    res = restoretest.run_restore_test(cfg, "latest", region="primary", golden_path=world.golden)  # tests the newest, not the one before
     assert res.snapshot_id == sid and not res.ok and any(p.endswith(f": {key} (damaged)") for p in res.problems)
     r = llmdr(path, "verify", "latest", "--repair", "--json")
     assert r.returncode == 0, r.stderr

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import pytest
 
-from llmdr import ops
-from llmdr.chunking import ChunkerParams
 from llmdr.config import Config, parse_config
+from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import TargetNotEmpty
-from llmdr.repository import RepoConfig, Repository
-from llmdr.restore import MARKER, TMP_SUFFIX, restore_snapshot
-from llmdr.samples import MiB, write_sample_bundle
+from llmdr.repo import ops
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.repository import RepoConfig, Repository
+from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.storage.factory import open_region
 
 from conftest import read_tree
@@ -361,9 +361,9 @@ def test_restore_killed(world, tmp_path):
 def test_restore_interrupted_in_its_completeness_check_resumes(world, mem_repo, tmp_path, monkeypatch):
     """Some of the SIGKILLs above land after the marker was removed, where the same command no longer resumes; here
     that point deterministically: a bundle with components, interrupted while the restored folder is checked."""
-    from llmdr import restore as restore_module
-    from llmdr.bundle import detected_specs
-    from llmdr.snapshot import take_snapshot
+    from llmdr.repo import restore as restore_module
+    from llmdr.repo.bundle import detected_specs
+    from llmdr.repo.snapshot import take_snapshot
 
     sid = take_snapshot(mem_repo, world.bundle, bundle="crash", components=detected_specs(world.bundle)).snapshot_id
     target = tmp_path / "t"

@@ -15,10 +15,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from llmdr import credentials
 from llmdr.config import parse_config
-from llmdr.credentials import Keys, caller_identity, clear_cache, expires_in, keys_from_block_value, resolve_keys
 from llmdr.errors import AccessDenied, ConfigError, TransientStorageError, is_retriable
+from llmdr.storage import credentials
+from llmdr.storage.credentials import (
+    Keys,
+    caller_identity,
+    clear_cache,
+    expires_in,
+    keys_from_block_value,
+    resolve_keys,
+)
 
 ACCOUNT = "123456789012"  # moto's default account
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/llmdr"
@@ -313,7 +320,7 @@ def test_expiration_from_the_environment(tmp_path, monkeypatch, base_env):
 
 
 def test_expiration_from_the_local_env_file(tmp_path, monkeypatch):
-    from llmdr.credentials import LOCAL_ENV, write_env_file
+    from llmdr.storage.credentials import LOCAL_ENV, write_env_file
 
     for name in ("LLMDR_CT_AK", "LLMDR_CT_SK", "LLMDR_CT_TOKEN", "LLMDR_CT_EXP"):
         monkeypatch.delenv(name, raising=False)

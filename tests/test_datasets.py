@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import Config, Dataset, parse_config
-from llmdr.credentials import read_env_file
-from llmdr.datasets import (
+from llmdr.errors import AccessDenied, IntegrityError, ObjectNotFound, TargetNotEmpty, TransientStorageError, UsageError
+from llmdr.lineage.datasets import (
     DatasetChanged,
     DatasetNotTracked,
     configure_remotes,
@@ -32,7 +32,7 @@ from llmdr.datasets import (
     track,
     version,
 )
-from llmdr.errors import AccessDenied, IntegrityError, ObjectNotFound, TargetNotEmpty, TransientStorageError, UsageError
+from llmdr.storage.credentials import read_env_file
 from llmdr.storage.factory import open_region
 
 from conftest import _free_base_port
@@ -195,7 +195,7 @@ def test_push_all_reaches_both_regions_and_repeats_as_noop(project):
 def test_pull_from_secondary_while_primary_is_down(tmp_path, template_repo):
     """Own pair of regions (the session's stay up): push to both, stop the primary's server, then a fresh clone
     (a new machine) gets the data back from the secondary, byte-identical and checked."""
-    from llmdr.stack import start_region, stop_region
+    from llmdr.devstack.regions import start_region, stop_region
 
     p = _free_base_port()
     s = _free_base_port()
@@ -355,7 +355,7 @@ def test_errors_say_what_and_keep_secrets_out(project, monkeypatch, caplog, tmp_
 
 def test_error_text_from_dvc_is_redacted():
     """Whatever DVC or the S3 client put in an exception or a log record, keys do not come out of llmdr."""
-    from llmdr.datasets import _map_error
+    from llmdr.lineage.datasets import _map_error
 
     secret = "s3cr3t-" + uuid.uuid4().hex
     try:
@@ -374,7 +374,7 @@ def test_using_dvc_leaves_the_process_streams_and_logging_alone(tmp_path):
     code = (
         "import logging, sys\n"
         "out, err = sys.stdout, sys.stderr\n"
-        "from llmdr.datasets import _tame_dvc\n"
+        "from llmdr.lineage.datasets import _tame_dvc\n"
         "_tame_dvc()\n"
         "assert sys.stdout is out and sys.stderr is err, (sys.stdout, sys.stderr)\n"
         "handlers = [h for n in ('dvc', 'dvc_data', 'dvc_objects') for h in logging.getLogger(n).handlers]\n"

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from llmdr import drill as core
 from llmdr.config import parse_config
+from llmdr.drill import record as core
 
 CONFIG = """\
 version: 1
@@ -140,7 +140,7 @@ def _publish(cfg, rec: core.DrillRecord) -> dict:
 def test_the_signed_report_holds_the_runbook_in_force(tmp_path):
     from pathlib import Path
 
-    from llmdr.signing import key_paths, verify_folder
+    from llmdr.drill.signing import key_paths, verify_folder
 
     cfg = _cfg(tmp_path)
     rec = _good(time.time())
@@ -161,7 +161,7 @@ def test_the_signed_report_holds_the_runbook_in_force(tmp_path):
 def test_a_runbook_that_fails_to_render_does_not_stop_the_report(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from llmdr import runbook
+    from llmdr.drill import runbook
 
     cfg = _cfg(tmp_path)
     rec = _good(time.time())

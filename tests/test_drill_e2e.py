@@ -22,12 +22,14 @@ import urllib.request
 
 import pytest
 
-from llmdr import golden, ops, orchestration
 from llmdr.config import load_config
-from llmdr.endpoint import OpenAIEndpoint
-from llmdr.router import open_router
-from llmdr.stack import start_region, start_router, start_serving, stop_region, stop_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.devstack import orchestration
+from llmdr.devstack.regions import start_region, start_router, start_serving, stop_region, stop_serving
+from llmdr.failover.router import open_router
+from llmdr.repo import ops
+from llmdr.serving import golden
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import _free_base_port, free_port
 
@@ -154,7 +156,7 @@ def drill_stack(tmp_path_factory):
                               "-p", "duration_s=900"], env=env, capture_output=True, text=True, timeout=120)
         _OUTPUTS.append(("prefect deployment run monitor-endpoints", run.stdout + run.stderr))
         assert run.returncode == 0, run.stdout + run.stderr
-        from llmdr.watch import read_status
+        from llmdr.failover.watch import read_status
 
         deadline = time.monotonic() + 120
         while read_status(cfg).get("primary", {}).get("status") != "healthy":
@@ -171,7 +173,7 @@ def drill_stack(tmp_path_factory):
 
 
 def _run_drill(st) -> tuple[subprocess.CompletedProcess, dict]:
-    from llmdr import drill as core
+    from llmdr.drill import record as core
 
     before = {r.id for r in core.history(st["cfg"])}
     r = subprocess.run([orchestration._prefect(), "deployment", "run", "dr-drill/dr-drill-quarterly", "--watch",
@@ -222,7 +224,7 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     assert arts and "PASS" in arts[0]["data"]
     mlflow_id = rec["evidence"].get("mlflow_run_id")
     assert mlflow_id, rec["evidence"].get("mlflow_error")
-    from llmdr.tracking import drill_runs, target_for
+    from llmdr.lineage.tracking import drill_runs, target_for
 
     run = next(r for r in drill_runs(target_for(cfg), bundle="drillbot") if r["id"] == mlflow_id)
     assert run["status"] == "FINISHED" and run["metrics"]["passed"] == 1
@@ -345,7 +347,7 @@ def _api_url(url: str):
 
 def _mlflow_records(cfg) -> bytes:
     """Params, tags and metrics of every MLflow run, and every registered model version's tags."""
-    from llmdr.tracking import open_client, target_for
+    from llmdr.lineage.tracking import open_client, target_for
 
     client = open_client(target_for(cfg))
     runs = [r.to_dictionary() for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id])]
@@ -372,8 +374,8 @@ def test_no_secret_in_any_output(drill_stack):
     cfg = st["cfg"]
     from cryptography.hazmat.primitives import serialization
 
-    from llmdr import drill as core
-    from llmdr.credentials import read_env_file
+    from llmdr.drill import record as core
+    from llmdr.storage.credentials import read_env_file
 
     t0 = time.monotonic()
     if not core.history(cfg):  # run on its own: the drills above did not run

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llmdr import drillreport
 from llmdr.config import parse_config
-from llmdr.drill import Control, DrillRecord, evaluate
-from llmdr.drillreport import (
+from llmdr.drill import report as drillreport
+from llmdr.drill.record import Control, DrillRecord, evaluate
+from llmdr.drill.report import (
     render_html,
     render_markdown,
     table_rows,
@@ -520,7 +520,7 @@ def test_a_written_report_signs_and_verifies(reports, tmp_path):
     import shutil
 
     from llmdr.config import Signing
-    from llmdr.signing import key_paths, sign_folder, verify_folder
+    from llmdr.drill.signing import key_paths, sign_folder, verify_folder
 
     folder = tmp_path / "report"
     shutil.copytree(reports["fail"][1]["html"].parent, folder)
@@ -544,7 +544,7 @@ def test_the_runbook_in_the_folder_is_linked_named_and_signed(tmp_path):
     """The drill task writes RUNBOOK.md into the folder before the report: the HTML links it (relative), the PDF and
     the markdown artifact name it, and the signature covers it like every other file."""
     from llmdr.config import Signing
-    from llmdr.signing import key_paths, sign_folder, verify_folder
+    from llmdr.drill.signing import key_paths, sign_folder, verify_folder
 
     rec = passing_record(tmp_path)
     rec["evidence"]["runbook"] = drillreport.RUNBOOK_FILE

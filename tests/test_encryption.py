@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 
-from llmdr.chunking import ChunkerParams
-from llmdr.credentials import resolve_keys
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.manifest import manifest_id
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import RepoConfig, Repository, chunk_key, manifest_key
-from llmdr.restore import restore_snapshot
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.manifest import manifest_id
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
+from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.crypto import MAGIC, OVERHEAD, key_id
 from llmdr.storage.factory import open_region
 
@@ -138,7 +138,7 @@ def test_missing_or_malformed_key_is_a_config_error(stack, tmp_path, keys_env, m
 
 
 def test_flipped_bit_in_ciphertext_is_detected_and_repaired(stack, tmp_path, keys_env):
-    from llmdr import ops
+    from llmdr.repo import ops
 
     cfg = cfg_for(stack, tmp_path)
     bundle(tmp_path / "src")
@@ -234,7 +234,7 @@ def test_key_from_a_prefect_secret_block(stack, tmp_path, keys_env, prefect_harn
 
 
 def test_runbook_names_the_keys_never_their_values(stack, tmp_path, keys_env):
-    from llmdr.runbook import render_runbook
+    from llmdr.drill.runbook import render_runbook
 
     text = render_runbook(cfg_for(stack, tmp_path))
     assert "`LLMDR_T_KEY_S`" in text and "CANNOT BE READ" in text and "`LLMDR_T_SIGN`" in text
@@ -244,7 +244,7 @@ def test_runbook_names_the_keys_never_their_values(stack, tmp_path, keys_env):
 def test_dvc_objects_in_an_encrypted_bucket_are_read_raw(stack, tmp_path, keys_env):
     """DVC writes its remote's objects itself (unencrypted) into the same bucket; the dataset checks read them
     through an unsealed store, or every size would be off by the envelope (a bug `make demo` caught)."""
-    from llmdr.datasets import _object_key
+    from llmdr.lineage.datasets import _object_key
 
     cfg = cfg_for(stack, tmp_path)
     dr = cfg.secondaries[0]
@@ -259,7 +259,7 @@ def test_one_forged_manifest_does_not_block_restores_but_stops_retention(stack, 
     import subprocess
     import sys
 
-    from llmdr.retention import Policy, apply_retention
+    from llmdr.repo.retention import Policy, apply_retention
 
     cfg = cfg_for(stack, tmp_path, s_extra="")
     bundle(tmp_path / "src")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmdr import expectations as ex
 from llmdr.config import parse_config
 from llmdr.errors import ConfigError, UsageError
+from llmdr.lineage import expectations as ex
 
 ROOT = Path(__file__).parent.parent
 HAS_PARQUET = ex._has_parquet_engine()
@@ -86,7 +86,7 @@ def kinds(report) -> set[tuple[str, str | None]]:
 # --- import cost ---------------------------------------------------------------------------------------------------
 
 def test_importing_the_module_loads_neither_great_expectations_nor_pandas():
-    code = ("import sys, llmdr.expectations; heavy = [m for m in ('great_expectations', 'pandas') if m in sys.modules];"
+    code = ("import sys, llmdr.lineage.expectations; heavy = [m for m in ('great_expectations', 'pandas') if m in sys.modules];"
             " print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -25,15 +25,16 @@ from prefect import flow
 from prefect.transactions import transaction
 
 from flows.failover import failback, failover
-from llmdr import failover as fo
-from llmdr import golden, ops
-from llmdr.endpoint import OpenAIEndpoint
+from llmdr.artifacts import failover_markdown, failover_table
+from llmdr.devstack.regions import start_router, start_serving, stop_serving
 from llmdr.errors import UsageError
-from llmdr.replica import ready_marker, replica_status, start_replica, stop_replica
-from llmdr.report import failover_markdown, failover_table
-from llmdr.router import open_router, router_log
-from llmdr.stack import start_router, start_serving, stop_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.failover import steps as fo
+from llmdr.failover.router import open_router, router_log
+from llmdr.repo import ops
+from llmdr.serving import golden
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.replica import ready_marker, replica_status, start_replica, stop_replica
+from llmdr.serving.tinymodel import write_demo_bundle
 from tasks.failover import switch_router
 
 from conftest import make_config, make_served_config

@@ -17,13 +17,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmdr import failover as fo
-from llmdr import golden, ops, orchestration
 from llmdr.config import load_config
-from llmdr.endpoint import OpenAIEndpoint
-from llmdr.router import open_router
-from llmdr.stack import start_region, start_router, start_serving, stop_region, stop_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.devstack import orchestration
+from llmdr.devstack.regions import start_region, start_router, start_serving, stop_region, stop_serving
+from llmdr.failover import steps as fo
+from llmdr.failover.router import open_router
+from llmdr.repo import ops
+from llmdr.serving import golden
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import _free_base_port, free_port
 

@@ -16,8 +16,8 @@ import random
 import pytest
 from netproxy import NetProxy
 
-from llmdr.credentials import resolve_keys
 from llmdr.errors import AccessDenied, TransientStorageError
+from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.retrying import RetryingStore
 from llmdr.storage.s3 import S3Store
 
@@ -107,8 +107,8 @@ def test_wrong_credentials_are_not_retried_through_the_proxy(s3):
 # FaultyStore's modes (memory store: fast, no network) -----------------------------------------------------------------
 
 def faulty_memory(**kw):
-    from llmdr.storage.faulty import FaultyStore
     from llmdr.storage.memory import MemoryStore
+    from llmdr.testing.faulty import FaultyStore
 
     slept: list[float] = []
     return FaultyStore(MemoryStore(), sleep=slept.append, **kw), slept
@@ -236,9 +236,9 @@ FAULT_RATE = "0.1"
 
 def _small_chunk_repo(cfg) -> None:
     """Create the primary's repository with ~16 KiB chunks (the secondary inherits them on the first copy)."""
-    from llmdr import ops
-    from llmdr.chunking import ChunkerParams
-    from llmdr.repository import RepoConfig
+    from llmdr.repo import ops
+    from llmdr.repo.chunking import ChunkerParams
+    from llmdr.repo.repository import RepoConfig
 
     ops.open_repo(cfg, "primary").ensure_config(
         RepoConfig(chunker=ChunkerParams(avg_size=16 * KiB, min_size=4 * KiB, max_size=64 * KiB)))
@@ -252,8 +252,8 @@ def _no_request_lost(retries: dict) -> None:
 def test_snapshot_copy_verify_restore_ride_out_10_percent_faults(region_config, tmp_path, monkeypatch):
     import logging
 
-    from llmdr import ops
-    from llmdr.samples import write_sample_bundle
+    from llmdr.devstack.samples import write_sample_bundle
+    from llmdr.repo import ops
     from llmdr.storage.retrying import count_retries
 
     from conftest import read_tree
@@ -298,7 +298,7 @@ def test_cli_snapshot_replicate_verify_restore_with_10_percent_faults(region_con
     import subprocess
     import sys
 
-    from llmdr.samples import write_sample_bundle
+    from llmdr.devstack.samples import write_sample_bundle
 
     from conftest import read_tree
 
@@ -343,7 +343,7 @@ def test_flows_with_10_percent_faults_show_the_retries_in_their_artifacts(prefec
     from flows.protect_bundle import protect_bundle
     from flows.restore_bundle import restore_bundle
     from flows.verify_replicas import verify_replicas
-    from llmdr.samples import write_sample_bundle
+    from llmdr.devstack.samples import write_sample_bundle
 
     from conftest import read_tree
 
@@ -390,7 +390,7 @@ def test_flows_with_10_percent_faults_show_the_retries_in_their_artifacts(prefec
 
 
 def test_report_lines_for_retries():
-    from llmdr.report import retries_line, run_retries, verify_table
+    from llmdr.artifacts import retries_line, run_retries, verify_table
 
     a = {"total": 3, "ops": {"put": 3}, "regions": {"primary": 3}, "requests": {"put": 40}, "gave_up": {}}
     b = {"total": 2, "ops": {"get": 1, "put": 1}, "regions": {"secondary": 2}, "requests": {"get": 9, "put": 11},

@@ -3,8 +3,8 @@
 import pytest
 from prefect import flow, task
 
+from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import AccessDenied, IntegrityError, TransientStorageError
-from llmdr.samples import MiB, write_sample_bundle
 from tasks.retry import retry_if_transient
 
 from conftest import read_tree
@@ -113,8 +113,8 @@ def test_prefect_yaml_entrypoints_are_flows():
 def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
     from prefect.blocks.system import Secret
 
-    from llmdr.credentials import resolve_keys
     from llmdr.errors import AccessDenied, ConfigError
+    from llmdr.storage.credentials import resolve_keys
 
     from conftest import make_config
 
@@ -141,8 +141,8 @@ def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
 def test_verify_replicas_repairs_a_corrupt_chunk(prefect_harness, region_config):
     from flows.protect_bundle import protect_bundle
     from flows.verify_replicas import verify_replicas
-    from llmdr.ops import open_repo
-    from llmdr.repository import chunk_key
+    from llmdr.repo.ops import open_repo
+    from llmdr.repo.repository import chunk_key
 
     cfg_path = region_config.source_file
     write_sample_bundle(cfg_path.parent / "bundle", shards=1, shard_size=2 * MiB)
@@ -173,7 +173,7 @@ def test_verify_replicas_repairs_a_corrupt_chunk(prefect_harness, region_config)
 def test_protect_applies_retention_in_every_region(prefect_harness, region_config):
     from flows.protect_bundle import protect_bundle
     from llmdr.config import parse_config
-    from llmdr.ops import open_repo
+    from llmdr.repo.ops import open_repo
 
     path = region_config.source_file
     path.write_text(path.read_text() + "retention: {keep_last: 1, grace: 0s}\n")
@@ -191,7 +191,7 @@ def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_
     import random
 
     from flows.protect_checkpoints import protect_checkpoints
-    from llmdr.ops import open_repo
+    from llmdr.repo.ops import open_repo
 
     path = region_config.source_file
     path.write_text(path.read_text() + "checkpoints: {path: ckpts, retention: {keep_last: 2, grace: 0s}}\n")
@@ -218,9 +218,9 @@ def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_
 
 
 def test_run_golden_check_task(tmp_path):
-    from llmdr import golden
-    from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.tinymodel import write_demo_bundle
+    from llmdr.serving import golden
+    from llmdr.serving.endpoint import OpenAIEndpoint
+    from llmdr.serving.tinymodel import write_demo_bundle
     from tasks.verify import run_golden_check
 
     from conftest import serving

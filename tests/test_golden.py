@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from llmdr import golden
 from llmdr.errors import UsageError
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.serving import golden
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import free_port
 

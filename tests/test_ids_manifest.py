@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmdr.chunking import DEFAULT_CHUNKER
 from llmdr.errors import IntegrityError, UnsafePathError
-from llmdr.ids import is_hex_digest
-from llmdr.manifest import FileEntry, Manifest, check_relpath, manifest_id
-from llmdr.repository import chunk_key, key_to_chunk
+from llmdr.repo.chunking import DEFAULT_CHUNKER
+from llmdr.repo.ids import is_hex_digest
+from llmdr.repo.manifest import FileEntry, Manifest, check_relpath, manifest_id
+from llmdr.repo.repository import chunk_key, key_to_chunk
 
 hexdigests = st.binary(min_size=32, max_size=32).map(lambda b: b.hex())
 seg = st.text(alphabet=st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1,

@@ -5,13 +5,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from llmdr.chunking import ChunkerParams
 from llmdr.errors import UsageError
-from llmdr.integrity import Subset, verify_snapshot
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import RepoConfig, Repository, chunk_key
-from llmdr.restore import restore_snapshot
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.integrity import Subset, verify_snapshot
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import RepoConfig, Repository, chunk_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
 
 from conftest import read_tree, write_tree

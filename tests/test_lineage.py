@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from llmdr import ops, tracking
 from llmdr.config import parse_config
-from llmdr.drill import DrillRecord
+from llmdr.devstack.samples import write_sample_bundle
+from llmdr.drill.record import DrillRecord
 from llmdr.errors import SnapshotNotFound, UsageError
-from llmdr.lineage import (
+from llmdr.lineage import tracking
+from llmdr.lineage.registry import (
     flatten_params,
     hardware,
     lineage,
@@ -23,7 +24,7 @@ from llmdr.lineage import (
     register_snapshot,
     render_lineage,
 )
-from llmdr.samples import write_sample_bundle
+from llmdr.repo import ops
 from tests.conftest import free_port
 
 BUNDLE = """\

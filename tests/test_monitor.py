@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from llmdr.config import Monitor
-from llmdr.endpoint import OpenAIEndpoint
-from llmdr.golden import GoldenCase
-from llmdr.monitor import Assessment, Sample, SampleStore, assess, assess_all, probe, samples_frame
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.failover.monitor import Assessment, Sample, SampleStore, assess, assess_all, probe, samples_frame
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.golden import GoldenCase
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import free_port, serving
 
@@ -368,7 +368,7 @@ def test_concurrent_writer_process(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from llmdr.monitor import Sample, SampleStore\n"
+        "from llmdr.failover.monitor import Sample, SampleStore\n"
         "store = SampleStore(Path(sys.argv[1]))\n"
         "for i in range(100):\n"
         "    store.add([Sample(1e9 + i, 'other', 'u', True, 0.01, 200, None, 8, None)])\n"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from netproxy import NetProxy, TokenBucket
 
-from llmdr.credentials import resolve_keys
+from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.s3 import S3Store
 
 KiB = 1024

@@ -9,17 +9,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from llmdr.chunking import ChunkerParams
 from llmdr.config import parse_config
-from llmdr.credentials import resolve_keys
 from llmdr.errors import ObjectLocked
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import RepoConfig, Repository, chunk_key, manifest_key
-from llmdr.restore import restore_snapshot
-from llmdr.retention import Policy, apply_retention
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.locks import Locker
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.retention import Policy, apply_retention
+from llmdr.repo.snapshot import take_snapshot
+from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.factory import open_region
-from llmdr.storage.locks import Locker
 
 from conftest import read_tree, two_regions, write_tree
 
@@ -62,7 +62,7 @@ def test_stack_up_creates_the_dr_bucket_with_object_lock_and_versioning(stack, t
 
 
 def test_start_region_creates_a_locked_bucket_for_a_region_with_object_lock(stack, tmp_path):
-    from llmdr.stack import start_region
+    from llmdr.devstack.regions import start_region
 
     cfg = locked_config(stack, tmp_path)
     text = cfg.source_file.read_text().replace(cfg.secondaries[0].bucket, f"llmdr-new-{uuid.uuid4().hex[:8]}")
@@ -210,7 +210,7 @@ def test_read_only_store_has_no_locker(stack, tmp_path):
 def test_a_copy_slower_than_the_slack_relocks_its_early_chunks(stack, tmp_path):
     """Chunks are locked when put, the manifest when published: a long copy would leave its first chunks locked
     shorter than the rule (>= manifest - period/4) allows, so they are extended before publishing."""
-    from llmdr.storage.faulty import FaultyStore
+    from llmdr.testing.faulty import FaultyStore
 
     cfg = locked_config(stack, tmp_path, period="4s")  # slack 1 s
     src = tmp_path / "src"

@@ -7,8 +7,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from llmdr import orchestration
-from llmdr.samples import MiB, write_sample_bundle
+from llmdr.devstack import orchestration
+from llmdr.devstack.samples import MiB, write_sample_bundle
 
 from conftest import free_port
 

@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from llmdr.errors import UsageError
-from llmdr.plan import (
+from llmdr.drill.plan import (
     DOES_NOT_MEET,
     MEETS,
     human_bytes,
@@ -18,6 +17,7 @@ from llmdr.plan import (
     parse_size,
     render_plan,
 )
+from llmdr.errors import UsageError
 
 GB = 10**9
 GBIT = 1e9

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from llmdr import ops
 from llmdr.config import parse_config
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.repo import ops
+from llmdr.serving.tinymodel import write_demo_bundle
 
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -76,7 +76,7 @@ def project(stack, tmp_path):
 
 def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, project):
     from flows.protect_bundle import protect_bundle
-    from llmdr.datasets import present, version
+    from llmdr.lineage.datasets import present, version
 
     cfg = project
     out = protect_bundle(config_path=str(cfg.source_file))

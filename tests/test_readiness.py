@@ -9,14 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from llmdr import readiness as rd
-from llmdr.chunking import ChunkerParams
 from llmdr.config import parse_config
-from llmdr.credentials import clear_cache
-from llmdr.drill import DrillRecord
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import RepoConfig, Repository, chunk_key
-from llmdr.snapshot import take_snapshot
+from llmdr.drill import readiness as rd
+from llmdr.drill.record import DrillRecord
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import RepoConfig, Repository, chunk_key
+from llmdr.repo.snapshot import take_snapshot
+from llmdr.storage.credentials import clear_cache
 from llmdr.storage.factory import open_region
 
 from conftest import two_regions
@@ -43,7 +43,7 @@ def cfg_for(stack, tmp_path, *, s_endpoint=None, s_bucket="llmdr-secondary", s_e
 
 def make_bundle(root, *, tokenizer=True):
     """The tiny real model (~1.7 MB): safetensors shards, tokenizer, configs."""
-    from llmdr.tinymodel import write_demo_bundle
+    from llmdr.serving.tinymodel import write_demo_bundle
 
     write_demo_bundle(root)
     if not tokenizer:
@@ -51,7 +51,7 @@ def make_bundle(root, *, tokenizer=True):
 
 
 def protect(cfg, src, *, components=True):
-    from llmdr.bundle import specs_from_config
+    from llmdr.repo.bundle import specs_from_config
 
     p = Repository(open_region(cfg, cfg.primary))
     p.ensure_config(RepoConfig(chunker=SMALL))

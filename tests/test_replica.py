@@ -18,12 +18,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from llmdr import ops
 from llmdr.config import Config, parse_config
+from llmdr.devstack.regions import _alive, start_serving, stop_serving
 from llmdr.errors import SnapshotNotFound, StackError, UsageError
-from llmdr.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica
-from llmdr.stack import _alive, start_serving, stop_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.repo import ops
+from llmdr.serving.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import make_served_config, read_tree
 

@@ -2,14 +2,14 @@ import random
 
 import pytest
 
-from llmdr.chunking import ChunkerParams
 from llmdr.errors import IntegrityError, TransientStorageError
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import CHUNKS, SNAPSHOTS, RepoConfig, Repository, chunk_key
-from llmdr.restore import restore_snapshot
-from llmdr.snapshot import take_snapshot
-from llmdr.storage.faulty import FaultyStore
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import CHUNKS, SNAPSHOTS, RepoConfig, Repository, chunk_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
+from llmdr.testing.faulty import FaultyStore
 
 from conftest import read_tree, write_tree
 

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 
-from llmdr import golden
-from llmdr.bundle import content_digests, detected_specs
-from llmdr.endpoint import OpenAIEndpoint
-from llmdr.repository import Repository, chunk_key
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.bundle import content_digests, detected_specs
+from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.snapshot import take_snapshot
+from llmdr.serving import golden
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.restoretest import restore_test
+from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.factory import open_region
-from llmdr.tinymodel import write_demo_bundle
-from llmdr.verify import restore_test
 
 from conftest import serving
 

@@ -5,13 +5,13 @@ import random
 
 import pytest
 
-from llmdr.chunking import ChunkerParams
 from llmdr.errors import UsageError
-from llmdr.manifest import Manifest
-from llmdr.repository import RepoConfig, Repository, SnapshotInfo, chunk_key
-from llmdr.restore import restore_snapshot
-from llmdr.retention import Policy, apply_retention, plan
-from llmdr.snapshot import take_snapshot
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.manifest import Manifest
+from llmdr.repo.repository import RepoConfig, Repository, SnapshotInfo, chunk_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.retention import Policy, apply_retention, plan
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
 
 from conftest import read_tree, write_tree

@@ -17,9 +17,9 @@ import pytest
 
 from llmdr.config import Config, parse_config
 from llmdr.errors import ConfigError, LlmdrError, StackError, UsageError
-from llmdr.router import RouterLog, RouterState, open_router, upstreams
-from llmdr.router.caddy import Caddy
-from llmdr.router.route53 import Route53
+from llmdr.failover.router import RouterLog, RouterState, open_router, upstreams
+from llmdr.failover.router.caddy import Caddy
+from llmdr.failover.router.route53 import Route53
 
 from conftest import free_port
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmdr import runbook
 from llmdr.config import parse_config
-from llmdr.drill import DrillRecord
-from llmdr.runbook import SECTIONS, render_runbook, write_runbook
+from llmdr.drill import runbook
+from llmdr.drill.record import DrillRecord
+from llmdr.drill.runbook import SECTIONS, render_runbook, write_runbook
 
 ROOT = Path(__file__).parent.parent
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from llmdr.devstack.regions import region_status, start_region
+from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import AccessDenied, BucketNotFound, IntegrityError, TransientStorageError
-from llmdr.replicate import replicate_snapshot
-from llmdr.repository import Repository, chunk_key
-from llmdr.restore import restore_snapshot
-from llmdr.samples import MiB, write_sample_bundle
-from llmdr.snapshot import take_snapshot
-from llmdr.stack import region_status, start_region
+from llmdr.repo.replicate import replicate_snapshot
+from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 from llmdr.storage.s3 import S3Store
 
@@ -58,7 +58,7 @@ def test_wrong_credentials_fail_fast_and_clearly(stack):
     store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id="WRONG", secret_access_key="wrong")
     with pytest.raises(AccessDenied, match="access denied.*InvalidAccessKeyId"):
         store.check_access()
-    from llmdr.credentials import resolve_keys
+    from llmdr.storage.credentials import resolve_keys
 
     good = resolve_keys(stack, r)
     store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id=good.access_key_id,
@@ -90,7 +90,7 @@ def test_unreachable_endpoint(tmp_path, monkeypatch):
 
 
 def test_missing_bucket(stack):
-    from llmdr.credentials import resolve_keys
+    from llmdr.storage.credentials import resolve_keys
 
     r = stack.primary
     k = resolve_keys(stack, r)
@@ -177,8 +177,8 @@ def _cmdline_has(pid: str, needle: str) -> bool:
 def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
     """Stop the secondary's server in the middle of a copy, start it again, re-run: only the rest is copied and the
     snapshot appears there only at the end."""
-    from llmdr.stack import stop_region
-    from llmdr.storage.faulty import FaultyStore
+    from llmdr.devstack.regions import stop_region
+    from llmdr.testing.faulty import FaultyStore
 
     from conftest import _free_base_port
 
@@ -217,7 +217,7 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
         restore_snapshot(dst, snap.snapshot_id, out)
         assert read_tree(out) == read_tree(bundle)
     finally:
-        from llmdr.stack import stop_region as stop
+        from llmdr.devstack.regions import stop_region as stop
 
         for r in cfg.regions:
             stop(cfg, r)
@@ -226,7 +226,7 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
 def _outage(cfg, region, stop_region):
     """Stop the region's server, then fail the put the way the client sees a dead server."""
     stop_region(cfg, region)
-    from llmdr.credentials import resolve_keys
+    from llmdr.storage.credentials import resolve_keys
     from llmdr.storage.s3 import S3Store
 
     k = resolve_keys(cfg, region)
@@ -241,10 +241,10 @@ def _outage(cfg, region, stop_region):
 
 def test_cli_restore_test(region_config, tmp_path):
     """`llmdr verify --restore-test` end to end through the CLI: pass, then fail after a template change."""
-    from llmdr import golden
-    from llmdr.bundle import content_digests, detected_specs
-    from llmdr.endpoint import OpenAIEndpoint
-    from llmdr.tinymodel import write_demo_bundle
+    from llmdr.repo.bundle import content_digests, detected_specs
+    from llmdr.serving import golden
+    from llmdr.serving.endpoint import OpenAIEndpoint
+    from llmdr.serving.tinymodel import write_demo_bundle
 
     from conftest import serving
 
@@ -295,7 +295,7 @@ def test_cli_forget_and_prune(region_config):
     assert len(out["kept"]) == 1 and len(out["forgotten"]) == 2 and out["chunks_deleted"] > 0
     repo = repo_of(region_config, region_config.primary)
     assert repo.snapshot_ids() == out["kept"]
-    from llmdr.integrity import verify_snapshot
+    from llmdr.repo.integrity import verify_snapshot
 
     assert verify_snapshot(repo, out["kept"][0]).ok
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmdr.ops import open_repo, replicate, restore, snapshot_bundle
-from llmdr.retention import Policy, apply_retention
+from llmdr.repo.ops import open_repo, replicate, restore, snapshot_bundle
+from llmdr.repo.retention import Policy, apply_retention
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_DIR / "bench" / "rusage_launcher.py"

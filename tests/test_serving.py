@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.tinymodel import TinyModel, write_demo_bundle
+from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
 
 from conftest import free_port
 

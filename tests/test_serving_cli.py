@@ -18,12 +18,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from llmdr import ops, watch
 from llmdr.config import Config, parse_config
-from llmdr.replica import replica_dir, replica_status, start_replica, stop_replica
-from llmdr.router.caddy import Caddy
-from llmdr.stack import _read_pid, region_dir, start_router, start_serving, stop_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.devstack.regions import _read_pid, region_dir, start_router, start_serving, stop_serving
+from llmdr.failover import watch
+from llmdr.failover.router.caddy import Caddy
+from llmdr.repo import ops
+from llmdr.serving.replica import replica_dir, replica_status, start_replica, stop_replica
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import make_served_config
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import Signing
+from llmdr.drill.signing import SIGNATURE_FILE, key_paths, sign_folder, verify_folder, verify_keys
 from llmdr.errors import ConfigError, UsageError
-from llmdr.signing import SIGNATURE_FILE, key_paths, sign_folder, verify_folder, verify_keys
 
 HMAC_ENV = {"LLMDR_REPORT_HMAC_KEY": "0123456789abcdef0123456789abcdef"}
 ED = Signing()

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmdr.chunking import ChunkerParams
 from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
-from llmdr.manifest import FileEntry, Manifest, manifest_id
-from llmdr.repository import CHUNKS, RepoConfig, Repository, chunk_key, manifest_key
-from llmdr.restore import MARKER, restore_snapshot
-from llmdr.snapshot import take_snapshot
-from llmdr.storage.faulty import FaultyStore
+from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.manifest import FileEntry, Manifest, manifest_id
+from llmdr.repo.repository import CHUNKS, RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.repo.restore import MARKER, restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
+from llmdr.testing.faulty import FaultyStore
 
 from conftest import read_tree, write_tree
 
@@ -277,7 +277,7 @@ def test_file_changing_during_snapshot_is_refused(tmp_path, monkeypatch):
     src = tmp_path / "src"
     write_tree(src, {"a": rnd(100_000)})
     repo = small_repo()
-    import llmdr.snapshot as snap
+    import llmdr.repo.snapshot as snap
 
     real = snap._chunk_file
 

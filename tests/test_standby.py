@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from llmdr import ops
-from llmdr.replica import replica_status
-from llmdr.router import open_router
-from llmdr.stack import start_router, start_serving
-from llmdr.tinymodel import write_demo_bundle
+from llmdr.devstack.regions import start_router, start_serving
+from llmdr.failover.router import open_router
+from llmdr.repo import ops
+from llmdr.serving.replica import replica_status
+from llmdr.serving.tinymodel import write_demo_bundle
 
 
 def test_refresh_standby_follows_content_not_snapshot_ids(prefect_harness, served_config):

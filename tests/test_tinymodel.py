@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.bundle import check_bundle, detected_specs
-from llmdr.tinymodel import TinyModel, write_demo_bundle
+from llmdr.repo.bundle import check_bundle, detected_specs
+from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
 
 PROMPTS = ["what is the capital of the north region ?", "tell me a story about a dog", "how do I restore a snapshot ?",
            "name three colors", "why is the sea blue ?"]
@@ -89,7 +89,7 @@ def test_changed_weights_change_the_answers(bundle, tmp_path):
 
 def test_tokenizer_from_another_model_is_refused(bundle, tmp_path):
     v = variant(bundle, tmp_path)
-    from llmdr.samples import _word_tokenizer_json
+    from llmdr.devstack.samples import _word_tokenizer_json
 
     (v / "tokenizer.json").write_text(_word_tokenizer_json(100))
     with pytest.raises(ValueError, match="do not belong together"):

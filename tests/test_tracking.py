@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llmdr import tracking
-from llmdr.credentials import resolve_keys
-from llmdr.drill import Control, DrillRecord
-from llmdr.ops import open_repo
+from llmdr.drill.record import Control, DrillRecord
+from llmdr.lineage import tracking
+from llmdr.repo.ops import open_repo
+from llmdr.storage.credentials import resolve_keys
 from tests.conftest import free_port, make_config, read_tree, write_tree
 
 REPORT = {
@@ -239,7 +239,7 @@ def test_drill_mapping_leaves_out_missing_values_and_carries_no_secrets():
 
 
 def test_importing_llmdr_tracking_does_not_import_mlflow():
-    code = "import sys, llmdr.tracking; assert 'mlflow' not in sys.modules and 'botocore' not in sys.modules"
+    code = "import sys, llmdr.lineage.tracking; assert 'mlflow' not in sys.modules and 'botocore' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 

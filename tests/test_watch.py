@@ -12,11 +12,13 @@ import time
 
 import pytest
 
-from llmdr import events, ops, watch
-from llmdr.replica import start_replica, stop_replica
-from llmdr.stack import start_router, start_serving, stop_serving
-from llmdr.tinymodel import write_demo_bundle
-from llmdr.watch import Watcher, read_status
+from llmdr.devstack.regions import start_router, start_serving, stop_serving
+from llmdr.failover import watch
+from llmdr.failover.watch import Watcher, read_status
+from llmdr.integrations import events
+from llmdr.repo import ops
+from llmdr.serving.replica import start_replica, stop_replica
+from llmdr.serving.tinymodel import write_demo_bundle
 
 from conftest import make_served_config
 

@@ -1,10 +1,10 @@
 import pytest
 
 from llmdr.errors import AccessDenied, IntegrityError, ReadOnlyStoreError, TransientStorageError, is_retriable
-from llmdr.storage.faulty import FaultyStore
 from llmdr.storage.memory import MemoryStore
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
+from llmdr.testing.faulty import FaultyStore
 
 
 def make(attempts=4):

@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, IntegrityError
-from .base import BlobInfo, BlobStore
+from llmdr.errors import ConfigError, IntegrityError
+from llmdr.storage.base import BlobInfo, BlobStore
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8

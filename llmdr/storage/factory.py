@@ -8,12 +8,12 @@ import logging
 import math
 import os
 
-from ..config import Config, Region
-from ..credentials import resolve_keys
-from ..errors import ConfigError
-from .base import BlobStore
-from .readonly import ReadOnlyStore
-from .retrying import RetryingStore
+from llmdr.config import Config, Region
+from llmdr.errors import ConfigError
+from llmdr.storage.base import BlobStore
+from llmdr.storage.credentials import resolve_keys
+from llmdr.storage.readonly import ReadOnlyStore
+from llmdr.storage.retrying import RetryingStore
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
                 sealed: bool = True) -> BlobStore:
     """The region's store. ``sealed=False`` leaves out encryption and manifest signatures: for objects other tools
     write into the same bucket (DVC's remote), never for llmdr's own repository."""
-    from .s3 import S3Store
+    from llmdr.storage.s3 import S3Store
 
     keys = resolve_keys(cfg, region)
     store: BlobStore = S3Store(
@@ -47,16 +47,16 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
 
 
 def _sealed(cfg: Config, region: Region, store: BlobStore, *, read_only: bool) -> BlobStore:
-    from ..credentials import encryption_key, manifest_signer
+    from llmdr.storage.credentials import encryption_key, manifest_signer
 
     key = encryption_key(cfg, region)
     if key is not None:
-        from .crypto import EncryptingStore
+        from llmdr.storage.crypto import EncryptingStore
 
         store = EncryptingStore(store, key[0], key_source=key[1])
     signer = manifest_signer(cfg, create=not read_only)
     if signer is not None:
-        from .crypto import SigningStore
+        from llmdr.storage.crypto import SigningStore
 
         store = SigningStore(store, signer)
     return store
@@ -90,7 +90,7 @@ def _with_injected_faults(store: BlobStore, region: Region, attempts: int) -> tu
                           "unset it for normal operation")
     if rate == 0.0:
         return store, attempts
-    from .faulty import FaultyStore
+    from llmdr.testing.faulty import FaultyStore
 
     seed = os.environ.get(FAULT_SEED_ENV, "0").strip() or "0"
     if region.name not in _warned:

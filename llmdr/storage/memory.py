@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..errors import IntegrityError, ObjectNotFound
-from .base import BlobInfo, check_key
+from llmdr.errors import IntegrityError, ObjectNotFound
+from llmdr.storage.base import BlobInfo, check_key
 
 
 class MemoryStore:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..errors import ReadOnlyStoreError
-from .base import BlobInfo, BlobStore
+from llmdr.errors import ReadOnlyStoreError
+from llmdr.storage.base import BlobInfo, BlobStore
 
 
 class ReadOnlyStore:

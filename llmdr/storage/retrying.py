@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from ..errors import is_retriable
-from .base import BlobInfo, BlobStore
+from llmdr.errors import is_retriable
+from llmdr.storage.base import BlobInfo, BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

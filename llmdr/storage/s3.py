@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import (
+from llmdr.errors import (
     AccessDenied,
     BucketNotFound,
     IntegrityError,
@@ -28,7 +28,7 @@ from ..errors import (
     StorageError,
     TransientStorageError,
 )
-from .base import BlobInfo, Lock, check_key
+from llmdr.storage.base import BlobInfo, Lock, check_key
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}

@@ -1,0 +1,92 @@
+"""The MLflow UI next to the local stack (`llmdr stack up --mlflow`): one `mlflow server` on loopback over the
+project's tracking store, with the S3 settings of the region that holds the artifacts, started and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from llmdr.config import Config
+from llmdr.errors import StackError
+
+
+def _dir(cfg: Config) -> Path:
+    return cfg.state_path / "mlflow"
+
+
+def _pid(cfg: Config) -> int | None:
+    from llmdr.devstack.regions import _alive
+
+    try:
+        pid = int((_dir(cfg) / "ui.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"mlflow" in cmd and _alive(pid) else None
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:  # noqa: S310 - loopback
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(cfg: Config, port: int = 5000, timeout: float = 120.0) -> dict:
+    """Start (idempotently) the MLflow UI on 127.0.0.1:``port`` and wait until it answers."""
+    from llmdr.lineage.tracking import target_for
+
+    d = _dir(cfg)
+    d.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    pid = _pid(cfg)
+    if pid is None:
+        target = target_for(cfg, tracking_uri=cfg.tracking.uri)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
+                   **target.s3_env)  # so the UI can list and download the artifacts in the DR region's bucket
+        exe = Path(sys.executable).parent / "mlflow"
+        args = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", target.tracking_uri,
+                "--default-artifact-root", target.artifact_location, "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1"]
+        with open(d / "ui.log", "ab") as log:
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=d)
+        (d / "ui.pid").write_text(str(proc.pid))
+        (d / "ui.port").write_text(str(port))
+        deadline = time.monotonic() + timeout
+        while not _healthy(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(cfg)
+                raise StackError(f"the MLflow UI did not answer on {url} (see {d / 'ui.log'})")
+            time.sleep(0.5)
+        pid = proc.pid
+    return {"url": url, "pid": pid}
+
+
+def stop(cfg: Config) -> None:
+    from llmdr.devstack.regions import _terminate
+
+    pid = _pid(cfg)
+    if pid is not None:
+        _terminate(pid, 20.0)
+    (_dir(cfg) / "ui.pid").unlink(missing_ok=True)
+
+
+def status(cfg: Config) -> dict | None:
+    pid = _pid(cfg)
+    if pid is None:
+        return None
+    try:
+        port = int((_dir(cfg) / "ui.port").read_text())
+    except (FileNotFoundError, ValueError):
+        return {"pid": pid, "url": None}
+    return {"pid": pid, "url": f"http://127.0.0.1:{port}", "healthy": _healthy(port)}

@@ -1,0 +1,554 @@
+"""Readiness: the process failures that sink a recovery, caught on an ordinary day instead of during the outage.
+
+Each check looks at the real thing (a signed call with each region's keys, the DR copy's manifests, the bucket's
+lock settings, a timed read from the DR store, the drill history) and answers PASS, WARN or FAIL with the numbers it
+saw and, unless it passed, what to do. ``run_checks`` never raises for a failing check: an exception inside a check
+is that check's FAIL, so one broken region never hides the others. The score is the share of checks passed (a WARN
+counts half).
+
+Checks: credentials (per region), rpo (per DR region: newest complete snapshot vs the RPO objective), components (the
+DR copy holds every required component: manifest only, no download), drill (a passing drill within the drill
+interval), separation (regions really apart), immutability (DR bucket versioning + Object Lock, kept snapshots
+locked), bandwidth (timed ranged reads of real chunks from the DR store → time to restore the bundle vs the RTO) and
+footprint (logical vs stored bytes per region, monthly cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlparse
+
+from llmdr.config import Config, Region, format_duration
+from llmdr.errors import LlmdrError
+from llmdr.repo.manifest import parse_utc
+from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key, manifest_key
+
+log = logging.getLogger(__name__)
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+EXIT_FAIL = 9  # `llmdr readiness` exit code when any check fails
+
+
+@dataclass
+class Check:
+    id: str  # "credentials/primary", "bandwidth/secondary", "drill"
+    title: str
+    status: str  # PASS | WARN | FAIL
+    summary: str  # what was found, with the numbers
+    action: str = ""  # what to do about it (empty when it passed)
+    data: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+@dataclass
+class Readiness:
+    bundle: str
+    started_utc: str
+    checks: list[Check] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def warned(self) -> list[Check]:
+        return [c for c in self.checks if c.status == WARN]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def score(self) -> int:
+        if not self.checks:
+            return 0
+        points = sum(1.0 if c.status == PASS else 0.5 if c.status == WARN else 0.0 for c in self.checks)
+        return round(100 * points / len(self.checks))
+
+    @property
+    def verdict(self) -> str:
+        return FAIL if self.failed else WARN if self.warned else PASS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "started_utc": self.started_utc, "verdict": self.verdict, "score": self.score,
+                "passed": sum(c.status == PASS for c in self.checks), "warnings": len(self.warned),
+                "failures": len(self.failed), "duration_s": round(self.duration_s, 3),
+                "checks": [asdict(c) for c in self.checks]}
+
+    def table_rows(self) -> list[dict[str, str]]:
+        return [{"check": c.title, "status": c.status, "found": c.summary, "what to do": c.action or "-"}
+                for c in self.checks]
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(timedelta(seconds=max(0, int(seconds))))
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _store(cfg: Config, region: Region, *, read_only: bool = True):
+    from llmdr.storage.factory import open_region
+
+    return open_region(cfg, region, read_only=read_only, attempts=2)
+
+
+# --- the checks ----------------------------------------------------------------------------------------------------
+def check_credentials(cfg: Config, region: Region, now: float) -> Check:
+    """A real signed call with the region's keys, and their expiry where the provider tells it."""
+    from llmdr.storage.credentials import resolve_keys
+    from llmdr.storage.s3 import S3Store
+
+    cid, title = f"credentials/{region.name}", f"Credentials: {region.name}"
+    keys = resolve_keys(cfg, region)
+    where = keys_source(keys, region)
+    store = S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
+                    secret_access_key=keys.secret_access_key, session_token=keys.session_token,
+                    region_name=region.s3_region, prefix=region.prefix, name=region.name, connect_timeout=3,
+                    read_timeout=10)
+    t0 = time.perf_counter()
+    store.check_access()  # signed ListObjectsV2 on the bucket: wrong keys, missing bucket, unreachable all fail here
+    call_ms = (time.perf_counter() - t0) * 1000
+    data: dict[str, Any] = {"source": where, "signed_call": "s3:ListObjectsV2", "call_ms": round(call_ms, 1)}
+    expiration = getattr(keys, "expiration", None)
+    if expiration is None:
+        return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where}; the "
+                     "provider exposes no expiry (static keys: rotate them on your schedule)", data=data)
+    left = expiration.timestamp() - now
+    data |= {"expires_utc": _utc(expiration.timestamp()), "expires_in_s": round(left)}
+    rto = cfg.objectives.rto.total_seconds()
+    warn = cfg.readiness.credential_warning.total_seconds()
+    if left <= 0:
+        return Check(cid, title, FAIL, f"keys from {where} EXPIRED at {_utc(expiration.timestamp())}",
+                     "renew them (new session / re-assume the role) and update the source named here", data)
+    if left < rto:
+        return Check(cid, title, FAIL, f"keys expire in {_ago(left)} ({_utc(expiration.timestamp())}), sooner than "
+                     f"the RTO {format_duration(cfg.objectives.rto)}: a restore started now would lose access "
+                     "half-way", "use credentials that outlive a restore: longer sessions (session_duration) or "
+                     "role_arn so llmdr assumes a fresh role itself", data)
+    if left < warn:
+        return Check(cid, title, WARN, f"signed S3 call accepted; keys expire in {_ago(left)} "
+                     f"({_utc(expiration.timestamp())})", "renew them before they expire; with role_arn llmdr "
+                     "renews them itself", data)
+    return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where} valid for "
+                 f"{_ago(left)}", data=data)
+
+
+def keys_source(keys: Any, region: Region) -> str:
+    src = getattr(keys, "source", "")
+    if src:
+        return src
+    c = region.credentials
+    return f"Prefect Secret block '{c.prefect_secret_block}'" if c.prefect_secret_block else \
+        f"environment {c.access_key_env}/{c.secret_key_env}"
+
+
+def _newest(repo: Repository, bundle: str) -> tuple[list[SnapshotInfo], SnapshotInfo | None]:
+    snaps = repo.snapshots(bundle=bundle, strict=False)
+    return snaps, (snaps[-1] if snaps else None)
+
+
+def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Check:
+    cid, title = f"rpo/{region.name}", f"DR copy fresh (RPO): {region.name}"
+    rpo = cfg.objectives.rpo.total_seconds()
+    snaps, newest = _newest(repo, cfg.bundle.name)
+    if newest is None:
+        return Check(cid, title, FAIL, f"no snapshot of '{cfg.bundle.name}' in {region.name}",
+                     "run the protect-bundle deployment (or `llmdr protect`)", {"rpo_s": rpo})
+    if repo.unreadable:
+        bad = ", ".join(i[:12] for i in sorted(repo.unreadable))
+        return Check(cid, title, FAIL, f"{len(repo.unreadable)} manifest(s) in {region.name} cannot be trusted ({bad}: "
+                     f"{next(iter(repo.unreadable.values()))})", f"`llmdr verify --region {region.name} --repair` "
+                     "brings a damaged manifest back from another region; a forged one must be deleted",
+                     {"unreadable": sorted(repo.unreadable)})
+    present = repo.list_chunks()
+    need = newest.manifest.chunk_set()
+    missing = [d for d, n in need.items() if present.get(d) != n]
+    age = now - parse_utc(newest.manifest.created).timestamp()
+    data = {"snapshot": newest.id, "created": newest.manifest.created, "age_s": round(age, 1), "rpo_s": rpo,
+            "chunks": len(need), "chunks_missing": len(missing)}
+    if missing:
+        return Check(cid, title, FAIL, f"newest snapshot {newest.short} is listed but {len(missing)} of its "
+                     f"{len(need)} chunks are missing (e.g. {chunk_key(missing[0])})",
+                     f"`llmdr verify {newest.short} --region {region.name} --repair` copies them back from a "
+                     "healthy region", data)
+    if age > rpo:
+        return Check(cid, title, FAIL, f"newest complete snapshot {newest.short} is {_ago(age)} old > RPO "
+                     f"{format_duration(cfg.objectives.rpo)}", "check the protect-bundle schedule and its last "
+                     "runs; protect now with `llmdr protect`", data)
+    status = WARN if age > 0.75 * rpo else PASS
+    return Check(cid, title, status, f"newest complete snapshot {newest.short} is {_ago(age)} old (RPO "
+                 f"{format_duration(cfg.objectives.rpo)}); all {len(need)} chunks present",
+                 "protect more often: the next missed run breaks the RPO" if status == WARN else "", data)
+
+
+def check_components(cfg: Config, region: Region, repo: Repository) -> Check:
+    cid, title = f"components/{region.name}", f"Bundle complete in DR copy: {region.name}"
+    required = sorted(k.value for k, c in cfg.bundle.components.items() if c.required)
+    _, newest = _newest(repo, cfg.bundle.name)
+    if newest is None:
+        return Check(cid, title, FAIL, f"no snapshot of '{cfg.bundle.name}' in {region.name} to check",
+                     "run protect-bundle")
+    recorded = newest.manifest.components
+    files = {e.path for e in newest.manifest.files}
+    have = {k for k, v in recorded.items() if v.get("files") and all(f in files for f in v["files"])}
+    data = {"snapshot": newest.id, "required": required, "present": sorted(have)}
+    if not required:
+        return Check(cid, title, WARN, "no required components are declared, so completeness cannot be checked",
+                     "declare bundle.components in llmdr.yaml (`llmdr init` detects them)", data)
+    missing = [k for k in required if k not in have]
+    if missing:
+        return Check(cid, title, FAIL, f"snapshot {newest.short} lacks required component(s): {', '.join(missing)}",
+                     "add them to the bundle and protect again; a restore without them gives wrong answers", data)
+    return Check(cid, title, PASS, f"snapshot {newest.short} holds all {len(required)} required components "
+                 f"({', '.join(required)})", data=data)
+
+
+def check_drill(cfg: Config, now: float) -> Check:
+    from llmdr.drill.record import history
+
+    interval = cfg.objectives.drill_interval.total_seconds()
+    runs = history(cfg)
+    passes = [r for r in runs if r.passed]
+    data: dict[str, Any] = {"drills": len(runs), "interval_s": interval}
+    if not passes:
+        what = f"{len(runs)} drill(s) on record, none passed" if runs else "no DR drill on record"
+        return Check("drill", "Recent passing DR drill", FAIL, what,
+                     "run one: `llmdr drill` or the dr-drill-quarterly deployment", data)
+    last = passes[-1]
+    age = now - last.started_ts
+    data |= {"last_pass": last.id, "last_pass_utc": _utc(last.started_ts), "age_s": round(age)}
+    latest = runs[-1]
+    if age > interval:
+        return Check("drill", "Recent passing DR drill", FAIL, f"last passing drill {last.id} was {_ago(age)} ago > "
+                     f"drill interval {format_duration(cfg.objectives.drill_interval)}",
+                     "run a drill now: `llmdr drill`", data)
+    if not latest.passed:
+        return Check("drill", "Recent passing DR drill", WARN, f"the latest drill {latest.id} FAILED "
+                     f"({'; '.join(latest.failure_reasons[:2])}); last pass {_ago(age)} ago",
+                     "fix what it found and run it again", data)
+    due = interval - age
+    if due < min(14 * 86400, interval * 0.15):
+        return Check("drill", "Recent passing DR drill", WARN, f"last passing drill {last.id} {_ago(age)} ago; the "
+                     f"next is due in {_ago(due)}", "schedule it", data)
+    return Check("drill", "Recent passing DR drill", PASS, f"drill {last.id} passed {_ago(age)} ago (interval "
+                 f"{format_duration(cfg.objectives.drill_interval)})", data=data)
+
+
+def check_separation(cfg: Config) -> list[Check]:
+    out = []
+    p = cfg.primary
+    for r in cfg.secondaries:
+        cid, title = f"separation/{r.name}", f"Regions separate: {p.name} / {r.name}"
+        ph = urlparse(p.endpoint).hostname if p.endpoint else f"s3.{p.s3_region}.amazonaws.com"
+        rh = urlparse(r.endpoint).hostname if r.endpoint else f"s3.{r.s3_region}.amazonaws.com"
+        data = {"names": [p.name, r.name], "endpoints": [p.endpoint or ph, r.endpoint or rh],
+                "s3_regions": [p.s3_region, r.s3_region], "hosts": [ph, rh]}
+        same = []
+        if p.name == r.name:
+            same.append("region name")
+        if (p.endpoint or ph) == (r.endpoint or rh):
+            same.append("endpoint")
+        if same:
+            out.append(Check(cid, title, FAIL, f"same {' and '.join(same)}",
+                             "point the DR region at another site", data))
+            continue
+        warns = []
+        if ph == rh:
+            warns.append(f"both stores run on host {ph}")
+        if p.s3_region == r.s3_region:
+            warns.append(f"both are in s3_region {p.s3_region}")
+        if p.serving and r.serving and p.serving.host == r.serving.host:
+            warns.append(f"both replicas serve from host {p.serving.host}")
+        if warns:
+            out.append(Check(cid, title, WARN, "different names and endpoints, but " + "; ".join(warns),
+                             "fine for a local demo; in production put the DR region on another site, another "
+                             "provider region and other hosts", data))
+        else:
+            out.append(Check(cid, title, PASS, f"{p.name} at {ph} ({p.s3_region}) vs {r.name} at {rh} "
+                             f"({r.s3_region})", data=data))
+    return out
+
+
+def check_immutability(cfg: Config, region: Region, repo: Repository, now: float) -> Check:
+    """Bucket versioning + Object Lock as the server reports them, and the kept snapshots really locked."""
+    from llmdr.storage.s3 import S3Store
+
+    cid, title = f"immutability/{region.name}", f"DR copy immutable: {region.name}"
+    s3 = _s3_of(repo.store)
+    prot = s3.bucket_protection() if isinstance(s3, S3Store) else {}
+    data: dict[str, Any] = {"bucket": prot}
+    problems = []
+    if prot.get("versioning") != "Enabled":
+        problems.append(f"bucket versioning is {prot.get('versioning', 'unknown')}")
+    if not prot.get("object_lock"):
+        problems.append("Object Lock is not enabled on the bucket")
+    if region.object_lock is None:
+        problems.append("llmdr.yaml sets no object_lock for this region, so copies are written unlocked")
+    if problems:
+        return Check(cid, title, FAIL, "; ".join(problems),
+                     "set object_lock: {mode: COMPLIANCE, period: 30d} on the region and use a bucket created with "
+                     "Object Lock (`llmdr stack up` creates it locally; on AWS: create-bucket "
+                     "--object-lock-enabled-for-bucket)", data)
+    from llmdr.repo.locks import Locker
+
+    locker = Locker(s3, None, repo.location)
+    snaps = repo.snapshots(bundle=cfg.bundle.name)
+    period = region.object_lock.period.total_seconds()
+    data |= {"mode": region.object_lock.mode, "period_s": period, "snapshots": len(snaps)}
+    if not snaps:
+        return Check(cid, title, WARN, "bucket locked, but there is no snapshot yet to check", "run protect-bundle",
+                     data)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        locks = list(pool.map(lambda s: locker.retention(manifest_key(s.id)), snaps))
+    unlocked = [s.short for s, lk in zip(snaps, locks, strict=True)
+                if lk is None or (not lk.legal_hold and lk.until <= now)]
+    newest = snaps[-1]
+    sample = sorted(newest.manifest.chunk_set())[:: max(1, len(newest.manifest.chunk_set()) // 16)][:16]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        chunk_locks = list(pool.map(lambda d: locker.retention(chunk_key(d)), sample))
+    short_chunks = [d[:12] for d, lk in zip(sample, chunk_locks, strict=True)
+                    if lk is None or lk.until < (locks[-1].until if locks[-1] else now) - locker.slack_s - 1]
+    data |= {"unlocked_snapshots": unlocked, "chunks_sampled": len(sample), "chunks_locked_shorter": short_chunks}
+    if unlocked or short_chunks:
+        what = []
+        if unlocked:
+            what.append(f"{len(unlocked)} of {len(snaps)} snapshot(s) not locked now ({', '.join(unlocked[:4])})")
+        if short_chunks:
+            what.append(f"{len(short_chunks)} of {len(sample)} sampled chunk(s) of {newest.short} locked for "
+                        "less than its manifest minus a quarter period")
+        return Check(cid, title, FAIL, "; ".join(what), "run retention (`llmdr forget --region "
+                     f"{region.name} ...` or protect-bundle): it re-extends the locks of the snapshots it keeps", data)
+    earliest = min(lk.until for lk in locks if lk is not None)
+    span = now - parse_utc(snaps[0].manifest.created).timestamp()
+    data |= {"earliest_lock_utc": _utc(earliest), "oldest_snapshot_age_s": round(span)}
+    summary = (f"versioning on, Object Lock {region.object_lock.mode} {format_duration(region.object_lock.period)}; "
+               f"all {len(snaps)} snapshot(s) locked (earliest lock ends {_utc(earliest)})")
+    if period < span:
+        return Check(cid, title, WARN, summary + f"; but the policy keeps snapshots {_ago(span)} old, longer than the "
+                     "lock period: the older ones stay locked only while retention keeps extending them",
+                     f"raise object_lock.period to at least {_ago(span)}", data)
+    return Check(cid, title, PASS, summary, data=data)
+
+
+def _s3_of(store: Any) -> Any:
+    node = store
+    while node is not None and not hasattr(node, "bucket_protection"):
+        node = getattr(node, "inner", None)
+    return node
+
+
+def measure_throughput(store: Any, manifest: Any, *, probe_bytes: int, workers: int,
+                       max_seconds: float = 10.0) -> dict[str, Any]:
+    """Timed ranged reads of real chunks of ``manifest`` (largest first), ``workers`` at a time, until
+    ``probe_bytes`` were read or ``max_seconds`` passed. Returns bytes, seconds and bytes per second."""
+    chunks = sorted(manifest.chunk_set().items(), key=lambda kv: -kv[1])
+    if not chunks:
+        raise LlmdrError("the snapshot has no data to read for a throughput measurement")
+    plan: list[tuple[str, int, int]] = []
+    total = 0
+    i = 0
+    while total < probe_bytes:  # cycle through the chunks: a small bundle is read more than once
+        d, n = chunks[i % len(chunks)]
+        length = min(n, probe_bytes - total, 8 << 20)
+        plan.append((d, 0, length))
+        total += length
+        i += 1
+    deadline = time.monotonic() + max_seconds
+    read = 0
+
+    def fetch(item: tuple[str, int, int]) -> int:
+        if time.monotonic() > deadline:
+            return 0
+        d, start, length = item
+        return len(store.get(chunk_key(d), start=start, length=length))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llmdr-probe") as pool:
+        read = sum(pool.map(fetch, plan))
+    secs = time.perf_counter() - t0
+    return {"bytes": read, "seconds": round(secs, 3), "bytes_per_s": read / secs if secs > 0 else 0.0,
+            "requests": len(plan), "workers": workers}
+
+
+def check_bandwidth(cfg: Config, region: Region, repo: Repository) -> Check:
+    from llmdr.drill.plan import human_rate, human_seconds, make_plan
+
+    cid, title = f"bandwidth/{region.name}", f"Restore fits the RTO: {region.name}"
+    _, newest = _newest(repo, cfg.bundle.name)
+    if newest is None:
+        return Check(cid, title, FAIL, "no snapshot to measure against", "run protect-bundle")
+    size = sum(newest.manifest.chunk_set().values())  # bytes a restore downloads (each distinct chunk once)
+    # a bundle smaller than the probe is read once, whole: that is exactly its restore's download
+    m = measure_throughput(repo.store, newest.manifest, probe_bytes=min(cfg.readiness.probe_mb << 20, size),
+                           workers=cfg.transfer.download_workers)
+    bps = m["bytes_per_s"] * 8
+    plan = make_plan(max(size, 1), max(bps, 1.0), cfg.objectives.rto.total_seconds(),
+                     start_s=cfg.readiness.start_estimate.total_seconds(), efficiency=1.0,
+                     source=f"measured from {region.name}")
+    data = {"probe": m, "restore_bytes": size, "restore_s": round(plan.cold_total_s, 1),
+            "rto_s": plan.rto_s, "needed_bps": plan.needed_bandwidth_bps}
+    arithmetic = (f"{_gb(size)} at {human_rate(bps)} (measured: {_gb(m['bytes'])} in {m['seconds']:.2f} s, "
+                  f"{m['workers']} parallel reads) = {human_seconds(plan.cold_restore_s)} + "
+                  f"{human_seconds(plan.start_s)} start = {human_seconds(plan.cold_total_s)} vs RTO "
+                  f"{human_seconds(plan.rto_s)}")
+    if plan.meets:
+        return Check(cid, title, PASS, "cold restore " + arithmetic, data=data)
+    need = (f"needs ≥ {human_rate(plan.needed_bandwidth_bps)}" if plan.needed_bandwidth_bps
+            else "the start time alone exceeds the RTO")
+    warm = region.serving is not None and region.serving.warm
+    if warm:
+        return Check(cid, title, WARN, "cold restore " + arithmetic + "; the RTO holds only while the warm standby "
+                     "runs", f"keep the warm standby healthy; a cold restore {need} (`llmdr plan --region "
+                     f"{region.name}`)", data)
+    return Check(cid, title, FAIL, "cold restore " + arithmetic, f"{need}, or keep a warm standby / a pre-staged "
+                 f"copy in {region.name}: `llmdr plan --region {region.name}` shows the options", data)
+
+
+def check_footprint(cfg: Config, region: Region, repo: Repository) -> Check:
+    cid, title = f"footprint/{region.name}", f"Storage footprint and cost: {region.name}"
+    snaps = repo.snapshots()
+    logical = sum(s.manifest.total_size for s in snaps)
+    unique: dict[str, int] = {}
+    for s in snaps:
+        unique.update(s.manifest.chunk_set())
+    s3 = _s3_of(repo.store)
+    usage = s3.usage() if s3 is not None else {}
+    stored = usage.get("current_bytes", 0) + usage.get("noncurrent_bytes", 0)
+    ratio = logical / sum(unique.values()) if unique else 0.0
+    data = {"snapshots": len(snaps), "logical_bytes": logical, "unique_chunk_bytes": sum(unique.values()),
+            "stored_bytes": stored, "dedup_ratio": round(ratio, 2), "usage": usage}
+    summary = (f"{len(snaps)} snapshot(s): {_gb(logical)} logical, {_gb(stored)} stored (dedup {ratio:.1f}x)")
+    if region.price_per_gb_month is not None:
+        cost = stored / 1e9 * region.price_per_gb_month
+        data["monthly_cost"] = round(cost, 2)
+        summary += f"; ≈ {cost:,.2f}/month at {region.price_per_gb_month}/GB-month"
+    else:
+        summary += "; no price_per_gb_month set, so no cost estimate"
+    noncurrent = usage.get("noncurrent_bytes", 0)
+    if stored and noncurrent > 0.2 * stored:
+        return Check(cid, title, WARN, summary + f"; {_gb(noncurrent)} in noncurrent versions",
+                     "versions outside llmdr's control (overwrites, delete markers) are kept by versioning: add a "
+                     "lifecycle rule expiring noncurrent versions after the lock period", data)
+    return Check(cid, title, PASS, summary, data=data)
+
+
+# --- running them ----------------------------------------------------------------------------------------------------
+def _guard(cid: str, title: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
+    t0 = time.perf_counter()
+    try:
+        got = fn()
+        checks = got if isinstance(got, list) else [got]
+    except LlmdrError as exc:
+        checks = [Check(cid, title, FAIL, str(exc).splitlines()[0], _action_for(exc))]
+    except Exception as exc:  # noqa: BLE001 - a crashing check is that check's failure, never the whole report's
+        log.exception("readiness check %s crashed", cid)
+        checks = [Check(cid, title, FAIL, f"the check itself failed: {type(exc).__name__}: {exc}",
+                        "see the log; report it if it persists")]
+    for c in checks:
+        c.duration_s = round(time.perf_counter() - t0, 3)
+    return checks
+
+
+def _action_for(exc: Exception) -> str:
+    from llmdr.errors import AccessDenied, BucketNotFound, TransientStorageError
+
+    if isinstance(exc, AccessDenied):
+        return "fix the region's credentials (the names under credentials: in llmdr.yaml) or their permissions"
+    if isinstance(exc, BucketNotFound):
+        return "create the bucket (`llmdr stack up` for local regions)"
+    if isinstance(exc, TransientStorageError):
+        return "the region is unreachable: check its endpoint and network (`llmdr stack status` locally)"
+    return "see the message"
+
+
+CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "bandwidth", "footprint")
+
+
+def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
+    """Every readiness check (or the kinds in ``only``), in a fixed order."""
+    t0 = time.perf_counter()
+    t = time.time() if now is None else now
+    unknown = (only or set()) - set(CHECKS)
+    if unknown:
+        from llmdr.errors import UsageError
+
+        raise UsageError(f"unknown readiness check(s) {sorted(unknown)}; known: {', '.join(CHECKS)}")
+    want = set(only or CHECKS)
+    rep = Readiness(cfg.bundle.name, _utc(t))
+    add = rep.checks.extend
+    if "credentials" in want:
+        for r in cfg.regions:
+            add(_guard(f"credentials/{r.name}", f"Credentials: {r.name}", lambda r=r: check_credentials(cfg, r, t)))
+    per_dr = [("rpo", "DR copy fresh (RPO)", lambda r, repo: check_rpo(cfg, r, repo, t)),
+              ("components", "Bundle complete in DR copy", lambda r, repo: check_components(cfg, r, repo)),
+              ("immutability", "DR copy immutable", lambda r, repo: check_immutability(cfg, r, repo, t)),
+              ("bandwidth", "Restore fits the RTO", lambda r, repo: check_bandwidth(cfg, r, repo))]
+    repos: dict[str, Repository] = {}
+
+    def repo_of(r: Region) -> Repository:
+        if r.name not in repos:
+            repos[r.name] = Repository(_store(cfg, r), cache_dir=cfg.state_path / "cache" / r.name)
+        return repos[r.name]
+
+    for kind, title, fn in per_dr:
+        if kind in want:
+            for r in cfg.secondaries:
+                add(_guard(f"{kind}/{r.name}", f"{title}: {r.name}", lambda r=r, fn=fn: fn(r, repo_of(r))))
+    if "drill" in want:
+        add(_guard("drill", "Recent passing DR drill", lambda: check_drill(cfg, t)))
+    if "separation" in want:
+        add(_guard("separation", "Regions separate", lambda: check_separation(cfg)))
+    if "footprint" in want:
+        for r in cfg.regions:
+            add(_guard(f"footprint/{r.name}", f"Storage footprint and cost: {r.name}",
+                       lambda r=r: check_footprint(cfg, r, repo_of(r))))
+    rep.duration_s = time.perf_counter() - t0
+    log.info("readiness of %s: %s, score %d (%d checks, %.1fs)", cfg.bundle.name, rep.verdict, rep.score,
+             len(rep.checks), rep.duration_s)
+    return rep
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------------
+def render_text(rep: Readiness, width: int = 110) -> str:
+    import textwrap
+
+    lines = [f"Readiness of {rep.bundle} at {rep.started_utc}: {rep.verdict}, score {rep.score}/100 "
+             f"({sum(c.status == PASS for c in rep.checks)} pass, {len(rep.warned)} warn, {len(rep.failed)} fail; "
+             f"{rep.duration_s:.1f} s)", ""]
+    name_w = min(40, max(len(c.title) for c in rep.checks)) if rep.checks else 10
+    for c in rep.checks:
+        head = f"{c.status:<4}  {c.title:<{name_w}}  "
+        body = textwrap.wrap(c.summary, width - len(head)) or [""]
+        lines.append(head + body[0])
+        lines += [" " * len(head) + b for b in body[1:]]
+        if c.action:
+            for i, a in enumerate(textwrap.wrap("→ " + c.action, width - len(head))):
+                lines.append(" " * len(head) + ("" if i == 0 else "  ") + a)
+    return "\n".join(lines)
+
+
+def render_markdown(rep: Readiness) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    icon = {PASS: "✅ PASS", WARN: "⚠️ WARN", FAIL: "❌ FAIL"}
+    out = [f"# Readiness: {rep.bundle} — {icon[rep.verdict]} (score {rep.score}/100)", "",
+           f"Checked {rep.started_utc} in {rep.duration_s:.1f} s: {sum(c.status == PASS for c in rep.checks)} pass, "
+           f"{len(rep.warned)} warn, {len(rep.failed)} fail.", "",
+           "| check | status | found | what to do |", "|---|---|---|---|"]
+    out += [f"| {cell(c.title)} | {icon[c.status]} | {cell(c.summary)} | {cell(c.action or '-')} |"
+            for c in rep.checks]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,287 @@
+"""The DR drill's record: scope, timeline, measurements, controls and evidence, and the verdict.
+
+The ``dr-drill`` flow fills a :class:`DrillRecord` step by step (every step with a UTC time); :func:`evaluate`
+turns the measurements into PASS/FAIL controls; the report renderer (``llmdr.drillreport``) and the signer
+(``llmdr.signing``) only read the finished record's JSON. A drill that leaves traffic in the DR region never passes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llmdr.config import Config
+from llmdr.errors import LlmdrError
+from llmdr.failover.steps import utc
+
+SCHEMA = 1
+
+
+class DrillFailed(LlmdrError):
+    """The drill ran and at least one control failed (or the system was left failed over). The report exists."""
+
+    exit_code = 8
+
+    def __init__(self, drill_id: str, reasons: list[str], folder: str, record: dict | None = None) -> None:
+        self.drill_id, self.reasons, self.folder, self.record = drill_id, reasons, folder, record
+        super().__init__(f"DR drill {drill_id} FAILED:\n" + "\n".join(f"  - {r}" for r in reasons)
+                         + f"\nreport: {folder}")
+
+    def __reduce__(self):  # Prefect pickles exceptions into states
+        return (DrillFailed, (self.drill_id, self.reasons, self.folder, self.record))
+
+
+def new_drill_id(ts: float | None = None) -> str:
+    stamp = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+# timeline kinds, in the order a drill meets them (the chart colours by kind)
+KINDS = ("info", "outage", "detection", "switch", "recovery", "check", "failback")
+
+
+@dataclass
+class TimelineEvent:
+    at_utc: str
+    t_s: float  # seconds since the drill started
+    kind: str  # one of KINDS
+    event: str  # short label, e.g. "primary region down (S3 + replica stopped)"
+    ok: bool | None = None  # None: informational
+    detail: str = ""
+
+
+@dataclass
+class Control:
+    id: str  # rto, rpo, golden_after_failover, restore_test, bundle_complete_dr, failback, previous_drill
+    name: str
+    passed: bool
+    value: str  # measured, human-readable ("2.41 s")
+    objective: str  # "<= 15m"
+    detail: str = ""
+
+
+@dataclass
+class DrillRecord:
+    bundle: str
+    started_ts: float
+    started_by: dict[str, Any]  # {"kind": "schedule"|"ui"|"cli"|"api", "who": ..., "deployment": ..., ...}
+    tool_version: str
+    scope: dict[str, Any]  # bundle, regions [{name, role, endpoint, bucket}], objectives {rpo_s, rto_s, ...}, router
+    id: str = ""
+    schema: int = SCHEMA
+    ended_ts: float | None = None
+    outage: dict[str, Any] = field(default_factory=dict)  # {region, action, started_utc, restored_utc}
+    measurements: dict[str, Any] = field(default_factory=dict)  # rto_s, rpo_s, detection_s, dispatch_s, ...
+    controls: list[Control] = field(default_factory=list)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    passed: bool = False
+    failed_over_at_end: bool = False
+    failure_reasons: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = new_drill_id(self.started_ts)
+
+    def mark(self, kind: str, event: str, *, ok: bool | None = None, detail: str = "", ts: float | None = None) -> None:
+        """Add a timeline entry (now, or at ``ts``), kept in time order."""
+        ts = time.time() if ts is None else ts
+        self.timeline.append(TimelineEvent(at_utc=utc(ts), t_s=round(ts - self.started_ts, 3), kind=kind,
+                                           event=event, ok=ok, detail=detail))
+        self.timeline.sort(key=lambda e: e.t_s)
+
+    def fail(self, reason: str) -> None:
+        if reason not in self.failure_reasons:
+            self.failure_reasons.append(reason)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["started_utc"] = utc(self.started_ts)
+        out["ended_utc"] = utc(self.ended_ts) if self.ended_ts is not None else None
+        out["duration_s"] = round(self.ended_ts - self.started_ts, 3) if self.ended_ts is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DrillRecord":
+        data = {k: v for k, v in data.items() if k not in ("started_utc", "ended_utc", "duration_s")}
+        controls = [Control(**c) for c in data.pop("controls", [])]
+        timeline = [TimelineEvent(**e) for e in data.pop("timeline", [])]
+        return cls(**data, controls=controls, timeline=timeline)
+
+
+def _dur(seconds: float) -> str:
+    from datetime import timedelta
+
+    from llmdr.config import format_duration
+
+    return format_duration(timedelta(seconds=seconds))
+
+
+def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -> None:
+    """Fill ``rec.controls`` and ``rec.passed`` from the measurements and evidence gathered by the flow."""
+    m, ev = rec.measurements, rec.evidence
+    rto_obj = cfg.objectives.rto.total_seconds()
+    rpo_obj = cfg.objectives.rpo.total_seconds()
+    interval = cfg.objectives.drill_interval.total_seconds()
+    controls = []
+    rto = m.get("rto_s")
+    controls.append(Control("rto", "RTO within objective", rto is not None and rto <= rto_obj,
+                            "not recovered" if rto is None else f"{rto:.1f} s", f"<= {_dur(rto_obj)}",
+                            m.get("rto_detail", "")))
+    rpo = m.get("rpo_s")
+    controls.append(Control("rpo", "RPO within objective", rpo is not None and rpo <= rpo_obj,
+                            "no snapshot in the DR region" if rpo is None else f"{rpo:.1f} s", f"<= {_dur(rpo_obj)}",
+                            m.get("rpo_detail", "")))
+    g = ev.get("golden_after_failover") or {}
+    controls.append(Control("golden_after_failover", "Golden outputs correct through the router after failover",
+                            bool(g.get("ok")), f"{g.get('passed', 0)}/{g.get('total', 0)} cases", "all cases",
+                            "" if g else "not checked"))
+    rt = ev.get("restore_test") or {}
+    controls.append(Control("restore_test", "Restore test from the DR store passed", bool(rt.get("ok")),
+                            "passed" if rt.get("ok") else ("failed" if rt else "not run"), "passed",
+                            rt.get("summary", "")))
+    bc = ev.get("bundle_complete_dr") or {}
+    controls.append(Control("bundle_complete_dr", "Bundle complete in the DR region", bool(bc.get("complete")),
+                            "complete" if bc.get("complete") else ("incomplete" if bc else "not checked"),
+                            "every required component", bc.get("detail", "")))
+    fb = ev.get("failback") or {}
+    controls.append(Control("failback", "Failback succeeded (traffic back on the primary)",
+                            bool(fb.get("ok")) and not rec.failed_over_at_end,
+                            "ok" if fb.get("ok") and not rec.failed_over_at_end else "NOT failed back",
+                            "traffic on the primary at the end", fb.get("error") or ""))
+    dss = ev.get("datasets")
+    if dss:  # only when datasets are configured
+        bad = [d["name"] for d in dss if not d.get("valid")]
+        controls.append(Control("datasets", "Datasets restored from the DR remote and valid", not bad,
+                                f"{len(dss) - len(bad)}/{len(dss)} valid", "md5 matches and expectation suite passes",
+                                "; ".join(d.get("validation") or d.get("error", "") for d in dss)))
+    if previous_pass_ts is None:
+        controls.append(Control("previous_drill", "Previous passing drill within the drill interval", False,
+                                "none on record", f"<= {_dur(interval)}", "this is the first drill on record"))
+    else:
+        age = rec.started_ts - previous_pass_ts
+        controls.append(Control("previous_drill", "Previous passing drill within the drill interval",
+                                age <= interval, f"{_dur(age)} ago ({utc(previous_pass_ts)})", f"<= {_dur(interval)}"))
+    rec.controls = controls
+    # the previous-drill control reports on the programme, not on this drill: a first drill can still pass
+    blocking = [c for c in controls if c.id != "previous_drill"]
+    for c in blocking:
+        if not c.passed:
+            rec.fail(f"{c.name}: {c.value} (objective {c.objective})")
+    rec.passed = all(c.passed for c in blocking) and not rec.failed_over_at_end and not rec.failure_reasons
+
+
+def drills_dir(cfg: Config) -> Path:
+    return cfg.reports_path / "drills"
+
+
+def history(cfg: Config) -> list[DrillRecord]:
+    """Every drill with a report on disk, oldest first."""
+    out = []
+    for path in sorted(drills_dir(cfg).glob("*/evidence.json")):
+        try:
+            out.append(DrillRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return sorted(out, key=lambda r: r.started_ts)
+
+
+def last_pass_ts(cfg: Config, before: float | None = None) -> float | None:
+    passes = [r.started_ts for r in history(cfg) if r.passed and (before is None or r.started_ts < before)]
+    return max(passes) if passes else None
+
+
+# --- steps the dr-drill flow composes (no Prefect here) ------------------------------------------------------------
+def scope_of(cfg: Config) -> dict[str, Any]:
+    return {"bundle": cfg.bundle.name,
+            "regions": [{"name": r.name, "role": r.role, "endpoint": r.endpoint or f"aws:{r.s3_region}",
+                         "bucket": r.bucket, "serving": r.serving.url if r.serving else None} for r in cfg.regions],
+            "objectives": {"rpo_s": cfg.objectives.rpo.total_seconds(), "rto_s": cfg.objectives.rto.total_seconds(),
+                           "drill_interval_s": cfg.objectives.drill_interval.total_seconds()},
+            "router": {"kind": cfg.router.kind, "url": cfg.router.url} if cfg.router else None,
+            "outage_action": cfg.drill.outage}
+
+
+def region_copy(cfg: Config, region: str) -> dict[str, Any]:
+    """The newest snapshot of the bundle complete in ``region``: id (= manifest digest), creation time, and
+    whether every required component is recorded in its manifest (no download)."""
+    from llmdr.repo.manifest import parse_utc
+    from llmdr.repo.ops import open_repo
+
+    snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
+    if not snaps:
+        return {"region": region, "id": None, "created": None, "complete": False,
+                "detail": f"no snapshot of {cfg.bundle.name} in {region}"}
+    m = snaps[-1].manifest
+    required = [k.value for k, c in cfg.bundle.components.items() if c.required]
+    missing = [k for k in required if k not in m.components or not m.components[k].get("files")]
+    return {"region": region, "id": snaps[-1].id, "created": m.created,
+            "created_ts": parse_utc(m.created).timestamp(), "files": len(m.files),
+            "components": {k: v.get("digest") for k, v in sorted(m.components.items())},
+            "complete": not missing,
+            "detail": ("every required component recorded: " + ", ".join(required)) if not missing else
+            f"missing from the manifest: {', '.join(missing)}"}
+
+
+def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
+    """Cut the region off without deleting anything: locally, stop its replica and S3 server (by PID); with
+    ``drill.outage: command``, run ``drill.outage_command``."""
+    import subprocess
+
+    reg = cfg.region(region)
+    if cfg.drill.outage == "command":
+        r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600)
+        return {"region": region, "action": "command: " + " ".join(cfg.drill.outage_command or []),
+                "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:]}
+    from llmdr.devstack.regions import _read_pid, stop_region
+    from llmdr.serving.replica import replica_status, stop_replica
+
+    if not reg.is_local:
+        from llmdr.errors import UsageError
+
+        raise UsageError(f"region '{region}' is not local, so `drill.outage: local` cannot stop it; set drill.outage: "
+                         "command with an outage_command that blocks the region (never one that deletes data)")
+    rep = replica_status(cfg, reg) if reg.serving else None
+    s3_pid = _read_pid(cfg, reg)
+    stop_replica(cfg, reg)
+    stop_region(cfg, reg)
+    return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}) and the "
+                                        f"S3 server (pid {s3_pid or '-'}); data left on disk"}
+
+
+def end_outage(cfg: Config, region: str) -> dict[str, Any]:
+    import subprocess
+
+    reg = cfg.region(region)
+    if cfg.drill.outage == "command":
+        r = subprocess.run(cfg.drill.restore_command or [], capture_output=True, text=True, timeout=600)
+        return {"action": "command: " + " ".join(cfg.drill.restore_command or []), "returncode": r.returncode}
+    from llmdr.devstack.regions import start_region
+    from llmdr.serving.replica import can_start, start_replica
+
+    st = start_region(cfg, reg)
+    action = f"local: S3 server started again (pid {st.pid})"
+    if reg.serving is not None and can_start(reg):
+        rep = start_replica(cfg, reg)  # from the region's own store, as after a real outage
+        action += f", replica restarted from its own store (pid {rep.pid})"
+    return {"action": action, "healthy": st.healthy}
+
+
+def wait_for_failover(cfg: Config, since_ts: float, timeout: float, *, poll: float = 0.2):
+    """The first failover record that started after ``since_ts`` (the automation's run), waiting up to
+    ``timeout`` seconds; None if none came. The drill never starts a failover itself."""
+    from llmdr.failover import steps as fo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for rec in fo.history(cfg):
+            if rec.kind == "failover" and rec.started_ts >= since_ts and not rec.noop:
+                return rec
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)

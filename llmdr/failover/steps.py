@@ -1,0 +1,235 @@
+"""Failover and failback, as steps the ``failover`` / ``failback`` flows compose.
+
+The order is fixed by what must be true before users are moved: the outage is confirmed by direct probes (not a
+single blip), a replica answers in the target region (the warm standby, or a cold start from that region's own
+store), the golden set passes against it directly, and only then does the router switch; the golden set is then
+checked again *through the router*. If that last check fails the switch is rolled back.
+
+RTO is measured from the first failed probe (the monitor's evidence; for a manual switch, the start of the run) to
+the first golden-correct answer through the router. Every run is appended to ``<state>/failover/history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from llmdr.config import Config, Region
+from llmdr.errors import LlmdrError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class FailoverError(LlmdrError):
+    """The failover (or failback) could not be completed safely; traffic stays where it was."""
+
+    exit_code = 7
+
+
+def utc(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Step:
+    name: str
+    at: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class FailoverRecord:
+    """Everything about one failover or failback: kept as history, shown as an artifact, sent as a notice."""
+
+    kind: str  # "failover" | "failback"
+    bundle: str
+    from_region: str | None
+    to_region: str
+    trigger: str  # "automation" | "manual" | "drill" | "schedule"
+    reason: str
+    started_ts: float
+    first_failure_ts: float | None = None
+    detected_ts: float | None = None  # when the monitor declared the region down (the event's time)
+    scheduled_ts: float | None = None  # when the flow run was scheduled (by the automation, at once)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    confirmed: bool | None = None
+    replica: dict | None = None
+    golden_direct: dict | None = None
+    switched_ts: float | None = None
+    verified_ts: float | None = None
+    golden_router: dict | None = None
+    rto_s: float | None = None
+    rto_basis: str | None = None
+    ok: bool = False
+    rolled_back: bool = False
+    noop: bool = False
+    error: str | None = None
+    flow_run_id: str | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    def step(self, name: str, ok: bool, detail: str = "") -> None:
+        self.steps.append(Step(name=name, at=utc(), ok=ok, detail=detail))
+
+    def finish(self, verified_ts: float) -> None:
+        """Close the record after the first verified-correct answer through the router."""
+        self.verified_ts = verified_ts
+        if self.first_failure_ts is not None:
+            self.rto_s = round(verified_ts - self.first_failure_ts, 3)
+            self.rto_basis = "first failed probe -> first golden-correct answer through the router"
+        else:
+            self.rto_s = round(verified_ts - self.started_ts, 3)
+            self.rto_basis = "run start -> first golden-correct answer through the router (no failure observed)"
+        self.ok = True
+
+    def rto_breakdown(self) -> dict[str, float] | None:
+        """Where the RTO went: detection (first failed probe -> down declared), dispatch (-> failover run started:
+        event, automation, worker, process start), recovery (-> verified answer through the router)."""
+        if not self.ok or self.first_failure_ts is None or self.detected_ts is None or self.verified_ts is None:
+            return None
+        out = {"detection_s": round(self.detected_ts - self.first_failure_ts, 3),
+               "dispatch_s": round(self.started_ts - self.detected_ts, 3),
+               "recovery_s": round(self.verified_ts - self.started_ts, 3)}
+        if self.scheduled_ts is not None and self.detected_ts <= self.scheduled_ts <= self.started_ts:
+            # dispatch = the automation creating the run + the runner picking it up and starting it
+            out["automation_s"] = round(self.scheduled_ts - self.detected_ts, 3)
+            out["pickup_s"] = round(self.started_ts - self.scheduled_ts, 3)
+        return out
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["rto_breakdown"] = self.rto_breakdown()
+        for k in ("started_ts", "first_failure_ts", "detected_ts", "scheduled_ts", "switched_ts", "verified_ts"):
+            out[k.removesuffix("_ts") + "_utc"] = utc(out[k]) if out[k] is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FailoverRecord":
+        data = {k: v for k, v in data.items() if not k.endswith("_utc") and k != "rto_breakdown"}
+        steps = [Step(**s) for s in data.pop("steps", [])]
+        return cls(**data, steps=steps)
+
+
+def history_path(cfg: Config) -> Path:
+    return cfg.state_path / "failover" / "history.jsonl"
+
+
+def append_history(cfg: Config, rec: FailoverRecord) -> None:
+    path = history_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+
+
+def history(cfg: Config) -> list[FailoverRecord]:
+    try:
+        lines = history_path(cfg).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(FailoverRecord.from_json(json.loads(line)))
+        except (ValueError, TypeError):
+            log.warning("skipping an unreadable line in %s", history_path(cfg))
+    return out
+
+
+def pick_target(cfg: Config, to: str | None, active: str | None) -> Region:
+    """The region to fail over to: ``to`` if given, else ``failover.target``, else the first secondary that is not
+    the active one."""
+    if to:
+        region = cfg.region(to)
+    elif cfg.failover.target:
+        region = cfg.region(cfg.failover.target)
+    else:
+        candidates = [r for r in cfg.secondaries if r.name != active and r.serving is not None]
+        if not candidates:
+            raise UsageError("no secondary region with a serving: section to fail over to; add one in llmdr.yaml")
+        region = candidates[0]
+    if region.serving is None:
+        raise UsageError(f"region '{region.name}' has no serving: section, so traffic cannot be sent there")
+    return region
+
+
+def confirm_outage(cfg: Config, region: Region) -> tuple[bool, list[dict]]:
+    """Probe the region's endpoint ``failover.confirm_probes`` times, ``confirm_interval`` apart: the outage is
+    confirmed only if every probe fails."""
+    from llmdr.failover.monitor import probe
+
+    if region.serving is None:
+        return True, []
+    samples = []
+    n = cfg.failover.confirm_probes
+    for i in range(n):
+        s = probe(region.name, region.serving.url, timeout=cfg.monitor.timeout.total_seconds(),
+                  model=region.serving.model)
+        samples.append(s.to_json())
+        if s.ok:
+            return False, samples
+        if i + 1 < n:
+            time.sleep(cfg.failover.confirm_interval.total_seconds())
+    return True, samples
+
+
+def golden_check(cfg: Config, url: str, *, model: str | None = None, timeout: float = 30.0):
+    """The golden set against one URL (a replica, or the router)."""
+    from llmdr.serving import golden
+    from llmdr.serving.endpoint import OpenAIEndpoint
+
+    path = cfg.golden_path
+    if not path.exists():
+        raise UsageError(f"{path}: no golden set, so a replica's answers cannot be checked before traffic is moved. "
+                         "Record one from a known-good server: llmdr golden record --url URL")
+    return golden.check(golden.GoldenSet.load(path), OpenAIEndpoint(url, model=model, timeout=timeout).answer)
+
+
+def answering_region(url: str, timeout: float = 5.0) -> str | None:
+    """Which region answers behind ``url`` (the router adds ``X-Llmdr-Region``); None if the header is absent."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
+            return resp.headers.get("X-Llmdr-Region")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def verify_through_router(cfg: Config, router_url: str, expect: str, *, model: str | None = None,
+                          attempts: int = 20, delay: float = 0.1) -> tuple[float, dict]:
+    """Golden-check through the router until it passes from the expected region (a few tries: the switch is
+    propagating); returns the time of the first verified-correct answer and the golden report."""
+    last: dict = {}
+    for _ in range(attempts):
+        seen = answering_region(router_url)
+        if seen not in (None, expect):
+            last = {"ok": False, "detail": f"router still answers from {seen}"}
+        else:
+            rep = golden_check(cfg, router_url, model=model)
+            if rep.ok:
+                return time.time(), rep.to_json() | {"region": seen or expect}
+            last = rep.to_json()
+        time.sleep(delay)
+    raise FailoverError(f"answers through the router {router_url} were not golden-correct from '{expect}' after "
+                        f"{attempts} tries: {json.dumps(last)[:400]}")
+
+
+def primary_data_current(cfg: Config, *, source: str) -> dict:
+    """Is the primary's newest snapshot at least as new as ``source``'s? (Snapshots taken while failed over land in
+    the DR region; failback copies them back first.)"""
+    from llmdr.repo.ops import open_repo
+
+    prim = open_repo(cfg, cfg.primary, read_only=True).snapshots(bundle=cfg.bundle.name)
+    other = open_repo(cfg, source, read_only=True).snapshots(bundle=cfg.bundle.name)
+    p_new = prim[-1] if prim else None
+    o_new = other[-1] if other else None
+    p_ids = {s.id for s in prim}
+    missing = [s.id for s in other if s.id not in p_ids and (p_new is None or s.manifest.created > p_new.manifest.created)]
+    return {"primary_newest": p_new.id if p_new else None, "source_newest": o_new.id if o_new else None,
+            "missing_in_primary": missing, "current": not missing and p_new is not None}

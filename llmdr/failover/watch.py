@@ -1,0 +1,192 @@
+"""The monitoring loop: probe every region's endpoint and the router, keep the samples, assess each target against
+its learned baseline, and emit Prefect events when a target's status changes.
+
+``llmdr monitor`` and the ``monitor-endpoints`` flow both run :func:`watch`. An endpoint that stays down while it
+is the active region is re-announced every ``REANNOUNCE_S`` seconds, so a failover that could not complete is tried
+again by the automation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmdr.common.files import atomic_write
+from llmdr.config import Config
+from llmdr.integrations import events
+
+log = logging.getLogger(__name__)
+REANNOUNCE_S = 15.0
+ROUTER = "router"
+
+
+@dataclass
+class Target:
+    name: str  # region name or "router"
+    url: str
+    model: str | None = None
+
+
+@dataclass
+class RoundResult:
+    ts: float
+    active: str | None
+    samples: list = field(default_factory=list)  # monitor.Sample
+    assessments: dict = field(default_factory=dict)  # target -> monitor.Assessment
+    emitted: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"ts": self.ts, "active": self.active, "samples": [s.to_json() for s in self.samples],
+                "assessments": {k: a.to_json() for k, a in self.assessments.items()}, "emitted": self.emitted}
+
+
+def targets(cfg: Config) -> list[Target]:
+    out = [Target(r.name, r.serving.url, r.serving.model) for r in cfg.regions if r.serving is not None]
+    if cfg.router is not None:
+        model = next((r.serving.model for r in cfg.regions if r.serving and r.serving.model), None)
+        out.append(Target(ROUTER, cfg.router.url, model))
+    return out
+
+
+def store_path(cfg: Config) -> Path:
+    return cfg.state_path / "monitor" / "samples.sqlite"
+
+
+def _status_path(cfg: Config) -> Path:
+    return cfg.state_path / "monitor" / "status.json"
+
+
+def read_status(cfg: Config) -> dict:
+    try:
+        return json.loads(_status_path(cfg).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+class Watcher:
+    """One monitor: remembers each target's last status (also on disk, so a new run does not re-announce)."""
+
+    def __init__(self, cfg: Config, *, emit: Callable[[str, dict, dict], bool] = events.emit) -> None:
+        from llmdr.failover.monitor import SampleStore
+
+        self.cfg = cfg
+        self.targets = targets(cfg)
+        self.store = SampleStore(store_path(cfg))
+        self.emit = emit
+        self.status = read_status(cfg)
+        self.round_no = 0
+        self._golden = self._load_golden()
+        self._active_cache: tuple[float, str | None] = (0.0, None)
+
+    def _load_golden(self) -> list:
+        from llmdr.serving.golden import GoldenSet
+
+        if self.cfg.monitor.golden_every == 0 or not self.cfg.golden_path.exists():
+            return []
+        try:
+            return GoldenSet.load(self.cfg.golden_path).cases
+        except Exception as exc:  # noqa: BLE001 - a broken golden file must not stop monitoring
+            log.warning("golden spot-checks off: %s", exc)
+            return []
+
+    def active(self) -> str | None:
+        """The region the router sends traffic to (asked at most every 2 s; the last record if it cannot answer)."""
+        from llmdr.failover.router import open_router, router_log
+
+        if self.cfg.router is None:
+            return self.cfg.primary.name
+        now = time.monotonic()
+        if now - self._active_cache[0] < 2.0:
+            return self._active_cache[1]
+        try:
+            active = open_router(self.cfg).active()
+        except Exception:  # noqa: BLE001 - the router being down is itself probed as a target
+            cur = router_log(self.cfg).current()
+            active = cur.get("active") if cur else self.cfg.primary.name
+        self._active_cache = (now, active)
+        return active
+
+    def run_round(self) -> RoundResult:
+        from llmdr.failover.monitor import assess_all, probe
+
+        cfg = self.cfg
+        self.round_no += 1
+        golden = None
+        every = cfg.monitor.golden_every
+        if self._golden and every and self.round_no % every == 1 % every:
+            golden = self._golden[(self.round_no // every) % len(self._golden)]
+        timeout = cfg.monitor.timeout.total_seconds()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.targets))) as pool:
+            samples = list(pool.map(lambda t: probe(t.name, t.url, timeout=timeout, model=t.model, golden=golden),
+                                    self.targets))
+        self.store.add(samples)
+        active = self.active()
+        res = RoundResult(ts=time.time(), active=active, samples=samples)
+        assessed = assess_all(self.store, cfg.monitor)
+        for t in self.targets:
+            a = assessed[t.name]
+            res.assessments[t.name] = a
+            self._transition(t, a, active, res)
+        atomic_write(_status_path(cfg), json.dumps(self.status, sort_keys=True))
+        return res
+
+    def _transition(self, t: Target, a, active: str | None, res: RoundResult) -> None:
+        prev = self.status.get(t.name, {})
+        before = prev.get("status")
+        now = time.time()
+        is_active = None if t.name == ROUTER else t.name == active
+        event = None
+        if a.status == "down" and (before != "down" or (is_active and now - prev.get("emitted", 0) >= REANNOUNCE_S)):
+            event = events.ENDPOINT_DOWN
+        elif a.status == "degraded" and before not in ("degraded", "down"):
+            event = events.ENDPOINT_DEGRADED
+        elif a.status == "healthy" and before in ("degraded", "down"):
+            event = events.ENDPOINT_RECOVERED
+        entry = {"status": a.status, "since": prev.get("since", now) if before == a.status else now,
+                 "emitted": prev.get("emitted", 0), "active": is_active}
+        if event:
+            payload = a.to_json() | {"url": t.url, "active": is_active, "active_region": active,
+                                     "reason": "; ".join(a.reasons) or a.status}
+            sent = self.emit(event, events.endpoint_resource(self.cfg.bundle.name, t.name, active=is_active,
+                                                             url=t.url), payload)
+            entry["emitted"] = now
+            res.emitted.append({"event": event, "target": t.name, "sent": sent, "reason": payload["reason"]})
+            log.warning("%s: %s (%s)", t.name, event, payload["reason"])
+        self.status[t.name] = entry
+
+
+@dataclass
+class WatchSummary:
+    rounds: int
+    emitted: list[dict]
+    last: RoundResult
+
+    def to_json(self) -> dict:
+        return {"rounds": self.rounds, "emitted": self.emitted, "last": self.last.to_json()}
+
+
+def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = None,
+          on_round: Callable[[RoundResult], None] | None = None, watcher: Watcher | None = None) -> WatchSummary:
+    """Probe every ``monitor.interval`` until ``duration`` seconds or ``rounds`` rounds have passed (both None:
+    until interrupted). Samples older than ``monitor.keep`` are pruned once per run."""
+    w = watcher or Watcher(cfg)
+    w.store.prune(time.time() - cfg.monitor.keep.total_seconds())
+    interval = cfg.monitor.interval.total_seconds()
+    t_end = None if duration is None else time.monotonic() + duration
+    emitted: list[dict] = []
+    n = 0
+    while True:
+        t0 = time.monotonic()
+        res = w.run_round()
+        n += 1
+        emitted += res.emitted
+        if on_round:
+            on_round(res)
+        if (rounds is not None and n >= rounds) or (t_end is not None and time.monotonic() + interval > t_end):
+            return WatchSummary(rounds=n, emitted=emitted, last=res)
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))

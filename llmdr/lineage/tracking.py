@@ -1,0 +1,530 @@
+"""MLflow tracking for llmdr: one run per DR drill now; model versions and training runs (issue #7) next.
+
+Where things go:
+
+- **Tracking store**: ``sqlite:///<state_dir>/mlflow/mlflow.db`` by default (no server); ``MLFLOW_TRACKING_URI`` or an
+  explicit ``tracking_uri`` overrides it (any MLflow URI works, e.g. ``http://mlflow.internal:5000``).
+- **Artifacts**: in a region's bucket under ``<prefix>mlflow/<experiment>/<run id>/artifacts/``. Drill evidence goes
+  to the DR region by default: it must survive the primary's loss, and the primary is down during part of a drill.
+  ``local_artifacts=True`` puts them under ``<state_dir>/mlflow/artifacts`` instead (the fallback when the region
+  cannot be reached).
+
+MLflow fixes an experiment's ``artifact_location`` when it creates the experiment, and every run's artifact URI
+derives from it. A run whose artifacts had to go elsewhere (the local fallback, or an experiment created with another
+location) is uploaded to ``<target location>/<run id>/artifacts`` and says so in its ``llmdr.artifact_uri`` tag;
+:func:`run_artifact_uri` gives the right place either way.
+
+MLflow's S3 artifact repository reads the endpoint and keys from the environment. :func:`artifact_env` sets them only
+for the duration of a call, under a process-wide lock (``os.environ`` is shared by every thread), and restores them.
+Secrets never reach the tracking store: params and tags carry names, ids and numbers only, and
+:class:`TrackingTarget`'s repr masks the keys. Do not pass a ``TrackingTarget`` as a Prefect flow parameter or task
+result (those are persisted): build it where it is used, with :func:`target_for`.
+
+``mlflow`` is imported lazily, inside the functions (it takes seconds to import), so ``import llmdr`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from llmdr.config import Config
+from llmdr.errors import LlmdrError, StorageError
+
+log = logging.getLogger(__name__)
+
+DRILL_EXPERIMENT = "dr-drills"
+TAG_ARTIFACT_URI = "llmdr.artifact_uri"  # set when a run's artifacts are not under its experiment's location
+TAG_KIND = "llmdr.kind"
+
+# Every variable artifact_env controls: during a call, the ones a target does not set are removed, so a stray
+# AWS_SESSION_TOKEN or MLFLOW_S3_ENDPOINT_URL from the outer environment cannot mix with the region's keys.
+_S3_VARS = ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+# Set (unless the user set them) before mlflow is first imported: its telemetry client starts at import time.
+_QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+_REACH_TIMEOUT_S = 3.0
+
+_env_lock = threading.RLock()
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+class TrackingError(LlmdrError):
+    """The MLflow tracking store refused or failed an operation (bad URI, deleted experiment, locked database)."""
+
+
+class ArtifactUploadError(StorageError):
+    """Artifacts could not be stored where the tracking target says (region down, bucket missing, keys refused).
+
+    The run itself is recorded (``run_id``) and marked FAILED; logging again with ``local_artifacts=True`` completes
+    the same run with its artifacts on local disk.
+    """
+
+    def __init__(self, message: str, *, run_id: str, location: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.location = location
+
+    def __reduce__(self):  # Prefect pickles exceptions into states
+        return (_rebuild_upload_error, (str(self), self.run_id, self.location))
+
+
+def _rebuild_upload_error(message: str, run_id: str, location: str) -> ArtifactUploadError:
+    return ArtifactUploadError(message, run_id=run_id, location=location)
+
+
+@dataclass
+class TrackingTarget:
+    """Where MLflow records go: the tracking store, the artifact root, and the S3 environment the root needs.
+
+    ``artifact_location`` is the root; experiment ``E`` keeps its artifacts under ``<artifact_location>/E``
+    (:meth:`experiment_location`). ``s3_env`` holds the variables MLflow's S3 client reads (empty for ``file:``).
+    """
+
+    tracking_uri: str
+    artifact_location: str  # s3://bucket/<prefix>mlflow or file:///.../mlflow/artifacts
+    s3_env: dict[str, str] = field(default_factory=dict)
+    region: str | None = None  # the region whose bucket holds the artifacts; None for local artifacts
+
+    def experiment_location(self, experiment: str) -> str:
+        return f"{self.artifact_location.rstrip('/')}/{_path_segment(experiment)}"
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.s3_env.get("MLFLOW_S3_ENDPOINT_URL")
+
+    def describe(self) -> str:
+        """For messages: the artifact root and where it is (no secrets)."""
+        where = f" (region '{self.region}' at {self.endpoint or 'AWS'})" if self.region else ""
+        return f"{self.artifact_location}{where}"
+
+    def __repr__(self) -> str:  # never print secrets
+        env = {k: ("***" if k in _SECRET_VARS else v) for k, v in self.s3_env.items()}
+        return (f"TrackingTarget(tracking_uri={self.tracking_uri!r}, artifact_location={self.artifact_location!r}, "
+                f"region={self.region!r}, s3_env={env!r})")
+
+
+def default_tracking_uri(cfg: Config) -> str:
+    return "sqlite:///" + str((cfg.state_path / "mlflow" / "mlflow.db").resolve())
+
+
+def target_for(cfg: Config, *, region: str | None = None, tracking_uri: str | None = None,
+               local_artifacts: bool = False) -> TrackingTarget:
+    """The tracking target for ``cfg``: tracking store from ``tracking_uri``, else ``tracking.uri`` in the config, else
+    ``MLFLOW_TRACKING_URI``, else the
+    sqlite file under the state folder; artifacts in ``region``'s bucket (default: the DR region, i.e.
+    ``cfg.failover_target()``), or on local disk with ``local_artifacts``. Resolves the region's keys now (raises
+    ``AccessDenied`` when they are not set); touches nothing else."""
+    from llmdr.storage.credentials import resolve_keys
+
+    uri = (tracking_uri or cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or default_tracking_uri(cfg))
+    if local_artifacts:
+        root = (cfg.state_path / "mlflow" / "artifacts").resolve().as_uri()
+        return TrackingTarget(tracking_uri=uri, artifact_location=root, s3_env={}, region=None)
+    reg = cfg.region(region) if region else cfg.failover_target()
+    keys = resolve_keys(cfg, reg)
+    prefix = reg.prefix.strip("/") + "/" if reg.prefix.strip("/") else ""
+    env = {"AWS_ACCESS_KEY_ID": keys.access_key_id, "AWS_SECRET_ACCESS_KEY": keys.secret_access_key,
+           "AWS_DEFAULT_REGION": reg.s3_region,
+           # fail in seconds, not minutes, when the region is gone (botocore's legacy mode retries 4 times)
+           "AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
+    if keys.session_token:
+        env["AWS_SESSION_TOKEN"] = keys.session_token
+    if reg.endpoint:  # S3-compatible server (SeaweedFS, MinIO...): path-style addressing
+        env["MLFLOW_S3_ENDPOINT_URL"] = reg.endpoint
+        env["MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE"] = "path"
+    return TrackingTarget(tracking_uri=uri, artifact_location=f"s3://{reg.bucket}/{prefix}mlflow", s3_env=env,
+                          region=reg.name)
+
+
+# --- MLflow plumbing (reused by the model registry and training runs, issue #7) -------------------------------------
+def _mlflow():
+    """Import mlflow quietly: no telemetry, no progress bars, no database-migration chatter."""
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    import mlflow
+
+    # mlflow's own SQLAlchemy models trip a deprecation warning of SQLAlchemy 2.x: not ours to act on
+    warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated", module=r"mlflow\.")
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.WARNING)
+    return mlflow
+
+
+def open_client(target: TrackingTarget):
+    """An ``MlflowClient`` for the target's tracking store (and model registry), one per URI per process. Creates
+    the sqlite file's folder; the first use of a new sqlite file creates its tables (~3 s)."""
+    uri = target.tracking_uri
+    with _clients_lock:
+        if uri in _clients:
+            return _clients[uri]
+        _mlflow()
+        from mlflow import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)  # opens (and migrates) the store now, with a clear error
+        except Exception as exc:
+            raise TrackingError(f"MLflow tracking store {_safe_uri(uri)}: cannot open it ({_short(exc)}). Check the "
+                                "tracking URI (MLFLOW_TRACKING_URI or the tracking_uri given) and that it is "
+                                "reachable and writable.") from exc
+        _clients[uri] = client
+        return client
+
+
+def ensure_experiment(target: TrackingTarget, name: str) -> str:
+    """The id of experiment ``name``, created with its artifact location under the target's root if missing."""
+    client = open_client(target)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=target.experiment_location(name))
+        except Exception:  # created meanwhile by another process: use that one
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(f"MLflow experiment {name!r} in {_safe_uri(target.tracking_uri)} is deleted; restore it "
+                            f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) or remove it for good "
+                            "(`mlflow gc`) so llmdr can create it again.")
+    return exp.experiment_id
+
+
+@contextlib.contextmanager
+def artifact_env(target: TrackingTarget) -> Iterator[None]:
+    """Set the target's S3 variables for the duration of the block (and remove the other S3 variables llmdr
+    controls), then restore the environment exactly. Holds a process-wide lock: ``os.environ`` is shared by
+    every thread, so two blocks never interleave. A target with local artifacts changes nothing."""
+    with _env_lock:
+        if not target.s3_env:
+            yield
+            return
+        saved = {k: os.environ.get(k) for k in _S3_VARS}
+        try:
+            for k in _S3_VARS:
+                if k in target.s3_env:
+                    os.environ[k] = target.s3_env[k]
+                else:
+                    os.environ.pop(k, None)
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def run_artifact_uri(run) -> str:
+    """Where a run's artifacts really are: its ``llmdr.artifact_uri`` tag, else MLflow's own artifact URI."""
+    return run.data.tags.get(TAG_ARTIFACT_URI) or run.info.artifact_uri
+
+
+def upload_artifacts(target: TrackingTarget, run, folder: Path, experiment: str) -> str:
+    """Upload every file under ``folder`` for ``run`` to the target's location; returns the artifact URI used.
+
+    Raises :class:`ArtifactUploadError` when the target's region cannot be reached or refuses the upload."""
+    run_id = run.info.run_id
+    uri = f"{target.experiment_location(experiment)}/{run_id}/artifacts"
+    _check_reachable(target, run_id, uri)
+    client = open_client(target)
+    if uri != run.info.artifact_uri:
+        client.set_tag(run_id, TAG_ARTIFACT_URI, uri)
+    elif TAG_ARTIFACT_URI in run.data.tags:  # an earlier attempt went elsewhere; this one is the normal place
+        client.delete_tag(run_id, TAG_ARTIFACT_URI)
+    try:
+        with artifact_env(target):
+            _artifact_repo(target, uri).log_artifacts(str(folder))
+    except Exception as exc:
+        raise ArtifactUploadError(
+            f"MLflow artifacts for run {run_id}: cannot upload {folder} to {uri}{_where(target)}: "
+            f"{_cause(exc)}. The run is recorded in {_safe_uri(target.tracking_uri)} without its artifacts; log "
+            "again with local artifacts (target_for(cfg, local_artifacts=True)), or once the region is back.",
+            run_id=run_id, location=uri) from exc
+    return uri
+
+
+def download_artifacts(target: TrackingTarget, artifact_uri: str, dst: Path) -> Path:
+    """Download ``artifact_uri`` (a run's folder or one file) into ``dst`` with the target's S3 environment."""
+    _mlflow()
+    import mlflow.artifacts
+
+    dst.mkdir(parents=True, exist_ok=True)
+    with artifact_env(target):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
+
+
+def _artifact_repo(target: TrackingTarget, uri: str):
+    if uri.startswith("s3://"):
+        # keys passed explicitly, not only through the environment: MLflow caches one boto3 client per endpoint
+        # for 5 minutes, and a client built from the environment keeps the keys it was built with
+        from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+
+        env = target.s3_env
+        return S3ArtifactRepository(uri, access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                                    secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                                    session_token=env.get("AWS_SESSION_TOKEN"),
+                                    tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(uri)
+
+
+def _check_reachable(target: TrackingTarget, run_id: str, uri: str) -> None:
+    """Fail in seconds when the region's endpoint does not answer: botocore would wait out its connect timeout
+    (60 s) and retries first."""
+    from llmdr.common.net import unreachable
+
+    if target.endpoint and (exc := unreachable(target.endpoint, _REACH_TIMEOUT_S)) is not None:
+        raise ArtifactUploadError(
+            f"MLflow artifacts for run {run_id}: region '{target.region}' is unreachable at {target.endpoint} "
+            f"({exc.strerror or exc}); nothing uploaded to {uri}. The run is recorded in "
+            f"{_safe_uri(target.tracking_uri)} without its artifacts; log again with local artifacts "
+            "(target_for(cfg, local_artifacts=True)), or once the region is back.",
+            run_id=run_id, location=uri) from exc
+
+
+def _where(target: TrackingTarget) -> str:
+    return f" (region '{target.region}' at {target.endpoint or 'AWS'})" if target.region else ""
+
+
+def _cause(exc: BaseException) -> str:
+    """A one-line reason from the exception chain, named the way an operator acts on it."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, EndpointConnectionError):
+            return f"the endpoint does not answer ({e})"
+        if isinstance(e, NoCredentialsError):
+            return "no credentials reached the S3 client"
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                return "the bucket does not exist (create it, or `llmdr stack up` for the local stack)"
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                return f"access denied ({code}): check the region's keys and their permissions"
+            return f"S3 error {code}"
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    if "NoSuchBucket" in text:
+        return "the bucket does not exist (create it, or `llmdr stack up` for the local stack)"
+    if any(c in text for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+        return "access denied: check the region's keys and their permissions"
+    return _short(exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "…") if len(text) > 300 else text or type(exc).__name__
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without a password (``http://user:pass@host`` → ``http://user:***@host``)."""
+    u = urlparse(uri)
+    if u.password:
+        return uri.replace(f":{u.password}@", ":***@")
+    return uri
+
+
+def _path_segment(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-") or "experiment"
+
+
+# --- drills ---------------------------------------------------------------------------------------------------------
+def _ms(ts: float | None) -> int | None:
+    """Milliseconds, truncated the way the record's UTC strings are (whole microseconds, then milliseconds)."""
+    return None if ts is None else round(ts * 1_000_000) // 1000
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def drill_params(record: dict) -> dict[str, str]:
+    scope = record.get("scope") or {}
+    obj = scope.get("objectives") or {}
+    regions = scope.get("regions") or []
+    params = {
+        "bundle": record.get("bundle"),
+        "drill_id": record.get("id"),
+        "regions": ", ".join(f"{r.get('name')} ({r.get('role')})" for r in regions) or None,
+        "rto_objective_seconds": obj.get("rto_s"),
+        "rpo_objective_seconds": obj.get("rpo_s"),
+        "drill_interval_seconds": obj.get("drill_interval_s"),
+        "outage_region": (record.get("outage") or {}).get("region"),
+        "outage_action": scope.get("outage_action"),
+        "started_by": (record.get("started_by") or {}).get("kind"),
+        "tool_version": record.get("tool_version"),
+    }
+    return {k: str(v) for k, v in params.items() if v is not None and v != ""}
+
+
+def drill_metrics(record: dict) -> dict[str, float]:
+    """``rto_seconds``, ``rpo_seconds``, every other numeric ``<name>_s`` measurement as ``<name>_seconds``
+    (detection, dispatch, recovery...), ``passed`` and ``failed_over_at_end`` as 1/0. None values are left out."""
+    out: dict[str, float] = {}
+    for k, v in sorted((record.get("measurements") or {}).items()):
+        n = _num(v)
+        if n is not None and k.endswith("_s"):
+            out[k[:-2] + "_seconds"] = n
+    out["passed"] = 1.0 if record.get("passed") else 0.0
+    out["failed_over_at_end"] = 1.0 if record.get("failed_over_at_end") else 0.0
+    if (d := _num(record.get("duration_s"))) is not None:
+        out["drill_duration_seconds"] = d
+    return out
+
+
+def drill_tags(record: dict) -> dict[str, str]:
+    ev = record.get("evidence") or {}
+    tags = {
+        TAG_KIND: "dr-drill",
+        "llmdr.bundle": record.get("bundle"),
+        "llmdr.drill_id": record.get("id"),
+        "llmdr.result": "PASS" if record.get("passed") else "FAIL",
+        "llmdr.failed_over_at_end": "true" if record.get("failed_over_at_end") else "false",
+        "llmdr.prefect_flow_run_id": ev.get("prefect_flow_run_id") or (record.get("started_by") or {}).get(
+            "flow_run_id"),
+        "llmdr.started_by": (record.get("started_by") or {}).get("kind"),
+    }
+    for region, snap in sorted((ev.get("snapshots") or {}).items()):
+        sid = snap.get("id") if isinstance(snap, dict) else snap
+        if sid:
+            tags[f"llmdr.snapshot.{region}"] = sid
+    if isinstance(ev.get("model_version"), (str, int)):
+        tags["llmdr.model_version"] = ev["model_version"]
+    reasons = record.get("failure_reasons") or []
+    verdict = "PASS" if record.get("passed") else "FAIL"
+    tags["mlflow.note.content"] = f"DR drill {record.get('id')} of {record.get('bundle')}: {verdict}" + (
+        "\n\n" + "\n".join(f"- {r}" for r in reasons) if reasons else "")
+    return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
+
+
+def _find_drill_run(client, experiment_id: str, drill_id: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`llmdr.drill_id` = '{_quote(drill_id)}'",
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+_START_TAGS = (TAG_KIND, "llmdr.bundle", "llmdr.drill_id", "llmdr.prefect_flow_run_id", "llmdr.started_by")
+
+
+def _drill_run(target: TrackingTarget, record: dict, experiment: str, *, final: bool):
+    """Find (by ``llmdr.drill_id``) or create the drill's run and log what the record holds; returns the run."""
+    _mlflow()
+    from mlflow.entities import Metric, Param, RunTag
+
+    drill_id = str(record.get("id") or "")
+    if not drill_id:
+        raise TrackingError("the drill record has no id: log the record the dr-drill flow produced (to_json())")
+    client = open_client(target)
+    exp_id = ensure_experiment(target, experiment)
+    try:
+        run = _find_drill_run(client, exp_id, drill_id)
+        if run is None:
+            run = client.create_run(exp_id, start_time=_ms(record.get("started_ts")), run_name=f"drill {drill_id}")
+        run_id = run.info.run_id
+        tags = drill_tags(record)
+        if not final:
+            tags = {k: v for k, v in tags.items() if k in _START_TAGS}
+        stamp = _ms(record.get("ended_ts")) or _ms(record.get("started_ts")) or 0
+        metrics = [Metric(k, v, stamp, 0) for k, v in drill_metrics(record).items()] if final else []
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in drill_params(record).items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        return client.get_run(run_id)
+    except Exception as exc:
+        raise TrackingError(f"MLflow: cannot record drill {drill_id} in experiment {experiment!r} of "
+                            f"{_safe_uri(target.tracking_uri)}: {_short(exc)}") from exc
+
+
+def begin_drill(target: TrackingTarget, record: dict, *, experiment: str = DRILL_EXPERIMENT) -> str:
+    """Create (or find) the drill's run at the start, with its scope params, and return its id, so the signed report
+    can name its MLflow run; :func:`log_drill` later completes the same run. Touches no artifact store."""
+    return _drill_run(target, record, experiment, final=False).info.run_id
+
+
+def log_drill(target: TrackingTarget, record: dict, report_folder: Path, *, experiment: str = DRILL_EXPERIMENT) -> str:
+    """Record one drill as the MLflow run ``drill <id>`` in ``experiment``; returns its run id.
+
+    Params (scope), metrics (:func:`drill_metrics`), tags (:func:`drill_tags`) and every file of ``report_folder``
+    as artifacts. Idempotent per drill id: logging the same drill again completes the same run (the one
+    :func:`begin_drill` made, or the one an :class:`ArtifactUploadError` left FAILED, e.g. now with local
+    artifacts) instead of adding a second one."""
+    _mlflow()
+    from mlflow.entities import RunStatus
+
+    report_folder = Path(report_folder)
+    if not report_folder.is_dir():
+        raise TrackingError(f"drill report folder {report_folder} does not exist: nothing to log as artifacts")
+    run = _drill_run(target, record, experiment, final=True)
+    run_id, ended = run.info.run_id, _ms(record.get("ended_ts"))
+    client = open_client(target)
+    try:
+        uri = upload_artifacts(target, run, report_folder, experiment)
+    except ArtifactUploadError:
+        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED), end_time=ended)
+        raise
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED), end_time=ended)
+    log.info("drill %s recorded as MLflow run %s (artifacts %s)", record.get("id"), run_id, uri)
+    return run_id
+
+
+def drill_runs(target: TrackingTarget, *, experiment: str = DRILL_EXPERIMENT, bundle: str | None = None) -> list[dict]:
+    """Every drill run in ``experiment`` (of ``bundle`` if given), oldest first: id, name, status, start/end (UTC),
+    params, metrics, tags, artifact_uri. An absent sqlite file or experiment means no runs (nothing is created)."""
+    uri = target.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    client = open_client(target)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    filt = f"tags.`{TAG_KIND}` = 'dr-drill'"
+    if bundle is not None:
+        filt += f" and tags.`llmdr.bundle` = '{_quote(bundle)}'"
+    out: list[dict] = []
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=filt, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        for r in page:
+            out.append({"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                        "start": _iso(r.info.start_time), "end": _iso(r.info.end_time),
+                        "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags),
+                        "artifact_uri": run_artifact_uri(r)})
+        token = page.token
+        if not token:
+            return out
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _quote(value: str) -> str:
+    """A value for an MLflow filter string: single quotes are not allowed inside one."""
+    if "'" in value:
+        raise TrackingError(f"cannot search MLflow for {value!r}: it contains a single quote")
+    return value

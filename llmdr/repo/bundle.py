@@ -1,0 +1,340 @@
+"""The bundle spec and its completeness check: a model is more than its weights.
+
+A bundle is made of typed components (weights, tokenizer, configs, prompt templates, serving config, security
+rules, ...). The config names, for each, the files that make it (glob patterns relative to the bundle folder) and
+whether it is required. ``check_bundle`` finds each component's files and checks that they are there, not empty and
+parse as what they claim to be: a safetensors header that parses and fits its file, a weights index whose shards
+exist, a tokenizer that loads, JSON that parses, a Jinja template that compiles. A snapshot of an incomplete bundle
+is refused, and a restore is checked the same way.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from llmdr.errors import LlmdrError
+
+
+class ComponentKind(str, Enum):
+    weights = "weights"
+    tokenizer = "tokenizer"
+    model_config = "model_config"
+    generation_config = "generation_config"
+    prompt_templates = "prompt_templates"
+    serving_config = "serving_config"
+    security_rules = "security_rules"
+    datasets = "datasets"
+    checkpoints = "checkpoints"
+
+
+# What `llmdr init` looks for in a Hugging Face-style folder.
+DEFAULT_PATTERNS: dict[ComponentKind, list[str]] = {
+    ComponentKind.weights: ["*.safetensors", "model.safetensors.index.json"],
+    ComponentKind.tokenizer: ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                              "merges.txt", "tokenizer.model", "tokenization_*.py"],
+    ComponentKind.model_config: ["config.json"],
+    ComponentKind.generation_config: ["generation_config.json"],
+    ComponentKind.prompt_templates: ["*.jinja", "prompts/*.jinja", "prompts/**/*.jinja", "chat_template.json"],
+    ComponentKind.serving_config: ["serving.json", "serving.yaml", "serving.yml"],
+    ComponentKind.security_rules: ["security/*", "security/**/*"],
+}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    kind: ComponentKind
+    paths: tuple[str, ...]
+    required: bool = True
+
+
+@dataclass
+class Problem:
+    component: str
+    file: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.file}" if self.file else ""
+        return f"{self.component}{where}: {self.message}"
+
+
+@dataclass
+class ComponentReport:
+    kind: ComponentKind
+    required: bool
+    files: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class BundleReport:
+    root: str
+    components: list[ComponentReport]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for c in self.components if c.required for p in c.problems]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for c in self.components if not c.required for p in c.problems]
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def files_of(self) -> dict[str, list[str]]:
+        return {c.kind.value: c.files for c in self.components}
+
+    def to_json(self) -> dict:
+        return {
+            "root": self.root,
+            "complete": self.complete,
+            "components": [
+                {"kind": c.kind.value, "required": c.required, "files": c.files, "ok": c.ok,
+                 "problems": [str(p) for p in c.problems]}
+                for c in self.components
+            ],
+        }
+
+
+class IncompleteBundle(LlmdrError):
+    """A required component is missing, empty or does not parse."""
+
+    exit_code = 4
+
+    def __init__(self, report: BundleReport, when: str) -> None:
+        self.report = report
+        lines = "\n".join(f"  - {p}" for p in report.problems)
+        super().__init__(
+            f"bundle at {report.root} is incomplete; {when}:\n{lines}\n"
+            "Fix or restore the named files (`llmdr check` re-runs this check)."
+        )
+
+
+def list_files(root: Path) -> list[str]:
+    """Every regular file under ``root``, as sorted relative '/'-paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def match_files(root: Path, patterns: Iterable[str], files: Iterable[str]) -> list[str]:
+    """The files (relative '/'-paths) matching any pattern; ``**`` matches across folders."""
+    pats = list(patterns)
+    return sorted(f for f in files if any(fnmatch.fnmatchcase(f, p) for p in pats))
+
+
+def detect_components(root: Path, files: Iterable[str]) -> dict[ComponentKind, list[str]]:
+    """Which components a Hugging Face-style folder holds (for ``llmdr init``)."""
+    files = list(files)
+    found = {}
+    for kind, pats in DEFAULT_PATTERNS.items():
+        hits = match_files(root, pats, files)
+        if hits:
+            found[kind] = hits
+    return found
+
+
+def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str] | None = None) -> BundleReport:
+    """Check every component of the bundle at ``root``; never raises for a bad bundle, reports instead."""
+    if files is None:
+        files = list_files(root)
+    files = list(files)
+    reports = []
+    for spec in specs:
+        rep = ComponentReport(spec.kind, spec.required, match_files(root, spec.paths, files))
+        # Every pattern must match: a tokenizer with its config but without tokenizer.json is not a tokenizer.
+        for pattern in spec.paths:
+            if not match_files(root, [pattern], rep.files):
+                glob = any(c in pattern for c in "*?[")
+                msg = f"missing: no file matches {pattern}" if glob else f"missing: {pattern} is not there"
+                rep.problems.append(Problem(spec.kind.value, None, msg))
+        if rep.files:
+            for rel in rep.files:
+                path = root / rel
+                try:
+                    if path.stat().st_size == 0:
+                        rep.problems.append(Problem(spec.kind.value, rel, "is empty"))
+                        continue
+                    for msg in _CHECKS.get(spec.kind, _no_check)(root, rel, files):
+                        rep.problems.append(Problem(spec.kind.value, rel, msg))
+                except OSError as exc:  # unreadable (permissions), a symlink loop, gone: a problem, not a crash
+                    rep.problems.append(Problem(spec.kind.value, rel, f"cannot be read ({exc.strerror or exc})"))
+        reports.append(rep)
+    return BundleReport(str(root), reports)
+
+
+# per-kind checks: each yields problem messages for one file -----------------------------------------------------------
+def _no_check(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    return ()
+
+
+def _json_problem(path: Path) -> tuple[object | None, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text ({exc.reason})"
+    except json.JSONDecodeError as exc:
+        return None, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a well-formed safetensors file (header parses, offsets fit the file), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "is too short to be safetensors (no 8-byte header length)"
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > min(size - 8, 100 * 1024 * 1024):
+            return f"has a safetensors header length of {n} bytes, which does not fit the {size}-byte file"
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"has a safetensors header that is not valid JSON ({exc})"
+    if not isinstance(header, dict):
+        return "has a safetensors header that is not a JSON object"
+    data_len = size - 8 - n
+    end = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = meta["data_offsets"]
+            meta["dtype"], meta["shape"]
+        except (KeyError, TypeError, ValueError):
+            return f"tensor {name!r} in the safetensors header lacks dtype, shape or data_offsets"
+        if not (0 <= start <= stop <= data_len):
+            return f"tensor {name!r} spans bytes {start}-{stop}, past the {data_len} data bytes in the file"
+        end = max(end, stop)
+    if end != data_len:
+        return f"the safetensors header covers {end} data bytes but the file holds {data_len} (truncated or padded)"
+    return None
+
+
+def _check_weights(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    path = root / rel
+    if rel.endswith(".safetensors"):
+        problem = safetensors_problem(path)
+        if problem:
+            yield problem
+    elif rel.endswith(".index.json"):
+        data, problem = _json_problem(path)
+        if problem:
+            yield problem
+            return
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            yield "has no weight_map"
+            return
+        folder = Path(rel).parent.as_posix()
+        for shard in sorted(set(weight_map.values())):
+            shard_rel = shard if folder in ("", ".") else f"{folder}/{shard}"
+            if shard_rel not in files:
+                yield f"points at shard {shard}, which is missing"
+
+
+def _check_json(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    if rel.endswith(".json"):
+        _, problem = _json_problem(root / rel)
+        if problem:
+            yield problem
+
+
+def _check_tokenizer(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    yield from _check_json(root, rel, files)
+    if Path(rel).name == "tokenizer.json":
+        try:
+            from tokenizers import Tokenizer
+
+            Tokenizer.from_file(str(root / rel))
+        except Exception as exc:  # the library raises plain Exception subclasses with its parser's message
+            yield f"does not load as a tokenizer ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+def _check_templates(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    path = root / rel
+    if rel.endswith(".json"):
+        data, problem = _json_problem(path)
+        if problem:
+            yield problem
+            return
+        text = data.get("chat_template") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            yield "has no chat_template string"
+            return
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            yield f"is not UTF-8 text ({exc.reason})"
+            return
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        yield f"is not a valid Jinja template (line {exc.lineno}: {exc.message})"
+
+
+def _check_serving(root: Path, rel: str, files: list[str]) -> Iterable[str]:
+    if rel.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            yaml.safe_load((root / rel).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            yield f"is not valid YAML ({exc})"
+    else:
+        yield from _check_json(root, rel, files)
+
+
+_CHECKS = {
+    ComponentKind.weights: _check_weights,
+    ComponentKind.tokenizer: _check_tokenizer,
+    ComponentKind.model_config: _check_json,
+    ComponentKind.generation_config: _check_json,
+    ComponentKind.prompt_templates: _check_templates,
+    ComponentKind.serving_config: _check_serving,
+}
+
+
+def specs_from_config(components: Mapping[ComponentKind, object]) -> list[ComponentSpec]:
+    """Build specs from the config's ``bundle.components`` mapping (already validated)."""
+    return [ComponentSpec(ComponentKind(kind), tuple(c.paths), c.required)  # type: ignore[attr-defined]
+            for kind, c in components.items()]
+
+
+def specs_from_manifest(components: Mapping[str, Mapping]) -> list[ComponentSpec]:
+    """Specs that check a restored bundle against exactly the files its snapshot recorded per component."""
+    return [ComponentSpec(ComponentKind(kind), tuple(c["files"]) or ("(none recorded)",), bool(c["required"]))
+            for kind, c in components.items()]
+
+
+def content_digests(root: Path, specs: Iterable[ComponentSpec]) -> dict[str, str]:
+    """Per component, SHA-256 over its files' paths and bytes: compares two copies of a bundle component-wise."""
+    import hashlib
+
+    files = list_files(root)
+    out = {}
+    for spec in specs:
+        h = hashlib.sha256()
+        for rel in match_files(root, spec.paths, files):
+            h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
+        out[spec.kind.value] = h.hexdigest()
+    return out
+
+
+def detected_specs(root: Path) -> list[ComponentSpec]:
+    """Component specs for a folder as `llmdr init` would declare them."""
+    files = list_files(root)
+    return [ComponentSpec(kind, tuple(hits)) for kind, hits in detect_components(root, files).items()]

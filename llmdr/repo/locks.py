@@ -1,0 +1,106 @@
+"""Object Lock (write once, read many) on a region whose store has it configured.
+
+The S3 adapter locks every object it writes for the region's ``object_lock.period``. What the adapter cannot know
+is which *existing* objects a new snapshot relies on: a chunk uploaded a month ago and reused by today's snapshot
+must be locked as long as today's snapshot is. ``Locker`` extends those locks (one PutObjectRetention per object,
+in parallel, with the store's retry policy), and tells retention which objects are still locked.
+
+Rule kept by every writer (snapshot, cross-region copy, retention): all chunks of a snapshot are locked at least
+until its manifest's lock minus a quarter of the period (``slack_s``). A new snapshot reusing chunks that a recent
+snapshot already locked long enough (its manifest lock ends after now + period - slack) does not re-lock them, so a
+protect every few minutes costs one HEAD, not one request per chunk; a full extension happens once per slack. Retention
+extends a kept snapshot when less than half the period is left, while its chunks still have at least a quarter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from llmdr.storage.base import BlobStore, Lock
+
+log = logging.getLogger(__name__)
+
+
+class Locker:
+    """Object Lock operations of one store (found through its wrappers)."""
+
+    def __init__(self, target: Any, retry: Any | None, location: str) -> None:
+        self._target = target
+        self._retry = retry
+        self.location = location
+        self.mode: str = target.lock_mode
+        self.period_s: float = float(target.lock_period_s)
+
+    @classmethod
+    def of(cls, store: BlobStore) -> "Locker | None":
+        """The locker of ``store``, or None when the store has no Object Lock configured. Read-only stores have none:
+        extending a lock is a write."""
+        retry = None
+        node: Any = store
+        while node is not None:
+            if type(node).__name__ == "ReadOnlyStore":
+                return None
+            if retry is None and hasattr(node, "_call"):
+                retry = node
+            if getattr(node, "lock_mode", None):
+                return cls(node, retry, store.location)
+            node = getattr(node, "inner", None)
+        return None
+
+    def _call(self, what: str, fn):
+        return self._retry._call(what, fn) if self._retry is not None else fn()
+
+    def retention(self, key: str) -> Lock | None:
+        return self._call(f"retention {key}", lambda: self._target.retention(key))
+
+    def locked(self, key: str, now: float | None = None) -> Lock | None:
+        """The lock on ``key`` when it is still in force at ``now``, else None."""
+        lock = self.retention(key)
+        t = time.time() if now is None else now
+        return lock if lock is not None and (lock.legal_hold or lock.until > t) else None
+
+    @property
+    def slack_s(self) -> float:
+        return self.period_s / 4
+
+    def extend_reused(self, repo: Any, chunks: Iterable[str], *, written: Iterable[str] = (),
+                      started: float | None = None, workers: int = 8, now: float | None = None) -> int:
+        """Before publishing a snapshot into ``repo``: lock the chunks it reuses (hex digests) as long as the new
+        snapshot, except those a recently locked snapshot already covers. Chunks this run ``written`` were locked
+        when put; if the run began (``started``) more than the slack ago, the early ones would end too soon, so they
+        are extended too. Returns how many locks were extended."""
+        from llmdr.repo.repository import chunk_key, manifest_key
+
+        t = time.time() if now is None else now
+        todo = set(chunks)
+        if started is not None and t - started > self.slack_s:
+            todo |= set(written)
+        enough = t + self.period_s - self.slack_s
+        for info in reversed(repo.snapshots()):  # newest first: usually the previous snapshot covers everything
+            if not todo:
+                break
+            mine = todo & info.manifest.chunk_set().keys()
+            if not mine:
+                continue
+            lock = self.retention(manifest_key(info.id))
+            if lock is not None and (lock.legal_hold or lock.until >= enough):
+                todo -= mine
+        return self.extend([chunk_key(d) for d in sorted(todo)], workers=workers)
+
+    def extend(self, keys: Iterable[str], *, until: float | None = None, workers: int = 8) -> int:
+        """Lock every key at least until ``until`` (default: now + the region's period). Returns how many locks
+        were extended (the others already lasted long enough)."""
+        target = time.time() + self.period_s if until is None else until
+        keys = list(keys)
+        if not keys:
+            return 0
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys))), thread_name_prefix="llmdr-lock") as pool:
+            changed = sum(pool.map(lambda k: bool(self._call(f"extend lock {k}",
+                                                                lambda: self._target.extend_lock(k, target))), keys))
+        log.info("%s: %d of %d object locks extended to %s", self.location, changed, len(keys),
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)))
+        return changed

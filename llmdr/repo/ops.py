@@ -1,0 +1,252 @@
+"""Operations on a configured deployment: the one place that turns ``llmdr.yaml`` into repositories and calls the
+core. The CLI and the Prefect tasks both call these, so they behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from llmdr.common.progress import Progress
+from llmdr.config import Config, Region
+from llmdr.errors import IntegrityError, LlmdrError, SnapshotNotFound, UsageError
+from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
+from llmdr.repo.replicate import ReplicateResult, replicate_snapshot
+from llmdr.repo.repository import Repository
+from llmdr.repo.restore import RestoreResult, restore_snapshot
+from llmdr.repo.snapshot import SnapshotResult, take_snapshot
+from llmdr.repo.statcache import StatCache
+
+
+def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False,
+              cache: bool = True) -> Repository:
+    """The repository of ``region``; ``cache=False`` reads every manifest from the store (checks must see what the
+    region holds, not a copy this machine cached earlier)."""
+    from llmdr.storage.factory import open_region
+
+    reg = region if isinstance(region, Region) else cfg.region(region)
+    return Repository(open_region(cfg, reg, read_only=read_only),
+                      cache_dir=cfg.state_path / "cache" if cache else None)
+
+
+def snapshot_bundle(
+    cfg: Config,
+    *,
+    region: str | None = None,
+    path: Path | None = None,
+    tags: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> SnapshotResult:
+    repo = open_repo(cfg, region)
+    source = path or cfg.bundle_path
+    cache = StatCache.for_source(cfg.state_path / "cache", source)
+    return take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
+                         max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=progress,
+                         tags=tags, components=specs_from_config(cfg.bundle.components))
+
+
+def replicate(
+    cfg: Config,
+    ref: str,
+    *,
+    to: str,
+    source: str | None = None,
+    recheck: bool = False,
+    progress: Progress | None = None,
+) -> list[ReplicateResult]:
+    """Replicate one snapshot (id, prefix, ``latest``) or ``all`` from ``source`` (default primary) to ``to``."""
+    src_region, dst_region = cfg.region(source), cfg.region(to)
+    if src_region.name == dst_region.name:
+        raise UsageError(f"source and destination are both '{src_region.name}'; name another region")
+    src = open_repo(cfg, src_region, read_only=True)
+    dst = open_repo(cfg, dst_region)
+    ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
+    return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck)
+            for sid in ids]
+
+
+def restore(
+    cfg: Config,
+    ref: str,
+    target: Path,
+    *,
+    region: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    repo = open_repo(cfg, region, read_only=True)
+    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
+                            durable=cfg.transfer.fsync, progress=progress)
+
+
+def check(cfg: Config, path: Path | None = None) -> BundleReport:
+    """The completeness check of the configured bundle (or of another folder, e.g. a restored copy)."""
+    root = path or cfg.bundle_path
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder")
+    if not cfg.bundle.components:
+        raise UsageError(f"{cfg.source_file}: bundle.components is empty, so there is nothing to check; "
+                          "`llmdr init` detects and writes them")
+    return check_bundle(root, specs_from_config(cfg.bundle.components))
+
+
+def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
+           progress: Progress | None = None, read: bool = True):
+    """Check (and with ``repair`` fix from the other regions) a snapshot in one region: its manifest, read from the
+    region and proven against its id, then its chunks (read back, or with ``read=False`` only listed). Returns a
+    ``verify.SnapshotCheck``; a damaged manifest left unrepaired raises ``IntegrityError`` naming its key."""
+    from llmdr.repo.integrity import Subset, verify_snapshot
+    from llmdr.repo.verify import SnapshotCheck, check_manifest
+
+    reg = cfg.region(region)
+    repo = open_repo(cfg, reg, read_only=not repair, cache=False)
+    sources = [(r.name, open_repo(cfg, r, read_only=True, cache=False)) for r in cfg.regions if r.name != reg.name] \
+        if repair else []
+    subset = Subset.parse(sample) if sample else None
+    sid = resolve_checked(cfg, repo, ref, lambda: [r for _, r in sources])
+    manifest = check_manifest(repo, sid, sources)
+    if not manifest.ok:
+        hint = (f"no other region holds an intact copy; restore snapshot {sid[:12]} from another region or use an "
+                "older snapshot" if repair else
+                f"run `llmdr verify {sid} --region {reg.name} --repair` to copy an intact one from another region")
+        raise IntegrityError(f"{manifest.problem()}; {hint}")
+    res = verify_snapshot(repo, sid, subset=subset, repair_from=sources, workers=cfg.transfer.download_workers,
+                          progress=progress, read=read)
+    return SnapshotCheck.of(res, manifest)
+
+
+def resolve_checked(cfg: Config, repo: Repository, ref: str,
+                     others: Callable[[], list[Repository]] = list) -> str:
+    """Like ``repo.resolve``, but ``latest`` is decided on every manifest in the region, never only on those that
+    happen to read: one damaged there is read from another region that holds it intact (``others()``, opened only
+    then), so that ``verify latest --repair`` finds and repairs it; one no region holds intact is an error naming
+    its key."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmdr.errors import UnsafePathError
+    from llmdr.repo.manifest import Manifest, parse_utc
+    from llmdr.repo.repository import manifest_key
+
+    if ref.strip().lower() != "latest":
+        return repo.resolve(ref, bundle=cfg.bundle.name)
+    fallback: list[list[Repository]] = []
+    lock = threading.Lock()
+
+    def intact(sid: str) -> Manifest:
+        try:
+            return repo.load_manifest(sid)
+        except (IntegrityError, UnsafePathError) as exc:
+            damage = exc
+        with lock:
+            if not fallback:
+                fallback.append(others())
+        for r in fallback[0]:
+            try:
+                return r.load_manifest(sid)
+            except (IntegrityError, UnsafePathError, SnapshotNotFound):
+                continue
+        hint = ("no other region holds an intact copy" if fallback[0] else
+                "`llmdr verify latest --repair` in that region copies an intact one from another region")
+        raise IntegrityError(f"manifest {manifest_key(sid)} of snapshot {sid[:12]} in {repo.location} cannot be "
+                             f"trusted ({damage}), so 'latest' cannot be decided; {hint}")
+
+    ids = repo.snapshot_ids()
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(ids)))) as pool:
+        manifests = list(pool.map(lambda sid: (sid, intact(sid)), ids))
+    newest = [(parse_utc(m.created), sid) for sid, m in manifests if m.bundle == cfg.bundle.name]
+    if not newest:
+        raise SnapshotNotFound(f"there is no snapshot of bundle '{cfg.bundle.name}' in {repo.location}; take one "
+                               "with `llmdr snapshot`")
+    return max(newest)[1]
+
+
+def rpo_clock(cfg: Config, region: str) -> dict:
+    """Age of the bundle's newest complete snapshot in ``region`` against the RPO objective."""
+    from datetime import datetime, timezone
+
+    from llmdr.repo.manifest import parse_utc
+
+    snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
+    objective = cfg.objectives.rpo.total_seconds()
+    if not snaps:
+        return {"region": region, "newest": None, "created": None, "age_s": None, "objective_s": objective,
+                "ok": False}
+    created = snaps[-1].manifest.created
+    age = (datetime.now(timezone.utc) - parse_utc(created)).total_seconds()
+    return {"region": region, "newest": snaps[-1].id, "created": created, "age_s": round(age, 1),
+            "objective_s": objective, "ok": age <= objective}
+
+
+def readable_others(cfg: Config, region: Region) -> list[Repository]:
+    """The other regions, read-only, skipping those this host cannot open (e.g. no credentials on a DR host)."""
+    out = []
+    for r in cfg.regions:
+        if r.name != region.name:
+            try:
+                out.append(open_repo(cfg, r, read_only=True, cache=False))
+            except LlmdrError:
+                continue
+    return out
+
+
+def forget(cfg: Config, *, keep_last: int, keep_every: int | None = None, region: str | None = None,
+           prune: bool = True, grace_s: float = 6 * 3600):
+    """Apply a retention policy to the configured bundle's snapshots in one region (default: the primary)."""
+    from llmdr.repo.retention import Policy, apply_retention
+
+    policy = Policy(keep_last, keep_every)
+    return apply_retention(open_repo(cfg, region), cfg.bundle.name, policy, prune=prune, grace_s=grace_s)
+
+
+def checkpoint_series(cfg: Config) -> str:
+    return f"{cfg.bundle.name}-checkpoints"
+
+
+def protect_checkpoints(cfg: Config) -> dict:
+    """Snapshot every checkpoint folder not yet protected (oldest step first) into the primary, copy each to every
+    secondary, then apply the checkpoint retention policy in every region."""
+    import fnmatch
+    import re
+
+    ck = cfg.checkpoints
+    if ck is None:
+        raise UsageError(f"{cfg.source_file} has no checkpoints: section (path, pattern, retention)")
+    root = Path(ck.path) if Path(ck.path).is_absolute() else cfg.base_dir / ck.path
+    if not root.is_dir():
+        raise UsageError(f"checkpoint folder {root} does not exist; set checkpoints.path in llmdr.yaml")
+
+    def step(name: str) -> tuple[int, str]:
+        nums = re.findall(r"\d+", name)
+        return (int(nums[-1]) if nums else -1, name)
+
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and fnmatch.fnmatchcase(p.name, ck.pattern)),
+                     key=lambda p: step(p.name))
+    series = checkpoint_series(cfg)
+    primary = open_repo(cfg, cfg.primary)
+    done = {s.manifest.tags.get("checkpoint") for s in primary.snapshots(bundle=series)}
+    new = []
+    for folder in folders:
+        if folder.name in done:
+            continue
+        res = take_snapshot(primary, folder, bundle=series, kind="checkpoint", workers=cfg.transfer.workers,
+                            max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024,
+                            tags={"checkpoint": folder.name, "step": str(step(folder.name)[0])})
+        new.append(res.to_json() | {"checkpoint": folder.name, "region": cfg.primary.name})
+    copies = []
+    for r in cfg.secondaries:
+        dst = open_repo(cfg, r)
+        for snap in new:
+            copies.append(replicate_snapshot(primary, dst, snap["snapshot_id"], workers=cfg.transfer.workers).to_json()
+                          | {"region": r.name})
+    retention = []
+    if ck.retention is not None:
+        from llmdr.repo.retention import Policy, apply_retention
+
+        policy = Policy(ck.retention.keep_last, ck.retention.keep_every)
+        for r in cfg.regions:
+            res = apply_retention(open_repo(cfg, r), series, policy, prune=ck.retention.prune,
+                                  grace_s=ck.retention.grace.total_seconds())
+            retention.append(res.to_json() | {"region": r.name})
+    return {"series": series, "found": [p.name for p in folders], "new": new, "copies": copies,
+            "retention": retention}

@@ -1,0 +1,360 @@
+"""Taking a snapshot: walk the bundle, chunk and hash every changed file, upload only new chunks, write the manifest
+last.
+
+Memory stays bounded whatever the file sizes: files are streamed through the chunker, and chunk uploads in flight
+are capped by ``max_inflight_bytes``. Uploads run in parallel on a thread pool (boto3 and hashlib release the GIL).
+A failure anywhere stops the snapshot before its manifest is written, so no partial snapshot is ever visible;
+chunks already uploaded are reused by the next attempt.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmdr import __version__
+from llmdr.common.progress import NoProgress, Progress
+from llmdr.errors import LlmdrError, UsageError
+from llmdr.repo.bundle import BundleReport, ComponentSpec, IncompleteBundle, check_bundle
+from llmdr.repo.chunking import Chunker
+from llmdr.repo.locks import Locker
+from llmdr.repo.manifest import FileEntry, Manifest, component_digest, manifest_id, utc_now
+from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.repo.statcache import StatCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDES = (".llmdr", ".git", "__pycache__")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    relpath: str
+    abspath: Path
+    st: os.stat_result
+
+
+@dataclass
+class SnapshotResult:
+    snapshot_id: str
+    manifest: Manifest
+    files: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    files_unchanged: int = 0
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_new: int = 0
+    duration_s: float = 0.0
+    location: str = ""
+
+    @property
+    def bytes_deduplicated(self) -> int:
+        return self.bytes_total - self.bytes_new
+
+    def to_json(self) -> dict:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "bundle": self.manifest.bundle,
+            "parent": self.manifest.parent,
+            "created": self.manifest.created,
+            "files": self.files,
+            "files_unchanged": self.files_unchanged,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "bytes_new": self.bytes_new,
+            "bytes_deduplicated": self.bytes_deduplicated,
+            "chunks_total": self.chunks_total,
+            "chunks_new": self.chunks_new,
+            "duration_s": round(self.duration_s, 3),
+            "location": self.location,
+        }
+
+
+def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> list[SourceFile]:
+    """Regular files under ``root`` (symlinks to files and folders are followed and stored as what they point at),
+    sorted by path.
+
+    Anything that cannot be stored as it is fails the scan, all of it named in one error, before a byte is uploaded:
+    a file or folder that cannot be read, a symlink whose target does not exist, a symlink loop. A snapshot that
+    quietly left them out would restore a different bundle. FIFOs, sockets and devices hold no content to protect:
+    they are skipped with a warning (and never opened, so a FIFO cannot hang the scan)."""
+    if not root.is_dir():
+        raise UsageError(f"bundle folder {root} does not exist or is not a folder; set bundle.path in llmdr.yaml")
+    out: list[SourceFile] = []
+    problems: list[str] = []
+    # (dev, inode) of every folder from root down to each folder walked: a folder met again below itself is a loop.
+    # Two links to the same folder side by side are not a loop and are both stored.
+    chain: dict[str, frozenset[tuple[int, int]]] = {}
+
+    def rel(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def walk_error(exc: OSError) -> None:
+        where = rel(exc.filename) if exc.filename and str(exc.filename).startswith(str(root)) else "."
+        problems.append(f"{where}/: folder cannot be read ({exc.strerror or exc})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
+        dst = os.stat(dirpath)
+        me = (dst.st_dev, dst.st_ino)
+        above = chain.get(os.path.dirname(dirpath), frozenset()) if dirpath != str(root) else frozenset()
+        if me in above:
+            problems.append(f"{rel(dirpath)}: symlink loop (it leads back to {os.path.realpath(dirpath)}, a folder "
+                            "above it)")
+            dirnames[:] = []
+            continue
+        chain[dirpath] = above | {me}
+        dirnames[:] = sorted(d for d in dirnames if d not in excludes)
+        for name in filenames:
+            if name in excludes or name.endswith(".llmdr-tmp"):
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if os.path.islink(path):
+                    problems.append(f"{rel(path)}: symlink to {os.readlink(path)}, which does not exist")
+                else:
+                    log.warning("skipping %s: removed during the scan", path)
+                continue
+            except OSError as exc:
+                what = "symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror or exc})"
+                problems.append(f"{rel(path)}: {what}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("skipping %s: not a regular file (FIFO, socket or device)", path)
+                continue
+            try:  # opening is enough to know it can be read; the stat cache may mean it is never read
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                problems.append(f"{rel(path)}: cannot be read ({exc.strerror or exc})")
+                continue
+            out.append(SourceFile(rel(path), path, st))
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise LlmdrError(
+            f"cannot snapshot {root}: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} cannot be stored; "
+            f"the snapshot was refused and nothing was uploaded:\n{shown}{more}\n"
+            "Make them readable (e.g. `chmod u+r FILE`, or run as the files' owner), replace a broken or looping "
+            "symlink with the file it should point at, or move them out of the bundle folder."
+        )
+    out.sort(key=lambda f: f.relpath)
+    return out
+
+
+@dataclass
+class _Uploads:
+    """Parallel chunk uploads with a cap on the bytes held in memory."""
+
+    repo: Repository
+    pool: ThreadPoolExecutor
+    max_inflight_bytes: int
+    futures: set[Future] = field(default_factory=set)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _inflight: int = 0
+    _error: BaseException | None = None
+
+    def submit(self, hexd: str, digest: bytes, data: bytes) -> None:
+        n = len(data)
+        with self._cv:
+            while self._inflight and self._inflight + n > self.max_inflight_bytes and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            self._inflight += n
+        fut = self.pool.submit(self._put, hexd, digest, data)
+        self.futures.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _put(self, hexd: str, digest: bytes, data: bytes) -> None:
+        try:
+            self.repo.store.put(chunk_key(hexd), data, sha256=digest)
+        finally:
+            with self._cv:
+                self._inflight -= len(data)
+                self._cv.notify_all()
+
+    def _done(self, fut: Future) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            with self._cv:
+                if self._error is None:
+                    self._error = exc
+                self._cv.notify_all()
+
+    def finish(self) -> None:
+        """Wait for every upload; on the first failure cancel the rest and raise it."""
+        done, not_done = wait(self.futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+        if failed:
+            for f in not_done:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+
+
+def take_snapshot(
+    repo: Repository,
+    source: Path,
+    *,
+    bundle: str,
+    stat_cache: Path | None = None,
+    workers: int = 8,
+    max_inflight_bytes: int = 64 * 1024 * 1024,
+    progress: Progress | None = None,
+    tags: dict[str, str] | None = None,
+    kind: str = "bundle",
+    components: list[ComponentSpec] | None = None,
+) -> SnapshotResult:
+    """Snapshot ``source`` into ``repo``; returns the new snapshot's id and statistics. ``stat_cache`` is the
+    path of the local stat cache file (entries made with other chunker parameters are ignored).
+
+    With ``components``, the bundle is checked first and an incomplete one is refused before anything is uploaded;
+    the manifest then records each component's files and digest."""
+    progress = progress or NoProgress()
+    t0 = time.perf_counter()
+    started = utc_now()
+    started_ts = time.time()
+    source = source.resolve()
+    cfg = repo.ensure_config()
+    chunker = Chunker(cfg.chunker)
+    stat_cache = StatCache(stat_cache, cfg.chunker) if stat_cache is not None else None
+
+    files = scan_source(source)
+    report = None
+    if components:
+        report = check_bundle(source, components, [f.relpath for f in files])
+        if not report.complete:
+            raise IncompleteBundle(report, "the snapshot was refused and nothing was uploaded")
+        for problem in report.warnings:
+            log.warning("optional component: %s", problem)
+    present = repo.list_chunks()
+    parent = _newest(repo, bundle)
+    result_entries: list[FileEntry] = []
+    res = SnapshotResult(snapshot_id="", manifest=None, location=repo.location)  # type: ignore[arg-type]
+    scheduled: set[str] = set()
+    total = sum(f.st.st_size for f in files)
+    progress.start(f"snapshot {bundle}", total)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-up") as pool:
+        uploads = _Uploads(repo, pool, max_inflight_bytes)
+        try:
+            for f in files:
+                cached = stat_cache.lookup(f.relpath, f.st) if stat_cache else None
+                if cached is not None and all(d in present for d, _ in cached):
+                    chunks = cached
+                    res.files_unchanged += 1
+                    progress.advance(f.st.st_size)
+                else:
+                    chunks = _chunk_file(f, chunker, present, scheduled, uploads, res, progress)
+                st_after = os.stat(f.abspath)
+                if st_after.st_mtime_ns != f.st.st_mtime_ns or st_after.st_size != f.st.st_size:
+                    raise LlmdrError(
+                        f"{f.abspath} changed while it was being snapshotted; nothing was written. Stop writers to "
+                        "the bundle (or snapshot a stable copy) and run the snapshot again."
+                    )
+                if stat_cache is not None:
+                    stat_cache.record(f.relpath, f.st, chunks)
+                result_entries.append(
+                    FileEntry(f.relpath, f.st.st_size, stat.S_IMODE(f.st.st_mode), f.st.st_mtime_ns, tuple(chunks))
+                )
+            uploads.finish()
+        except BaseException:
+            for fut in uploads.futures:
+                fut.cancel()
+            raise
+        finally:
+            progress.finish()
+
+    res.files = len(result_entries)
+    res.bytes_total = sum(e.size for e in result_entries)
+    res.chunks_total = sum(len(e.chunks) for e in result_entries)
+    res.duration_s = time.perf_counter() - t0
+    manifest = Manifest(
+        bundle=bundle,
+        kind=kind,
+        source=str(source),
+        host=socket.gethostname(),
+        started=started,
+        created=utc_now(),
+        tool_version=__version__,
+        chunker=cfg.chunker,
+        files=tuple(result_entries),
+        parent=parent,
+        tags=dict(tags or {}),
+        components=_component_records(report, result_entries),
+        stats={
+            "files": res.files,
+            "bytes": res.bytes_total,
+            "chunks": res.chunks_total,
+            "new_chunks": res.chunks_new,
+            "new_bytes": res.bytes_new,
+            "files_unchanged": res.files_unchanged,
+        },
+    )
+    data = manifest.to_bytes()
+    sid = manifest_id(data)
+    locker = Locker.of(repo.store)
+    if locker is not None:  # reused chunks must stay locked as long as this snapshot (uploads were locked on put)
+        locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], written=scheduled,
+                             started=started_ts, workers=workers)
+    # The manifest goes last: until this put returns, the snapshot does not exist.
+    import hashlib
+
+    repo.store.put(manifest_key(sid), data, sha256=hashlib.sha256(data).digest())
+    if stat_cache is not None:
+        stat_cache.save()
+    res.snapshot_id = sid
+    res.manifest = manifest
+    res.duration_s = time.perf_counter() - t0
+    log.info("snapshot %s of %s: %d files, %d bytes, %d new bytes in %.2fs", sid[:12], bundle, res.files,
+             res.bytes_total, res.bytes_new, res.duration_s)
+    return res
+
+
+def _chunk_file(
+    f: SourceFile,
+    chunker: Chunker,
+    present: dict[str, int],
+    scheduled: set[str],
+    uploads: _Uploads,
+    res: SnapshotResult,
+    progress: Progress,
+) -> list[tuple[str, int]]:
+    chunks: list[tuple[str, int]] = []
+    with open(f.abspath, "rb", buffering=0) as fh:
+        for c in chunker.chunks(fh, f.st.st_size):
+            hexd = c.digest.hex()
+            n = len(c.data)
+            chunks.append((hexd, n))
+            res.bytes_read += n
+            if hexd not in present and hexd not in scheduled:
+                scheduled.add(hexd)
+                res.chunks_new += 1
+                res.bytes_new += n
+                uploads.submit(hexd, c.digest, bytes(c.data))
+            progress.advance(n)
+    return chunks
+
+
+def _component_records(report: BundleReport | None, entries: list[FileEntry]) -> dict[str, dict]:
+    if report is None:
+        return {}
+    by_path = {e.path: e for e in entries}
+    return {
+        c.kind.value: {"files": c.files, "required": c.required,
+                       "digest": component_digest([by_path[f] for f in c.files])}
+        for c in report.components
+    }
+
+
+def _newest(repo: Repository, bundle: str) -> str | None:
+    return repo.newest(bundle=bundle)

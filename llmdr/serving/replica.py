@@ -1,0 +1,283 @@
+"""Serving replicas: a model server per region, started from that region's own object store.
+
+A replica in region R is always restored from R's store (never copied from another region's folder), so starting
+the DR replica proves the DR copy is usable. The bundle is restored into ``<state>/replicas/<R>/model-<id12>``
+(skipped when that snapshot is already fully there), then ``serving.command`` starts the server (default for a
+local region: ``llmdr serve``). The process is detached, recorded by PID and argv, and stopped only after checking
+that the PID still runs that argv.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmdr.common.files import atomic_write
+from llmdr.config import Config, Region
+from llmdr.devstack.regions import _tail
+from llmdr.errors import StackError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def ready_marker(model_dir: Path) -> Path:
+    """The record that ``model_dir`` holds a complete restore of a snapshot: next to the folder, not inside it,
+    so the served folder is exactly the snapshot (its bundle digest equals the original's)."""
+    return model_dir.with_name(model_dir.name + ".ready.json")
+
+
+@dataclass
+class ReplicaStatus:
+    region: str
+    url: str
+    running: bool
+    healthy: bool
+    pid: int | None = None
+    snapshot: str | None = None
+    model_dir: str | None = None
+    started: str | None = None
+    restore_s: float | None = None  # time to restore the bundle from the region's store (0 if already there)
+    start_s: float | None = None  # time from process start to a healthy answer
+    cold: bool | None = None  # True if this start had to restore from the store
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def replica_dir(cfg: Config, region: Region) -> Path:
+    return cfg.state_path / "replicas" / region.name
+
+
+def _state_file(cfg: Config, region: Region) -> Path:
+    return replica_dir(cfg, region) / "replica.json"
+
+
+def _read_state(cfg: Config, region: Region) -> dict:
+    try:
+        return json.loads(_state_file(cfg, region).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def can_start(region: Region) -> bool:
+    """llmdr can start a replica here: a start command is configured, or the region is local (llmdr serve)."""
+    return region.serving is not None and (region.serving.command is not None or region.is_local)
+
+
+def _serving(region: Region):
+    if region.serving is None:
+        raise UsageError(f"region '{region.name}' has no serving: section in llmdr.yaml; add serving: {{url: "
+                         "http://HOST:PORT}} (and a command to start a replica there)")
+    return region.serving
+
+
+def command_for(cfg: Config, region: Region, model_dir: Path) -> list[str]:
+    serving = _serving(region)
+    fields = {"model_dir": str(model_dir), "host": serving.host, "port": str(serving.port)}
+    if serving.command is None:
+        if not region.is_local:
+            raise UsageError(f"region '{region.name}': its serving endpoint {serving.url} is run outside llmdr (no "
+                             "serving.command), so llmdr cannot start a replica there; start it yourself or set "
+                             "serving.command, e.g. 'vllm serve {model_dir} --host {host} --port {port}'")
+        exe = Path(sys.executable).parent / "llmdr"
+        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "llmdr.cli"]
+        return [*base, "serve", str(model_dir), "--host", serving.host, "--port", str(serving.port)]
+    raw = shlex.split(serving.command) if isinstance(serving.command, str) else list(serving.command)
+    try:
+        return [part.format(**fields) for part in raw]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"region '{region.name}': serving.command {serving.command!r} has an unknown placeholder "
+                         f"({exc}); use {{model_dir}}, {{host}} and {{port}}") from None
+
+
+def _pid_matches(pid: int, argv: list[str]) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    from llmdr.devstack.regions import _alive
+
+    args = [c.decode(errors="replace") for c in cmdline if c]
+    # a script's argv[0] shows up as "python /path/script": compare the arguments after it
+    tail = argv[1:]
+    if not tail:  # a one-word command: only the program itself (run directly, or as a script) can identify it
+        name = Path(argv[0]).name
+        return any(Path(a).name == name for a in args[:2]) and _alive(pid)
+    return bool(args) and args[-len(tail):] == tail and _alive(pid)
+
+
+def _running_pid(cfg: Config, region: Region) -> int | None:
+    st = _read_state(cfg, region)
+    pid, argv = st.get("pid"), st.get("argv")
+    if isinstance(pid, int) and argv and _pid_matches(pid, argv):
+        return pid
+    return None
+
+
+def _healthy(url: str, path: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url + path, timeout=timeout) as resp:  # noqa: S310 - configured endpoint
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def replica_status(cfg: Config, region: Region) -> ReplicaStatus:
+    serving = _serving(region)
+    st = _read_state(cfg, region)
+    pid = _running_pid(cfg, region)
+    healthy = _healthy(serving.url, serving.health_path)
+    detail = "ok" if healthy else ("starting or not answering" if pid else "not running")
+    if healthy and pid is None and can_start(region) and st.get("pid"):
+        detail = "answering, but not the replica llmdr started"
+    return ReplicaStatus(region=region.name, url=serving.url, running=pid is not None or (healthy and not
+                         can_start(region)), healthy=healthy, pid=pid, snapshot=st.get("snapshot"),
+                         model_dir=st.get("model_dir"), started=st.get("started"), restore_s=st.get("restore_s"),
+                         start_s=st.get("start_s"), cold=st.get("cold"), detail=detail)
+
+
+def content_key(manifest) -> tuple:
+    """What a replica serves, independent of when the snapshot was taken: every file's path, mode and content."""
+    return tuple(sorted((f.path, f.mode, f.digest) for f in manifest.files))
+
+
+def same_content(cfg: Config, region: Region, a: str | None, b: str) -> bool:
+    """Do snapshots ``a`` and ``b`` in the region's store hold the same files? (A new snapshot of an unchanged
+    bundle does not need the standby restarted.)"""
+    from llmdr.repo.ops import open_repo
+
+    if a is None:
+        return False
+    if a == b:
+        return True
+    repo = open_repo(cfg, region, read_only=True)
+    return content_key(repo.load_manifest(a)) == content_key(repo.load_manifest(b))
+
+
+def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> tuple[str, Path, float, bool]:
+    """Restore the snapshot from the region's own store into the replica folder; reuse a complete earlier restore."""
+    from llmdr.repo.ops import open_repo
+    from llmdr.repo.restore import restore_snapshot
+
+    repo = open_repo(cfg, region, read_only=True)
+    sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    root = replica_dir(cfg, region)
+    target = root / f"model-{sid[:12]}"
+    marker = ready_marker(target)
+    try:
+        if json.loads(marker.read_text()).get("snapshot") == sid:
+            return sid, target, 0.0, False
+    except (FileNotFoundError, ValueError):
+        pass
+    partial = root / f"model-{sid[:12]}.partial"
+    t0 = time.monotonic()
+    restore_snapshot(repo, sid, partial, force=True, workers=cfg.transfer.download_workers,
+                     durable=cfg.transfer.fsync, progress=progress)
+    marker.unlink(missing_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    atomic_write(marker, json.dumps({"snapshot": sid, "region": region.name}))
+    return sid, target, time.monotonic() - t0, True
+
+
+def start_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=None,
+                  timeout: float | None = None) -> ReplicaStatus:
+    """Start (idempotently) the region's replica on snapshot ``ref`` of its own store and wait until healthy.
+
+    If a replica already runs that snapshot and answers, nothing happens. If it runs another snapshot, it is
+    replaced (stop, start) — the router should not point at it while that happens.
+    """
+    from datetime import datetime, timezone
+
+    serving = _serving(region)
+    root = replica_dir(cfg, region)
+    root.mkdir(parents=True, exist_ok=True)
+    sid, model_dir, restore_s, cold = _prepare_model(cfg, region, ref, progress=progress)
+    current = replica_status(cfg, region)
+    if current.pid and current.snapshot == sid and current.healthy:
+        return current
+    if current.pid:
+        stop_replica(cfg, region)
+    elif _healthy(serving.url, serving.health_path, timeout=1.0):
+        raise StackError(f"region '{region.name}': something not started by llmdr already answers on {serving.url}; "
+                         "stop it or change serving.url")
+    argv = command_for(cfg, region, model_dir)
+    logf = open(root / "serve.log", "ab")
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=root)
+    except OSError as exc:
+        raise StackError(f"region '{region.name}': cannot run {argv[0]}: {exc.strerror}") from None
+    finally:
+        logf.close()
+    state = {"pid": proc.pid, "argv": argv, "snapshot": sid, "model_dir": str(model_dir),
+             "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+             "restore_s": round(restore_s, 3), "cold": cold}
+    atomic_write(_state_file(cfg, region), json.dumps(state))
+    limit = timeout if timeout is not None else serving.start_timeout.total_seconds()
+    deadline = time.monotonic() + limit
+    while not _healthy(serving.url, serving.health_path, timeout=1.0):
+        if proc.poll() is not None:
+            raise StackError(f"region '{region.name}': the replica exited with code {proc.returncode} while "
+                             f"starting:\n{_tail(root / 'serve.log')}")
+        if time.monotonic() > deadline:
+            _stop_pid(proc.pid)
+            raise StackError(f"region '{region.name}': the replica did not answer on {serving.url}"
+                             f"{serving.health_path} within {limit:.0f}s:\n{_tail(root / 'serve.log')}")
+        time.sleep(0.05)
+    state["start_s"] = round(time.monotonic() - t0, 3)
+    atomic_write(_state_file(cfg, region), json.dumps(state))
+    _drop_old_models(root, keep=model_dir)
+    log.info("replica for %s serving %s on %s (pid %d)", region.name, sid[:12], serving.url, proc.pid)
+    return replica_status(cfg, region)
+
+
+def _drop_old_models(root: Path, keep: Path) -> None:
+    for d in root.glob("model-*"):
+        if d.is_dir() and d != keep:
+            shutil.rmtree(d, ignore_errors=True)
+        elif d.is_file() and d != ready_marker(keep):
+            d.unlink(missing_ok=True)
+
+
+def _stop_pid(pid: int) -> None:
+    from llmdr.devstack.regions import _terminate
+
+    _terminate(pid, 10.0)
+
+
+def stop_replica(cfg: Config, region: Region) -> ReplicaStatus | None:
+    """Stop the region's replica if llmdr started it. Regions whose endpoint runs elsewhere are left alone."""
+    if region.serving is None:
+        return None
+    pid = _running_pid(cfg, region)
+    if pid is not None:
+        _stop_pid(pid)
+        log.info("stopped the replica of %s (pid %d)", region.name, pid)
+    return replica_status(cfg, region)
+
+
+def ensure_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=None) -> ReplicaStatus:
+    """A healthy replica in ``region``: the warm one if it answers, else a cold start from the region's store."""
+    serving = _serving(region)
+    st = replica_status(cfg, region)
+    if st.healthy:
+        st.cold = False
+        st.restore_s = st.restore_s if st.pid else None
+        return st
+    if not can_start(region):
+        raise StackError(f"region '{region.name}': its endpoint {serving.url} does not answer and llmdr cannot start "
+                         "it (no serving.command)")
+    return start_replica(cfg, region, ref=ref, progress=progress)

@@ -1,0 +1,116 @@
+"""The restore test: restore a snapshot into a scratch folder, check the bundle is complete, serve it, and ask it
+the golden set. It fails, naming what went wrong, when a chunk is corrupt (with the object key of every damaged
+object), a component is missing or broken, or the answers differ from the golden ones (then listing which
+components differ from the golden set's bundle)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmdr.config import Config
+from llmdr.errors import IntegrityError
+from llmdr.repo import ops
+from llmdr.repo.bundle import (
+    ComponentSpec,
+    IncompleteBundle,
+    check_bundle,
+    content_digests,
+    detected_specs,
+    specs_from_config,
+)
+from llmdr.repo.repository import Repository
+from llmdr.repo.restore import restore_snapshot
+from llmdr.repo.verify import damaged_objects
+from llmdr.serving.endpoint import OpenAIEndpoint
+from llmdr.serving.golden import GoldenReport, GoldenSet, check
+
+
+@dataclass
+class RestoreTestResult:
+    snapshot_id: str
+    location: str
+    problems: list[str] = field(default_factory=list)
+    golden: GoldenReport | None = None
+    differing_components: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.golden is not None and self.golden.ok
+
+    def to_json(self) -> dict:
+        return {"snapshot_id": self.snapshot_id, "location": self.location, "ok": self.ok, "problems": self.problems,
+                "golden": self.golden.to_json() if self.golden else None,
+                "differing_components": self.differing_components, "duration_s": round(self.duration_s, 3)}
+
+
+def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[ComponentSpec],
+                 golden: GoldenSet, *, workers: int = 8) -> RestoreTestResult:
+    """Run the restore test; the scratch folder is removed afterwards whatever happens."""
+    from llmdr.serving.server import ModelService, make_server
+
+    t0 = time.perf_counter()
+    res = RestoreTestResult(snapshot_id, repo.location)
+    target = scratch / f"restore-test-{snapshot_id[:12]}"
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        try:
+            restore_snapshot(repo, snapshot_id, target, workers=workers)
+        except IncompleteBundle as exc:
+            res.problems.append(f"restore failed: {exc}")
+            return res
+        except IntegrityError as exc:
+            res.problems.append(f"restore failed: {exc}")
+            res.problems += [f"damaged in {repo.location}: {k}" for k in damaged_objects(repo, snapshot_id)]
+            return res
+        report = check_bundle(target, specs)
+        res.problems += [f"incomplete: {p}" for p in report.problems]
+        if res.problems:
+            return res
+        expected = golden.header.get("components") or {}
+        actual = content_digests(target, specs or detected_specs(target))
+        res.differing_components = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
+        try:
+            service = ModelService(target)
+        except Exception as exc:  # a bundle that does not load is a failed restore test, with the reason
+            res.problems.append(f"the restored model does not load: {exc}")
+            return res
+        httpd = make_server(service, "127.0.0.1", 0)
+        thread = threading.Thread(target=httpd.serve_forever, name="llmdr-restore-test", daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{httpd.server_address[1]}"
+            res.golden = check(golden, OpenAIEndpoint(url).answer)
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=10)
+        if not res.golden.ok:
+            differ = ", ".join(res.differing_components) or "none recorded"
+            res.problems.append(
+                f"{res.golden.passed}/{len(res.golden.results)} golden answers match; components that differ from "
+                f"the golden set's bundle: {differ}"
+            )
+        return res
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        res.duration_s = time.perf_counter() - t0
+
+
+def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):
+    """Restore into scratch, check completeness, serve, compare with the golden set. The region's own manifests
+    are used (not this machine's cache); a 'latest' that cannot be decided fails the test, naming the manifest."""
+    reg = cfg.region(region)
+    repo = ops.open_repo(cfg, reg, read_only=True, cache=False)
+    try:
+        sid = ops.resolve_checked(cfg, repo, ref, lambda: ops.readable_others(cfg, reg))
+    except IntegrityError as exc:
+        return RestoreTestResult(ref, repo.location, problems=[str(exc)])
+    path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
+    return restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
+                        GoldenSet.load(path), workers=cfg.transfer.download_workers)
