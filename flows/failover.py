@@ -20,8 +20,8 @@ from prefect.transactions import transaction
 
 from llmdr.artifacts import artifact_key, failover_markdown, failover_table
 from llmdr.config import load_config
+from llmdr.failover import events
 from llmdr.failover import steps as core
-from llmdr.integrations import events
 from tasks.failover import (
     confirm_outage,
     copy_back_snapshots,

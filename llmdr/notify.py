@@ -11,7 +11,6 @@ contains it, only ``$VARIABLE`` (when it came from ``webhook_url_env``) or the h
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -22,7 +21,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -208,11 +206,10 @@ def _send_block(ref: str, notice: Notice) -> Delivery:
     if not slug or not name:
         return Delivery(channel, False, f"prefect_block {ref!r} is not '<block-type-slug>/<name>', "
                                         "e.g. 'slack-webhook/ops'")
-    import prefect.blocks.notifications  # noqa: F401 - registers the built-in notification block types
-    from prefect.blocks.core import Block
+    from llmdr.integrations.prefect import call_sync, load_block
 
     try:
-        block = _call_sync(Block.load, ref)
+        block = load_block(ref)
     except ValueError as exc:
         return Delivery(channel, False, _scrub(f"{exc}: create a '{slug}' block named '{name}' in the Prefect UI "
                                                f"(Blocks) or in Python with the block class's .save({name!r})"))
@@ -221,20 +218,8 @@ def _send_block(ref: str, notice: Notice) -> Delivery:
     # Prefect's notification blocks swallow failures unless asked to raise: ask, so a failure is reported as one.
     raising = getattr(block, "raise_on_failure", None)
     with raising() if raising is not None else contextlib.nullcontext(), _urls_scrubbed_in_logs("httpx", "apprise"):
-        _call_sync(block.notify, notice.body, notice.title)
+        call_sync(block.notify, notice.body, notice.title)
     return Delivery(channel, True, f"sent through {type(block).__name__}")
-
-
-def _call_sync(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a Prefect method synchronously even inside an event loop (an async flow), where Prefect's
-    ``async_dispatch`` would otherwise hand back a coroutine."""
-    if hasattr(fn, "aio"):  # prefect's async_dispatch wrapper: pick the sync implementation explicitly
-        return fn(*args, _sync=True)
-    result = fn(*args)
-    if asyncio.iscoroutine(result):  # a block with a plain ``async def notify``
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, result).result()
-    return result
 
 
 # -- consistent notices ------------------------------------------------------------------------------------------

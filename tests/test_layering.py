@@ -5,9 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent / "llmdr"
 # Adapters allowed to talk to those libraries (inside functions, so importing llmdr stays light).
-ADAPTERS = {"storage/s3.py": {"boto3", "botocore"}, "storage/credentials.py": {"prefect", "botocore", "boto3"},
-            "failover/router/route53.py": {"boto3", "botocore"}, "notify.py": {"prefect"},
-            "integrations/events.py": {"prefect"}}
+ADAPTERS = {"storage/s3.py": {"boto3", "botocore"}, "storage/credentials.py": {"botocore", "boto3"},
+            "failover/router/route53.py": {"boto3", "botocore"}, "integrations/prefect.py": {"prefect"}}
 ADAPTERS["lineage/tracking.py"] = {"botocore"}  # classifies MLflow's S3 upload errors, lazily
 FORBIDDEN = {"prefect", "boto3", "botocore"}
 

@@ -13,9 +13,8 @@ import time
 import pytest
 
 from llmdr.devstack.regions import start_router, start_serving, stop_serving
-from llmdr.failover import watch
+from llmdr.failover import events, watch
 from llmdr.failover.watch import Watcher, read_status
-from llmdr.integrations import events
 from llmdr.repo import ops
 from llmdr.serving.replica import start_replica, stop_replica
 from llmdr.serving.tinymodel import write_demo_bundle

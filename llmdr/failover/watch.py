@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmdr.common.files import atomic_write
 from llmdr.config import Config
-from llmdr.integrations import events
+from llmdr.failover import events
 
 log = logging.getLogger(__name__)
 REANNOUNCE_S = 15.0

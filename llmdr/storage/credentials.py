@@ -139,12 +139,10 @@ def parse_expiration(value: str, what: str) -> datetime:
 
 
 def _from_prefect_block(region: Region, block: str) -> Keys:
+    from llmdr.integrations.prefect import load_secret
+
     try:
-        from prefect.blocks.system import Secret
-    except ImportError as exc:  # pragma: no cover - prefect is a dependency
-        raise ConfigError("prefect_secret_block needs prefect installed") from exc
-    try:
-        value = Secret.load(block).get()
+        value = load_secret(block)
     except Exception as exc:
         raise AccessDenied(f"region '{region.name}': cannot load Prefect Secret block {block!r}: {exc}") from exc
     return keys_from_block_value(region, block, value)
@@ -326,10 +324,10 @@ def _secret_value(cfg: Config, env_name: str | None, block: str | None, what: st
     """(value, where) of a key named by an environment variable (falling back to the local env file) or held by a
     Prefect Secret block (a string, or an object with a "key" field). ``where`` names the source, never the value."""
     if block:
-        try:
-            from prefect.blocks.system import Secret
+        from llmdr.integrations.prefect import load_secret
 
-            value = Secret.load(block).get()
+        try:
+            value = load_secret(block)
         except Exception as exc:
             raise AccessDenied(f"{what}: cannot load Prefect Secret block {block!r}: {type(exc).__name__}") from exc
         if isinstance(value, dict):

@@ -7,10 +7,7 @@ for the region the router sends traffic to), which the failover automation match
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 ENDPOINT_DOWN = "llmdr.endpoint.down"
 ENDPOINT_DEGRADED = "llmdr.endpoint.degraded"
@@ -32,16 +29,6 @@ def bundle_resource(bundle: str) -> dict[str, str]:
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
     """Emit through the configured Prefect API. Returns False (and logs) if events cannot be sent, e.g. no server:
     monitoring and failover keep working without Prefect."""
-    try:
-        from prefect.events import emit_event
-        from prefect.settings import PREFECT_API_URL
+    from llmdr.integrations.prefect import emit_event
 
-        if not PREFECT_API_URL.value():
-            # without an API, Prefect would start a throw-away temporary server (~15 s) that nobody listens to
-            log.warning("%s not sent: no Prefect API configured (run `llmdr stack up --ui`, or set PREFECT_API_URL)",
-                        event)
-            return False
-        return emit_event(event=event, resource=resource, payload=payload) is not None
-    except Exception as exc:  # noqa: BLE001 - an unreachable event bus must not stop a probe or a failover
-        log.warning("could not emit %s: %s", event, exc)
-        return False
+    return emit_event(event, resource, payload)
