@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = "config.json"
 CHUNKS = "chunks/"
 SNAPSHOTS = "snapshots/"
+EVIDENCE = "evidence/"
 REPO_FORMAT = 1
 
 
@@ -46,6 +47,16 @@ def key_to_chunk(key: str) -> str | None:
     if len(shard) == 2 and is_hex_digest(hexd) and hexd[:2] == shard:
         return hexd
     return None
+
+
+def evidence_key(snapshot_id: str, name: str) -> str:
+    """``evidence/<snapshot id>/<name>``: a record kept beside a snapshot (e.g. the dataset validations it was taken
+    with). ``name`` is one plain file name."""
+    if not is_hex_digest(snapshot_id):
+        raise UsageError(f"not a snapshot id: {snapshot_id!r}")
+    if not name or "/" in name or name in (".", "..") or name != name.strip():
+        raise UsageError(f"evidence name {name!r} must be one plain file name, e.g. 'datasets.json'")
+    return f"{EVIDENCE}{snapshot_id}/{name}"
 
 
 def manifest_key(snapshot_id: str) -> str:
@@ -234,6 +245,16 @@ class Repository:
             return True
         except ObjectNotFound:
             return False
+
+    def save_evidence(self, snapshot_id: str, name: str, data: bytes) -> str:
+        """Keep ``data`` beside ``snapshot_id`` as ``evidence/<id>/<name>`` (verified put); returns the key."""
+        key = evidence_key(snapshot_id, name)
+        self.store.put(key, data, sha256=hashlib.sha256(data).digest())
+        return key
+
+    def load_evidence(self, snapshot_id: str, name: str) -> bytes:
+        """The evidence ``name`` kept beside ``snapshot_id``; ``ObjectNotFound`` when there is none."""
+        return self.store.get(evidence_key(snapshot_id, name))
 
     def _cache_path(self, snapshot_id: str) -> Path | None:
         if self.cache_dir is None:
