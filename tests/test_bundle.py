@@ -163,7 +163,7 @@ def test_config_refuses_unknown_component_kind(tmp_path):
 
     (tmp_path / "b").mkdir()
     write_tree(tmp_path / "b", {"config.json": b"{}"})
-    from llmdr.config.scaffold import render_config
+    from llmdr.repo.scaffold import render_config
 
     text = render_config(tmp_path / "b", name=None, config_path=tmp_path / "llmdr.yaml", primary_port=1000,
                          secondary_port=2000)

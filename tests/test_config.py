@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import load_config, parse_config, parse_duration
-from llmdr.config.scaffold import render_config
 from llmdr.errors import ConfigError
+from llmdr.repo.scaffold import render_config
 
 GOOD = """\
 version: 1

@@ -347,7 +347,7 @@ def test_names_match_prefect_yaml_and_the_automation():
 def test_render_touches_neither_prefect_nor_boto3(tmp_path):
     cfg_path = tmp_path / "llmdr.yaml"
     cfg_path.write_text(CLOUD.replace("{policy}", "weighted"))
-    code = ("import sys; from llmdr.config import load_config; from llmdr.runbook import render_runbook; "
+    code = ("import sys; from llmdr.config import load_config; from llmdr.drill.runbook import render_runbook; "
             f"render_runbook(load_config({str(cfg_path)!r})); "
             "print(sorted(m for m in ('prefect', 'boto3', 'botocore') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -131,7 +131,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config file.")] = False,
 ) -> None:
     """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions."""
-    from llmdr.config.scaffold import render_config
+    from llmdr.repo.scaffold import render_config
 
     if config.exists() and not force:
         raise LlmdrError(f"{config} already exists; pass --force to overwrite it")

@@ -15,23 +15,10 @@ import json
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
+from llmdr.config.values import ComponentKind
 from llmdr.errors import LlmdrError
-
-
-class ComponentKind(str, Enum):
-    weights = "weights"
-    tokenizer = "tokenizer"
-    model_config = "model_config"
-    generation_config = "generation_config"
-    prompt_templates = "prompt_templates"
-    serving_config = "serving_config"
-    security_rules = "security_rules"
-    datasets = "datasets"
-    checkpoints = "checkpoints"
-
 
 # What `llmdr init` looks for in a Hugging Face-style folder.
 DEFAULT_PATTERNS: dict[ComponentKind, list[str]] = {

@@ -1,0 +1,114 @@
+"""Reading ``llmdr.yaml``: YAML errors and validation errors name the file, the key, its line and what to do;
+a literal secret in the file is refused before anything else looks at it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from llmdr.config.model import Config
+from llmdr.config.values import DEFAULT_CONFIG, SECRET_KEYS, SECRET_SUFFIXES
+from llmdr.errors import ConfigError
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``)."""
+    p = Path(path or os.environ.get("LLMDR_CONFIG") or DEFAULT_CONFIG)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file. Create one with `llmdr init BUNDLE_DIR`, or pass --config PATH.")
+    text = p.read_text(encoding="utf-8")
+    return parse_config(text, source=p)
+
+
+def parse_config(text: str, *, source: Path) -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None and (mark is None or cmark.line != mark.line):
+            problem += f", {context} started at line {cmark.line + 1}"  # where the unclosed bracket or quote is
+        raise ConfigError(f"{source}{where}: not valid YAML ({problem}). Fix it there or on the line it names (often "
+                          "an unclosed bracket or quote, or a wrong indent), then run the command again.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with bundle:, regions: and objectives:, got {type(raw).__name__}")
+    _refuse_literal_secrets(raw, node, source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err["loc"]
+            dotted = _dotted(loc)
+            line = _line_of(node, loc)
+            at = f" (line {line})" if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; check its spelling against `llmdr init`'s commented example"
+            lines.append(f"  {dotted or '(top level)'}{at}: {msg}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+    cfg._base_dir = source.resolve().parent
+    cfg._source_file = source
+    return cfg
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == part:
+                    nxt = v
+                    best = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return best
+
+
+_KEY_FILE_SETTINGS = {("drill", "signing", "private_key"), ("manifest_signing", "private_key")}
+
+
+def _refuse_literal_secrets(raw: Any, node: yaml.Node, source: Path, path: tuple = ()) -> None:
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            key = str(k).lower()
+            key_path = tuple(str(x) for x in path) + (key,)
+            if key_path in _KEY_FILE_SETTINGS and isinstance(v, str) and "-----BEGIN" not in v and "\n" not in v:
+                continue  # the PATH of a key file (e.g. drill.signing.private_key), not a key
+            if not key.endswith(("_env", "_block")) and (key in SECRET_KEYS or key.endswith(SECRET_SUFFIXES)):
+                dotted = _dotted(path + (k,))
+                line = _line_of(node, path + (k,))
+                raise ConfigError(
+                    f"{source} (line {line}): {dotted}: literal secrets are not allowed in the config file. Put the "
+                    "value in an environment variable and name it, e.g. credentials: {access_key_env: "
+                    "LLMDR_PRIMARY_ACCESS_KEY_ID, secret_key_env: LLMDR_PRIMARY_SECRET_ACCESS_KEY}."
+                )
+            _refuse_literal_secrets(v, node, source, path + (k,))
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            _refuse_literal_secrets(v, node, source, path + (i,))

@@ -1,0 +1,184 @@
+"""``Config``: the whole of ``llmdr.yaml`` as one typed model, with the paths and regions derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from llmdr.config.regions import ManifestSigning, Region
+from llmdr.config.sections import (
+    Bundle,
+    CaddyRouter,
+    Checkpoints,
+    Dataset,
+    Drill,
+    Failover,
+    Monitor,
+    Notifications,
+    Objectives,
+    Readiness,
+    Retention,
+    Route53Router,
+    Runbook,
+    Tracking,
+    Transfer,
+)
+from llmdr.config.values import DEFAULT_CONFIG, StrictModel
+from llmdr.errors import UsageError
+
+
+class Config(StrictModel):
+    version: Literal[1] = 1
+    bundle: Bundle
+    regions: list[Region] = Field(min_length=2)
+    objectives: Objectives = Objectives()
+    transfer: Transfer = Transfer()
+    retention: Retention | None = None
+    checkpoints: Checkpoints | None = None
+    router: CaddyRouter | Route53Router | None = Field(default=None, discriminator="kind")
+    monitor: Monitor = Monitor()
+    failover: Failover = Failover()
+    notifications: Notifications | None = None
+    drill: Drill = Drill()
+    datasets: list[Dataset] = Field(default_factory=list)
+    tracking: Tracking = Tracking()
+    readiness: Readiness = Readiness()
+    runbook: Runbook = Runbook()
+    manifest_signing: ManifestSigning | None = None
+    golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
+    state_dir: str = ".llmdr"
+
+    # set by load_config, not read from the file
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+    @model_validator(mode="after")
+    def _regions_separate(self) -> "Config":
+        names = [r.name for r in self.regions]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"region names must be unique; {sorted(dup)} appears more than once")
+        primaries = [r for r in self.regions if r.role == "primary"]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one region must have role: primary (found {len(primaries)})")
+        primary = primaries[0]
+        for r in self.regions:
+            if r is primary:
+                continue
+            if r.failure_domain == primary.failure_domain:
+                raise ValueError(
+                    f"region '{r.name}' uses the same endpoint and bucket as the primary '{primary.name}' "
+                    f"({r.endpoint or 'AWS ' + r.s3_region}, {r.bucket}): a copy there would not survive the "
+                    "primary's loss. Point it at a separate server or region."
+                )
+            if r.endpoint is None and primary.endpoint is None and r.s3_region == primary.s3_region:
+                raise ValueError(
+                    f"region '{r.name}' is in the same AWS region ({r.s3_region}) as the primary: pick another "
+                    "s3_region for disaster recovery"
+                )
+        names_set = set(names)
+        ds_names = [d.name for d in self.datasets]
+        if len(ds_names) != len(set(ds_names)):
+            raise ValueError("dataset names must be unique")
+        if self.failover.target is not None and self.failover.target not in names_set:
+            raise ValueError(f"failover.target {self.failover.target!r} is not a region name ({', '.join(names)})")
+        if self.failover.target == primary.name:
+            raise ValueError("failover.target must be a secondary region, not the primary")
+        if isinstance(self.router, Route53Router):
+            unknown = set(self.router.values) - names_set
+            if unknown:
+                raise ValueError(f"router.values names unknown regions {sorted(unknown)}; known: {', '.join(names)}")
+        serving = [r.serving.url.lower() for r in self.regions if r.serving]
+        if len(serving) != len(set(serving)):
+            raise ValueError("two regions share a serving url: a replica in the same place does not survive the loss "
+                             "of that place")
+        used: dict[int, str] = {}
+        for r in self.regions:
+            if not r.is_local:
+                continue
+            for p in r.local_ports:
+                if p in used:
+                    raise ValueError(f"local regions '{used[p]}' and '{r.name}' both need port {p}; a local region "
+                                     "uses its endpoint port to +8 and +10008: move one endpoint port")
+                used[p] = r.name
+        loopback = ("127.0.0.1", "localhost", "::1")
+        more = [(f"region '{r.name}' serving", r.serving.port) for r in self.regions
+                if r.serving and r.serving.host in loopback]
+        if isinstance(self.router, CaddyRouter):
+            more += [("the router", urlparse(self.router.listen).port), ("the router admin API",
+                                                                          urlparse(self.router.admin).port)]
+        for what, port in more:
+            if port in used:
+                raise ValueError(f"{what} wants port {port}, already used by {used[port]}; pick another port")
+            used[port] = what
+        return self
+
+    @property
+    def primary(self) -> Region:
+        return next(r for r in self.regions if r.role == "primary")
+
+    @property
+    def secondaries(self) -> list[Region]:
+        return [r for r in self.regions if r.role == "secondary"]
+
+    def region(self, name: str | None) -> Region:
+        if name is None:
+            return self.primary
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise UsageError(f"no region named {name!r} in {self.source_file or DEFAULT_CONFIG}; "
+                         f"known regions: {', '.join(r.name for r in self.regions)}")
+
+    @property
+    def state_path(self) -> Path:
+        p = Path(self.state_dir)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def reports_path(self) -> Path:
+        p = Path(self.drill.reports_dir)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def dataset_path(self, ds: "Dataset") -> Path:
+        p = Path(ds.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def suite_path(self, ds: "Dataset") -> Path:
+        p = Path(ds.suite or f"expectations/{ds.name}.json")
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def runbook_path(self) -> Path:
+        p = Path(self.runbook.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.model_name or self.bundle.name
+
+    @property
+    def golden_path(self) -> Path:
+        p = Path(self.golden)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def failover_target(self) -> Region:
+        return self.region(self.failover.target) if self.failover.target else self.secondaries[0]
+
+    @property
+    def bundle_path(self) -> Path:
+        p = Path(self.bundle.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+
