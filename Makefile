@@ -18,11 +18,13 @@ install: .venv/.installed
 demo: install
 	$(PYENV) ./scripts/demo.sh
 
-test: install
+# The layer contracts (.importlinter) also run inside the suite (tests/test_layering.py); lint first fails fast.
+test: lint
 	$(PYENV) $(UV) run --frozen pytest
 
 lint: install
-	$(UV) run --frozen ruff check llmdr tasks flows tests bench
+	$(UV) run --frozen ruff check llmdr tasks flows tests bench deployments scripts
+	$(UV) run --frozen lint-imports --no-cache
 
 bench: install
 	$(UV) run --frozen python bench/bench.py
