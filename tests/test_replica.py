@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from llmdr.common.process import alive
 from llmdr.config import Config, parse_config
-from llmdr.devstack.regions import _alive, start_serving, stop_serving
+from llmdr.devstack.regions import start_serving, stop_serving
 from llmdr.errors import SnapshotNotFound, StackError, UsageError
 from llmdr.repo import ops
 from llmdr.serving.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica
@@ -111,7 +112,7 @@ def test_second_start_is_idempotent(d):
     again = start_replica(d.cfg, d.primary)
     assert again.pid == first.pid and again.started == first.started
     assert again.restore_s == first.restore_s and again.healthy
-    assert _alive(first.pid)
+    assert alive(first.pid)
 
 
 def test_new_snapshot_replaces_the_process_and_drops_the_old_model(d):
@@ -119,7 +120,7 @@ def test_new_snapshot_replaces_the_process_and_drops_the_old_model(d):
     assert old.snapshot == d.v1 and Path(old.model_dir).is_dir()
     new = start_replica(d.cfg, d.primary)  # latest: v2
     assert new.snapshot == d.v2 and new.pid != old.pid and new.healthy
-    assert not _alive(old.pid)
+    assert not alive(old.pid)
     assert not Path(old.model_dir).exists()
     assert sorted(p.name for p in replica_dir(d.cfg, d.primary).glob("model-*")) == [
         f"model-{d.v2[:12]}", f"model-{d.v2[:12]}.ready.json"]
@@ -178,7 +179,7 @@ def test_stop_stops_only_our_process(d):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         after = stop_replica(d.cfg, d.primary)
-        assert not _alive(st.pid) and not after.running and not after.healthy and after.pid is None
+        assert not alive(st.pid) and not after.running and not after.healthy and after.pid is None
         # a PID file that points at an unrelated live process (PID reuse, or a hand-edited file)
         state = replica_dir(d.cfg, d.primary) / "replica.json"
         recorded = json.loads(state.read_text())
@@ -210,7 +211,7 @@ def test_custom_command_with_placeholders(d):
     assert argv == [sys.executable, "-m", "llmdr.cli", "serve", st.model_dir, "--host", "127.0.0.1", "--port",
                     str(sec.serving.port)]
     assert cmdline(st.pid) == argv
-    assert stop_replica(cfg, sec).running is False and not _alive(st.pid)
+    assert stop_replica(cfg, sec).running is False and not alive(st.pid)
 
 
 def test_custom_command_as_one_string(d):
@@ -232,7 +233,7 @@ def test_one_word_command_is_started_and_stopped(d, tmp_path):
     st = start_replica(cfg, cfg.secondaries[0])
     assert st.healthy and st.pid and cmdline(st.pid) == [sys.executable, str(script)]
     assert start_replica(cfg, cfg.secondaries[0]).pid == st.pid
-    assert not stop_replica(cfg, cfg.secondaries[0]).healthy and not _alive(st.pid)
+    assert not stop_replica(cfg, cfg.secondaries[0]).healthy and not alive(st.pid)
 
 
 def test_unknown_placeholder_is_a_usage_error(d):

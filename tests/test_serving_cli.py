@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from llmdr.config import Config, parse_config
-from llmdr.devstack.regions import _read_pid, region_dir, start_router, start_serving, stop_serving
+from llmdr.devstack.regions import region_dir, region_pid, start_router, start_serving, stop_serving
 from llmdr.failover import watch
 from llmdr.failover.router.caddy import Caddy
 from llmdr.repo import ops
@@ -231,7 +231,7 @@ def test_stack_up_without_and_with_serving(stack, tmp_path):
     write_demo_bundle(cfg.bundle_path)
     sid = ops.snapshot_bundle(cfg).snapshot_id
     ops.replicate(cfg, sid, to="secondary")
-    weeds = {r.name: _read_pid(stack, r) for r in stack.regions}
+    weeds = {r.name: region_pid(stack, r) for r in stack.regions}
     try:
         r = run(cfg, "stack", "up", "--no-serving", "--json")
         assert r.returncode == 0, r.stderr
@@ -251,6 +251,6 @@ def test_stack_up_without_and_with_serving(stack, tmp_path):
             st = replica_status(cfg, reg)
             assert st.healthy and st.snapshot == sid and f"pid {st.pid}" in notes[reg.name]["detail"]
         assert Caddy(cfg).active() == "primary"
-        assert {r.name: _read_pid(stack, r) for r in stack.regions} == weeds  # the same S3 servers
+        assert {r.name: region_pid(stack, r) for r in stack.regions} == weeds  # the same S3 servers
     finally:
         stop_serving(cfg, router=True)

@@ -5,12 +5,12 @@ project's tracking store, with the S3 settings of the region that holds the arti
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from llmdr.common.process import read_pid, spawn, terminate, write_pid
 from llmdr.config import Config
 from llmdr.errors import StackError
 
@@ -20,17 +20,7 @@ def _dir(cfg: Config) -> Path:
 
 
 def _pid(cfg: Config) -> int | None:
-    from llmdr.devstack.regions import _alive
-
-    try:
-        pid = int((_dir(cfg) / "ui.pid").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if b"mlflow" in cmd and _alive(pid) else None
+    return read_pid(_dir(cfg) / "ui.pid", matches=lambda args: any("mlflow" in a for a in args))
 
 
 def _healthy(port: int) -> bool:
@@ -57,10 +47,8 @@ def start(cfg: Config, port: int = 5000, timeout: float = 120.0) -> dict:
         args = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", target.tracking_uri,
                 "--default-artifact-root", target.artifact_location, "--host", "127.0.0.1", "--port", str(port),
                 "--workers", "1"]
-        with open(d / "ui.log", "ab") as log:
-            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=d)
-        (d / "ui.pid").write_text(str(proc.pid))
+        proc = spawn(args, d / "ui.log", cwd=d, env=env)
+        write_pid(d / "ui.pid", proc.pid)
         (d / "ui.port").write_text(str(port))
         deadline = time.monotonic() + timeout
         while not _healthy(port):
@@ -73,11 +61,9 @@ def start(cfg: Config, port: int = 5000, timeout: float = 120.0) -> dict:
 
 
 def stop(cfg: Config) -> None:
-    from llmdr.devstack.regions import _terminate
-
     pid = _pid(cfg)
     if pid is not None:
-        _terminate(pid, 20.0)
+        terminate(pid, 20.0)
     (_dir(cfg) / "ui.pid").unlink(missing_ok=True)
 
 

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llmdr.common.process import read_pid, spawn, terminate, write_pid
 from llmdr.config import Config
 from llmdr.errors import StackError
 
@@ -76,21 +77,14 @@ def _healthy(port: int) -> bool:
 
 
 def _pid(cfg: Config, name: str) -> int | None:
-    try:
-        pid = int((_dir(cfg) / f"{name}.pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
+    return read_pid(_dir(cfg) / f"{name}.pid")
 
 
 def _spawn(cfg: Config, name: str, args: list[str], e: dict[str, str], cwd: Path) -> int:
     d = _dir(cfg)
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(args, env=e, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    (d / f"{name}.pid").write_text(str(proc.pid))
+    proc = spawn(args, d / f"{name}.log", cwd=cwd, env=e)
+    write_pid(d / f"{name}.pid", proc.pid)
     return proc.pid
 
 
@@ -154,8 +148,6 @@ def stop(cfg: Config, timeout: float = 20.0) -> None:
     """Stop the worker, the flow runs it started (e.g. a monitor-endpoints run still watching), then the server."""
     import psutil
 
-    from llmdr.devstack.regions import _terminate
-
     for name in ("runner", "worker", "server"):
         pid = _pid(cfg, name)
         if pid is not None:
@@ -163,10 +155,10 @@ def stop(cfg: Config, timeout: float = 20.0) -> None:
                 children = psutil.Process(pid).children(recursive=True)
             except psutil.Error:
                 children = []
-            _terminate(pid, timeout)
+            terminate(pid, timeout)
             for child in children:
                 if child.is_running():
-                    _terminate(child.pid, timeout)
+                    terminate(child.pid, timeout)
         (_dir(cfg) / f"{name}.pid").unlink(missing_ok=True)
 
 

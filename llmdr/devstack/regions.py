@@ -12,9 +12,6 @@ import json
 import logging
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmdr.common.files import atomic_write, bundled_binary
+from llmdr.common.process import port_open, read_pid, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import Config, Region
 from llmdr.errors import LlmdrError, ObjectLockUnavailable, StackError
 from llmdr.storage.credentials import LOCAL_ENV, read_env_file, resolve_keys, write_env_file
@@ -100,29 +98,10 @@ def _pid_file(cfg: Config, r: Region) -> Path:
     return region_dir(cfg, r) / "weed.pid"
 
 
-def _read_pid(cfg: Config, r: Region) -> int | None:
-    try:
-        pid = int(_pid_file(cfg, r).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if _is_our_weed(pid, region_dir(cfg, r)) else None
-
-
-def _is_our_weed(pid: int, rdir: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    if not cmdline or not cmdline[0].endswith(b"weed"):
-        return False
-    want = f"-dir={rdir / 'data'}".encode()
-    return want in cmdline
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def region_pid(cfg: Config, r: Region) -> int | None:
+    """PID of the region's ``weed`` server if the one llmdr started for this data folder still runs."""
+    want = f"-dir={region_dir(cfg, r) / 'data'}"
+    return read_pid(_pid_file(cfg, r), matches=lambda args: args[0].endswith("weed") and want in args)
 
 
 def _anonymous_status(endpoint: str) -> int | None:
@@ -161,10 +140,10 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
     rdir = region_dir(cfg, r)
     ensure_local_keys(cfg)
     keys = resolve_keys(cfg, r)
-    pid = _read_pid(cfg, r)
+    pid = region_pid(cfg, r)
     if pid is None:
         for port in r.local_ports:
-            if _port_open(port):
+            if port_open("127.0.0.1", port):
                 raise StackError(
                     f"region '{r.name}': port {port} on 127.0.0.1 is already in use by another process. A local "
                     f"region uses ports {r.port}-{r.port + 8} and {r.port + 8 + ADMIN_GRPC_OFFSET}; "
@@ -175,26 +154,17 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
             {"accessKey": keys.access_key_id, "secretKey": keys.secret_access_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
         atomic_write(rdir / "s3.json", json.dumps(s3cfg), mode=0o600)
-        logf = open(rdir / "weed.log", "ab")
-        proc = subprocess.Popen(
-            _weed_args(r, rdir), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=rdir,
-        )
-        logf.close()
-        _pid_file(cfg, r).write_text(f"{proc.pid}\n")
+        proc = spawn(_weed_args(r, rdir), rdir / "weed.log", cwd=rdir)
+        write_pid(_pid_file(cfg, r), proc.pid)
         log.info("started SeaweedFS for region %s (pid %d, port %d)", r.name, proc.pid, r.port)
-        deadline = time.monotonic() + timeout
-        while _anonymous_status(r.endpoint or "") is None:
-            if proc.poll() is not None:
-                _pid_file(cfg, r).unlink(missing_ok=True)
-                raise StackError(f"region '{r.name}': weed exited with code {proc.returncode} while starting:\n"
-                                 + _tail(rdir / "weed.log"))
-            if time.monotonic() > deadline:
-                _terminate(proc.pid)
-                _pid_file(cfg, r).unlink(missing_ok=True)
-                raise StackError(f"region '{r.name}': S3 did not answer on {r.endpoint} within {timeout:.0f}s:\n"
-                                 + _tail(rdir / "weed.log"))
-            time.sleep(0.1)
+        failed = wait_started(proc, lambda: _anonymous_status(r.endpoint or "") is not None, timeout=timeout)
+        if failed == "timeout":
+            terminate(proc.pid)
+        if failed:
+            _pid_file(cfg, r).unlink(missing_ok=True)
+            why = (f"weed exited with code {proc.returncode} while starting" if failed == "exited" else
+                   f"S3 did not answer on {r.endpoint} within {timeout:.0f}s")
+            raise StackError(f"region '{r.name}': {why}:\n" + tail(rdir / "weed.log"))
     store = S3Store(bucket=r.bucket, endpoint_url=r.endpoint, access_key_id=keys.access_key_id,
                     secret_access_key=keys.secret_access_key, region_name=r.s3_region, name=r.name)
     deadline = time.monotonic() + timeout
@@ -219,55 +189,18 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
 
 
 def stop_region(cfg: Config, r: Region, *, timeout: float = 20.0) -> RegionStatus:
-    pid = _read_pid(cfg, r)
+    pid = region_pid(cfg, r)
     if pid is not None:
-        _terminate(pid, timeout)
+        terminate(pid, timeout)
         log.info("stopped SeaweedFS for region %s (pid %d)", r.name, pid)
     _pid_file(cfg, r).unlink(missing_ok=True)
     return region_status(cfg, r)
 
 
-def _terminate(pid: int, timeout: float = 20.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while _alive(pid):
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # reap it if it is our child (tests start servers in-process)
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def region_status(cfg: Config, r: Region) -> RegionStatus:
     from llmdr.storage.s3 import S3Store
 
-    pid = _read_pid(cfg, r)
+    pid = region_pid(cfg, r)
     anon = _anonymous_status(r.endpoint or "") if r.endpoint else None
     st = RegionStatus(region=r.name, endpoint=r.endpoint or "", running=pid is not None, pid=pid, healthy=False,
                       auth_enforced=None if anon is None else anon == 403, bucket=r.bucket,
@@ -285,13 +218,6 @@ def region_status(cfg: Config, r: Region) -> RegionStatus:
     except LlmdrError as exc:
         st.detail = str(exc)
     return st
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 # --- serving: replicas and the router -------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
         r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600)
         return {"region": region, "action": "command: " + " ".join(cfg.drill.outage_command or []),
                 "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:]}
-    from llmdr.devstack.regions import _read_pid, stop_region
+    from llmdr.devstack.regions import region_pid, stop_region
     from llmdr.serving.replica import replica_status, stop_replica
 
     if not reg.is_local:
@@ -247,7 +247,7 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
         raise UsageError(f"region '{region}' is not local, so `drill.outage: local` cannot stop it; set drill.outage: "
                          "command with an outage_command that blocks the region (never one that deletes data)")
     rep = replica_status(cfg, reg) if reg.serving else None
-    s3_pid = _read_pid(cfg, reg)
+    s3_pid = region_pid(cfg, reg)
     stop_replica(cfg, reg)
     stop_region(cfg, reg)
     return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}) and the "

@@ -13,7 +13,6 @@ import json
 import logging
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -22,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmdr.common.files import atomic_write
+from llmdr.common.process import alive, cmdline, spawn, tail, terminate, wait_started
 from llmdr.config import Config, Region
-from llmdr.devstack.regions import _tail
 from llmdr.errors import StackError, UsageError
 
 log = logging.getLogger(__name__)
@@ -101,19 +100,15 @@ def command_for(cfg: Config, region: Region, model_dir: Path) -> list[str]:
 
 
 def _pid_matches(pid: int, argv: list[str]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    args = cmdline(pid)
+    if args is None:
         return False
-    from llmdr.devstack.regions import _alive
-
-    args = [c.decode(errors="replace") for c in cmdline if c]
     # a script's argv[0] shows up as "python /path/script": compare the arguments after it
-    tail = argv[1:]
-    if not tail:  # a one-word command: only the program itself (run directly, or as a script) can identify it
+    tail_args = argv[1:]
+    if not tail_args:  # a one-word command: only the program itself (run directly, or as a script) can identify it
         name = Path(argv[0]).name
-        return any(Path(a).name == name for a in args[:2]) and _alive(pid)
-    return bool(args) and args[-len(tail):] == tail and _alive(pid)
+        return any(Path(a).name == name for a in args[:2]) and alive(pid)
+    return bool(args) and args[-len(tail_args):] == tail_args and alive(pid)
 
 
 def _running_pid(cfg: Config, region: Region) -> int | None:
@@ -213,30 +208,25 @@ def start_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=
         raise StackError(f"region '{region.name}': something not started by llmdr already answers on {serving.url}; "
                          "stop it or change serving.url")
     argv = command_for(cfg, region, model_dir)
-    logf = open(root / "serve.log", "ab")
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd=root)
+        proc = spawn(argv, root / "serve.log", cwd=root)
     except OSError as exc:
         raise StackError(f"region '{region.name}': cannot run {argv[0]}: {exc.strerror}") from None
-    finally:
-        logf.close()
     state = {"pid": proc.pid, "argv": argv, "snapshot": sid, "model_dir": str(model_dir),
              "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
              "restore_s": round(restore_s, 3), "cold": cold}
     atomic_write(_state_file(cfg, region), json.dumps(state))
     limit = timeout if timeout is not None else serving.start_timeout.total_seconds()
-    deadline = time.monotonic() + limit
-    while not _healthy(serving.url, serving.health_path, timeout=1.0):
-        if proc.poll() is not None:
-            raise StackError(f"region '{region.name}': the replica exited with code {proc.returncode} while "
-                             f"starting:\n{_tail(root / 'serve.log')}")
-        if time.monotonic() > deadline:
-            _stop_pid(proc.pid)
-            raise StackError(f"region '{region.name}': the replica did not answer on {serving.url}"
-                             f"{serving.health_path} within {limit:.0f}s:\n{_tail(root / 'serve.log')}")
-        time.sleep(0.05)
+    failed = wait_started(proc, lambda: _healthy(serving.url, serving.health_path, timeout=1.0), timeout=limit,
+                          interval=0.05)
+    if failed == "exited":
+        raise StackError(f"region '{region.name}': the replica exited with code {proc.returncode} while "
+                         f"starting:\n{tail(root / 'serve.log')}")
+    if failed == "timeout":
+        _stop_pid(proc.pid)
+        raise StackError(f"region '{region.name}': the replica did not answer on {serving.url}"
+                         f"{serving.health_path} within {limit:.0f}s:\n{tail(root / 'serve.log')}")
     state["start_s"] = round(time.monotonic() - t0, 3)
     atomic_write(_state_file(cfg, region), json.dumps(state))
     _drop_old_models(root, keep=model_dir)
@@ -253,9 +243,7 @@ def _drop_old_models(root: Path, keep: Path) -> None:
 
 
 def _stop_pid(pid: int) -> None:
-    from llmdr.devstack.regions import _terminate
-
-    _terminate(pid, 10.0)
+    terminate(pid, 10.0)
 
 
 def stop_replica(cfg: Config, region: Region) -> ReplicaStatus | None:

@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlparse
 
 from llmdr.common.files import atomic_write, bundled_binary
+from llmdr.common.process import port_open, read_pid, reap, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import CaddyRouter, Config
-from llmdr.devstack.regions import _alive, _tail, _terminate
 from llmdr.errors import StackError, UsageError
 from llmdr.failover.router.base import RouterState, describe_state
 from llmdr.failover.router.state import RouterLog
@@ -190,17 +186,8 @@ class Caddy:
 
     def pid(self) -> int | None:
         """PID of the Caddy this state folder started, if it still runs (checked against /proc/PID/cmdline)."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return None
-        if not argv or not argv[0].endswith(b"caddy") or str(self.config_path).encode() not in argv:
-            return None
-        return pid if _alive(pid) else None
+        config = str(self.config_path)
+        return read_pid(self.pid_path, matches=lambda argv: argv[0].endswith("caddy") and config in argv)
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -218,34 +205,28 @@ class Caddy:
             return pid
         for what, host, port in (("listen", self.listen_host, self.listen_port),
                                  ("admin", self.admin_host, self.admin_port)):
-            if _port_open(host, port):
+            if port_open(host, port):
                 raise StackError(f"router.{what}: {_join(host, port)} is already in use by another process; stop it "
                                  f"or pick another port for router.{what} in {self.cfg.source_file or 'llmdr.yaml'}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._select(active)
         atomic_write(self.config_path, json.dumps(self._config(), indent=2) + "\n")
         argv = [caddy_binary(), "run", "--config", str(self.config_path)]
-        logf = open(self.log_path, "ab")
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, cwd=self.dir)
+            proc = spawn(argv, self.log_path, cwd=self.dir)
         except OSError as exc:
             raise StackError(f"cannot run {argv[0]}: {exc.strerror}") from None
-        finally:
-            logf.close()
-        atomic_write(self.pid_path, f"{proc.pid}\n")
-        deadline = time.monotonic() + timeout
-        while not (_port_open(self.listen_host, self.listen_port) and _port_open(self.admin_host, self.admin_port)):
-            if proc.poll() is not None:
-                self.pid_path.unlink(missing_ok=True)
-                raise StackError(f"caddy exited with code {proc.returncode} while starting (log {self.log_path}):\n"
-                                 + _tail(self.log_path))
-            if time.monotonic() > deadline:
-                _terminate(proc.pid)
-                self.pid_path.unlink(missing_ok=True)
-                raise StackError(f"caddy did not answer on {self.router.listen} within {timeout:.0f}s "
-                                 f"(log {self.log_path}):\n" + _tail(self.log_path))
-            time.sleep(0.05)
+        write_pid(self.pid_path, proc.pid)
+        failed = wait_started(proc, lambda: (port_open(self.listen_host, self.listen_port)
+                                             and port_open(self.admin_host, self.admin_port)),
+                              timeout=timeout, interval=0.05)
+        if failed == "timeout":
+            terminate(proc.pid)
+        if failed:
+            self.pid_path.unlink(missing_ok=True)
+            why = (f"caddy exited with code {proc.returncode} while starting" if failed == "exited" else
+                   f"caddy did not answer on {self.router.listen} within {timeout:.0f}s")
+            raise StackError(f"{why} (log {self.log_path}):\n" + tail(self.log_path))
         log.info("started caddy router (pid %d) on %s -> %s", proc.pid, self.router.listen, active)
         with self.log.lock():
             current = self.log.current()
@@ -258,8 +239,8 @@ class Caddy:
         """Stop our Caddy (graceful: requests in flight get up to ``timeout`` seconds) and remove its PID file."""
         pid = self.pid()
         if pid is not None:
-            _terminate(pid, timeout)
-            _reap(pid)
+            terminate(pid, timeout)
+            reap(pid)
             log.info("stopped caddy router (pid %d)", pid)
         self.pid_path.unlink(missing_ok=True)
 
@@ -368,23 +349,3 @@ class Caddy:
             active, upstream = None, None
         return describe_state(self.kind, self.url, active, upstream, self.log.current())
 
-
-def _reap(pid: int, timeout: float = 5.0) -> None:
-    """If ``pid`` is our child (tests start Caddy in-process), collect it so no zombie stays behind. A Go program's
-    main thread shows as a zombie while its other threads still exit, so this waits for waitpid to succeed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done == pid:
-            return
-        time.sleep(0.01)
-
-
-def _port_open(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
