@@ -216,7 +216,8 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from llmdr.config import load_config
     from llmdr.devstack import orchestration
-    from llmdr.devstack.regions import start_region, start_router, start_serving, stop_region, stop_serving
+    from llmdr.devstack.regions import start_region, stop_region
+    from llmdr.devstack.serving import start_router, start_serving, stop_serving
     from llmdr.repo import ops
     from llmdr.serving import golden
     from llmdr.serving.endpoint import OpenAIEndpoint

@@ -26,7 +26,7 @@ from prefect.transactions import transaction
 
 from flows.failover import failback, failover
 from llmdr.artifacts import failover_markdown, failover_table
-from llmdr.devstack.regions import start_router, start_serving, stop_serving
+from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.errors import UsageError
 from llmdr.failover import steps as fo
 from llmdr.failover.router import open_router, router_log

@@ -20,7 +20,7 @@ import yaml
 
 from llmdr.common.process import alive
 from llmdr.config import Config, parse_config
-from llmdr.devstack.regions import start_serving, stop_serving
+from llmdr.devstack.serving import start_serving, stop_serving
 from llmdr.errors import SnapshotNotFound, StackError, UsageError
 from llmdr.repo import ops
 from llmdr.serving.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from llmdr.config import Config, parse_config
-from llmdr.devstack.regions import region_dir, region_pid, start_router, start_serving, stop_serving
+from llmdr.devstack.regions import region_dir, region_pid
+from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.failover import watch
 from llmdr.failover.router.caddy import Caddy
 from llmdr.repo import ops

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from llmdr.devstack.regions import start_router, start_serving
+from llmdr.devstack.serving import start_router, start_serving
 from llmdr.failover.router import open_router
 from llmdr.repo import ops
 from llmdr.serving.replica import replica_status

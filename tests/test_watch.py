@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from llmdr.devstack.regions import start_router, start_serving, stop_serving
+from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.failover import events, watch
 from llmdr.failover.watch import Watcher, read_status
 from llmdr.repo import ops
