@@ -18,6 +18,7 @@ from PIL import Image
 from llmdr.config import parse_config
 from llmdr.drill import report as drillreport
 from llmdr.drill.record import Control, DrillRecord, evaluate
+from llmdr.drill.report import pdf as report_pdf
 from llmdr.drill.report import (
     render_html,
     render_markdown,
@@ -292,12 +293,12 @@ def test_pdf_uses_a_fallback_font_for_missing_glyphs(tmp_path, monkeypatch):
 
     rec = passing_record(tmp_path)
     rec["failure_reasons"] = ["watch ⌚ glyph"]
-    monkeypatch.setattr(drillreport, "FALLBACK_FONTS", ())
-    drillreport.render_pdf(rec, tmp_path / "a.pdf")
+    monkeypatch.setattr(report_pdf, "FALLBACK_FONTS", ())
+    report_pdf.render_pdf(rec, tmp_path / "a.pdf")
     assert "watch?glyph" in _flat("".join(p[1] for p in _pdf_pages(tmp_path / "a.pdf", "fallback-none")))
     stix = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "STIXGeneral.ttf"
-    monkeypatch.setattr(drillreport, "FALLBACK_FONTS", ("/nonexistent/font.ttf", str(stix)))
-    drillreport.render_pdf(rec, tmp_path / "b.pdf")
+    monkeypatch.setattr(report_pdf, "FALLBACK_FONTS", ("/nonexistent/font.ttf", str(stix)))
+    report_pdf.render_pdf(rec, tmp_path / "b.pdf")
     assert "watch⌚glyph" in _flat("".join(p[1] for p in _pdf_pages(tmp_path / "b.pdf", "fallback-stix")))
 
 
@@ -336,7 +337,7 @@ def test_pdf_as_a_person_sees_it(reports, which):
         assert "SYSTEM LEFT FAILED OVER" in pages[0][1]
         assert "Возвратневозможен(επιστροφή)" in flat  # Cyrillic, Greek: DejaVu has them
         cjk = "返品は受け付けておりません"
-        if any(Path(f).is_file() for f in drillreport.FALLBACK_FONTS):
+        if any(Path(f).is_file() for f in report_pdf.FALLBACK_FONTS):
             assert cjk in flat
         else:  # no CJK font on this machine: shown as "?", never as empty boxes
             assert "?" * len(cjk) + "→Возврат" in flat
