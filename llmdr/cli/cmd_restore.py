@@ -1,0 +1,43 @@
+"""`llmdr restore`: a snapshot from a region into a folder, every chunk verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmdr.cli.app import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
+from llmdr.errors import UnsafePathError
+
+
+@app.command()
+def restore(
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
+    to: Annotated[Path, typer.Option("--to", help="Target folder (created if missing).")],
+    region: RegionOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Restore into a non-empty folder, overwriting the snapshot's files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a snapshot from a region into a folder, verifying every chunk; resumes an interrupted restore."""
+    from llmdr.repo.ops import restore as do_restore
+
+    cfg = load_cfg()
+    reg = cfg.region(region)
+    try:
+        res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=progress_for(as_json))
+    except UnsafePathError as e:
+        if "manifest path" not in str(e):  # a symlink in the target: its message says where and why
+            raise
+        # The manifest is read and every path checked before the target is touched.
+        raise UnsafePathError(
+            f"snapshot {snapshot_ref} in region '{reg.name}' was refused: {e}. Nothing was written. Its manifest was "
+            f"damaged or tampered with: restore another snapshot (`llmdr snapshots --region {reg.name}`) or from "
+            "another region, and check who can write to that bucket."
+        ) from None
+    sid = res.snapshot_id
+    rate = res.bytes_downloaded / res.duration_s if res.duration_s else 0
+    emit(as_json, res.to_json() | {"region": reg.name},
+         f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {human_size(res.bytes_total)} "
+         f"({res.files_skipped} already in place), {res.duration_s:.2f}s ({human_size(rate)}/s), "
+         "every chunk verified")
