@@ -40,5 +40,10 @@ bench-lock: install
 bench-scale: install
 	$(UV) run --frozen python bench/scale.py
 
+# docs/reference/ (CLI, configuration, exit codes) generated from the code; tests/test_docs.py fails when it is stale.
+.PHONY: docs
+docs: install
+	$(PYENV) $(UV) run --frozen python scripts/gen_reference.py
+
 clean:
 	rm -rf .demo bench/work .pytest_cache .hypothesis .pycache
