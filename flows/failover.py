@@ -7,11 +7,12 @@ back if the second check fails → record, artifact, event, notification.
 
 failback: the primary's store answers → copy back any snapshot taken while failed over → (re)start the primary's
 replica on the newest snapshot → golden set → [switch → verify through the router] → record, artifact, notice.
+
+What follows from each step's result is decided in ``llmdr.failover.run``; the flows compose.
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 from prefect import flow, runtime
@@ -21,6 +22,7 @@ from prefect.transactions import transaction
 from llmdr.artifacts import artifact_key, failover_markdown, failover_table
 from llmdr.config import load_config
 from llmdr.failover import events
+from llmdr.failover import run as decide
 from llmdr.failover import steps as core
 from tasks.failover import (
     confirm_outage,
@@ -35,9 +37,7 @@ from tasks.failover import (
 
 
 def _publish(config_path: str, rec: core.FailoverRecord) -> None:
-    """History, artifacts, event and notice for a finished (or failed) run; never raises past this point."""
-    from llmdr.notify import failback_notice, failover_notice, verification_failed_notice
-
+    """History, artifacts, event and notices for a finished (or failed) run."""
     cfg = load_config(config_path)
     core.append_history(cfg, rec)
     key = artifact_key(rec.kind, cfg.bundle.name)
@@ -46,24 +46,11 @@ def _publish(config_path: str, rec: core.FailoverRecord) -> None:
     create_table_artifact(key=f"{key}-table", table=failover_table([r.to_json() for r in core.history(cfg)
                                                                      if r.kind == rec.kind]),
                           description=f"Every {rec.kind} of {cfg.bundle.name}, RTO per run")
-    if rec.noop:
-        return
-    outcome = "completed" if rec.ok else "failed"
-    events.emit(f"llmdr.{rec.kind}.{outcome}", events.bundle_resource(cfg.bundle.name), rec.to_json())
-    details = {"flow_run_id": rec.flow_run_id, "steps": [s.name + (" ok" if s.ok else " FAILED") for s in rec.steps],
-               "error": rec.error}
-    if rec.kind == "failover":
-        notice = failover_notice(cfg.bundle.name, rec.from_region, rec.to_region, rto_s=rec.rto_s, reason=rec.reason,
-                                 ok=rec.ok, details=details)
-    else:
-        notice = failback_notice(cfg.bundle.name, rec.from_region, rec.to_region, rto_s=rec.rto_s, reason=rec.reason,
-                                 ok=rec.ok, details=details)
-    notices = [notice]
-    if any(s.name.startswith("golden") and not s.ok for s in rec.steps):
-        notices.append(verification_failed_notice(cfg.bundle.name, rec.to_region, what="golden check before "
-                                                  "switching traffic", details=details))
-    for n in notices:
-        send_notice(config_path, _notice_args(n))
+    event = decide.outcome_event(rec)
+    if event is not None:
+        events.emit(event, events.bundle_resource(cfg.bundle.name), rec.to_json())
+    for notice in decide.notices(rec):
+        send_notice(config_path, notice.to_args())
 
 
 def _scheduled_ts() -> float | None:
@@ -71,41 +58,22 @@ def _scheduled_ts() -> float | None:
     return when.timestamp() if when is not None and runtime.flow_run.id else None
 
 
-def _parse_time(value: str) -> float | None:
-    """The event's ``occurred`` time (ISO 8601, from the automation) as unix time; None if absent."""
-    from datetime import datetime
-
-    if not value or value == "None":
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _notice_args(n) -> dict:
-    return {"kind": n.kind, "title": n.title, "body": n.body, "severity": n.severity, "data": n.data}
+def _flow_run_id() -> str | None:
+    return str(runtime.flow_run.id or "") or None
 
 
 def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
     """Switch, then verify through the router, as one transaction: a failed verification switches back."""
-    cfg = load_config(config_path)
     try:
         with transaction():
             switch_router(config_path, rec.to_region, rec.reason, previous)
-            rec.switched_ts = time.time()
-            rec.step("switch-router", True, f"{previous} -> {rec.to_region}")
-            verified = verify_through_router(config_path, rec.to_region)
+            decide.switched(rec, previous)
+            result = verify_through_router(config_path, rec.to_region)
     except Exception as exc:
         if rec.switched_ts is not None:
-            from llmdr.failover.router import open_router
-
-            rec.rolled_back = open_router(cfg).active() == previous
-            rec.step("verify-through-router", False, f"{exc}; switch rolled back to {previous}: {rec.rolled_back}")
+            decide.router_check_failed(rec, exc, previous, core.active_region(load_config(config_path)))
         raise
-    rec.golden_router = verified["golden"]
-    rec.step("verify-through-router", True, f"golden set correct through the router from {rec.to_region}")
-    rec.finish(verified["verified_ts"])
+    decide.verified(rec, result)
 
 
 @contextmanager
@@ -114,30 +82,20 @@ def _recorded(config_path: str, rec: core.FailoverRecord):
     try:
         yield
     except Exception as exc:
-        rec.error = rec.error or str(exc)
-        rec.ok = False
+        decide.failed(rec, exc)
         raise
     finally:
         _publish(config_path, rec)
 
 
-def _noop_if_active(rec: core.FailoverRecord, active: str | None) -> bool:
-    if active != rec.to_region:
-        return False
-    rec.noop = True
-    rec.ok = True
-    rec.step("already-active", True, f"the router already sends traffic to {rec.to_region}")
-    return True
-
-
 def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
     """The golden set against the target's replica directly, then the switch + check through the router."""
     try:
-        rec.golden_direct = golden_check(config_path, rec.to_region)
-        rec.step("golden-check", True, f"{rec.golden_direct['passed']}/{rec.golden_direct['total']} cases")
+        report = golden_check(config_path, rec.to_region)
     except Exception as exc:
-        rec.step("golden-check", False, str(exc))
+        decide.golden_direct(rec, None, exc)
         raise
+    decide.golden_direct(rec, report)
     _switch_and_verify(config_path, rec, previous)
 
 
@@ -149,29 +107,17 @@ def failover(to: str = "", reason: str = "manual failover", trigger: str = "manu
     moves traffic even if the active region answers. ``first_failure_ts``: unix time of the first failed probe
     (from the monitor's event; the automation passes it as text), the start of the RTO clock."""
     cfg = load_config(config_path)
-    first_failure_ts = float(first_failure_ts) if first_failure_ts not in (None, "", "None") else None
-    detected_ts = _parse_time(detected_at)
     active = read_active_region(config_path)
-    target = core.pick_target(cfg, to or None, active)
-    rec = core.FailoverRecord(kind="failover", bundle=cfg.bundle.name, from_region=active, to_region=target.name,
-                              trigger=trigger, reason=reason, started_ts=time.time(),
-                              first_failure_ts=first_failure_ts, detected_ts=detected_ts,
-                              scheduled_ts=_scheduled_ts(), flow_run_id=str(runtime.flow_run.id or "") or None)
+    rec = decide.new_failover(cfg, active=active, to=to, reason=reason, trigger=trigger,
+                              first_failure_ts=first_failure_ts, detected_at=detected_at,
+                              scheduled_ts=_scheduled_ts(), flow_run_id=_flow_run_id())
     with _recorded(config_path, rec):
-        if _noop_if_active(rec, active):
+        if decide.already_active(rec, active):
             return rec.to_json()
-        if trigger != "manual" and active is not None:
-            conf = confirm_outage(config_path, active)
-            rec.confirmed = conf["confirmed"]
-            rec.step("confirm-outage", conf["confirmed"], f"{len(conf['samples'])} direct probe(s) of {active}")
-            if not conf["confirmed"]:
-                rec.noop = True
-                rec.ok = True  # the right outcome: a blip does not move traffic
-                rec.error = f"{active} answered a direct probe: not an outage, traffic stays"
+        if decide.needs_confirmation(trigger, active):
+            if not decide.outage_confirmed(rec, active, confirm_outage(config_path, active)):
                 return rec.to_json()
-        rec.replica = ensure_replica(config_path, target.name)
-        rec.step("ensure-replica", True, f"{'cold start' if rec.replica.get('cold') else 'warm standby'} on "
-                                          f"{(rec.replica.get('snapshot') or '?')[:12]}")
+        decide.replica_ready(rec, ensure_replica(config_path, rec.to_region))
         _verify_and_switch(config_path, rec, active)
         return rec.to_json()
 
@@ -182,17 +128,11 @@ def failback(reason: str = "primary healthy again", trigger: str = "manual", con
     on the newest snapshot and verified before the switch."""
     cfg = load_config(config_path)
     active = read_active_region(config_path)
-    primary = cfg.primary
-    rec = core.FailoverRecord(kind="failback", bundle=cfg.bundle.name, from_region=active, to_region=primary.name,
-                              trigger=trigger, reason=reason, started_ts=time.time(),
-                              flow_run_id=str(runtime.flow_run.id or "") or None)
+    rec = decide.new_failback(cfg, active=active, reason=reason, trigger=trigger, flow_run_id=_flow_run_id())
     with _recorded(config_path, rec):
-        if _noop_if_active(rec, active):
+        if decide.already_active(rec, active):
             return rec.to_json()
-        data = copy_back_snapshots(config_path, active or cfg.failover_target().name)
-        rec.step("primary-data-current", True, f"{len(data['copied'])} snapshot(s) copied back; newest "
-                                                f"{(data['source_newest'] or '?')[:12]}")
-        rec.replica = ensure_replica(config_path, primary.name, "latest", True)
-        rec.step("ensure-replica", True, f"primary replica on {(rec.replica.get('snapshot') or '?')[:12]}")
+        decide.data_copied_back(rec, copy_back_snapshots(config_path, decide.failback_source(cfg, active)))
+        decide.replica_ready(rec, ensure_replica(config_path, rec.to_region, "latest", True))
         _verify_and_switch(config_path, rec, active)
         return rec.to_json()

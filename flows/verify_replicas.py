@@ -9,6 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.artifacts import artifact_key, run_retries, verify_summary_markdown, verify_table
 from llmdr.config import load_config
+from llmdr.serving import restoretest
+from tasks.failover import send_notice
 from tasks.verify import run_restore_test, verify_snapshot
 
 
@@ -24,17 +26,10 @@ def verify_replicas(config_path: str = "", snapshot: str = "latest", sample: str
                              description="Newest verify-replicas run")
     create_table_artifact(key=f"{artifact_key('verify-replicas', cfg.bundle.name)}-table",
                           table=verify_table(checks, tests), description="verify-replicas per region")
-    failed = [c["region"] for c in checks if not c["ok"]] + [t["region"] for t in tests if not t["ok"]]
+    failed = restoretest.unverified_regions(checks, tests)
     if failed:
-        from llmdr.notify import verification_failed_notice
-        from tasks.failover import send_notice
-
-        for region in sorted(set(failed)):
-            n = verification_failed_notice(cfg.bundle.name, region, what="verify-replicas (read-back"
-                                           + (" and restore test)" if restore_test else ")"),
-                                           details={"snapshot": snapshot, "sample": sample or "every chunk"})
-            send_notice(config_path, {"kind": n.kind, "title": n.title, "body": n.body, "severity": n.severity,
-                                      "data": n.data})
-        raise RuntimeError(f"verify-replicas: problems left in region(s) {', '.join(sorted(set(failed)))}; "
-                           "see the artifact")
+        for n in restoretest.unverified_notices(cfg.bundle.name, failed, snapshot=snapshot, sample=sample,
+                                                restore_test=restore_test):
+            send_notice(config_path, n.to_args())
+        raise restoretest.unverified_error(failed)
     return {"checks": checks, "restore_tests": tests, "retries": run_retries([*checks, *tests])}

@@ -60,6 +60,11 @@ class Notice:
         out["data"] = self.data
         return out
 
+    def to_args(self) -> dict:
+        """The notice as a task argument: ``Notice(**args)`` rebuilds it (its time is set again when it is made)."""
+        return {"kind": self.kind, "title": self.title, "body": self.body, "severity": self.severity,
+                "data": self.data}
+
 
 @dataclass
 class Delivery:

@@ -10,8 +10,7 @@ from llmdr.artifacts import retries_text
 from llmdr.config import load_config
 from llmdr.repo import ops
 from llmdr.storage.retrying import count_retries
-
-from .retry import RETRY_DELAYS, retry_if_transient
+from tasks.retry import RETRY_DELAYS, retry_if_transient
 
 
 @task(name="take-snapshot", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
@@ -97,30 +96,11 @@ def measure_rpo(config_path: str, region: str) -> dict:
 
 @task(name="refresh-standby", retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_if_transient)
 def refresh_standby(config_path: str, region: str) -> dict:
-    """Move a running warm standby onto the newest snapshot in its own region, so a failover serves the model
-    just protected. Never touches the replica that receives traffic, nor one llmdr did not start."""
-    from llmdr.failover.router import open_router
-    from llmdr.serving.replica import can_start, replica_status, start_replica
+    """Move a running warm standby onto the newest content in its own region (``llmdr.failover.standby``)."""
+    from llmdr.failover.standby import refresh_standby as refresh
 
-    cfg = load_config(config_path)
-    reg = cfg.region(region)
-    if reg.serving is None or not reg.serving.warm or not can_start(reg):
-        return {"region": region, "refreshed": False, "why": "no warm standby llmdr runs here"}
-    st = replica_status(cfg, reg)
-    if st.pid is None:
-        return {"region": region, "refreshed": False, "why": "standby not running"}
-    try:
-        active = open_router(cfg).active() if cfg.router else None
-    except Exception:  # noqa: BLE001 - unknown: leave it alone
-        active = region
-    if active == region:
-        return {"region": region, "refreshed": False, "why": "it serves the traffic now"}
-    from llmdr.repo.ops import open_repo
-    from llmdr.serving.replica import same_content
-
-    newest = open_repo(cfg, reg, read_only=True).resolve("latest", bundle=cfg.bundle.name)
-    if same_content(cfg, reg, st.snapshot, newest):
-        return {"region": region, "refreshed": False, "why": "already serves this content", "snapshot": st.snapshot}
-    new = start_replica(cfg, reg, ref=newest)
-    get_run_logger().info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], new.snapshot[:12])
-    return {"region": region, "refreshed": True, "snapshot": new.snapshot, "previous": st.snapshot}
+    res = refresh(load_config(config_path), region)
+    if res.refreshed:
+        get_run_logger().info("standby in %s moved %s -> %s", region, (res.previous or "?")[:12],
+                              (res.snapshot or "?")[:12])
+    return res.to_json()

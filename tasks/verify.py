@@ -11,8 +11,7 @@ from llmdr.config import load_config
 from llmdr.repo import ops
 from llmdr.serving import restoretest
 from llmdr.storage.retrying import count_retries
-
-from .retry import RETRY_DELAYS, retry_if_transient
+from tasks.retry import RETRY_DELAYS, retry_if_transient
 
 
 @task(name="verify-snapshot", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
@@ -42,8 +41,6 @@ def run_restore_test(config_path: str, snapshot: str, region: str, golden_path: 
 def run_golden_check(url: str, golden_path: str) -> dict:
     """Ask an OpenAI-compatible endpoint the golden set; the result says which cases differ (a mismatch is a result,
     not an error: the caller decides what it means)."""
-    from llmdr.serving.endpoint import OpenAIEndpoint
-    from llmdr.serving.golden import GoldenSet, check
+    from llmdr.serving.endpoint import check_endpoint
 
-    report = check(GoldenSet.load(Path(golden_path)), OpenAIEndpoint(url).answer)
-    return report.to_json() | {"url": url}
+    return check_endpoint(Path(golden_path), url).to_json() | {"url": url}

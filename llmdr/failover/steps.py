@@ -182,14 +182,13 @@ def confirm_outage(cfg: Config, region: Region) -> tuple[bool, list[dict]]:
 
 def golden_check(cfg: Config, url: str, *, model: str | None = None, timeout: float = 30.0):
     """The golden set against one URL (a replica, or the router)."""
-    from llmdr.serving import golden
-    from llmdr.serving.endpoint import OpenAIEndpoint
+    from llmdr.serving.endpoint import check_endpoint
 
     path = cfg.golden_path
     if not path.exists():
         raise UsageError(f"{path}: no golden set, so a replica's answers cannot be checked before traffic is moved. "
                          "Record one from a known-good server: llmdr golden record --url URL")
-    return golden.check(golden.GoldenSet.load(path), OpenAIEndpoint(url, model=model, timeout=timeout).answer)
+    return check_endpoint(path, url, model=model, timeout=timeout)
 
 
 def answering_region(url: str, timeout: float = 5.0) -> str | None:
@@ -233,3 +232,77 @@ def primary_data_current(cfg: Config, *, source: str) -> dict:
     missing = [s.id for s in other if s.id not in p_ids and (p_new is None or s.manifest.created > p_new.manifest.created)]
     return {"primary_newest": p_new.id if p_new else None, "source_newest": o_new.id if o_new else None,
             "missing_in_primary": missing, "current": not missing and p_new is not None}
+
+
+# --- one call per task of the failover / failback flows ------------------------------------------------------------
+
+
+def active_region(cfg: Config) -> str | None:
+    """Which region the router sends traffic to now, asked from the router itself."""
+    from llmdr.failover.router import open_router
+
+    return open_router(cfg).active()
+
+
+def switch_traffic(cfg: Config, region: str, *, reason: str) -> dict:
+    """Point the router at ``region``; the router's state afterwards."""
+    from llmdr.failover.router import open_router
+
+    return open_router(cfg).switch(region, reason=reason).to_json()
+
+
+ROLLBACK_REASON = "rollback: verification through the router failed"
+
+
+def switch_back(cfg: Config, previous: str | None) -> None:
+    """Undo a switch whose verification failed: traffic back to ``previous`` (nothing to do if there was none)."""
+    if previous:
+        switch_traffic(cfg, previous, reason=ROLLBACK_REASON)
+
+
+def replica_for_traffic(cfg: Config, region: str, *, snapshot: str = "latest", restart: bool = False) -> dict:
+    """A healthy replica in ``region``: the warm standby, or restored from that region's own store and started.
+    ``restart``: (re)start it on ``snapshot`` even if a replica answers (failback onto current data)."""
+    from llmdr.serving.replica import ensure_replica, start_replica
+
+    reg = cfg.region(region)
+    st = start_replica(cfg, reg, ref=snapshot) if restart else ensure_replica(cfg, reg, ref=snapshot)
+    return st.to_json()
+
+
+def _serving(cfg: Config, region: str):
+    serving = cfg.region(region).serving
+    if serving is None:
+        raise UsageError(f"region '{region}' has no serving: section, so traffic cannot be sent there")
+    return serving
+
+
+def check_replica(cfg: Config, region: str) -> dict:
+    """The golden set against the region's replica directly; a wrong answer is a ``FailoverError`` (traffic stays)."""
+    serving = _serving(cfg, region)
+    rep = golden_check(cfg, serving.url, model=serving.model)
+    if not rep.ok:
+        raise FailoverError(f"the replica in '{region}' gives wrong answers ({rep.passed}/{len(rep.results)} "
+                            "golden cases pass); traffic was not moved. Check its bundle with `llmdr verify "
+                            f"latest --region {region} --restore-test`")
+    return rep.to_json()
+
+
+def verify_router(cfg: Config, region: str) -> dict:
+    """Golden-check through the router until answers come, correct, from ``region``."""
+    from llmdr.failover.router import open_router
+
+    ts, report = verify_through_router(cfg, open_router(cfg).url, region, model=_serving(cfg, region).model)
+    return {"verified_ts": ts, "golden": report}
+
+
+def copy_back(cfg: Config, source: str) -> dict:
+    """Before failback: copy to the primary every snapshot taken in ``source`` that the primary lacks."""
+    from llmdr.repo import ops
+
+    state = primary_data_current(cfg, source=source)
+    copied = []
+    for sid in state["missing_in_primary"]:
+        [res] = ops.replicate(cfg, sid, to=cfg.primary.name, source=source)
+        copied.append(res.to_json())
+    return state | {"copied": copied}

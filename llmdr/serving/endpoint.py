@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from llmdr.errors import LlmdrError
-from llmdr.serving.golden import GoldenCase
+from llmdr.serving.golden import GoldenCase, GoldenReport, GoldenSet, check
 
 
 class EndpointError(LlmdrError):
@@ -56,3 +57,8 @@ class OpenAIEndpoint:
             return out["choices"][0]["message"]["content"]
         out = self._call("/v1/completions", body | {"prompt": case.prompt})
         return out["choices"][0]["text"]
+
+
+def check_endpoint(golden_path: Path, url: str, *, model: str | None = None, timeout: float = 60.0) -> GoldenReport:
+    """Ask the endpoint at ``url`` every case of the golden file; the report says which answers differ."""
+    return check(GoldenSet.load(golden_path), OpenAIEndpoint(url, model=model, timeout=timeout).answer)

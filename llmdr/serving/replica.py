@@ -141,24 +141,6 @@ def replica_status(cfg: Config, region: Region) -> ReplicaStatus:
                          start_s=st.get("start_s"), cold=st.get("cold"), detail=detail)
 
 
-def content_key(manifest) -> tuple:
-    """What a replica serves, independent of when the snapshot was taken: every file's path, mode and content."""
-    return tuple(sorted((f.path, f.mode, f.digest) for f in manifest.files))
-
-
-def same_content(cfg: Config, region: Region, a: str | None, b: str) -> bool:
-    """Do snapshots ``a`` and ``b`` in the region's store hold the same files? (A new snapshot of an unchanged
-    bundle does not need the standby restarted.)"""
-    from llmdr.repo.ops import open_repo
-
-    if a is None:
-        return False
-    if a == b:
-        return True
-    repo = open_repo(cfg, region, read_only=True)
-    return content_key(repo.load_manifest(a)) == content_key(repo.load_manifest(b))
-
-
 def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> tuple[str, Path, float, bool]:
     """Restore the snapshot from the region's own store into the replica folder; reuse a complete earlier restore."""
     from llmdr.repo.ops import open_repo

@@ -114,3 +114,32 @@ def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden
     path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
     return restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
                         GoldenSet.load(path), workers=cfg.transfer.download_workers)
+
+
+# --- the verdict of a verify-replicas run -------------------------------------------------------------------------
+
+
+class ReplicasNotVerified(IntegrityError):
+    """verify-replicas left a region with damaged chunks no region could repair, or a failing restore test."""
+
+    exit_code = 6  # as `llmdr verify` when problems are left
+
+
+def unverified_regions(checks: list[dict], tests: list[dict]) -> list[str]:
+    """The regions (sorted, once each) whose read-back or restore test is not ok."""
+    return sorted({c["region"] for c in checks if not c["ok"]} | {t["region"] for t in tests if not t["ok"]})
+
+
+def unverified_notices(bundle: str, regions: list[str], *, snapshot: str, sample: str | None,
+                       restore_test: bool) -> list:
+    """One verification-failed notice per region left wrong."""
+    from llmdr.notify import verification_failed_notice
+
+    what = "verify-replicas (read-back" + (" and restore test)" if restore_test else ")")
+    return [verification_failed_notice(bundle, region, what=what,
+                                       details={"snapshot": snapshot, "sample": sample or "every chunk"})
+            for region in regions]
+
+
+def unverified_error(regions: list[str]) -> ReplicasNotVerified:
+    return ReplicasNotVerified(f"verify-replicas: problems left in region(s) {', '.join(regions)}; see the artifact")

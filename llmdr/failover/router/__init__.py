@@ -1,4 +1,11 @@
-"""Routers: the one URL clients use, sending traffic to one region at a time (Caddy locally, Route 53 in AWS)."""
+"""Routers: the one URL clients use, sending traffic to one region at a time. ``base`` (the ``Router`` protocol and
+``RouterState``), ``state`` (``RouterLog``: when and why the last switch happened), ``caddy`` (a local Caddy reverse
+proxy switched by a selection file) and ``route53`` (a DNS record in AWS); ``open_router`` picks the one the config
+names.
+
+May import ``llmdr.config``, ``llmdr.common`` and ``llmdr.errors`` (and boto3, in ``route53`` only, lazily); never
+the rest of ``llmdr.failover`` nor serving, devstack or anything above.
+"""
 
 from __future__ import annotations
 

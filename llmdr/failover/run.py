@@ -1,0 +1,157 @@
+"""What one failover or failback run decides, apart from doing it: the flows in ``flows/failover.py`` compose the
+steps (``llmdr.failover.steps``) and ask this module what follows from each result.
+
+- a new run's record: its target, the RTO clock's start (the monitor's first failed probe, the event's time);
+- whether there is anything to do (the router already sends traffic to the target), whether the outage must be
+  confirmed first (automation and drill runs; a manual run is a planned switchover) and what an unconfirmed one means
+  (a blip: the run ends, successfully, and traffic stays);
+- where a failback takes the snapshots from, what each step adds to the record;
+- once the run ends: the Prefect event it emits and the notices it sends.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from llmdr.config import Config
+from llmdr.failover.steps import FailoverRecord, pick_target
+from llmdr.notify import Notice, failback_notice, failover_notice, verification_failed_notice
+
+
+def parse_ts(value: float | str | None) -> float | None:
+    """A unix time passed as a flow parameter (the automation renders it as text; "None" when absent)."""
+    return float(value) if value not in (None, "", "None") else None
+
+
+def parse_event_time(value: str | None) -> float | None:
+    """The event's ``occurred`` time (ISO 8601, from the automation) as unix time; None if absent or unreadable."""
+    if not value or value == "None":
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def new_failover(cfg: Config, *, active: str | None, to: str = "", reason: str, trigger: str,
+                 first_failure_ts: float | str | None = None, detected_at: str | None = None,
+                 scheduled_ts: float | None = None, flow_run_id: str | None = None,
+                 now: float | None = None) -> FailoverRecord:
+    """The record of a failover starting now, away from ``active`` to ``to`` (default: ``pick_target``)."""
+    target = pick_target(cfg, to or None, active)
+    return FailoverRecord(kind="failover", bundle=cfg.bundle.name, from_region=active, to_region=target.name,
+                          trigger=trigger, reason=reason, started_ts=time.time() if now is None else now,
+                          first_failure_ts=parse_ts(first_failure_ts), detected_ts=parse_event_time(detected_at),
+                          scheduled_ts=scheduled_ts, flow_run_id=flow_run_id)
+
+
+def new_failback(cfg: Config, *, active: str | None, reason: str, trigger: str, flow_run_id: str | None = None,
+                 now: float | None = None) -> FailoverRecord:
+    """The record of a failback starting now: traffic back to the primary."""
+    return FailoverRecord(kind="failback", bundle=cfg.bundle.name, from_region=active, to_region=cfg.primary.name,
+                          trigger=trigger, reason=reason, started_ts=time.time() if now is None else now,
+                          flow_run_id=flow_run_id)
+
+
+def already_active(rec: FailoverRecord, active: str | None) -> bool:
+    """Nothing to do: the router already sends traffic to the target. The record says so (a successful no-op)."""
+    if active != rec.to_region:
+        return False
+    rec.noop = True
+    rec.ok = True
+    rec.step("already-active", True, f"the router already sends traffic to {rec.to_region}")
+    return True
+
+
+def needs_confirmation(trigger: str, active: str | None) -> bool:
+    """Automation and drill runs move traffic only after direct probes confirm the outage; a manual run is a planned
+    switchover. With no active region there is nothing to probe."""
+    return trigger != "manual" and active is not None
+
+
+def outage_confirmed(rec: FailoverRecord, active: str, confirmation: dict) -> bool:
+    """Record the direct probes of ``active``; False (the run ends, successfully, traffic stays) if one answered."""
+    confirmed = bool(confirmation["confirmed"])
+    rec.confirmed = confirmed
+    rec.step("confirm-outage", confirmed, f"{len(confirmation['samples'])} direct probe(s) of {active}")
+    if not confirmed:
+        rec.noop = True
+        rec.ok = True  # the right outcome: a blip does not move traffic
+        rec.error = f"{active} answered a direct probe: not an outage, traffic stays"
+    return confirmed
+
+
+def failback_source(cfg: Config, active: str | None) -> str:
+    """Where snapshots taken while failed over live: the region serving now, else the failover target."""
+    return active or cfg.failover_target().name
+
+
+def replica_ready(rec: FailoverRecord, replica: dict) -> None:
+    rec.replica = replica
+    sid = (replica.get("snapshot") or "?")[:12]
+    if rec.kind == "failback":
+        rec.step("ensure-replica", True, f"primary replica on {sid}")
+    else:
+        rec.step("ensure-replica", True, f"{'cold start' if replica.get('cold') else 'warm standby'} on {sid}")
+
+
+def data_copied_back(rec: FailoverRecord, data: dict) -> None:
+    rec.step("primary-data-current", True, f"{len(data['copied'])} snapshot(s) copied back; newest "
+                                            f"{(data['source_newest'] or '?')[:12]}")
+
+
+def golden_direct(rec: FailoverRecord, report: dict | None, error: BaseException | None = None) -> None:
+    """The golden set against the target's replica, before any switch: its report, or the error that stopped it."""
+    if error is not None:
+        rec.step("golden-check", False, str(error))
+        return
+    rec.golden_direct = report
+    rec.step("golden-check", True, f"{report['passed']}/{report['total']} cases")
+
+
+def switched(rec: FailoverRecord, previous: str | None, now: float | None = None) -> None:
+    rec.switched_ts = time.time() if now is None else now
+    rec.step("switch-router", True, f"{previous} -> {rec.to_region}")
+
+
+def router_check_failed(rec: FailoverRecord, error: BaseException, previous: str | None,
+                        active_after: str | None) -> None:
+    """The check through the router failed after the switch; the transaction switched back (did it work?)."""
+    rec.rolled_back = active_after == previous
+    rec.step("verify-through-router", False, f"{error}; switch rolled back to {previous}: {rec.rolled_back}")
+
+
+def verified(rec: FailoverRecord, result: dict) -> None:
+    """Golden-correct answers through the router from the target: the run is done, its RTO measured."""
+    rec.golden_router = result["golden"]
+    rec.step("verify-through-router", True, f"golden set correct through the router from {rec.to_region}")
+    rec.finish(result["verified_ts"])
+
+
+def failed(rec: FailoverRecord, error: BaseException) -> None:
+    rec.error = rec.error or str(error)
+    rec.ok = False
+
+
+def outcome_event(rec: FailoverRecord) -> str | None:
+    """The Prefect event a finished run emits (``llmdr.failover.completed``...); None for a no-op."""
+    if rec.noop:
+        return None
+    return f"llmdr.{rec.kind}.{'completed' if rec.ok else 'failed'}"
+
+
+def notices(rec: FailoverRecord) -> list[Notice]:
+    """What people are told when a run ends: the failover (or failback) notice, plus a verification-failed notice
+    when the target's replica failed its golden check. Nothing for a no-op."""
+    if rec.noop:
+        return []
+    details = {"flow_run_id": rec.flow_run_id, "steps": [s.name + (" ok" if s.ok else " FAILED") for s in rec.steps],
+               "error": rec.error}
+    make = failover_notice if rec.kind == "failover" else failback_notice
+    out = [make(rec.bundle, rec.from_region, rec.to_region, rto_s=rec.rto_s, reason=rec.reason, ok=rec.ok,
+                details=details)]
+    if any(s.name.startswith("golden") and not s.ok for s in rec.steps):
+        out.append(verification_failed_notice(rec.bundle, rec.to_region, what="golden check before switching "
+                                              "traffic", details=details))
+    return out
