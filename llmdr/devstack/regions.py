@@ -219,6 +219,3 @@ def region_status(cfg: Config, r: Region) -> RegionStatus:
         st.detail = str(exc)
     return st
 
-
-# Until `llmdr stack` (llmdr/cli) imports them from llmdr.devstack.serving: the serving half moved there.
-from llmdr.devstack.serving import ServingNote, start_router, start_serving, stop_serving  # noqa: E402, F401
