@@ -125,7 +125,8 @@ def publish_report(config_path: str, record: dict) -> dict:
     log = get_run_logger()
     folder = core.drills_dir(cfg) / record["id"]
     history = [r.to_json() for r in core.history(cfg) if r.id != record["id"]] + [record]
-    from llmdr.lineage.tracking import ArtifactUploadError, begin_drill, log_drill, target_for
+    from llmdr.lineage.drills import begin_drill, log_drill
+    from llmdr.lineage.tracking import ArtifactUploadError, target_for
 
     target = None
     try:

@@ -355,7 +355,7 @@ def test_errors_say_what_and_keep_secrets_out(project, monkeypatch, caplog, tmp_
 
 def test_error_text_from_dvc_is_redacted():
     """Whatever DVC or the S3 client put in an exception or a log record, keys do not come out of llmdr."""
-    from llmdr.lineage.datasets import _map_error
+    from llmdr.lineage.dvcrun import map_error
 
     secret = "s3cr3t-" + uuid.uuid4().hex
     try:
@@ -364,7 +364,7 @@ def test_error_text_from_dvc_is_redacted():
         except PermissionError as inner:
             raise RuntimeError("push failed") from inner
     except RuntimeError as exc:
-        err = _map_error(exc, [secret], [f"ERROR: transfer failed with {secret}"], "dataset 'train': pushing")
+        err = map_error(exc, [secret], [f"ERROR: transfer failed with {secret}"], "dataset 'train': pushing")
     assert isinstance(err, AccessDenied)
     assert secret not in str(err) and "***" in str(err) and "dataset 'train'" in str(err)
 
@@ -374,8 +374,8 @@ def test_using_dvc_leaves_the_process_streams_and_logging_alone(tmp_path):
     code = (
         "import logging, sys\n"
         "out, err = sys.stdout, sys.stderr\n"
-        "from llmdr.lineage.datasets import _tame_dvc\n"
-        "_tame_dvc()\n"
+        "from llmdr.lineage.dvcrun import tame_dvc\n"
+        "tame_dvc()\n"
         "assert sys.stdout is out and sys.stderr is err, (sys.stdout, sys.stderr)\n"
         "handlers = [h for n in ('dvc', 'dvc_data', 'dvc_objects') for h in logging.getLogger(n).handlers]\n"
         "assert handlers == [], handlers\n"

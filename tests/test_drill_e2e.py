@@ -225,7 +225,8 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     assert arts and "PASS" in arts[0]["data"]
     mlflow_id = rec["evidence"].get("mlflow_run_id")
     assert mlflow_id, rec["evidence"].get("mlflow_error")
-    from llmdr.lineage.tracking import drill_runs, target_for
+    from llmdr.lineage.drills import drill_runs
+    from llmdr.lineage.tracking import target_for
 
     run = next(r for r in drill_runs(target_for(cfg), bundle="drillbot") if r["id"] == mlflow_id)
     assert run["status"] == "FINISHED" and run["metrics"]["passed"] == 1

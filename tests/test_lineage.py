@@ -14,16 +14,12 @@ from llmdr.config import parse_config
 from llmdr.devstack.samples import write_sample_bundle
 from llmdr.drill.record import DrillRecord
 from llmdr.errors import SnapshotNotFound, UsageError
-from llmdr.lineage import tracking
-from llmdr.lineage.registry import (
-    flatten_params,
-    hardware,
-    lineage,
-    mark_drill_verified,
-    record_training_run,
-    register_snapshot,
-    render_lineage,
-)
+from llmdr.lineage import drills, tracking
+from llmdr.lineage.host import hardware
+from llmdr.lineage.query import lineage
+from llmdr.lineage.registry import mark_drill_verified, register_snapshot
+from llmdr.lineage.render import render_lineage
+from llmdr.lineage.training import flatten_params, record_training_run
 from llmdr.repo import ops
 from tests.conftest import free_port
 
@@ -235,8 +231,8 @@ def log_drill(cfg, uri: str, record: dict, folder: Path) -> str:
     folder.mkdir()
     (folder / "evidence.json").write_text(json.dumps(record))
     target = tracking.target_for(cfg, tracking_uri=uri)
-    tracking.begin_drill(target, record)
-    return tracking.log_drill(target, record, folder)
+    drills.begin_drill(target, record)
+    return drills.log_drill(target, record, folder)
 
 
 def test_lineage_is_complete(cfg, uri, tmp_path):

@@ -77,6 +77,7 @@ def project(stack, tmp_path):
 def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, project):
     from flows.protect_bundle import protect_bundle
     from llmdr.lineage.datasets import present, version
+    from llmdr.lineage.evidence import load_dataset_evidence
 
     cfg = project
     out = protect_bundle(config_path=str(cfg.source_file))
@@ -88,8 +89,7 @@ def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, proje
     sid = out["snapshot"]["snapshot_id"]
     manifest = ops.open_repo(cfg, "secondary", read_only=True).load_manifest(sid)
     assert manifest.tags["dataset.tickets.md5"] == v.md5
-    evidence = json.loads(ops.open_repo(cfg, "secondary", read_only=True).store.get(
-        f"evidence/{sid}/datasets.json"))
+    evidence = load_dataset_evidence(ops.open_repo(cfg, "secondary", read_only=True), sid)
     assert evidence["datasets"][0]["md5"] == v.md5 and evidence["validations"][0]["result"]["success"] is True
     mv = out["model_version"]
     assert mv["name"] == "linbot" and "production" in mv["aliases"]

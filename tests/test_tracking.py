@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.drill.record import Control, DrillRecord
-from llmdr.lineage import tracking
+from llmdr.lineage import drills, tracking
 from llmdr.repo.ops import open_repo
 from llmdr.storage.credentials import resolve_keys
 from tests.conftest import free_port, make_config, read_tree, write_tree
@@ -97,9 +97,9 @@ def test_drill_run_with_artifacts_in_the_dr_region(region_config, tmp_path):
     s3_vars = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     env_before = {k: os.environ.get(k) for k in s3_vars}
     record = sample_record(rpo=None)
-    begun = tracking.begin_drill(target, record)  # at the drill's start, so the signed report can name its run
+    begun = drills.begin_drill(target, record)  # at the drill's start, so the signed report can name its run
     assert tracking.open_client(target).get_run(begun).info.status == "RUNNING"
-    run_id = tracking.log_drill(target, record, report_folder(tmp_path), experiment="dr-drills")
+    run_id = drills.log_drill(target, record, report_folder(tmp_path), experiment="dr-drills")
     assert run_id == begun
     assert {k: os.environ.get(k) for k in s3_vars} == env_before  # the S3 variables were set only for the call
 
@@ -135,23 +135,23 @@ def test_drill_run_with_artifacts_in_the_dr_region(region_config, tmp_path):
     assert read_tree(got) == REPORT
 
     # logging the same drill again completes the same run; drill_runs lists it, filtered by bundle
-    assert tracking.log_drill(target, record, report_folder(tmp_path)) == run_id
+    assert drills.log_drill(target, record, report_folder(tmp_path)) == run_id
     other = sample_record("otherbundle", passed=False)
-    other_id = tracking.log_drill(target, other, report_folder(tmp_path))
-    runs = tracking.drill_runs(target, bundle="testbundle")
+    other_id = drills.log_drill(target, other, report_folder(tmp_path))
+    runs = drills.drill_runs(target, bundle="testbundle")
     assert [r["id"] for r in runs] == [run_id]
     assert runs[0]["metrics"]["rto_seconds"] == 2.4 and runs[0]["params"]["drill_id"] == record["id"]
     assert runs[0]["tags"]["llmdr.result"] == "PASS" and runs[0]["start"] == record["started_utc"]
     assert runs[0]["artifact_uri"] == run.info.artifact_uri
-    failed = tracking.drill_runs(target, bundle="otherbundle")
+    failed = drills.drill_runs(target, bundle="otherbundle")
     assert [(r["id"], r["tags"]["llmdr.result"], r["metrics"]["passed"]) for r in failed] == [(other_id, "FAIL", 0.0)]
     assert "no snapshot in the DR region" in failed[0]["tags"]["mlflow.note.content"]
-    assert {r["id"] for r in tracking.drill_runs(target)} == {run_id, other_id}
+    assert {r["id"] for r in drills.drill_runs(target)} == {run_id, other_id}
 
     # no secret anywhere: tracking database, artifacts, listings, the target's repr
     secrets = secrets_of(cfg)
     stored = db_bytes(db) + b"".join(read_tree(got).values())
-    listed = json.dumps(tracking.drill_runs(target)) + repr(target)
+    listed = json.dumps(drills.drill_runs(target)) + repr(target)
     for s in secrets:
         assert s.encode() not in stored and s not in listed
 
@@ -164,7 +164,7 @@ def test_unreachable_region_is_a_clear_error_then_local_artifacts_complete_the_r
     record = sample_record()
     target = tracking.target_for(cfg, tracking_uri=uri)
     with pytest.raises(tracking.ArtifactUploadError) as err:
-        tracking.log_drill(target, record, folder)
+        drills.log_drill(target, record, folder)
     msg = str(err.value)
     assert "region 'secondary' is unreachable" in msg and cfg.secondaries[0].endpoint in msg
     assert "local_artifacts=True" in msg and err.value.run_id in msg
@@ -174,14 +174,14 @@ def test_unreachable_region_is_a_clear_error_then_local_artifacts_complete_the_r
     # the fallback: same drill, artifacts on local disk, the same run completed and pointing at them
     local = tracking.target_for(cfg, tracking_uri=uri, local_artifacts=True)
     assert local.s3_env == {} and local.artifact_location == (cfg.state_path / "mlflow" / "artifacts").as_uri()
-    run_id = tracking.log_drill(local, record, folder)
+    run_id = drills.log_drill(local, record, folder)
     assert run_id == err.value.run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     where = run.data.tags[tracking.TAG_ARTIFACT_URI]
     assert where == f"{local.experiment_location('dr-drills')}/{run_id}/artifacts"
     assert read_tree(cfg.state_path / "mlflow" / "artifacts" / "dr-drills" / run_id / "artifacts") == REPORT
-    [listed] = tracking.drill_runs(local, bundle="testbundle")
+    [listed] = drills.drill_runs(local, bundle="testbundle")
     assert listed["artifact_uri"] == where
     assert read_tree(tracking.download_artifacts(local, where, tmp_path / "down")) == REPORT
     for s in secrets_of(cfg):
@@ -194,11 +194,11 @@ def test_local_artifacts_offline_with_the_default_store_under_the_state_folder(s
     target = tracking.target_for(cfg, local_artifacts=True)
     db = (cfg.state_path / "mlflow" / "mlflow.db").resolve()
     assert target.tracking_uri == f"sqlite:///{db}"
-    assert tracking.drill_runs(target) == [] and not db.exists()  # listing creates nothing
-    run_id = tracking.log_drill(target, sample_record(), report_folder(tmp_path))
+    assert drills.drill_runs(target) == [] and not db.exists()  # listing creates nothing
+    run_id = drills.log_drill(target, sample_record(), report_folder(tmp_path))
     exp = tracking.open_client(target).get_experiment_by_name("dr-drills")
     assert exp.artifact_location == f"{target.artifact_location}/dr-drills"
-    [run] = tracking.drill_runs(target)
+    [run] = drills.drill_runs(target)
     assert run["id"] == run_id and run["artifact_uri"] == f"{exp.artifact_location}/{run_id}/artifacts"
     assert read_tree(Path(db.parent / "artifacts" / "dr-drills" / run_id / "artifacts")) == REPORT
 
@@ -229,17 +229,18 @@ def test_drill_mapping_leaves_out_missing_values_and_carries_no_secrets():
     rec["measurements"]["rto_s"] = None
     rec["failed_over_at_end"] = True
     rec["evidence"]["snapshots"]["secondary"] = {"id": None, "created": None}
-    m = tracking.drill_metrics(rec)
+    m = drills.drill_metrics(rec)
     assert "rto_seconds" not in m and "rpo_seconds" not in m
     assert m["passed"] == 0.0 and m["failed_over_at_end"] == 1.0 and m["drill_duration_seconds"] == 95.0
-    tags = tracking.drill_tags(rec)
+    tags = drills.drill_tags(rec)
     assert tags["llmdr.result"] == "FAIL" and tags["llmdr.failed_over_at_end"] == "true"
     assert "llmdr.snapshot.secondary" not in tags and tags["llmdr.snapshot.primary"] == "a" * 64
-    assert all(isinstance(v, str) and v for v in [*tags.values(), *tracking.drill_params(rec).values()])
+    assert all(isinstance(v, str) and v for v in [*tags.values(), *drills.drill_params(rec).values()])
 
 
 def test_importing_llmdr_tracking_does_not_import_mlflow():
-    code = "import sys, llmdr.lineage.tracking; assert 'mlflow' not in sys.modules and 'botocore' not in sys.modules"
+    code = ("import sys, llmdr.lineage.tracking, llmdr.lineage.drills, llmdr.lineage.query; "
+            "assert 'mlflow' not in sys.modules and 'botocore' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
@@ -248,5 +249,5 @@ def test_missing_bucket_is_a_clear_error(region_config, tmp_path):
     cfg.regions[1].bucket = "llmdr-no-such-bucket"
     target = tracking.target_for(cfg, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(tracking.ArtifactUploadError) as err:
-        tracking.log_drill(target, sample_record(), report_folder(tmp_path))
+        drills.log_drill(target, sample_record(), report_folder(tmp_path))
     assert "the bucket does not exist" in str(err.value) and "s3://llmdr-no-such-bucket/" in str(err.value)
