@@ -8,27 +8,21 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.artifacts import artifact_key
 from llmdr.config import load_config
+from llmdr.drill.readiness import failure_notice, raise_if_failed
+from tasks.failover import send_notice
 from tasks.readiness import run_readiness_checks
 
 
 @flow(name="readiness-check")
 def readiness_check(config_path: str = "", only: list[str] | None = None, notify: bool = True) -> dict:
+    """Returns the readiness report; raises ``ReadinessFailed`` (after the artifacts and the notice) when a check
+    failed."""
     cfg = load_config(config_path)
     rep = run_readiness_checks(config_path, only)
     key = artifact_key("readiness", cfg.bundle.name)
     create_markdown_artifact(key=key, markdown=rep.pop("markdown"), description="Newest readiness check")
     create_table_artifact(key=f"{key}-table", table=rep.pop("table"), description="Readiness checks")
-    failed = [c for c in rep["checks"] if c["status"] == "FAIL"]
-    if failed:
-        if notify:
-            from llmdr.notify import readiness_notice
-            from tasks.failover import send_notice
-
-            warned = [c for c in rep["checks"] if c["status"] == "WARN"]
-            n = readiness_notice(cfg.bundle.name, verdict=rep["verdict"], score=rep["score"], failed=failed,
-                                 warned=warned)
-            send_notice(config_path, {"kind": n.kind, "title": n.title, "body": n.body, "severity": n.severity,
-                                      "data": n.data})
-        raise RuntimeError(f"readiness FAIL (score {rep['score']}/100): "
-                           + "; ".join(f"{c['title']}: {c['summary']}" for c in failed))
-    return rep
+    notice = failure_notice(rep)
+    if notify and notice is not None:
+        send_notice(config_path, notice)
+    return raise_if_failed(rep)

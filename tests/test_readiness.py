@@ -348,7 +348,7 @@ def test_readiness_flow_publishes_the_artifact_and_fails_the_run(protected, pref
     from flows.readiness_check import readiness_check
 
     cfg, _, _ = protected
-    with pytest.raises(RuntimeError, match="readiness FAIL"):
+    with pytest.raises(rd.ReadinessFailed, match="readiness FAIL"):
         readiness_check(str(cfg.source_file), notify=False)
 
     async def read():

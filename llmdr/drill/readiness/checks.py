@@ -1,111 +1,23 @@
-"""Readiness: the process failures that sink a recovery, caught on an ordinary day instead of during the outage.
-
-Each check looks at the real thing (a signed call with each region's keys, the DR copy's manifests, the bucket's
-lock settings, a timed read from the DR store, the drill history) and answers PASS, WARN or FAIL with the numbers it
-saw and, unless it passed, what to do. ``run_checks`` never raises for a failing check: an exception inside a check
-is that check's FAIL, so one broken region never hides the others. The score is the share of checks passed (a WARN
-counts half).
-
-Checks: credentials (per region), rpo (per DR region: newest complete snapshot vs the RPO objective), components (the
-DR copy holds every required component: manifest only, no download), drill (a passing drill within the drill
-interval), separation (regions really apart), immutability (DR bucket versioning + Object Lock, kept snapshots
-locked), bandwidth (timed ranged reads of real chunks from the DR store → time to restore the bundle vs the RTO) and
-footprint (logical vs stored bytes per region, monthly cost).
-"""
+"""The readiness checks, one function each: credentials (a real signed call, and the keys' expiry), rpo (the DR copy's
+newest complete snapshot vs the RPO objective), components (every required component in the DR copy), drill (a
+recent passing drill), separation (regions really apart), immutability (versioning, Object Lock, kept snapshots
+locked), bandwidth (timed reads from the DR store → cold restore time vs the RTO) and footprint (stored bytes,
+cost). Each returns a :class:`~llmdr.drill.readiness.report.Check` with the numbers it saw."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlparse
 
 from llmdr.config import Config, Region, format_duration
+from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes, utc_text
 from llmdr.errors import LlmdrError
 from llmdr.repo.manifest import parse_utc
 from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key, manifest_key
 
-log = logging.getLogger(__name__)
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-EXIT_FAIL = 9  # `llmdr readiness` exit code when any check fails
-
-
-@dataclass
-class Check:
-    id: str  # "credentials/primary", "bandwidth/secondary", "drill"
-    title: str
-    status: str  # PASS | WARN | FAIL
-    summary: str  # what was found, with the numbers
-    action: str = ""  # what to do about it (empty when it passed)
-    data: dict[str, Any] = field(default_factory=dict)
-    duration_s: float = 0.0
-
-
-@dataclass
-class Readiness:
-    bundle: str
-    started_utc: str
-    checks: list[Check] = field(default_factory=list)
-    duration_s: float = 0.0
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.status == FAIL]
-
-    @property
-    def warned(self) -> list[Check]:
-        return [c for c in self.checks if c.status == WARN]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    @property
-    def score(self) -> int:
-        if not self.checks:
-            return 0
-        points = sum(1.0 if c.status == PASS else 0.5 if c.status == WARN else 0.0 for c in self.checks)
-        return round(100 * points / len(self.checks))
-
-    @property
-    def verdict(self) -> str:
-        return FAIL if self.failed else WARN if self.warned else PASS
-
-    def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "started_utc": self.started_utc, "verdict": self.verdict, "score": self.score,
-                "passed": sum(c.status == PASS for c in self.checks), "warnings": len(self.warned),
-                "failures": len(self.failed), "duration_s": round(self.duration_s, 3),
-                "checks": [asdict(c) for c in self.checks]}
-
-    def table_rows(self) -> list[dict[str, str]]:
-        return [{"check": c.title, "status": c.status, "found": c.summary, "what to do": c.action or "-"}
-                for c in self.checks]
-
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ago(seconds: float) -> str:
-    return format_duration(timedelta(seconds=max(0, int(seconds))))
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def _store(cfg: Config, region: Region, *, read_only: bool = True):
-    from llmdr.storage.factory import open_region
-
-    return open_region(cfg, region, read_only=read_only, attempts=2)
-
-
-# --- the checks ----------------------------------------------------------------------------------------------------
 def check_credentials(cfg: Config, region: Region, now: float) -> Check:
     """A real signed call with the region's keys, and their expiry where the provider tells it."""
     from llmdr.storage.credentials import resolve_keys
@@ -127,23 +39,23 @@ def check_credentials(cfg: Config, region: Region, now: float) -> Check:
         return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where}; the "
                      "provider exposes no expiry (static keys: rotate them on your schedule)", data=data)
     left = expiration.timestamp() - now
-    data |= {"expires_utc": _utc(expiration.timestamp()), "expires_in_s": round(left)}
+    data |= {"expires_utc": utc_text(expiration.timestamp()), "expires_in_s": round(left)}
     rto = cfg.objectives.rto.total_seconds()
     warn = cfg.readiness.credential_warning.total_seconds()
     if left <= 0:
-        return Check(cid, title, FAIL, f"keys from {where} EXPIRED at {_utc(expiration.timestamp())}",
+        return Check(cid, title, FAIL, f"keys from {where} EXPIRED at {utc_text(expiration.timestamp())}",
                      "renew them (new session / re-assume the role) and update the source named here", data)
     if left < rto:
-        return Check(cid, title, FAIL, f"keys expire in {_ago(left)} ({_utc(expiration.timestamp())}), sooner than "
+        return Check(cid, title, FAIL, f"keys expire in {ago(left)} ({utc_text(expiration.timestamp())}), sooner than "
                      f"the RTO {format_duration(cfg.objectives.rto)}: a restore started now would lose access "
                      "half-way", "use credentials that outlive a restore: longer sessions (session_duration) or "
                      "role_arn so llmdr assumes a fresh role itself", data)
     if left < warn:
-        return Check(cid, title, WARN, f"signed S3 call accepted; keys expire in {_ago(left)} "
-                     f"({_utc(expiration.timestamp())})", "renew them before they expire; with role_arn llmdr "
+        return Check(cid, title, WARN, f"signed S3 call accepted; keys expire in {ago(left)} "
+                     f"({utc_text(expiration.timestamp())})", "renew them before they expire; with role_arn llmdr "
                      "renews them itself", data)
     return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where} valid for "
-                 f"{_ago(left)}", data=data)
+                 f"{ago(left)}", data=data)
 
 
 def keys_source(keys: Any, region: Region) -> str:
@@ -185,11 +97,11 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
                      f"`llmdr verify {newest.short} --region {region.name} --repair` copies them back from a "
                      "healthy region", data)
     if age > rpo:
-        return Check(cid, title, FAIL, f"newest complete snapshot {newest.short} is {_ago(age)} old > RPO "
+        return Check(cid, title, FAIL, f"newest complete snapshot {newest.short} is {ago(age)} old > RPO "
                      f"{format_duration(cfg.objectives.rpo)}", "check the protect-bundle schedule and its last "
                      "runs; protect now with `llmdr protect`", data)
     status = WARN if age > 0.75 * rpo else PASS
-    return Check(cid, title, status, f"newest complete snapshot {newest.short} is {_ago(age)} old (RPO "
+    return Check(cid, title, status, f"newest complete snapshot {newest.short} is {ago(age)} old (RPO "
                  f"{format_duration(cfg.objectives.rpo)}); all {len(need)} chunks present",
                  "protect more often: the next missed run breaks the RPO" if status == WARN else "", data)
 
@@ -229,21 +141,21 @@ def check_drill(cfg: Config, now: float) -> Check:
                      "run one: `llmdr drill` or the dr-drill-quarterly deployment", data)
     last = passes[-1]
     age = now - last.started_ts
-    data |= {"last_pass": last.id, "last_pass_utc": _utc(last.started_ts), "age_s": round(age)}
+    data |= {"last_pass": last.id, "last_pass_utc": utc_text(last.started_ts), "age_s": round(age)}
     latest = runs[-1]
     if age > interval:
-        return Check("drill", "Recent passing DR drill", FAIL, f"last passing drill {last.id} was {_ago(age)} ago > "
+        return Check("drill", "Recent passing DR drill", FAIL, f"last passing drill {last.id} was {ago(age)} ago > "
                      f"drill interval {format_duration(cfg.objectives.drill_interval)}",
                      "run a drill now: `llmdr drill`", data)
     if not latest.passed:
         return Check("drill", "Recent passing DR drill", WARN, f"the latest drill {latest.id} FAILED "
-                     f"({'; '.join(latest.failure_reasons[:2])}); last pass {_ago(age)} ago",
+                     f"({'; '.join(latest.failure_reasons[:2])}); last pass {ago(age)} ago",
                      "fix what it found and run it again", data)
     due = interval - age
     if due < min(14 * 86400, interval * 0.15):
-        return Check("drill", "Recent passing DR drill", WARN, f"last passing drill {last.id} {_ago(age)} ago; the "
-                     f"next is due in {_ago(due)}", "schedule it", data)
-    return Check("drill", "Recent passing DR drill", PASS, f"drill {last.id} passed {_ago(age)} ago (interval "
+        return Check("drill", "Recent passing DR drill", WARN, f"last passing drill {last.id} {ago(age)} ago; the "
+                     f"next is due in {ago(due)}", "schedule it", data)
+    return Check("drill", "Recent passing DR drill", PASS, f"drill {last.id} passed {ago(age)} ago (interval "
                  f"{format_duration(cfg.objectives.drill_interval)})", data=data)
 
 
@@ -333,13 +245,13 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
                      f"{region.name} ...` or protect-bundle): it re-extends the locks of the snapshots it keeps", data)
     earliest = min(lk.until for lk in locks if lk is not None)
     span = now - parse_utc(snaps[0].manifest.created).timestamp()
-    data |= {"earliest_lock_utc": _utc(earliest), "oldest_snapshot_age_s": round(span)}
+    data |= {"earliest_lock_utc": utc_text(earliest), "oldest_snapshot_age_s": round(span)}
     summary = (f"versioning on, Object Lock {region.object_lock.mode} {format_duration(region.object_lock.period)}; "
-               f"all {len(snaps)} snapshot(s) locked (earliest lock ends {_utc(earliest)})")
+               f"all {len(snaps)} snapshot(s) locked (earliest lock ends {utc_text(earliest)})")
     if period < span:
-        return Check(cid, title, WARN, summary + f"; but the policy keeps snapshots {_ago(span)} old, longer than the "
+        return Check(cid, title, WARN, summary + f"; but the policy keeps snapshots {ago(span)} old, longer than the "
                      "lock period: the older ones stay locked only while retention keeps extending them",
-                     f"raise object_lock.period to at least {_ago(span)}", data)
+                     f"raise object_lock.period to at least {ago(span)}", data)
     return Check(cid, title, PASS, summary, data=data)
 
 
@@ -400,7 +312,7 @@ def check_bandwidth(cfg: Config, region: Region, repo: Repository) -> Check:
                      source=f"measured from {region.name}")
     data = {"probe": m, "restore_bytes": size, "restore_s": round(plan.cold_total_s, 1),
             "rto_s": plan.rto_s, "needed_bps": plan.needed_bandwidth_bps}
-    arithmetic = (f"{_gb(size)} at {human_rate(bps)} (measured: {_gb(m['bytes'])} in {m['seconds']:.2f} s, "
+    arithmetic = (f"{gigabytes(size)} at {human_rate(bps)} (measured: {gigabytes(m['bytes'])} in {m['seconds']:.2f} s, "
                   f"{m['workers']} parallel reads) = {human_seconds(plan.cold_restore_s)} + "
                   f"{human_seconds(plan.start_s)} start = {human_seconds(plan.cold_total_s)} vs RTO "
                   f"{human_seconds(plan.rto_s)}")
@@ -430,7 +342,7 @@ def check_footprint(cfg: Config, region: Region, repo: Repository) -> Check:
     ratio = logical / sum(unique.values()) if unique else 0.0
     data = {"snapshots": len(snaps), "logical_bytes": logical, "unique_chunk_bytes": sum(unique.values()),
             "stored_bytes": stored, "dedup_ratio": round(ratio, 2), "usage": usage}
-    summary = (f"{len(snaps)} snapshot(s): {_gb(logical)} logical, {_gb(stored)} stored (dedup {ratio:.1f}x)")
+    summary = (f"{len(snaps)} snapshot(s): {gigabytes(logical)} logical, {gigabytes(stored)} stored (dedup {ratio:.1f}x)")
     if region.price_per_gb_month is not None:
         cost = stored / 1e9 * region.price_per_gb_month
         data["monthly_cost"] = round(cost, 2)
@@ -439,116 +351,7 @@ def check_footprint(cfg: Config, region: Region, repo: Repository) -> Check:
         summary += "; no price_per_gb_month set, so no cost estimate"
     noncurrent = usage.get("noncurrent_bytes", 0)
     if stored and noncurrent > 0.2 * stored:
-        return Check(cid, title, WARN, summary + f"; {_gb(noncurrent)} in noncurrent versions",
+        return Check(cid, title, WARN, summary + f"; {gigabytes(noncurrent)} in noncurrent versions",
                      "versions outside llmdr's control (overwrites, delete markers) are kept by versioning: add a "
                      "lifecycle rule expiring noncurrent versions after the lock period", data)
     return Check(cid, title, PASS, summary, data=data)
-
-
-# --- running them ----------------------------------------------------------------------------------------------------
-def _guard(cid: str, title: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
-    t0 = time.perf_counter()
-    try:
-        got = fn()
-        checks = got if isinstance(got, list) else [got]
-    except LlmdrError as exc:
-        checks = [Check(cid, title, FAIL, str(exc).splitlines()[0], _action_for(exc))]
-    except Exception as exc:  # noqa: BLE001 - a crashing check is that check's failure, never the whole report's
-        log.exception("readiness check %s crashed", cid)
-        checks = [Check(cid, title, FAIL, f"the check itself failed: {type(exc).__name__}: {exc}",
-                        "see the log; report it if it persists")]
-    for c in checks:
-        c.duration_s = round(time.perf_counter() - t0, 3)
-    return checks
-
-
-def _action_for(exc: Exception) -> str:
-    from llmdr.errors import AccessDenied, BucketNotFound, TransientStorageError
-
-    if isinstance(exc, AccessDenied):
-        return "fix the region's credentials (the names under credentials: in llmdr.yaml) or their permissions"
-    if isinstance(exc, BucketNotFound):
-        return "create the bucket (`llmdr stack up` for local regions)"
-    if isinstance(exc, TransientStorageError):
-        return "the region is unreachable: check its endpoint and network (`llmdr stack status` locally)"
-    return "see the message"
-
-
-CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "bandwidth", "footprint")
-
-
-def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
-    """Every readiness check (or the kinds in ``only``), in a fixed order."""
-    t0 = time.perf_counter()
-    t = time.time() if now is None else now
-    unknown = (only or set()) - set(CHECKS)
-    if unknown:
-        from llmdr.errors import UsageError
-
-        raise UsageError(f"unknown readiness check(s) {sorted(unknown)}; known: {', '.join(CHECKS)}")
-    want = set(only or CHECKS)
-    rep = Readiness(cfg.bundle.name, _utc(t))
-    add = rep.checks.extend
-    if "credentials" in want:
-        for r in cfg.regions:
-            add(_guard(f"credentials/{r.name}", f"Credentials: {r.name}", lambda r=r: check_credentials(cfg, r, t)))
-    per_dr = [("rpo", "DR copy fresh (RPO)", lambda r, repo: check_rpo(cfg, r, repo, t)),
-              ("components", "Bundle complete in DR copy", lambda r, repo: check_components(cfg, r, repo)),
-              ("immutability", "DR copy immutable", lambda r, repo: check_immutability(cfg, r, repo, t)),
-              ("bandwidth", "Restore fits the RTO", lambda r, repo: check_bandwidth(cfg, r, repo))]
-    repos: dict[str, Repository] = {}
-
-    def repo_of(r: Region) -> Repository:
-        if r.name not in repos:
-            repos[r.name] = Repository(_store(cfg, r), cache_dir=cfg.state_path / "cache" / r.name)
-        return repos[r.name]
-
-    for kind, title, fn in per_dr:
-        if kind in want:
-            for r in cfg.secondaries:
-                add(_guard(f"{kind}/{r.name}", f"{title}: {r.name}", lambda r=r, fn=fn: fn(r, repo_of(r))))
-    if "drill" in want:
-        add(_guard("drill", "Recent passing DR drill", lambda: check_drill(cfg, t)))
-    if "separation" in want:
-        add(_guard("separation", "Regions separate", lambda: check_separation(cfg)))
-    if "footprint" in want:
-        for r in cfg.regions:
-            add(_guard(f"footprint/{r.name}", f"Storage footprint and cost: {r.name}",
-                       lambda r=r: check_footprint(cfg, r, repo_of(r))))
-    rep.duration_s = time.perf_counter() - t0
-    log.info("readiness of %s: %s, score %d (%d checks, %.1fs)", cfg.bundle.name, rep.verdict, rep.score,
-             len(rep.checks), rep.duration_s)
-    return rep
-
-
-# --- rendering ---------------------------------------------------------------------------------------------------------
-def render_text(rep: Readiness, width: int = 110) -> str:
-    import textwrap
-
-    lines = [f"Readiness of {rep.bundle} at {rep.started_utc}: {rep.verdict}, score {rep.score}/100 "
-             f"({sum(c.status == PASS for c in rep.checks)} pass, {len(rep.warned)} warn, {len(rep.failed)} fail; "
-             f"{rep.duration_s:.1f} s)", ""]
-    name_w = min(40, max(len(c.title) for c in rep.checks)) if rep.checks else 10
-    for c in rep.checks:
-        head = f"{c.status:<4}  {c.title:<{name_w}}  "
-        body = textwrap.wrap(c.summary, width - len(head)) or [""]
-        lines.append(head + body[0])
-        lines += [" " * len(head) + b for b in body[1:]]
-        if c.action:
-            for i, a in enumerate(textwrap.wrap("→ " + c.action, width - len(head))):
-                lines.append(" " * len(head) + ("" if i == 0 else "  ") + a)
-    return "\n".join(lines)
-
-
-def render_markdown(rep: Readiness) -> str:
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    icon = {PASS: "✅ PASS", WARN: "⚠️ WARN", FAIL: "❌ FAIL"}
-    out = [f"# Readiness: {rep.bundle} — {icon[rep.verdict]} (score {rep.score}/100)", "",
-           f"Checked {rep.started_utc} in {rep.duration_s:.1f} s: {sum(c.status == PASS for c in rep.checks)} pass, "
-           f"{len(rep.warned)} warn, {len(rep.failed)} fail.", "",
-           "| check | status | found | what to do |", "|---|---|---|---|"]
-    out += [f"| {cell(c.title)} | {icon[c.status]} | {cell(c.summary)} | {cell(c.action or '-')} |"
-            for c in rep.checks]
-    return "\n".join(out) + "\n"
