@@ -1,8 +1,8 @@
 """The DR drill's record: scope, timeline, measurements, controls and evidence, and the verdict.
 
 The ``dr-drill`` flow fills a :class:`DrillRecord` step by step (every step with a UTC time); :func:`evaluate`
-turns the measurements into PASS/FAIL controls; the report renderer (``llmdr.drillreport``) and the signer
-(``llmdr.signing``) only read the finished record's JSON. A drill that leaves traffic in the DR region never passes.
+turns the measurements into PASS/FAIL controls; the report renderer (``llmdr.drill.report``) and the signer
+(``llmdr.drill.signing``) only read the finished record's JSON. A drill that leaves traffic in the DR region never passes.
 """
 
 from __future__ import annotations
@@ -205,27 +205,6 @@ def scope_of(cfg: Config) -> dict[str, Any]:
                            "drill_interval_s": cfg.objectives.drill_interval.total_seconds()},
             "router": {"kind": cfg.router.kind, "url": cfg.router.url} if cfg.router else None,
             "outage_action": cfg.drill.outage}
-
-
-def region_copy(cfg: Config, region: str) -> dict[str, Any]:
-    """The newest snapshot of the bundle complete in ``region``: id (= manifest digest), creation time, and
-    whether every required component is recorded in its manifest (no download)."""
-    from llmdr.repo.manifest import parse_utc
-    from llmdr.repo.ops import open_repo
-
-    snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
-    if not snaps:
-        return {"region": region, "id": None, "created": None, "complete": False,
-                "detail": f"no snapshot of {cfg.bundle.name} in {region}"}
-    m = snaps[-1].manifest
-    required = [k.value for k, c in cfg.bundle.components.items() if c.required]
-    missing = [k for k in required if k not in m.components or not m.components[k].get("files")]
-    return {"region": region, "id": snaps[-1].id, "created": m.created,
-            "created_ts": parse_utc(m.created).timestamp(), "files": len(m.files),
-            "components": {k: v.get("digest") for k, v in sorted(m.components.items())},
-            "complete": not missing,
-            "detail": ("every required component recorded: " + ", ".join(required)) if not missing else
-            f"missing from the manifest: {', '.join(missing)}"}
 
 
 def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:

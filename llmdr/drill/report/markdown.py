@@ -61,6 +61,13 @@ def render_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def artifact_markdown(record: dict) -> str:
+    """The dr-drill flow's markdown artifact: :func:`render_markdown` and where the signed report is, with the
+    command that verifies it (``record["report"]`` is the published folder)."""
+    folder = dig(record, "report", "folder")
+    return render_markdown(record) + f"\n\nReport: `{folder}` (verify: `llmdr report verify {folder}`)\n"
+
+
 def table_rows(history: list[dict]) -> list[dict]:
     """One row per drill for the table artifact (same columns every time; missing numbers are None)."""
     rows = []
