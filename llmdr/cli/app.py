@@ -17,7 +17,8 @@ from typer.exceptions import TyperException
 from llmdr import __version__
 from llmdr.errors import LlmdrError
 
-# The order `llmdr --help` lists the commands in (a command missing here is listed after these).
+# The order `llmdr --help` lists the commands in, whatever order the cmd_* modules register them in (a command
+# missing here is listed after these, in registration order).
 HELP_ORDER = (
     "init", "demo-bundle", "serve", "verify", "forget", "sample-bundle", "snapshot", "protect", "check", "replicate",
     "snapshots", "show", "restore", "status", "monitor", "failover", "failback", "failovers", "drill", "drills",
@@ -26,6 +27,8 @@ HELP_ORDER = (
 
 
 class _OrderedGroup(TyperGroup):
+    """The root command group, listing its commands in :data:`HELP_ORDER`."""
+
     def list_commands(self, ctx) -> list[str]:
         names = super().list_commands(ctx)
         rank = {name: i for i, name in enumerate(HELP_ORDER)}
@@ -41,7 +44,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: ./llmdr.yaml or $LLMDR_CONFIG).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Path to llmdr.yaml (default: "
+                                                                         "./llmdr.yaml or $LLMDR_CONFIG).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
 RegionOpt = Annotated[Optional[str], typer.Option("--region", "-r", help="Region name (default: the primary).")]
 
@@ -125,7 +129,7 @@ def human_size(n: float) -> str:
     return str(n)
 
 
-# Running flows in this process ------------------------------------------------------------------------------------------
+# Running flows in this process ----------------------------------------------------------------------------------------
 def use_local_prefect(cfg) -> None:
     """Send events and flow runs to the local Prefect server when `llmdr stack up --ui` runs one (unless the
     environment already names a Prefect API)."""

@@ -91,12 +91,15 @@ def drills(
     from llmdr.config import format_duration
 
     if last is None:
-        warn = f"WARNING: no passing drill on record; run one (`llmdr drill`) — objective: every {format_duration(cfg.objectives.drill_interval)}"
+        warn = ("WARNING: no passing drill on record; run one (`llmdr drill`) — objective: every "
+                f"{format_duration(cfg.objectives.drill_interval)}")
     elif stale:
         warn = (f"WARNING: the last passing drill was {format_duration(timedelta(seconds=time.time() - last))} ago, "
-                f"more than the {format_duration(cfg.objectives.drill_interval)} drill interval: your plan may be broken")
+                f"more than the {format_duration(cfg.objectives.drill_interval)} drill interval: your plan may be "
+                "broken")
     else:
-        warn = f"last passing drill {format_duration(timedelta(seconds=time.time() - last))} ago (interval {format_duration(cfg.objectives.drill_interval)})"
+        warn = (f"last passing drill {format_duration(timedelta(seconds=time.time() - last))} ago "
+                f"(interval {format_duration(cfg.objectives.drill_interval)})")
     if chart is not None and rows:
         from llmdr.drill.report import trend_chart
 

@@ -39,7 +39,8 @@ def monitor(
             why = "; ".join(a.reasons) if a.reasons else (smp.error or "")
             typer.echo(f"{when} {mark}{smp.target:<11} {a.status:<9} {lat}  {why}")
         for e in res.emitted:
-            typer.echo(f"{when}  event {e['event']} ({e['target']}){'' if e['sent'] else ' [no Prefect API: not sent]'}")
+            sent = "" if e["sent"] else " [no Prefect API: not sent]"
+            typer.echo(f"{when}  event {e['event']} ({e['target']}){sent}")
 
     summary = watch(cfg, rounds=1 if once else None, duration=duration, on_round=show)
     last = summary.last

@@ -41,7 +41,8 @@ def plan(
                                                 "the newest snapshot there).")] = None,
     bandwidth: Annotated[Optional[str], typer.Option(help="Link from the DR store, e.g. 1Gbps, 250MB/s (default "
                                                      "with --region: measured).")] = None,
-    rto: Annotated[Optional[str], typer.Option(help="Recovery time objective, e.g. 15m (default: the config's).")] = None,
+    rto: Annotated[Optional[str], typer.Option(help="Recovery time objective, e.g. 15m (default: the "
+                                               "config's).")] = None,
     start: Annotated[Optional[str], typer.Option(help="Replica start time once the bundle is on disk (default: "
                                                  "readiness.start_estimate, or 60s).")] = None,
     region: Annotated[Optional[str], typer.Option("--region", "-r", help="Measure size and throughput in this "

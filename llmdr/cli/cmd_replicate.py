@@ -11,7 +11,8 @@ from llmdr.cli.app import JsonOpt, app, emit, human_size, load_cfg, progress_for
 
 @app.command()
 def replicate(
-    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix, 'latest' or 'all'.")],
+    snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix, 'latest' or "
+                                                "'all'.")],
     to: Annotated[str, typer.Option("--to", help="Destination region.")],
     source: Annotated[Optional[str], typer.Option("--from", help="Source region (default: the primary).")] = None,
     recheck: Annotated[bool, typer.Option(help="Compare chunks even when the snapshot is already there.")] = False,

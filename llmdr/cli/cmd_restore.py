@@ -16,7 +16,8 @@ def restore(
     snapshot_ref: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id, unique prefix or 'latest'.")],
     to: Annotated[Path, typer.Option("--to", help="Target folder (created if missing).")],
     region: RegionOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Restore into a non-empty folder, overwriting the snapshot's files.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Restore into a non-empty folder, overwriting the "
+                                        "snapshot's files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot from a region into a folder, verifying every chunk; resumes an interrupted restore."""

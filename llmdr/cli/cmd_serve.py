@@ -45,10 +45,12 @@ def serve(
 def golden_record(
     url: Annotated[str, typer.Option(help="Known-good OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000.")],
     out: Annotated[Path, typer.Option(help="Golden file to write (JSONL).")] = Path("golden.jsonl"),
-    prompts: Annotated[Optional[Path], typer.Option(help="Text file, one chat prompt per line (default: built-in set).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Text file, one chat prompt per line (default: built-in "
+                                                        "set).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="max_tokens for every case (default: the model's).")] = None,
     bundle: Annotated[Optional[Path], typer.Option(help="The bundle folder the endpoint serves: its per-component "
-                                                         "digests are recorded, so a restore test can name what differs.")] = None,
+                                                       "digests are recorded, so a restore test can name what "
+                                                       "differs.")] = None,
 ) -> None:
     """Ask the endpoint every prompt (greedy) and write the answers as the golden set."""
     from llmdr.serving import golden

@@ -13,6 +13,7 @@ from llmdr.errors import UsageError
 
 
 def _repo(cfg, region_name: str | None, *, read_only: bool = False):
+    """The region named REGION_NAME (default: the primary) and its repository."""
     from llmdr.repo.ops import open_repo
 
     region = cfg.region(region_name)
@@ -23,7 +24,8 @@ def _repo(cfg, region_name: str | None, *, read_only: bool = False):
 def snapshot(
     region: RegionOpt = None,
     path: Annotated[Optional[Path], typer.Option(help="Snapshot this folder instead of bundle.path.")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE label stored in the manifest (repeatable).")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE label stored in the manifest "
+                                                          "(repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Take an incremental, deduplicated snapshot of the bundle into a region (default: the primary)."""
@@ -81,7 +83,8 @@ def protect(
         lines.append(f"dataset {d['name']}: md5 {d['md5']} in every region's DVC remote ("
                      + ", ".join(f"{p['region']}: {'already there' if p['already'] else 'pushed'}" for p in d["pushes"])
                      + ")")
-    lines += [f"copied to {c['region']}: {c['chunks_copied']}/{c['chunks_total']} chunks, verified" for c in out["copies"]]
+    lines += [f"copied to {c['region']}: {c['chunks_copied']}/{c['chunks_total']} chunks, verified"
+              for c in out["copies"]]
     if out.get("model_version"):
         mv = out["model_version"]
         lines.append(f"model version {mv['name']} v{mv['version']} ({', '.join(mv.get('aliases', []))})"

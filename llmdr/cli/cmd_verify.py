@@ -19,9 +19,12 @@ def verify(
     region: RegionOpt = None,
     sample: Annotated[Optional[str], typer.Option(help="Read only subset N/T of the chunks (or T: today's share, "
                                                        "rotating daily). Default: every chunk.")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix corrupt or missing chunks from another region.")] = False,
-    restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore, check, serve and ask the golden set.")] = False,
-    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file for --restore-test (JSONL).")] = Path("golden.jsonl"),
+    repair: Annotated[bool, typer.Option("--repair", help="Fix corrupt or missing chunks from another "
+                                         "region.")] = False,
+    restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore, check, serve and ask the "
+                                               "golden set.")] = False,
+    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file for --restore-test "
+                                              "(JSONL).")] = Path("golden.jsonl"),
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a snapshot in a region: every chunk (or a subset) read back and hashed; optionally repaired from
@@ -54,7 +57,8 @@ def verify(
         res = restoretest.run_restore_test(cfg, sid, region=region, golden_path=golden_file)
         ok = ok and res.ok
         out["restore_test"] = res.to_json()
-        lines.append(f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} ({res.duration_s:.2f}s)")
+        lines.append(f"restore test of {sid[:12]} from {reg.name}: {'PASS' if res.ok else 'FAIL'} "
+                     f"({res.duration_s:.2f}s)")
         lines += [f"  - {p}" for p in res.problems]
         if res.golden is not None:
             lines.append(golden_table(res.golden))
