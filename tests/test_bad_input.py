@@ -36,35 +36,22 @@ from llmdr.repo.manifest import canonical_json, manifest_id
 from llmdr.repo.ops import open_repo
 from llmdr.repo.repository import manifest_key
 from llmdr.serving.tinymodel import write_demo_bundle
+from tests.support.config import two_region_yaml
+from tests.support.requirements import need
 
 from conftest import read_tree
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 
-CONFIG = """\
-version: 1
-bundle:
+# The cases' expected line numbers (regions on line 9, the primary's credentials on 15, transfer on 22) follow
+# from this bundle block and the builder's fixed layout.
+BUNDLE = """
   name: badbot
   path: {bundle}
   components:
     weights: {{paths: ["*.safetensors", "model.safetensors.index.json"]}}
     tokenizer: {{paths: ["tokenizer.json"]}}
     generation_config: {{paths: ["generation_config.json"]}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: {p_bucket}
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK{p_extra}}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-transfer: {{workers: {workers}, download_workers: 4, fsync: false}}
-state_dir: {state}
 """
 
 MiB = 1024 * 1024
@@ -95,9 +82,11 @@ class Ctx:
 
     def config_text(self, *, bundle: Path | None = None, p_bucket: str = "llmdr-primary", p_extra: str = "",
                     workers: str = "4") -> str:
-        return CONFIG.format(bundle=bundle or self.bundle, p=self.stack.primary.port,
-                             s=self.stack.secondaries[0].port, p_bucket=p_bucket, prefix=self.prefix,
-                             p_extra=p_extra, workers=workers, state=self.state)
+        return two_region_yaml(self.stack.primary.port, self.stack.secondaries[0].port, prefix=self.prefix,
+                               primary_bucket=p_bucket, primary_creds=p_extra,
+                               bundle=BUNDLE.format(bundle=bundle or self.bundle),
+                               extra=f"transfer: {{workers: {workers}, download_workers: 4, fsync: false}}",
+                               state_dir=self.state)
 
     def write_config(self, name: str, text: str | None = None, **kw) -> Path:
         path = self.tmp / name
@@ -233,9 +222,9 @@ def unreadable_file(ctx):
     if os.geteuid() == 0:
         probe = subprocess.run([sys.executable, "-c", f"open({str(f)!r}, 'rb')"], preexec_fn=drop_dac,
                                capture_output=True, text=True)
-        if probe.returncode == 0 or "PermissionError" not in probe.stderr:
-            pytest.skip("running as root and the capabilities that let root read a mode-000 file cannot be "
-                        f"dropped here, so no file can be made unreadable ({probe.stderr.strip()[-200:]})")
+        need(probe.returncode != 0 and "PermissionError" in probe.stderr,
+             "running as root and the capabilities that let root read a mode-000 file cannot be "
+             f"dropped here, so no file can be made unreadable ({probe.stderr.strip()[-200:]})")
         ctx.preexec = drop_dac
         ctx.how = "root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH"
     else:
@@ -357,13 +346,13 @@ def _fsize_limit() -> None:
 
 @contextlib.contextmanager
 def small_disk(where: Path):
-    """A 2 MiB tmpfs mounted at ``where``; skips the test when mounting is not permitted here."""
+    """A 2 MiB tmpfs mounted at ``where``; skips the test when mounting is not permitted here (fails it in CI)."""
     where.mkdir()
     m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "llmdr-test-full", str(where)],
                        capture_output=True, text=True) if shutil.which("mount") else None
-    if m is None or m.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here (the RLIMIT_FSIZE variant covers a write failing): "
-                    + (m.stderr.strip() if m is not None else "no mount command"))
+    need(m is not None and m.returncode == 0,
+         "mounting a tmpfs is not permitted here (the RLIMIT_FSIZE variant covers a write failing): "
+         + (m.stderr.strip() if m is not None else "no mount command"))
     try:
         yield where
     finally:

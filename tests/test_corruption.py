@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.config import Config, parse_config
+from llmdr.config import Config
 from llmdr.repo import ops
 from llmdr.repo.bundle import content_digests, detected_specs
 from llmdr.repo.repository import chunk_key, manifest_key
@@ -38,6 +38,7 @@ from llmdr.serving import golden, restoretest
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.credentials import resolve_keys
+from tests.support.config import two_region_yaml, write_config
 
 from conftest import read_tree, serving
 
@@ -46,27 +47,6 @@ pytestmark = pytest.mark.s3
 SIGN_ENV = "LLMDR_T_CORRUPTION_SIGN"
 SIGN_KEY = "corruption-test-signing-key-0123456789abcdef"
 SIGNING = f"manifest_signing: {{method: hmac, hmac_key_env: {SIGN_ENV}}}"
-
-CONFIG = """\
-version: 1
-bundle: {{name: tiny, path: {bundle}}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    prefix: {prefix}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-transfer: {{workers: 4, download_workers: 4}}
-{extra}
-state_dir: {state}
-"""
 
 
 @dataclass
@@ -83,11 +63,12 @@ class World:
         state = d / "state"
         state.mkdir(parents=True)
         shutil.copy(self.stack.state_path / "local.env", state / "local.env")
-        text = CONFIG.format(bundle=self.bundle, p=self.stack.primary.port, s=self.stack.secondaries[0].port,
-                             prefix=prefix, extra=SIGNING if signed else "", state=state)
+        text = two_region_yaml(self.stack.primary.port, self.stack.secondaries[0].port, prefix=prefix,
+                               bundle=f"{{name: tiny, path: {self.bundle}}}",
+                               extra="transfer: {workers: 4, download_workers: 4}\n" + (SIGNING if signed else ""),
+                               state_dir=state)
         path = d / "llmdr.yaml"
-        path.write_text(text)
-        return path, parse_config(text, source=path)
+        return path, write_config(path, text)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.config import Config, parse_config
+from llmdr.config import Config
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import TargetNotEmpty
 from llmdr.repo import ops
@@ -44,6 +44,7 @@ from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.repository import RepoConfig, Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.storage.factory import open_region
+from tests.support.config import two_region_yaml, write_config
 
 from conftest import read_tree
 
@@ -55,26 +56,6 @@ MIN_LANDED = 15  # of KILLS: a kill after the command finished proves nothing
 MIN_MID_TRANSFER = 10  # of KILLS: some but not all of the data had arrived
 WINDOW = 0.85
 SMALL = ChunkerParams(avg_size=256 * 1024, min_size=64 * 1024, max_size=1024 * 1024)
-
-CONFIG = """\
-version: 1
-bundle: {{name: crash, path: {bundle}}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {p_prefix}
-    credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    prefix: {s_prefix}
-    credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}
-transfer: {{workers: 2, download_workers: 2, fsync: false}}
-state_dir: {state}
-"""
 
 
 @dataclass
@@ -96,12 +77,13 @@ class World:
         state = d / "state"
         state.mkdir(parents=True)
         shutil.copy(self.stack.state_path / "local.env", state / "local.env")
-        text = CONFIG.format(bundle=self.bundle, p=self.stack.primary.port, s=self.stack.secondaries[0].port,
-                             p_prefix=p_prefix or f"c-{uuid.uuid4().hex[:10]}",
-                             s_prefix=s_prefix or f"c-{uuid.uuid4().hex[:10]}", state=state)
+        text = two_region_yaml(self.stack.primary.port, self.stack.secondaries[0].port,
+                               prefix=p_prefix or f"c-{uuid.uuid4().hex[:10]}",
+                               secondary_prefix=s_prefix or f"c-{uuid.uuid4().hex[:10]}",
+                               bundle=f"{{name: crash, path: {self.bundle}}}",
+                               extra="transfer: {workers: 2, download_workers: 2, fsync: false}", state_dir=state)
         path = d / "llmdr.yaml"
-        path.write_text(text)
-        return path, parse_config(text, source=path)
+        return path, write_config(path, text)
 
 
 def cli(path: Path, *args: str) -> list[str]:

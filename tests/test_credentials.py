@@ -26,6 +26,7 @@ from llmdr.storage.credentials import (
     keys_from_block_value,
     resolve_keys,
 )
+from tests.support.config import two_region_yaml
 
 ACCOUNT = "123456789012"  # moto's default account
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/llmdr"
@@ -33,27 +34,9 @@ BASE_AK = "AKIAEXAMPLEBASEKEY01"
 BASE_SK = "base-secret-0123456789-must-never-show"
 TOKEN = "session-token-abcdef-must-never-show"
 
-CONFIG = """\
-version: 1
-bundle: {{name: testbundle, path: bundle}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: {endpoint}
-    s3_region: eu-west-1
-    bucket: llmdr-primary
-    credentials: {creds}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:9
-    bucket: llmdr-secondary
-    credentials: {{access_key_env: LLMDR_CT_S_AK, secret_key_env: LLMDR_CT_S_SK}}
-state_dir: {state}
-"""
-
-
 def make_cfg(tmp_path, creds: str, endpoint: str = "http://127.0.0.1:9"):
-    text = CONFIG.format(endpoint=endpoint, creds=creds, state=tmp_path / "state")
+    text = two_region_yaml(endpoint, 9, keys=("LLMDR_CT", "LLMDR_CT_S"), primary_credentials=creds,
+                           primary_lines="    s3_region: eu-west-1", state_dir=tmp_path / "state")
     return parse_config(text, source=tmp_path / "llmdr.yaml")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.config import Config, Dataset, parse_config
+from llmdr.config import Config, Dataset
 from llmdr.errors import AccessDenied, IntegrityError, ObjectNotFound, TargetNotEmpty, TransientStorageError, UsageError
 from llmdr.lineage.datasets import (
     DatasetChanged,
@@ -34,6 +34,7 @@ from llmdr.lineage.datasets import (
 )
 from llmdr.storage.credentials import read_env_file
 from llmdr.storage.factory import open_region
+from tests.support.config import two_region_yaml, write_config
 
 from conftest import _free_base_port
 
@@ -43,28 +44,10 @@ DVC = str(Path(sys.executable).parent / "dvc")
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
           "GIT_COMMITTER_EMAIL": "t@example.com"}
 
-CONFIG = """\
-version: 1
-bundle: {{name: testbundle, path: bundle}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    prefix: {prefix}
-    credentials: {{access_key_env: {env}_P_AK, secret_key_env: {env}_P_SK}}
-    local: {{}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    prefix: {prefix}
-    credentials: {{access_key_env: {env}_S_AK, secret_key_env: {env}_S_SK}}
-    local: {{}}
+DATASETS = """\
 datasets:
-  - {{name: train, path: data/train.csv}}
-  - {{name: images, path: data/images}}
-state_dir: {state}
+  - {name: train, path: data/train.csv}
+  - {name: images, path: data/images}
 """
 
 
@@ -85,10 +68,9 @@ def write_csv(path: Path, rows: int, *, label_offset: int = 0) -> None:
 
 
 def project_config(root: Path, p: int, s: int, state: Path, *, env: str = "LLMDR_TEST", prefix: str | None = None) -> Config:
-    text = CONFIG.format(p=p, s=s, state=state, env=env, prefix=prefix or f"t-{uuid.uuid4().hex[:10]}")
-    path = root / "llmdr.yaml"
-    path.write_text(text)
-    return parse_config(text, source=path)
+    text = two_region_yaml(p, s, prefix=prefix or f"t-{uuid.uuid4().hex[:10]}", keys=(f"{env}_P", f"{env}_S"),
+                           local=True, extra=DATASETS, state_dir=state)
+    return write_config(root / "llmdr.yaml", text)
 
 
 def secrets_of(cfg: Config) -> list[str]:

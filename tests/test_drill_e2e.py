@@ -31,42 +31,34 @@ from llmdr.repo import ops
 from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
+from tests.support.config import two_region_yaml
 
 from conftest import _free_base_port, free_port
 
-CONFIG = """\
-version: 1
-bundle:
+BUNDLE = """
   name: drillbot
   path: model
   components:
-    weights: {{paths: ["*.safetensors"], required: true}}
-    tokenizer: {{paths: ["tokenizer.json"], required: true}}
-    prompt_templates: {{paths: ["*.jinja"], required: true}}
-    generation_config: {{paths: ["generation_config.json"], required: true}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    credentials: {{access_key_env: DRILL_P_AK, secret_key_env: DRILL_P_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{ps}"}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    credentials: {{access_key_env: DRILL_S_AK, secret_key_env: DRILL_S_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{ss}"}}
+    weights: {paths: ["*.safetensors"], required: true}
+    tokenizer: {paths: ["tokenizer.json"], required: true}
+    prompt_templates: {paths: ["*.jinja"], required: true}
+    generation_config: {paths: ["generation_config.json"], required: true}
+"""
+EXTRA = """\
 router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
 objectives: {{rpo: {rpo}, rto: {rto}, drill_interval: 90d}}
 monitor: {{interval: 1s, timeout: 1s, down_after: 2, recent_window: 5, baseline_window: 20, golden_every: 0}}
 failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 golden: golden.jsonl
 notifications: {{webhook_url_env: DRILL_WEBHOOK_URL}}
-state_dir: .llmdr
 """
+
+
+def drill_config(*, p: int, s: int, ps: int, ss: int, rl: int, ra: int, rpo: str, rto: str) -> str:
+    return two_region_yaml(p, s, keys=("DRILL_P", "DRILL_S"), local=True, bundle=BUNDLE,
+                           primary_lines=f'    serving: {{url: "http://127.0.0.1:{ps}"}}',
+                           secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ss}"}}',
+                           extra=EXTRA.format(rl=rl, ra=ra, rpo=rpo, rto=rto))
 
 _OUTPUTS: list[tuple[str, str]] = []  # (command, stdout + stderr) of every command this module runs: checked for secrets
 
@@ -137,7 +129,7 @@ def drill_stack(tmp_path_factory):
 
     ports = {"p": p, "s": s, "ps": port(), "ss": port(), "rl": port(), "ra": port()}
     path = tmp / "llmdr.yaml"
-    path.write_text(CONFIG.format(**ports, rpo="1h", rto="2m"))
+    path.write_text(drill_config(**ports, rpo="1h", rto="2m"))
     write_demo_bundle(tmp / "model")
     cfg = load_config(path)
     api = port()
@@ -251,11 +243,11 @@ def test_drill_passes_and_produces_every_format(drill_stack):
 def test_stale_dr_copy_fails_the_rpo_control(drill_stack):
     st = drill_stack
     cfg_path = st["cfg"].source_file
-    cfg_path.write_text(CONFIG.format(**st["ports"], rpo="5s", rto="2m"))
+    cfg_path.write_text(drill_config(**st["ports"], rpo="5s", rto="2m"))
     try:
         run, rec = _run_drill(st)
     finally:
-        cfg_path.write_text(CONFIG.format(**st["ports"], rpo="1h", rto="2m"))
+        cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="2m"))
     assert run.returncode != 0
     ctl = _controls(rec)
     assert not ctl["rpo"] and ctl["rto"] and ctl["failback"] and not rec["passed"]
@@ -277,11 +269,11 @@ def test_drill_fails_when_the_automation_is_off(drill_stack):
     automation("pause")
     assert not next(a for a in _api(st["api"], "/automations/filter", {}) if a["name"] == name)["enabled"]
     cfg_path = st["cfg"].source_file
-    cfg_path.write_text(CONFIG.format(**st["ports"], rpo="1h", rto="20s"))
+    cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="20s"))
     try:
         run, rec = _run_drill(st)
     finally:
-        cfg_path.write_text(CONFIG.format(**st["ports"], rpo="1h", rto="2m"))
+        cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="2m"))
         automation("resume")
     assert run.returncode != 0 and not rec["passed"]
     assert not _controls(rec)["rto"]

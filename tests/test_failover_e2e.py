@@ -27,33 +27,16 @@ from llmdr.repo import ops
 from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
+from tests.support.config import two_region_yaml
 
 from conftest import _free_base_port, free_port
 
-CONFIG = """\
-version: 1
-bundle: {{name: e2ebot, path: model}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{p}
-    bucket: llmdr-primary
-    credentials: {{access_key_env: E2E_P_AK, secret_key_env: E2E_P_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{ps}"}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{s}
-    bucket: llmdr-secondary
-    credentials: {{access_key_env: E2E_S_AK, secret_key_env: E2E_S_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{ss}", warm: true}}
+EXTRA = """\
 router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
 monitor: {{interval: 1s, timeout: 1s, down_after: 2, recent_window: 5, baseline_window: 20, golden_every: 5}}
 failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 notifications: {{webhook_url: "http://127.0.0.1:{wh}/hook"}}
 golden: golden.jsonl
-state_dir: .llmdr
 """
 
 
@@ -141,7 +124,11 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
         return n
 
     wh = port()
-    text = CONFIG.format(p=p, s=s, ps=port(), ss=port(), rl=port(), ra=port(), wh=wh)
+    ps, ss = port(), port()
+    text = two_region_yaml(p, s, keys=("E2E_P", "E2E_S"), local=True, bundle="{name: e2ebot, path: model}",
+                           primary_lines=f'    serving: {{url: "http://127.0.0.1:{ps}"}}',
+                           secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ss}", warm: true}}',
+                           extra=EXTRA.format(rl=port(), ra=port(), wh=wh))
     (tmp_path / "llmdr.yaml").write_text(text)
     write_demo_bundle(tmp_path / "model")
     cfg = load_config(tmp_path / "llmdr.yaml")

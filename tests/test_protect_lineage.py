@@ -15,25 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.config import parse_config
 from llmdr.repo import ops
 from llmdr.serving.tinymodel import write_demo_bundle
+from tests.support.config import two_region_yaml, write_config
 
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
-CONFIG = """\
-version: 1
-bundle: {{name: linbot, path: model, components: {{weights: {{paths: ["*.safetensors"]}}, tokenizer: {{paths: ["tokenizer.json"]}}}}}}
-regions:
-  - {{name: primary, role: primary, endpoint: "http://127.0.0.1:{p}", bucket: llmdr-primary, prefix: {prefix},
-     credentials: {{access_key_env: LLMDR_TEST_P_AK, secret_key_env: LLMDR_TEST_P_SK}}}}
-  - {{name: secondary, role: secondary, endpoint: "http://127.0.0.1:{s}", bucket: llmdr-secondary, prefix: {prefix},
-     credentials: {{access_key_env: LLMDR_TEST_S_AK, secret_key_env: LLMDR_TEST_S_SK}}}}
+BUNDLE = '{name: linbot, path: model, components: {weights: {paths: ["*.safetensors"]}, tokenizer: {paths: ["tokenizer.json"]}}}'
+EXTRA = """\
 datasets:
   - {{name: tickets, path: data/tickets.csv}}
 tracking: {{uri: "sqlite:///{db}"}}
-state_dir: .llmdr
 """
 
 
@@ -68,10 +61,9 @@ def project(stack, tmp_path):
     state = root / ".llmdr"
     state.mkdir()
     shutil.copy(stack.state_path / "local.env", state / "local.env")
-    text = CONFIG.format(p=stack.primary.port, s=stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
-                         db=tmp_path / "mlflow.db")
-    (root / "llmdr.yaml").write_text(text)
-    return parse_config(text, source=root / "llmdr.yaml")
+    text = two_region_yaml(stack.primary.port, stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
+                           bundle=BUNDLE, extra=EXTRA.format(db=tmp_path / "mlflow.db"))
+    return write_config(root / "llmdr.yaml", text)
 
 
 def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, project):
