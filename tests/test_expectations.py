@@ -17,6 +17,7 @@ import pytest
 from llmdr.config import parse_config
 from llmdr.errors import ConfigError, UsageError
 from llmdr.lineage import expectations as ex
+from tests.support.requirements import need
 
 ROOT = Path(__file__).parent.parent
 HAS_PARQUET = ex._has_parquet_engine()
@@ -303,8 +304,8 @@ def test_parquet_without_an_engine_is_a_clear_error(tmp_path, monkeypatch):
         ex.load_frame(path)
 
 
-@pytest.mark.skipif(not HAS_PARQUET, reason="needs pyarrow to keep these dtypes")
 def test_richer_dtypes_round_trip_through_the_type_expectations(tmp_path, monkeypatch):
+    need(HAS_PARQUET, "needs pyarrow (in uv.lock) to keep these dtypes")
     monkeypatch.chdir(tmp_path)
     df = pd.DataFrame({
         "kind": pd.Categorical(["a", "b", "a", "c"] * 10),

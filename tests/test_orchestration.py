@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmdr.devstack import orchestration
 from llmdr.devstack.samples import MiB, write_sample_bundle
+from tests.support.requirements import need
 
 from conftest import free_port
 
@@ -52,10 +53,7 @@ def _browser_check(url: str) -> None:
     """The UI's Deployments page, rendered by headless Chromium, lists llmdr's deployments; a screenshot is kept
     under build/ (not committed). .ci/run installs Chromium; elsewhere `apt-get install chromium`."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        import pytest
-
-        pytest.skip("headless UI check needs Chromium: apt-get install -y --no-install-recommends chromium")
+    need(browser, "headless UI check needs Chromium: apt-get install -y --no-install-recommends chromium")
     build = Path(__file__).parent.parent / "build"
     build.mkdir(exist_ok=True)
     profile = build / "chromium-profile"

@@ -127,6 +127,7 @@ def run(args, cwd, env=None, check=False):
     return subprocess.run(LLMDR + args, cwd=cwd, env=e, capture_output=True, text=True, timeout=300, check=check)
 
 
+@pytest.mark.s3  # starts its own regions
 def test_cli_outage_walkthrough(tmp_path):
     """The README's walk-through: own stack, snapshot, replicate, primary down, restore from the secondary."""
     from conftest import _free_base_port
@@ -174,6 +175,7 @@ def _cmdline_has(pid: str, needle: str) -> bool:
         return False
 
 
+@pytest.mark.s3  # starts its own regions
 def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
     """Stop the secondary's server in the middle of a copy, start it again, re-run: only the rest is copied and the
     snapshot appears there only at the end."""
