@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from llmdr.config import parse_config
-from llmdr.errors import ObjectLocked
+from llmdr.errors import ObjectLocked, ReadOnlyStoreError, TransientStorageError
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.locks import Locker
 from llmdr.repo.replicate import replicate_snapshot
@@ -19,7 +19,9 @@ from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import resolve_keys
-from llmdr.storage.factory import open_region
+from llmdr.storage.factory import adapter, open_region
+from llmdr.storage.retrying import RetryingStore
+from llmdr.testing.faulty import FaultyStore
 
 from conftest import read_tree, two_regions, write_tree
 
@@ -28,9 +30,14 @@ SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 def locked_config(stack, tmp_path, *, period="60s", mode="COMPLIANCE"):
     cfg = two_regions(stack, tmp_path, secondary_bucket=f"llmdr-lock-{uuid.uuid4().hex[:10]}", secondary_prefix="",
                       secondary=f"    object_lock: {{mode: {mode}, period: {period}}}")
-    s3 = open_region(cfg, cfg.secondaries[0]).inner
-    assert s3.ensure_bucket(object_lock=True) is True
+    assert adapter(cfg, cfg.secondaries[0]).ensure_bucket(object_lock=True) is True
     return cfg
+
+
+def raw_key(region, key):
+    """The object's name in the bucket (under the region's prefix), for direct S3 calls."""
+    prefix = region.prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
 
 
 def raw_client(cfg, region):
@@ -55,9 +62,9 @@ def protect_one(cfg, src, seed, size=50_000):
 
 def test_stack_up_creates_the_dr_bucket_with_object_lock_and_versioning(stack, tmp_path):
     cfg = locked_config(stack, tmp_path)
-    prot = open_region(cfg, cfg.secondaries[0]).inner.bucket_protection()
+    prot = open_region(cfg, cfg.secondaries[0], read_only=True).bucket_protection()  # through every wrapper
     assert prot["object_lock"] is True and prot["versioning"] == "Enabled"
-    plain = open_region(cfg, cfg.primary).inner.bucket_protection()
+    plain = open_region(cfg, cfg.primary).bucket_protection()
     assert plain["object_lock"] is False
 
 
@@ -69,7 +76,7 @@ def test_start_region_creates_a_locked_bucket_for_a_region_with_object_lock(stac
     cfg2 = parse_config(text, source=cfg.source_file)
     st = start_region(cfg2, cfg2.secondaries[0])  # the server runs already: only the bucket is made
     assert st.healthy
-    assert open_region(cfg2, cfg2.secondaries[0]).inner.bucket_protection()["object_lock"] is True
+    assert open_region(cfg2, cfg2.secondaries[0]).bucket_protection()["object_lock"] is True
 
 
 def test_an_existing_bucket_without_lock_gets_versioning_and_lock(stack, tmp_path):
@@ -106,7 +113,7 @@ def test_a_locked_snapshot_cannot_be_deleted(stack, tmp_path):
     from botocore.exceptions import ClientError
 
     s3 = raw_client(cfg, cfg.secondaries[0])
-    key = dr.store.inner.prefix + manifest_key(sid)
+    key = raw_key(cfg.secondaries[0], manifest_key(sid))
     vid = s3.head_object(Bucket=cfg.secondaries[0].bucket, Key=key)["VersionId"]
     with pytest.raises(ClientError, match="AccessDenied"):
         s3.delete_object(Bucket=cfg.secondaries[0].bucket, Key=key, VersionId=vid)
@@ -165,7 +172,7 @@ def test_retention_keeps_locked_snapshots_and_deletes_them_once_unlocked(stack, 
     assert Locker.of(dr.store).locked(manifest_key(snap2.snapshot_id)) is not None
     # deleted for real: no version and no delete marker is left behind to keep paying for
     s3 = raw_client(cfg, cfg.secondaries[0])
-    key = dr.store.inner.prefix + manifest_key(snap1.snapshot_id)
+    key = raw_key(cfg.secondaries[0], manifest_key(snap1.snapshot_id))
     v = s3.list_object_versions(Bucket=cfg.secondaries[0].bucket, Prefix=key)
     assert not v.get("Versions") and not v.get("DeleteMarkers")
     assert dr.snapshot_ids() == [snap2.snapshot_id]
@@ -187,7 +194,7 @@ def test_prune_skips_unreferenced_chunks_that_are_still_locked(stack, tmp_path):
 
     s3 = raw_client(cfg, cfg.secondaries[0])
     with pytest.raises(ClientError, match="AccessDenied"):
-        s3.put_object_retention(Bucket=cfg.secondaries[0].bucket, Key=dr.store.inner.prefix + chunk_key(hexd),
+        s3.put_object_retention(Bucket=cfg.secondaries[0].bucket, Key=raw_key(cfg.secondaries[0], chunk_key(hexd)),
                                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": datetime.now(timezone.utc)
                                                                           + timedelta(seconds=5)})
 
@@ -201,17 +208,39 @@ def test_governance_mode_locks_too(stack, tmp_path):
         dr.store.delete(manifest_key(snap.snapshot_id))
 
 
-def test_read_only_store_has_no_locker(stack, tmp_path):
+def test_a_read_only_store_reads_locks_but_cannot_extend_them(stack, tmp_path):
     cfg = locked_config(stack, tmp_path)
-    assert Locker.of(open_region(cfg, cfg.secondaries[0], read_only=True)) is None
-    assert Locker.of(open_region(cfg, cfg.primary)) is None
+    snap, _, _ = protect_one(cfg, tmp_path / "src", 8)
+    ro = Locker.of(open_region(cfg, cfg.secondaries[0], read_only=True))
+    key = manifest_key(snap.snapshot_id)
+    lock = ro.locked(key)
+    assert lock is not None and lock.mode == "COMPLIANCE"
+    with pytest.raises(ReadOnlyStoreError, match="extend lock of"):
+        ro.extend([key], until=lock.until + 60)
+    assert ro.retention(key).until == lock.until
+    assert Locker.of(open_region(cfg, cfg.primary)) is None  # no object_lock: puts are not locked
+
+
+def test_lock_calls_go_through_the_retry_layer(stack, tmp_path):
+    """Retention reads and extensions are storage calls like the others: a transient fault is retried and counted."""
+    cfg = locked_config(stack, tmp_path)
+    snap, _, _ = protect_one(cfg, tmp_path / "src", 10)
+    faulty = FaultyStore(adapter(cfg, cfg.secondaries[0]))
+    store = RetryingStore(faulty, sleep=lambda s: None)
+    faulty.fail("retention", lambda: TransientStorageError("injected"), times=2)
+    faulty.fail("extend_lock", lambda: TransientStorageError("injected"), times=1)
+    locker = Locker.of(store)
+    key = manifest_key(snap.snapshot_id)
+    before = locker.retention(key).until
+    assert locker.extend([key], until=before + 30) == 1
+    faulty.assert_all_fired()
+    assert store.retries == {"extend": 1, "retention": 2}
+    assert locker.retention(key).until >= before + 29
 
 
 def test_a_copy_slower_than_the_slack_relocks_its_early_chunks(stack, tmp_path):
     """Chunks are locked when put, the manifest when published: a long copy would leave its first chunks locked
     shorter than the rule (>= manifest - period/4) allows, so they are extended before publishing."""
-    from llmdr.testing.faulty import FaultyStore
-
     cfg = locked_config(stack, tmp_path, period="4s")  # slack 1 s
     src = tmp_path / "src"
     write_tree(src, {"weights.bin": random.Random(11).randbytes(60_000)})

@@ -1,98 +1,188 @@
-"""The BlobStore contract, run against every adapter (the S3 one against real SeaweedFS)."""
+"""The BlobStore contract (``llmdr/storage/base.py``), run against every store: the memory store, the raw S3 adapter
+on real SeaweedFS, and each wrapper over it — retrying, encrypting, signing (its manifests, under ``snapshots/``)
+and, for the read checks, read-only. As Kopia's ``blobtesting.VerifyStorage``: one set of checks, every
+implementation, so a wrapper cannot quietly break a guarantee (sizes, ranges, verified puts, typed errors) that the
+layers above rely on."""
 
 import hashlib
 import threading
+import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from llmdr.errors import IntegrityError, ObjectNotFound
+from llmdr.errors import IntegrityError, ObjectNotFound, ReadOnlyStoreError, StorageError
 from llmdr.storage.base import BlobStore
-from llmdr.storage.factory import open_region
+from llmdr.storage.crypto import EncryptingStore, ManifestSigner, SigningStore
+from llmdr.storage.factory import adapter
 from llmdr.storage.memory import MemoryStore
+from llmdr.storage.readonly import ReadOnlyStore
+from llmdr.storage.retrying import RetryingStore
+
+KINDS = ["memory", "s3", "retrying", "encrypting", "signing"]
+KEY = bytes(range(32))
 
 
-@pytest.fixture(params=["memory", "s3"])
-def store(request) -> BlobStore:
-    if request.param == "memory":
-        return MemoryStore()
-    cfg = request.getfixturevalue("region_config")
-    return open_region(cfg, cfg.primary)
+@dataclass
+class Case:
+    """A store under test. ``ns`` prefixes every key the checks use (the signing store signs what is under
+    ``snapshots/`` and passes the rest through, so its checks run there); ``writer`` is what the checks put through
+    (the store itself, except for the read-only store: the store below it)."""
+
+    kind: str
+    store: BlobStore
+    writer: BlobStore
+    ns: str = ""
+
+    def k(self, key: str) -> str:
+        return self.ns + key
 
 
-def test_is_a_blobstore(store):
-    assert isinstance(store, BlobStore)
-    assert "secret" not in store.location.lower()
+def make(kind: str, request) -> Case:
+    if kind == "memory":
+        m = MemoryStore()
+        return Case(kind, m, m)
+    cfg = request.getfixturevalue("region_config")  # a fresh key prefix on the session's SeaweedFS
+    s3 = adapter(cfg, cfg.primary)
+    store: BlobStore = {
+        "s3": lambda: s3,
+        "retrying": lambda: RetryingStore(s3, sleep=lambda _: None),
+        "encrypting": lambda: EncryptingStore(s3, KEY),
+        "signing": lambda: SigningStore(s3, ManifestSigner("hmac", hmac_key=KEY)),
+        "read-only": lambda: ReadOnlyStore(s3),
+    }[kind]()
+    return Case(kind, store, s3 if kind == "read-only" else store, "snapshots/" if kind == "signing" else "")
 
 
-def test_put_get_head(store):
-    store.put("a/b", b"hello")
-    assert store.get("a/b") == b"hello"
-    assert store.head("a/b").size == 5
+@pytest.fixture(params=KINDS)
+def case(request) -> Case:
+    return make(request.param, request)
 
 
-def test_overwrite_is_atomic_and_visible(store):
-    store.put("k", b"one")
-    store.put("k", b"two-two")
-    assert store.get("k") == b"two-two"
-    assert store.head("k").size == 7
+@pytest.fixture(params=[*KINDS, "read-only"])
+def reading(request) -> Case:
+    """Every store, the read-only one included: for the checks that only read what ``writer`` put."""
+    return make(request.param, request)
 
 
-def test_missing_key_is_typed(store):
+# reads ---------------------------------------------------------------------------------------------------------------
+def test_is_a_blobstore(reading):
+    assert isinstance(reading.store, BlobStore)
+    assert "secret" not in reading.store.location.lower()
+
+
+def test_put_get_head(reading):
+    c = reading
+    c.writer.put(c.k("a/b"), b"hello")
+    assert c.store.get(c.k("a/b")) == b"hello"
+    assert c.store.head(c.k("a/b")).size == 5
+
+
+def test_missing_key_is_typed(reading):
+    c = reading
     with pytest.raises(ObjectNotFound):
-        store.get("nope")
+        c.store.get(c.k("nope"))
     with pytest.raises(ObjectNotFound):
-        store.head("nope")
+        c.store.head(c.k("nope"))
 
 
-def test_ranged_get(store):
+def test_ranged_get(reading):
+    c = reading
     data = bytes(range(256)) * 4
-    store.put("r", data)
-    assert store.get("r", start=10, length=20) == data[10:30]
-    assert store.get("r", start=1000) == data[1000:]
-    assert store.get("r", start=1020, length=100) == data[1020:]
-    assert store.get("r", start=5, length=0) == b""
+    c.writer.put(c.k("r"), data)
+    assert c.store.get(c.k("r"), start=10, length=20) == data[10:30]
+    assert c.store.get(c.k("r"), start=1000) == data[1000:]
+    assert c.store.get(c.k("r"), start=1020, length=100) == data[1020:]
+    assert c.store.get(c.k("r"), start=5, length=0) == b""
 
 
-def test_list_sorted_complete_and_prefixed(store):
-    keys = [f"p/{i:04d}" for i in range(1050)] + ["q/x"]  # > 1000 to cross an S3 page
-    data = b"x"
-    if isinstance(store, MemoryStore):
-        for k in keys:
-            store.put(k, data)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+def test_list_sorted_complete_prefixed_and_sized(reading):
+    c = reading
+    keys = [c.k(f"p/{i:04d}") for i in range(1050)]  # > 1000 to cross an S3 page
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda k: store.put(k, data), keys))
-    listed = [i.key for i in store.list("p/")]
-    assert listed == sorted(keys[:-1])
-    assert all(i.size == 1 for i in store.list("q/"))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: c.writer.put(k, b"x"), [*keys, c.k("q/x")]))
+    listed = list(c.store.list(c.k("p/")))
+    assert [i.key for i in listed] == keys
+    assert {i.size for i in listed} == {1}  # the size ``get`` returns, whatever the wrapper adds below
+    assert [(i.key, i.size) for i in c.store.list(c.k("q/"))] == [(c.k("q/x"), 1)]
 
 
-def test_delete_idempotent(store):
-    store.put("d", b"1")
-    store.delete("d")
-    store.delete("d")
+def test_empty_blob(reading):
+    c = reading
+    key = c.k(f"e/{uuid.uuid4().hex}")
+    c.writer.put(key, b"")
+    assert c.store.get(key) == b""
+    assert c.store.head(key).size == 0
+
+
+def test_listing_and_head_report_write_time(reading):
+    c = reading
+    before = time.time() - 120  # generous: server clocks and second granularity
+    c.writer.put(c.k("mt/a"), b"x")
+    [info] = list(c.store.list(c.k("mt/")))
+    assert info.modified is not None and before <= info.modified <= time.time() + 120
+    assert c.store.head(c.k("mt/a")).modified is not None
+
+
+def test_object_lock_state_of_an_unlocked_store(reading):
+    """No object_lock configured: puts are not locked, a key has no retention, the bucket reports its protection
+    and usage through every wrapper."""
+    c = reading
+    c.writer.put(c.k("l"), b"abc")
+    assert c.store.lock_policy() is None
+    assert c.store.retention(c.k("l")) is None
     with pytest.raises(ObjectNotFound):
-        store.get("d")
+        c.store.retention(c.k("missing"))
+    prot: dict[str, Any] = c.store.bucket_protection()
+    assert prot["object_lock"] is False and prot["versioning"] in ("Disabled", "Suspended")
+    usage = c.store.usage()
+    assert usage["current_objects"] >= 1 and usage["current_bytes"] >= 3
 
 
-def test_verified_put_rejects_wrong_digest_and_writes_nothing(store):
+def test_extend_lock_without_a_lock_policy_is_refused(reading):
+    c = reading
+    c.writer.put(c.k("l"), b"abc")
+    expected = ReadOnlyStoreError if c.kind == "read-only" else StorageError
+    with pytest.raises(expected, match="read-only" if c.kind == "read-only" else "no object_lock"):
+        c.store.extend_lock(c.k("l"), time.time() + 60)
+
+
+# writes ----------------------------------------------------------------------------------------------------------------
+def test_overwrite_is_atomic_and_visible(case):
+    case.store.put(case.k("k"), b"one")
+    case.store.put(case.k("k"), b"two-two")
+    assert case.store.get(case.k("k")) == b"two-two"
+    assert case.store.head(case.k("k")).size == 7
+
+
+def test_delete_idempotent(case):
+    case.store.put(case.k("d"), b"1")
+    case.store.delete(case.k("d"))
+    case.store.delete(case.k("d"))
+    with pytest.raises(ObjectNotFound):
+        case.store.get(case.k("d"))
+
+
+def test_verified_put_rejects_wrong_digest_and_writes_nothing(case):
+    key = case.k("v")
     with pytest.raises(IntegrityError):
-        store.put("v", b"payload", sha256=hashlib.sha256(b"other").digest())
+        case.store.put(key, b"payload", sha256=hashlib.sha256(b"other").digest())
     with pytest.raises(ObjectNotFound):
-        store.head("v")
-    store.put("v", b"payload", sha256=hashlib.sha256(b"payload").digest())
-    assert store.get("v") == b"payload"
+        case.store.head(key)
+    case.store.put(key, b"payload", sha256=hashlib.sha256(b"payload").digest())
+    assert case.store.get(key) == b"payload"
 
 
-def test_concurrent_puts(store):
+def test_concurrent_puts(case):
     errors = []
 
     def work(i):
         try:
-            store.put(f"c/{i}", str(i).encode())
+            case.store.put(case.k(f"c/{i}"), str(i).encode())
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -102,27 +192,20 @@ def test_concurrent_puts(store):
     for t in threads:
         t.join()
     assert not errors
-    assert sorted(i.key for i in store.list("c/")) == sorted(f"c/{i}" for i in range(20))
+    assert sorted(i.key for i in case.store.list(case.k("c/"))) == sorted(case.k(f"c/{i}") for i in range(20))
 
 
 @pytest.mark.parametrize("bad", ["", "/abs", "a/../b", "a//b", "./a"])
-def test_bad_keys_refused(store, bad):
+def test_bad_keys_refused(case, bad):
     with pytest.raises(ValueError):
-        store.put(bad, b"x")
+        case.store.put(bad, b"x")
 
 
-def test_empty_blob(store):
-    key = f"e/{uuid.uuid4().hex}"
-    store.put(key, b"")
-    assert store.get(key) == b""
-    assert store.head(key).size == 0
-
-
-def test_listing_and_head_report_write_time(store):
-    import time
-
-    before = time.time() - 120  # generous: server clocks and second granularity
-    store.put("mt/a", b"x")
-    [info] = list(store.list("mt/"))
-    assert info.modified is not None and before <= info.modified <= time.time() + 120
-    assert store.head("mt/a").modified is not None
+def test_read_only_refuses_every_write(request):
+    c = make("read-only", request)
+    c.writer.put("w", b"1")
+    for write in (lambda: c.store.put("w", b"2"), lambda: c.store.delete("w"),
+                  lambda: c.store.extend_lock("w", time.time() + 60)):
+        with pytest.raises(ReadOnlyStoreError, match="read-only"):
+            write()
+    assert c.store.get("w") == b"1"

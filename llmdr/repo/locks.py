@@ -18,44 +18,31 @@ import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from llmdr.storage.base import BlobStore, Lock
+from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.storage.base import BlobStore, Lock, LockPolicy
 
 log = logging.getLogger(__name__)
 
 
 class Locker:
-    """Object Lock operations of one store (found through its wrappers)."""
+    """Object Lock operations on one store, through the storage interface (every wrapper forwards ``retention`` and
+    ``extend_lock``; the retrying store retries them, a read-only store refuses ``extend_lock``)."""
 
-    def __init__(self, target: Any, retry: Any | None, location: str) -> None:
-        self._target = target
-        self._retry = retry
-        self.location = location
-        self.mode: str = target.lock_mode
-        self.period_s: float = float(target.lock_period_s)
+    def __init__(self, store: BlobStore, policy: LockPolicy) -> None:
+        self.store = store
+        self.location = store.location
+        self.mode = policy.mode
+        self.period_s = float(policy.period_s)
 
     @classmethod
     def of(cls, store: BlobStore) -> "Locker | None":
-        """The locker of ``store``, or None when the store has no Object Lock configured. Read-only stores have none:
-        extending a lock is a write."""
-        retry = None
-        node: Any = store
-        while node is not None:
-            if type(node).__name__ == "ReadOnlyStore":
-                return None
-            if retry is None and hasattr(node, "_call"):
-                retry = node
-            if getattr(node, "lock_mode", None):
-                return cls(node, retry, store.location)
-            node = getattr(node, "inner", None)
-        return None
-
-    def _call(self, what: str, fn):
-        return self._retry._call(what, fn) if self._retry is not None else fn()
+        """The locker of ``store``, or None when its puts are not locked (no Object Lock configured)."""
+        policy = store.lock_policy()
+        return None if policy is None else cls(store, policy)
 
     def retention(self, key: str) -> Lock | None:
-        return self._call(f"retention {key}", lambda: self._target.retention(key))
+        return self.store.retention(key)
 
     def locked(self, key: str, now: float | None = None) -> Lock | None:
         """The lock on ``key`` when it is still in force at ``now``, else None."""
@@ -67,14 +54,12 @@ class Locker:
     def slack_s(self) -> float:
         return self.period_s / 4
 
-    def extend_reused(self, repo: Any, chunks: Iterable[str], *, written: Iterable[str] = (),
+    def extend_reused(self, repo: Repository, chunks: Iterable[str], *, written: Iterable[str] = (),
                       started: float | None = None, workers: int = 8, now: float | None = None) -> int:
         """Before publishing a snapshot into ``repo``: lock the chunks it reuses (hex digests) as long as the new
         snapshot, except those a recently locked snapshot already covers. Chunks this run ``written`` were locked
         when put; if the run began (``started``) more than the slack ago, the early ones would end too soon, so they
         are extended too. Returns how many locks were extended."""
-        from llmdr.repo.repository import chunk_key, manifest_key
-
         t = time.time() if now is None else now
         todo = set(chunks)
         if started is not None and t - started > self.slack_s:
@@ -99,8 +84,7 @@ class Locker:
         if not keys:
             return 0
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys))), thread_name_prefix="llmdr-lock") as pool:
-            changed = sum(pool.map(lambda k: bool(self._call(f"extend lock {k}",
-                                                                lambda: self._target.extend_lock(k, target))), keys))
+            changed = sum(pool.map(lambda k: bool(self.store.extend_lock(k, target)), keys))
         log.info("%s: %d of %d object locks extended to %s", self.location, changed, len(keys),
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)))
         return changed

@@ -1,15 +1,18 @@
 """The one storage interface llmdr needs, and the guarantees every adapter must give.
 
 Everything llmdr keeps in a region (chunks, manifests, the repository config) goes through ``BlobStore``. Retries,
-read-only mode and fault injection are wrappers around it (``retrying.py``, ``readonly.py``, ``faulty.py``), never
-subclasses, so each adapter stays small.
+read-only mode, encryption and manifest signatures are wrappers around it (``retrying.py``, ``readonly.py``,
+``crypto.py``; the test-only fault store is ``llmdr/testing/faulty.py``), never subclasses, so each adapter stays
+small. Capabilities beyond plain blobs (Object Lock, the bucket's protection and usage) are methods of the same
+interface that every wrapper forwards, as Kopia's ``PutOptions`` carry a retention through every layer: nothing
+walks a chain of wrappers to find the adapter underneath.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,20 @@ class BlobStore(Protocol):
       time (``modified``), so unreferenced blobs can be told apart from blobs a running writer just added.
     - ``delete`` is idempotent: deleting a missing key is not an error.
 
+    Object Lock (write once, read many), for stores that have it:
+
+    - ``lock_policy()`` is the lock every ``put`` of this store applies (mode and period), None when puts are not
+      locked. ``delete`` of a key whose retention has not ended raises ``ObjectLocked`` and removes nothing locked.
+    - ``retention(key)`` is the lock in force on ``key`` (None when it has none; ``ObjectNotFound`` when the key is
+      missing); ``extend_lock(key, until)`` makes it last at least until ``until`` and returns False when it already
+      did (a retention is never shortened). Without a lock policy ``extend_lock`` raises ``StorageError``.
+    - ``bucket_protection()`` reports the bucket's versioning and Object Lock configuration; ``usage()`` the bytes and
+      objects stored, every version counted.
+
+    Wrappers forward all of these: a retrying store retries them, a read-only store refuses ``extend_lock`` (a
+    write) and forwards the rest, encrypting and signing stores pass them through unchanged (object names are the
+    same below them).
+
     Adapters are safe to call from several threads at once.
     """
 
@@ -53,6 +70,25 @@ class BlobStore(Protocol):
     def list(self, prefix: str = "") -> Iterator[BlobInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def lock_policy(self) -> LockPolicy | None: ...
+
+    def retention(self, key: str) -> Lock | None: ...
+
+    def extend_lock(self, key: str, until: float) -> bool: ...
+
+    def bucket_protection(self) -> dict[str, Any]: ...
+
+    def usage(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LockPolicy:
+    """The S3 Object Lock a store applies to every object it writes: ``mode`` COMPLIANCE or GOVERNANCE, for
+    ``period_s`` seconds from the write."""
+
+    mode: str
+    period_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +106,8 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}: use non-empty '/'-separated segments without '.' or '..'")
     return key
+
+
+def unprotected(store: BlobStore) -> dict[str, Any]:
+    """``bucket_protection()`` of a store without versioning or Object Lock (memory, local folders)."""
+    return {"bucket": store.location, "versioning": "Disabled", "object_lock": False, "default_retention": None}

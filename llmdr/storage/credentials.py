@@ -217,12 +217,12 @@ def _assumed(region: Region, base: Keys) -> Keys:
 def _sts_client(region: Region, keys: Keys):
     from botocore.config import Config as BotoConfig
 
-    from llmdr.storage.s3 import _shared_session
+    from llmdr.storage.s3 import shared_session
 
     # One attempt: bad keys must fail at once, and a transient fault surfaces as TransientStorageError for the
     # caller's retry layer (Prefect task retries), as for S3.
     config = BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=30)
-    return _shared_session().create_client(
+    return shared_session().create_client(
         "sts",
         endpoint_url=region.credentials.sts_endpoint,
         region_name=region.s3_region,

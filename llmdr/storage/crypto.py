@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.storage.base import BlobInfo, BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8
@@ -117,7 +117,9 @@ class EncryptingStore:
 
     # BlobStore --------------------------------------------------------------------------------------------------------
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
-        # ``sha256`` names the plaintext; the store below checks the bytes it receives against their own digest
+        # ``sha256`` names the plaintext: checked here, before sealing; the store below checks the sealed bytes it
+        # receives against their own digest (damage on the way)
+        _check_digest(self.location, key, data, sha256)
         blob = self.seal(key, data)
         self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest())
 
@@ -138,6 +140,22 @@ class EncryptingStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    # Object Lock and the bucket: same object names below this wrapper, so passed through unchanged
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self.inner.retention(key)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self.inner.extend_lock(key, until)
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()  # what is stored: ciphertext sizes
 
 
 # --- manifest signatures -----------------------------------------------------------------------------------------------
@@ -193,11 +211,15 @@ class SigningStore:
         self.inner = inner
         self.location = inner.location
         self.signer = signer
+        sig_len = 32 if signer.method == "hmac" else 64  # HMAC-SHA256, Ed25519
+        self.trailer_size = len(SIG_MARK) + len(f"{signer.method} {signer.key_id} ") + len(
+            base64.b64encode(bytes(sig_len))) + 1  # what the signature line adds to a manifest
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
         if not key.startswith(MANIFESTS):
             return self.inner.put(key, data, sha256=sha256)
         body = bytes(data)
+        _check_digest(self.location, key, body, sha256)
         sig = base64.b64encode(self.signer.sign(body))
         signed = body + SIG_MARK + f"{self.signer.method} {self.signer.key_id} ".encode() + sig + b"\n"
         self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest())
@@ -228,14 +250,42 @@ class SigningStore:
             return body[start:end]
         return body
 
+    def _sized(self, info: BlobInfo) -> BlobInfo:
+        """Sizes are the manifest's own (as ``get`` returns it), without the signature line."""
+        if not info.key.startswith(MANIFESTS):
+            return info
+        return BlobInfo(info.key, max(0, info.size - self.trailer_size), info.modified)
+
     def head(self, key: str) -> BlobInfo:
-        return self.inner.head(key)
+        return self._sized(self.inner.head(key))
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        return self.inner.list(prefix)
+        return map(self._sized, self.inner.list(prefix))
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    # Object Lock and the bucket: same object names below this wrapper, so passed through unchanged
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self.inner.retention(key)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self.inner.extend_lock(key, until)
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()
+
+
+def _check_digest(location: str, key: str, data: bytes | bytearray | memoryview, sha256: bytes | None) -> None:
+    """A verified put (``sha256`` given) of bytes a wrapper transforms before sending: check them here."""
+    if sha256 is not None and hashlib.sha256(data).digest() != sha256:
+        raise IntegrityError(f"{location}/{key}: the bytes sent do not match the SHA-256 given; nothing was written")
 
 
 def load_ed25519(private_path: Path, public_path: Path, *, create: bool) -> tuple[Any, Any]:

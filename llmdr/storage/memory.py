@@ -6,9 +6,10 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
-from llmdr.errors import IntegrityError, ObjectNotFound
-from llmdr.storage.base import BlobInfo, check_key
+from llmdr.errors import IntegrityError, ObjectNotFound, StorageError
+from llmdr.storage.base import BlobInfo, Lock, LockPolicy, check_key, unprotected
 
 
 class MemoryStore:
@@ -53,6 +54,25 @@ class MemoryStore:
         with self._lock:
             self._blobs.pop(key, None)
             self._times.pop(key, None)
+
+    # Object Lock: a memory store has none --------------------------------------------------------------------------
+    def lock_policy(self) -> LockPolicy | None:
+        return None
+
+    def retention(self, key: str) -> Lock | None:
+        self.head(key)  # ObjectNotFound for a missing key, as S3 answers
+        return None
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        raise StorageError(f"{self.location} has no object_lock configured; nothing to extend")
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return unprotected(self)
+
+    def usage(self) -> dict[str, int]:
+        with self._lock:
+            return {"current_bytes": sum(map(len, self._blobs.values())), "current_objects": len(self._blobs),
+                    "noncurrent_bytes": 0, "noncurrent_objects": 0, "delete_markers": 0}
 
     # test helpers -------------------------------------------------------------------------------------------------
     def corrupt(self, key: str, data: bytes) -> None:

@@ -1,11 +1,15 @@
-"""Read-only wrapper: lets verification and restore run with no way to change a region."""
+"""Read-only wrapper: lets verification and restore run with no way to change a region.
+
+Every write (``put``, ``delete``, ``extend_lock``) is refused with ``ReadOnlyStoreError``; reads, including the
+Object Lock state (``lock_policy``, ``retention``, ``bucket_protection``, ``usage``), pass through."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from llmdr.errors import ReadOnlyStoreError
-from llmdr.storage.base import BlobInfo, BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
 
 class ReadOnlyStore:
@@ -13,7 +17,7 @@ class ReadOnlyStore:
         self.inner = inner
         self.location = inner.location
 
-    def _refuse(self, op: str, key: str) -> None:
+    def _refuse(self, op: str, key: str) -> NoReturn:
         raise ReadOnlyStoreError(f"{op} {key!r} refused: {self.location} is opened read-only")
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
@@ -30,3 +34,18 @@ class ReadOnlyStore:
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         return self.inner.list(prefix)
+
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self.inner.retention(key)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        self._refuse("extend lock of", key)
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()

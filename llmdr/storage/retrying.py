@@ -1,7 +1,7 @@
 """Retry wrapper: the one request-level retry layer, driven by ``errors.is_retriable``; and its retry counts.
 
 Counting. Each ``RetryingStore`` counts, per operation kind (``put``, ``get``, ``head``, ``list``, ``delete``, and
-what the Object Lock helper runs through it), the requests it made to the store below, the retries, and the
+the Object Lock calls ``retention`` and ``extend``), the requests it made to the store below, the retries, and the
 requests it gave up on. ``store.retries`` is the per-kind retry count, ``store.stats`` the whole record.
 
 A run's counts. A Prefect task does not hold the stores it uses: ``llmdr.ops`` opens them inside the one core call,
@@ -28,10 +28,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from llmdr.errors import is_retriable
-from llmdr.storage.base import BlobInfo, BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,6 +161,21 @@ class RetryingStore:
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
+
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self._call(f"retention {key}", lambda: self.inner.retention(key))
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self._call(f"extend lock {key}", lambda: self.inner.extend_lock(key, until))
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self._call("protection of the bucket", self.inner.bucket_protection)
+
+    def usage(self) -> dict[str, int]:
+        return self._call("usage of the bucket", self.inner.usage)
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         last: str | None = None

@@ -28,7 +28,7 @@ from llmdr.errors import (
     StorageError,
     TransientStorageError,
 )
-from llmdr.storage.base import BlobInfo, Lock, check_key
+from llmdr.storage.base import BlobInfo, Lock, LockPolicy, check_key
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
@@ -42,7 +42,7 @@ _session_lock = threading.Lock()
 _session = None
 
 
-def _shared_session():
+def shared_session():
     """One botocore session per process: building a client parses the S3 service model (~0.2 s); the session's
     loader caches it, so the second region's client is cheap."""
     global _session
@@ -83,8 +83,7 @@ class S3Store:
         where = endpoint_url or f"AWS {region_name}"
         label = f"region '{name}' " if name else ""
         self.location = f"{label}s3://{bucket}/{self.prefix} at {where}"
-        self.lock_mode = object_lock[0] if object_lock else None
-        self.lock_period_s = float(object_lock[1]) if object_lock else None
+        self._lock_policy = LockPolicy(object_lock[0], float(object_lock[1])) if object_lock else None
         config = Config(
             s3={"addressing_style": "path", "payload_signing_enabled": False},
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -96,7 +95,7 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        self._client = _shared_session().create_client(
+        self._client = shared_session().create_client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
@@ -175,9 +174,9 @@ class S3Store:
         digest = sha256 if sha256 is not None else hashlib.sha256(body).digest()
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key), "Body": body,
                                 "ChecksumSHA256": base64.b64encode(digest).decode("ascii")}
-        if self.lock_mode:
-            args["ObjectLockMode"] = self.lock_mode
-            args["ObjectLockRetainUntilDate"] = _utc(time.time() + (self.lock_period_s or 0))
+        if self._lock_policy:
+            args["ObjectLockMode"] = self._lock_policy.mode
+            args["ObjectLockRetainUntilDate"] = _utc(time.time() + self._lock_policy.period_s)
         try:
             self._client.put_object(**args)
         except Exception as exc:
@@ -244,7 +243,7 @@ class S3Store:
             token = resp.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:
-        if self.lock_mode:
+        if self._lock_policy:
             return self._delete_versions(key)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
@@ -283,6 +282,9 @@ class S3Store:
                 raise mapped from exc
 
     # Object Lock ----------------------------------------------------------------------------------------------------
+    def lock_policy(self) -> LockPolicy | None:
+        return self._lock_policy
+
     def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
         """The Object Lock retention on ``key`` (its current version), or None when it has none."""
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
@@ -302,12 +304,12 @@ class S3Store:
     def extend_lock(self, key: str, until: float) -> bool:
         """Make ``key``'s retention last at least until ``until`` (epoch seconds). Returns False when it already did
         (a retention can be extended, never shortened)."""
-        if not self.lock_mode:
+        if not self._lock_policy:
             raise StorageError(f"{self.location} has no object_lock configured; nothing to extend")
         try:
             self._client.put_object_retention(
                 Bucket=self.bucket, Key=self._k(key),
-                Retention={"Mode": self.lock_mode, "RetainUntilDate": _utc(until)},
+                Retention={"Mode": self._lock_policy.mode, "RetainUntilDate": _utc(until)},
             )
             return True
         except Exception as exc:

@@ -1,7 +1,10 @@
-"""Fault-injecting wrapper for tests and drills: scripted per method ("fail put twice, then succeed") or at random.
+"""Fault-injecting wrapper for tests: scripted per method ("fail put twice, then succeed") or at random.
 
-Modelled on Kopia's blobtesting.FaultyStorage. What can be scripted, each for ``times`` matching calls (``None``:
-every one, a permanent fault) after letting ``after`` through, optionally only for keys under ``key_prefix``:
+Modelled on Kopia's blobtesting.FaultyStorage. Production code never imports this module (it lives in
+``llmdr.testing``); tests put it under a region's retry layer with ``tests/support/faults.py``. What can be scripted
+(on ``put``, ``get``, ``head``, ``list``, ``delete``, and the Object Lock calls ``retention`` and ``extend_lock``),
+each for ``times`` matching calls (``None``: every one, a permanent fault) after letting ``after`` through,
+optionally only for keys under ``key_prefix``:
 
 - ``fail``: raise an error *before* the call reaches the store below (a refused connection, a 503, bad
   credentials: whatever ``exc()`` builds). Transient or permanent is the error's type: ``TransientStorageError``
@@ -29,11 +32,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmdr.errors import TransientStorageError
-from llmdr.storage.base import BlobInfo, BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
-METHODS = ("put", "get", "head", "list", "delete")
+METHODS = ("put", "get", "head", "list", "delete")  # what random mode draws faults for
+SCRIPTABLE = (*METHODS, "retention", "extend_lock")
 
 
 @dataclass
@@ -77,8 +82,8 @@ class FaultyStore:
 
     # scripting --------------------------------------------------------------------------------------------------------
     def _add(self, fault: Fault) -> Fault:
-        if fault.method not in METHODS:
-            raise ValueError(f"unknown method {fault.method!r}; one of {', '.join(METHODS)}")
+        if fault.method not in SCRIPTABLE:
+            raise ValueError(f"unknown method {fault.method!r}; one of {', '.join(SCRIPTABLE)}")
         if fault.times is not None and fault.times < 1:
             raise ValueError("times must be >= 1, or None for a permanent fault")
         with self._lock:
@@ -176,6 +181,22 @@ class FaultyStore:
             raise fault.exc()
         infos = list(self.inner.list(prefix))
         return _cut(infos[: len(infos) // 2], fault.exc)
+
+
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self._run("retention", key, lambda: self.inner.retention(key))
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self._run("extend_lock", key, lambda: self.inner.extend_lock(key, until))
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()
 
 
 def _cut(infos: list[BlobInfo], exc: Callable[[], BaseException]) -> Iterator[BlobInfo]:

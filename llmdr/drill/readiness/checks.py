@@ -196,11 +196,8 @@ def check_separation(cfg: Config) -> list[Check]:
 
 def check_immutability(cfg: Config, region: Region, repo: Repository, now: float) -> Check:
     """Bucket versioning + Object Lock as the server reports them, and the kept snapshots really locked."""
-    from llmdr.storage.s3 import S3Store
-
     cid, title = f"immutability/{region.name}", f"DR copy immutable: {region.name}"
-    s3 = _s3_of(repo.store)
-    prot = s3.bucket_protection() if isinstance(s3, S3Store) else {}
+    prot = repo.store.bucket_protection()
     data: dict[str, Any] = {"bucket": prot}
     problems = []
     if prot.get("versioning") != "Enabled":
@@ -216,7 +213,7 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
                      "--object-lock-enabled-for-bucket)", data)
     from llmdr.repo.locks import Locker
 
-    locker = Locker(s3, None, repo.location)
+    locker = Locker.of(repo.store)
     snaps = repo.snapshots(bundle=cfg.bundle.name)
     period = region.object_lock.period.total_seconds()
     data |= {"mode": region.object_lock.mode, "period_s": period, "snapshots": len(snaps)}
@@ -253,13 +250,6 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
                      "lock period: the older ones stay locked only while retention keeps extending them",
                      f"raise object_lock.period to at least {ago(span)}", data)
     return Check(cid, title, PASS, summary, data=data)
-
-
-def _s3_of(store: Any) -> Any:
-    node = store
-    while node is not None and not hasattr(node, "bucket_protection"):
-        node = getattr(node, "inner", None)
-    return node
 
 
 def measure_throughput(store: Any, manifest: Any, *, probe_bytes: int, workers: int,
@@ -336,8 +326,7 @@ def check_footprint(cfg: Config, region: Region, repo: Repository) -> Check:
     unique: dict[str, int] = {}
     for s in snaps:
         unique.update(s.manifest.chunk_set())
-    s3 = _s3_of(repo.store)
-    usage = s3.usage() if s3 is not None else {}
+    usage = repo.store.usage()
     stored = usage.get("current_bytes", 0) + usage.get("noncurrent_bytes", 0)
     ratio = logical / sum(unique.values()) if unique else 0.0
     data = {"snapshots": len(snaps), "logical_bytes": logical, "unique_chunk_bytes": sum(unique.values()),
