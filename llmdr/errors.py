@@ -61,6 +61,12 @@ class IntegrityError(LlmdrError):
     """Stored bytes do not match their recorded digest, or a manifest does not match its id."""
 
 
+class ChunkMissing(ObjectNotFound, IntegrityError):
+    """A chunk a snapshot references is not in the store: a missing object, and so a damaged snapshot. Callers that
+    sort missing from corrupt catch ``ObjectNotFound``; those that only care that the snapshot is damaged catch
+    ``IntegrityError``."""
+
+
 class UnsafePathError(LlmdrError):
     """A manifest path would escape the restore target (absolute, ``..``, or through a symlink)."""
 

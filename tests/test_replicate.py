@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from llmdr.errors import IntegrityError, TransientStorageError
+from llmdr.errors import ChunkMissing, IntegrityError, TransientStorageError
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import CHUNKS, SNAPSHOTS, RepoConfig, Repository, chunk_key
@@ -74,10 +74,21 @@ def test_corrupt_source_chunk_is_not_propagated(two):
     a.store.corrupt(chunk_key(victim), b"rot")
     b_store = MemoryStore("b")
     b = Repository(b_store)
-    with pytest.raises(IntegrityError, match="corrupt in the source"):
+    with pytest.raises(IntegrityError, match=rf"chunk {chunk_key(victim)} of snapshot .* \(source\) is corrupt in "
+                                             "memory://a.*not published"):
         replicate_snapshot(a, b, snap.snapshot_id)
     assert list(b_store.list(SNAPSHOTS)) == []
     assert chunk_key(victim) not in {i.key for i in b_store.list(CHUNKS)}
+
+
+def test_missing_source_chunk_is_named_and_nothing_published(two):
+    a, _, snap = two
+    victim = snap.manifest.files[0].chunks[0][0]
+    a.store.delete(chunk_key(victim))
+    b = Repository(MemoryStore("b"))
+    with pytest.raises(ChunkMissing, match=rf"chunk {chunk_key(victim)} .* is missing from memory://a"):
+        replicate_snapshot(a, b, snap.snapshot_id)
+    assert b.snapshot_ids() == []
 
 
 def test_recheck_repairs_a_chunk_lost_in_the_destination(two):

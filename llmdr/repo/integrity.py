@@ -1,16 +1,15 @@
 """Integrity check of a snapshot in a region: every chunk (or a rotating subset) read back and hashed.
 
 ``verify_snapshot`` reads the manifest (its id proves it), lists the region's chunks (a missing chunk or one of the
-wrong size is found without reading it), then reads and hashes the selected chunks. A subset ``n/t`` holds the
-chunks whose id falls in the n-th of t buckets, so checking 1/t, 2/t, ... t/t on successive runs reads everything
-once per cycle (as restic's ``--read-data-subset``). With repair sources, a corrupt or missing chunk is fetched from
+wrong size is found without reading it), then reads the selected chunks through ``Repository.load_chunk``, which
+proves each against its id. A subset ``n/t`` holds the chunks whose id falls in the n-th of t buckets, so checking
+1/t, 2/t, ... t/t on successive runs reads everything once per cycle (as restic's ``--read-data-subset``). With repair sources, a corrupt or missing chunk is fetched from
 another region, checked against its id, and written back with a verified put; every repair is reported, never
 silent, and a chunk no region holds intact stays listed as unrepaired.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from datetime import datetime, timezone
 
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import IntegrityError, ObjectNotFound, UsageError
-from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +107,29 @@ def verify_snapshot(
     to_read = [d for d in selected if d in present and present[d] == wanted[d]]
     progress.start(f"verify {snapshot_id[:12]}", sum(wanted[d] for d in to_read))
 
-    def read(hexd: str) -> tuple[str, int, bool]:
+    def read(hexd: str) -> tuple[str, str]:
+        """(chunk, "ok" | "corrupt" | "missing"), read and proven by the repository."""
         try:
-            data = repo.store.get(chunk_key(hexd))
-        except ObjectNotFound:
-            return hexd, 0, False
-        except IntegrityError as exc:  # an encrypted region refused it: damaged, truncated or tampered
+            repo.load_chunk(hexd, size=wanted[hexd])
+            state = "ok"
+        except ObjectNotFound:  # vanished since the listing
+            return hexd, "missing"
+        except IntegrityError as exc:  # bytes that do not hash to the id, or an encrypted region refused them
             log.warning("%s", exc)
-            return hexd, -1, False
-        progress.advance(len(data))
-        return hexd, len(data), hashlib.sha256(data).hexdigest() == hexd
+            state = "corrupt"
+        progress.advance(wanted[hexd])
+        return hexd, state
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-verify") as pool:
-            for hexd, n, good in pool.map(read, to_read):
+            for hexd, state in pool.map(read, to_read):
                 res.chunks_read += 1
-                res.bytes_read += max(n, 0)
-                if not good:
-                    (res.corrupt if n else res.missing).append(hexd)
+                if state == "missing":
+                    res.missing.append(hexd)
+                    continue
+                res.bytes_read += wanted[hexd]
+                if state == "corrupt":
+                    res.corrupt.append(hexd)
     finally:
         progress.finish()
     res.missing.sort()
@@ -142,11 +146,8 @@ def verify_snapshot(
 def _repair(repo: Repository, source: Repository, hexd: str) -> bool:
     """Copy one chunk from ``source`` if its copy there is intact; False when it is not."""
     try:
-        data = source.store.get(chunk_key(hexd))
+        data = source.load_chunk(hexd)
     except (ObjectNotFound, IntegrityError):
         return False
-    digest = hashlib.sha256(data).digest()
-    if digest.hex() != hexd:
-        return False
-    repo.store.put(chunk_key(hexd), data, sha256=digest)
+    repo.save_chunk(hexd, data)
     return True

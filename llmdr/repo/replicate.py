@@ -8,17 +8,15 @@ crash or an outage of either region copies only what is still missing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import IntegrityError, ObjectNotFound
 from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import Manifest
-from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +80,12 @@ def replicate_snapshot(
     missing = [(d, n) for d, n in sorted(needed.items()) if present.get(d) != n]
     progress.start(f"replicate {snapshot_id[:12]}", sum(n for _, n in missing))
 
+    then = (f"It was not copied and the snapshot was not published in {dst.location}. Replicate from another "
+            "healthy region.")
+
     def copy(hexd: str, n: int) -> int:
-        try:
-            blob = src.store.get(chunk_key(hexd))
-        except ObjectNotFound:
-            raise IntegrityError(
-                f"chunk {hexd[:12]} of snapshot {snapshot_id[:12]} is missing from the source {src.location}; "
-                "nothing was published in the destination. Replicate from another healthy region."
-            ) from None
-        digest = hashlib.sha256(blob).digest()
-        if len(blob) != n or digest.hex() != hexd:
-            raise IntegrityError(
-                f"chunk {hexd[:12]} of snapshot {snapshot_id[:12]} is corrupt in the source {src.location}; it was "
-                "not copied and the snapshot was not published in the destination. Replicate from another region."
-            )
-        dst.store.put(chunk_key(hexd), blob, sha256=digest)
+        # proven against its id before it is sent: a damaged source copy is never propagated
+        dst.save_chunk(hexd, src.load_chunk(hexd, size=n, of=f" of snapshot {snapshot_id[:12]} (source)", then=then))
         progress.advance(n)
         return n
 
@@ -119,7 +108,7 @@ def replicate_snapshot(
         res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], written=copied,
                                                   started=started_ts, workers=workers)
     # Last: publishing the manifest makes the snapshot visible in the destination region.
-    dst.store.put(manifest_key(snapshot_id), data, sha256=hashlib.sha256(data).digest())
+    dst.save_manifest(snapshot_id, data)
     res.duration_s = time.perf_counter() - t0
     log.info("replicated %s to %s: %d of %d chunks copied (%d bytes) in %.2fs", snapshot_id[:12], dst.location,
              res.chunks_copied, res.chunks_total, res.bytes_copied, res.duration_s)

@@ -6,6 +6,12 @@
 
 A snapshot exists in a region exactly when its manifest does; manifests are written after all their chunks, so a
 listing never shows a partial snapshot.
+
+``Repository`` is the only door to these objects (restic's ``internal/repository``): snapshot, restore, copy, verify
+and retention read and write chunks, manifests and evidence through its methods. ``load_chunk`` is the one place
+that reads a chunk and proves it against its id, and so the one place that turns a missing chunk into
+``ChunkMissing`` (an ``ObjectNotFound``) and a damaged one into ``IntegrityError``, each naming the object key.
+The key functions (``chunk_key``, ``manifest_key``) stay public for messages that name an object.
 """
 
 from __future__ import annotations
@@ -13,17 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmdr.common.files import atomic_write
-from llmdr.errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UnsafePathError, UsageError
+from llmdr.errors import (
+    ChunkMissing,
+    IntegrityError,
+    ObjectNotFound,
+    SnapshotNotFound,
+    UnsafePathError,
+    UsageError,
+)
 from llmdr.repo.chunking import DEFAULT_CHUNKER, ChunkerParams
 from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.manifest import Manifest, canonical_json, parse_utc
-from llmdr.storage.base import BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +46,10 @@ CHUNKS = "chunks/"
 SNAPSHOTS = "snapshots/"
 EVIDENCE = "evidence/"
 REPO_FORMAT = 1
+
+
+_REPAIR = ("Restore from another region, or repair this one from a healthy copy (`llmdr verify --repair`, "
+           "`llmdr replicate`).")
 
 
 def chunk_key(hexdigest: str) -> str:
@@ -129,12 +147,47 @@ class Repository:
     # chunks -----------------------------------------------------------------------------------------------------------
     def list_chunks(self) -> dict[str, int]:
         """Every chunk present, with its stored size (one paged LIST)."""
-        out: dict[str, int] = {}
+        return {hexd: info.size for hexd, info in self.chunk_infos()}
+
+    def chunk_infos(self) -> Iterator[tuple[str, BlobInfo]]:
+        """(chunk id, its object's size and last-write time) for every chunk present, in key order."""
         for info in self.store.list(CHUNKS):
             hexd = key_to_chunk(info.key)
             if hexd is not None:
-                out[hexd] = info.size
-        return out
+                yield hexd, info
+
+    def load_chunk(self, hexdigest: str, *, size: int | None = None, of: str = "", then: str = "") -> bytes:
+        """The bytes of chunk ``hexdigest``, proven to hash to it (and to be ``size`` long, when given).
+
+        A chunk that is not there raises ``ChunkMissing``, one whose bytes do not match ``IntegrityError`` (an
+        encrypting store below raises that too for bytes that fail authentication); both name the object key. For
+        the messages, ``of`` says what the chunk belongs to (``" of 'model.bin' (offset 0)"``) and ``then`` what
+        that means for the caller and what to do (default: restore from, or repair from, another region)."""
+        key = chunk_key(hexdigest)
+        then = then or _REPAIR
+        try:
+            data = self.store.get(key)
+        except ObjectNotFound:
+            raise ChunkMissing(f"chunk {key}{of} is missing from {self.location}; the snapshot there is damaged. "
+                               f"{then}") from None
+        if (size is not None and len(data) != size) or hashlib.sha256(data).hexdigest() != hexdigest:
+            raise IntegrityError(f"chunk {key}{of} is corrupt in {self.location}: its bytes do not hash to its id. "
+                                 f"{then}")
+        return data
+
+    def read_chunk_range(self, hexdigest: str, start: int, length: int) -> bytes:
+        """``length`` bytes of chunk ``hexdigest`` from ``start``, NOT verified (a part cannot be proven against the
+        id): for bandwidth probes only, never for data that is used."""
+        return self.store.get(chunk_key(hexdigest), start=start, length=length)
+
+    def save_chunk(self, hexdigest: str, data: bytes | bytearray | memoryview, digest: bytes | None = None) -> None:
+        """Store chunk ``hexdigest`` with a verified put: the store refuses bytes that do not hash to it. ``digest``
+        is its raw SHA-256 when the caller already has it."""
+        self.store.put(chunk_key(hexdigest), data, sha256=digest or bytes.fromhex(hexdigest))
+
+    def delete_chunk(self, hexdigest: str) -> None:
+        """Remove chunk ``hexdigest`` (``ObjectLocked`` while Object Lock retains it)."""
+        self.store.delete(chunk_key(hexdigest))
 
     # snapshots --------------------------------------------------------------------------------------------------------
     def snapshot_ids(self) -> list[str]:
@@ -238,6 +291,17 @@ class Repository:
         if len(matches) > 1:
             raise UsageError(f"snapshot prefix {ref!r} is ambiguous in {self.location}: {', '.join(m[:12] for m in matches)}")
         return matches[0]
+
+    def save_manifest(self, snapshot_id: str, data: bytes) -> None:
+        """Publish a snapshot: write its manifest (verified put). Call it after every chunk is in place."""
+        if hashlib.sha256(data).hexdigest() != snapshot_id:
+            raise IntegrityError(f"refusing to write manifest {manifest_key(snapshot_id)} to {self.location}: its "
+                                 "bytes do not hash to the snapshot id")
+        self.store.put(manifest_key(snapshot_id), data, sha256=bytes.fromhex(snapshot_id))
+
+    def delete_manifest(self, snapshot_id: str) -> None:
+        """Forget a snapshot (its chunks stay until a prune; ``ObjectLocked`` while Object Lock retains it)."""
+        self.store.delete(manifest_key(snapshot_id))
 
     def has_snapshot(self, snapshot_id: str) -> bool:
         try:

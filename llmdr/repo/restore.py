@@ -26,10 +26,10 @@ from pathlib import Path
 
 from llmdr.common.files import atomic_write
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import IntegrityError, LlmdrError, ObjectNotFound, TargetNotEmpty, UnsafePathError
+from llmdr.errors import LlmdrError, TargetNotEmpty, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -312,19 +312,9 @@ def _release(fut: Future, window: threading.BoundedSemaphore, failed: threading.
 
 def _fetch(repo: Repository, job: _FileJob, hexd: str, n: int, offset: int, manifest: Manifest,
            res: RestoreResult, progress: Progress) -> None:
-    try:
-        data = repo.store.get(chunk_key(hexd))
-    except ObjectNotFound:
-        raise IntegrityError(
-            f"chunk {chunk_key(hexd)} of {job.entry.path!r} is missing from {repo.location}; the snapshot there is "
-            "damaged. Restore from another region, or repair with `llmdr replicate` from a healthy one."
-        ) from None
-    if len(data) != n or hashlib.sha256(data).hexdigest() != hexd:
-        raise IntegrityError(
-            f"chunk {chunk_key(hexd)} of {job.entry.path!r} (offset {offset}) is corrupt in {repo.location}: its bytes "
-            "do not hash to its id. Nothing was written for that file. Restore from another region, or repair "
-            "this one with `llmdr replicate` from a healthy copy."
-        )
+    data = repo.load_chunk(hexd, size=n, of=f" of {job.entry.path!r} (offset {offset})",
+                           then="Nothing was written for that file. Restore from another region, or repair this one "
+                                "with `llmdr replicate` from a healthy copy.")
     last = job.write(offset, data)
     with _bytes_lock:
         res.bytes_downloaded += n

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from llmdr.errors import ObjectLocked, UsageError
 from llmdr.repo.locks import Locker
-from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key, key_to_chunk, manifest_key
+from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key, manifest_key
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def apply_retention(repo: Repository, bundle: str, policy: Policy, *, prune: boo
         lock = locker.locked(manifest_key(sid), t) if locker is not None else None
         try:
             if lock is None:
-                repo.store.delete(manifest_key(sid))
+                repo.delete_manifest(sid)
                 res.forgotten.append(sid)
                 continue
         except ObjectLocked:
@@ -119,9 +119,8 @@ def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float, l
     for info in repo.snapshots():  # every bundle's snapshots share the chunk store
         referenced.update(info.manifest.chunk_set())
     deleted: set[str] = set()
-    for blob in list(repo.store.list("chunks/")):
-        hexd = key_to_chunk(blob.key)
-        if hexd is None or hexd in referenced:
+    for hexd, blob in list(repo.chunk_infos()):
+        if hexd in referenced:
             continue
         if blob.modified is None or now - blob.modified < grace_s:
             res.chunks_in_grace += 1
@@ -130,7 +129,7 @@ def _prune(repo: Repository, res: RetentionResult, grace_s: float, now: float, l
             res.chunks_locked += 1
             continue
         try:
-            repo.store.delete(blob.key)
+            repo.delete_chunk(hexd)
         except ObjectLocked:
             res.chunks_locked += 1
             continue

@@ -27,7 +27,7 @@ from llmdr.repo.bundle import BundleReport, ComponentSpec, IncompleteBundle, che
 from llmdr.repo.chunking import Chunker
 from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import FileEntry, Manifest, component_digest, manifest_id, utc_now
-from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.statcache import StatCache
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class _Uploads:
 
     def _put(self, hexd: str, digest: bytes, data: bytes) -> None:
         try:
-            self.repo.store.put(chunk_key(hexd), data, sha256=digest)
+            self.repo.save_chunk(hexd, data, digest)
         finally:
             with self._cv:
                 self._inflight -= len(data)
@@ -307,9 +307,7 @@ def take_snapshot(
         locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], written=scheduled,
                              started=started_ts, workers=workers)
     # The manifest goes last: until this put returns, the snapshot does not exist.
-    import hashlib
-
-    repo.store.put(manifest_key(sid), data, sha256=hashlib.sha256(data).digest())
+    repo.save_manifest(sid, data)
     if stat_cache is not None:
         stat_cache.save()
     res.snapshot_id = sid
