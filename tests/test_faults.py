@@ -4,14 +4,17 @@
   connection reset in the middle of a body, a stall longer than the read timeout are retried to success with the
   exact bytes; a wrong-credential 403 is not retried.
 - ``FaultyStore``'s modes (scripted transient / permanent / delay / drop-after-the-call, seeded random rate).
-- With 10 % of every S3 request failing (``LLMDR_FAULT_RATE``), snapshot, cross-region copy, verify and restore
-  still succeed through ``llmdr.ops`` and the CLI, byte-identical, and the Prefect flows' artifacts show the retries.
+- With 10 % of every S3 request failing (``tests/support/faults.py``: a ``FaultyStore`` under each region's retry
+  layer, which production cannot switch on), snapshot, cross-region copy, verify and restore still succeed through
+  ``llmdr.ops`` and the CLI, byte-identical, and the Prefect flows' artifacts show the retries.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+from pathlib import Path
 
 import pytest
 from netproxy import NetProxy
@@ -20,6 +23,7 @@ from llmdr.errors import AccessDenied, TransientStorageError
 from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.retrying import RetryingStore
 from llmdr.storage.s3 import S3Store
+from tests.support.faults import SUMMARY, inject
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -226,12 +230,12 @@ def test_retry_counts_go_to_the_block_the_store_was_opened_in():
 
 
 # 10 % of every S3 request failing: the whole procedure still succeeds --------------------------------------------------
-# LLMDR_FAULT_RATE puts a random-mode FaultyStore between each region's S3 adapter and its retry layer (see
-# llmdr/storage/factory.py). Small chunks make a few MB into hundreds of requests per step; the factory raises the
-# retry attempts to 8 at this rate, so a request fails for good with probability 0.1 ** 8 = 1e-8 (with the default
-# 4 attempts, 1e-4: about one run in ten of these ~1,500 requests would lose one).
+# support.faults.inject puts a random-mode FaultyStore between each region's S3 adapter and its retry layer. Small
+# chunks make a few MB into hundreds of requests per step; the injection raises the retry attempts to 8 at this
+# rate, so a request fails for good with probability 0.1 ** 8 = 1e-8 (with the default 4 attempts, 1e-4: about one
+# run in ten of these ~1,500 requests would lose one).
 
-FAULT_RATE = "0.1"
+FAULT_RATE = 0.1
 
 
 def _small_chunk_repo(cfg) -> None:
@@ -249,7 +253,7 @@ def _no_request_lost(retries: dict) -> None:
     assert retries["gave_up"] == {}, retries
 
 
-def test_snapshot_copy_verify_restore_ride_out_10_percent_faults(region_config, tmp_path, monkeypatch):
+def test_snapshot_copy_verify_restore_ride_out_10_percent_faults(region_config, tmp_path):
     import logging
 
     from llmdr.devstack.samples import write_sample_bundle
@@ -261,26 +265,26 @@ def test_snapshot_copy_verify_restore_ride_out_10_percent_faults(region_config, 
     cfg = region_config
     write_sample_bundle(cfg.bundle_path, shards=2, shard_size=2 * MiB)
     _small_chunk_repo(cfg)
-    monkeypatch.setenv("LLMDR_FAULT_RATE", FAULT_RATE)
-    monkeypatch.setenv("LLMDR_FAULT_SEED", "1")
     steps: dict[str, dict] = {}
 
-    with count_retries() as r:
-        snap = ops.snapshot_bundle(cfg)
-    steps["snapshot"] = r.to_json()
-    sid = snap.snapshot_id
-    with count_retries() as r:
-        [copy] = ops.replicate(cfg, sid, to="secondary")
-    steps["copy"] = r.to_json()
-    assert copy.chunks_copied == copy.chunks_total > 200
-    for region in ("primary", "secondary"):
+    with inject(FAULT_RATE, seed=1) as faults:
         with count_retries() as r:
-            check = ops.verify(cfg, sid, region=region)  # every chunk read back and hashed
-        steps[f"verify {region}"] = r.to_json()
-        assert check.ok and check.chunks_read == check.chunks_total
-    with count_retries() as r:
-        res = ops.restore(cfg, sid, tmp_path / "restored", region="secondary")
-    steps["restore"] = r.to_json()
+            snap = ops.snapshot_bundle(cfg)
+        steps["snapshot"] = r.to_json()
+        sid = snap.snapshot_id
+        with count_retries() as r:
+            [copy] = ops.replicate(cfg, sid, to="secondary")
+        steps["copy"] = r.to_json()
+        assert copy.chunks_copied == copy.chunks_total > 200
+        for region in ("primary", "secondary"):
+            with count_retries() as r:
+                check = ops.verify(cfg, sid, region=region)  # every chunk read back and hashed
+            steps[f"verify {region}"] = r.to_json()
+            assert check.ok and check.chunks_read == check.chunks_total
+        with count_retries() as r:
+            res = ops.restore(cfg, sid, tmp_path / "restored", region="secondary")
+        steps["restore"] = r.to_json()
+    assert faults.injected == sum(s["total"] for s in steps.values())  # every injected fault was retried
     assert res.snapshot_id == sid
     assert read_tree(tmp_path / "restored") == read_tree(cfg.bundle_path)
 
@@ -305,13 +309,19 @@ def test_cli_snapshot_replicate_verify_restore_with_10_percent_faults(region_con
     cfg = region_config
     write_sample_bundle(cfg.bundle_path, shards=1, shard_size=MiB)
     _small_chunk_repo(cfg)
-    env = {**os.environ, "LLMDR_FAULT_RATE": FAULT_RATE, "LLMDR_FAULT_SEED": "7", "LLMDR_CONFIG": ""}
+    root = Path(__file__).resolve().parent.parent  # `tests.support.faults` is imported from the repository root
+    env = {**os.environ, "LLMDR_CONFIG": "", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    seeds = iter(range(7, 100))
 
     def llmdr(*args: str) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args], env=env,
+        r = subprocess.run([sys.executable, "-m", "tests.support.faults", "--rate", str(FAULT_RATE), "--seed",
+                            str(next(seeds)), "--", "--config", str(cfg.source_file), *args], env=env, cwd=root,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
-        assert "FAULT INJECTION ACTIVE" in r.stderr  # loud, so nobody runs it by mistake
+        assert "FAULT INJECTION ACTIVE" in r.stderr  # loud, so nobody mistakes it for a normal run
+        injected = re.search(rf"{SUMMARY} (\d+) faults injected in (\d+) requests", r.stderr)
+        assert injected and int(injected[1]) > 0, r.stderr  # faults fired, and the command still succeeded
         return r
 
     llmdr("snapshot")
@@ -336,23 +346,28 @@ def _artifacts_of(state) -> dict[str, object]:
     return {a.key: a.data for a in asyncio.run(read())}
 
 
-def test_flows_with_10_percent_faults_show_the_retries_in_their_artifacts(prefect_harness, region_config, tmp_path,
-                                                                          monkeypatch):
-    import json
+def test_flows_with_10_percent_faults_show_the_retries_in_their_artifacts(prefect_harness, region_config, tmp_path):
 
-    from flows.protect_bundle import protect_bundle
-    from flows.restore_bundle import restore_bundle
-    from flows.verify_replicas import verify_replicas
     from llmdr.devstack.samples import write_sample_bundle
 
-    from conftest import read_tree
 
     cfg = region_config
     path = str(cfg.source_file)
     write_sample_bundle(cfg.bundle_path, shards=1, shard_size=2 * MiB)
     _small_chunk_repo(cfg)
-    monkeypatch.setenv("LLMDR_FAULT_RATE", FAULT_RATE)
-    monkeypatch.setenv("LLMDR_FAULT_SEED", "3")
+    with inject(FAULT_RATE, seed=3) as faults:
+        _flows_under_faults(cfg, path, tmp_path)
+    assert faults.injected > 0
+
+
+def _flows_under_faults(cfg, path: str, tmp_path) -> None:
+    import json
+
+    from flows.protect_bundle import protect_bundle
+    from flows.restore_bundle import restore_bundle
+    from flows.verify_replicas import verify_replicas
+
+    from conftest import read_tree
 
     state = protect_bundle(config_path=path, return_state=True)
     out = state.result()
