@@ -70,11 +70,16 @@ def test_wrong_credentials_fail_fast_and_clearly(stack):
 def test_wrong_credentials_are_not_retried(stack, monkeypatch):
     cfg = stack
     monkeypatch.setenv("LLMDR_TEST_P_SK", "not-the-secret")
-    store = open_region(cfg, cfg.primary)
+    from llmdr.storage import factory
+
+    adapters = []
+    real_adapter = factory.adapter
+    monkeypatch.setattr(factory, "adapter", lambda *a: adapters.append(real_adapter(*a)) or adapters[-1])
+    store = open_region(cfg, cfg.primary)  # the whole stack, retry layer included
     calls = []
-    inner = store.inner
-    real = inner._client.list_objects_v2
-    monkeypatch.setattr(inner._client, "list_objects_v2", lambda **kw: (calls.append(kw), real(**kw))[1])
+    [s3] = adapters
+    real = s3._client.list_objects_v2
+    monkeypatch.setattr(s3._client, "list_objects_v2", lambda **kw: (calls.append(kw), real(**kw))[1])
     with pytest.raises(AccessDenied):
         list(store.list("chunks/"))
     assert len(calls) == 1
@@ -128,6 +133,7 @@ def run(args, cwd, env=None, check=False):
 
 
 @pytest.mark.s3  # starts its own regions
+@pytest.mark.slow
 def test_cli_outage_walkthrough(tmp_path):
     """The README's walk-through: own stack, snapshot, replicate, primary down, restore from the secondary."""
     from conftest import _free_base_port
@@ -176,6 +182,7 @@ def _cmdline_has(pid: str, needle: str) -> bool:
 
 
 @pytest.mark.s3  # starts its own regions
+@pytest.mark.slow
 def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
     """Stop the secondary's server in the middle of a copy, start it again, re-run: only the rest is copied and the
     snapshot appears there only at the end."""
@@ -302,6 +309,7 @@ def test_cli_forget_and_prune(region_config):
     assert verify_snapshot(repo, out["kept"][0]).ok
 
 
+@pytest.mark.slow
 def test_cli_protect_runs_the_flow_without_a_server(region_config):
     cwd = region_config.source_file.parent
     write_sample_bundle(cwd / "bundle", shards=1, shard_size=MiB)

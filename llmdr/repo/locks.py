@@ -44,6 +44,13 @@ class Locker:
     def retention(self, key: str) -> Lock | None:
         return self.store.retention(key)
 
+    def snapshot_lock(self, snapshot_id: str) -> Lock | None:
+        """The lock on a snapshot's manifest (the snapshot's own lock)."""
+        return self.retention(manifest_key(snapshot_id))
+
+    def chunk_lock(self, hexdigest: str) -> Lock | None:
+        return self.retention(chunk_key(hexdigest))
+
     def locked(self, key: str, now: float | None = None) -> Lock | None:
         """The lock on ``key`` when it is still in force at ``now``, else None."""
         lock = self.retention(key)
@@ -71,7 +78,7 @@ class Locker:
             mine = todo & info.manifest.chunk_set().keys()
             if not mine:
                 continue
-            lock = self.retention(manifest_key(info.id))
+            lock = self.snapshot_lock(info.id)
             if lock is not None and (lock.legal_hold or lock.until >= enough):
                 todo -= mine
         return self.extend([chunk_key(d) for d in sorted(todo)], workers=workers)

@@ -103,7 +103,7 @@ def _extend_kept(locker: Locker, kept: list[SnapshotInfo], now: float, res: Rete
     manifest's lock is its snapshot's lock)."""
     due = []
     for info in kept:
-        lock = locker.retention(manifest_key(info.id))
+        lock = locker.snapshot_lock(info.id)
         if lock is None or (not lock.legal_hold and lock.until < now + locker.period_s / 2):
             due.append(info)
     if not due:
