@@ -1,5 +1,5 @@
 """The ``llmdr`` command line, the outermost layer: it may import the flows and every core package, and nothing
-imports it. :mod:`llmdr.cli.app` holds the root Typer app, the global options, the helpers the commands share and
+imports it. :mod:`llmdr.cli.root` holds the root Typer app, the global options, the helpers the commands share and
 :func:`main`; each ``cmd_<group>`` module holds one group of commands, which load the config, open what they need and
 call one core function (or run one flow in this process); errors print one message and exit non-zero, never a
 traceback. Importing this package registers every command on :data:`app`."""
@@ -17,6 +17,6 @@ from llmdr.cli import (  # noqa: F401  (imported for their @app.command registra
     cmd_stack,
     cmd_verify,
 )
-from llmdr.cli.app import app, main
+from llmdr.cli.root import app, main
 
 __all__ = ["app", "main"]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, app, emit, load_cfg, run_flow, use_local_prefect
+from llmdr.cli.root import JsonOpt, app, emit, load_cfg, run_flow, use_local_prefect
 from llmdr.errors import LlmdrError, UsageError
 
 report_app = typer.Typer(help="Check drill reports.", no_args_is_help=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, app, emit, load_cfg
+from llmdr.cli.root import JsonOpt, app, emit, load_cfg
 from llmdr.errors import LlmdrError, UsageError
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, RegionOpt, app, emit, human_size, load_cfg
+from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg
 from llmdr.errors import LlmdrError, UsageError
 
 log = logging.getLogger("llmdr.cli")  # the name the warnings have always shown

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, app, emit, human_size, load_cfg, progress_for
+from llmdr.cli.root import JsonOpt, app, emit, human_size, load_cfg, progress_for
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmdr.cli.app import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
+from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
 from llmdr.errors import UnsafePathError
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, app, emit, load_cfg, progress_for
+from llmdr.cli.root import JsonOpt, app, emit, load_cfg, progress_for
 from llmdr.errors import LlmdrError
 
 golden_app = typer.Typer(help="Record and check golden answers of a serving endpoint.", no_args_is_help=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for, use_local_prefect
+from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for, use_local_prefect
 from llmdr.errors import UsageError
 
 

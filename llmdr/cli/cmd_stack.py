@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmdr.cli.app import JsonOpt, app, emit, load_cfg
+from llmdr.cli.root import JsonOpt, app, emit, load_cfg
 from llmdr.errors import LlmdrError, UsageError
 
 stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_args_is_help=True)
