@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
 from llmdr.cli.cmd_serve import golden_table
+from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
 from llmdr.errors import UsageError
 
 
