@@ -47,23 +47,21 @@ def dr_drill(config_path: str = "", started_by: str = "") -> dict:
     rec = procedure.start_record(cfg, who_started(started_by))
     outage_started = False
     try:
-        if not procedure.record_prechecks(rec, prechecks(config_path), dr.name):
-            return _finish(config_path, cfg, rec)
+        if procedure.record_prechecks(rec, prechecks(config_path), dr.name):  # False: a problem blocks the drill
+            # --- the outage ---
+            t_out = time.time()
+            procedure.record_rpo(rec, dr.name, t_out)
+            action = simulate_outage(config_path, primary.name)
+            outage_started = True
+            procedure.record_outage(rec, primary.name, action, t_out)
 
-        # --- the outage ---
-        t_out = time.time()
-        procedure.record_rpo(rec, dr.name, t_out)
-        action = simulate_outage(config_path, primary.name)
-        outage_started = True
-        procedure.record_outage(rec, primary.name, action, t_out)
-
-        # --- the chain must fire on its own ---
-        fo = watch_for_failover(config_path, *procedure.failover_wait(cfg, t_out))
-        if procedure.record_failover(rec, cfg, fo, t_out):
-            procedure.record_golden(rec, golden_through_router(config_path))
-        procedure.record_restore_test(rec, restore_test_dr(config_path, dr.name), dr.name)
-        if cfg.datasets:
-            procedure.record_datasets(rec, datasets_from_dr(config_path, dr.name), dr.name)
+            # --- the chain must fire on its own ---
+            fo = watch_for_failover(config_path, *procedure.failover_wait(cfg, t_out))
+            if procedure.record_failover(rec, cfg, fo, t_out):
+                procedure.record_golden(rec, golden_through_router(config_path))
+            procedure.record_restore_test(rec, restore_test_dr(config_path, dr.name), dr.name)
+            if cfg.datasets:
+                procedure.record_datasets(rec, datasets_from_dr(config_path, dr.name), dr.name)
     except Exception as exc:  # noqa: BLE001 - the drill reports every failure; it never dies half-way silently
         get_run_logger().error("drill step failed: %s", exc)
         procedure.record_step_failure(rec, exc)
