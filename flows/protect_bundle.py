@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
 from llmdr.config import load_config
+from llmdr.failover.standby import standby_regions
 from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
     apply_retention,
@@ -36,7 +37,7 @@ def protect_bundle(config_path: str = "") -> dict:
     verified = [verify_copy(config_path, sid, r.name) for r in cfg.secondaries]
     retention = [apply_retention(config_path, r.name) for r in cfg.regions]
     rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
-    standbys = [refresh_standby(config_path, r.name) for r in cfg.secondaries if r.serving is not None]
+    standbys = [refresh_standby(config_path, region) for region in standby_regions(cfg)]
     if datasets:
         store_dataset_evidence(config_path, sid, validations, datasets)
     model = (register_model_version(config_path, sid, [r.name for r in cfg.regions], datasets)

@@ -227,6 +227,13 @@ def test_standby_refresh_results_keep_their_shape():
         "region": "secondary", "refreshed": True, "snapshot": "b", "previous": "a"}
 
 
+def test_protect_asks_every_secondary_with_an_endpoint(tmp_path):
+    assert standby.standby_regions(_cfg(tmp_path)) == ["secondary"]
+    cfg = _cfg(tmp_path).model_copy(deep=True)
+    cfg.region("secondary").serving = None
+    assert standby.standby_regions(cfg) == []
+
+
 def test_refresh_standby_leaves_a_region_without_warm_standby_alone(tmp_path):
     cfg = _cfg(tmp_path, warm=False)
     assert standby.refresh_standby(cfg, "secondary").to_json() == {

@@ -37,6 +37,12 @@ def same_content(repo: Repository, a: str | None, b: str) -> bool:
     return content_key(repo.load_manifest(a)) == content_key(repo.load_manifest(b))
 
 
+def standby_regions(cfg: Config) -> list[str]:
+    """The secondaries protect-bundle asks to refresh: every one with a serving endpoint (``refresh_standby`` then
+    says, for each, why it stays as it is)."""
+    return [r.name for r in cfg.secondaries if r.serving is not None]
+
+
 def runs_warm_standby(region: Region) -> bool:
     """llmdr keeps a warm replica in ``region``: it has ``serving.warm`` and llmdr can start the replica."""
     from llmdr.serving.replica import can_start
