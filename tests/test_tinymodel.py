@@ -89,8 +89,8 @@ def test_changed_weights_change_the_answers(bundle, tmp_path):
 
 def test_tokenizer_from_another_model_is_refused(bundle, tmp_path):
     v = variant(bundle, tmp_path)
-    from llmdr.devstack.samples import _word_tokenizer_json
+    from llmdr.devstack.samples import word_tokenizer_json
 
-    (v / "tokenizer.json").write_text(_word_tokenizer_json(100))
+    (v / "tokenizer.json").write_text(word_tokenizer_json(100))
     with pytest.raises(ValueError, match="do not belong together"):
         TinyModel(v)

@@ -36,7 +36,7 @@ def _write_safetensors(path: Path, size: int, rng: random.Random, tensors: int =
             left -= n
 
 
-def _word_tokenizer_json(vocab_size: int) -> str:
+def word_tokenizer_json(vocab_size: int) -> str:
     """A real (if simple) tokenizer, built with the tokenizers library: word-level, whitespace-split."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -75,7 +75,7 @@ def write_sample_bundle(target: Path, *, shards: int = 2, shard_size: int = 8 * 
         p = target / name
         p.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         written.append(p)
-    (target / "tokenizer.json").write_text(_word_tokenizer_json(4096))
+    (target / "tokenizer.json").write_text(word_tokenizer_json(4096))
     written.append(target / "tokenizer.json")
     prompts = target / "prompts"
     prompts.mkdir(exist_ok=True)
