@@ -18,6 +18,7 @@ from llmdr.repo.repository import RepoConfig, Repository, chunk_key
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import clear_cache
 from llmdr.storage.factory import open_region
+from tests.support.config import two_region_yaml
 
 from conftest import two_regions
 
@@ -134,19 +135,12 @@ def test_assumed_role_expiry_read_from_sts_moto(tmp_path, monkeypatch):
         role = "arn:aws:iam::123456789012:role/llmdr"
 
         def cfg(rto: str, duration: str):
-            text = f"""
-version: 1
-bundle: {{name: b, path: bundle}}
-regions:
-  - {{name: primary, role: primary, endpoint: "{url}", bucket: llmdr-m1,
-     credentials: {{access_key_env: LLMDR_M_AK, secret_key_env: LLMDR_M_SK, role_arn: "{role}",
-                   sts_endpoint: "{url}", session_duration: {duration}}}}}
-  - {{name: secondary, role: secondary, endpoint: "{url}", bucket: llmdr-m2,
-     credentials: {{access_key_env: LLMDR_M2_AK, secret_key_env: LLMDR_M2_SK}}}}
-objectives: {{rto: {rto}}}
-readiness: {{credential_warning: 30m}}
-state_dir: {tmp_path / 'state'}
-"""
+            text = two_region_yaml(
+                url, url, keys=("LLMDR_M", "LLMDR_M2"), primary_bucket="llmdr-m1", secondary_bucket="llmdr-m2",
+                primary_creds=f', role_arn: "{role}", sts_endpoint: "{url}", session_duration: {duration}',
+                bundle="{name: b, path: bundle}",
+                extra=f"objectives: {{rto: {rto}}}\nreadiness: {{credential_warning: 30m}}",
+                state_dir=tmp_path / "state")
             return parse_config(text, source=tmp_path / "llmdr.yaml")
 
         clear_cache()

@@ -20,32 +20,21 @@ from llmdr.errors import ConfigError, LlmdrError, StackError, UsageError
 from llmdr.failover.router import RouterLog, RouterState, open_router, upstreams
 from llmdr.failover.router.caddy import Caddy
 from llmdr.failover.router.route53 import Route53
+from tests.support import config as builder
 
 from conftest import free_port
-
-REGION = """\
-  - name: {name}
-    role: {role}
-    endpoint: http://127.0.0.1:{s3}
-    bucket: llmdr-{name}
-    credentials: {{access_key_env: LLMDR_T_AK, secret_key_env: LLMDR_T_SK}}
-"""
-SERVING = "    serving: {{url: 'http://127.0.0.1:{port}'}}\n"
 
 
 def write_config(tmp: Path, *, router: str, serving: dict[str, int]) -> Config:
     """Three regions (primary, secondary, tertiary); those named in ``serving`` get a serving url on that port."""
-    text = "version: 1\nbundle: {name: b, path: bundle}\nregions:\n"
-    for i, (name, role) in enumerate((("primary", "primary"), ("secondary", "secondary"),
-                                      ("tertiary", "secondary"))):
-        text += REGION.format(name=name, role=role, s3=9000 + i)
-        if name in serving:
-            text += SERVING.format(port=serving[name])
-    text += f"router: {router}\nstate_dir: {tmp / 'state'}\n"
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / "llmdr.yaml"
-    path.write_text(text)
-    return parse_config(text, source=path)
+    regions = [builder.region_yaml(name, role, 9000 + i, f"llmdr-{name}", keys="LLMDR_T",
+                                   lines=f"    serving: {{url: 'http://127.0.0.1:{serving[name]}'}}"
+                                   if name in serving else "")
+               for i, (name, role) in enumerate((("primary", "primary"), ("secondary", "secondary"),
+                                                 ("tertiary", "secondary")))]
+    text = builder.config_yaml(regions, bundle="{name: b, path: bundle}", extra=f"router: {router}",
+                               state_dir=tmp / "state")
+    return builder.write_config(tmp / "llmdr.yaml", text)
 
 
 class Upstream:
