@@ -224,6 +224,7 @@ def has_files(target: Path) -> Callable[[], bool]:
     return lambda: any(n != MARKER for _, _, names in os.walk(target) for n in names)
 
 
+@pytest.mark.slow
 def test_snapshot_killed(world, tmp_path):
     def fresh() -> tuple[Path, Config, Repository]:
         path, cfg = world.config()
@@ -251,6 +252,7 @@ def test_snapshot_killed(world, tmp_path):
     t.check()
 
 
+@pytest.mark.slow
 def test_replicate_killed(world, tmp_path):
     sid = world.snapshot_id
 
@@ -305,6 +307,7 @@ def target_state(target: Path, tree: dict[str, bytes]) -> tuple[dict[str, int], 
     return complete, partial, marker
 
 
+@pytest.mark.slow
 def test_restore_killed(world, tmp_path):
     sid = world.snapshot_id
     total = sum(len(b) for b in world.tree.values())

@@ -60,6 +60,8 @@ def drill_config(*, p: int, s: int, ps: int, ss: int, rl: int, ra: int, rpo: str
                            secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ss}"}}',
                            extra=EXTRA.format(rl=rl, ra=ra, rpo=rpo, rto=rto))
 
+pytestmark = pytest.mark.slow  # one module-wide stack (~45 s to start), each drill 25-50 s
+
 _OUTPUTS: list[tuple[str, str]] = []  # (command, stdout + stderr) of every command this module runs: checked for secrets
 
 

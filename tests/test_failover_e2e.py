@@ -110,6 +110,7 @@ def _wait(what: str, cond, timeout: float, step: float = 0.2):
 
 
 @pytest.mark.s3
+@pytest.mark.slow
 def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path):
     p = _free_base_port()
     s = _free_base_port()

@@ -7,6 +7,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from llmdr.devstack import orchestration
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from tests.support.requirements import need
@@ -21,6 +23,7 @@ def _api(url: str, path: str, body: dict) -> list | dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_deploy_and_run_protect_bundle_through_the_api(region_config):
     cfg = region_config
     write_sample_bundle(cfg.source_file.parent / "bundle", shards=1, shard_size=MiB)

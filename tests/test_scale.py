@@ -15,11 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llmdr.repo.ops import open_repo, replicate, restore, snapshot_bundle
 from llmdr.repo.retention import Policy, apply_retention
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_DIR / "bench" / "rusage_launcher.py"
+pytestmark = pytest.mark.slow  # 1.5-3 min each on 2 cores
+
 RSS_BOUND_MB = 400  # several times what the commands use (~70-150 MB): a leak or a bundle held in memory, not noise
 
 
