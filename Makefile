@@ -40,6 +40,11 @@ bench-lock: install
 bench-scale: install
 	$(UV) run --frozen python bench/scale.py
 
+# Every bench script once at its smallest size (also part of `make test`, as tests/test_bench_smoke.py).
+.PHONY: bench-smoke
+bench-smoke: install
+	$(PYENV) $(UV) run --frozen pytest -q tests/test_bench_smoke.py
+
 # docs/reference/ (CLI, configuration, exit codes) generated from the code; tests/test_docs.py fails when it is stale.
 .PHONY: docs
 docs: install

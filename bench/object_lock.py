@@ -1,7 +1,8 @@
 """The cost of S3 Object Lock in the DR region: the same copies into a plain bucket and a locked one, same run.
 
     uv run python bench/object_lock.py                     # 512 MiB bundle, 3 runs, 30 s lock period (~3 min)
-    uv run python bench/object_lock.py --runs 1 --shard-mb 8   # smoke run
+    uv run python bench/object_lock.py --runs 1 --shard-mb 8   # a quick run
+    uv run python bench/object_lock.py --smoke --results DIR   # 1 run, 2 MiB, 4 s lock period, free ports
 
 Two `weed mini` servers on 127.0.0.1 (llmdr's own stack code, `start_region` / `stop_region`, stopped by PID in a
 ``finally``): a primary (ports 39133-39141 and 49141) and a DR server (39233-39241 and 49241) holding two buckets,
@@ -19,7 +20,8 @@ and again once the kept S3 is older than half the period (its chunks and manifes
 from a botocore ``before-call`` hook on llmdr's shared session, lock-extension time from a wrapper around
 ``Locker.extend`` (nothing in llmdr is changed).
 
-Results: bench/results/object-lock-latest.json|.md (the JSON has every run, request counts and llmdr's results).
+Results: bench/results/object-lock-latest.json|.md (the JSON has every run, request counts and llmdr's results), or
+``--results DIR``; a smoke run writes ``object-lock-smoke.json|.md`` there, never into bench/results/.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
+sys.path.insert(0, str(BENCH_DIR))
+
+from bench import results_dir, write_files  # noqa: E402
+from tests.support.config import config_yaml, region_yaml  # noqa: E402
 
 HOST = "127.0.0.1"
 P_PORT, DR_PORT = 39133, 39233
@@ -53,37 +59,16 @@ MiB = 1 << 20
 
 
 def config_text(runs: int, period_s: int, p_port: int, dr_port: int) -> str:
-    head = f"""\
-version: 1
-bundle: {{name: lock-bench, path: model}}
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://{HOST}:{p_port}
-    bucket: llmdr-primary
-    credentials: {{access_key_env: LOCKBENCH_P_AK, secret_key_env: LOCKBENCH_P_SK}}
-    local: {{}}
-"""
-    regions = []
+    regions = [region_yaml("primary", "primary", p_port, "llmdr-primary", keys="LOCKBENCH_P", local=True)]
     for n in range(1, runs + 1):
         # plain-1 is the DR server's local region (start_region / stop_region); the others share its endpoint and keys
-        local = "    local: {}\n" if n == 1 else ""
-        regions.append(f"""\
-  - name: plain-{n}
-    role: secondary
-    endpoint: http://{HOST}:{dr_port}
-    bucket: {PLAIN_BUCKET}
-    prefix: run{n}
-    credentials: {{access_key_env: LOCKBENCH_DR_AK, secret_key_env: LOCKBENCH_DR_SK}}
-{local}  - name: locked-{n}
-    role: secondary
-    endpoint: http://{HOST}:{dr_port}
-    bucket: {LOCKED_BUCKET}
-    prefix: run{n}
-    credentials: {{access_key_env: LOCKBENCH_DR_AK, secret_key_env: LOCKBENCH_DR_SK}}
-    object_lock: {{mode: COMPLIANCE, period: {period_s}s}}
-""")
-    return head + "".join(regions) + "state_dir: .llmdr\n"
+        regions += [
+            region_yaml(f"plain-{n}", "secondary", dr_port, PLAIN_BUCKET, keys="LOCKBENCH_DR", prefix=f"run{n}",
+                        local=n == 1),
+            region_yaml(f"locked-{n}", "secondary", dr_port, LOCKED_BUCKET, keys="LOCKBENCH_DR", prefix=f"run{n}",
+                        lines=f"    object_lock: {{mode: COMPLIANCE, period: {period_s}s}}"),
+        ]
+    return config_yaml(regions, bundle="{name: lock-bench, path: model}")
 
 
 # instrumentation ----------------------------------------------------------------------------------------------------
@@ -98,14 +83,14 @@ class Probe:
         self.extend_keys = 0
 
     def install(self) -> None:
-        from llmdr.storage import locks
-        from llmdr.storage.s3 import _shared_session
+        from llmdr.repo import locks
+        from llmdr.storage.s3 import shared_session
 
         def on_call(model, **_kw) -> None:
             with self._lock:
                 self.calls[model.name] += 1
 
-        _shared_session().register("before-call.s3", on_call)
+        shared_session().register("before-call.s3", on_call)
         orig = locks.Locker.extend
         probe = self
 
@@ -133,10 +118,13 @@ class Probe:
 
 
 # steps --------------------------------------------------------------------------------------------------------------
+SETTLE_S = 1.0  # 0 in a smoke run
+
+
 def settle() -> None:
     """Let the previous copy's writeback finish before a cold copy (as bench.py does before each command)."""
     os.sync()
-    time.sleep(1.0)
+    time.sleep(SETTLE_S)
 
 
 def copy(cfg, probe: Probe, sid: str, region: str) -> dict:
@@ -229,6 +217,22 @@ def one_run(cfg, probe: Probe, n: int, sids: list[str], period_s: float) -> dict
               f"{f['locked']}); after half the period {u['seconds']:.2f}s (extended {u['locks_extended']}, kept by "
               f"lock {u['locked']})", flush=True)
     return out | steps | {"retention": rets}
+
+
+STEPS = {"cold": "1 cold copy", "incremental": "2 copy right after", "due": "3 copy after the slack",
+         "plain": "4a retention", "locked_fresh": "4a retention", "locked_due": "4b retention after half the period"}
+
+
+def steps_of(runs: list[dict]) -> list[dict]:
+    """Every step each run went through, per destination, in order (the results list them; the smoke test checks)."""
+    out = []
+    for r in runs:
+        for key in ("cold", "incremental", "due"):
+            out += [{"run": r["run"], "step": STEPS[key], "region": dst, "status": "ran"} for dst in r["order"]
+                    if dst in r.get(key, {})]
+        out += [{"run": r["run"], "step": STEPS[key], "region": key.split("_")[0], "status": "ran"}
+                for key in ("plain", "locked_fresh", "locked_due") if key in r.get("retention", {})]
+    return out
 
 
 # summary ------------------------------------------------------------------------------------------------------------
@@ -388,7 +392,7 @@ def prepare_work(work: Path) -> None:
     (work / WORK_MARKER).write_text("made by bench/object_lock.py; emptied at the start of every run\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Object Lock cost bench")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--shards", type=int, default=8)
@@ -398,9 +402,22 @@ def main() -> int:
     ap.add_argument("--dr-port", type=int, default=DR_PORT)
     ap.add_argument("--work", type=Path, default=BENCH_DIR / "work" / "object-lock")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (bundle, server data, logs)")
-    args = ap.parse_args()
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="check the harness: 1 run, 2 shards of 1 MiB, 4 s lock period, free loopback ports; writes "
+                         "object-lock-smoke.json|.md, never into bench/results/")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        from tests.support.ports import free_base_ports
+
+        global SETTLE_S
+        SETTLE_S = 0.0
+        args.runs, args.shards, args.shard_mb, args.period = 1, 2, 1, 4
+        args.primary_port, args.dr_port = free_base_ports()
     if args.runs < 1 or args.period < 4:
         ap.error("--runs >= 1 and --period >= 4")
+    out = results_dir(args.results, args.smoke, "object-lock-")
 
     import logging
 
@@ -412,7 +429,7 @@ def main() -> int:
     from llmdr.devstack.regions import local_regions, start_region, stop_region
     from llmdr.devstack.samples import write_sample_bundle
     from llmdr.repo import ops
-    from llmdr.storage.factory import open_region
+    from llmdr.storage.factory import adapter
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     load1_start = os.getloadavg()[0]
@@ -444,7 +461,7 @@ def main() -> int:
             if not st.healthy:
                 raise SystemExit(f"region {r.name} did not come up: {st.detail}")
             pids.append(st.pid)
-        locked_store = open_region(cfg, cfg.region("locked-1")).inner
+        locked_store = adapter(cfg, cfg.region("locked-1"))  # the raw S3 adapter: bucket set-up is not a repository's
         locked_store.ensure_bucket(object_lock=True)
         prot = locked_store.bucket_protection()
         if not prot["object_lock"]:
@@ -468,7 +485,8 @@ def main() -> int:
         if left:
             print(f"WARNING: weed pids still alive after stop_region: {left}", file=sys.stderr)
 
-    res = {"started": started, "elapsed_s": round(time.perf_counter() - t_start, 1),
+    res = {"started": started, "elapsed_s": round(time.perf_counter() - t_start, 1), "smoke": args.smoke,
+           "steps": steps_of(runs),
            "setup": {"bundle_mb": bundle_bytes / MB, "bundle_files": len(files), "shards": args.shards,
                      "shard_mb": args.shard_mb, "period_s": args.period, "mode": "COMPLIANCE", "runs": args.runs,
                      "ports": {"primary": args.primary_port, "dr": args.dr_port}, "snapshots": sids,
@@ -476,15 +494,13 @@ def main() -> int:
                      "git": _git(), "servers_stopped": not left, "load1_start": round(load1_start, 2),
                      "load1_end": round(os.getloadavg()[0], 2)},
            "summary": summarize(runs), "runs": runs}
-    out = BENCH_DIR / "results"
-    out.mkdir(exist_ok=True)
     text = render(res)
-    (out / "object-lock-latest.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "object-lock-latest.md").write_text(text)
+    name = "object-lock-smoke" if args.smoke else "object-lock-latest"
+    write_files(out, [(f"{name}.json", json.dumps(res, indent=2) + "\n"), (f"{name}.md", text)])
     if not args.keep:
         shutil.rmtree(work)
     print(text)
-    print(f"elapsed {res['elapsed_s']:.0f}s; results in {out}/object-lock-latest.md and .json", flush=True)
+    print(f"elapsed {res['elapsed_s']:.0f}s; results in {out}/{name}.md and .json", flush=True)
     return 0
 
 

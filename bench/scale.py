@@ -1,7 +1,11 @@
 """Scale: a 10,000-file bundle, and 50 successive snapshots of a changing bundle (issue #9, item 8).
 
     uv run python bench/scale.py                                  # 10,000 files (~290 MB), 50 steps; ~15 min, 2 cores
-    uv run python bench/scale.py --files 2000 --steps 6 --no-peer  # smoke run, about 2 minutes
+    uv run python bench/scale.py --files 2000 --steps 6 --no-peer  # a quick run, about 2 minutes
+    uv run python bench/scale.py --smoke --results DIR             # every step, 200 files, 2 steps: checks the harness
+
+restic must be installed for a measuring run (or pass --no-peer); ``--smoke`` runs without it when it is missing and
+records its steps as skipped, and writes ``scale-smoke.json|.md`` into ``--results`` (never into bench/results/).
 
 (a) One bundle of ``--files`` files: the sample bundle's 4 safetensors shards of 32 MiB with its tokenizer and
 configs, plus thousands of small files (1-64 KB, log-uniform: prompt templates, few-shot/eval examples, knowledge
@@ -46,9 +50,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench import CommandFailed, Keys, run_measured, run_quiet  # noqa: E402
+from bench import CommandFailed, Keys, results_dir, run_measured, run_quiet, write_files  # noqa: E402
 
-RESULTS_DIR = BENCH_DIR / "results"
 HOST = "127.0.0.1"
 # Not used by bench.py (38333/38433), bench/rto.py (38533/38633, 38700-38710) or the tests (10000-32758).
 PRIMARY_PORT, SECONDARY_PORT, ROUTER_PORT = 38833, 38933, 38880
@@ -97,10 +100,10 @@ class Tree:
         p.write_bytes(data)
         self.digests[rel] = hashlib.sha256(data).hexdigest()
 
-    def generate(self, files: int, seed: int) -> None:
+    def generate(self, files: int, seed: int, shard_mib: int = SHARD_MIB) -> None:
         from llmdr.devstack.samples import write_sample_bundle
 
-        for p in write_sample_bundle(self.root, shards=SHARDS, shard_size=SHARD_MIB * MiB, seed=seed):
+        for p in write_sample_bundle(self.root, shards=SHARDS, shard_size=shard_mib * MiB, seed=seed):
             self.digests[p.relative_to(self.root).as_posix()] = _sha256(p)
         rng = random.Random(seed)
         n_small = files - len(self.digests)
@@ -116,9 +119,10 @@ class Tree:
                 self.write(rel, _content(kind, rng))
                 self.small[rel] = kind
 
-    def mutate(self, step: int, pct: float, seed: int) -> dict:
+    def mutate(self, step: int, pct: float, seed: int, shard_every: int = 10) -> dict:
         """Change ``pct`` % of the small files (40 % modified, 20 % added, 20 % deleted, 20 % renamed); every 10th
-        step also overwrite 8 MiB in the middle of one shard (a fine-tune touching one tensor region)."""
+        (``shard_every``) step also overwrite 8 MiB (at most a quarter shard) in the middle of one shard (a
+        fine-tune touching one tensor region)."""
         rng = random.Random(seed * 100_003 + step)
         n = max(5, round(len(self.digests) * pct / 100))
         ops = {"modified": int(n * 0.4), "added": int(n * 0.2), "deleted": int(n * 0.2)}
@@ -144,13 +148,13 @@ class Tree:
             rel = f"{rng.choice(self.folders[kind])}/{kind}-s{step:03d}a{i:04d}{KINDS[kind][2]}"
             self.write(rel, _content(kind, rng))
             self.small[rel] = kind
-        if step % 10 == 0:
+        if step % shard_every == 0:
             shards = sorted(r for r in self.digests if r.endswith(".safetensors"))
-            rel = shards[(step // 10) % len(shards)]
+            rel = shards[(step // shard_every) % len(shards)]
             path = self.root / rel
             with open(path, "r+b") as fh:
                 fh.seek(path.stat().st_size // 2)
-                fh.write(rng.randbytes(8 * MiB))
+                fh.write(rng.randbytes(min(8 * MiB, path.stat().st_size // 4)))
             self.digests[rel] = _sha256(path)
             ops["shard_region_rewritten"] = rel
         return ops
@@ -212,7 +216,12 @@ class Scale:
         self.config_b = self.work / "llmdr-history.yaml"
         self.logs = self.work / "logs"
         self.llmdr = str(Path(sys.executable).parent / "llmdr")
+        self.smoke: bool = args.smoke
         self.restic = None if args.no_peer else shutil.which("restic")
+        if self.restic is None and not args.no_peer and not self.smoke:
+            sys.exit("restic is not installed (apt-get install -y restic): it is the peer this benchmark compares "
+                     "with. Install it, pass --no-peer to measure llmdr alone, or --smoke to check the harness.")
+        self.steps: list[dict] = []  # every (part, step, tool) in run order: ran, or skipped and why
         self.ports = {"primary": args.primary_port, "secondary": args.secondary_port}
         self.keys: dict[str, Keys] = {}
         self.weed_pids: list[int] = []
@@ -223,6 +232,9 @@ class Scale:
             self.base_env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.base_env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
         self._n = 0
+        self.shard_mib = 2 if self.smoke else SHARD_MIB
+        self.shard_every = 2 if self.smoke else 10  # a shard region rewritten every Nth step of part (b)
+        self.keep_last = 1 if self.smoke else KEEP_LAST  # smoke: forget does forget and prune something
 
     def endpoint(self, region: str) -> str:
         return f"http://{HOST}:{self.ports[region]}"
@@ -246,7 +258,7 @@ class Scale:
                 settle_s: float = 1.0, as_json: bool = False, note: str = "") -> Run:
         """Flush dirty pages, run ``cmd`` under the rusage launcher and record it; ``--json`` output goes in data."""
         os.sync()
-        time.sleep(settle_s)
+        time.sleep(0.0 if self.smoke else settle_s)
         self._n += 1
         server0 = self.server_cpu_s()
         fin = run_measured(cmd, env=env or self.base_env, cwd=self.work, log=self.logs / f"{self._n:04d}-{_slug(tool)}")
@@ -260,10 +272,18 @@ class Scale:
             elif isinstance(out, list) and out and isinstance(out[0], dict) and "duration_s" in out[0]:
                 run.inproc_s = sum(x["duration_s"] for x in out)
         self.runs.append(run)
+        self.steps.append({"part": part, "step": step, "tool": tool, "status": "ran"})
         inproc = "" if run.inproc_s is None else f"(in-process {run.inproc_s:.2f} s)"
         print(f"  {part} {step:<18} {tool:<38} {run.wall_s:8.2f} s {inproc:<22} peak RSS {run.peak_rss_mb:5.0f} MB",
               flush=True)
         return run
+
+    def skip(self, part: str, step: str, tool: str, reason: str) -> None:
+        """Record a step this run leaves out (the peer is not installed, or --no-peer)."""
+        self.steps.append({"part": part, "step": step, "tool": tool, "status": "skipped", "reason": reason})
+
+    def peer_missing(self) -> str:
+        return "--no-peer" if self.args.no_peer else "restic is not installed (apt-get install -y restic)"
 
     # restic
     def restic_cmd(self, bucket: str, *args: str) -> list[str]:
@@ -407,6 +427,10 @@ def part_a(s: Scale, tree: Tree) -> None:
         check_identical(target / "bundle", tree.digests)
         shutil.rmtree(target)
         rr.note += "; identical"
+    else:
+        for step, tool in (("cold", "restic backup"), ("warm (no change)", "restic backup"),
+                           ("list (2 snapshots)", "restic snapshots"), ("restore", "restic restore")):
+            s.skip("a", step, tool, s.peer_missing())
 
 
 def _snap_note(j: dict) -> str:
@@ -419,7 +443,8 @@ def part_b(s: Scale, tree: Tree) -> None:
     steps = s.args.steps
     middle = (steps + 1) // 2
     restore_steps = sorted({1, middle, steps})
-    oldest_kept = max(1, steps - KEEP_LAST + 1)
+    keep_last = s.keep_last
+    oldest_kept = max(1, steps - keep_last + 1)
     keep_maps = set(restore_steps) | {oldest_kept}
     print(f"(b) {steps} snapshots of a changing bundle into a fresh repository (prefix {HISTORY_PREFIX})", flush=True)
     cfg = s.config_b
@@ -429,7 +454,7 @@ def part_b(s: Scale, tree: Tree) -> None:
     if s.restic:
         run_quiet(s.restic_cmd(RESTIC_BUCKET_B, "init"), env=s.restic_env(), cwd=s.work)
     for step in range(1, steps + 1):
-        ops = {} if step == 1 else tree.mutate(step, s.args.change_pct, s.args.seed)
+        ops = {} if step == 1 else tree.mutate(step, s.args.change_pct, s.args.seed, s.shard_every)
         snap = s.measure("b", f"step {step}", "llmdr snapshot", s.llmdr_cmd("snapshot", "--json", config=cfg),
                          settle_s=0.2, as_json=True)
         j = snap.data["json"]
@@ -453,6 +478,8 @@ def part_b(s: Scale, tree: Tree) -> None:
                            s.restic_cmd(RESTIC_BUCKET_B, "backup", "-q", "--host", "scale", "bundle"),
                            env=s.restic_env(), settle_s=0.2)
             row |= {"restic_wall_s": rb.wall_s, "restic_rss_mb": rb.peak_rss_mb}
+        else:
+            s.skip("b", f"step {step}", "restic backup", s.peer_missing())
         series.append(row)
         if step in keep_maps:
             expected[step] = dict(tree.digests)
@@ -480,11 +507,11 @@ def part_b(s: Scale, tree: Tree) -> None:
         res.note = (f"from the secondary, {res.data['json']['files']} files; identical to the tree at step {step}")
         shutil.rmtree(target)
         print(f"  restore of step {step} verified: {res.data['verified']['files']} files identical", flush=True)
-    fg = s.measure("b", f"forget --keep-last {KEEP_LAST}", "llmdr forget",
-                   s.llmdr_cmd("forget", "--keep-last", str(KEEP_LAST), "--grace", "0s", "--json", config=cfg),
+    fg = s.measure("b", f"forget --keep-last {keep_last}", "llmdr forget",
+                   s.llmdr_cmd("forget", "--keep-last", str(keep_last), "--grace", "0s", "--json", config=cfg),
                    as_json=True)
     f = fg.data["json"]
-    if len(f["kept"]) != min(KEEP_LAST, steps) or len(f["forgotten"]) != max(0, steps - KEEP_LAST) or f["raced"]:
+    if len(f["kept"]) != min(keep_last, steps) or len(f["forgotten"]) != max(0, steps - keep_last) or f["raced"]:
         raise CommandFailed(f"forget kept {len(f['kept'])}, forgot {len(f['forgotten'])}, raced {f['raced']}")
     fg.note = (f"primary: forgot {len(f['forgotten'])}, kept {len(f['kept'])}; pruned {f['chunks_deleted']} chunks, "
                f"{f['bytes_freed'] / MB:.1f} MB freed")
@@ -499,10 +526,13 @@ def part_b(s: Scale, tree: Tree) -> None:
     if s.restic:
         s.measure("b", f"list ({steps} snapshots)", "restic snapshots",
                   s.restic_cmd(RESTIC_BUCKET_B, "snapshots", "--json"), env=s.restic_env())
-        rf = s.measure("b", f"forget --keep-last {KEEP_LAST}", "restic forget --prune",
-                       s.restic_cmd(RESTIC_BUCKET_B, "forget", "--keep-last", str(KEEP_LAST), "--prune"),
+        rf = s.measure("b", f"forget --keep-last {keep_last}", "restic forget --prune",
+                       s.restic_cmd(RESTIC_BUCKET_B, "forget", "--keep-last", str(keep_last), "--prune"),
                        env=s.restic_env())
         rf.note = "restic 0.14: forget, then prune (repacks partly used packs)"
+    else:
+        s.skip("b", f"list ({steps} snapshots)", "restic snapshots", s.peer_missing())
+        s.skip("b", f"forget --keep-last {keep_last}", "restic forget --prune", s.peer_missing())
 
 
 # summary and report ----------------------------------------------------------------------------------------------------
@@ -592,7 +622,7 @@ def render_markdown(s: Scale, meta: dict, summary: dict, cks: list[dict]) -> str
     b = s.details["bundle"]
     steps = s.args.steps
     out = [f"# llmdr scale benchmark, {meta['started_utc']}", "",
-           f"Bundle: {b['files']} files, {b['bytes'] / MB:.0f} MB: {SHARDS} safetensors shards of {SHARD_MIB} MiB, the "
+           f"Bundle: {b['files']} files, {b['bytes'] / MB:.0f} MB: {SHARDS} safetensors shards of {s.shard_mib} MiB, the "
            f"tokenizer and configs, and {b['small_files']} small files of 1-64 KB ({b['small_bytes'] / MB:.0f} MB: "
            f"{', '.join(f'{v} {k}' for k, v in b['small_by_kind'].items())}). Machine: {meta['cpus']} CPUs, "
            f"{meta['cpu_model']}; llmdr {meta['llmdr_version']} ({meta['git']}); restic {meta['restic']}. "
@@ -702,19 +732,18 @@ def llmdr_code() -> str:
     return h.hexdigest()[:16]
 
 
-def write_results(s: Scale, meta: dict, summary: dict, cks: list[dict]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "summary": summary, "checks": cks, "runs": [asdict(r) for r in s.runs],
+def write_results(s: Scale, meta: dict, summary: dict, cks: list[dict], folder: Path) -> Path:
+    """``scale-<UTC>.json|.md`` and ``scale-latest.*``; a smoke run writes only ``scale-smoke.json|.md``."""
+    doc = {"meta": meta, "steps": s.steps, "summary": summary, "checks": cks, "runs": [asdict(r) for r in s.runs],
            "details": s.details, "notes": standing_notes(s)}
     md = render_markdown(s, meta, summary, cks)
-    stamp = meta["started_utc"].replace("-", "").replace(":", "")
-    for name, text in ((f"scale-{stamp}.json", json.dumps(doc, indent=2)), (f"scale-{stamp}.md", md),
-                       ("scale-latest.json", json.dumps(doc, indent=2)), ("scale-latest.md", md)):
-        tmp = RESULTS_DIR / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(RESULTS_DIR / name)
+    stamp = "smoke" if s.smoke else meta["started_utc"].replace("-", "").replace(":", "")
+    files = [(f"scale-{stamp}.json", json.dumps(doc, indent=2)), (f"scale-{stamp}.md", md)]
+    if not s.smoke:
+        files += [("scale-latest.json", json.dumps(doc, indent=2)), ("scale-latest.md", md)]
+    write_files(folder, files)
     print("\n" + md)
-    return RESULTS_DIR / f"scale-{stamp}.md"
+    return folder / f"scale-{stamp}.md"
 
 
 # main ------------------------------------------------------------------------------------------------------------------
@@ -730,13 +759,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--primary-port", type=int, default=PRIMARY_PORT)
     ap.add_argument("--secondary-port", type=int, default=SECONDARY_PORT)
     ap.add_argument("--no-bytecode-cache", action="store_true")
-    return ap.parse_args(argv)
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="check the harness: 200 files with 2 MiB shards, 2 steps, keep-last 1, restic only if "
+                         "installed; writes "
+                         "scale-smoke.json|.md, never into bench/results/")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.files, args.steps = 200, 2
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.files < 200 or args.steps < 1:
         sys.exit("--files must be at least 200 and --steps at least 1")
+    out = results_dir(args.results, args.smoke, "scale-")
     s = Scale(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops the servers
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -744,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_work(s)
     t0 = time.perf_counter()
     tree = Tree(s.bundle)
-    tree.generate(args.files, args.seed)
+    tree.generate(args.files, args.seed, s.shard_mib)
     small = [r for r in tree.digests if r in tree.small]
     by_kind = {k: sum(1 for r in small if tree.small[r] == k) for k in KINDS}
     s.details["bundle"] = {"files": len(tree.digests), "bytes": tree.total_bytes(), "small_files": len(small),
@@ -767,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {meta['warning']}", flush=True)
     summary = summarise(s)
     cks = checks(s, summary)
-    path = write_results(s, meta, summary, cks)
-    print(f"results: {path} (and {RESULTS_DIR / 'scale-latest.md'}); total {time.perf_counter() - t0:.0f} s")
+    path = write_results(s, meta, summary, cks, out)
+    print(f"results: {path}" + ("" if s.smoke else f" (and {out / 'scale-latest.md'})")
+          + f"; total {time.perf_counter() - t0:.0f} s")
     if not args.keep:
         shutil.rmtree(s.work)
     return 0

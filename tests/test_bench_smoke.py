@@ -1,0 +1,109 @@
+"""The benchmark harnesses run, so they cannot rot unnoticed: each bench script once with ``--smoke`` (the smallest
+sizes, every step, the peers s5cmd/restic/rclone only where installed), its results written to a temporary folder.
+
+Only completion is asserted: exit 0, and a results file listing every step (ran, or skipped because a peer is not
+installed, with the reason). No timing is asserted: speed is measured by the benchmarks themselves, not here. The
+committed results under bench/results/ must not be touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_base_ports
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]  # each starts its own SeaweedFS regions
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+COMMITTED = BENCH / "results"
+
+
+def committed_results() -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in COMMITTED.glob("*")} if COMMITTED.exists() else {}
+
+
+def run_smoke(script: str, tmp_path: Path, *args: str, timeout: float = 900) -> Path:
+    """``bench/<script> --smoke`` in its own work and results folders; returns the results folder."""
+    results = tmp_path / "results"
+    before = committed_results()
+    env = {k: v for k, v in os.environ.items() if k != "LLMDR_BENCH_RESULTS"}
+    r = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--work", str(tmp_path / "work"),
+                        "--results", str(results), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 0, f"{script} --smoke exited {r.returncode}:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert committed_results() == before, f"{script} --smoke changed files under {COMMITTED}"
+    assert not (tmp_path / "work").exists(), "the work folder is removed without --keep"
+    return results
+
+
+def load(results: Path, name: str) -> dict:
+    assert (results / f"{name}.md").stat().st_size > 0
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def check_statuses(steps: list[dict], peers: set[str]) -> None:
+    """llmdr's own steps ran; a peer's step ran or was skipped with a reason."""
+    for s in steps:
+        if s["status"] == "skipped":
+            assert any(p in s["tool"] for p in peers) and s["reason"], s
+        else:
+            assert s["status"] == "ran", s
+
+
+def test_bench_smoke(tmp_path):
+    p, s = free_base_ports()
+    doc = load(run_smoke("bench.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)), "smoke")
+    steps = doc["steps"]
+    assert {x["step"] for x in steps} == {"start-up", "cold upload", "warm (no change)", "incremental", "cross-region",
+                                          "restore", "micro"}
+    ran = {x["tool"] for x in steps if x["status"] == "ran"}
+    assert {"llmdr --help", "llmdr snapshot (cold)", "llmdr snapshot (warm)", "llmdr snapshot (1 shard rewritten)",
+            "llmdr snapshot (1 region rewritten)", "llmdr replicate (cold)", "llmdr restore",
+            "boto3 upload_file (8 thr, 16 MiB)"} <= ran
+    assert {"s5cmd cp (upload)", "restic backup (cold)", "restic backup (warm)", "rclone copy (8 transfers)",
+            "s5cmd cp (download)"} <= {x["tool"] for x in steps}
+    check_statuses(steps, {"s5cmd", "restic", "rclone"})
+    assert doc["details"]["restore_verified"]["identical"]
+    assert doc["meta"]["smoke"] and len(doc["micro"]) == 4
+
+
+def test_scale_smoke(tmp_path):
+    p, s = free_base_ports()
+    doc = load(run_smoke("scale.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)), "scale-smoke")
+    steps = doc["steps"]
+    llmdr = {(x["part"], x["step"], x["tool"]) for x in steps if x["tool"].startswith("llmdr")}
+    assert {("a", "cold", "llmdr snapshot"), ("a", "warm (no change)", "llmdr snapshot"),
+            ("a", "list (2 snapshots)", "llmdr snapshots"), ("a", "replicate", "llmdr replicate"),
+            ("a", "restore", "llmdr restore"), ("b", "step 1", "llmdr snapshot"), ("b", "step 2", "llmdr snapshot"),
+            ("b", "step 2", "llmdr replicate"), ("b", "list (2 snapshots), no cache", "llmdr snapshots"),
+            ("b", "restore step 1", "llmdr restore"), ("b", "restore step 2", "llmdr restore"),
+            ("b", "forget --keep-last 1", "llmdr forget"),
+            ("b", "restore step 2 after forget", "llmdr restore")} <= llmdr
+    assert {x["tool"] for x in steps if not x["tool"].startswith("llmdr")} == {
+        "restic backup", "restic snapshots", "restic restore", "restic forget --prune"}
+    check_statuses(steps, {"restic"})
+    assert doc["details"]["series"][1]["ops"].get("shard_region_rewritten"), "step 2 rewrites a shard region"
+
+
+def test_object_lock_smoke(tmp_path):
+    doc = load(run_smoke("object_lock.py", tmp_path), "object-lock-smoke")
+    got = [(x["step"], x["region"]) for x in doc["steps"]]
+    for step in ("1 cold copy", "2 copy right after", "3 copy after the slack"):
+        assert {(step, "plain-1"), (step, "locked-1")} <= set(got)
+    assert {("4a retention", "plain"), ("4a retention", "locked"),
+            ("4b retention after half the period", "locked")} <= set(got)
+    assert all(x["status"] == "ran" for x in doc["steps"]) and doc["smoke"]
+
+
+def test_rto_smoke(tmp_path):
+    doc = load(run_smoke("rto.py", tmp_path, timeout=1200), "rto-smoke")
+    steps = {x["step"]: x for x in doc["steps"]}
+    assert steps["warm trial"]["status"] == "ran" and steps["cold trial"]["status"] == "ran"
+    peer = steps["s5cmd download (peer)"]
+    assert peer["status"] == "ran" or (peer["status"] == "skipped" and peer["reason"])
+    assert [t["kind"] for t in doc["trials"]] == ["warm", "cold"] and doc["smoke"]
