@@ -1,8 +1,7 @@
 """Shared fixtures. ``stack`` starts two real SeaweedFS servers (the same code as `llmdr stack up`) once per test
 session on free loopback ports and stops them at the end, by PID.
 
-Helpers live in ``tests/support`` (config builder, ports, trees, ``need``); the names below are re-exported so that
-``from conftest import ...`` keeps working.
+Helpers live in ``tests/support`` (config builder, ports, trees, serving, ``need``): tests import them from there.
 
 Markers: every test whose fixtures include ``stack`` (directly or through ``region_config``, ``served_config``...)
 is marked ``s3`` here at collection; tests that start servers themselves carry the mark explicitly. So
@@ -17,15 +16,8 @@ import pytest
 from llmdr.config import Config
 from llmdr.repo.repository import Repository
 from llmdr.storage.memory import MemoryStore
-from tests.support.config import make_config, make_served_config, two_regions
-from tests.support.ports import free_base_port, free_base_ports, free_port
-from tests.support.serving import serving
-from tests.support.trees import read_tree, write_tree
-
-_free_base_port = free_base_port  # the old name, still imported by some tests
-
-__all__ = ["_free_base_port", "free_port", "make_config", "make_served_config", "read_tree", "serving",
-           "two_regions", "write_tree"]
+from tests.support.config import make_config, make_served_config
+from tests.support.ports import free_base_ports
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +25,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Keep the marker honest where collection cannot see: a test that reaches the S3 servers at run time
+    (``request.getfixturevalue("region_config")``) without the ``s3`` mark fails, saying so."""
+    if fixturedef.argname != "stack" and "stack" not in fixturedef.argnames:
+        return
+    item = getattr(request, "_pyfuncitem", None)
+    if item is not None and item.get_closest_marker("s3") is None:
+        pytest.fail(f"{item.nodeid} uses the S3 servers (fixture {fixturedef.argname!r}) but is not marked s3: "
+                    "add @pytest.mark.s3 (or pytest.param(..., marks=pytest.mark.s3))", pytrace=False)
 
 
 @pytest.fixture(scope="session")

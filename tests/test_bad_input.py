@@ -38,8 +38,7 @@ from llmdr.repo.repository import manifest_key
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
 from tests.support.requirements import need
-
-from conftest import read_tree
+from tests.support.trees import read_tree
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 

@@ -14,8 +14,7 @@ from llmdr.repo.repository import Repository, manifest_key
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
-
-from conftest import write_tree
+from tests.support.trees import write_tree
 
 K = ComponentKind
 

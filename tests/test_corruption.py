@@ -39,8 +39,8 @@ from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.credentials import resolve_keys
 from tests.support.config import two_region_yaml, write_config
-
-from conftest import read_tree, serving
+from tests.support.serving import serving
+from tests.support.trees import read_tree
 
 pytestmark = pytest.mark.s3
 

@@ -45,8 +45,7 @@ from llmdr.repo.repository import RepoConfig, Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.storage.factory import open_region
 from tests.support.config import two_region_yaml, write_config
-
-from conftest import read_tree
+from tests.support.trees import read_tree
 
 pytestmark = pytest.mark.s3
 

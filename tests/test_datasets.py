@@ -35,8 +35,7 @@ from llmdr.lineage.datasets import (
 from llmdr.storage.credentials import read_env_file
 from llmdr.storage.factory import open_region
 from tests.support.config import two_region_yaml, write_config
-
-from conftest import _free_base_port
+from tests.support.ports import free_base_port
 
 pytestmark = pytest.mark.s3
 
@@ -179,10 +178,10 @@ def test_pull_from_secondary_while_primary_is_down(tmp_path, template_repo):
     (a new machine) gets the data back from the secondary, byte-identical and checked."""
     from llmdr.devstack.regions import start_region, stop_region
 
-    p = _free_base_port()
-    s = _free_base_port()
+    p = free_base_port()
+    s = free_base_port()
     while abs(s - p) < 10 or abs(s - p) == 10000:
-        s = _free_base_port()
+        s = free_base_port()
     state = tmp_path / ".llmdr"
     src = tmp_path / "project"
     shutil.copytree(template_repo, src, symlinks=True)

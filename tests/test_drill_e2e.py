@@ -32,8 +32,7 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
-
-from conftest import _free_base_port, free_port
+from tests.support.ports import free_base_port, free_port
 
 BUNDLE = """
   name: drillbot
@@ -117,10 +116,10 @@ def _llmdr(cfg, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def drill_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drill")
-    p = _free_base_port()
-    s = _free_base_port()
+    p = free_base_port()
+    s = free_base_port()
     while abs(s - p) < 10 or abs(s - p) == 10000:
-        s = _free_base_port()
+        s = free_base_port()
     taken = {*range(p, p + 9), p + 10008, *range(s, s + 9), s + 10008}
 
     def port() -> int:

@@ -19,8 +19,8 @@ from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.crypto import MAGIC, OVERHEAD, key_id
 from llmdr.storage.factory import open_region
-
-from conftest import read_tree, two_regions, write_tree
+from tests.support.config import two_regions
+from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 KEY_P = "11" * 32

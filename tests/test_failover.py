@@ -36,8 +36,7 @@ from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.replica import ready_marker, replica_status, start_replica, stop_replica
 from llmdr.serving.tinymodel import write_demo_bundle
 from tasks.failover import switch_router
-
-from conftest import make_config, make_served_config
+from tests.support.config import make_config, make_served_config
 
 pytestmark = pytest.mark.s3
 

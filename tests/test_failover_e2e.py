@@ -28,8 +28,7 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
-
-from conftest import _free_base_port, free_port
+from tests.support.ports import free_base_port, free_port
 
 EXTRA = """\
 router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
@@ -112,10 +111,10 @@ def _wait(what: str, cond, timeout: float, step: float = 0.2):
 @pytest.mark.s3
 @pytest.mark.slow
 def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path):
-    p = _free_base_port()
-    s = _free_base_port()
+    p = free_base_port()
+    s = free_base_port()
     while abs(s - p) < 10 or abs(s - p) == 10000:
-        s = _free_base_port()
+        s = free_base_port()
     taken = {*range(p, p + 9), p + 10008, *range(s, s + 9), s + 10008}
 
     def port() -> int:

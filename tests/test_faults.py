@@ -259,8 +259,7 @@ def test_snapshot_copy_verify_restore_ride_out_10_percent_faults(region_config, 
     from llmdr.devstack.samples import write_sample_bundle
     from llmdr.repo import ops
     from llmdr.storage.retrying import count_retries
-
-    from conftest import read_tree
+    from tests.support.trees import read_tree
 
     cfg = region_config
     write_sample_bundle(cfg.bundle_path, shards=2, shard_size=2 * MiB)
@@ -303,8 +302,7 @@ def test_cli_snapshot_replicate_verify_restore_with_10_percent_faults(region_con
     import sys
 
     from llmdr.devstack.samples import write_sample_bundle
-
-    from conftest import read_tree
+    from tests.support.trees import read_tree
 
     cfg = region_config
     write_sample_bundle(cfg.bundle_path, shards=1, shard_size=MiB)
@@ -366,8 +364,7 @@ def _flows_under_faults(cfg, path: str, tmp_path) -> None:
     from flows.protect_bundle import protect_bundle
     from flows.restore_bundle import restore_bundle
     from flows.verify_replicas import verify_replicas
-
-    from conftest import read_tree
+    from tests.support.trees import read_tree
 
     state = protect_bundle(config_path=path, return_state=True)
     out = state.result()

@@ -6,8 +6,7 @@ from prefect import flow, task
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import AccessDenied, IntegrityError, TransientStorageError
 from tasks.retry import retry_if_transient
-
-from conftest import read_tree
+from tests.support.trees import read_tree
 
 
 def newest(artifacts):
@@ -115,8 +114,7 @@ def test_credentials_from_a_prefect_secret_block(prefect_harness, tmp_path):
 
     from llmdr.errors import AccessDenied, ConfigError
     from llmdr.storage.credentials import resolve_keys
-
-    from conftest import make_config
+    from tests.support.config import make_config
 
     Secret(value={"access_key_id": "AKIDBLOCK", "secret_access_key": "s3cr3t"}).save("llmdr-test-keys", overwrite=True)
     Secret(value="just-a-string").save("llmdr-test-bad", overwrite=True)
@@ -222,8 +220,7 @@ def test_run_golden_check_task(tmp_path):
     from llmdr.serving.endpoint import OpenAIEndpoint
     from llmdr.serving.tinymodel import write_demo_bundle
     from tasks.verify import run_golden_check
-
-    from conftest import serving
+    from tests.support.serving import serving
 
     write_demo_bundle(tmp_path / "m")
     with serving(tmp_path / "m") as url:

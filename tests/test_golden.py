@@ -11,8 +11,7 @@ import pytest
 from llmdr.errors import UsageError
 from llmdr.serving import golden
 from llmdr.serving.tinymodel import write_demo_bundle
-
-from conftest import free_port
+from tests.support.ports import free_port
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 

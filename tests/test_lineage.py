@@ -21,7 +21,7 @@ from llmdr.lineage.registry import mark_drill_verified, register_snapshot
 from llmdr.lineage.render import render_lineage
 from llmdr.lineage.training import flatten_params, record_training_run
 from llmdr.repo import ops
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 BUNDLE = """\
 bundle:

@@ -18,8 +18,8 @@ from llmdr.failover.monitor import Assessment, Sample, SampleStore, assess, asse
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.golden import GoldenCase
 from llmdr.serving.tinymodel import write_demo_bundle
-
-from conftest import free_port, serving
+from tests.support.ports import free_port
+from tests.support.serving import serving
 
 SETTINGS = Monitor()  # the defaults: down after 3, baseline 120, recent 10, z 4, error rate 20 %
 T0 = 1_800_000_000.0

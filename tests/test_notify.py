@@ -25,8 +25,7 @@ from llmdr.notify import (
     notify,
     verification_failed_notice,
 )
-
-from conftest import free_port
+from tests.support.ports import free_port
 
 TOKEN = "T0000/B0000/xoxb-s3cr3t-t0ken"
 

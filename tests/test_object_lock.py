@@ -22,8 +22,8 @@ from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.factory import adapter, open_region
 from llmdr.storage.retrying import RetryingStore
 from llmdr.testing.faulty import FaultyStore
-
-from conftest import read_tree, two_regions, write_tree
+from tests.support.config import two_regions
+from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 

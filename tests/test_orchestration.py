@@ -11,9 +11,8 @@ import pytest
 
 from llmdr.devstack import orchestration
 from llmdr.devstack.samples import MiB, write_sample_bundle
+from tests.support.ports import free_port
 from tests.support.requirements import need
-
-from conftest import free_port
 
 
 def _api(url: str, path: str, body: dict) -> list | dict:

@@ -18,9 +18,7 @@ from llmdr.repo.repository import RepoConfig, Repository, chunk_key
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import clear_cache
 from llmdr.storage.factory import open_region
-from tests.support.config import two_region_yaml
-
-from conftest import two_regions
+from tests.support.config import two_region_yaml, two_regions
 
 SMALL = ChunkerParams(avg_size=16384, min_size=4096, max_size=65536)
 

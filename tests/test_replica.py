@@ -25,8 +25,8 @@ from llmdr.errors import SnapshotNotFound, StackError, UsageError
 from llmdr.repo import ops
 from llmdr.serving.replica import ensure_replica, ready_marker, replica_dir, replica_status, start_replica, stop_replica
 from llmdr.serving.tinymodel import write_demo_bundle
-
-from conftest import make_served_config, read_tree
+from tests.support.config import make_served_config
+from tests.support.trees import read_tree
 
 
 def reconfigure(cfg: Config, region: str, name: str = "llmdr-2.yaml", **serving) -> Config:

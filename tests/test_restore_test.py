@@ -14,8 +14,7 @@ from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.restoretest import restore_test
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.factory import open_region
-
-from conftest import serving
+from tests.support.serving import serving
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention, plan
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
-
-from conftest import read_tree, write_tree
+from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 

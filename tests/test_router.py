@@ -21,8 +21,7 @@ from llmdr.failover.router import RouterLog, RouterState, open_router, upstreams
 from llmdr.failover.router.caddy import Caddy
 from llmdr.failover.router.route53 import Route53
 from tests.support import config as builder
-
-from conftest import free_port
+from tests.support.ports import free_port
 
 
 def write_config(tmp: Path, *, router: str, serving: dict[str, int]) -> Config:

@@ -19,8 +19,8 @@ from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 from llmdr.storage.s3 import S3Store
-
-from conftest import make_config, read_tree
+from tests.support.config import make_config
+from tests.support.trees import read_tree
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 
@@ -136,12 +136,12 @@ def run(args, cwd, env=None, check=False):
 @pytest.mark.slow
 def test_cli_outage_walkthrough(tmp_path):
     """The README's walk-through: own stack, snapshot, replicate, primary down, restore from the secondary."""
-    from conftest import _free_base_port
+    from tests.support.ports import free_base_port
 
-    p = _free_base_port()
-    s = _free_base_port()
+    p = free_base_port()
+    s = free_base_port()
     while abs(p - s) < 10 or abs(p - s) == 10000:
-        s = _free_base_port()
+        s = free_base_port()
     cwd = tmp_path
     assert run(["sample-bundle", "bundle", "--shards", "2", "--shard-mb", "2"], cwd).returncode == 0
     r = run(["init", "bundle", "--primary-port", str(p), "--secondary-port", str(s)], cwd)
@@ -188,13 +188,12 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
     snapshot appears there only at the end."""
     from llmdr.devstack.regions import stop_region
     from llmdr.testing.faulty import FaultyStore
+    from tests.support.ports import free_base_port
 
-    from conftest import _free_base_port
-
-    p = _free_base_port()
-    s = _free_base_port()
+    p = free_base_port()
+    s = free_base_port()
     while abs(p - s) < 10 or abs(p - s) == 10000:
-        s = _free_base_port()
+        s = free_base_port()
     cfg = make_config(tmp_path, p, s, tmp_path / ".llmdr")
     sec = cfg.secondaries[0]
     try:
@@ -254,8 +253,7 @@ def test_cli_restore_test(region_config, tmp_path):
     from llmdr.serving import golden
     from llmdr.serving.endpoint import OpenAIEndpoint
     from llmdr.serving.tinymodel import write_demo_bundle
-
-    from conftest import serving
+    from tests.support.serving import serving
 
     cfg_path = region_config.source_file
     cwd = cfg_path.parent

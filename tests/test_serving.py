@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
-
-from conftest import free_port
+from tests.support.ports import free_port
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 

@@ -26,8 +26,7 @@ from llmdr.failover.router.caddy import Caddy
 from llmdr.repo import ops
 from llmdr.serving.replica import replica_dir, replica_status, start_replica, stop_replica
 from llmdr.serving.tinymodel import write_demo_bundle
-
-from conftest import make_served_config
+from tests.support.config import make_served_config
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 

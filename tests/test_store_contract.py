@@ -22,6 +22,11 @@ from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 
 KINDS = ["memory", "s3", "retrying", "encrypting", "signing"]
+
+
+def _params(kinds: list[str]) -> list:
+    """Every kind but memory runs on the session's SeaweedFS: marked s3 (conftest fails it otherwise)."""
+    return [pytest.param(k, marks=() if k == "memory" else pytest.mark.s3) for k in kinds]
 KEY = bytes(range(32))
 
 
@@ -56,12 +61,12 @@ def make(kind: str, request) -> Case:
     return Case(kind, store, s3 if kind == "read-only" else store, "snapshots/" if kind == "signing" else "")
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=_params(KINDS))
 def case(request) -> Case:
     return make(request.param, request)
 
 
-@pytest.fixture(params=[*KINDS, "read-only"])
+@pytest.fixture(params=_params([*KINDS, "read-only"]))
 def reading(request) -> Case:
     """Every store, the read-only one included: for the checks that only read what ``writer`` put."""
     return make(request.param, request)
@@ -201,6 +206,7 @@ def test_bad_keys_refused(case, bad):
         case.store.put(bad, b"x")
 
 
+@pytest.mark.s3  # the read-only store over the raw S3 adapter
 def test_read_only_refuses_every_write(request):
     c = make("read-only", request)
     c.writer.put("w", b"1")

@@ -16,7 +16,9 @@ from llmdr.drill.record import Control, DrillRecord
 from llmdr.lineage import drills, tracking
 from llmdr.repo.ops import open_repo
 from llmdr.storage.credentials import resolve_keys
-from tests.conftest import free_port, make_config, read_tree, write_tree
+from tests.support.config import make_config
+from tests.support.ports import free_port
+from tests.support.trees import read_tree, write_tree
 
 REPORT = {
     "evidence.json": b'{"drill": "evidence", "rto_s": 2.4}\n',

@@ -18,8 +18,7 @@ from llmdr.failover.watch import Watcher, read_status
 from llmdr.repo import ops
 from llmdr.serving.replica import start_replica, stop_replica
 from llmdr.serving.tinymodel import write_demo_bundle
-
-from conftest import make_served_config
+from tests.support.config import make_served_config
 
 
 class Capture:

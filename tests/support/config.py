@@ -59,7 +59,8 @@ def config_yaml(regions: Iterable[str], *, bundle: str = TEST_BUNDLE, extra: str
     """A whole config: ``bundle`` is the YAML after ``bundle:`` (a flow mapping, or a block starting with a newline),
     ``extra`` top-level lines (transfer, router, monitor...) placed between the regions and ``state_dir``."""
     sep = "" if bundle.startswith("\n") else " "
-    return f"version: 1\nbundle:{sep}{bundle.rstrip()}\nregions:\n{''.join(regions)}{_lines(extra)}state_dir: {state_dir}\n"
+    head = f"version: 1\nbundle:{sep}{bundle.rstrip()}\nregions:\n"
+    return head + "".join(regions) + _lines(extra) + f"state_dir: {state_dir}\n"
 
 
 def two_region_yaml(primary: int | str, secondary: int | str, *, prefix: str | None = None,
