@@ -86,7 +86,7 @@ def plan(
         if size_b is None:
             size_b = sum(manifest.chunk_set().values())
         if bps is None:
-            m = measure_throughput(repo.store, manifest, probe_bytes=min(cfg.readiness.probe_mb << 20,
+            m = measure_throughput(repo, manifest, probe_bytes=min(cfg.readiness.probe_mb << 20,
                                    sum(manifest.chunk_set().values())), workers=cfg.transfer.download_workers)
             bps, eff = m["bytes_per_s"] * 8, 1.0
             source = f"measured from {region} ({m['bytes'] / 1e6:.1f} MB in {m['seconds']:.2f} s)"

@@ -15,7 +15,7 @@ from llmdr.config import Config, Region, format_duration
 from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes, utc_text
 from llmdr.errors import LlmdrError
 from llmdr.repo.manifest import parse_utc
-from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key, manifest_key
+from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key
 
 
 def check_credentials(cfg: Config, region: Region, now: float) -> Check:
@@ -221,13 +221,13 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
         return Check(cid, title, WARN, "bucket locked, but there is no snapshot yet to check", "run protect-bundle",
                      data)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        locks = list(pool.map(lambda s: locker.retention(manifest_key(s.id)), snaps))
+        locks = list(pool.map(lambda s: locker.snapshot_lock(s.id), snaps))
     unlocked = [s.short for s, lk in zip(snaps, locks, strict=True)
                 if lk is None or (not lk.legal_hold and lk.until <= now)]
     newest = snaps[-1]
     sample = sorted(newest.manifest.chunk_set())[:: max(1, len(newest.manifest.chunk_set()) // 16)][:16]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        chunk_locks = list(pool.map(lambda d: locker.retention(chunk_key(d)), sample))
+        chunk_locks = list(pool.map(locker.chunk_lock, sample))
     short_chunks = [d[:12] for d, lk in zip(sample, chunk_locks, strict=True)
                     if lk is None or lk.until < (locks[-1].until if locks[-1] else now) - locker.slack_s - 1]
     data |= {"unlocked_snapshots": unlocked, "chunks_sampled": len(sample), "chunks_locked_shorter": short_chunks}
@@ -252,7 +252,7 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
     return Check(cid, title, PASS, summary, data=data)
 
 
-def measure_throughput(store: Any, manifest: Any, *, probe_bytes: int, workers: int,
+def measure_throughput(repo: Repository, manifest: Any, *, probe_bytes: int, workers: int,
                        max_seconds: float = 10.0) -> dict[str, Any]:
     """Timed ranged reads of real chunks of ``manifest`` (largest first), ``workers`` at a time, until
     ``probe_bytes`` were read or ``max_seconds`` passed. Returns bytes, seconds and bytes per second."""
@@ -275,7 +275,7 @@ def measure_throughput(store: Any, manifest: Any, *, probe_bytes: int, workers: 
         if time.monotonic() > deadline:
             return 0
         d, start, length = item
-        return len(store.get(chunk_key(d), start=start, length=length))
+        return len(repo.read_chunk_range(d, start, length))
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llmdr-probe") as pool:
@@ -294,7 +294,7 @@ def check_bandwidth(cfg: Config, region: Region, repo: Repository) -> Check:
         return Check(cid, title, FAIL, "no snapshot to measure against", "run protect-bundle")
     size = sum(newest.manifest.chunk_set().values())  # bytes a restore downloads (each distinct chunk once)
     # a bundle smaller than the probe is read once, whole: that is exactly its restore's download
-    m = measure_throughput(repo.store, newest.manifest, probe_bytes=min(cfg.readiness.probe_mb << 20, size),
+    m = measure_throughput(repo, newest.manifest, probe_bytes=min(cfg.readiness.probe_mb << 20, size),
                            workers=cfg.transfer.download_workers)
     bps = m["bytes_per_s"] * 8
     plan = make_plan(max(size, 1), max(bps, 1.0), cfg.objectives.rto.total_seconds(),
