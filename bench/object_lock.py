@@ -161,13 +161,12 @@ def lock_margin(cfg, region: str, sid: str) -> dict:
     Returns the smallest chunk lock minus that bound (>= 0: the rule holds)."""
     from llmdr.repo import ops
     from llmdr.repo.locks import Locker
-    from llmdr.repo.repository import chunk_key, manifest_key
 
     repo = ops.open_repo(cfg, region)  # writable: Locker.of a read-only store is None (it only reads here)
     locker = Locker.of(repo.store)
-    man = locker.retention(manifest_key(sid))
+    man = locker.snapshot_lock(sid)
     chunks = sorted(repo.load_manifest(sid).chunk_set())
-    until = [locker.retention(chunk_key(d)).until for d in chunks]
+    until = [locker.chunk_lock(d).until for d in chunks]
     return {"manifest_until": man.until, "min_chunk_until": min(until),
             "margin_s": round(min(until) - (man.until - locker.slack_s), 2), "chunks": len(chunks)}
 
