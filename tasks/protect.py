@@ -51,15 +51,10 @@ def restore_snapshot(config_path: str, snapshot: str, region: str, target: str, 
 @task(name="check-bundle-complete")
 def check_bundle_complete(config_path: str) -> dict:
     """Refuse to protect an incomplete bundle (not retried: the files must be fixed first)."""
-    from llmdr.repo.bundle import IncompleteBundle
-
-    cfg = load_config(config_path)
-    if not cfg.bundle.components:
+    report = ops.require_complete(load_config(config_path))
+    if report is None:
         get_run_logger().warning("bundle.components is empty in %s: completeness is not checked", config_path)
         return {"complete": None, "components": []}
-    report = ops.check(cfg)
-    if not report.complete:
-        raise IncompleteBundle(report, "protect-bundle stopped before the snapshot")
     return report.to_json()
 
 
@@ -67,23 +62,17 @@ def check_bundle_complete(config_path: str) -> dict:
 def verify_copy(config_path: str, snapshot_id: str, region: str) -> dict:
     """Every chunk of the snapshot is present, at the right size, in ``region`` (one listing, no reads)."""
     with count_retries() as retries:
-        res = ops.verify(load_config(config_path), snapshot_id, region=region, read=False)
-    if not res.ok:
-        from llmdr.errors import IntegrityError
-
-        raise IntegrityError(f"the copy of {snapshot_id[:12]} in {region} lacks {len(res.unrepaired)} chunk(s)")
+        res = ops.require_copy(load_config(config_path), snapshot_id, region)
     return res.to_json() | {"region": region, "retries": retries.to_json()}
 
 
 @task(name="apply-retention", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def apply_retention(config_path: str, region: str) -> dict:
-    cfg = load_config(config_path)
-    r = cfg.retention
-    if r is None:
-        return {"region": region, "skipped": True}
+    """The configured retention policy in ``region`` (skipped when llmdr.yaml sets none)."""
     with count_retries() as retries:
-        res = ops.forget(cfg, keep_last=r.keep_last, keep_every=r.keep_every, region=region, prune=r.prune,
-                         grace_s=r.grace.total_seconds())
+        res = ops.apply_configured_retention(load_config(config_path), region)
+    if res is None:
+        return {"region": region, "skipped": True}
     return res.to_json() | {"region": region, "skipped": False, "retries": retries.to_json()}
 
 

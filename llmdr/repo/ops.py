@@ -90,6 +90,30 @@ def check(cfg: Config, path: Path | None = None) -> BundleReport:
     return check_bundle(root, specs_from_config(cfg.bundle.components))
 
 
+def require_complete(cfg: Config) -> BundleReport | None:
+    """The protect procedure's gate: the configured bundle must be complete before it is snapshotted
+    (``IncompleteBundle`` otherwise, never retried: the files must be fixed first). None when ``bundle.components``
+    is empty, so there is nothing to check."""
+    from llmdr.repo.bundle import IncompleteBundle
+
+    if not cfg.bundle.components:
+        return None
+    report = check(cfg)
+    if not report.complete:
+        raise IncompleteBundle(report, "protect-bundle stopped before the snapshot")
+    return report
+
+
+def require_copy(cfg: Config, snapshot_id: str, region: str):
+    """Every chunk of ``snapshot_id`` is present, at the right size, in ``region`` (one listing, no reads); an
+    ``IntegrityError`` naming how many lack otherwise. Returns the ``verify.SnapshotCheck``."""
+    res = verify(cfg, snapshot_id, region=region, read=False)
+    if not res.ok:
+        raise IntegrityError(f"the copy of {snapshot_id[:12]} in {region} lacks {len(res.unrepaired)} chunk(s); "
+                             f"run `llmdr replicate {snapshot_id[:12]} --to {region}` again")
+    return res
+
+
 def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
            progress: Progress | None = None, read: bool = True):
     """Check (and with ``repair`` fix from the other regions) a snapshot in one region: its manifest, read from the
@@ -197,6 +221,15 @@ def forget(cfg: Config, *, keep_last: int, keep_every: int | None = None, region
 
     policy = Policy(keep_last, keep_every)
     return apply_retention(open_repo(cfg, region), cfg.bundle.name, policy, prune=prune, grace_s=grace_s)
+
+
+def apply_configured_retention(cfg: Config, region: str):
+    """The ``retention:`` policy of llmdr.yaml applied in ``region``; None when the file sets no policy."""
+    r = cfg.retention
+    if r is None:
+        return None
+    return forget(cfg, keep_last=r.keep_last, keep_every=r.keep_every, region=region, prune=r.prune,
+                  grace_s=r.grace.total_seconds())
 
 
 def checkpoint_series(cfg: Config) -> str:
