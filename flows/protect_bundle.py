@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
 from llmdr.config import load_config
 from llmdr.failover.standby import standby_regions
+from llmdr.lineage.tags import snapshot_dataset_tags
 from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
     apply_retention,
@@ -29,8 +30,7 @@ def protect_bundle(config_path: str = "") -> dict:
     check_bundle_complete(config_path)
     validations = [validate_dataset(config_path, d.name) for d in cfg.datasets]
     datasets = [push_dataset(config_path, d.name) for d in cfg.datasets]
-    tags = {f"dataset.{d['name']}.md5": d["md5"] for d in datasets}
-    snap = take_snapshot(config_path, tags=tags or None)
+    snap = take_snapshot(config_path, tags=snapshot_dataset_tags(datasets))
     sid = snap["snapshot_id"]
     futures = [copy_snapshot_to_region.submit(config_path, sid, r.name) for r in cfg.secondaries]
     copies = [f.result() for f in futures]

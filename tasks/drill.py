@@ -11,8 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from llmdr.config import load_config
 from llmdr.drill import evidence, procedure, publish
 from llmdr.drill import record as core
-
-from .retry import retry_if_transient
+from tasks.retry import retry_if_transient
 
 
 def who_started(started_by: str) -> dict:

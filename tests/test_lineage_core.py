@@ -124,3 +124,16 @@ def test_render_lineage_of_an_unregistered_snapshot():
     assert text.splitlines()[0].startswith(f"checkpoint snapshot {SID} (created 2026-12-01T00:00:00Z; not registered")
     assert f"primary: present, complete, snapshot {SID[:12]}" in text
     assert "secondary: NOT CHECKED - unreachable" in text and "training run: none recorded" in text
+
+
+def test_snapshot_dataset_tags_round_trip_through_a_manifest():
+    from llmdr.lineage.tags import datasets_from_manifest, snapshot_dataset_tags
+    from llmdr.repo.chunking import DEFAULT_CHUNKER
+    from llmdr.repo.manifest import Manifest
+
+    assert snapshot_dataset_tags([]) is None
+    tags = snapshot_dataset_tags([{"name": "train", "md5": "a" * 32}, {"name": "eval", "md5": "b" * 32}])
+    assert tags == {"dataset.train.md5": "a" * 32, "dataset.eval.md5": "b" * 32}
+    manifest = Manifest(bundle="b", source="/b", host="h", started="2026-12-03T00:00:00Z", created="2026-12-03T00:00:01Z",
+                        tool_version="0", chunker=DEFAULT_CHUNKER, files=(), tags=tags)
+    assert [d["name"] for d in datasets_from_manifest(manifest)] == ["eval", "train"]

@@ -93,6 +93,12 @@ def datasets_from_tags(tags: dict[str, str]) -> list[dict]:
             for n, d in sorted(out.items())]
 
 
+def snapshot_dataset_tags(datasets: list[dict]) -> dict[str, str] | None:
+    """The snapshot tags that tie a snapshot to the dataset versions it was protected with (``dataset.<name>.md5``,
+    read back by ``datasets_from_manifest``); None without datasets."""
+    return {f"dataset.{d['name']}.md5": d["md5"] for d in datasets} or None
+
+
 def datasets_from_manifest(manifest: Manifest) -> list[dict]:
     """``dataset.<name>.md5`` tags of a snapshot (protect-bundle writes them); remotes are not in the manifest."""
     return [{"name": k[len("dataset."):-len(".md5")], "md5": v, "remotes": {}}
