@@ -14,6 +14,7 @@ def in_ci() -> bool:
 
 def need(condition: object, reason: str) -> None:
     """Go on when ``condition`` is true; else skip the test (locally) or fail it (in CI), saying ``reason``."""
+    __tracebackhide__ = True  # reports point at the test's line, not this one
     if condition:
         return
     if in_ci():
