@@ -81,16 +81,11 @@ def anchor(heading: str) -> str:
 
 
 def duration(td: timedelta) -> str:
+    """As llmdr.yaml writes it ('5m', '1h30m'); fractions of a second as seconds ('0.2s')."""
+    from llmdr.config import format_duration
+
     secs = td.total_seconds()
-    if secs != int(secs):
-        return f"{secs:g}s"
-    secs = int(secs)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if secs >= size:
-            parts.append(f"{secs // size}{unit}")
-            secs %= size
-    return "".join(parts) or "0s"
+    return f"{secs:g}s" if secs != int(secs) else format_duration(td)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------------

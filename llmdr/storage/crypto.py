@@ -73,7 +73,29 @@ def key_id(key: bytes) -> bytes:
     return hmac.new(key, b"llmdr encryption key id", hashlib.sha256).digest()[:KEY_ID_LEN]
 
 
-class EncryptingStore:
+class _SameObjectNames:
+    """Object Lock and bucket calls of a wrapper that keeps the inner store's object names (encrypting, signing):
+    passed through unchanged. ``usage`` counts what is stored (ciphertext and signature lines included)."""
+
+    inner: BlobStore
+
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str) -> Lock | None:
+        return self.inner.retention(key)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self.inner.extend_lock(key, until)
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()
+
+
+class EncryptingStore(_SameObjectNames):
     def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -141,21 +163,6 @@ class EncryptingStore:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    # Object Lock and the bucket: same object names below this wrapper, so passed through unchanged
-    def lock_policy(self) -> LockPolicy | None:
-        return self.inner.lock_policy()
-
-    def retention(self, key: str) -> Lock | None:
-        return self.inner.retention(key)
-
-    def extend_lock(self, key: str, until: float) -> bool:
-        return self.inner.extend_lock(key, until)
-
-    def bucket_protection(self) -> dict[str, Any]:
-        return self.inner.bucket_protection()
-
-    def usage(self) -> dict[str, int]:
-        return self.inner.usage()  # what is stored: ciphertext sizes
 
 
 # --- manifest signatures -----------------------------------------------------------------------------------------------
@@ -206,7 +213,7 @@ class ManifestSigner:
             return False
 
 
-class SigningStore:
+class SigningStore(_SameObjectNames):
     def __init__(self, inner: BlobStore, signer: ManifestSigner) -> None:
         self.inner = inner
         self.location = inner.location
@@ -265,21 +272,6 @@ class SigningStore:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    # Object Lock and the bucket: same object names below this wrapper, so passed through unchanged
-    def lock_policy(self) -> LockPolicy | None:
-        return self.inner.lock_policy()
-
-    def retention(self, key: str) -> Lock | None:
-        return self.inner.retention(key)
-
-    def extend_lock(self, key: str, until: float) -> bool:
-        return self.inner.extend_lock(key, until)
-
-    def bucket_protection(self) -> dict[str, Any]:
-        return self.inner.bucket_protection()
-
-    def usage(self) -> dict[str, int]:
-        return self.inner.usage()
 
 
 def _check_digest(location: str, key: str, data: bytes | bytearray | memoryview, sha256: bytes | None) -> None:
