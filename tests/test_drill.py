@@ -11,17 +11,7 @@ import time
 
 from llmdr.config import parse_config
 from llmdr.drill import record as core
-
-CONFIG = """\
-version: 1
-bundle: {name: b, path: model, components: {tokenizer: {paths: ["tokenizer.json"]}}}
-regions:
-  - {name: primary, role: primary, endpoint: "http://127.0.0.1:29001", bucket: llmdr-primary,
-     credentials: {access_key_env: A, secret_key_env: B}}
-  - {name: secondary, role: secondary, endpoint: "http://127.0.0.1:29101", bucket: llmdr-secondary,
-     credentials: {access_key_env: A, secret_key_env: B}}
-objectives: {rpo: 5m, rto: 15m, drill_interval: 90d}
-"""
+from tests.support.config import OFFLINE_CONFIG as CONFIG
 
 
 def _cfg(tmp_path):

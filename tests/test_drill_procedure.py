@@ -21,17 +21,8 @@ from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.memory import MemoryStore
+from tests.support.config import OFFLINE_CONFIG as DRILL_CONFIG
 
-CONFIG = """\
-version: 1
-bundle: {name: b, path: model, components: {tokenizer: {paths: ["tokenizer.json"]}}}
-regions:
-  - {name: primary, role: primary, endpoint: "http://127.0.0.1:29001", bucket: llmdr-primary,
-     credentials: {access_key_env: A, secret_key_env: B}}
-  - {name: secondary, role: secondary, endpoint: "http://127.0.0.1:29101", bucket: llmdr-secondary,
-     credentials: {access_key_env: A, secret_key_env: B}}
-objectives: {rpo: 5m, rto: 15m, drill_interval: 90d}
-"""
 T0 = 1_700_000_000.0  # in the past: marks made "now" come after the ones at T0 + n
 HEALTHY = {"healthy": True, "detail": "ok"}
 AUTOMATION = {"name": "llmdr-failover-when-active-region-down", "enabled": True}
@@ -40,8 +31,8 @@ AUTOMATION = {"name": "llmdr-failover-when-active-region-down", "enabled": True}
 @pytest.fixture
 def cfg(tmp_path):
     path = tmp_path / "llmdr.yaml"
-    path.write_text(CONFIG)
-    return parse_config(CONFIG, source=path)
+    path.write_text(DRILL_CONFIG)
+    return parse_config(DRILL_CONFIG, source=path)
 
 
 def _record(cfg) -> DrillRecord:

@@ -142,3 +142,16 @@ def make_served_config(stack: Config, tmp: Path, *, warm: bool = True, extra: st
         secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ss}", warm: {str(warm).lower()}}}',
         bundle="{name: testbundle, path: model}", extra=SERVED_EXTRA.format(rl=rl, ra=ra, extra=extra))
     return write_config(tmp / "llmdr.yaml", text)
+
+
+# Two regions nothing listens on: for core logic that reads the config but never reaches a store.
+OFFLINE_CONFIG = """\
+version: 1
+bundle: {name: b, path: model, components: {tokenizer: {paths: ["tokenizer.json"]}}}
+regions:
+  - {name: primary, role: primary, endpoint: "http://127.0.0.1:29001", bucket: llmdr-primary,
+     credentials: {access_key_env: A, secret_key_env: B}}
+  - {name: secondary, role: secondary, endpoint: "http://127.0.0.1:29101", bucket: llmdr-secondary,
+     credentials: {access_key_env: A, secret_key_env: B}}
+objectives: {rpo: 5m, rto: 15m, drill_interval: 90d}
+"""
