@@ -6,7 +6,7 @@ export UV_LINK_MODE ?= copy
 # imports prefect/boto3/mlflow 2-3x faster than with PYTHONDONTWRITEBYTECODE set (measured: 3.1 s -> 1.1 s).
 PYENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/.pycache
 
-.PHONY: install demo test lint bench bench-rto ui clean
+.PHONY: install demo test lint bench bench-rto clean
 
 install: .venv/.installed
 
