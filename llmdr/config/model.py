@@ -31,24 +31,35 @@ from llmdr.errors import UsageError
 
 
 class Config(StrictModel):
-    version: Literal[1] = 1
-    bundle: Bundle
+    version: Literal[1] = 1  # the file format's version; 1 is the only one
+    bundle: Bundle  # what is protected: the model bundle folder and the components it must hold
+    # Where the copies live: exactly one primary and at least one secondary, in separate stores
     regions: list[Region] = Field(min_length=2)
-    objectives: Objectives = Objectives()
-    transfer: Transfer = Transfer()
+    objectives: Objectives = Objectives()  # RPO, RTO and drill interval, checked by readiness and drills
+    transfer: Transfer = Transfer()  # parallelism and memory of uploads, copies and restores
+    # The bundle's snapshot retention, applied by protect-bundle in every region; null: every snapshot is kept.
     retention: Retention | None = None
+    # Training checkpoints protected by protect-checkpoints; null: `llmdr protect --checkpoints` refuses to run.
     checkpoints: Checkpoints | None = None
+    # One URL for clients in front of the regions' endpoints, chosen by kind: caddy or route53; null: llmdr cannot
+    # switch traffic (failover and failback refuse).
     router: CaddyRouter | Route53Router | None = Field(default=None, discriminator="kind")
-    monitor: Monitor = Monitor()
-    failover: Failover = Failover()
-    notifications: Notifications | None = None
-    drill: Drill = Drill()
+    monitor: Monitor = Monitor()  # how endpoints are probed and judged healthy, degraded or down
+    failover: Failover = Failover()  # whether and how traffic moves when the active region is down
+    notifications: Notifications | None = None  # who hears of failovers and failed checks; null: nobody is told
+    drill: Drill = Drill()  # how a DR drill simulates the outage and where its signed reports go
+    # DVC datasets validated and pushed to every region with each protect-bundle run; empty: none.
     datasets: list[Dataset] = Field(default_factory=list)
-    tracking: Tracking = Tracking()
-    readiness: Readiness = Readiness()
-    runbook: Runbook = Runbook()
+    tracking: Tracking = Tracking()  # the MLflow tracking store and model registration
+    readiness: Readiness = Readiness()  # thresholds of `llmdr readiness`
+    runbook: Runbook = Runbook()  # what `llmdr runbook` adds to what it derives from this file
+    # Sign every manifest written and refuse any read without a valid signature; null: manifests are not signed.
     manifest_signing: ManifestSigning | None = None
-    golden: str = "golden.jsonl"  # the golden set (relative to this file) used by monitor, failover and restore tests
+    # The golden set (JSONL of prompts and recorded answers, `llmdr golden record`), relative to this file: checked
+    # on a replica before traffic moves to it and through the router after, by restore tests and by the monitor.
+    golden: str = "golden.jsonl"
+    # Local state, relative to this file: caches, the local stack's data and generated keys (local.env), monitor
+    # samples, router state, replicas, signing keys. Keep it out of version control.
     state_dir: str = ".llmdr"
 
     # set by load_config, not read from the file

@@ -19,9 +19,17 @@ class Credentials(StrictModel):
     """Where a region's keys come from. Environment variables by default; or a Prefect Secret block holding
     ``{"access_key_id": ..., "secret_access_key": ...}``."""
 
+    # Name of the environment variable holding the access key id, e.g. LLMDR_PRIMARY_ACCESS_KEY_ID; read from the
+    # environment, else from <state_dir>/local.env (where `llmdr stack up` writes local regions' keys). Needed, with
+    # secret_key_env, unless prefect_secret_block is given.
     access_key_env: str | None = None
+    # Name of the environment variable holding the secret access key (looked up like access_key_env).
     secret_key_env: str | None = None
+    # Name of the environment variable holding a session token, for temporary keys (e.g. AWS_SESSION_TOKEN); null:
+    # no token is sent.
     session_token_env: str | None = None
+    # Name of a Prefect Secret block holding {"access_key_id": ..., "secret_access_key": ...} and optionally
+    # "session_token" and "expiration"; instead of access_key_env/secret_key_env, never with them.
     prefect_secret_block: str | None = None
     # When the keys expire (session tokens, federated or assumed-role credentials): the name of an environment
     # variable holding an ISO-8601 time, e.g. AWS_CREDENTIAL_EXPIRATION as set by `aws configure
@@ -30,7 +38,11 @@ class Credentials(StrictModel):
     # Assume this IAM role with the keys above (STS AssumeRole) and use the temporary credentials it returns;
     # their expiry is then known exactly.
     role_arn: str | None = None
-    sts_endpoint: str | None = None  # default: AWS STS; any STS-compatible endpoint
+    # The STS endpoint that role_arn is assumed through (an http(s) URL, any STS-compatible service); null: AWS STS
+    # in s3_region.
+    sts_endpoint: str | None = None
+    # How long the assumed role's keys last (AssumeRole's DurationSeconds), 15m to 12h and at most the role's maximum
+    # session duration; llmdr assumes the role again 5 minutes before they expire. Used only with role_arn.
     session_duration: timedelta = timedelta(hours=1)
 
     @field_validator("session_duration", mode="before")
@@ -62,8 +74,12 @@ class Credentials(StrictModel):
 class LocalServer(StrictModel):
     """How ``llmdr stack`` runs this region on this machine (SeaweedFS ``weed mini`` on loopback)."""
 
+    # true: `llmdr stack up` runs this region's SeaweedFS server here (its endpoint must be a loopback URL with a port);
+    # false: the region is treated as remote and llmdr never starts or stops it.
     enabled: bool = True
-    data_dir: str | None = None  # default: <state_dir>/stack/<region>
+    # Folder of the local server: its data (in data/), log and PID file; relative to this file. Default:
+    # <state_dir>/stack/<region>.
+    data_dir: str | None = None
 
 
 class Serving(StrictModel):
@@ -74,11 +90,18 @@ class Serving(StrictModel):
     remote region's endpoint is managed elsewhere (llmdr probes it and routes to it, but cannot start it).
     """
 
+    # Base URL of the endpoint, e.g. http://127.0.0.1:18101 (no path with the caddy router): the monitor probes it,
+    # the router sends traffic to it, and a replica llmdr starts listens on its host and port.
     url: str
+    # The command that starts a replica: an argv list or one shell-quoted string, with {model_dir}, {host} and {port}
+    # filled in. Null: `llmdr serve` for a local region; a remote region's server is then started elsewhere.
     command: list[str] | str | None = None
     warm: bool = True  # keep a replica running here (`llmdr stack up` starts it); false: cold start on failover
-    model: str | None = None  # model name sent in requests; default: the server's own
+    # The "model" field of probe and golden-check requests; null: the field is left out and the server picks.
+    model: str | None = None
+    # Path under url that answers 2xx when the server is up, polled while a replica starts and for its status.
     health_path: str = "/health"
+    # How long a starting replica has to answer on health_path before llmdr stops it and reports the failure.
     start_timeout: timedelta = timedelta(minutes=5)
 
     @field_validator("url")
@@ -108,7 +131,9 @@ class ObjectLock(StrictModel):
     COMPLIANCE: nobody, root included, can delete or shorten the lock. GOVERNANCE: principals with
     s3:BypassGovernanceRetention can."""
 
-    mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"  # the lock mode set on every object written here
+    # How long each object stays locked from when it is written, e.g. 30d (at least 1s). Retention extends the
+    # locks of the snapshots it keeps whenever less than half of this is left.
     period: timedelta = timedelta(days=30)
 
     @field_validator("period", mode="before")
@@ -126,7 +151,10 @@ class Encryption(StrictModel):
     variable or a Prefect Secret block; its key id is recorded in every object. Keep the key somewhere that survives
     the loss of both regions: without it the copy cannot be read."""
 
+    # Name of the environment variable holding the key, e.g. LLMDR_SECONDARY_ENCRYPTION_KEY; read from the
+    # environment, else from <state_dir>/local.env (`llmdr stack up` generates it there for a local region).
     key_env: str | None = None
+    # Name of a Prefect Secret block holding the key (a string, or {"key": ...}); instead of key_env.
     prefect_secret_block: str | None = None
 
     @model_validator(mode="after")
@@ -142,9 +170,14 @@ class ManifestSigning(StrictModel):
     edited or forged in the store is refused even in an unencrypted region. HMAC-SHA256 with a key from the
     environment, or Ed25519 (the private key signs; readers need only the public key)."""
 
+    # hmac: one shared key signs and verifies; ed25519: the private key signs, the public key alone verifies (a host
+    # with only the public key can read snapshots but not write them).
     method: Literal["hmac", "ed25519"] = "hmac"
+    # hmac: name of the environment variable holding the key (at least 32 bytes), else read from
+    # <state_dir>/local.env, where `llmdr stack up` generates it when there are local regions.
     hmac_key_env: str = "LLMDR_MANIFEST_KEY"
     private_key: str = "keys/manifest-signing.key"  # ed25519, relative to state_dir; made on first signing
+    # ed25519: the PEM public key, relative to state_dir; written next to a private key llmdr makes.
     public_key: str = "keys/manifest-signing.pub"
 
     @field_validator("hmac_key_env")
@@ -154,18 +187,30 @@ class ManifestSigning(StrictModel):
 
 
 class Region(StrictModel):
+    # The region's name, unique: what --region, failover.target and router.values use, e.g. primary, eu-west
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    # Exactly one primary: snapshots are taken there, it serves traffic normally and failback returns to it. Every
+    # secondary is a disaster-recovery copy that protect-bundle copies each snapshot to, and a failover target.
     role: Literal["primary", "secondary"]
-    endpoint: str | None = None  # None = AWS S3 in s3_region
-    s3_region: str = "us-east-1"
+    # URL of an S3-compatible server (SeaweedFS, MinIO...), e.g. http://127.0.0.1:8333; null: AWS S3 in s3_region.
+    endpoint: str | None = None
+    s3_region: str = "us-east-1"  # the region requests are signed for: the AWS region without an endpoint
+    # The bucket holding this region's copy (3-63 lowercase letters, digits, '.', '-'); `llmdr stack up` creates it
+    # for a local region.
     bucket: str
+    # Key prefix inside the bucket under which llmdr writes, e.g. llmdr/my-model; "": the bucket's top level.
     prefix: str = ""
-    credentials: Credentials
+    credentials: Credentials  # where the keys for this region's store come from (names, never the keys)
+    # Given (`local: {}` is enough): `llmdr stack` runs this region on this machine; null: a remote store.
     local: LocalServer | None = None
+    # The region's model server; null: no endpoint here, so it is neither monitored nor a failover target.
     serving: Serving | None = None
-    object_lock: ObjectLock | None = None
+    object_lock: ObjectLock | None = None  # lock every object written here (WORM); null: objects are not locked
+    # Client-side encryption of every object written here; null: stored unencrypted (manifest_signing still applies).
     encryption: Encryption | None = None
-    price_per_gb_month: float | None = Field(default=None, ge=0)  # storage price, for the readiness cost estimate
+    # Storage price per GB (10^9 bytes) and month, in any currency, for the cost estimate in `llmdr readiness`;
+    # null: no estimate
+    price_per_gb_month: float | None = Field(default=None, ge=0)
 
     @field_validator("endpoint")
     @classmethod

@@ -17,12 +17,19 @@ class Component(StrictModel):
     """Files that make one component (fnmatch patterns relative to the bundle folder; ``*`` also crosses
     folders), and whether a snapshot or restore without it is refused."""
 
+    # Patterns of the component's files, e.g. ["*.safetensors", "model.safetensors.index.json"]; every pattern must
+    # match at least one file
     paths: list[str] = Field(min_length=1)
+    # true: the snapshot is refused when this component is missing, empty or does not parse, and a restore or a
+    # readiness check of a copy without it fails; false: such a problem is only logged as a warning.
     required: bool = True
 
 
 class Bundle(StrictModel):
+    # The bundle's name, e.g. support-bot: recorded in every snapshot and used to find its snapshots in each region;
+    # also the MLflow model name unless tracking.model_name is set
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    # The folder that is snapshotted (relative to this file), e.g. models/support-bot
     path: str
     # Keys are component kinds: weights, tokenizer, model_config, generation_config, prompt_templates,
     # serving_config, security_rules, datasets, checkpoints. Empty: no completeness check.
@@ -30,8 +37,15 @@ class Bundle(StrictModel):
 
 
 class Objectives(StrictModel):
+    # Recovery point objective: the newest complete snapshot in each DR region may be at most this old (readiness
+    # FAILs beyond it and WARNs beyond 75 % of it); a drill fails when the DR copy was older at the outage.
     rpo: timedelta = timedelta(minutes=5)
+    # Recovery time objective: from the start of an outage to the first golden-correct answer through the router.
+    # A drill waits this long for the automatic failover and fails beyond it; readiness FAILs when a cold restore
+    # would take longer or a region's keys expire sooner.
     rto: timedelta = timedelta(minutes=15)
+    # A passing DR drill is due at least this often: readiness FAILs when the last one is older, and WARNs when the
+    # next is due within 15 % of it (at most 14 days).
     drill_interval: timedelta = timedelta(days=90)
 
     @field_validator("rpo", "rto", "drill_interval", mode="before")
@@ -43,9 +57,16 @@ class Objectives(StrictModel):
 class Retention(StrictModel):
     """Applied by protect-bundle after each snapshot, in every region (``llmdr forget`` does it by hand)."""
 
+    # Keep the newest N snapshots; older ones are forgotten (their manifests deleted) unless keep_every or an
+    # Object Lock still keeps them
     keep_last: int = Field(ge=1)
+    # Also keep every Mth older snapshot, counted from the oldest (so the kept ones do not shift as new snapshots
+    # arrive); null: only the newest keep_last
     keep_every: int | None = Field(default=None, ge=1)
+    # Then delete the chunks no remaining snapshot (of any bundle) references; false: only manifests are deleted.
     prune: bool = True
+    # Prune never deletes a chunk written less than this long ago: a snapshot still uploading has chunks that no
+    # manifest names yet.
     grace: timedelta = timedelta(hours=6)
 
     @field_validator("grace", mode="before")
@@ -58,23 +79,31 @@ class Checkpoints(StrictModel):
     """Training checkpoints: each sub-folder of ``path`` matching ``pattern`` is one checkpoint, snapshotted once
     (checkpoints deduplicate against each other) and kept by its own retention policy."""
 
-    path: str
+    path: str  # the folder holding the checkpoint folders, relative to this file, e.g. output/checkpoints
+    # Which sub-folders of path are checkpoints (fnmatch, case-sensitive); taken in order of the last number in
+    # their name (the training step).
     pattern: str = "checkpoint-*"
+    # The policy for the checkpoint snapshots (series <bundle name>-checkpoints), applied in every region by
+    # protect-checkpoints (`llmdr protect --checkpoints`); null: every checkpoint is kept.
     retention: Retention | None = None
 
 
 class Transfer(StrictModel):
     workers: int = Field(default=8, ge=1, le=256)  # parallel uploads and cross-region copies
     download_workers: int = Field(default=16, ge=1, le=256)  # parallel chunk downloads during restore
+    # MiB of chunks read but not yet uploaded that a snapshot holds in memory at most (peak memory grows with it)
     max_inflight_mb: int = Field(default=64, ge=16, le=65536)
+    # true: each restored file is flushed to disk (fsync) before it is renamed into place, in restores and replica
+    # starts (slower); false: the operating system writes it back when it chooses.
     fsync: bool = False
 
 
 class CaddyRouter(StrictModel):
-    """A local Caddy reverse proxy in front of the regions' serving endpoints, switched through its admin API."""
+    """A local Caddy reverse proxy in front of the regions' serving endpoints. A switch rewrites the file naming the
+    selected region (no reload); llmdr reads the router and pushes a changed region list through Caddy's admin API."""
 
-    kind: Literal["caddy"] = "caddy"
-    listen: str = "http://127.0.0.1:18100"  # where clients send requests
+    kind: Literal["caddy"] = "caddy"  # selects this router (the default kind)
+    listen: str = "http://127.0.0.1:18100"  # where clients send requests (loopback, explicit port)
     admin: str = "http://127.0.0.1:18119"  # Caddy's admin API (loopback only)
 
     @field_validator("listen", "admin")
@@ -95,11 +124,15 @@ class Route53Router(StrictModel):
     """DNS failover in Route 53: one record per region (weighted: the active one gets weight 100, the others 0;
     failover: the PRIMARY record points at the active region's value)."""
 
-    kind: Literal["route53"] = "route53"
-    hosted_zone_id: str
-    record_name: str  # e.g. api.example.com.
+    kind: Literal["route53"] = "route53"  # selects this router
+    hosted_zone_id: str  # the Route 53 hosted zone holding record_name, e.g. Z0123456789ABCDEFGHIJ
+    record_name: str  # the DNS name clients use, fully qualified, e.g. api.example.com.
+    # The type of the record sets llmdr writes: A or AAAA when values are IP addresses, CNAME for host names.
     record_type: Literal["A", "AAAA", "CNAME"] = "CNAME"
+    # Seconds resolvers may cache an answer: after a switch, clients can reach the old region for this long
     ttl: int = Field(default=30, ge=1, le=86400)
+    # weighted: one record set per region, weight 100 for the active one and 0 for the others; failover: a PRIMARY
+    # record set with the active region's value and a SECONDARY one with the region it replaced.
     policy: Literal["weighted", "failover"] = "weighted"
     values: dict[str, str]  # region name -> record value (IP or host name of that region's endpoint)
     url: str  # how clients reach the record, e.g. https://api.example.com
@@ -113,15 +146,25 @@ class Route53Router(StrictModel):
 class Monitor(StrictModel):
     """How `llmdr monitor` and the monitor-endpoints flow probe endpoints and decide degraded / down."""
 
-    interval: timedelta = timedelta(seconds=2)  # between probe rounds
-    timeout: timedelta = timedelta(seconds=2)  # per probe
-    down_after: int = Field(default=3, ge=1)  # consecutive failed probes before an endpoint is down
-    baseline_window: int = Field(default=120, ge=10)  # samples that define "normal"
-    recent_window: int = Field(default=10, ge=3)  # samples compared against the baseline
-    z_threshold: float = Field(default=4.0, gt=0)  # robust z-score that flags latency / token anomalies
-    error_rate_threshold: float = Field(default=0.2, gt=0, le=1)  # recent error rate that flags degraded
-    golden_every: int = Field(default=10, ge=0)  # golden spot-check every Nth round (0: never)
-    keep: timedelta = timedelta(days=7)  # how long samples are kept
+    # Time from the start of one probe round to the next; a round probes every region's endpoint and the router.
+    interval: timedelta = timedelta(seconds=2)
+    # How long one probe may take (a slower answer is a failed probe); failover's confirming probes use it too.
+    timeout: timedelta = timedelta(seconds=2)
+    # Consecutive failed probes before an endpoint is down (for the active region, what triggers a failover)
+    down_after: int = Field(default=3, ge=1)
+    # Samples that define "normal": the last N successful ones before the recent window
+    baseline_window: int = Field(default=120, ge=10)
+    # The newest N samples: their error rate, median latency and tokens per answer are judged against the baseline
+    recent_window: int = Field(default=10, ge=3)
+    # Robust z-score (median and MAD) of recent latency (slower only) or tokens per answer (either way) against the
+    # baseline from which an endpoint is degraded
+    z_threshold: float = Field(default=4.0, gt=0)
+    # Share of failed probes in the recent window from which an endpoint is degraded, e.g. 0.2: 2 of 10
+    error_rate_threshold: float = Field(default=0.2, gt=0, le=1)
+    # Every Nth round asks one golden case instead of a short ping and checks the answer (0: never; also off without
+    # the golden file)
+    golden_every: int = Field(default=10, ge=0)
+    keep: timedelta = timedelta(days=7)  # samples older than this are deleted when a monitor run starts
 
     @field_validator("interval", "timeout", "keep", mode="before")
     @classmethod
@@ -130,10 +173,16 @@ class Monitor(StrictModel):
 
 
 class Failover(StrictModel):
-    auto: bool = True  # the automation runs the failover deployment when the active region is down
-    confirm_probes: int = Field(default=3, ge=1)  # direct probes that must all fail before switching
-    confirm_interval: timedelta = timedelta(milliseconds=300)
-    target: str | None = None  # region to fail over to; default: the first healthy secondary
+    # true: the Prefect automation runs the failover deployment when the active region is down; false: it is created
+    # disabled, and traffic moves only when someone runs `llmdr failover`.
+    auto: bool = True
+    # Direct probes of the active region that must all fail before the failover flow switches (a blip does not
+    # move traffic)
+    confirm_probes: int = Field(default=3, ge=1)
+    confirm_interval: timedelta = timedelta(milliseconds=300)  # the wait between two confirming probes
+    # Region to fail over to (a secondary); null: the first secondary in regions that has a serving: section and is
+    # not the active region.
+    target: str | None = None
 
     @field_validator("confirm_interval", mode="before")
     @classmethod
@@ -145,9 +194,14 @@ class Notifications(StrictModel):
     """Where failover, failback and failed verifications are announced: a webhook (JSON POST) and/or a Prefect
     notification block (Slack, Teams, email...). Webhook URLs often embed a token: prefer ``webhook_url_env``."""
 
+    # URL that each notice is POSTed to as JSON (its "text" field is what Slack- and Teams-style webhooks show);
+    # ignored when webhook_url_env is set.
     webhook_url: str | None = None
+    # Name of the environment variable holding the webhook URL, e.g. LLMDR_WEBHOOK_URL; wins over webhook_url.
     webhook_url_env: str | None = None
-    prefect_block: str | None = None  # "<block-type-slug>/<name>", e.g. "slack-webhook/ops"
+    # A Prefect notification block, "<block-type-slug>/<name>", e.g. "slack-webhook/ops"; may be used with a webhook.
+    prefect_block: str | None = None
+    # How long a webhook POST may take; one retry follows a connection error or a 5xx answer, none a timeout.
     timeout: timedelta = timedelta(seconds=5)
 
     @field_validator("webhook_url")
@@ -174,9 +228,11 @@ class Signing(StrictModel):
     """How drill reports are signed. Ed25519 (default): a key pair under the state folder is made on first use;
     auditors verify with the public key alone. HMAC-SHA256: the key comes from an environment variable."""
 
-    method: Literal["ed25519", "hmac"] = "ed25519"
+    method: Literal["ed25519", "hmac"] = "ed25519"  # how each drill report's SIGNATURE.json is signed
     private_key: str = "keys/report-signing.key"  # ed25519, relative to state_dir; created 0600 if missing
-    public_key: str = "keys/report-signing.pub"  # ed25519, relative to state_dir
+    # ed25519, relative to state_dir; what auditors verify with (`llmdr report verify`)
+    public_key: str = "keys/report-signing.pub"
+    # hmac: name of the environment variable holding the key (at least 16 bytes); verifying needs the same key.
     hmac_key_env: str = "LLMDR_REPORT_HMAC_KEY"
 
     @field_validator("hmac_key_env")
@@ -188,11 +244,15 @@ class Signing(StrictModel):
 class Drill(StrictModel):
     """The DR drill: how the outage is simulated, how long to wait for the automation, where reports go."""
 
-    outage: Literal["local", "command"] = "local"  # local: stop the primary's local S3 server and replica
-    outage_command: list[str] | None = None  # "command": run this to cut the region off (never delete data)
-    restore_command: list[str] | None = None  # "command": run this to bring it back
-    reports_dir: str = "reports"  # relative to this file
-    signing: Signing = Signing()
+    # How the primary's outage is simulated. local: stop its local S3 server and replica (data stays on disk), then
+    # start them again; command: run outage_command, then restore_command.
+    outage: Literal["local", "command"] = "local"
+    # "command": the argv that cuts the primary off (run without a shell, 10-minute limit); it must never delete data
+    outage_command: list[str] | None = None
+    restore_command: list[str] | None = None  # "command": the argv that brings it back
+    # Where drill reports go, relative to this file: one signed folder per drill under <reports_dir>/drills/.
+    reports_dir: str = "reports"
+    signing: Signing = Signing()  # how the reports are signed
 
     @model_validator(mode="after")
     def _commands(self) -> "Drill":
@@ -205,18 +265,25 @@ class Dataset(StrictModel):
     """A training or evaluation dataset tracked by DVC in a git+DVC repository (the nearest parent folder holding
     ``.dvc/``). llmdr pushes each version to one DVC remote per region and validates it with Great Expectations."""
 
+    # The dataset's name, unique: what `llmdr datasets` commands take, and the default suite's file name
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     path: str  # the data file, relative to llmdr.yaml (its .dvc file sits next to it)
-    block_on_failure: bool = True  # a dataset failing its expectation suite stops the snapshot
-    suite: str | None = None  # expectation suite JSON (default: expectations/<name>.json next to llmdr.yaml)
+    # true: a dataset failing its expectation suite stops the snapshot; false: the failure is only reported
+    block_on_failure: bool = True
+    # Expectation suite JSON, relative to llmdr.yaml (default: expectations/<name>.json); when missing, one is
+    # profiled from the data on the first backup and never overwritten.
+    suite: str | None = None
 
 
 class Readiness(StrictModel):
     """Thresholds of `llmdr readiness` (and the readiness-check flow)."""
 
     credential_warning: timedelta = timedelta(days=7)  # WARN when a region's credentials expire sooner than this
-    probe_mb: int = Field(default=64, ge=1, le=4096)  # bytes read from the DR region to measure its throughput
-    start_estimate: timedelta = timedelta(seconds=60)  # starting a replica once the bundle is on disk
+    # MiB read from each DR region's newest snapshot (at most its size) to measure the restore throughput
+    probe_mb: int = Field(default=64, ge=1, le=4096)
+    # Time a replica takes to start once the bundle is on disk, added to the cold restore time compared with the
+    # RTO (also `llmdr plan`'s default --start).
+    start_estimate: timedelta = timedelta(seconds=60)
 
     @field_validator("credential_warning", "start_estimate", mode="before")
     @classmethod
@@ -225,7 +292,7 @@ class Readiness(StrictModel):
 
 
 class Contact(StrictModel):
-    name: str
+    name: str  # who: a person or a team
     role: str = ""  # e.g. "incident commander", "ML platform on-call"
     reach: str = ""  # how to reach them: pager, phone, Slack handle (no secrets)
 
@@ -233,16 +300,19 @@ class Contact(StrictModel):
 class Runbook(StrictModel):
     """What `llmdr runbook` adds to what it derives from the rest of the config."""
 
-    path: str = "RUNBOOK.md"  # relative to this file
-    contacts: list[Contact] = Field(default_factory=list)
+    path: str = "RUNBOOK.md"  # where `llmdr runbook` writes the runbook, relative to this file
+    contacts: list[Contact] = Field(default_factory=list)  # the runbook's contact table, in this order
     emergency_access: list[str] = Field(default_factory=list)  # break-glass steps, in order (names, never secrets)
 
 
 class Tracking(StrictModel):
     """MLflow: model registry and runs. Default store: sqlite under state_dir."""
 
-    uri: str | None = None  # any MLflow tracking URI; default sqlite:///<state_dir>/mlflow/mlflow.db
+    # Any MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<state_dir>/mlflow/mlflow.db
+    uri: str | None = None
     model_name: str | None = None  # registered model name (default: the bundle name)
-    register_models: bool = True  # every protected snapshot registers / updates a model version
+    # true: every protected snapshot registers / updates a model version, a passing drill moves its drill-verified
+    # alias, and each new checkpoint is logged as a training run; false: none of these (drill runs are still logged).
+    register_models: bool = True
 
 
