@@ -55,7 +55,8 @@ class Objectives(StrictModel):
 
 
 class Retention(StrictModel):
-    """Applied by protect-bundle after each snapshot, in every region (``llmdr forget`` does it by hand)."""
+    """Applied by protect-bundle after each snapshot, in every region (`llmdr forget --keep-last N ...` applies a
+    policy given on its command line instead)."""
 
     # Keep the newest N snapshots; older ones are forgotten (their manifests deleted) unless keep_every or an
     # Object Lock still keeps them
