@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO_DIR))
 sys.path.insert(0, str(BENCH_DIR))
 
 import peers  # noqa: E402
-from harness import common_args, parse, utc_now  # noqa: E402
+from harness import common_args, parse, prepare_work, utc_now  # noqa: E402
 from report import results_dir, write_results  # noqa: E402
 
 from tests.support.config import two_region_yaml  # noqa: E402
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = utc_now()
     work = args.work
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    prepare_work(work, ".llmdr-bench-rto", "bench/rto.py")  # never empties a folder this harness did not make
     (work / "llmdr.yaml").write_text(config_text(ports))
     write_demo_bundle(work / "model")
     if args.pad_mb:

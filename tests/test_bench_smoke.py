@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.ports import free_base_ports
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]  # each starts its own SeaweedFS regions
+# each smoke run starts its own SeaweedFS regions
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 COMMITTED = BENCH / "results"
@@ -55,6 +55,8 @@ def check_statuses(steps: list[dict], peers: set[str]) -> None:
             assert s["status"] == "ran", s
 
 
+@pytest.mark.s3
+@pytest.mark.slow
 def test_bench_smoke(tmp_path):
     p, s = free_base_ports()
     doc = load(run_smoke("bench.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)), "smoke")
@@ -72,6 +74,8 @@ def test_bench_smoke(tmp_path):
     assert doc["meta"]["smoke"] and len(doc["micro"]) == 4
 
 
+@pytest.mark.s3
+@pytest.mark.slow
 def test_scale_smoke(tmp_path):
     p, s = free_base_ports()
     doc = load(run_smoke("scale.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)), "scale-smoke")
@@ -90,6 +94,8 @@ def test_scale_smoke(tmp_path):
     assert doc["details"]["series"][1]["ops"].get("shard_region_rewritten"), "step 2 rewrites a shard region"
 
 
+@pytest.mark.s3
+@pytest.mark.slow
 def test_object_lock_smoke(tmp_path):
     doc = load(run_smoke("object_lock.py", tmp_path), "object-lock-smoke")
     got = [(x["step"], x["region"]) for x in doc["steps"]]
@@ -100,6 +106,8 @@ def test_object_lock_smoke(tmp_path):
     assert all(x["status"] == "ran" for x in doc["steps"]) and doc["smoke"]
 
 
+@pytest.mark.s3
+@pytest.mark.slow
 def test_rto_smoke(tmp_path):
     doc = load(run_smoke("rto.py", tmp_path, timeout=1200), "rto-smoke")
     steps = {x["step"]: x for x in doc["steps"]}
@@ -107,3 +115,16 @@ def test_rto_smoke(tmp_path):
     peer = steps["s5cmd download (peer)"]
     assert peer["status"] == "ran" or (peer["status"] == "skipped" and peer["reason"])
     assert [t["kind"] for t in doc["trials"]] == ["warm", "cold"] and doc["smoke"]
+
+
+@pytest.mark.parametrize("script", ["bench.py", "scale.py", "object_lock.py", "rto.py"])
+def test_a_work_folder_the_harness_did_not_make_is_never_emptied(script, tmp_path):
+    work = tmp_path / "precious"
+    work.mkdir()
+    (work / "keep.txt").write_text("not the bench's")
+    r = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--work", str(work),
+                        "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    assert "was not made by this harness" in r.stderr and "pick another --work" in r.stderr
+    assert [p.name for p in work.iterdir()] == ["keep.txt"] and (work / "keep.txt").read_text() == "not the bench's"
