@@ -53,6 +53,24 @@ class ReadOnlyStoreError(StorageError):
     """A write was attempted through a read-only store."""
 
 
+class Conflict(StorageError):
+    """A create-only put found the key already there (another writer took it first). Never retried as such: the
+    caller re-reads what is there and decides."""
+
+
+class RepositoryLocked(LlmdrError):
+    """Another llmdr command holds a conflicting lock on the repository (a prune while a snapshot runs, or the
+    reverse). The message names the holder and when its lock goes stale."""
+
+    exit_code = 10
+
+
+class FormatMismatch(LlmdrError):
+    """The region holds a repository in another format than this llmdr writes (v1 before ``llmdr migrate``)."""
+
+    exit_code = 11
+
+
 class TransientStorageError(StorageError):
     """A fault that may pass: connection refused or reset, timeout, 5xx, throttling."""
 
