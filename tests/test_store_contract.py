@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from llmdr.errors import IntegrityError, ObjectNotFound, ReadOnlyStoreError, StorageError
+from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, ReadOnlyStoreError, StorageError
 from llmdr.storage.base import BlobStore
 from llmdr.storage.crypto import EncryptingStore, ManifestSigner, SigningStore
 from llmdr.storage.factory import adapter
@@ -114,6 +114,35 @@ def test_list_sorted_complete_prefixed_and_sized(reading):
     assert [i.key for i in listed] == keys
     assert {i.size for i in listed} == {1}  # the size ``get`` returns, whatever the wrapper adds below
     assert [(i.key, i.size) for i in c.store.list(c.k("q/"))] == [(c.k("q/x"), 1)]
+    # start_after on a listing longer than one S3 page: strictly after, in order, across the page boundary
+    assert [i.key for i in c.store.list(c.k("p/"), start_after=keys[20])] == keys[21:]
+    assert [i.key for i in c.store.list(c.k("p/"), start_after=keys[-2])] == keys[-1:]
+
+
+def test_list_start_after_is_strict_and_relative(reading):
+    c = reading
+    keys = [c.k(f"s/{n}") for n in ("a", "b", "bb", "c")]
+    for k in keys:
+        c.writer.put(k, b"x")
+    c.writer.put(c.k("t/a"), b"x")  # outside the prefix: never listed
+    listed = lambda after: [i.key for i in c.store.list(c.k("s/"), start_after=after)]  # noqa: E731
+    assert listed(None) == keys
+    assert listed(c.k("s/b")) == [c.k("s/bb"), c.k("s/c")]  # the key itself is excluded
+    assert listed(c.k("s/ba")) == [c.k("s/bb"), c.k("s/c")]  # a key that does not exist works as a bound
+    assert listed(c.k("s/c")) == []
+    assert listed(c.k("r")) == keys  # a bound before the prefix: everything under it
+    assert listed(c.k("s/")) == keys
+
+
+def test_server_time_is_the_stores_clock(reading):
+    """On the local servers the store's clock is this machine's: within a few seconds (Date has 1 s resolution),
+    and a write's ``modified`` is on the same clock."""
+    c = reading
+    t = c.store.server_time()
+    assert abs(t - time.time()) < 5
+    c.writer.put(c.k("clock"), b"x")
+    modified = c.store.head(c.k("clock")).modified
+    assert modified is not None and abs(c.store.server_time() - modified) < 5
 
 
 def test_empty_blob(reading):
@@ -198,6 +227,77 @@ def test_concurrent_puts(case):
         t.join()
     assert not errors
     assert sorted(i.key for i in case.store.list(case.k("c/"))) == sorted(case.k(f"c/{i}") for i in range(20))
+
+
+def test_create_only_put(case):
+    """``if_absent``: the first create wins, a second one raises Conflict and leaves the value as it was."""
+    key = case.k(f"e/{uuid.uuid4().hex}")
+    case.store.put(key, b"first", if_absent=True)
+    with pytest.raises(Conflict, match="exists already"):
+        case.store.put(key, b"second", if_absent=True)
+    with pytest.raises(Conflict):
+        case.store.put(key, b"first", if_absent=True)  # even the same bytes: a create is a create
+    assert case.store.get(key) == b"first"
+    case.store.put(key, b"third")  # a plain put still overwrites
+    assert case.store.get(key) == b"third"
+
+
+def test_create_only_put_race_has_one_winner(case):
+    key = case.k(f"race/{uuid.uuid4().hex}")
+    won, lost = [], []
+
+    def create(i: int) -> None:
+        try:
+            case.store.put(key, str(i).encode(), if_absent=True)
+            won.append(i)
+        except Conflict:
+            lost.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7
+    assert case.store.get(key) == str(won[0]).encode()
+
+
+def test_memory_store_clock_skew_moves_server_time_and_modified():
+    m = MemoryStore()
+    m.clock_skew = 3600.0
+    assert abs(m.server_time() - (time.time() + 3600)) < 2
+    m.put("k", b"v")
+    [info] = list(m.list())
+    assert info.modified is not None and abs(info.modified - (time.time() + 3600)) < 2
+    assert m.head("k").modified == info.modified
+
+
+@pytest.mark.s3
+def test_retain_false_writes_no_retention_in_a_locked_bucket(request):
+    """Locks and prune plans must stay deletable in a region whose puts are locked: ``retain=False`` sends no
+    retention, while an ordinary put in the same bucket is locked. Create-only puts work in the versioned bucket."""
+    from llmdr.storage.credentials import resolve_keys
+    from llmdr.storage.s3 import S3Store
+
+    cfg = request.getfixturevalue("region_config")
+    keys = resolve_keys(cfg, cfg.primary)
+    store = S3Store(bucket=f"llmdr-retain-{uuid.uuid4().hex[:10]}", endpoint_url=cfg.primary.endpoint,
+                    access_key_id=keys.access_key_id, secret_access_key=keys.secret_access_key,
+                    object_lock=("COMPLIANCE", 60))
+    assert store.ensure_bucket(object_lock=True) is True
+    store.put("packs/ab/x", b"pack")
+    lock = store.retention("packs/ab/x")
+    assert lock is not None and lock.until > time.time() + 30
+    store.put("locks/l.json", b"{}", retain=False)
+    assert store.retention("locks/l.json") is None
+    store.delete("locks/l.json")  # every version goes: nothing holds it
+    with pytest.raises(ObjectNotFound):
+        store.head("locks/l.json")
+    assert not [v for v in store.list("locks/")]
+    store.put("catalog/b/e/000000000001", b"1", if_absent=True)
+    with pytest.raises(Conflict):
+        store.put("catalog/b/e/000000000001", b"2", if_absent=True)
+    assert store.get("catalog/b/e/000000000001") == b"1"
 
 
 @pytest.mark.parametrize("bad", ["", "/abs", "a/../b", "a//b", "./a"])

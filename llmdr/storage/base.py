@@ -40,11 +40,20 @@ class BlobStore(Protocol):
     - ``list`` yields every key under the prefix, in lexicographic order, each once, with its size and last-write
       time (``modified``), so unreferenced blobs can be told apart from blobs a running writer just added.
     - ``delete`` is idempotent: deleting a missing key is not an error.
+    - **Conditional create**: ``put(..., if_absent=True)`` writes only when the key does not exist; otherwise it
+      raises ``Conflict`` and leaves the stored value unchanged (S3 ``If-None-Match: *``). Of two writers racing for
+      one key exactly one wins. This is how a repository takes the next catalog seq without trusting clocks.
+    - ``list(prefix, start_after=k)`` yields only keys strictly greater than ``k`` (a key relative to the store, as
+      every key), so a reader resumes a listing or reads a tail without listing what it has seen.
+    - **Store time**: ``server_time()`` is the store's clock (seconds since the epoch; S3: the ``Date`` of a cheap
+      request plus half its round trip, so about 1 s resolution), the same clock ``BlobInfo.modified`` comes from.
+      Ages of stored objects (lock staleness, prune safety time) compare the two and never the client's clock.
 
     Object Lock (write once, read many), for stores that have it:
 
     - ``lock_policy()`` is the lock every ``put`` of this store applies (mode and period), None when puts are not
-      locked. ``delete`` of a key whose retention has not ended raises ``ObjectLocked`` and removes nothing locked.
+      locked. ``put(..., retain=False)`` sends no retention of its own (for ``locks/`` and ``prune/`` objects, which
+      must stay deletable; a bucket's default retention rule, if one is configured, still applies). ``delete`` of a key whose retention has not ended raises ``ObjectLocked`` and removes nothing locked.
     - ``retention(key)`` is the lock in force on ``key`` (None when it has none; ``ObjectNotFound`` when the key is
       missing); ``extend_lock(key, until)`` makes it last at least until ``until`` and returns False when it already
       did (a retention is never shortened). Without a lock policy ``extend_lock`` raises ``StorageError``.
@@ -61,13 +70,14 @@ class BlobStore(Protocol):
     location: str
     """Where the blobs live, for messages (e.g. ``s3://bucket/prefix at http://127.0.0.1:8333``). No secrets."""
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None: ...
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None: ...
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes: ...
 
     def head(self, key: str) -> BlobInfo: ...
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]: ...
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -80,6 +90,8 @@ class BlobStore(Protocol):
     def bucket_protection(self) -> dict[str, Any]: ...
 
     def usage(self) -> dict[str, int]: ...
+
+    def server_time(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)

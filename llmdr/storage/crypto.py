@@ -94,6 +94,9 @@ class _SameObjectNames:
     def usage(self) -> dict[str, int]:
         return self.inner.usage()
 
+    def server_time(self) -> float:
+        return self.inner.server_time()
+
 
 class EncryptingStore(_SameObjectNames):
     def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
@@ -138,12 +141,13 @@ class EncryptingStore(_SameObjectNames):
                                  "used. `llmdr verify --repair` restores it from another region") from None
 
     # BlobStore --------------------------------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
         # ``sha256`` names the plaintext: checked here, before sealing; the store below checks the sealed bytes it
         # receives against their own digest (damage on the way)
         _check_digest(self.location, key, data, sha256)
         blob = self.seal(key, data)
-        self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest())
+        self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest(), if_absent=if_absent, retain=retain)
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         plain = self.open(key, self.inner.get(key))  # the tag covers the whole object: read it whole
@@ -156,8 +160,8 @@ class EncryptingStore(_SameObjectNames):
         info = self.inner.head(key)
         return BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        for info in self.inner.list(prefix):
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
+        for info in self.inner.list(prefix, start_after=start_after):
             yield BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
 
     def delete(self, key: str) -> None:
@@ -222,14 +226,15 @@ class SigningStore(_SameObjectNames):
         self.trailer_size = len(SIG_MARK) + len(f"{signer.method} {signer.key_id} ") + len(
             base64.b64encode(bytes(sig_len))) + 1  # what the signature line adds to a manifest
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
         if not key.startswith(MANIFESTS):
-            return self.inner.put(key, data, sha256=sha256)
+            return self.inner.put(key, data, sha256=sha256, if_absent=if_absent, retain=retain)
         body = bytes(data)
         _check_digest(self.location, key, body, sha256)
         sig = base64.b64encode(self.signer.sign(body))
         signed = body + SIG_MARK + f"{self.signer.method} {self.signer.key_id} ".encode() + sig + b"\n"
-        self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest())
+        self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest(), if_absent=if_absent, retain=retain)
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         if not key.startswith(MANIFESTS):
@@ -266,8 +271,8 @@ class SigningStore(_SameObjectNames):
     def head(self, key: str) -> BlobInfo:
         return self._sized(self.inner.head(key))
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        return map(self._sized, self.inner.list(prefix))
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
+        return map(self._sized, self.inner.list(prefix, start_after=start_after))
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -8,25 +8,37 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from llmdr.errors import IntegrityError, ObjectNotFound, StorageError
+from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, StorageError
 from llmdr.storage.base import BlobInfo, Lock, LockPolicy, check_key, unprotected
 
 
 class MemoryStore:
+    """``clock_skew`` (seconds, settable) models a store whose clock differs from this machine's: ``server_time``
+    and every ``modified`` time come from ``time.time() + clock_skew``. ``retain`` is accepted and ignored (a memory
+    store has no Object Lock)."""
+
     def __init__(self, name: str = "memory") -> None:
         self.location = f"memory://{name}"
+        self.clock_skew: float = 0.0
         self._blobs: dict[str, bytes] = {}
         self._times: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+    def server_time(self) -> float:
+        return time.time() + self.clock_skew
+
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
         check_key(key)
         value = bytes(data)
         if sha256 is not None and hashlib.sha256(value).digest() != sha256:
             raise IntegrityError(f"{self.location}/{key}: the bytes sent do not match the SHA-256 given; nothing was written")
         with self._lock:
+            if if_absent and key in self._blobs:
+                raise Conflict(f"create {key!r} in {self.location}: the key exists already (another writer took it); "
+                               "nothing was written. Re-read what is there and pick another key")
             self._blobs[key] = value
-            self._times[key] = time.time()
+            self._times[key] = self.server_time()
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         with self._lock:
@@ -44,9 +56,9 @@ class MemoryStore:
             except KeyError:
                 raise ObjectNotFound(f"{self.location}/{key} does not exist") from None
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         with self._lock:
-            keys = sorted(k for k in self._blobs if k.startswith(prefix))
+            keys = sorted(k for k in self._blobs if k.startswith(prefix) and (start_after is None or k > start_after))
             infos = [BlobInfo(k, len(self._blobs[k]), self._times.get(k)) for k in keys]
         yield from infos
 

@@ -1,7 +1,7 @@
 """Read-only wrapper: lets verification and restore run with no way to change a region.
 
 Every write (``put``, ``delete``, ``extend_lock``) is refused with ``ReadOnlyStoreError``; reads, including the
-Object Lock state (``lock_policy``, ``retention``, ``bucket_protection``, ``usage``), pass through."""
+Object Lock state (``lock_policy``, ``retention``, ``bucket_protection``, ``usage``) and ``server_time``, pass through."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class ReadOnlyStore:
     def _refuse(self, op: str, key: str) -> NoReturn:
         raise ReadOnlyStoreError(f"{op} {key!r} refused: {self.location} is opened read-only")
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
         self._refuse("put", key)
 
     def delete(self, key: str) -> None:
@@ -32,8 +33,11 @@ class ReadOnlyStore:
     def head(self, key: str) -> BlobInfo:
         return self.inner.head(key)
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        return self.inner.list(prefix)
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
+        return self.inner.list(prefix, start_after=start_after)
+
+    def server_time(self) -> float:
+        return self.inner.server_time()
 
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()

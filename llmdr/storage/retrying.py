@@ -1,8 +1,8 @@
 """Retry wrapper: the one request-level retry layer, driven by ``errors.is_retriable``; and its retry counts.
 
-Counting. Each ``RetryingStore`` counts, per operation kind (``put``, ``get``, ``head``, ``list``, ``delete``, and
-the Object Lock calls ``retention`` and ``extend``), the requests it made to the store below, the retries, and the
-requests it gave up on. ``store.retries`` is the per-kind retry count, ``store.stats`` the whole record.
+Counting. Each ``RetryingStore`` counts, per operation kind (``put``, ``get``, ``head``, ``list``, ``delete``,
+``server_time``, and the Object Lock calls ``retention`` and ``extend``), the requests it made to the store below,
+the retries, and the requests it gave up on. ``store.retries`` is the per-kind retry count, ``store.stats`` the whole record.
 
 A run's counts. A Prefect task does not hold the stores it uses: ``llmdr.ops`` opens them inside the one core call,
 and the core fans requests out to thread pools. So a task wraps its call in ``count_retries()``::
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from llmdr.errors import is_retriable
+from llmdr.errors import Conflict, is_retriable
 from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class RetryingStore:
     """Retries operations that failed with a retriable error, with jittered exponential backoff.
 
     Every BlobStore operation is idempotent (puts are whole-object and atomic), so repeating one is safe.
-    ``list`` restarts after the last key it already yielded, so a retried listing never repeats or skips a key.
+    ``list`` restarts after the last key it already yielded (``start_after``), so a retried listing never repeats or
+    skips a key. A create-only put is the one call whose retry can see its own earlier write: see ``put``.
     ``name`` labels the counts (the region's name; default: the inner store's location).
     """
 
@@ -150,8 +151,28 @@ class RetryingStore:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
-        self._call(f"put {key}", lambda: self.inner.put(key, data, sha256=sha256))
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
+        """A create-only put (``if_absent``) whose earlier attempt failed may have landed all the same (the answer
+        was lost, not the write): its retry then meets ``Conflict``. The key is read back and, when it holds exactly
+        the bytes sent, the put succeeded; any other value is a real conflict and is raised."""
+        if not if_absent:
+            self._call(f"put {key}", lambda: self.inner.put(key, data, sha256=sha256, retain=retain))
+            return
+        attempted = False
+
+        def create() -> None:
+            nonlocal attempted
+            again, attempted = attempted, True
+            try:
+                self.inner.put(key, data, sha256=sha256, if_absent=True, retain=retain)
+            except Conflict:
+                if not again or self._call(f"get {key}", lambda: self.inner.get(key)) != bytes(data):
+                    raise
+                log.info("create %s on %s: an earlier attempt had landed; the stored bytes are ours", key,
+                         self.location)
+
+        self._call(f"put {key}", create)
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         return self._call(f"get {key}", lambda: self.inner.get(key, start=start, length=length))
@@ -177,13 +198,16 @@ class RetryingStore:
     def usage(self) -> dict[str, int]:
         return self._call("usage of the bucket", self.inner.usage)
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        last: str | None = None
+    def server_time(self) -> float:
+        return self._call("server_time of the store", self.inner.server_time)
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
+        last: str | None = start_after
         failures = 0
         while True:
             self._count("requests", "list")
             try:
-                for info in self.inner.list(prefix):
+                for info in self.inner.list(prefix, start_after=last):
                     if last is not None and info.key <= last:
                         continue
                     yield info

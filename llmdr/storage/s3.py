@@ -21,6 +21,7 @@ from typing import Any
 from llmdr.errors import (
     AccessDenied,
     BucketNotFound,
+    Conflict,
     IntegrityError,
     ObjectLocked,
     ObjectLockUnavailable,
@@ -169,17 +170,26 @@ class S3Store:
         return self.prefix + check_key(key)
 
     # BlobStore ------------------------------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
+        """``if_absent``: create only (``If-None-Match: *``); the server's 412 becomes ``Conflict``. ``retain=False``:
+        no per-put Object Lock retention (locks and prune plans must stay deletable)."""
         body = bytes(data) if isinstance(data, memoryview) else data
         digest = sha256 if sha256 is not None else hashlib.sha256(body).digest()
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key), "Body": body,
                                 "ChecksumSHA256": base64.b64encode(digest).decode("ascii")}
-        if self._lock_policy:
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        if self._lock_policy and retain:
             args["ObjectLockMode"] = self._lock_policy.mode
             args["ObjectLockRetainUntilDate"] = _utc(time.time() + self._lock_policy.period_s)
         try:
             self._client.put_object(**args)
         except Exception as exc:
+            if if_absent and _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                # 409: another conditional write of the key is in flight (AWS); either way someone else is creating it
+                raise Conflict(f"create {key!r} in {self.location}: the key exists already (another writer took it); "
+                               "nothing was written. Re-read what is there and pick another key") from exc
             raise self._map(exc, "put", key) from exc
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
@@ -223,7 +233,7 @@ class S3Store:
                 ) from exc
             raise mapped from exc
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         token: str | None = None
         full = self.prefix + prefix
         cut = len(self.prefix)
@@ -231,6 +241,8 @@ class S3Store:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
             if token:
                 args["ContinuationToken"] = token
+            elif start_after is not None:
+                args["StartAfter"] = self.prefix + start_after
             try:
                 resp = self._client.list_objects_v2(**args)
             except Exception as exc:
@@ -280,6 +292,28 @@ class S3Store:
                             "deleted before then (by design)"
                         ) from exc
                 raise mapped from exc
+
+    def server_time(self) -> float:
+        """The store's clock: the ``Date`` header of a HeadBucket (1 s resolution) plus half the round trip."""
+        from email.utils import parsedate_to_datetime
+
+        sent = time.monotonic()
+        try:
+            resp = self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            mapped = self._map(exc, "read the clock", None)
+            if isinstance(mapped, ObjectNotFound):
+                self._check_bucket()
+            raise mapped from exc
+        rtt = time.monotonic() - sent
+        date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if not date:
+            raise StorageError(f"read the clock of {self.location}: the server sent no Date header; llmdr needs the "
+                               "store's time to judge lock and prune ages. Use an S3 endpoint that sends Date")
+        try:
+            return parsedate_to_datetime(date).timestamp() + rtt / 2
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"read the clock of {self.location}: unreadable Date header {date!r}") from exc
 
     # Object Lock ----------------------------------------------------------------------------------------------------
     def lock_policy(self) -> LockPolicy | None:
@@ -401,6 +435,15 @@ class S3Store:
             self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise self._map(exc, "list", None) from exc
+
+
+def _error_code(exc: Exception) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (or its HTTP status as text), None for anything else."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code or response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "") or None
 
 
 def _utc(ts: float) -> datetime:

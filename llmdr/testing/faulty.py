@@ -2,7 +2,8 @@
 
 Modelled on Kopia's blobtesting.FaultyStorage. Production code never imports this module (it lives in
 ``llmdr.testing``); tests put it under a region's retry layer with ``tests/support/faults.py``. What can be scripted
-(on ``put``, ``get``, ``head``, ``list``, ``delete``, and the Object Lock calls ``retention`` and ``extend_lock``),
+(on ``put``, ``get``, ``head``, ``list``, ``delete``, ``server_time``, and the Object Lock calls ``retention`` and
+``extend_lock``),
 each for ``times`` matching calls (``None``: every one, a permanent fault) after letting ``after`` through,
 optionally only for keys under ``key_prefix``:
 
@@ -38,7 +39,7 @@ from llmdr.errors import TransientStorageError
 from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
 
 METHODS = ("put", "get", "head", "list", "delete")  # what random mode draws faults for
-SCRIPTABLE = (*METHODS, "retention", "extend_lock")
+SCRIPTABLE = (*METHODS, "retention", "extend_lock", "server_time")
 
 
 @dataclass
@@ -157,8 +158,9 @@ class FaultyStore:
         raise fault.exc()
 
     # BlobStore ----------------------------------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None) -> None:
-        self._run("put", key, lambda: self.inner.put(key, data, sha256=sha256))
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
+            if_absent: bool = False, retain: bool = True) -> None:
+        self._run("put", key, lambda: self.inner.put(key, data, sha256=sha256, if_absent=if_absent, retain=retain))
 
     def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
         return self._run("get", key, lambda: self.inner.get(key, start=start, length=length))
@@ -169,19 +171,21 @@ class FaultyStore:
     def delete(self, key: str) -> None:
         self._run("delete", key, lambda: self.inner.delete(key))
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         fault = self._decide("list", prefix)
         if fault is None:
-            return self.inner.list(prefix)
+            return self.inner.list(prefix, start_after=start_after)
         if fault.delay:
             self._sleep(fault.delay)
         if fault.exc is None:
-            return self.inner.list(prefix)
+            return self.inner.list(prefix, start_after=start_after)
         if not fault.drop:
             raise fault.exc()
-        infos = list(self.inner.list(prefix))
+        infos = list(self.inner.list(prefix, start_after=start_after))
         return _cut(infos[: len(infos) // 2], fault.exc)
 
+    def server_time(self) -> float:
+        return self._run("server_time", "", self.inner.server_time)
 
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
