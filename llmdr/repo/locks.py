@@ -1,13 +1,13 @@
 """Object Lock (write once, read many) on a region whose store has it configured.
 
 The S3 adapter locks every object it writes for the region's ``object_lock.period``. What the adapter cannot know
-is which *existing* objects a new snapshot relies on: a chunk uploaded a month ago and reused by today's snapshot
+is which *existing* objects a new snapshot relies on: a pack uploaded a month ago whose chunks today's snapshot reuses
 must be locked as long as today's snapshot is. ``Locker`` extends those locks (one PutObjectRetention per object,
 in parallel, with the store's retry policy), and tells retention which objects are still locked.
 
-Rule kept by every writer (snapshot, cross-region copy, retention): all chunks of a snapshot are locked at least
-until its manifest's lock minus a quarter of the period (``slack_s``). A new snapshot reusing chunks that a recent
-snapshot already locked long enough (its manifest lock ends after now + period - slack) does not re-lock them, so a
+Rule kept by every writer (snapshot, cross-region copy, retention): every pack holding a chunk of a snapshot is
+locked at least until its record's lock minus a quarter of the period (``slack_s``). A new snapshot reusing chunks that a recent
+snapshot already locked long enough (its record lock ends after now + period - slack) does not re-lock them, so a
 protect every few minutes costs one HEAD, not one request per chunk; a full extension happens once per slack. Retention
 extends a kept snapshot when less than half the period is left, while its chunks still have at least a quarter.
 """
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.repo.repository import Repository, pack_key, record_key
 from llmdr.storage.base import BlobStore, Lock, LockPolicy
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,13 @@ class Locker:
         return self.store.retention(key)
 
     def snapshot_lock(self, snapshot_id: str) -> Lock | None:
-        """The lock on a snapshot's manifest (the snapshot's own lock)."""
-        return self.retention(manifest_key(snapshot_id))
+        """The lock on a snapshot's record (the snapshot's own lock)."""
+        return self.retention(record_key(snapshot_id))
 
-    def chunk_lock(self, hexdigest: str) -> Lock | None:
-        return self.retention(chunk_key(hexdigest))
+    def chunk_lock(self, repo: Repository, hexdigest: str) -> Lock | None:
+        """The lock on the pack holding ``hexdigest``."""
+        e = repo.locate(hexdigest)
+        return None if e is None else self.retention(pack_key(e.pack.hex()))
 
     def locked(self, key: str, now: float | None = None) -> Lock | None:
         """The lock on ``key`` when it is still in force at ``now``, else None."""
@@ -81,7 +83,21 @@ class Locker:
             lock = self.snapshot_lock(info.id)
             if lock is not None and (lock.legal_hold or lock.until >= enough):
                 todo -= mine
-        return self.extend([chunk_key(d) for d in sorted(todo)], workers=workers)
+        return self.extend(pack_keys(repo, todo), workers=workers)
+
+    def extend_keys_of(self, repo: Repository, snapshot_id: str, *, until: float | None = None,
+                       workers: int = 8) -> int:
+        """Extend every object of ``snapshot_id`` (packs, trees, record) to ``until``: packs first, the record last
+        (a record's lock is its snapshot's)."""
+        from llmdr.repo.repository import tree_key
+        from llmdr.repo.tree import tree_ids
+
+        m = repo.load_manifest(snapshot_id)
+        record = repo.load_record(snapshot_id)
+        n = self.extend(pack_keys(repo, m.chunk_set()), until=until, workers=workers)
+        n += self.extend([tree_key(t) for t in tree_ids(record["tree"], repo.tree_bytes)], until=until,
+                         workers=workers)
+        return n + self.extend([record_key(snapshot_id)], until=until, workers=workers)
 
     def extend(self, keys: Iterable[str], *, until: float | None = None, workers: int = 8) -> int:
         """Lock every key at least until ``until`` (default: now + the region's period). Returns how many locks
@@ -95,3 +111,13 @@ class Locker:
         log.info("%s: %d of %d object locks extended to %s", self.location, changed, len(keys),
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)))
         return changed
+
+
+def pack_keys(repo: Repository, chunks: Iterable[str]) -> list[str]:
+    """The keys of the packs holding ``chunks`` (each once, sorted)."""
+    packs = set()
+    for d in chunks:
+        e = repo.locate(d)
+        if e is not None:
+            packs.add(e.pack.hex())
+    return [pack_key(p) for p in sorted(packs)]

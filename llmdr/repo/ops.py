@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmdr.common.progress import Progress
 from llmdr.config import Config, Region
-from llmdr.errors import IntegrityError, LlmdrError, SnapshotNotFound, UsageError
+from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
 from llmdr.repo.replicate import ReplicateResult, replicate_snapshot
 from llmdr.repo.repository import Repository
@@ -136,53 +136,15 @@ def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | No
         raise IntegrityError(f"{manifest.problem()}; {hint}")
     res = verify_snapshot(repo, sid, subset=subset, repair_from=sources, workers=cfg.transfer.download_workers,
                           progress=progress, read=read)
-    return SnapshotCheck.of(res, manifest)
+    return SnapshotCheck.of(res, manifest, repo)
 
 
 def resolve_checked(cfg: Config, repo: Repository, ref: str,
-                     others: Callable[[], list[Repository]] = list) -> str:
-    """Like ``repo.resolve``, but ``latest`` is decided on every manifest in the region, never only on those that
-    happen to read: one damaged there is read from another region that holds it intact (``others()``, opened only
-    then), so that ``verify latest --repair`` finds and repairs it; one no region holds intact is an error naming
-    its key."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from llmdr.errors import UnsafePathError
-    from llmdr.repo.manifest import Manifest, parse_utc
-    from llmdr.repo.repository import manifest_key
-
-    if ref.strip().lower() != "latest":
-        return repo.resolve(ref, bundle=cfg.bundle.name)
-    fallback: list[list[Repository]] = []
-    lock = threading.Lock()
-
-    def intact(sid: str) -> Manifest:
-        try:
-            return repo.load_manifest(sid)
-        except (IntegrityError, UnsafePathError) as exc:
-            damage = exc
-        with lock:
-            if not fallback:
-                fallback.append(others())
-        for r in fallback[0]:
-            try:
-                return r.load_manifest(sid)
-            except (IntegrityError, UnsafePathError, SnapshotNotFound):
-                continue
-        hint = ("no other region holds an intact copy" if fallback[0] else
-                "`llmdr verify latest --repair` in that region copies an intact one from another region")
-        raise IntegrityError(f"manifest {manifest_key(sid)} of snapshot {sid[:12]} in {repo.location} cannot be "
-                             f"trusted ({damage}), so 'latest' cannot be decided; {hint}")
-
-    ids = repo.snapshot_ids()
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(ids)))) as pool:
-        manifests = list(pool.map(lambda sid: (sid, intact(sid)), ids))
-    newest = [(parse_utc(m.created), sid) for sid, m in manifests if m.bundle == cfg.bundle.name]
-    if not newest:
-        raise SnapshotNotFound(f"there is no snapshot of bundle '{cfg.bundle.name}' in {repo.location}; take one "
-                               "with `llmdr snapshot`")
-    return max(newest)[1]
+                    others: Callable[[], list[Repository]] = list) -> str:
+    """Like ``repo.resolve``. ``latest`` is the catalog's head, decided from the catalog entries alone, so a damaged
+    record object cannot hide it: ``verify latest --repair`` then finds and repairs that record. (``others`` is kept
+    for callers that offer other regions; the catalog needs none.)"""
+    return repo.resolve(ref, bundle=cfg.bundle.name)
 
 
 def rpo_clock(cfg: Config, region: str) -> dict:

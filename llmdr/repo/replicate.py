@@ -1,22 +1,26 @@
-"""Cross-region copy: only the chunks the destination lacks, each verified, the manifest last.
+"""Cross-region copy: only the chunks the destination lacks, each verified, the catalog entry last.
 
-Each chunk read from the source is hashed before it is sent (a damaged source copy is never propagated) and sent
-with its SHA-256 so the destination server refuses bytes damaged on the way. The manifest is written after every
-chunk is in place, so the snapshot appears in the destination region all at once or not at all. Re-running after a
-crash or an outage of either region copies only what is still missing.
+Each chunk read from the source is proven against its id before it is packed for the destination (a damaged source
+copy is never propagated); packs go up as verified puts, so the destination refuses bytes damaged on the way. The
+destination has its own packs (regions repack; chunk ids are what is shared) and its own index. The record and trees
+are copied byte for byte, so the snapshot id is the same in both regions; the catalog entry is written after every
+pack, the index, the trees and the record, so the snapshot appears in the destination all at once or not at all.
+Re-running after a crash or an outage of either region copies only what is still missing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.repo.locks import Locker
-from llmdr.repo.manifest import Manifest
+from llmdr.repo.packer import PackWriter
 from llmdr.repo.repository import Repository
+from llmdr.repo.tree import BuiltTree, tree_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,57 +62,70 @@ def replicate_snapshot(
     progress: Progress | None = None,
     recheck: bool = False,
 ) -> ReplicateResult:
-    """Make ``snapshot_id`` complete in ``dst``. With ``recheck``, a snapshot already there has its chunk list
-    compared again (missing chunks are copied); otherwise its manifest's presence proves it complete."""
+    """Make ``snapshot_id`` complete in ``dst``. With ``recheck``, a snapshot already listed there has its chunks
+    looked up again (missing ones are copied); otherwise its catalog entry proves it complete."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     started_ts = time.time()
     res = ReplicateResult(snapshot_id, src.location, dst.location)
-    data = src.load_manifest_bytes(snapshot_id)
-    manifest = Manifest.from_bytes(data, expect_id=snapshot_id)
+    record = src.load_record(snapshot_id)
+    manifest = src.load_manifest(snapshot_id)
+    bundle = manifest.bundle
     needed = manifest.chunk_set()
     res.chunks_total = len(needed)
     res.bytes_total = sum(needed.values())
-    if dst.has_snapshot(snapshot_id) and not recheck:
+    dst.ensure_config(src.config())
+    listed = dst.has_snapshot(snapshot_id, bundle=bundle)
+    if listed and not recheck:
         res.already_present = True
         res.duration_s = time.perf_counter() - t0
         return res
 
-    src_cfg = src.load_config()
-    dst.ensure_config(src_cfg)
-    present = dst.list_chunks()
-    missing = [(d, n) for d, n in sorted(needed.items()) if present.get(d) != n]
+    present = dst.list_chunks() if recheck else None
+    idx = dst.index(refresh=True)
+    missing = [(d, n) for d, n in sorted(needed.items())
+               if (present.get(d) != n if present is not None else not idx.has(bytes.fromhex(d)))]
     progress.start(f"replicate {snapshot_id[:12]}", sum(n for _, n in missing))
 
     then = (f"It was not copied and the snapshot was not published in {dst.location}. Replicate from another "
             "healthy region.")
 
-    def copy(hexd: str, n: int) -> int:
+    def fetch(hexd: str, n: int) -> tuple[str, bytes]:
         # proven against its id before it is sent: a damaged source copy is never propagated
-        dst.save_chunk(hexd, src.load_chunk(hexd, size=n, of=f" of snapshot {snapshot_id[:12]} (source)", then=then))
-        progress.advance(n)
-        return n
+        return hexd, src.load_chunk(hexd, size=n, of=f" of snapshot {snapshot_id[:12]} (source)", then=then)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-copy") as pool:
-            futures = [pool.submit(copy, d, n) for d, n in missing]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if not f.cancelled() and f.done() and f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
-            res.bytes_copied = sum(f.result() for f in futures)
+        with PackWriter(dst, workers=max(1, workers // 2)) as writer, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-copy") as pool:
+            window = max(2, workers * 2)
+            queue: deque = deque()
+            todo = iter(missing)
+            for item in todo:
+                queue.append(pool.submit(fetch, *item))
+                if len(queue) >= window:
+                    break
+            while queue:
+                hexd, data = queue.popleft().result()
+                writer.add(hexd, bytes.fromhex(hexd), data)
+                res.bytes_copied += len(data)
+                progress.advance(len(data))
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queue.append(pool.submit(fetch, *nxt))
     finally:
         progress.finish()
     res.chunks_copied = len(missing)
+    for tid in tree_ids(record["tree"], src.tree_bytes):
+        dst.save_tree(BuiltTree(tid, {tid: src.tree_bytes(tid)}))
     locker = Locker.of(dst.store)
     if locker is not None:  # chunks already there must stay locked as long as this snapshot
         copied = {d for d, _ in missing}
         res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], written=copied,
                                                   started=started_ts, workers=workers)
-    # Last: publishing the manifest makes the snapshot visible in the destination region.
-    dst.save_manifest(snapshot_id, data)
+    if not listed:
+        # Last: the catalog entry makes the snapshot visible in the destination region. The record is the
+        # source's, byte for byte (same id); its place in the destination's order is the entry's.
+        dst.publish(bundle, lambda prev: (snapshot_id, record))
     res.duration_s = time.perf_counter() - t0
     log.info("replicated %s to %s: %d of %d chunks copied (%d bytes) in %.2fs", snapshot_id[:12], dst.location,
              res.chunks_copied, res.chunks_total, res.bytes_copied, res.duration_s)

@@ -1,17 +1,21 @@
-"""A repository is llmdr's layout inside one region's store.
+"""A repository is llmdr's layout inside one region's store (format v2, docs/design/repository-format-v2.md):
 
-    config.json                      repository format, hash and chunker parameters (fixed at creation)
-    chunks/<2 hex>/<64 hex>          content-addressed chunk objects, sharded by their first byte
-    snapshots/<64 hex>.json          manifests; the key is the SHA-256 of the bytes
+    config.json                         format, hash, chunker, repository id, pack target (fixed at creation)
+    packs/<2 hex>/<64 hex>              chunks, many per pack, each sealed on its own in an encrypted region
+    index/<64 hex>                      chunk id -> (pack, offset, length), written before any record needs it
+    trees/<2 hex>/<64 hex>              file lists (content-addressed, so an unchanged listing is stored once)
+    snaps/<64 hex>                      snapshot records (~1 KB); the id is the SHA-256 of the record
+    catalog/<b>/…, bundles/<b>.json     the order of each bundle's snapshots (``catalog.py``)
+    evidence/<snapshot id>/<name>       records kept beside a snapshot (dataset validations)
+    locks/, prune/                      command locks (``repolock.py``) and prune plans (``prune.py``)
 
-A snapshot exists in a region exactly when its manifest does; manifests are written after all their chunks, so a
-listing never shows a partial snapshot.
+A snapshot exists in a region when its catalog entry does; the entry is written after its record, trees, packs and
+the index naming those packs, so a reader never meets a partial snapshot.
 
-``Repository`` is the only door to these objects (restic's ``internal/repository``): snapshot, restore, copy, verify
-and retention read and write chunks, manifests and evidence through its methods. ``load_chunk`` is the one place
-that reads a chunk and proves it against its id, and so the one place that turns a missing chunk into
-``ChunkMissing`` (an ``ObjectNotFound``) and a damaged one into ``IntegrityError``, each naming the object key.
-The key functions (``chunk_key``, ``manifest_key``) stay public for messages that name an object.
+``Repository`` is the only door to these objects (restic's ``internal/repository``): snapshot, restore, replicate,
+verify and retention read and write chunks, records and evidence through its methods. ``load_chunk`` is the one
+place that reads a chunk and proves it against its id, and so the one place that turns a missing chunk into
+``ChunkMissing`` and a damaged one into ``IntegrityError``, each naming the pack object.
 """
 
 from __future__ import annotations
@@ -19,52 +23,66 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmdr.common.files import atomic_write
 from llmdr.errors import (
     ChunkMissing,
+    Conflict,
+    FormatMismatch,
     IntegrityError,
     ObjectNotFound,
     SnapshotNotFound,
-    UnsafePathError,
     UsageError,
 )
+from llmdr.repo.catalog import BUNDLES, Catalog, Entry, View, bundle_key
 from llmdr.repo.chunking import DEFAULT_CHUNKER, ChunkerParams
 from llmdr.repo.ids import is_hex_digest
-from llmdr.repo.manifest import Manifest, canonical_json, parse_utc
+from llmdr.repo.index import IndexEntry, IndexFile, MasterIndex, index_id
+from llmdr.repo.manifest import Manifest, canonical_json
+from llmdr.repo.pack import PackBlob, open_blob
+from llmdr.repo.tree import BuiltTree, load_tree, manifest_of, parse_record
 from llmdr.storage.base import BlobInfo, BlobStore
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "config.json"
-CHUNKS = "chunks/"
-SNAPSHOTS = "snapshots/"
+PACKS = "packs/"
+INDEX = "index/"
+TREES = "trees/"
+SNAPS = "snaps/"
 EVIDENCE = "evidence/"
-REPO_FORMAT = 1
-
+REPO_FORMAT = 2
+DEFAULT_PACK_TARGET = 32 * 1024 * 1024
 
 _REPAIR = ("Restore from another region, or repair this one from a healthy copy (`llmdr verify --repair`, "
            "`llmdr replicate`).")
 
 
-def chunk_key(hexdigest: str) -> str:
-    return f"{CHUNKS}{hexdigest[:2]}/{hexdigest}"
+def pack_key(pack_hex: str) -> str:
+    return f"{PACKS}{pack_hex[:2]}/{pack_hex}"
 
 
-def key_to_chunk(key: str) -> str | None:
-    """Inverse of ``chunk_key``; None for keys that are not chunk keys."""
-    if not key.startswith(CHUNKS):
-        return None
-    rest = key[len(CHUNKS):]
-    shard, _, hexd = rest.partition("/")
-    if len(shard) == 2 and is_hex_digest(hexd) and hexd[:2] == shard:
-        return hexd
-    return None
+def tree_key(tree_id: str) -> str:
+    return f"{TREES}{tree_id[:2]}/{tree_id}"
+
+
+def record_key(snapshot_id: str) -> str:
+    return f"{SNAPS}{snapshot_id}"
+
+
+def index_key(iid: str) -> str:
+    return f"{INDEX}{iid}"
+
+
+def key_to_pack(key: str) -> str | None:
+    """Inverse of ``pack_key``; None for keys that are not pack keys."""
+    shard, _, hexd = key[len(PACKS):].partition("/") if key.startswith(PACKS) else ("", "", "")
+    return hexd if len(shard) == 2 and is_hex_digest(hexd) and hexd[:2] == shard else None
 
 
 def evidence_key(snapshot_id: str, name: str) -> str:
@@ -77,237 +95,392 @@ def evidence_key(snapshot_id: str, name: str) -> str:
     return f"{EVIDENCE}{snapshot_id}/{name}"
 
 
-def manifest_key(snapshot_id: str) -> str:
-    return f"{SNAPSHOTS}{snapshot_id}.json"
-
-
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
     chunker: ChunkerParams = DEFAULT_CHUNKER
     hash: str = "sha256"
     format: int = REPO_FORMAT
+    repo_id: str = ""
+    pack_target: int = DEFAULT_PACK_TARGET
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"format": self.format, "hash": self.hash, "chunker": self.chunker.to_json()})
+        return canonical_json({"format": self.format, "hash": self.hash, "chunker": self.chunker.to_json(),
+                               "repo_id": self.repo_id, "pack_target": self.pack_target})
+
+    def shares_chunks_with(self, other: "RepoConfig") -> bool:
+        """Chunk ids mean the same in both (same chunker and hash); packs and ids of the repositories differ."""
+        return self.chunker == other.chunker and self.hash == other.hash
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "RepoConfig":
         try:
             raw = json.loads(data)
-            cfg = cls(chunker=ChunkerParams.from_json(raw["chunker"]), hash=raw["hash"], format=raw["format"])
+            fmt = raw["format"]
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{where}/{CONFIG_KEY} is malformed ({exc!r}); it is not an llmdr repository") from exc
-        if cfg.format != REPO_FORMAT or cfg.hash != "sha256":
-            raise IntegrityError(f"{where}/{CONFIG_KEY}: unsupported repository format {cfg.format} / hash {cfg.hash}")
+        if fmt == 1:
+            raise FormatMismatch(f"{where} holds repository format v1 (one object per chunk and per manifest); this "
+                                 "llmdr reads and writes format v2. Convert it with `llmdr migrate --region R` (see "
+                                 "docs/design/repository-format-v2.md), or point the region at a new prefix.")
+        try:
+            cfg = cls(chunker=ChunkerParams.from_json(raw["chunker"]), hash=raw["hash"], format=fmt,
+                      repo_id=raw["repo_id"], pack_target=int(raw["pack_target"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{where}/{CONFIG_KEY} is malformed ({exc!r}); it is not an llmdr repository") from exc
+        if cfg.format != REPO_FORMAT or cfg.hash != "sha256" or len(cfg.repo_id) != 32:
+            raise FormatMismatch(f"{where}/{CONFIG_KEY}: unsupported repository format {cfg.format} / hash {cfg.hash}")
         return cfg
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class SnapshotInfo:
+    """One live snapshot as the catalog lists it: cheap fields from the inline record; ``manifest`` (with the file
+    list) is loaded on first use."""
+
     id: str
-    manifest: Manifest
+    record: dict[str, Any]
+    seq: int
+    stored: float | None = None
+    future: bool = False
+    fork: bool = False
+    _repo: "Repository | None" = field(default=None, repr=False)
+    _manifest: Manifest | None = field(default=None, repr=False)
 
     @property
     def short(self) -> str:
         return self.id[:12]
 
+    @property
+    def bundle(self) -> str:
+        return self.record["bundle"]
+
+    @property
+    def created(self) -> str:
+        return self.record["created"]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.record.get("tags") or {})
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            assert self._repo is not None
+            self._manifest = self._repo.load_manifest(self.id)
+        return self._manifest
+
 
 class Repository:
     def __init__(self, store: BlobStore, *, cache_dir: Path | None = None) -> None:
         self.store = store
-        self.cache_dir = cache_dir
-        self.unreadable: dict[str, str] = {}  # snapshots a non-strict listing left out, with the reason
+        self.cache_root = cache_dir
+        self.unreadable: dict[str, str] = {}  # objects a listing left out (key -> why)
+        self._config: RepoConfig | None = None
+        self._index: MasterIndex | None = None
+        self._index_ids: set[str] = set()
+        self.index_meta: dict[str, tuple[float | None, tuple[str, ...]]] = {}  # index id -> (stored at, supersedes)
+        self._lock = threading.Lock()
 
     @property
     def location(self) -> str:
         return self.store.location
 
+    @property
+    def cache_dir(self) -> Path | None:
+        cfg = self._config
+        return self.cache_root / cfg.repo_id if self.cache_root is not None and cfg is not None else None
+
     # config -----------------------------------------------------------------------------------------------------------
     def load_config(self) -> RepoConfig | None:
-        try:
-            return RepoConfig.from_bytes(self.store.get(CONFIG_KEY), self.location)
-        except ObjectNotFound:
-            return None
+        if self._config is None:
+            try:
+                data = self.store.get(CONFIG_KEY)
+            except ObjectNotFound:
+                return None
+            self._config = RepoConfig.from_bytes(data, self.location)
+        return self._config
 
-    def ensure_config(self, wanted: RepoConfig | None = None) -> RepoConfig:
-        """Return the repository config, creating it (with ``wanted`` or the defaults) in an empty repository."""
-        existing = self.load_config()
-        if existing is not None:
-            if wanted is not None and wanted != existing:
-                raise IntegrityError(
-                    f"{self.location} holds a repository with different parameters ({existing}) than the source "
-                    f"({wanted}); chunks could not be shared. Use another bucket or prefix."
-                )
-            return existing
-        cfg = wanted or RepoConfig()
-        data = cfg.to_bytes()
-        self.store.put(CONFIG_KEY, data, sha256=hashlib.sha256(data).digest())
+    def config(self) -> RepoConfig:
+        cfg = self.load_config()
+        if cfg is None:
+            raise SnapshotNotFound(f"{self.location} holds no llmdr repository yet (no {CONFIG_KEY}); take a "
+                                   "snapshot or replicate into it first")
         return cfg
 
-    # chunks -----------------------------------------------------------------------------------------------------------
+    def ensure_config(self, wanted: RepoConfig | None = None) -> RepoConfig:
+        """The repository config, created (chunker and hash from ``wanted``, a fresh repository id) in an empty
+        repository."""
+        existing = self.load_config()
+        if existing is not None:
+            if wanted is not None and not wanted.shares_chunks_with(existing):
+                raise IntegrityError(
+                    f"{self.location} holds a repository with different chunking ({existing.chunker}) than the "
+                    f"source ({wanted.chunker}); chunks could not be shared. Use another bucket or prefix.")
+            return existing
+        base = wanted or RepoConfig()
+        cfg = RepoConfig(chunker=base.chunker, hash=base.hash, repo_id=os.urandom(16).hex(),
+                         pack_target=base.pack_target)
+        data = cfg.to_bytes()
+        try:
+            self.store.put(CONFIG_KEY, data, sha256=hashlib.sha256(data).digest(), if_absent=True)
+        except Conflict:  # another writer created it first: use theirs
+            self._config = None
+            return self.ensure_config(wanted)
+        self._config = cfg
+        return cfg
+
+    @property
+    def repo_id(self) -> bytes:
+        return bytes.fromhex(self.config().repo_id)
+
+    # indexes ----------------------------------------------------------------------------------------------------------
+    def index(self, *, refresh: bool = False) -> MasterIndex:
+        """Every chunk's place, from the index objects present (cached locally; only new ones are fetched)."""
+        with self._lock:
+            if self._index is not None and not refresh:
+                return self._index
+            listed = {i.key[len(INDEX):]: i.modified for i in self.store.list(INDEX)
+                      if is_hex_digest(i.key[len(INDEX):])}
+            present = set(listed)
+            if self._index is None or not self._index_ids <= present:
+                self._index, self._index_ids, self.index_meta = MasterIndex(), set(), {}
+            for iid in sorted(present - self._index_ids):
+                try:
+                    f = IndexFile.from_bytes(self._cached(index_key(iid), iid), where=f"{self.location}: index {iid}")
+                    self._index.add(iid, f)
+                    self.index_meta[iid] = (listed[iid], tuple(s.hex() for s in f.supersedes))
+                except (IntegrityError, ObjectNotFound) as exc:
+                    self.unreadable[index_key(iid)] = str(exc)
+                    log.warning("%s: index %s left out: %s", self.location, iid[:12], exc)
+                    continue
+                self._index_ids.add(iid)
+            return self._index
+
+    def add_index(self, entries: list[IndexEntry], supersedes: tuple[bytes, ...] = ()) -> str:
+        """Store an index object naming ``entries`` (after their packs are stored) and add it to the view."""
+        f = IndexFile(tuple(entries), supersedes)
+        data = f.to_bytes()
+        iid = index_id(data)
+        self.store.put(index_key(iid), data, sha256=bytes.fromhex(iid))
+        self._cache_put(index_key(iid), data)
+        with self._lock:
+            if self._index is not None:
+                self._index.add(iid, f)
+                self._index_ids.add(iid)
+        return iid
+
+    def has_chunk(self, hexdigest: str) -> bool:
+        return self.index().has(bytes.fromhex(hexdigest))
+
+    def locate(self, hexdigest: str) -> IndexEntry | None:
+        return self.index().lookup(bytes.fromhex(hexdigest))
+
+    def pack_infos(self) -> dict[str, BlobInfo]:
+        """Every pack present, by id (one paged LIST)."""
+        return {p: i for i in self.store.list(PACKS) if (p := key_to_pack(i.key)) is not None}
+
     def list_chunks(self) -> dict[str, int]:
-        """Every chunk present, with its stored size (one paged LIST)."""
-        return {hexd: info.size for hexd, info in self.chunk_infos()}
+        """Every chunk an index places in a pack that is present, with its length (one listing of the packs)."""
+        packs = {bytes.fromhex(p) for p in self.pack_infos()}
+        idx = self.index()
+        out: dict[str, int] = {}
+        for c in idx.chunks():
+            e = idx.lookup(c)
+            if e is not None and e.pack in packs:
+                out[c.hex()] = e.plain_length
+        return out
 
-    def chunk_infos(self) -> Iterator[tuple[str, BlobInfo]]:
-        """(chunk id, its object's size and last-write time) for every chunk present, in key order."""
-        for info in self.store.list(CHUNKS):
-            hexd = key_to_chunk(info.key)
-            if hexd is not None:
-                yield hexd, info
-
+    # chunks -----------------------------------------------------------------------------------------------------------
     def load_chunk(self, hexdigest: str, *, size: int | None = None, of: str = "", then: str = "") -> bytes:
         """The bytes of chunk ``hexdigest``, proven to hash to it (and to be ``size`` long, when given).
 
-        A chunk that is not there raises ``ChunkMissing``, one whose bytes do not match ``IntegrityError`` (an
-        encrypting store below raises that too for bytes that fail authentication); both name the object key. For
-        the messages, ``of`` says what the chunk belongs to (``" of 'model.bin' (offset 0)"``) and ``then`` what
-        that means for the caller and what to do (default: restore from, or repair from, another region)."""
-        key = chunk_key(hexdigest)
+        A chunk no index places, or whose pack is gone, raises ``ChunkMissing``; bytes that do not open or hash to
+        the id ``IntegrityError``; both name the pack object. ``of`` says what the chunk belongs to, ``then`` what
+        that means for the caller and what to do."""
         then = then or _REPAIR
+        e = self.locate(hexdigest)
+        if e is None:
+            raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is in no index of {self.location}; the snapshot there is "
+                               f"damaged. {then}")
+        key = pack_key(e.pack.hex())
         try:
-            data = self.store.get(key)
+            stored = self.store.get(key, start=e.offset, length=e.stored_length)
         except ObjectNotFound:
-            raise ChunkMissing(f"chunk {key}{of} is missing from {self.location}; the snapshot there is damaged. "
-                               f"{then}") from None
-        if (size is not None and len(data) != size) or hashlib.sha256(data).hexdigest() != hexdigest:
-            raise IntegrityError(f"chunk {key}{of} is corrupt in {self.location}: its bytes do not hash to its id. "
-                                 f"{then}")
+            raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is missing from {self.location}: its pack {key} is "
+                               f"gone. {then}") from None
+        return self.open_blob(stored, e, where=f"chunk {hexdigest[:12]}{of} in {key} of {self.location}",
+                              then=then, size=size)
+
+    def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: str, then: str = "",
+                  size: int | None = None) -> bytes:
+        """A blob read from its pack, decrypted and proven against its chunk id."""
+        blob = PackBlob(e.chunk, e.offset, e.stored_length, e.plain_length)
+        try:
+            if len(stored) != e.stored_length:
+                raise IntegrityError(f"{where}: the pack is shorter than its index says (truncated)")
+            data = open_blob(stored, blob, repo_id=self.repo_id, cipher=self.store.blob_cipher(), where=where)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{exc} {then or _REPAIR}") from None
+        if size is not None and len(data) != size:
+            raise IntegrityError(f"{where} is {len(data)} bytes, not {size}. {then or _REPAIR}")
         return data
+
+    def read_pack(self, pack_hex: str, start: int, length: int) -> bytes:
+        """``length`` stored bytes of pack ``pack_hex`` from ``start`` (open each blob with ``open_blob``)."""
+        return self.store.get(pack_key(pack_hex), start=start, length=length)
 
     def read_chunk_range(self, hexdigest: str, start: int, length: int) -> bytes:
-        """``length`` bytes of chunk ``hexdigest`` from ``start``, NOT verified (a part cannot be proven against the
-        id): for bandwidth probes only, never for data that is used."""
-        return self.store.get(chunk_key(hexdigest), start=start, length=length)
+        """``length`` stored bytes of chunk ``hexdigest``'s blob from ``start``, NOT verified (a part cannot be
+        proven against the id): for bandwidth probes only, never for data that is used."""
+        e = self.locate(hexdigest)
+        if e is None:
+            raise ChunkMissing(f"chunk {hexdigest[:12]} is in no index of {self.location}")
+        return self.read_pack(e.pack.hex(), e.offset + start, min(length, max(0, e.stored_length - start)))
 
     def save_chunk(self, hexdigest: str, data: bytes | bytearray | memoryview, digest: bytes | None = None) -> None:
-        """Store chunk ``hexdigest`` with a verified put: the store refuses bytes that do not hash to it. ``digest``
-        is its raw SHA-256 when the caller already has it."""
-        self.store.put(chunk_key(hexdigest), data, sha256=digest or bytes.fromhex(hexdigest))
+        """Store one chunk on its own (a one-chunk pack and its index): for repairs. Snapshots and copies batch
+        chunks into packs with ``packer.PackWriter``."""
+        from llmdr.repo.packer import PackWriter
 
-    def delete_chunk(self, hexdigest: str) -> None:
-        """Remove chunk ``hexdigest`` (``ObjectLocked`` while Object Lock retains it)."""
-        self.store.delete(chunk_key(hexdigest))
+        with PackWriter(self, workers=1) as w:
+            w.add(hexdigest, digest or bytes.fromhex(hexdigest), data)
 
-    # snapshots --------------------------------------------------------------------------------------------------------
-    def snapshot_ids(self) -> list[str]:
-        ids = []
-        for info in self.store.list(SNAPSHOTS):
-            name = info.key[len(SNAPSHOTS):]
-            if name.endswith(".json") and is_hex_digest(name[:-5]):
-                ids.append(name[:-5])
-        return ids
+    def put_pack(self, pack_hex: str, data: bytes | memoryview) -> None:
+        self.store.put(pack_key(pack_hex), data, sha256=bytes.fromhex(pack_hex))
 
-    def load_manifest_bytes(self, snapshot_id: str) -> bytes:
-        cached = self._cache_path(snapshot_id)
-        if cached is not None and cached.exists():
-            data = cached.read_bytes()
-            if hashlib.sha256(data).hexdigest() == snapshot_id:
-                return data
+    # trees and records ------------------------------------------------------------------------------------------------
+    def save_tree(self, tree: BuiltTree) -> None:
+        for tid, data in tree.objects.items():
+            key = tree_key(tid)
+            if self._cache_has(key):
+                continue
+            self.store.put(key, data, sha256=bytes.fromhex(tid))
+            self._cache_put(key, data)
+
+    def tree_bytes(self, tree_id: str) -> bytes:
+        return self._cached(tree_key(tree_id), tree_id)
+
+    def record_bytes(self, snapshot_id: str) -> bytes:
         try:
-            data = self.store.get(manifest_key(snapshot_id))
+            return self._cached(record_key(snapshot_id), snapshot_id)
         except ObjectNotFound:
             raise SnapshotNotFound(f"snapshot {snapshot_id[:12]} is not in {self.location}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != snapshot_id:
-            raise IntegrityError(
-                f"{self.location}: manifest {manifest_key(snapshot_id)} is damaged: its bytes hash to {actual[:12]}. "
-                "`llmdr verify --repair` brings an intact copy from another region; or restore from a healthy region."
-            )
-        if cached is not None:
-            atomic_write(cached, data)
-        return data
+
+    def load_record(self, snapshot_id: str) -> dict[str, Any]:
+        return parse_record(self.record_bytes(snapshot_id), expect_id=snapshot_id,
+                            where=f"{self.location}: {record_key(snapshot_id)}")
 
     def load_manifest(self, snapshot_id: str) -> Manifest:
-        data = self.load_manifest_bytes(snapshot_id)
+        """The snapshot ``snapshot_id`` with its file list (record and trees, each proven against its id)."""
+        record = self.load_record(snapshot_id)
+        files = load_tree(record["tree"], self.tree_bytes, where=f"{self.location}: snapshot {snapshot_id[:12]}")
+        return manifest_of(record, files)
+
+    def save_record(self, snapshot_id: str, data: bytes) -> None:
+        self.store.put(record_key(snapshot_id), data, sha256=bytes.fromhex(snapshot_id))
+
+    # catalog ----------------------------------------------------------------------------------------------------------
+    def catalog(self, bundle: str) -> Catalog:
+        self.load_config()
+        return Catalog(self.store, bundle, self.cache_dir)
+
+    def bundles(self) -> list[str]:
+        names = []
+        for info in self.store.list(BUNDLES):
+            try:
+                name = json.loads(self._cached(info.key, None))["bundle"]
+                if not isinstance(name, str) or bundle_key(name) != info.key:
+                    raise ValueError("the name does not match the key")
+                names.append(name)
+            except (ValueError, KeyError, TypeError, IntegrityError, ObjectNotFound) as exc:
+                self.unreadable[info.key] = str(exc)
+        return sorted(names)
+
+    def register_bundle(self, bundle: str) -> None:
+        key = bundle_key(bundle)
+        if self._cache_has(key):
+            return
+        data = canonical_json({"bundle": bundle})
         try:
-            return Manifest.from_bytes(data, expect_id=snapshot_id)
-        except (IntegrityError, UnsafePathError) as exc:
-            raise type(exc)(f"{self.location}: manifest {manifest_key(snapshot_id)}: {exc}") from None
+            self.store.put(key, data, if_absent=True)
+        except Conflict:
+            pass
+        self._cache_put(key, data)
 
-    def snapshots(self, *, bundle: str | None = None, workers: int = 8, strict: bool = True) -> list[SnapshotInfo]:
-        """All snapshots, oldest first (by creation time, then id).
+    def view(self, bundle: str) -> View:
+        v = self.catalog(bundle).read()
+        self.unreadable.update(v.skipped)
+        return v
 
-        ``strict`` (the default, and what retention and copies use): a manifest that cannot be read — damaged,
-        forged, unsigned, hostile paths — raises, because acting on a partial list could delete what the unreadable
-        snapshot needs. ``strict=False`` (listing, ``latest`` for a restore): such a manifest is left out with a
-        warning and recorded in ``self.unreadable`` (id -> reason), so one bad object cannot block every restore."""
-        ids = self.snapshot_ids()
+    def publish(self, bundle: str, record_of: "Any") -> Entry:
+        """Make a snapshot visible: append its catalog entry at the next seq. ``record_of(prev)`` returns
+        ``(id, record dict)`` for a record whose parent is ``prev`` (the head it builds on); its record object is
+        written before the entry. Call it after packs, index and trees are stored."""
+        self.register_bundle(bundle)
 
-        def load(i: str) -> SnapshotInfo | None:
-            m = self._manifest_or_skip(i, strict)
-            return None if m is None else SnapshotInfo(i, m)
+        def make(seq: int, prev: str | None) -> Entry:
+            sid, record = record_of(prev)
+            self.save_record(sid, canonical_json(record))
+            return Entry(seq, "snapshot", sid, prev, record)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
-            infos = [x for x in pool.map(load, ids) if x is not None]
+        return self.catalog(bundle).append(make)
+
+    def forget(self, bundle: str, ids: list[str]) -> Entry:
+        """Stop listing ``ids`` (a forget entry; objects go with a later prune)."""
+        return self.catalog(bundle).append(lambda seq, prev: Entry(seq, "forget", forget=tuple(ids)))
+
+    def snapshots(self, *, bundle: str | None = None, strict: bool = False) -> list[SnapshotInfo]:
+        """Live snapshots, each bundle's in catalog order (oldest first); bundles in name order. Entries that
+        cannot be read are left out and recorded in ``unreadable``; ``strict`` raises instead."""
+        out: list[SnapshotInfo] = []
+        for name in [bundle] if bundle is not None else self.bundles():
+            v = self.view(name)
+            if strict and v.skipped:
+                key, why = next(iter(v.skipped.items()))
+                raise IntegrityError(f"{self.location}: catalog object {key} cannot be read ({why})")
+            out += [SnapshotInfo(e.id, e.record, e.seq, e.stored, e.id in v.future, e.id in v.forks, self)
+                    for e in v.live]
+        return out
+
+    def newest(self, *, bundle: str | None = None, strict: bool = False) -> str | None:
+        """The id of the bundle's head (highest seq); across bundles, the newest by store time."""
         if bundle is not None:
-            infos = [s for s in infos if s.manifest.bundle == bundle]
-        infos.sort(key=lambda s: (parse_utc(s.manifest.created), s.id))
-        return infos
+            head = self.view(bundle).head
+            return head.id if head else None
+        heads = [s for s in self.snapshots() if s is not None]
+        return max(heads, key=lambda s: (s.stored or 0.0, s.created)).id if heads else None
 
-    def _manifest_or_skip(self, snapshot_id: str, strict: bool) -> Manifest | None:
-        """The manifest; when it cannot be trusted: raise (``strict``) or record it in ``unreadable`` and warn."""
-        try:
-            return self.load_manifest(snapshot_id)
-        except (IntegrityError, UnsafePathError) as exc:
-            if strict:
-                raise
-            self.unreadable[snapshot_id] = str(exc)
-            log.warning("left out snapshot %s: %s", snapshot_id[:12], exc)
-            return None
+    def snapshot_ids(self, *, bundle: str | None = None) -> list[str]:
+        return [s.id for s in self.snapshots(bundle=bundle)]
 
-    def newest(self, *, bundle: str | None = None, strict: bool = True, workers: int = 8) -> str | None:
-        """The id of the newest snapshot (of ``bundle``), like ``snapshots()[-1]`` but without holding every manifest
-        in memory at once (a long history of large bundles made that grow with the number of snapshots)."""
-        ids = self.snapshot_ids()
-
-        def head(i: str) -> tuple[Any, str, str] | None:
-            m = self._manifest_or_skip(i, strict)
-            return None if m is None else (parse_utc(m.created), i, m.bundle)
-
-        best: tuple[Any, str] | None = None
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
-            for h in pool.map(head, ids):
-                if h is None or (bundle is not None and h[2] != bundle):
-                    continue
-                if best is None or (h[0], h[1]) > best:
-                    best = (h[0], h[1])
-        return best[1] if best else None
+    def has_snapshot(self, snapshot_id: str, *, bundle: str | None = None) -> bool:
+        return snapshot_id in set(self.snapshot_ids(bundle=bundle))
 
     def resolve(self, ref: str, *, bundle: str | None = None) -> str:
         """Turn ``latest``, a full id or a unique id prefix (>= 4 hex characters) into a full snapshot id."""
         ref = ref.strip().lower()
         if ref == "latest":
-            newest = self.newest(bundle=bundle, strict=False)
+            newest = self.newest(bundle=bundle)
             if newest is None:
                 scope = f" of bundle '{bundle}'" if bundle else ""
                 raise SnapshotNotFound(f"there is no snapshot{scope} in {self.location}; take one with `llmdr snapshot`")
             return newest
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
             raise UsageError(f"{ref!r} is not a snapshot id: give 'latest', a full id or at least 4 hex characters")
-        matches = [i for i in self.snapshot_ids() if i.startswith(ref)]
+        matches = [i for i in dict.fromkeys(self.snapshot_ids()) if i.startswith(ref)]
+        if not matches and len(ref) == 64:
+            try:
+                self.load_record(ref)
+                matches = [ref]
+            except SnapshotNotFound:
+                pass
         if not matches:
             raise SnapshotNotFound(f"no snapshot {ref!r} in {self.location}; `llmdr snapshots` lists them")
         if len(matches) > 1:
             raise UsageError(f"snapshot prefix {ref!r} is ambiguous in {self.location}: {', '.join(m[:12] for m in matches)}")
         return matches[0]
 
-    def save_manifest(self, snapshot_id: str, data: bytes) -> None:
-        """Publish a snapshot: write its manifest with a verified put (the store refuses bytes that do not hash to
-        the id). Call it after every chunk is in place."""
-        self.store.put(manifest_key(snapshot_id), data, sha256=bytes.fromhex(snapshot_id))
-
-    def delete_manifest(self, snapshot_id: str) -> None:
-        """Forget a snapshot (its chunks stay until a prune; ``ObjectLocked`` while Object Lock retains it)."""
-        self.store.delete(manifest_key(snapshot_id))
-
-    def has_snapshot(self, snapshot_id: str) -> bool:
-        try:
-            self.store.head(manifest_key(snapshot_id))
-            return True
-        except ObjectNotFound:
-            return False
-
+    # evidence ---------------------------------------------------------------------------------------------------------
     def save_evidence(self, snapshot_id: str, name: str, data: bytes) -> str:
         """Keep ``data`` beside ``snapshot_id`` as ``evidence/<id>/<name>`` (verified put); returns the key."""
         key = evidence_key(snapshot_id, name)
@@ -318,8 +491,32 @@ class Repository:
         """The evidence ``name`` kept beside ``snapshot_id``; ``ObjectNotFound`` when there is none."""
         return self.store.get(evidence_key(snapshot_id, name))
 
-    def _cache_path(self, snapshot_id: str) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        return self.cache_dir / "manifests" / f"{snapshot_id}.json"
+    # local cache of immutable objects ---------------------------------------------------------------------------------
+    def _cache_path(self, key: str) -> Path | None:
+        d = self.cache_dir
+        return d / key if d is not None else None
+
+    def _cache_has(self, key: str) -> bool:
+        p = self._cache_path(key)
+        return p is not None and p.exists()
+
+    def _cache_put(self, key: str, data: bytes) -> None:
+        p = self._cache_path(key)
+        if p is not None:
+            atomic_write(p, data)
+
+    def _cached(self, key: str, digest: str | None) -> bytes:
+        """The bytes of immutable object ``key``, from the local cache when they still hash to ``digest``, else
+        from the store (proven against ``digest``, then cached)."""
+        p = self._cache_path(key)
+        if p is not None and p.exists():
+            data = p.read_bytes()
+            if digest is None or hashlib.sha256(data).hexdigest() == digest:
+                return data
+        data = self.store.get(key)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"{self.location}: {key} is damaged: its bytes do not hash to its id. {_REPAIR}")
+        if p is not None:
+            atomic_write(p, data)
+        return data
 

@@ -10,14 +10,13 @@ chunks already uploaded are reused by the next attempt.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import socket
 import stat
-import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llmdr import __version__
@@ -25,10 +24,14 @@ from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, ComponentSpec, IncompleteBundle, check_bundle
 from llmdr.repo.chunking import Chunker
+from llmdr.repo.index import MasterIndex
 from llmdr.repo.locks import Locker
-from llmdr.repo.manifest import FileEntry, Manifest, component_digest, manifest_id, utc_now
+from llmdr.repo.manifest import FileEntry, Manifest, canonical_json, component_digest, manifest_id, utc_now
+from llmdr.repo.packer import PackWriter
+from llmdr.repo.prune import planned_packs
 from llmdr.repo.repository import Repository
 from llmdr.repo.statcache import StatCache
+from llmdr.repo.tree import build_tree, record_json
 
 log = logging.getLogger(__name__)
 
@@ -151,56 +154,6 @@ def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> lis
     return out
 
 
-@dataclass
-class _Uploads:
-    """Parallel chunk uploads with a cap on the bytes held in memory."""
-
-    repo: Repository
-    pool: ThreadPoolExecutor
-    max_inflight_bytes: int
-    futures: set[Future] = field(default_factory=set)
-    _cv: threading.Condition = field(default_factory=threading.Condition)
-    _inflight: int = 0
-    _error: BaseException | None = None
-
-    def submit(self, hexd: str, digest: bytes, data: bytes) -> None:
-        n = len(data)
-        with self._cv:
-            while self._inflight and self._inflight + n > self.max_inflight_bytes and self._error is None:
-                self._cv.wait()
-            if self._error is not None:
-                raise self._error
-            self._inflight += n
-        fut = self.pool.submit(self._put, hexd, digest, data)
-        self.futures.add(fut)
-        fut.add_done_callback(self._done)
-
-    def _put(self, hexd: str, digest: bytes, data: bytes) -> None:
-        try:
-            self.repo.save_chunk(hexd, data, digest)
-        finally:
-            with self._cv:
-                self._inflight -= len(data)
-                self._cv.notify_all()
-
-    def _done(self, fut: Future) -> None:
-        exc = None if fut.cancelled() else fut.exception()
-        if exc is not None:
-            with self._cv:
-                if self._error is None:
-                    self._error = exc
-                self._cv.notify_all()
-
-    def finish(self) -> None:
-        """Wait for every upload; on the first failure cancel the rest and raise it."""
-        done, not_done = wait(self.futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
-        if failed:
-            for f in not_done:
-                f.cancel()
-            raise failed[0].exception()  # type: ignore[misc]
-
-
 def take_snapshot(
     repo: Repository,
     source: Path,
@@ -236,16 +189,17 @@ def take_snapshot(
             raise IncompleteBundle(report, "the snapshot was refused and nothing was uploaded")
         for problem in report.warnings:
             log.warning("optional component: %s", problem)
-    present = repo.list_chunks()
-    parent = _newest(repo, bundle)
+    index = repo.index(refresh=True)
+    avoid = planned_packs(repo)  # packs a prune has marked: their chunks are uploaded again, never relied on
     result_entries: list[FileEntry] = []
     res = SnapshotResult(snapshot_id="", manifest=None, location=repo.location)  # type: ignore[arg-type]
     scheduled: set[str] = set()
     total = sum(f.st.st_size for f in files)
     progress.start(f"snapshot {bundle}", total)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-up") as pool:
-        uploads = _Uploads(repo, pool, max_inflight_bytes)
+    writer = PackWriter(repo, workers=workers, max_inflight_bytes=max_inflight_bytes)
+    present = _Present(index, writer, avoid)
+    try:
         try:
             for f in files:
                 cached = stat_cache.lookup(f.relpath, f.st) if stat_cache else None
@@ -254,7 +208,7 @@ def take_snapshot(
                     res.files_unchanged += 1
                     progress.advance(f.st.st_size)
                 else:
-                    chunks = _chunk_file(f, chunker, present, scheduled, uploads, res, progress)
+                    chunks = _chunk_file(f, chunker, present, scheduled, writer, res, progress)
                 st_after = os.stat(f.abspath)
                 if st_after.st_mtime_ns != f.st.st_mtime_ns or st_after.st_size != f.st.st_size:
                     raise LlmdrError(
@@ -266,13 +220,12 @@ def take_snapshot(
                 result_entries.append(
                     FileEntry(f.relpath, f.st.st_size, stat.S_IMODE(f.st.st_mode), f.st.st_mtime_ns, tuple(chunks))
                 )
-            uploads.finish()
-        except BaseException:
-            for fut in uploads.futures:
-                fut.cancel()
-            raise
         finally:
             progress.finish()
+        writer.close()  # every new chunk is in a stored pack AND a stored index before anything names it
+    except BaseException:
+        writer.abort()
+        raise
 
     res.files = len(result_entries)
     res.bytes_total = sum(e.size for e in result_entries)
@@ -288,7 +241,7 @@ def take_snapshot(
         tool_version=__version__,
         chunker=cfg.chunker,
         files=tuple(result_entries),
-        parent=parent,
+        parent=None,  # the head this snapshot builds on, decided when it is published
         tags=dict(tags or {}),
         components=_component_records(report, result_entries),
         stats={
@@ -300,14 +253,22 @@ def take_snapshot(
             "files_unchanged": res.files_unchanged,
         },
     )
-    data = manifest.to_bytes()
-    sid = manifest_id(data)
+    _recheck_reused(repo, source, result_entries, scheduled, workers)
+    tree = build_tree(result_entries)
+    repo.save_tree(tree)
     locker = Locker.of(repo.store)
     if locker is not None:  # reused chunks must stay locked as long as this snapshot (uploads were locked on put)
         locker.extend_reused(repo, [d for d in manifest.chunk_set() if d not in scheduled], written=scheduled,
                              started=started_ts, workers=workers)
-    # The manifest goes last: until this put returns, the snapshot does not exist.
-    repo.save_manifest(sid, data)
+
+    def record_of(prev: str | None) -> tuple[str, dict]:
+        record = record_json(replace(manifest, parent=prev), tree.root)
+        return manifest_id(canonical_json(record)), record
+
+    # The catalog entry goes last: until it is written, the snapshot does not exist.
+    entry = repo.publish(bundle, record_of)
+    sid = entry.id
+    manifest = replace(manifest, parent=entry.prev)
     if stat_cache is not None:
         stat_cache.save()
     res.snapshot_id = sid
@@ -321,9 +282,9 @@ def take_snapshot(
 def _chunk_file(
     f: SourceFile,
     chunker: Chunker,
-    present: dict[str, int],
+    present: "_Present",
     scheduled: set[str],
-    uploads: _Uploads,
+    writer: PackWriter,
     res: SnapshotResult,
     progress: Progress,
 ) -> list[tuple[str, int]]:
@@ -338,7 +299,7 @@ def _chunk_file(
                 scheduled.add(hexd)
                 res.chunks_new += 1
                 res.bytes_new += n
-                uploads.submit(hexd, c.digest, bytes(c.data))
+                writer.add(hexd, c.digest, c.data)
             progress.advance(n)
     return chunks
 
@@ -354,5 +315,42 @@ def _component_records(report: BundleReport | None, entries: list[FileEntry]) ->
     }
 
 
-def _newest(repo: Repository, bundle: str) -> str | None:
-    return repo.newest(bundle=bundle)
+class _Present:
+    """``chunk id in present``: already stored (an index places it) or already taken by this run's writer."""
+
+    def __init__(self, index: MasterIndex, writer: PackWriter, avoid: set[bytes]) -> None:
+        self.index = index
+        self.writer = writer
+        self.avoid = avoid
+
+    def __contains__(self, hexd: str) -> bool:
+        raw = bytes.fromhex(hexd)
+        return self.writer.has(raw) or self.index.has(raw, avoid=self.avoid)
+
+
+def _recheck_reused(repo: Repository, source: Path, entries: list[FileEntry], written: set[str],
+                    workers: int) -> None:
+    """The writer's commit check (design §5): just before publishing, every reused chunk must still be placed by a
+    current index in a pack no prune plan marks. A chunk that is not (a prune ran while this snapshot was being
+    taken) is read again from the source file and stored anew, so the snapshot never names a chunk about to go."""
+    idx = repo.index(refresh=True)
+    avoid = planned_packs(repo)
+    lost = {d for e in entries for d, _ in e.chunks
+            if d not in written and not idx.has(bytes.fromhex(d), avoid=avoid)}
+    if not lost:
+        return
+    log.warning("%s: %d reused chunks were pruned meanwhile; storing them again", repo.location, len(lost))
+    with PackWriter(repo, workers=workers) as w:
+        for e in entries:
+            offset = 0
+            for d, n in e.chunks:
+                if d in lost:
+                    lost.discard(d)
+                    with open(source / e.path, "rb") as fh:
+                        fh.seek(offset)
+                        data = fh.read(n)
+                    if hashlib.sha256(data).hexdigest() != d:
+                        raise LlmdrError(f"{e.path} changed while it was being snapshotted; nothing was published. "
+                                         "Run the snapshot again.")
+                    w.add(d, bytes.fromhex(d), data)
+                offset += n

@@ -6,12 +6,13 @@ The restore test that serves the restored bundle and asks it the golden set is `
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from llmdr.errors import IntegrityError, ObjectNotFound
 from llmdr.repo.integrity import VerifyResult, verify_snapshot
-from llmdr.repo.repository import Repository, chunk_key, manifest_key
+from llmdr.repo.repository import Repository, pack_key, record_key, tree_key
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ManifestCheck:
 
     @property
     def key(self) -> str:
-        return manifest_key(self.snapshot_id)
+        return record_key(self.snapshot_id)
 
     @property
     def ok(self) -> bool:
@@ -52,29 +53,57 @@ def check_manifest(repo: Repository, snapshot_id: str,
     restore elsewhere gets) and prove it against its id. With ``repair_from`` ([(region name, repo)]), a damaged or
     missing manifest is replaced by the first copy whose SHA-256 is the id, written with a verified put."""
     res = ManifestCheck(snapshot_id, repo.location, "ok")
-    key = manifest_key(snapshot_id)
+    keys = [(record_key(snapshot_id), snapshot_id)]
+    bad: list[tuple[str, str]] = []
     try:
-        actual = hashlib.sha256(repo.store.get(key)).hexdigest()
-        if actual != snapshot_id:
-            res.state, res.detail = "damaged", f"its bytes hash to {actual[:12]}, not to its id"
-    except ObjectNotFound:
-        res.state = "missing"
-    except IntegrityError as exc:  # an encrypting or signing store refused the stored bytes
-        res.state, res.detail = "damaged", str(exc)
+        record = json.loads(_checked(repo, keys[0][0], snapshot_id))
+        root = str(record.get("tree", ""))
+        keys.append((tree_key(root), root))
+        subtrees = json.loads(_checked(repo, tree_key(root), root)).get("subtrees", [])
+        keys += [(tree_key(t), t) for t in subtrees]
+        for k, d in keys[2:]:
+            _checked(repo, k, d)
+    except _Damaged as exc:
+        res.state, res.detail = exc.state, exc.detail
+        bad.append((exc.key, exc.digest))
+    except (ValueError, AttributeError) as exc:
+        res.state, res.detail = "damaged", f"the record does not parse ({exc})"
+        bad.append(keys[0])
     if res.state == "ok":
         return res
     for name, other in repair_from or []:
         try:
-            data = other.store.get(key)
-        except (ObjectNotFound, IntegrityError):
+            for key, digest in bad:
+                data = other.store.get(key)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise _Damaged(key, digest, "damaged", "")
+                repo.store.put(key, data, sha256=bytes.fromhex(digest))
+        except (ObjectNotFound, IntegrityError, _Damaged):
             continue
-        digest = hashlib.sha256(data).digest()
-        if digest.hex() == snapshot_id:
-            repo.store.put(key, data, sha256=digest)
-            res.repaired_from = name
-            log.warning("%s: repaired from %s", res.problem(), name)
-            break
+        res.repaired_from = name
+        log.warning("%s: repaired from %s", res.problem(), name)
+        break
     return res
+
+
+class _Damaged(Exception):
+    def __init__(self, key: str, digest: str, state: str, detail: str) -> None:
+        super().__init__(detail)
+        self.key, self.digest, self.state, self.detail = key, digest, state, detail
+
+
+def _checked(repo: Repository, key: str, digest: str) -> bytes:
+    """``key``'s bytes from the store itself (never a cache), proven against ``digest``."""
+    try:
+        data = repo.store.get(key)
+    except ObjectNotFound:
+        raise _Damaged(key, digest, "missing", f"{key} is missing") from None
+    except IntegrityError as exc:  # an encrypting or signing store refused the stored bytes
+        raise _Damaged(key, digest, "damaged", str(exc)) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise _Damaged(key, digest, "damaged", f"{key}: its bytes hash to {actual[:12]}, not to its id")
+    return data
 
 
 @dataclass
@@ -82,10 +111,12 @@ class SnapshotCheck(VerifyResult):
     """``integrity.VerifyResult`` with the manifest's check; its JSON names every damaged object by its key."""
 
     manifest: ManifestCheck | None = None
+    where: dict[str, str] = field(default_factory=dict)  # chunk -> the pack object that holds (or held) it
 
     @classmethod
-    def of(cls, res: VerifyResult, manifest: ManifestCheck) -> "SnapshotCheck":
-        return cls(**{f.name: getattr(res, f.name) for f in fields(VerifyResult)}, manifest=manifest)
+    def of(cls, res: VerifyResult, manifest: ManifestCheck, repo: Repository | None = None) -> "SnapshotCheck":
+        where = {d: chunk_where(repo, d) for d in set(res.missing + res.corrupt)} if repo is not None else {}
+        return cls(**{f.name: getattr(res, f.name) for f in fields(VerifyResult)}, manifest=manifest, where=where)
 
     @property
     def ok(self) -> bool:
@@ -93,7 +124,7 @@ class SnapshotCheck(VerifyResult):
 
     def to_json(self) -> dict:
         out = super().to_json()
-        out["keys"] = {d: chunk_key(d) for d in sorted(set(self.missing + self.corrupt))}
+        out["keys"] = {d: self.where.get(d, f"chunk {d}") for d in sorted(set(self.missing + self.corrupt))}
         out["manifest"] = self.manifest.to_json() if self.manifest else None
         return out
 
@@ -105,4 +136,11 @@ def damaged_objects(repo: Repository, snapshot_id: str) -> list[str]:
     if not mc.ok:
         return [f"{mc.key} ({mc.state})"]
     res = verify_snapshot(repo, snapshot_id)
-    return [f"{chunk_key(d)} (missing)" for d in res.missing] + [f"{chunk_key(d)} (corrupt)" for d in res.corrupt]
+    return [f"{chunk_where(repo, d)} (missing)" for d in res.missing] + \
+        [f"{chunk_where(repo, d)} (corrupt)" for d in res.corrupt]
+
+
+def chunk_where(repo: Repository, hexd: str) -> str:
+    """``chunk <id> in packs/…`` (or ``in no index``), for reports that must name the object to look at."""
+    e = repo.locate(hexd)
+    return f"chunk {hexd[:12]} in {pack_key(e.pack.hex())}" if e is not None else f"chunk {hexd[:12]} (in no index)"

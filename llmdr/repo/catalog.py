@@ -1,0 +1,283 @@
+"""The snapshot catalog (repository format v2, docs/design/repository-format-v2.md §3–4): the region's order of one
+bundle's snapshots, readable without downloading any file list.
+
+    bundles/<b>.json                                  {"bundle": name}: which bundles the region holds
+    catalog/<b>/e/<seq:012d>                          one entry, created once with a conditional put
+    catalog/<b>/seg/<first:012d>-<last:012d>-<sha>    a sealed segment: the entries first..last in one object
+
+``<b>`` is the first 16 hex of the SHA-256 of the bundle name. An entry is either a snapshot (its record inline, the
+record id, and ``prev``: the newest live snapshot when it was written) or a forget (ids no longer listed). Order is
+``seq``, never a clock: "latest" is the live snapshot entry with the highest seq. A writer takes seq ``n + 1`` with
+``If-None-Match: *``; losing that race (``Conflict``) means re-reading the head and trying the next seq, so two
+writers never both believe they made the head.
+
+Reading stays flat as history grows: segments (one per ``SEGMENT`` entries, merged by prune) cover the past, and only
+the entries after the last covered seq are listed, with ``start_after``. Entries and segments never change once
+written, so both are cached under the repository's cache folder and a warm command only GETs what it has not seen.
+
+Reads are tolerant: an entry that does not parse, or whose record does not hash to its id, is named in ``skipped``
+and occupies its seq; nothing else is affected. An entry whose ``prev`` is not the newest live snapshot before it
+is a **fork** (two writers raced around a forget) and is reported, never hidden. A record whose ``created`` lies
+more than ``FUTURE_SLACK_S`` after the store's own time of its entry is **future-dated** and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdr.common.files import atomic_write
+from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, StorageError
+from llmdr.repo.manifest import canonical_json, parse_utc
+from llmdr.storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+CATALOG = "catalog/"
+BUNDLES = "bundles/"
+SEGMENT = 256
+FUTURE_SLACK_S = 300.0
+_SEG_NAME = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{64})")
+
+
+def bundle_tag(bundle: str) -> str:
+    return hashlib.sha256(bundle.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def entry_key(bundle: str, seq: int) -> str:
+    return f"{CATALOG}{bundle_tag(bundle)}/e/{seq:012d}"
+
+
+def bundle_key(bundle: str) -> str:
+    return f"{BUNDLES}{bundle_tag(bundle)}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One catalog entry. ``kind`` is ``snapshot`` or ``forget``; ``stored`` is the store's time of the entry
+    object (its Last-Modified), None when unknown."""
+
+    seq: int
+    kind: str
+    id: str | None = None
+    prev: str | None = None
+    record: dict[str, Any] | None = None
+    forget: tuple[str, ...] = ()
+    stored: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "snapshot":
+            return {"kind": "snapshot", "seq": self.seq, "id": self.id, "prev": self.prev, "record": self.record}
+        return {"kind": "forget", "seq": self.seq, "forget": list(self.forget)}
+
+    @classmethod
+    def parse(cls, raw: Any, seq: int, stored: float | None) -> "Entry":
+        if not isinstance(raw, dict) or raw.get("seq") != seq:
+            raise ValueError(f"entry does not carry seq {seq}")
+        if raw.get("kind") == "snapshot":
+            record = raw.get("record")
+            sid = raw.get("id")
+            if not isinstance(record, dict) or hashlib.sha256(canonical_json(record)).hexdigest() != sid:
+                raise ValueError("the inline record does not hash to the entry's id")
+            prev = raw.get("prev")
+            if prev is not None and not isinstance(prev, str):
+                raise ValueError("malformed prev")
+            if not isinstance(record.get("bundle"), str) or not isinstance(record.get("created"), str):
+                raise ValueError("the record names no bundle or creation time")
+            return cls(seq, "snapshot", sid, prev, record, stored=stored)
+        if raw.get("kind") == "forget":
+            ids = raw.get("forget")
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ValueError("malformed forget list")
+            return cls(seq, "forget", forget=tuple(ids), stored=stored)
+        raise ValueError(f"unknown entry kind {raw.get('kind')!r}")
+
+
+@dataclass
+class View:
+    """What the catalog of one bundle says: live snapshot entries oldest first (by seq), and what was set aside."""
+
+    entries: list[Entry] = field(default_factory=list)  # every readable entry, by seq
+    live: list[Entry] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # object key -> why it was left out
+    forks: list[str] = field(default_factory=list)  # snapshot ids whose prev was not the live head before them
+    future: list[str] = field(default_factory=list)  # snapshot ids dated after their entry's store time
+    next_seq: int = 0
+    covered: int = 0  # entries below this seq come from segments
+
+    @property
+    def head(self) -> Entry | None:
+        return self.live[-1] if self.live else None
+
+
+class Catalog:
+    """The catalog of ``bundle`` in ``store`` (cached under ``cache_dir`` when given)."""
+
+    def __init__(self, store: BlobStore, bundle: str, cache_dir: Path | None = None) -> None:
+        self.store = store
+        self.bundle = bundle
+        self.tag = bundle_tag(bundle)
+        self.prefix = f"{CATALOG}{self.tag}/"
+        self.cache = cache_dir / "catalog" / self.tag if cache_dir is not None else None
+
+    # reading ----------------------------------------------------------------------------------------------------------
+    def read(self, *, workers: int = 16) -> View:
+        view = View()
+        by_seq: dict[int, Entry] = {}
+        covered = 0
+        for first, last, name in self._segments():
+            if first > covered:
+                break  # a gap: entries after it are read one by one below
+            if last < covered:
+                continue
+            try:
+                for e in self._load_segment(name, first, last):
+                    by_seq[e.seq] = e
+            except (IntegrityError, StorageError, ValueError) as exc:
+                view.skipped[self.prefix + "seg/" + name] = str(exc)
+                break
+            covered = last + 1
+        view.covered = covered
+        start_after = f"{self.prefix}e/{covered - 1:012d}" if covered else None
+        tail = [(int(i.key.rsplit("/", 1)[1]), i) for i in self.store.list(self.prefix + "e/", start_after=start_after)
+                if i.key.rsplit("/", 1)[1].isdigit()]
+        highest = covered - 1
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tail) or 1))) as pool:
+            for seq, info, got in pool.map(lambda t: (t[0], t[1], self._load_entry(t[0], t[1].key, t[1].modified)),
+                                           tail):
+                highest = max(highest, seq)
+                if isinstance(got, Entry):
+                    by_seq[seq] = got
+                else:
+                    view.skipped[info.key] = got
+        view.next_seq = max([highest, *by_seq.keys()], default=-1) + 1
+        self._resolve(view, [by_seq[s] for s in sorted(by_seq)])
+        return view
+
+    def _resolve(self, view: View, entries: list[Entry]) -> None:
+        view.entries = entries
+        forgotten = {i for e in entries if e.kind == "forget" for i in e.forget}
+        live: list[Entry] = []
+        for e in entries:
+            if e.kind == "forget":
+                live = [x for x in live if x.id not in e.forget]
+                continue
+            if e.record.get("bundle") != self.bundle:
+                view.skipped[entry_key(self.bundle, e.seq)] = f"names bundle {e.record.get('bundle')!r}"
+                continue
+            if e.prev != (live[-1].id if live else None) and e.id not in {x.id for x in live}:
+                view.forks.append(e.id)
+            if e.stored is not None and _created(e) > e.stored + FUTURE_SLACK_S:
+                view.future.append(e.id)
+            if e.id not in {x.id for x in live}:
+                live.append(e)
+        view.live = [e for e in live if e.id not in forgotten]
+
+    def _segments(self) -> list[tuple[int, int, str]]:
+        out = []
+        for info in self.store.list(self.prefix + "seg/"):
+            name = info.key.rsplit("/", 1)[1]
+            m = _SEG_NAME.fullmatch(name)
+            if m and int(m.group(1)) <= int(m.group(2)):
+                out.append((int(m.group(1)), int(m.group(2)), name))
+        # widest first at each start, so a merged segment is preferred over the ones it replaced
+        out.sort(key=lambda s: (s[0], -s[1]))
+        return out
+
+    def _load_segment(self, name: str, first: int, last: int) -> list[Entry]:
+        digest = name.rsplit("-", 1)[1]
+        cached = self.cache / "seg" / name if self.cache is not None else None
+        data = cached.read_bytes() if cached is not None and cached.exists() else None
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            data = self.store.get(self.prefix + "seg/" + name)
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise IntegrityError(f"{self.store.location}: segment {name} does not hash to its name")
+            if cached is not None:
+                atomic_write(cached, data)
+        raw = json.loads(data)
+        if raw.get("first") != first or raw.get("last") != last:
+            raise ValueError("segment range does not match its name")
+        out = []
+        for item in raw["entries"]:
+            e = Entry.parse(item["entry"], int(item["entry"]["seq"]), item.get("stored"))
+            if not first <= e.seq <= last:
+                raise ValueError(f"segment holds seq {e.seq} outside {first}-{last}")
+            out.append(e)
+        return out
+
+    def _load_entry(self, seq: int, key: str, modified: float | None) -> Entry | str:
+        """The entry at ``seq``, or why it cannot be used."""
+        cached = self.cache / "e" / f"{seq:012d}" if self.cache is not None else None
+        try:
+            if cached is not None and cached.exists():
+                raw = json.loads(cached.read_bytes())
+                return Entry.parse(raw["entry"], seq, raw.get("stored"))
+        except (ValueError, KeyError, TypeError):
+            pass
+        try:
+            data = self.store.get(key)
+            e = Entry.parse(json.loads(data), seq, modified)
+        except ObjectNotFound:
+            return "gone since it was listed"
+        except (IntegrityError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            log.warning("catalog entry %s in %s left out: %s", key, self.store.location, exc)
+            return str(exc)
+        if cached is not None:
+            atomic_write(cached, canonical_json({"entry": e.to_json(), "stored": modified}))
+        return e
+
+    # writing ----------------------------------------------------------------------------------------------------------
+    def append(self, make: Callable[[int, str | None], Entry], *, attempts: int = 50) -> Entry:
+        """Write the entry ``make(seq, prev)`` builds at the next free seq; ``prev`` is the current live head's id.
+        On a lost race the view is re-read and ``make`` called again with the new seq and head."""
+        for _ in range(attempts):
+            view = self.read()
+            seq = view.next_seq
+            entry = make(seq, view.head.id if view.head else None)
+            try:
+                self.store.put(entry_key(self.bundle, seq), canonical_json(entry.to_json()), if_absent=True)
+            except Conflict:
+                log.info("catalog seq %d of %s taken by another writer; retrying", seq, self.bundle)
+                continue
+            self._seal(view, entry)
+            return entry
+        raise StorageError(f"could not append to the catalog of {self.bundle!r} in {self.store.location}: "
+                           f"{attempts} writers in a row took the next seq first. Try again.")
+
+    def _seal(self, view: View, new: Entry) -> None:
+        """Best effort: write a segment for every complete block of ``SEGMENT`` entries not yet covered."""
+        if (new.seq + 1) % SEGMENT:
+            return
+        entries = {e.seq: e for e in view.entries}
+        entries[new.seq] = new
+        first = view.covered
+        after = f"{self.prefix}e/{first - 1:012d}" if first else None
+        stored = {int(i.key.rsplit("/", 1)[1]): i.modified for i in self.store.list(self.prefix + "e/", start_after=after)
+                  if i.key.rsplit("/", 1)[1].isdigit()}
+        while first + SEGMENT - 1 <= new.seq:
+            last = first + SEGMENT - 1
+            block = [{"entry": entries[s].to_json(), "stored": entries[s].stored or stored.get(s)}
+                     for s in range(first, last + 1) if s in entries]
+            data = canonical_json({"first": first, "last": last, "entries": block})
+            name = f"{first:012d}-{last:012d}-{hashlib.sha256(data).hexdigest()}"
+            try:
+                self.store.put(self.prefix + "seg/" + name, data, sha256=hashlib.sha256(data).digest())
+            except StorageError as exc:
+                log.warning("could not seal catalog segment %s in %s (%s); a later snapshot will", name,
+                            self.store.location, exc)
+                return
+            first = last + 1
+
+
+def _created(e: Entry) -> float:
+    try:
+        return parse_utc(e.record["created"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0

@@ -1,0 +1,126 @@
+"""Writing chunks into packs (repository format v2 §1–2): chunks are appended to a pack in memory; a full pack
+(``pack_target`` bytes) is uploaded on a thread pool while the next one fills; ``close`` uploads the last pack and
+then writes ONE index object naming every chunk this writer stored. Nothing may name a chunk (a record, a tree)
+before ``close`` returns: that is the rule that makes every referenced chunk findable (restic's and Kopia's).
+
+Memory is bounded: the pack being filled plus at most ``max_inflight_bytes`` of packs on their way. Uploads are
+verified puts (the pack's name is its SHA-256). A failure stops the writer at the next ``add`` or at ``close``;
+packs already uploaded but never indexed are unreferenced and are removed by a later prune once older than its
+safety time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from llmdr.repo.index import IndexEntry
+from llmdr.repo.pack import PackBuilder
+
+if TYPE_CHECKING:
+    from llmdr.repo.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+class PackWriter:
+    def __init__(self, repo: "Repository", *, workers: int = 4, max_inflight_bytes: int | None = None,
+                 pack_target: int | None = None) -> None:
+        cfg = repo.config()
+        self.repo = repo
+        self.target = pack_target or cfg.pack_target
+        self.max_inflight = max(self.target, max_inflight_bytes or 2 * self.target)
+        self._cipher = repo.store.blob_cipher()
+        self._repo_id = bytes.fromhex(cfg.repo_id)
+        self._builder: PackBuilder | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llmdr-pack")
+        self._cv = threading.Condition()
+        self._inflight = 0
+        self._error: BaseException | None = None
+        self._futures: list[Future] = []
+        self._added: set[bytes] = set()
+        self.entries: list[IndexEntry] = []
+        self.packs = 0
+        self.bytes_stored = 0
+
+    def __enter__(self) -> "PackWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def has(self, chunk: bytes) -> bool:
+        """True when this writer already took ``chunk`` (32 raw bytes)."""
+        return chunk in self._added
+
+    def add(self, hexdigest: str, digest: bytes, data: bytes | bytearray | memoryview) -> bool:
+        """Queue one chunk (``digest`` = its raw SHA-256); False when this writer already has it."""
+        if digest in self._added:
+            return False
+        self._raise_failure()
+        if self._builder is None:
+            self._builder = PackBuilder(repo_id=self._repo_id, cipher=self._cipher)
+        self._builder.add(digest, data)
+        self._added.add(digest)
+        if self._builder.size >= self.target:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        builder, self._builder = self._builder, None
+        if builder is None or builder.count == 0:
+            return
+        data, name, blobs = builder.finish()
+        n = len(data)
+        with self._cv:
+            while self._inflight and self._inflight + n > self.max_inflight and self._error is None:
+                self._cv.wait()
+            self._raise_failure()
+            self._inflight += n
+        self._futures.append(self._pool.submit(self._put, name, data, blobs))
+
+    def _put(self, name: str, data, blobs) -> None:
+        try:
+            self.repo.put_pack(name, data)
+            pack = bytes.fromhex(name)
+            with self._cv:
+                self.entries += [IndexEntry(b.chunk, pack, b.offset, b.stored_length, b.plain_length) for b in blobs]
+                self.packs += 1
+                self.bytes_stored += len(data)
+        except BaseException as exc:
+            with self._cv:
+                self._error = self._error or exc
+            raise
+        finally:
+            with self._cv:
+                self._inflight -= len(data)
+                self._cv.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> list[IndexEntry]:
+        """Upload what is left, wait for every pack, then store the index naming them. Returns its entries."""
+        try:
+            self._flush()
+            for f in self._futures:
+                f.result()
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown(wait=True)
+        if self.entries:
+            self.repo.add_index(sorted(self.entries, key=lambda e: e.chunk))
+        return self.entries
+
+    def abort(self) -> None:
+        for f in self._futures:
+            f.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._builder = None

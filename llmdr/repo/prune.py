@@ -1,0 +1,240 @@
+"""Prune: give back the space of forgotten snapshots, safely against writers running at the same time
+(repository format v2, docs/design/repository-format-v2.md §5).
+
+Deleting is split in two phases a safety time ``S`` apart (Kopia's rule; default 24 h, ``prune.safety_time``):
+
+1. **mark** — under the exclusive repository lock, compute the chunks every live snapshot uses; a pack none of whose
+   chunks is used, or that no index names, and that is older than ``S`` by the store's clock, is a candidate. Packs
+   mostly unused are repacked first (their used chunks copied into new packs and indexed), then they are candidates
+   too. The candidates go into a plan object ``prune/<sha>.json`` with the store time it was made. Nothing is deleted.
+2. **delete** — a later prune, for each plan at least ``S`` old: recompute the used set over every snapshot live
+   *now* (including ones that appeared since the plan); a candidate that holds a used chunk no other pack holds is
+   **rescued**. Then one new index without the remaining candidates, superseding every index read, is written; only
+   then are the packs deleted (never one under Object Lock), then the plan.
+
+Why a writer that ignores locks cannot lose data: a writer avoids packs named by plans it sees (it re-uploads those
+chunks), re-checks the index just before it publishes (re-uploading chunks whose pack was deleted meanwhile), and a
+snapshot published after a plan is seen by that plan's phase two, which rescues the packs it uses. A pack uploaded
+but not yet indexed is younger than ``S`` and never a candidate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from llmdr.errors import ObjectLocked, ObjectNotFound, StorageError
+from llmdr.repo.index import IndexEntry
+from llmdr.repo.locks import Locker
+from llmdr.repo.manifest import canonical_json
+from llmdr.repo.repository import INDEX, SNAPS, Repository, index_key, pack_key, record_key
+
+log = logging.getLogger(__name__)
+
+PRUNE = "prune/"
+DEFAULT_SAFETY_S = 24 * 3600.0
+SUPERSEDED_AGE_S = 3600.0
+
+
+@dataclass
+class PruneResult:
+    location: str
+    planned: list[str] = field(default_factory=list)  # packs marked by this run (phase one)
+    repacked: int = 0  # partly used packs whose used chunks were copied into new packs
+    deleted: list[str] = field(default_factory=list)  # packs deleted by this run (phase two)
+    rescued: list[str] = field(default_factory=list)  # planned packs a snapshot started using again
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    packs_in_grace: int = 0  # unused packs younger than the safety time, left for a later run
+    packs_locked: int = 0  # unused packs still under Object Lock
+    records_deleted: int = 0
+    indexes_deleted: int = 0
+    plans_pending: int = 0  # plans not yet old enough for phase two
+
+    def to_json(self) -> dict:
+        return {"location": self.location, "planned": len(self.planned), "repacked": self.repacked,
+                "deleted": len(self.deleted), "rescued": len(self.rescued), "chunks_deleted": self.chunks_deleted,
+                "bytes_freed": self.bytes_freed, "packs_in_grace": self.packs_in_grace,
+                "packs_locked": self.packs_locked, "records_deleted": self.records_deleted,
+                "indexes_deleted": self.indexes_deleted, "plans_pending": self.plans_pending}
+
+
+def plans(repo: Repository) -> dict[str, dict]:
+    """Every readable prune plan, by key."""
+    out = {}
+    for info in repo.store.list(PRUNE):
+        try:
+            raw = json.loads(repo.store.get(info.key))
+            raw["packs"] = [str(p) for p in raw["packs"]]
+            out[info.key] = raw
+        except (ObjectNotFound, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: prune plan %s left out: %s", repo.location, info.key, exc)
+    return out
+
+
+def planned_packs(repo: Repository) -> set[bytes]:
+    """Packs some pending plan marks for deletion: writers must not rely on them."""
+    return {bytes.fromhex(p) for plan in plans(repo).values() for p in plan["packs"]}
+
+
+def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
+    """Chunks used by every live snapshot of every bundle, plus those of records not forgotten (a record whose
+    catalog entry cannot be read still counts); and the ids of forgotten records."""
+    used: set[bytes] = set()
+    live: set[str] = set()
+    forgotten: set[str] = set()
+    for bundle in repo.bundles():
+        view = repo.view(bundle)
+        for e in view.entries:
+            if e.kind == "forget":
+                forgotten.update(e.forget)
+        for e in view.live:
+            live.add(e.id)
+    for info in repo.store.list(SNAPS):
+        sid = info.key[len(SNAPS):]
+        if sid in forgotten and sid not in live:
+            continue
+        try:
+            used.update(bytes.fromhex(d) for d in repo.load_manifest(sid).chunk_set())
+        except (ObjectNotFound, StorageError):
+            continue
+        except Exception as exc:  # noqa: BLE001 - an unreadable record cannot name chunks; report it, keep going
+            repo.unreadable[info.key] = str(exc)
+    return used, sorted(forgotten - live)
+
+
+def prune(repo: Repository, *, safety_s: float = DEFAULT_SAFETY_S, repack_below: float = 0.5,
+          lock_wait_s: float = 0.0) -> PruneResult:
+    """Run phase two for every plan older than ``safety_s``, then phase one (a new plan)."""
+    from llmdr.repo.repolock import hold
+
+    res = PruneResult(repo.location)
+    if repo.load_config() is None:
+        return res
+    with hold(repo.store, "exclusive", "prune", wait_s=lock_wait_s) as lock:
+        now = repo.store.server_time()
+        _delete_phase(repo, now, safety_s, res, lock)
+        _mark_phase(repo, now, safety_s, repack_below, res, lock)
+    return res
+
+
+def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: float, res: PruneResult,
+                lock) -> None:
+    idx = repo.index(refresh=True)
+    used, forgotten = used_chunks(repo)
+    already = planned_packs(repo)
+    locker = Locker.of(repo.store)
+    candidates: list[str] = []
+    repack: list[IndexEntry] = []
+    for pack_hex, info in sorted(repo.pack_infos().items()):
+        pack = bytes.fromhex(pack_hex)
+        if pack in already:
+            continue
+        entries = idx.entries_of_pack(pack)
+        in_use = [e for e in entries if e.chunk in used]
+        if len(in_use) == len(entries) and entries:
+            continue
+        if info.modified is None or now - info.modified < safety_s:
+            res.packs_in_grace += 1
+            continue
+        if locker is not None and locker.locked(info.key, now) is not None:
+            res.packs_locked += 1
+            continue
+        if in_use:
+            used_bytes = sum(e.stored_length for e in in_use)
+            if used_bytes >= repack_below * max(1, sum(e.stored_length for e in entries)):
+                continue
+            repack += in_use
+        candidates.append(pack_hex)
+    if repack:
+        from llmdr.repo.packer import PackWriter
+
+        lock.check()
+        with PackWriter(repo) as w:
+            for e in repack:
+                # a chunk another live pack already holds needs no copy
+                other = idx.lookup(e.chunk, avoid={e.pack, *(bytes.fromhex(c) for c in candidates)})
+                if other is None or other.pack == e.pack:
+                    w.add(e.chunk.hex(), e.chunk, repo.load_chunk(e.chunk.hex(), size=e.plain_length))
+        res.repacked = len({e.pack for e in repack})
+    records = [sid for sid in forgotten if locker is None or locker.locked(record_key(sid), now) is None]
+    if not candidates and not records:
+        return
+    lock.check()
+    plan = canonical_json({"marked_at": now, "packs": candidates, "records": records})
+    repo.store.put(f"{PRUNE}{hashlib.sha256(plan).hexdigest()}.json", plan, retain=False)
+    res.planned = candidates
+    log.info("%s: prune plan: %d packs, %d records, deleted after %.0f s", repo.location, len(candidates),
+             len(records), safety_s)
+
+
+def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResult, lock) -> None:
+    due = {k: p for k, p in plans(repo).items() if now - float(p.get("marked_at", now)) >= safety_s}
+    res.plans_pending = len(plans(repo)) - len(due)
+    if not due:
+        _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
+        return
+    idx = repo.index(refresh=True)
+    used, _ = used_chunks(repo)
+    doomed = {bytes.fromhex(p) for plan in due.values() for p in plan["packs"]}
+    # rescue: a doomed pack holding a used chunk that no surviving pack holds
+    for pack in sorted(doomed):
+        for e in idx.entries_of_pack(pack):
+            if e.chunk in used and idx.lookup(e.chunk, avoid=doomed) is None:
+                doomed.discard(pack)
+                res.rescued.append(pack.hex())
+                break
+    present = {bytes.fromhex(p) for p in repo.pack_infos()}
+    keep = [e for pack in sorted(idx.packs()) if pack not in doomed and pack in present
+            for e in idx.entries_of_pack(pack)]
+    old_ids = sorted(idx.live_ids())
+    lock.check()
+    repo.add_index(sorted(keep, key=lambda e: (e.chunk, e.pack)), supersedes=tuple(bytes.fromhex(i) for i in old_ids))
+    locker = Locker.of(repo.store)
+    for pack in sorted(doomed & present):
+        key = pack_key(pack.hex())
+        entries = idx.entries_of_pack(pack)
+        try:
+            repo.store.delete(key)
+        except ObjectLocked:
+            res.packs_locked += 1
+            continue
+        res.deleted.append(pack.hex())
+        res.chunks_deleted += len(entries)
+        res.bytes_freed += sum(e.stored_length for e in entries)
+    for plan in due.values():
+        for sid in plan.get("records", []):
+            if locker is not None and locker.locked(record_key(sid), now) is not None:
+                continue
+            try:
+                repo.store.delete(record_key(sid))
+                res.records_deleted += 1
+            except ObjectLocked:
+                pass
+    _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
+    for key in due:
+        repo.store.delete(key)
+    repo.index(refresh=True)
+    log.info("%s: prune deleted %d packs (%d bytes), rescued %d", repo.location, len(res.deleted), res.bytes_freed,
+             len(res.rescued))
+
+
+def _delete_superseded(repo: Repository, now: float, age_s: float, res: PruneResult) -> None:
+    """Delete index objects superseded by an index stored at least ``age_s`` ago: a reader that listed the old ones
+    has long finished reading them, and every newer listing shows the superseding one."""
+    repo.index(refresh=True)
+    doomed = set()
+    for stored, supersedes in list(repo.index_meta.values()):
+        if stored is not None and now - stored >= age_s:
+            doomed.update(s for s in supersedes if s in repo.index_meta)
+    for iid in sorted(doomed):
+        try:
+            repo.store.delete(index_key(iid))
+            res.indexes_deleted += 1
+        except ObjectLocked:
+            pass
+
+
+__all__ = ["DEFAULT_SAFETY_S", "INDEX", "PRUNE", "PruneResult", "planned_packs", "plans", "prune", "used_chunks"]
