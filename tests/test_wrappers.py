@@ -175,3 +175,36 @@ def test_wrappers_pass_retain_and_if_absent_down():
     assert abs(store.server_time() - time.time()) < 2
     with pytest.raises(ReadOnlyStoreError):
         ReadOnlyStore(store).put("locks/b.json", b"{}", if_absent=True, retain=False)
+
+
+def test_list_versions_resumes_without_repeating_versions():
+    class FlakyVersions(MemoryStore):
+        failed = False
+
+        def list_versions(self, prefix=""):
+            for i, v in enumerate(super().list_versions(prefix)):
+                if i == 2 and not self.failed:
+                    self.failed = True
+                    raise TransientStorageError("connection reset mid-listing")
+                yield v
+
+    inner = FlakyVersions(versioned=True)
+    for i in range(3):
+        inner.put(f"k/{i}", b"a")
+        inner.put(f"k/{i}", b"bb")
+    store = RetryingStore(inner, sleep=lambda s: None)
+    listed = [(v.key, v.size) for v in store.list_versions("k/")]
+    assert listed == [(f"k/{i}", n) for i in range(3) for n in (2, 1)]
+    assert inner.failed and store.retries == {"list_versions": 1}
+
+
+def test_delete_version_is_scriptable_and_retried():
+    inner, store, sleeps = make()
+    inner.inner = MemoryStore(versioned=True)
+    inner.inner.put("k", b"v")
+    inner.inner.delete("k")
+    marker = next(iter(inner.inner.list_versions("k")))
+    inner.fail("delete_version", lambda: TransientStorageError("503"))
+    store.delete_version("k", marker.version_id)
+    inner.assert_all_fired()
+    assert store.get("k") == b"v" and store.retries == {"delete_version": 1}

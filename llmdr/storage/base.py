@@ -22,6 +22,19 @@ class BlobInfo:
     modified: float | None = None  # last write, seconds since the epoch (listing and head report it)
 
 
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One version of a key in a versioned store: a stored value, or a delete marker (``size`` 0) that hides the
+    versions below it. ``is_latest`` marks the version a plain read sees (or, for a marker, hides the key)."""
+
+    key: str
+    version_id: str
+    size: int
+    modified: float | None
+    is_delete_marker: bool
+    is_latest: bool
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """A flat namespace of immutable-by-convention blobs addressed by ``/``-separated keys.
@@ -60,6 +73,14 @@ class BlobStore(Protocol):
     - ``bucket_protection()`` reports the bucket's versioning and Object Lock configuration; ``usage()`` the bytes and
       objects stored, every version counted.
 
+    Versions, for stores that keep them (S3 with versioning; a memory store made with ``versioned=True``):
+
+    - ``list_versions(prefix)`` yields every version and delete marker under the prefix, in key order, newest first
+      within a key; a store that keeps no versions raises ``StorageError`` saying so.
+    - ``get``/``head`` with ``version_id`` read exactly that version (``ObjectNotFound`` when it does not exist or is
+      a delete marker); ``delete_version(key, version_id)`` removes exactly that version (removing a delete marker
+      brings the key back) and raises ``ObjectLocked`` for a version under retention.
+
     Wrappers forward all of these: a retrying store retries them, a read-only store refuses ``extend_lock`` (a
     write) and forwards the rest, encrypting and signing stores pass them through unchanged (object names are the
     same below them).
@@ -73,9 +94,9 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
             if_absent: bool = False, retain: bool = True) -> None: ...
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes: ...
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes: ...
 
-    def head(self, key: str) -> BlobInfo: ...
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo: ...
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]: ...
 
@@ -83,7 +104,7 @@ class BlobStore(Protocol):
 
     def lock_policy(self) -> LockPolicy | None: ...
 
-    def retention(self, key: str) -> Lock | None: ...
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None: ...
 
     def extend_lock(self, key: str, until: float) -> bool: ...
 
@@ -92,6 +113,10 @@ class BlobStore(Protocol):
     def usage(self) -> dict[str, int]: ...
 
     def server_time(self) -> float: ...
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]: ...
+
+    def delete_version(self, key: str, version_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,11 +32,12 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8
@@ -82,8 +83,8 @@ class _SameObjectNames:
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
 
-    def retention(self, key: str) -> Lock | None:
-        return self.inner.retention(key)
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        return self.inner.retention(key, version_id=version_id)
 
     def extend_lock(self, key: str, until: float) -> bool:
         return self.inner.extend_lock(key, until)
@@ -96,6 +97,9 @@ class _SameObjectNames:
 
     def server_time(self) -> float:
         return self.inner.server_time()
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        self.inner.delete_version(key, version_id)
 
 
 class EncryptingStore(_SameObjectNames):
@@ -149,20 +153,25 @@ class EncryptingStore(_SameObjectNames):
         blob = self.seal(key, data)
         self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest(), if_absent=if_absent, retain=retain)
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
-        plain = self.open(key, self.inner.get(key))  # the tag covers the whole object: read it whole
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        # the tag covers the whole object: read it whole
+        plain = self.open(key, self.inner.get(key, version_id=version_id))
         if start or length is not None:
             end = len(plain) if length is None else start + length
             return plain[start:end]
         return plain
 
-    def head(self, key: str) -> BlobInfo:
-        info = self.inner.head(key)
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        info = self.inner.head(key, version_id=version_id)
         return BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         for info in self.inner.list(prefix, start_after=start_after):
             yield BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        for v in self.inner.list_versions(prefix):
+            yield v if v.is_delete_marker else replace(v, size=max(0, v.size - OVERHEAD))
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
@@ -236,10 +245,10 @@ class SigningStore(_SameObjectNames):
         signed = body + SIG_MARK + f"{self.signer.method} {self.signer.key_id} ".encode() + sig + b"\n"
         self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest(), if_absent=if_absent, retain=retain)
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         if not key.startswith(MANIFESTS):
-            return self.inner.get(key, start=start, length=length)
-        blob = self.inner.get(key)
+            return self.inner.get(key, start=start, length=length, version_id=version_id)
+        blob = self.inner.get(key, version_id=version_id)
         where = f"{self.location}: manifest {key!r}"
         cut = blob.rfind(SIG_MARK)
         if cut < 0:
@@ -268,11 +277,16 @@ class SigningStore(_SameObjectNames):
             return info
         return BlobInfo(info.key, max(0, info.size - self.trailer_size), info.modified)
 
-    def head(self, key: str) -> BlobInfo:
-        return self._sized(self.inner.head(key))
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        return self._sized(self.inner.head(key, version_id=version_id))
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         return map(self._sized, self.inner.list(prefix, start_after=start_after))
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        for v in self.inner.list_versions(prefix):
+            signed = v.key.startswith(MANIFESTS) and not v.is_delete_marker
+            yield replace(v, size=max(0, v.size - self.trailer_size)) if signed else v
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

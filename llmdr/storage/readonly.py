@@ -1,6 +1,6 @@
 """Read-only wrapper: lets verification and restore run with no way to change a region.
 
-Every write (``put``, ``delete``, ``extend_lock``) is refused with ``ReadOnlyStoreError``; reads, including the
+Every write (``put``, ``delete``, ``delete_version``, ``extend_lock``) is refused with ``ReadOnlyStoreError``; reads, including the
 Object Lock state (``lock_policy``, ``retention``, ``bucket_protection``, ``usage``) and ``server_time``, pass through."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from llmdr.errors import ReadOnlyStoreError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 
 class ReadOnlyStore:
@@ -27,11 +27,17 @@ class ReadOnlyStore:
     def delete(self, key: str) -> None:
         self._refuse("delete", key)
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
-        return self.inner.get(key, start=start, length=length)
+    def delete_version(self, key: str, version_id: str) -> None:
+        self._refuse(f"delete version {version_id} of", key)
 
-    def head(self, key: str) -> BlobInfo:
-        return self.inner.head(key)
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        return self.inner.get(key, start=start, length=length, version_id=version_id)
+
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        return self.inner.head(key, version_id=version_id)
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         return self.inner.list(prefix, start_after=start_after)
@@ -42,8 +48,8 @@ class ReadOnlyStore:
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
 
-    def retention(self, key: str) -> Lock | None:
-        return self.inner.retention(key)
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        return self.inner.retention(key, version_id=version_id)
 
     def extend_lock(self, key: str, until: float) -> bool:
         self._refuse("extend lock of", key)

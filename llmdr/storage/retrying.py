@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from llmdr.errors import Conflict, is_retriable
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,11 +174,14 @@ class RetryingStore:
 
         self._call(f"put {key}", create)
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
-        return self._call(f"get {key}", lambda: self.inner.get(key, start=start, length=length))
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        return self._call(f"get {key}", lambda: self.inner.get(key, start=start, length=length, version_id=version_id))
 
-    def head(self, key: str) -> BlobInfo:
-        return self._call(f"head {key}", lambda: self.inner.head(key))
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        return self._call(f"head {key}", lambda: self.inner.head(key, version_id=version_id))
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        self._call(f"delete_version {key}", lambda: self.inner.delete_version(key, version_id))
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
@@ -186,8 +189,8 @@ class RetryingStore:
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
 
-    def retention(self, key: str) -> Lock | None:
-        return self._call(f"retention {key}", lambda: self.inner.retention(key))
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        return self._call(f"retention {key}", lambda: self.inner.retention(key, version_id=version_id))
 
     def extend_lock(self, key: str, until: float) -> bool:
         return self._call(f"extend lock {key}", lambda: self.inner.extend_lock(key, until))
@@ -215,14 +218,35 @@ class RetryingStore:
                     failures = 0
                 return
             except Exception as exc:
-                if not is_retriable(exc):
-                    raise
                 failures += 1
-                if failures >= self.attempts:
-                    self._count("gave_up", "list")
-                    raise
-                self._count("retries", "list")
-                delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
-                log.info("list %s on %s failed (%s); resuming after %r in %.2fs", prefix, self.location, exc,
-                         last, delay)
-                self._sleep(delay)
+                self._resume_or_raise("list", prefix, exc, failures, f"after {last!r}")
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        """Resumed as ``list`` is: a listing cut short starts again and skips the versions it already yielded."""
+        seen: set[tuple[str, str]] = set()
+        failures = 0
+        while True:
+            self._count("requests", "list_versions")
+            try:
+                for v in self.inner.list_versions(prefix):
+                    if (v.key, v.version_id) in seen:
+                        continue
+                    yield v
+                    seen.add((v.key, v.version_id))
+                    failures = 0
+                return
+            except Exception as exc:
+                failures += 1
+                self._resume_or_raise("list_versions", prefix, exc, failures, f"({len(seen)} versions seen)")
+
+    def _resume_or_raise(self, op: str, prefix: str, exc: Exception, failures: int, where: str) -> None:
+        """After the ``failures``-th failure in a row of a listing: re-raise a final error, else wait to resume."""
+        if not is_retriable(exc):
+            raise exc
+        if failures >= self.attempts:
+            self._count("gave_up", op)
+            raise exc
+        self._count("retries", op)
+        delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+        log.info("%s %s on %s failed (%s); resuming %s in %.2fs", op, prefix, self.location, exc, where, delay)
+        self._sleep(delay)

@@ -29,11 +29,11 @@ from llmdr.errors import (
     StorageError,
     TransientStorageError,
 )
-from llmdr.storage.base import BlobInfo, Lock, LockPolicy, check_key
+from llmdr.storage.base import BlobInfo, Lock, LockPolicy, VersionInfo, check_key
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _INTEGRITY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
               "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted"}
@@ -192,8 +192,10 @@ class S3Store:
                                "nothing was written. Re-read what is there and pick another key") from exc
             raise self._map(exc, "put", key) from exc
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
+        if version_id is not None:
+            args["VersionId"] = version_id
         if start or length is not None:
             if length == 0:
                 return b""
@@ -207,18 +209,27 @@ class S3Store:
 
             if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""
-            raise self._map(exc, "get", key) from exc
+            raise self._map_version(exc, "get", key, version_id) from exc
 
-    def head(self, key: str) -> BlobInfo:
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
+        if version_id is not None:
+            args["VersionId"] = version_id
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self._k(key))
+            resp = self._client.head_object(**args)
         except Exception as exc:
-            mapped = self._map(exc, "head", key)
+            mapped = self._map_version(exc, "head", key, version_id)
             if isinstance(mapped, ObjectNotFound):
                 self._check_bucket()
             raise mapped from exc
         modified = resp.get("LastModified")
         return BlobInfo(key, int(resp["ContentLength"]), modified.timestamp() if modified else None)
+
+    def _map_version(self, exc: Exception, op: str, key: str, version_id: str | None) -> Exception:
+        """As ``_map``; a read of a delete marker's version (S3 answers 405) is ``ObjectNotFound`` saying so."""
+        if version_id is not None and _error_code(exc) in ("MethodNotAllowed", "405"):
+            return ObjectNotFound(f"{op} {key!r} version {version_id} in {self.location}: a delete marker, no bytes")
+        return self._map(exc, op if version_id is None else f"{op} version {version_id} of", key)
 
     def _check_bucket(self) -> None:
         """HEAD answers a bare 404 for a missing bucket too; tell the two apart."""
@@ -268,30 +279,10 @@ class S3Store:
     def _delete_versions(self, key: str) -> None:
         """In a locked (hence versioned) bucket a plain DELETE only adds a delete marker: the bytes stay, hidden. Remove
         every version instead; a version under retention raises ``ObjectLocked`` (the key then stays listed)."""
-        full = self._k(key)
-        try:
-            resp = self._client.list_object_versions(Bucket=self.bucket, Prefix=full, MaxKeys=1000)
-        except Exception as exc:
-            raise self._map(exc, "list versions", key) from exc
-        versions = [v for v in resp.get("Versions", []) + resp.get("DeleteMarkers", []) if v["Key"] == full]
+        versions = [v for v in self.list_versions(key) if v.key == key]
         # oldest first: if a locked version stops us, the current one is still there and the key stays readable
-        versions.sort(key=lambda v: (v.get("IsLatest", False), v.get("LastModified") or 0))
-        for v in versions:
-            try:
-                self._client.delete_object(Bucket=self.bucket, Key=full, VersionId=v["VersionId"])
-            except Exception as exc:
-                mapped = self._map(exc, "delete", key)
-                if isinstance(mapped, ObjectNotFound):
-                    continue
-                if isinstance(mapped, AccessDenied):
-                    lock = self.retention(key, version_id=v["VersionId"])
-                    if lock is not None and lock.until > time.time():
-                        raise ObjectLocked(
-                            f"delete {key!r} in {self.location}: version {v['VersionId']} is under {lock.mode} "
-                            f"Object Lock until {_utc(lock.until).isoformat(timespec='seconds')}; it cannot be "
-                            "deleted before then (by design)"
-                        ) from exc
-                raise mapped from exc
+        for v in reversed(versions):
+            self.delete_version(key, v.version_id)
 
     def server_time(self) -> float:
         """The store's clock: the ``Date`` header of a HeadBucket (1 s resolution) plus half the round trip."""
@@ -315,12 +306,52 @@ class S3Store:
         except (TypeError, ValueError) as exc:
             raise StorageError(f"read the clock of {self.location}: unreadable Date header {date!r}") from exc
 
+    # versions -------------------------------------------------------------------------------------------------------
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        """Every version and delete marker under ``prefix`` (ListObjectVersions, paginated): key order, newest first."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": 1000}
+        cut = len(self.prefix)
+        while True:
+            try:
+                resp = self._client.list_object_versions(**kwargs)
+            except Exception as exc:
+                raise self._map(exc, "list versions", prefix or "/") from exc
+            page = [(v, False) for v in resp.get("Versions", [])] + [(m, True) for m in resp.get("DeleteMarkers", [])]
+            # botocore splits the server's one ordered list in two: merge back by key, then latest, then newest
+            page.sort(key=lambda e: (e[0]["Key"], not e[0].get("IsLatest"), -_ts(e[0].get("LastModified"))))
+            for v, marker in page:
+                yield VersionInfo(v["Key"][cut:], v["VersionId"], 0 if marker else int(v.get("Size", 0)),
+                                  _ts(v.get("LastModified")) or None, marker, bool(v.get("IsLatest")))
+            if not resp.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        """Delete exactly one version (a delete marker's id removes the marker). A version under retention raises
+        ``ObjectLocked``; a version that is already gone is not an error."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._k(key), VersionId=version_id)
+        except Exception as exc:
+            mapped = self._map(exc, f"delete version {version_id} of", key)
+            if isinstance(mapped, ObjectNotFound):
+                return
+            if isinstance(mapped, AccessDenied):
+                lock = self.retention(key, version_id=version_id)
+                if lock is not None and lock.until > time.time():
+                    raise ObjectLocked(
+                        f"delete {key!r} in {self.location}: version {version_id} is under {lock.mode} Object Lock "
+                        f"until {_utc(lock.until).isoformat(timespec='seconds')}; it cannot be deleted before then "
+                        "(by design)"
+                    ) from exc
+            raise mapped from exc
+
     # Object Lock ----------------------------------------------------------------------------------------------------
     def lock_policy(self) -> LockPolicy | None:
         return self._lock_policy
 
     def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
-        """The Object Lock retention on ``key`` (its current version), or None when it has none."""
+        """The Object Lock retention on ``key`` (its current version, or ``version_id``), None when it has none."""
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
         if version_id:
             args["VersionId"] = version_id
@@ -383,21 +414,14 @@ class S3Store:
         cost storage / requests too in a versioned bucket)."""
         out = {"current_bytes": 0, "current_objects": 0, "noncurrent_bytes": 0, "noncurrent_objects": 0,
                "delete_markers": 0}
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1000}
-        while True:
-            try:
-                resp = self._client.list_object_versions(**kwargs)
-            except Exception as exc:
-                raise self._map(exc, "list versions", None) from exc
-            for v in resp.get("Versions", []):
-                which = "current" if v.get("IsLatest") else "noncurrent"
-                out[f"{which}_bytes"] += int(v.get("Size", 0))
-                out[f"{which}_objects"] += 1
-            out["delete_markers"] += len(resp.get("DeleteMarkers", []))
-            if not resp.get("IsTruncated"):
-                return out
-            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
-            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+        for v in self.list_versions():
+            if v.is_delete_marker:
+                out["delete_markers"] += 1
+                continue
+            which = "current" if v.is_latest else "noncurrent"
+            out[f"{which}_bytes"] += v.size
+            out[f"{which}_objects"] += 1
+        return out
 
     # administration (used by the local stack and by checks) -----------------------------------------------------------
     def ensure_bucket(self, *, object_lock: bool = False) -> bool:
@@ -444,6 +468,10 @@ def _error_code(exc: Exception) -> str | None:
         return None
     code = response.get("Error", {}).get("Code")
     return str(code or response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "") or None
+
+
+def _ts(when: datetime | None) -> float:
+    return when.timestamp() if when else 0.0
 
 
 def _utc(ts: float) -> datetime:

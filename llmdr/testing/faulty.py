@@ -2,8 +2,8 @@
 
 Modelled on Kopia's blobtesting.FaultyStorage. Production code never imports this module (it lives in
 ``llmdr.testing``); tests put it under a region's retry layer with ``tests/support/faults.py``. What can be scripted
-(on ``put``, ``get``, ``head``, ``list``, ``delete``, ``server_time``, and the Object Lock calls ``retention`` and
-``extend_lock``),
+(on ``put``, ``get``, ``head``, ``list``, ``delete``, ``delete_version``, ``server_time``, and the Object Lock calls
+``retention`` and ``extend_lock``; reads of a version go through ``get``/``head``),
 each for ``times`` matching calls (``None``: every one, a permanent fault) after letting ``after`` through,
 optionally only for keys under ``key_prefix``:
 
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmdr.errors import TransientStorageError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy
+from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 METHODS = ("put", "get", "head", "list", "delete")  # what random mode draws faults for
-SCRIPTABLE = (*METHODS, "retention", "extend_lock", "server_time")
+SCRIPTABLE = (*METHODS, "retention", "extend_lock", "server_time", "delete_version")
 
 
 @dataclass
@@ -162,11 +162,17 @@ class FaultyStore:
             if_absent: bool = False, retain: bool = True) -> None:
         self._run("put", key, lambda: self.inner.put(key, data, sha256=sha256, if_absent=if_absent, retain=retain))
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
-        return self._run("get", key, lambda: self.inner.get(key, start=start, length=length))
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        return self._run("get", key, lambda: self.inner.get(key, start=start, length=length, version_id=version_id))
 
-    def head(self, key: str) -> BlobInfo:
-        return self._run("head", key, lambda: self.inner.head(key))
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        return self._run("head", key, lambda: self.inner.head(key, version_id=version_id))
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix)
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        self._run("delete_version", key, lambda: self.inner.delete_version(key, version_id))
 
     def delete(self, key: str) -> None:
         self._run("delete", key, lambda: self.inner.delete(key))
@@ -190,8 +196,8 @@ class FaultyStore:
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
 
-    def retention(self, key: str) -> Lock | None:
-        return self._run("retention", key, lambda: self.inner.retention(key))
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        return self._run("retention", key, lambda: self.inner.retention(key, version_id=version_id))
 
     def extend_lock(self, key: str, until: float) -> bool:
         return self._run("extend_lock", key, lambda: self.inner.extend_lock(key, until))
