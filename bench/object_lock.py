@@ -156,7 +156,7 @@ def lock_margin(cfg, region: str, sid: str) -> dict:
     locker = Locker.of(repo.store)
     man = locker.snapshot_lock(sid)
     chunks = sorted(repo.load_manifest(sid).chunk_set())
-    until = [locker.chunk_lock(d).until for d in chunks]
+    until = [locker.chunk_lock(repo, d).until for d in chunks]
     return {"manifest_until": man.until, "min_chunk_until": min(until),
             "margin_s": round(min(until) - (man.until - locker.slack_s), 2), "chunks": len(chunks)}
 

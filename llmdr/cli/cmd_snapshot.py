@@ -100,18 +100,26 @@ def snapshots(region: RegionOpt = None, as_json: JsonOpt = False) -> None:
     """List the complete snapshots in a region, oldest first."""
     cfg = load_cfg()
     reg, repo = _repo(cfg, region, read_only=True)
-    snaps = repo.snapshots(strict=False)
-    rows = [{"id": s.id, "bundle": s.manifest.bundle, "created": s.manifest.created, "files": len(s.manifest.files),
-             "bytes": s.manifest.total_size, "new_bytes": s.manifest.stats.get("new_bytes"),
-             "parent": s.manifest.parent} for s in snaps]
+    snaps = repo.snapshots()
+    rows = [{"id": s.id, "bundle": s.bundle, "created": s.created, "files": s.record["stats"].get("files", 0),
+             "bytes": s.record["stats"].get("bytes", 0), "new_bytes": s.record["stats"].get("new_bytes"),
+             "parent": s.record.get("parent"), "seq": s.seq, "future_dated": s.future, "fork": s.fork}
+            for s in snaps]
     lines = [f"{'id':<12}  {'created (UTC)':<20} {'bundle':<16} {'files':>5} {'size':>10} {'new':>10}"]
     for r in rows:
         lines.append(f"{r['id'][:12]}  {r['created'][:19].replace('T', ' '):<20} {r['bundle']:<16} {r['files']:>5} "
                      f"{human_size(r['bytes']):>10} {human_size(r['new_bytes'] or 0):>10}")
     if not rows:
         lines.append(f"(no snapshots in region {reg.name})")
-    for sid, why in sorted(repo.unreadable.items()):
-        typer.echo(f"WARNING: snapshot {sid[:12]} left out, its manifest cannot be trusted: {why}", err=True)
+    for key, why in sorted(repo.unreadable.items()):
+        typer.echo(f"WARNING: {key} left out, it cannot be read or trusted: {why}", err=True)
+    for r in rows:
+        if r["future_dated"]:
+            typer.echo(f"WARNING: snapshot {r['id'][:12]} says it was created at {r['created']}, later than the store "
+                       "received it: the writer's clock was ahead. Order follows the catalog, not this time.", err=True)
+        if r["fork"]:
+            typer.echo(f"WARNING: snapshot {r['id'][:12]} was written by a writer that did not see the snapshot "
+                       "before it (two writers raced); both are kept and listed.", err=True)
     emit(as_json, rows, "\n".join(lines))
     if repo.unreadable:
         raise typer.Exit(6)

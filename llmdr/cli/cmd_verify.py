@@ -38,14 +38,12 @@ def verify(
     scope = f"subset {check.subset}" if check.subset else "every chunk"
     lines = [f"verify {sid[:12]} in {reg.name} ({scope}): {'ok' if check.ok else 'FAILED'} - {check.chunks_read} of "
              f"{check.chunks_total} chunks read ({human_size(check.bytes_read)}) in {check.duration_s:.2f}s"]
-    from llmdr.repo.repository import chunk_key
-
     mc = getattr(check, "manifest", None)
     if mc is not None and mc.repaired_from:
         lines.append(f"  - manifest {mc.key} {mc.state}: repaired from {mc.repaired_from}")
     for state, ids in (("missing", check.missing), ("corrupt", check.corrupt)):
         for d in ids:
-            lines.append(f"  - chunk {d[:12]} {state} ({chunk_key(d)})"
+            lines.append(f"  - chunk {d[:12]} {state} ({check.where.get(d, 'in no index')})"
                          + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
     if check.unrepaired and not repair:
         lines.append("    run again with --repair to fetch intact copies from another region")

@@ -80,11 +80,11 @@ def _load_manifest(cfg: Config, snapshot_id: str, regions: list[str]) -> Manifes
 
 
 def _manifest_url(cfg: Config, region: str, snapshot_id: str) -> str:
-    from llmdr.repo.repository import manifest_key
+    from llmdr.repo.repository import record_key
 
     reg = cfg.region(region)
     prefix = reg.prefix.strip("/") + "/" if reg.prefix.strip("/") else ""
-    return f"s3://{reg.bucket}/{prefix}{manifest_key(snapshot_id)}"
+    return f"s3://{reg.bucket}/{prefix}{record_key(snapshot_id)}"
 
 
 # --- model registry -------------------------------------------------------------------------------------------------

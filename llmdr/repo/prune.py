@@ -113,7 +113,7 @@ def prune(repo: Repository, *, safety_s: float = DEFAULT_SAFETY_S, repack_below:
     res = PruneResult(repo.location)
     if repo.load_config() is None:
         return res
-    with hold(repo.store, "exclusive", "prune", wait_s=lock_wait_s) as lock:
+    with hold(repo.store, "exclusive", "prune", wait_s=lock_wait_s, settle_s=0.2) as lock:
         now = repo.store.server_time()
         _delete_phase(repo, now, safety_s, res, lock)
         _mark_phase(repo, now, safety_s, repack_below, res, lock)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.repo.locks import Locker
 from llmdr.repo.packer import PackWriter
+from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.tree import BuiltTree, tree_ids
 
@@ -70,11 +71,20 @@ def replicate_snapshot(
     res = ReplicateResult(snapshot_id, src.location, dst.location)
     record = src.load_record(snapshot_id)
     manifest = src.load_manifest(snapshot_id)
-    bundle = manifest.bundle
     needed = manifest.chunk_set()
     res.chunks_total = len(needed)
     res.bytes_total = sum(needed.values())
-    dst.ensure_config(src.config())
+    cfg = dst.ensure_config(src.config())
+    with hold(dst.store, SHARED, "replicate", settle_s=0.0, repo_id=cfg.repo_id) as lock:
+        return _copy(src, dst, snapshot_id, record, manifest, res, lock, workers=workers, progress=progress,
+                     recheck=recheck, t0=t0, started_ts=started_ts)
+
+
+def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, manifest, res: ReplicateResult,
+          lock: RepoLock, *, workers: int, progress: Progress, recheck: bool, t0: float,
+          started_ts: float) -> ReplicateResult:
+    bundle = manifest.bundle
+    needed = manifest.chunk_set()
     listed = dst.has_snapshot(snapshot_id, bundle=bundle)
     if listed and not recheck:
         res.already_present = True
@@ -123,6 +133,7 @@ def replicate_snapshot(
         res.locks_extended = locker.extend_reused(dst, [d for d in needed if d not in copied], written=copied,
                                                   started=started_ts, workers=workers)
     if not listed:
+        lock.check()
         # Last: the catalog entry makes the snapshot visible in the destination region. The record is the
         # source's, byte for byte (same id); its place in the destination's order is the entry's.
         dst.publish(bundle, lambda prev: (snapshot_id, record))

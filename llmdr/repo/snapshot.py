@@ -29,6 +29,7 @@ from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json, component_digest, manifest_id, utc_now
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.prune import planned_packs
+from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.statcache import StatCache
 from llmdr.repo.tree import build_tree, record_json
@@ -178,7 +179,6 @@ def take_snapshot(
     started_ts = time.time()
     source = source.resolve()
     cfg = repo.ensure_config()
-    chunker = Chunker(cfg.chunker)
     stat_cache = StatCache(stat_cache, cfg.chunker) if stat_cache is not None else None
 
     files = scan_source(source)
@@ -189,6 +189,17 @@ def take_snapshot(
             raise IncompleteBundle(report, "the snapshot was refused and nothing was uploaded")
         for problem in report.warnings:
             log.warning("optional component: %s", problem)
+    with hold(repo.store, SHARED, "snapshot", settle_s=0.0, repo_id=cfg.repo_id) as lock:
+        return _take(repo, source, files, cfg, bundle=bundle, stat_cache=stat_cache, workers=workers,
+                     max_inflight_bytes=max_inflight_bytes, progress=progress, tags=tags, kind=kind,
+                     report=report, lock=lock, t0=t0, started=started, started_ts=started_ts)
+
+
+def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundle: str, stat_cache: StatCache | None,
+          workers: int, max_inflight_bytes: int, progress: Progress, tags: dict[str, str] | None, kind: str,
+          report: BundleReport | None, lock: RepoLock, t0: float, started: str,
+          started_ts: float) -> SnapshotResult:
+    chunker = Chunker(cfg.chunker)
     index = repo.index(refresh=True)
     avoid = planned_packs(repo)  # packs a prune has marked: their chunks are uploaded again, never relied on
     result_entries: list[FileEntry] = []
@@ -266,6 +277,7 @@ def take_snapshot(
         return manifest_id(canonical_json(record)), record
 
     # The catalog entry goes last: until it is written, the snapshot does not exist.
+    lock.check()
     entry = repo.publish(bundle, record_of)
     sid = entry.id
     manifest = replace(manifest, parent=entry.prev)

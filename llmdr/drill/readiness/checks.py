@@ -15,7 +15,7 @@ from llmdr.config import Config, Region, format_duration
 from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes, utc_text
 from llmdr.errors import LlmdrError
 from llmdr.repo.manifest import parse_utc
-from llmdr.repo.repository import Repository, SnapshotInfo, chunk_key
+from llmdr.repo.repository import Repository, SnapshotInfo
 
 
 def check_credentials(cfg: Config, region: Region, now: float) -> Check:
@@ -68,7 +68,7 @@ def keys_source(keys: Any, region: Region) -> str:
 
 
 def _newest(repo: Repository, bundle: str) -> tuple[list[SnapshotInfo], SnapshotInfo | None]:
-    snaps = repo.snapshots(bundle=bundle, strict=False)
+    snaps = repo.snapshots(bundle=bundle)
     return snaps, (snaps[-1] if snaps else None)
 
 
@@ -80,10 +80,11 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
         return Check(cid, title, FAIL, f"no snapshot of '{cfg.bundle.name}' in {region.name}",
                      "run the protect-bundle deployment (or `llmdr protect`)", {"rpo_s": rpo})
     if repo.unreadable:
-        bad = ", ".join(i[:12] for i in sorted(repo.unreadable))
-        return Check(cid, title, FAIL, f"{len(repo.unreadable)} manifest(s) in {region.name} cannot be trusted ({bad}: "
-                     f"{next(iter(repo.unreadable.values()))})", f"`llmdr verify --region {region.name} --repair` "
-                     "brings a damaged manifest back from another region; a forged one must be deleted",
+        bad = ", ".join(sorted(repo.unreadable))
+        return Check(cid, title, FAIL, f"{len(repo.unreadable)} object(s) in {region.name} cannot be read or trusted "
+                     f"({bad}: {next(iter(repo.unreadable.values()))})", f"`llmdr verify --region {region.name} "
+                     "--repair` brings a damaged object back from another region; a forged one must be deleted "
+                     "(one under Object Lock stays listed here until its lock ends, and is skipped everywhere else)",
                      {"unreadable": sorted(repo.unreadable)})
     present = repo.list_chunks()
     need = newest.manifest.chunk_set()
@@ -93,7 +94,7 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
             "chunks": len(need), "chunks_missing": len(missing)}
     if missing:
         return Check(cid, title, FAIL, f"newest snapshot {newest.short} is listed but {len(missing)} of its "
-                     f"{len(need)} chunks are missing (e.g. {chunk_key(missing[0])})",
+                     f"{len(need)} chunks are missing (e.g. chunk {missing[0][:12]})",
                      f"`llmdr verify {newest.short} --region {region.name} --repair` copies them back from a "
                      "healthy region", data)
     if age > rpo:
@@ -227,7 +228,7 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
     newest = snaps[-1]
     sample = sorted(newest.manifest.chunk_set())[:: max(1, len(newest.manifest.chunk_set()) // 16)][:16]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        chunk_locks = list(pool.map(locker.chunk_lock, sample))
+        chunk_locks = list(pool.map(lambda d: locker.chunk_lock(repo, d), sample))
     short_chunks = [d[:12] for d, lk in zip(sample, chunk_locks, strict=True)
                     if lk is None or lk.until < (locks[-1].until if locks[-1] else now) - locker.slack_s - 1]
     data |= {"unlocked_snapshots": unlocked, "chunks_sampled": len(sample), "chunks_locked_shorter": short_chunks}
