@@ -14,19 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Any
 
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.pack import PackBuilder
-
-if TYPE_CHECKING:
-    from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
 
 class PackWriter:
-    def __init__(self, repo: "Repository", *, workers: int = 4, max_inflight_bytes: int | None = None,
+    """Packs chunks for ``repo`` (a ``repository.Repository``: its ``config()``, ``store``, ``put_pack`` and
+    ``add_index``; typed loosely because the repository itself uses a writer for single-chunk repairs)."""
+
+    def __init__(self, repo: Any, *, workers: int = 4, max_inflight_bytes: int | None = None,
                  pack_target: int | None = None) -> None:
         cfg = repo.config()
         self.repo = repo
