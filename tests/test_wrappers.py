@@ -1,6 +1,9 @@
+import hashlib
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmdr.errors import (
     AccessDenied,
@@ -10,11 +13,13 @@ from llmdr.errors import (
     TransientStorageError,
     is_retriable,
 )
-from llmdr.storage.crypto import EncryptingStore, ManifestSigner, SigningStore
+from llmdr.storage.crypto import AesGcmBlobCipher, EncryptingStore, ManifestSigner, SigningStore, key_id
 from llmdr.storage.memory import MemoryStore
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 from llmdr.testing.faulty import FaultyStore
+
+SIGNER = ManifestSigner("hmac", hmac_key=bytes(range(32)))
 
 
 def make(attempts=4):
@@ -208,3 +213,84 @@ def test_delete_version_is_scriptable_and_retried():
     store.delete_version("k", marker.version_id)
     inner.assert_all_fired()
     assert store.get("k") == b"v" and store.retries == {"delete_version": 1}
+
+
+# blob cipher (per-blob sealing inside packs) and the packs/ passthrough ---------------------------------------------
+AAD = b"llmdr-blob-v2" + bytes(16) + bytes(range(32))
+
+
+@given(plain=st.binary(max_size=4096), aad=st.binary(max_size=64))
+@settings(max_examples=50, deadline=None)
+def test_blob_cipher_round_trip(plain, aad):
+    cipher = AesGcmBlobCipher(bytes(32))
+    stored = cipher.seal(plain, aad)
+    assert len(stored) == len(plain) + cipher.overhead == len(plain) + 28
+    assert cipher.open(stored, aad, "blob x") == plain
+    assert cipher.open(memoryview(stored), aad, "blob x") == plain
+    assert cipher.seal(plain, aad) != stored  # a fresh nonce each time
+
+
+def test_blob_cipher_refuses_wrong_aad_key_flip_and_short_input():
+    cipher = AesGcmBlobCipher(bytes(32))
+    other = AesGcmBlobCipher(bytes(31) + b"\1")
+    stored = cipher.seal(b"chunk bytes", AAD)
+    flipped = bytearray(stored)
+    flipped[20] ^= 1
+    cases = [(stored, AAD[:-1] + b"\0", cipher), (stored, AAD, other), (bytes(flipped), AAD, cipher),
+             (stored[:-1], AAD, cipher), (stored[:27], AAD, cipher), (b"", AAD, cipher)]
+    for data, aad, c in cases:
+        with pytest.raises(IntegrityError, match="pack P blob 3") as err:
+            c.open(data, aad, "pack P blob 3")
+        assert "verify --repair" in str(err.value)
+    assert cipher.key_id == key_id(bytes(32)) and len(cipher.key_id) == 8 and other.key_id != cipher.key_id
+
+
+def test_encrypting_store_passes_packs_through_unsealed_and_seals_the_rest():
+    inner = MemoryStore(versioned=True)
+    enc = EncryptingStore(inner, bytes(32))
+    cipher = enc.blob_cipher()
+    assert cipher is not None and cipher.key_id == enc.key_id
+    pack = b"LLMDRP2\0" + bytes(8) + cipher.seal(b"one blob", AAD) + b"trailer"
+    enc.put("packs/ab/pack1", pack, sha256=hashlib.sha256(pack).digest())
+    assert inner.get("packs/ab/pack1") == pack  # stored exactly as given
+    assert enc.get("packs/ab/pack1") == pack
+    blob = enc.get("packs/ab/pack1", start=16, length=len(b"one blob") + 28)  # one ranged GET, one blob
+    assert cipher.open(blob, AAD, "packs/ab/pack1 blob 0") == b"one blob"
+    assert enc.head("packs/ab/pack1").size == len(pack)
+    enc.put("index/i", b"index bytes")
+    assert inner.get("index/i") != b"index bytes" and enc.get("index/i") == b"index bytes"  # sealed whole
+    assert {i.key: i.size for i in enc.list("")} == {"index/i": 11, "packs/ab/pack1": len(pack)}
+    [v] = enc.list_versions("packs/")
+    assert v.size == len(pack) and enc.get("packs/ab/pack1", version_id=v.version_id) == pack
+    with pytest.raises(IntegrityError):
+        enc.put("packs/ab/pack2", pack, sha256=bytes(32))  # a verified put is still verified
+
+
+def test_blob_cipher_is_forwarded_by_every_wrapper_and_none_without_encryption():
+    m = MemoryStore()
+    assert m.blob_cipher() is None
+    for plain in (RetryingStore(m), ReadOnlyStore(m), FaultyStore(m), SigningStore(m, SIGNER)):
+        assert plain.blob_cipher() is None
+    enc = EncryptingStore(m, bytes(32))
+    for wrapped in (RetryingStore(enc), ReadOnlyStore(enc), FaultyStore(enc), SigningStore(enc, SIGNER)):
+        assert wrapped.blob_cipher() is enc.blob_cipher()
+
+
+@pytest.mark.parametrize("key", ["snapshots/m", "snaps/abc", "catalog/0123/e/000000000001",
+                                 "catalog/0123/seg/000000000001-000000000256-ff"])
+def test_signing_store_signs_records_catalog_entries_and_segments(key):
+    inner = MemoryStore()
+    store = SigningStore(inner, SIGNER)
+    store.put(key, b'{"seq": 1}')
+    assert b"llmdr-signature v1 hmac" in inner.get(key)
+    assert store.get(key) == b'{"seq": 1}' and store.head(key).size == 10
+    inner.corrupt(key, inner.get(key).replace(b"1", b"2", 1))
+    with pytest.raises(IntegrityError, match="signature"):
+        store.get(key)
+
+
+@pytest.mark.parametrize("key", ["index/ab", "trees/ab/cd", "packs/ab/cd", "locks/x.json", "config.json"])
+def test_signing_store_leaves_other_objects_unsigned(key):
+    inner = MemoryStore()
+    SigningStore(inner, SIGNER).put(key, b"plain")
+    assert inner.get(key) == b"plain"

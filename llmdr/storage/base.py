@@ -3,7 +3,8 @@
 Everything llmdr keeps in a region (chunks, manifests, the repository config) goes through ``BlobStore``. Retries,
 read-only mode, encryption and manifest signatures are wrappers around it (``retrying.py``, ``readonly.py``,
 ``crypto.py``; the test-only fault store is ``llmdr/testing/faulty.py``), never subclasses, so each adapter stays
-small. Capabilities beyond plain blobs (Object Lock, the bucket's protection and usage) are methods of the same
+small. Capabilities beyond plain blobs (Object Lock, versions, the store's clock, the bucket's protection and usage,
+the per-blob cipher of an encrypted region) are methods of the same
 interface that every wrapper forwards, as Kopia's ``PutOptions`` carry a retention through every layer: nothing
 walks a chain of wrappers to find the adapter underneath.
 """
@@ -33,6 +34,23 @@ class VersionInfo:
     modified: float | None
     is_delete_marker: bool
     is_latest: bool
+
+
+class BlobCipher(Protocol):
+    """Seals single blobs inside a pack, so one blob fetched with a ranged GET opens on its own (design §1).
+
+    ``seal`` returns ``nonce (12) | AES-256-GCM ciphertext | tag (16)``, ``overhead`` (28) bytes longer than the
+    plaintext; ``aad`` binds the blob to where it belongs (the repository passes repo id and chunk id). ``open``
+    returns the plaintext or raises ``IntegrityError`` naming ``where`` (damaged, truncated or another key: nothing
+    unauthenticated is returned). ``key_id`` (8 bytes) names the key without revealing it, as in the object envelope.
+    """
+
+    key_id: bytes
+    overhead: int
+
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
+
+    def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
 
 
 @runtime_checkable
@@ -66,9 +84,11 @@ class BlobStore(Protocol):
 
     - ``lock_policy()`` is the lock every ``put`` of this store applies (mode and period), None when puts are not
       locked. ``put(..., retain=False)`` sends no retention of its own (for ``locks/`` and ``prune/`` objects, which
-      must stay deletable; a bucket's default retention rule, if one is configured, still applies). ``delete`` of a key whose retention has not ended raises ``ObjectLocked`` and removes nothing locked.
-    - ``retention(key)`` is the lock in force on ``key`` (None when it has none; ``ObjectNotFound`` when the key is
-      missing); ``extend_lock(key, until)`` makes it last at least until ``until`` and returns False when it already
+      must stay deletable; a bucket's default retention rule, if one is configured, still applies). ``delete`` of a
+      key whose retention has not ended raises ``ObjectLocked`` and removes nothing locked; in a locked (versioned)
+      bucket ``delete`` removes every version, so no delete marker is left hiding bytes.
+    - ``retention(key, version_id=None)`` is the lock in force on ``key`` (or that version; None when it has none;
+      ``ObjectNotFound`` when the key is missing); ``extend_lock(key, until)`` makes it last at least until ``until`` and returns False when it already
       did (a retention is never shortened). Without a lock policy ``extend_lock`` raises ``StorageError``.
     - ``bucket_protection()`` reports the bucket's versioning and Object Lock configuration; ``usage()`` the bytes and
       objects stored, every version counted.
@@ -81,9 +101,14 @@ class BlobStore(Protocol):
       a delete marker); ``delete_version(key, version_id)`` removes exactly that version (removing a delete marker
       brings the key back) and raises ``ObjectLocked`` for a version under retention.
 
-    Wrappers forward all of these: a retrying store retries them, a read-only store refuses ``extend_lock`` (a
-    write) and forwards the rest, encrypting and signing stores pass them through unchanged (object names are the
-    same below them).
+    Encryption: ``blob_cipher()`` is the ``BlobCipher`` that seals single blobs inside packs in an encrypted region
+    (``EncryptingStore`` returns its own; adapters None; every other wrapper forwards the one below it). Objects
+    under ``packs/`` pass through ``EncryptingStore`` unsealed: the repository seals their blobs itself.
+
+    Wrappers forward all of these: a retrying store retries them (a retried create that finds its own earlier write
+    is a success), a read-only store refuses every write (``put``, ``delete``, ``delete_version``, ``extend_lock``)
+    and forwards the rest, encrypting and signing stores pass them through with the same object names (sizes and
+    version reads adjusted as for plain reads).
 
     Adapters are safe to call from several threads at once.
     """
@@ -117,6 +142,8 @@ class BlobStore(Protocol):
     def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]: ...
 
     def delete_version(self, key: str, version_id: str) -> None: ...
+
+    def blob_cipher(self) -> BlobCipher | None: ...
 
 
 @dataclass(frozen=True, slots=True)

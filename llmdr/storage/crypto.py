@@ -1,6 +1,6 @@
 """Client-side encryption and manifest signatures, as BlobStore wrappers.
 
-``EncryptingStore`` seals every object with AES-256-GCM before it leaves the machine::
+``EncryptingStore`` seals every object except packs (below) with AES-256-GCM before it leaves the machine::
 
     b"LLMDRE1\\0" | key id (8 bytes) | nonce (12 bytes) | ciphertext | GCM tag (16 bytes)
 
@@ -14,8 +14,15 @@ through the source's wrapper and writes through the destination's). Those names 
 bucket test whether a chunk they already hold (e.g. public base-model weights) is stored there; nothing else about
 the content is visible.
 
-``SigningStore`` appends a signature to every manifest (``snapshots/*``) it writes and refuses, on read, a manifest
-without a valid one::
+Packs (keys under ``packs/``) pass through ``EncryptingStore`` unsealed, in both directions: ``put``, ``get``
+(ranged too), ``head``/``list`` sizes and version reads see the stored bytes as they are. A pack carries its own
+per-blob sealing, done by the repository with ``blob_cipher()`` (``BlobCipher`` in ``base.py``: nonce, AES-256-GCM
+ciphertext, tag, under the same key and key id as the envelope above), so that one blob of a pack can be fetched
+with a ranged GET and opened on its own, and repack can copy sealed blobs without re-encrypting them.
+
+``SigningStore`` appends a signature to every manifest it writes — v1 manifests (``snapshots/``), v2 snapshot records
+(``snaps/``), catalog entries and segments (``catalog/``): ``SIGNED_PREFIXES`` — and refuses, on read, one without a
+valid signature::
 
     <canonical manifest JSON> \\n llmdr-signature v1 <method> <key id> <base64 signature>
 
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8
@@ -46,7 +53,9 @@ TAG_LEN = 16
 HEADER = len(MAGIC) + KEY_ID_LEN + NONCE_LEN
 OVERHEAD = HEADER + TAG_LEN
 SIG_MARK = b"\nllmdr-signature v1 "
-MANIFESTS = "snapshots/"
+SIGNED_PREFIXES = ("snapshots/", "snaps/", "catalog/")
+UNSEALED_PREFIX = "packs/"  # sealed per blob by the repository (BlobCipher), not by EncryptingStore
+BLOB_OVERHEAD = NONCE_LEN + TAG_LEN
 
 
 def parse_key(value: str, where: str) -> bytes:
@@ -101,6 +110,45 @@ class _SameObjectNames:
     def delete_version(self, key: str, version_id: str) -> None:
         self.inner.delete_version(key, version_id)
 
+    def blob_cipher(self) -> BlobCipher | None:
+        return self.inner.blob_cipher()
+
+
+class AesGcmBlobCipher:
+    """Seals one blob of a pack: ``nonce (12) | AES-256-GCM ciphertext | tag (16)`` with the caller's AAD (the
+    repository binds it to the repo and chunk id). Same key, hence same ``key_id``, as the object envelope."""
+
+    overhead = BLOB_OVERHEAD
+
+    def __init__(self, key: bytes, *, key_source: str = "") -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if len(key) != 32:
+            raise ConfigError("an encryption key must be 32 bytes (AES-256)")
+        self.key_id = key_id(key)
+        self.key_source = key_source
+        self._aead = AESGCM(key)
+
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, bytes(plain), aad)
+
+    def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        if len(stored) < BLOB_OVERHEAD:
+            raise IntegrityError(f"{where} is truncated ({len(stored)} bytes, shorter than nonce and tag): damaged; "
+                                 "it was not used. `llmdr verify --repair` restores it from another region")
+        data = bytes(stored)
+        try:
+            return self._aead.decrypt(data[:NONCE_LEN], data[NONCE_LEN:], aad)
+        except InvalidTag:
+            source = self.key_source or "the configured key"
+            raise IntegrityError(
+                f"{where} failed authentication: damaged, moved, or sealed under another key than {source} (key id "
+                f"{self.key_id.hex()}); it was not used. Check the region's key, then `llmdr verify --repair` "
+                "restores it from another region") from None
+
 
 class EncryptingStore(_SameObjectNames):
     def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
@@ -113,6 +161,10 @@ class EncryptingStore(_SameObjectNames):
         self.key_id = key_id(key)
         self.key_source = key_source  # for messages: where the key comes from (a variable or block NAME)
         self._aead = AESGCM(key)
+        self._blob_cipher = AesGcmBlobCipher(key, key_source=key_source)
+
+    def blob_cipher(self) -> BlobCipher | None:
+        return self._blob_cipher
 
     @property
     def key_id_hex(self) -> str:
@@ -149,11 +201,15 @@ class EncryptingStore(_SameObjectNames):
             if_absent: bool = False, retain: bool = True) -> None:
         # ``sha256`` names the plaintext: checked here, before sealing; the store below checks the sealed bytes it
         # receives against their own digest (damage on the way)
+        if key.startswith(UNSEALED_PREFIX):
+            return self.inner.put(key, data, sha256=sha256, if_absent=if_absent, retain=retain)
         _check_digest(self.location, key, data, sha256)
         blob = self.seal(key, data)
         self.inner.put(key, blob, sha256=hashlib.sha256(blob).digest(), if_absent=if_absent, retain=retain)
 
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        if key.startswith(UNSEALED_PREFIX):
+            return self.inner.get(key, start=start, length=length, version_id=version_id)
         # the tag covers the whole object: read it whole
         plain = self.open(key, self.inner.get(key, version_id=version_id))
         if start or length is not None:
@@ -162,16 +218,22 @@ class EncryptingStore(_SameObjectNames):
         return plain
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
-        info = self.inner.head(key, version_id=version_id)
-        return BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
+        return self._sized(self.inner.head(key, version_id=version_id))
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
-        for info in self.inner.list(prefix, start_after=start_after):
-            yield BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
+        return map(self._sized, self.inner.list(prefix, start_after=start_after))
 
     def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
         for v in self.inner.list_versions(prefix):
-            yield v if v.is_delete_marker else replace(v, size=max(0, v.size - OVERHEAD))
+            yield v if v.is_delete_marker or v.key.startswith(UNSEALED_PREFIX) else replace(
+                v, size=max(0, v.size - OVERHEAD))
+
+    @staticmethod
+    def _sized(info: BlobInfo) -> BlobInfo:
+        """Plaintext sizes (the envelope's overhead is fixed); packs are stored as they are."""
+        if info.key.startswith(UNSEALED_PREFIX):
+            return info
+        return BlobInfo(info.key, max(0, info.size - OVERHEAD), info.modified)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
@@ -237,7 +299,7 @@ class SigningStore(_SameObjectNames):
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
             if_absent: bool = False, retain: bool = True) -> None:
-        if not key.startswith(MANIFESTS):
+        if not key.startswith(SIGNED_PREFIXES):
             return self.inner.put(key, data, sha256=sha256, if_absent=if_absent, retain=retain)
         body = bytes(data)
         _check_digest(self.location, key, body, sha256)
@@ -246,7 +308,7 @@ class SigningStore(_SameObjectNames):
         self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest(), if_absent=if_absent, retain=retain)
 
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
-        if not key.startswith(MANIFESTS):
+        if not key.startswith(SIGNED_PREFIXES):
             return self.inner.get(key, start=start, length=length, version_id=version_id)
         blob = self.inner.get(key, version_id=version_id)
         where = f"{self.location}: manifest {key!r}"
@@ -273,7 +335,7 @@ class SigningStore(_SameObjectNames):
 
     def _sized(self, info: BlobInfo) -> BlobInfo:
         """Sizes are the manifest's own (as ``get`` returns it), without the signature line."""
-        if not info.key.startswith(MANIFESTS):
+        if not info.key.startswith(SIGNED_PREFIXES):
             return info
         return BlobInfo(info.key, max(0, info.size - self.trailer_size), info.modified)
 
@@ -285,7 +347,7 @@ class SigningStore(_SameObjectNames):
 
     def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
         for v in self.inner.list_versions(prefix):
-            signed = v.key.startswith(MANIFESTS) and not v.is_delete_marker
+            signed = v.key.startswith(SIGNED_PREFIXES) and not v.is_delete_marker
             yield replace(v, size=max(0, v.size - self.trailer_size)) if signed else v
 
     def delete(self, key: str) -> None:

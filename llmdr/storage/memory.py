@@ -133,6 +133,9 @@ class MemoryStore:
             if not versions:
                 del self._history[key]
 
+    def blob_cipher(self) -> None:
+        return None  # an adapter stores bytes as given; EncryptingStore provides the cipher
+
     # Object Lock: a memory store has none --------------------------------------------------------------------------
     def lock_policy(self) -> LockPolicy | None:
         return None

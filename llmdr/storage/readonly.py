@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from llmdr.errors import ReadOnlyStoreError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 
 class ReadOnlyStore:
@@ -44,6 +44,9 @@ class ReadOnlyStore:
 
     def server_time(self) -> float:
         return self.inner.server_time()
+
+    def blob_cipher(self) -> BlobCipher | None:
+        return self.inner.blob_cipher()
 
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()

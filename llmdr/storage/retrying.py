@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from llmdr.errors import Conflict, is_retriable
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -185,6 +185,9 @@ class RetryingStore:
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
+
+    def blob_cipher(self) -> BlobCipher | None:
+        return self.inner.blob_cipher()
 
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()

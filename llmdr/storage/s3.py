@@ -346,6 +346,9 @@ class S3Store:
                     ) from exc
             raise mapped from exc
 
+    def blob_cipher(self) -> None:
+        return None  # an adapter stores bytes as given; EncryptingStore provides the cipher
+
     # Object Lock ----------------------------------------------------------------------------------------------------
     def lock_policy(self) -> LockPolicy | None:
         return self._lock_policy

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmdr.errors import TransientStorageError
-from llmdr.storage.base import BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
 
 METHODS = ("put", "get", "head", "list", "delete")  # what random mode draws faults for
 SCRIPTABLE = (*METHODS, "retention", "extend_lock", "server_time", "delete_version")
@@ -192,6 +192,9 @@ class FaultyStore:
 
     def server_time(self) -> float:
         return self._run("server_time", "", self.inner.server_time)
+
+    def blob_cipher(self) -> BlobCipher | None:
+        return self.inner.blob_cipher()
 
     def lock_policy(self) -> LockPolicy | None:
         return self.inner.lock_policy()
