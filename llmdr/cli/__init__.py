@@ -11,6 +11,7 @@ from llmdr.cli import (  # noqa: F401  (imported for their @app.command registra
     cmd_lineage,
     cmd_readiness,
     cmd_replicate,
+    cmd_repo,
     cmd_restore,
     cmd_serve,
     cmd_snapshot,

@@ -70,11 +70,14 @@ def forget(
     keep_last: Annotated[int, typer.Option(min=1, help="Keep the newest N snapshots of the bundle.")],
     keep_every: Annotated[Optional[int], typer.Option(min=1, help="Also keep every Mth older snapshot.")] = None,
     region: RegionOpt = None,
-    prune: Annotated[bool, typer.Option(help="Delete chunks no snapshot references any more.")] = True,
-    grace: Annotated[str, typer.Option(help="Never prune chunks younger than this (uploads in progress).")] = "6h",
+    prune: Annotated[bool, typer.Option(help="Then prune: delete packs marked earlier, mark those no snapshot uses "
+                                        "now.")] = True,
+    grace: Annotated[str, typer.Option(help="Prune safety time: packs are deleted this long after they were "
+                                       "marked, and never younger than this.")] = "6h",
     as_json: JsonOpt = False,
 ) -> None:
-    """Forget the bundle's snapshots outside the retention policy in one region, then prune unreferenced chunks."""
+    """Forget the bundle's snapshots outside the retention policy in one region (the newest is never forgotten),
+    then prune (`llmdr prune`)."""
     from llmdr.config import parse_duration
     from llmdr.repo.ops import forget as do_forget
 
@@ -85,13 +88,15 @@ def forget(
     except ValueError as exc:
         raise UsageError(f"--grace: {exc}") from None
     res = do_forget(cfg, keep_last=keep_last, keep_every=keep_every, region=region, prune=prune, grace_s=grace_s)
-    text = (f"{reg.name}: kept {len(res.kept)}, forgot {len(res.forgotten)} snapshot(s); pruned {res.chunks_deleted} "
-            f"chunk(s), {human_size(res.bytes_freed)} freed ({res.chunks_in_grace} unreferenced chunk(s) kept: younger "
-            f"than {grace})")
+    text = f"{reg.name}: kept {len(res.kept)}, forgot {len(res.forgotten)} snapshot(s)"
+    if res.prune is not None:
+        p = res.prune
+        text += (f"; prune deleted {p['deleted']} pack(s) ({human_size(res.bytes_freed)} freed) and marked "
+                 f"{p['planned']} for deletion after {grace} ({res.chunks_in_grace} unused pack(s) younger than that)")
     if res.locked or res.chunks_locked:
-        text += (f"\nkept by Object Lock: {len(res.locked)} snapshot(s) the policy forgets ("
+        text += (f"\nObject Lock keeps the objects of {len(res.locked)} forgotten snapshot(s) ("
                  + ", ".join(f"{k[:12]} until {v}" for k, v in res.locked.items())
-                 + f") and {res.chunks_locked} unreferenced chunk(s); a later run removes them once unlocked")
+                 + f") and {res.chunks_locked} unused pack(s); a later prune removes them once unlocked")
     if res.locks_extended:
         text += f"\nextended the Object Lock of {res.locks_extended} object(s) of kept snapshots"
     if res.raced:

@@ -22,7 +22,8 @@ from llmdr.errors import LlmdrError
 HELP_ORDER = (
     "init", "demo-bundle", "serve", "verify", "forget", "sample-bundle", "snapshot", "protect", "check", "replicate",
     "snapshots", "show", "restore", "status", "monitor", "failover", "failback", "failovers", "drill", "drills",
-    "readiness", "plan", "runbook", "lineage", "stack", "golden", "report", "datasets", "replica",
+    "readiness", "plan", "runbook", "lineage", "stack", "golden", "report", "datasets", "replica", "prune", "repair",
+    "locks",
 )
 
 
