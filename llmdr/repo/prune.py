@@ -190,12 +190,13 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
     keep = [e for pack in sorted(idx.packs()) if pack not in doomed and pack in present
             for e in idx.entries_of_pack(pack)]
     old_ids = sorted(idx.live_ids())
+    doomed_entries = {pack: idx.entries_of_pack(pack) for pack in doomed}  # before the new index hides them
     lock.check()
     repo.add_index(sorted(keep, key=lambda e: (e.chunk, e.pack)), supersedes=tuple(bytes.fromhex(i) for i in old_ids))
     locker = Locker.of(repo.store)
     for pack in sorted(doomed & present):
         key = pack_key(pack.hex())
-        entries = idx.entries_of_pack(pack)
+        entries = doomed_entries[pack]
         try:
             repo.store.delete(key)
         except ObjectLocked:
