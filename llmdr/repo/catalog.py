@@ -163,7 +163,6 @@ class Catalog:
 
     def _resolve(self, view: View, entries: list[Entry]) -> None:
         view.entries = entries
-        forgotten = {i for e in entries if e.kind == "forget" for i in e.forget}
         live: list[Entry] = []
         for e in entries:
             if e.kind == "forget":
@@ -178,7 +177,7 @@ class Catalog:
                 view.future.append(e.id)
             if e.id not in {x.id for x in live}:
                 live.append(e)
-        view.live = [e for e in live if e.id not in forgotten]
+        view.live = live  # a forget applies to the entries before it; a later entry of the same id lists it again
 
     def _segments(self) -> list[tuple[int, int, str]]:
         out = []

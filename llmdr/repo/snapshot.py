@@ -32,7 +32,7 @@ from llmdr.repo.prune import planned_packs
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.statcache import StatCache
-from llmdr.repo.tree import build_tree, record_json
+from llmdr.repo.tree import RECORD_FORMAT, build_tree, record_json
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
         chunker=cfg.chunker,
         files=tuple(result_entries),
         parent=None,  # the head this snapshot builds on, decided when it is published
+        format=RECORD_FORMAT,
         tags=dict(tags or {}),
         components=_component_records(report, result_entries),
         stats={
