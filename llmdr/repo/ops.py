@@ -151,15 +151,13 @@ def rpo_clock(cfg: Config, region: str) -> dict:
     """Age of the bundle's newest complete snapshot in ``region`` against the RPO objective."""
     from datetime import datetime, timezone
 
-    from llmdr.repo.manifest import parse_utc
-
     snaps = open_repo(cfg, region, read_only=True).snapshots(bundle=cfg.bundle.name)
     objective = cfg.objectives.rpo.total_seconds()
     if not snaps:
         return {"region": region, "newest": None, "created": None, "age_s": None, "objective_s": objective,
                 "ok": False}
-    created = snaps[-1].manifest.created
-    age = (datetime.now(timezone.utc) - parse_utc(created)).total_seconds()
+    created = snaps[-1].created
+    age = datetime.now(timezone.utc).timestamp() - snaps[-1].taken_at  # never younger than the store says
     return {"region": region, "newest": snaps[-1].id, "created": created, "age_s": round(age, 1),
             "objective_s": objective, "ok": age <= objective}
 

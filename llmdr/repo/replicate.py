@@ -137,6 +137,7 @@ def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, mani
         # Last: the catalog entry makes the snapshot visible in the destination region. The record is the
         # source's, byte for byte (same id); its place in the destination's order is the entry's.
         dst.publish(bundle, lambda prev: (snapshot_id, record))
+        dst.compact_if_needed()
     res.duration_s = time.perf_counter() - t0
     log.info("replicated %s to %s: %d of %d chunks copied (%d bytes) in %.2fs", snapshot_id[:12], dst.location,
              res.chunks_copied, res.chunks_total, res.bytes_copied, res.duration_s)

@@ -159,6 +159,18 @@ class SnapshotInfo:
         return self.record["created"]
 
     @property
+    def taken_at(self) -> float:
+        """When the snapshot's data is from, in seconds since the epoch, never later than the store received its
+        entry: a writer whose clock runs ahead cannot make an old snapshot look fresh (RPO checks use this)."""
+        from llmdr.repo.manifest import parse_utc
+
+        try:
+            created = parse_utc(self.created).timestamp()
+        except (TypeError, ValueError):
+            created = float("inf")
+        return min(created, self.stored) if self.stored is not None else created
+
+    @property
     def tags(self) -> dict[str, str]:
         return dict(self.record.get("tags") or {})
 
@@ -199,6 +211,11 @@ class Repository:
                 return None
             self._config = RepoConfig.from_bytes(data, self.location)
         return self._config
+
+    def use_config(self, cfg: RepoConfig) -> None:
+        """Work with ``cfg`` without reading ``config.json``: ``migrate`` writes v2 objects while the region's config
+        still says v1, and switches it last."""
+        self._config = cfg
 
     def config(self) -> RepoConfig:
         cfg = self.load_config()
@@ -268,6 +285,18 @@ class Repository:
                 self._index.add(iid, f)
                 self._index_ids.add(iid)
         return iid
+
+    def compact_if_needed(self, threshold: int = 32) -> str | None:
+        """Merge the live index objects into one when there are more than ``threshold`` (after a snapshot or a copy
+        added its own). Nothing is deleted, so no lock is needed: the merged object supersedes the others, which a
+        prune deletes once it is old enough. Returns the new index id, or None."""
+        idx = self.index(refresh=True)
+        live = sorted(idx.live_ids())
+        if len(live) <= threshold:
+            return None
+        entries = [e for pack in sorted(idx.packs()) for e in idx.entries_of_pack(pack)]
+        return self.add_index(sorted(entries, key=lambda e: (e.chunk, e.pack)),
+                              supersedes=tuple(bytes.fromhex(i) for i in live))
 
     def has_chunk(self, hexdigest: str) -> bool:
         return self.index().has(bytes.fromhex(hexdigest))
@@ -474,6 +503,10 @@ class Repository:
                 matches = [ref]
             except SnapshotNotFound:
                 pass
+        if not matches:  # an id from before `llmdr migrate` (drill reports, golden answers) names a v1 manifest
+            from llmdr.repo.migrate import resolve_v1
+
+            matches = [v2] if (v2 := resolve_v1(self, ref)) is not None else []
         if not matches:
             raise SnapshotNotFound(f"no snapshot {ref!r} in {self.location}; `llmdr snapshots` lists them")
         if len(matches) > 1:

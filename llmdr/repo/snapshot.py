@@ -280,6 +280,7 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
     # The catalog entry goes last: until it is written, the snapshot does not exist.
     lock.check()
     entry = repo.publish(bundle, record_of)
+    repo.compact_if_needed()
     sid = entry.id
     manifest = replace(manifest, parent=entry.prev)
     if stat_cache is not None:

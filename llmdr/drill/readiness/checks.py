@@ -89,14 +89,21 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
     present = repo.list_chunks()
     need = newest.manifest.chunk_set()
     missing = [d for d, n in need.items() if present.get(d) != n]
-    age = now - parse_utc(newest.manifest.created).timestamp()
+    age = now - newest.taken_at  # by the store's time when the writer's clock claims a later one
     data = {"snapshot": newest.id, "created": newest.manifest.created, "age_s": round(age, 1), "rpo_s": rpo,
-            "chunks": len(need), "chunks_missing": len(missing)}
+            "chunks": len(need), "chunks_missing": len(missing), "future_dated": [s.id for s in snaps if s.future]}
     if missing:
         return Check(cid, title, FAIL, f"newest snapshot {newest.short} is listed but {len(missing)} of its "
                      f"{len(need)} chunks are missing (e.g. chunk {missing[0][:12]})",
                      f"`llmdr verify {newest.short} --region {region.name} --repair` copies them back from a "
                      "healthy region", data)
+    future = [s.short for s in snaps if s.future]
+    if future:
+        return Check(cid, title, FAIL, f"{len(future)} snapshot(s) in {region.name} are dated after the store "
+                     f"received them ({', '.join(future[:4])}): the writer's clock ran ahead. Order and age use the "
+                     f"store's time; the newest, {newest.short}, is {ago(age)} old",
+                     "fix the clock of the host that took them (NTP); retention and `latest` already ignore their "
+                     "claimed time", data)
     if age > rpo:
         return Check(cid, title, FAIL, f"newest complete snapshot {newest.short} is {ago(age)} old > RPO "
                      f"{format_duration(cfg.objectives.rpo)}", "check the protect-bundle schedule and its last "
