@@ -97,6 +97,11 @@ class Transfer(StrictModel):
     # true: each restored file is flushed to disk (fsync) before it is renamed into place, in restores and replica
     # starts (slower); false: the operating system writes it back when it chooses.
     fsync: bool = False
+    # MiB of chunks per pack object in a NEW repository (fixed at creation; an existing one keeps its own). Larger packs
+    # mean fewer requests per GiB; a restore of one small file still reads only that file's bytes (ranged reads).
+    pack_mb: int = Field(default=32, ge=8, le=128)
+    # MiB a restore holds in ranged reads not yet written at most (peak memory grows with it)
+    restore_memory_mb: int = Field(default=256, ge=32, le=65536)
 
 
 class CaddyRouter(StrictModel):

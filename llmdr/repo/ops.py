@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llmdr.common.progress import Progress
 from llmdr.config import Config, Region
@@ -18,14 +19,18 @@ from llmdr.repo.statcache import StatCache
 
 
 def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False,
-              cache: bool = True) -> Repository:
+              cache: bool = True, as_of: float | None = None,
+              hidden: bool | dict[str, dict[str, Any]] = False) -> Repository:
     """The repository of ``region``; ``cache=False`` reads every manifest from the store (checks must see what the
-    region holds, not a copy this machine cached earlier)."""
+    region holds, not a copy this machine cached earlier). ``as_of`` reads the region as it was then (read-only);
+    ``hidden`` (True, or a dict that collects them) reads keys a delete marker hides over a locked version
+    (design §6)."""
     from llmdr.storage.factory import open_region
 
     reg = region if isinstance(region, Region) else cfg.region(region)
-    return Repository(open_region(cfg, reg, read_only=read_only),
-                      cache_dir=cfg.state_path / "cache" if cache else None)
+    store = open_region(cfg, reg, read_only=read_only, as_of=as_of, use_hidden=hidden is not False,
+                        hidden=hidden if isinstance(hidden, dict) else None)
+    return Repository(store, cache_dir=cfg.state_path / "cache" if cache else None)
 
 
 def snapshot_bundle(

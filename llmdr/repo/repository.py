@@ -183,9 +183,10 @@ class SnapshotInfo:
 
 
 class Repository:
-    def __init__(self, store: BlobStore, *, cache_dir: Path | None = None) -> None:
+    def __init__(self, store: BlobStore, *, cache_dir: Path | None = None, pack_target: int | None = None) -> None:
         self.store = store
         self.cache_root = cache_dir
+        self.pack_target = pack_target  # for a repository this creates; an existing one keeps its own
         self.unreadable: dict[str, str] = {}  # objects a listing left out (key -> why)
         self._config: RepoConfig | None = None
         self._index: MasterIndex | None = None
@@ -236,7 +237,7 @@ class Repository:
             return existing
         base = wanted or RepoConfig()
         cfg = RepoConfig(chunker=base.chunker, hash=base.hash, repo_id=os.urandom(16).hex(),
-                         pack_target=base.pack_target)
+                         pack_target=self.pack_target or base.pack_target)
         data = cfg.to_bytes()
         try:
             self.store.put(CONFIG_KEY, data, sha256=hashlib.sha256(data).digest(), if_absent=True)
@@ -312,9 +313,10 @@ class Repository:
         """Every chunk an index places in a pack that is present, with its length (one listing of the packs)."""
         packs = {bytes.fromhex(p) for p in self.pack_infos()}
         idx = self.index()
+        gone = idx.packs() - packs  # a chunk also placed in a present pack (e.g. after a repair) is present
         out: dict[str, int] = {}
         for c in idx.chunks():
-            e = idx.lookup(c)
+            e = idx.lookup(c, avoid=gone)
             if e is not None and e.pack in packs:
                 out[c.hex()] = e.plain_length
         return out
@@ -331,14 +333,24 @@ class Repository:
         if e is None:
             raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is in no index of {self.location}; the snapshot there is "
                                f"damaged. {then}")
-        key = pack_key(e.pack.hex())
-        try:
-            stored = self.store.get(key, start=e.offset, length=e.stored_length)
-        except ObjectNotFound:
-            raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is missing from {self.location}: its pack {key} is "
-                               f"gone. {then}") from None
-        return self.open_blob(stored, e, where=f"chunk {hexdigest[:12]}{of} in {key} of {self.location}",
-                              then=then, size=size)
+        tried: set[bytes] = set()
+        first: IntegrityError | None = None
+        while e is not None and e.pack not in tried:  # a chunk in several packs (e.g. repaired): any intact copy
+            tried.add(e.pack)
+            key = pack_key(e.pack.hex())
+            try:
+                stored = self.store.get(key, start=e.offset, length=e.stored_length)
+                return self.open_blob(stored, e, where=f"chunk {hexdigest[:12]}{of} in {key} of {self.location}",
+                                      then=then, size=size)
+            except ObjectNotFound:
+                exc: IntegrityError = ChunkMissing(f"chunk {hexdigest[:12]}{of} is missing from {self.location}: its "
+                                                   f"pack {key} is gone. {then}")
+            except IntegrityError as bad:
+                exc = bad
+            first = first or exc
+            e = self.index().lookup(bytes.fromhex(hexdigest), avoid=tried)
+        assert first is not None
+        raise first
 
     def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: str, then: str = "",
                   size: int | None = None) -> bytes:

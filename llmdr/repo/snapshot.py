@@ -208,7 +208,8 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
     total = sum(f.st.st_size for f in files)
     progress.start(f"snapshot {bundle}", total)
 
-    writer = PackWriter(repo, workers=workers, max_inflight_bytes=max_inflight_bytes)
+    # several packs on their way at once keep the connections busy (a pack is one PUT)
+    writer = PackWriter(repo, workers=workers, max_inflight_bytes=max(max_inflight_bytes, 3 * cfg.pack_target))
     present = _Present(index, writer, avoid)
     try:
         try:
