@@ -1,4 +1,8 @@
-"""Integrity check: full and sampled reads, missing and corrupt chunks found, repair from another region reported."""
+"""Integrity check: full and sampled reads, missing and corrupt chunks found, repair from another region reported.
+
+Format v2 keeps chunks in packs: a flipped byte damages one chunk's blob (the others in its pack still read), a lost
+pack takes every chunk packed with it. Small packs here, so one snapshot spans several of them.
+"""
 
 import random
 from datetime import datetime, timezone
@@ -9,13 +13,15 @@ from llmdr.errors import UsageError
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.integrity import Subset, verify_snapshot
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository, chunk_key
+from llmdr.repo.repository import RepoConfig, Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
+from tests.support.damage import chunk_pack, chunks_in_same_pack, corrupt_chunk, pack_keys, remove_chunk
 from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
+PACK = 40_000  # ~10 chunks a pack
 
 
 @pytest.fixture
@@ -23,9 +29,10 @@ def regions(tmp_path):
     src = tmp_path / "src"
     write_tree(src, {"w.safetensors": random.Random(3).randbytes(300_000), "tokenizer.json": b"{}"})
     a = Repository(MemoryStore("a"))
-    a.ensure_config(RepoConfig(chunker=SMALL))
+    a.ensure_config(RepoConfig(chunker=SMALL, pack_target=PACK))
     snap = take_snapshot(a, src, bundle="b")
     b = Repository(MemoryStore("b"))
+    b.ensure_config(RepoConfig(chunker=SMALL, pack_target=PACK))
     replicate_snapshot(a, b, snap.snapshot_id)
     return a, b, snap, src
 
@@ -37,24 +44,46 @@ def test_full_verify_reads_every_chunk(regions):
     assert res.bytes_read == snap.manifest.total_size
 
 
+def other_pack_chunk(repo: Repository, chunks: list[str], than: str) -> str:
+    """A chunk of ``chunks`` packed elsewhere than ``than``."""
+    return next(c for c in chunks if chunk_pack(repo, c) != chunk_pack(repo, than))
+
+
 def test_corrupt_and_missing_chunks_found(regions):
     a, _, snap, _ = regions
     chunks = sorted(snap.manifest.chunk_set())
-    good = a.store.get(chunk_key(chunks[0]))
-    a.store.corrupt(chunk_key(chunks[0]), good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit
-    a.store.delete(chunk_key(chunks[1]))
+    assert len(pack_keys(a)) > 2
+    corrupt_chunk(a, chunks[0])  # same size, one byte: only this blob is damaged
+    gone = other_pack_chunk(a, chunks, chunks[0])
+    lost = chunks_in_same_pack(a, gone)
+    remove_chunk(a, gone)
     res = verify_snapshot(a, snap.snapshot_id)
-    assert res.corrupt == [chunks[0]] and res.missing == [chunks[1]]
-    assert not res.ok and res.unrepaired == sorted(chunks[:2])
+    assert res.corrupt == [chunks[0]] and res.missing == sorted(lost) and gone in lost
+    assert not res.ok and res.unrepaired == sorted({chunks[0], *lost})
+    assert res.chunks_read == len(chunks) - len(lost)  # a chunk whose pack is gone is found without a read
+
+
+def test_lost_pack_is_repaired_from_another_region_and_restores(regions, tmp_path):
+    a, b, snap, src = regions
+    victim = sorted(snap.manifest.chunk_set())[1]
+    lost = chunks_in_same_pack(a, victim)
+    remove_chunk(a, victim)
+    res = verify_snapshot(a, snap.snapshot_id, repair_from=[("secondary", b)])
+    assert res.missing == sorted(lost) and res.repaired == dict.fromkeys(sorted(lost), "secondary") and res.ok
+    after = verify_snapshot(a, snap.snapshot_id)
+    assert after.ok and after.missing == after.corrupt == [] and after.chunks_read == after.chunks_total
+    restore_snapshot(a, snap.snapshot_id, tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
 
 
 def test_repair_from_another_region_is_reported_and_restores(regions, tmp_path):
     a, b, snap, src = regions
     victim = sorted(snap.manifest.chunk_set())[2]
-    a.store.corrupt(chunk_key(victim), b"rot")
+    corrupt_chunk(a, victim, at=5)
     res = verify_snapshot(a, snap.snapshot_id, repair_from=[("secondary", b)])
     assert res.corrupt == [victim] and res.repaired == {victim: "secondary"} and res.ok
-    assert verify_snapshot(a, snap.snapshot_id).corrupt == []
+    after = verify_snapshot(a, snap.snapshot_id)
+    assert after.ok and after.corrupt == [] and after.chunks_read == after.chunks_total
     restore_snapshot(a, snap.snapshot_id, tmp_path / "out")
     assert read_tree(tmp_path / "out") == read_tree(src)
 
@@ -62,11 +91,12 @@ def test_repair_from_another_region_is_reported_and_restores(regions, tmp_path):
 def test_no_intact_copy_stays_unrepaired(regions):
     a, b, snap, _ = regions
     victim = sorted(snap.manifest.chunk_set())[0]
-    a.store.corrupt(chunk_key(victim), b"rot-a")
-    b.store.corrupt(chunk_key(victim), b"rot-b")
+    key = corrupt_chunk(a, victim)
+    corrupt_chunk(b, victim, at=7)
+    rotten, packs = a.store.get(key), pack_keys(a)
     res = verify_snapshot(a, snap.snapshot_id, repair_from=[("secondary", b)])
-    assert res.unrepaired == [victim] and not res.ok
-    assert a.store.get(chunk_key(victim)) == b"rot-a"  # a bad copy is never written over a bad copy
+    assert res.corrupt == res.unrepaired == [victim] and res.repaired == {} and not res.ok
+    assert a.store.get(key) == rotten and pack_keys(a) == packs  # a bad copy is never written over a bad copy
 
 
 def test_subsets_partition_the_chunks(regions):
