@@ -30,7 +30,8 @@ def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: boo
     reg = region if isinstance(region, Region) else cfg.region(region)
     store = open_region(cfg, reg, read_only=read_only, as_of=as_of, use_hidden=hidden is not False,
                         hidden=hidden if isinstance(hidden, dict) else None)
-    return Repository(store, cache_dir=cfg.state_path / "cache" if cache else None)
+    return Repository(store, cache_dir=cfg.state_path / "cache" if cache else None,
+                      pack_target=cfg.transfer.pack_mb * 1024 * 1024)
 
 
 def snapshot_bundle(
