@@ -1,5 +1,6 @@
 """The bundle spec and completeness check: each way a bundle can be broken is named, file and component."""
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -9,10 +10,11 @@ import pytest
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import ConfigError
 from llmdr.repo.bundle import ComponentKind, ComponentSpec, IncompleteBundle, check_bundle, detected_specs
-from llmdr.repo.manifest import FileEntry, Manifest, manifest_id
-from llmdr.repo.repository import Repository, manifest_key
+from llmdr.repo.manifest import FileEntry, Manifest
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
+from llmdr.repo.tree import build_tree, record_bytes
 from llmdr.storage.memory import MemoryStore
 from tests.support.trees import write_tree
 
@@ -124,7 +126,7 @@ def test_incomplete_bundle_refused_before_any_upload(tmp_path):
     with pytest.raises(IncompleteBundle, match="tokenizer: missing: tokenizer.json") as e:
         take_snapshot(Repository(store), root, bundle="b", components=specs)
     assert "nothing was uploaded" in str(e.value)
-    assert [i.key for i in store.list("chunks/")] == [] and [i.key for i in store.list("snapshots/")] == []
+    assert [i.key for i in store.list("") if i.key != "config.json"] == []  # no pack, index, tree, record, entry
 
 
 def test_manifest_records_component_digests(tmp_path):
@@ -150,10 +152,13 @@ def test_restore_checks_completeness(tmp_path):
     m = good.manifest
     forged = Manifest(**{**{k: getattr(m, k) for k in m.__dataclass_fields__},
                          "files": tuple(f for f in m.files if f.path != "tokenizer.json")})
-    data = forged.to_bytes()
-    repo.store.put(manifest_key(manifest_id(data)), data)
+    tree = build_tree(forged.files)
+    repo.save_tree(tree)
+    data = record_bytes(forged, tree.root)
+    sid = hashlib.sha256(data).hexdigest()
+    repo.save_record(sid, data)
     with pytest.raises(IncompleteBundle, match="tokenizer: missing: tokenizer.json"):
-        restore_snapshot(repo, manifest_id(data), tmp_path / "bad")
+        restore_snapshot(repo, sid, tmp_path / "bad")
     assert isinstance(m.files[0], FileEntry)
 
 
