@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import load_config
-from llmdr.repo.manifest import canonical_json, manifest_id
+from llmdr.repo.manifest import canonical_json
 from llmdr.repo.ops import open_repo
-from llmdr.repo.repository import manifest_key
+from llmdr.repo.repository import tree_key
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
 from tests.support.requirements import need
@@ -97,6 +97,10 @@ class Ctx:
 
     def chunk_count(self, region: str = "primary") -> int:
         return len(open_repo(load_config(self.good), region, read_only=True).list_chunks())
+
+    def pack_count(self, region: str = "primary") -> int:
+        """Packs stored, indexed or not (a refused snapshot must not leave even an unindexed one)."""
+        return len(open_repo(load_config(self.good), region, read_only=True).pack_infos())
 
     def take_snapshot(self) -> str:
         r = run(self, "snapshot", "--json")
@@ -189,7 +193,7 @@ def after_no_snapshot(ctx, r):
 
 
 def after_nothing_uploaded(ctx, r):
-    assert ctx.snapshot_ids() == [] and ctx.chunk_count() == 0
+    assert ctx.snapshot_ids() == [] and ctx.chunk_count() == 0 and ctx.pack_count() == 0
 
 
 def missing_bundle(ctx):
@@ -263,16 +267,19 @@ def file_symlink_loop(ctx):
 
 
 def _forge_manifest(ctx, bad_path: str) -> str:
-    """A manifest naming ``bad_path``, put into the store under its correct hash id (with real chunks), so only the
-    path check can stop it."""
+    """A snapshot whose tree names ``bad_path``: the tree and the record put into the store each under its correct
+    hash id (with real chunks), so only the path check can stop it."""
     sid = ctx.take_snapshot()
     repo = open_repo(load_config(ctx.good), "primary")
-    raw = json.loads(repo.load_manifest_bytes(sid))
-    raw["files"][0]["path"] = bad_path
-    raw["components"] = {}
-    data = canonical_json(raw)
-    forged = manifest_id(data)
-    repo.store.put(manifest_key(forged), data, sha256=hashlib.sha256(data).digest())
+    record = repo.load_record(sid)
+    tree = json.loads(repo.tree_bytes(record["tree"]))
+    tree["files"][0]["path"] = bad_path
+    tdata = canonical_json(tree)
+    tid = hashlib.sha256(tdata).hexdigest()
+    repo.store.put(tree_key(tid), tdata, sha256=bytes.fromhex(tid))
+    data = canonical_json({**record, "tree": tid, "components": {}})
+    forged = hashlib.sha256(data).hexdigest()
+    repo.save_record(forged, data)
     return forged
 
 
