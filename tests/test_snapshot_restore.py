@@ -1,5 +1,6 @@
 """Snapshot and restore against the memory store: round trips, dedup, incremental, crash safety, hostile input."""
 
+import hashlib
 import json
 import os
 import random
@@ -9,21 +10,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
+from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
-from llmdr.repo.manifest import FileEntry, Manifest, manifest_id
-from llmdr.repo.repository import CHUNKS, RepoConfig, Repository, chunk_key, manifest_key
-from llmdr.repo.restore import MARKER, restore_snapshot
+from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
+from llmdr.repo.repository import INDEX, PACKS, TREES, RepoConfig, Repository, pack_key, record_key, tree_key
+from llmdr.repo.restore import MARKER, plan_ranges, restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
+from llmdr.repo.tree import record_bytes
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
+from tests.support.damage import corrupt_chunk, pack_keys
 from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
 
 
-def small_repo(store=None) -> Repository:
+def small_repo(store=None, *, pack_target: int | None = None) -> Repository:
+    """A repository with small chunks; ``pack_target`` small too when a test needs many packs."""
     repo = Repository(store or MemoryStore())
-    repo.ensure_config(RepoConfig(chunker=SMALL))
+    cfg = RepoConfig(chunker=SMALL) if pack_target is None else RepoConfig(chunker=SMALL, pack_target=pack_target)
+    repo.ensure_config(cfg)
     return repo
 
 
@@ -87,8 +93,10 @@ def test_stat_cache_entry_ignored_when_chunks_are_gone(tmp_path):
     repo = small_repo()
     cache = tmp_path / "stat.json"
     take_snapshot(repo, src, bundle="b", stat_cache=cache)
-    for info in list(repo.store.list(CHUNKS)):
+    # the chunks leave the repository (packs and the indexes naming them, as a prune of everything would)
+    for info in list(repo.store.list(PACKS)) + list(repo.store.list(INDEX)):
         repo.store.delete(info.key)
+    repo = Repository(repo.store)
     res = take_snapshot(repo, src, bundle="b", stat_cache=cache)
     assert res.files_unchanged == 0 and res.bytes_new == 50_000
     restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
@@ -96,36 +104,45 @@ def test_stat_cache_entry_ignored_when_chunks_are_gone(tmp_path):
 
 
 def test_crash_during_upload_leaves_no_visible_snapshot_and_retry_completes(tmp_path):
+    """v2: packs uploaded before the crash are not indexed (the index is written after the last pack), so nothing
+    names them; the retry stores its own packs and the orphans wait for prune."""
     src = tmp_path / "src"
     write_tree(src, {"a": rnd(200_000, 3), "b": rnd(100_000, 4)})
     faulty = FaultyStore(MemoryStore())
-    repo = small_repo(faulty)
-    faulty.fail("put", lambda: TransientStorageError("connection reset"), after=5, key_prefix=CHUNKS)
+    repo = small_repo(faulty, pack_target=16384)
+    faulty.fail("put", lambda: TransientStorageError("connection reset"), after=5, key_prefix=PACKS)
     with pytest.raises(TransientStorageError):
         take_snapshot(repo, src, bundle="b", workers=2)
     faulty.assert_all_fired()
     assert repo.snapshot_ids() == []  # nothing visible
-    uploaded = len(repo.list_chunks())
-    assert uploaded > 0
+    orphans = pack_keys(repo)
+    assert orphans and repo.list_chunks() == {}  # packs landed, no index names them
     res = take_snapshot(repo, src, bundle="b")
-    assert res.chunks_new == len(res.manifest.chunk_set()) - uploaded  # the rest were reused
+    assert res.chunks_new == len(res.manifest.chunk_set())
     assert repo.snapshot_ids() == [res.snapshot_id]
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
+    assert read_tree(tmp_path / "out") == {"a": rnd(200_000, 3), "b": rnd(100_000, 4)}
 
 
-def test_manifest_is_the_last_write(tmp_path):
+def test_catalog_entry_is_the_last_write(tmp_path):
+    """Packs, then the index naming them, then trees, then the record, then the catalog entry that publishes it
+    (locks aside): a reader never meets a snapshot naming something not yet stored."""
     write_tree(tmp_path / "src", {"a": rnd(100_000)})
     order = []
 
     class Recording(MemoryStore):
-        def put(self, key, data, *, sha256=None):
+        def put(self, key, data, **kw):
             order.append(key)
-            super().put(key, data, sha256=sha256)
+            super().put(key, data, **kw)
 
-    repo = small_repo(Recording())
+    repo = small_repo(Recording(), pack_target=16384)
     order.clear()
     res = take_snapshot(repo, tmp_path / "src", bundle="b")
-    assert order[-1] == manifest_key(res.snapshot_id)
-    assert all(k.startswith(CHUNKS) for k in order[:-1])
+    data = [k for k in order if not k.startswith(("locks/", "bundles/"))]
+    assert data[-1] == entry_key("b", 0)  # the first entry of the bundle
+    assert data[-2] == record_key(res.snapshot_id)
+    kinds = [next(p for p in (PACKS, INDEX, TREES) if k.startswith(p)) for k in data[:-2]]
+    assert kinds == sorted(kinds, key=[PACKS, INDEX, TREES].index) and kinds.count(PACKS) > 1
 
 
 def test_modes_and_mtimes_restored(tmp_path):
@@ -161,21 +178,23 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 # restore safety ------------------------------------------------------------------------------------------------------
 def _forge(repo: Repository, entries: list[FileEntry]) -> str:
+    """A snapshot record and tree listing ``entries`` as given (no path check): what an attacker could write."""
     m = Manifest(bundle="b", source="/x", host="h", started="2026-01-01T00:00:00.000000Z",
-                 created="2026-01-01T00:00:00.000000Z", tool_version="0", chunker=SMALL, files=tuple(entries))
-    # bypass check_relpath: write raw JSON the way an attacker would
-    raw = m.to_json()
-    data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
-    sid = manifest_id(data)
-    repo.store.put(manifest_key(sid), data)
+                 created="2026-01-01T00:00:00.000000Z", tool_version="0", chunker=SMALL, files=())
+    tree = canonical_json({"files": [e.to_json() for e in sorted(entries, key=lambda e: e.path)]})
+    tid = hashlib.sha256(tree).hexdigest()
+    repo.store.put(tree_key(tid), tree)
+    data = record_bytes(m, tid)
+    sid = hashlib.sha256(data).hexdigest()
+    repo.store.put(record_key(sid), data)
     return sid
 
 
 @pytest.mark.parametrize("evil", ["../escape", "/tmp/abs", "a/../../escape"])
 def test_path_traversal_refused_and_nothing_written(tmp_path, evil):
     repo = small_repo()
-    repo.store.put(chunk_key(__import__("hashlib").sha256(b"x").hexdigest()), b"x")
-    good = FileEntry("ok.txt", 1, 0o644, 0, ((__import__("hashlib").sha256(b"x").hexdigest(), 1),))
+    repo.save_chunk(hashlib.sha256(b"x").hexdigest(), b"x")
+    good = FileEntry("ok.txt", 1, 0o644, 0, ((hashlib.sha256(b"x").hexdigest(), 1),))
     bad = FileEntry.__new__(FileEntry)
     object.__setattr__(bad, "path", evil)
     for f, v in (("size", 1), ("mode", 0o644), ("mtime_ns", 0), ("chunks", good.chunks)):
@@ -225,11 +244,11 @@ def test_corrupt_chunk_detected_and_no_partial_file(tmp_path):
     res = take_snapshot(repo, src, bundle="b")
     entry = next(f for f in res.manifest.files if f.path == "weights.bin")
     victim = entry.chunks[len(entry.chunks) // 2][0]
-    good = store.get(chunk_key(victim))
-    store.corrupt(chunk_key(victim), good[:-1] + bytes([good[-1] ^ 1]))
+    pack = corrupt_chunk(repo, victim, at=10**9)  # the blob's last byte
     out = tmp_path / "out"
-    with pytest.raises(IntegrityError, match=victim[:12]):
+    with pytest.raises(IntegrityError, match=victim[:12]) as err:
         restore_snapshot(repo, res.snapshot_id, out, durable=False)
+    assert pack in str(err.value) and "weights.bin" in str(err.value)
     assert not (out / "weights.bin").exists()
     assert not any(p.name.endswith(".llmdr-tmp") for p in out.rglob("*"))
 
@@ -239,23 +258,35 @@ def test_interrupted_restore_resumes_without_redownloading(tmp_path):
     files = {f"f{i}.bin": rnd(30_000, i) for i in range(6)}
     write_tree(src, files)
     faulty = FaultyStore(MemoryStore())
-    repo = small_repo(faulty)
+    repo = small_repo(faulty, pack_target=16384)  # several packs, so several ranges
     res = take_snapshot(repo, src, bundle="b")
     out = tmp_path / "out"
-    faulty.fail("get", lambda: TransientStorageError("network down"), after=12, key_prefix=CHUNKS)
+    faulty.fail("get", lambda: TransientStorageError("network down"), after=5, key_prefix=PACKS)
     with pytest.raises(TransientStorageError):
         restore_snapshot(repo, res.snapshot_id, out, workers=1, durable=False)
     faulty.assert_all_fired()
     assert (out / MARKER).exists()
     done_before = [p for p in files if (out / p).exists()]
     assert 0 < len(done_before) < len(files)
-    gets_before = faulty.calls["get"]
+    assert not any(p.name.endswith(".llmdr-tmp") for p in out.iterdir())
+    fetched = []
+
+    class Watch(FaultyStore):
+        def get(self, key, *, start=0, length=None, version_id=None):
+            if key.startswith(PACKS):
+                fetched.append((key, start, length))
+            return super().get(key, start=start, length=length, version_id=version_id)
+
+    repo.store = Watch(faulty.inner)
     again = restore_snapshot(repo, res.snapshot_id, out, durable=False)  # no --force needed: same snapshot
     assert again.files_skipped == len(done_before)
     assert read_tree(out) == files
     assert not (out / MARKER).exists()
-    chunks_needed = sum(len(f.chunks) for f in res.manifest.files if f.path not in done_before)
-    assert faulty.calls["get"] - gets_before == chunks_needed + 1  # + the manifest
+    # exactly the ranges the unfinished files need, nothing of the files already in place
+    needed = {bytes.fromhex(d) for f in res.manifest.files if f.path not in done_before for d, _ in f.chunks}
+    want = plan_ranges(e for c in needed if (e := repo.locate(c.hex())) is not None)
+    assert sorted(fetched) == sorted((pack_key(r.pack.hex()), r.start, r.length) for r in want)
+    assert again.bytes_downloaded == sum(len(files[p]) for p in files if p not in done_before)
 
 
 def test_restore_into_folder_of_another_restore_needs_force(tmp_path):

@@ -1,8 +1,16 @@
-"""Restoring a snapshot into a folder: every chunk verified, every file written atomically, resumable.
+"""Restoring a snapshot into a folder, planned by pack: every chunk verified, every file written atomically,
+resumable (docs/design/repository-format-v2.md §7).
 
-Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), chunks written
-at their offsets as they arrive from parallel downloads, each checked against its SHA-256 first. Mode and mtime are
-set, the data is flushed to disk, and only then is the file renamed into place: a reader never sees a half file.
+The restore is planned before anything is downloaded: every chunk of every file to write is placed by the index
+(pack, offset, stored length), the blobs of each pack are sorted by offset and neighbours coalesced into ranges
+(gap ≤ ``MAX_GAP``, range ≤ ``MAX_RANGE``). The ranges are fetched with ranged GETs on ``workers`` threads, started
+only while the bytes in flight fit ``memory_bytes``. Each blob is opened and proven against its chunk id, then
+written with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is fetched once.
+
+Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
+first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
+again when its next chunk comes). When its last chunk lands a file gets its mode and mtime, is flushed to disk when
+``durable``, and only then is renamed into place: a reader never sees a half file.
 
 A marker (``.llmdr-restore.json``) names the snapshot while a restore is under way. Running the same restore again
 into that folder resumes it: files already in place whose content hashes to the manifest are kept, not downloaded.
@@ -18,27 +26,34 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmdr.common.files import atomic_write
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import LlmdrError, TargetNotEmpty, UnsafePathError
+from llmdr.errors import ChunkMissing, IntegrityError, LlmdrError, ObjectNotFound, TargetNotEmpty, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
+from llmdr.repo.index import IndexEntry
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.repository import Repository
+from llmdr.repo.repository import Repository, pack_key
 
 log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
+MAX_GAP = 1 << 20  # unused bytes between two blobs a range may carry rather than start a new GET
+MAX_RANGE = 32 << 20  # the largest range one GET fetches
+DEFAULT_MEMORY = 256 << 20  # bytes of ranges (and their blobs being opened) in memory at most
+MAX_OPEN_FILES = 128
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
             errno.EFBIG: "a file is larger than this process may write (file size limit, `ulimit -f`) or than the "
                          "file system holds"}
+_THEN = ("No partial file was left; files already in place stay, and the same command resumes. Restore from another "
+         "region, or repair this one with `llmdr replicate` from a healthy copy.")
 
 
 @dataclass
@@ -48,7 +63,7 @@ class RestoreResult:
     files: int = 0
     files_skipped: int = 0
     bytes_total: int = 0
-    bytes_downloaded: int = 0
+    bytes_downloaded: int = 0  # file bytes written from downloaded chunks (a chunk used twice counts twice)
     duration_s: float = 0.0
     location: str = ""
     complete: bool | None = None  # completeness check after restore; None when the snapshot declares no components
@@ -65,6 +80,41 @@ class RestoreResult:
             "duration_s": round(self.duration_s, 3),
             "location": self.location,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """One ranged GET: ``length`` stored bytes of ``pack`` (raw id) from ``start``, holding ``blobs`` by offset."""
+
+    pack: bytes
+    start: int
+    length: int
+    blobs: tuple[IndexEntry, ...]
+
+
+def plan_ranges(entries: Iterable[IndexEntry], *, max_gap: int = MAX_GAP, max_range: int = MAX_RANGE) -> list[Range]:
+    """The GETs that fetch ``entries``: grouped by pack, sorted by offset, a blob joining the range before it when
+    the gap between them is at most ``max_gap`` and the range stays within ``max_range`` bytes (a blob larger than
+    that is a range of its own). A blob listed twice is fetched once. Ranges come by pack, then offset."""
+    by_pack: dict[bytes, dict[int, IndexEntry]] = {}
+    for e in entries:
+        by_pack.setdefault(e.pack, {}).setdefault(e.offset, e)
+    out: list[Range] = []
+    for pack in sorted(by_pack):
+        blobs: list[IndexEntry] = []
+        start = end = 0
+        for e in sorted(by_pack[pack].values(), key=lambda x: x.offset):
+            e_end = e.offset + e.stored_length
+            if blobs and e.offset - end <= max_gap and max(end, e_end) - start <= max_range:
+                blobs.append(e)
+                end = max(end, e_end)
+                continue
+            if blobs:
+                out.append(Range(pack, start, end - start, tuple(blobs)))
+            blobs, start, end = [e], e.offset, e_end
+        if blobs:
+            out.append(Range(pack, start, end - start, tuple(blobs)))
+    return out
 
 
 def safe_destination(root: Path, relpath: str) -> Path:
@@ -96,7 +146,8 @@ def file_matches(path: Path, entry: FileEntry) -> bool:
 
 
 class _FileJob:
-    """One file being assembled from chunks; the last chunk to land finalises it."""
+    """One file being assembled from chunks. Its temporary file is created (pre-sized) on the first write; the
+    last chunk to land finalises it."""
 
     def __init__(self, entry: FileEntry, dest: Path, durable: bool) -> None:
         self.entry = entry
@@ -104,51 +155,168 @@ class _FileJob:
         self.tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}")
         self.durable = durable
         self.remaining = len(entry.chunks)
-        self.lock = threading.Lock()
+        self.fd = -1
+        self.pins = 0  # writes under way (the open-file cap never closes a pinned file)
+        self.created = False
+        self.done = False
+
+    def open(self) -> None:
+        if self.created:
+            self.fd = os.open(self.tmp, os.O_WRONLY)
+            return
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.created = True
         try:
-            os.ftruncate(self.fd, entry.size)  # EFBIG here when the file exceeds a file size limit
+            os.ftruncate(self.fd, self.entry.size)  # EFBIG here when the file exceeds a file size limit
         except BaseException as exc:
             self.abandon()
             if isinstance(exc, OSError) and exc.filename is None:
-                exc.filename = entry.path
+                exc.filename = self.entry.path
             raise
 
-    def write(self, offset: int, data: bytes) -> bool:
-        # pwrite may write less than asked without an error when the disk fills up (tmpfs does): ignoring that
-        # left zeros in a file that was then renamed into place as restored. Write the rest; a full disk then
-        # raises ENOSPC.
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.entry.path)
-            view, offset = view[n:], offset + n
-        with self.lock:
-            self.remaining -= 1
-            return self.remaining == 0
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def finalise(self) -> None:
+        if not self.created:
+            self.open()
         try:
             os.fchmod(self.fd, self.entry.mode)
             if self.durable:
                 os.fsync(self.fd)
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            self.close()
         os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
         if self.dest.is_dir() and not self.dest.is_symlink():
             raise UnsafePathError(f"cannot restore file {self.entry.path!r}: a folder is in the way at {self.dest}")
         os.replace(self.tmp, self.dest)
+        self.done = True
 
     def abandon(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close()
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+class _Files:
+    """Writes into the files being assembled, keeping at most ``limit`` of them open (plus those being written)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.open: OrderedDict[_FileJob, None] = OrderedDict()  # least recently written first
+        self.peak_open = 0
+
+    def write(self, job: _FileJob, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``; the write that completes the file finalises it."""
+        fd = self._pin(job)
+        ok = last = False
+        try:
+            _pwrite_all(fd, data, offset, job.entry.path)
+            ok = True
+        finally:
+            with self.lock:
+                job.pins -= 1
+                if ok:
+                    job.remaining -= 1
+                    last = job.remaining == 0
+                    if last:
+                        self.open.pop(job, None)
+        if last:
+            job.finalise()
+
+    def _pin(self, job: _FileJob) -> int:
+        with self.lock:
+            if job.fd < 0:
+                for old in list(self.open):
+                    if len(self.open) < self.limit:
+                        break
+                    if old.pins == 0:
+                        old.close()
+                        del self.open[old]
+                job.open()
+                self.open[job] = None
+                self.peak_open = max(self.peak_open, len(self.open))
+            else:
+                self.open.move_to_end(job)
+            job.pins += 1
+            return job.fd
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
+    # pwrite may write less than asked without an error when the disk fills up (tmpfs does): ignoring that left
+    # zeros in a file that was then renamed into place as restored. Write the rest; a full disk then raises ENOSPC.
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        view, offset = view[n:], offset + n
+
+
+class _Budget:
+    """Bytes in memory: a range is started only when its cost fits (or nothing else is in flight)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.cv = threading.Condition()
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        with self.cv:
+            while self.used and self.used + n > self.limit and not stop.is_set():
+                self.cv.wait(0.2)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def give(self, n: int) -> None:
+        with self.cv:
+            self.used -= n
+            self.cv.notify_all()
+
+
+class _Plan:
+    """What a restore downloads: each chunk's place in a pack, the (file, offset) pairs that use it, and the
+    ranges that fetch them, ordered by the first file that needs each range (so files complete early)."""
+
+    def __init__(self, repo: Repository, jobs: list[_FileJob]) -> None:
+        self.uses: dict[bytes, list[tuple[_FileJob, int]]] = {}
+        self.sizes: dict[bytes, int] = {}
+        rank: dict[bytes, int] = {}
+        for job in jobs:
+            offset = 0
+            for hexd, n in job.entry.chunks:
+                c = bytes.fromhex(hexd)
+                if self.sizes.setdefault(c, n) != n:
+                    raise IntegrityError(f"snapshot file list names chunk {hexd[:12]} with two lengths "
+                                         f"({self.sizes[c]} and {n}, in {job.entry.path!r}); it was not written by "
+                                         "llmdr. Restore from another region.")
+                self.uses.setdefault(c, []).append((job, offset))
+                rank.setdefault(c, len(rank))
+                offset += n
+        self.located: dict[bytes, IndexEntry] = {}
+        index = repo.index()
+        for c in self.uses:
+            e = index.lookup(c)
+            if e is None:
+                raise ChunkMissing(f"chunk {c.hex()[:12]} of {self.places(c)} is in no index of {repo.location}; "
+                                   f"the snapshot there is damaged. Nothing was written. {_THEN}")
+            self.located[c] = e
+        ranges = plan_ranges(self.located.values())
+        self.ranges = sorted(ranges, key=lambda r: min(rank[b.chunk] for b in r.blobs))
+
+    def places(self, chunk: bytes, most: int = 3) -> str:
+        uses = self.uses[chunk]
+        out = ", ".join(f"{job.entry.path!r} at {offset}" for job, offset in uses[:most])
+        return out + (f" and {len(uses) - most} more places" if len(uses) > most else "")
+
+    def files_in(self, pack: bytes) -> list[str]:
+        return sorted({job.entry.path for c, e in self.located.items() if e.pack == pack for job, _ in self.uses[c]})
 
 
 def restore_snapshot(
@@ -160,8 +328,10 @@ def restore_snapshot(
     workers: int = 8,
     durable: bool = False,
     progress: Progress | None = None,
+    memory_bytes: int = DEFAULT_MEMORY,
 ) -> RestoreResult:
-    """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done."""
+    """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done. At most ``memory_bytes`` of
+    downloaded data are held at once (one range larger than that is still fetched, alone)."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     manifest = repo.load_manifest(snapshot_id)
@@ -184,53 +354,30 @@ def restore_snapshot(
     res.bytes_total = manifest.total_size
     progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
     jobs: list[_FileJob] = []
-
-    def open_file(entry: FileEntry) -> _FileJob | None:
-        """Start restoring ``entry``; None when there is nothing to download (already in place, or empty)."""
-        dest = safe_destination(root, entry.path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        safe_destination(root, entry.path)  # re-check now that the folders exist
-        if file_matches(dest, entry):
-            st = dest.stat()
-            if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
-                os.chmod(dest, entry.mode)
-                os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
-            res.files_skipped += 1
-            progress.advance(entry.size)
-            return None
-        job = _FileJob(entry, dest, durable)
-        jobs.append(job)
-        if not entry.chunks:
-            job.finalise()
-            return None
-        return job
-
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-down") as pool:
-            window = threading.BoundedSemaphore(workers * 2)
-            futures: set[Future] = set()
-            failed = threading.Event()
-            # Several files at a time: threads writing into one file serialise on its inode lock.
-            for job, hexd, n, offset in _interleave(manifest.files, open_file, max(1, workers // 2)):
-                window.acquire()
-                if failed.is_set():
-                    window.release()
-                    break
-                fut = pool.submit(_fetch, repo, job, hexd, n, offset, manifest, res, progress)
-                fut.add_done_callback(lambda f: _release(f, window, failed))
-                futures.add(fut)
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            errors = [f.exception() for f in done if f.exception() is not None]
-            if errors:
-                for f in futures:
-                    f.cancel()
-                wait(futures)
-                raise errors[0]  # type: ignore[misc]
+        for entry in manifest.files:
+            dest = safe_destination(root, entry.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            safe_destination(root, entry.path)  # re-check now that the folders exist
+            if file_matches(dest, entry):
+                st = dest.stat()
+                if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
+                    os.chmod(dest, entry.mode)
+                    os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+                res.files_skipped += 1
+                progress.advance(entry.size)
+                continue
+            job = _FileJob(entry, dest, durable)
+            jobs.append(job)
+            if not entry.chunks:
+                job.finalise()
+        plan = _Plan(repo, [j for j in jobs if j.entry.chunks])
+        _run(repo, plan, _Files(MAX_OPEN_FILES), _Budget(memory_bytes), workers, res, progress)
     except BaseException as exc:
-        in_place = res.files_skipped + sum(1 for j in jobs if j.fd < 0 and not j.tmp.exists())
-        unfinished = [j.entry.path for j in jobs if j.fd >= 0 or j.tmp.exists()]
+        in_place = res.files_skipped + sum(1 for j in jobs if j.done)
+        unfinished = [j.entry.path for j in jobs if j.created and not j.done]
         for job in jobs:
-            if job.fd >= 0 or job.tmp.exists():
+            if job.created and not job.done:
                 job.abandon()
         if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
             raise _no_room(exc, snapshot_id, root, manifest, in_place, unfinished) from None
@@ -249,7 +396,63 @@ def restore_snapshot(
     return res
 
 
-_bytes_lock = threading.Lock()
+def _run(repo: Repository, plan: _Plan, files: _Files, budget: _Budget, workers: int, res: RestoreResult,
+         progress: Progress) -> None:
+    """Fetch every range of ``plan`` on ``workers`` threads within ``budget``; the first failure stops the rest."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counted = threading.Lock()
+
+    def fetch(r: Range, cost: int) -> None:
+        try:
+            if stop.is_set():
+                return
+            key = pack_key(r.pack.hex())
+            try:
+                data = repo.read_pack(r.pack.hex(), r.start, r.length)
+            except ObjectNotFound:
+                names = plan.files_in(r.pack)
+                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+                raise ChunkMissing(f"pack {key} is missing from {repo.location}; it holds chunks of "
+                                   f"{', '.join(repr(n) for n in names[:5])}{more}. {_THEN}") from None
+            view = memoryview(data)
+            for e in r.blobs:
+                if stop.is_set():
+                    return
+                at = e.offset - r.start
+                plain = repo.open_blob(view[at:at + e.stored_length], e, size=plan.sizes[e.chunk], then=_THEN,
+                                       where=f"chunk {e.chunk.hex()[:12]} of {plan.places(e.chunk)} in {key} of "
+                                             f"{repo.location}")
+                for job, offset in plan.uses[e.chunk]:
+                    files.write(job, offset, plain)
+                    with counted:
+                        res.bytes_downloaded += len(plain)
+                    progress.advance(len(plain))
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            raise
+        finally:
+            budget.give(cost)
+
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llmdr-down") as pool:
+        try:
+            for r in plan.ranges:
+                # the range and the largest blob opened from it (a copy) are in memory together
+                cost = r.length + max(b.plain_length for b in r.blobs)
+                budget.take(cost, stop)
+                if stop.is_set():
+                    budget.give(cost)
+                    break
+                futures.append(pool.submit(fetch, r, cost))
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            wait(futures)
+    if errors:
+        raise errors[0]
 
 
 def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_place: int,
@@ -270,57 +473,6 @@ def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_
         "and complete; no partial file was left. Free space there (or raise the limit), or restore into another "
         "folder, then run the same command again: it resumes and keeps the files already in place."
     )
-
-
-def _interleave(entries, open_file, width: int) -> Iterator[tuple[_FileJob, str, int, int]]:
-    """Yield (file job, chunk id, length, offset) round-robin over up to ``width`` files at a time, opening each
-    file only when it joins the rotation (so the number of open files stays bounded)."""
-    pending = iter(entries)
-    active: deque[tuple[_FileJob, Iterator[tuple[str, int, int]]]] = deque()
-
-    def chunks_of(entry: FileEntry) -> Iterator[tuple[str, int, int]]:
-        offset = 0
-        for hexd, n in entry.chunks:
-            yield hexd, n, offset
-            offset += n
-
-    def refill() -> None:
-        while len(active) < width:
-            entry = next(pending, None)
-            if entry is None:
-                return
-            job = open_file(entry)
-            if job is not None:
-                active.append((job, chunks_of(entry)))
-
-    refill()
-    while active:
-        job, it = active.popleft()
-        item = next(it, None)
-        if item is None:
-            refill()
-            continue
-        yield (job, *item)
-        active.append((job, it))
-
-
-def _release(fut: Future, window: threading.BoundedSemaphore, failed: threading.Event) -> None:
-    window.release()
-    if fut.cancelled() or fut.exception() is not None:
-        failed.set()
-
-
-def _fetch(repo: Repository, job: _FileJob, hexd: str, n: int, offset: int, manifest: Manifest,
-           res: RestoreResult, progress: Progress) -> None:
-    data = repo.load_chunk(hexd, size=n, of=f" of {job.entry.path!r} (offset {offset})",
-                           then="Nothing was written for that file. Restore from another region, or repair this one "
-                                "with `llmdr replicate` from a healthy copy.")
-    last = job.write(offset, data)
-    with _bytes_lock:
-        res.bytes_downloaded += n
-    progress.advance(n)
-    if last:
-        job.finalise()
 
 
 def _prepare_target(target: Path, snapshot_id: str, force: bool) -> None:
