@@ -209,6 +209,11 @@ class Repository:
             try:
                 data = self.store.get(CONFIG_KEY)
             except ObjectNotFound:
+                v1 = any(next(iter(self.store.list(p)), None) for p in ("snapshots/", "chunks/"))
+                if v1:
+                    raise FormatMismatch(f"{self.location} holds repository format v1 objects (snapshots/, chunks/) "
+                                         "without a config.json; this llmdr reads and writes format v2. Convert it "
+                                         "with `llmdr migrate --region R`, or point the region at a new prefix.") from None
                 return None
             self._config = RepoConfig.from_bytes(data, self.location)
         return self._config
@@ -473,6 +478,7 @@ class Repository:
     def snapshots(self, *, bundle: str | None = None, strict: bool = False) -> list[SnapshotInfo]:
         """Live snapshots, each bundle's in catalog order (oldest first); bundles in name order. Entries that
         cannot be read are left out and recorded in ``unreadable``; ``strict`` raises instead."""
+        self.load_config()  # a v1 region raises FormatMismatch instead of listing nothing
         out: list[SnapshotInfo] = []
         for name in [bundle] if bundle is not None else self.bundles():
             v = self.view(name)
