@@ -17,6 +17,7 @@ from llmdr.cli import (  # noqa: F401  (imported for their @app.command registra
     cmd_serve,
     cmd_snapshot,
     cmd_stack,
+    cmd_undelete,
     cmd_verify,
 )
 from llmdr.cli.root import app, main

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
+from llmdr.cli.root import (
+    JsonOpt,
+    RegionOpt,
+    app,
+    as_of,
+    emit,
+    hidden_json,
+    human_size,
+    load_cfg,
+    progress_for,
+    warn_hidden,
+)
 from llmdr.errors import UnsafePathError
 
 
@@ -25,8 +36,10 @@ def restore(
 
     cfg = load_cfg()
     reg = cfg.region(region)
+    hidden: dict = {}
     try:
-        res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=progress_for(as_json))
+        res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=progress_for(as_json),
+                         as_of=as_of("restore"), hidden=hidden)
     except UnsafePathError as e:
         if "manifest path" not in str(e):  # a symlink in the target: its message says where and why
             raise
@@ -38,7 +51,8 @@ def restore(
         ) from None
     sid = res.snapshot_id
     rate = res.bytes_downloaded / res.duration_s if res.duration_s else 0
-    emit(as_json, res.to_json() | {"region": reg.name},
+    warn_hidden(hidden, reg.name)
+    emit(as_json, res.to_json() | {"region": reg.name, "hidden": hidden_json(hidden)},
          f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {human_size(res.bytes_total)} "
          f"({res.files_skipped} already in place), {res.duration_s:.2f}s ({human_size(rate)}/s), "
          "every chunk verified")

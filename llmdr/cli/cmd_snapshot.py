@@ -8,16 +8,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for, use_local_prefect
+from llmdr.cli.root import (
+    JsonOpt,
+    RegionOpt,
+    app,
+    emit,
+    human_size,
+    load_cfg,
+    progress_for,
+    state,
+    use_local_prefect,
+    warn_hidden,
+)
 from llmdr.errors import UsageError
 
 
-def _repo(cfg, region_name: str | None, *, read_only: bool = False):
-    """The region named REGION_NAME (default: the primary) and its repository."""
+def _repo(cfg, region_name: str | None, *, read_only: bool = False, hidden: dict | None = None):
+    """The region named REGION_NAME (default: the primary) and its repository, read as of the global --as-of
+    (read-only commands); with HIDDEN (a dict) read through delete markers over locked versions, recorded there."""
     from llmdr.repo.ops import open_repo
 
     region = cfg.region(region_name)
-    return region, open_repo(cfg, region, read_only=read_only)
+    return region, open_repo(cfg, region, read_only=read_only, as_of=state.as_of if read_only else None,
+                             hidden=hidden if hidden is not None else False)
 
 
 @app.command()
@@ -99,7 +112,8 @@ def protect(
 def snapshots(region: RegionOpt = None, as_json: JsonOpt = False) -> None:
     """List the complete snapshots in a region, oldest first."""
     cfg = load_cfg()
-    reg, repo = _repo(cfg, region, read_only=True)
+    hidden: dict = {}
+    reg, repo = _repo(cfg, region, read_only=True, hidden=hidden)
     snaps = repo.snapshots()
     rows = [{"id": s.id, "bundle": s.bundle, "created": s.created, "files": s.record["stats"].get("files", 0),
              "bytes": s.record["stats"].get("bytes", 0), "new_bytes": s.record["stats"].get("new_bytes"),
@@ -113,6 +127,7 @@ def snapshots(region: RegionOpt = None, as_json: JsonOpt = False) -> None:
         lines.append(f"(no snapshots in region {reg.name})")
     for key, why in sorted(repo.unreadable.items()):
         typer.echo(f"WARNING: {key} left out, it cannot be read or trusted: {why}", err=True)
+    warn_hidden(hidden, reg.name)
     for r in rows:
         if r["future_dated"]:
             typer.echo(f"WARNING: snapshot {r['id'][:12]} says it was created at {r['created']}, later than the store "

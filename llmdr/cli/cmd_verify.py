@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmdr.cli.cmd_serve import golden_table
-from llmdr.cli.root import JsonOpt, RegionOpt, app, emit, human_size, load_cfg, progress_for
+from llmdr.cli.root import JsonOpt, RegionOpt, app, as_of, emit, hidden_json, human_size, load_cfg, progress_for
 from llmdr.errors import UsageError
 
 
@@ -33,7 +33,9 @@ def verify(
 
     cfg = load_cfg()
     reg = cfg.region(region)
-    check = ops.verify(cfg, snapshot_ref, region=region, sample=sample, repair=repair, progress=progress_for(as_json))
+    hidden: dict = {}
+    check = ops.verify(cfg, snapshot_ref, region=region, sample=sample, repair=repair, progress=progress_for(as_json),
+                       as_of=as_of("verify --repair" if repair else "verify"), hidden=hidden)
     sid = check.snapshot_id
     scope = f"subset {check.subset}" if check.subset else "every chunk"
     lines = [f"verify {sid[:12]} in {reg.name} ({scope}): {'ok' if check.ok else 'FAILED'} - {check.chunks_read} of "
@@ -47,8 +49,12 @@ def verify(
                          + (f": repaired from {check.repaired[d]}" if d in check.repaired else ""))
     if check.unrepaired and not repair:
         lines.append("    run again with --repair to fetch intact copies from another region")
-    out = {"region": reg.name, "chunks": check.to_json()}
-    ok = check.ok
+    from llmdr.repo.undelete import describe
+
+    for h in hidden_json(hidden):  # readable through its locked version, but a plain read finds nothing
+        lines.append(f"  - {describe(h)}: run `llmdr undelete --region {reg.name}`")
+    out = {"region": reg.name, "chunks": check.to_json(), "hidden": hidden_json(hidden)}
+    ok = check.ok and not hidden
     if restore_test:
         from llmdr.serving import restoretest
 

@@ -23,7 +23,7 @@ HELP_ORDER = (
     "init", "demo-bundle", "serve", "verify", "forget", "sample-bundle", "snapshot", "protect", "check", "replicate",
     "snapshots", "show", "restore", "status", "monitor", "failover", "failback", "failovers", "drill", "drills",
     "readiness", "plan", "runbook", "lineage", "stack", "golden", "report", "datasets", "replica", "prune", "repair",
-    "locks", "migrate",
+    "locks", "undelete", "migrate",
 )
 
 
@@ -53,6 +53,11 @@ RegionOpt = Annotated[Optional[str], typer.Option("--region", "-r", help="Region
 
 class _State:
     config_path: Path | None = None
+    as_of: float | None = None  # --as-of: read the regions as they were then (seconds since the epoch)
+
+
+# Commands that only read a region, so --as-of applies to them (design §6); every other command refuses it.
+AS_OF_COMMANDS = ("snapshots", "show", "restore", "verify")
 
 
 state = _State()
@@ -64,14 +69,54 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+def parse_as_of(text: str, now: float | None = None) -> float:
+    """``--as-of`` as seconds since the epoch: ISO 8601 (UTC unless it names an offset), or a duration ago
+    (``2h``, ``1d``, ``1h30m``: before ``now``, this machine's clock)."""
+    import time
+    from datetime import datetime, timezone
+
+    from llmdr.config import parse_duration
+    from llmdr.errors import UsageError
+
+    try:
+        return (time.time() if now is None else now) - parse_duration(text).total_seconds()
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--as-of {text!r}: write a UTC time (2026-12-03T08:00:00Z) or how long ago (2h, 1d, "
+                         "1h30m)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def as_of(command: str) -> float | None:
+    """The global ``--as-of`` time for COMMAND (None without it); a command that writes refuses it (``UsageError``),
+    and so does ``verify --repair``, which the caller names as COMMAND."""
+    from llmdr.errors import UsageError
+
+    if state.as_of is not None and command not in AS_OF_COMMANDS:
+        raise UsageError(f"--as-of reads a region as it was; `llmdr {command}` would write, so it cannot run on that "
+                         f"view. Drop --as-of (it applies to: {', '.join(AS_OF_COMMANDS)})")
+    return state.as_of
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
                                           is_eager=True)] = False,
+    as_of_time: Annotated[Optional[str], typer.Option(
+        "--as-of", metavar="TIME", help="Read the region as it was at TIME (UTC ISO 8601, or e.g. 2h ago) from its "
+        "object versions; read commands only (snapshots, show, restore, verify).")] = None,
 ) -> None:
     state.config_path = config
+    state.as_of = None
+    if as_of_time is not None:
+        state.as_of = parse_as_of(as_of_time)
+        as_of(ctx.invoked_subcommand or "")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -89,6 +134,24 @@ def emit(as_json: bool, data: Any, text: str | None = None) -> None:
         typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif text is not None:
         typer.echo(text)
+
+
+def hidden_json(hidden: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The keys a read found hidden by a delete marker over a locked version (key -> version, lock), as a list for
+    JSON output: ``{key, locked_version, mode, until, until_utc}`` in key order."""
+    from llmdr.storage.versioned import utc_text
+
+    return [{"key": k, "locked_version": h["version_id"], "mode": h["mode"], "until": h["until"],
+             "until_utc": utc_text(h["until"])} for k, h in sorted(hidden.items())]
+
+
+def warn_hidden(hidden: dict[str, dict[str, Any]], region: str) -> None:
+    """One warning on stderr per key that was read through a delete marker, saying how to bring it back."""
+    from llmdr.repo.undelete import describe
+
+    for h in hidden_json(hidden):
+        typer.echo(f"WARNING: {describe(h)}; read from its locked version {h['locked_version']}. Run `llmdr "
+                   f"undelete --region {region}` to remove the marker", err=True)
 
 
 def progress_for(as_json: bool):

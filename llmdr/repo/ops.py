@@ -78,8 +78,12 @@ def restore(
     region: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    as_of: float | None = None,
+    hidden: dict[str, dict[str, Any]] | None = None,
 ) -> RestoreResult:
-    repo = open_repo(cfg, region, read_only=True)
+    """Restore ``ref`` from ``region`` into ``target``. Keys hidden by a delete marker over a locked version are read
+    from that version (and recorded in ``hidden`` when given); ``as_of`` restores from the region as it was then."""
+    repo = open_repo(cfg, region, read_only=True, as_of=as_of, hidden=hidden if hidden is not None else True)
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
                             durable=cfg.transfer.fsync, progress=progress)
@@ -121,15 +125,19 @@ def require_copy(cfg: Config, snapshot_id: str, region: str):
 
 
 def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | None = None, repair: bool = False,
-           progress: Progress | None = None, read: bool = True):
+           progress: Progress | None = None, read: bool = True, as_of: float | None = None,
+           hidden: dict[str, dict[str, Any]] | None = None):
     """Check (and with ``repair`` fix from the other regions) a snapshot in one region: its manifest, read from the
     region and proven against its id, then its chunks (read back, or with ``read=False`` only listed). Returns a
-    ``verify.SnapshotCheck``; a damaged manifest left unrepaired raises ``IntegrityError`` naming its key."""
+    ``verify.SnapshotCheck``; a damaged manifest left unrepaired raises ``IntegrityError`` naming its key. With
+    ``hidden`` (a dict) the region is read through delete markers that hide locked versions, and those keys are
+    recorded there for the report; ``as_of`` checks the region as it was then (read-only)."""
     from llmdr.repo.integrity import Subset, verify_snapshot
     from llmdr.repo.verify import SnapshotCheck, check_manifest
 
     reg = cfg.region(region)
-    repo = open_repo(cfg, reg, read_only=not repair, cache=False)
+    repo = open_repo(cfg, reg, read_only=not repair, cache=False, as_of=as_of,
+                     hidden=hidden if hidden is not None else False)
     sources = [(r.name, open_repo(cfg, r, read_only=True, cache=False)) for r in cfg.regions if r.name != reg.name] \
         if repair else []
     subset = Subset.parse(sample) if sample else None

@@ -146,7 +146,7 @@ def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> t
     from llmdr.repo.ops import open_repo
     from llmdr.repo.restore import restore_snapshot
 
-    repo = open_repo(cfg, region, read_only=True)
+    repo = open_repo(cfg, region, read_only=True, hidden=True)  # a locked version under a delete marker still serves
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     root = replica_dir(cfg, region)
     target = root / f"model-{sid[:12]}"

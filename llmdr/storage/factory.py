@@ -8,7 +8,7 @@ between them); nothing in production switches test doubles on.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmdr.config import Config, Region
 from llmdr.storage.base import BlobStore
@@ -23,10 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempts: int = 4,
-                sealed: bool = True) -> BlobStore:
+                sealed: bool = True, as_of: float | None = None, use_hidden: bool = False,
+                hidden: dict[str, dict[str, Any]] | None = None) -> BlobStore:
     """The region's store. ``sealed=False`` leaves out encryption and manifest signatures: for objects other tools
-    write into the same bucket (DVC's remote), never for llmdr's own repository."""
+    write into the same bucket (DVC's remote), never for llmdr's own repository. ``as_of`` (seconds since the
+    epoch) reads the region as it was then, read-only; ``use_hidden`` reads keys hidden by a delete marker over a
+    locked version (recorded in ``hidden`` when given). Both sit right above the retry layer, below encryption and
+    signing, since version reads return the stored bytes (``versioned.py``)."""
     store = retrying(adapter(cfg, region), region, attempts)
+    if as_of is not None:
+        from llmdr.storage.versioned import AsOfStore
+
+        store = AsOfStore(store, as_of)
+    if use_hidden:
+        from llmdr.storage.versioned import HiddenVersionStore
+
+        store = HiddenVersionStore(store, hidden)
     if sealed:
         store = _sealed(cfg, region, store, read_only=read_only)
     if read_only:

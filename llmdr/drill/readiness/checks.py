@@ -203,7 +203,8 @@ def check_separation(cfg: Config) -> list[Check]:
 
 
 def check_immutability(cfg: Config, region: Region, repo: Repository, now: float) -> Check:
-    """Bucket versioning + Object Lock as the server reports them, and the kept snapshots really locked."""
+    """Bucket versioning + Object Lock as the server reports them, no delete marker hiding a locked version, and
+    the kept snapshots really locked."""
     cid, title = f"immutability/{region.name}", f"DR copy immutable: {region.name}"
     prot = repo.store.bucket_protection()
     data: dict[str, Any] = {"bucket": prot}
@@ -220,7 +221,15 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
                      "Object Lock (`llmdr stack up` creates it locally; on AWS: create-bucket "
                      "--object-lock-enabled-for-bucket)", data)
     from llmdr.repo.locks import Locker
+    from llmdr.repo.undelete import describe, hidden_objects
 
+    hidden = hidden_objects(repo.store)  # a plain DELETE hid locked bytes: readers that do not look below miss them
+    data["hidden"] = [h["key"] for h in hidden]
+    if hidden:
+        return Check(cid, title, FAIL, f"{len(hidden)} object(s) hidden by a delete marker: "
+                     + "; ".join(describe(h) for h in hidden[:4]) + (" …" if len(hidden) > 4 else ""),
+                     f"run `llmdr undelete --region {region.name}` to remove the markers (the locked bytes are "
+                     "intact), then find who deleted them", data)
     locker = Locker.of(repo.store)
     snaps = repo.snapshots(bundle=cfg.bundle.name)
     period = region.object_lock.period.total_seconds()
