@@ -40,6 +40,11 @@ bench-lock: install
 bench-scale: install
 	$(UV) run --frozen python bench/scale.py
 
+# llmdr snapshot / replicate / snapshots / restore with 10 and with 1,000 snapshots in the repository (#15).
+.PHONY: bench-history
+bench-history: install
+	$(UV) run --frozen python bench/history.py
+
 # Every bench script once at its smallest size (also part of `make test`, as tests/test_bench_smoke.py).
 .PHONY: bench-smoke
 bench-smoke: install

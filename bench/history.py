@@ -1,0 +1,243 @@
+"""History: what a DR host's everyday commands cost with 10 snapshots in the repository and with 1,000 (issue #15).
+
+    uv run python bench/history.py                          # 10 and 1,000 snapshots; ~15-25 min on 2 cores
+    uv run python bench/history.py --steps 10,200           # a quicker run
+    uv run python bench/history.py --smoke --results DIR    # 5 and 30 snapshots, every command once: the harness
+
+A tiny bundle (the sample bundle, 2 shards of 64 KiB) and its repository in the two local regions. The history is
+built in-process (bench/history_build.py: one small file changed per snapshot, each snapshot copied to the
+secondary), never by 1,000 CLI runs. At each level N of ``--steps`` (ascending; the first is the baseline), once
+with the local cache emptied before every command (``cold``: a fresh DR host) and once with it as the previous
+commands left it (``warm``), each a subprocess under bench/rusage_launcher.py (wall time, exact peak RSS):
+
+1. one more snapshot taken in-process and not copied (unmeasured), so the newest is missing in the secondary;
+2. ``llmdr snapshot`` with nothing changed since (primary);
+3. ``llmdr replicate latest --to secondary`` (copies the newest: its record, tree and the one new chunk);
+4. ``llmdr snapshots --region secondary`` (lists them all);
+5. ``llmdr restore latest --region secondary`` of the tiny bundle (every file's SHA-256 checked).
+
+Targets (issue #15): each command at the largest level ÷ the same command at the first ≤ 1.2, peak RSS ≤ 200 MB.
+The stack (``llmdr stack up --no-serving``, 127.0.0.1:39533 and :39633 by default, each also +1..+8 and +10008) is
+stopped by PID in a ``finally``. Results: bench/results/history-<UTC>.json|.md and history-latest.* (a smoke run:
+history-smoke.* in --results only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from harness import (
+    BENCH_DIR,
+    HOST,
+    CommandFailed,
+    LocalStack,
+    common_args,
+    parse,
+    ports_in_use,
+    region_ports,
+    run_quiet,
+    sha256_file,
+    slug,
+    stop_on_sigterm,
+    utc_now,
+)
+from history_report import Run, checks, render_markdown, standing_notes, summarise
+from report import llmdr_code, machine, results_dir, write_results
+
+# Not used by bench.py (38333/38433), scale.py (38833/38933), rto.py (38533/38633), object_lock.py (39133/39233)
+# or the tests (10000-32758).
+PRIMARY_PORT, SECONDARY_PORT = 39533, 39633
+WORK_MARKER = ".llmdr-history-work"
+SHARDS, SHARD_KIB = 2, 64
+MODES = ("cold", "warm")
+
+
+class History(LocalStack):
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.work.resolve(), ports=(args.primary_port, args.secondary_port), smoke=args.smoke,
+                         bytecode_cache=not args.no_bytecode_cache, found={})
+        self.args = args
+        self.bundle = self.work / "bundle"
+        self.runs: list[Run] = []
+        self.builds: list[dict] = []  # every in-process growth: snapshots added, seconds
+        self.details: dict = {}
+        self.steps_taken = 0  # snapshots taken so far (in-process and measured)
+        self._n = 0
+
+    def measure(self, level: int, mode: str, command: str, cmd: list[str], *, snapshots: int) -> Run:
+        """Empty the local cache first when ``mode`` is cold, then run ``cmd`` (with --json) measured and record it."""
+        if mode == "cold":
+            self.drop_cache()
+        self._n += 1
+        m = self.run(cmd, env=self.base_env, log=f"{self._n:04d}-{slug(command)}-{level}-{mode}", settle_s=0.5)
+        fin = m.fin
+        out = json.loads(fin.stdout)
+        run = Run(level, mode, command, snapshots, fin.wall_s, fin.peak_rss_kib * 1024 / 1e6, fin.cpu_s,
+                  m.server_cpu_s, data={"json": out})
+        first = out[0] if isinstance(out, list) and out and isinstance(out[0], dict) else out
+        if isinstance(first, dict) and "duration_s" in first:
+            run.inproc_s = first["duration_s"]
+        self.runs.append(run)
+        self.ran(level=level, mode=mode, step=f"{command} ({level}, {mode})", tool=command)
+        inproc = "" if run.inproc_s is None else f"(in-process {run.inproc_s:.2f} s)"
+        print(f"  {level:>6} {mode:<5} {command:<34} {run.wall_s:7.2f} s {inproc:<22} "
+              f"peak RSS {run.peak_rss_mb:5.0f} MB", flush=True)
+        return run
+
+    def drop_cache(self) -> None:
+        """What a fresh DR host has locally: nothing (catalog, records, trees, index copies and the stat cache)."""
+        shutil.rmtree(self.work / ".llmdr" / "cache", ignore_errors=True)
+
+    def grow(self, add: int, *, leave_last: int) -> dict:
+        """Add ``add`` snapshots in-process (bench/history_build.py), all but the last ``leave_last`` copied."""
+        cmd = [sys.executable, str(BENCH_DIR / "history_build.py"), str(self.config), "--add", str(add),
+               "--first", str(self.steps_taken + 1), "--leave-last", str(leave_last)]
+        out = json.loads(run_quiet(cmd, env=self.base_env, cwd=self.work))
+        self.steps_taken += out["added"]
+        self.builds.append({k: v for k, v in out.items() if k != "ids"} | {"newest": out["ids"][-1] if out["ids"]
+                                                                          else None})
+        if add:
+            print(f"  built {add} snapshot(s) in {out['seconds']:.1f} s ({out['copied']} copied to the secondary)",
+                  flush=True)
+        return out
+
+
+# the bundle and the stack ----------------------------------------------------------------------------------------------
+def make_bundle(h: History) -> None:
+    from llmdr.devstack.samples import write_sample_bundle
+
+    write_sample_bundle(h.bundle, shards=SHARDS, shard_size=SHARD_KIB * 1024, seed=1)
+    files = bundle_digests(h.bundle)
+    h.details["bundle"] = {"files": len(files), "bytes": sum(p.stat().st_size for p in h.bundle.rglob("*")
+                                                             if p.is_file())}
+    print(f"bundle: {h.details['bundle']}", flush=True)
+
+
+def bundle_digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def stack_up(h: History) -> None:
+    h.init()
+    h.up()
+    print(f"stack: weed pids {h.weed_pids} at {h.endpoint('primary')} and {h.endpoint('secondary')}", flush=True)
+
+
+# one level ---------------------------------------------------------------------------------------------------------------
+def measure_level(h: History, level: int) -> None:
+    """Grow the history to ``level`` - 1 snapshots (all copied), then each mode: one more (not copied) and the four
+    commands."""
+    h.grow(max(0, level - 1 - h.steps_taken), leave_last=0)
+    print(f"level {level}: {h.steps_taken} snapshots so far", flush=True)
+    for mode in MODES:
+        newest = h.grow(1, leave_last=1)["ids"][-1]
+        snap = h.measure(level, mode, "llmdr snapshot", h.llmdr_cmd("snapshot", "--json"), snapshots=h.steps_taken)
+        h.steps_taken += 1
+        j = snap.data["json"]
+        if j["bytes_new"] != 0 or j["parent"] != newest:
+            raise CommandFailed(f"the nothing-changed snapshot stored {j['bytes_new']} new bytes or did not build on "
+                                f"the newest ({j['parent']} vs {newest})")
+        snap.note = (f"{j['files_unchanged']}/{j['files']} files unchanged by the stat cache, "
+                     f"{j['bytes_read']} bytes read")
+        rep = h.measure(level, mode, "llmdr replicate", h.llmdr_cmd("replicate", "latest", "--to", "secondary",
+                                                                    "--json"), snapshots=h.steps_taken)
+        r = rep.data["json"][0]
+        if r["snapshot_id"] != j["snapshot_id"] or r["already_present"]:
+            raise CommandFailed(f"replicate latest copied {r['snapshot_id']}, not the newest {j['snapshot_id']}: {r}")
+        rep.note = f"{r['chunks_copied']}/{r['chunks_total']} chunks copied, {r['bytes_copied']} bytes"
+        ls = h.measure(level, mode, "llmdr snapshots", h.llmdr_cmd("snapshots", "--region", "secondary", "--json"),
+                       snapshots=h.steps_taken)
+        listed = ls.data["json"]
+        if not listed or listed[-1]["id"] != j["snapshot_id"]:
+            raise CommandFailed(f"the secondary's newest listed snapshot is not {j['snapshot_id']}")
+        ls.note = f"{len(listed)} snapshots listed (the secondary lacks the unmeasured uncopied ones)"
+        ls.data["listed"] = len(listed)
+        ls.data.pop("json")  # the whole listing: its length is what matters
+        target = h.work / f"restore-{level}-{mode}"
+        res = h.measure(level, mode, "llmdr restore", h.llmdr_cmd("restore", "latest", "--region", "secondary",
+                                                                  "--to", str(target), "--json"),
+                        snapshots=h.steps_taken)
+        got = bundle_digests(target)
+        if got != bundle_digests(h.bundle):
+            raise CommandFailed(f"the restore of the newest snapshot into {target} differs from the bundle")
+        shutil.rmtree(target)
+        res.note = f"{res.data['json']['files']} files, {res.data['json']['bytes_downloaded']} bytes; identical"
+
+
+def environment(h: History, started: str) -> dict:
+    return {"started_utc": started, **machine(h.base_env, h.work), "llmdr_code_at_start": llmdr_code(),
+            "smoke": h.smoke, "levels": h.args.levels, "args": {k: str(v) for k, v in vars(h.args).items()}}
+
+
+# main --------------------------------------------------------------------------------------------------------------------
+def levels_of(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        sys.exit(f"--steps {text!r}: give snapshot counts separated by commas, e.g. 10,1000")
+    if len(levels) < 2 or levels != sorted(set(levels)) or levels[0] < 2:
+        sys.exit(f"--steps {text!r}: at least two ascending counts, the first at least 2 (e.g. 10,1000)")
+    return levels
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="llmdr's everyday commands with a long history of snapshots.")
+    ap.add_argument("--steps", default="10,1000",
+                    help="snapshot counts to measure at, ascending; the first is the baseline (default 10,1000)")
+    common_args(ap, work=BENCH_DIR / "work" / "history", ports=(PRIMARY_PORT, SECONDARY_PORT),
+                smoke="check the harness: 5 and 30 snapshots, every command once per mode; writes "
+                      "history-smoke.json|.md, never into bench/results/")
+    args = parse(ap, argv, smoke={"steps": "5,30"})
+    args.levels = levels_of(args.steps)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = results_dir(args.results, args.smoke, "history-")
+    h = History(args)
+    stop_on_sigterm()
+    started = utc_now()
+    busy = ports_in_use([p for base in h.ports.values() for p in region_ports(base)])
+    if busy:
+        sys.exit(f"port {busy[0]} on {HOST} is in use; pick other --primary-port/--secondary-port")
+    h.prepare(WORK_MARKER, "bench/history.py")
+    t0 = time.perf_counter()
+    make_bundle(h)
+    try:
+        stack_up(h)
+        h.warm_bytecode("llmdr.cli, llmdr.repo.snapshot, llmdr.repo.restore, llmdr.repo.replicate, "
+                        "llmdr.repo.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, pyfastcdc")
+        meta = environment(h, started)
+        h.details["rss_floor_mb"] = h.rss_floor_mb()
+        for level in args.levels:
+            measure_level(h, level)
+    finally:
+        h.down()
+    meta["llmdr_code_at_end"] = llmdr_code()
+    if meta["llmdr_code_at_end"] != meta["llmdr_code_at_start"]:
+        meta["warning"] = "llmdr/ changed during the run: the measured commands did not all run the same code"
+        print(f"WARNING: {meta['warning']}", flush=True)
+    h.details["builds"] = h.builds
+    summary = summarise(h)
+    cks = checks(h, summary)
+    doc = {"meta": meta, "steps": h.steps, "summary": summary, "checks": [c.to_json() for c in cks],
+           "runs": [asdict(r) for r in h.runs], "details": h.details, "notes": standing_notes(h)}
+    md = render_markdown(h, meta, summary, cks)
+    path = write_results(out, "history-", doc, md, smoke=h.smoke, started=started)
+    print("\n" + md)
+    print(f"results: {path}" + ("" if h.smoke else f" (and {out / 'history-latest.md'})")
+          + f"; total {time.perf_counter() - t0:.0f} s")
+    if not args.keep:
+        shutil.rmtree(h.work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
