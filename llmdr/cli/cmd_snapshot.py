@@ -148,9 +148,11 @@ def show(
 ) -> None:
     """Show one snapshot's manifest: files, sizes, digests, parent, times."""
     cfg = load_cfg()
-    reg, repo = _repo(cfg, region, read_only=True)
+    hidden: dict = {}
+    reg, repo = _repo(cfg, region, read_only=True, hidden=hidden)
     sid = repo.resolve(snapshot_ref)
     m = repo.load_manifest(sid)
+    warn_hidden(hidden, reg.name)
     if as_json:
         emit(True, {"id": sid, "region": reg.name} | m.to_json())
         return
