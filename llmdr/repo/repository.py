@@ -335,6 +335,8 @@ class Repository:
         that means for the caller and what to do."""
         then = then or _REPAIR
         e = self.locate(hexdigest)
+        if e is None:  # indexed since this view was read (another writer, or another Repository of the region)?
+            e = self.index(refresh=True).lookup(bytes.fromhex(hexdigest))
         if e is None:
             raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is in no index of {self.location}; the snapshot there is "
                                f"damaged. {then}")
