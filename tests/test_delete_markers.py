@@ -101,6 +101,18 @@ def test_as_of_equals_what_a_plain_reader_saw_at_that_time(ops_list):
         assert [info.key for info in view.list("k/")] == sorted(k for k in state if k.startswith("k/"))
 
 
+def test_as_of_times_are_utc_or_a_duration_ago():
+    from llmdr.cli.root import parse_as_of
+    from llmdr.errors import UsageError
+
+    utc = datetime(2026, 12, 3, 8, 0, tzinfo=timezone.utc).timestamp()
+    assert parse_as_of("2026-12-03T08:00:00Z") == parse_as_of("2026-12-03T08:00:00") == utc
+    assert parse_as_of("2026-12-03T10:00:00+02:00") == utc
+    assert parse_as_of("2h", now=utc) == utc - 7200 and parse_as_of("1d1h", now=utc) == utc - 90000
+    with pytest.raises(UsageError, match="--as-of 'soon'"):
+        parse_as_of("soon")
+
+
 def test_hidden_reads_pass_through_a_store_without_object_lock():
     """No lock, nothing protected: a deleted key stays deleted (only locked versions are read through a marker)."""
     m = MemoryStore(versioned=True)
