@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from llmdr.errors import FormatMismatch, IntegrityError, RepositoryLocked, SnapshotNotFound
+from llmdr.errors import FormatMismatch, IntegrityError, RepositoryLocked, SnapshotNotFound, TransientStorageError
 from llmdr.repo.migrate import (
     MIGRATED_FROM,
     STAGED_CONFIG,
@@ -180,7 +180,7 @@ class Crash(Exception):
 def test_a_crash_at_any_put_resumes_to_the_same_snapshots(kind, tmp_path):
     clean, puts = _clean_run_ids(kind)
     assert puts > 10
-    for n in sorted({1, 2, 3, puts // 4, puts // 2, puts - 3, puts - 2, puts - 1}):
+    for n in sorted({1, 2, 3, puts // 4, puts // 2, puts - 3, puts - 2, puts - 1, puts}):  # puts: config.json
         mem, store = _region(kind)
         history = _history(V1Writer(store))
         age_all(mem, 3600)
@@ -200,6 +200,24 @@ def test_a_crash_at_any_put_resumes_to_the_same_snapshots(kind, tmp_path):
         assert sorted(repo.snapshot_ids()) == sorted(clean.values()), f"crash at put {n}: a snapshot twice"
         for v1, files in history.items():
             assert _restored(repo, done[v1], tmp_path) == files
+
+
+def test_a_config_switch_whose_answer_was_lost_is_completed_by_the_next_run(tmp_path):
+    clean, puts = _clean_run_ids("encrypted")
+    mem, store = _region("encrypted")
+    history = _history(V1Writer(store))
+    age_all(mem, 3600)
+    faulty = FaultyStore(store)
+    faulty.drop("put", after=puts - 1)  # config.json is written, the caller sees an error
+    with pytest.raises(TransientStorageError):
+        migrate(faulty, workers=2)
+    faulty.assert_all_fired()
+    assert json.loads(store.get("config.json"))["format"] == 2
+    res = migrate(store, workers=2)
+    assert res.format_before == 2 and res.already == clean and not res.migrated and not res.config_written
+    repo = Repository(store)
+    for v1, files in history.items():
+        assert _restored(repo, repo.resolve(v1), tmp_path) == files
 
 
 def test_a_finished_migration_run_again_does_nothing():
@@ -262,3 +280,56 @@ def test_a_failed_check_leaves_config_at_v1():
     with pytest.raises(IntegrityError, match="config.json still says v1"):
         migrate(mem, workers=2)
     assert json.loads(mem.get("config.json"))["format"] == 1
+
+
+# real SeaweedFS, Object Lock, through the command line ----------------------------------------------------------------
+def _cli(cfg, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "LLMDR_CONFIG": ""})
+
+
+def test_a_locked_v1_region_on_s3_is_migrated_and_finish_leaves_locked_objects(stack, tmp_path):
+    import uuid
+
+    from llmdr.storage.factory import adapter, open_region
+    from tests.support.config import two_regions
+
+    cfg = two_regions(stack, tmp_path, secondary_bucket=f"llmdr-mig-{uuid.uuid4().hex[:10]}", secondary_prefix="",
+                      secondary="    object_lock: {mode: COMPLIANCE, period: 60s}")
+    dr = cfg.secondaries[0]
+    assert adapter(cfg, dr).ensure_bucket(object_lock=True) is True
+    store = open_region(cfg, dr)
+    history = _history(V1Writer(store))
+    assert store.retention("config.json") is not None  # the v1 objects are under Object Lock
+
+    listed = _cli(cfg, "snapshots", "--region", dr.name)
+    assert listed.returncode == 11 and "llmdr migrate --region" in listed.stderr, listed.stderr
+    refused = _cli(cfg, "migrate", "--region", dr.name)
+    assert refused.returncode == 10 and "--force" in refused.stderr, refused.stderr
+
+    done = _cli(cfg, "migrate", "--region", dr.name, "--force", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["config_written"] and out["ok"] and set(out["migrated"]) == set(history)
+    assert json.loads(store.get("config.json"))["format"] == 2  # a new version over the locked v1 config
+    assert len([v for v in store.list_versions("config.json") if v.key == "config.json"]) == 2
+    repo = Repository(open_region(cfg, dr))
+    assert repo.store.retention(f"snaps/{out['migrated'][next(iter(history))]}") is not None
+    for v1, files in history.items():
+        assert _restored(repo, repo.resolve(v1[:16]), tmp_path) == files
+
+    text = _cli(cfg, "migrate", "--region", dr.name)
+    assert text.returncode == 0 and "nothing left to migrate" in text.stdout, text.stdout + text.stderr
+    fin = _cli(cfg, "migrate", "--region", dr.name, "--finish", "--safety-time", "0s", "--json")
+    assert fin.returncode == 0, fin.stderr
+    res = json.loads(fin.stdout)
+    v1_keys = {i.key for p in ("chunks/", "snapshots/") for i in store.list(p)}
+    assert set(res["locked"]) == v1_keys and v1_keys and not res["kept"]
+    assert res["deleted"] == 1 and not list(store.list(STAGED_CONFIG))  # the staged config was never locked
+    assert all("Object Lock" in why for why in res["locked"].values())
+    for v1, files in history.items():  # v2 ignores what the lock keeps
+        assert _restored(repo, repo.resolve(v1), tmp_path) == files

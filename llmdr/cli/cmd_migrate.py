@@ -69,8 +69,10 @@ def migrate(
                 f"packed {res.chunks_packed} chunk(s), {human_size(res.bytes_packed)} in {res.packs} pack(s); checked "
                 f"{res.chunks_checked} chunk(s), read back {res.chunks_read}, in {res.duration_s:.1f}s")
     lines = [text]
-    for v1, v2 in res.migrated.items():
-        lines.append(f"  - {v1[:12]} -> {v2[:12]}")
+    shown = list(res.migrated.items())
+    lines += [f"  - v1 {v1[:12]} -> {v2[:12]}" for v1, v2 in shown[:20]]
+    if len(shown) > 20:
+        lines.append(f"  ... and {len(shown) - 20} more (--json lists every one)")
     if res.skipped:
         lines.append(f"NOT migrated ({len(res.skipped)}); their v1 objects stay, `--finish` keeps them:")
         lines += [f"  - {k}: {why}" for k, why in sorted(res.skipped.items())]

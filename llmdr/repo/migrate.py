@@ -59,7 +59,7 @@ from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.manifest import Manifest, canonical_json, manifest_id
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repolock import EXCLUSIVE, hold
-from llmdr.repo.repository import CONFIG_KEY, RepoConfig, Repository
+from llmdr.repo.repository import CONFIG_KEY, MIGRATED_FROM, RepoConfig, Repository
 from llmdr.repo.tree import build_tree, record_json
 from llmdr.storage.base import BlobInfo, BlobStore
 
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 V1_CHUNKS = "chunks/"
 V1_SNAPSHOTS = "snapshots/"
 STAGED_CONFIG = "migrate/config.json"
-MIGRATED_FROM = "migrated_from"
 RECENT_S = 600.0
 SAMPLE = 0.01
 
@@ -283,9 +282,13 @@ def migrate(store: BlobStore, *, force: bool = False, workers: int = 8, progress
     if not has_v1 and raw is None:
         raise UsageError(f"{store.location} holds no llmdr repository (no {CONFIG_KEY}, no v1 objects): nothing to "
                          "migrate. Check the region's bucket and prefix.")
-    if not has_v1:  # format 2 and nothing of v1 left
-        res.duration_s = time.perf_counter() - t0
-        return res
+    if raw is not None and raw["format"] == 2:  # a repeated run: only v1 manifests not migrated yet are work
+        done = migrated_ids(Repository(store))
+        left = [i for i in store.list(V1_SNAPSHOTS) if i.key[len(V1_SNAPSHOTS):-5] not in done]
+        if not left:
+            res.already = {v1: v2 for v1, v2 in done.items()}
+            res.duration_s = time.perf_counter() - t0
+            return res
     if not force:
         _refuse_recent(store)
     with hold(store, EXCLUSIVE, "migrate", wait_s=lock_wait_s, settle_s=0.2) as lock:

@@ -58,6 +58,7 @@ SNAPS = "snaps/"
 EVIDENCE = "evidence/"
 REPO_FORMAT = 2
 DEFAULT_PACK_TARGET = 32 * 1024 * 1024
+MIGRATED_FROM = "migrated_from"  # record field: the v1 id of a snapshot `llmdr migrate` converted (migrate.py)
 
 _REPAIR = ("Restore from another region, or repair this one from a healthy copy (`llmdr verify --repair`, "
            "`llmdr replicate`).")
@@ -523,10 +524,9 @@ class Repository:
                 matches = [ref]
             except SnapshotNotFound:
                 pass
-        if not matches:  # an id from before `llmdr migrate` (drill reports, golden answers) names a v1 manifest
-            from llmdr.repo.migrate import resolve_v1
-
-            matches = [v2] if (v2 := resolve_v1(self, ref)) is not None else []
+        if not matches:  # an id from before `llmdr migrate` (drill reports, golden answers): a v1 manifest's
+            matches = list(dict.fromkeys(s.id for s in self.snapshots()
+                                         if str(s.record.get(MIGRATED_FROM, "")).startswith(ref)))
         if not matches:
             raise SnapshotNotFound(f"no snapshot {ref!r} in {self.location}; `llmdr snapshots` lists them")
         if len(matches) > 1:
