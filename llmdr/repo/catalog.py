@@ -239,6 +239,7 @@ class Catalog:
         for _ in range(attempts):
             view = self.read()
             seq = view.next_seq
+            self._refuse_hidden(seq)
             entry = make(seq, view.head.id if view.head else None)
             try:
                 self.store.put(entry_key(self.bundle, seq), canonical_json(entry.to_json()), if_absent=True)
@@ -249,6 +250,16 @@ class Catalog:
             return entry
         raise StorageError(f"could not append to the catalog of {self.bundle!r} in {self.store.location}: "
                            f"{attempts} writers in a row took the next seq first. Try again.")
+
+    def _refuse_hidden(self, seq: int) -> None:
+        """In a locked (versioned) region, an unlisted seq that has versions was deleted without a version id: a
+        delete marker hides its entry. A create there would succeed and bury that snapshot for good (design §6:
+        never write over a key you cannot read), so refuse until the marker is removed."""
+        key = entry_key(self.bundle, seq)
+        if self.store.lock_policy() is not None and any(v.key == key for v in self.store.list_versions(key)):
+            raise StorageError(f"catalog entry {key} in {self.store.location} is hidden by a delete marker (someone "
+                               "deleted it without a version id); writing the next snapshot there would bury it. Run "
+                               "`llmdr undelete` for this region, then try again")
 
     def _seal(self, view: View, new: Entry) -> None:
         """Best effort: write a segment for every complete block of ``SEGMENT`` entries not yet covered."""
