@@ -56,6 +56,7 @@ from llmdr.errors import (
 )
 from llmdr.repo.chunking import DEFAULT_CHUNKER, ChunkerParams
 from llmdr.repo.ids import is_hex_digest
+from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import Manifest, canonical_json, manifest_id
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repolock import EXCLUSIVE, hold
@@ -337,6 +338,7 @@ def migrate(store: BlobStore, *, force: bool = False, workers: int = 8, progress
 def _migrate_one(repo: Repository, v1: str, m: Manifest, res: MigrateResult, workers: int,
                  progress: Progress) -> str:
     """Pack what ``m`` needs, then publish its record; returns the v2 id."""
+    started = time.time()
     idx = repo.index()
     need = [(d, n) for d, n in m.chunk_set().items() if not idx.has(bytes.fromhex(d))]
     if need:
@@ -349,6 +351,11 @@ def _migrate_one(repo: Repository, v1: str, m: Manifest, res: MigrateResult, wor
         res.packs += w.packs
     tree = build_tree(m.files)
     repo.save_tree(tree)
+    locker = Locker.of(repo.store)
+    if locker is not None:  # packs written for earlier snapshots must stay locked as long as this one (locks.py)
+        written = {d for d, _ in need}
+        locker.extend_reused(repo, [d for d in m.chunk_set() if d not in written], written=written, started=started,
+                             workers=workers)
 
     def record_of(prev: str | None) -> tuple[str, dict]:
         record = record_json(replace(m, parent=prev), tree.root) | {MIGRATED_FROM: v1}
