@@ -68,6 +68,7 @@ S5CMD_BUCKET = "bench-s5cmd"        # primary: s5cmd upload; source of the rclon
 BOTO3_BUCKET = "bench-boto3"        # primary: boto3 baseline upload
 RESTIC_BUCKET = "bench-restic"      # primary: restic repository
 RCLONE_DST_BUCKET = "bench-rclone-dst"  # secondary: rclone copy target; source of the s5cmd download
+LLMDR_BUCKETS = {"primary": "llmdr-primary", "secondary": "llmdr-secondary"}  # as `llmdr init` writes them
 SHARDS = 8
 WORK_MARKER = ".llmdr-bench-work"   # only a folder holding this marker is ever emptied by the harness
 
@@ -148,6 +149,17 @@ def stack_up(b: Bench) -> None:
     print(f"stack: weed pids {b.weed_pids} at {b.endpoint('primary')} and {b.endpoint('secondary')}", flush=True)
 
 
+def repository_objects(b: Bench, region: str) -> dict[str, int]:
+    """Objects of llmdr's repository in ``region`` by top-level prefix (format v2: packs/, index/, trees/, snaps/,
+    catalog/, ...): chunks live inside packs, so the pack count is what v1's chunk-object count was."""
+    counts: dict[str, int] = {}
+    for page in b.s3(region).get_paginator("list_objects_v2").paginate(Bucket=LLMDR_BUCKETS[region]):
+        for o in page.get("Contents", []):
+            top = o["Key"].split("/", 1)[0] if "/" in o["Key"] else o["Key"]
+            counts[top] = counts.get(top, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def bucket_bytes(b: Bench, region: str, bucket: str) -> int:
     total = 0
     for page in b.s3(region).get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -181,7 +193,10 @@ def llmdr_snapshot(b: Bench, step: str, tool: str, *, nbytes: int | None = None,
 def measure_cold_upload(b: Bench) -> None:
     print("1. cold upload (empty buckets, primary server)", flush=True)
     size = bundle_bytes(b)
-    llmdr_snapshot(b, "cold upload", "llmdr snapshot (cold)")
+    cold = llmdr_snapshot(b, "cold upload", "llmdr snapshot (cold)")
+    objects = repository_objects(b, "primary")
+    b.results.details["repository_objects_after_cold"] = objects
+    cold.note += f" in {objects.get('packs', 0)} pack(s)"
     if b.have("s5cmd", step="cold upload", tool="s5cmd cp (upload)"):
         b.measure("cold upload", "s5cmd cp (upload)",
                   [b.s5cmd, "--endpoint-url", b.endpoint("primary"), "cp", f"{b.bundle}/*", f"s3://{S5CMD_BUCKET}/"],
@@ -276,8 +291,11 @@ def measure_replicate(b: Bench) -> None:
         row.nbytes, row.inproc_s = res["bytes_copied"], res["duration_s"]
         row.note = f"{res['chunks_copied']} chunks, each re-hashed"
 
-    b.measure("cross-region", "llmdr replicate (cold)",
-              b.llmdr_cmd("replicate", "latest", "--to", "secondary", "--json"), env=b.base_env, parse=parse)
+    row = b.measure("cross-region", "llmdr replicate (cold)",
+                    b.llmdr_cmd("replicate", "latest", "--to", "secondary", "--json"), env=b.base_env, parse=parse)
+    objects = repository_objects(b, "secondary")
+    b.results.details["repository_objects_after_replicate"] = objects
+    row.note += f", into {objects.get('packs', 0)} pack(s)"
 
     tool = f"rclone copy ({RCLONE_TRANSFERS} transfers)"
     if not b.have("rclone", "s5cmd", step="cross-region", tool=tool):  # it copies s5cmd's bucket

@@ -163,6 +163,9 @@ def standing_notes(r: Results, bytecode_cache: bool) -> list[str]:
         "this VM (page-cache allocation cost swings), so each restore tool runs --restore-repeats times, "
         "interleaved, after an unmeasured priming download, each restore deleted once checked; the fastest run "
         "of each is kept and all are listed in its note.",
+        "Repository format v2: chunks are stored inside packs (packs/, a few per snapshot), not one object each "
+        "(v1's chunks/); the chunk counts are chunks inside packs, and the objects the repository holds after the "
+        "cold snapshot and after the replicate are in the JSON (details.repository_objects_after_*).",
         "MB = 10^6 bytes; MB/s = bytes moved ÷ wall time. Single runs: upload rates varied by up to ±20 % between "
         "identical runs on this 2-core machine; read ratios near 1.0 as a tie.",
     ]

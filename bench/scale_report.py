@@ -179,8 +179,12 @@ def standing_notes(s: Scale) -> list[str]:
         "harness kept of the tree at that step (no copies of the bundle are kept).",
         "The regions are configured as `llmdr init` writes them: the secondary with Object Lock (COMPLIANCE, "
         "30 d) and client-side encryption, manifests signed (HMAC); the primary plain.",
-        "Forget runs with --grace 0s (the default 6 h keeps every chunk written in the last 6 h, so a bench "
-        "would free nothing) on the primary only: nothing in the secondary may be deleted before its lock ends.",
+        "Forget runs with --grace 0s (the default 6 h keeps every pack written in the last 6 h, so a bench "
+        "would free nothing) on the primary only: nothing in the secondary may be deleted before its lock ends. "
+        "Repository format v2 prunes in two phases: forget's prune marks the unused packs (a plan), and the "
+        "measured `llmdr prune --safety-time 0s` after it deletes them (a real deployment waits the safety time).",
+        "Repository format v2 stores chunks inside packs (packs/), not one object per chunk (v1's chunks/): the "
+        "chunk counts shown are chunks inside packs; the objects deleted by prune are packs.",
         "restic runs against a bucket on the same primary server (its repository v2, compression auto), without "
         "AWS_CA_BUNDLE (PLATFORM.md). Its restore is from the primary server; llmdr's from the secondary.",
     ]

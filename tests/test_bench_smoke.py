@@ -87,7 +87,7 @@ def test_scale_smoke(tmp_path):
             ("a", "restore", "llmdr restore"), ("b", "step 1", "llmdr snapshot"), ("b", "step 2", "llmdr snapshot"),
             ("b", "step 2", "llmdr replicate"), ("b", "list (2 snapshots), no cache", "llmdr snapshots"),
             ("b", "restore step 1", "llmdr restore"), ("b", "restore step 2", "llmdr restore"),
-            ("b", "forget --keep-last 1", "llmdr forget"),
+            ("b", "forget --keep-last 1", "llmdr forget"), ("b", "prune (phase two)", "llmdr prune"),
             ("b", "restore step 2 after forget", "llmdr restore")} <= llmdr
     assert {x["tool"] for x in steps if not x["tool"].startswith("llmdr")} == {
         "restic backup", "restic snapshots", "restic restore", "restic forget --prune"}
