@@ -65,6 +65,8 @@ def _restored(repo: Repository, sid: str, tmp_path) -> dict[str, bytes]:
 def test_v1_becomes_v2_with_the_same_files_and_ids_that_resolve(kind, tmp_path):
     mem, store = _region(kind)
     history = _history(V1Writer(store))
+    first = next(iter(history))
+    store.put(f"evidence/{first}/datasets.json", b'{"datasets": ["train"]}')  # kept beside it by v1 lineage
     age_all(mem, 3600)
     with pytest.raises(FormatMismatch, match="llmdr migrate"):
         Repository(store).snapshots()
@@ -73,7 +75,7 @@ def test_v1_becomes_v2_with_the_same_files_and_ids_that_resolve(kind, tmp_path):
 
     assert res.ok and res.config_written and res.format_before == 1
     assert set(res.migrated) == set(history) and not res.already
-    assert res.chunks_checked > 0 and res.chunks_read >= 1
+    assert res.chunks_checked > 0 and res.chunks_read >= 1 and res.evidence_copied == 1
     assert json.loads(store.get("config.json"))["format"] == 2
     repo = Repository(store)
     bot = repo.snapshots(bundle="bot")
@@ -81,6 +83,7 @@ def test_v1_becomes_v2_with_the_same_files_and_ids_that_resolve(kind, tmp_path):
     assert [s.tags["step"] for s in bot] == ["0", "1", "2"]
     assert bot[1].manifest.parent == bot[0].id and bot[0].manifest.parent is None
     assert repo.resolve("latest", bundle="bot") == bot[-1].id
+    assert repo.load_evidence(res.migrated[first], "datasets.json") == b'{"datasets": ["train"]}'
     for v1, files in history.items():
         v2 = res.migrated[v1]
         assert v2 != v1 and repo.resolve(v1) == v2 and repo.resolve(v1[:12]) == v2 and resolve_v1(repo, v1) == v2

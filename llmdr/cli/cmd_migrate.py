@@ -69,6 +69,8 @@ def migrate(
                 f"packed {res.chunks_packed} chunk(s), {human_size(res.bytes_packed)} in {res.packs} pack(s); checked "
                 f"{res.chunks_checked} chunk(s), read back {res.chunks_read}, in {res.duration_s:.1f}s")
     lines = [text]
+    if res.evidence_copied:
+        lines.append(f"copied {res.evidence_copied} evidence object(s) to the new snapshot ids")
     shown = list(res.migrated.items())
     lines += [f"  - v1 {v1[:12]} -> {v2[:12]}" for v1, v2 in shown[:20]]
     if len(shown) > 20:

@@ -60,7 +60,7 @@ from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import Manifest, canonical_json, manifest_id
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repolock import EXCLUSIVE, hold
-from llmdr.repo.repository import CONFIG_KEY, MIGRATED_FROM, RepoConfig, Repository
+from llmdr.repo.repository import CONFIG_KEY, EVIDENCE, MIGRATED_FROM, RepoConfig, Repository, evidence_key
 from llmdr.repo.tree import build_tree, record_json
 from llmdr.storage.base import BlobInfo, BlobStore
 
@@ -93,6 +93,7 @@ class MigrateResult:
     packs: int = 0
     chunks_checked: int = 0  # chunks of migrated records found in a present pack
     chunks_read: int = 0  # of those, read back and proven (the ~1 % sample)
+    evidence_copied: int = 0  # evidence objects copied from evidence/<v1 id>/ to evidence/<v2 id>/
     config_written: bool = False
     duration_s: float = 0.0
 
@@ -104,7 +105,8 @@ class MigrateResult:
         return {"location": self.location, "format_before": self.format_before, "migrated": self.migrated,
                 "already": self.already, "skipped": self.skipped, "chunks_packed": self.chunks_packed,
                 "bytes_packed": self.bytes_packed, "packs": self.packs, "chunks_checked": self.chunks_checked,
-                "chunks_read": self.chunks_read, "config_written": self.config_written, "ok": self.ok,
+                "chunks_read": self.chunks_read, "evidence_copied": self.evidence_copied,
+                "config_written": self.config_written, "ok": self.ok,
                 "duration_s": round(self.duration_s, 3)}
 
 
@@ -323,6 +325,8 @@ def migrate(store: BlobStore, *, force: bool = False, workers: int = 8, progress
                     log.warning("%s: v1 snapshot %s not migrated: %s", store.location, v1[:12], exc)
         finally:
             progress.finish()
+        for v1, v2 in {**res.already, **res.migrated}.items():
+            res.evidence_copied += _copy_evidence(repo, v1, v2)
         _verify(repo, manifests, res, sample, workers)
         if raw is None or raw["format"] == 1:
             lock.check()
@@ -362,6 +366,22 @@ def _migrate_one(repo: Repository, v1: str, m: Manifest, res: MigrateResult, wor
         return manifest_id(canonical_json(record)), record
 
     return repo.publish(m.bundle, record_of).id
+
+
+def _copy_evidence(repo: Repository, v1: str, v2: str) -> int:
+    """Copy what v1 kept beside snapshot ``v1`` (``evidence/<v1>/<name>``) to ``evidence/<v2>/<name>`` where v2
+    readers look; the v1 objects stay. Idempotent, so a resumed run completes what a crash left."""
+    n = 0
+    for info in repo.store.list(f"{EVIDENCE}{v1}/"):
+        name = info.key.rsplit("/", 1)[1]
+        try:
+            repo.store.head(evidence_key(v2, name))
+            continue
+        except ObjectNotFound:
+            pass
+        repo.save_evidence(v2, name, repo.store.get(info.key))
+        n += 1
+    return n
 
 
 def _verify(repo: Repository, manifests: dict[str, Manifest], res: MigrateResult, sample: float,
