@@ -20,6 +20,7 @@ from llmdr.repo.migrate import (
     read_v1_manifests,
     resolve_v1,
 )
+from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
@@ -27,7 +28,7 @@ from llmdr.storage.crypto import EncryptingStore, ManifestSigner, SigningStore
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
 from tests.support.trees import read_tree, write_tree
-from tests.support.v1repo import V1Writer, age_all, stamp
+from tests.support.v1repo import V1Writer, age_all, copy_v1_snapshot, stamp
 
 KEY = bytes(range(32))
 
@@ -81,7 +82,8 @@ def test_v1_becomes_v2_with_the_same_files_and_ids_that_resolve(kind, tmp_path):
     bot = repo.snapshots(bundle="bot")
     assert [s.record[MIGRATED_FROM] for s in bot] == list(history)[:3]  # the v1 chain, in catalog order
     assert [s.tags["step"] for s in bot] == ["0", "1", "2"]
-    assert bot[1].manifest.parent == bot[0].id and bot[0].manifest.parent is None
+    assert bot[0].manifest.parent is None and repo.resolve(bot[1].manifest.parent) == bot[0].id  # the v1 parent
+    assert [repo.view("bot").live[i].prev for i in (1, 2)] == [bot[0].id, bot[1].id]  # this region's order
     assert repo.resolve("latest", bundle="bot") == bot[-1].id
     assert repo.load_evidence(res.migrated[first], "datasets.json") == b'{"datasets": ["train"]}'
     for v1, files in history.items():
@@ -106,6 +108,24 @@ def test_v2_snapshots_after_migration_build_on_the_migrated_head(tmp_path):
     assert snap.manifest.parent == res.migrated[list(history)[2]]
     assert repo.resolve("latest", bundle="bot") == snap.snapshot_id
     assert _restored(repo, snap.snapshot_id, tmp_path) == read_tree(src)
+
+
+def test_regions_migrated_apart_give_a_shared_v1_snapshot_one_id_and_replicate_finds_it(tmp_path):
+    primary, dr = MemoryStore("primary"), MemoryStore("dr")
+    history = _history(V1Writer(primary))
+    ids = list(history)
+    for sid in (ids[0], ids[2]):  # the DR region got every other snapshot of the bundle
+        copy_v1_snapshot(primary, dr, sid)
+    age_all(primary, 3600)
+    age_all(dr, 3600)
+    p, d = migrate(primary, workers=2), migrate(dr, workers=2)
+    assert d.migrated == {v1: p.migrated[v1] for v1 in (ids[0], ids[2])}
+    src, dst = Repository(primary), Repository(dr)
+    assert replicate_snapshot(src, dst, p.migrated[ids[2]]).already_present
+    copied = replicate_snapshot(src, dst, p.migrated[ids[1]])
+    assert not copied.already_present and 0 < copied.chunks_copied < copied.chunks_total  # the rest is there
+    assert sorted(dst.snapshot_ids(bundle="bot")) == sorted(p.migrated[i] for i in ids[:3])
+    assert _restored(dst, dst.resolve(ids[1]), tmp_path) == history[ids[1]]
 
 
 def test_recent_v1_objects_refuse_without_force_and_nothing_is_written():

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import (
@@ -361,11 +361,12 @@ def _migrate_one(repo: Repository, v1: str, m: Manifest, res: MigrateResult, wor
         locker.extend_reused(repo, [d for d in m.chunk_set() if d not in written], written=written, started=started,
                              workers=workers)
 
-    def record_of(prev: str | None) -> tuple[str, dict]:
-        record = record_json(replace(m, parent=prev), tree.root) | {MIGRATED_FROM: v1}
-        return manifest_id(canonical_json(record)), record
-
-    return repo.publish(m.bundle, record_of).id
+    # The record depends on the v1 manifest alone (its parent stays the v1 parent id, which resolves through
+    # migrated_from; the entry's prev holds this region's order): a v1 snapshot copied to several regions gets the
+    # same v2 id in each, so replicate finds it there after both regions are migrated.
+    record = record_json(m, tree.root) | {MIGRATED_FROM: v1}
+    sid = manifest_id(canonical_json(record))
+    return repo.publish(m.bundle, lambda prev: (sid, record)).id
 
 
 def _copy_evidence(repo: Repository, v1: str, v2: str) -> int:

@@ -70,3 +70,15 @@ def age_all(memory_store, seconds: float) -> None:
     """Pretend every object of a ``MemoryStore`` was written ``seconds`` earlier."""
     for info in list(memory_store.list("")):
         memory_store.age(info.key, seconds)
+
+
+def copy_v1_snapshot(src: BlobStore, dst: BlobStore, sid: str) -> None:
+    """What v1 ``llmdr replicate`` did: the snapshot's chunks, then its manifest byte for byte (and the config)."""
+    from llmdr.repo.manifest import Manifest
+
+    for key in ("config.json",):
+        dst.put(key, src.get(key))
+    data = src.get(f"snapshots/{sid}.json")
+    for d in Manifest.from_bytes(data, expect_id=sid).chunk_set():
+        dst.put(f"chunks/{d[:2]}/{d}", src.get(f"chunks/{d[:2]}/{d}"), sha256=bytes.fromhex(d))
+    dst.put(f"snapshots/{sid}.json", data, sha256=bytes.fromhex(sid))
