@@ -120,19 +120,19 @@ def faulty_memory(**kw):
 
 def test_transient_n_times_then_success_and_a_permanent_fault():
     store, _ = faulty_memory()
-    store.fail("put", lambda: TransientStorageError("reset"), times=2, key_prefix="chunks/")
+    store.fail("put", lambda: TransientStorageError("reset"), times=2, key_prefix="packs/")
     store.put("config.json", b"c")  # another prefix: untouched
     for _ in range(2):
         with pytest.raises(TransientStorageError):
-            store.put("chunks/a", b"a")
-    store.put("chunks/a", b"a")
+            store.put("packs/a", b"a")
+    store.put("packs/a", b"a")
     store.fail("get", lambda: AccessDenied("wrong keys"), times=None)  # permanent: every call, forever
     for _ in range(3):
         with pytest.raises(AccessDenied):
-            store.get("chunks/a")
+            store.get("packs/a")
     store.assert_all_fired()
     assert store.calls == {"put": 4, "get": 3} and store.injected == {"put": 2, "get": 3}
-    assert store.inner.get("chunks/a") == b"a"
+    assert store.inner.get("packs/a") == b"a"
 
 
 def test_an_unfired_permanent_fault_is_reported():
@@ -231,7 +231,7 @@ def test_retry_counts_go_to_the_block_the_store_was_opened_in():
 
 # 10 % of every S3 request failing: the whole procedure still succeeds --------------------------------------------------
 # support.faults.inject puts a random-mode FaultyStore between each region's S3 adapter and its retry layer. Small
-# chunks make a few MB into hundreds of requests per step; the injection raises the retry attempts to 8 at this
+# chunks in small packs make a few MB into hundreds of requests per step; the injection raises the retry attempts to 8 at this
 # rate, so a request fails for good with probability 0.1 ** 8 = 1e-8 (with the default 4 attempts, 1e-4: about one
 # run in ten of these ~1,500 requests would lose one).
 
@@ -239,13 +239,16 @@ FAULT_RATE = 0.1
 
 
 def _small_chunk_repo(cfg) -> None:
-    """Create the primary's repository with ~16 KiB chunks (the secondary inherits them on the first copy)."""
+    """Create both regions' repositories with ~16 KiB chunks in ~64 KiB packs: a few MB become hundreds of requests
+    per step (with the default 32 MiB packs a step is a few dozen requests, too few to measure a 10 % rate)."""
     from llmdr.repo import ops
     from llmdr.repo.chunking import ChunkerParams
-    from llmdr.repo.repository import RepoConfig
+    from llmdr.repo.repository import RepoConfig, Repository
 
-    ops.open_repo(cfg, "primary").ensure_config(
-        RepoConfig(chunker=ChunkerParams(avg_size=16 * KiB, min_size=4 * KiB, max_size=64 * KiB)))
+    small = RepoConfig(chunker=ChunkerParams(avg_size=16 * KiB, min_size=4 * KiB, max_size=64 * KiB))
+    for region in ("primary", "secondary"):
+        repo = Repository(ops.open_repo(cfg, region).store, pack_target=64 * KiB)
+        assert repo.ensure_config(small).pack_target == 64 * KiB
 
 
 def _no_request_lost(retries: dict) -> None:

@@ -107,7 +107,7 @@ def test_one_model_version_per_snapshot_content(cfg, uri):
     assert t["llmdr.dataset.support-chats.md5"] == MD5
     assert t["llmdr.dataset.support-chats.remote.secondary"] == ds[0]["remotes"]["secondary"]
     assert t["llmdr.training_run_id"] == "0" * 32
-    assert v1.source == f"s3://llmdr-primary/{cfg.primary.prefix}/snapshots/{s1}.json"
+    assert v1.source == f"s3://llmdr-primary/{cfg.primary.prefix}/snaps/{s1}"  # the snapshot's record
 
     again = register_snapshot(cfg, s1, regions=both(s1), datasets=ds, tracking_uri=uri)
     assert (again["version"], again["created"], again["updated"]) == ("1", False, False)

@@ -7,13 +7,14 @@ import shutil
 import pytest
 
 from llmdr.repo.bundle import content_digests, detected_specs
-from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.restoretest import restore_test
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.factory import open_region
+from tests.support.damage import corrupt_chunk
 from tests.support.serving import serving
 
 
@@ -99,11 +100,10 @@ def test_changed_generation_settings(repo, tmp_path, good):
 def test_bit_flip_in_a_weight_shard(repo, tmp_path, good):
     sid = snapshot_of(repo, tmp_path, good)
     entry = next(f for f in repo.load_manifest(sid).files if f.path.endswith(".safetensors"))
-    key = chunk_key(entry.chunks[0][0])
-    data = bytearray(repo.store.get(key))
-    data[len(data) // 2] ^= 0x10
-    repo.store.put(key, bytes(data))  # bit rot in the DR region's copy
+    victim = entry.chunks[0][0]
+    pack = corrupt_chunk(repo, victim, at=repo.locate(victim).stored_length // 2)  # bit rot in the DR region's copy
     res = run(repo, sid, tmp_path, good)
     assert not res.ok and res.golden is None
-    assert res.problems[0].startswith("restore failed: chunk") and entry.path in res.problems[0]
-    assert "corrupt" in res.problems[0]
+    assert res.problems[0].startswith(f"restore failed: chunk {victim[:12]}") and entry.path in res.problems[0]
+    assert pack in res.problems[0] and "do not match the chunk id (damaged)" in res.problems[0]
+    assert f"damaged in {repo.location}: chunk {victim[:12]} in {pack} (corrupt)" in res.problems[1:]
