@@ -482,7 +482,8 @@ def _needed(key: str, done: set[str], packed: dict[str, int]) -> str | None:
         name = key[len(V1_SNAPSHOTS):]
         if name.endswith(".json") and name[:-5] in done:
             return None
-        return "not migrated (unreadable, or written after the migration): run `llmdr migrate` again"
+        return ("not migrated: `llmdr migrate` migrates one written after it and says why it skips one it cannot "
+                "read; remove such an object by hand once you no longer need it")
     if key.startswith(V1_CHUNKS):
         d = key.rsplit("/", 1)[-1]
         return None if d in packed else "in no v2 pack (its snapshot was not migrated)"
