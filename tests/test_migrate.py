@@ -9,6 +9,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmdr.errors import FormatMismatch, IntegrityError, RepositoryLocked, SnapshotNotFound, TransientStorageError
 from llmdr.repo.migrate import (
@@ -184,6 +186,29 @@ def test_order_follows_the_parent_chain_before_the_clock():
     manifests, skipped = read_v1_manifests(mem)
     assert not skipped
     assert [i for i, _ in order_v1(manifests)] == [c, a, b, d]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(-1, 30), st.sampled_from("ab")), min_size=1, max_size=20))
+def test_order_is_a_permutation_with_every_parent_before_its_children(nodes):
+    from llmdr.repo.chunking import DEFAULT_CHUNKER
+    from llmdr.repo.manifest import Manifest
+
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(nodes))]
+    manifests = {}
+    for i, (minute, parent, bundle) in enumerate(nodes):
+        p = ids[parent % len(nodes)] if parent >= 0 and parent % len(nodes) < i else None  # parents come earlier
+        manifests[ids[i]] = Manifest(bundle=bundle, source="/s", host="h", started=stamp(minute),
+                                     created=stamp(minute), tool_version="0.9", chunker=DEFAULT_CHUNKER, files=(),
+                                     parent=p)
+    out = [i for i, _ in order_v1(manifests)]
+    assert sorted(out) == sorted(ids)
+    pos = {i: n for n, i in enumerate(out)}
+    for i, m in manifests.items():
+        if m.parent is not None and manifests[m.parent].bundle == m.bundle:
+            assert pos[m.parent] < pos[i]
+    bundles = [manifests[i].bundle for i in out]
+    assert bundles == sorted(bundles)  # each bundle's snapshots together, bundles by name
 
 
 def _clean_run_ids(kind: str) -> tuple[dict[str, str], int]:
