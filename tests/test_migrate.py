@@ -130,6 +130,21 @@ def test_regions_migrated_apart_give_a_shared_v1_snapshot_one_id_and_replicate_f
     assert _restored(dst, dst.resolve(ids[1]), tmp_path) == history[ids[1]]
 
 
+def test_a_long_history_leaves_few_live_index_objects(tmp_path):
+    mem = MemoryStore("p")
+    w = V1Writer(mem)
+    files = {}
+    for i in range(40):  # every snapshot brings one new chunk: one pack and one index each
+        files[w.snapshot("bot", {"f.bin": random.Random(i).randbytes(3000)})] = random.Random(i).randbytes(3000)
+    age_all(mem, 3600)
+    res = migrate(mem, workers=2)
+    repo = Repository(mem)
+    assert res.packs == 40 and len(repo.index(refresh=True).live_ids()) <= 33
+    assert repo.resolve("latest", bundle="bot") == res.migrated[list(files)[-1]]
+    v1 = list(files)[5]
+    assert _restored(repo, repo.resolve(v1), tmp_path) == {"f.bin": files[v1]}
+
+
 def test_recent_v1_objects_refuse_without_force_and_nothing_is_written():
     mem = MemoryStore("p")
     history = _history(V1Writer(mem))

@@ -353,6 +353,7 @@ def _migrate_one(repo: Repository, v1: str, m: Manifest, res: MigrateResult, wor
                 res.bytes_packed += len(data)
                 progress.advance(len(data))
         res.packs += w.packs
+        repo.compact_if_needed()  # one index per snapshot migrated: merged once more than 32 are live
     tree = build_tree(m.files)
     repo.save_tree(tree)
     locker = Locker.of(repo.store)
