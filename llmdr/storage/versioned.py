@@ -168,9 +168,9 @@ class HiddenVersionStore:
             try:
                 prot = self.inner.bucket_protection()
                 self._active = prot.get("versioning") == "Enabled" and bool(prot.get("object_lock"))
-            except StorageError as exc:
+            except StorageError as exc:  # e.g. keys without s3:GetBucketVersioning: read as a plain store this time
                 log.debug("%s: protection unknown (%s); hidden versions are not looked for", self.location, exc)
-                self._active = False
+                return False
         return self._active
 
     def _protected(self, key: str, versions: list[VersionInfo]) -> VersionInfo | None:
