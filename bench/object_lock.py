@@ -15,8 +15,9 @@ within the run.
 Three snapshots of the bundle go into the primary first (S2 and S3 each change one small file). Then each run, per
 destination (the order alternates between runs): 1 cold copy of S1, 2 copy of S2 right after (its reused chunks are
 covered by S1's fresh lock: ``locks_extended`` 0); wait until the locked S2 is older than the slack; 3 copy of S3
-(every reused chunk re-locked: one PutObjectRetention each); 4 retention ``keep_last=1, grace_s=0`` right after,
-and again once the kept S3 is older than half the period (its chunks and manifest re-locked). Request counts come
+(every reused chunk re-locked: in repository format v2 a lock is on the pack holding the chunk, so one
+PutObjectRetention per pack); 4 retention ``keep_last=1, grace_s=0`` right after, and again once the kept S3 is older
+than half the period (its packs, trees and record re-locked). Request counts come
 from a botocore ``before-call`` hook on llmdr's shared session, lock-extension time from a wrapper around
 ``Locker.extend`` (nothing in llmdr is changed).
 
@@ -147,8 +148,8 @@ def retention(cfg, probe: Probe, region: str) -> dict:
 
 
 def lock_margin(cfg, region: str, sid: str) -> dict:
-    """The lock rule for a published snapshot: every chunk locked until at least its manifest's lock - slack.
-    Returns the smallest chunk lock minus that bound (>= 0: the rule holds)."""
+    """The lock rule for a published snapshot: every chunk (the pack holding it) locked until at least its record's
+    lock - slack. Returns the smallest such lock minus that bound (>= 0: the rule holds)."""
     from llmdr.repo import ops
     from llmdr.repo.locks import Locker
 
@@ -302,7 +303,7 @@ def render(res: dict) -> str:
         f"{_l(rp['chunks_deleted'])} chunks; locked: forgot {_l(rf['forgotten'])}, kept by lock "
         f"{_l(rf['locked'])} snapshots + {_l(rf['chunks_locked'])} unreferenced chunks |",
         f"| 4b retention after > period/2 ({P / 2:.1f} s) | | {rd['seconds_median']:.2f} | | "
-        f"{_l(rd['locks_extended'])} | {_l(rd['put_retention'])} | kept S3 re-locked (chunks + manifest) in "
+        f"{_l(rd['locks_extended'])} | {_l(rd['put_retention'])} | kept S3 re-locked (packs, trees, record) in "
         f"{_l(rd['extend_s'])} s; kept by lock {_l(rd['locked'])} snapshots + {_l(rd['chunks_locked'])} chunks; "
         f"runs {_l(rd['seconds'])} s |",
         "",
@@ -331,12 +332,16 @@ def render(res: dict) -> str:
     lines += [
         "",
         "Notes:",
-        "- Step 2 runs right after step 1 into the same destination: S1's manifest lock still ends after now + "
-        "period − slack, so the reused chunks are not re-locked (one HEAD of S1's manifest). Step 3 waits until the "
-        "locked S2 is older than the slack (+1 s), so every reused chunk gets one PutObjectRetention (plain: no wait, "
-        "nothing is due). Each destination goes through all its steps before the other starts.",
-        f"- Lock rule check after step 2 (smallest chunk lock of S2 − (S2 manifest lock − slack), ≥ 0 holds): "
-        f"{_l(s['lock_margin_s2_s'])} s. Chunks are locked when put and the manifest when published, so the rule "
+        "- Step 2 runs right after step 1 into the same destination: S1's record lock (snaps/<id>) still ends after "
+        "now + period − slack, so the reused chunks are not re-locked (one HEAD of S1's record). Step 3 waits until "
+        "the locked S2 is older than the slack (+1 s), so every pack holding a reused chunk gets one "
+        "PutObjectRetention (plain: no wait, nothing is due). Each destination goes through all its steps before the "
+        "other starts.",
+        "- Repository format v2: chunks live inside packs (packs/), and an Object Lock is on a whole pack; chunk "
+        "counts are chunks inside packs, locks_extended and PutObjectRetention count objects (packs, trees, "
+        "records).",
+        f"- Lock rule check after step 2 (smallest lock of S2's packs − (S2 record lock − slack), ≥ 0 holds): "
+        f"{_l(s['lock_margin_s2_s'])} s. Packs are locked when put and the record when published, so the rule "
         "holds only while a copy takes less than the slack (here "
         f"{P / 4:.1f} s; cold copies took {_l(c['locked_s'])} s). HEAD returns RetainUntilDate in whole seconds.",
         "- PutObjectRetention/s = PutObjectRetention requests ÷ time inside `Locker.extend` (8 threads, the copy's "

@@ -158,7 +158,7 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
 
 
 def s5cmd_download_rate(cfg, work: Path) -> dict:
-    """The peer: s5cmd downloads the secondary bucket's objects (the same chunks a cold start restores)."""
+    """The peer: s5cmd downloads the secondary bucket's objects (the packs a cold start restores, with the repository's other objects)."""
     from llmdr.storage.credentials import resolve_keys
 
     sec = cfg.region("secondary")
