@@ -239,7 +239,8 @@ class Catalog:
         for _ in range(attempts):
             view = self.read()
             seq = view.next_seq
-            self._refuse_hidden(seq)
+            while self._hidden(seq):  # never write over a key we cannot read: take the next seq
+                seq += 1
             entry = make(seq, view.head.id if view.head else None)
             try:
                 self.store.put(entry_key(self.bundle, seq), canonical_json(entry.to_json()), if_absent=True)
@@ -251,15 +252,17 @@ class Catalog:
         raise StorageError(f"could not append to the catalog of {self.bundle!r} in {self.store.location}: "
                            f"{attempts} writers in a row took the next seq first. Try again.")
 
-    def _refuse_hidden(self, seq: int) -> None:
+    def _hidden(self, seq: int) -> bool:
         """In a locked (versioned) region, an unlisted seq that has versions was deleted without a version id: a
-        delete marker hides its entry. A create there would succeed and bury that snapshot for good (design §6:
-        never write over a key you cannot read), so refuse until the marker is removed."""
+        delete marker hides its entry. Creating there would succeed and bury that snapshot below a newer version
+        for good (design §6: never write over a key you cannot read), so the writer skips the seq instead — DR
+        copies keep flowing, the hidden entry stays recoverable with `llmdr undelete`, and readiness names it."""
         key = entry_key(self.bundle, seq)
-        if self.store.lock_policy() is not None and any(v.key == key for v in self.store.list_versions(key)):
-            raise StorageError(f"catalog entry {key} in {self.store.location} is hidden by a delete marker (someone "
-                               "deleted it without a version id); writing the next snapshot there would bury it. Run "
-                               "`llmdr undelete` for this region, then try again")
+        if self.store.lock_policy() is None or not any(v.key == key for v in self.store.list_versions(key)):
+            return False
+        log.warning("catalog entry %s in %s is hidden by a delete marker; the next snapshot takes the seq after it. "
+                    "Run `llmdr undelete` for this region to bring it back", key, self.store.location)
+        return True
 
     def _seal(self, view: View, new: Entry) -> None:
         """Best effort: write a segment for every complete block of ``SEGMENT`` entries not yet covered."""
