@@ -1,6 +1,7 @@
 """Readiness checks against the real local stack: each check's PASS and FAIL path (wrong and expiring credentials,
-STS through moto, a stale DR copy, a chunk missing, a missing component, no recent drill, regions not apart, no Object
-Lock, a slow link through a bandwidth-limited proxy), the CLI's exit code and the readiness-check flow's artifact."""
+STS through moto, a stale DR copy, a pack missing, a junk catalog entry (also under COMPLIANCE lock) that blocks no
+other snapshot, a future-dated snapshot, a missing component, no recent drill, regions not apart, no Object Lock, a
+slow link through a bandwidth-limited proxy), the CLI's exit code and the readiness-check flow's artifact."""
 
 import json
 import time
@@ -12,13 +13,16 @@ import pytest
 from llmdr.config import parse_config
 from llmdr.drill import readiness as rd
 from llmdr.drill.record import DrillRecord
+from llmdr.errors import ObjectLocked
+from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository, chunk_key
+from llmdr.repo.repository import RepoConfig, Repository
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import clear_cache
 from llmdr.storage.factory import open_region
 from tests.support.config import two_region_yaml, two_regions
+from tests.support.damage import chunks_in_same_pack, remove_chunk
 
 SMALL = ChunkerParams(avg_size=16384, min_size=4096, max_size=65536)
 
@@ -168,10 +172,75 @@ def test_rpo_pass_then_fail_when_the_dr_copy_is_stale(protected):
 
 def test_rpo_fails_when_a_chunk_of_the_newest_dr_snapshot_is_missing(protected):
     cfg, snap, dr = protected
-    gone = sorted(snap.manifest.chunk_set())[0]
-    dr.store.delete(chunk_key(gone))
+    need = snap.manifest.chunk_set()
+    gone = sorted(need)[0]
+    lost = chunks_in_same_pack(dr, gone) & set(need)  # its pack goes, and every chunk packed with it
+    pack = remove_chunk(dr, gone)
     c = one(rd.run_checks(cfg, only={"rpo"}), "rpo/secondary")
-    assert c.status == "FAIL" and chunk_key(gone) in c.summary and "--repair" in c.action
+    assert c.status == "FAIL" and f"{len(lost)} of its {len(need)} chunks are missing" in c.summary, c.summary
+    assert pack in c.summary and "--repair" in c.action  # the object to look at is named
+    assert c.data["chunks_missing"] == len(lost)
+
+
+def junk_entry(repo: Repository, bundle: str) -> str:
+    """Junk bytes at the next seq of ``bundle``'s catalog in ``repo`` (a damaged or forged entry); returns its key."""
+    key = entry_key(bundle, repo.view(bundle).next_seq)
+    repo.store.put(key, b'{"kind": "snapshot", "forged": true}')
+    return key
+
+
+def assert_junk_blocks_nothing(cfg, tmp_path, old: str, junk: str, change: bytes) -> None:
+    """With ``junk`` in the DR catalog, readiness names it; a new snapshot is still copied past it, verifies, is what
+    `latest` names (the standby's choice, ``failover.standby``) and lists with the one before it."""
+    from llmdr.repo import ops
+
+    c = one(rd.run_checks(cfg, only={"rpo"}), "rpo/secondary")
+    assert c.status == "FAIL" and junk in c.summary and c.data["unreadable"] == [junk], c.summary
+    (tmp_path / "bundle" / "config.json").write_bytes(change)
+    new = protect(cfg, tmp_path / "bundle")[0].snapshot_id
+    dr = ops.open_repo(cfg, "secondary", read_only=True, cache=False)
+    assert dr.snapshot_ids(bundle=cfg.bundle.name) == [old, new] and list(dr.unreadable) == [junk]
+    assert dr.resolve("latest", bundle=cfg.bundle.name) == new
+    for sid in (old, new):
+        check = ops.verify(cfg, sid, region="secondary")
+        assert check.ok and check.chunks_read == check.chunks_total > 0
+    assert one(rd.run_checks(cfg, only={"components"}), "components/secondary").status == "PASS"
+    again = one(rd.run_checks(cfg, only={"rpo"}), "rpo/secondary")
+    assert again.status == "FAIL" and junk in again.summary  # named until someone removes it
+
+
+def test_a_junk_catalog_entry_is_named_and_blocks_no_other_snapshot(protected, tmp_path):
+    cfg, snap, dr = protected
+    assert_junk_blocks_nothing(cfg, tmp_path, snap.snapshot_id, junk_entry(dr, cfg.bundle.name), b'{"v": 2}')
+
+
+def test_a_locked_junk_catalog_entry_is_named_and_blocks_no_other_snapshot(stack, tmp_path):
+    bucket = f"llmdr-lock-{uuid.uuid4().hex[:8]}"
+    cfg = cfg_for(stack, tmp_path, s_bucket=bucket, s_extra="    object_lock: {mode: COMPLIANCE, period: 30s}")
+    open_region(cfg, cfg.secondaries[0]).inner.ensure_bucket(object_lock=True)
+    make_bundle(tmp_path / "bundle")
+    snap, dr = protect(cfg, tmp_path / "bundle")
+    junk = junk_entry(dr, cfg.bundle.name)
+    with pytest.raises(ObjectLocked):
+        dr.store.delete(junk)  # COMPLIANCE: nobody can remove it before its lock ends
+    assert_junk_blocks_nothing(cfg, tmp_path, snap.snapshot_id, junk, b'{"v": 2}')
+
+
+def test_a_future_dated_snapshot_is_named(protected, tmp_path, monkeypatch):
+    from llmdr.repo import snapshot as snapshot_module
+
+    cfg, snap, _ = protected
+    ahead = (datetime.now(timezone.utc) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with monkeypatch.context() as m:
+        m.setattr(snapshot_module, "utc_now", lambda: ahead)  # the writer's clock runs two hours ahead
+        (tmp_path / "bundle" / "config.json").write_bytes(b'{"v": 3}')
+        ahead_snap, _ = protect(cfg, tmp_path / "bundle")
+    sid = ahead_snap.snapshot_id
+    assert ahead_snap.manifest.created == ahead
+    c = one(rd.run_checks(cfg, only={"rpo"}), "rpo/secondary")
+    assert c.status == "FAIL" and sid[:12] in c.summary and "dated after the store received them" in c.summary
+    assert c.data["future_dated"] == [sid] and c.data["snapshot"] == sid
+    assert 0 <= c.data["age_s"] < 600  # aged by the store's time, not by the two hours it claims
 
 
 def test_no_dr_snapshot_at_all_fails(stack, tmp_path):

@@ -16,6 +16,7 @@ from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes
 from llmdr.errors import LlmdrError
 from llmdr.repo.manifest import parse_utc
 from llmdr.repo.repository import Repository, SnapshotInfo
+from llmdr.repo.verify import chunk_where
 
 
 def check_credentials(cfg: Config, region: Region, now: float) -> Check:
@@ -94,7 +95,7 @@ def check_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Chec
             "chunks": len(need), "chunks_missing": len(missing), "future_dated": [s.id for s in snaps if s.future]}
     if missing:
         return Check(cid, title, FAIL, f"newest snapshot {newest.short} is listed but {len(missing)} of its "
-                     f"{len(need)} chunks are missing (e.g. chunk {missing[0][:12]})",
+                     f"{len(need)} chunks are missing (e.g. {chunk_where(repo, missing[0])})",
                      f"`llmdr verify {newest.short} --region {region.name} --repair` copies them back from a "
                      "healthy region", data)
     future = [s.short for s in snaps if s.future]
