@@ -329,18 +329,36 @@ def test_finish_deletes_what_v2_no_longer_needs(tmp_path):
 
 
 class LosingStore(MemoryStore):
-    """A store that acknowledges pack uploads and keeps none of them (lost writes)."""
+    """A store that acknowledges pack uploads and keeps none of the first ``lose`` of them (lost writes)."""
+
+    def __init__(self, name: str, lose: int | None) -> None:
+        super().__init__(name)
+        self.lose = lose
+        self.lost = 0
 
     def put(self, key, data, **kw):
-        if not key.startswith("packs/"):
-            super().put(key, data, **kw)
+        if key.startswith("packs/") and (self.lose is None or self.lost < self.lose):
+            self.lost += 1
+            return
+        super().put(key, data, **kw)
 
 
-def test_a_failed_check_leaves_config_at_v1():
-    mem = LosingStore("p")
+def test_a_pack_lost_on_the_way_is_packed_again_from_v1(tmp_path):
+    mem = LosingStore("p", lose=1)
+    history = _history(V1Writer(mem))
+    age_all(mem, 3600)
+    res = migrate(mem, workers=2)
+    assert mem.lost == 1 and res.ok and res.config_written
+    repo = Repository(mem)
+    for v1, files in history.items():
+        assert _restored(repo, repo.resolve(v1), tmp_path) == files
+
+
+def test_a_store_that_keeps_losing_packs_leaves_config_at_v1():
+    mem = LosingStore("p", lose=None)
     _history(V1Writer(mem))
     age_all(mem, 3600)
-    with pytest.raises(IntegrityError, match="config.json still says v1"):
+    with pytest.raises(IntegrityError, match="config.json was not switched"):
         migrate(mem, workers=2)
     assert json.loads(mem.get("config.json"))["format"] == 1
 
