@@ -27,10 +27,11 @@ class ManifestCheck:
     state: str
     detail: str = ""
     repaired_from: str | None = None
+    damaged_key: str | None = None  # the object found damaged: the record, or one of its trees
 
     @property
     def key(self) -> str:
-        return record_key(self.snapshot_id)
+        return self.damaged_key or record_key(self.snapshot_id)
 
     @property
     def ok(self) -> bool:
@@ -64,7 +65,7 @@ def check_manifest(repo: Repository, snapshot_id: str,
         for k, d in keys[2:]:
             _checked(repo, k, d)
     except _Damaged as exc:
-        res.state, res.detail = exc.state, exc.detail
+        res.state, res.detail, res.damaged_key = exc.state, exc.detail, exc.key
         bad.append((exc.key, exc.digest))
     except (ValueError, AttributeError) as exc:
         res.state, res.detail = "damaged", f"the record does not parse ({exc})"
