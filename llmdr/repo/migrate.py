@@ -11,8 +11,8 @@ so both live side by side while a migration runs and v1 readers still work until
    bundle's by the v1 ``parent`` chain, then ``created``, then id;
 3. per snapshot: pack the chunks no index holds yet (each read by its v1 key and proven against its id), store the
    index, the trees, then the record (``migrated_from`` = the v1 id) and its catalog entry;
-4. verify: every migrated record's file list equals its v1 manifest's and every chunk it names is in a present pack;
-   read back about 1 % of the chunks;
+4. verify: every migrated record's file list equals its v1 manifest's and every chunk it names is in a present pack
+   (one whose pack went missing is packed again from v1, once); read back about 1 % of the chunks;
 5. only then overwrite ``config.json`` with the v2 config (on a locked bucket that is a new version over the locked
    old one). From here every v2 command works on the region; v1 llmdr refuses ``format: 2``.
 
