@@ -92,8 +92,10 @@ def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
                 forgotten.update(e.forget)
         for e in view.live:
             live.add(e.id)
+    stored: set[str] = set()
     for info in repo.store.list(SNAPS):
         sid = info.key[len(SNAPS):]
+        stored.add(sid)
         if sid in forgotten and sid not in live:
             continue
         try:
@@ -102,7 +104,7 @@ def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
             continue
         except Exception as exc:  # noqa: BLE001 - an unreadable record cannot name chunks; report it, keep going
             repo.unreadable[info.key] = str(exc)
-    return used, sorted(forgotten - live)
+    return used, sorted((forgotten - live) & stored)  # records already deleted are not planned again
 
 
 def prune(repo: Repository, *, safety_s: float = DEFAULT_SAFETY_S, repack_below: float = 0.5,
@@ -154,9 +156,9 @@ def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: flo
         lock.check()
         with PackWriter(repo) as w:
             for e in repack:
-                # a chunk another live pack already holds needs no copy
-                other = idx.lookup(e.chunk, avoid={e.pack, *(bytes.fromhex(c) for c in candidates)})
-                if other is None or other.pack == e.pack:
+                # a chunk another live pack already holds needs no copy (``has``: ``lookup`` falls back to an
+                # avoided pack rather than answer None)
+                if not idx.has(e.chunk, avoid={e.pack, *(bytes.fromhex(c) for c in candidates)}):
                     w.add(e.chunk.hex(), e.chunk, repo.load_chunk(e.chunk.hex(), size=e.plain_length))
         res.repacked = len({e.pack for e in repack})
     records = [sid for sid in forgotten if locker is None or locker.locked(record_key(sid), now) is None]
@@ -178,15 +180,22 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
         return
     idx = repo.index(refresh=True)
     used, _ = used_chunks(repo)
-    doomed = {bytes.fromhex(p) for plan in due.values() for p in plan["packs"]}
-    # rescue: a doomed pack holding a used chunk that no surviving pack holds
+    marked: dict[str, float] = {}
+    for plan in due.values():
+        for p in plan["packs"]:
+            marked[p] = min(marked.get(p, now), float(plan.get("marked_at", now)))
+    doomed = {bytes.fromhex(p) for p in marked}
+    infos = repo.pack_infos()
+    # rescue: a doomed pack holding a used chunk that no surviving pack holds, or one stored again since it was
+    # marked (a candidate was older than S then): a writer packed the same chunks in the same order, same pack id
     for pack in sorted(doomed):
-        for e in idx.entries_of_pack(pack):
-            if e.chunk in used and idx.lookup(e.chunk, avoid=doomed) is None:
-                doomed.discard(pack)
-                res.rescued.append(pack.hex())
-                break
-    present = {bytes.fromhex(p) for p in repo.pack_infos()}
+        info = infos.get(pack.hex())
+        rewritten = info is not None and info.modified is not None and info.modified > marked[pack.hex()] - safety_s
+        if rewritten or any(e.chunk in used and not idx.has(e.chunk, avoid=doomed)
+                            for e in idx.entries_of_pack(pack)):
+            doomed.discard(pack)
+            res.rescued.append(pack.hex())
+    present = {bytes.fromhex(p) for p in infos}
     keep = [e for pack in sorted(idx.packs()) if pack not in doomed and pack in present
             for e in idx.entries_of_pack(pack)]
     old_ids = sorted(idx.live_ids())

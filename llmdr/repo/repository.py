@@ -281,7 +281,13 @@ class Repository:
             return self._index
 
     def add_index(self, entries: list[IndexEntry], supersedes: tuple[bytes, ...] = ()) -> str:
-        """Store an index object naming ``entries`` (after their packs are stored) and add it to the view."""
+        """Store an index object naming ``entries`` (after their packs are stored) and add it to the view.
+
+        A writer's index (one that supersedes nothing) also supersedes one random id that names no object: its id is
+        then new. Without it, a writer storing again chunks a prune deleted (same chunks, same order: same pack id)
+        would write an index object equal, byte for byte, to one the prune superseded, and it would stay hidden."""
+        if not supersedes:
+            supersedes = (os.urandom(32),)
         f = IndexFile(tuple(entries), supersedes)
         data = f.to_bytes()
         iid = index_id(data)
