@@ -1,6 +1,7 @@
 """Object Lock in the DR region, against a real SeaweedFS server: locked copies cannot be deleted (not by llmdr, not
-by a direct S3 call), copies and retention extend the locks the kept snapshots rely on, and retention never tries
-to delete a locked object but does delete (every version of) what is no longer locked."""
+by a direct S3 call), copies and retention extend the locks the kept snapshots rely on (per pack), forgetting works
+under lock (a catalog entry), and prune never deletes a locked pack but does delete (every version of) what is no
+longer locked and no longer used."""
 
 import random
 import time
@@ -13,8 +14,9 @@ from llmdr.config import parse_config
 from llmdr.errors import ObjectLocked, ReadOnlyStoreError, TransientStorageError
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.locks import Locker
+from llmdr.repo.prune import prune
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository, chunk_key, manifest_key
+from llmdr.repo.repository import RepoConfig, Repository, record_key
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention
 from llmdr.repo.snapshot import take_snapshot
@@ -23,6 +25,7 @@ from llmdr.storage.factory import adapter, open_region
 from llmdr.storage.retrying import RetryingStore
 from llmdr.testing.faulty import FaultyStore
 from tests.support.config import two_regions
+from tests.support.damage import chunk_pack
 from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
@@ -100,20 +103,22 @@ def test_a_locked_snapshot_cannot_be_deleted(stack, tmp_path):
     snap, dr, _ = protect_one(cfg, tmp_path / "src", 1)
     sid = snap.snapshot_id
     locker = Locker.of(dr.store)
-    lock = locker.locked(manifest_key(sid))
+    lock = locker.locked(record_key(sid))
     assert lock is not None and lock.mode == "COMPLIANCE"
     assert 50 < lock.until - time.time() <= 61
-    for d in snap.manifest.chunk_set():  # every chunk is locked at least as long as the manifest
-        assert locker.retention(chunk_key(d)).until >= lock.until - 1
+    for d in snap.manifest.chunk_set():  # every pack holding a chunk is locked at least as long as the record
+        assert locker.chunk_lock(dr, d).until >= lock.until - 1
 
     # llmdr refuses, naming the lock
     with pytest.raises(ObjectLocked, match="COMPLIANCE Object Lock until"):
-        dr.store.delete(manifest_key(sid))
+        dr.store.delete(record_key(sid))
+    with pytest.raises(ObjectLocked, match="COMPLIANCE Object Lock until"):
+        dr.store.delete(chunk_pack(dr, next(iter(snap.manifest.chunk_set()))))
     # so does the server to anyone deleting the version directly
     from botocore.exceptions import ClientError
 
     s3 = raw_client(cfg, cfg.secondaries[0])
-    key = raw_key(cfg.secondaries[0], manifest_key(sid))
+    key = raw_key(cfg.secondaries[0], record_key(sid))
     vid = s3.head_object(Bucket=cfg.secondaries[0].bucket, Key=key)["VersionId"]
     with pytest.raises(ClientError, match="AccessDenied"):
         s3.delete_object(Bucket=cfg.secondaries[0].bucket, Key=key, VersionId=vid)
@@ -127,7 +132,7 @@ def test_copies_extend_the_locks_of_reused_chunks_only_when_needed(stack, tmp_pa
     src = tmp_path / "src"
     snap1, dr, _ = protect_one(cfg, src, 2, size=80_000)
     locker = Locker.of(dr.store)
-    before = {d: locker.retention(chunk_key(d)).until for d in snap1.manifest.chunk_set()}
+    before = {d: locker.chunk_lock(dr, d).until for d in snap1.manifest.chunk_set()}
     p = Repository(open_region(cfg, cfg.primary))
 
     def next_snapshot(text):
@@ -139,62 +144,70 @@ def test_copies_extend_the_locks_of_reused_chunks_only_when_needed(stack, tmp_pa
     snap2, res2 = next_snapshot(b'{"v": 2}')
     reused = set(snap1.manifest.chunk_set()) & set(snap2.manifest.chunk_set())
     assert reused and res2.chunks_copied < res2.chunks_total and res2.locks_extended == 0
-    time.sleep(2.3)  # more than the slack: the reused chunks are re-locked as long as the new snapshot
+    time.sleep(2.3)  # more than the slack: the packs of reused chunks are re-locked as long as the new snapshot
     snap3, res3 = next_snapshot(b'{"v": 3}')
-    reused3 = set(snap3.manifest.chunk_set()) - {d for d in snap3.manifest.chunk_set()
-                                                   if d not in snap2.manifest.chunk_set()}
-    assert res3.locks_extended == len(reused3) > 0
-    m3 = locker.retention(manifest_key(snap3.snapshot_id)).until
+    reused3 = set(snap3.manifest.chunk_set()) & set(snap2.manifest.chunk_set())
+    assert res3.locks_extended == len({chunk_pack(dr, d) for d in reused3}) > 0  # one extension per pack
+    m3 = locker.snapshot_lock(snap3.snapshot_id).until
     for d in reused & reused3:
-        assert locker.retention(chunk_key(d)).until > before[d] + 1
-    for d in snap3.manifest.chunk_set():  # the rule readiness checks: chunks locked >= manifest - slack
-        assert locker.retention(chunk_key(d)).until >= m3 - locker.slack_s - 1
+        assert locker.chunk_lock(dr, d).until > before[d] + 1
+    for d in snap3.manifest.chunk_set():  # the rule readiness checks: packs locked >= record - slack
+        assert locker.chunk_lock(dr, d).until >= m3 - locker.slack_s - 1
 
 
-def test_retention_keeps_locked_snapshots_and_deletes_them_once_unlocked(stack, tmp_path):
+def test_retention_forgets_locked_snapshots_and_frees_their_packs_once_unlocked(stack, tmp_path):
     cfg = locked_config(stack, tmp_path, period="4s")
     src = tmp_path / "src"
     snap1, dr, _ = protect_one(cfg, src, 3)
-    snap2, _, _ = protect_one(cfg, src, 4)
+    snap2, dr, _ = protect_one(cfg, src, 4)  # (a fresh view of the region, with both snapshots' indexes)
     only1 = set(snap1.manifest.chunk_set()) - set(snap2.manifest.chunk_set())
-    assert only1
+    packs1 = {chunk_pack(dr, d) for d in only1}
+    assert only1 and packs1.isdisjoint({chunk_pack(dr, d) for d in snap2.manifest.chunk_set()})
 
+    # forgetting is a catalog entry: it works under Object Lock; the locked objects stay
     res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
-    assert res.forgotten == [] and snap1.snapshot_id in res.locked
-    assert res.chunks_locked == 0 and res.chunks_deleted == 0  # snap1 still references its chunks
-    assert set(dr.snapshot_ids()) == {snap1.snapshot_id, snap2.snapshot_id}
+    assert res.forgotten == [snap1.snapshot_id] and snap1.snapshot_id in res.locked
+    assert res.chunks_locked == len(packs1) and res.chunks_deleted == 0 and res.prune["planned"] == 0
+    assert dr.snapshot_ids() == [snap2.snapshot_id]
+    assert all(dr.store.head(k) for k in packs1) and dr.store.head(record_key(snap1.snapshot_id))
 
-    time.sleep(4.5)  # both locks have ended; the kept snapshot gets fresh ones, the forgotten one goes
+    time.sleep(4.5)  # both locks have ended; the kept snapshot gets fresh ones, the forgotten one's packs are planned
     res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
-    assert res.forgotten == [snap1.snapshot_id] and res.locked == {}
-    assert res.chunks_deleted == len(only1)
-    assert res.locks_extended >= len(snap2.manifest.chunk_set()) + 1
-    assert Locker.of(dr.store).locked(manifest_key(snap2.snapshot_id)) is not None
+    assert res.forgotten == [] and res.locked == {}
+    assert res.prune["planned"] == len(packs1) and res.chunks_deleted == 0
+    assert res.locks_extended >= len({chunk_pack(dr, d) for d in snap2.manifest.chunk_set()}) + 1
+    assert Locker.of(dr.store).locked(record_key(snap2.snapshot_id)) is not None
+    p = prune(dr, safety_s=0)  # phase two
+    assert p.chunks_deleted == len(only1) and len(p.deleted) == len(packs1) and p.records_deleted == 1
     # deleted for real: no version and no delete marker is left behind to keep paying for
     s3 = raw_client(cfg, cfg.secondaries[0])
-    key = raw_key(cfg.secondaries[0], manifest_key(snap1.snapshot_id))
-    v = s3.list_object_versions(Bucket=cfg.secondaries[0].bucket, Prefix=key)
-    assert not v.get("Versions") and not v.get("DeleteMarkers")
+    for key in [record_key(snap1.snapshot_id), *packs1]:
+        v = s3.list_object_versions(Bucket=cfg.secondaries[0].bucket, Prefix=raw_key(cfg.secondaries[0], key))
+        assert not v.get("Versions") and not v.get("DeleteMarkers"), key
     assert dr.snapshot_ids() == [snap2.snapshot_id]
+    restore_snapshot(Repository(dr.store), snap2.snapshot_id, tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
 
 
-def test_prune_skips_unreferenced_chunks_that_are_still_locked(stack, tmp_path):
+def test_prune_skips_unreferenced_packs_that_are_still_locked(stack, tmp_path):
     import hashlib
 
     cfg = locked_config(stack, tmp_path, period="60s")
     snap, dr, _ = protect_one(cfg, tmp_path / "src", 5)
-    orphan = random.Random(9).randbytes(3000)  # a chunk of an upload that crashed before its manifest
+    orphan = random.Random(9).randbytes(3000)  # a chunk of an upload that crashed before its record
     hexd = hashlib.sha256(orphan).hexdigest()
-    dr.store.put(chunk_key(hexd), orphan)
+    dr.save_chunk(hexd, orphan)
+    key = chunk_pack(dr, hexd)
     res = apply_retention(dr, "testbundle", Policy(keep_last=1), grace_s=0)
-    assert res.chunks_locked == 1 and res.chunks_deleted == 0
-    assert dr.store.get(chunk_key(hexd)) == orphan
+    assert res.chunks_locked == 1 and res.chunks_deleted == 0 and res.prune["planned"] == 0
+    assert prune(dr, safety_s=0).deleted == []
+    assert Repository(dr.store).load_chunk(hexd) == orphan
     # and COMPLIANCE cannot be shortened to get around it, not even by the bucket owner
     from botocore.exceptions import ClientError
 
     s3 = raw_client(cfg, cfg.secondaries[0])
     with pytest.raises(ClientError, match="AccessDenied"):
-        s3.put_object_retention(Bucket=cfg.secondaries[0].bucket, Key=raw_key(cfg.secondaries[0], chunk_key(hexd)),
+        s3.put_object_retention(Bucket=cfg.secondaries[0].bucket, Key=raw_key(cfg.secondaries[0], key),
                                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": datetime.now(timezone.utc)
                                                                           + timedelta(seconds=5)})
 
@@ -202,17 +215,17 @@ def test_prune_skips_unreferenced_chunks_that_are_still_locked(stack, tmp_path):
 def test_governance_mode_locks_too(stack, tmp_path):
     cfg = locked_config(stack, tmp_path, mode="GOVERNANCE")
     snap, dr, _ = protect_one(cfg, tmp_path / "src", 7)
-    lock = Locker.of(dr.store).locked(manifest_key(snap.snapshot_id))
+    lock = Locker.of(dr.store).locked(record_key(snap.snapshot_id))
     assert lock.mode == "GOVERNANCE"
     with pytest.raises(ObjectLocked, match="GOVERNANCE"):
-        dr.store.delete(manifest_key(snap.snapshot_id))
+        dr.store.delete(record_key(snap.snapshot_id))
 
 
 def test_a_read_only_store_reads_locks_but_cannot_extend_them(stack, tmp_path):
     cfg = locked_config(stack, tmp_path)
     snap, _, _ = protect_one(cfg, tmp_path / "src", 8)
     ro = Locker.of(open_region(cfg, cfg.secondaries[0], read_only=True))
-    key = manifest_key(snap.snapshot_id)
+    key = record_key(snap.snapshot_id)
     lock = ro.locked(key)
     assert lock is not None and lock.mode == "COMPLIANCE"
     with pytest.raises(ReadOnlyStoreError, match="extend lock of"):
@@ -230,7 +243,7 @@ def test_lock_calls_go_through_the_retry_layer(stack, tmp_path):
     faulty.fail("retention", lambda: TransientStorageError("injected"), times=2)
     faulty.fail("extend_lock", lambda: TransientStorageError("injected"), times=1)
     locker = Locker.of(store)
-    key = manifest_key(snap.snapshot_id)
+    key = record_key(snap.snapshot_id)
     before = locker.retention(key).until
     assert locker.extend([key], until=before + 30) == 1
     faulty.assert_all_fired()
@@ -249,11 +262,12 @@ def test_a_copy_slower_than_the_slack_relocks_its_early_chunks(stack, tmp_path):
     snap = take_snapshot(p, src, bundle="testbundle")
     n = len(snap.manifest.chunk_set())
     slow = FaultyStore(p.store)
-    slow.delay("get", 1.5 / n + 0.02, times=None, key_prefix="chunks/")  # the copy takes > 1.5 s
+    slow.delay("get", 1.5 / n + 0.02, times=None, key_prefix="packs/")  # the copy takes > 1.5 s
     dr = Repository(open_region(cfg, cfg.secondaries[0]))
     res = replicate_snapshot(Repository(slow), dr, snap.snapshot_id, workers=1)
-    assert res.duration_s > 1.5 and res.locks_extended == n
     locker = Locker.of(dr.store)
-    m = locker.retention(manifest_key(snap.snapshot_id)).until
+    packs = {chunk_pack(dr, d) for d in snap.manifest.chunk_set()}
+    assert res.duration_s > 1.5 and res.locks_extended == len(packs)  # every pack it wrote, re-locked
+    m = locker.snapshot_lock(snap.snapshot_id).until
     for d in snap.manifest.chunk_set():
-        assert locker.retention(chunk_key(d)).until >= m - locker.slack_s - 1
+        assert locker.chunk_lock(dr, d).until >= m - locker.slack_s - 1
