@@ -1,5 +1,6 @@
 """protect-bundle keeps the warm standby on the newest content of its own region: a new snapshot of unchanged
-files leaves it alone, changed files move it, and the replica that serves traffic is never restarted."""
+files leaves it alone, changed files move it (past a junk object in the region's catalog), and the replica that
+serves traffic is never restarted."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from llmdr.devstack.serving import start_router, start_serving
 from llmdr.failover.router import open_router
 from llmdr.repo import ops
+from llmdr.repo.catalog import entry_key
 from llmdr.serving.replica import replica_status
 from llmdr.serving.tinymodel import write_demo_bundle
 
@@ -34,6 +36,11 @@ def test_refresh_standby_follows_content_not_snapshot_ids(prefect_harness, serve
     assert out["refreshed"] is False and out["why"] == "already serves this content"
     assert replica_status(cfg, sec).pid == before.pid
 
+    # junk in the DR region's catalog (a damaged or forged entry) is skipped: it holds the standby on nothing
+    dr = ops.open_repo(cfg, "secondary")
+    junk = entry_key(cfg.bundle.name, dr.view(cfg.bundle.name).next_seq)
+    dr.store.put(junk, b"not a catalog entry")
+
     # changed generation settings: the standby moves to the new content, restored from its own store
     gen = cfg.bundle_path / "generation_config.json"
     data = json.loads(gen.read_text())
@@ -44,6 +51,8 @@ def test_refresh_standby_follows_content_not_snapshot_ids(prefect_harness, serve
     out = refresh_standby(path, "secondary")
     after = replica_status(cfg, sec)
     assert out["refreshed"] is True and after.snapshot == v3 and after.pid != before.pid and after.healthy
+    listed = ops.open_repo(cfg, "secondary", read_only=True, cache=False)
+    assert listed.snapshot_ids() == [v1, v2, v3] and list(listed.unreadable) == [junk]
 
     # the replica that serves traffic is never restarted
     data["max_new_tokens"] = 7
