@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from llmdr.errors import IntegrityError, ObjectNotFound
+from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.pack import read_blobs
-from llmdr.repo.repository import Repository
+from llmdr.repo.repository import INDEX, Repository
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ def rebuild_index(repo: Repository, *, workers: int = 8, lock_wait_s: float = 0.
     cfg = repo.config()
     cipher = repo.store.blob_cipher()
     with hold(repo.store, "exclusive", "repair-index", wait_s=lock_wait_s, settle_s=0.2) as lock:
-        old = sorted(repo.index(refresh=True).live_ids() | set(repo.index_meta))
+        present = {i.key[len(INDEX):] for i in repo.store.list(INDEX) if is_hex_digest(i.key[len(INDEX):])}
+        # every index present (design §2), the damaged ones included: they are what a rebuild replaces
+        old = sorted(repo.index(refresh=True).live_ids() | set(repo.index_meta) | present)
         packs = repo.pack_infos()
 
         def trailer(item) -> tuple[str, list[IndexEntry] | str]:
