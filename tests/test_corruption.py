@@ -467,6 +467,7 @@ def test_damaged_index_is_rebuilt_from_the_packs(world, tmp_path, damage):
     assert r.returncode == 0, r.stdout + r.stderr
     rebuilt = json.loads(r.stdout)
     assert rebuilt["packs"] == len(packs) and rebuilt["chunks"] == len(files) and rebuilt["bad_packs"] == {}
+    assert rebuilt["superseded"] == (0 if damage is lose_index else len(indexes))  # every index present
     r = llmdr(path, "verify", sid, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)["chunks"]
