@@ -20,7 +20,8 @@ from llmdr.repo.index import IndexEntry
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repository import PACKS, RepoConfig, Repository, pack_key, record_key, tree_key
-from llmdr.repo.restore import MARKER, MAX_GAP, MAX_RANGE, TMP_SUFFIX, plan_ranges, restore_snapshot
+from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
+from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.tree import record_bytes
 from llmdr.storage.crypto import EncryptingStore

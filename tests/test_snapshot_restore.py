@@ -14,7 +14,8 @@ from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.repository import INDEX, PACKS, TREES, RepoConfig, Repository, pack_key, record_key, tree_key
-from llmdr.repo.restore import MARKER, plan_ranges, restore_snapshot
+from llmdr.repo.restore import MARKER, restore_snapshot
+from llmdr.repo.restoreplan import plan_ranges
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.tree import record_bytes
 from llmdr.storage.memory import MemoryStore

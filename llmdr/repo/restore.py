@@ -3,9 +3,10 @@ resumable (docs/design/repository-format-v2.md §7).
 
 The restore is planned before anything is downloaded: every chunk of every file to write is placed by the index
 (pack, offset, stored length), the blobs of each pack are sorted by offset and neighbours coalesced into ranges
-(gap ≤ ``MAX_GAP``, range ≤ ``MAX_RANGE``). The ranges are fetched with ranged GETs on ``workers`` threads, started
-only while the bytes in flight fit ``memory_bytes``. Each blob is opened and proven against its chunk id, then
-written with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is fetched once.
+(``restoreplan``: gap ≤ 1 MiB, range ≤ 32 MiB, less for a small restore so that every worker has one). They are
+fetched with ranged GETs on ``workers`` threads, started only while the bytes in flight fit ``memory_bytes``. Each
+blob is opened and proven against its chunk id, then written with ``os.pwrite`` at every (file, offset) that uses
+it: a chunk shared by many files is fetched once.
 
 Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
 first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
@@ -27,7 +28,6 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,12 @@ from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifes
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
 from llmdr.repo.repository import Repository, pack_key
+from llmdr.repo.restoreplan import MAX_RANGE, MIN_SPLIT, Range, plan_ranges
 
 log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
-MAX_GAP = 1 << 20  # unused bytes between two blobs a range may carry rather than start a new GET
-MAX_RANGE = 32 << 20  # the largest range one GET fetches
 DEFAULT_MEMORY = 256 << 20  # bytes of ranges (and their blobs being opened) in memory at most
 MAX_OPEN_FILES = 128
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
@@ -80,41 +79,6 @@ class RestoreResult:
             "duration_s": round(self.duration_s, 3),
             "location": self.location,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """One ranged GET: ``length`` stored bytes of ``pack`` (raw id) from ``start``, holding ``blobs`` by offset."""
-
-    pack: bytes
-    start: int
-    length: int
-    blobs: tuple[IndexEntry, ...]
-
-
-def plan_ranges(entries: Iterable[IndexEntry], *, max_gap: int = MAX_GAP, max_range: int = MAX_RANGE) -> list[Range]:
-    """The GETs that fetch ``entries``: grouped by pack, sorted by offset, a blob joining the range before it when
-    the gap between them is at most ``max_gap`` and the range stays within ``max_range`` bytes (a blob larger than
-    that is a range of its own). A blob listed twice is fetched once. Ranges come by pack, then offset."""
-    by_pack: dict[bytes, dict[int, IndexEntry]] = {}
-    for e in entries:
-        by_pack.setdefault(e.pack, {}).setdefault(e.offset, e)
-    out: list[Range] = []
-    for pack in sorted(by_pack):
-        blobs: list[IndexEntry] = []
-        start = end = 0
-        for e in sorted(by_pack[pack].values(), key=lambda x: x.offset):
-            e_end = e.offset + e.stored_length
-            if blobs and e.offset - end <= max_gap and max(end, e_end) - start <= max_range:
-                blobs.append(e)
-                end = max(end, e_end)
-                continue
-            if blobs:
-                out.append(Range(pack, start, end - start, tuple(blobs)))
-            blobs, start, end = [e], e.offset, e_end
-        if blobs:
-            out.append(Range(pack, start, end - start, tuple(blobs)))
-    return out
 
 
 def safe_destination(root: Path, relpath: str) -> Path:
@@ -157,6 +121,7 @@ class _FileJob:
         self.remaining = len(entry.chunks)
         self.fd = -1
         self.pins = 0  # writes under way (the open-file cap never closes a pinned file)
+        self.lock = threading.Lock()
         self.created = False
         self.done = False
 
@@ -180,7 +145,7 @@ class _FileJob:
             self.fd = -1
 
     def finalise(self) -> None:
-        if not self.created:
+        if self.fd < 0:  # an empty file, or one the open-file cap closed after its last write
             self.open()
         try:
             os.fchmod(self.fd, self.entry.mode)
@@ -203,13 +168,13 @@ class _FileJob:
 
 
 class _Files:
-    """Writes into the files being assembled, keeping at most ``limit`` of them open (plus those being written)."""
+    """Writes into the files being assembled, keeping at most ``limit`` of them open (plus those being written).
+    Opening (create, pre-size) happens under the file's own lock, so threads open different files at once."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards ``open``; taken after a file's lock, never before
         self.open: OrderedDict[_FileJob, None] = OrderedDict()  # least recently written first
-        self.peak_open = 0
 
     def write(self, job: _FileJob, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; the write that completes the file finalises it."""
@@ -219,32 +184,39 @@ class _Files:
             _pwrite_all(fd, data, offset, job.entry.path)
             ok = True
         finally:
-            with self.lock:
+            with job.lock:
                 job.pins -= 1
                 if ok:
                     job.remaining -= 1
-                    last = job.remaining == 0
-                    if last:
-                        self.open.pop(job, None)
+                last = ok and job.remaining == 0
         if last:
+            with self.lock:
+                self.open.pop(job, None)
             job.finalise()
 
     def _pin(self, job: _FileJob) -> int:
-        with self.lock:
-            if job.fd < 0:
-                for old in list(self.open):
-                    if len(self.open) < self.limit:
-                        break
-                    if old.pins == 0:
-                        old.close()
-                        del self.open[old]
+        with job.lock:
+            opened = job.fd < 0
+            if opened:
                 job.open()
-                self.open[job] = None
-                self.peak_open = max(self.peak_open, len(self.open))
-            else:
-                self.open.move_to_end(job)
             job.pins += 1
-            return job.fd
+            fd = job.fd
+        with self.lock:
+            if opened:
+                self.open[job] = None
+                for old in list(self.open):
+                    if len(self.open) <= self.limit:
+                        break
+                    if old is not job and old.lock.acquire(blocking=False):  # busy: leave it open this time
+                        try:
+                            if old.pins == 0:
+                                old.close()
+                                del self.open[old]
+                        finally:
+                            old.lock.release()
+            elif job in self.open:
+                self.open.move_to_end(job)
+        return fd
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
@@ -284,7 +256,7 @@ class _Plan:
     """What a restore downloads: each chunk's place in a pack, the (file, offset) pairs that use it, and the
     ranges that fetch them, ordered by the first file that needs each range (so files complete early)."""
 
-    def __init__(self, repo: Repository, jobs: list[_FileJob]) -> None:
+    def __init__(self, repo: Repository, jobs: list[_FileJob], workers: int) -> None:
         self.uses: dict[bytes, list[tuple[_FileJob, int]]] = {}
         self.sizes: dict[bytes, int] = {}
         rank: dict[bytes, int] = {}
@@ -307,7 +279,9 @@ class _Plan:
                 raise ChunkMissing(f"chunk {c.hex()[:12]} of {self.places(c)} is in no index of {repo.location}; "
                                    f"the snapshot there is damaged. Nothing was written. {_THEN}")
             self.located[c] = e
-        ranges = plan_ranges(self.located.values())
+        total = sum(e.stored_length for e in self.located.values())
+        limit = min(MAX_RANGE, max(MIN_SPLIT, -(-total // max(1, workers))))
+        ranges = plan_ranges(self.located.values(), max_range=limit)
         self.ranges = sorted(ranges, key=lambda r: min(rank[b.chunk] for b in r.blobs))
 
     def places(self, chunk: bytes, most: int = 3) -> str:
@@ -355,10 +329,14 @@ def restore_snapshot(
     progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
     jobs: list[_FileJob] = []
     try:
+        folders: set[Path] = set()  # checked (before and after mkdir) once each, not once per file
         for entry in manifest.files:
-            dest = safe_destination(root, entry.path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            safe_destination(root, entry.path)  # re-check now that the folders exist
+            dest = root / entry.path
+            if dest.parent not in folders:
+                safe_destination(root, entry.path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                safe_destination(root, entry.path)  # re-check now that the folders exist
+                folders.add(dest.parent)
             if file_matches(dest, entry):
                 st = dest.stat()
                 if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
@@ -371,7 +349,7 @@ def restore_snapshot(
             jobs.append(job)
             if not entry.chunks:
                 job.finalise()
-        plan = _Plan(repo, [j for j in jobs if j.entry.chunks])
+        plan = _Plan(repo, [j for j in jobs if j.entry.chunks], workers)
         _run(repo, plan, _Files(MAX_OPEN_FILES), _Budget(memory_bytes), workers, res, progress)
     except BaseException as exc:
         in_place = res.files_skipped + sum(1 for j in jobs if j.done)
