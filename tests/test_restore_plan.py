@@ -199,7 +199,8 @@ def test_open_files_are_capped(tmp_path, monkeypatch):
 def test_memory_budget_bounds_the_bytes_in_flight(tmp_path):
     write_tree(tmp_path / "src", {"w.bin": rnd(1_500_000, 4)})
     lock = threading.Lock()
-    state = {"now": 0, "peak": 0}
+    state = {"now": 0, "peak": 0, "calls": 0}
+    gate: list[threading.Barrier] = []  # when set: the first six GETs wait until all six are under way
 
     class Held(bytes):
         """A range's bytes, counted from the start of its GET until the restore drops them."""
@@ -212,7 +213,12 @@ def test_memory_budget_bounds_the_bytes_in_flight(tmp_path):
         with lock:
             state["now"] += length
             state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.02)
+            state["calls"] += 1
+            first = state["calls"] <= 6
+        if gate and first:
+            gate[0].wait(timeout=60)
+        else:
+            time.sleep(0.02)  # gives the other workers every chance to start theirs meanwhile
         held = Held(get())
         held.n = length
         return held
@@ -224,7 +230,9 @@ def test_memory_budget_bounds_the_bytes_in_flight(tmp_path):
     restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=budget)
     assert (tmp_path / "o1" / "w.bin").read_bytes() == rnd(1_500_000, 4)
     assert 0 < state["peak"] <= budget and state["now"] == 0
-    state["peak"] = 0  # the same restore without the budget: eight GETs at once, far more than three ranges
+    # the same restore without the budget: six GETs (at least 6 x 64 KiB) are under way at once
+    state.update(peak=0, calls=0)
+    gate.append(threading.Barrier(6))
     restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=1 << 40)
     assert state["peak"] > budget
 
