@@ -1,5 +1,6 @@
 """Restore planned by pack (design §7): coalescing of blobs into ranged GETs, a chunk fetched once for every place
-that uses it, the memory budget, the open-file cap, encrypted regions, damage and resume. Memory store only."""
+that uses it, the memory budget, the open-file cap, encrypted regions, damage and resume; the memory store, and one
+run against SeaweedFS."""
 
 import errno
 import hashlib
@@ -25,6 +26,7 @@ from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.tree import record_bytes
 from llmdr.storage.crypto import EncryptingStore
+from llmdr.storage.factory import open_region
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
 from tests.support.damage import corrupt_chunk, remove_chunk
@@ -305,3 +307,24 @@ def test_disk_full_mid_restore_leaves_whole_files_only_and_the_rerun_resumes(tmp
     assert read_tree(out) == files
     assert again.files_skipped == len(done)
     assert again.bytes_downloaded == sum(len(files[p]) for p in files if p not in done)
+
+
+# on a real server ----------------------------------------------------------------------------------------------------
+def test_on_seaweedfs_ranges_shared_chunks_and_a_missing_pack(region_config, tmp_path):
+    """The same plan against SeaweedFS: ranged GETs within a small budget, a file stored twice fetched once, and a
+    pack deleted behind the index reported by key with the files it held."""
+    base = rnd(300_000, 1)
+    files = {"a.bin": base, "copy/a.bin": base, "b.bin": rnd(200_000, 2),
+             **{f"small/{i:02d}.json": rnd(i * 37 % 2000, i) for i in range(50)}}
+    write_tree(tmp_path / "src", files)
+    repo = new_repo(open_region(region_config, region_config.primary), pack_target=65536)
+    res = take_snapshot(repo, tmp_path / "src", bundle="b", workers=4)
+    out = restore_snapshot(repo, res.snapshot_id, tmp_path / "out", workers=8, memory_bytes=256 * 1024)
+    assert read_tree(tmp_path / "out") == files
+    assert out.bytes_downloaded == sum(map(len, files.values()))
+    b_chunks = next(f for f in res.manifest.files if f.path == "b.bin").chunks
+    key = remove_chunk(repo, b_chunks[len(b_chunks) // 2][0])
+    with pytest.raises(ChunkMissing, match=key) as err:
+        restore_snapshot(Repository(repo.store), res.snapshot_id, tmp_path / "again", workers=8)
+    assert "'b.bin'" in str(err.value)
+    assert not (tmp_path / "again" / "b.bin").exists() and not tmp_files(tmp_path / "again")
