@@ -311,8 +311,8 @@ def test_disk_full_mid_restore_leaves_whole_files_only_and_the_rerun_resumes(tmp
 
 # on a real server ----------------------------------------------------------------------------------------------------
 def test_on_seaweedfs_ranges_shared_chunks_and_a_missing_pack(region_config, tmp_path):
-    """The same plan against SeaweedFS: ranged GETs within a small budget, a file stored twice fetched once, and a
-    pack deleted behind the index reported by key with the files it held."""
+    """The same plan against SeaweedFS: ranged GETs within a small budget, one set of chunks written to two files,
+    and a pack deleted behind the index reported by key with the files it held."""
     base = rnd(300_000, 1)
     files = {"a.bin": base, "copy/a.bin": base, "b.bin": rnd(200_000, 2),
              **{f"small/{i:02d}.json": rnd(i * 37 % 2000, i) for i in range(50)}}
