@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -14,12 +15,13 @@ from llmdr.devstack.regions import region_status, start_region
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import AccessDenied, BucketNotFound, IntegrityError, TransientStorageError
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import Repository, chunk_key
+from llmdr.repo.repository import PACKS, RepoConfig, Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.factory import open_region
 from llmdr.storage.s3 import S3Store
 from tests.support.config import make_config
+from tests.support.damage import corrupt_chunk, pack_keys
 from tests.support.trees import read_tree
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
@@ -81,7 +83,7 @@ def test_wrong_credentials_are_not_retried(stack, monkeypatch):
     real = s3._client.list_objects_v2
     monkeypatch.setattr(s3._client, "list_objects_v2", lambda **kw: (calls.append(kw), real(**kw))[1])
     with pytest.raises(AccessDenied):
-        list(store.list("chunks/"))
+        list(store.list(PACKS))
     assert len(calls) == 1
 
 
@@ -117,11 +119,9 @@ def test_corrupted_chunk_on_server_detected_on_restore(region_config, tmp_path):
     snap = take_snapshot(repo, bundle, bundle="b")
     entry = next(f for f in snap.manifest.files if f.path.endswith(".safetensors"))
     victim = entry.chunks[0][0]
-    data = bytearray(repo.store.get(chunk_key(victim)))
-    data[100] ^= 0xFF
-    repo.store.put(chunk_key(victim), bytes(data))  # bit rot on the server
+    key = corrupt_chunk(repo, victim, at=100)  # bit rot on the server, inside the chunk's pack
     out = tmp_path / "out"
-    with pytest.raises(IntegrityError, match=f"chunk chunks/{victim[:2]}/{victim}.*corrupt"):
+    with pytest.raises(IntegrityError, match=rf"chunk {victim[:12]} of {entry.path!r} .* in {key} of "):
         restore_snapshot(repo, snap.snapshot_id, out, durable=False)
     assert not (out / entry.path).exists()
 
@@ -202,12 +202,13 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
         bundle = tmp_path / "bundle"
         write_sample_bundle(bundle, shards=3, shard_size=3 * MiB)
         src = repo_of(cfg, cfg.primary)
+        src.ensure_config(RepoConfig(pack_target=MiB))  # small packs: the copy puts several
         snap = take_snapshot(src, bundle, bundle="b")
         total = len(snap.manifest.chunk_set())
 
-        # After 3 chunks have landed, the secondary region goes down for real.
+        # After 3 packs have landed, the secondary region goes down for real.
         dst_store = FaultyStore(open_region(cfg, sec, attempts=2))
-        outage = dst_store.fail("put", lambda: _outage(cfg, sec, stop_region), after=3, key_prefix="chunks/")
+        outage = dst_store.fail("put", lambda: _outage(cfg, sec, stop_region), after=3, key_prefix=PACKS)
         dst = Repository(dst_store)
         with pytest.raises(TransientStorageError):
             replicate_snapshot(src, dst, snap.snapshot_id, workers=1)
@@ -216,10 +217,9 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
         start_region(cfg, sec)
         dst = repo_of(cfg, sec)
         assert dst.snapshot_ids() == []  # nothing visible after the failed copy
-        copied_before = len(dst.list_chunks())
-        assert 0 < copied_before < total
+        assert len(pack_keys(dst)) >= 3 and dst.list_chunks() == {}  # packs landed, but no index names them yet
         res = replicate_snapshot(src, dst, snap.snapshot_id)
-        assert res.chunks_copied == total - copied_before
+        assert res.chunks_copied == total  # one index per copy: the crashed copy's packs count for nothing
         assert dst.snapshot_ids() == [snap.snapshot_id]
         out = tmp_path / "out"
         restore_snapshot(dst, snap.snapshot_id, out)
@@ -241,7 +241,7 @@ def _outage(cfg, region, stop_region):
     store = S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=k.access_key_id,
                     secret_access_key=k.secret_access_key)
     try:
-        store.put("chunks/probe", b"x")
+        store.put("packs/probe", b"x")
     except TransientStorageError as exc:
         return exc
     raise AssertionError("the stopped server still accepted a put")
@@ -280,13 +280,11 @@ def test_cli_verify_finds_and_repairs_a_corrupt_chunk(region_config):
     repo = repo_of(region_config, region_config.primary)
     sid = repo.resolve("latest")
     victim = sorted(repo.load_manifest(sid).chunk_set())[0]
-    data = bytearray(repo.store.get(chunk_key(victim)))
-    data[0] ^= 0xFF
-    repo.store.put(chunk_key(victim), bytes(data))
+    key = corrupt_chunk(repo, victim)
     r = run(["verify", "latest"], cwd)
     assert r.returncode == 6 and f"chunk {victim[:12]} corrupt" in r.stdout and "--repair" in r.stdout
     r = run(["verify", "latest", "--repair"], cwd)
-    assert r.returncode == 0 and f"chunk {victim[:12]} corrupt (chunks/{victim[:2]}/{victim}): repaired from secondary" in r.stdout
+    assert r.returncode == 0 and re.search(rf"chunk {victim[:12]} corrupt \(.*{key}\): repaired from secondary", r.stdout)
     r = run(["verify", "latest", "--sample", "1/1", "--json"], cwd)
     assert r.returncode == 0 and json.loads(r.stdout)["chunks"]["corrupt"] == []
 
@@ -299,9 +297,17 @@ def test_cli_forget_and_prune(region_config):
     r = run(["forget", "--keep-last", "1", "--grace", "0s", "--json"], cwd)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert len(out["kept"]) == 1 and len(out["forgotten"]) == 2 and out["chunks_deleted"] > 0
+    # forgetting deletes nothing; its prune only marks the packs (phase one)
+    assert len(out["kept"]) == 1 and len(out["forgotten"]) == 2 and out["chunks_deleted"] == 0
+    assert out["prune"]["planned"] >= 2
     repo = repo_of(region_config, region_config.primary)
     assert repo.snapshot_ids() == out["kept"]
+    before = len(pack_keys(repo))
+    r = run(["prune", "--safety-time", "0s", "--json"], cwd)  # phase two: a plan at least 0 s old
+    assert r.returncode == 0, r.stderr
+    pruned = json.loads(r.stdout)
+    assert pruned["deleted"] >= 2 and pruned["chunks_deleted"] > 0 and pruned["bytes_freed"] > 0
+    assert len(pack_keys(repo)) == before - pruned["deleted"]
     from llmdr.repo.integrity import verify_snapshot
 
     assert verify_snapshot(repo, out["kept"][0]).ok
