@@ -101,7 +101,7 @@ class Transfer(StrictModel):
     # mean fewer requests per GiB; a restore of one small file still reads only that file's bytes (ranged reads).
     pack_mb: int = Field(default=32, ge=8, le=128)
     # MiB a restore holds in ranged reads not yet written at most (peak memory grows with it)
-    restore_memory_mb: int = Field(default=256, ge=32, le=65536)
+    restore_memory_mb: int = Field(default=128, ge=32, le=65536)
 
 
 class CaddyRouter(StrictModel):

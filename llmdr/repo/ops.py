@@ -86,7 +86,8 @@ def restore(
     repo = open_repo(cfg, region, read_only=True, as_of=as_of, hidden=hidden if hidden is not None else True)
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
-                            durable=cfg.transfer.fsync, progress=progress)
+                            durable=cfg.transfer.fsync, progress=progress,
+                            memory_bytes=cfg.transfer.restore_memory_mb << 20)
 
 
 def check(cfg: Config, path: Path | None = None) -> BundleReport:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
-DEFAULT_MEMORY = 256 << 20  # bytes of ranges (and their blobs being opened) in memory at most
+DEFAULT_MEMORY = 128 << 20  # bytes of ranges (and their blobs being opened) in memory at most
 MAX_OPEN_FILES = 128
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",

@@ -159,7 +159,7 @@ def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> t
     partial = root / f"model-{sid[:12]}.partial"
     t0 = time.monotonic()
     restore_snapshot(repo, sid, partial, force=True, workers=cfg.transfer.download_workers,
-                     durable=cfg.transfer.fsync, progress=progress)
+                     durable=cfg.transfer.fsync, progress=progress, memory_bytes=cfg.transfer.restore_memory_mb << 20)
     marker.unlink(missing_ok=True)
     if target.exists():
         shutil.rmtree(target)
