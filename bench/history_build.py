@@ -47,19 +47,25 @@ def grow(config: Path, add: int, first: int, leave_last: int) -> dict:
     t0 = time.perf_counter()
     ids: list[str] = []
     copied = 0
+    snapshot_s: list[float] = []  # in-process seconds of each take_snapshot and replicate_snapshot: how the core
+    replicate_s: list[float] = []  # functions' cost grows with the history, warm, without start-up
     for step in range(first, first + add):
         change(source, step)
+        t1 = time.perf_counter()
         res = take_snapshot(src, source, bundle=cfg.bundle.name, stat_cache=stat_cache, workers=cfg.transfer.workers,
                             max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, components=specs)
         if step > 1 and res.chunks_new != 1:
             raise SystemExit(f"step {step}: the snapshot stored {res.chunks_new} new chunks, expected 1 (the changed "
                              f"{CHANGED}); the history would not be what the bench describes")
         ids.append(res.snapshot_id)
+        snapshot_s.append(round(time.perf_counter() - t1, 4))
         if step < first + add - leave_last:
+            t2 = time.perf_counter()
             replicate_snapshot(src, dst, res.snapshot_id, workers=cfg.transfer.workers)
+            replicate_s.append(round(time.perf_counter() - t2, 4))
             copied += 1
     return {"added": len(ids), "copied": copied, "first_step": first, "ids": ids,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), "snapshot_s": snapshot_s, "replicate_s": replicate_s}
 
 
 def main(argv: list[str] | None = None) -> int:
