@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from llmdr.repo.ops import open_repo, replicate, restore, snapshot_bundle
+from llmdr.repo.prune import prune
 from llmdr.repo.retention import Policy, apply_retention
+from tests.support.damage import pack_keys
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_DIR / "bench" / "rusage_launcher.py"
@@ -150,13 +152,24 @@ def test_fifty_snapshots_of_a_changing_bundle(region_config, tmp_path):
     before = primary.list_chunks()
     res = apply_retention(primary, cfg.bundle.name, Policy(keep_last=10), grace_s=0)
     assert res.kept == ids[-10:] and res.forgotten == ids[:-10] and not res.raced
+    assert res.chunks_deleted == 0 and res.prune["planned"] > 0  # forget, then phase one: nothing deleted yet
+    assert set(open_repo(cfg, "primary").list_chunks()) == set(before)
+    pruned = prune(primary, safety_s=0)  # phase two: the plan is at least 0 s old
     kept_chunks: dict[str, int] = {}
     for sid in res.kept:
         kept_chunks |= primary.load_manifest(sid).chunk_set()
-    after = primary.list_chunks()
-    assert set(after) == set(kept_chunks)  # every chunk a kept snapshot needs, and nothing else
-    assert res.chunks_deleted == len(before) - len(after) > 0
-    assert res.bytes_freed == sum(n for d, n in before.items() if d not in after)
+    fresh = open_repo(cfg, "primary")
+    after = fresh.list_chunks()
+    assert set(after) >= set(kept_chunks)  # every chunk a kept snapshot needs
+    assert (set(before) - set(after)).isdisjoint(kept_chunks)  # and only unused ones went
+    assert pruned.deleted and pruned.rescued == [] and len(after) < len(before)
+    assert pruned.bytes_freed >= sum(n for d, n in before.items() if d not in after) > 0
+    # what is left unused sits in packs mostly used (below the repack threshold they were repacked)
+    idx = fresh.index()
+    for key in pack_keys(fresh):
+        entries = idx.entries_of_pack(bytes.fromhex(key.rsplit("/", 1)[1]))
+        used = sum(e.stored_length for e in entries if e.chunk.hex() in kept_chunks)
+        assert used >= 0.5 * sum(e.stored_length for e in entries) > 0, key
     out = tmp_path / "restored-oldest-kept"
     restore(cfg, ids[41], out)  # the oldest kept snapshot (step 42 of 51), from the pruned primary
     assert _digests(out) == expected[42]
