@@ -126,7 +126,7 @@ def test_recheck_repairs_a_pack_lost_in_the_destination(two, tmp_path):
     res = replicate_snapshot(a, b, snap.snapshot_id, recheck=True)
     assert res.chunks_copied == len(gone)
     assert gone <= set(b.list_chunks())
-    assert chunk_pack(b, lost) in pack_keys(b)  # (the same chunks in the same order pack to the same id: the one removed)
+    assert chunk_pack(b, lost) in pack_keys(b)  # (same chunks, same order: the same pack id as the one removed)
     fresh = Repository(b.store)
     assert gone <= set(fresh.list_chunks())
     restore_snapshot(fresh, snap.snapshot_id, tmp_path / "out", durable=False)

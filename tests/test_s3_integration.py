@@ -284,7 +284,8 @@ def test_cli_verify_finds_and_repairs_a_corrupt_chunk(region_config):
     r = run(["verify", "latest"], cwd)
     assert r.returncode == 6 and f"chunk {victim[:12]} corrupt" in r.stdout and "--repair" in r.stdout
     r = run(["verify", "latest", "--repair"], cwd)
-    assert r.returncode == 0 and re.search(rf"chunk {victim[:12]} corrupt \(.*{key}\): repaired from secondary", r.stdout)
+    assert r.returncode == 0
+    assert re.search(rf"chunk {victim[:12]} corrupt \(.*{key}\): repaired from secondary", r.stdout), r.stdout
     r = run(["verify", "latest", "--sample", "1/1", "--json"], cwd)
     assert r.returncode == 0 and json.loads(r.stdout)["chunks"]["corrupt"] == []
 

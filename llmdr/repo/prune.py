@@ -190,7 +190,7 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
     # marked (a candidate was older than S then): a writer packed the same chunks in the same order, same pack id
     for pack in sorted(doomed):
         info = infos.get(pack.hex())
-        rewritten = info is not None and info.modified is not None and info.modified > marked[pack.hex()] - safety_s
+        rewritten = info is not None and _rewritten(info, marked[pack.hex()], safety_s)
         if rewritten or any(e.chunk in used and not idx.has(e.chunk, avoid=doomed)
                             for e in idx.entries_of_pack(pack)):
             doomed.discard(pack)
@@ -207,7 +207,13 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
         key = pack_key(pack.hex())
         entries = doomed_entries[pack]
         try:
+            # the listing above may be minutes old by now: a pack stored again since is a writer's, keep it
+            if _rewritten(repo.store.head(key), marked[pack.hex()], safety_s):
+                res.rescued.append(pack.hex())
+                continue
             repo.store.delete(key)
+        except ObjectNotFound:
+            continue
         except ObjectLocked:
             res.packs_locked += 1
             continue
@@ -229,6 +235,12 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
     repo.index(refresh=True)
     log.info("%s: prune deleted %d packs (%d bytes), rescued %d", repo.location, len(res.deleted), res.bytes_freed,
              len(res.rescued))
+
+
+def _rewritten(info, marked_at: float, safety_s: float) -> bool:
+    """A planned pack was older than ``safety_s`` when marked: a Last-Modified after that means it was stored again
+    (a writer packed the same chunks in the same order, so the same pack id)."""
+    return info.modified is not None and info.modified > marked_at - safety_s
 
 
 def _delete_superseded(repo: Repository, now: float, age_s: float, res: PruneResult) -> None:
