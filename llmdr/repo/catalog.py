@@ -126,6 +126,8 @@ class Catalog:
         self.tag = bundle_tag(bundle)
         self.prefix = f"{CATALOG}{self.tag}/"
         self.cache = cache_dir / "catalog" / self.tag if cache_dir is not None else None
+        self._mem: dict[int, Entry] = {}
+        self._segs: dict[str, list[Entry]] = {}
 
     # reading ----------------------------------------------------------------------------------------------------------
     def read(self, *, workers: int = 16) -> View:
@@ -163,21 +165,23 @@ class Catalog:
 
     def _resolve(self, view: View, entries: list[Entry]) -> None:
         view.entries = entries
-        live: list[Entry] = []
+        live: dict[str, Entry] = {}  # id -> entry, in seq order (dicts keep insertion order)
         for e in entries:
             if e.kind == "forget":
-                live = [x for x in live if x.id not in e.forget]
+                for i in e.forget:
+                    live.pop(i, None)
                 continue
             if e.record.get("bundle") != self.bundle:
                 view.skipped[entry_key(self.bundle, e.seq)] = f"names bundle {e.record.get('bundle')!r}"
                 continue
-            if e.prev != (live[-1].id if live else None) and e.id not in {x.id for x in live}:
+            if e.id in live:
+                continue
+            if e.prev != (next(reversed(live)) if live else None):
                 view.forks.append(e.id)
             if e.stored is not None and _created(e) > e.stored + FUTURE_SLACK_S:
                 view.future.append(e.id)
-            if e.id not in {x.id for x in live}:
-                live.append(e)
-        view.live = live  # a forget applies to the entries before it; a later entry of the same id lists it again
+            live[e.id] = e
+        view.live = list(live.values())  # a forget applies to the entries before it; a later entry lists it again
 
     def _segments(self) -> list[tuple[int, int, str]]:
         out = []
@@ -191,6 +195,11 @@ class Catalog:
         return out
 
     def _load_segment(self, name: str, first: int, last: int) -> list[Entry]:
+        if name not in self._segs:
+            self._segs[name] = self._fetch_segment(name, first, last)
+        return self._segs[name]
+
+    def _fetch_segment(self, name: str, first: int, last: int) -> list[Entry]:
         digest = name.rsplit("-", 1)[1]
         cached = self.cache / "seg" / name if self.cache is not None else None
         data = cached.read_bytes() if cached is not None and cached.exists() else None
@@ -212,7 +221,16 @@ class Catalog:
         return out
 
     def _load_entry(self, seq: int, key: str, modified: float | None) -> Entry | str:
-        """The entry at ``seq``, or why it cannot be used."""
+        """The entry at ``seq``, or why it cannot be used (entries never change: each is parsed once per process)."""
+        known = self._mem.get(seq)
+        if known is not None:
+            return known
+        got = self._fetch_entry(seq, key, modified)
+        if isinstance(got, Entry):
+            self._mem[seq] = got
+        return got
+
+    def _fetch_entry(self, seq: int, key: str, modified: float | None) -> Entry | str:
         cached = self.cache / "e" / f"{seq:012d}" if self.cache is not None else None
         try:
             if cached is not None and cached.exists():

@@ -250,7 +250,7 @@ def _delete_superseded(repo: Repository, now: float, age_s: float, res: PruneRes
     doomed = set()
     for stored, supersedes in list(repo.index_meta.values()):
         if stored is not None and now - stored >= age_s:
-            doomed.update(s for s in supersedes if s in repo.index_meta)
+            doomed.update(s for s in supersedes if s in repo.index_listed)
     for iid in sorted(doomed):
         try:
             repo.store.delete(index_key(iid))

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,8 @@ class Repository:
         self._index: MasterIndex | None = None
         self._index_ids: set[str] = set()
         self.index_meta: dict[str, tuple[float | None, tuple[str, ...]]] = {}  # index id -> (stored at, supersedes)
+        self.index_listed: dict[str, float | None] = {}  # every index object present at the last listing
+        self._catalogs: dict[str, Catalog] = {}
         self._lock = threading.Lock()
 
     @property
@@ -258,26 +261,44 @@ class Repository:
         return bytes.fromhex(self.config().repo_id)
 
     # indexes ----------------------------------------------------------------------------------------------------------
-    def index(self, *, refresh: bool = False) -> MasterIndex:
-        """Every chunk's place, from the index objects present (cached locally; only new ones are fetched)."""
+    def index(self, *, refresh: bool = False, workers: int = 16) -> MasterIndex:
+        """Every chunk's place, from the index objects present (cached locally; only new ones are fetched).
+
+        Objects are read newest first, in parallel waves, and one that an object already read supersedes is not read
+        at all: after a compaction a cold reader fetches the merged index and the few written since, not every index
+        ever written (those stay listed until a prune deletes them)."""
         with self._lock:
             if self._index is not None and not refresh:
                 return self._index
             listed = {i.key[len(INDEX):]: i.modified for i in self.store.list(INDEX)
                       if is_hex_digest(i.key[len(INDEX):])}
+            self.index_listed = listed
             present = set(listed)
             if self._index is None or not self._index_ids <= present:
                 self._index, self._index_ids, self.index_meta = MasterIndex(), set(), {}
-            for iid in sorted(present - self._index_ids):
+            superseded = {s for _, sup in self.index_meta.values() for s in sup}
+            todo = sorted(present - self._index_ids, key=lambda i: (listed[i] or 0.0, i), reverse=True)
+
+            def load(iid: str) -> tuple[str, IndexFile | Exception]:
                 try:
-                    f = IndexFile.from_bytes(self._cached(index_key(iid), iid), where=f"{self.location}: index {iid}")
-                    self._index.add(iid, f)
-                    self.index_meta[iid] = (listed[iid], tuple(s.hex() for s in f.supersedes))
+                    return iid, IndexFile.from_bytes(self._cached(index_key(iid), iid),
+                                                     where=f"{self.location}: index {iid}")
                 except (IntegrityError, ObjectNotFound) as exc:
-                    self.unreadable[index_key(iid)] = str(exc)
-                    log.warning("%s: index %s left out: %s", self.location, iid[:12], exc)
-                    continue
-                self._index_ids.add(iid)
+                    return iid, exc
+
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                while todo:
+                    wave, todo = todo[:workers], todo[workers:]
+                    for iid, f in pool.map(load, [i for i in wave if i not in superseded]):
+                        if isinstance(f, Exception):
+                            self.unreadable[index_key(iid)] = str(f)
+                            log.warning("%s: index %s left out: %s", self.location, iid[:12], f)
+                            continue
+                        self._index.add(iid, f)
+                        self.index_meta[iid] = (listed[iid], tuple(s.hex() for s in f.supersedes))
+                        superseded.update(s.hex() for s in f.supersedes)
+                        self._index_ids.add(iid)
+                    todo = [i for i in todo if i not in superseded]
             return self._index
 
     def add_index(self, entries: list[IndexEntry], supersedes: tuple[bytes, ...] = ()) -> str:
@@ -436,8 +457,12 @@ class Repository:
 
     # catalog ----------------------------------------------------------------------------------------------------------
     def catalog(self, bundle: str) -> Catalog:
+        """The catalog of ``bundle`` (one object per bundle and repository, so entries are parsed once)."""
         self.load_config()
-        return Catalog(self.store, bundle, self.cache_dir)
+        cat = self._catalogs.get(bundle)
+        if cat is None:
+            cat = self._catalogs[bundle] = Catalog(self.store, bundle, self.cache_dir)
+        return cat
 
     def bundles(self) -> list[str]:
         names = []
