@@ -150,15 +150,18 @@ class Catalog:
         start_after = f"{self.prefix}e/{covered - 1:012d}" if covered else None
         tail = [(int(i.key.rsplit("/", 1)[1]), i) for i in self.store.list(self.prefix + "e/", start_after=start_after)
                 if i.key.rsplit("/", 1)[1].isdigit()]
-        highest = covered - 1
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tail) or 1))) as pool:
-            for seq, info, got in pool.map(lambda t: (t[0], t[1], self._load_entry(t[0], t[1].key, t[1].modified)),
-                                           tail):
-                highest = max(highest, seq)
-                if isinstance(got, Entry):
-                    by_seq[seq] = got
-                else:
-                    view.skipped[info.key] = got
+        highest = max([covered - 1, *(seq for seq, _ in tail)])
+        new = [t for t in tail if t[0] not in self._mem]
+        fetched: dict[int, Entry | str] = {}
+        if new:  # fetched in parallel: a cold reader may have a few hundred to read
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(new)))) as pool:
+                fetched = dict(pool.map(lambda t: (t[0], self._load_entry(t[0], t[1].key, t[1].modified)), new))
+        for seq, info in tail:
+            got = fetched.get(seq) or self._mem[seq]
+            if isinstance(got, Entry):
+                by_seq[seq] = got
+            else:
+                view.skipped[info.key] = got
         view.next_seq = max([highest, *by_seq.keys()], default=-1) + 1
         self._resolve(view, [by_seq[s] for s in sorted(by_seq)])
         return view
