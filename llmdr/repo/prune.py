@@ -80,10 +80,19 @@ def planned_packs(repo: Repository) -> set[bytes]:
 
 
 def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
-    """Chunks used by every live snapshot of every bundle, plus those of records not forgotten (a record whose
-    catalog entry cannot be read still counts); and the ids of forgotten records."""
+    """Chunks used by every live snapshot of every bundle, plus those of records no entry lists and no forget names
+    (an append that lost its race, an entry damaged beyond reading); and the ids of forgotten records.
+
+    A live snapshot's file list is found from its catalog entry's inline record (proven against the id), never
+    from the ``snaps/`` object alone, so a damaged record object cannot make its chunks look unused. When a live
+    snapshot's file list cannot be read, prune refuses (strict on writes): repair it first (`llmdr verify --repair`).
+    A record object that is not live and does not verify is junk, or a damaged copy of a snapshot no entry lists:
+    it cannot name chunks and is reported."""
+    from llmdr.errors import IntegrityError
+    from llmdr.repo.tree import load_tree
+
     used: set[bytes] = set()
-    live: set[str] = set()
+    live: dict[str, dict] = {}
     forgotten: set[str] = set()
     for bundle in repo.bundles():
         view = repo.view(bundle)
@@ -91,20 +100,33 @@ def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
             if e.kind == "forget":
                 forgotten.update(e.forget)
         for e in view.live:
-            live.add(e.id)
+            live[e.id] = e.record
+
+    def files_of(sid: str, record: dict) -> None:
+        for f in load_tree(record["tree"], repo.tree_bytes, where=f"{repo.location}: snapshot {sid[:12]}"):
+            used.update(bytes.fromhex(d) for d, _ in f.chunks)
+
+    for sid, record in live.items():
+        try:
+            files_of(sid, record)
+        except (IntegrityError, ObjectNotFound, KeyError, TypeError) as exc:
+            raise IntegrityError(
+                f"prune refused in {repo.location}: the file list of live snapshot {sid[:12]} cannot be read ({exc}); "
+                "without it prune cannot know which packs it needs. Repair it first (`llmdr verify "
+                f"{sid[:12]} --region R --repair`), then prune again. Nothing was deleted.") from None
     stored: set[str] = set()
     for info in repo.store.list(SNAPS):
         sid = info.key[len(SNAPS):]
         stored.add(sid)
-        if sid in forgotten and sid not in live:
+        if sid in live or (sid in forgotten and sid not in live):
             continue
         try:
-            used.update(bytes.fromhex(d) for d in repo.load_manifest(sid).chunk_set())
+            files_of(sid, repo.load_record(sid))
         except (ObjectNotFound, StorageError):
             continue
-        except Exception as exc:  # noqa: BLE001 - an unreadable record cannot name chunks; report it, keep going
+        except Exception as exc:  # noqa: BLE001 - not live and unreadable: it cannot name chunks; report it
             repo.unreadable[info.key] = str(exc)
-    return used, sorted((forgotten - live) & stored)  # records already deleted are not planned again
+    return used, sorted((forgotten - set(live)) & stored)  # records already deleted are not planned again
 
 
 def prune(repo: Repository, *, safety_s: float = DEFAULT_SAFETY_S, repack_below: float = 0.5,
