@@ -1,23 +1,31 @@
-"""Crash consistency against the real SeaweedFS regions: `llmdr snapshot`, `llmdr replicate` and `llmdr restore`,
-each run as the real CLI in a subprocess, are killed with SIGKILL at 20 seeded random points (`random.Random(9)`).
+"""Crash consistency against the real SeaweedFS regions: `llmdr snapshot`, `llmdr replicate`, `llmdr restore` and
+`llmdr prune`, each run as the real CLI in a subprocess, are killed with SIGKILL at 20 seeded random points
+(`random.Random(9)`).
 
-Kill points: the transfer time of an uninterrupted run is measured first (from the moment its first chunk or file
-appears to its exit; the faster of two runs, as the machine is shared); each kill then comes a random delay within
-that time after the killed run's own transfer has begun. Counting from the transfer's start rather than the
-process's keeps the points mid-transfer whatever the interpreter's start-up costs on a busy machine. After every
-kill:
+Kill points: the transfer time of an uninterrupted run is measured first (from the moment its first pack, file or
+(prune) new index appears to its exit; the faster of two runs, as the machine is shared); each kill then comes a
+random delay within that time after the killed run's own transfer has begun. Counting from the transfer's start
+rather than the process's keeps the points mid-transfer whatever the interpreter's start-up costs on a busy machine.
+After every kill:
 
 - snapshot / replicate: no partial snapshot is listed in the region written to (any listed snapshot has every
   chunk); the re-run (`llmdr.ops`, what the CLI command calls) sends exactly the chunks that had not arrived
-  (counted from the region's listing after the kill) and nothing else; the snapshot restores byte-identical;
+  (a chunk has arrived when an index places it in a pack that is present: packs uploaded before the kill but never
+  indexed count as not arrived, and a later prune removes them) and nothing else; the snapshot restores
+  byte-identical;
 - restore: every file under its final name in the target is byte-identical to the source (partial data only under
   the hidden temporary names); the re-run downloads exactly the files that were not complete, and the target is
-  then byte-identical to the source, with no temporary file or marker left.
+  then byte-identical to the source, with no temporary file or marker left;
+- prune (phase two of a plan marking every pack of a forgotten snapshot, safety time 0): the live snapshot verifies
+  (every chunk read back and hashed) and restores byte-identical; the killed run's exclusive lock refuses a re-run
+  (`RepositoryLocked`) until it is deleted, as its message tells the operator; the re-run then deletes exactly the
+  planned packs still present, and leaves no plan, no pack the live snapshot does not use and no forgotten record.
 
 A kill only proves something if it lands while the command runs, so each test counts the kills that did (the
-process had not exited by itself) and those that landed mid-transfer (some but not all of the data had arrived),
-and asserts most did. The bundle (24 MiB of shards, 256 KiB chunks, `transfer.workers: 2`) makes a transfer last
-about a second.
+process had not exited by itself) and those that landed mid-transfer (packs had arrived but not yet all the chunks
+indexed; for prune: its plan, removed last, was still there), and asserts most did. The bundle (24 MiB of
+shards, 256 KiB chunks in ~1 MiB packs, `transfer.workers: 2`) makes a transfer last about a second; prune deletes
+~200 packs of ~40 KiB (8 MiB).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -38,11 +47,16 @@ import pytest
 
 from llmdr.config import Config
 from llmdr.devstack.samples import MiB, write_sample_bundle
-from llmdr.errors import TargetNotEmpty
+from llmdr.errors import ObjectNotFound, RepositoryLocked, TargetNotEmpty
 from llmdr.repo import ops
 from llmdr.repo.chunking import ChunkerParams
-from llmdr.repo.repository import RepoConfig, Repository
+from llmdr.repo.integrity import verify_snapshot
+from llmdr.repo.prune import plans, prune
+from llmdr.repo.repolock import list_locks
+from llmdr.repo.repository import INDEX, RepoConfig, Repository, record_key
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
+from llmdr.repo.snapshot import take_snapshot
+from llmdr.repo.verify import check_manifest
 from llmdr.storage.factory import open_region
 from tests.support.config import two_region_yaml, write_config
 from tests.support.trees import read_tree
@@ -55,6 +69,10 @@ MIN_LANDED = 15  # of KILLS: a kill after the command finished proves nothing
 MIN_MID_TRANSFER = 10  # of KILLS: some but not all of the data had arrived
 WINDOW = 0.85
 SMALL = ChunkerParams(avg_size=256 * 1024, min_size=64 * 1024, max_size=1024 * 1024)
+PACK = 1024 * 1024  # ~24 packs for the bundle: a kill can land between two of them
+SMALL_REPO = RepoConfig(chunker=SMALL, pack_target=PACK)
+TINY_REPO = RepoConfig(chunker=ChunkerParams(avg_size=32 * 1024, min_size=8 * 1024, max_size=128 * 1024),
+                       pack_target=32 * 1024)  # for prune: many small packs to delete
 
 
 @dataclass
@@ -149,16 +167,22 @@ def kill_points(duration: float) -> list[float]:
     return [rng.uniform(0, WINDOW * duration) for _ in range(KILLS)]
 
 
-def repo(cfg: Config, name: str) -> Repository:
-    return Repository(open_region(cfg, cfg.region(name)))
+def repo(cfg: Config, name: str, create: RepoConfig | None = None) -> Repository:
+    """The region's repository (read with no cache); ``create``: its config, made here if the region has none."""
+    r = Repository(open_region(cfg, cfg.region(name)))
+    if create is not None:
+        got = r.ensure_config(create)
+        assert (got.chunker, got.pack_target) == (create.chunker, create.pack_target)
+    return r
 
 
 def settled_chunks(r: Repository) -> dict[str, int]:
-    """The region's chunks once the server has finished the requests of the killed process (two equal listings)."""
-    before = r.list_chunks()
+    """The region's chunks once the server has finished the requests of the killed process (two equal listings, each
+    by a fresh reader: a ``Repository`` keeps the index it read first)."""
+    before = Repository(r.store).list_chunks()
     while True:
         time.sleep(0.1)
-        now = r.list_chunks()
+        now = Repository(r.store).list_chunks()
         if now == before:
             return now
         before = now
@@ -175,7 +199,8 @@ def assert_nothing_partial(r: Repository, chunks: dict[str, int]) -> list[str]:
 
 
 def assert_restores_identical(r: Repository, sid: str, world: World, where: Path) -> None:
-    restore_snapshot(r, sid, where, workers=8)
+    """Restored by a fresh reader, as `llmdr restore` would (``r`` cached its index before the re-run wrote one)."""
+    restore_snapshot(Repository(r.store), sid, where, workers=8)
     try:
         assert read_tree(where) == world.tree
     finally:
@@ -190,7 +215,7 @@ def world(stack, tmp_path_factory) -> World:
     w = World(stack, root, bundle, read_tree(bundle))
     path, cfg = w.config()
     w.source_prefix = cfg.primary.prefix
-    repo(cfg, "primary").ensure_config(RepoConfig(chunker=SMALL))
+    repo(cfg, "primary", SMALL_REPO)
     out = run_json(cli(path, "snapshot", "--json"))
     w.snapshot_id = out["snapshot_id"]
     w.chunks = repo(cfg, "primary").load_manifest(w.snapshot_id).chunk_set()
@@ -206,17 +231,29 @@ class Tally:
     mid_transfer: int = 0  # ... and some, but not all, of the data had arrived
     rerun_bytes: int = 0  # bytes the re-runs transferred
     resent_bytes: int = 0  # ... of which had already arrived before the kill (must stay 0)
+    unindexed_bytes: int = 0  # packs stored before the kill but in no index yet: sent again by the re-run (v2)
 
     def check(self) -> None:
         print(f"\n{self.op}: transfer {self.transfer_s:.2f}s uninterrupted; {KILLS} kills: {self.landed} landed, "
               f"{self.mid_transfer} mid-transfer; re-runs transferred {self.rerun_bytes} bytes, {self.resent_bytes} "
-              "of them already there")
+              f"of them already there (indexed); {self.unindexed_bytes} bytes of packs stored but never indexed")
         assert self.resent_bytes == 0
         assert self.landed >= MIN_LANDED and self.mid_transfer >= MIN_MID_TRANSFER
 
 
-def has_chunks(r: Repository) -> Callable[[], bool]:
-    return lambda: any(True for _ in r.store.list("chunks/"))
+def has_packs(r: Repository) -> Callable[[], bool]:
+    return lambda: bool(r.pack_infos())
+
+
+def unindexed_bytes(r: Repository) -> int:
+    """Bytes of the packs present that no index names (uploaded by a killed run before it wrote its index)."""
+    indexed = {p.hex() for p in Repository(r.store).index().packs()}
+    return sum(i.size for p, i in r.pack_infos().items() if p not in indexed)
+
+
+def partly_arrived(r: Repository, arrived: dict[str, int], world: World) -> bool:
+    """Some packs are stored but not every chunk is indexed yet: the kill landed mid-transfer."""
+    return bool(r.pack_infos()) and len(arrived) < len(world.chunks)
 
 
 def has_files(target: Path) -> Callable[[], bool]:
@@ -227,20 +264,19 @@ def has_files(target: Path) -> Callable[[], bool]:
 def test_snapshot_killed(world, tmp_path):
     def fresh() -> tuple[Path, Config, Repository]:
         path, cfg = world.config()
-        prim = repo(cfg, "primary")
-        prim.ensure_config(RepoConfig(chunker=SMALL))
-        return path, cfg, prim
+        return path, cfg, repo(cfg, "primary", SMALL_REPO)
 
-    runs = [(cli(p, "snapshot"), has_chunks(r)) for p, _, r in (fresh(), fresh())]
+    runs = [(cli(p, "snapshot"), has_packs(r)) for p, _, r in (fresh(), fresh())]
     t = Tally("snapshot", transfer_time(runs))
     for i, delay in enumerate(kill_points(t.transfer_s)):
         path, cfg, prim = fresh()
-        t.landed += kill_during(cli(path, "snapshot"), has_chunks(prim), delay)
+        t.landed += kill_during(cli(path, "snapshot"), has_packs(prim), delay)
         present = settled_chunks(prim)
         listed = assert_nothing_partial(prim, present)
         assert len(listed) <= 1  # killed after its manifest was written: complete (checked above)
         arrived = {d: n for d, n in world.chunks.items() if present.get(d) == n}
-        t.mid_transfer += 0 < len(arrived) < len(world.chunks)
+        t.mid_transfer += partly_arrived(prim, arrived, world)
+        t.unindexed_bytes += unindexed_bytes(prim)
         res = ops.snapshot_bundle(cfg)  # the re-run: what `llmdr snapshot` calls
         expected = {d: n for d, n in world.chunks.items() if d not in arrived}
         t.rerun_bytes += res.bytes_new
@@ -257,21 +293,22 @@ def test_replicate_killed(world, tmp_path):
 
     def fresh() -> tuple[Path, Config, Repository]:
         path, cfg = world.config(p_prefix=world.source_prefix)
-        return path, cfg, repo(cfg, "secondary")
+        return path, cfg, repo(cfg, "secondary", SMALL_REPO)  # made here: a copy would make 32 MiB packs
 
     def replicate(path: Path) -> list[str]:
         return cli(path, "replicate", sid, "--to", "secondary")
 
-    runs = [(replicate(p), has_chunks(r)) for p, _, r in (fresh(), fresh())]
+    runs = [(replicate(p), has_packs(r)) for p, _, r in (fresh(), fresh())]
     t = Tally("replicate", transfer_time(runs))
     for i, delay in enumerate(kill_points(t.transfer_s)):
         path, cfg, dst = fresh()
-        t.landed += kill_during(replicate(path), has_chunks(dst), delay)
+        t.landed += kill_during(replicate(path), has_packs(dst), delay)
         present = settled_chunks(dst)
         listed = assert_nothing_partial(dst, present)
         assert listed in ([], [sid])
         arrived = {d: n for d, n in world.chunks.items() if present.get(d) == n}
-        t.mid_transfer += 0 < len(arrived) < len(world.chunks)
+        t.mid_transfer += partly_arrived(dst, arrived, world)
+        t.unindexed_bytes += unindexed_bytes(dst)
         (res,) = ops.replicate(cfg, sid, to="secondary")  # the re-run: what `llmdr replicate` calls
         expected = {d: n for d, n in world.chunks.items() if d not in arrived}
         t.rerun_bytes += res.bytes_copied
@@ -339,6 +376,96 @@ def test_restore_killed(world, tmp_path):
         assert read_tree(target) == world.tree  # no temporary file, no marker left
         shutil.rmtree(target)
     print(f"\nrestore: {finished} kill(s) landed after the marker was removed (the restore was already complete)")
+    t.check()
+
+
+@dataclass
+class PruneWorld:
+    """A primary whose first snapshot (every pack of it) was forgotten and planned for deletion by a prune's phase
+    one; the second, small snapshot stays live."""
+
+    path: Path
+    cfg: Config
+    repo: Repository
+    forgotten: str
+    live: str
+    planned: list[str]
+    live_packs: set[str]
+
+
+def prune_world(world: World, big: Path, small: Path) -> PruneWorld:
+    path, cfg = world.config()
+    r = repo(cfg, "primary", TINY_REPO)
+    gone = take_snapshot(r, big, bundle="crash", workers=4).snapshot_id
+    live = take_snapshot(r, small, bundle="crash").snapshot_id
+    r.forget("crash", [gone])
+    first = prune(r, safety_s=0)  # phase one: the plan; nothing deleted yet
+    assert first.deleted == [] and len(first.planned) > 100 and len(plans(r)) == 1
+    live_packs = {r.locate(d).pack.hex() for d in r.load_manifest(live).chunk_set()}
+    assert live_packs and not live_packs & set(first.planned)
+    return PruneWorld(path, cfg, r, gone, live, sorted(first.planned), live_packs)
+
+
+def assert_live_snapshot_sound(pw: PruneWorld, small_tree: dict[str, bytes], where: Path) -> None:
+    """The live snapshot verifies (record, trees, every chunk read and hashed) and restores byte-identical."""
+    r = repo(pw.cfg, "primary")  # a fresh reader: no index cached before the kill
+    assert r.snapshot_ids() == [pw.live]
+    assert check_manifest(r, pw.live).ok
+    res = verify_snapshot(r, pw.live)
+    assert res.ok and res.chunks_read == res.chunks_total, res.to_json()
+    restore_snapshot(r, pw.live, where, workers=8)
+    try:
+        assert read_tree(where) == small_tree
+    finally:
+        shutil.rmtree(where)
+
+
+def index_objects(r: Repository) -> set[str]:
+    return {i.key for i in r.store.list(INDEX)}
+
+
+def index_changed(r: Repository) -> Callable[[], bool]:
+    """Prune's first change: its new index (written before any pack is deleted)."""
+    before = index_objects(r)
+    return lambda: index_objects(r) != before
+
+
+@pytest.mark.slow
+def test_prune_killed(world, tmp_path):
+    rng = random.Random(SEED + 1)
+    big, small = tmp_path / "big", tmp_path / "small"  # forgotten and live: no chunk in common
+    for folder, sizes in ((big, [4 * MiB, 4 * MiB]), (small, [96 * 1024] * 3)):
+        folder.mkdir()
+        for n, size in enumerate(sizes):
+            (folder / f"part-{n}.bin").write_bytes(rng.randbytes(size))
+    small_tree = read_tree(small)
+
+    def prune_cli(pw: PruneWorld) -> list[str]:
+        return cli(pw.path, "prune", "--region", "primary", "--safety-time", "0s")
+
+    measured = [prune_world(world, big, small) for _ in range(2)]
+    t = Tally("prune", transfer_time([(prune_cli(pw), index_changed(pw.repo)) for pw in measured]))
+    for pw in measured:  # an uninterrupted run deletes every planned pack
+        assert set(pw.repo.pack_infos()) == pw.live_packs and plans(pw.repo) == {}
+    for i, delay in enumerate(kill_points(t.transfer_s)):
+        pw = prune_world(world, big, small)
+        t.landed += kill_during(prune_cli(pw), index_changed(pw.repo), delay)
+        left = sorted(set(pw.repo.pack_infos()) & set(pw.planned))
+        t.mid_transfer += bool(plans(pw.repo))  # after its first change, before its plan (deleted last) went
+        assert pw.live_packs <= set(pw.repo.pack_infos()), f"kill {i}: a pack of the live snapshot was deleted"
+        assert_live_snapshot_sound(pw, small_tree, tmp_path / f"k{i}")
+        dead = list_locks(pw.repo.store)
+        if dead:  # killed before it released its lock: a re-run is refused until the lock goes
+            assert [(x.kind, x.op, x.host) for x in dead] == [("exclusive", "prune", socket.gethostname())]
+            with pytest.raises(RepositoryLocked, match="prune"):
+                prune(repo(pw.cfg, "primary"), safety_s=0)
+            pw.repo.store.delete(dead[0].key)  # what the message says to do once the holder is known dead
+        res = prune(repo(pw.cfg, "primary"), safety_s=0)  # the re-run: what `llmdr prune` calls
+        assert sorted(res.deleted) == left, f"kill {i}"  # exactly what the killed run had not deleted yet
+        assert set(pw.repo.pack_infos()) == pw.live_packs and plans(pw.repo) == {}, f"kill {i}"
+        with pytest.raises(ObjectNotFound):
+            pw.repo.store.head(record_key(pw.forgotten))
+        assert_live_snapshot_sound(pw, small_tree, tmp_path / f"r{i}")
     t.check()
 
 
