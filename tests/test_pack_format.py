@@ -219,7 +219,9 @@ def test_plain_blob_checked_against_chunk_id():
 def test_byte_layout_is_the_documented_one():
     data, name, blobs = build([b"hello", b"world!"])
     c1, c2 = hashlib.sha256(b"hello").digest(), hashlib.sha256(b"world!").digest()
-    body = struct.pack("<I", 2) + c1 + bytes([0]) + struct.pack("<II", 5, 5) + c2 + bytes([0]) + struct.pack("<II", 6, 6)
+    salt = data[27 + 4 + 2 * 41:27 + 4 + 2 * 41 + 32]  # the last entry: 32 random bytes, type 1, no bytes
+    body = struct.pack("<I", 3) + c1 + bytes([0]) + struct.pack("<II", 5, 5) + c2 + bytes([0]) + \
+        struct.pack("<II", 6, 6) + salt + bytes([1]) + struct.pack("<II", 0, 0)
     trailer = body + hashlib.sha256(body).digest()
     assert trailer == data[27:-12]
     assert data == b"LLMDRP2\0" + bytes(8) + b"hello" + b"world!" + trailer + struct.pack("<I", len(trailer)) + b"LLMDRP2T"
@@ -227,6 +229,13 @@ def test_byte_layout_is_the_documented_one():
     assert name == hashlib.sha256(data).hexdigest()
     assert trailer_length(data[-TAIL_SIZE:], len(data), WHERE) == len(trailer)
     assert parse_trailer(data[-(len(trailer) + TAIL_SIZE):], len(data), repo_id=REPO, where=WHERE) == blobs
+
+
+def test_plain_packs_of_the_same_chunks_get_different_names():
+    """A writer storing again exactly the chunks of a pack a prune is about to delete must not produce that pack."""
+    first, second = build([b"hello", b"world!"]), build([b"hello", b"world!"])
+    assert first[1] != second[1] and first[2] == second[2]
+    assert read_all(first[0], None) == read_all(second[0], None) == [b"hello", b"world!"]
 
 
 def test_sealed_layout_hides_chunk_ids_and_binds_aad():

@@ -375,10 +375,6 @@ def test_a_snapshot_reusing_old_content_while_prune_runs_never_loses_a_chunk(tmp
     assert seen.get("deleted", 0) + seen.get("rescued", 0) > 0, seen
 
 
-@pytest.mark.xfail(strict=True, reason="known v2 bug (#15): in a plain region a pack's id is the hash of its bytes, so "
-                   "a writer storing the same chunks again writes the planned pack's id, and a phase two that listed "
-                   "the packs before that PUT deletes it. Fix: the writer must not produce an id a plan names "
-                   "(reorder or salt the pack), see the T2 report")
 def test_a_pack_stored_again_under_a_planned_id_during_phase_two(tmp_path):
     repo, store = new_repo()
     src = tmp_path / "src"

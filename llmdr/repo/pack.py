@@ -15,11 +15,18 @@ blob ``chunk id 32 | type u8 | stored length u32 | plain length u32``, then SHA-
 is sealed whole under AAD ``"llmdr-trailer-v2" | repo_id``, so chunk ids are not visible. A pack is proven by the
 trailer's hash or tag, the magic at both ends and ``16 + Σ stored + T + 12 == object size``; each blob by its tag
 (when sealed) and the SHA-256 of its plaintext against its chunk id. Pure code: no store access, no threads.
+
+A plain (unsealed) pack's trailer ends with one zero-length entry of type 1 whose "chunk id" is 32 random bytes: a
+salt. A pack's name is the SHA-256 of its bytes; sealed packs differ every time (random nonces), but without the
+salt a writer storing again exactly the chunks of a pack that a prune has planned to delete would produce that very
+pack name, and the prune's DELETE could remove the new upload. With it, every pack uploaded is a new object. Readers
+never return type-1 entries as blobs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +49,7 @@ TRAILER_GUESS = 64 * 1024  # read_blobs' first ranged GET: the whole trailer in 
 BLOB_AAD = b"llmdr-blob-v2"
 TRAILER_AAD = b"llmdr-trailer-v2"
 TYPE_DATA = 0
+TYPE_SALT = 1  # the "reserved" type: a zero-length entry whose id is random (plain packs; see the module docstring)
 KNOWN_TYPES = frozenset({0, 1})  # 0 data, 1 reserved
 NO_KEY = bytes(KEY_ID_LEN)
 U32_MAX = 0xFFFF_FFFF
@@ -129,7 +137,7 @@ class PackBuilder:
         """Bytes the pack would have if finished now, trailer and tail included."""
         if self._finished:
             return len(self._buf)
-        trailer = MIN_TRAILER + ENTRY.size * len(self._blobs)
+        trailer = MIN_TRAILER + ENTRY.size * (len(self._blobs) + (self._cipher is None))  # + the salt entry
         if self._cipher is not None:
             trailer += self._cipher.overhead
         return len(self._buf) + trailer + TAIL_SIZE
@@ -140,9 +148,12 @@ class PackBuilder:
         if self._finished:
             raise ValueError("PackBuilder.finish called twice: start a new PackBuilder for the next pack")
         self._finished = True
-        body = bytearray(COUNT.pack(len(self._blobs)))
+        salted = self._cipher is None
+        body = bytearray(COUNT.pack(len(self._blobs) + salted))
         for b in self._blobs:
             body += ENTRY.pack(b.chunk, b.type, b.stored_length, b.plain_length)
+        if salted:
+            body += ENTRY.pack(os.urandom(CHUNK_ID_LEN), TYPE_SALT, 0, 0)
         body += hashlib.sha256(body).digest()
         trailer = body if self._cipher is None else self._cipher.seal(body, trailer_aad(self._repo_id))
         self._buf += trailer
@@ -306,6 +317,8 @@ def _entries(body: memoryview, where: str) -> list[PackBlob]:
             raise FormatMismatch(f"{where}: blob type {kind} of chunk {chunk.hex()} is unknown to this llmdr (a newer "
                                  "format?); upgrade llmdr to read this pack")
         seen.add(chunk)
+        if kind == TYPE_SALT and stored_length == 0 and plain_length == 0:
+            continue  # a plain pack's salt: no bytes, not a chunk
         blobs.append(PackBlob(chunk, offset, stored_length, plain_length, kind))
         offset += stored_length
     return blobs

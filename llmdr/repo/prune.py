@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PRUNE = "prune/"
 DEFAULT_SAFETY_S = 24 * 3600.0
 SUPERSEDED_AGE_S = 3600.0
+CLOCK_RESOLUTION_S = 1.0  # the store's clock comes from HTTP Date headers: whole seconds
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: flo
 
 
 def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResult, lock) -> None:
-    due = {k: p for k, p in plans(repo).items() if now - float(p.get("marked_at", now)) >= safety_s}
+    due = {k: p for k, p in plans(repo).items() if now - float(p.get("marked_at", now)) >= safety_s - CLOCK_RESOLUTION_S}
     res.plans_pending = len(plans(repo)) - len(due)
     if not due:
         _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
