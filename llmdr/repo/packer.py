@@ -1,6 +1,7 @@
 """Writing chunks into packs (repository format v2 §1–2): chunks are appended to a pack in memory; a full pack
-(``pack_target`` bytes) is uploaded on a thread pool while the next one fills; ``close`` uploads the last pack and
-then writes ONE index object naming every chunk this writer stored. Nothing may name a chunk (a record, a tree)
+(``pack_target`` bytes) is uploaded on a thread pool while the next one fills; every ``INDEX_EVERY`` packs stored, an
+index object names them (so a crash in a long run loses little: the next run finds those chunks), and ``close``
+uploads the last pack and indexes the rest. Nothing may name a chunk (a record, a tree)
 before ``close`` returns: that is the rule that makes every referenced chunk findable (restic's and Kopia's).
 
 Memory is bounded: the pack being filled plus at most ``max_inflight_bytes`` of packs on their way. Uploads are
@@ -20,6 +21,9 @@ from llmdr.repo.index import IndexEntry
 from llmdr.repo.pack import PackBuilder
 
 log = logging.getLogger(__name__)
+
+
+INDEX_EVERY = 64  # packs (2 GiB at the default size) between the index objects a long run writes as it goes
 
 
 class PackWriter:
@@ -42,6 +46,8 @@ class PackWriter:
         self._futures: list[Future] = []
         self._added: set[bytes] = set()
         self.entries: list[IndexEntry] = []
+        self._unindexed: list[IndexEntry] = []  # stored packs no index object names yet
+        self._unindexed_packs = 0
         self.packs = 0
         self.bytes_stored = 0
 
@@ -88,10 +94,18 @@ class PackWriter:
         try:
             self.repo.put_pack(name, data)
             pack = bytes.fromhex(name)
+            new = [IndexEntry(b.chunk, pack, b.offset, b.stored_length, b.plain_length) for b in blobs]
             with self._cv:
-                self.entries += [IndexEntry(b.chunk, pack, b.offset, b.stored_length, b.plain_length) for b in blobs]
+                self.entries += new
+                self._unindexed += new
+                self._unindexed_packs += 1
                 self.packs += 1
                 self.bytes_stored += len(data)
+                batch = None
+                if self._unindexed_packs >= INDEX_EVERY:  # a long run indexes as it goes: a crash loses little
+                    batch, self._unindexed, self._unindexed_packs = self._unindexed, [], 0
+            if batch:
+                self.repo.add_index(sorted(batch, key=lambda e: e.chunk))
         except BaseException as exc:
             with self._cv:
                 self._error = self._error or exc
@@ -115,8 +129,9 @@ class PackWriter:
             self.abort()
             raise
         self._pool.shutdown(wait=True)
-        if self.entries:
-            self.repo.add_index(sorted(self.entries, key=lambda e: e.chunk))
+        if self._unindexed:
+            self.repo.add_index(sorted(self._unindexed, key=lambda e: e.chunk))
+            self._unindexed, self._unindexed_packs = [], 0
         return self.entries
 
     def abort(self) -> None:
