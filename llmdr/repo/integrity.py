@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import IntegrityError, ObjectNotFound, UsageError
-from llmdr.repo.repository import Repository
+from llmdr.repo.repository import Repository, pack_key
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class VerifyResult:
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     repaired: dict[str, str] = field(default_factory=dict)  # chunk -> region it came from
+    where: dict[str, str] = field(default_factory=dict)  # damaged chunk -> key of the pack that held it (pre-repair)
     duration_s: float = 0.0
 
     @property
@@ -134,6 +135,9 @@ def verify_snapshot(
         progress.finish()
     res.missing.sort()
     res.corrupt.sort()
+    for hexd in res.missing + res.corrupt:  # named before a repair stores the chunk in a new pack
+        e = repo.locate(hexd)
+        res.where[hexd] = pack_key(e.pack.hex()) if e is not None else "in no index"
     for hexd in res.missing + res.corrupt:
         for name, other in repair_from or []:
             if _repair(repo, other, hexd):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from llmdr.errors import IntegrityError, ObjectNotFound
 from llmdr.repo.integrity import VerifyResult, verify_snapshot
@@ -112,12 +112,10 @@ class SnapshotCheck(VerifyResult):
     """``integrity.VerifyResult`` with the manifest's check; its JSON names every damaged object by its key."""
 
     manifest: ManifestCheck | None = None
-    where: dict[str, str] = field(default_factory=dict)  # chunk -> the pack object that holds (or held) it
 
     @classmethod
     def of(cls, res: VerifyResult, manifest: ManifestCheck, repo: Repository | None = None) -> "SnapshotCheck":
-        where = {d: chunk_where(repo, d) for d in set(res.missing + res.corrupt)} if repo is not None else {}
-        return cls(**{f.name: getattr(res, f.name) for f in fields(VerifyResult)}, manifest=manifest, where=where)
+        return cls(**{f.name: getattr(res, f.name) for f in fields(VerifyResult)}, manifest=manifest)
 
     @property
     def ok(self) -> bool:
@@ -125,7 +123,7 @@ class SnapshotCheck(VerifyResult):
 
     def to_json(self) -> dict:
         out = super().to_json()
-        out["keys"] = {d: self.where.get(d, f"chunk {d}") for d in sorted(set(self.missing + self.corrupt))}
+        out["keys"] = {d: self.where.get(d, "in no index") for d in sorted(set(self.missing + self.corrupt))}
         out["manifest"] = self.manifest.to_json() if self.manifest else None
         return out
 
