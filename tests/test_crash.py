@@ -451,6 +451,7 @@ def test_prune_killed(world, tmp_path):
     t = Tally("prune", transfer_time([(prune_cli(pw), index_changed(pw.repo)) for pw in measured]))
     for pw in measured:  # an uninterrupted run deletes every planned pack
         assert set(pw.repo.pack_infos()) == pw.live_packs and plans(pw.repo) == {}
+    via_cli: list[str] = []
     for i, delay in enumerate(kill_points(t.transfer_s)):
         pw = prune_world(world, big, small)
         t.landed += kill_during(prune_cli(pw), index_changed(pw.repo), delay)
@@ -461,9 +462,15 @@ def test_prune_killed(world, tmp_path):
         dead = list_locks(pw.repo.store)
         if dead:  # killed before it released its lock: a re-run is refused until the lock goes
             assert [(x.kind, x.op, x.host) for x in dead] == [("exclusive", "prune", socket.gethostname())]
-            with pytest.raises(RepositoryLocked, match="prune"):
+            with pytest.raises(RepositoryLocked, match="llmdr locks --remove"):
                 prune(repo(pw.cfg, "primary"), safety_s=0)
-            pw.repo.store.delete(dead[0].key)  # what the message says to do once the holder is known dead
+            if not via_cli:  # what the message says to do once the holder is known dead, through the CLI once
+                r = subprocess.run(cli(pw.path, "locks", "--region", "primary", "--remove", dead[0].key),
+                                   capture_output=True, text=True, timeout=120)
+                assert r.returncode == 0 and dead[0].key in r.stdout, r.stdout + r.stderr
+                via_cli.append(dead[0].key)
+            else:
+                pw.repo.store.delete(dead[0].key)
         res = prune(repo(pw.cfg, "primary"), safety_s=0)  # the re-run: what `llmdr prune` calls
         assert sorted(res.deleted) == left, f"kill {i}"  # exactly what the killed run had not deleted yet
         assert set(pw.repo.pack_infos()) == pw.live_packs and plans(pw.repo) == {}, f"kill {i}"

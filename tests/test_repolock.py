@@ -97,7 +97,7 @@ def test_conflicting_lock_is_refused_naming_the_holder_and_leaves_nothing(held, 
     msg = str(e.value)
     assert holder.key in msg and holder.op in msg and str(holder.store.location) in msg
     assert f"pid {os.getpid()}" in msg and "stale" in msg
-    assert "delete the lock object" in msg and e.value.exit_code == 10
+    assert "llmdr locks --remove" in msg and e.value.exit_code == 10
     assert keys(store) == [holder.key]  # the refused taker's own lock object is gone
     holder.release()
     acquire(store, wanted, "verify", **FAST).release()  # free once the holder released

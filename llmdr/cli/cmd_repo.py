@@ -3,7 +3,7 @@ index from the packs, or compact it) and `llmdr locks` (who holds the repository
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -77,20 +77,28 @@ def repair_index(region: RegionOpt = None, compact: Annotated[bool, typer.Option
 @app.command()
 def locks(region: RegionOpt = None, remove_stale: Annotated[bool, typer.Option(
         "--remove-stale", help="Delete locks whose holder stopped refreshing them (stale by the store's clock).")]
-        = False, as_json: JsonOpt = False) -> None:
+        = False, remove: Annotated[Optional[str], typer.Option(
+        "--remove", metavar="KEY", help="Delete this lock object (locks/<id>.json), e.g. one a crashed command left "
+        "behind on a host that is gone. Make sure its command is not running: its lock then stops protecting it.")]
+        = None, as_json: JsonOpt = False) -> None:
     """List the locks held on a region's repository (snapshot, replicate: shared; prune, repair: exclusive)."""
     from llmdr.repo import repolock
     from llmdr.repo.ops import open_repo
 
     cfg = load_cfg()
     reg = cfg.region(region)
-    store = open_repo(cfg, reg, read_only=not remove_stale).store
+    store = open_repo(cfg, reg, read_only=not (remove_stale or remove)).store
     removed = repolock.remove_stale(store) if remove_stale else []
+    if remove is not None:
+        held = {h.key for h in repolock.list_locks(store)}
+        if remove not in held:
+            raise UsageError(f"no lock object {remove!r} in {reg.name}; `llmdr locks --region {reg.name}` lists them")
+        store.delete(remove)
+        removed.append(remove)
     held = repolock.list_locks(store)
     rows = [{"key": h.key, "kind": h.kind, "op": h.op, "host": h.host, "pid": h.pid, "age_s": round(h.age_s, 1),
              "live": h.live} for h in held]
     lines = [f"{r['kind']:<9} {r['op']:<12} {r['host']}:{r['pid']}  refreshed {r['age_s']:.0f} s ago"
              f"{'' if r['live'] else ' (STALE)'}  {r['key']}" for r in rows] or [f"(no locks in {reg.name})"]
-    if removed:
-        lines.append(f"removed {len(removed)} stale lock(s)")
+    lines += [f"removed {key}" for key in removed]
     emit(as_json, {"region": reg.name, "locks": rows, "removed": removed}, "\n".join(lines))

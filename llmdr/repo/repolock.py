@@ -271,7 +271,8 @@ def _locked(store: BlobStore, kind: str, op: str, holders: list[LockInfo], stale
         f"cannot take a {kind} lock for {op!r} on {store.location}{waited}: held by "
         f"{'; '.join(h.describe(stale_s) for h in holders)}. Wait for that command to finish and run this one again "
         f"(or give it a longer lock wait). If the holder is gone (crashed, machine lost), its lock goes stale "
-        f"{stale_s:.0f} s after its last refresh; or delete the lock object ({keys}) in {store.location}")
+        f"{stale_s:.0f} s after its last refresh; or remove it now with `llmdr locks --remove KEY` ({keys}) in "
+        f"{store.location}")
 
 
 def acquire(store: BlobStore, kind: str, op: str, *, wait_s: float = 0.0, refresh_s: float = 300.0,

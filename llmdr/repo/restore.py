@@ -273,6 +273,8 @@ class _Plan:
                 offset += n
         self.located: dict[bytes, IndexEntry] = {}
         index = repo.index()
+        if any(index.lookup(c) is None for c in self.uses):
+            index = repo.index(refresh=True)  # indexed since this repository object first read the index
         for c in self.uses:
             e = index.lookup(c)
             if e is None:
