@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import load_config
+from llmdr.repo.layout import tree_key
 from llmdr.repo.manifest import canonical_json
 from llmdr.repo.ops import open_repo
-from llmdr.repo.repository import tree_key
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
 from tests.support.requirements import need

@@ -36,8 +36,9 @@ import pytest
 from llmdr.config import Config
 from llmdr.repo import ops
 from llmdr.repo.bundle import content_digests, detected_specs
+from llmdr.repo.layout import INDEX, pack_key, record_key, tree_key
 from llmdr.repo.manifest import canonical_json
-from llmdr.repo.repository import INDEX, Repository, pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX
 from llmdr.serving import golden, restoretest
 from llmdr.serving.endpoint import OpenAIEndpoint

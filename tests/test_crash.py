@@ -51,9 +51,10 @@ from llmdr.errors import ObjectNotFound, RepositoryLocked, TargetNotEmpty
 from llmdr.repo import ops
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.integrity import verify_snapshot
+from llmdr.repo.layout import INDEX, RepoConfig, record_key
 from llmdr.repo.prune import plans, prune
 from llmdr.repo.repolock import list_locks
-from llmdr.repo.repository import INDEX, RepoConfig, Repository, record_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.verify import check_manifest

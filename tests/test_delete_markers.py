@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from llmdr.drill import readiness as rd
 from llmdr.errors import ObjectNotFound, ReadOnlyStoreError, SnapshotNotFound, StorageError
 from llmdr.repo import ops
-from llmdr.repo.repository import record_key
+from llmdr.repo.layout import record_key
 from llmdr.repo.undelete import hidden_objects, undelete
 from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.factory import adapter, open_region

@@ -19,11 +19,12 @@ from llmdr.errors import ConfigError, IntegrityError
 from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import canonical_json
 from llmdr.repo.pack import MAGIC as PACK_MAGIC
 from llmdr.repo.pack import read_blobs
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository, pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import resolve_keys

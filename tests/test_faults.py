@@ -243,7 +243,8 @@ def _small_chunk_repo(cfg) -> None:
     per step (with the default 32 MiB packs a step is a few dozen requests, too few to measure a 10 % rate)."""
     from llmdr.repo import ops
     from llmdr.repo.chunking import ChunkerParams
-    from llmdr.repo.repository import RepoConfig, Repository
+    from llmdr.repo.layout import RepoConfig
+    from llmdr.repo.repository import Repository
 
     small = RepoConfig(chunker=ChunkerParams(avg_size=16 * KiB, min_size=4 * KiB, max_size=64 * KiB))
     for region in ("primary", "secondary"):

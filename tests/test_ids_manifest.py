@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from llmdr.errors import IntegrityError, UnsafePathError
 from llmdr.repo.chunking import DEFAULT_CHUNKER
 from llmdr.repo.ids import is_hex_digest
+from llmdr.repo.layout import key_to_pack, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath, manifest_id
-from llmdr.repo.repository import key_to_pack, pack_key, record_key, tree_key
 from llmdr.repo.tree import build_tree, load_tree, manifest_of, parse_record, record_bytes
 
 hexdigests = st.binary(min_size=32, max_size=32).map(lambda b: b.hex())

@@ -12,9 +12,10 @@ import pytest
 from llmdr.errors import IntegrityError, UsageError
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.integrity import Subset, verify_snapshot
+from llmdr.repo.layout import RepoConfig
 from llmdr.repo.repair import rebuild_index
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
@@ -137,7 +138,7 @@ def test_prune_keeps_the_packs_of_a_live_snapshot_whose_record_is_damaged(region
         prune(Repository(a.store), safety_s=0)
     assert pack_keys(a) == packs
     # a damaged file list of a live snapshot makes prune refuse rather than guess
-    from llmdr.repo.repository import tree_key
+    from llmdr.repo.layout import tree_key
 
     tkey = tree_key(Repository(a.store).view(snap.manifest.bundle).head.record["tree"])
     a.store.corrupt(tkey, b"{}")

@@ -13,10 +13,11 @@ import pytest
 from llmdr.config import parse_config
 from llmdr.errors import ObjectLocked, ReadOnlyStoreError, TransientStorageError
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.layout import RepoConfig, record_key
 from llmdr.repo.locks import Locker
 from llmdr.repo.prune import prune
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository, record_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention
 from llmdr.repo.snapshot import take_snapshot

@@ -10,7 +10,8 @@ import pytest
 from llmdr.errors import TransientStorageError
 from llmdr.repo import packer
 from llmdr.repo.chunking import ChunkerParams
-from llmdr.repo.repository import RepoConfig, Repository
+from llmdr.repo.layout import RepoConfig
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore

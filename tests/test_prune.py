@@ -20,9 +20,10 @@ import pytest
 from llmdr.repo import snapshot as snapshot_mod
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.integrity import verify_snapshot
+from llmdr.repo.layout import RepoConfig, record_key
 from llmdr.repo.prune import PRUNE, prune
 from llmdr.repo.repolock import LOCKS
-from llmdr.repo.repository import RepoConfig, Repository, record_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore

@@ -16,8 +16,9 @@ from llmdr.drill.record import DrillRecord
 from llmdr.errors import ObjectLocked
 from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.layout import RepoConfig
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import RepoConfig, Repository
+from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import clear_cache
 from llmdr.storage.factory import open_region

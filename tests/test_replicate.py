@@ -5,9 +5,10 @@ import pytest
 
 from llmdr.errors import ChunkMissing, IntegrityError, TransientStorageError
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.layout import PACKS, SNAPS, RepoConfig
 from llmdr.repo.prune import prune
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import PACKS, SNAPS, RepoConfig, Repository
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore

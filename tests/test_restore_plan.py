@@ -18,9 +18,10 @@ from llmdr.errors import ChunkMissing, IntegrityError, LlmdrError
 from llmdr.repo import restore as restore_module
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import PACKS, RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.packer import PackWriter
-from llmdr.repo.repository import PACKS, RepoConfig, Repository, pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
 from llmdr.repo.snapshot import take_snapshot

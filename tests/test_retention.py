@@ -10,8 +10,9 @@ import pytest
 from llmdr.errors import UsageError
 from llmdr.repo import snapshot as snapshot_mod
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.layout import RepoConfig, pack_key, record_key
 from llmdr.repo.prune import prune
-from llmdr.repo.repository import RepoConfig, Repository, SnapshotInfo, pack_key, record_key
+from llmdr.repo.repository import Repository, SnapshotInfo
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention, plan
 from llmdr.repo.snapshot import take_snapshot

@@ -13,8 +13,9 @@ import pytest
 from llmdr.devstack.regions import region_status, start_region
 from llmdr.devstack.samples import MiB, write_sample_bundle
 from llmdr.errors import AccessDenied, BucketNotFound, IntegrityError, TransientStorageError
+from llmdr.repo.layout import PACKS, RepoConfig
 from llmdr.repo.replicate import replicate_snapshot
-from llmdr.repo.repository import PACKS, RepoConfig, Repository
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.factory import open_region

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
 from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.layout import INDEX, PACKS, TREES, RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
-from llmdr.repo.repository import INDEX, PACKS, TREES, RepoConfig, Repository, pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import MARKER, restore_snapshot
 from llmdr.repo.restoreplan import plan_ranges
 from llmdr.repo.snapshot import take_snapshot

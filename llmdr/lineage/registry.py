@@ -80,7 +80,7 @@ def _load_manifest(cfg: Config, snapshot_id: str, regions: list[str]) -> Manifes
 
 
 def _manifest_url(cfg: Config, region: str, snapshot_id: str) -> str:
-    from llmdr.repo.repository import record_key
+    from llmdr.repo.layout import record_key
 
     reg = cfg.region(region)
     prefix = reg.prefix.strip("/") + "/" if reg.prefix.strip("/") else ""

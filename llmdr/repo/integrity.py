@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import IntegrityError, ObjectNotFound, UsageError
-from llmdr.repo.repository import Repository, pack_key
+from llmdr.repo.layout import pack_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from llmdr.repo.repository import Repository, pack_key, record_key
+from llmdr.repo.layout import pack_key, record_key
+from llmdr.repo.repository import Repository
 from llmdr.storage.base import BlobStore, Lock, LockPolicy
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Locker:
                        workers: int = 8) -> int:
         """Extend every object of ``snapshot_id`` (packs, trees, record) to ``until``: packs first, the record last
         (a record's lock is its snapshot's)."""
-        from llmdr.repo.repository import tree_key
+        from llmdr.repo.layout import tree_key
         from llmdr.repo.tree import tree_ids
 
         m = repo.load_manifest(snapshot_id)

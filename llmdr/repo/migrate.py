@@ -56,11 +56,12 @@ from llmdr.errors import (
 )
 from llmdr.repo.chunking import DEFAULT_CHUNKER, ChunkerParams
 from llmdr.repo.ids import is_hex_digest
+from llmdr.repo.layout import CONFIG_KEY, EVIDENCE, MIGRATED_FROM, RepoConfig
 from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import Manifest, canonical_json, manifest_id
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repolock import EXCLUSIVE, hold
-from llmdr.repo.repository import CONFIG_KEY, EVIDENCE, MIGRATED_FROM, RepoConfig, Repository
+from llmdr.repo.repository import Repository
 from llmdr.repo.tree import build_tree, record_json
 from llmdr.storage.base import BlobInfo, BlobStore
 

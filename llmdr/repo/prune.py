@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 from llmdr.errors import ObjectLocked, ObjectNotFound, StorageError
 from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import INDEX, SNAPS, index_key, pack_key, record_key
 from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import canonical_json
-from llmdr.repo.repository import INDEX, SNAPS, Repository, index_key, pack_key, record_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from llmdr.errors import IntegrityError, ObjectNotFound
 from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import INDEX
 from llmdr.repo.pack import read_blobs
-from llmdr.repo.repository import INDEX, Repository
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 

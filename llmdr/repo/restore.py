@@ -37,8 +37,9 @@ from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import ChunkMissing, IntegrityError, LlmdrError, ObjectNotFound, TargetNotEmpty, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
 from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.repository import Repository, pack_key
+from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import MAX_RANGE, MIN_SPLIT, Range, plan_ranges
 
 log = logging.getLogger(__name__)

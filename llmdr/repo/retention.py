@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 
 from llmdr.errors import UsageError
+from llmdr.repo.layout import record_key
 from llmdr.repo.locks import Locker
-from llmdr.repo.repository import Repository, SnapshotInfo, record_key
+from llmdr.repo.repository import Repository, SnapshotInfo
 
 
 @dataclass(frozen=True)

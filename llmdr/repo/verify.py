@@ -12,7 +12,8 @@ from dataclasses import dataclass, fields
 
 from llmdr.errors import IntegrityError, ObjectNotFound
 from llmdr.repo.integrity import VerifyResult, verify_snapshot
-from llmdr.repo.repository import Repository, pack_key, record_key, tree_key
+from llmdr.repo.layout import pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 

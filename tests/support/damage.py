@@ -4,7 +4,8 @@ store below it; no test needs to know key layouts."""
 
 from __future__ import annotations
 
-from llmdr.repo.repository import Repository, pack_key, record_key, tree_key
+from llmdr.repo.layout import pack_key, record_key, tree_key
+from llmdr.repo.repository import Repository
 
 
 def chunk_pack(repo: Repository, hexd: str) -> str:
