@@ -175,3 +175,40 @@ def check_key(key: str) -> str:
 def unprotected(store: BlobStore) -> dict[str, Any]:
     """``bucket_protection()`` of a store without versioning or Object Lock (memory, local folders)."""
     return {"bucket": store.location, "versioning": "Disabled", "object_lock": False, "default_retention": None}
+
+
+class Forwarding:
+    """The calls a wrapper that keeps its inner store's object names passes through unchanged: Object Lock, bucket
+    facts, the store's clock, versions and the blob cipher. Wrappers (encrypting, signing, as-of, hidden-version
+    reads) inherit it and override only what they change or refuse, so a new protocol call is forwarded in one
+    place."""
+
+    inner: BlobStore
+
+    def lock_policy(self) -> LockPolicy | None:
+        return self.inner.lock_policy()
+
+    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
+        return self.inner.retention(key, version_id=version_id)
+
+    def extend_lock(self, key: str, until: float) -> bool:
+        return self.inner.extend_lock(key, until)
+
+    def bucket_protection(self) -> dict[str, Any]:
+        return self.inner.bucket_protection()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()
+
+    def server_time(self) -> float:
+        return self.inner.server_time()
+
+    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix)
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        self.inner.delete_version(key, version_id)
+
+    def blob_cipher(self) -> BlobCipher | None:
+        return self.inner.blob_cipher()
+

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Forwarding, VersionInfo
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8
@@ -83,37 +83,6 @@ def key_id(key: bytes) -> bytes:
     return hmac.new(key, b"llmdr encryption key id", hashlib.sha256).digest()[:KEY_ID_LEN]
 
 
-class _SameObjectNames:
-    """Object Lock and bucket calls of a wrapper that keeps the inner store's object names (encrypting, signing):
-    passed through unchanged. ``usage`` counts what is stored (ciphertext and signature lines included)."""
-
-    inner: BlobStore
-
-    def lock_policy(self) -> LockPolicy | None:
-        return self.inner.lock_policy()
-
-    def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
-        return self.inner.retention(key, version_id=version_id)
-
-    def extend_lock(self, key: str, until: float) -> bool:
-        return self.inner.extend_lock(key, until)
-
-    def bucket_protection(self) -> dict[str, Any]:
-        return self.inner.bucket_protection()
-
-    def usage(self) -> dict[str, int]:
-        return self.inner.usage()
-
-    def server_time(self) -> float:
-        return self.inner.server_time()
-
-    def delete_version(self, key: str, version_id: str) -> None:
-        self.inner.delete_version(key, version_id)
-
-    def blob_cipher(self) -> BlobCipher | None:
-        return self.inner.blob_cipher()
-
-
 class AesGcmBlobCipher:
     """Seals one blob of a pack: ``nonce (12) | AES-256-GCM ciphertext | tag (16)`` with the caller's AAD (the
     repository binds it to the repo and chunk id). Same key, hence same ``key_id``, as the object envelope."""
@@ -150,7 +119,7 @@ class AesGcmBlobCipher:
                 "restores it from another region") from None
 
 
-class EncryptingStore(_SameObjectNames):
+class EncryptingStore(Forwarding):
     def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -288,7 +257,7 @@ class ManifestSigner:
             return False
 
 
-class SigningStore(_SameObjectNames):
+class SigningStore(Forwarding):
     def __init__(self, inner: BlobStore, signer: ManifestSigner) -> None:
         self.inner = inner
         self.location = inner.location

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from llmdr.errors import ObjectNotFound, ReadOnlyStoreError, StorageError
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobInfo, BlobStore, Forwarding, Lock, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def by_key(versions: Iterable[VersionInfo]) -> dict[str, list[VersionInfo]]:
     return out
 
 
-class AsOfStore:
+class AsOfStore(Forwarding):
     """The region ``inner`` as it was at ``as_of`` (seconds since the epoch, store time): each key is its newest
     version with ``modified <= as_of`` unless that is a delete marker; listings come from ``list_versions``. Every
     write is refused with ``ReadOnlyStoreError``. A store that keeps no versions raises ``StorageError`` on reads."""
@@ -132,23 +132,13 @@ class AsOfStore:
     def extend_lock(self, key: str, until: float) -> bool:
         self._refuse("extend lock of", key)
 
-    def server_time(self) -> float:
-        return self.inner.server_time()
-
-    def blob_cipher(self) -> BlobCipher | None:
-        return self.inner.blob_cipher()
-
-    def lock_policy(self) -> LockPolicy | None:
-        return self.inner.lock_policy()
-
-    def bucket_protection(self) -> dict[str, Any]:
-        return self.inner.bucket_protection()
-
-    def usage(self) -> dict[str, int]:
-        return self.inner.usage()
 
 
-class HiddenVersionStore:
+
+
+
+
+class HiddenVersionStore(Forwarding):
     """``inner``, except that a key hidden by a delete marker whose newest version below it is still under Object
     Lock retention or legal hold reads as that version (``get``, ``head``, ``list``), with a warning; each such key
     is recorded in ``hidden`` (key -> ``{"version_id", "mode", "until"}``, ``until`` seconds since the epoch). Pass
@@ -256,27 +246,3 @@ class HiddenVersionStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
-
-    def delete_version(self, key: str, version_id: str) -> None:
-        self.inner.delete_version(key, version_id)
-
-    def extend_lock(self, key: str, until: float) -> bool:
-        return self.inner.extend_lock(key, until)
-
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        return self.inner.list_versions(prefix)
-
-    def server_time(self) -> float:
-        return self.inner.server_time()
-
-    def blob_cipher(self) -> BlobCipher | None:
-        return self.inner.blob_cipher()
-
-    def lock_policy(self) -> LockPolicy | None:
-        return self.inner.lock_policy()
-
-    def bucket_protection(self) -> dict[str, Any]:
-        return self.inner.bucket_protection()
-
-    def usage(self) -> dict[str, int]:
-        return self.inner.usage()
