@@ -38,7 +38,7 @@ class DiesAfter(MemoryStore):
 def test_a_crashed_long_run_keeps_what_it_indexed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(packer, "INDEX_EVERY", 2)
     src = tmp_path / "src"
-    write_tree(src, {f"f{i}.bin": os.urandom(40_000) for i in range(12)})
+    write_tree(src, {f"f{i}.bin": os.urandom(80_000) for i in range(12)})  # ~15 packs of 64 KiB
     store = DiesAfter(7)
     repo = Repository(store, pack_target=64 * 1024)
     repo.ensure_config(RepoConfig(chunker=SMALL, pack_target=64 * 1024))
