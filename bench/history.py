@@ -2,7 +2,7 @@
 
     uv run python bench/history.py                          # 10 and 1,000 snapshots; ~15-25 min on 2 cores
     uv run python bench/history.py --steps 10,200           # a quicker run
-    uv run python bench/history.py --smoke --results DIR    # 5 and 30 snapshots, every command once: the harness
+    uv run python bench/history.py --smoke --results DIR    # 3 and 12 snapshots, every command once: the harness
 
 A tiny bundle (the sample bundle, 2 shards of 64 KiB) and its repository in the two local regions. The history is
 built in-process (bench/history_build.py: one small file changed per snapshot, each snapshot copied to the
@@ -191,9 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", default="10,1000",
                     help="snapshot counts to measure at, ascending; the first is the baseline (default 10,1000)")
     common_args(ap, work=BENCH_DIR / "work" / "history", ports=(PRIMARY_PORT, SECONDARY_PORT),
-                smoke="check the harness: 5 and 30 snapshots, every command once per mode; writes "
+                smoke="check the harness: 3 and 12 snapshots, every command once per mode; writes "
                       "history-smoke.json|.md, never into bench/results/")
-    args = parse(ap, argv, smoke={"steps": "5,30"})
+    args = parse(ap, argv, smoke={"steps": "3,12"})
     args.levels = levels_of(args.steps)
     return args
 

@@ -1,5 +1,5 @@
 """The benchmark harnesses run, so they cannot rot unnoticed: each bench script once with ``--smoke`` (the smallest
-sizes, every step, the peers s5cmd/restic/rclone only where installed; history.py at 5 and 30 snapshots), its results
+sizes, every step, the peers s5cmd/restic/rclone only where installed; history.py at 3 and 12 snapshots), its results
 written to a temporary folder.
 
 Only completion is asserted: exit 0, and a results file listing every step (ran, or skipped because a peer is not
@@ -124,16 +124,16 @@ def test_history_smoke(tmp_path):
     p, s = free_base_ports()
     doc = load(run_smoke("history.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)),
                "history-smoke")
-    assert doc["meta"]["smoke"] and doc["meta"]["levels"] == [5, 30]
+    assert doc["meta"]["smoke"] and doc["meta"]["levels"] == [3, 12]
     assert all(x["status"] == "ran" for x in doc["steps"])
     measured = {(r["level"], r["mode"], r["command"]) for r in doc["runs"]}
     commands = ("llmdr snapshot", "llmdr replicate", "llmdr snapshots", "llmdr restore")
-    assert measured == {(lv, m, c) for lv in (5, 30) for m in ("cold", "warm") for c in commands}
+    assert measured == {(lv, m, c) for lv in (3, 12) for m in ("cold", "warm") for c in commands}
     listed = {(r["level"], r["mode"]): r["data"]["listed"] for r in doc["runs"] if r["command"] == "llmdr snapshots"}
-    assert listed[(5, "cold")] >= 4 and listed[(30, "cold")] >= listed[(5, "warm")] + 20, "the history grows"
+    assert listed[(3, "cold")] >= 2 and listed[(12, "cold")] >= listed[(3, "warm")] + 5, "the history grows"
     assert {c["metric"].split(":")[0] for c in doc["checks"] if c["bound"] == 1.2} == {
         f"{c} ({m})" for c in commands for m in ("cold", "warm")}
-    assert sum(b["added"] for b in doc["details"]["builds"]) >= 30 - 4, "the history was built in-process"
+    assert sum(b["added"] for b in doc["details"]["builds"]) >= 12 - 2, "the history was built in-process"
 
 
 @pytest.mark.parametrize("script", ["bench.py", "scale.py", "object_lock.py", "rto.py", "history.py"])

@@ -257,7 +257,7 @@ class Repository:
         """Merge the live index objects into one when there are more than ``threshold`` (after a snapshot or a copy
         added its own). Nothing is deleted, so no lock is needed: the merged object supersedes the others, which a
         prune deletes once it is old enough. Returns the new index id, or None."""
-        idx = self.index(refresh=True)
+        idx = self.index()  # the view this command already holds: others' newer indexes stay live beside the merge
         live = sorted(idx.live_ids())
         if len(live) <= threshold:
             return None
