@@ -13,7 +13,7 @@ from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
-from tests.support.damage import chunks_in_same_pack, corrupt_chunk, pack_keys, remove_chunk
+from tests.support.damage import chunk_pack, chunks_in_same_pack, corrupt_chunk, pack_keys, remove_chunk
 from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
@@ -127,8 +127,10 @@ def test_recheck_repairs_a_pack_lost_in_the_destination(two, tmp_path):
     res = replicate_snapshot(a, b, snap.snapshot_id, recheck=True)
     assert res.chunks_copied == len(gone)
     assert gone <= set(b.list_chunks())
-    # stored again in a NEW pack (plain packs are salted: never the removed pack's id); reads find it there
+    # stored again in a NEW pack (plain packs are salted: never the removed pack's id); reads find it there, and
+    # once the packs were listed, the repository names the pack that exists
     assert len(b.load_chunk(lost)) == dict(snap.manifest.files[0].chunks)[lost]
+    assert chunk_pack(b, lost) in pack_keys(b)
     fresh = Repository(b.store)
     assert gone <= set(fresh.list_chunks())
     restore_snapshot(fresh, snap.snapshot_id, tmp_path / "out", durable=False)

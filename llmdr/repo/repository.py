@@ -129,6 +129,7 @@ class Repository:
         self.index_meta: dict[str, tuple[float | None, tuple[str, ...]]] = {}  # index id -> (stored at, supersedes)
         self.index_listed: dict[str, float | None] = {}  # every index object present at the last listing
         self._catalogs: dict[str, Catalog] = {}
+        self._gone_packs: set[bytes] = set()  # packs an index names that the last listing of packs did not show
         self._lock = threading.Lock()
 
     @property
@@ -269,11 +270,16 @@ class Repository:
         return self.index().has(bytes.fromhex(hexdigest))
 
     def locate(self, hexdigest: str) -> IndexEntry | None:
-        return self.index().lookup(bytes.fromhex(hexdigest))
+        """Where the index places chunk ``hexdigest``; a pack the last listing of packs did not show (lost, its
+        chunks stored again elsewhere) is the last choice."""
+        return self.index().lookup(bytes.fromhex(hexdigest), avoid=self._gone_packs)
 
     def pack_infos(self) -> dict[str, BlobInfo]:
-        """Every pack present, by id (one paged LIST)."""
-        return {p: i for i in self.store.list(PACKS) if (p := key_to_pack(i.key)) is not None}
+        """Every pack present, by id (one paged LIST). Packs the index names but the listing lacks are remembered,
+        so ``locate`` prefers another copy of their chunks."""
+        infos = {p: i for i in self.store.list(PACKS) if (p := key_to_pack(i.key)) is not None}
+        self._gone_packs = self.index().packs() - {bytes.fromhex(p) for p in infos}
+        return infos
 
     def list_chunks(self) -> dict[str, int]:
         """Every chunk an index places in a pack that is present, with its length (one listing of the packs)."""
