@@ -404,3 +404,34 @@ def test_a_pack_stored_again_under_a_planned_id_during_phase_two(tmp_path):
     r = prune(Repository(SnapshotBeforeDelete(store)), safety_s=S)
     assert written and r.deleted == [p1.rsplit("/", 1)[1]]
     assert_sound(store, written["s3"].snapshot_id, a, tmp_path / "out")
+
+
+def test_phase_one_uses_what_phase_two_read(tmp_path, monkeypatch):
+    """A prune with a due plan lists the plans once and walks the live snapshots' file lists once: phase one takes
+    both from phase two (less the records phase two deleted, which are not planned again)."""
+    from llmdr.repo import prune as prune_mod
+
+    repo, store = new_repo()
+    src = tmp_path / "src"
+    s1 = snap(repo, src, {"a.bin": content(1)})
+    snap(repo, src, {"b.bin": content(2)})
+    repo.forget(BUNDLE, [s1.snapshot_id])
+    store.clock_skew += 2 * S
+    assert len(prune(repo, safety_s=S).planned) == 1
+    store.clock_skew += S
+    calls = {"plans": 0, "used_chunks": 0}
+
+    def counting(name: str):
+        original = getattr(prune_mod, name)
+
+        def counted(*args, **kw):
+            calls[name] += 1
+            return original(*args, **kw)
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(prune_mod, name, counting(name))
+    r = prune(repo, safety_s=S)
+    assert len(r.deleted) == 1 and r.records_deleted == 1 and r.planned == []
+    assert calls == {"plans": 1, "used_chunks": 1}
+    assert list(store.list(PRUNE)) == []  # the deleted record was not planned again

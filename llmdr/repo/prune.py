@@ -76,9 +76,10 @@ def plans(repo: Repository) -> dict[str, dict]:
     return out
 
 
-def planned_packs(repo: Repository) -> set[bytes]:
-    """Packs some pending plan marks for deletion: writers must not rely on them."""
-    return {bytes.fromhex(p) for plan in plans(repo).values() for p in plan["packs"]}
+def planned_packs(repo: Repository, of: dict[str, dict] | None = None) -> set[bytes]:
+    """Packs some pending plan marks for deletion: writers must not rely on them. ``of``: plans already read
+    (``plans(repo)``), instead of listing them again."""
+    return {bytes.fromhex(p) for plan in (plans(repo) if of is None else of).values() for p in plan["packs"]}
 
 
 def used_chunks(repo: Repository) -> tuple[set[bytes], list[str]]:
@@ -141,16 +142,24 @@ def prune(repo: Repository, *, safety_s: float = DEFAULT_SAFETY_S, repack_below:
         return res
     with hold(repo.store, "exclusive", "prune", wait_s=lock_wait_s, settle_s=0.2) as lock:
         now = repo.store.server_time()
-        _delete_phase(repo, now, safety_s, res, lock)
-        _mark_phase(repo, now, safety_s, repack_below, res, lock)
+        pending = plans(repo)
+        due = {k: pending.pop(k) for k in list(pending)
+               if now - float(pending[k].get("marked_at", now)) >= safety_s - CLOCK_RESOLUTION_S}
+        res.plans_pending = len(pending)
+        usage = _delete_phase(repo, now, safety_s, due, res, lock) if due else None
+        if not due:
+            _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
+        _mark_phase(repo, now, safety_s, repack_below, res, lock, pending, usage)
     return res
 
 
 def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: float, res: PruneResult,
-                lock) -> None:
+                lock, pending: dict[str, dict], usage: tuple[set[bytes], list[str]] | None) -> None:
+    """Phase one. ``pending``: the plans left after phase two; ``usage``: ``used_chunks`` as phase two found it
+    (nothing it deleted is used, and a snapshot published since is seen by this plan's own phase two)."""
     idx = repo.index(refresh=True)
-    used, forgotten = used_chunks(repo)
-    already = planned_packs(repo)
+    used, forgotten = usage or used_chunks(repo)
+    already = planned_packs(repo, pending)
     locker = Locker.of(repo.store)
     candidates: list[str] = []
     repack: list[IndexEntry] = []
@@ -196,14 +205,11 @@ def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: flo
              len(records), safety_s)
 
 
-def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResult, lock) -> None:
-    due = {k: p for k, p in plans(repo).items() if now - float(p.get("marked_at", now)) >= safety_s - CLOCK_RESOLUTION_S}
-    res.plans_pending = len(plans(repo)) - len(due)
-    if not due:
-        _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
-        return
+def _delete_phase(repo: Repository, now: float, safety_s: float, due: dict[str, dict], res: PruneResult,
+                  lock) -> tuple[set[bytes], list[str]]:
+    """Phase two for the ``due`` plans. Returns ``used_chunks`` as found here, less the records it deleted."""
     idx = repo.index(refresh=True)
-    used, _ = used_chunks(repo)
+    used, forgotten = used_chunks(repo)
     marked: dict[str, float] = {}
     for plan in due.values():
         for p in plan["packs"]:
@@ -244,6 +250,7 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
         res.deleted.append(pack.hex())
         res.chunks_deleted += len(entries)
         res.bytes_freed += sum(e.stored_length for e in entries)
+    gone: set[str] = set()
     for plan in due.values():
         for sid in plan.get("records", []):
             if locker is not None and locker.locked(record_key(sid), now) is not None:
@@ -251,14 +258,15 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, res: PruneResul
             try:
                 repo.store.delete(record_key(sid))
                 res.records_deleted += 1
+                gone.add(sid)
             except ObjectLocked:
                 pass
     _delete_superseded(repo, now, min(safety_s, SUPERSEDED_AGE_S), res)
     for key in due:
         repo.store.delete(key)
-    repo.index(refresh=True)
     log.info("%s: prune deleted %d packs (%d bytes), rescued %d", repo.location, len(res.deleted), res.bytes_freed,
              len(res.rescued))
+    return used, [sid for sid in forgotten if sid not in gone]
 
 
 def _rewritten(info, marked_at: float, safety_s: float) -> bool:
