@@ -87,6 +87,30 @@ def test_reset_mid_body_maps_to_a_transient_error(s3):
         via_proxy().get("faults/cut")
 
 
+def _stream(store, key: str, start: int, length: int, piece: int = 64 * KiB) -> bytes:
+    out = bytearray()
+    buf = memoryview(bytearray(piece))
+    with store.open_range(key, start, length) as r:
+        while n := r.readinto(buf):
+            out += buf[:n]
+    return bytes(out)
+
+
+def test_streamed_range_cut_mid_body_is_transient_then_resumed_at_the_byte_reached(s3):
+    """A restore streams pack ranges into its own buffers: a connection reset part-way must never look like the
+    end of the range (a silent short read), and the retry layer opens the rest from the byte it had reached."""
+    direct, via_proxy, px = s3
+    data = random.Random(11).randbytes(3 * MiB)
+    direct.put("faults/stream", data)
+    px.reset_next(1, after_bytes=MiB)
+    with pytest.raises(TransientStorageError, match="(?i)connection"):
+        _stream(via_proxy(), "faults/stream", 100, 2 * MiB)
+    px.reset_next(1, after_bytes=MiB)
+    store, sleeps = retrying(via_proxy())
+    assert _stream(store, "faults/stream", 100, 2 * MiB) == data[100:100 + 2 * MiB]
+    assert px.stats["resets"] == 2 and store.retries == {"get": 1} and len(sleeps) == 1
+
+
 def test_stall_longer_than_the_read_timeout_is_retried(s3):
     direct, via_proxy, px = s3
     direct.put("faults/slow", b"patience")

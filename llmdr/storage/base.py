@@ -52,6 +52,60 @@ class BlobCipher(Protocol):
 
     def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
 
+    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int:
+        """As ``open``, the plaintext written into ``out`` (at least ``len(stored) - overhead`` bytes; no new
+        buffer per blob). Returns its length. On failure ``out`` holds nothing anyone may use."""
+        ...
+
+
+class RangeReader(Protocol):
+    """A byte range of one blob, read as a stream into the caller's buffers (``BlobStore.open_range``).
+    ``readinto`` fills at most ``len(buf)`` bytes and returns how many, 0 only once the range is exhausted; the
+    reader is a context manager and ``close`` (or leaving the ``with``) frees its connection."""
+
+    def readinto(self, buf: memoryview | bytearray) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> RangeReader: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BytesReader:
+    """A ``RangeReader`` over bytes already in memory: what stores without a streaming read (memory, wrappers that
+    must see the whole object) return from ``open_range``."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n = min(len(buf), len(self._view) - self._pos)
+        buf[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._view = memoryview(b"")
+
+    def __enter__(self) -> BytesReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_full(reader: RangeReader, buf: memoryview) -> int:
+    """Fill ``buf`` from ``reader``; fewer bytes only when the range ends first. Returns the count."""
+    got = 0
+    while got < len(buf):
+        n = reader.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
 
 @runtime_checkable
 class BlobStore(Protocol):
@@ -68,6 +122,10 @@ class BlobStore(Protocol):
       credentials ``AccessDenied``; a fault that may pass ``TransientStorageError``. Adapters map their client's
       errors to these and to nothing else.
     - ``get`` with ``start``/``length`` returns exactly that byte range (shorter only at the end of the blob).
+    - ``open_range(key, start, length)`` streams the same bytes into the caller's buffers (``RangeReader``): no
+      copy of the whole range in memory, so a restore holds one blob per worker rather than one range. Errors are
+      the typed ones above, at open or while reading; a connection that ends early raises
+      ``TransientStorageError``, never a silent short read.
     - ``list`` yields every key under the prefix, in lexicographic order, each once, with its size and last-write
       time (``modified``), so unreferenced blobs can be told apart from blobs a running writer just added.
     - ``delete`` is idempotent: deleting a missing key is not an error.
@@ -120,6 +178,8 @@ class BlobStore(Protocol):
             if_absent: bool = False, retain: bool = True) -> None: ...
 
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes: ...
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader: ...
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo: ...
 
@@ -211,4 +271,9 @@ class Forwarding:
 
     def blob_cipher(self) -> BlobCipher | None:
         return self.inner.blob_cipher()
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        """Through this wrapper's own ``get`` (which may open, check or pick a version); a wrapper that leaves an
+        object's bytes as they are overrides this to stream from the store below."""
+        return BytesReader(self.get(key, start=start, length=length, version_id=version_id))  # type: ignore[attr-defined]
 

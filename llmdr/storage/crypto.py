@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.errors import ConfigError, IntegrityError
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Forwarding, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Forwarding, RangeReader, VersionInfo
 
 MAGIC = b"LLMDRE1\0"
 KEY_ID_LEN = 8
@@ -112,11 +112,28 @@ class AesGcmBlobCipher:
         try:
             return self._aead.decrypt(data[:NONCE_LEN], data[NONCE_LEN:], aad)
         except InvalidTag:
-            source = self.key_source or "the configured key"
-            raise IntegrityError(
-                f"{where} failed authentication: damaged, moved, or sealed under another key than {source} (key id "
-                f"{self.key_id.hex()}); it was not used. Check the region's key, then `llmdr verify --repair` "
-                "restores it from another region") from None
+            raise self._failed(where) from None
+
+    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int:
+        from cryptography.exceptions import InvalidTag
+
+        n = len(stored) - BLOB_OVERHEAD
+        if n < 0:
+            raise IntegrityError(f"{where} is truncated ({len(stored)} bytes, shorter than nonce and tag): damaged; "
+                                 "it was not used. `llmdr verify --repair` restores it from another region")
+        view = memoryview(stored)
+        try:
+            self._aead.decrypt_into(bytes(view[:NONCE_LEN]), view[NONCE_LEN:], aad, out[:n])
+        except InvalidTag:
+            raise self._failed(where) from None
+        return n
+
+    def _failed(self, where: str) -> IntegrityError:
+        source = self.key_source or "the configured key"
+        return IntegrityError(
+            f"{where} failed authentication: damaged, moved, or sealed under another key than {source} (key id "
+            f"{self.key_id.hex()}); it was not used. Check the region's key, then `llmdr verify --repair` "
+            "restores it from another region")
 
 
 class EncryptingStore(Forwarding):
@@ -185,6 +202,11 @@ class EncryptingStore(Forwarding):
             end = len(plain) if length is None else start + length
             return plain[start:end]
         return plain
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        if key.startswith(UNSEALED_PREFIX):  # packs stream as they are stored; anything else is opened whole
+            return self.inner.open_range(key, start, length, version_id=version_id)
+        return super().open_range(key, start, length, version_id=version_id)
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self._sized(self.inner.head(key, version_id=version_id))
@@ -301,6 +323,11 @@ class SigningStore(Forwarding):
             end = len(body) if length is None else start + length
             return body[start:end]
         return body
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        if not key.startswith(SIGNED_PREFIXES):
+            return self.inner.open_range(key, start, length, version_id=version_id)
+        return super().open_range(key, start, length, version_id=version_id)
 
     def _sized(self, info: BlobInfo) -> BlobInfo:
         """Sizes are the manifest's own (as ``get`` returns it), without the signature line."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, StorageError
-from llmdr.storage.base import BlobInfo, Lock, LockPolicy, VersionInfo, check_key, unprotected
+from llmdr.storage.base import BlobInfo, BytesReader, Lock, LockPolicy, VersionInfo, check_key, unprotected
 
 
 @dataclass
@@ -70,6 +70,9 @@ class MemoryStore:
                     raise ObjectNotFound(f"{self.location}/{key} does not exist")
         end = len(value) if length is None else start + length
         return value[start:end]
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> BytesReader:
+        return BytesReader(self.get(key, start=start, length=length, version_id=version_id))
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         with self._lock:

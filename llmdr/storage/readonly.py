@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from llmdr.errors import ReadOnlyStoreError
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, RangeReader, VersionInfo
 
 
 class ReadOnlyStore:
@@ -32,6 +32,9 @@ class ReadOnlyStore:
 
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         return self.inner.get(key, start=start, length=length, version_id=version_id)
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        return self.inner.open_range(key, start, length, version_id=version_id)
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self.inner.head(key, version_id=version_id)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from llmdr.errors import Conflict, is_retriable
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, RangeReader, VersionInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,7 +93,8 @@ class RetryingStore:
 
     Every BlobStore operation is idempotent (puts are whole-object and atomic), so repeating one is safe.
     ``list`` restarts after the last key it already yielded (``start_after``), so a retried listing never repeats or
-    skips a key. A create-only put is the one call whose retry can see its own earlier write: see ``put``.
+    skips a key; a streamed range (``open_range``) whose connection fails part-way is opened again at the byte it
+    had reached. A create-only put is the one call whose retry can see its own earlier write: see ``put``.
     ``name`` labels the counts (the region's name; default: the inner store's location).
     """
 
@@ -177,6 +178,9 @@ class RetryingStore:
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         return self._call(f"get {key}", lambda: self.inner.get(key, start=start, length=length, version_id=version_id))
 
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        return _ResumingReader(self, key, start, length, version_id)
+
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self._call(f"head {key}", lambda: self.inner.head(key, version_id=version_id))
 
@@ -243,7 +247,8 @@ class RetryingStore:
                 self._resume_or_raise("list_versions", prefix, exc, failures, f"({len(seen)} versions seen)")
 
     def _resume_or_raise(self, op: str, prefix: str, exc: Exception, failures: int, where: str) -> None:
-        """After the ``failures``-th failure in a row of a listing: re-raise a final error, else wait to resume."""
+        """After the ``failures``-th failure in a row of a listing or a streamed read: re-raise a final error, else wait
+        to resume."""
         if not is_retriable(exc):
             raise exc
         if failures >= self.attempts:
@@ -253,3 +258,47 @@ class RetryingStore:
         delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
         log.info("%s %s on %s failed (%s); resuming %s in %.2fs", op, prefix, self.location, exc, where, delay)
         self._sleep(delay)
+
+
+class _ResumingReader:
+    """A range of ``key`` streamed from the store below; opening is retried like any call, and a read that fails
+    part-way (a dropped connection) opens the rest of the range again, from the byte reached, after a backoff."""
+
+    def __init__(self, store: RetryingStore, key: str, start: int, length: int, version_id: str | None) -> None:
+        self._store = store
+        self._key = key
+        self._version_id = version_id
+        self._pos, self._left = start, length
+        self._failures = 0
+        self._reader: RangeReader | None = self._open()
+
+    def _open(self) -> RangeReader:
+        inner, key, pos, left, vid = self._store.inner, self._key, self._pos, self._left, self._version_id
+        return self._store._call(f"get {key}", lambda: inner.open_range(key, pos, left, version_id=vid))
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        while True:
+            if self._reader is None:
+                self._reader = self._open()
+            try:
+                n = self._reader.readinto(buf)
+            except Exception as exc:
+                self.close()
+                self._failures += 1
+                self._store._resume_or_raise("get", self._key, exc, self._failures, f"at byte {self._pos}")
+                continue
+            self._pos += n
+            self._left -= n
+            self._failures = 0
+            return n
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def __enter__(self) -> _ResumingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmdr.errors import TransientStorageError
-from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, Lock, LockPolicy, VersionInfo
+from llmdr.storage.base import BlobCipher, BlobInfo, BlobStore, BytesReader, Lock, LockPolicy, VersionInfo
 
 METHODS = ("put", "get", "head", "list", "delete")  # what random mode draws faults for
 SCRIPTABLE = (*METHODS, "retention", "extend_lock", "server_time", "delete_version")
@@ -164,6 +164,10 @@ class FaultyStore:
 
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         return self._run("get", key, lambda: self.inner.get(key, start=start, length=length, version_id=version_id))
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> BytesReader:
+        """Through ``get``, so a streamed read meets the same faults (rate and planned ones) as a plain one."""
+        return BytesReader(self.get(key, start=start, length=length, version_id=version_id))
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self._run("head", key, lambda: self.inner.head(key, version_id=version_id))
