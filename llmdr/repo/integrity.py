@@ -23,6 +23,8 @@ from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
+NO_INDEX = "in no index"  # VerifyResult.where of a chunk no index names
+
 
 @dataclass(frozen=True)
 class Subset:
@@ -137,8 +139,7 @@ def verify_snapshot(
     res.missing.sort()
     res.corrupt.sort()
     for hexd in res.missing + res.corrupt:  # named before a repair stores the chunk in a new pack
-        e = repo.locate(hexd)
-        res.where[hexd] = pack_key(e.pack.hex()) if e is not None else "in no index"
+        res.where[hexd] = pack_of(repo, hexd)
     for hexd in res.missing + res.corrupt:
         for name, other in repair_from or []:
             if _repair(repo, other, hexd):
@@ -146,6 +147,13 @@ def verify_snapshot(
                 break
     res.duration_s = time.perf_counter() - t0
     return res
+
+
+def pack_of(repo: Repository, hexd: str) -> str:
+    """The key of the pack ``repo``'s index names for chunk ``hexd``, or ``in no index``: the object a report about
+    a damaged chunk tells the reader to look at."""
+    e = repo.locate(hexd)
+    return pack_key(e.pack.hex()) if e is not None else NO_INDEX
 
 
 def _repair(repo: Repository, source: Repository, hexd: str) -> bool:

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass, fields
 
 from llmdr.errors import IntegrityError, ObjectNotFound
-from llmdr.repo.integrity import VerifyResult, verify_snapshot
-from llmdr.repo.layout import pack_key, record_key, tree_key
+from llmdr.repo.integrity import NO_INDEX, VerifyResult, pack_of, verify_snapshot
+from llmdr.repo.layout import record_key, tree_key
 from llmdr.repo.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class SnapshotCheck(VerifyResult):
 
     def to_json(self) -> dict:
         out = super().to_json()
-        out["keys"] = {d: self.where.get(d, "in no index") for d in sorted(set(self.missing + self.corrupt))}
+        out["keys"] = {d: self.where.get(d, NO_INDEX) for d in sorted(set(self.missing + self.corrupt))}
         out["manifest"] = self.manifest.to_json() if self.manifest else None
         return out
 
@@ -136,11 +136,12 @@ def damaged_objects(repo: Repository, snapshot_id: str) -> list[str]:
     if not mc.ok:
         return [f"{mc.key} ({mc.state})"]
     res = verify_snapshot(repo, snapshot_id)
-    return [f"{chunk_where(repo, d)} (missing)" for d in res.missing] + \
-        [f"{chunk_where(repo, d)} (corrupt)" for d in res.corrupt]
+    return [f"{chunk_where(repo, d, res.where.get(d))} (missing)" for d in res.missing] + \
+        [f"{chunk_where(repo, d, res.where.get(d))} (corrupt)" for d in res.corrupt]
 
 
-def chunk_where(repo: Repository, hexd: str) -> str:
-    """``chunk <id> in packs/…`` (or ``in no index``), for reports that must name the object to look at."""
-    e = repo.locate(hexd)
-    return f"chunk {hexd[:12]} in {pack_key(e.pack.hex())}" if e is not None else f"chunk {hexd[:12]} (in no index)"
+def chunk_where(repo: Repository, hexd: str, place: str | None = None) -> str:
+    """``chunk <id> in packs/…`` (or ``(in no index)``), for reports that must name the object to look at. ``place``:
+    the pack key a verify already found (``VerifyResult.where``); without it the index is asked."""
+    place = place or pack_of(repo, hexd)
+    return f"chunk {hexd[:12]} in {place}" if place != NO_INDEX else f"chunk {hexd[:12]} ({NO_INDEX})"
