@@ -13,6 +13,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from llmdr.repo.prune import PRUNE, prune
 from llmdr.repo.repolock import LOCKS
 from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
-from llmdr.repo.snapshot import take_snapshot
+from llmdr.repo.snapshot import SnapshotResult, take_snapshot
 from llmdr.storage.memory import MemoryStore
 from tests.support.damage import chunk_pack, pack_keys
 from tests.support.trees import read_tree, write_tree
@@ -109,7 +110,41 @@ def assert_sound(store, sid: str, src_files: dict[str, bytes], out: Path) -> Non
     assert read_tree(out) == src_files
 
 
-def test_packs_go_in_two_runs_a_safety_time_apart(tmp_path):
+@dataclass
+class Forgotten:
+    """Two snapshots of one small file each (one pack each) on a memory store; the first (``a``, in pack ``p1``) is
+    forgotten, its pack not yet older than ``S``."""
+
+    repo: Repository
+    store: MemoryStore
+    src: Path
+    a: dict[str, bytes]
+    b: dict[str, bytes]
+    s1: SnapshotResult
+    s2: SnapshotResult
+    p1: str  # key of s1's pack
+
+    @property
+    def p1_id(self) -> str:
+        return self.p1.rsplit("/", 1)[1]
+
+
+def around_commit_check(monkeypatch, *, before=None, after=None) -> None:
+    """Run ``before()`` and ``after()`` around a writer's commit check (``snapshot._recheck_reused``)."""
+    original = snapshot_mod._recheck_reused
+
+    def hooked(*args, **kw):
+        if before is not None:
+            before()
+        original(*args, **kw)
+        if after is not None:
+            after()
+
+    monkeypatch.setattr(snapshot_mod, "_recheck_reused", hooked)
+
+
+@pytest.fixture
+def forgotten(tmp_path) -> Forgotten:
     repo, store = new_repo()
     src = tmp_path / "src"
     a, b = {"a.bin": content(1)}, {"b.bin": content(2)}
@@ -117,109 +152,90 @@ def test_packs_go_in_two_runs_a_safety_time_apart(tmp_path):
     s2 = snap(repo, src, b)
     (p1,) = packs_of(repo, s1)
     repo.forget(BUNDLE, [s1.snapshot_id])
+    return Forgotten(repo, store, src, a, b, s1, s2, p1)
 
+
+def test_packs_go_in_two_runs_a_safety_time_apart(forgotten, tmp_path):
+    f = forgotten
+    repo, store = f.repo, f.store
     r = prune(repo, safety_s=S)  # the packs are younger than S: a writer may not have indexed them yet
     assert r.planned == [] and r.deleted == [] and r.packs_in_grace == 1
     store.clock_skew += S
     r = prune(repo, safety_s=S)  # phase one: marked, nothing deleted
-    assert r.planned == [p1.rsplit("/", 1)[1]] and r.deleted == []
-    assert store.head(p1) and any(True for _ in store.list(PRUNE))
+    assert r.planned == [f.p1_id] and r.deleted == []
+    assert store.head(f.p1) and any(True for _ in store.list(PRUNE))
     r = prune(repo, safety_s=S - 1)  # the plan is not S old yet: still nothing deleted, nothing planned twice
     assert r.deleted == [] and r.planned == [] and r.plans_pending == 1
     store.clock_skew += S
     r = prune(repo, safety_s=S)  # phase two
-    assert r.deleted == [p1.rsplit("/", 1)[1]] and r.rescued == []
-    assert r.chunks_deleted == len(s1.manifest.chunk_set()) and r.bytes_freed >= len(a["a.bin"])
-    assert p1 not in pack_keys(repo) and list(store.list(PRUNE)) == []
-    assert record_key(s1.snapshot_id) not in {i.key for i in store.list("snaps/")}
-    assert set(Repository(store).list_chunks()) == set(s2.manifest.chunk_set())
-    assert_sound(store, s2.snapshot_id, b, tmp_path / "out")
+    assert r.deleted == [f.p1_id] and r.rescued == []
+    assert r.chunks_deleted == len(f.s1.manifest.chunk_set()) and r.bytes_freed >= len(f.a["a.bin"])
+    assert f.p1 not in pack_keys(repo) and list(store.list(PRUNE)) == []
+    assert record_key(f.s1.snapshot_id) not in {i.key for i in store.list("snaps/")}
+    assert set(Repository(store).list_chunks()) == set(f.s2.manifest.chunk_set())
+    assert_sound(store, f.s2.snapshot_id, f.b, tmp_path / "out")
 
 
-def test_a_snapshot_between_plan_and_delete_restores_after_the_delete(tmp_path):
+def test_a_snapshot_between_plan_and_delete_restores_after_the_delete(forgotten, tmp_path):
     """A writer that sees the plan does not rely on the planned pack: it stores those chunks again."""
-    repo, store = new_repo()
-    src = tmp_path / "src"
-    a, b = {"a.bin": content(1)}, {"b.bin": content(2)}
-    s1 = snap(repo, src, a)
-    snap(repo, src, b)
-    (p1,) = packs_of(repo, s1)
-    repo.forget(BUNDLE, [s1.snapshot_id])
-    store.clock_skew += S
-    assert prune(repo, safety_s=S).planned == [p1.rsplit("/", 1)[1]]
+    f = forgotten
+    f.store.clock_skew += S
+    assert prune(f.repo, safety_s=S).planned == [f.p1_id]
 
-    s3 = snap(Repository(store), src, a)  # the forgotten content again
+    s3 = snap(Repository(f.store), f.src, f.a)  # the forgotten content again
     assert s3.chunks_new == len(s3.manifest.chunk_set())  # none taken from the planned pack
-    store.clock_skew += S
-    r = prune(repo, safety_s=S)
-    assert r.deleted == [p1.rsplit("/", 1)[1]] or r.rescued == [p1.rsplit("/", 1)[1]]
-    assert_sound(store, s3.snapshot_id, a, tmp_path / "out")
+    f.store.clock_skew += S
+    r = prune(f.repo, safety_s=S)
+    assert r.deleted == [f.p1_id] or r.rescued == [f.p1_id]
+    assert_sound(f.store, s3.snapshot_id, f.a, tmp_path / "out")
 
 
-def test_a_plan_made_after_the_writers_check_is_rescued(tmp_path, monkeypatch):
+def test_a_plan_made_after_the_writers_check_is_rescued(forgotten, tmp_path, monkeypatch):
     """The writer checked (no plan yet), then a prune planned the pack it reuses, then the writer published: phase
     two sees the new snapshot and rescues the pack."""
-    repo, store = new_repo()
-    src = tmp_path / "src"
-    a, b = {"a.bin": content(1)}, {"b.bin": content(2)}
-    s1 = snap(repo, src, a)
-    snap(repo, src, b)
-    (p1,) = packs_of(repo, s1)
-    repo.forget(BUNDLE, [s1.snapshot_id])
+    f = forgotten
+    repo, store = f.repo, f.store
     store.clock_skew += 2 * S
     planned = []
-    original = snapshot_mod._recheck_reused
-
-    def check_then_plan(*args, **kw):
-        original(*args, **kw)
-        planned.extend(prune(repo, safety_s=S).planned)
-
-    monkeypatch.setattr(snapshot_mod, "_recheck_reused", check_then_plan)
-    s3 = snap(Repository(LockBlind(store)), src, a)
-    assert s3.chunks_new == 0 and planned == [p1.rsplit("/", 1)[1]]  # it reused the pack that is now planned
+    around_commit_check(monkeypatch, after=lambda: planned.extend(prune(repo, safety_s=S).planned))
+    s3 = snap(Repository(LockBlind(store)), f.src, f.a)
+    assert s3.chunks_new == 0 and planned == [f.p1_id]  # it reused the pack that is now planned
     store.clock_skew += S
     r = prune(repo, safety_s=S)
-    assert r.rescued == [p1.rsplit("/", 1)[1]] and r.deleted == []
-    assert store.head(p1)
-    assert_sound(store, s3.snapshot_id, a, tmp_path / "out")
+    assert r.rescued == [f.p1_id] and r.deleted == []
+    assert store.head(f.p1)
+    assert_sound(store, s3.snapshot_id, f.a, tmp_path / "out")
     store.clock_skew += 2 * S  # the rescued pack is in use: never planned again
     assert prune(repo, safety_s=S).planned == []
     assert prune(repo, safety_s=S).deleted == []
-    assert_sound(store, s3.snapshot_id, a, tmp_path / "out2")
+    assert_sound(store, s3.snapshot_id, f.a, tmp_path / "out2")
 
 
-def test_the_writers_commit_check_stores_chunks_pruned_while_it_ran(tmp_path, monkeypatch, caplog):
+def test_the_writers_commit_check_stores_chunks_pruned_while_it_ran(forgotten, tmp_path, monkeypatch, caplog):
     """Both prune phases run between the snapshot's chunking (which reused a pack) and its publish: the commit
     check finds the chunks gone and stores them again from the source files."""
-    repo, store = new_repo()
-    src = tmp_path / "src"
-    a, b = {"a.bin": content(1)}, {"b.bin": content(2)}
-    s1 = snap(repo, src, a)
-    snap(repo, src, b)
-    (p1,) = packs_of(repo, s1)
-    repo.forget(BUNDLE, [s1.snapshot_id])
+    f = forgotten
+    repo, store = f.repo, f.store
     store.clock_skew += 2 * S
     runs = []
-    original = snapshot_mod._recheck_reused
 
-    def prune_then_check(*args, **kw):
+    def both_phases():
         runs.append(prune(repo, safety_s=S))  # plans the pack the writer reused
         store.clock_skew += S
         runs.append(prune(repo, safety_s=S))  # deletes it: no live snapshot uses it
-        original(*args, **kw)
 
-    monkeypatch.setattr(snapshot_mod, "_recheck_reused", prune_then_check)
+    around_commit_check(monkeypatch, before=both_phases)
     with caplog.at_level(logging.WARNING, logger="llmdr.repo.snapshot"):
-        s3 = snap(Repository(LockBlind(store)), src, a)
+        s3 = snap(Repository(LockBlind(store)), f.src, f.a)
     assert s3.chunks_new == 0  # at chunking time every chunk was in the old pack
-    assert runs[0].planned == [p1.rsplit("/", 1)[1]] and runs[1].deleted == [p1.rsplit("/", 1)[1]]
+    assert runs[0].planned == [f.p1_id] and runs[1].deleted == [f.p1_id]
     assert "pruned meanwhile; storing them again" in caplog.text
-    assert_sound(store, s3.snapshot_id, a, tmp_path / "out")
+    assert_sound(store, s3.snapshot_id, f.a, tmp_path / "out")
     store.clock_skew += 2 * S  # later prunes leave it whole
     prune(repo, safety_s=S)
     store.clock_skew += 2 * S
     prune(repo, safety_s=S)
-    assert_sound(store, s3.snapshot_id, a, tmp_path / "out2")
+    assert_sound(store, s3.snapshot_id, f.a, tmp_path / "out2")
 
 
 def test_a_partly_used_pack_is_repacked(tmp_path):
@@ -379,16 +395,11 @@ def test_a_snapshot_reusing_old_content_while_prune_runs_never_loses_a_chunk(tmp
     assert seen.get("deleted", 0) + seen.get("rescued", 0) > 0, seen
 
 
-def test_a_pack_stored_again_under_a_planned_id_during_phase_two(tmp_path):
-    repo, store = new_repo()
-    src = tmp_path / "src"
-    a, b = {"a.bin": content(1)}, {"b.bin": content(2)}
-    s1 = snap(repo, src, a)
-    snap(repo, src, b)
-    (p1,) = packs_of(repo, s1)
-    repo.forget(BUNDLE, [s1.snapshot_id])
+def test_a_pack_stored_again_under_a_planned_id_during_phase_two(forgotten, tmp_path):
+    f = forgotten
+    store = f.store
     store.clock_skew += 2 * S
-    assert prune(repo, safety_s=S).planned == [p1.rsplit("/", 1)[1]]
+    assert prune(f.repo, safety_s=S).planned == [f.p1_id]
     store.clock_skew += S
     written = {}
 
@@ -397,27 +408,23 @@ def test_a_pack_stored_again_under_a_planned_id_during_phase_two(tmp_path):
         planned pack is deleted (after phase two listed the packs and wrote its index)."""
 
         def delete(self, key):
-            if key == p1 and not written:
-                written["s3"] = snap(Repository(LockBlind(store)), src, a)
+            if key == f.p1 and not written:
+                written["s3"] = snap(Repository(LockBlind(store)), f.src, f.a)
             self.inner.delete(key)
 
     r = prune(Repository(SnapshotBeforeDelete(store)), safety_s=S)
-    assert written and r.deleted == [p1.rsplit("/", 1)[1]]
-    assert_sound(store, written["s3"].snapshot_id, a, tmp_path / "out")
+    assert written and r.deleted == [f.p1_id]
+    assert_sound(store, written["s3"].snapshot_id, f.a, tmp_path / "out")
 
 
-def test_phase_one_uses_what_phase_two_read(tmp_path, monkeypatch):
+def test_phase_one_uses_what_phase_two_read(forgotten, monkeypatch):
     """A prune with a due plan lists the plans once and walks the live snapshots' file lists once: phase one takes
     both from phase two (less the records phase two deleted, which are not planned again)."""
     from llmdr.repo import prune as prune_mod
 
-    repo, store = new_repo()
-    src = tmp_path / "src"
-    s1 = snap(repo, src, {"a.bin": content(1)})
-    snap(repo, src, {"b.bin": content(2)})
-    repo.forget(BUNDLE, [s1.snapshot_id])
+    repo, store = forgotten.repo, forgotten.store
     store.clock_skew += 2 * S
-    assert len(prune(repo, safety_s=S).planned) == 1
+    assert prune(repo, safety_s=S).planned == [forgotten.p1_id]
     store.clock_skew += S
     calls = {"plans": 0, "used_chunks": 0}
 
@@ -432,6 +439,6 @@ def test_phase_one_uses_what_phase_two_read(tmp_path, monkeypatch):
     for name in calls:
         monkeypatch.setattr(prune_mod, name, counting(name))
     r = prune(repo, safety_s=S)
-    assert len(r.deleted) == 1 and r.records_deleted == 1 and r.planned == []
+    assert r.deleted == [forgotten.p1_id] and r.records_deleted == 1 and r.planned == []
     assert calls == {"plans": 1, "used_chunks": 1}
     assert list(store.list(PRUNE)) == []  # the deleted record was not planned again
