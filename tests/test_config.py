@@ -61,6 +61,20 @@ def test_yaml_syntax_error_has_line():
         parse("version: 1\nbundle:\n\tname: x\n")
 
 
+def test_yaml_error_names_the_character():
+    # libyaml parses a good file; a bad one is parsed again by PyYAML's own loader, whose message names the tab
+    with pytest.raises(ConfigError, match=r"llmdr.yaml:3:1: not valid YAML \(found character '\\t'"):
+        parse("version: 1\nbundle:\n\tname: x\n")
+
+
+def test_anchors_and_aliases_load():
+    text = GOOD.replace("    credentials: {access_key_env: P_AK, secret_key_env: P_SK}",
+                        "    credentials: &keys {access_key_env: P_AK, secret_key_env: P_SK}")
+    text = text.replace("    credentials: {access_key_env: S_AK, secret_key_env: S_SK}", "    credentials: *keys")
+    cfg = parse(text)
+    assert cfg.regions[1].credentials.access_key_env == "P_AK"
+
+
 def test_missing_key_named_with_line():
     text = GOOD.replace("    bucket: llmdr-secondary\n", "")
     with pytest.raises(ConfigError) as e:

@@ -49,21 +49,25 @@ def open_region(cfg: Config, region: Region, *, read_only: bool = False, attempt
 def adapter(cfg: Config, region: Region) -> S3Store:
     """The region's bare S3 adapter: no retries, no encryption, writable. For administration (creating the bucket)
     and as the bottom of ``open_region``'s stack."""
-    from llmdr.storage.s3 import S3Store
+    from llmdr.common.gcpause import gc_paused
 
     keys = resolve_keys(cfg, region)
-    return S3Store(
-        bucket=region.bucket,
-        endpoint_url=region.endpoint,
-        access_key_id=keys.access_key_id,
-        secret_access_key=keys.secret_access_key,
-        session_token=keys.session_token,
-        region_name=region.s3_region,
-        prefix=region.prefix,
-        max_pool_connections=max(16, cfg.transfer.workers * 2),
-        name=region.name,
-        object_lock=(region.object_lock.mode, region.object_lock.period.total_seconds()) if region.object_lock else None,
-    )
+    with gc_paused():  # botocore's import and its client's service model: many objects, no garbage
+        from llmdr.storage.s3 import S3Store
+
+        return S3Store(
+            bucket=region.bucket,
+            endpoint_url=region.endpoint,
+            access_key_id=keys.access_key_id,
+            secret_access_key=keys.secret_access_key,
+            session_token=keys.session_token,
+            region_name=region.s3_region,
+            prefix=region.prefix,
+            max_pool_connections=max(16, cfg.transfer.workers * 2),
+            name=region.name,
+            object_lock=((region.object_lock.mode, region.object_lock.period.total_seconds())
+                         if region.object_lock else None),
+        )
 
 
 def retrying(store: BlobStore, region: Region, attempts: int) -> BlobStore:
