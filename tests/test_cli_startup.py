@@ -94,3 +94,25 @@ def test_gc_paused_leaves_a_collector_that_was_off_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_root_command_builds_each_command_when_looked_up_and_equals_typers(monkeypatch):
+    import typer.main
+
+    from llmdr.cli import app
+    from llmdr.cli.root import root_command
+
+    eager = typer.main.get_command(app)
+    built = []
+    real = typer.main.get_command_from_info
+    monkeypatch.setattr(typer.main, "get_command_from_info", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    root = root_command()
+    ctx = root.make_context("llmdr", ["snapshot"], resilient_parsing=True)
+    assert set(root.list_commands(ctx)) == set(eager.commands) and not built
+    assert root.get_command(ctx, "snapshot").name == "snapshot" and len(built) == 1
+    assert root.get_command(ctx, "no-such-command") is None
+    for name in root.list_commands(ctx):
+        lazy, full = root.get_command(ctx, name), eager.commands[name]
+        assert type(lazy) is type(full) and lazy.help == full.help
+        assert [p.name for p in lazy.params] == [p.name for p in full.params]
+        assert sorted(getattr(lazy, "commands", {})) == sorted(getattr(full, "commands", {}))
