@@ -41,6 +41,11 @@ def test_version_and_help_import_no_heavy_library(args, tmp_path):
         assert not mods
 
 
+def test_python_dash_m_llmdr_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "llmdr", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("llmdr "), r.stderr
+
+
 def test_a_command_without_a_store_does_not_import_botocore(tmp_path):
     (tmp_path / "b").mkdir()
     r, mods = imported(["init", "b"], tmp_path)
