@@ -42,9 +42,12 @@ def snapshot(
     as_json: JsonOpt = False,
 ) -> None:
     """Take an incremental, deduplicated snapshot of the bundle into a region (default: the primary)."""
-    from llmdr.repo.ops import snapshot_bundle
+    from llmdr.common.gcpause import gc_paused
 
     cfg = load_cfg()
+    with gc_paused():  # the repository's modules: many objects, no garbage
+        from llmdr.repo.ops import snapshot_bundle
+
     reg = cfg.region(region)
     tags = {}
     for t in tag or []:
