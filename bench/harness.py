@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -168,6 +168,34 @@ class Measured:
     steal_s: float
 
 
+@dataclass(kw_only=True)
+class Timed:
+    """What a report keeps of one measured command (each script's ``Run`` adds what names it): wall time, peak RSS,
+    its CPU and the servers', llmdr's own ``duration_s`` when it printed JSON, a note, and data (the JSON in "json")."""
+
+    wall_s: float
+    peak_rss_mb: float
+    cpu_s: float
+    server_cpu_s: float
+    inproc_s: float | None = None
+    note: str = ""
+    data: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        """Wall time, in-process time and peak RSS, for the console."""
+        inproc = "" if self.inproc_s is None else f"(in-process {self.inproc_s:.2f} s)"
+        return f"{self.wall_s:8.2f} s {inproc:<22} peak RSS {self.peak_rss_mb:5.0f} MB"
+
+
+def duration_of(out) -> float | None:
+    """llmdr's own ``duration_s`` in a command's JSON (a list's summed), None when it printed none."""
+    if isinstance(out, dict) and "duration_s" in out:
+        return out["duration_s"]
+    if isinstance(out, list) and out and isinstance(out[0], dict) and "duration_s" in out[0]:
+        return sum(x["duration_s"] for x in out)
+    return None
+
+
 class LocalStack:
     """Paths, environment, peers and running servers of one run on the two local regions (``llmdr stack up``), and
     the steps it ran or skipped (a peer not installed, or left out)."""
@@ -185,6 +213,7 @@ class LocalStack:
         self.keys: dict[str, Keys] = {}
         self.weed_pids: list[int] = []
         self.steps: list[dict] = []  # every step in run order: ran, or skipped and why
+        self.measured = 0  # commands run by timed(): numbers their logs
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMDR_")}
         if bytecode_cache:
             # Installed tools run from compiled bytecode; this environment sets PYTHONDONTWRITEBYTECODE=1, which
@@ -262,6 +291,24 @@ class LocalStack:
         server, (busy, steal) = self.server_cpu_s() - server0, machine_cpu_s()
         return Measured(fin, server, max(0.0, busy - busy0 - fin.cpu_s - server), steal - steal0)
 
+    def timed(self, cmd: list[str], *, log: str, env: dict[str, str] | None = None, settle_s: float = 1.0,
+              as_json: bool = False) -> dict:
+        """Run one command measured (logs under logs/<n>-``log``) and return the ``Timed`` fields of its run; with
+        ``as_json`` its stdout parsed into data["json"], and llmdr's own duration_s as inproc_s."""
+        self.measured += 1
+        m = self.run(cmd, env=env or self.base_env, log=f"{self.measured:04d}-{log}", settle_s=settle_s)
+        out = {"wall_s": m.fin.wall_s, "peak_rss_mb": m.fin.peak_rss_kib * 1024 / MB, "cpu_s": m.fin.cpu_s,
+               "server_cpu_s": m.server_cpu_s}
+        if as_json:
+            j = json.loads(m.fin.stdout)
+            out |= {"data": {"json": j}, "inproc_s": duration_of(j)}
+        return out
+
+    def drop_cache(self) -> None:
+        """What a fresh DR host has locally: nothing (repository format v2 keeps its copies of catalog entries,
+        records, trees and indexes, and the stat cache, under .llmdr/cache/)."""
+        shutil.rmtree(self.work / ".llmdr" / "cache", ignore_errors=True)
+
     def rss_floor_mb(self) -> float:
         """Peak RSS of `true` under the launcher: the floor of every measured peak RSS."""
         floor = run_measured(["true"], env=self.base_env, cwd=self.work, log=self.logs / "rss-floor")
@@ -270,6 +317,17 @@ class LocalStack:
     # the stack
     def prepare(self, marker: str, script: str) -> None:
         prepare_work(self.work, marker, script, lambda w: self._stack_down() if self.config.exists() else None)
+
+    def start(self, marker: str, script: str) -> tuple[str, float]:
+        """The start of a run: SIGTERM made an exit (so a ``finally`` stops the servers), an exit when a port either
+        region would bind is taken, the work folder prepared. Returns the UTC start time and ``time.perf_counter()``."""
+        stop_on_sigterm()
+        started = utc_now()
+        busy = ports_in_use([p for base in self.ports.values() for p in region_ports(base)])
+        if busy:
+            sys.exit(f"port {busy[0]} on {HOST} is in use; pick other --primary-port/--secondary-port")
+        self.prepare(marker, script)
+        return started, time.perf_counter()
 
     def init(self, *extra: str) -> None:
         """``llmdr init bundle`` with this run's ports (``extra``: more options) writes llmdr.yaml."""

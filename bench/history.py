@@ -28,27 +28,21 @@ import argparse
 import json
 import shutil
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
+import history_report
 from harness import (
     BENCH_DIR,
-    HOST,
     CommandFailed,
     LocalStack,
     common_args,
     parse,
-    ports_in_use,
-    region_ports,
     run_quiet,
     sha256_file,
     slug,
-    stop_on_sigterm,
-    utc_now,
 )
-from history_report import Run, checks, render_markdown, standing_notes, summarise
-from report import llmdr_code, machine, results_dir, write_results
+from history_report import Run
+from report import conclude, environment, results_dir
 
 # Not used by bench.py (38333/38433), scale.py (38833/38933), rto.py (38533/38633), object_lock.py (39133/39233)
 # or the tests (10000-32758).
@@ -68,31 +62,17 @@ class History(LocalStack):
         self.builds: list[dict] = []  # every in-process growth: snapshots added, seconds
         self.details: dict = {}
         self.steps_taken = 0  # snapshots taken so far (in-process and measured)
-        self._n = 0
 
     def measure(self, level: int, mode: str, command: str, cmd: list[str], *, snapshots: int) -> Run:
         """Empty the local cache first when ``mode`` is cold, then run ``cmd`` (with --json) measured and record it."""
         if mode == "cold":
             self.drop_cache()
-        self._n += 1
-        m = self.run(cmd, env=self.base_env, log=f"{self._n:04d}-{slug(command)}-{level}-{mode}", settle_s=0.5)
-        fin = m.fin
-        out = json.loads(fin.stdout)
-        run = Run(level, mode, command, snapshots, fin.wall_s, fin.peak_rss_kib * 1024 / 1e6, fin.cpu_s,
-                  m.server_cpu_s, data={"json": out})
-        first = out[0] if isinstance(out, list) and out and isinstance(out[0], dict) else out
-        if isinstance(first, dict) and "duration_s" in first:
-            run.inproc_s = first["duration_s"]
+        run = Run(level, mode, command, snapshots,
+                  **self.timed(cmd, log=f"{slug(command)}-{level}-{mode}", settle_s=0.5, as_json=True))
         self.runs.append(run)
         self.ran(level=level, mode=mode, step=f"{command} ({level}, {mode})", tool=command)
-        inproc = "" if run.inproc_s is None else f"(in-process {run.inproc_s:.2f} s)"
-        print(f"  {level:>6} {mode:<5} {command:<34} {run.wall_s:7.2f} s {inproc:<22} "
-              f"peak RSS {run.peak_rss_mb:5.0f} MB", flush=True)
+        print(f"  {level:>6} {mode:<5} {command:<34} {run.line()}", flush=True)
         return run
-
-    def drop_cache(self) -> None:
-        """What a fresh DR host has locally: nothing (catalog, records, trees, index copies and the stat cache)."""
-        shutil.rmtree(self.work / ".llmdr" / "cache", ignore_errors=True)
 
     def grow(self, add: int, *, leave_last: int) -> dict:
         """Add ``add`` snapshots in-process (bench/history_build.py), all but the last ``leave_last`` copied."""
@@ -170,11 +150,6 @@ def measure_level(h: History, level: int) -> None:
         res.note = f"{res.data['json']['files']} files, {res.data['json']['bytes_downloaded']} bytes; identical"
 
 
-def environment(h: History, started: str) -> dict:
-    return {"started_utc": started, **machine(h.base_env, h.work), "llmdr_code_at_start": llmdr_code(),
-            "smoke": h.smoke, "levels": h.args.levels, "args": {k: str(v) for k, v in vars(h.args).items()}}
-
-
 # main --------------------------------------------------------------------------------------------------------------------
 def levels_of(text: str) -> list[int]:
     try:
@@ -202,40 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = results_dir(args.results, args.smoke, "history-")
     h = History(args)
-    stop_on_sigterm()
-    started = utc_now()
-    busy = ports_in_use([p for base in h.ports.values() for p in region_ports(base)])
-    if busy:
-        sys.exit(f"port {busy[0]} on {HOST} is in use; pick other --primary-port/--secondary-port")
-    h.prepare(WORK_MARKER, "bench/history.py")
-    t0 = time.perf_counter()
+    started, t0 = h.start(WORK_MARKER, "bench/history.py")
     make_bundle(h)
     try:
         stack_up(h)
         h.warm_bytecode("llmdr.cli, llmdr.repo.snapshot, llmdr.repo.restore, llmdr.repo.replicate, "
                         "llmdr.repo.statcache, llmdr.storage.factory, boto3.s3.transfer, botocore.config, pyfastcdc")
-        meta = environment(h, started)
+        meta = environment(h, started, args, smoke=h.smoke, levels=args.levels)
         h.details["rss_floor_mb"] = h.rss_floor_mb()
         for level in args.levels:
             measure_level(h, level)
     finally:
         h.down()
-    meta["llmdr_code_at_end"] = llmdr_code()
-    if meta["llmdr_code_at_end"] != meta["llmdr_code_at_start"]:
-        meta["warning"] = "llmdr/ changed during the run: the measured commands did not all run the same code"
-        print(f"WARNING: {meta['warning']}", flush=True)
     h.details["builds"] = h.builds
-    summary = summarise(h)
-    cks = checks(h, summary)
-    doc = {"meta": meta, "steps": h.steps, "summary": summary, "checks": [c.to_json() for c in cks],
-           "runs": [asdict(r) for r in h.runs], "details": h.details, "notes": standing_notes(h)}
-    md = render_markdown(h, meta, summary, cks)
-    path = write_results(out, "history-", doc, md, smoke=h.smoke, started=started)
-    print("\n" + md)
-    print(f"results: {path}" + ("" if h.smoke else f" (and {out / 'history-latest.md'})")
-          + f"; total {time.perf_counter() - t0:.0f} s")
-    if not args.keep:
-        shutil.rmtree(h.work)
+    conclude(h, out, "history-", meta, history_report, started=started, t0=t0, keep=args.keep)
     return 0
 
 

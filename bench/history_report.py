@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness import Timed
 from report import Check, check_table
 
 if TYPE_CHECKING:
@@ -16,20 +17,13 @@ RSS_BOUND_MB = 200.0
 
 
 @dataclass
-class Run:
+class Run(Timed):
     """One measured subprocess at one history level."""
 
     level: int  # the history level being measured (--steps)
     mode: str  # "cold": local cache emptied first; "warm": as the previous commands left it
     command: str
     snapshots: int  # snapshots taken in the primary when the command started
-    wall_s: float
-    peak_rss_mb: float
-    cpu_s: float
-    server_cpu_s: float
-    inproc_s: float | None = None
-    note: str = ""
-    data: dict = field(default_factory=dict)
 
 
 def find(h: History, level: int, mode: str, command: str) -> Run | None:

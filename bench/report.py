@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +57,35 @@ def write_results(folder: Path, prefix: str, doc: dict, md: str, *, smoke: bool,
     return folder / f"{prefix}{names[0]}.md"
 
 
+def document(st, meta: dict, summary: dict, checks: list[Check], notes: list[str]) -> dict:
+    """The JSON of a run on the local stack ``st`` (its steps, runs and details)."""
+    return {"meta": meta, "steps": st.steps, "summary": summary, "checks": [c.to_json() for c in checks],
+            "runs": [asdict(r) for r in st.runs], "details": st.details, "notes": notes}
+
+
+def publish(folder: Path, prefix: str, doc: dict, md: str, *, smoke: bool, started: str, t0: float) -> Path:
+    """``write_results``, then the report and where it went on the console (with the seconds since ``t0``)."""
+    path = write_results(folder, prefix, doc, md, smoke=smoke, started=started)
+    print("\n" + md)
+    print(f"results: {path}" + ("" if smoke else f" (and {folder / f'{prefix}latest.md'})")
+          + f"; total {time.perf_counter() - t0:.0f} s")
+    return path
+
+
+def conclude(st, folder: Path, prefix: str, meta: dict, rep, *, started: str, t0: float, keep: bool) -> Path:
+    """The end of a run on the local stack ``st``: the llmdr/ digest compared (``code_at_end``), then ``rep`` (the
+    script's report module: summarise, checks, render_markdown, standing_notes) summarised, checked, rendered and
+    published; the work folder removed unless ``keep``."""
+    code_at_end(meta)
+    summary = rep.summarise(st)
+    cks = rep.checks(st, summary)
+    path = publish(folder, prefix, document(st, meta, summary, cks, rep.standing_notes(st)),
+                   rep.render_markdown(st, meta, summary, cks), smoke=st.smoke, started=started, t0=t0)
+    if not keep:
+        shutil.rmtree(st.work)
+    return path
+
+
 # the machine -----------------------------------------------------------------------------------------------------------
 def git_version() -> str:
     """The commit, marked when llmdr/ has uncommitted changes."""
@@ -81,6 +112,21 @@ def llmdr_code() -> str:
     for p in sorted((REPO_DIR / "llmdr").rglob("*.py")):
         h.update(p.relative_to(REPO_DIR).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def environment(st, started: str, args, **extra) -> dict:
+    """A run's meta: start time, the machine, the llmdr/ digest at the start, ``extra``, and the arguments."""
+    return {"started_utc": started, **machine(st.base_env, st.work), "llmdr_code_at_start": llmdr_code(), **extra,
+            "args": {k: str(v) for k, v in vars(args).items()}}
+
+
+def code_at_end(meta: dict) -> None:
+    """Put the llmdr/ digest at the end into ``meta``; when it differs from the start's, a warning too (and on the
+    console): the measured commands did not all run the same code."""
+    meta["llmdr_code_at_end"] = llmdr_code()
+    if meta["llmdr_code_at_end"] != meta["llmdr_code_at_start"]:
+        meta["warning"] = "llmdr/ changed during the run: the measured commands did not all run the same code"
+        print(f"WARNING: {meta['warning']}", flush=True)
 
 
 # targets ---------------------------------------------------------------------------------------------------------------

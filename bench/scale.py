@@ -30,30 +30,24 @@ stopped by PID in a ``finally``. Results: bench/results/scale-<UTC>.json|.md and
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
 
 import peers
+import scale_report
 from harness import (
     BENCH_DIR,
-    HOST,
     MB,
     CommandFailed,
     LocalStack,
     common_args,
     parse,
-    ports_in_use,
-    region_ports,
     run_quiet,
     slug,
-    stop_on_sigterm,
-    utc_now,
 )
-from report import llmdr_code, machine, results_dir, write_results
-from scale_report import Run, checks, render_markdown, standing_notes, summarise
+from report import conclude, environment, results_dir
+from scale_report import Run
 from scale_tree import KINDS, SHARD_MIB, Tree, check_identical, tree_digest
 
 # Not used by bench.py (38333/38433), bench/rto.py (38533/38633, 38700-38710) or the tests (10000-32758).
@@ -77,7 +71,6 @@ class Scale(LocalStack):
         self.config_b = self.work / "llmdr-history.yaml"
         self.runs: list[Run] = []
         self.details: dict = {}
-        self._n = 0
         self.shard_mib = 2 if self.smoke else SHARD_MIB
         self.shard_every = 2 if self.smoke else 10  # a shard region rewritten every Nth step of part (b)
         self.keep_last = 1 if self.smoke else KEEP_LAST  # smoke: forget does forget and prune something
@@ -85,22 +78,11 @@ class Scale(LocalStack):
     def measure(self, part: str, step: str, tool: str, cmd: list[str], *, env: dict | None = None,
                 settle_s: float = 1.0, as_json: bool = False, note: str = "") -> Run:
         """Flush dirty pages, run ``cmd`` under the rusage launcher and record it; ``--json`` output goes in data."""
-        self._n += 1
-        m = self.run(cmd, env=env or self.base_env, log=f"{self._n:04d}-{slug(tool)}", settle_s=settle_s)
-        fin = m.fin
-        run = Run(part, step, tool, fin.wall_s, fin.peak_rss_kib * 1024 / MB, fin.cpu_s, m.server_cpu_s, note=note)
-        if as_json:
-            out = json.loads(fin.stdout)
-            run.data = {"json": out}
-            if isinstance(out, dict) and "duration_s" in out:
-                run.inproc_s = out["duration_s"]
-            elif isinstance(out, list) and out and isinstance(out[0], dict) and "duration_s" in out[0]:
-                run.inproc_s = sum(x["duration_s"] for x in out)
+        run = Run(part, step, tool, note=note,
+                  **self.timed(cmd, log=slug(tool), env=env, settle_s=settle_s, as_json=as_json))
         self.runs.append(run)
         self.ran(part=part, step=step, tool=tool)
-        inproc = "" if run.inproc_s is None else f"(in-process {run.inproc_s:.2f} s)"
-        print(f"  {part} {step:<18} {tool:<38} {run.wall_s:8.2f} s {inproc:<22} peak RSS {run.peak_rss_mb:5.0f} MB",
-              flush=True)
+        print(f"  {part} {step:<18} {tool:<38} {run.line()}", flush=True)
         return run
 
 
@@ -118,12 +100,6 @@ def stack_up(s: Scale) -> None:
         for bucket in (RESTIC_BUCKET_A, RESTIC_BUCKET_B):
             s.s3("primary").create_bucket(Bucket=bucket)
     print(f"stack: weed pids {s.weed_pids} at {s.endpoint('primary')} and {s.endpoint('secondary')}", flush=True)
-
-
-def drop_local_cache(s: Scale) -> None:
-    """What a fresh DR machine has: no local copies of catalog entries, records, trees or indexes (repository
-    format v2 keeps them under .llmdr/cache/<repo id>/), and no stat cache."""
-    shutil.rmtree(s.work / ".llmdr" / "cache", ignore_errors=True)
 
 
 # part (a): one 10,000-file bundle --------------------------------------------------------------------------------------
@@ -233,7 +209,7 @@ def part_b(s: Scale, tree: Tree) -> None:
     s.details["series"] = series
 
     print("  after the series", flush=True)
-    drop_local_cache(s)
+    s.drop_cache()
     ls = s.measure("b", f"list ({steps} snapshots), no cache", "llmdr snapshots",
                    s.llmdr_cmd("snapshots", "--region", "secondary", "--json", config=cfg), as_json=True,
                    note="secondary, local cache empty (a fresh DR machine)")
@@ -285,13 +261,10 @@ def part_b(s: Scale, tree: Tree) -> None:
         s.skip(s.missing("restic"), part="b", step=f"forget --keep-last {keep_last}", tool="restic forget --prune")
 
 
-
-
-def environment(s: Scale, started: str) -> dict:
-    return {"started_utc": started, **machine(s.base_env, s.work), "llmdr_code_at_start": llmdr_code(),
-            "restic": run_quiet([s.restic, "version"], env=s.base_env, cwd=s.work).strip().splitlines()[0]
-            if s.restic else "not run",
-            "args": {k: str(v) for k, v in vars(s.args).items()}}
+def restic_version(s: Scale) -> str:
+    if not s.restic:
+        return "not run"
+    return run_quiet([s.restic, "version"], env=s.base_env, cwd=s.work).strip().splitlines()[0]
 
 
 # main ------------------------------------------------------------------------------------------------------------------
@@ -314,13 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--files must be at least 200 and --steps at least 1")
     out = results_dir(args.results, args.smoke, "scale-")
     s = Scale(args)
-    stop_on_sigterm()
-    started = utc_now()
-    busy = ports_in_use([p for base in s.ports.values() for p in region_ports(base)])
-    if busy:
-        sys.exit(f"port {busy[0]} on {HOST} is in use; pick other --primary-port/--secondary-port")
-    s.prepare(WORK_MARKER, "bench/scale.py")
-    t0 = time.perf_counter()
+    started, t0 = s.start(WORK_MARKER, "bench/scale.py")
     tree = Tree(s.bundle)
     tree.generate(args.files, args.seed, s.shard_mib)
     small = [r for r in tree.digests if r in tree.small]
@@ -334,27 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         s.warm_bytecode("llmdr.cli, llmdr.repo.snapshot, llmdr.repo.restore, llmdr.repo.replicate, "
                         "llmdr.repo.retention, llmdr.repo.statcache, llmdr.storage.factory, boto3.s3.transfer, "
                         "botocore.config, pyfastcdc, jinja2, tokenizers")
-        meta = environment(s, started)
+        meta = environment(s, started, args, restic=restic_version(s))
         s.details["rss_floor_mb"] = s.rss_floor_mb()
         part_a(s, tree)
         part_b(s, tree)
     finally:
         s.down()
-    meta["llmdr_code_at_end"] = llmdr_code()
-    if meta["llmdr_code_at_end"] != meta["llmdr_code_at_start"]:
-        meta["warning"] = "llmdr/ changed during the run: the measured commands did not all run the same code"
-        print(f"WARNING: {meta['warning']}", flush=True)
-    summary = summarise(s)
-    cks = checks(s, summary)
-    doc = {"meta": meta, "steps": s.steps, "summary": summary, "checks": [c.to_json() for c in cks],
-           "runs": [asdict(r) for r in s.runs], "details": s.details, "notes": standing_notes(s)}
-    md = render_markdown(s, meta, summary, cks)
-    path = write_results(out, "scale-", doc, md, smoke=s.smoke, started=started)
-    print("\n" + md)
-    print(f"results: {path}" + ("" if s.smoke else f" (and {out / 'scale-latest.md'})")
-          + f"; total {time.perf_counter() - t0:.0f} s")
-    if not args.keep:
-        shutil.rmtree(s.work)
+    conclude(s, out, "scale-", meta, scale_report, started=started, t0=t0, keep=args.keep)
     return 0
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness import MB
+from harness import MB, Timed
 from report import Check, check_table
 from scale_tree import SHARDS
 
@@ -15,20 +15,12 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Run:
+class Run(Timed):
     """One measured subprocess."""
 
     part: str
     step: str
     tool: str
-    wall_s: float
-    peak_rss_mb: float
-    cpu_s: float
-    server_cpu_s: float
-    inproc_s: float | None = None
-    note: str = ""
-    data: dict = field(default_factory=dict)
-
 
 
 def find(s: Scale, part: str, step: str, tool: str) -> Run | None:
