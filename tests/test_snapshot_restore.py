@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, TransientStorageError, UnsafePathError
 from llmdr.repo.catalog import entry_key
 from llmdr.repo.chunking import ChunkerParams
+from llmdr.repo.indexlog import INDEX_LOG
 from llmdr.repo.layout import INDEX, PACKS, TREES, RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.repository import Repository
@@ -143,7 +144,9 @@ def test_catalog_entry_is_the_last_write(tmp_path):
     data = [k for k in order if not k.startswith(("locks/", "bundles/"))]
     assert data[-1] == entry_key("b", 0)  # the first entry of the bundle
     assert data[-2] == record_key(res.snapshot_id)
-    kinds = [next(p for p in (PACKS, INDEX, TREES) if k.startswith(p)) for k in data[:-2]]
+    kinds = [next(p for p in (PACKS, INDEX, TREES) if k.startswith(p)) for k in data[:-2]
+             if not k.startswith(INDEX_LOG)]  # the index's log entry follows the index object
+    assert sum(k.startswith(INDEX_LOG) for k in data) == sum(k.startswith(INDEX) for k in data)
     assert kinds == sorted(kinds, key=[PACKS, INDEX, TREES].index) and kinds.count(PACKS) > 1
 
 

@@ -234,6 +234,7 @@ class MasterIndex:
     """
 
     def __init__(self) -> None:
+        self.log_top = -1  # the index log seq up to which every logged index is in this view (indexlog.py)
         self._refs: dict[str, int] = {}  # present index id -> ref number
         self._superseded: set[str] = set()  # ids named by any present object's supersedes
         self._live_packs: dict[int, frozenset[int]] = {}  # live index ref -> its pack refs

@@ -157,7 +157,7 @@ def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: flo
                 lock, pending: dict[str, dict], usage: tuple[set[bytes], list[str]] | None) -> None:
     """Phase one. ``pending``: the plans left after phase two; ``usage``: ``used_chunks`` as phase two found it
     (nothing it deleted is used, and a snapshot published since is seen by this plan's own phase two)."""
-    idx = repo.index(refresh=True)
+    idx = repo.index(refresh=True, full=True)
     used, forgotten = usage or used_chunks(repo)
     already = planned_packs(repo, pending)
     locker = Locker.of(repo.store)
@@ -208,7 +208,7 @@ def _mark_phase(repo: Repository, now: float, safety_s: float, repack_below: flo
 def _delete_phase(repo: Repository, now: float, safety_s: float, due: dict[str, dict], res: PruneResult,
                   lock) -> tuple[set[bytes], list[str]]:
     """Phase two for the ``due`` plans. Returns ``used_chunks`` as found here, less the records it deleted."""
-    idx = repo.index(refresh=True)
+    idx = repo.index(refresh=True, full=True)
     used, forgotten = used_chunks(repo)
     marked: dict[str, float] = {}
     for plan in due.values():
@@ -231,7 +231,8 @@ def _delete_phase(repo: Repository, now: float, safety_s: float, due: dict[str, 
     old_ids = sorted(idx.live_ids())
     doomed_entries = {pack: idx.entries_of_pack(pack) for pack in doomed}  # before the new index hides them
     lock.check()
-    repo.add_index(sorted(keep, key=lambda e: (e.chunk, e.pack)), supersedes=tuple(bytes.fromhex(i) for i in old_ids))
+    repo.add_index(sorted(keep, key=lambda e: (e.chunk, e.pack)), supersedes=tuple(bytes.fromhex(i) for i in old_ids),
+                   covers=idx.log_top)
     locker = Locker.of(repo.store)
     for pack in sorted(doomed & present):
         key = pack_key(pack.hex())
@@ -278,7 +279,7 @@ def _rewritten(info, marked_at: float, safety_s: float) -> bool:
 def _delete_superseded(repo: Repository, now: float, age_s: float, res: PruneResult) -> None:
     """Delete index objects superseded by an index stored at least ``age_s`` ago: a reader that listed the old ones
     has long finished reading them, and every newer listing shows the superseding one."""
-    repo.index(refresh=True)
+    repo.index(refresh=True, full=True)
     doomed = set()
     for stored, supersedes in list(repo.index_meta.values()):
         if stored is not None and now - stored >= age_s:

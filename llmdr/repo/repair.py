@@ -15,9 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from llmdr.errors import IntegrityError, ObjectNotFound
-from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.index import IndexEntry
-from llmdr.repo.layout import INDEX
 from llmdr.repo.pack import read_blobs
 from llmdr.repo.repository import Repository
 
@@ -46,9 +44,10 @@ def rebuild_index(repo: Repository, *, workers: int = 8, lock_wait_s: float = 0.
     cfg = repo.config()
     cipher = repo.store.blob_cipher()
     with hold(repo.store, "exclusive", "repair-index", wait_s=lock_wait_s, settle_s=0.2) as lock:
-        present = {i.key[len(INDEX):] for i in repo.store.list(INDEX) if is_hex_digest(i.key[len(INDEX):])}
+        view = repo.index(refresh=True, full=True)
+        covers = view.log_top  # every index logged up to here is replaced by the rebuild
         # every index present (design §2), the damaged ones included: they are what a rebuild replaces
-        old = sorted(repo.index(refresh=True).live_ids() | set(repo.index_meta) | present)
+        old = sorted(view.live_ids() | set(repo.index_meta) | set(repo.index_listed))
         packs = repo.pack_infos()
 
         def trailer(item) -> tuple[str, list[IndexEntry] | str]:
@@ -74,7 +73,7 @@ def rebuild_index(repo: Repository, *, workers: int = 8, lock_wait_s: float = 0.
         lock.check()
         res.chunks = len({e.chunk for e in entries})
         res.index = repo.add_index(sorted(entries, key=lambda e: (e.chunk, e.pack)),
-                                   supersedes=tuple(bytes.fromhex(i) for i in old))
+                                   supersedes=tuple(bytes.fromhex(i) for i in old), covers=covers)
         res.superseded = len(old)
     return res
 
@@ -85,13 +84,13 @@ def compact_index(repo: Repository, *, lock_wait_s: float = 0.0) -> RepairResult
 
     res = RepairResult(repo.location)
     with hold(repo.store, "exclusive", "compact-index", wait_s=lock_wait_s, settle_s=0.2) as lock:
-        idx = repo.index(refresh=True)
-        live = sorted(idx.live_ids())
+        idx = repo.index(refresh=True, full=True)
+        live, covers = sorted(idx.live_ids()), idx.log_top
         if len(live) <= 1:
             return res
         entries = [e for pack in sorted(idx.packs()) for e in idx.entries_of_pack(pack)]
         lock.check()
         res.index = repo.add_index(sorted(entries, key=lambda e: (e.chunk, e.pack)),
-                                   supersedes=tuple(bytes.fromhex(i) for i in live))
+                                   supersedes=tuple(bytes.fromhex(i) for i in live), covers=covers)
         res.superseded, res.chunks, res.packs = len(live), len({e.chunk for e in entries}), len(idx.packs())
     return res

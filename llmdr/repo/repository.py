@@ -24,8 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +39,14 @@ from llmdr.errors import (
     UsageError,
 )
 from llmdr.repo.catalog import BUNDLES, Catalog, Entry, View, bundle_key
-from llmdr.repo.ids import is_hex_digest
-from llmdr.repo.index import IndexEntry, IndexFile, MasterIndex, index_id
+from llmdr.repo.index import IndexEntry, IndexFile, MasterIndex
+from llmdr.repo.indexlog import IndexView
 from llmdr.repo.layout import (
     CONFIG_KEY,
-    INDEX,
     MIGRATED_FROM,
     PACKS,
     RepoConfig,
     evidence_key,
-    index_key,
     key_to_pack,
     pack_key,
     record_key,
@@ -124,13 +120,9 @@ class Repository:
         self.pack_target = pack_target  # for a repository this creates; an existing one keeps its own
         self.unreadable: dict[str, str] = {}  # objects a listing left out (key -> why)
         self._config: RepoConfig | None = None
-        self._index: MasterIndex | None = None
-        self._index_ids: set[str] = set()
-        self.index_meta: dict[str, tuple[float | None, tuple[str, ...]]] = {}  # index id -> (stored at, supersedes)
-        self.index_listed: dict[str, float | None] = {}  # every index object present at the last listing
+        self._view = IndexView(store, self._cached, self._cache_put, self.unreadable)
         self._catalogs: dict[str, Catalog] = {}
         self._gone_packs: set[bytes] = set()  # packs an index names that the last listing of packs did not show
-        self._lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -195,64 +187,35 @@ class Repository:
         return bytes.fromhex(self.config().repo_id)
 
     # indexes ----------------------------------------------------------------------------------------------------------
-    def index(self, *, refresh: bool = False, workers: int = 16) -> MasterIndex:
-        """Every chunk's place, from the index objects present (cached locally; only new ones are fetched).
+    def index(self, *, refresh: bool = False, full: bool = False, workers: int = 16) -> MasterIndex:
+        """Every chunk's place (index objects are cached locally; only new ones are fetched).
 
-        Objects are read newest first, in parallel waves, and one that an object already read supersedes is not read
-        at all: after a compaction a cold reader fetches the merged index and the few written since, not every index
-        ever written (those stay listed until a prune deletes them)."""
-        with self._lock:
-            if self._index is not None and not refresh:
-                return self._index
-            listed = {i.key[len(INDEX):]: i.modified for i in self.store.list(INDEX)
-                      if is_hex_digest(i.key[len(INDEX):])}
-            self.index_listed = listed
-            present = set(listed)
-            if self._index is None or not self._index_ids <= present:
-                self._index, self._index_ids, self.index_meta = MasterIndex(), set(), {}
-            superseded = {s for _, sup in self.index_meta.values() for s in sup}
-            todo = sorted(present - self._index_ids, key=lambda i: (listed[i] or 0.0, i), reverse=True)
+        Read from the index log (``indexlog.py``): the newest compaction and what was logged after it, so the cost
+        does not grow with the number of index objects ever written. ``full`` reads every ``index/`` object
+        instead (prune, repair and checks, which must also see indexes an older llmdr wrote without logging them)."""
+        return self._view.get(refresh=refresh, full=full, workers=workers)
 
-            def load(iid: str) -> tuple[str, IndexFile | Exception]:
-                try:
-                    return iid, IndexFile.from_bytes(self._cached(index_key(iid), iid),
-                                                     where=f"{self.location}: index {iid}")
-                except (IntegrityError, ObjectNotFound) as exc:
-                    return iid, exc
+    @property
+    def index_meta(self) -> dict[str, tuple[float | None, tuple[str, ...]]]:
+        """Index id -> (stored at, ids it supersedes), for every index object in the view."""
+        return self._view.meta
 
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                while todo:
-                    wave, todo = todo[:workers], todo[workers:]
-                    for iid, f in pool.map(load, [i for i in wave if i not in superseded]):
-                        if isinstance(f, Exception):
-                            self.unreadable[index_key(iid)] = str(f)
-                            log.warning("%s: index %s left out: %s", self.location, iid[:12], f)
-                            continue
-                        self._index.add(iid, f)
-                        self.index_meta[iid] = (listed[iid], tuple(s.hex() for s in f.supersedes))
-                        superseded.update(s.hex() for s in f.supersedes)
-                        self._index_ids.add(iid)
-                    todo = [i for i in todo if i not in superseded]
-            return self._index
+    @property
+    def index_listed(self) -> dict[str, float | None]:
+        """Every ``index/`` object present at the last full read, with its store time."""
+        return self._view.listed
 
-    def add_index(self, entries: list[IndexEntry], supersedes: tuple[bytes, ...] = ()) -> str:
-        """Store an index object naming ``entries`` (after their packs are stored) and add it to the view.
+    def add_index(self, entries: list[IndexEntry], supersedes: tuple[bytes, ...] = (), *,
+                  covers: int | None = None) -> str:
+        """Store an index object naming ``entries`` (after their packs are stored) and add it to the view. A merge
+        passes ``covers``: the ``log_top`` of the view it merged, so readers can start from it.
 
         A writer's index (one that supersedes nothing) also supersedes one random id that names no object: its id is
         then new. Without it, a writer storing again chunks a prune deleted (same chunks, same order: same pack id)
         would write an index object equal, byte for byte, to one the prune superseded, and it would stay hidden."""
         if not supersedes:
             supersedes = (os.urandom(32),)
-        f = IndexFile(tuple(entries), supersedes)
-        data = f.to_bytes()
-        iid = index_id(data)
-        self.store.put(index_key(iid), data, sha256=bytes.fromhex(iid))
-        self._cache_put(index_key(iid), data)
-        with self._lock:
-            if self._index is not None:
-                self._index.add(iid, f)
-                self._index_ids.add(iid)
-        return iid
+        return self._view.add(IndexFile(tuple(entries), supersedes), covers=covers)
 
     def compact_if_needed(self, threshold: int = 32) -> str | None:
         """Merge the live index objects into one when there are more than ``threshold`` (after a snapshot or a copy
@@ -262,9 +225,10 @@ class Repository:
         live = sorted(idx.live_ids())
         if len(live) <= threshold:
             return None
+        covers = idx.log_top
         entries = [e for pack in sorted(idx.packs()) for e in idx.entries_of_pack(pack)]
         return self.add_index(sorted(entries, key=lambda e: (e.chunk, e.pack)),
-                              supersedes=tuple(bytes.fromhex(i) for i in live))
+                              supersedes=tuple(bytes.fromhex(i) for i in live), covers=covers)
 
     def has_chunk(self, hexdigest: str) -> bool:
         return self.index().has(bytes.fromhex(hexdigest))
@@ -283,8 +247,8 @@ class Repository:
 
     def list_chunks(self) -> dict[str, int]:
         """Every chunk an index places in a pack that is present, with its length (one listing of the packs)."""
+        idx = self.index(refresh=True, full=True)  # what the region holds, unlogged indexes of older llmdr too
         packs = {bytes.fromhex(p) for p in self.pack_infos()}
-        idx = self.index()
         gone = idx.packs() - packs  # a chunk also placed in a present pack (e.g. after a repair) is present
         out: dict[str, int] = {}
         for c in idx.chunks():
@@ -303,7 +267,7 @@ class Repository:
         then = then or _REPAIR
         e = self.locate(hexdigest)
         if e is None:  # indexed since this view was read (another writer, or another Repository of the region)?
-            e = self.index(refresh=True).lookup(bytes.fromhex(hexdigest))
+            e = self.index(refresh=True, full=True).lookup(bytes.fromhex(hexdigest))
         if e is None:
             raise ChunkMissing(f"chunk {hexdigest[:12]}{of} is in no index of {self.location}; the snapshot there is "
                                f"damaged. {then}")
