@@ -24,6 +24,7 @@ from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.retrying import RetryingStore
 from llmdr.storage.s3 import S3Store
 from tests.support.faults import SUMMARY, inject
+from tests.support.streams import read_streamed
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -87,15 +88,6 @@ def test_reset_mid_body_maps_to_a_transient_error(s3):
         via_proxy().get("faults/cut")
 
 
-def _stream(store, key: str, start: int, length: int, piece: int = 64 * KiB) -> bytes:
-    out = bytearray()
-    buf = memoryview(bytearray(piece))
-    with store.open_range(key, start, length) as r:
-        while n := r.readinto(buf):
-            out += buf[:n]
-    return bytes(out)
-
-
 def test_streamed_range_cut_mid_body_is_transient_then_resumed_at_the_byte_reached(s3):
     """A restore streams pack ranges into its own buffers: a connection reset part-way must never look like the
     end of the range (a silent short read), and the retry layer opens the rest from the byte it had reached."""
@@ -104,10 +96,10 @@ def test_streamed_range_cut_mid_body_is_transient_then_resumed_at_the_byte_reach
     direct.put("faults/stream", data)
     px.reset_next(1, after_bytes=MiB)
     with pytest.raises(TransientStorageError, match="(?i)connection"):
-        _stream(via_proxy(), "faults/stream", 100, 2 * MiB)
+        read_streamed(via_proxy(), "faults/stream", 100, 2 * MiB)
     px.reset_next(1, after_bytes=MiB)
     store, sleeps = retrying(via_proxy())
-    assert _stream(store, "faults/stream", 100, 2 * MiB) == data[100:100 + 2 * MiB]
+    assert read_streamed(store, "faults/stream", 100, 2 * MiB) == data[100:100 + 2 * MiB]
     assert px.stats["resets"] == 2 and store.retries == {"get": 1} and len(sleeps) == 1
 
 

@@ -20,6 +20,7 @@ from llmdr.storage.factory import adapter
 from llmdr.storage.memory import MemoryStore
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
+from tests.support.streams import read_streamed
 
 KINDS = ["memory", "s3", "retrying", "encrypting", "signing"]
 
@@ -103,15 +104,6 @@ def test_ranged_get(reading):
     assert c.store.get(c.k("r"), start=5, length=0) == b""
 
 
-def _streamed(store, key: str, start: int, length: int, piece: int) -> bytes:
-    out = bytearray()
-    buf = memoryview(bytearray(piece))
-    with store.open_range(key, start, length) as r:
-        while n := r.readinto(buf):
-            out += buf[:n]
-    return bytes(out)
-
-
 @pytest.mark.parametrize("where", ["", "packs/"])
 def test_streamed_range_is_the_ranged_get(reading, where):
     """``open_range`` streams exactly what ``get`` returns for the same range, in pieces of any size (packs pass
@@ -121,8 +113,8 @@ def test_streamed_range_is_the_ranged_get(reading, where):
     data = bytes(range(256)) * 40
     c.writer.put(key, data)
     for start, length, piece in ((0, len(data), 4096), (10, 2000, 7), (10_000, 500, 1000), (3, 0, 16)):
-        assert _streamed(c.store, key, start, length, piece) == c.store.get(key, start=start, length=length)
-    assert _streamed(c.store, key, len(data) - 5, 100, 64) == data[-5:]  # shorter only at the end
+        assert read_streamed(c.store, key, start, length, piece) == c.store.get(key, start=start, length=length)
+    assert read_streamed(c.store, key, len(data) - 5, 100, 64) == data[-5:]  # shorter only at the end
     with pytest.raises(ObjectNotFound):
         c.store.open_range(c.k(where + "nope"), 0, 10)
 
