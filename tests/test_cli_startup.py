@@ -116,6 +116,8 @@ def test_root_command_builds_each_command_when_looked_up_and_equals_typers(monke
     assert set(root.list_commands(ctx)) == set(eager.commands) and not built
     assert root.get_command(ctx, "snapshot").name == "snapshot" and len(built) == 1
     assert root.get_command(ctx, "no-such-command") is None
+    assert list(root.commands) == list(eager.commands)  # registration order
+    assert [n for n, _ in root.commands.items()] == list(eager.commands)  # builds while iterating: safe
     for name in root.list_commands(ctx):
         lazy, full = root.get_command(ctx, name), eager.commands[name]
         assert type(lazy) is type(full) and lazy.help == full.help
