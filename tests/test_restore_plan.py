@@ -199,45 +199,51 @@ def test_open_files_are_capped(tmp_path, monkeypatch):
     assert len(open_seen) == 7 and max(open_seen) == 2  # started six files, kept two open
 
 
-def test_memory_budget_bounds_the_bytes_in_flight(tmp_path):
-    write_tree(tmp_path / "src", {"w.bin": rnd(1_500_000, 4)})
+def test_memory_budget_bounds_the_workers_and_their_buffers(tmp_path):
+    """Each worker streams its ranges into one buffer of the largest blob's size: the budget caps how many run (at
+    least one), so memory does not depend on the bundle's size."""
+    data = rnd(1_500_000, 4)
+    write_tree(tmp_path / "src", {"w.bin": data})
     lock = threading.Lock()
     state = {"now": 0, "peak": 0, "calls": 0}
-    gate: list[threading.Barrier] = []  # when set: the first six GETs wait until all six are under way
+    gate: list[threading.Barrier] = []  # when set: the first six streams wait until all six are open
 
-    class Held(bytes):
-        """A range's bytes, counted from the start of its GET until the restore drops them."""
-
-        def __del__(self):
+    class Counted(Watch):
+        def open_range(self, key, start, length, *, version_id=None):
             with lock:
-                state["now"] -= self.n
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+                state["calls"] += 1
+                first = state["calls"] <= 6
+            if gate and first:
+                gate[0].wait(timeout=60)
+            else:
+                time.sleep(0.02)  # gives the other workers every chance to open theirs meanwhile
+            reader = super().open_range(key, start, length, version_id=version_id)
+            close = reader.close
 
-    def slow_get(key, get, length):
-        with lock:
-            state["now"] += length
-            state["peak"] = max(state["peak"], state["now"])
-            state["calls"] += 1
-            first = state["calls"] <= 6
-        if gate and first:
-            gate[0].wait(timeout=60)
-        else:
-            time.sleep(0.02)  # gives the other workers every chance to start theirs meanwhile
-        held = Held(get())
-        held.n = length
-        return held
+            def closed():
+                with lock:
+                    state["now"] -= 1
+                close()
+            reader.close = closed
+            return reader
 
-    repo = new_repo(Watch(MemoryStore(), slow_get), pack_target=65536)
+    repo = new_repo(Counted(MemoryStore()), pack_target=65536)
     res = take_snapshot(repo, tmp_path / "src", bundle="b")
-    biggest = max(r.length for r in plan_ranges(repo.locate(d) for d, _ in res.manifest.files[0].chunks))
-    budget = 3 * biggest
-    restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=budget)
-    assert (tmp_path / "o1" / "w.bin").read_bytes() == rnd(1_500_000, 4)
-    assert 0 < state["peak"] <= budget and state["now"] == 0
-    # the same restore without the budget: six GETs (at least 6 x 64 KiB) are under way at once
+    biggest = max(repo.locate(d).stored_length for d, _ in res.manifest.files[0].chunks)
+    assert len(res.manifest.files[0].chunks) >= 6
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=3 * biggest)
+    assert (tmp_path / "o1" / "w.bin").read_bytes() == data
+    assert state["peak"] == 3 and state["now"] == 0
+    state.update(peak=0, calls=0)
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=biggest // 2)
+    assert (tmp_path / "o2" / "w.bin").read_bytes() == data and state["peak"] == 1  # too small: one still runs
+    # the same restore without the budget: six streams are open at once
     state.update(peak=0, calls=0)
     gate.append(threading.Barrier(6))
-    restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=1 << 40)
-    assert state["peak"] > budget
+    restore_snapshot(repo, res.snapshot_id, tmp_path / "o3", workers=8, memory_bytes=1 << 40)
+    assert state["peak"] >= 6
 
 
 # encrypted regions and damage ----------------------------------------------------------------------------------------

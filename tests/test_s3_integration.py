@@ -200,7 +200,7 @@ def test_replicate_survives_a_real_outage_of_the_destination(tmp_path):
         for r in cfg.regions:
             start_region(cfg, r)
         bundle = tmp_path / "bundle"
-        write_sample_bundle(bundle, shards=3, shard_size=3 * MiB)
+        write_sample_bundle(bundle, shards=6, shard_size=3 * MiB)  # six packs or more: the outage comes after 3
         src = repo_of(cfg, cfg.primary)
         src.ensure_config(RepoConfig(pack_target=MiB))  # small packs: the copy puts several
         snap = take_snapshot(src, bundle, bundle="b")

@@ -67,6 +67,8 @@ class PackCipher(Protocol):
 
     def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
 
+    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class PackBlob:
@@ -142,9 +144,10 @@ class PackBuilder:
             trailer += self._cipher.overhead
         return len(self._buf) + trailer + TAIL_SIZE
 
-    def finish(self) -> tuple[memoryview, str, list[PackBlob]]:
-        """(pack bytes, hex SHA-256 of them = the pack's name, blobs in pack order). The bytes are a view of the
-        builder's buffer: no copy; the builder takes no more chunks."""
+    def finish(self) -> tuple[bytearray, str, list[PackBlob]]:
+        """(pack bytes, hex SHA-256 of them = the pack's name, blobs in pack order). The bytes are the builder's
+        own buffer, not a copy (a ``bytearray`` goes to botocore as it is; a view would be copied to ``bytes``
+        first); the builder takes no more chunks."""
         if self._finished:
             raise ValueError("PackBuilder.finish called twice: start a new PackBuilder for the next pack")
         self._finished = True
@@ -159,8 +162,7 @@ class PackBuilder:
         self._buf += trailer
         self._buf += COUNT.pack(len(trailer))
         self._buf += TAIL_MAGIC
-        view = memoryview(self._buf)
-        return view, hashlib.sha256(view).hexdigest(), list(self._blobs)
+        return self._buf, hashlib.sha256(self._buf).hexdigest(), list(self._blobs)
 
 
 def trailer_length(last: bytes | memoryview, object_size: int, where: str) -> int:
@@ -242,19 +244,26 @@ def parse_pack(data: bytes | memoryview, *, repo_id: bytes, cipher: PackCipher |
 
 
 def open_blob(stored: bytes | memoryview, blob: PackBlob, *, repo_id: bytes, cipher: PackCipher | None = None,
-              where: str) -> bytes:
+              where: str, out: memoryview | None = None) -> bytes | memoryview:
     """The plaintext of one blob from its stored bytes (e.g. a ranged GET of ``blob.offset``, ``stored_length``):
-    opened when sealed, then checked against its length and its chunk id. Nothing unproven is returned."""
+    opened when sealed, then checked against its length and its chunk id. Nothing unproven is returned.
+
+    With ``out`` (a buffer of at least ``plain_length`` bytes the caller reuses) nothing is copied: the result is a
+    view of ``out`` (sealed blobs are decrypted into it) or of ``stored`` itself (plain blobs), valid until the
+    caller reuses either buffer."""
     what = f"{where}: chunk {blob.chunk.hex()} at offset {blob.offset}"
     fix = "it was not used; `llmdr verify --repair` restores it from another region"
     if len(stored) != blob.stored_length:
         raise IntegrityError(f"{what}: got {len(stored)} stored bytes, expected {blob.stored_length} (short read or "
                              f"truncated pack); {fix}")
     if cipher is None:
-        plain = stored if isinstance(stored, bytes) else bytes(stored)
+        plain = stored if isinstance(stored, bytes) or out is not None else bytes(stored)
     else:
         try:
-            plain = cipher.open(stored, blob_aad(repo_id, blob.chunk), what)
+            if out is not None and len(out) >= len(stored) - cipher.overhead:
+                plain = out[:cipher.open_into(stored, blob_aad(repo_id, blob.chunk), out, what)]
+            else:
+                plain = cipher.open(stored, blob_aad(repo_id, blob.chunk), what)
         except IntegrityError as exc:
             raise IntegrityError(f"{what} failed authentication under key id {cipher.key_id.hex()} (damaged, moved, "
                                  f"or sealed with another key); {fix}") from exc

@@ -1,7 +1,8 @@
 """Cross-region copy: only the chunks the destination lacks, each verified, the catalog entry last.
 
-Each chunk read from the source is proven against its id before it is packed for the destination (a damaged source
-copy is never propagated); packs go up as verified puts, so the destination refuses bytes damaged on the way. The
+The chunks the destination lacks are read from the source by pack range, as a restore reads them (``rangeread``:
+coalesced ranged GETs streamed into reused buffers on worker threads). Each chunk is proven against its id before
+it is packed for the destination (a damaged source copy is never propagated); packs go up as verified puts, so the destination refuses bytes damaged on the way. The
 destination has its own packs (regions repack; chunk ids are what is shared) and its own index. The record and trees
 are copied byte for byte, so the snapshot id is the same in both regions; the catalog entry is written after every
 pack, the index, the trees and the record, so the snapshot appears in the destination all at once or not at all.
@@ -11,19 +12,23 @@ Re-running after a crash or an outage of either region copies only what is still
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from llmdr.common.progress import NoProgress, Progress
+from llmdr.errors import ChunkMissing, ObjectNotFound
+from llmdr.repo.index import IndexEntry
 from llmdr.repo.locks import Locker
 from llmdr.repo.packer import PackWriter
+from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
+from llmdr.repo.restoreplan import Range, plan_for
 from llmdr.repo.tree import BuiltTree, tree_ids
 
 log = logging.getLogger(__name__)
+COPY_MEMORY = 128 << 20  # bytes of read buffers at most (one blob per worker, two when the source seals blobs)
 
 
 @dataclass
@@ -99,29 +104,8 @@ def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, mani
 
     then = (f"It was not copied and the snapshot was not published in {dst.location}. Replicate from another "
             "healthy region.")
-
-    def fetch(hexd: str, n: int) -> tuple[str, bytes]:
-        # proven against its id before it is sent: a damaged source copy is never propagated
-        return hexd, src.load_chunk(hexd, size=n, of=f" of snapshot {snapshot_id[:12]} (source)", then=then)
-
     try:
-        with PackWriter(dst, workers=max(1, workers // 2)) as writer, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmdr-copy") as pool:
-            window = max(2, workers * 2)
-            queue: deque = deque()
-            todo = iter(missing)
-            for item in todo:
-                queue.append(pool.submit(fetch, *item))
-                if len(queue) >= window:
-                    break
-            while queue:
-                hexd, data = queue.popleft().result()
-                writer.add(hexd, bytes.fromhex(hexd), data)
-                res.bytes_copied += len(data)
-                progress.advance(len(data))
-                nxt = next(todo, None)
-                if nxt is not None:
-                    queue.append(pool.submit(fetch, *nxt))
+        _copy_chunks(src, dst, missing, snapshot_id, then, res, workers=workers, progress=progress)
     finally:
         progress.finish()
     res.chunks_copied = len(missing)
@@ -142,3 +126,54 @@ def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, mani
     log.info("replicated %s to %s: %d of %d chunks copied (%d bytes) in %.2fs", snapshot_id[:12], dst.location,
              res.chunks_copied, res.chunks_total, res.bytes_copied, res.duration_s)
     return res
+
+
+def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]], snapshot_id: str, then: str,
+                 res: ReplicateResult, *, workers: int, progress: Progress) -> None:
+    """Copy ``missing`` (hex id, size) into packs of ``dst``, read from ``src`` by pack range as a restore reads:
+    each worker streams its ranges into its own buffers, proves every blob against its id (a damaged source copy is
+    never propagated; another copy in the source is tried) and hands it to the one pack writer."""
+    if not missing:
+        return
+    sizes = {bytes.fromhex(d): n for d, n in missing}
+    index = src.index()
+    if any(index.lookup(c) is None for c in sizes):
+        index = src.index(refresh=True)
+    located = []
+    for c in sizes:
+        e = index.lookup(c)
+        if e is None:
+            raise ChunkMissing(f"chunk {c.hex()[:12]} of snapshot {snapshot_id[:12]} (source) is in no index of "
+                               f"{src.location}; the snapshot there is damaged. {then}")
+        located.append(e)
+    ranges = plan_for(located, workers)
+    n, buffers = Buffers.plan(src, located, len(ranges), workers, COPY_MEMORY)
+    lock = threading.Lock()  # one pack writer, fed by every worker in turn
+    of = f" of snapshot {snapshot_id[:12]} (source)"
+
+    def where(e: IndexEntry) -> str:
+        return f"chunk {e.chunk.hex()[:12]}{of} in {src.location}"
+
+    def take(e: IndexEntry, plain: bytes | memoryview) -> None:
+        with lock:
+            writer.add(e.chunk.hex(), e.chunk, plain)  # the writer copies (or seals) it into its pack
+            res.bytes_copied += len(plain)
+        progress.advance(len(plain))
+
+    def fetch(r: Range, bufs: Buffers, stop: threading.Event) -> None:
+        try:
+            blobs = RangeBlobs(src, r, bufs, where=where, then=then, sizes=sizes)
+        except ObjectNotFound:  # the pack is gone: each chunk from any other copy, or a clear error
+            for e in r.blobs:
+                take(e, src.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of, then=then))
+            return
+        with blobs:
+            for e, got in blobs:
+                if stop.is_set():
+                    return
+                if not isinstance(got, memoryview):  # damaged here: another copy in the source, if any
+                    got = src.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of, then=then)
+                take(e, got)
+
+    with PackWriter(dst, workers=max(1, workers // 2)) as writer:
+        fetch_ranges(ranges, n, buffers, fetch, name="llmdr-copy")

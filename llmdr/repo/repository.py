@@ -55,7 +55,7 @@ from llmdr.repo.layout import (
 from llmdr.repo.manifest import Manifest, canonical_json
 from llmdr.repo.pack import PackBlob, open_blob
 from llmdr.repo.tree import BuiltTree, load_tree, manifest_of, parse_record
-from llmdr.storage.base import BlobInfo, BlobStore
+from llmdr.storage.base import BlobInfo, BlobStore, RangeReader
 
 log = logging.getLogger(__name__)
 
@@ -291,13 +291,15 @@ class Repository:
         raise first
 
     def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: str, then: str = "",
-                  size: int | None = None) -> bytes:
-        """A blob read from its pack, decrypted and proven against its chunk id."""
+                  size: int | None = None, out: memoryview | None = None) -> bytes | memoryview:
+        """A blob read from its pack, decrypted and proven against its chunk id (into ``out`` without a copy when
+        given: ``pack.open_blob``)."""
         blob = PackBlob(e.chunk, e.offset, e.stored_length, e.plain_length)
         try:
             if len(stored) != e.stored_length:
                 raise IntegrityError(f"{where}: the pack is shorter than its index says (truncated)")
-            data = open_blob(stored, blob, repo_id=self.repo_id, cipher=self.store.blob_cipher(), where=where)
+            data = open_blob(stored, blob, repo_id=self.repo_id, cipher=self.store.blob_cipher(), where=where,
+                             out=out)
         except IntegrityError as exc:
             raise IntegrityError(f"{exc} {then or _REPAIR}") from None
         if size is not None and len(data) != size:
@@ -307,6 +309,10 @@ class Repository:
     def read_pack(self, pack_hex: str, start: int, length: int) -> bytes:
         """``length`` stored bytes of pack ``pack_hex`` from ``start`` (open each blob with ``open_blob``)."""
         return self.store.get(pack_key(pack_hex), start=start, length=length)
+
+    def stream_pack(self, pack_hex: str, start: int, length: int) -> RangeReader:
+        """As ``read_pack``, streamed into the caller's buffers (``BlobStore.open_range``)."""
+        return self.store.open_range(pack_key(pack_hex), start, length)
 
     def read_chunk_range(self, hexdigest: str, start: int, length: int) -> bytes:
         """``length`` stored bytes of chunk ``hexdigest``'s blob from ``start``, NOT verified (a part cannot be
@@ -324,7 +330,7 @@ class Repository:
         with PackWriter(self, workers=1) as w:
             w.add(hexdigest, digest or bytes.fromhex(hexdigest), data)
 
-    def put_pack(self, pack_hex: str, data: bytes | memoryview) -> None:
+    def put_pack(self, pack_hex: str, data: bytes | bytearray | memoryview) -> None:
         self.store.put(pack_key(pack_hex), data, sha256=bytes.fromhex(pack_hex))
 
     # trees and records ------------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@ resumable (docs/design/repository-format-v2.md §7).
 
 The restore is planned before anything is downloaded: every chunk of every file to write is placed by the index
 (pack, offset, stored length), the blobs of each pack are sorted by offset and neighbours coalesced into ranges
-(``restoreplan``: gap ≤ 1 MiB, range ≤ 32 MiB, less for a small restore so that every worker has one). They are
-fetched with ranged GETs on ``workers`` threads, started only while the bytes in flight fit ``memory_bytes``. Each
-blob is opened and proven against its chunk id, then written with ``os.pwrite`` at every (file, offset) that uses
-it: a chunk shared by many files is fetched once.
+(``restoreplan``: gap ≤ 1 MiB, range ≤ 32 MiB, less for a small restore so that every worker has one). Each worker
+thread streams its ranges (``BlobStore.open_range``) blob by blob into one buffer it allocated once, opens each blob
+into a second (sealed blobs are decrypted there; plain ones are used where they lie) and proves it against its chunk
+id, then writes it with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is fetched
+once, and no byte is copied in memory on the way. Memory is those two buffers per worker, whatever the bundle's
+size; as many workers run as fit ``memory_bytes``.
 
 Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
 first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
@@ -19,6 +21,7 @@ into that folder resumes it: files already in place whose content hashes to the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -28,7 +31,6 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +41,15 @@ from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifes
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
+from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges
 from llmdr.repo.repository import Repository
-from llmdr.repo.restoreplan import MAX_RANGE, MIN_SPLIT, Range, plan_ranges
+from llmdr.repo.restoreplan import Range, plan_for
 
 log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
-DEFAULT_MEMORY = 128 << 20  # bytes of ranges (and their blobs being opened) in memory at most
+DEFAULT_MEMORY = 128 << 20  # bytes of download buffers at most (one blob, two when sealed, per worker)
 MAX_OPEN_FILES = 128
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
@@ -95,7 +98,7 @@ def safe_destination(root: Path, relpath: str) -> Path:
     return dest
 
 
-def file_matches(path: Path, entry: FileEntry) -> bool:
+def file_matches(path: Path | str, entry: FileEntry) -> bool:
     """True when ``path`` is a regular file holding exactly ``entry``'s bytes (checked chunk by chunk)."""
     try:
         st = os.lstat(path)
@@ -111,13 +114,15 @@ def file_matches(path: Path, entry: FileEntry) -> bool:
 
 
 class _FileJob:
-    """One file being assembled from chunks. Its temporary file is created (pre-sized) on the first write; the
-    last chunk to land finalises it."""
+    """One file being assembled from chunks. Its temporary file is created on the first write (pre-sized when more
+    than one chunk fills it); the last chunk to land finalises it. Paths are strings: a restore of many small
+    files spends its time per file, and ``pathlib`` would be most of it."""
 
-    def __init__(self, entry: FileEntry, dest: Path, durable: bool) -> None:
+    def __init__(self, entry: FileEntry, dest: str, durable: bool) -> None:
         self.entry = entry
         self.dest = dest
-        self.tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}")
+        head, name = os.path.split(dest)
+        self.tmp = os.path.join(head, f".{name}{TMP_SUFFIX}")
         self.durable = durable
         self.remaining = len(entry.chunks)
         self.fd = -1
@@ -128,17 +133,23 @@ class _FileJob:
 
     def open(self) -> None:
         if self.created:
-            self.fd = os.open(self.tmp, os.O_WRONLY)
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_NOFOLLOW)
             return
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.created = True
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # never through a link or into a stale file
         try:
-            os.ftruncate(self.fd, self.entry.size)  # EFBIG here when the file exceeds a file size limit
-        except BaseException as exc:
-            self.abandon()
-            if isinstance(exc, OSError) and exc.filename is None:
-                exc.filename = self.entry.path
-            raise
+            self.fd = os.open(self.tmp, flags, 0o600)
+        except FileExistsError:  # left by an interrupted restore (or planted): remove the name, never follow it
+            os.unlink(self.tmp)
+            self.fd = os.open(self.tmp, flags, 0o600)
+        self.created = True
+        if len(self.entry.chunks) > 1:
+            try:
+                os.ftruncate(self.fd, self.entry.size)  # EFBIG here when the file exceeds a file size limit
+            except BaseException as exc:
+                self.abandon()
+                if isinstance(exc, OSError) and exc.filename is None:
+                    exc.filename = self.entry.path
+                raise
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -150,14 +161,16 @@ class _FileJob:
             self.open()
         try:
             os.fchmod(self.fd, self.entry.mode)
+            os.utime(self.fd, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
             if self.durable:
                 os.fsync(self.fd)
         finally:
             self.close()
-        os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
-        if self.dest.is_dir() and not self.dest.is_symlink():
-            raise UnsafePathError(f"cannot restore file {self.entry.path!r}: a folder is in the way at {self.dest}")
-        os.replace(self.tmp, self.dest)
+        try:
+            os.replace(self.tmp, self.dest)
+        except IsADirectoryError:
+            raise UnsafePathError(f"cannot restore file {self.entry.path!r}: a folder is in the way at "
+                                  f"{self.dest}") from None
         self.done = True
 
     def abandon(self) -> None:
@@ -231,28 +244,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
         view, offset = view[n:], offset + n
 
 
-class _Budget:
-    """Bytes in memory: a range is started only when its cost fits (or nothing else is in flight)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self.cv = threading.Condition()
-
-    def take(self, n: int, stop: threading.Event) -> None:
-        with self.cv:
-            while self.used and self.used + n > self.limit and not stop.is_set():
-                self.cv.wait(0.2)
-            self.used += n
-            self.peak = max(self.peak, self.used)
-
-    def give(self, n: int) -> None:
-        with self.cv:
-            self.used -= n
-            self.cv.notify_all()
-
-
 class _Plan:
     """What a restore downloads: each chunk's place in a pack, the (file, offset) pairs that use it, and the
     ranges that fetch them, ordered by the first file that needs each range (so files complete early)."""
@@ -282,9 +273,7 @@ class _Plan:
                 raise ChunkMissing(f"chunk {c.hex()[:12]} of {self.places(c)} is in no index of {repo.location}; "
                                    f"the snapshot there is damaged. Nothing was written. {_THEN}")
             self.located[c] = e
-        total = sum(e.stored_length for e in self.located.values())
-        limit = min(MAX_RANGE, max(MIN_SPLIT, -(-total // max(1, workers))))
-        ranges = plan_ranges(self.located.values(), max_range=limit)
+        ranges = plan_for(self.located.values(), workers)
         self.ranges = sorted(ranges, key=lambda r: min(rank[b.chunk] for b in r.blobs))
 
     def places(self, chunk: bytes, most: int = 3) -> str:
@@ -307,8 +296,8 @@ def restore_snapshot(
     progress: Progress | None = None,
     memory_bytes: int = DEFAULT_MEMORY,
 ) -> RestoreResult:
-    """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done. At most ``memory_bytes`` of
-    downloaded data are held at once (one range larger than that is still fetched, alone)."""
+    """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done. Download buffers take at most
+    ``memory_bytes`` (fewer workers run when one blob per worker would not fit; one always runs)."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     manifest = repo.load_manifest(snapshot_id)
@@ -316,7 +305,7 @@ def restore_snapshot(
     # Every path is checked before anything is written: a bad manifest writes nothing at all.
     for entry in manifest.files:
         check_relpath(entry.path)
-    _prepare_target(target, snapshot_id, force)
+    fresh = _prepare_target(target, snapshot_id, force)
     root = target.resolve()
     marker = root / MARKER
     try:  # all at once: a marker cut short by a full disk would make the re-run refuse to resume
@@ -332,16 +321,18 @@ def restore_snapshot(
     progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
     jobs: list[_FileJob] = []
     try:
-        folders: set[Path] = set()  # checked (before and after mkdir) once each, not once per file
+        folders: set[str] = set()  # checked (before and after mkdir) once each, not once per file
+        base = str(root)
         for entry in manifest.files:
-            dest = root / entry.path
-            if dest.parent not in folders:
+            dest = os.path.join(base, entry.path)
+            folder = os.path.dirname(dest)
+            if folder not in folders:
                 safe_destination(root, entry.path)
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(folder, exist_ok=True)
                 safe_destination(root, entry.path)  # re-check now that the folders exist
-                folders.add(dest.parent)
-            if file_matches(dest, entry):
-                st = dest.stat()
+                folders.add(folder)
+            if not fresh and file_matches(dest, entry):  # a fresh target holds nothing to keep
+                st = os.stat(dest)
                 if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
                     os.chmod(dest, entry.mode)
                     os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -353,7 +344,7 @@ def restore_snapshot(
             if not entry.chunks:
                 job.finalise()
         plan = _Plan(repo, [j for j in jobs if j.entry.chunks], workers)
-        _run(repo, plan, _Files(MAX_OPEN_FILES), _Budget(memory_bytes), workers, res, progress)
+        _run(repo, plan, _Files(MAX_OPEN_FILES), memory_bytes, workers, res, progress)
     except BaseException as exc:
         in_place = res.files_skipped + sum(1 for j in jobs if j.done)
         unfinished = [j.entry.path for j in jobs if j.created and not j.done]
@@ -383,72 +374,49 @@ def _elsewhere(repo: Repository, e: IndexEntry) -> bool:
     return alt is not None and alt.pack != e.pack
 
 
-def _run(repo: Repository, plan: _Plan, files: _Files, budget: _Budget, workers: int, res: RestoreResult,
+def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int, res: RestoreResult,
          progress: Progress) -> None:
-    """Fetch every range of ``plan`` on ``workers`` threads within ``budget``; the first failure stops the rest."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    """Fetch every range of ``plan`` on worker threads; the first failure stops the rest.
+
+    Each worker streams its ranges blob by blob into one buffer of its own (and opens sealed blobs into a second),
+    allocated once: memory is workers x (largest stored blob + largest plain blob when sealed), and as many workers
+    run as fit ``memory`` (at least one, at most ``workers``)."""
+    if not plan.ranges:
+        return
+    n, buffers = Buffers.plan(repo, plan.located.values(), len(plan.ranges), workers, memory)
     counted = threading.Lock()
 
-    def fetch(r: Range, cost: int) -> None:
+    def where(e: IndexEntry) -> str:
+        return f"chunk {e.chunk.hex()[:12]} of {plan.places(e.chunk)} in {pack_key(e.pack.hex())} of {repo.location}"
+
+    def fetch(r: Range, bufs: Buffers, stop: threading.Event) -> None:
         try:
-            if stop.is_set():
-                return
-            key = pack_key(r.pack.hex())
-            try:
-                view: memoryview | None = memoryview(repo.read_pack(r.pack.hex(), r.start, r.length))
-            except ObjectNotFound:
-                if not all(_elsewhere(repo, e) for e in r.blobs):
-                    names = plan.files_in(r.pack)
-                    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-                    raise ChunkMissing(f"pack {key} is missing from {repo.location}; it holds chunks of "
-                                       f"{', '.join(repr(n) for n in names[:5])}{more}. {_THEN}") from None
-                view = None  # each blob has a copy in another pack (e.g. one `llmdr verify --repair` wrote)
-            for e in r.blobs:
+            blobs: RangeBlobs | None = RangeBlobs(repo, r, bufs, where=where, then=_THEN, sizes=plan.sizes)
+        except ObjectNotFound:
+            if not all(_elsewhere(repo, e) for e in r.blobs):
+                names = plan.files_in(r.pack)
+                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+                raise ChunkMissing(f"pack {pack_key(r.pack.hex())} is missing from {repo.location}; it holds chunks "
+                                   f"of {', '.join(repr(n) for n in names[:5])}{more}. {_THEN}") from None
+            blobs = None  # each blob has a copy in another pack (e.g. one `llmdr verify --repair` wrote)
+        with blobs if blobs is not None else contextlib.nullcontext():
+            for e, got in blobs if blobs is not None else ((e, None) for e in r.blobs):
                 if stop.is_set():
                     return
-                at = e.offset - r.start
-                try:
-                    if view is None:
-                        raise ChunkMissing(f"pack {key} is missing")
-                    plain = repo.open_blob(view[at:at + e.stored_length], e, size=plan.sizes[e.chunk], then=_THEN,
-                                           where=f"chunk {e.chunk.hex()[:12]} of {plan.places(e.chunk)} in {key} "
-                                                 f"of {repo.location}")
-                except IntegrityError:
-                    if not _elsewhere(repo, e):
-                        raise
+                if isinstance(got, memoryview):
+                    plain: bytes | memoryview = got
+                elif got is None or _elsewhere(repo, e):
                     plain = repo.load_chunk(e.chunk.hex(), size=plan.sizes[e.chunk], of=f" of {plan.places(e.chunk)}",
                                             then=_THEN)  # tries every pack the index places it in
+                else:
+                    raise got
                 for job, offset in plan.uses[e.chunk]:
                     files.write(job, offset, plain)
                     with counted:
                         res.bytes_downloaded += len(plain)
                     progress.advance(len(plain))
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-            raise
-        finally:
-            budget.give(cost)
 
-    futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llmdr-down") as pool:
-        try:
-            for r in plan.ranges:
-                # the range and the largest blob opened from it (a copy) are in memory together
-                cost = r.length + max(b.plain_length for b in r.blobs)
-                budget.take(cost, stop)
-                if stop.is_set():
-                    budget.give(cost)
-                    break
-                futures.append(pool.submit(fetch, r, cost))
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            wait(futures)
-    if errors:
-        raise errors[0]
+    fetch_ranges(plan.ranges, n, buffers, fetch, name="llmdr-down")
 
 
 def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_place: int,
@@ -471,15 +439,17 @@ def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_
     )
 
 
-def _prepare_target(target: Path, snapshot_id: str, force: bool) -> None:
+def _prepare_target(target: Path, snapshot_id: str, force: bool) -> bool:
+    """Check that ``target`` may be restored into (new, empty, the same restore resumed, or ``force``); True when it
+    holds nothing yet (so no file in it can already match)."""
     if target.exists() and not target.is_dir():
         raise TargetNotEmpty(f"restore target {target} exists and is not a folder")
     if not target.exists():
         target.mkdir(parents=True)
-        return
+        return True
     entries = [p for p in target.iterdir()]
     if not entries:
-        return
+        return True
     marker = target / MARKER
     if marker.exists():
         try:
@@ -488,9 +458,10 @@ def _prepare_target(target: Path, snapshot_id: str, force: bool) -> None:
             previous = None
         if previous == snapshot_id:
             log.info("resuming the interrupted restore of %s into %s", snapshot_id[:12], target)
-            return
+            return False
     if not force:
         raise TargetNotEmpty(
             f"restore target {target} is not empty ({len(entries)} entries). Choose an empty folder, or pass --force "
             "to overwrite the files the snapshot holds (other files are left alone)."
         )
+    return False

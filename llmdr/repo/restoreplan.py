@@ -49,3 +49,11 @@ def plan_ranges(entries: Iterable[IndexEntry], *, max_gap: int = MAX_GAP, max_ra
         if blobs:
             out.append(Range(pack, start, end - start, tuple(blobs)))
     return out
+
+
+def plan_for(entries: Iterable[IndexEntry], workers: int) -> list[Range]:
+    """``plan_ranges`` with ranges cut so that every one of ``workers`` has one (at least ``MIN_SPLIT`` bytes each,
+    at most ``MAX_RANGE``)."""
+    entries = list(entries)
+    total = sum(e.stored_length for e in entries)
+    return plan_ranges(entries, max_range=min(MAX_RANGE, max(MIN_SPLIT, -(-total // max(1, workers)))))

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from llmdr.errors import ObjectNotFound, ReadOnlyStoreError, StorageError
-from llmdr.storage.base import BlobInfo, BlobStore, Forwarding, Lock, VersionInfo
+from llmdr.storage.base import BlobInfo, BlobStore, Forwarding, Lock, RangeReader, VersionInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def utc_text(ts: float) -> str:
@@ -97,6 +98,9 @@ class AsOfStore(Forwarding):
         vid = version_id or self._version(key).version_id
         return self.inner.get(key, start=start, length=length, version_id=vid)
 
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        return self.inner.open_range(key, start, length, version_id=version_id or self._version(key).version_id)
+
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self.inner.head(key, version_id=version_id or self._version(key).version_id)
 
@@ -131,11 +135,6 @@ class AsOfStore(Forwarding):
 
     def extend_lock(self, key: str, until: float) -> bool:
         self._refuse("extend lock of", key)
-
-
-
-
-
 
 
 class HiddenVersionStore(Forwarding):
@@ -196,23 +195,25 @@ class HiddenVersionStore(Forwarding):
         v = self._protected(key, versions_of(self.inner, key))
         return v.version_id if v is not None else None
 
-    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+    def _or_hidden(self, key: str, version_id: str | None, call: Callable[[str | None], T]) -> T:
+        """``call(version_id)``; when the key is missing and no version was asked for, ``call`` again with the
+        locked version a delete marker hides, if there is one."""
         try:
-            return self.inner.get(key, start=start, length=length, version_id=version_id)
+            return call(version_id)
         except ObjectNotFound:
             vid = None if version_id is not None else self._hidden_version(key)
             if vid is None:
                 raise
-        return self.inner.get(key, start=start, length=length, version_id=vid)
+        return call(vid)
+
+    def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
+        return self._or_hidden(key, version_id, lambda v: self.inner.get(key, start=start, length=length, version_id=v))
+
+    def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
+        return self._or_hidden(key, version_id, lambda v: self.inner.open_range(key, start, length, version_id=v))
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
-        try:
-            return self.inner.head(key, version_id=version_id)
-        except ObjectNotFound:
-            vid = None if version_id is not None else self._hidden_version(key)
-            if vid is None:
-                raise
-        return self.inner.head(key, version_id=vid)
+        return self._or_hidden(key, version_id, lambda v: self.inner.head(key, version_id=v))
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         if not self.active():
@@ -232,13 +233,7 @@ class HiddenVersionStore(Forwarding):
             yield merged[k]
 
     def retention(self, key: str, *, version_id: str | None = None) -> Lock | None:
-        try:
-            return self.inner.retention(key, version_id=version_id)
-        except ObjectNotFound:
-            vid = None if version_id is not None else self._hidden_version(key)
-            if vid is None:
-                raise
-        return self.inner.retention(key, version_id=vid)
+        return self._or_hidden(key, version_id, lambda v: self.inner.retention(key, version_id=v))
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, sha256: bytes | None = None,
             if_absent: bool = False, retain: bool = True) -> None:
