@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,23 +77,24 @@ def load_tree(root: str, fetch: Callable[[str], bytes], *, where: str) -> tuple[
     id). Paths must be unique and sorted across leaves."""
     files: list[FileEntry] = []
 
-    def parse(tid: str, depth: int) -> None:
-        data = fetch(tid)
+    def parse(tid: str, data: bytes, depth: int) -> None:
         try:
             raw = json.loads(data)
             if "subtrees" in raw and depth == 0:
                 subs = raw["subtrees"]
                 if not all(isinstance(s, str) and is_hex_digest(s) for s in subs):
                     raise ValueError("malformed subtree id")
-                for s in subs:
-                    parse(s, depth + 1)
+                # the leaves are independent objects: fetch them at once (a cold DR host reads them from the store)
+                with ThreadPoolExecutor(max_workers=min(8, max(1, len(subs))), thread_name_prefix="llmdr-tree") as pool:
+                    for s, leaf in zip(subs, pool.map(fetch, subs), strict=True):
+                        parse(s, leaf, depth + 1)
                 return
             files.extend(FileEntry.from_json(f) for f in raw["files"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"{where}: tree {tid[:12]} is malformed ({exc!r}); restore from another region "
                                  "or repair with `llmdr verify --repair`") from None
 
-    parse(root, 0)
+    parse(root, fetch(root), 0)
     paths = [f.path for f in files]
     if paths != sorted(paths) or len(set(paths)) != len(paths):
         raise IntegrityError(f"{where}: tree {root[:12]} lists paths out of order or twice; it was not written by "
