@@ -161,3 +161,25 @@ def test_head_cost_does_not_grow_with_history(n: int, monkeypatch) -> None:
     store.calls.clear()
     Catalog(store, "m").read()
     assert store.calls["listed"] <= cat.SEGMENT + 2  # a segment or two and the tail, never every entry
+
+
+def test_a_cold_reader_gets_at_most_15_entries_one_by_one() -> None:
+    store = Counting()
+    c = Catalog(store, "m")
+    for i in range(600):
+        _snap(c, i)
+    store.calls.clear()
+    gets: list[str] = []
+    real_get = store.get
+
+    def get(key, **kw):
+        gets.append(key)
+        return real_get(key, **kw)
+
+    store.get = get  # type: ignore[method-assign]
+    v = Catalog(store, "m").read()
+    assert [e.seq for e in v.live] == list(range(600))
+    entries = [k for k in gets if "/e/" in k]
+    segs = [k for k in gets if "/seg/" in k]
+    assert len(entries) <= cat.SMALL_SEGMENT - 1  # 600 = 2 × 256 + 5 × 16 + 8
+    assert len(entries) == 8 and len(segs) == 2 + 5
