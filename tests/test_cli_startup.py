@@ -123,3 +123,29 @@ def test_root_command_builds_each_command_when_looked_up_and_equals_typers(monke
         assert type(lazy) is type(full) and lazy.help == full.help
         assert [p.name for p in lazy.params] == [p.name for p in full.params]
         assert sorted(getattr(lazy, "commands", {})) == sorted(getattr(full, "commands", {}))
+
+
+def test_quick_service_lookup_answers_as_botocore_does():
+    import botocore.session
+    from botocore.exceptions import UnknownServiceError
+    from botocore.loaders import Loader
+
+    from llmdr.storage.credentials import quick_service_lookup
+
+    session = botocore.session.get_session()
+    quick_service_lookup(session)
+    loader = session.get_component("data_loader")
+    quick_service_lookup(session)  # idempotent: the same loader (and its cache of parsed models) stays
+    assert session.get_component("data_loader") is loader
+    stock = Loader()
+    for type_name in ("service-2", "endpoint-rule-set-1", "waiters-2"):
+        names, full = loader.list_available_services(type_name), stock.list_available_services(type_name)
+        assert list(names) == full and len(names) == len(full) and names[0] == full[0]
+        assert all(n in names for n in full[::37] + ["s3", "sts"] if n in full)
+        assert not any(n in names for n in ("no-such-service", "", "s3/2006-03-01", 3))
+    kw = dict(endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b",
+              region_name="us-east-1")
+    assert session.create_client("s3", **kw).meta.service_model.service_name == "s3"
+    assert session.create_client("sts", **kw).meta.service_model.service_name == "sts"
+    with pytest.raises(UnknownServiceError, match="s3, s3control"):  # the message still lists every service
+        session.create_client("no-such-service", **kw)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmdr.config import Config, Region
 from llmdr.storage.base import BlobStore
-from llmdr.storage.credentials import resolve_keys
+from llmdr.storage.credentials import quick_service_lookup, resolve_keys
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 
@@ -51,10 +51,12 @@ def adapter(cfg: Config, region: Region) -> S3Store:
     and as the bottom of ``open_region``'s stack."""
     from llmdr.common.gcpause import gc_paused
 
-    keys = resolve_keys(cfg, region)
-    with gc_paused():  # botocore's import and its client's service model: many objects, no garbage
-        from llmdr.storage.s3 import S3Store
+    with gc_paused():  # botocore's import: many objects, no garbage
+        from llmdr.storage.s3 import S3Store, shared_session
 
+        quick_service_lookup(shared_session())
+    keys = resolve_keys(cfg, region)  # may ask STS for an assumed role's keys: not inside the pause
+    with gc_paused():  # the client's service model: ~100k objects of parsed JSON, no garbage
         return S3Store(
             bucket=region.bucket,
             endpoint_url=region.endpoint,
