@@ -200,8 +200,8 @@ def test_open_files_are_capped(tmp_path, monkeypatch):
 
 
 def test_memory_budget_bounds_the_workers_and_their_buffers(tmp_path):
-    """Each worker streams its ranges into one buffer of the largest blob's size: the budget caps how many run (at
-    least one), so memory does not depend on the bundle's size."""
+    """Each worker streams its ranges into one buffer as large as the largest blob: the budget caps how many run
+    (at least one), so memory does not depend on the bundle's size; without a tight budget they run at once."""
     data = rnd(1_500_000, 4)
     write_tree(tmp_path / "src", {"w.bin": data})
     lock = threading.Lock()
@@ -233,11 +233,11 @@ def test_memory_budget_bounds_the_workers_and_their_buffers(tmp_path):
     res = take_snapshot(repo, tmp_path / "src", bundle="b")
     biggest = max(repo.locate(d).stored_length for d, _ in res.manifest.files[0].chunks)
     assert len(res.manifest.files[0].chunks) >= 6
-    restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=3 * biggest)
+    out = restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=3 * biggest)
     assert (tmp_path / "o1" / "w.bin").read_bytes() == data
-    assert state["peak"] == 3 and state["now"] == 0
+    assert state["peak"] == 3 and state["now"] == 0 and out.buffers_peak == 3 * biggest
     state.update(peak=0, calls=0)
-    restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=biggest // 2)
+    out = restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=biggest // 2)
     assert (tmp_path / "o2" / "w.bin").read_bytes() == data and state["peak"] == 1  # too small: one still runs
     # the same restore without the budget: six streams are open at once
     state.update(peak=0, calls=0)

@@ -67,7 +67,7 @@ class PackCipher(Protocol):
 
     def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
 
-    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int: ...
+    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,24 +244,23 @@ def parse_pack(data: bytes | memoryview, *, repo_id: bytes, cipher: PackCipher |
 
 
 def open_blob(stored: bytes | memoryview, blob: PackBlob, *, repo_id: bytes, cipher: PackCipher | None = None,
-              where: str, out: memoryview | None = None) -> bytes | memoryview:
+              where: str, in_place: bool = False) -> bytes | memoryview:
     """The plaintext of one blob from its stored bytes (e.g. a ranged GET of ``blob.offset``, ``stored_length``):
     opened when sealed, then checked against its length and its chunk id. Nothing unproven is returned.
 
-    With ``out`` (a buffer of at least ``plain_length`` bytes the caller reuses) nothing is copied: the result is a
-    view of ``out`` (sealed blobs are decrypted into it) or of ``stored`` itself (plain blobs), valid until the
-    caller reuses either buffer."""
+    ``in_place`` (``stored`` a writable buffer the caller reuses): nothing is copied; the result is a view of
+    ``stored`` (a sealed blob is decrypted over its ciphertext), valid until the caller reuses the buffer."""
     what = f"{where}: chunk {blob.chunk.hex()} at offset {blob.offset}"
     fix = "it was not used; `llmdr verify --repair` restores it from another region"
     if len(stored) != blob.stored_length:
         raise IntegrityError(f"{what}: got {len(stored)} stored bytes, expected {blob.stored_length} (short read or "
                              f"truncated pack); {fix}")
     if cipher is None:
-        plain = stored if isinstance(stored, bytes) or out is not None else bytes(stored)
+        plain = stored if isinstance(stored, bytes) or in_place else bytes(stored)
     else:
         try:
-            if out is not None and len(out) >= len(stored) - cipher.overhead:
-                plain = out[:cipher.open_into(stored, blob_aad(repo_id, blob.chunk), out, what)]
+            if in_place and isinstance(stored, memoryview):
+                plain = cipher.open_in_place(stored, blob_aad(repo_id, blob.chunk), what)
             else:
                 plain = cipher.open(stored, blob_aad(repo_id, blob.chunk), what)
         except IntegrityError as exc:

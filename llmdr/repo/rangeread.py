@@ -1,15 +1,17 @@
 """Reading the blobs of one planned range (``restoreplan.Range``) from its pack as a stream (format v2 §7).
 
 Restore and replicate both fetch chunks by pack range: one ranged GET per range, streamed into a buffer the worker
-thread allocated once (``BlobStore.open_range``), each blob opened (decrypted into a second reused buffer when the
-region seals blobs) and proven against its chunk id before anyone sees it. Nothing is copied on the way, so memory is
-two blob-sized buffers per worker whatever the range's size. A blob that is damaged, or cut short by a truncated pack,
+thread allocated once (``BlobStore.open_range``), each blob opened (a sealed one decrypted over its own ciphertext)
+and proven against its chunk id before anyone sees it. Nothing is copied on the way; each worker holds one buffer as
+large as the largest blob, and only as many workers run as fit a byte budget, so memory depends neither on the size
+of a range nor on the bundle's. A blob that is damaged, or cut short by a truncated pack,
 is reported as an ``IntegrityError`` in its place and the stream goes on to the next: the caller decides whether
 another copy of that chunk exists (``Repository.load_chunk`` tries every pack the index places it in).
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -22,24 +24,25 @@ from llmdr.storage.base import read_full
 
 
 class Buffers:
-    """One worker's buffers: ``stored`` for a blob as stored, ``plain`` for an opened sealed blob (None for a region
-    without a cipher, where a blob is used where it lies). ``need`` is what they cost in bytes."""
+    """One worker's buffer for a blob as stored, allocated once at the largest blob's size; a sealed blob is
+    decrypted over its own ciphertext there (``BlobCipher.open_in_place``), a plain one is used where it lies."""
 
-    def __init__(self, stored_max: int, plain_max: int, sealed: bool) -> None:
-        self.stored = memoryview(bytearray(stored_max))
-        self.plain = memoryview(bytearray(plain_max)) if sealed else None
+    def __init__(self, size: int) -> None:
+        self.stored = _anonymous(size)
 
     @staticmethod
-    def plan(repo: Repository, entries: Iterable[IndexEntry], ranges: int, workers: int,
-             memory: int) -> tuple[int, Callable[[], Buffers]]:
-        """How many workers (at most ``workers`` and ``ranges``, as many as fit ``memory``, at least one) and how
-        to make each one's buffers, sized for the largest of ``entries``."""
-        entries = list(entries)
-        sealed = repo.store.blob_cipher() is not None
-        stored_max = max((e.stored_length for e in entries), default=1)
-        plain_max = max((e.plain_length for e in entries), default=1)
-        need = stored_max + (plain_max if sealed else 0)
-        return max(1, min(workers, ranges, memory // need)), lambda: Buffers(stored_max, plain_max, sealed)
+    def plan(entries: Iterable[IndexEntry], ranges: int, workers: int, memory: int) -> tuple[int, int]:
+        """(workers, bytes of buffer each): at most ``workers`` and ``ranges`` workers, as many as fit ``memory``
+        with a buffer as large as the largest of ``entries``, and at least one."""
+        size = max((e.stored_length for e in entries), default=1)
+        return max(1, min(workers, ranges, memory // size)), size
+
+
+def _anonymous(n: int) -> memoryview:
+    """``n`` zeroed bytes mapped on their own: given back to the system as soon as the last view of them goes,
+    where a ``bytearray`` of the same size would stay in the allocator's per-thread arenas and keep the process's
+    resident memory above the budget."""
+    return memoryview(mmap.mmap(-1, n))
 
 
 class RangeBlobs:
@@ -59,8 +62,9 @@ class RangeBlobs:
         self.reader.close()
 
     def __iter__(self) -> Iterator[tuple[IndexEntry, memoryview | IntegrityError]]:
-        buf, pos = self.bufs.stored, self.r.start
+        pos = self.r.start
         for e in self.r.blobs:
+            buf = self.bufs.stored
             while pos < e.offset:  # a small gap between the blobs wanted: read past it
                 skipped = read_full(self.reader, buf[:min(len(buf), e.offset - pos)])
                 pos += skipped
@@ -70,26 +74,27 @@ class RangeBlobs:
             pos += len(view)
             size = self.sizes.get(e.chunk) if self.sizes is not None else None
             try:
-                plain = self.repo.open_blob(view, e, size=size, then=self.then, out=self.bufs.plain,
-                                            where=self.where(e))
+                plain = self.repo.open_blob(view, e, size=size, then=self.then, in_place=True, where=self.where(e))
             except IntegrityError as exc:
                 yield e, exc
                 continue
             yield e, memoryview(plain)
 
 
-def fetch_ranges(ranges: Iterable[Range], workers: int, make_buffers: Callable[[], Buffers],
-                 fetch: Callable[[Range, Buffers, threading.Event], None], *, name: str) -> None:
-    """Call ``fetch(range, buffers, stop)`` for every range on ``workers`` threads, each with buffers of its own made
-    once; ranges are taken in order. The first failure sets ``stop`` (``fetch`` checks it between blobs), the other
-    workers finish their range, and it is raised."""
+def fetch_ranges(ranges: list[Range], workers: int, memory: int,
+                 fetch: Callable[[Range, Buffers, threading.Event], None], *, name: str) -> int:
+    """Call ``fetch(range, buffers, stop)`` for every range on worker threads, each with a buffer of its own as
+    large as the largest blob, as many workers as ``Buffers.plan`` allows within ``memory`` bytes; ranges are taken
+    in order. The first failure sets ``stop`` (``fetch`` checks it between blobs), the other workers finish their
+    range, and it is raised. Returns the bytes of buffer the workers held."""
+    n, size = Buffers.plan((e for r in ranges for e in r.blobs), len(ranges), workers, memory)
     todo = iter(ranges)
     taking = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def worker() -> None:
-        bufs = make_buffers()
+        bufs = Buffers(size)
         try:
             while not stop.is_set():
                 with taking:
@@ -101,8 +106,8 @@ def fetch_ranges(ranges: Iterable[Range], workers: int, make_buffers: Callable[[
             errors.append(exc)
             stop.set()
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=name) as pool:
-        futures = [pool.submit(worker) for _ in range(max(1, workers))]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix=name) as pool:
+        futures = [pool.submit(worker) for _ in range(n)]
         try:
             wait(futures)
         except BaseException:
@@ -110,3 +115,4 @@ def fetch_ranges(ranges: Iterable[Range], workers: int, make_buffers: Callable[[
             raise
     if errors:
         raise errors[0]
+    return n * size

@@ -28,7 +28,7 @@ from llmdr.repo.restoreplan import Range, plan_for
 from llmdr.repo.tree import BuiltTree, tree_ids
 
 log = logging.getLogger(__name__)
-COPY_MEMORY = 128 << 20  # bytes of read buffers at most (one blob per worker, two when the source seals blobs)
+COPY_MEMORY = 128 << 20  # bytes of read buffers at most (one blob-sized buffer per worker)
 
 
 @dataclass
@@ -147,7 +147,6 @@ def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]
                                f"{src.location}; the snapshot there is damaged. {then}")
         located.append(e)
     ranges = plan_for(located, workers)
-    n, buffers = Buffers.plan(src, located, len(ranges), workers, COPY_MEMORY)
     lock = threading.Lock()  # one pack writer, fed by every worker in turn
     of = f" of snapshot {snapshot_id[:12]} (source)"
 
@@ -176,4 +175,4 @@ def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]
                 take(e, got)
 
     with PackWriter(dst, workers=max(1, workers // 2)) as writer:
-        fetch_ranges(ranges, n, buffers, fetch, name="llmdr-copy")
+        fetch_ranges(ranges, workers, COPY_MEMORY, fetch, name="llmdr-copy")

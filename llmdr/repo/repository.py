@@ -291,15 +291,15 @@ class Repository:
         raise first
 
     def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: str, then: str = "",
-                  size: int | None = None, out: memoryview | None = None) -> bytes | memoryview:
-        """A blob read from its pack, decrypted and proven against its chunk id (into ``out`` without a copy when
-        given: ``pack.open_blob``)."""
+                  size: int | None = None, in_place: bool = False) -> bytes | memoryview:
+        """A blob read from its pack, decrypted and proven against its chunk id (``in_place``: over its own bytes,
+        without a copy; ``pack.open_blob``)."""
         blob = PackBlob(e.chunk, e.offset, e.stored_length, e.plain_length)
         try:
             if len(stored) != e.stored_length:
                 raise IntegrityError(f"{where}: the pack is shorter than its index says (truncated)")
             data = open_blob(stored, blob, repo_id=self.repo_id, cipher=self.store.blob_cipher(), where=where,
-                             out=out)
+                             in_place=in_place)
         except IntegrityError as exc:
             raise IntegrityError(f"{exc} {then or _REPAIR}") from None
         if size is not None and len(data) != size:

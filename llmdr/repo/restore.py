@@ -7,8 +7,8 @@ The restore is planned before anything is downloaded: every chunk of every file 
 thread streams its ranges (``BlobStore.open_range``) blob by blob into one buffer it allocated once, opens each blob
 into a second (sealed blobs are decrypted there; plain ones are used where they lie) and proves it against its chunk
 id, then writes it with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is fetched
-once, and no byte is copied in memory on the way. Memory is those two buffers per worker, whatever the bundle's
-size; as many workers run as fit ``memory_bytes``.
+once, and no byte is copied in memory on the way. Each worker holds one buffer as large as the largest blob, and as
+many workers run as fit ``memory_bytes`` (at least one), whatever the bundle's size.
 
 Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
 first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".llmdr-restore.json"
 TMP_SUFFIX = ".llmdr-tmp"
-DEFAULT_MEMORY = 128 << 20  # bytes of download buffers at most (one blob, two when sealed, per worker)
+DEFAULT_MEMORY = 128 << 20  # bytes of download buffers at most, all workers together
 MAX_OPEN_FILES = 128
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
@@ -70,6 +70,7 @@ class RestoreResult:
     duration_s: float = 0.0
     location: str = ""
     complete: bool | None = None  # completeness check after restore; None when the snapshot declares no components
+    buffers_peak: int = 0  # the most bytes the download buffers held at once (within memory_bytes)
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +83,7 @@ class RestoreResult:
             "bytes_downloaded": self.bytes_downloaded,
             "duration_s": round(self.duration_s, 3),
             "location": self.location,
+            "buffers_peak": self.buffers_peak,
         }
 
 
@@ -297,7 +299,7 @@ def restore_snapshot(
     memory_bytes: int = DEFAULT_MEMORY,
 ) -> RestoreResult:
     """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done. Download buffers take at most
-    ``memory_bytes`` (fewer workers run when one blob per worker would not fit; one always runs)."""
+    ``memory_bytes`` (fewer workers run when their buffers would not fit; one always runs)."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     manifest = repo.load_manifest(snapshot_id)
@@ -378,12 +380,10 @@ def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int
          progress: Progress) -> None:
     """Fetch every range of ``plan`` on worker threads; the first failure stops the rest.
 
-    Each worker streams its ranges blob by blob into one buffer of its own (and opens sealed blobs into a second),
-    allocated once: memory is workers x (largest stored blob + largest plain blob when sealed), and as many workers
-    run as fit ``memory`` (at least one, at most ``workers``)."""
+    Each worker streams its ranges blob by blob into a buffer of its own, reused from blob to blob; all buffers
+    together stay within ``memory`` bytes (``rangeread.fetch_ranges``)."""
     if not plan.ranges:
         return
-    n, buffers = Buffers.plan(repo, plan.located.values(), len(plan.ranges), workers, memory)
     counted = threading.Lock()
 
     def where(e: IndexEntry) -> str:
@@ -416,7 +416,7 @@ def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int
                         res.bytes_downloaded += len(plain)
                     progress.advance(len(plain))
 
-    fetch_ranges(plan.ranges, n, buffers, fetch, name="llmdr-down")
+    res.buffers_peak = fetch_ranges(plan.ranges, workers, memory, fetch, name="llmdr-down")
 
 
 def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_place: int,

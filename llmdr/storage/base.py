@@ -52,9 +52,10 @@ class BlobCipher(Protocol):
 
     def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
 
-    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int:
-        """As ``open``, the plaintext written into ``out`` (at least ``len(stored) - overhead`` bytes; no new
-        buffer per blob). Returns its length. On failure ``out`` holds nothing anyone may use."""
+    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview:
+        """As ``open``, the plaintext decrypted over the ciphertext in ``stored`` (a writable buffer the caller
+        reuses) and returned as a view of it: no buffer per blob. Where in-place decryption is not available (or
+        ``stored`` is read-only) a new buffer is returned instead. On failure ``stored`` holds nothing usable."""
         ...
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -83,6 +84,23 @@ def key_id(key: bytes) -> bytes:
     return hmac.new(key, b"llmdr encryption key id", hashlib.sha256).digest()[:KEY_ID_LEN]
 
 
+@functools.cache
+def _decrypts_in_place() -> bool:
+    """Whether this ``cryptography`` build decrypts AES-GCM correctly over its own input (OpenSSL does when the
+    output starts where the ciphertext does); checked once on a known blob, so an install where it does not (a
+    future version that refuses or copies) falls back to a separate buffer instead of failing every chunk."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead, nonce, plain = AESGCM(bytes(32)), bytes(NONCE_LEN), bytes(range(256)) * 3
+    buf = bytearray(nonce + aead.encrypt(nonce, plain, b"probe"))
+    view = memoryview(buf)
+    try:
+        aead.decrypt_into(nonce, view[NONCE_LEN:], b"probe", view[NONCE_LEN:NONCE_LEN + len(plain)])
+    except Exception:  # noqa: BLE001 - any refusal means: not available here
+        return False
+    return bytes(view[NONCE_LEN:NONCE_LEN + len(plain)]) == plain
+
+
 class AesGcmBlobCipher:
     """Seals one blob of a pack: ``nonce (12) | AES-256-GCM ciphertext | tag (16)`` with the caller's AAD (the
     repository binds it to the repo and chunk id). Same key, hence same ``key_id``, as the object envelope."""
@@ -114,19 +132,21 @@ class AesGcmBlobCipher:
         except InvalidTag:
             raise self._failed(where) from None
 
-    def open_into(self, stored: bytes | memoryview, aad: bytes, out: memoryview, where: str) -> int:
+    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview:
         from cryptography.exceptions import InvalidTag
 
+        if stored.readonly or not _decrypts_in_place():
+            return memoryview(self.open(stored, aad, where))
         n = len(stored) - BLOB_OVERHEAD
         if n < 0:
             raise IntegrityError(f"{where} is truncated ({len(stored)} bytes, shorter than nonce and tag): damaged; "
                                  "it was not used. `llmdr verify --repair` restores it from another region")
-        view = memoryview(stored)
-        try:
-            self._aead.decrypt_into(bytes(view[:NONCE_LEN]), view[NONCE_LEN:], aad, out[:n])
+        plain = stored[NONCE_LEN:NONCE_LEN + n]
+        try:  # OpenSSL decrypts in place when output and input start at the same byte (the ciphertext's first)
+            self._aead.decrypt_into(bytes(stored[:NONCE_LEN]), stored[NONCE_LEN:], aad, plain)
         except InvalidTag:
             raise self._failed(where) from None
-        return n
+        return plain
 
     def _failed(self, where: str) -> IntegrityError:
         source = self.key_source or "the configured key"
