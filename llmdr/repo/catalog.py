@@ -138,18 +138,27 @@ class Catalog:
     def read(self, *, workers: int = 16) -> View:
         view = View()
         by_seq: dict[int, Entry] = {}
+        chain: list[tuple[int, int, str]] = []  # the widest segments that cover 0, 1, 2, ... without a gap
         covered = 0
         for first, last, name in self._segments():
             if first > covered:
                 break  # a gap: entries after it are read one by one below
-            if last < covered:
-                continue
-            try:
-                for e in self._load_segment(name, first, last):
-                    by_seq[e.seq] = e
-            except (IntegrityError, StorageError, ValueError) as exc:
-                view.skipped[self.prefix + "seg/" + name] = str(exc)
+            if last >= covered:
+                chain.append((first, last, name))
+                covered = last + 1
+        todo = [c for c in chain if c[2] not in self._segs]
+        got: dict[str, list[Entry] | Exception] = {}
+        if todo:  # fetched in parallel: one per 256 entries and up to 15 small ones
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+                got = dict(pool.map(lambda c: (c[2], self._try_segment(*c)), todo))
+        covered = 0
+        for _first, last, name in chain:
+            entries = self._segs[name] if name in self._segs else got[name]
+            if isinstance(entries, Exception):
+                view.skipped[self.prefix + "seg/" + name] = str(entries)
                 break
+            for e in entries:
+                by_seq[e.seq] = e
             covered = last + 1
         view.covered = covered
         start_after = f"{self.prefix}e/{covered - 1:012d}" if covered else None
@@ -202,9 +211,12 @@ class Catalog:
         out.sort(key=lambda s: (s[0], -s[1]))
         return out
 
-    def _load_segment(self, name: str, first: int, last: int) -> list[Entry]:
-        if name not in self._segs:
+    def _try_segment(self, first: int, last: int, name: str) -> list[Entry] | Exception:
+        """The entries of segment ``name`` (parsed once per process), or why it cannot be used."""
+        try:
             self._segs[name] = self._fetch_segment(name, first, last)
+        except (IntegrityError, StorageError, ValueError, KeyError, TypeError) as exc:
+            return exc
         return self._segs[name]
 
     def _fetch_segment(self, name: str, first: int, last: int) -> list[Entry]:
