@@ -65,9 +65,9 @@ class PackCipher(Protocol):
 
     def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
 
-    def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
+    def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes: ...
 
-    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview: ...
+    def open_in_place(self, stored: memoryview, aad: bytes, where: object) -> memoryview: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,32 +244,36 @@ def parse_pack(data: bytes | memoryview, *, repo_id: bytes, cipher: PackCipher |
 
 
 def open_blob(stored: bytes | memoryview, blob: PackBlob, *, repo_id: bytes, cipher: PackCipher | None = None,
-              where: str, in_place: bool = False) -> bytes | memoryview:
+              where: object, in_place: bool = False) -> bytes | memoryview:
     """The plaintext of one blob from its stored bytes (e.g. a ranged GET of ``blob.offset``, ``stored_length``):
     opened when sealed, then checked against its length and its chunk id. Nothing unproven is returned.
 
     ``in_place`` (``stored`` a writable buffer the caller reuses): nothing is copied; the result is a view of
-    ``stored`` (a sealed blob is decrypted over its ciphertext), valid until the caller reuses the buffer."""
-    what = f"{where}: chunk {blob.chunk.hex()} at offset {blob.offset}"
+    ``stored`` (a sealed blob is decrypted over its ciphertext), valid until the caller reuses the buffer.
+    ``where`` is formatted into an error message only (any object: a caller may pass one that builds its text
+    when formatted, see ``rangeread``)."""
+    def what() -> str:  # built only for an error: a restore of many small files opens thousands of blobs
+        return f"{where}: chunk {blob.chunk.hex()} at offset {blob.offset}"
+
     fix = "it was not used; `llmdr verify --repair` restores it from another region"
     if len(stored) != blob.stored_length:
-        raise IntegrityError(f"{what}: got {len(stored)} stored bytes, expected {blob.stored_length} (short read or "
-                             f"truncated pack); {fix}")
+        raise IntegrityError(f"{what()}: got {len(stored)} stored bytes, expected {blob.stored_length} (short read "
+                             f"or truncated pack); {fix}")
     if cipher is None:
         plain = stored if isinstance(stored, bytes) or in_place else bytes(stored)
     else:
         try:
             if in_place and isinstance(stored, memoryview):
-                plain = cipher.open_in_place(stored, blob_aad(repo_id, blob.chunk), what)
+                plain = cipher.open_in_place(stored, blob_aad(repo_id, blob.chunk), where)
             else:
-                plain = cipher.open(stored, blob_aad(repo_id, blob.chunk), what)
+                plain = cipher.open(stored, blob_aad(repo_id, blob.chunk), where)
         except IntegrityError as exc:
-            raise IntegrityError(f"{what} failed authentication under key id {cipher.key_id.hex()} (damaged, moved, "
-                                 f"or sealed with another key); {fix}") from exc
+            raise IntegrityError(f"{what()} failed authentication under key id {cipher.key_id.hex()} (damaged, "
+                                 f"moved, or sealed with another key); {fix}") from exc
     if len(plain) != blob.plain_length:
-        raise IntegrityError(f"{what}: {len(plain)} bytes, expected {blob.plain_length}; {fix}")
+        raise IntegrityError(f"{what()}: {len(plain)} bytes, expected {blob.plain_length}; {fix}")
     if hashlib.sha256(plain).digest() != blob.chunk:
-        raise IntegrityError(f"{what}: the bytes do not match the chunk id (damaged); {fix}")
+        raise IntegrityError(f"{what()}: the bytes do not match the chunk id (damaged); {fix}")
     return plain
 
 

@@ -38,6 +38,22 @@ class Buffers:
         return max(1, min(workers, ranges, memory // size)), size
 
 
+class _Where:
+    """Says where a blob is when an error message formats it, and costs nothing otherwise (the text names the files
+    that use the chunk: worth building for one damaged blob, not for each of 10,000 good ones)."""
+
+    __slots__ = ("describe", "e")
+
+    def __init__(self, describe: Callable[[IndexEntry], str], e: IndexEntry) -> None:
+        self.describe, self.e = describe, e
+
+    def __format__(self, spec: str) -> str:
+        return format(self.describe(self.e), spec)
+
+    def __str__(self) -> str:
+        return self.describe(self.e)
+
+
 def _anonymous(n: int) -> memoryview:
     """``n`` zeroed bytes mapped on their own: given back to the system as soon as the last view of them goes,
     where a ``bytearray`` of the same size would stay in the allocator's per-thread arenas and keep the process's
@@ -74,7 +90,8 @@ class RangeBlobs:
             pos += len(view)
             size = self.sizes.get(e.chunk) if self.sizes is not None else None
             try:
-                plain = self.repo.open_blob(view, e, size=size, then=self.then, in_place=True, where=self.where(e))
+                plain = self.repo.open_blob(view, e, size=size, then=self.then, in_place=True,
+                                            where=_Where(self.where, e))
             except IntegrityError as exc:
                 yield e, exc
                 continue

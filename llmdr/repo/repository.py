@@ -290,7 +290,7 @@ class Repository:
         assert first is not None
         raise first
 
-    def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: str, then: str = "",
+    def open_blob(self, stored: bytes | memoryview, e: IndexEntry, *, where: object, then: str = "",
                   size: int | None = None, in_place: bool = False) -> bytes | memoryview:
         """A blob read from its pack, decrypted and proven against its chunk id (``in_place``: over its own bytes,
         without a copy; ``pack.open_blob``)."""

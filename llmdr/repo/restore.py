@@ -192,8 +192,14 @@ class _Files:
         self.lock = threading.Lock()  # guards ``open``; taken after a file's lock, never before
         self.open: OrderedDict[_FileJob, None] = OrderedDict()  # least recently written first
 
-    def write(self, job: _FileJob, offset: int, data: bytes) -> None:
+    def write(self, job: _FileJob, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset``; the write that completes the file finalises it."""
+        if len(job.entry.chunks) == 1:  # the whole file in one write, by this thread alone: no open-file cache
+            job.open()
+            _pwrite_all(job.fd, data, offset, job.entry.path)
+            job.remaining = 0
+            job.finalise()
+            return
         fd = self._pin(job)
         ok = last = False
         try:

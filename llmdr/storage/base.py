@@ -50,9 +50,9 @@ class BlobCipher(Protocol):
 
     def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
 
-    def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes: ...
+    def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes: ...
 
-    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview:
+    def open_in_place(self, stored: memoryview, aad: bytes, where: object) -> memoryview:
         """As ``open``, the plaintext decrypted over the ciphertext in ``stored`` (a writable buffer the caller
         reuses) and returned as a view of it: no buffer per blob. Where in-place decryption is not available (or
         ``stored`` is read-only) a new buffer is returned instead. On failure ``stored`` holds nothing usable."""

@@ -120,7 +120,7 @@ class AesGcmBlobCipher:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, bytes(plain), aad)
 
-    def open(self, stored: bytes | memoryview, aad: bytes, where: str) -> bytes:
+    def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes:
         from cryptography.exceptions import InvalidTag
 
         if len(stored) < BLOB_OVERHEAD:
@@ -132,7 +132,7 @@ class AesGcmBlobCipher:
         except InvalidTag:
             raise self._failed(where) from None
 
-    def open_in_place(self, stored: memoryview, aad: bytes, where: str) -> memoryview:
+    def open_in_place(self, stored: memoryview, aad: bytes, where: object) -> memoryview:
         from cryptography.exceptions import InvalidTag
 
         if stored.readonly or not _decrypts_in_place():
