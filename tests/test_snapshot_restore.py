@@ -337,3 +337,23 @@ def test_large_file_streams_with_bounded_inflight(tmp_path):
     assert res.chunks_total > 50
     restore_snapshot(repo, res.snapshot_id, tmp_path / "out", durable=False)
     assert (tmp_path / "out" / "big.safetensors").read_bytes() == rnd(3_000_000, 5)
+
+
+@pytest.mark.parametrize("size", [500, 40_000])  # one chunk: the direct path; several: the open-file cache
+def test_restore_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path, size):
+    """A symlink waiting at the temporary name restore writes to (``.<name>.llmdr-tmp``) must be removed, never
+    followed: the file outside the target stays as it was and the restored file is right."""
+    data = rnd(size, 5)
+    write_tree(tmp_path / "src", {"model/w.bin": data})
+    repo = small_repo()
+    snap = take_snapshot(repo, tmp_path / "src", bundle="b")
+    assert (len(snap.manifest.files[0].chunks) > 1) == (size > 500)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me")
+    target = tmp_path / "out"
+    (target / "model").mkdir(parents=True)
+    os.symlink(outside, target / "model" / ".w.bin.llmdr-tmp")
+    restore_snapshot(repo, snap.snapshot_id, target, force=True)
+    assert outside.read_bytes() == b"keep me"
+    assert (target / "model" / "w.bin").read_bytes() == data and not (target / "model" / "w.bin").is_symlink()
+    assert not os.path.lexists(target / "model" / ".w.bin.llmdr-tmp")
