@@ -316,3 +316,18 @@ def test_this_cryptography_decrypts_in_place():
     from llmdr.storage.crypto import _decrypts_in_place
 
     assert _decrypts_in_place()
+
+
+@pytest.mark.parametrize("cipher", [None, KEY_A])
+def test_a_reused_buffer_leaves_nothing_of_the_earlier_pack(cipher):
+    """A pack writer hands each pack's buffer to the next one: longer junk left in it must not reach the new pack,
+    and a shorter buffer grows."""
+    for junk in (os.urandom(50_000), b"x" * 10):
+        chunks = [os.urandom(3000), os.urandom(17)]
+        builder = PackBuilder(repo_id=REPO, cipher=cipher, buf=bytearray(junk))
+        for c in chunks:
+            builder.add(hashlib.sha256(c).digest(), c)
+        predicted = builder.size
+        data, name, _ = builder.finish()
+        assert len(data) == predicted and hashlib.sha256(data).hexdigest() == name
+        assert read_all(bytes(data), cipher) == chunks

@@ -101,16 +101,25 @@ class PackBuilder:
     again. One chunk id appears at most once in a pack.
     """
 
-    def __init__(self, *, repo_id: bytes, cipher: PackCipher | None = None) -> None:
+    def __init__(self, *, repo_id: bytes, cipher: PackCipher | None = None, buf: bytearray | None = None) -> None:
+        """``buf``: a buffer an earlier pack of the same writer used and gave back: it is written over, never
+        shrunk before ``finish``, so its pages are reused instead of faulted in again for every pack."""
         _check_len("repo_id", repo_id, REPO_ID_LEN)
         if cipher is not None:
             _check_len("cipher key id", cipher.key_id, KEY_ID_LEN)
         self._repo_id = bytes(repo_id)
         self._cipher = cipher
-        self._buf = bytearray(MAGIC + (cipher.key_id if cipher is not None else NO_KEY))
+        self._buf = buf if buf is not None else bytearray()
+        self._n = 0  # bytes of the pack written so far (the buffer may be longer: left from an earlier pack)
+        self._write(MAGIC + (cipher.key_id if cipher is not None else NO_KEY))
         self._blobs: list[PackBlob] = []
         self._chunks: set[bytes] = set()
         self._finished = False
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        end = self._n + len(data)
+        self._buf[self._n:end if end <= len(self._buf) else len(self._buf)] = data  # grows only past the end
+        self._n = end
 
     def add(self, chunk: bytes, plain: bytes | memoryview) -> PackBlob:
         """Append one chunk (sealed when there is a cipher) and return where it lies in the pack."""
@@ -124,8 +133,8 @@ class PackBuilder:
         plain_length, stored_length = len(plain), len(stored)
         if stored_length > U32_MAX:
             raise ValueError(f"chunk {chunk.hex()} is {plain_length} bytes: too large for a pack (u32 lengths)")
-        blob = PackBlob(chunk, len(self._buf), stored_length, plain_length)
-        self._buf += stored
+        blob = PackBlob(chunk, self._n, stored_length, plain_length)
+        self._write(stored)
         self._blobs.append(blob)
         self._chunks.add(chunk)
         return blob
@@ -138,11 +147,11 @@ class PackBuilder:
     def size(self) -> int:
         """Bytes the pack would have if finished now, trailer and tail included."""
         if self._finished:
-            return len(self._buf)
+            return self._n
         trailer = MIN_TRAILER + ENTRY.size * (len(self._blobs) + (self._cipher is None))  # + the salt entry
         if self._cipher is not None:
             trailer += self._cipher.overhead
-        return len(self._buf) + trailer + TAIL_SIZE
+        return self._n + trailer + TAIL_SIZE
 
     def finish(self) -> tuple[bytearray, str, list[PackBlob]]:
         """(pack bytes, hex SHA-256 of them = the pack's name, blobs in pack order). The bytes are the builder's
@@ -159,9 +168,10 @@ class PackBuilder:
             body += ENTRY.pack(os.urandom(CHUNK_ID_LEN), TYPE_SALT, 0, 0)
         body += hashlib.sha256(body).digest()
         trailer = body if self._cipher is None else self._cipher.seal(body, trailer_aad(self._repo_id))
-        self._buf += trailer
-        self._buf += COUNT.pack(len(trailer))
-        self._buf += TAIL_MAGIC
+        self._write(trailer)
+        self._write(COUNT.pack(len(trailer)))
+        self._write(TAIL_MAGIC)
+        del self._buf[self._n:]  # what an earlier, longer pack left (kept allocated when it is less than half)
         return self._buf, hashlib.sha256(self._buf).hexdigest(), list(self._blobs)
 
 

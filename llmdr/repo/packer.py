@@ -44,6 +44,7 @@ class PackWriter:
         self._inflight = 0
         self._error: BaseException | None = None
         self._futures: list[Future] = []
+        self._spare: list[bytearray] = []  # buffers of packs already stored, reused (no page faults per pack)
         self._added: set[bytes] = set()
         self.entries: list[IndexEntry] = []
         self._unindexed: list[IndexEntry] = []  # stored packs no index object names yet
@@ -70,7 +71,9 @@ class PackWriter:
             return False
         self._raise_failure()
         if self._builder is None:
-            self._builder = PackBuilder(repo_id=self._repo_id, cipher=self._cipher)
+            with self._cv:
+                spare = self._spare.pop() if self._spare else None
+            self._builder = PackBuilder(repo_id=self._repo_id, cipher=self._cipher, buf=spare)
         self._builder.add(digest, data)
         self._added.add(digest)
         if self._builder.size >= self.target:
@@ -113,6 +116,8 @@ class PackWriter:
         finally:
             with self._cv:
                 self._inflight -= len(data)
+                if isinstance(data, bytearray):  # stored (or failed): its buffer serves the next pack
+                    self._spare.append(data)
                 self._cv.notify_all()
 
     def _raise_failure(self) -> None:
