@@ -46,6 +46,11 @@ class Cipher:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, bytes(plain), aad)
 
+    def seal_into(self, plain, aad: bytes, out) -> int:
+        sealed = self.seal(plain, aad)
+        out[:len(sealed)] = sealed
+        return len(sealed)
+
     def open(self, stored, aad: bytes, where: str) -> bytes:
         from cryptography.exceptions import InvalidTag
 

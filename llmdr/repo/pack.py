@@ -65,6 +65,8 @@ class PackCipher(Protocol):
 
     def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
 
+    def seal_into(self, plain: bytes | memoryview, aad: bytes, out: memoryview) -> int: ...
+
     def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes: ...
 
     def open_in_place(self, stored: memoryview, aad: bytes, where: object) -> memoryview: ...
@@ -129,12 +131,19 @@ class PackBuilder:
         _check_len("chunk id", chunk, CHUNK_ID_LEN)
         if chunk in self._chunks:
             raise ValueError(f"chunk {chunk.hex()} is already in this pack: deduplicate before adding")
-        stored = plain if self._cipher is None else self._cipher.seal(plain, blob_aad(self._repo_id, chunk))
-        plain_length, stored_length = len(plain), len(stored)
+        plain_length = len(plain)
+        stored_length = plain_length + (self._cipher.overhead if self._cipher is not None else 0)
         if stored_length > U32_MAX:
             raise ValueError(f"chunk {chunk.hex()} is {plain_length} bytes: too large for a pack (u32 lengths)")
         blob = PackBlob(chunk, self._n, stored_length, plain_length)
-        self._write(stored)
+        if self._cipher is None:
+            self._write(plain)
+        else:  # sealed straight into the pack: no ciphertext object per blob
+            end = self._n + stored_length
+            if end > len(self._buf):
+                self._buf[len(self._buf):] = bytes(end - len(self._buf))
+            with memoryview(self._buf) as view:
+                self._n += self._cipher.seal_into(plain, blob_aad(self._repo_id, chunk), view[self._n:end])
         self._blobs.append(blob)
         self._chunks.add(chunk)
         return blob

@@ -50,6 +50,11 @@ class BlobCipher(Protocol):
 
     def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
 
+    def seal_into(self, plain: bytes | memoryview, aad: bytes, out: memoryview) -> int:
+        """As ``seal``, written into ``out`` (at least ``len(plain) + overhead`` bytes, e.g. the pack being built);
+        returns the bytes written."""
+        ...
+
     def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes: ...
 
     def open_in_place(self, stored: memoryview, aad: bytes, where: object) -> memoryview:

@@ -118,7 +118,14 @@ class AesGcmBlobCipher:
 
     def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, bytes(plain), aad)
+        return nonce + self._aead.encrypt(nonce, plain, aad)
+
+    def seal_into(self, plain: bytes | memoryview, aad: bytes, out: memoryview) -> int:
+        nonce = os.urandom(NONCE_LEN)
+        n = len(plain) + BLOB_OVERHEAD
+        out[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, plain, aad, out[NONCE_LEN:n])
+        return n
 
     def open(self, stored: bytes | memoryview, aad: bytes, where: object) -> bytes:
         from cryptography.exceptions import InvalidTag
