@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmdr.common.progress import Progress
 from llmdr.config import Config, Region
 from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
-from llmdr.repo.replicate import ReplicateResult, replicate_snapshot
 from llmdr.repo.repository import Repository
-from llmdr.repo.restore import RestoreResult, restore_snapshot
 from llmdr.repo.snapshot import SnapshotResult, take_snapshot
 from llmdr.repo.statcache import StatCache
+
+if TYPE_CHECKING:  # imported where used: a snapshot (every 5 minutes) need not load restore and replicate
+    from llmdr.repo.replicate import ReplicateResult
+    from llmdr.repo.restore import RestoreResult
 
 
 def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: bool = False,
@@ -66,6 +68,8 @@ def replicate(
     src = open_repo(cfg, src_region, read_only=True)
     dst = open_repo(cfg, dst_region)
     ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
+    from llmdr.repo.replicate import replicate_snapshot
+
     return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck)
             for sid in ids]
 
@@ -85,6 +89,8 @@ def restore(
     from that version (and recorded in ``hidden`` when given); ``as_of`` restores from the region as it was then."""
     repo = open_repo(cfg, region, read_only=True, as_of=as_of, hidden=hidden if hidden is not None else True)
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
+    from llmdr.repo.restore import restore_snapshot
+
     return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
                             durable=cfg.transfer.fsync, progress=progress,
                             memory_bytes=cfg.transfer.restore_memory_mb << 20)
@@ -241,6 +247,8 @@ def protect_checkpoints(cfg: Config) -> dict:
                             max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024,
                             tags={"checkpoint": folder.name, "step": str(step(folder.name)[0])})
         new.append(res.to_json() | {"checkpoint": folder.name, "region": cfg.primary.name})
+    from llmdr.repo.replicate import replicate_snapshot
+
     copies = []
     for r in cfg.secondaries:
         dst = open_repo(cfg, r)
