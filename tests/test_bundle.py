@@ -176,3 +176,28 @@ def test_config_refuses_unknown_component_kind(tmp_path):
     bad = text.replace("    model_config:", "    modle_config:")
     with pytest.raises(ConfigError, match="bundle.components.modle_config"):
         parse_config(bad, source=tmp_path / "llmdr.yaml")
+
+
+def test_unchanged_files_are_not_parsed_again_but_a_changed_one_is(tmp_path, monkeypatch):
+    """Snapshots remember which files passed their own check (CheckMemo, beside the stat cache): an unchanged
+    template is not parsed again, a template broken since (same size, even) is, and the snapshot is refused."""
+    import jinja2
+
+    root, specs = sample(tmp_path)
+    repo = Repository(MemoryStore())
+    cache = tmp_path / "cache" / "stat-x.json"
+    parsed: list[str] = []
+    real = jinja2.Environment.parse
+    monkeypatch.setattr(jinja2.Environment, "parse", lambda self, text, *a, **k: parsed.append(text) or
+                        real(self, text, *a, **k))
+    take_snapshot(repo, root, bundle="b", components=specs, stat_cache=cache)
+    assert parsed and (tmp_path / "cache" / "checks-x.json").exists()
+    parsed.clear()
+    take_snapshot(repo, root, bundle="b", components=specs, stat_cache=cache)
+    assert parsed == []  # nothing changed: nothing parsed
+    template = root / "prompts" / "chat_template.jinja"
+    good = template.read_text()
+    template.write_text(good[:-2] + "{{")  # as long as before, no longer valid
+    with pytest.raises(IncompleteBundle, match="chat_template.jinja: is not a valid Jinja template"):
+        take_snapshot(repo, root, bundle="b", components=specs, stat_cache=cache)
+    assert len(parsed) == 1

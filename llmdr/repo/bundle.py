@@ -131,8 +131,54 @@ def detect_components(root: Path, files: Iterable[str]) -> dict[ComponentKind, l
     return found
 
 
-def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str] | None = None) -> BundleReport:
-    """Check every component of the bundle at ``root``; never raises for a bad bundle, reports instead."""
+# Kinds whose check reads only the file itself: a pass stays true while the file is unchanged (CheckMemo).
+_SELF_CONTAINED = {ComponentKind.tokenizer, ComponentKind.model_config, ComponentKind.generation_config,
+                   ComponentKind.prompt_templates}
+
+
+class CheckMemo:
+    """The files that passed their kind's check, each with the stat it had (size, mtime, ctime, inode, as the stat
+    cache keys files): a snapshot every few minutes need not parse 2,000 unchanged templates again. Only kinds
+    whose check reads the file alone are remembered; a file whose stat differs is checked again. A JSON file beside
+    the stat cache, replaced atomically; unreadable means empty (it is only an optimisation)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._old: dict[str, list[int]] = {}
+        self._new: dict[str, list[int]] = {}
+        if path is not None and path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self._old = {k: [int(x) for x in v] for k, v in raw.items()}
+            except (ValueError, TypeError, AttributeError):
+                self._old = {}
+
+    @staticmethod
+    def _key(kind: ComponentKind, rel: str) -> str:
+        return f"{kind.value}:{rel}"
+
+    def passed(self, kind: ComponentKind, rel: str, st) -> bool:  # noqa: ANN001 - an os.stat_result
+        sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        if kind in _SELF_CONTAINED and self._old.get(self._key(kind, rel)) == sig:
+            self._new[self._key(kind, rel)] = sig
+            return True
+        return False
+
+    def record(self, kind: ComponentKind, rel: str, st) -> None:  # noqa: ANN001 - an os.stat_result
+        if kind in _SELF_CONTAINED:
+            self._new[self._key(kind, rel)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def save(self) -> None:
+        from llmdr.common.files import atomic_write
+
+        if self.path is not None and self._new != self._old:
+            atomic_write(self.path, json.dumps(self._new, separators=(",", ":")))
+
+
+def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str] | None = None, *,
+                 memo: CheckMemo | None = None) -> BundleReport:
+    """Check every component of the bundle at ``root``; never raises for a bad bundle, reports instead. With
+    ``memo``, unchanged files that passed before are not checked again (``CheckMemo``)."""
     if files is None:
         files = list_files(root)
     files = list(files)
@@ -149,11 +195,17 @@ def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str
             for rel in rep.files:
                 path = root / rel
                 try:
-                    if path.stat().st_size == 0:
+                    st = path.stat()
+                    if st.st_size == 0:
                         rep.problems.append(Problem(spec.kind.value, rel, "is empty"))
                         continue
-                    for msg in _CHECKS.get(spec.kind, _no_check)(root, rel, files):
-                        rep.problems.append(Problem(spec.kind.value, rel, msg))
+                    if memo is not None and memo.passed(spec.kind, rel, st):
+                        continue
+                    found = [Problem(spec.kind.value, rel, msg)
+                             for msg in _CHECKS.get(spec.kind, _no_check)(root, rel, files)]
+                    rep.problems += found
+                    if memo is not None and not found:
+                        memo.record(spec.kind, rel, st)
                 except OSError as exc:  # unreadable (permissions), a symlink loop, gone: a problem, not a crash
                     rep.problems.append(Problem(spec.kind.value, rel, f"cannot be read ({exc.strerror or exc})"))
         reports.append(rep)

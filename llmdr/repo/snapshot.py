@@ -22,7 +22,7 @@ from pathlib import Path
 from llmdr import __version__
 from llmdr.common.progress import NoProgress, Progress
 from llmdr.errors import LlmdrError, UsageError
-from llmdr.repo.bundle import BundleReport, ComponentSpec, IncompleteBundle, check_bundle
+from llmdr.repo.bundle import BundleReport, CheckMemo, ComponentSpec, IncompleteBundle, check_bundle
 from llmdr.repo.chunking import Chunker
 from llmdr.repo.index import MasterIndex
 from llmdr.repo.locks import Locker
@@ -184,7 +184,10 @@ def take_snapshot(
     files = scan_source(source)
     report = None
     if components:
-        report = check_bundle(source, components, [f.relpath for f in files])
+        memo = CheckMemo(stat_cache.path.with_name(stat_cache.path.name.replace("stat-", "checks-", 1))
+                         if stat_cache is not None and stat_cache.path is not None else None)
+        report = check_bundle(source, components, [f.relpath for f in files], memo=memo)
+        memo.save()
         if not report.complete:
             raise IncompleteBundle(report, "the snapshot was refused and nothing was uploaded")
         for problem in report.warnings:
