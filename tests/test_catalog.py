@@ -180,6 +180,7 @@ def test_a_cold_reader_gets_at_most_15_entries_one_by_one() -> None:
     v = Catalog(store, "m").read()
     assert [e.seq for e in v.live] == list(range(600))
     entries = [k for k in gets if "/e/" in k]
-    segs = [k for k in gets if "/seg/" in k]
+    segs = [k for k in gets if "/seg/" in k or "/s/" in k]
     assert len(entries) <= cat.SMALL_SEGMENT - 1  # 600 = 2 × 256 + 5 × 16 + 8
     assert len(entries) == 8 and len(segs) == 2 + 5
+    assert store.calls["listed"] == 2 + 5 + 8  # small segments under large ones are not even listed

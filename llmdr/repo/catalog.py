@@ -4,6 +4,7 @@ bundle's snapshots, readable without downloading any file list.
     bundles/<b>.json                                  {"bundle": name}: which bundles the region holds
     catalog/<b>/e/<seq:012d>                          one entry, created once with a conditional put
     catalog/<b>/seg/<first:012d>-<last:012d>-<sha>    a sealed segment: the entries first..last in one object
+    catalog/<b>/s/<first:012d>-<last:012d>-<sha>      a small segment (16 entries) past the last 256-entry one
 
 ``<b>`` is the first 16 hex of the SHA-256 of the bundle name. An entry is either a snapshot (its record inline, the
 record id, and ``prev``: the newest live snapshot when it was written) or a forget (ids no longer listed). Order is
@@ -28,7 +29,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from typing import Any
 
 from llmdr.common.files import atomic_write
 from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, StorageError
+from llmdr.repo.iopool import io_map
 from llmdr.repo.manifest import canonical_json, parse_utc
 from llmdr.storage.base import BlobStore
 
@@ -135,27 +136,27 @@ class Catalog:
         self._segs: dict[str, list[Entry]] = {}
 
     # reading ----------------------------------------------------------------------------------------------------------
-    def read(self, *, workers: int = 16) -> View:
+    def read(self) -> View:
         view = View()
         by_seq: dict[int, Entry] = {}
         chain: list[tuple[int, int, str]] = []  # the widest segments that cover 0, 1, 2, ... without a gap
         covered = 0
-        for first, last, name in self._segments():
-            if first > covered:
-                break  # a gap: entries after it are read one by one below
-            if last >= covered:
-                chain.append((first, last, name))
-                covered = last + 1
+        for small in (False, True):  # the small ones are listed only from where the large ones end
+            for first, last, name in self._segments(small, covered):
+                if first > covered:
+                    break  # a gap: entries after it are read one by one below
+                if last >= covered:
+                    chain.append((first, last, name))
+                    covered = last + 1
         todo = [c for c in chain if c[2] not in self._segs]
         got: dict[str, list[Entry] | Exception] = {}
         if todo:  # fetched in parallel: one per 256 entries and up to 15 small ones
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-                got = dict(pool.map(lambda c: (c[2], self._try_segment(*c)), todo))
+            got = dict(io_map(lambda c: (c[2], self._try_segment(*c)), todo))
         covered = 0
         for _first, last, name in chain:
             entries = self._segs[name] if name in self._segs else got[name]
             if isinstance(entries, Exception):
-                view.skipped[self.prefix + "seg/" + name] = str(entries)
+                view.skipped[self.prefix + name] = str(entries)
                 break
             for e in entries:
                 by_seq[e.seq] = e
@@ -167,9 +168,8 @@ class Catalog:
         highest = max([covered - 1, *(seq for seq, _ in tail)])
         new = [t for t in tail if t[0] not in self._mem]
         fetched: dict[int, Entry | str] = {}
-        if new:  # fetched in parallel: a cold reader may have a few hundred to read
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(new)))) as pool:
-                fetched = dict(pool.map(lambda t: (t[0], self._load_entry(t[0], t[1].key, t[1].modified)), new))
+        if new:  # fetched in parallel: a cold reader has up to 15 to read (more where segments are missing)
+            fetched = dict(io_map(lambda t: (t[0], self._load_entry(t[0], t[1].key, t[1].modified)), new))
         for seq, info in tail:
             got = fetched.get(seq) or self._mem[seq]
             if isinstance(got, Entry):
@@ -200,11 +200,15 @@ class Catalog:
             live[e.id] = e
         view.live = list(live.values())  # a forget applies to the entries before it; a later entry lists it again
 
-    def _segments(self) -> list[tuple[int, int, str]]:
+    def _segments(self, small: bool, start: int) -> list[tuple[int, int, str]]:
+        """Segments as ``(first, last, name)``, ``name`` relative to the catalog's prefix: the large ones (every
+        one), or the small ones whose ``first`` is at least ``start``."""
         out = []
-        for info in self.store.list(self.prefix + "seg/"):
-            name = info.key.rsplit("/", 1)[1]
-            m = _SEG_NAME.fullmatch(name)
+        kind = "s/" if small else "seg/"
+        after = f"{self.prefix}{kind}{start - 1:012d}-~" if small and start else None
+        for info in self.store.list(self.prefix + kind, start_after=after):
+            name = info.key[len(self.prefix):]
+            m = _SEG_NAME.fullmatch(name[len(kind):])
             if m and int(m.group(1)) <= int(m.group(2)):
                 out.append((int(m.group(1)), int(m.group(2)), name))
         # widest first at each start, so a merged segment is preferred over the ones it replaced
@@ -222,11 +226,11 @@ class Catalog:
     def _fetch_segment(self, name: str, first: int, last: int) -> list[Entry]:
         digest = name.rsplit("-", 1)[1]
         # "segs/": only segments that parsed are cached there (older llmdr cached them under "seg/" before parsing)
-        cached = self.cache / "segs" / name if self.cache is not None else None
+        cached = self.cache / "segs" / name.rsplit("/", 1)[1] if self.cache is not None else None
         data = cached.read_bytes() if cached is not None and cached.exists() else None
         proven = data is not None and hashlib.sha256(data).hexdigest() == digest  # cached only once it parsed
         if not proven:
-            data = self.store.get(self.prefix + "seg/" + name)
+            data = self.store.get(self.prefix + name)
             if hashlib.sha256(data).hexdigest() != digest:
                 raise IntegrityError(f"{self.store.location}: segment {name} does not hash to its name")
         raw = json.loads(data)
@@ -305,10 +309,9 @@ class Catalog:
         return True
 
     def _seal(self, view: View, new: Entry) -> None:
-        """Best effort: after every ``SMALL_SEGMENT`` entries, a segment for each complete block of them not yet
-        covered; after every ``SEGMENT``, one segment for the whole block (it replaces its small ones for readers:
-        the widest segment at a start wins). So a reader GETs a few segments and at most 15 entries, whatever the
-        history."""
+        """Best effort: after every ``SMALL_SEGMENT`` entries, a small segment (``s/``) for each complete block of
+        them not yet covered; after every ``SEGMENT``, one large segment (``seg/``) for the whole block instead. A
+        reader lists the large ones, then only the small ones past them, and GETs at most 15 entries one by one."""
         small = min(SMALL_SEGMENT, SEGMENT)
         if (new.seq + 1) % small:
             return
@@ -323,15 +326,16 @@ class Catalog:
         while first + small - 1 <= new.seq:
             blocks.append((first, first + small - 1))
             first += small
-        if (new.seq + 1) % SEGMENT == 0 and (new.seq + 1 - SEGMENT, new.seq) not in blocks:
-            blocks.append((new.seq + 1 - SEGMENT, new.seq))
+        if (new.seq + 1) % SEGMENT == 0:  # the large one replaces the small ones it spans
+            blocks = [b for b in blocks if b[0] <= new.seq - SEGMENT] + [(new.seq + 1 - SEGMENT, new.seq)]
         for first, last in blocks:
             block = [{"entry": entries[s].to_json(), "stored": entries[s].stored}
                      for s in range(first, last + 1) if s in entries]
             data = canonical_json({"first": first, "last": last, "entries": block})
-            name = f"{first:012d}-{last:012d}-{hashlib.sha256(data).hexdigest()}"
+            kind = "seg/" if last - first + 1 == SEGMENT else "s/"
+            name = f"{kind}{first:012d}-{last:012d}-{hashlib.sha256(data).hexdigest()}"
             try:
-                self.store.put(self.prefix + "seg/" + name, data, sha256=hashlib.sha256(data).digest())
+                self.store.put(self.prefix + name, data, sha256=hashlib.sha256(data).digest())
             except StorageError as exc:
                 log.warning("could not seal catalog segment %s in %s (%s); a later snapshot will", name,
                             self.store.location, exc)

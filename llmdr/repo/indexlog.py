@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from llmdr.errors import Conflict, IntegrityError, ObjectNotFound, StorageError
 from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.index import MAGIC, IndexFile, MasterIndex, index_id
+from llmdr.repo.iopool import io_map
 from llmdr.repo.layout import INDEX, index_key
 from llmdr.storage.base import BlobStore
 
@@ -122,7 +123,7 @@ class IndexLog:
             self.top = max(self.top, t.top)
         return t
 
-    def fetch(self, seqs: list[int], workers: int = 16) -> dict[int, bytes | str | Exception]:
+    def fetch(self, seqs: list[int]) -> dict[int, bytes | str | Exception]:
         """The entries ``seqs``: inline index bytes, a named index id, or why the entry cannot be used."""
         def one(seq: int) -> tuple[int, bytes | str | Exception]:
             try:
@@ -130,10 +131,7 @@ class IndexLog:
             except (ObjectNotFound, StorageError, IntegrityError) as exc:
                 return seq, exc
 
-        if not seqs:
-            return {}
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(seqs)))) as pool:
-            return dict(pool.map(one, seqs))
+        return dict(io_map(one, seqs))
 
     def append(self, body: bytes, *, attempts: int = 50) -> int:
         """Log ``body`` at the next free seq; returns the seq."""
@@ -193,7 +191,7 @@ class IndexView:
             if self.index is not None and not refresh and (self.full or not full):
                 return self.index
             tail = self.log.tail()  # before any index/ listing: everything logged up to its top is then in view
-            if full or not tail.fast or not self._read_tail(tail, workers):
+            if full or not tail.fast or not self._read_tail(tail):
                 self._read_all(workers)
             assert self.index is not None
             self.index.log_top = tail.top
@@ -205,10 +203,10 @@ class IndexView:
         self.meta[iid] = (stored, tuple(s.hex() for s in f.supersedes))
         self.ids.add(iid)
 
-    def _read_tail(self, tail: Tail, workers: int) -> bool:
+    def _read_tail(self, tail: Tail) -> bool:
         """Add the base and the entries after it; False when they cannot be trusted (read everything instead)."""
         loaded = self.ids
-        got = self.log.fetch([s for s in tail.seqs if s not in self._logged], workers)
+        got = self.log.fetch([s for s in tail.seqs if s not in self._logged])
         named = {seq: v for seq, v in got.items() if isinstance(v, str) and v not in loaded}
 
         def load(item: tuple[int, str]) -> tuple[int, bytes | Exception]:
@@ -217,9 +215,7 @@ class IndexView:
             except (ObjectNotFound, StorageError, IntegrityError) as exc:
                 return item[0], exc
 
-        if named:
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(named)))) as pool:
-                got.update(pool.map(load, named.items()))
+        got.update(io_map(load, named.items()))
         files: list[tuple[int, str, IndexFile]] = []
         for seq in sorted(got, reverse=True):  # newest first: a compaction hides what it merged
             v = got[seq]
