@@ -103,6 +103,22 @@ def test_streamed_range_cut_mid_body_is_transient_then_resumed_at_the_byte_reach
     assert px.stats["resets"] == 2 and store.retries == {"get": 1} and len(sleeps) == 1
 
 
+def test_an_endpoint_that_ignores_ranges_is_refused_not_misread(s3, monkeypatch):
+    """An S3 look-alike that answers a ranged GET with the whole object (200, no Content-Range) would hand a
+    restore bytes from offset 0 as if they were the range: refused, naming what it did."""
+    from llmdr.errors import StorageError
+    from tests.support.streams import read_streamed
+
+    direct, _, _ = s3
+    data = bytes(range(256)) * 8
+    direct.put("faults/norange", data)
+    real = direct._client.get_object
+    monkeypatch.setattr(direct._client, "get_object", lambda **kw: real(**{k: v for k, v in kw.items() if k != "Range"}))
+    with pytest.raises(StorageError, match="does not honour ranged reads"):
+        direct.open_range("faults/norange", 10, 20)
+    assert read_streamed(direct, "faults/norange", 0, 100) == data[:100]  # from 0: the first bytes, no more
+
+
 def test_stall_longer_than_the_read_timeout_is_retried(s3):
     direct, via_proxy, px = s3
     direct.put("faults/slow", b"patience")

@@ -223,7 +223,13 @@ class S3Store:
             if _error_code(exc) == "InvalidRange":
                 return BytesReader(b"")
             raise self._map_version(exc, "get", key, version_id) from exc
-        return _BodyReader(self, key, resp["Body"], int(resp.get("ContentLength", 0)))
+        served = str(resp.get("ContentRange") or "")  # "bytes START-END/TOTAL"
+        if not served.startswith(f"bytes {start}-") and (start or served):
+            resp["Body"].close()
+            raise StorageError(f"get {key!r} in {self.location}: asked for bytes {start}-{start + length - 1} but the "
+                               f"server answered {served or 'the whole object'}; this endpoint does not honour "
+                               "ranged reads as S3 does, so nothing was read from it")
+        return _BodyReader(self, key, resp["Body"], min(length, int(resp.get("ContentLength", 0))))
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
