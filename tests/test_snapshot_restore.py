@@ -357,3 +357,13 @@ def test_restore_never_writes_through_a_link_planted_at_its_temporary_name(tmp_p
     assert outside.read_bytes() == b"keep me"
     assert (target / "model" / "w.bin").read_bytes() == data and not (target / "model" / "w.bin").is_symlink()
     assert not os.path.lexists(target / "model" / ".w.bin.llmdr-tmp")
+
+
+def test_a_folder_at_the_temporary_name_is_a_clear_error(tmp_path):
+    write_tree(tmp_path / "src", {"m/w.bin": rnd(500, 6)})
+    repo = small_repo()
+    snap = take_snapshot(repo, tmp_path / "src", bundle="b")
+    (tmp_path / "out" / "m" / ".w.bin.llmdr-tmp" / "x").mkdir(parents=True)
+    with pytest.raises(UnsafePathError, match="a folder is in the way at .*w.bin.llmdr-tmp"):
+        restore_snapshot(repo, snap.snapshot_id, tmp_path / "out", force=True)
+    assert (tmp_path / "out" / "m" / ".w.bin.llmdr-tmp" / "x").is_dir()  # left as it was

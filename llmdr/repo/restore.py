@@ -141,7 +141,12 @@ class _FileJob:
         try:
             self.fd = os.open(self.tmp, flags, 0o600)
         except FileExistsError:  # left by an interrupted restore (or planted): remove the name, never follow it
-            os.unlink(self.tmp)
+            try:
+                os.unlink(self.tmp)
+            except IsADirectoryError:
+                raise UnsafePathError(f"cannot restore {self.entry.path!r}: a folder is in the way at {self.tmp}, "
+                                      "the temporary name restore writes that file under; move it away and run the "
+                                      "same command again (it resumes)") from None
             self.fd = os.open(self.tmp, flags, 0o600)
         self.created = True
         if len(self.entry.chunks) > 1:
