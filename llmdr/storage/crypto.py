@@ -163,7 +163,21 @@ class AesGcmBlobCipher:
             "restores it from another region")
 
 
-class EncryptingStore(Forwarding):
+class _Resized(Forwarding):
+    """A name-keeping wrapper whose stored objects are longer than what it returns (an envelope, a signature line):
+    ``head`` and ``list`` report the sizes its ``get`` gives, through ``_sized``."""
+
+    def _sized(self, info: BlobInfo) -> BlobInfo:
+        return info
+
+    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
+        return self._sized(self.inner.head(key, version_id=version_id))
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
+        return map(self._sized, self.inner.list(prefix, start_after=start_after))
+
+
+class EncryptingStore(_Resized):
     def __init__(self, inner: BlobStore, key: bytes, *, key_source: str = "") -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -235,12 +249,6 @@ class EncryptingStore(Forwarding):
             return self.inner.open_range(key, start, length, version_id=version_id)
         return super().open_range(key, start, length, version_id=version_id)
 
-    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
-        return self._sized(self.inner.head(key, version_id=version_id))
-
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
-        return map(self._sized, self.inner.list(prefix, start_after=start_after))
-
     def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
         for v in self.inner.list_versions(prefix):
             yield v if v.is_delete_marker or v.key.startswith(UNSEALED_PREFIX) else replace(
@@ -306,7 +314,7 @@ class ManifestSigner:
             return False
 
 
-class SigningStore(Forwarding):
+class SigningStore(_Resized):
     def __init__(self, inner: BlobStore, signer: ManifestSigner) -> None:
         self.inner = inner
         self.location = inner.location
@@ -361,12 +369,6 @@ class SigningStore(Forwarding):
         if not info.key.startswith(SIGNED_PREFIXES):
             return info
         return BlobInfo(info.key, max(0, info.size - self.trailer_size), info.modified)
-
-    def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
-        return self._sized(self.inner.head(key, version_id=version_id))
-
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
-        return map(self._sized, self.inner.list(prefix, start_after=start_after))
 
     def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
         for v in self.inner.list_versions(prefix):
