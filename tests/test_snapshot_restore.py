@@ -367,3 +367,28 @@ def test_a_folder_at_the_temporary_name_is_a_clear_error(tmp_path):
     with pytest.raises(UnsafePathError, match="a folder is in the way at .*w.bin.llmdr-tmp"):
         restore_snapshot(repo, snap.snapshot_id, tmp_path / "out", force=True)
     assert (tmp_path / "out" / "m" / ".w.bin.llmdr-tmp" / "x").is_dir()  # left as it was
+
+
+def test_restore_and_replicate_find_chunks_an_older_llmdr_indexed_without_the_log(tmp_path):
+    """An llmdr from before the index log writes index/ objects only. After this one has compacted (so readers
+    start from the log), a snapshot whose index is such an unlogged object must still restore and replicate: the
+    planner falls back to reading every index/ object when the logged view lacks a chunk."""
+    from llmdr.repo.indexlog import ENTRIES
+    from llmdr.repo.replicate import replicate_snapshot
+
+    store = MemoryStore()
+    repo = small_repo(store)
+    take_snapshot(repo, write_tree(tmp_path / "a", {"a.bin": rnd(30_000, 7)}) or tmp_path / "a", bundle="b")
+    assert repo.compact_if_needed(threshold=0) is not None  # the log now has a base: readers trust it
+    snap = take_snapshot(repo, write_tree(tmp_path / "s", {"w.bin": rnd(40_000, 8)}) or tmp_path / "s", bundle="b")
+    new = set(repo.load_manifest(snap.snapshot_id).chunk_set())
+    logged = [i.key for i in store.list(ENTRIES)]
+    store.delete(logged[-1])  # that snapshot's index, as an older llmdr writes it: under index/ only, not logged
+    fresh = Repository(store)
+    assert any(fresh.index().lookup(bytes.fromhex(d)) is None for d in new)  # ... so the short view lacks it
+    restore_snapshot(fresh, snap.snapshot_id, tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(tmp_path / "s")
+    dst = small_repo()
+    replicate_snapshot(Repository(store), dst, snap.snapshot_id)
+    restore_snapshot(dst, snap.snapshot_id, tmp_path / "out2")
+    assert read_tree(tmp_path / "out2") == read_tree(tmp_path / "s")

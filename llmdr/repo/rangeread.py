@@ -17,10 +17,22 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from llmdr.errors import IntegrityError
-from llmdr.repo.index import IndexEntry
+from llmdr.repo.index import IndexEntry, MasterIndex
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range
 from llmdr.storage.base import read_full
+
+
+def index_for(repo: Repository, chunks: Iterable[bytes]) -> MasterIndex:
+    """An index view that places every one of ``chunks`` if the region can: the view in hand, else one refreshed
+    (indexed since it was read), else every ``index/`` object read (an older llmdr's indexes are not in the log)."""
+    chunks = list(chunks)
+    index = repo.index()
+    for fresher in ({"refresh": True}, {"refresh": True, "full": True}):
+        if all(index.lookup(c) is not None for c in chunks):
+            break
+        index = repo.index(**fresher)
+    return index
 
 
 class Buffers:

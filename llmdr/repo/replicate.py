@@ -21,7 +21,7 @@ from llmdr.errors import ChunkMissing, ObjectNotFound
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.locks import Locker
 from llmdr.repo.packer import PackWriter
-from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges
+from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges, index_for
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
@@ -136,9 +136,7 @@ def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]
     if not missing:
         return
     sizes = {bytes.fromhex(d): n for d, n in missing}
-    index = src.index()
-    if any(index.lookup(c) is None for c in sizes):
-        index = src.index(refresh=True)
+    index = index_for(src, sizes)
     located = []
     for c in sizes:
         e = index.lookup(c)

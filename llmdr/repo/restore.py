@@ -41,7 +41,7 @@ from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifes
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges
+from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges, index_for
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
 
@@ -277,9 +277,7 @@ class _Plan:
                 rank.setdefault(c, len(rank))
                 offset += n
         self.located: dict[bytes, IndexEntry] = {}
-        index = repo.index()
-        if any(index.lookup(c) is None for c in self.uses):
-            index = repo.index(refresh=True)  # indexed since this repository object first read the index
+        index = index_for(repo, self.uses)
         for c in self.uses:
             e = index.lookup(c)
             if e is None:
