@@ -116,6 +116,20 @@ def test_versions_are_listed_in_key_order_newest_first(case):
     assert len({v.version_id for v in listed}) == 3
 
 
+def test_versions_after_a_key_are_the_tail_only(case):
+    """``start_after``: a reader of a long history (a locked catalog) lists only the versions of newer keys."""
+    for name in ("a", "b", "c"):
+        case.store.put(case.k(f"t/{name}"), name.encode(), retain=False)
+    case.store.put(case.k("t/b"), b"bb", retain=False)
+    case.deleter.delete(case.k("t/c"))  # a delete marker on top of c's version (kept: locked or not)
+    tail = list(case.store.list_versions(case.k("t/"), start_after=case.k("t/a")))
+    assert {v.key for v in tail} == {case.k("t/b"), case.k("t/c")}
+    assert [v.key for v in tail] == sorted(v.key for v in tail)
+    assert [v.size for v in tail if v.key == case.k("t/b")] == [2, 1]
+    assert any(v.is_delete_marker for v in tail if v.key == case.k("t/c"))
+    assert list(case.store.list_versions(case.k("t/"), start_after=case.k("t/c"))) == []
+
+
 def test_delete_version_removes_exactly_that_version(case):
     """Unlocked versions (``retain=False``, as locks and prune plans are written) can be removed one by one;
     removing the newest makes the one below it current again."""

@@ -186,8 +186,8 @@ def test_list_versions_resumes_without_repeating_versions():
     class FlakyVersions(MemoryStore):
         failed = False
 
-        def list_versions(self, prefix=""):
-            for i, v in enumerate(super().list_versions(prefix)):
+        def list_versions(self, prefix="", **kw):
+            for i, v in enumerate(super().list_versions(prefix, **kw)):
                 if i == 2 and not self.failed:
                     self.failed = True
                     raise TransientStorageError("connection reset mid-listing")

@@ -159,8 +159,8 @@ class BlobStore(Protocol):
 
     Versions, for stores that keep them (S3 with versioning; a memory store made with ``versioned=True``):
 
-    - ``list_versions(prefix)`` yields every version and delete marker under the prefix, in key order, newest first
-      within a key; a store that keeps no versions raises ``StorageError`` saying so.
+    - ``list_versions(prefix, start_after=k)`` yields every version and delete marker under the prefix (of keys
+      strictly greater than ``k`` when given), in key order, newest first within a key; a store that keeps no versions raises ``StorageError`` saying so.
     - ``get``/``head`` with ``version_id`` read exactly that version (``ObjectNotFound`` when it does not exist or is
       a delete marker); ``delete_version(key, version_id)`` removes exactly that version (removing a delete marker
       brings the key back) and raises ``ObjectLocked`` for a version under retention.
@@ -205,7 +205,7 @@ class BlobStore(Protocol):
 
     def server_time(self) -> float: ...
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]: ...
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]: ...
 
     def delete_version(self, key: str, version_id: str) -> None: ...
 
@@ -269,8 +269,8 @@ class Forwarding:
     def server_time(self) -> float:
         return self.inner.server_time()
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        return self.inner.list_versions(prefix)
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix, start_after=start_after)
 
     def delete_version(self, key: str, version_id: str) -> None:
         self.inner.delete_version(key, version_id)

@@ -249,8 +249,8 @@ class EncryptingStore(_Resized):
             return self.inner.open_range(key, start, length, version_id=version_id)
         return super().open_range(key, start, length, version_id=version_id)
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        for v in self.inner.list_versions(prefix):
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
+        for v in self.inner.list_versions(prefix, start_after=start_after):
             yield v if v.is_delete_marker or v.key.startswith(UNSEALED_PREFIX) else replace(
                 v, size=max(0, v.size - OVERHEAD))
 
@@ -370,8 +370,8 @@ class SigningStore(_Resized):
             return info
         return BlobInfo(info.key, max(0, info.size - self.trailer_size), info.modified)
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        for v in self.inner.list_versions(prefix):
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
+        for v in self.inner.list_versions(prefix, start_after=start_after):
             signed = v.key.startswith(SIGNED_PREFIXES) and not v.is_delete_marker
             yield replace(v, size=max(0, v.size - self.trailer_size)) if signed else v
 

@@ -113,12 +113,13 @@ class MemoryStore:
                 return v
         raise ObjectNotFound(f"{self.location}/{key} has no version {version_id}")
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
         if not self.versioned:
             raise self._not_versioned()
         with self._lock:
             out = [VersionInfo(k, v.version_id, len(v.data or b""), v.modified, v.data is None, i == len(vs) - 1)
-                   for k, vs in sorted(self._history.items()) if k.startswith(prefix)
+                   for k, vs in sorted(self._history.items())
+                   if k.startswith(prefix) and (start_after is None or k > start_after)
                    for i, v in reversed(list(enumerate(vs)))]
         yield from out
 

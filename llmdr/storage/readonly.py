@@ -39,8 +39,8 @@ class ReadOnlyStore:
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self.inner.head(key, version_id=version_id)
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        return self.inner.list_versions(prefix)
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix, start_after=start_after)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
         return self.inner.list(prefix, start_after=start_after)

@@ -228,14 +228,14 @@ class RetryingStore:
                 failures += 1
                 self._resume_or_raise("list", prefix, exc, failures, f"after {last!r}")
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
         """Resumed as ``list`` is: a listing cut short starts again and skips the versions it already yielded."""
         seen: set[tuple[str, str]] = set()
         failures = 0
         while True:
             self._count("requests", "list_versions")
             try:
-                for v in self.inner.list_versions(prefix):
+                for v in self.inner.list_versions(prefix, start_after=start_after):
                     if (v.key, v.version_id) in seen:
                         continue
                     yield v

@@ -327,9 +327,11 @@ class S3Store:
             raise StorageError(f"read the clock of {self.location}: unreadable Date header {date!r}") from exc
 
     # versions -------------------------------------------------------------------------------------------------------
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
         """Every version and delete marker under ``prefix`` (ListObjectVersions, paginated): key order, newest first."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": 1000}
+        if start_after is not None:
+            kwargs["KeyMarker"] = self.prefix + start_after  # versions of keys after it (checked below as well)
         cut = len(self.prefix)
         while True:
             try:
@@ -340,6 +342,8 @@ class S3Store:
             # botocore splits the server's one ordered list in two: merge back by key, then latest, then newest
             page.sort(key=lambda e: (e[0]["Key"], not e[0].get("IsLatest"), -_ts(e[0].get("LastModified"))))
             for v, marker in page:
+                if start_after is not None and v["Key"][cut:] <= start_after:
+                    continue
                 yield VersionInfo(v["Key"][cut:], v["VersionId"], 0 if marker else int(v.get("Size", 0)),
                                   _ts(v.get("LastModified")) or None, marker, bool(v.get("IsLatest")))
             if not resp.get("IsTruncated"):

@@ -59,7 +59,7 @@ class AsOfStore(Forwarding):
         self._lock = threading.Lock()
         self._checked = False
 
-    def _versions(self, prefix: str) -> Iterator[VersionInfo]:
+    def _versions(self, prefix: str, start_after: str | None = None) -> Iterator[VersionInfo]:
         """``inner.list_versions``, once the bucket is known to keep versions: without them the past is gone (an
         overwritten or deleted key leaves nothing) and a view of it would silently be wrong."""
         if not self._checked:
@@ -69,7 +69,7 @@ class AsOfStore(Forwarding):
                                    f"on {self.inner.location}; enable bucket versioning (a region with object_lock "
                                    "has it), or read the region as it is now without --as-of")
             self._checked = True
-        return self.inner.list_versions(prefix)
+        return self.inner.list_versions(prefix, start_after=start_after)
 
     def _refuse(self, op: str, key: str) -> NoReturn:
         raise ReadOnlyStoreError(f"{op} {key!r} refused: an --as-of view is read-only ({self.location}); run the "
@@ -105,7 +105,7 @@ class AsOfStore(Forwarding):
         return self.inner.head(key, version_id=version_id or self._version(key).version_id)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[BlobInfo]:
-        found = {k: self._at(vs) for k, vs in by_key(self._versions(prefix)).items()}
+        found = {k: self._at(vs) for k, vs in by_key(self._versions(prefix, start_after)).items()}
         with self._lock:
             self._seen.update(found)
         for k in sorted(found):
@@ -113,9 +113,9 @@ class AsOfStore(Forwarding):
             if v is not None and (start_after is None or k > start_after):
                 yield BlobInfo(k, v.size, v.modified)
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
         """The versions that existed at ``as_of``; ``is_latest`` marks each key's newest of those."""
-        for vs in by_key(self._versions(prefix)).values():
+        for vs in by_key(self._versions(prefix, start_after)).values():
             then = [v for v in vs if v.modified is not None and v.modified <= self.as_of]
             for i, v in enumerate(then):
                 yield VersionInfo(v.key, v.version_id, v.size, v.modified, v.is_delete_marker, i == 0)
@@ -220,8 +220,8 @@ class HiddenVersionStore(Forwarding):
             yield from self.inner.list(prefix, start_after=start_after)
             return
         extra = {}
-        for k, vs in by_key(self.inner.list_versions(prefix)).items():
-            if (start_after is None or k > start_after) and vs[0].is_delete_marker:
+        for k, vs in by_key(self.inner.list_versions(prefix, start_after=start_after)).items():
+            if vs[0].is_delete_marker:
                 v = self._protected(k, vs)
                 if v is not None:
                     extra[k] = BlobInfo(k, v.size, v.modified)

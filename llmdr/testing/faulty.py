@@ -172,8 +172,8 @@ class FaultyStore:
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         return self._run("head", key, lambda: self.inner.head(key, version_id=version_id))
 
-    def list_versions(self, prefix: str = "") -> Iterator[VersionInfo]:
-        return self.inner.list_versions(prefix)
+    def list_versions(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[VersionInfo]:
+        return self.inner.list_versions(prefix, start_after=start_after)
 
     def delete_version(self, key: str, version_id: str) -> None:
         self._run("delete_version", key, lambda: self.inner.delete_version(key, version_id))
