@@ -368,7 +368,10 @@ def restore_snapshot(
     finally:
         progress.finish()
     if manifest.components:
-        report = check_bundle(root, specs_from_manifest(manifest.components))
+        # every byte was proven against the snapshot, which passed the content checks when it was taken (it records
+        # components only then): what is left to check is that every component's files are there
+        report = check_bundle(root, specs_from_manifest(manifest.components), [e.path for e in manifest.files],
+                              contents=False)
         res.complete = report.complete
         if not report.complete:
             raise IncompleteBundle(report, "the files were restored but the bundle would not serve correctly")
