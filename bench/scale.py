@@ -56,6 +56,7 @@ RESTIC_BUCKET_A, RESTIC_BUCKET_B = "scale-restic-a", "scale-restic-b"
 HISTORY_PREFIX = "scale-history"  # part (b)'s repository: the same buckets, another key prefix
 WORK_MARKER = ".llmdr-scale-work"
 KEEP_LAST = 10
+RESTORE_REPEATS = 2  # runs of each restore in part (a), interleaved; the fastest is kept
 
 
 class Scale(LocalStack):
@@ -120,14 +121,6 @@ def part_a(s: Scale, tree: Tree) -> None:
                     as_json=True)
     r = rep.data["json"][0]
     rep.note = f"{r['chunks_copied']} chunks, {r['bytes_copied'] / MB:.0f} MB to the empty secondary"
-    target = s.work / "restore-a"
-    res = s.measure("a", "restore", "llmdr restore",
-                    s.llmdr_cmd("restore", sid, "--region", "secondary", "--to", str(target), "--json"), as_json=True)
-    res.data["verified"] = check_identical(target, tree.digests)
-    res.note = (f"from the secondary, {res.data['json']['files']} files, "
-                f"{res.data['json']['bytes_downloaded'] / MB:.0f} MB; SHA-256 of every file identical")
-    shutil.rmtree(target)
-    print(f"  restore verified: {res.data['verified']['files']} files identical", flush=True)
     s.details["a_snapshot_id"] = sid
     if s.restic:
         run_quiet(s.restic_cmd(RESTIC_BUCKET_A, "init"), env=s.restic_env(), cwd=s.work)
@@ -137,14 +130,42 @@ def part_a(s: Scale, tree: Tree) -> None:
                   s.restic_cmd(RESTIC_BUCKET_A, "backup", "-q", "--host", "scale", "bundle"), env=s.restic_env())
         s.measure("a", "list (2 snapshots)", "restic snapshots", s.restic_cmd(RESTIC_BUCKET_A, "snapshots", "--json"),
                   env=s.restic_env())
-        target = s.work / "restore-restic"
-        rr = s.measure("a", "restore", "restic restore",
-                       s.restic_cmd(RESTIC_BUCKET_A, "restore", "latest", "--target", str(target)), env=s.restic_env(),
-                       note="from the primary server (restic has no cross-region copy here)")
-        check_identical(target / "bundle", tree.digests)
+    # Restores: each tool twice, interleaved, into fresh folders, the fastest kept; nothing is deleted until all
+    # have run. ext4 skips inodes freed in the last minutes when it creates files, so a restore of 10,000 files
+    # right after 10,000 were deleted spends seconds of system time scanning (measured: 1.2 s -> 5.7 s for the same
+    # restore); deleting one tool's restore before the other's would hand the second tool that cost.
+    runs: dict[str, list[Run]] = {"llmdr restore": [], "restic restore": []}
+    targets = []
+    for i in range(RESTORE_REPEATS):
+        target = s.work / f"restore-a-{i}"
+        res = s.measure("a", "restore", "llmdr restore",
+                        s.llmdr_cmd("restore", sid, "--region", "secondary", "--to", str(target), "--json"),
+                        as_json=True)
+        res.data["verified"] = check_identical(target, tree.digests)
+        res.note = (f"from the secondary, {res.data['json']['files']} files, "
+                    f"{res.data['json']['bytes_downloaded'] / MB:.0f} MB; SHA-256 of every file identical")
+        runs["llmdr restore"].append(res)
+        targets.append(target)
+        if s.restic:
+            target = s.work / f"restore-restic-{i}"
+            rr = s.measure("a", "restore", "restic restore",
+                           s.restic_cmd(RESTIC_BUCKET_A, "restore", "latest", "--target", str(target)),
+                           env=s.restic_env(), note="from the primary server (restic has no cross-region copy here)")
+            check_identical(target / "bundle", tree.digests)
+            rr.note += "; identical"
+            runs["restic restore"].append(rr)
+            targets.append(target)
+    for rows in runs.values():
+        if rows:
+            best = min(rows, key=lambda r: r.wall_s)
+            for r in rows:
+                if r is not best:
+                    s.runs.remove(r)
+            best.note += f"; fastest of {len(rows)}: " + ", ".join(f"{r.wall_s:.2f}" for r in rows) + " s"
+    for target in targets:
         shutil.rmtree(target)
-        rr.note += "; identical"
-    else:
+    print(f"  restores verified: {len(tree.digests)} files identical each", flush=True)
+    if not s.restic:
         for step, tool in (("cold", "restic backup"), ("warm (no change)", "restic backup"),
                            ("list (2 snapshots)", "restic snapshots"), ("restore", "restic restore")):
             s.skip(s.missing("restic"), part="a", step=step, tool=tool)
