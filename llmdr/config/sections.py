@@ -100,7 +100,8 @@ class Transfer(StrictModel):
     # MiB of chunks per pack object in a NEW repository (fixed at creation; an existing one keeps its own). Larger packs
     # mean fewer requests per GiB; a restore of one small file still reads only that file's bytes (ranged reads).
     pack_mb: int = Field(default=32, ge=8, le=128)
-    # MiB a restore holds in ranged reads not yet written at most (peak memory grows with it)
+    # MiB of download buffers a restore holds at most: one blob-sized buffer per worker,
+    # so fewer workers run when they would not fit (peak memory grows with it)
     restore_memory_mb: int = Field(default=128, ge=32, le=65536)
 
 
