@@ -30,6 +30,7 @@ from llmdr.errors import (
     TransientStorageError,
 )
 from llmdr.storage.base import BlobInfo, BytesReader, Lock, LockPolicy, RangeReader, VersionInfo, check_key
+from llmdr.storage.s3body import BodyReader
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled"}
@@ -214,7 +215,8 @@ class S3Store:
     def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
         if length <= 0:
             return BytesReader(b"")
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key), "Range": f"bytes={start}-{start + length - 1}"}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key),
+                                "Range": f"bytes={start}-{start + length - 1}"}
         if version_id is not None:
             args["VersionId"] = version_id
         try:
@@ -229,7 +231,8 @@ class S3Store:
             raise StorageError(f"get {key!r} in {self.location}: asked for bytes {start}-{start + length - 1} but the "
                                f"server answered {served or 'the whole object'}; this endpoint does not honour "
                                "ranged reads as S3 does, so nothing was read from it")
-        return _BodyReader(self, key, resp["Body"], min(length, int(resp.get("ContentLength", 0))))
+        size = min(length, int(resp.get("ContentLength", 0)))
+        return BodyReader(f"get {key!r} in {self.location}", resp["Body"], size, lambda exc: self._map(exc, "get", key))
 
     def head(self, key: str, *, version_id: str | None = None) -> BlobInfo:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._k(key)}
@@ -503,62 +506,3 @@ def _ts(when: datetime | None) -> float:
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-class _BodyReader:
-    """The body of a ranged GET read straight into the caller's buffer: ``http.client``'s ``readinto`` on the
-    response botocore opened (one kernel copy, no ``bytes`` per read), or, where that is not reachable, botocore's
-    ``read`` copied in. A body that ends before its Content-Length is a ``TransientStorageError`` (the caller resumes
-    from there), never a short range; the connection goes back to the pool only when the body was read whole."""
-
-    def __init__(self, store: S3Store, key: str, body: Any, length: int) -> None:
-        self._store, self._key, self._body, self._left = store, key, body, length
-        raw = getattr(body, "_raw_stream", None)
-        fp = getattr(raw, "_fp", None)
-        self._raw = raw
-        self._readinto = getattr(fp, "readinto", None)
-
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        if self._left <= 0:
-            return 0
-        view = memoryview(buf)[:self._left]
-        try:
-            if self._readinto is not None:
-                n = self._readinto(view)
-            else:
-                data = self._body.read(len(view))
-                n = len(data)
-                view[:n] = data
-        except Exception as exc:
-            import http.client
-
-            self._abandon()
-            if isinstance(exc, http.client.HTTPException):  # e.g. IncompleteRead, raised below botocore's wrappers
-                raise TransientStorageError(f"get {self._key!r} in {self._store.location}: connection dropped in "
-                                            f"the middle of the response body ({exc!r})") from exc
-            raise self._store._map(exc, "get", self._key) from exc
-        if not n:
-            self._abandon()
-            raise TransientStorageError(f"get {self._key!r} in {self._store.location}: the connection ended "
-                                        f"{self._left} bytes before the end of the range")
-        self._left -= n
-        return n
-
-    def _abandon(self) -> None:
-        self._left = 0
-        try:
-            self._body.close()
-        except Exception:  # noqa: BLE001 - a connection already broken has nothing left to free
-            pass
-
-    def close(self) -> None:
-        if self._left > 0:
-            self._abandon()  # unread bytes on the connection: it cannot be reused
-        elif self._raw is not None and hasattr(self._raw, "release_conn"):
-            self._raw.release_conn()
-
-    def __enter__(self) -> _BodyReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
