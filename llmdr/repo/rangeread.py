@@ -35,19 +35,12 @@ def index_for(repo: Repository, chunks: Iterable[bytes]) -> MasterIndex:
     return index
 
 
-class Buffers:
-    """One worker's buffer for a blob as stored, allocated once at the largest blob's size; a sealed blob is
-    decrypted over its own ciphertext there (``BlobCipher.open_in_place``), a plain one is used where it lies."""
-
-    def __init__(self, size: int) -> None:
-        self.stored = _anonymous(size)
-
-    @staticmethod
-    def plan(entries: Iterable[IndexEntry], ranges: int, workers: int, memory: int) -> tuple[int, int]:
-        """(workers, bytes of buffer each): at most ``workers`` and ``ranges`` workers, as many as fit ``memory``
-        with a buffer as large as the largest of ``entries``, and at least one."""
-        size = max((e.stored_length for e in entries), default=1)
-        return max(1, min(workers, ranges, memory // size)), size
+def buffer_plan(entries: Iterable[IndexEntry], ranges: int, workers: int, memory: int) -> tuple[int, int]:
+    """(workers, bytes of buffer each): each worker holds one buffer as large as the largest of ``entries`` (a sealed
+    blob is decrypted over its own ciphertext there, a plain one used where it lies); at most ``workers`` and
+    ``ranges`` workers, as many as fit ``memory``, at least one."""
+    size = max((e.stored_length for e in entries), default=1)
+    return max(1, min(workers, ranges, memory // size)), size
 
 
 class _Where:
@@ -74,13 +67,13 @@ def _anonymous(n: int) -> memoryview:
 
 
 class RangeBlobs:
-    """The blobs of ``r`` in offset order, each as ``(entry, plain)`` with ``plain`` a view into ``bufs`` valid
+    """The blobs of ``r`` in offset order, each as ``(entry, plain)`` with ``plain`` a view into ``buf`` valid
     until the next item, or ``(entry, error)`` when that blob cannot be used from this pack. Opening the range
     raises ``ObjectNotFound`` when the pack is gone (and the typed store errors); use it in a ``with`` block."""
 
-    def __init__(self, repo: Repository, r: Range, bufs: Buffers, *, where: Callable[[IndexEntry], str],
+    def __init__(self, repo: Repository, r: Range, buf: memoryview, *, where: Callable[[IndexEntry], str],
                  then: str, sizes: dict[bytes, int] | None = None) -> None:
-        self.repo, self.r, self.bufs, self.where, self.then, self.sizes = repo, r, bufs, where, then, sizes
+        self.repo, self.r, self.buf, self.where, self.then, self.sizes = repo, r, buf, where, then, sizes
         self.reader = repo.stream_pack(r.pack.hex(), r.start, r.length)
 
     def __enter__(self) -> RangeBlobs:
@@ -92,7 +85,7 @@ class RangeBlobs:
     def __iter__(self) -> Iterator[tuple[IndexEntry, memoryview | IntegrityError]]:
         pos = self.r.start
         for e in self.r.blobs:
-            buf = self.bufs.stored
+            buf = self.buf
             while pos < e.offset:  # a small gap between the blobs wanted: read past it
                 skipped = read_full(self.reader, buf[:min(len(buf), e.offset - pos)])
                 pos += skipped
@@ -111,26 +104,26 @@ class RangeBlobs:
 
 
 def fetch_ranges(ranges: list[Range], workers: int, memory: int,
-                 fetch: Callable[[Range, Buffers, threading.Event], None], *, name: str) -> int:
+                 fetch: Callable[[Range, memoryview, threading.Event], None], *, name: str) -> int:
     """Call ``fetch(range, buffers, stop)`` for every range on worker threads, each with a buffer of its own as
-    large as the largest blob, as many workers as ``Buffers.plan`` allows within ``memory`` bytes; ranges are taken
+    large as the largest blob, as many workers as ``buffer_plan`` allows within ``memory`` bytes; ranges are taken
     in order. The first failure sets ``stop`` (``fetch`` checks it between blobs), the other workers finish their
     range, and it is raised. Returns the bytes of buffer the workers held."""
-    n, size = Buffers.plan((e for r in ranges for e in r.blobs), len(ranges), workers, memory)
+    n, size = buffer_plan((e for r in ranges for e in r.blobs), len(ranges), workers, memory)
     todo = iter(ranges)
     taking = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def worker() -> None:
-        bufs = Buffers(size)
+        buf = _anonymous(size)
         try:
             while not stop.is_set():
                 with taking:
                     r = next(todo, None)
                 if r is None:
                     return
-                fetch(r, bufs, stop)
+                fetch(r, buf, stop)
         except BaseException as exc:
             errors.append(exc)
             stop.set()

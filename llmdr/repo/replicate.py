@@ -2,10 +2,11 @@
 
 The chunks the destination lacks are read from the source by pack range, as a restore reads them (``rangeread``:
 coalesced ranged GETs streamed into reused buffers on worker threads). Each chunk is proven against its id before
-it is packed for the destination (a damaged source copy is never propagated); packs go up as verified puts, so the destination refuses bytes damaged on the way. The
-destination has its own packs (regions repack; chunk ids are what is shared) and its own index. The record and trees
-are copied byte for byte, so the snapshot id is the same in both regions; the catalog entry is written after every
-pack, the index, the trees and the record, so the snapshot appears in the destination all at once or not at all.
+it is packed for the destination (a damaged source copy is never propagated); packs go up as verified puts, so the
+destination refuses bytes damaged on the way. The destination has its own packs (regions repack; chunk ids are
+what is shared) and its own index. The record and trees are copied byte for byte, so the snapshot id is the same in
+both regions; the catalog entry is written after every pack, the index, the trees and the record, so the snapshot
+appears in the destination all at once or not at all.
 Re-running after a crash or an outage of either region copies only what is still missing.
 """
 
@@ -21,7 +22,7 @@ from llmdr.errors import ChunkMissing, ObjectNotFound
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.locks import Locker
 from llmdr.repo.packer import PackWriter
-from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges, index_for
+from llmdr.repo.rangeread import RangeBlobs, fetch_ranges, index_for
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
@@ -157,9 +158,9 @@ def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]
             res.bytes_copied += len(plain)
         progress.advance(len(plain))
 
-    def fetch(r: Range, bufs: Buffers, stop: threading.Event) -> None:
+    def fetch(r: Range, buf: memoryview, stop: threading.Event) -> None:
         try:
-            blobs = RangeBlobs(src, r, bufs, where=where, then=then, sizes=sizes)
+            blobs = RangeBlobs(src, r, buf, where=where, then=then, sizes=sizes)
         except ObjectNotFound:  # the pack is gone: each chunk from any other copy, or a clear error
             for e in r.blobs:
                 take(e, src.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of, then=then))
