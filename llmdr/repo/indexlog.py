@@ -11,8 +11,8 @@ and ``repair index`` list them in full. Seqs are dense: a writer takes the highe
 another writer took it first (``Conflict``), lists what came after and tries the next. So a compaction that saw the
 log up to ``start - 1`` had every index logged below ``start`` in its view, and an index logged later gets a seq of
 ``start`` or more. A reader needs the base with the highest ``start`` (one listing of the few ``c/`` keys), then the
-entries from ``start`` on (``start_after``): the compaction itself and the few written since. Log entries are never deleted
-(a seq is never free twice); they are small, and compactions are logged by id.
+entries from ``start`` on (``start_after``): the compaction itself and the few written since. Log entries are never
+deleted (a seq is never free twice); they are small, and compactions are logged by id.
 
 A reader that cannot trust that short view (no base yet, a junk entry, a logged object that is gone) reads every
 ``index/`` object instead, as llmdr did before the log: slower, never wrong. Pure of repository details: the

@@ -5,10 +5,10 @@ The restore is planned before anything is downloaded: every chunk of every file 
 (pack, offset, stored length), the blobs of each pack are sorted by offset and neighbours coalesced into ranges
 (``restoreplan``: gap ≤ 1 MiB, range ≤ 32 MiB, less for a small restore so that every worker has one). Each worker
 thread streams its ranges (``BlobStore.open_range``) blob by blob into one buffer it allocated once, opens each blob
-into a second (sealed blobs are decrypted there; plain ones are used where they lie) and proves it against its chunk
-id, then writes it with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is fetched
-once, and no byte is copied in memory on the way. Each worker holds one buffer as large as the largest blob, and as
-many workers run as fit ``memory_bytes`` (at least one), whatever the bundle's size.
+there (a sealed one is decrypted over its own ciphertext, a plain one used where it lies) and proves it against its
+chunk id, then writes it with ``os.pwrite`` at every (file, offset) that uses it: a chunk shared by many files is
+fetched once, and no byte is copied in memory on the way. Each worker holds one buffer as large as the largest blob,
+and as many workers run as fit ``memory_bytes`` (at least one), whatever the bundle's size.
 
 Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
 first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
@@ -41,7 +41,7 @@ from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifes
 from llmdr.repo.index import IndexEntry
 from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.rangeread import Buffers, RangeBlobs, fetch_ranges, index_for
+from llmdr.repo.rangeread import RangeBlobs, fetch_ranges, index_for
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
 
@@ -401,9 +401,9 @@ def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int
     def where(e: IndexEntry) -> str:
         return f"chunk {e.chunk.hex()[:12]} of {plan.places(e.chunk)} in {pack_key(e.pack.hex())} of {repo.location}"
 
-    def fetch(r: Range, bufs: Buffers, stop: threading.Event) -> None:
+    def fetch(r: Range, buf: memoryview, stop: threading.Event) -> None:
         try:
-            blobs: RangeBlobs | None = RangeBlobs(repo, r, bufs, where=where, then=_THEN, sizes=plan.sizes)
+            blobs: RangeBlobs | None = RangeBlobs(repo, r, buf, where=where, then=_THEN, sizes=plan.sizes)
         except ObjectNotFound:
             if not all(_elsewhere(repo, e) for e in r.blobs):
                 names = plan.files_in(r.pack)

@@ -160,7 +160,8 @@ class BlobStore(Protocol):
     Versions, for stores that keep them (S3 with versioning; a memory store made with ``versioned=True``):
 
     - ``list_versions(prefix, start_after=k)`` yields every version and delete marker under the prefix (of keys
-      strictly greater than ``k`` when given), in key order, newest first within a key; a store that keeps no versions raises ``StorageError`` saying so.
+      strictly greater than ``k`` when given), in key order, newest first within a key; a store that keeps no
+      versions raises ``StorageError`` saying so.
     - ``get``/``head`` with ``version_id`` read exactly that version (``ObjectNotFound`` when it does not exist or is
       a delete marker); ``delete_version(key, version_id)`` removes exactly that version (removing a delete marker
       brings the key back) and raises ``ObjectLocked`` for a version under retention.
@@ -281,5 +282,6 @@ class Forwarding:
     def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
         """Through this wrapper's own ``get`` (which may open, check or pick a version); a wrapper that leaves an
         object's bytes as they are overrides this to stream from the store below."""
-        return BytesReader(self.get(key, start=start, length=length, version_id=version_id))  # type: ignore[attr-defined]
+        data = self.get(key, start=start, length=length, version_id=version_id)  # type: ignore[attr-defined]
+        return BytesReader(data)
 
