@@ -1,5 +1,4 @@
 import random
-import re
 
 import pytest
 
@@ -104,14 +103,11 @@ def test_corrupt_source_chunk_is_not_propagated(two):
 def test_missing_source_chunk_is_named_and_nothing_published(two):
     a, _, snap = two
     victim = snap.manifest.files[0].chunks[0][0]
-    packed_with = chunks_in_same_pack(a, victim)
     key = remove_chunk(a, victim)
     b = Repository(MemoryStore("b"))
-    with pytest.raises(ChunkMissing, match=rf"chunk ([0-9a-f]{{12}}) of snapshot {snap.snapshot_id[:12]} \(source\) "
-                                           rf"is missing from memory://a: its pack {key} is gone") as err:
+    with pytest.raises(ChunkMissing, match=rf"pack {key}, which holds chunks of snapshot {snap.snapshot_id[:12]} "
+                                           r"\(source\), is missing from memory://a\..*not published"):
         replicate_snapshot(a, b, snap.snapshot_id)
-    named = re.search(r"chunk ([0-9a-f]{12})", str(err.value)).group(1)
-    assert any(d.startswith(named) for d in packed_with)  # parallel reads: any chunk of that pack
     assert b.snapshot_ids() == []
 
 

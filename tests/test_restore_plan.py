@@ -21,6 +21,7 @@ from llmdr.repo.index import IndexEntry
 from llmdr.repo.layout import PACKS, RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.packer import PackWriter
+from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import Repository
 from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
 from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
@@ -235,7 +236,7 @@ def test_memory_budget_bounds_the_workers_and_their_buffers(tmp_path):
     assert len(res.manifest.files[0].chunks) >= 6
     out = restore_snapshot(repo, res.snapshot_id, tmp_path / "o1", workers=8, memory_bytes=3 * biggest)
     assert (tmp_path / "o1" / "w.bin").read_bytes() == data
-    assert state["peak"] == 3 and state["now"] == 0 and out.buffers_peak == 3 * biggest
+    assert state["peak"] == 3 and state["now"] == 0 and out.buffer_bytes == 3 * biggest
     state.update(peak=0, calls=0)
     out = restore_snapshot(repo, res.snapshot_id, tmp_path / "o2", workers=8, memory_bytes=biggest // 2)
     assert (tmp_path / "o2" / "w.bin").read_bytes() == data and state["peak"] == 1  # too small: one still runs
@@ -244,6 +245,14 @@ def test_memory_budget_bounds_the_workers_and_their_buffers(tmp_path):
     gate.append(threading.Barrier(6))
     restore_snapshot(repo, res.snapshot_id, tmp_path / "o3", workers=8, memory_bytes=1 << 40)
     assert state["peak"] >= 6
+    # a cross-region copy reads the same way, within its own budget (transfer.copy_memory_mb)
+    gate.clear()
+    state.update(peak=0, calls=0)
+    dst = Repository(MemoryStore())
+    copied = replicate_snapshot(repo, dst, res.snapshot_id, workers=8, memory_bytes=2 * biggest)
+    assert copied.chunks_copied == len(res.manifest.files[0].chunks) and state["peak"] == 2 and state["now"] == 0
+    restore_snapshot(dst, res.snapshot_id, tmp_path / "o4")
+    assert (tmp_path / "o4" / "w.bin").read_bytes() == data
 
 
 # encrypted regions and damage ----------------------------------------------------------------------------------------

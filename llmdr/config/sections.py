@@ -103,6 +103,8 @@ class Transfer(StrictModel):
     # MiB of download buffers a restore holds at most: one blob-sized buffer per worker,
     # so fewer workers run when they would not fit (peak memory grows with it)
     restore_memory_mb: int = Field(default=128, ge=32, le=65536)
+    # MiB of read buffers a cross-region copy (replicate) holds at most, the same way: one blob-sized buffer per worker
+    copy_memory_mb: int = Field(default=128, ge=32, le=65536)
 
 
 class CaddyRouter(StrictModel):

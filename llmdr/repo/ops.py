@@ -70,7 +70,8 @@ def replicate(
     ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
     from llmdr.repo.replicate import replicate_snapshot
 
-    return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck)
+    return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck,
+                               memory_bytes=cfg.transfer.copy_memory_mb << 20)
             for sid in ids]
 
 
@@ -253,7 +254,8 @@ def protect_checkpoints(cfg: Config) -> dict:
     for r in cfg.secondaries:
         dst = open_repo(cfg, r)
         for snap in new:
-            copies.append(replicate_snapshot(primary, dst, snap["snapshot_id"], workers=cfg.transfer.workers).to_json()
+            copies.append(replicate_snapshot(primary, dst, snap["snapshot_id"], workers=cfg.transfer.workers,
+                                             memory_bytes=cfg.transfer.copy_memory_mb << 20).to_json()
                           | {"region": r.name})
     retention = []
     if ck.retention is not None:

@@ -5,19 +5,23 @@ thread allocated once (``BlobStore.open_range``), each blob opened (a sealed one
 and proven against its chunk id before anyone sees it. Nothing is copied on the way; each worker holds one buffer as
 large as the largest blob, and only as many workers run as fit a byte budget, so memory depends neither on the size
 of a range nor on the bundle's. A blob that is damaged, or cut short by a truncated pack,
-is reported as an ``IntegrityError`` in its place and the stream goes on to the next: the caller decides whether
-another copy of that chunk exists (``Repository.load_chunk`` tries every pack the index places it in).
+is reported as an ``IntegrityError`` in its place and the stream goes on to the next (``RangeBlobs``);
+``range_chunks`` then takes that chunk, or every chunk of a pack that is gone, from another copy the index knows of
+(``Repository.load_chunk``), or raises. ``locate`` places the chunks first, so a chunk no index knows stops the
+command before anything is read or written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from llmdr.errors import IntegrityError
+from llmdr.errors import ChunkMissing, IntegrityError, ObjectNotFound
 from llmdr.repo.index import IndexEntry, MasterIndex
+from llmdr.repo.layout import pack_key
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range
 from llmdr.storage.base import read_full
@@ -33,6 +37,22 @@ def index_for(repo: Repository, chunks: Iterable[bytes]) -> MasterIndex:
             break
         index = repo.index(**fresher)
     return index
+
+
+def locate(repo: Repository, chunks: Iterable[bytes], *, of: Callable[[bytes], str],
+           then: str) -> dict[bytes, IndexEntry]:
+    """Where each of ``chunks`` is (``index_for``), or ``ChunkMissing`` for the first one no index places; ``of``
+    says what a chunk belongs to (" of 'a.bin' at 0"), ``then`` what that means and what to do."""
+    chunks = list(chunks)
+    index = index_for(repo, chunks)
+    located: dict[bytes, IndexEntry] = {}
+    for c in chunks:
+        e = index.lookup(c)
+        if e is None:
+            raise ChunkMissing(f"chunk {c.hex()[:12]}{of(c)} is in no index of {repo.location}; the snapshot there "
+                               f"is damaged. {then}")
+        located[c] = e
+    return located
 
 
 def buffer_plan(entries: Iterable[IndexEntry], ranges: int, workers: int, memory: int) -> tuple[int, int]:
@@ -101,6 +121,42 @@ class RangeBlobs:
                 yield e, exc
                 continue
             yield e, memoryview(plain)
+
+
+def _elsewhere(repo: Repository, e: IndexEntry) -> bool:
+    """True when the index also places ``e``'s chunk in another pack than ``e``'s."""
+    alt = repo.index().lookup(e.chunk, avoid={e.pack})
+    return alt is not None and alt.pack != e.pack
+
+
+def range_chunks(repo: Repository, r: Range, buf: memoryview, stop: threading.Event, *, sizes: dict[bytes, int],
+                 of: Callable[[bytes], str], then: str,
+                 gone: Callable[[Range], str]) -> Iterator[tuple[IndexEntry, bytes | memoryview]]:
+    """Every chunk of ``r`` as ``(entry, plain bytes)``, proven against its id, until ``stop`` is set: from the
+    range streamed into ``buf`` (a view valid until the next item), or, for a blob damaged there or a pack that is
+    gone, from another pack the index places the chunk in (``Repository.load_chunk``; e.g. one `llmdr verify
+    --repair` wrote). Where no other copy exists: the blob's ``IntegrityError``, or ``ChunkMissing`` with
+    ``gone(r)`` for a pack that is gone. ``of`` says what a chunk belongs to, ``then`` what to do."""
+
+    def where(e: IndexEntry) -> str:
+        return f"chunk {e.chunk.hex()[:12]}{of(e.chunk)} in {pack_key(e.pack.hex())} of {repo.location}"
+
+    try:
+        blobs: RangeBlobs | None = RangeBlobs(repo, r, buf, where=where, then=then, sizes=sizes)
+    except ObjectNotFound:
+        if not all(_elsewhere(repo, e) for e in r.blobs):
+            raise ChunkMissing(gone(r)) from None
+        blobs = None
+    with blobs if blobs is not None else contextlib.nullcontext():
+        for e, got in blobs if blobs is not None else ((e, None) for e in r.blobs):
+            if stop.is_set():
+                return
+            if isinstance(got, memoryview):
+                yield e, got
+                continue
+            if got is not None and not _elsewhere(repo, e):
+                raise got
+            yield e, repo.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of(e.chunk), then=then)
 
 
 def fetch_ranges(ranges: list[Range], workers: int, memory: int,

@@ -18,18 +18,17 @@ import time
 from dataclasses import dataclass
 
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import ChunkMissing, ObjectNotFound
-from llmdr.repo.index import IndexEntry
+from llmdr.repo.layout import pack_key
 from llmdr.repo.locks import Locker
 from llmdr.repo.packer import PackWriter
-from llmdr.repo.rangeread import RangeBlobs, fetch_ranges, index_for
+from llmdr.repo.rangeread import fetch_ranges, locate, range_chunks
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
 from llmdr.repo.tree import BuiltTree, tree_ids
 
 log = logging.getLogger(__name__)
-COPY_MEMORY = 128 << 20  # bytes of read buffers at most (one blob-sized buffer per worker)
+DEFAULT_MEMORY = 128 << 20  # bytes of read buffers at most (one blob-sized buffer per worker)
 
 
 @dataclass
@@ -68,9 +67,11 @@ def replicate_snapshot(
     workers: int = 8,
     progress: Progress | None = None,
     recheck: bool = False,
+    memory_bytes: int = DEFAULT_MEMORY,
 ) -> ReplicateResult:
     """Make ``snapshot_id`` complete in ``dst``. With ``recheck``, a snapshot already listed there has its chunks
-    looked up again (missing ones are copied); otherwise its catalog entry proves it complete."""
+    looked up again (missing ones are copied); otherwise its catalog entry proves it complete. Read buffers take at
+    most ``memory_bytes`` (fewer workers read when their buffers would not fit; one always does)."""
     progress = progress or NoProgress()
     t0 = time.perf_counter()
     started_ts = time.time()
@@ -83,12 +84,12 @@ def replicate_snapshot(
     cfg = dst.ensure_config(src.config())
     with hold(dst.store, SHARED, "replicate", settle_s=0.0, repo_id=cfg.repo_id) as lock:
         return _copy(src, dst, snapshot_id, record, manifest, res, lock, workers=workers, progress=progress,
-                     recheck=recheck, t0=t0, started_ts=started_ts)
+                     recheck=recheck, t0=t0, started_ts=started_ts, memory=memory_bytes)
 
 
 def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, manifest, res: ReplicateResult,
           lock: RepoLock, *, workers: int, progress: Progress, recheck: bool, t0: float,
-          started_ts: float) -> ReplicateResult:
+          started_ts: float, memory: int) -> ReplicateResult:
     bundle = manifest.bundle
     needed = manifest.chunk_set()
     listed = dst.has_snapshot(snapshot_id, bundle=bundle)
@@ -106,7 +107,7 @@ def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, mani
     then = (f"It was not copied and the snapshot was not published in {dst.location}. Replicate from another "
             "healthy region.")
     try:
-        _copy_chunks(src, dst, missing, snapshot_id, then, res, workers=workers, progress=progress)
+        _copy_chunks(src, dst, missing, snapshot_id, then, res, workers=workers, progress=progress, memory=memory)
     finally:
         progress.finish()
     res.chunks_copied = len(missing)
@@ -130,48 +131,26 @@ def _copy(src: Repository, dst: Repository, snapshot_id: str, record: dict, mani
 
 
 def _copy_chunks(src: Repository, dst: Repository, missing: list[tuple[str, int]], snapshot_id: str, then: str,
-                 res: ReplicateResult, *, workers: int, progress: Progress) -> None:
+                 res: ReplicateResult, *, workers: int, progress: Progress, memory: int) -> None:
     """Copy ``missing`` (hex id, size) into packs of ``dst``, read from ``src`` by pack range as a restore reads:
     each worker streams its ranges into its own buffers, proves every blob against its id (a damaged source copy is
     never propagated; another copy in the source is tried) and hands it to the one pack writer."""
     if not missing:
         return
     sizes = {bytes.fromhex(d): n for d, n in missing}
-    index = index_for(src, sizes)
-    located = []
-    for c in sizes:
-        e = index.lookup(c)
-        if e is None:
-            raise ChunkMissing(f"chunk {c.hex()[:12]} of snapshot {snapshot_id[:12]} (source) is in no index of "
-                               f"{src.location}; the snapshot there is damaged. {then}")
-        located.append(e)
-    ranges = plan_for(located, workers)
-    lock = threading.Lock()  # one pack writer, fed by every worker in turn
     of = f" of snapshot {snapshot_id[:12]} (source)"
+    ranges = plan_for(locate(src, sizes, of=lambda c: of, then=then).values(), workers)
+    lock = threading.Lock()  # one pack writer, fed by every worker in turn
 
-    def where(e: IndexEntry) -> str:
-        return f"chunk {e.chunk.hex()[:12]}{of} in {src.location}"
-
-    def take(e: IndexEntry, plain: bytes | memoryview) -> None:
-        with lock:
-            writer.add(e.chunk.hex(), e.chunk, plain)  # the writer copies (or seals) it into its pack
-            res.bytes_copied += len(plain)
-        progress.advance(len(plain))
+    def gone(r: Range) -> str:
+        return f"pack {pack_key(r.pack.hex())}, which holds chunks{of}, is missing from {src.location}. {then}"
 
     def fetch(r: Range, buf: memoryview, stop: threading.Event) -> None:
-        try:
-            blobs = RangeBlobs(src, r, buf, where=where, then=then, sizes=sizes)
-        except ObjectNotFound:  # the pack is gone: each chunk from any other copy, or a clear error
-            for e in r.blobs:
-                take(e, src.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of, then=then))
-            return
-        with blobs:
-            for e, got in blobs:
-                if stop.is_set():
-                    return
-                if not isinstance(got, memoryview):  # damaged here: another copy in the source, if any
-                    got = src.load_chunk(e.chunk.hex(), size=sizes[e.chunk], of=of, then=then)
-                take(e, got)
+        for e, plain in range_chunks(src, r, buf, stop, sizes=sizes, of=lambda c: of, then=then, gone=gone):
+            with lock:
+                writer.add(e.chunk.hex(), e.chunk, plain)  # the writer copies (or seals) it into its pack
+                res.bytes_copied += len(plain)
+            progress.advance(len(plain))
 
     with PackWriter(dst, workers=max(1, workers // 2)) as writer:
-        fetch_ranges(ranges, workers, COPY_MEMORY, fetch, name="llmdr-copy")
+        fetch_ranges(ranges, workers, memory, fetch, name="llmdr-copy")

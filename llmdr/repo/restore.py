@@ -21,7 +21,6 @@ into that folder resumes it: files already in place whose content hashes to the 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -36,12 +35,11 @@ from pathlib import Path
 
 from llmdr.common.files import atomic_write
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import ChunkMissing, IntegrityError, LlmdrError, ObjectNotFound, TargetNotEmpty, UnsafePathError
+from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
-from llmdr.repo.index import IndexEntry
 from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
-from llmdr.repo.rangeread import RangeBlobs, fetch_ranges, index_for
+from llmdr.repo.rangeread import fetch_ranges, locate, range_chunks
 from llmdr.repo.repository import Repository
 from llmdr.repo.restoreplan import Range, plan_for
 
@@ -70,7 +68,7 @@ class RestoreResult:
     duration_s: float = 0.0
     location: str = ""
     complete: bool | None = None  # completeness check after restore; None when the snapshot declares no components
-    buffers_peak: int = 0  # the most bytes the download buffers held at once (within memory_bytes)
+    buffer_bytes: int = 0  # bytes of download buffer the workers held: workers × the largest blob (≤ memory_bytes)
 
     def to_json(self) -> dict:
         return {
@@ -83,7 +81,7 @@ class RestoreResult:
             "bytes_downloaded": self.bytes_downloaded,
             "duration_s": round(self.duration_s, 3),
             "location": self.location,
-            "buffers_peak": self.buffers_peak,
+            "buffer_bytes": self.buffer_bytes,
         }
 
 
@@ -276,14 +274,8 @@ class _Plan:
                 self.uses.setdefault(c, []).append((job, offset))
                 rank.setdefault(c, len(rank))
                 offset += n
-        self.located: dict[bytes, IndexEntry] = {}
-        index = index_for(repo, self.uses)
-        for c in self.uses:
-            e = index.lookup(c)
-            if e is None:
-                raise ChunkMissing(f"chunk {c.hex()[:12]} of {self.places(c)} is in no index of {repo.location}; "
-                                   f"the snapshot there is damaged. Nothing was written. {_THEN}")
-            self.located[c] = e
+        self.located = locate(repo, self.uses, of=lambda c: f" of {self.places(c)}",
+                              then=f"Nothing was written. {_THEN}")
         ranges = plan_for(self.located.values(), workers)
         self.ranges = sorted(ranges, key=lambda r: min(rank[b.chunk] for b in r.blobs))
 
@@ -382,12 +374,6 @@ def restore_snapshot(
     return res
 
 
-def _elsewhere(repo: Repository, e: IndexEntry) -> bool:
-    """True when the index also places ``e``'s chunk in another pack than ``e``'s."""
-    alt = repo.index().lookup(e.chunk, avoid={e.pack})
-    return alt is not None and alt.pack != e.pack
-
-
 def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int, res: RestoreResult,
          progress: Progress) -> None:
     """Fetch every range of ``plan`` on worker threads; the first failure stops the rest.
@@ -398,37 +384,22 @@ def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int
         return
     counted = threading.Lock()
 
-    def where(e: IndexEntry) -> str:
-        return f"chunk {e.chunk.hex()[:12]} of {plan.places(e.chunk)} in {pack_key(e.pack.hex())} of {repo.location}"
+    def gone(r: Range) -> str:
+        names = plan.files_in(r.pack)
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        return (f"pack {pack_key(r.pack.hex())} is missing from {repo.location}; it holds chunks of "
+                f"{', '.join(repr(n) for n in names[:5])}{more}. {_THEN}")
 
     def fetch(r: Range, buf: memoryview, stop: threading.Event) -> None:
-        try:
-            blobs: RangeBlobs | None = RangeBlobs(repo, r, buf, where=where, then=_THEN, sizes=plan.sizes)
-        except ObjectNotFound:
-            if not all(_elsewhere(repo, e) for e in r.blobs):
-                names = plan.files_in(r.pack)
-                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-                raise ChunkMissing(f"pack {pack_key(r.pack.hex())} is missing from {repo.location}; it holds chunks "
-                                   f"of {', '.join(repr(n) for n in names[:5])}{more}. {_THEN}") from None
-            blobs = None  # each blob has a copy in another pack (e.g. one `llmdr verify --repair` wrote)
-        with blobs if blobs is not None else contextlib.nullcontext():
-            for e, got in blobs if blobs is not None else ((e, None) for e in r.blobs):
-                if stop.is_set():
-                    return
-                if isinstance(got, memoryview):
-                    plain: bytes | memoryview = got
-                elif got is None or _elsewhere(repo, e):
-                    plain = repo.load_chunk(e.chunk.hex(), size=plan.sizes[e.chunk], of=f" of {plan.places(e.chunk)}",
-                                            then=_THEN)  # tries every pack the index places it in
-                else:
-                    raise got
-                for job, offset in plan.uses[e.chunk]:
-                    files.write(job, offset, plain)
-                    with counted:
-                        res.bytes_downloaded += len(plain)
-                    progress.advance(len(plain))
+        for e, plain in range_chunks(repo, r, buf, stop, sizes=plan.sizes, of=lambda c: f" of {plan.places(c)}",
+                                     then=_THEN, gone=gone):
+            for job, offset in plan.uses[e.chunk]:
+                files.write(job, offset, plain)
+                with counted:
+                    res.bytes_downloaded += len(plain)
+                progress.advance(len(plain))
 
-    res.buffers_peak = fetch_ranges(plan.ranges, workers, memory, fetch, name="llmdr-down")
+    res.buffer_bytes = fetch_ranges(plan.ranges, workers, memory, fetch, name="llmdr-down")
 
 
 def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_place: int,
