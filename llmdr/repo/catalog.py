@@ -4,7 +4,7 @@ bundle's snapshots, readable without downloading any file list.
     bundles/<b>.json                                  {"bundle": name}: which bundles the region holds
     catalog/<b>/e/<seq:012d>                          one entry, created once with a conditional put
     catalog/<b>/seg/<first:012d>-<last:012d>-<sha>    a sealed segment: the entries first..last in one object
-    catalog/<b>/s/<first:012d>-<last:012d>-<sha>      a small segment (16 entries) past the last 256-entry one
+    catalog/<b>/s/<first:012d>-<last:012d>-<sha>      a small segment: the entries since the last 256-entry one
 
 ``<b>`` is the first 16 hex of the SHA-256 of the bundle name. An entry is either a snapshot (its record inline, the
 record id, and ``prev``: the newest live snapshot when it was written) or a forget (ids no longer listed). Order is
@@ -12,9 +12,13 @@ record id, and ``prev``: the newest live snapshot when it was written) or a forg
 ``If-None-Match: *``; losing that race (``Conflict``) means re-reading the head and trying the next seq, so two
 writers never both believe they made the head.
 
-Reading stays flat as history grows: segments (one per ``SEGMENT`` entries, merged by prune) cover the past, and only
-the entries after the last covered seq are listed, with ``start_after``. Entries and segments never change once
-written, so both are cached under the repository's cache folder and a warm command only GETs what it has not seen.
+Reading stays flat as history grows: segments cover the past (one per ``SEGMENT`` entries, and one small one for the
+entries since the last: a full read GETs one object per 256 entries and at most 16 more), and only the entries after
+the last covered seq are listed, with ``start_after``. A command that needs only the head (a snapshot, a replicate,
+``latest``) reads back from the newest entry only until it finds it (``tip``, ``newest_first``). Entries and
+segments never change once written, so both are cached under the repository's cache folder and a warm command only
+GETs what it has not seen. A small segment superseded by a wider one stays in the store (about 7 entries' worth of
+bytes per snapshot in all); readers never fetch it.
 
 Reads are tolerant: an entry that does not parse, or whose record does not hash to its id, is named in ``skipped``
 and occupies its seq; nothing else is affected. An entry whose ``prev`` is not the newest live snapshot before it
@@ -28,7 +32,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +49,7 @@ log = logging.getLogger(__name__)
 CATALOG = "catalog/"
 BUNDLES = "bundles/"
 SEGMENT = 256
-SMALL_SEGMENT = 16  # a small segment seals every 16 entries, so a cold reader GETs at most 15 entries one by one
+SMALL_SEGMENT = 16  # a small segment is written every 16 entries, so a cold reader GETs at most 15 entries one by one
 FUTURE_SLACK_S = 300.0
 _SEG_NAME = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{64})")
 
@@ -123,6 +127,17 @@ class View:
         return self.live[-1] if self.live else None
 
 
+@dataclass
+class Tip:
+    """The newest part of a catalog: the live head, the next free seq, where the segments end (``covered``) and the
+    readable entries after that, which is what a writer needs to append and seal."""
+
+    head: Entry | None
+    next_seq: int
+    covered: int
+    tail: list[Entry]
+
+
 class Catalog:
     """The catalog of ``bundle`` in ``store`` (cached under ``cache_dir`` when given)."""
 
@@ -137,17 +152,10 @@ class Catalog:
 
     # reading ----------------------------------------------------------------------------------------------------------
     def read(self) -> View:
+        """The whole catalog: every entry, the live snapshots, and what was set aside, forked or future-dated."""
         view = View()
         by_seq: dict[int, Entry] = {}
-        chain: list[tuple[int, int, str]] = []  # the widest segments that cover 0, 1, 2, ... without a gap
-        covered = 0
-        for small in (False, True):  # the small ones are listed only from where the large ones end
-            for first, last, name in self._segments(small, covered):
-                if first > covered:
-                    break  # a gap: entries after it are read one by one below
-                if last >= covered:
-                    chain.append((first, last, name))
-                    covered = last + 1
+        chain, _ = self._chain()
         todo = [c for c in chain if c[2] not in self._segs]
         got: dict[str, list[Entry] | Exception] = {}
         if todo:  # fetched in parallel: one per 256 entries and up to 15 small ones
@@ -157,28 +165,92 @@ class Catalog:
             entries = self._segs[name] if name in self._segs else got[name]
             if isinstance(entries, Exception):
                 view.skipped[self.prefix + name] = str(entries)
-                break
+                break  # the entries it should have held are read one by one below
             for e in entries:
                 by_seq[e.seq] = e
             covered = last + 1
         view.covered = covered
+        tail, view.next_seq = self._tail(covered)
+        for seq, key, got_entry in tail:
+            if isinstance(got_entry, Entry):
+                by_seq[seq] = got_entry
+            else:
+                view.skipped[key] = got_entry
+        view.next_seq = max([view.next_seq - 1, *by_seq.keys()], default=-1) + 1
+        self._resolve(view, [by_seq[s] for s in sorted(by_seq)])
+        return view
+
+    def tip(self, skipped: dict[str, str] | None = None) -> Tip:
+        """The head and the next free seq, reading back only until a live snapshot is found: the entries past the
+        segments, then segments newest first. What cannot be read is added to ``skipped``."""
+        chain, covered = self._chain()
+        tail, next_seq = self._tail(covered)
+        walk = self._newest_first(chain, tail, skipped if skipped is not None else {})
+        return Tip(next(walk, None), next_seq, covered, [e for _, _, e in tail if isinstance(e, Entry)])
+
+    def newest_first(self, skipped: dict[str, str] | None = None) -> Iterator[Entry]:
+        """Live snapshot entries newest first (the order ``read`` lists them in, reversed), each segment fetched only
+        when the walk reaches it: a caller that stops early reads only the recent past."""
+        chain, covered = self._chain()
+        tail, _ = self._tail(covered)
+        return self._newest_first(chain, tail, skipped if skipped is not None else {})
+
+    def _newest_first(self, chain: list[tuple[int, int, str]], tail: list[tuple[int, str, Entry | str]],
+                      skipped: dict[str, str]) -> Iterator[Entry]:
+        seen: set[str] = set()  # ids already listed (at a later seq: their place) or forgotten by a later entry
+
+        def live(e: Entry) -> bool:
+            if e.kind == "forget":
+                seen.update(e.forget)
+                return False
+            if e.record.get("bundle") != self.bundle:
+                skipped[entry_key(self.bundle, e.seq)] = f"names bundle {e.record.get('bundle')!r}"
+                return False
+            if e.id in seen:
+                return False
+            seen.add(e.id)
+            return True
+
+        for _seq, key, e in reversed(tail):
+            if not isinstance(e, Entry):
+                skipped[key] = e
+            elif live(e):
+                yield e
+        for first, last, name in reversed(chain):
+            entries = self._segs[name] if name in self._segs else self._try_segment(first, last, name)
+            if isinstance(entries, Exception):  # the full read places what this segment held, one entry at a time
+                view = self.read()
+                skipped.update(view.skipped)
+                yield from (e for e in reversed(view.entries) if e.seq <= last and live(e))
+                return
+            yield from (e for e in reversed(entries) if live(e))
+
+    def _chain(self) -> tuple[list[tuple[int, int, str]], int]:
+        """The widest segments that cover seq 0, 1, 2, ... without a gap (by their names), and the first seq they
+        do not cover."""
+        chain: list[tuple[int, int, str]] = []
+        covered = 0
+        for small in (False, True):  # the small ones are listed only from where the large ones end
+            for first, last, name in self._segments(small, covered):
+                if first > covered:
+                    break  # a gap: entries after it are read one by one
+                if last >= covered:
+                    chain.append((first, last, name))
+                    covered = last + 1
+        return chain, covered
+
+    def _tail(self, covered: int) -> tuple[list[tuple[int, str, Entry | str]], int]:
+        """The entries from seq ``covered`` on, by seq, each as ``(seq, key, entry or why it cannot be read)``, and
+        the seq after the highest one listed."""
         start_after = f"{self.prefix}e/{covered - 1:012d}" if covered else None
-        tail = [(int(i.key.rsplit("/", 1)[1]), i) for i in self.store.list(self.prefix + "e/", start_after=start_after)
-                if i.key.rsplit("/", 1)[1].isdigit()]
-        highest = max([covered - 1, *(seq for seq, _ in tail)])
-        new = [t for t in tail if t[0] not in self._mem]
+        listed = [(int(i.key.rsplit("/", 1)[1]), i) for i in self.store.list(self.prefix + "e/", start_after=start_after)
+                  if i.key.rsplit("/", 1)[1].isdigit()]
+        new = [t for t in listed if t[0] not in self._mem]
         fetched: dict[int, Entry | str] = {}
         if new:  # fetched in parallel: a cold reader has up to 15 to read (more where segments are missing)
             fetched = dict(io_map(lambda t: (t[0], self._load_entry(t[0], t[1].key, t[1].modified)), new))
-        for seq, info in tail:
-            got = fetched.get(seq) or self._mem[seq]
-            if isinstance(got, Entry):
-                by_seq[seq] = got
-            else:
-                view.skipped[info.key] = got
-        view.next_seq = max([highest, *by_seq.keys()], default=-1) + 1
-        self._resolve(view, [by_seq[s] for s in sorted(by_seq)])
-        return view
+        tail = sorted((seq, info.key, fetched.get(seq) or self._mem[seq]) for seq, info in listed)
+        return tail, max([covered - 1, *(seq for seq, _ in listed)]) + 1
 
     def _resolve(self, view: View, entries: list[Entry]) -> None:
         view.entries = entries
@@ -191,12 +263,11 @@ class Catalog:
             if e.record.get("bundle") != self.bundle:
                 view.skipped[entry_key(self.bundle, e.seq)] = f"names bundle {e.record.get('bundle')!r}"
                 continue
-            if e.id in live:
-                continue
             if e.prev != (next(reversed(live)) if live else None):
                 view.forks.append(e.id)
-            if e.stored is not None and _created(e) > e.stored + FUTURE_SLACK_S:
+            if future_dated(e):
                 view.future.append(e.id)
+            live.pop(e.id, None)  # listed again (two copies published at once): its place is the newer entry
             live[e.id] = e
         view.live = list(live.values())  # a forget applies to the entries before it; a later entry lists it again
 
@@ -281,17 +352,17 @@ class Catalog:
         """Write the entry ``make(seq, prev)`` builds at the next free seq; ``prev`` is the current live head's id.
         On a lost race the view is re-read and ``make`` called again with the new seq and head."""
         for _ in range(attempts):
-            view = self.read()
-            seq = view.next_seq
+            tip = self.tip()
+            seq = tip.next_seq
             while self._hidden(seq):  # never write over a key we cannot read: take the next seq
                 seq += 1
-            entry = make(seq, view.head.id if view.head else None)
+            entry = make(seq, tip.head.id if tip.head else None)
             try:
                 self.store.put(entry_key(self.bundle, seq), canonical_json(entry.to_json()), if_absent=True)
             except Conflict:
                 log.info("catalog seq %d of %s taken by another writer; retrying", seq, self.bundle)
                 continue
-            self._seal(view, entry)
+            self._seal(tip, entry)
             return entry
         raise StorageError(f"could not append to the catalog of {self.bundle!r} in {self.store.location}: "
                            f"{attempts} writers in a row took the next seq first. Try again.")
@@ -308,29 +379,27 @@ class Catalog:
                     "Run `llmdr undelete` for this region to bring it back", key, self.store.location)
         return True
 
-    def _seal(self, view: View, new: Entry) -> None:
-        """Best effort: after every ``SMALL_SEGMENT`` entries, a small segment (``s/``) for each complete block of
-        them not yet covered; after every ``SEGMENT``, one large segment (``seg/``) for the whole block instead. A
-        reader lists the large ones, then only the small ones past them, and GETs at most 15 entries one by one."""
+    def _seal(self, tip: Tip, new: Entry) -> None:
+        """Best effort, after every ``SMALL_SEGMENT`` entries: one small segment (``s/``) holding every entry from the
+        start of the current ``SEGMENT`` block to the new one (it supersedes the small ones before it: readers take
+        the widest segment at each start), or at the end of a block one large segment (``seg/``) for all of it;
+        earlier blocks left without their large segment (a seal that failed) get theirs too. A cold reader GETs one
+        segment per ``SEGMENT`` entries, one small one, and at most 15 entries one by one."""
         small = min(SMALL_SEGMENT, SEGMENT)
         if (new.seq + 1) % small:
             return
-        entries = {e.seq: e for e in view.entries}
         try:  # the store's time of the new entry (the others carry theirs)
             new = replace(new, stored=self.store.head(entry_key(self.bundle, new.seq)).modified)
         except StorageError:
             pass
+        base = new.seq - new.seq % SEGMENT  # the start of the new entry's block
+        blocks = [(b, b + SEGMENT - 1) for b in range(tip.covered - tip.covered % SEGMENT, base, SEGMENT)]
+        blocks.append((base, new.seq))
+        entries = self._entries_from(blocks[0][0], tip)
         entries[new.seq] = new
-        blocks = []
-        first = view.covered
-        while first + small - 1 <= new.seq:
-            blocks.append((first, first + small - 1))
-            first += small
-        if (new.seq + 1) % SEGMENT == 0:  # the large one replaces the small ones it spans
-            blocks = [b for b in blocks if b[0] <= new.seq - SEGMENT] + [(new.seq + 1 - SEGMENT, new.seq)]
         for first, last in blocks:
             block = [{"entry": entries[s].to_json(), "stored": entries[s].stored}
-                     for s in range(first, last + 1) if s in entries]
+                     for s in range(first, last + 1) if s in entries]  # an unreadable entry keeps its seq, empty
             data = canonical_json({"first": first, "last": last, "entries": block})
             kind = "seg/" if last - first + 1 == SEGMENT else "s/"
             name = f"{kind}{first:012d}-{last:012d}-{hashlib.sha256(data).hexdigest()}"
@@ -340,6 +409,24 @@ class Catalog:
                 log.warning("could not seal catalog segment %s in %s (%s); a later snapshot will", name,
                             self.store.location, exc)
                 return
+
+    def _entries_from(self, first: int, tip: Tip) -> dict[int, Entry]:
+        """The readable entries from seq ``first`` on, by seq: from the segments that cover them and the tip, or
+        from a full read when one of those segments cannot be used (its entries are then read one by one)."""
+        entries: dict[int, Entry] = {}
+        for f, last, name in self._chain()[0] if first < tip.covered else ():
+            if last < first:
+                continue
+            got = self._segs[name] if name in self._segs else self._try_segment(f, last, name)
+            if isinstance(got, Exception):
+                return {e.seq: e for e in self.read().entries if e.seq >= first} | {e.seq: e for e in tip.tail}
+            entries.update((e.seq, e) for e in got if e.seq >= first)
+        return entries | {e.seq: e for e in tip.tail}
+
+
+def future_dated(e: Entry) -> bool:
+    """True when the record's ``created`` lies more than ``FUTURE_SLACK_S`` after the store's time of its entry."""
+    return e.stored is not None and _created(e) > e.stored + FUTURE_SLACK_S
 
 
 def _created(e: Entry) -> float:

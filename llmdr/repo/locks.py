@@ -75,7 +75,7 @@ class Locker:
         if started is not None and t - started > self.slack_s:
             todo |= set(written)
         enough = t + self.period_s - self.slack_s
-        for info in reversed(repo.snapshots()):  # newest first: usually the previous snapshot covers everything
+        for info in repo.newest_first():  # usually the previous snapshot covers everything: the rest is not read
             if not todo:
                 break
             mine = todo & info.manifest.chunk_set().keys()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from llmdr.errors import (
     SnapshotNotFound,
     UsageError,
 )
-from llmdr.repo.catalog import BUNDLES, Catalog, Entry, View, bundle_key
+from llmdr.repo.catalog import BUNDLES, Catalog, Entry, View, bundle_key, future_dated
 from llmdr.repo.index import IndexEntry, IndexFile, MasterIndex
 from llmdr.repo.indexlog import IndexView
 from llmdr.repo.layout import (
@@ -435,7 +436,7 @@ class Repository:
     def newest(self, *, bundle: str | None = None, strict: bool = False) -> str | None:
         """The id of the bundle's head (highest seq); across bundles, the newest by store time."""
         if bundle is not None:
-            head = self.view(bundle).head
+            head = self.catalog(bundle).tip(self.unreadable).head  # reads back only until it finds the head
             return head.id if head else None
         heads = [s for s in self.snapshots() if s is not None]
         return max(heads, key=lambda s: (s.stored or 0.0, s.created)).id if heads else None
@@ -443,7 +444,26 @@ class Repository:
     def snapshot_ids(self, *, bundle: str | None = None) -> list[str]:
         return [s.id for s in self.snapshots(bundle=bundle)]
 
+    def newest_first(self, *, bundle: str | None = None) -> Iterator[SnapshotInfo]:
+        """Live snapshots newest first, the bundles' histories in turn (one from each, then the next from each),
+        each read back only as far as the caller goes. ``fork`` is not known this way (it is False)."""
+        walks = [self.catalog(name).newest_first(self.unreadable)
+                 for name in ([bundle] if bundle is not None else self.bundles())]
+        while walks:
+            for walk in list(walks):
+                e = next(walk, None)
+                if e is None:
+                    walks.remove(walk)
+                    continue
+                yield SnapshotInfo(e.id, e.record, e.seq, e.stored, future_dated(e), False, self)
+
     def has_snapshot(self, snapshot_id: str, *, bundle: str | None = None) -> bool:
+        """True when ``snapshot_id`` is listed. A record is stored before its catalog entry, so where there is no
+        record there is no snapshot, and the catalog is not read."""
+        try:
+            self.store.head(record_key(snapshot_id))
+        except ObjectNotFound:
+            return False
         return snapshot_id in set(self.snapshot_ids(bundle=bundle))
 
     def resolve(self, ref: str, *, bundle: str | None = None) -> str:
