@@ -111,43 +111,49 @@ def stack_up(h: History) -> None:
 
 # one level ---------------------------------------------------------------------------------------------------------------
 def measure_level(h: History, level: int) -> None:
-    """Grow the history to ``level`` - 1 snapshots (all copied), then each mode: one more (not copied) and the four
-    commands."""
+    """Grow the history to ``level`` - 1 snapshots (all copied), then each mode ``--repeats`` times: one more (not
+    copied) and the four commands."""
     h.grow(max(0, level - 1 - h.steps_taken), leave_last=0)
     print(f"level {level}: {h.steps_taken} snapshots so far", flush=True)
     for mode in MODES:
-        newest = h.grow(1, leave_last=1)["ids"][-1]
-        snap = h.measure(level, mode, "llmdr snapshot", h.llmdr_cmd("snapshot", "--json"), snapshots=h.steps_taken)
-        h.steps_taken += 1
-        j = snap.data["json"]
-        if j["bytes_new"] != 0 or j["parent"] != newest:
-            raise CommandFailed(f"the nothing-changed snapshot stored {j['bytes_new']} new bytes or did not build on "
-                                f"the newest ({j['parent']} vs {newest})")
-        snap.note = (f"{j['files_unchanged']}/{j['files']} files unchanged by the stat cache, "
-                     f"{j['bytes_read']} bytes read")
-        rep = h.measure(level, mode, "llmdr replicate", h.llmdr_cmd("replicate", "latest", "--to", "secondary",
-                                                                    "--json"), snapshots=h.steps_taken)
-        r = rep.data["json"][0]
-        if r["snapshot_id"] != j["snapshot_id"] or r["already_present"]:
-            raise CommandFailed(f"replicate latest copied {r['snapshot_id']}, not the newest {j['snapshot_id']}: {r}")
-        rep.note = f"{r['chunks_copied']}/{r['chunks_total']} chunks copied, {r['bytes_copied']} bytes"
-        ls = h.measure(level, mode, "llmdr snapshots", h.llmdr_cmd("snapshots", "--region", "secondary", "--json"),
-                       snapshots=h.steps_taken)
-        listed = ls.data["json"]
-        if not listed or listed[-1]["id"] != j["snapshot_id"]:
-            raise CommandFailed(f"the secondary's newest listed snapshot is not {j['snapshot_id']}")
-        ls.note = f"{len(listed)} snapshots listed (the secondary lacks the unmeasured uncopied ones)"
-        ls.data["listed"] = len(listed)
-        ls.data.pop("json")  # the whole listing: its length is what matters
-        target = h.work / f"restore-{level}-{mode}"
-        res = h.measure(level, mode, "llmdr restore", h.llmdr_cmd("restore", "latest", "--region", "secondary",
-                                                                  "--to", str(target), "--json"),
-                        snapshots=h.steps_taken)
-        got = bundle_digests(target)
-        if got != bundle_digests(h.bundle):
-            raise CommandFailed(f"the restore of the newest snapshot into {target} differs from the bundle")
-        shutil.rmtree(target)
-        res.note = f"{res.data['json']['files']} files, {res.data['json']['bytes_downloaded']} bytes; identical"
+        for _ in range(h.args.repeats):
+            measure_round(h, level, mode)
+
+
+def measure_round(h: History, level: int, mode: str) -> None:
+    """One more snapshot in-process (not copied), then the four commands measured in ``mode``."""
+    newest = h.grow(1, leave_last=1)["ids"][-1]
+    snap = h.measure(level, mode, "llmdr snapshot", h.llmdr_cmd("snapshot", "--json"), snapshots=h.steps_taken)
+    h.steps_taken += 1
+    j = snap.data["json"]
+    if j["bytes_new"] != 0 or j["parent"] != newest:
+        raise CommandFailed(f"the nothing-changed snapshot stored {j['bytes_new']} new bytes or did not build on "
+                            f"the newest ({j['parent']} vs {newest})")
+    snap.note = (f"{j['files_unchanged']}/{j['files']} files unchanged by the stat cache, "
+                 f"{j['bytes_read']} bytes read")
+    rep = h.measure(level, mode, "llmdr replicate", h.llmdr_cmd("replicate", "latest", "--to", "secondary",
+                                                                "--json"), snapshots=h.steps_taken)
+    r = rep.data["json"][0]
+    if r["snapshot_id"] != j["snapshot_id"] or r["already_present"]:
+        raise CommandFailed(f"replicate latest copied {r['snapshot_id']}, not the newest {j['snapshot_id']}: {r}")
+    rep.note = f"{r['chunks_copied']}/{r['chunks_total']} chunks copied, {r['bytes_copied']} bytes"
+    ls = h.measure(level, mode, "llmdr snapshots", h.llmdr_cmd("snapshots", "--region", "secondary", "--json"),
+                   snapshots=h.steps_taken)
+    listed = ls.data["json"]
+    if not listed or listed[-1]["id"] != j["snapshot_id"]:
+        raise CommandFailed(f"the secondary's newest listed snapshot is not {j['snapshot_id']}")
+    ls.note = f"{len(listed)} snapshots listed (the secondary lacks the unmeasured uncopied ones)"
+    ls.data["listed"] = len(listed)
+    ls.data.pop("json")  # the whole listing: its length is what matters
+    target = h.work / f"restore-{level}-{mode}"
+    res = h.measure(level, mode, "llmdr restore", h.llmdr_cmd("restore", "latest", "--region", "secondary",
+                                                              "--to", str(target), "--json"),
+                    snapshots=h.steps_taken)
+    got = bundle_digests(target)
+    if got != bundle_digests(h.bundle):
+        raise CommandFailed(f"the restore of the newest snapshot into {target} differs from the bundle")
+    shutil.rmtree(target)
+    res.note = f"{res.data['json']['files']} files, {res.data['json']['bytes_downloaded']} bytes; identical"
 
 
 # main --------------------------------------------------------------------------------------------------------------------
@@ -168,7 +174,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common_args(ap, work=BENCH_DIR / "work" / "history", ports=(PRIMARY_PORT, SECONDARY_PORT),
                 smoke="check the harness: 3 and 12 snapshots, every command once per mode; writes "
                       "history-smoke.json|.md, never into bench/results/")
-    args = parse(ap, argv, smoke={"steps": "3,12"})
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds per level and mode; each command's median round is compared (default 3)")
+    args = parse(ap, argv, smoke={"steps": "3,12", "repeats": 1})
+    if args.repeats < 1:
+        sys.exit(f"--repeats {args.repeats}: give at least 1")
     args.levels = levels_of(args.steps)
     return args
 

@@ -27,11 +27,15 @@ class Run(Timed):
 
 
 def find(h: History, level: int, mode: str, command: str) -> Run | None:
-    return next((r for r in h.runs if (r.level, r.mode, r.command) == (level, mode, command)), None)
+    """The median by wall time of the command's rounds at this level and mode (the lower one of an even count)."""
+    runs = sorted((r for r in h.runs if (r.level, r.mode, r.command) == (level, mode, command)),
+                  key=lambda r: r.wall_s)
+    return runs[(len(runs) - 1) // 2] if runs else None
 
 
 def summarise(h: History) -> dict:
-    """Per command and mode: wall time, in-process time and peak RSS at each level, and each level ÷ the first."""
+    """Per command and mode: wall time, in-process time and peak RSS of the median round at each level, and each
+    level ÷ the first."""
     levels = h.args.levels
     out: dict = {"levels": levels, "commands": {}}
     for command in COMMANDS:
@@ -41,6 +45,7 @@ def summarise(h: History) -> dict:
                 continue
             base = runs[0]
             out["commands"][f"{command} ({mode})"] = {
+                "rounds": sum(1 for r in h.runs if (r.level, r.mode, r.command) == (levels[0], mode, command)),
                 "wall_s": {str(r.level): round(r.wall_s, 3) for r in runs},
                 "inproc_s": {str(r.level): r.inproc_s for r in runs},
                 "peak_rss_mb": {str(r.level): round(r.peak_rss_mb, 1) for r in runs},
@@ -101,16 +106,18 @@ def standing_notes(h: History) -> list[str]:
         "new chunk. The history is built in-process by bench/history_build.py (take_snapshot, then "
         "replicate_snapshot to the secondary), not measured; its seconds per snapshot are in the JSON "
         "(details.builds).",
-        "At each level: one more snapshot taken in-process and not copied, then measured in this order: llmdr "
-        "snapshot with nothing changed (primary), llmdr replicate latest --to secondary (the newest: record, tree, "
-        "one chunk), llmdr snapshots --region secondary (every snapshot listed), llmdr restore latest --region "
+        "At each level, each round: one more snapshot taken in-process and not copied, then measured in this order: "
+        "llmdr snapshot with nothing changed (primary), llmdr replicate latest --to secondary (the newest: record, "
+        "tree, one chunk), llmdr snapshots --region secondary (every snapshot listed), llmdr restore latest --region "
         "secondary (tiny bundle, every file's SHA-256 checked). Cold: .llmdr/cache (catalog, records, trees, index "
         "copies, stat cache) deleted before each command, as on a fresh DR host; warm: as the commands before left "
         "it. The levels differ only in history length; the number of snapshots in the primary is in each run.",
         "Wall time: time.perf_counter() around each subprocess (interpreter start-up included: ~0.5-1 s of each "
         "command here, the same at every level). Peak RSS: ru_maxrss from os.wait4() under bench/rusage_launcher.py "
-        f"(floor {h.details.get('rss_floor_mb', '?')} MB). Single runs on a shared 2-core machine: read a ratio "
-        "within ~10 % of its bound as a tie.",
+        f"(floor {h.details.get('rss_floor_mb', '?')} MB). Each level and mode is measured in "
+        f"{h.args.repeats} round(s), each adding two snapshots (the in-process one and the measured snapshot); "
+        "the ratios compare each command's median round (by wall time), every round is listed below. A shared "
+        "2-core machine: read a ratio within ~10 % of its bound as a tie.",
     ]
 
 
