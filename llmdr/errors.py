@@ -95,6 +95,13 @@ class TargetNotEmpty(LlmdrError):
     exit_code = 2
 
 
+class TargetLocked(LlmdrError):
+    """Another restore is writing into the same target folder. The message names the holder (pid, host, since when)
+    and what to do."""
+
+    exit_code = 10
+
+
 class SnapshotNotFound(LlmdrError):
     """No snapshot matches the reference in that region."""
 

@@ -35,6 +35,7 @@ from llmdr.config import load_config
 from llmdr.repo.layout import tree_key
 from llmdr.repo.manifest import canonical_json
 from llmdr.repo.ops import open_repo
+from llmdr.repo.reserved import is_tmp_name
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
 from tests.support.requirements import need
@@ -115,7 +116,7 @@ def run(ctx: Ctx, *args: str) -> subprocess.CompletedProcess:
 
 
 def no_tmp_files(root: Path) -> list[str]:
-    return [p.as_posix() for p in root.rglob("*") if p.name.endswith(".llmdr-tmp")]
+    return [p.as_posix() for p in root.rglob("*") if is_tmp_name(p.name)]
 
 
 # the cases -------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from llmdr.repo.bundle import content_digests, detected_specs
 from llmdr.repo.layout import INDEX, pack_key, record_key, tree_key
 from llmdr.repo.manifest import canonical_json
 from llmdr.repo.repository import Repository
-from llmdr.repo.restore import MARKER, TMP_SUFFIX
+from llmdr.repo.reserved import LOCK, MARKER, is_tmp_name
 from llmdr.serving import golden, restoretest
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
@@ -236,7 +236,8 @@ def final_names(target: Path) -> dict[str, bytes]:
     """The files under their final names in a restore target (not the temporary files, not the resume marker)."""
     if not target.exists():
         return {}
-    return {k: v for k, v in read_tree(target).items() if not k.endswith(TMP_SUFFIX) and k != MARKER}
+    return {k: v for k, v in read_tree(target).items()
+            if not is_tmp_name(k.rsplit("/", 1)[-1]) and k not in (MARKER, LOCK)}
 
 
 def run_detectors(world: World, path: Path, cfg: Config, sid: str, out: Path) -> dict:

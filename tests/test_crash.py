@@ -55,7 +55,8 @@ from llmdr.repo.layout import INDEX, RepoConfig, record_key
 from llmdr.repo.prune import plans, prune
 from llmdr.repo.repolock import list_locks
 from llmdr.repo.repository import Repository
-from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
+from llmdr.repo.reserved import LOCK, MARKER, is_tmp_name, tmp_name
+from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.verify import check_manifest
 from llmdr.storage.factory import open_region
@@ -262,7 +263,7 @@ def partly_arrived(r: Repository, listed: list[str]) -> bool:
 
 
 def has_files(target: Path) -> Callable[[], bool]:
-    return lambda: any(n != MARKER for _, _, names in os.walk(target) for n in names)
+    return lambda: any(n not in (MARKER, LOCK) for _, _, names in os.walk(target) for n in names)
 
 
 @pytest.mark.slow
@@ -327,7 +328,9 @@ def test_replicate_killed(world, tmp_path):
 
 def target_state(target: Path, tree: dict[str, bytes]) -> tuple[dict[str, int], int, bool]:
     """(files complete under their final name -> size, partial files under a temporary name, marker present).
-    Fails on a file under its final name whose bytes differ from the source, or on anything else in the target."""
+    Fails on a file under its final name whose bytes differ from the source, or on anything else in the target
+    (the killed restore's lock file is allowed: the re-run takes it over)."""
+    temps = {(Path(rel).parent / tmp_name(rel)).as_posix(): rel for rel in tree}
     complete: dict[str, int] = {}
     partial = 0
     marker = False
@@ -337,9 +340,10 @@ def target_state(target: Path, tree: dict[str, bytes]) -> tuple[dict[str, int], 
             rel = p.relative_to(target).as_posix()
             if rel == MARKER:
                 marker = True
-            elif name.startswith(".") and name.endswith(TMP_SUFFIX):
-                final = (p.parent / name[1:-len(TMP_SUFFIX)]).relative_to(target).as_posix()
-                assert final in tree, f"temporary file {rel} for a file the snapshot does not hold"
+            elif rel == LOCK:
+                pass
+            elif is_tmp_name(name):
+                assert rel in temps, f"temporary file {rel} for a file the snapshot does not hold"
                 partial += 1
             else:
                 assert rel in tree, f"unexpected file {rel} in the restore target"

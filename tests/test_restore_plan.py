@@ -23,7 +23,8 @@ from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import Repository
-from llmdr.repo.restore import MARKER, TMP_SUFFIX, restore_snapshot
+from llmdr.repo.reserved import MARKER, is_tmp_name
+from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.tree import record_bytes
@@ -88,7 +89,7 @@ class Watch(FaultyStore):
 
 
 def tmp_files(root) -> list:
-    return [p for p in root.rglob("*") if p.name.endswith(TMP_SUFFIX)]
+    return [p for p in root.rglob("*") if is_tmp_name(p.name)]
 
 
 # coalescing ----------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_open_files_are_capped(tmp_path, monkeypatch):
             return ""
 
     def count_open(key, get, length):
-        open_seen.append(sum(1 for fd in os.listdir("/proc/self/fd") if link(fd).endswith(TMP_SUFFIX)))
+        open_seen.append(sum(1 for fd in os.listdir("/proc/self/fd") if is_tmp_name(os.path.basename(link(fd)))))
         return get()
 
     repo = new_repo(Watch(MemoryStore(), count_open))

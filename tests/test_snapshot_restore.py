@@ -16,7 +16,8 @@ from llmdr.repo.indexlog import INDEX_LOG
 from llmdr.repo.layout import INDEX, PACKS, TREES, RepoConfig, pack_key, record_key, tree_key
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
 from llmdr.repo.repository import Repository
-from llmdr.repo.restore import MARKER, restore_snapshot
+from llmdr.repo.reserved import MARKER, is_tmp_name, tmp_name
+from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.restoreplan import plan_ranges
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.repo.tree import record_bytes
@@ -255,7 +256,7 @@ def test_corrupt_chunk_detected_and_no_partial_file(tmp_path):
         restore_snapshot(repo, res.snapshot_id, out, durable=False)
     assert pack in str(err.value) and "weights.bin" in str(err.value)
     assert not (out / "weights.bin").exists()
-    assert not any(p.name.endswith(".llmdr-tmp") for p in out.rglob("*"))
+    assert not any(is_tmp_name(p.name) for p in out.rglob("*"))
 
 
 def test_interrupted_restore_resumes_without_redownloading(tmp_path):
@@ -273,7 +274,7 @@ def test_interrupted_restore_resumes_without_redownloading(tmp_path):
     assert (out / MARKER).exists()
     done_before = [p for p in files if (out / p).exists()]
     assert 0 < len(done_before) < len(files)
-    assert not any(p.name.endswith(".llmdr-tmp") for p in out.iterdir())
+    assert not any(is_tmp_name(p.name) for p in out.iterdir())
     fetched = []
 
     class Watch(FaultyStore):
@@ -341,7 +342,7 @@ def test_large_file_streams_with_bounded_inflight(tmp_path):
 
 @pytest.mark.parametrize("size", [500, 40_000])  # one chunk: the direct path; several: the open-file cache
 def test_restore_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path, size):
-    """A symlink waiting at the temporary name restore writes to (``.<name>.llmdr-tmp``) must be removed, never
+    """A symlink waiting at the temporary name restore writes to (``.llmdr-tmp-<hash>``) must be removed, never
     followed: the file outside the target stays as it was and the restored file is right."""
     data = rnd(size, 5)
     write_tree(tmp_path / "src", {"model/w.bin": data})
@@ -352,21 +353,21 @@ def test_restore_never_writes_through_a_link_planted_at_its_temporary_name(tmp_p
     outside.write_bytes(b"keep me")
     target = tmp_path / "out"
     (target / "model").mkdir(parents=True)
-    os.symlink(outside, target / "model" / ".w.bin.llmdr-tmp")
+    os.symlink(outside, target / "model" / tmp_name("model/w.bin"))
     restore_snapshot(repo, snap.snapshot_id, target, force=True)
     assert outside.read_bytes() == b"keep me"
     assert (target / "model" / "w.bin").read_bytes() == data and not (target / "model" / "w.bin").is_symlink()
-    assert not os.path.lexists(target / "model" / ".w.bin.llmdr-tmp")
+    assert not os.path.lexists(target / "model" / tmp_name("model/w.bin"))
 
 
 def test_a_folder_at_the_temporary_name_is_a_clear_error(tmp_path):
     write_tree(tmp_path / "src", {"m/w.bin": rnd(500, 6)})
     repo = small_repo()
     snap = take_snapshot(repo, tmp_path / "src", bundle="b")
-    (tmp_path / "out" / "m" / ".w.bin.llmdr-tmp" / "x").mkdir(parents=True)
-    with pytest.raises(UnsafePathError, match="a folder is in the way at .*w.bin.llmdr-tmp"):
+    (tmp_path / "out" / "m" / tmp_name("m/w.bin") / "x").mkdir(parents=True)
+    with pytest.raises(UnsafePathError, match=f"'m/w.bin': a folder is in the way at .*{tmp_name('m/w.bin')}"):
         restore_snapshot(repo, snap.snapshot_id, tmp_path / "out", force=True)
-    assert (tmp_path / "out" / "m" / ".w.bin.llmdr-tmp" / "x").is_dir()  # left as it was
+    assert (tmp_path / "out" / "m" / tmp_name("m/w.bin") / "x").is_dir()  # left as it was
 
 
 def test_restore_and_replicate_find_chunks_an_older_llmdr_indexed_without_the_log(tmp_path):

@@ -29,6 +29,9 @@ def restore(
     region: RegionOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Restore into a non-empty folder, overwriting the "
                                         "snapshot's files.")] = False,
+    preserve_special_bits: Annotated[bool, typer.Option(
+        "--preserve-special-bits", help="Restore setuid, setgid and sticky bits as the snapshot records them "
+        "(by default they are removed, as tar does without -p).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot from a region into a folder, verifying every chunk; resumes an interrupted restore."""
@@ -39,7 +42,7 @@ def restore(
     hidden: dict = {}
     try:
         res = do_restore(cfg, snapshot_ref, to, region=region, force=force, progress=progress_for(as_json),
-                         as_of=as_of("restore"), hidden=hidden)
+                         as_of=as_of("restore"), hidden=hidden, preserve_special_bits=preserve_special_bits)
     except UnsafePathError as e:
         if "manifest path" not in str(e):  # a symlink in the target: its message says where and why
             raise
@@ -55,4 +58,6 @@ def restore(
     emit(as_json, res.to_json() | {"region": reg.name, "hidden": hidden_json(hidden)},
          f"restored {sid[:12]} from {reg.name} into {res.target}: {res.files} files, {human_size(res.bytes_total)} "
          f"({res.files_skipped} already in place), {res.duration_s:.2f}s ({human_size(rate)}/s), "
-         "every chunk verified")
+         "every chunk verified"
+         + (f"; setuid/setgid/sticky bits removed from {res.special_bits_stripped} files (--preserve-special-bits "
+            "keeps them)" if res.special_bits_stripped else ""))

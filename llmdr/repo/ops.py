@@ -85,16 +85,19 @@ def restore(
     progress: Progress | None = None,
     as_of: float | None = None,
     hidden: dict[str, dict[str, Any]] | None = None,
+    preserve_special_bits: bool = False,
 ) -> RestoreResult:
     """Restore ``ref`` from ``region`` into ``target``. Keys hidden by a delete marker over a locked version are read
-    from that version (and recorded in ``hidden`` when given); ``as_of`` restores from the region as it was then."""
+    from that version (and recorded in ``hidden`` when given); ``as_of`` restores from the region as it was then.
+    Setuid, setgid and sticky bits are restored only with ``preserve_special_bits``."""
     repo = open_repo(cfg, region, read_only=True, as_of=as_of, hidden=hidden if hidden is not None else True)
     sid = repo.resolve(ref, bundle=cfg.bundle.name)
     from llmdr.repo.restore import restore_snapshot
 
     return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
                             durable=cfg.transfer.fsync, progress=progress,
-                            memory_bytes=cfg.transfer.restore_memory_mb << 20)
+                            memory_bytes=cfg.transfer.restore_memory_mb << 20,
+                            preserve_special_bits=preserve_special_bits)
 
 
 def check(cfg: Config, path: Path | None = None) -> BundleReport:

@@ -10,13 +10,20 @@ chunk id, then writes it with ``os.pwrite`` at every (file, offset) that uses it
 fetched once, and no byte is copied in memory on the way. Each worker holds one buffer as large as the largest blob,
 and as many workers run as fit ``memory_bytes`` (at least one), whatever the bundle's size.
 
-Files are assembled in a hidden temporary file next to their destination (``.<name>.llmdr-tmp``), opened on their
-first write and pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened
-again when its next chunk comes). When its last chunk lands a file gets its mode and mtime, is flushed to disk when
-``durable``, and only then is renamed into place: a reader never sees a half file.
+Files are assembled in a hidden temporary file next to their destination (``.llmdr-tmp-<16 hex>``, 27 bytes
+whatever the file's name: ``reserved``), created exclusively and never through a link, on their first write, and
+pre-sized; at most ``MAX_OPEN_FILES`` stay open (the least recently written is closed and opened again when its next
+chunk comes). Zeros at either end of a chunk (whole 4 KiB pages, or the whole chunk) are not written: the new,
+pre-sized file already reads as zeros there, so a sparse file comes back sparse. When its last chunk lands a file
+gets its mode (setuid, setgid and sticky bits removed unless ``preserve_special_bits``) and mtime on its descriptor,
+is flushed to disk when ``durable``, and only then is renamed into place: a reader never sees a half file. Hard links
+are not recorded in snapshots: each name comes back as a file of its own.
 
-A marker (``.llmdr-restore.json``) names the snapshot while a restore is under way. Running the same restore again
-into that folder resumes it: files already in place whose content hashes to the manifest are kept, not downloaded.
+The target is locked for the whole restore (``restoretarget``: ``.llmdr-restore.lock``, naming the holder), so a
+second restore into the same folder stops at once. A marker (``.llmdr-restore.json``) names the snapshot while a
+restore is under way. Running the same restore again into that folder resumes it: files already in place whose
+content hashes to the manifest are kept, not downloaded. A snapshot that lists one of these names (``reserved``) is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -27,28 +34,30 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmdr.common.files import atomic_write
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import IntegrityError, LlmdrError, TargetNotEmpty, UnsafePathError
+from llmdr.errors import IntegrityError, LlmdrError, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
 from llmdr.repo.layout import pack_key
 from llmdr.repo.manifest import FileEntry, Manifest, check_relpath
 from llmdr.repo.rangeread import fetch_ranges, locate, range_chunks
 from llmdr.repo.repository import Repository
+from llmdr.repo.reserved import MARKER, reserved_reason, tmp_name
 from llmdr.repo.restoreplan import Range, plan_for
+from llmdr.repo.restoretarget import check_target, create_new, lock_target, marker_temp, open_target, write_marker
 
 log = logging.getLogger(__name__)
 
-MARKER = ".llmdr-restore.json"
-TMP_SUFFIX = ".llmdr-tmp"
 DEFAULT_MEMORY = 128 << 20  # bytes of download buffers at most, all workers together
 MAX_OPEN_FILES = 128
+_PAGE = 4096
+_ZERO_PAGE = bytes(_PAGE)
 # A full disk, a quota, or a file larger than the process may write (RLIMIT_FSIZE, `ulimit -f`) or the file system holds.
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
             errno.EFBIG: "a file is larger than this process may write (file size limit, `ulimit -f`) or than the "
@@ -69,6 +78,8 @@ class RestoreResult:
     location: str = ""
     complete: bool | None = None  # completeness check after restore; None when the snapshot declares no components
     buffer_bytes: int = 0  # bytes of download buffer the workers held: workers × the largest blob (≤ memory_bytes)
+    special_bits_stripped: int = 0  # files whose setuid/setgid/sticky bits were not restored
+    bytes_sparse: int = 0  # file bytes of zeros left as holes rather than written
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +93,8 @@ class RestoreResult:
             "duration_s": round(self.duration_s, 3),
             "location": self.location,
             "buffer_bytes": self.buffer_bytes,
+            "special_bits_stripped": self.special_bits_stripped,
+            "bytes_sparse": self.bytes_sparse,
         }
 
 
@@ -98,19 +111,26 @@ def safe_destination(root: Path, relpath: str) -> Path:
     return dest
 
 
-def file_matches(path: Path | str, entry: FileEntry) -> bool:
-    """True when ``path`` is a regular file holding exactly ``entry``'s bytes (checked chunk by chunk)."""
+def _kept(path: str, entry: FileEntry, mode: int) -> bool:
+    """True when ``path`` is already a regular file (not a link) holding exactly ``entry``'s bytes, checked chunk by
+    chunk; its mode and mtime are then set to ``mode`` and the entry's, on the descriptor that was read."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, a symlink (ELOOP), unreadable: it is restored afresh
         return False
-    if not os.path.isfile(path) or os.path.islink(path) or st.st_size != entry.size:
-        return False
-    with open(path, "rb", buffering=0) as fh:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size or st.st_nlink != 1:  # linked: write afresh
+            return False
         for hexd, n in entry.chunks:
-            if hashlib.sha256(fh.read(n)).hexdigest() != hexd:
+            if hashlib.sha256(os.read(fd, n)).hexdigest() != hexd:
                 return False
-    return True
+        if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != mode:
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return True
+    finally:
+        os.close(fd)
 
 
 class _FileJob:
@@ -118,11 +138,11 @@ class _FileJob:
     than one chunk fills it); the last chunk to land finalises it. Paths are strings: a restore of many small
     files spends its time per file, and ``pathlib`` would be most of it."""
 
-    def __init__(self, entry: FileEntry, dest: str, durable: bool) -> None:
+    def __init__(self, entry: FileEntry, dest: str, tmp: str, mode: int, durable: bool) -> None:
         self.entry = entry
         self.dest = dest
-        head, name = os.path.split(dest)
-        self.tmp = os.path.join(head, f".{name}{TMP_SUFFIX}")
+        self.tmp = tmp
+        self.mode = mode
         self.durable = durable
         self.remaining = len(entry.chunks)
         self.fd = -1
@@ -135,17 +155,7 @@ class _FileJob:
         if self.created:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_NOFOLLOW)
             return
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # never through a link or into a stale file
-        try:
-            self.fd = os.open(self.tmp, flags, 0o600)
-        except FileExistsError:  # left by an interrupted restore (or planted): remove the name, never follow it
-            try:
-                os.unlink(self.tmp)
-            except IsADirectoryError:
-                raise UnsafePathError(f"cannot restore {self.entry.path!r}: a folder is in the way at {self.tmp}, "
-                                      "the temporary name restore writes that file under; move it away and run the "
-                                      "same command again (it resumes)") from None
-            self.fd = os.open(self.tmp, flags, 0o600)
+        self.fd = create_new(self.tmp, repr(self.entry.path))
         self.created = True
         if len(self.entry.chunks) > 1:
             try:
@@ -165,7 +175,7 @@ class _FileJob:
         if self.fd < 0:  # an empty file, or one the open-file cap closed after its last write
             self.open()
         try:
-            os.fchmod(self.fd, self.entry.mode)
+            os.fchmod(self.fd, self.mode)
             os.utime(self.fd, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
             if self.durable:
                 os.fsync(self.fd)
@@ -195,18 +205,25 @@ class _Files:
         self.lock = threading.Lock()  # guards ``open``; taken after a file's lock, never before
         self.open: OrderedDict[_FileJob, None] = OrderedDict()  # least recently written first
 
-    def write(self, job: _FileJob, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset``; the write that completes the file finalises it."""
+    def write(self, job: _FileJob, offset: int, data: bytes | memoryview, lead: int = 0, trail: int = 0) -> None:
+        """Write ``data`` at ``offset`` but for its first ``lead`` and last ``trail`` bytes, zeros the new file
+        already reads as (left as holes); the write that completes the file finalises it."""
+        end = len(data) - trail
+        part = memoryview(data)[lead:end] if lead or trail else data
         if len(job.entry.chunks) == 1:  # the whole file in one write, by this thread alone: no open-file cache
             job.open()
-            _pwrite_all(job.fd, data, offset, job.entry.path)
+            if lead or trail:
+                os.ftruncate(job.fd, len(data))
+            if part:
+                _pwrite_all(job.fd, part, offset + lead, job.entry.path)
             job.remaining = 0
             job.finalise()
             return
         fd = self._pin(job)
         ok = last = False
         try:
-            _pwrite_all(fd, data, offset, job.entry.path)
+            if part:  # the file was pre-sized: what is left out already reads as zeros
+                _pwrite_all(fd, part, offset + lead, job.entry.path)
             ok = True
         finally:
             with job.lock:
@@ -242,6 +259,24 @@ class _Files:
             elif job in self.open:
                 self.open.move_to_end(job)
         return fd
+
+
+def _zero_ends(data: bytes | memoryview) -> tuple[int, int]:
+    """(leading, trailing) zero bytes of ``data`` in whole 4 KiB pages; ``(len(data), 0)`` when it is all zeros.
+    Costs one byte test for a chunk that neither starts nor ends with a zero byte."""
+    n = len(data)
+    if not n or (data[0] and data[n - 1]):
+        return 0, 0
+    view = memoryview(data)
+    lead = 0
+    while lead < n and view[lead:lead + _PAGE] == _ZERO_PAGE[:min(_PAGE, n - lead)]:
+        lead += _PAGE
+    if lead >= n:
+        return n, 0
+    trail = 0
+    while trail + _PAGE <= n - lead and view[n - trail - _PAGE:n - trail] == _ZERO_PAGE:
+        trail += _PAGE
+    return lead, trail
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
@@ -298,34 +333,60 @@ def restore_snapshot(
     durable: bool = False,
     progress: Progress | None = None,
     memory_bytes: int = DEFAULT_MEMORY,
+    preserve_special_bits: bool = False,
 ) -> RestoreResult:
     """Restore ``snapshot_id`` from ``repo`` into ``target`` and return what was done. Download buffers take at most
-    ``memory_bytes`` (fewer workers run when their buffers would not fit; one always runs)."""
-    progress = progress or NoProgress()
+    ``memory_bytes`` (fewer workers run when their buffers would not fit; one always runs). Setuid, setgid and
+    sticky bits are restored only with ``preserve_special_bits`` (as ``tar -p``); the target is locked throughout."""
     t0 = time.perf_counter()
     manifest = repo.load_manifest(snapshot_id)
-    target = target.absolute()
     # Every path is checked before anything is written: a bad manifest writes nothing at all.
     for entry in manifest.files:
         check_relpath(entry.path)
-    fresh = _prepare_target(target, snapshot_id, force)
-    root = target.resolve()
-    marker = root / MARKER
-    try:  # all at once: a marker cut short by a full disk would make the re-run refuse to resume
-        atomic_write(marker, json.dumps({"snapshot": snapshot_id, "location": repo.location}))
+        reason = reserved_reason(entry.path)
+        if reason is not None:
+            raise UnsafePathError(
+                f"snapshot {snapshot_id[:12]} lists the file {entry.path!r}, but {reason}: restoring it would lose "
+                "the file or restore's own bookkeeping. Nothing was written. The snapshot was taken of a folder "
+                "holding llmdr's own restore files (an interrupted restore), or its file list was altered: restore "
+                "another snapshot, or remove or rename that file in the bundle and take a new snapshot."
+            )
+    root = open_target(target.absolute())
+    with lock_target(root, snapshot_id):
+        fresh = check_target(root, snapshot_id, force)
+        res = _restore_into(repo, snapshot_id, manifest, root, fresh, workers=workers, durable=durable,
+                            progress=progress or NoProgress(), memory_bytes=memory_bytes,
+                            preserve_special_bits=preserve_special_bits)
+    res.duration_s = time.perf_counter() - t0
+    if res.special_bits_stripped:
+        log.warning("%d files of %s had setuid, setgid or sticky bits; restored without them "
+                    "(--preserve-special-bits keeps them)", res.special_bits_stripped, snapshot_id[:12])
+    log.info("restored %s into %s: %d files (%d kept), %d bytes downloaded (%d left as holes) in %.2fs",
+             snapshot_id[:12], root, res.files, res.files_skipped, res.bytes_downloaded, res.bytes_sparse,
+             res.duration_s)
+    return res
+
+
+def _restore_into(repo: Repository, snapshot_id: str, manifest: Manifest, root: Path, fresh: bool, *, workers: int,
+                  durable: bool, progress: Progress, memory_bytes: int, preserve_special_bits: bool) -> RestoreResult:
+    """The restore itself, into the locked, checked folder ``root``."""
+    base = str(root)
+    marker = os.path.join(base, MARKER)
+    temps = {marker_temp(base)}  # every temporary name taken, so that no two files share one
+    try:
+        write_marker(base, json.dumps({"snapshot": snapshot_id, "location": repo.location}))
     except OSError as exc:
         if exc.errno in _NO_ROOM:
             raise _no_room(exc, snapshot_id, root, manifest, 0, []) from None
         raise
 
-    res = RestoreResult(snapshot_id, str(root), location=repo.location)
+    res = RestoreResult(snapshot_id, base, location=repo.location)
     res.files = len(manifest.files)
     res.bytes_total = manifest.total_size
     progress.start(f"restore {snapshot_id[:12]}", res.bytes_total)
     jobs: list[_FileJob] = []
     try:
         folders: set[str] = set()  # checked (before and after mkdir) once each, not once per file
-        base = str(root)
         for entry in manifest.files:
             dest = os.path.join(base, entry.path)
             folder = os.path.dirname(dest)
@@ -334,15 +395,18 @@ def restore_snapshot(
                 os.makedirs(folder, exist_ok=True)
                 safe_destination(root, entry.path)  # re-check now that the folders exist
                 folders.add(folder)
-            if not fresh and file_matches(dest, entry):  # a fresh target holds nothing to keep
-                st = os.stat(dest)
-                if st.st_mtime_ns != entry.mtime_ns or (st.st_mode & 0o7777) != entry.mode:
-                    os.chmod(dest, entry.mode)
-                    os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+            mode = entry.mode if preserve_special_bits else entry.mode & 0o777
+            res.special_bits_stripped += mode != entry.mode
+            if not fresh and _kept(dest, entry, mode):  # a fresh target holds nothing to keep
                 res.files_skipped += 1
                 progress.advance(entry.size)
                 continue
-            job = _FileJob(entry, dest, durable)
+            tmp, n = os.path.join(folder, tmp_name(entry.path)), 0
+            while tmp in temps:  # two paths whose names hash alike (a crafted snapshot): the next name
+                n += 1
+                tmp = os.path.join(folder, tmp_name(entry.path, n))
+            temps.add(tmp)
+            job = _FileJob(entry, dest, tmp, mode, durable)
             jobs.append(job)
             if not entry.chunks:
                 job.finalise()
@@ -367,10 +431,10 @@ def restore_snapshot(
         res.complete = report.complete
         if not report.complete:
             raise IncompleteBundle(report, "the files were restored but the bundle would not serve correctly")
-    marker.unlink(missing_ok=True)  # last: until here, the same command resumes (and re-checks)
-    res.duration_s = time.perf_counter() - t0
-    log.info("restored %s into %s: %d files (%d kept), %d bytes downloaded in %.2fs", snapshot_id[:12], root,
-             res.files, res.files_skipped, res.bytes_downloaded, res.duration_s)
+    try:
+        os.unlink(marker)  # last: until here, the same command resumes (and re-checks)
+    except FileNotFoundError:
+        pass
     return res
 
 
@@ -393,11 +457,14 @@ def _run(repo: Repository, plan: _Plan, files: _Files, memory: int, workers: int
     def fetch(r: Range, buf: memoryview, stop: threading.Event) -> None:
         for e, plain in range_chunks(repo, r, buf, stop, sizes=plan.sizes, of=lambda c: f" of {plan.places(c)}",
                                      then=_THEN, gone=gone):
+            n = len(plain)
+            lead, trail = _zero_ends(plain)
             for job, offset in plan.uses[e.chunk]:
-                files.write(job, offset, plain)
+                files.write(job, offset, plain, lead, trail)
                 with counted:
-                    res.bytes_downloaded += len(plain)
-                progress.advance(len(plain))
+                    res.bytes_downloaded += n
+                    res.bytes_sparse += lead + trail
+                progress.advance(n)
 
     res.buffer_bytes = fetch_ranges(plan.ranges, workers, memory, fetch, name="llmdr-down")
 
@@ -420,31 +487,3 @@ def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_
         "and complete; no partial file was left. Free space there (or raise the limit), or restore into another "
         "folder, then run the same command again: it resumes and keeps the files already in place."
     )
-
-
-def _prepare_target(target: Path, snapshot_id: str, force: bool) -> bool:
-    """Check that ``target`` may be restored into (new, empty, the same restore resumed, or ``force``); True when it
-    holds nothing yet (so no file in it can already match)."""
-    if target.exists() and not target.is_dir():
-        raise TargetNotEmpty(f"restore target {target} exists and is not a folder")
-    if not target.exists():
-        target.mkdir(parents=True)
-        return True
-    entries = [p for p in target.iterdir()]
-    if not entries:
-        return True
-    marker = target / MARKER
-    if marker.exists():
-        try:
-            previous = json.loads(marker.read_text()).get("snapshot")
-        except ValueError:
-            previous = None
-        if previous == snapshot_id:
-            log.info("resuming the interrupted restore of %s into %s", snapshot_id[:12], target)
-            return False
-    if not force:
-        raise TargetNotEmpty(
-            f"restore target {target} is not empty ({len(entries)} entries). Choose an empty folder, or pass --force "
-            "to overwrite the files the snapshot holds (other files are left alone)."
-        )
-    return False
