@@ -338,6 +338,18 @@ def cached_src(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, Repositor
     return src, repo, cache
 
 
+def test_warm_snapshot_verifies_the_cache_as_a_whole_and_leaves_it_in_place(tmp_path, caplog):
+    files = {f"f{i}.txt": b"x" * i for i in range(1, 40)}
+    src, repo, cache = cached_src(tmp_path, files)
+    before = os.stat(cache)
+    with caplog.at_level(logging.INFO, logger="llmdr.repo.statcache"):
+        res = take_snapshot(repo, src, bundle="b", stat_cache=cache)
+    assert res.files_unchanged == len(files) and res.bytes_read == 0
+    assert caplog.text == ""  # no entry checked one by one, nothing ignored
+    after = os.stat(cache)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+
+
 def test_stat_cache_with_one_changed_digit_is_not_trusted(tmp_path, caplog):
     files = {"a.bin": rnd(40_000, 1), "b.bin": rnd(40_000, 2), "c.txt": b"hello"}
     src, repo, cache = cached_src(tmp_path, files)

@@ -58,6 +58,7 @@ class StatCache:
         self._old: dict[str, list] = {}  # path -> [key list, chunks, mac] as read
         self._new: dict[str, tuple[Key, Chunks, str]] = {}
         self._used: dict[str, tuple[Chunks, str]] = {}  # path -> (chunks lookup returned, the entry's checksum)
+        self._kept = 0  # entries recorded as they were read
         self.rejected: list[str] = []  # paths whose entry failed its check (their files were read again)
         if path is not None:
             self._key = _read_key(self.key_path)
@@ -82,7 +83,7 @@ class StatCache:
                      path, self.key_path)
             return
         head, _, body = data.partition(b"\n")
-        self._trusted = len(head) == 2 * MAC_HEX and hmac.compare_digest(head, self._file_mac(body).encode())
+        self._trusted = len(head) == MAC_HEX and hmac.compare_digest(head, self._file_mac(body).encode())
         try:
             raw = json.loads(body)
             files = raw["files"]
@@ -143,16 +144,22 @@ class StatCache:
     def record(self, relpath: str, st: os.stat_result, chunks: Chunks) -> None:
         used = self._used.get(relpath)
         # the entry lookup returned (checked, and for this very stat) keeps its checksum; others get one on save
-        mac = used[1] if used is not None and used[0] is chunks else ""
+        if used is not None and used[0] is chunks:
+            mac = used[1]
+            self._kept += 1
+        else:
+            mac = ""
         self._new[relpath] = (stat_key(st), chunks, mac)
 
     def save(self) -> None:
         if self.path is None:
             return
+        if self._trusted and self._kept == len(self._new) == len(self._old):
+            return  # every entry recorded as it was read from a file that verified: the same bytes are there
         if self._key is None:
             self._key = os.urandom(KEY_BYTES)
             atomic_write(self.key_path, self._key, mode=0o600)
-        files = {p: [list(k), [list(c) for c in chunks], mac or self._entry_mac(p, k, chunks)]
+        files = {p: [k, chunks, mac or self._entry_mac(p, k, chunks)]
                  for p, (k, chunks, mac) in self._new.items()}
         body = json.dumps({"format": FORMAT, "source": self.source, "chunker": self.chunker.to_json(),
                            "files": files}, separators=(",", ":")).encode()
