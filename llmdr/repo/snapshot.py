@@ -21,22 +21,26 @@ from pathlib import Path
 
 from llmdr import __version__
 from llmdr.common.progress import NoProgress, Progress
-from llmdr.errors import LlmdrError, UsageError
+from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, CheckMemo, ComponentSpec, IncompleteBundle, check_bundle
 from llmdr.repo.chunking import Chunker
+from llmdr.repo.ids import is_hex_digest
 from llmdr.repo.index import MasterIndex
 from llmdr.repo.locks import Locker
 from llmdr.repo.manifest import FileEntry, Manifest, canonical_json, component_digest, manifest_id, utc_now
+from llmdr.repo.names import ADVICE, is_utf8, name_problem, shown
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.prune import planned_packs
 from llmdr.repo.repolock import SHARED, RepoLock, hold
 from llmdr.repo.repository import Repository
-from llmdr.repo.statcache import StatCache
+from llmdr.repo.statcache import StatCache, stat_key
 from llmdr.repo.tree import RECORD_FORMAT, build_tree, record_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDES = (".llmdr", ".git", "__pycache__")
+_ACCESS_ADVICE = ("Make them readable (e.g. `chmod u+r FILE`, or run as the files' owner), replace a broken or looping "
+                  "symlink with the file it should point at, or move them out of the bundle folder.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +92,18 @@ def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> lis
     sorted by path.
 
     Anything that cannot be stored as it is fails the scan, all of it named in one error, before a byte is uploaded:
-    a file or folder that cannot be read, a symlink whose target does not exist, a symlink loop. A snapshot that
-    quietly left them out would restore a different bundle. FIFOs, sockets and devices hold no content to protect:
-    they are skipped with a warning (and never opened, so a FIFO cannot hang the scan)."""
+    a file or folder that cannot be read, a symlink whose target does not exist, a symlink loop, a name that is not
+    UTF-8, that llmdr reserves for its own files or that restore would refuse (``names.name_problem``). A snapshot
+    that quietly left them out would restore a different bundle. FIFOs, sockets and devices hold no content to
+    protect: they are skipped with a warning (and never opened, so a FIFO cannot hang the scan)."""
+    if not is_utf8(str(root)):
+        raise UsageError(f"bundle folder {shown(str(root))}: its path is not valid UTF-8, and a snapshot records it "
+                         "as text; rename the folder (or move the bundle) to a UTF-8 path")
     if not root.is_dir():
         raise UsageError(f"bundle folder {root} does not exist or is not a folder; set bundle.path in llmdr.yaml")
     out: list[SourceFile] = []
     problems: list[str] = []
+    advice: dict[str, str] = {}  # what to do, per kind of problem met
     # (dev, inode) of every folder from root down to each folder walked: a folder met again below itself is a loop.
     # Two links to the same folder side by side are not a loop and are both stored.
     chain: dict[str, frozenset[tuple[int, int]]] = {}
@@ -108,33 +117,60 @@ def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> lis
     def walk_error(exc: OSError) -> None:
         where = rel(exc.filename) if exc.filename and str(exc.filename).startswith(str(root)) else "."
         problems.append(f"{where}/: folder cannot be read ({exc.strerror or exc})")
+        advice.setdefault("access", _ACCESS_ADVICE)
+
+    def refuse(kind: str, what: str, name: str, reason: str, here: str) -> None:
+        if kind == "utf8":  # not printable as text: the folder that holds it, and the name's bytes
+            problems.append(f"{here}/ holds a {what} whose name {os.fsencode(name)!r} {reason}")
+        else:
+            problems.append(f"{name if here == '.' else f'{here}/{name}'}{'/' if what == 'folder' else ''}: this "
+                            f"{what}'s name {reason}")
+        advice.setdefault(kind, ADVICE[kind])
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=walk_error):
         dst = os.stat(dirpath)
         me = (dst.st_dev, dst.st_ino)
         above = chain.get(os.path.dirname(dirpath), frozenset()) if dirpath != str(root) else frozenset()
         if me in above:
-            problems.append(f"{rel(dirpath)}: symlink loop (it leads back to {os.path.realpath(dirpath)}, a folder "
-                            "above it)")
+            problems.append(f"{rel(dirpath)}: symlink loop (it leads back to {shown(os.path.realpath(dirpath))}, a "
+                            "folder above it)")
+            advice.setdefault("access", _ACCESS_ADVICE)
             dirnames[:] = []
             continue
         chain[dirpath] = above | {me}
-        dirnames[:] = sorted(d for d in dirnames if d not in excludes)
+        top = dirpath == base
+        here = "." if top else rel(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d in excludes:
+                continue
+            bad = name_problem(d, top=top)
+            if bad is None:
+                keep.append(d)
+            else:  # not walked: everything in it would be refused too
+                refuse(bad[0], "folder", d, bad[1], here)
+        dirnames[:] = keep
         for name in filenames:
-            if name in excludes or name.endswith(".llmdr-tmp"):
+            if name in excludes:
+                continue
+            bad = name_problem(name, top=top)
+            if bad is not None:
+                refuse(bad[0], "file", name, bad[1], here)
                 continue
             path = os.path.join(dirpath, name)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 if os.path.islink(path):
-                    problems.append(f"{rel(path)}: symlink to {os.readlink(path)}, which does not exist")
+                    problems.append(f"{rel(path)}: symlink to {shown(os.readlink(path))}, which does not exist")
+                    advice.setdefault("access", _ACCESS_ADVICE)
                 else:
                     log.warning("skipping %s: removed during the scan", path)
                 continue
             except OSError as exc:
                 what = "symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror or exc})"
                 problems.append(f"{rel(path)}: {what}")
+                advice.setdefault("access", _ACCESS_ADVICE)
                 continue
             if not stat.S_ISREG(st.st_mode):
                 log.warning("skipping %s: not a regular file (FIFO, socket or device)", path)
@@ -143,16 +179,15 @@ def scan_source(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> lis
                 os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
             except OSError as exc:
                 problems.append(f"{rel(path)}: cannot be read ({exc.strerror or exc})")
+                advice.setdefault("access", _ACCESS_ADVICE)
                 continue
             out.append(SourceFile(rel(path), path, st))
     if problems:
-        shown = "\n".join(f"  - {p}" for p in problems[:20])
+        listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise LlmdrError(
             f"cannot snapshot {root}: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} cannot be stored; "
-            f"the snapshot was refused and nothing was uploaded:\n{shown}{more}\n"
-            "Make them readable (e.g. `chmod u+r FILE`, or run as the files' owner), replace a broken or looping "
-            "symlink with the file it should point at, or move them out of the bundle folder."
+            f"the snapshot was refused and nothing was uploaded:\n{listed}{more}\n" + "\n".join(advice.values())
         )
     out.sort(key=lambda f: f.relpath)
     return out
@@ -181,10 +216,9 @@ def take_snapshot(
     started = utc_now()
     started_ts = time.time()
     source = source.resolve()
+    files = scan_source(source)  # first: a bundle that cannot be stored is refused before the repository is touched
     cfg = repo.ensure_config()
-    stat_cache = StatCache(stat_cache, cfg.chunker) if stat_cache is not None else None
-
-    files = scan_source(source)
+    stat_cache = StatCache(stat_cache, cfg.chunker, source=str(source)) if stat_cache is not None else None
     report = None
     if components:
         memo = CheckMemo(stat_cache.path.with_name(stat_cache.path.name.replace("stat-", "checks-", 1))
@@ -220,23 +254,11 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
     try:
         try:
             for f in files:
-                cached = stat_cache.lookup(f.relpath, f.st) if stat_cache else None
-                if cached is not None and all(d in present for d, _ in cached):
-                    chunks = cached
-                    res.files_unchanged += 1
-                    progress.advance(f.st.st_size)
-                else:
-                    chunks = _chunk_file(f, chunker, present, scheduled, writer, res, progress)
-                st_after = os.stat(f.abspath)
-                if st_after.st_mtime_ns != f.st.st_mtime_ns or st_after.st_size != f.st.st_size:
-                    raise LlmdrError(
-                        f"{f.abspath} changed while it was being snapshotted; nothing was written. Stop writers to "
-                        "the bundle (or snapshot a stable copy) and run the snapshot again."
-                    )
+                st, chunks = _file_chunks(f, stat_cache, chunker, present, scheduled, writer, res, progress)
                 if stat_cache is not None:
-                    stat_cache.record(f.relpath, f.st, chunks)
+                    stat_cache.record(f.relpath, st, chunks)
                 result_entries.append(
-                    FileEntry(f.relpath, f.st.st_size, stat.S_IMODE(f.st.st_mode), f.st.st_mtime_ns, tuple(chunks))
+                    FileEntry(f.relpath, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, tuple(chunks))
                 )
         finally:
             progress.finish()
@@ -272,7 +294,11 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
             "files_unchanged": res.files_unchanged,
         },
     )
-    _recheck_reused(repo, source, result_entries, scheduled, workers)
+    then = (f"nothing was published. Delete the stat cache ({stat_cache.path}) and run the snapshot again; if it "
+            "happens again, report it as a bug" if stat_cache is not None and stat_cache.path is not None else
+            "nothing was published. Run the snapshot again; if it happens again, report it as a bug")
+    verify_entries(result_entries, then=then)
+    _recheck_reused(repo, source, result_entries, scheduled, workers, then=then)
     tree = build_tree(result_entries)
     repo.save_tree(tree)
     locker = Locker.of(repo.store)
@@ -300,8 +326,53 @@ def _take(repo: Repository, source: Path, files: list[SourceFile], cfg, *, bundl
     return res
 
 
+def _file_chunks(f: SourceFile, stat_cache: StatCache | None, chunker: Chunker, present: "_Present",
+                 scheduled: set[str], writer: PackWriter, res: SnapshotResult,
+                 progress: Progress) -> tuple[os.stat_result, list[tuple[str, int]]]:
+    """The chunks of ``f`` and the stat they go with: from the stat cache, else read (and new chunks queued).
+
+    A file counts as read whole only when its size, mtime, ctime and inode are the same after reading as before
+    (ctime catches a rewrite in place whose mtime was put back). A file that changed is read once more; if it
+    changes again the snapshot is refused: a file torn between two versions is never recorded as good."""
+    before = f.st
+    cached = stat_cache.lookup(f.relpath, before) if stat_cache is not None else None
+    if cached is not None and all(d in present for d, _ in cached):
+        after = _restat(f)
+        if stat_key(after) == stat_key(before):
+            res.files_unchanged += 1
+            progress.advance(before.st_size)
+            return before, cached
+        before = after  # changed since the scan: read what is there now
+    for attempt in (1, 2):
+        chunks = _chunk_file(f, before.st_size, chunker, present, scheduled, writer, res, progress)
+        after = _restat(f)
+        if stat_key(after) == stat_key(before):
+            return before, chunks
+        if attempt == 1:
+            log.warning("%s changed while it was being read; reading it again", f.abspath)
+            before = after
+    raise LlmdrError(
+        f"{f.abspath} changed while it was being snapshotted, twice (size, modification time, change time or inode "
+        "differ before and after reading it); nothing was published. Stop writers to the bundle (or snapshot a "
+        "stable copy) and run the snapshot again."
+    )
+
+
+def _restat(f: SourceFile) -> os.stat_result:
+    try:
+        return os.stat(f.abspath)
+    except FileNotFoundError:
+        raise _removed(f) from None
+
+
+def _removed(f: SourceFile) -> LlmdrError:
+    return LlmdrError(f"{f.abspath} was removed while it was being snapshotted; nothing was published. Stop writers "
+                      "to the bundle (or snapshot a stable copy) and run the snapshot again.")
+
+
 def _chunk_file(
     f: SourceFile,
+    size: int,
     chunker: Chunker,
     present: "_Present",
     scheduled: set[str],
@@ -310,8 +381,15 @@ def _chunk_file(
     progress: Progress,
 ) -> list[tuple[str, int]]:
     chunks: list[tuple[str, int]] = []
-    with open(f.abspath, "rb", buffering=0) as fh:
-        for c in chunker.chunks(fh, f.st.st_size):
+    try:  # without blocking: a FIFO put in the file's place after the scan must not hang the snapshot
+        fh = open(f.abspath, "rb", buffering=0, opener=lambda p, fl: os.open(p, fl | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise _removed(f) from None
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise LlmdrError(f"{f.abspath} was replaced by something other than a regular file while it was being "
+                             "snapshotted; nothing was published. Stop writers to the bundle and run it again.")
+        for c in chunker.chunks(fh, size):
             hexd = c.digest.hex()
             n = len(c.data)
             chunks.append((hexd, n))
@@ -349,17 +427,39 @@ class _Present:
         return self.writer.has(raw) or self.index.has(raw, avoid=self.avoid)
 
 
+def verify_entries(entries: list[FileEntry], *, then: str) -> None:
+    """Check every file entry as a reader will (``FileEntry.from_json``) before the snapshot naming them is published:
+    each chunk reference a SHA-256 and a length above zero, and the lengths adding up to the file's size (so a
+    non-empty file has chunks, an empty one none). A failure raises ``IntegrityError`` naming the file; ``then``
+    says what happens next."""
+    for e in entries:
+        total = 0
+        for d, n in e.chunks:
+            if n <= 0 or len(d) != 64 or not is_hex_digest(d):
+                raise IntegrityError(f"the snapshot's entry for {e.path!r} has a malformed chunk reference ({d!r}, "
+                                     f"{n}); {then}")
+            total += n
+        if total != e.size:
+            raise IntegrityError(f"the snapshot's entry for {e.path!r} does not add up: the file is {e.size} bytes, "
+                                 f"its {len(e.chunks)} chunks {total}; {then}")
+
+
 def _recheck_reused(repo: Repository, source: Path, entries: list[FileEntry], written: set[str],
-                    workers: int) -> None:
-    """The writer's commit check (design §5): just before publishing, every reused chunk must still be placed by a
-    current index in a pack no prune plan marks. A chunk that is not (a prune ran while this snapshot was being
-    taken) is read again from the source file and stored anew, so the snapshot never names a chunk about to go."""
+                    workers: int, *, then: str) -> None:
+    """The writer's commit check (design §5): just before publishing, every chunk the snapshot names must be placed
+    by a current index in a pack no prune plan marks. A reused chunk that is not (a prune ran while this snapshot
+    was being taken) is read again from the source file and stored anew, so the snapshot never names a chunk about
+    to go; a chunk this run stored that is not placed is an integrity failure."""
     idx = repo.index(refresh=True)
     avoid = planned_packs(repo)
-    lost = {d for e in entries for d, _ in e.chunks
-            if d not in written and not idx.has(bytes.fromhex(d), avoid=avoid)}
-    if not lost:
+    unplaced = {d for e in entries for d, _ in e.chunks if not idx.has(bytes.fromhex(d), avoid=avoid)}
+    if not unplaced:
         return
+    if unplaced & written:
+        e = next(e for e in entries if any(d in unplaced and d in written for d, _ in e.chunks))
+        raise IntegrityError(f"{repo.location}: chunks of {e.path!r} stored by this snapshot are not placed by any "
+                             f"index ({len(unplaced & written)} such chunks in all); {then}")
+    lost = unplaced
     log.warning("%s: %d reused chunks were pruned meanwhile; storing them again", repo.location, len(lost))
     with PackWriter(repo, workers=workers) as w:
         for e in entries:
