@@ -110,6 +110,11 @@ class StackError(LlmdrError):
     """The local SeaweedFS stack could not be started, checked or stopped."""
 
 
+class UnsafeTemplate(LlmdrError):
+    """A bundle's Jinja template is refused: it reaches for Python internals (template injection), loads another
+    file, or does not parse. Bundle templates are only ever rendered in Jinja's sandbox; nothing refused has run."""
+
+
 def is_retriable(exc: BaseException) -> bool:
     """True when trying the same operation again may succeed.
 

@@ -29,7 +29,7 @@ def readiness(
     kinds = {k.strip() for k in only.split(",") if k.strip()} if only else None
     rep = run_checks(cfg, only=kinds)
     if markdown is not None:
-        atomic_write(markdown, render_markdown(rep))
+        atomic_write(markdown, render_markdown(rep), mode=0o644)
     emit(as_json, rep.to_json(), render_text(rep))
     if not rep.ok:
         raise typer.Exit(EXIT_FAIL)

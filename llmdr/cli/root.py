@@ -163,7 +163,16 @@ def load_cfg(config: Path | None = None):
     with gc_paused():  # pydantic builds the config's models on import: many objects, no garbage
         from llmdr.config import load_config
 
-        return load_config(config or state.config_path)
+        cfg = load_config(config or state.config_path)
+    if cfg.state_path.is_dir():  # keys, caches and logs live there: an existing state folder is tightened to 0700
+        from llmdr.common.files import private_dir
+
+        try:
+            private_dir(cfg.state_path)
+        except PermissionError:  # another user's folder: theirs to fix, and not ours to write into anyway
+            logging.getLogger(__name__).warning("state folder %s is readable by others and not ours to tighten",
+                                                cfg.state_path)
+    return cfg
 
 
 def emit(as_json: bool, data: Any, text: str | None = None) -> None:

@@ -8,13 +8,59 @@ import sys
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` all at once (temp file + rename), creating its folder; ``mode`` applies from
-    the start, so a secret is never readable by others even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter: created 0700 (with its missing parents, also 0700, whatever
+    the umask), or tightened to drop group and other bits if it exists with them. Used for llmdr's state folder
+    and everything under it."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        os.chmod(d, 0o700)  # mkdir's mode is cut by the umask; the chmod is not
+    st = path.stat()
+    if st.st_mode & 0o077:
+        os.chmod(path, st.st_mode & 0o700)
+    return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open ``path`` with ``flags``, created 0600 if missing (whatever the umask) and tightened to 0600 if it exists
+    wider, never through a symbolic link: for logs, histories and lock files in the state folder, which can hold
+    keys, prompts or the paths of a bundle. Returns the descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` all at once (temp file + rename), creating its folder (0700 if missing).
+
+    The file gets exactly ``mode`` (default 0600: llmdr's state files hold keys, prompts or plaintext metadata)
+    from the start, whatever the umask, so a secret is never readable by others even briefly, and a file that
+    was wider before is replaced by one that is not. The temporary file is created exclusively, never through a
+    symbolic link planted at its name."""
+    if not path.parent.is_dir():
+        private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:  # left by a crashed run of this pid (or planted): removed, never written through
+        tmp.unlink()
+        fd = os.open(tmp, flags, mode)
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)

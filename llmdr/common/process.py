@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from llmdr.common.files import atomic_write, open_private
 
 
 def alive(pid: int) -> bool:
@@ -64,8 +66,7 @@ def read_pid(path: Path, *, matches: Callable[[list[str]], bool] | None = None) 
 
 
 def write_pid(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{pid}\n")
+    atomic_write(path, f"{pid}\n")
 
 
 def terminate(pid: int, timeout: float = 20.0) -> None:
@@ -101,12 +102,68 @@ def reap(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+# What a child llmdr starts (a serving replica or serving.command, Caddy, a local SeaweedFS) gets from llmdr's own
+# environment: these names, and names starting with CHILD_ENV_PREFIXES unless they look like a secret. Everything
+# else is withheld: llmdr's environment holds both regions' S3 keys, the DR encryption key and the manifest key, and
+# a model server needs none of them. Allowed: running programs at all (PATH, HOME, locale, time zone, temp folder),
+# running llmdr itself (PYTHON*, VIRTUAL_ENV), certificates and proxies (a server that downloads through them), and
+# what GPU servers such as vLLM, TGI or llama.cpp read (CUDA_*, NCCL_*, HF_* caches, VLLM_*, TORCH_*...).
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+    "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_CACHE", "TRANSFORMERS_OFFLINE",
+})
+CHILD_ENV_PREFIXES = ("LC_", "XDG_", "PYTHON", "CUDA_", "NCCL_", "HF_", "VLLM_", "TORCH_", "TRITON_", "ROCM_", "HIP_")
+# a prefix-allowed name containing one of these is withheld all the same (HF_TOKEN, VLLM_API_KEY): name it in
+# serving.pass_env to give it to a replica
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+
+
+def child_env(extra: dict[str, str] | None = None, *, pass_env: Iterable[str] = (),
+              environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: the allowed part of ``environ`` (default ``os.environ``, see
+    ``CHILD_ENV_NAMES``), the variables named in ``pass_env`` if set, then ``extra`` (what llmdr passes on
+    purpose)."""
+    src = os.environ if environ is None else environ
+    wanted = set(pass_env)
+    out = {k: v for k, v in src.items()
+           if k in CHILD_ENV_NAMES or k in wanted
+           or (k.startswith(CHILD_ENV_PREFIXES) and not any(w in k.upper() for w in _SECRET_WORDS))}
+    out.update(extra or {})
+    return out
+
+
+def hide_environ() -> bool:
+    """Make this process non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``), so that other processes of the same user, the
+    children llmdr starts included, can no longer read its ``/proc/<pid>/environ`` (the keys the operator exported
+    before running llmdr) or its memory; root still can. A child gets its normal dumpable state back when it
+    executes its program. Also no core dumps of llmdr. False where prctl is not available (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        return False
+
+
 def spawn(argv: list[str], log_path: Path, *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``argv`` detached from us (own session, no stdin), its output appended to ``log_path``.
-    An ``OSError`` (no such program...) is the caller's to report."""
-    with open(log_path, "ab") as logf:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    """Start ``argv`` detached from us (own session, no stdin), its output appended to ``log_path`` (0600).
+
+    ``env`` None gives the child ``child_env()`` only, never llmdr's whole environment; a caller that must pass
+    keys to its child builds ``env`` itself. The child runs with umask 077, so what it creates (SeaweedFS volumes,
+    Caddy's data, a server's caches) is its owner's only. An ``OSError`` (no such program...) is the caller's to
+    report. Before the first child starts, llmdr hides its own environment from it (``hide_environ``)."""
+    hide_environ()
+    fd = open_private(log_path, os.O_WRONLY | os.O_APPEND)
+    try:
+        return subprocess.Popen(argv, env=child_env() if env is None else env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                umask=0o077)
+    finally:
+        os.close(fd)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -103,6 +103,18 @@ class Serving(StrictModel):
     health_path: str = "/health"
     # How long a starting replica has to answer on health_path before llmdr stops it and reports the failure.
     start_timeout: timedelta = timedelta(minutes=5)
+    # Names of environment variables a replica llmdr starts gets from llmdr's environment besides the allow-list
+    # (PATH, HOME, locale, PYTHON*, CUDA_*, HF_* caches, VLLM_*...: llmdr.common.process.CHILD_ENV_NAMES), e.g.
+    # [HF_TOKEN, VLLM_API_KEY]. Every other variable, the regions' keys and llmdr's encryption and manifest keys included, is
+    # withheld from the replica.
+    pass_env: list[str] = []
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            env_name("serving.pass_env", name)
+        return v
 
     @field_validator("url")
     @classmethod

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmdr.common.files import atomic_write, bundled_binary
+from llmdr.common.files import atomic_write, bundled_binary, private_dir
 from llmdr.common.process import port_open, read_pid, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import Config, Region
 from llmdr.errors import LlmdrError, ObjectLockUnavailable, StackError
@@ -149,7 +149,7 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
                     f"region uses ports {r.port}-{r.port + 8} and {r.port + 8 + ADMIN_GRPC_OFFSET}; "
                     "change its endpoint port in the config."
                 )
-        (rdir / "data").mkdir(parents=True, exist_ok=True)
+        private_dir(rdir / "data")  # weed runs with umask 077 (spawn): its volumes, sockets and logs stay 0600/0700
         s3cfg = {"identities": [{"name": "llmdr", "credentials": [
             {"accessKey": keys.access_key_id, "secretKey": keys.secret_access_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}

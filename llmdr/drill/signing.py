@@ -258,7 +258,7 @@ def sign_folder(folder: Path, settings: Signing, state_dir: Path,
         payload |= {"algorithm": ED25519, "key_id": ed25519_key_id(_raw_public(priv.public_key()))}
         sig = priv.sign(canonical(payload))
     doc = payload | {"signature": base64.b64encode(sig).decode("ascii")}
-    atomic_write(folder / SIGNATURE_FILE, _render(doc))
+    atomic_write(folder / SIGNATURE_FILE, _render(doc), mode=0o644)
     log.info("signed %s: %d files, %s", folder, len(payload["files"]), payload["key_id"])
     return doc
 

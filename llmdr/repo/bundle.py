@@ -163,7 +163,7 @@ class CheckMemo:
 
     @staticmethod
     def _key(kind: ComponentKind, rel: str) -> str:
-        return f"{kind.value}:{rel}"
+        return f"2:{kind.value}:{rel}"  # "2:": checks since templates are also scanned for unsafe patterns
 
     def passed(self, kind: ComponentKind, rel: str, st) -> bool:  # noqa: ANN001 - an os.stat_result
         sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
@@ -330,10 +330,16 @@ def _check_templates(root: Path, rel: str, files: list[str]) -> Iterable[str]:
             return
     import jinja2
 
-    try:
-        jinja2.Environment().parse(text)
+    from llmdr.common.templates import unsafe_constructs
+
+    try:  # parsed by the sandboxed environment llmdr serve renders with; nothing is rendered here
+        bad = unsafe_constructs(text, includes=False)
     except jinja2.TemplateSyntaxError as exc:
         yield f"is not a valid Jinja template (line {exc.lineno}: {exc.message})"
+        return
+    if bad:
+        yield (f"is refused as unsafe: {'; '.join(bad)} (a template-injection pattern; llmdr renders bundle "
+               "templates in Jinja's sandbox): fix or replace the template")
 
 
 def _check_serving(root: Path, rel: str, files: list[str]) -> Iterable[str]:

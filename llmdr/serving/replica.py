@@ -20,8 +20,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmdr.common.files import atomic_write
-from llmdr.common.process import alive, cmdline, spawn, tail, terminate, wait_started
+from llmdr.common.files import atomic_write, private_dir
+from llmdr.common.process import alive, child_env, cmdline, spawn, tail, terminate, wait_started
 from llmdr.config import Config, Region
 from llmdr.errors import StackError, UsageError
 
@@ -178,8 +178,7 @@ def start_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=
     from datetime import datetime, timezone
 
     serving = _serving(region)
-    root = replica_dir(cfg, region)
-    root.mkdir(parents=True, exist_ok=True)
+    root = private_dir(replica_dir(cfg, region))  # the restored bundle, its log and state: the owner's only
     sid, model_dir, restore_s, cold = _prepare_model(cfg, region, ref, progress=progress)
     current = replica_status(cfg, region)
     if current.pid and current.snapshot == sid and current.healthy:
@@ -192,7 +191,9 @@ def start_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=
     argv = command_for(cfg, region, model_dir)
     t0 = time.monotonic()
     try:
-        proc = spawn(argv, root / "serve.log", cwd=root)
+        # the server gets the allow-listed environment (child_env) plus serving.pass_env: never the regions' keys,
+        # the encryption keys or the manifest key llmdr itself runs with
+        proc = spawn(argv, root / "serve.log", cwd=root, env=child_env(pass_env=serving.pass_env))
     except OSError as exc:
         raise StackError(f"region '{region.name}': cannot run {argv[0]}: {exc.strerror}") from None
     state = {"pid": proc.pid, "argv": argv, "snapshot": sid, "model_dir": str(model_dir),

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from llmdr.errors import UsageError
+from llmdr.errors import UnsafeTemplate, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ def make_server(service: ModelService, host: str, port: int) -> ThreadingHTTPSer
                 self._send(200, handler(body))
             except (BadRequest, ValueError) as exc:
                 self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            except UnsafeTemplate as exc:  # the bundle's template, refused by the sandbox: nothing of it ran
+                log.error("%s", exc)
+                self._error(500, str(exc), "server_error")
             except Exception as exc:  # a bug must not kill the server; report it as a 500
                 log.exception("request failed")
                 self._error(500, f"internal error: {exc}", "server_error")

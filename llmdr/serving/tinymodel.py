@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmdr.common.templates import compile_template, render_template
+
 WORDS = """the a an of to and in is it you that he was for on are with as I his they be at one have this from or
 had by hot word but what some we can out other were all there when up use your how said each she which do their
 time if will way about many then them write would like so these her long make thing see him two has look more day
@@ -188,6 +190,8 @@ class TinyModel:
         self.generation = json.loads((folder / "generation_config.json").read_text())
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.template = (folder / "chat_template.jinja").read_text()
+        # the bundle's template is data, not trusted code: compiled and rendered only in Jinja's sandbox
+        self._chat_template = compile_template(self.template, folder / "chat_template.jinja")
         index = json.loads((folder / "model.safetensors.index.json").read_text())
         self.w: dict[str, np.ndarray] = {}
         for shard in sorted(set(index["weight_map"].values())):
@@ -197,9 +201,8 @@ class TinyModel:
                              f"embed {self.w['embed_tokens.weight'].shape[0]}: they do not belong together")
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        import jinja2
-
-        return jinja2.Environment().from_string(self.template).render(messages=messages, add_generation_prompt=True)
+        return render_template(self._chat_template, self.folder / "chat_template.jinja", messages=messages,
+                               add_generation_prompt=True)
 
     def _logits(self, ids: list[int]) -> np.ndarray:
         c, w = self.config, self.w

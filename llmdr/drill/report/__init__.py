@@ -55,7 +55,7 @@ def write_report(record: dict, folder: Path, *, history: list[dict] | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     paths["evidence"] = folder / FILES["evidence"]
-    atomic_write(paths["evidence"], json.dumps(record, sort_keys=True, indent=2, default=str) + "\n")
+    atomic_write(paths["evidence"], json.dumps(record, sort_keys=True, indent=2, default=str) + "\n", mode=0o644)
     paths["timeline"] = timeline_chart(record, folder / FILES["timeline"])
     trend = folder / FILES["trend"]
     if history:
@@ -71,7 +71,7 @@ def write_report(record: dict, folder: Path, *, history: list[dict] | None = Non
         runbook = RUNBOOK_FILE
         paths["runbook"] = folder / RUNBOOK_FILE
     paths["html"] = folder / FILES["html"]
-    atomic_write(paths["html"], render_html(record, images, runbook=runbook))
+    atomic_write(paths["html"], render_html(record, images, runbook=runbook), mode=0o644)
     pdf_tmp = folder / f".{FILES['pdf']}.tmp"
     try:
         from llmdr.drill.report.pdf import render_pdf  # fpdf2 loads only when a PDF is written

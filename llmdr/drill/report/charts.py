@@ -34,7 +34,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150, metadata={"Software": None})
-    atomic_write(Path(path), buf.getvalue())
+    atomic_write(Path(path), buf.getvalue(), mode=0o644)
     return Path(path)
 
 

@@ -70,6 +70,6 @@ def write_runbook(cfg: Config, path: Path | None = None, *, now: datetime | None
         log.warning("drill history not read for the runbook: %s", exc)
         drills = None
     target = Path(path) if path is not None else cfg.runbook_path
-    atomic_write(target, render_runbook(cfg, now=now, drills=drills))
+    atomic_write(target, render_runbook(cfg, now=now, drills=drills), mode=0o644)  # a shared document
     log.info("runbook written to %s", target)
     return target

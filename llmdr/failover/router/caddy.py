@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
-from llmdr.common.files import atomic_write, bundled_binary
+from llmdr.common.files import atomic_write, bundled_binary, private_dir
 from llmdr.common.process import port_open, read_pid, reap, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import CaddyRouter, Config
 from llmdr.errors import StackError, UsageError
@@ -208,7 +208,7 @@ class Caddy:
             if port_open(host, port):
                 raise StackError(f"router.{what}: {_join(host, port)} is already in use by another process; stop it "
                                  f"or pick another port for router.{what} in {self.cfg.source_file or 'llmdr.yaml'}")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)  # caddy.json, its log: the owner's only
         self._select(active)
         atomic_write(self.config_path, json.dumps(self._config(), indent=2) + "\n")
         argv = [caddy_binary(), "run", "--config", str(self.config_path)]

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmdr.common.files import atomic_write
+from llmdr.common.files import atomic_write, open_private, private_dir
 from llmdr.errors import LlmdrError
 from llmdr.failover.router.base import utc_now
 
@@ -32,7 +32,7 @@ class RouterLog:
         entry = {"active": active, "previous": previous, "since": utc_now(), "reason": reason}
         line = json.dumps(entry, sort_keys=True) + "\n"
         atomic_write(self.path, json.dumps(entry, sort_keys=True, indent=2) + "\n")
-        fd = os.open(self.history_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = open_private(self.history_path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, line.encode())
         finally:
@@ -69,8 +69,8 @@ class RouterLog:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Serialise switches across processes, so the history order is the order the router saw."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(".lock"), os.O_WRONLY | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        fd = open_private(self.path.with_name(".lock"), os.O_WRONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
