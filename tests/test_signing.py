@@ -96,6 +96,7 @@ def test_missing_extra_and_renamed_files(signed):
     assert not res.ok
     assert res.problems == ["report.pdf: missing (listed in the signature, not in the folder)",
                             "extra file not covered by the signature: notes.txt",
+                            "extra folder not covered by the signature: sub/ (remove it)",
                             "extra file not covered by the signature: sub/x.bin"]
 
 

@@ -128,8 +128,9 @@ def report_verify(
                                                        "drill.signing.public_key.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a drill report offline: every file's SHA-256 against the signed list, and the signature (Ed25519 with
-    the public key, or HMAC with the key in drill.signing.hmac_key_env). Exit 10 if anything was changed."""
+    """Check a drill report offline: every file's SHA-256 against the signed list, the signature (Ed25519 with the
+    public key, or HMAC with the key in drill.signing.hmac_key_env), and that the folder is named after the drill it
+    was signed for. Symlinks, FIFOs, device files and extra folders are refused. Exit 10 if anything was changed."""
     import os
 
     from llmdr.drill.signing import verify_folder
@@ -148,9 +149,10 @@ def report_verify(
         if key is None:
             raise UsageError("no llmdr.yaml here to find the public key: pass --public-key FILE") from None
     res = verify_folder(folder, public_key=key if key and key.exists() else None, hmac_key=hmac_key)
-    text = (f"{folder}: signature OK ({res.algorithm}, key {res.key_id}); {len(res.files)} files unchanged"
-            if res.ok else f"{folder}: VERIFICATION FAILED\n" + "\n".join(f"  - {p}" for p in res.problems))
+    text = (f"{folder}: signature OK for drill {res.drill_id} ({res.algorithm}, key {res.key_id}); {len(res.files)} "
+            "files unchanged" if res.ok else
+            f"{folder}: VERIFICATION FAILED\n" + "\n".join(f"  - {p}" for p in res.problems))
     emit(as_json, {"ok": res.ok, "problems": res.problems, "key_id": res.key_id, "algorithm": res.algorithm,
-                   "files": res.files}, text)
+                   "drill_id": res.drill_id, "files": res.files}, text)
     if not res.ok:
         raise typer.Exit(10)

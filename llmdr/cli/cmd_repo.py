@@ -1,5 +1,6 @@
 """Repository maintenance: `llmdr prune` (the two-phase delete of unused packs), `llmdr repair index` (rebuild the
-index from the packs, or compact it) and `llmdr locks` (who holds the repository, stale locks removed on request)."""
+index from the packs, or compact it), `llmdr locks` (who holds the repository, stale locks removed on request) and
+`llmdr sign-manifests` (re-sign after a manifest-signing key rotation)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,33 @@ def locks(region: RegionOpt = None, remove_stale: Annotated[bool, typer.Option(
              f"{'' if r['live'] else ' (STALE)'}  {r['key']}" for r in rows] or [f"(no locks in {reg.name})"]
     lines += [f"removed {key}" for key in removed]
     emit(as_json, {"region": reg.name, "locks": rows, "removed": removed}, "\n".join(lines))
+
+
+@app.command("sign-manifests")
+def sign_manifests(region: RegionOpt = None, dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only verify and count: write nothing, take no lock.")] = False,
+        lock_wait: WaitOpt = "0s", as_json: JsonOpt = False) -> None:
+    """After rotating the manifest-signing key: verify every signed object of a region (snapshot records, catalog)
+    and write those an old key signed again under the current key (new versions, same content), so the old key can
+    be removed from manifest_signing.previous_*. Refused in a region under COMPLIANCE Object Lock. Exit 6 when an
+    object does not verify (it is left as it is, never re-signed)."""
+    from llmdr.repo.resign import sign_manifests as run
+
+    cfg = load_cfg()
+    reg = cfg.region(region)
+    res = run(cfg, reg, dry_run=dry_run, lock_wait_s=_seconds(lock_wait, "--lock-wait"))
+    verb = "to re-sign" if dry_run else "re-signed"
+    text = (f"{reg.name}: {len(res.resigned)} object(s) {verb} with key {res.key_id}, {res.current} already signed "
+            f"with it, {len(res.refused)} not verified")
+    for key, why in sorted(res.refused.items()):
+        text += f"\n  - {key} left as it is: {why}"
+    if res.refused:
+        text += ("\n  each is damaged, forged, or signed with a key the config does not list; an intact copy can be "
+                 f"taken from another region with `llmdr verify <snapshot> --region {reg.name} --repair`")
+    elif not dry_run:
+        text += (f"\nevery current object in {reg.name} now carries the current key; once every region is re-signed, "
+                 "the previous keys can be removed from manifest_signing (reads of the past with --as-of still "
+                 "need them)")
+    emit(as_json, res.to_json(), text)
+    if res.refused:
+        raise typer.Exit(6)

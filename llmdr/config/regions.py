@@ -191,11 +191,24 @@ class ManifestSigning(StrictModel):
     private_key: str = "keys/manifest-signing.key"  # ed25519, relative to state_dir; made on first signing
     # ed25519: the PEM public key, relative to state_dir; written next to a private key llmdr makes.
     public_key: str = "keys/manifest-signing.pub"
+    # Key rotation: PEM public keys (paths, relative to state_dir) of earlier Ed25519 signing keys. Objects they
+    # signed still verify; new objects are signed with the current key. `llmdr sign-manifests` re-signs the old
+    # ones, after which the old key can be removed from this list. Whoever edits this file is trusted: a key listed
+    # here is accepted like the current one.
+    previous_public_keys: list[str] = Field(default_factory=list)
+    # Key rotation for HMAC: names of environment variables holding earlier HMAC keys (looked up like hmac_key_env),
+    # accepted for reading like previous_public_keys. An HMAC key also signs: remove it once the region is re-signed.
+    previous_hmac_key_envs: list[str] = Field(default_factory=list)
 
     @field_validator("hmac_key_env")
     @classmethod
     def _hmac_env(cls, v: str) -> str:
         return env_name("hmac_key_env", v)  # type: ignore[return-value]
+
+    @field_validator("previous_hmac_key_envs")
+    @classmethod
+    def _previous_envs(cls, v: list[str]) -> list[str]:
+        return [env_name("previous_hmac_key_envs", x) for x in v]  # type: ignore[misc]
 
 
 class Region(StrictModel):

@@ -1,9 +1,14 @@
 """Tamper evidence for drill reports: sign a report folder, verify it offline.
 
 ``SIGNATURE.json`` lists every other file of the folder with its SHA-256 and size, and carries a signature over the
-canonical JSON (sorted keys, no whitespace) of everything else in it: format, algorithm, key id, time and that file
-list. Verification recomputes every hash, so a changed, missing or added file fails; and because SIGNATURE.json
-itself must be byte-identical to its canonical rendering, editing any byte anywhere in the folder fails too.
+canonical JSON (sorted keys, no whitespace) of everything else in it: format, algorithm, key id, time, the drill id
+(the folder's name) and that file list. Verification recomputes every hash, so a changed, missing or added file
+fails; and because SIGNATURE.json itself must be byte-identical to its canonical rendering, editing any byte
+anywhere in the folder fails too. The folder must be named after the drill it was signed for, so a valid report
+renamed or copied under another drill's id is refused. A signed folder holds regular files only (and the
+subfolders they are in): a symlink, FIFO, socket, device file or extra folder is refused, when signing and when
+verifying, and no file is opened through a link or without checking that it is a regular file. Signatures of format
+1 (before the drill id was signed) still verify when their signed ``evidence.json`` names the folder's drill.
 
 Two methods:
 
@@ -23,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +42,9 @@ from llmdr.errors import ConfigError, UsageError
 log = logging.getLogger(__name__)
 
 SIGNATURE_FILE = "SIGNATURE.json"
-FORMAT = "llmdr-report-signature/1"
+FORMAT = "llmdr-report-signature/2"
+FORMAT_V1 = "llmdr-report-signature/1"  # no drill_id: verified against the signed evidence.json's id instead
+EVIDENCE_FILE = "evidence.json"
 ED25519 = "ed25519"
 HMAC_SHA256 = "hmac-sha256"
 MIN_HMAC_KEY_BYTES = 16
@@ -51,10 +59,11 @@ class VerifyResult:
     algorithm: str | None = None
     files: list[dict[str, Any]] = field(default_factory=list)  # the signed list: [{path, sha256, size}]
     signed_utc: str | None = None
+    drill_id: str | None = None  # the drill the signature was made for
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems, "key_id": self.key_id, "algorithm": self.algorithm,
-                "signed_utc": self.signed_utc, "files": self.files}
+                "signed_utc": self.signed_utc, "drill_id": self.drill_id, "files": self.files}
 
 
 # --- canonical bytes -----------------------------------------------------------------------------------------------
@@ -69,37 +78,97 @@ def _render(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
+def _open_regular(path: Path) -> tuple[Any, int]:
+    """(binary file object, size) of a regular file, opened without following a link and without blocking on a FIFO
+    that replaced it since the folder was listed; ``UsageError`` for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be opened as a regular file ({exc.strerror}); a signed report holds "
+                         "regular files only") from None
+    fh = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        fh.close()
+        raise UsageError(f"{path} is {_kind(st.st_mode)}, not a regular file; a signed report holds regular files "
+                         "only")
+    return fh, st.st_size
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    """(SHA-256, size) of a regular file (``_open_regular``)."""
+    fh, size = _open_regular(path)
+    with fh:
+        h = hashlib.sha256()
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest(), size
 
 
-def _listing(folder: Path) -> list[str]:
-    """Every file under ``folder`` except the signature itself, as sorted POSIX paths relative to it."""
-    out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder).as_posix()
-        if rel == SIGNATURE_FILE:
-            continue
-        if p.is_symlink():
-            out.append(rel)  # listed, so sign_folder can refuse it and verify_folder can name it
-        elif p.is_file():
-            out.append(rel)
-    return sorted(out)
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device file"),
+                       (stat.S_ISBLK, "a block device file"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@dataclass
+class _Scan:
+    """What a report folder holds, by POSIX path relative to it: regular files (the signature excluded), subfolders,
+    and anything else (symlinks, FIFOs, sockets, devices) with what it is. Nothing is followed or opened."""
+
+    files: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    special: dict[str, str] = field(default_factory=dict)
+
+
+def _scan(folder: Path) -> _Scan:
+    out = _Scan()
+    todo = [(folder, "")]
+    while todo:
+        path, rel = todo.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                name = f"{rel}{entry.name}"
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    out.folders.append(name)
+                    todo.append((Path(entry.path), name + "/"))
+                elif stat.S_ISREG(mode):
+                    if name != SIGNATURE_FILE:
+                        out.files.append(name)
+                else:
+                    out.special[name] = _kind(mode)
+    out.files.sort()
+    out.folders.sort()
+    return out
+
+
+def _special_problem(rel: str, kind: str) -> str:
+    return f"{rel} is {kind}; a signed report holds regular files only: remove it"
 
 
 def _file_entries(folder: Path) -> list[dict[str, Any]]:
+    scan = _scan(folder)
+    for rel, kind in sorted(scan.special.items()):
+        hint = " (copy the file in instead of linking it)" if kind == "a symbolic link" else ""
+        raise UsageError(f"{folder}: {_special_problem(rel, kind)}{hint}")
+    used = {str(Path(f).parent.as_posix()) for f in scan.files}
+    for d in scan.folders:
+        if not any(u == d or u.startswith(d + "/") for u in used):
+            raise UsageError(f"{folder}: folder {d} holds no file; a signed report holds no empty folders: remove it")
     entries = []
-    for rel in _listing(folder):
-        p = folder / rel
-        if p.is_symlink():
-            raise UsageError(f"{folder}: {rel} is a symbolic link; a signed report holds regular files only "
-                             "(copy the file in instead of linking it)")
-        entries.append({"path": rel, "sha256": _sha256_file(p), "size": p.stat().st_size})
+    for rel in scan.files:
+        digest, size = _sha256_file(folder / rel)
+        entries.append({"path": rel, "sha256": digest, "size": size})
     return entries
+
+
+def drill_id_of(folder: Path) -> str:
+    """The drill a report folder stands for: its name (``.`` and ``..`` resolved, links not followed)."""
+    return Path(os.path.abspath(folder)).name
 
 
 # --- keys ----------------------------------------------------------------------------------------------------------
@@ -242,13 +311,15 @@ def _now_utc() -> str:
 
 def sign_folder(folder: Path, settings: Signing, state_dir: Path,
                 env: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """Write ``folder/SIGNATURE.json`` covering every other file in the folder; return its content.
+    """Write ``folder/SIGNATURE.json`` covering every other file in the folder and the folder's name (the drill
+    id); return its content. A symlink, FIFO, socket, device file or empty folder in it is refused (``UsageError``).
 
     Signing again replaces the previous signature (call it after the last file is written)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"cannot sign {folder}: not a folder; give the drill report folder")
-    payload: dict[str, Any] = {"format": FORMAT, "signed_utc": _now_utc(), "files": _file_entries(folder)}
+    payload: dict[str, Any] = {"format": FORMAT, "signed_utc": _now_utc(), "drill_id": drill_id_of(folder),
+                               "files": _file_entries(folder)}
     if settings.method == "hmac":
         key = hmac_key_from_env(settings, env)
         payload |= {"algorithm": HMAC_SHA256, "key_id": hmac_key_id(key)}
@@ -271,22 +342,69 @@ def _check_files(folder: Path, signed: list[dict[str, Any]], problems: list[str]
             problems.append(f"{SIGNATURE_FILE}: malformed file entry {e!r}")
             continue
         listed[e["path"]] = e
-    present = set(_listing(folder))
+    scan = _scan(folder)
+    present = set(scan.files)
     for rel, e in sorted(listed.items()):
-        p = folder / rel
-        if rel not in present:
+        if rel in scan.special:
+            problems.append(f"{rel}: is {scan.special[rel]}, not the signed file")
+        elif rel not in present:
             problems.append(f"{rel}: missing (listed in the signature, not in the folder)")
-        elif p.is_symlink():
-            problems.append(f"{rel}: is a symbolic link, not the signed file")
         else:
-            size = p.stat().st_size
-            if _sha256_file(p) != e.get("sha256"):
+            try:
+                digest, size = _sha256_file(folder / rel)
+            except UsageError as exc:  # replaced since the listing
+                problems.append(str(exc))
+                continue
+            if digest != e.get("sha256"):
                 problems.append(f"{rel}: SHA-256 differs from the signed value"
                                 + (f" (size {size} bytes, signed {e.get('size')})" if size != e.get("size") else ""))
             elif size != e.get("size"):
                 problems.append(f"{rel}: size {size} bytes differs from the signed {e.get('size')}")
-    for rel in sorted(present - set(listed)):
-        problems.append(f"extra file not covered by the signature: {rel}")
+    used = {p.rsplit("/", 1)[0] for p in listed if "/" in p}
+    extra = [(rel, f"extra file not covered by the signature: {rel}") for rel in present - set(listed)]
+    extra += [(rel, f"extra folder not covered by the signature: {rel}/ (remove it)") for rel in scan.folders
+              if not any(u == rel or u.startswith(rel + "/") for u in used)]
+    extra += [(rel, _special_problem(rel, kind)) for rel, kind in scan.special.items() if rel not in listed]
+    problems.extend(msg for _, msg in sorted(extra))
+
+
+def _check_identity(folder: Path, doc: dict[str, Any], files: list[dict[str, Any]], problems: list[str]) -> str | None:
+    """The drill id the signature vouches for, with a problem when the folder is not named after it. Format 1
+    signed no drill id: its signed evidence.json's ``id`` stands in for it."""
+    name = drill_id_of(folder)
+    if doc.get("format") == FORMAT_V1:
+        claimed = _signed_evidence_id(folder, files)
+        if claimed is None:
+            problems.append(f"{SIGNATURE_FILE}: format 1 signs no drill id and the folder holds no signed "
+                            f"{EVIDENCE_FILE} naming one, so which drill this report is for cannot be proven")
+            return None
+    else:
+        claimed = doc.get("drill_id")
+        if not isinstance(claimed, str) or not claimed:
+            problems.append(f"{SIGNATURE_FILE}: no drill id signed; the report's identity cannot be proven")
+            return None
+    if claimed != name:
+        problems.append(f"this report was signed for drill {claimed!r} but the folder is named {name!r}: a report "
+                        "renamed or copied under another drill's id. Use the report of that drill, or rename the "
+                        f"folder back to {claimed!r}")
+    return claimed
+
+
+def _signed_evidence_id(folder: Path, files: list[dict[str, Any]]) -> str | None:
+    """The ``id`` in evidence.json when that file is listed in the signature and matches its signed hash."""
+    entry = next((e for e in files if isinstance(e, dict) and e.get("path") == EVIDENCE_FILE), None)
+    if entry is None:
+        return None
+    try:
+        fh, _ = _open_regular(folder / EVIDENCE_FILE)
+        with fh:
+            data = fh.read()
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            return None  # the file check reports the difference
+        rid = json.loads(data.decode("utf-8")).get("id")
+    except (UsageError, OSError, ValueError, AttributeError):
+        return None
+    return rid if isinstance(rid, str) and rid else None
 
 
 def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: bytes | None = None) -> VerifyResult:
@@ -298,9 +416,16 @@ def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: byt
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; give the drill report folder (it holds {SIGNATURE_FILE})")
     sig_path = folder / SIGNATURE_FILE
-    if not sig_path.is_file():
+    try:
+        mode = os.lstat(sig_path).st_mode
+    except FileNotFoundError:
         return VerifyResult(False, [f"{SIGNATURE_FILE} missing: the folder is not signed (or the signature was removed)"])
-    raw = sig_path.read_bytes()
+    if not stat.S_ISREG(mode):
+        return VerifyResult(False, [f"{SIGNATURE_FILE} is {_kind(mode)}, not the report's own signature file: "
+                                    "the folder cannot be verified"])
+    fh, _ = _open_regular(sig_path)
+    with fh:
+        raw = fh.read()
     try:
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict):
@@ -313,7 +438,7 @@ def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: byt
     result = VerifyResult(False, problems, key_id if isinstance(key_id, str) else None,
                           algorithm if isinstance(algorithm, str) else None, files,
                           doc.get("signed_utc") if isinstance(doc.get("signed_utc"), str) else None)
-    if doc.get("format") != FORMAT:
+    if doc.get("format") not in (FORMAT, FORMAT_V1):
         problems.append(f"{SIGNATURE_FILE}: unknown format {doc.get('format')!r} (expected {FORMAT})")
     if _render(doc) != raw:
         problems.append(f"{SIGNATURE_FILE}: bytes differ from its canonical form (the file was edited)")
@@ -352,6 +477,7 @@ def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: byt
             problems.append(f"signature does not match the signed content ({SIGNATURE_FILE} was edited)")
     else:
         problems.append(f"{SIGNATURE_FILE}: unknown algorithm {algorithm!r} (expected {ED25519} or {HMAC_SHA256})")
+    result.drill_id = _check_identity(folder, doc, files, problems)
     _check_files(folder, files, problems)
     result.ok = not problems
     return result

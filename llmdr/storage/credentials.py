@@ -419,21 +419,32 @@ def encryption_key(cfg: Config, region: Region) -> tuple[bytes, str] | None:
 
 def manifest_signer(cfg: Config, *, create: bool = False):
     """The configured manifest signer (``llmdr.storage.crypto.ManifestSigner``), or None when signing is off. With
-    ``create``, a missing Ed25519 pair is made (a writer's first run)."""
+    ``create``, a missing Ed25519 pair is made (a writer's first run). Its ``previous`` are the earlier keys listed
+    for key rotation, accepted on read only."""
     ms = cfg.manifest_signing
     if ms is None:
         return None
-    from llmdr.storage.crypto import ManifestSigner, load_ed25519
-
-    if ms.method == "hmac":
-        value, where = _secret_value(cfg, ms.hmac_key_env, None, "manifest signing")
-        if len(value.encode()) < 32:
-            raise ConfigError(f"manifest signing: {where} holds fewer than 32 bytes; use e.g. `openssl rand -hex 32`")
-        return ManifestSigner("hmac", hmac_key=value.encode(), source=where)
+    from llmdr.storage.crypto import ManifestSigner, load_ed25519, load_ed25519_public
 
     def resolve(p: str) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else cfg.state_path / path
 
+    def hmac_key(env: str, what: str) -> tuple[bytes, str]:
+        value, where = _secret_value(cfg, env, None, what)
+        if len(value.encode()) < 32:
+            raise ConfigError(f"{what}: {where} holds fewer than 32 bytes; use e.g. `openssl rand -hex 32`")
+        return value.encode(), where
+
+    previous = [ManifestSigner("ed25519", source=f"previous Ed25519 key {resolve(p)}",
+                               public=load_ed25519_public(resolve(p), "manifest_signing.previous_public_keys"))
+                for p in ms.previous_public_keys]
+    for env in ms.previous_hmac_key_envs:
+        key, where = hmac_key(env, "manifest signing (previous_hmac_key_envs)")
+        previous.append(ManifestSigner("hmac", hmac_key=key, source=f"previous key in {where}"))
+    if ms.method == "hmac":
+        key, where = hmac_key(ms.hmac_key_env, "manifest signing")
+        return ManifestSigner("hmac", hmac_key=key, source=where, previous=previous)
     priv, pub = load_ed25519(resolve(ms.private_key), resolve(ms.public_key), create=create)
-    return ManifestSigner("ed25519", private=priv, public=pub, source=f"Ed25519 key {resolve(ms.public_key)}")
+    return ManifestSigner("ed25519", private=priv, public=pub, source=f"Ed25519 key {resolve(ms.public_key)}",
+                          previous=previous)

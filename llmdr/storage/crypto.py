@@ -29,6 +29,10 @@ valid signature::
 A snapshot id is the SHA-256 of the manifest, which proves a manifest untouched only against an id you already
 trust; the signature proves the writer held the signing key, so a manifest edited in the store — even one stored
 under its new hash as a new "snapshot" — is refused. Signing sits outside encryption (sign, then encrypt).
+
+Key rotation: the signer carries earlier keys (``ManifestSigner.previous``, from ``manifest_signing.previous_*``);
+a manifest signed by one of them still reads, and ``SigningStore.resign`` writes it again under the current key with
+the same body (so every id stays the same). A reader without ``manifest_signing`` sees ``unsigned.UnsignedReader``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import functools
 import hashlib
 import hmac
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -269,12 +273,14 @@ class EncryptingStore(_Resized):
 # --- manifest signatures -----------------------------------------------------------------------------------------------
 class ManifestSigner:
     """Signs and verifies manifest bytes. HMAC-SHA256 (one shared key) or Ed25519 (private key to sign; the public
-    key alone verifies, so a restore host needs no signing secret)."""
+    key alone verifies, so a restore host needs no signing secret). ``previous``: earlier keys (key rotation) whose
+    signatures are still accepted on read; nothing is signed with them."""
 
     def __init__(self, method: str, *, hmac_key: bytes | None = None, private: Any = None, public: Any = None,
-                 source: str = "") -> None:
+                 source: str = "", previous: Sequence[ManifestSigner] = ()) -> None:
         self.method = method
         self.source = source
+        self.previous = list(previous)
         self._hmac = hmac_key
         self._private = private
         self._public = public if public is not None else (private.public_key() if private is not None else None)
@@ -293,6 +299,10 @@ class ManifestSigner:
     @property
     def can_sign(self) -> bool:
         return self.method == "hmac" or self._private is not None
+
+    def verifier(self, method: str, kid: str) -> ManifestSigner | None:
+        """The key (this one, or one of ``previous``) that a signature line naming ``method`` and ``kid`` claims."""
+        return next((k for k in (self, *self.previous) if k.method == method and k.key_id == kid), None)
 
     def sign(self, data: bytes) -> bytes:
         if self.method == "hmac":
@@ -314,6 +324,19 @@ class ManifestSigner:
             return False
 
 
+def split_signed(blob: bytes) -> tuple[bytes, str, str, bytes] | None:
+    """``(body, method, key id, signature)`` of a manifest as stored; None when it carries no signature line.
+    Raises ``ValueError`` for a signature line that does not parse."""
+    cut = blob.rfind(SIG_MARK)
+    if cut < 0:
+        return None
+    try:
+        method, kid, sig_b64 = blob[cut + len(SIG_MARK):].strip().decode("ascii").split(" ")
+        return blob[:cut], method, kid, base64.b64decode(sig_b64, validate=True)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValueError("malformed signature line") from None
+
+
 class SigningStore(_Resized):
     def __init__(self, inner: BlobStore, signer: ManifestSigner) -> None:
         self.inner = inner
@@ -333,31 +356,48 @@ class SigningStore(_Resized):
         signed = body + SIG_MARK + f"{self.signer.method} {self.signer.key_id} ".encode() + sig + b"\n"
         self.inner.put(key, signed, sha256=hashlib.sha256(signed).digest(), if_absent=if_absent, retain=retain)
 
+    def _open(self, key: str, blob: bytes) -> tuple[bytes, ManifestSigner]:
+        """The manifest's body and the key whose valid signature it carries; ``IntegrityError`` otherwise."""
+        where = f"{self.location}: manifest {key!r}"
+        try:
+            parts = split_signed(blob)
+        except ValueError:
+            raise IntegrityError(f"{where} has a malformed signature line; refusing it") from None
+        if parts is None:
+            raise IntegrityError(f"{where} carries no signature although manifest signing is on: it was written "
+                                 "without the signing key, or edited; refusing it")
+        body, method, kid, sig = parts
+        key_used = self.signer.verifier(method, kid)
+        if key_used is None:
+            raise IntegrityError(
+                f"{where} is signed with {method} key {kid}, neither this configuration's {self.signer.method} key "
+                f"{self.signer.key_id} ({self.signer.source}) nor one of its previous keys: wrong key, or forged. After "
+                "a key rotation, list the old key in manifest_signing.previous_public_keys (hmac: "
+                "previous_hmac_key_envs)")
+        if not key_used.verify(body, sig):
+            raise IntegrityError(f"{where} fails its signature check: edited or forged after it was written; "
+                                 "refusing it. `llmdr verify --repair` restores it from another region")
+        return body, key_used
+
     def get(self, key: str, *, start: int = 0, length: int | None = None, version_id: str | None = None) -> bytes:
         if not key.startswith(SIGNED_PREFIXES):
             return self.inner.get(key, start=start, length=length, version_id=version_id)
-        blob = self.inner.get(key, version_id=version_id)
-        where = f"{self.location}: manifest {key!r}"
-        cut = blob.rfind(SIG_MARK)
-        if cut < 0:
-            raise IntegrityError(f"{where} carries no signature although manifest signing is on: it was written "
-                                 "without the signing key, or edited; refusing it")
-        body, trailer = blob[:cut], blob[cut + len(SIG_MARK):].strip()
-        try:
-            method, kid, sig_b64 = trailer.decode("ascii").split(" ")
-            sig = base64.b64decode(sig_b64, validate=True)
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise IntegrityError(f"{where} has a malformed signature line; refusing it") from None
-        if method != self.signer.method or kid != self.signer.key_id:
-            raise IntegrityError(f"{where} is signed with {method} key {kid}, not this configuration's {self.signer.method} "
-                                 f"key {self.signer.key_id} ({self.signer.source}): wrong key, or forged")
-        if not self.signer.verify(body, sig):
-            raise IntegrityError(f"{where} fails its signature check: edited or forged after it was written; "
-                                 "refusing it. `llmdr verify --repair` restores it from another region")
+        body, _ = self._open(key, self.inner.get(key, version_id=version_id))
         if start or length is not None:
             end = len(body) if length is None else start + length
             return body[start:end]
         return body
+
+    def resign(self, key: str, *, dry_run: bool = False) -> bool:
+        """Verify manifest ``key`` and, when a previous key signed it, write it again signed with the current key
+        (a new version; the body, hence every id and hash of it, is unchanged). False when the current key already
+        signed it. A manifest that does not verify raises ``IntegrityError`` and is never re-signed."""
+        body, key_used = self._open(key, self.inner.get(key))
+        if key_used is self.signer:
+            return False
+        if not dry_run:
+            self.put(key, body, sha256=hashlib.sha256(body).digest())
+        return True
 
     def open_range(self, key: str, start: int, length: int, *, version_id: str | None = None) -> RangeReader:
         if not key.startswith(SIGNED_PREFIXES):
@@ -377,7 +417,6 @@ class SigningStore(_Resized):
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
-
 
 
 def _check_digest(location: str, key: str, data: bytes | bytearray | memoryview, sha256: bytes | None) -> None:
@@ -416,3 +455,21 @@ def load_ed25519(private_path: Path, public_path: Path, *, create: bool) -> tupl
         raise ConfigError(f"manifest signing is ed25519 but neither {private_path} nor {public_path} exists: copy "
                           "the public key (to verify) or the private key (to write snapshots) here")
     return private, public
+
+
+def load_ed25519_public(path: Path, setting: str) -> Any:
+    """An Ed25519 public key from a PEM file named by ``setting`` (for messages); ``ConfigError`` when it is missing
+    or not one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}: {path} does not exist; give the PEM public key of the earlier signing key "
+                          "(the old keys/manifest-signing.pub), or remove the entry") from None
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {path} is not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{setting}: {path} holds a {type(key).__name__}, not an Ed25519 public key")
+    return key

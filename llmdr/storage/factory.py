@@ -17,6 +17,7 @@ from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 
 if TYPE_CHECKING:
+    from llmdr.storage.crypto import SigningStore
     from llmdr.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,40 @@ def retrying(store: BlobStore, region: Region, attempts: int) -> BlobStore:
 
 
 def _sealed(cfg: Config, region: Region, store: BlobStore, *, read_only: bool) -> BlobStore:
-    from llmdr.storage.credentials import encryption_key, manifest_signer
+    from llmdr.storage.credentials import manifest_signer
+
+    store = _encrypted(cfg, region, store)
+    signer = manifest_signer(cfg, create=not read_only)
+    if signer is None:  # signed manifests are then refused as "signed, key not configured", not read as damaged
+        from llmdr.storage.unsigned import UnsignedReader
+
+        return UnsignedReader(store, str(cfg.source_file or "llmdr.yaml"))
+    from llmdr.storage.crypto import SigningStore
+
+    return SigningStore(store, signer)
+
+
+def _encrypted(cfg: Config, region: Region, store: BlobStore) -> BlobStore:
+    from llmdr.storage.credentials import encryption_key
 
     key = encryption_key(cfg, region)
-    if key is not None:
-        from llmdr.storage.crypto import EncryptingStore
+    if key is None:
+        return store
+    from llmdr.storage.crypto import EncryptingStore
 
-        store = EncryptingStore(store, key[0], key_source=key[1])
-    signer = manifest_signer(cfg, create=not read_only)
-    if signer is not None:
-        from llmdr.storage.crypto import SigningStore
+    return EncryptingStore(store, key[0], key_source=key[1])
 
-        store = SigningStore(store, signer)
-    return store
+
+def open_signing(cfg: Config, region: Region, *, create: bool = True, attempts: int = 4) -> SigningStore:
+    """The region's store, writable, with manifest signatures outermost: for `llmdr sign-manifests`, which needs to
+    know which key signed each manifest (``create``: make a missing Ed25519 pair, as a writer does). ``ConfigError``
+    when the config has no ``manifest_signing``."""
+    from llmdr.errors import ConfigError
+    from llmdr.storage.credentials import manifest_signer
+    from llmdr.storage.crypto import SigningStore
+
+    signer = manifest_signer(cfg, create=create)
+    if signer is None:
+        raise ConfigError(f"{cfg.source_file or 'llmdr.yaml'} has no manifest_signing: there is no key to sign "
+                          "manifests with. Add manifest_signing (method and key) first")
+    return SigningStore(_encrypted(cfg, region, retrying(adapter(cfg, region), region, attempts)), signer)

@@ -112,6 +112,11 @@ def credentials(c: Context) -> list[str]:
             lines.append(f"- **Manifest signing** (Ed25519): private key {code(rel(cfg.state_dir, ms.private_key))} "
                          f"(hosts that write snapshots), public key {code(rel(cfg.state_dir, ms.public_key))} "
                          "(every host that restores).")
+        old = [f"public key {code(rel(cfg.state_dir, p))}" for p in ms.previous_public_keys]
+        old += [f"HMAC key in environment variable {code(e)}" for e in ms.previous_hmac_key_envs]
+        if old:
+            lines.append(f"- **Previous manifest-signing keys** (rotation; objects not yet re-signed with "
+                         f"`llmdr sign-manifests` need them): {', '.join(old)}; every host that restores needs them.")
     rt = cfg.router
     if isinstance(rt, Route53Router):
         lines.append(f"- **Route 53** (zone {code(rt.hosted_zone_id)}): the standard AWS chain (`AWS_PROFILE`, or "
