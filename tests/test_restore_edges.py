@@ -30,17 +30,17 @@ from llmdr.errors import (
 )
 from llmdr.repo import restore as restore_module
 from llmdr.repo.chunking import ChunkerParams
-from llmdr.repo.layout import PACKS, RepoConfig, pack_key, record_key, tree_key
-from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
+from llmdr.repo.layout import PACKS, RepoConfig, pack_key
+from llmdr.repo.manifest import FileEntry
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.repository import Repository
 from llmdr.repo.reserved import LOCK, MARKER, is_tmp_name, reserved_reason, tmp_name
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.snapshot import take_snapshot
-from llmdr.repo.tree import record_bytes
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
 from tests.support.config import two_region_yaml
+from tests.support.forge import publish_files
 from tests.support.trees import read_tree, write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,13 +76,7 @@ def forge(repo: Repository, files: dict[str, tuple[bytes, int]]) -> str:
                 w.add(sha(c), bytes.fromhex(sha(c)), c)
     entries = [FileEntry(p, len(d), mode, 1_700_000_000 * 10**9, tuple((sha(c), len(c)) for c in pieces(d)))
                for p, (d, mode) in sorted(files.items())]
-    tree = canonical_json({"files": [e.to_json() for e in entries]})
-    repo.store.put(tree_key(sha(tree)), tree)
-    m = Manifest(bundle="b", source="/x", host="h", started="2026-01-01T00:00:00.000000Z",
-                 created="2026-01-01T00:00:00.000000Z", tool_version="0", chunker=SMALL, files=())
-    data = record_bytes(m, sha(tree))
-    repo.store.put(record_key(sha(data)), data)
-    return sha(data)
+    return publish_files(repo, entries, SMALL)
 
 
 def modes(root: Path, paths) -> dict[str, int]:

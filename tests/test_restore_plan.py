@@ -18,8 +18,8 @@ from llmdr.errors import ChunkMissing, IntegrityError, LlmdrError
 from llmdr.repo import restore as restore_module
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.index import IndexEntry
-from llmdr.repo.layout import PACKS, RepoConfig, pack_key, record_key, tree_key
-from llmdr.repo.manifest import FileEntry, Manifest, canonical_json
+from llmdr.repo.layout import PACKS, RepoConfig, pack_key
+from llmdr.repo.manifest import FileEntry
 from llmdr.repo.packer import PackWriter
 from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import Repository
@@ -27,12 +27,12 @@ from llmdr.repo.reserved import MARKER, is_tmp_name
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.restoreplan import MAX_GAP, MAX_RANGE, plan_ranges
 from llmdr.repo.snapshot import take_snapshot
-from llmdr.repo.tree import record_bytes
 from llmdr.storage.crypto import EncryptingStore
 from llmdr.storage.factory import open_region
 from llmdr.storage.memory import MemoryStore
 from llmdr.testing.faulty import FaultyStore
 from tests.support.damage import corrupt_chunk, remove_chunk
+from tests.support.forge import publish_files
 from tests.support.trees import read_tree, write_tree
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
@@ -63,13 +63,7 @@ def forge(repo: Repository, files: dict[str, list[bytes]], packs: list[list[byte
                 w.add(sha(data), bytes.fromhex(sha(data)), data)
     entries = [FileEntry(p, sum(map(len, cs)), 0o644, 0, tuple((sha(c), len(c)) for c in cs))
                for p, cs in sorted(files.items())]
-    tree = canonical_json({"files": [e.to_json() for e in entries]})
-    repo.store.put(tree_key(sha(tree)), tree)
-    m = Manifest(bundle="b", source="/x", host="h", started="2026-01-01T00:00:00.000000Z",
-                 created="2026-01-01T00:00:00.000000Z", tool_version="0", chunker=SMALL, files=())
-    data = record_bytes(m, sha(tree))
-    repo.store.put(record_key(sha(data)), data)
-    return sha(data)
+    return publish_files(repo, entries, SMALL)
 
 
 class Watch(FaultyStore):

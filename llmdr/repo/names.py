@@ -5,9 +5,10 @@ A name is stored as UTF-8 text (records and trees are JSON), must pass the manif
 llmdr itself writes into a bundle or a restore target. The snapshot's scan refuses any other name before a byte is
 uploaded, so every snapshot llmdr takes can be read and restored.
 
-Reserved names (``is_reserved``): restore's marker ``.llmdr-restore.json`` and anything else beginning ``.llmdr-``
-(restore's lock and temporary names), ``.<name>.llmdr-…`` (temporary and staging names next to a file: restore,
-datasets, ``atomic_write`` of the marker) and ``*.llmdr-tmp``.
+Reserved names (``is_reserved``): anything beginning ``.llmdr-`` (restore's marker, lock and temporary files, listed
+in ``reserved.py``), ``.<name>.llmdr-…`` (staging names next to a file, e.g. datasets) and ``*.llmdr-tmp``. The
+snapshot refuses this wider set; restore refuses only the names it would actually write over (``reserved``), so a
+snapshot an older llmdr took still restores unless it collides.
 """
 
 from __future__ import annotations
