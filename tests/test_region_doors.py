@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdr.common.process import spawn, terminate, wait_for_port
+from llmdr.common.process import port_open, spawn, terminate, wait_for_port
 from llmdr.devstack.regions import region_dir, region_pid, weed_binary
 from llmdr.devstack.weedauth import PORTS, probe_doors, weed_env
 from llmdr.drill.readiness import FAIL, PASS, check_doors, run_checks
@@ -280,3 +280,34 @@ def test_the_doors_check_fails_on_a_region_started_the_old_way(old_style_region)
             assert not json.loads(resp.read()).get("Entries")
     except urllib.error.HTTPError as e:
         assert e.code == 404
+
+
+def test_a_restart_brings_new_keys_and_the_same_data(tmp_path):
+    """Keys and certificates are made fresh at every start; the data does not depend on them: an object written
+    before a restart reads back after it, and the old token key no longer opens the volume server."""
+    from llmdr.devstack.regions import start_region, stop_region
+
+    p, s = free_base_ports()
+    cfg = make_config(tmp_path, p, s, tmp_path / ".llmdr")
+    r = cfg.primary
+    try:
+        start_region(cfg, r)
+        body = secrets.token_bytes(150_000)
+        s3(cfg, r).put_object(Bucket=r.bucket, Key="before.bin", Body=body)
+        fid = find_fid(region_dir(cfg, r) / "data", body)
+        old_key = security(cfg, r)["jwt"]["signing"]["read"]["key"]
+        stop_region(cfg, r)
+        deadline = time.monotonic() + 20  # a stopped weed's last threads may hold a port a moment longer
+        while any(port_open("127.0.0.1", q) for q in r.local_ports) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        start_region(cfg, r)
+        assert security(cfg, r)["jwt"]["signing"]["read"]["key"] != old_key
+        assert s3(cfg, r).get_object(Bucket=r.bucket, Key="before.bin")["Body"].read() == body
+        assert check_doors(r).status == PASS
+        req = urllib.request.Request(f"http://127.0.0.1:{r.port + 3}/{fid}",
+                                     headers={"Authorization": "Bearer " + jwt_for(old_key, fid)})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=5)  # noqa: S310 - loopback
+        assert info.value.code == 401
+    finally:
+        stop_region(cfg, r)
