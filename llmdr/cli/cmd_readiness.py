@@ -15,13 +15,14 @@ from llmdr.errors import LlmdrError, UsageError
 @app.command()
 def readiness(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated check kinds: credentials, rpo, components, "
-                                                "drill, separation, immutability, bandwidth, footprint.")] = None,
+                                                "drill, separation, immutability, doors, bandwidth, "
+                                                "footprint.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Also write the report as markdown here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Is the DR plan ready today? Every check (credentials, RPO, components, drill, separation, immutability,
-    bandwidth vs RTO, footprint and cost) as PASS / WARN / FAIL with what to do. Exits 9 on any FAIL, so it can
-    gate a pipeline."""
+    unauthenticated doors into local regions, bandwidth vs RTO, footprint and cost) as PASS / WARN / FAIL with what
+    to do. Exits 9 on any FAIL, so it can gate a pipeline."""
     from llmdr.common.files import atomic_write
     from llmdr.drill.readiness import EXIT_FAIL, render_markdown, render_text, run_checks
 

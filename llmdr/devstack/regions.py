@@ -2,8 +2,10 @@
 
 Each local region gets its own data folder (``<state_dir>/stack/<region>/data``), its own S3 identity (keys
 generated into ``<state_dir>/local.env`` unless the environment sets them) and ten consecutive ports starting at
-its endpoint's port. Servers are detached from the CLI, recorded by PID file and stopped by that PID only after
-checking the process is the one we started. Stopping one region alone is how an outage is simulated.
+its endpoint's port. Only S3 serves a caller (a signed one): every other port of the region requires a JWT or a
+client certificate made for that region at its start, or is not served (see :mod:`llmdr.devstack.weedauth`).
+Servers are detached from the CLI, recorded by PID file and stopped by that PID only after checking the process is
+the one we started. Stopping one region alone is how an outage is simulated.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ from pathlib import Path
 from llmdr.common.files import atomic_write, bundled_binary, private_dir
 from llmdr.common.process import port_open, read_pid, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import Config, Region
+from llmdr.devstack.weedauth import ADMIN_GRPC_OFFSET, weed_env, write_security
 from llmdr.errors import LlmdrError, ObjectLockUnavailable, StackError
 from llmdr.storage.credentials import LOCAL_ENV, read_env_file, resolve_keys, write_env_file
 
 log = logging.getLogger(__name__)
-
-# weed mini's embedded maintenance worker dials the admin server at "admin HTTP port + 10000", whatever
-# -admin.port.grpc says; so the admin gRPC port must be exactly that, or the worker reaches another region's server.
-ADMIN_GRPC_OFFSET = 10000
 
 
 @dataclass
@@ -118,7 +117,8 @@ def _anonymous_status(endpoint: str) -> int | None:
 def _weed_args(r: Region, rdir: Path) -> list[str]:
     p = r.port
     return [
-        weed_binary(), "mini",
+        # -config_dir: this region's security.toml (JWT keys, gRPC TLS), never another region's or the user's
+        weed_binary(), f"-config_dir={rdir}", "mini",
         f"-dir={rdir / 'data'}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.port={p}", f"-master.port={p + 1}", f"-master.port.grpc={p + 2}",
@@ -128,6 +128,7 @@ def _weed_args(r: Region, rdir: Path) -> list[str]:
         "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", "-master.resumeState=false",
         "-s3.autoCreateBucket=false",
+        "-disableHttp",  # no master/filer HTTP API: S3 reaches them over (mutual-TLS) gRPC
         f"-s3.config={rdir / 's3.json'}",
         f"-filer.localSocket={rdir / 'filer.sock'}", f"-s3.localSocket={rdir / 's3.sock'}",
     ]
@@ -154,7 +155,8 @@ def start_region(cfg: Config, r: Region, *, timeout: float = 60.0) -> RegionStat
             {"accessKey": keys.access_key_id, "secretKey": keys.secret_access_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
         atomic_write(rdir / "s3.json", json.dumps(s3cfg), mode=0o600)
-        proc = spawn(_weed_args(r, rdir), rdir / "weed.log", cwd=rdir)
+        write_security(rdir, r.name)
+        proc = spawn(_weed_args(r, rdir), rdir / "weed.log", cwd=rdir, env=weed_env(rdir))
         write_pid(_pid_file(cfg, r), proc.pid)
         log.info("started SeaweedFS for region %s (pid %d, port %d)", r.name, proc.pid, r.port)
         failed = wait_started(proc, lambda: _anonymous_status(r.endpoint or "") is not None, timeout=timeout)

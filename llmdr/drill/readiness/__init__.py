@@ -9,8 +9,9 @@ counts half).
 Checks: credentials (per region), rpo (per DR region: newest complete snapshot vs the RPO objective), components (the
 DR copy holds every required component: manifest only, no download), drill (a passing drill within the drill
 interval), separation (regions really apart), immutability (DR bucket versioning + Object Lock, kept snapshots
-locked), bandwidth (timed ranged reads of real chunks from the DR store → time to restore the bundle vs the RTO) and
-footprint (logical vs stored bytes per region, monthly cost).
+locked), doors (per local region: every port but S3 refuses a caller without credentials), bandwidth (timed ranged
+reads of real chunks from the DR store → time to restore the bundle vs the RTO) and footprint (logical vs stored bytes
+per region, monthly cost).
 
 The checks are in ``checks``; the report (results, verdict, score, text and markdown, the flow's notice and
 :class:`ReadinessFailed`) in ``report``; :func:`run_checks` here runs them in a fixed order.
@@ -27,6 +28,7 @@ from llmdr.drill.readiness.checks import (
     check_bandwidth,
     check_components,
     check_credentials,
+    check_doors,
     check_drill,
     check_footprint,
     check_immutability,
@@ -54,7 +56,7 @@ from llmdr.errors import LlmdrError
 from llmdr.repo.repository import Repository
 
 __all__ = ["CHECKS", "EXIT_FAIL", "FAIL", "PASS", "WARN", "Check", "Readiness", "ReadinessFailed", "artifact_content",
-           "check_bandwidth", "check_components", "check_credentials", "check_drill", "check_footprint",
+           "check_bandwidth", "check_components", "check_credentials", "check_doors", "check_drill", "check_footprint",
            "check_immutability", "check_rpo", "check_separation", "failure_notice", "keys_source",
            "measure_throughput", "raise_if_failed", "render_markdown", "render_text", "run_checks"]
 
@@ -95,7 +97,8 @@ def _action_for(exc: Exception) -> str:
     return "see the message"
 
 
-CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "bandwidth", "footprint")
+CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
+          "footprint")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -128,6 +131,10 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
         if kind in want:
             for r in cfg.secondaries:
                 add(_guard(f"{kind}/{r.name}", f"{title}: {r.name}", lambda r=r, fn=fn: fn(r, repo_of(r))))
+    if "doors" in want:
+        for r in cfg.regions:
+            if r.is_local:
+                add(_guard(f"doors/{r.name}", f"No unauthenticated door: {r.name}", lambda r=r: check_doors(r)))
     if "drill" in want:
         add(_guard("drill", "Recent passing DR drill", lambda: check_drill(cfg, t)))
     if "separation" in want:

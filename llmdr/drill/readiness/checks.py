@@ -1,7 +1,7 @@
 """The readiness checks, one function each: credentials (a real signed call, and the keys' expiry), rpo (the DR copy's
 newest complete snapshot vs the RPO objective), components (every required component in the DR copy), drill (a
 recent passing drill), separation (regions really apart), immutability (versioning, Object Lock, kept snapshots
-locked), bandwidth (timed reads from the DR store → cold restore time vs the RTO) and footprint (stored bytes,
+locked), doors (no port of a local region but S3 serves a caller without credentials), bandwidth (timed reads from the DR store → cold restore time vs the RTO) and footprint (stored bytes,
 cost). Each returns a :class:`~llmdr.drill.readiness.report.Check` with the numbers it saw."""
 
 from __future__ import annotations
@@ -268,6 +268,31 @@ def check_immutability(cfg: Config, region: Region, repo: Repository, now: float
                      "lock period: the older ones stay locked only while retention keeps extending them",
                      f"raise object_lock.period to at least {ago(span)}", data)
     return Check(cid, title, PASS, summary, data=data)
+
+
+def check_doors(region: Region) -> Check:
+    """A local region's ports other than S3, probed without credentials as anyone on the host could: any that reads,
+    writes or deletes bypasses S3 auth and Object Lock, so the immutability check above would mean nothing."""
+    from llmdr.common.process import port_open
+    from llmdr.devstack.weedauth import probe_doors
+
+    cid, title = f"doors/{region.name}", f"No unauthenticated door: {region.name}"
+    if not port_open("127.0.0.1", region.port):
+        return Check(cid, title, WARN, f"the region's S3 port {region.port} does not answer, so its other ports were "
+                     "not probed", f"start it (`llmdr stack up --region {region.name}`) and run readiness again",
+                     {"probed": 0})
+    doors = probe_doors(region.port, region.bucket)
+    open_ = [d for d in doors if d.answered]
+    data = {"probed": len(doors), "ports": sorted({d.port for d in doors}), "open": [d.to_json() for d in open_]}
+    if open_:
+        shown = "; ".join(f"{d.what} port {d.port}: {d.request} ({d.action}) answered {d.detail}" for d in open_[:4])
+        return Check(cid, title, FAIL, f"{len(open_)} unauthenticated request(s) were served: {shown}"
+                     + (" …" if len(open_) > 4 else ""), "anyone on this host can read, write or delete this "
+                     "region's data past S3 auth and Object Lock: restart the region with llmdr (`llmdr stack down "
+                     f"--region {region.name}` then `llmdr stack up`), which gives every port but S3 a JWT or TLS "
+                     "client-certificate check; if another program started this server, stop it", data)
+    return Check(cid, title, PASS, f"all {len(doors)} unauthenticated probes of {len(data['ports'])} ports (master, "
+                 "volume, filer, admin HTTP and gRPC; everything but S3) were refused", data=data)
 
 
 def measure_throughput(repo: Repository, manifest: Any, *, probe_bytes: int, workers: int,
