@@ -140,14 +140,7 @@ def test_no_unprobed_listener(stack):
     for r in stack.regions:
         pid = region_pid(stack, r)
         assert pid is not None
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+        inodes = socket_inodes(pid)
         listening = set()
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for line in Path(table).read_text().splitlines()[1:]:
@@ -157,7 +150,8 @@ def test_no_unprobed_listener(stack):
         assert listening == {r.port} | {r.port + off for off, _, _ in PORTS}
 
 
-def unix_listeners(pid: int) -> set[str]:
+def socket_inodes(pid: int) -> set[str]:
+    """The inode numbers of the sockets process ``pid`` holds open."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -166,6 +160,11 @@ def unix_listeners(pid: int) -> set[str]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
+    return inodes
+
+
+def unix_listeners(pid: int) -> set[str]:
+    inodes = socket_inodes(pid)
     out = set()
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
         f = line.split()
