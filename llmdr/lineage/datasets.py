@@ -294,14 +294,9 @@ def _materialize(objects: dict[str, tuple[str, Path]], ver: DatasetVersion, dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not ver.is_dir:
         _, src = objects[""]
-        tmp = dest.with_name(f".{dest.name}.llmdr-tmp")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _copy_into_place(src, dest)
         return
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.llmdr-", dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=".llmdr-", dir=dest.parent))
     try:
         for rel, (_, src) in objects.items():
             if rel == "/.dir":
@@ -311,11 +306,11 @@ def _materialize(objects: dict[str, tuple[str, Path]], ver: DatasetVersion, dest
             shutil.copyfile(src, out)
         old = None
         if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.llmdr-old-{os.getpid()}")
+            old = dest.with_name(f".llmdr-old-{os.urandom(8).hex()}")
             os.replace(dest, old)
         os.replace(staging, dest)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -333,10 +328,24 @@ def _seed_cache(root: Path, objects: dict[str, tuple[str, Path]]) -> None:
                 if dst.exists():
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(f".{dst.name}.llmdr-tmp")
-                shutil.copyfile(src, tmp)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dst)
+                _copy_into_place(src, dst, mode=0o444)
+
+
+def _copy_into_place(src: Path, dst: Path, *, mode: int | None = None) -> None:
+    """Copy ``src`` over ``dst`` at once: through a temporary file beside ``dst`` created exclusively and never
+    through a symbolic link planted there (O_EXCL|O_NOFOLLOW), under a short random name that fits whatever the
+    length of ``dst``'s name (``.llmdr-tmp-<16 hex>``), its mode set on the descriptor, then renamed over ``dst``."""
+    tmp = dst.with_name(f".llmdr-tmp-{os.urandom(8).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --- hashing -------------------------------------------------------------------------------------------------------------
