@@ -259,9 +259,20 @@ class Drill(StrictModel):
     # "command": the argv that cuts the primary off (run without a shell, 10-minute limit); it must never delete data
     outage_command: list[str] | None = None
     restore_command: list[str] | None = None  # "command": the argv that brings it back
+    # Names of environment variables outage_command and restore_command get from llmdr's environment besides the
+    # allow-list (PATH, HOME, locale...: llmdr.common.process.CHILD_ENV_NAMES), e.g. [AWS_PROFILE]. Every other
+    # variable, the regions' keys and llmdr's encryption and manifest keys included, is withheld from them.
+    pass_env: list[str] = []
     # Where drill reports go, relative to this file: one signed folder per drill under <reports_dir>/drills/.
     reports_dir: str = "reports"
     signing: Signing = Signing()  # how the reports are signed
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            env_name("drill.pass_env", name)
+        return v
 
     @model_validator(mode="after")
     def _commands(self) -> "Drill":

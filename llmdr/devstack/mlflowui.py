@@ -4,13 +4,12 @@ project's tracking store, with the S3 settings of the region that holds the arti
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from llmdr.common.process import read_pid, spawn, terminate, write_pid
+from llmdr.common.process import child_env, read_pid, spawn, terminate, write_pid
 from llmdr.config import Config
 from llmdr.errors import StackError
 
@@ -41,8 +40,10 @@ def start(cfg: Config, port: int = 5000, timeout: float = 120.0) -> dict:
     pid = _pid(cfg)
     if pid is None:
         target = target_for(cfg, tracking_uri=cfg.tracking.uri)
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
-                   **target.s3_env)  # so the UI can list and download the artifacts in the DR region's bucket
+        # the allow-listed environment (never the other region's keys, the encryption or manifest keys), plus the DR
+        # region's S3 settings so the UI can list and download the artifacts in its bucket
+        env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                         **target.s3_env})
         exe = Path(sys.executable).parent / "mlflow"
         args = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", target.tracking_uri,
                 "--default-artifact-root", target.artifact_location, "--host", "127.0.0.1", "--port", str(port),

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llmdr.common.process import child_env
 from llmdr.config import Config
 from llmdr.errors import LlmdrError
 from llmdr.failover.steps import utc
@@ -214,7 +215,8 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
 
     reg = cfg.region(region)
     if cfg.drill.outage == "command":
-        r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600,
+                           env=child_env(pass_env=cfg.drill.pass_env), umask=0o077)
         return {"region": region, "action": "command: " + " ".join(cfg.drill.outage_command or []),
                 "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:]}
     from llmdr.devstack.regions import region_pid, stop_region
@@ -238,7 +240,8 @@ def end_outage(cfg: Config, region: str) -> dict[str, Any]:
 
     reg = cfg.region(region)
     if cfg.drill.outage == "command":
-        r = subprocess.run(cfg.drill.restore_command or [], capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cfg.drill.restore_command or [], capture_output=True, text=True, timeout=600,
+                           env=child_env(pass_env=cfg.drill.pass_env), umask=0o077)
         return {"action": "command: " + " ".join(cfg.drill.restore_command or []), "returncode": r.returncode}
     from llmdr.devstack.regions import start_region
     from llmdr.serving.replica import can_start, start_replica
