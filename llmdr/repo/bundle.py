@@ -11,7 +11,9 @@ is refused, and a restore is checked the same way.
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import json
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from llmdr.config.values import ComponentKind
 from llmdr.errors import LlmdrError
+from llmdr.repo.statcache import KEY_BYTES, read_key, read_private
 
 # What `llmdr init` looks for in a Hugging Face-style folder.
 DEFAULT_PATTERNS: dict[ComponentKind, list[str]] = {
@@ -140,6 +143,7 @@ def detect_components(root: Path, files: Iterable[str]) -> dict[ComponentKind, l
 
 
 # Kinds whose check reads only the file itself: a pass stays true while the file is unchanged (CheckMemo).
+MEMO_FORMAT = 3
 _SELF_CONTAINED = {ComponentKind.tokenizer, ComponentKind.model_config, ComponentKind.generation_config,
                    ComponentKind.prompt_templates}
 
@@ -148,39 +152,77 @@ class CheckMemo:
     """The files that passed their kind's check, each with the stat it had (size, mtime, ctime, inode, as the stat
     cache keys files): a snapshot every few minutes need not parse 2,000 unchanged templates again. Only kinds
     whose check reads the file alone are remembered; a file whose stat differs is checked again. A JSON file beside
-    the stat cache, replaced atomically; unreadable means empty (it is only an optimisation)."""
+    the stat cache, replaced atomically; unreadable means empty (it is only an optimisation).
 
-    def __init__(self, path: Path | None) -> None:
+    The memo is checked, not trusted, as the stat cache is: each entry carries an HMAC-SHA256 (cut to 128 bits)
+    under a random 0600 key beside it (``checks-<tag>.key``), over the bundle folder (``source``), the kind, the
+    path and the stat. An entry edited to match a file changed since (a broken template), one copied from another
+    bundle folder's memo, or a malformed one is ignored and its file checked again. The memo and its key are read
+    without following a symlink (never a FIFO or device)."""
+
+    def __init__(self, path: Path | None, *, source: str = "") -> None:
         self.path = path
-        self._old: dict[str, list[int]] = {}
-        self._new: dict[str, list[int]] = {}
-        if path is not None and path.exists():
-            try:
-                raw = json.loads(path.read_text())
-                self._old = {k: [int(x) for x in v] for k, v in raw.items()}
-            except (ValueError, TypeError, AttributeError):
-                self._old = {}
+        self._prefix = b"llmdr-checkmemo/3\0" + source.encode("utf-8", "surrogateescape") + b"\0"
+        self.source = source
+        self._key: bytes | None = None
+        self._old: dict[str, list] = {}  # entries whose checksum held: key -> [size, mtime, ctime, inode, mac]
+        self._new: dict[str, list] = {}
+        if path is not None:
+            self._key = read_key(self.key_path, "check memo key")
+            if self._key is not None:
+                self._load(path)
+
+    @property
+    def key_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(self.path.stem + ".key")
+
+    def _load(self, path: Path) -> None:
+        data = read_private(path, "check memo")
+        try:
+            raw = json.loads(data) if data is not None else {}
+            files = raw.get("files", {}) if raw.get("format") == MEMO_FORMAT and raw.get("source") == self.source \
+                else {}
+            entries = files.items()
+        except (ValueError, AttributeError):
+            return
+        for k, v in entries:
+            if (isinstance(v, list) and len(v) == 5 and all(type(x) is int for x in v[:4]) and isinstance(v[4], str)
+                    and hmac.compare_digest(v[4], self._mac(k, v[:4]))):
+                self._old[k] = v
+
+    def _mac(self, key: str, sig: list[int]) -> str:
+        assert self._key is not None
+        msg = "%s\0%d\0%d\0%d\0%d" % (key, *sig)
+        return hmac.digest(self._key, self._prefix + msg.encode("utf-8", "surrogateescape"), "sha256")[:16].hex()
 
     @staticmethod
-    def _key(kind: ComponentKind, rel: str) -> str:
-        return f"2:{kind.value}:{rel}"  # "2:": checks since templates are also scanned for unsafe patterns
+    def _key_of(kind: ComponentKind, rel: str) -> str:
+        return f"3:{kind.value}:{rel}"  # "3:": checks since templates are also scanned for unsafe patterns
 
     def passed(self, kind: ComponentKind, rel: str, st) -> bool:  # noqa: ANN001 - an os.stat_result
         sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        if kind in _SELF_CONTAINED and self._old.get(self._key(kind, rel)) == sig:
-            self._new[self._key(kind, rel)] = sig
+        hit = self._old.get(self._key_of(kind, rel))
+        if kind in _SELF_CONTAINED and hit is not None and hit[:4] == sig:
+            self._new[self._key_of(kind, rel)] = hit
             return True
         return False
 
     def record(self, kind: ComponentKind, rel: str, st) -> None:  # noqa: ANN001 - an os.stat_result
         if kind in _SELF_CONTAINED:
-            self._new[self._key(kind, rel)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            self._new[self._key_of(kind, rel)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, ""]
 
     def save(self) -> None:
         from llmdr.common.files import atomic_write
 
-        if self.path is not None and self._new != self._old:
-            atomic_write(self.path, json.dumps(self._new, separators=(",", ":")))
+        if self.path is None or self._new == self._old:
+            return
+        if self._key is None:
+            self._key = os.urandom(KEY_BYTES)
+            atomic_write(self.key_path, self._key, mode=0o600)
+        files = {k: [*v[:4], v[4] or self._mac(k, v[:4])] for k, v in self._new.items()}
+        atomic_write(self.path, json.dumps({"format": MEMO_FORMAT, "source": self.source, "files": files},
+                                           separators=(",", ":")), mode=0o600)
 
 
 def check_bundle(root: Path, specs: Iterable[ComponentSpec], files: Iterable[str] | None = None, *,

@@ -222,7 +222,7 @@ def take_snapshot(
     report = None
     if components:
         memo = CheckMemo(stat_cache.path.with_name(stat_cache.path.name.replace("stat-", "checks-", 1))
-                         if stat_cache is not None and stat_cache.path is not None else None)
+                         if stat_cache is not None and stat_cache.path is not None else None, source=str(source))
         report = check_bundle(source, components, [f.relpath for f in files], memo=memo)
         memo.save()
         if not report.complete:

@@ -61,7 +61,7 @@ class StatCache:
         self._kept = 0  # entries recorded as they were read
         self.rejected: list[str] = []  # paths whose entry failed its check (their files were read again)
         if path is not None:
-            self._key = _read_key(self.key_path)
+            self._key = read_key(self.key_path)
             self._load(path)
 
     @property
@@ -75,7 +75,7 @@ class StatCache:
         return cache_dir / f"stat-{tag}.json"
 
     def _load(self, path: Path) -> None:
-        data = _read_private(path, "stat cache")
+        data = read_private(path, "stat cache")
         if data is None:
             return
         if self._key is None:
@@ -166,7 +166,7 @@ class StatCache:
         atomic_write(self.path, self._file_mac(body).encode() + b"\n" + body, mode=0o600)
 
 
-def _read_private(path: Path, what: str, *, private: bool = False) -> bytes | None:
+def read_private(path: Path, what: str, *, private: bool = False) -> bytes | None:
     """The bytes of ``path`` if it is a regular file (never through a symlink, never a FIFO or device) and, when
     ``private``, readable by its owner alone; else None."""
     try:
@@ -192,10 +192,10 @@ def _read_private(path: Path, what: str, *, private: bool = False) -> bytes | No
         os.close(fd)
 
 
-def _read_key(path: Path) -> bytes | None:
-    """The cache's key, or None when there is none usable (a new one is made on save)."""
-    data = _read_private(path, "stat cache key", private=True)
+def read_key(path: Path, what: str = "stat cache key") -> bytes | None:
+    """A cache's key, or None when there is none usable (a new one is made on save)."""
+    data = read_private(path, what, private=True)
     if data is not None and len(data) != KEY_BYTES:
-        log.warning("stat cache key %s is not %d bytes: not used (a new key is made)", path, KEY_BYTES)
+        log.warning("%s %s is not %d bytes: not used (a new key is made)", what, path, KEY_BYTES)
         return None
     return data
