@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -123,9 +124,17 @@ def history_path(cfg: Config) -> Path:
 
 
 def append_history(cfg: Config, rec: FailoverRecord) -> None:
+    from llmdr.common.files import open_private, private_dir
+
     path = history_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    private_dir(path.parent)
+    # 0600, never through a symbolic link planted at its name (as the router history)
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise LlmdrError(f"cannot record the failover in {path} ({exc.strerror or exc}): it must be a regular file "
+                         "of yours, never a symbolic link; move it away and run again") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
 
 
