@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from llmdr.common.process import child_env
 from llmdr.config import Config, Dataset, Region
 from llmdr.errors import UsageError
 from llmdr.lineage.dvcrun import DatasetNotTracked, dvc_call, locked, map_error, secret_values
@@ -278,13 +279,17 @@ def git_commit(root: Path, dvcfile: Path) -> str | None:
     if not _has_git(root):
         return None
     rel = dvcfile.relative_to(root).as_posix()
+    # git only reads here: no command the repository's own .git/config names runs (core.fsmonitor), and git gets
+    # the allow-listed environment (its own GIT_* settings kept), never the regions' keys
+    git = ["git", "-c", "core.fsmonitor=false", "-C", str(root)]
+    env = child_env(pass_env=[k for k in os.environ if k.startswith("GIT_")])
     try:
-        st = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", rel], capture_output=True,
-                            text=True, timeout=30)
+        st = subprocess.run([*git, "status", "--porcelain", "--", rel], capture_output=True, text=True, timeout=30,
+                            env=env)
         if st.returncode != 0 or st.stdout.strip():
             return None
-        lg = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H", "--", rel], capture_output=True,
-                            text=True, timeout=30)
+        lg = subprocess.run([*git, "log", "-1", "--format=%H", "--", rel], capture_output=True, text=True,
+                            timeout=30, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if lg.returncode != 0:
