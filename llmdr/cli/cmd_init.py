@@ -34,9 +34,9 @@ def init(
     from llmdr.config import parse_config
 
     parse_config(text, source=config)  # never write a config llmdr itself would refuse
-    tmp = config.with_name(f".{config.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(config)
+    from llmdr.common.files import atomic_write
+
+    atomic_write(config, text, mode=0o644)  # temp file O_EXCL|O_NOFOLLOW: never written through a planted link
     typer.echo(f"wrote {config}; next: `llmdr stack up` then `llmdr snapshot`")
 
 

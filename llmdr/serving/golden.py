@@ -55,9 +55,9 @@ class GoldenSet:
     def save(self, path: Path) -> None:
         lines = [json.dumps({"golden": 1, **self.header}, sort_keys=True)]
         lines += [json.dumps(c.to_json(), sort_keys=True) for c in self.cases]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(path)
+        from llmdr.common.files import atomic_write
+
+        atomic_write(path, "\n".join(lines) + "\n", mode=0o644)  # never written through a planted link
 
     @classmethod
     def load(cls, path: Path) -> "GoldenSet":

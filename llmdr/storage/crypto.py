@@ -448,9 +448,11 @@ def load_ed25519(private_path: Path, public_path: Path, *, create: bool) -> tupl
             raise ConfigError(f"{public_path} is not an Ed25519 public key")
     elif private is not None:
         public = private.public_key()
+        from llmdr.common.files import atomic_write
+
         public_path.parent.mkdir(parents=True, exist_ok=True)
-        public_path.write_bytes(public.public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        atomic_write(public_path, public.public_bytes(serialization.Encoding.PEM,  # never through a planted link
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
     else:
         raise ConfigError(f"manifest signing is ed25519 but neither {private_path} nor {public_path} exists: copy "
                           "the public key (to verify) or the private key (to write snapshots) here")
