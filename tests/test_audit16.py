@@ -220,3 +220,96 @@ def test_a_fifo_at_the_memo_name_does_not_hang_the_snapshot(tmp_path):
     assert not hung, "the snapshot blocked opening a FIFO planted at the check memo's name"
     assert len(done) == 1
     assert memo_path.is_file()  # the FIFO was replaced by a memo, never written through
+
+
+# --- state and shared files written without following a planted link ----------------------------------------------------
+def _planted(path: Path, victim: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_text("keep me")
+    path.symlink_to(victim)
+
+
+def test_failover_history_is_private_and_never_written_through_a_link(tmp_path):
+    from llmdr.errors import LlmdrError
+    from llmdr.failover import steps as fo
+
+    cfg = parse_config(two_region_yaml(18000, 18100, state_dir=tmp_path / "s"), source=tmp_path / "llmdr.yaml")
+    rec = fo.FailoverRecord(kind="failover", bundle="b", from_region="primary", to_region="secondary",
+                            trigger="manual", reason="test", started_ts=1_700_000_000.0)
+    old = os.umask(0o022)
+    try:
+        fo.append_history(cfg, rec)
+    finally:
+        os.umask(old)
+    path = fo.history_path(cfg)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert [r.id for r in fo.history(cfg)] == [rec.id]
+
+    path.unlink()
+    victim = tmp_path / "victim.txt"
+    _planted(path, victim)
+    with pytest.raises(LlmdrError, match="never a symbolic link"):
+        fo.append_history(cfg, rec)
+    assert victim.read_text() == "keep me"
+
+
+def test_init_and_golden_files_are_never_written_through_a_link(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmdr.cli import app
+    from llmdr.devstack.samples import write_sample_bundle
+    from llmdr.serving.golden import GoldenCase, GoldenSet
+
+    write_sample_bundle(tmp_path / "bundle", shards=1, shard_size=1024)
+    victim = tmp_path / "victim.txt"
+    _planted(tmp_path / ".llmdr.yaml.tmp", victim)  # the temporary name `llmdr init` used
+    res = CliRunner().invoke(app, ["init", str(tmp_path / "bundle"), "--config", str(tmp_path / "llmdr.yaml")])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "keep me" and "regions:" in (tmp_path / "llmdr.yaml").read_text()
+
+    g = tmp_path / "g.jsonl"
+    (tmp_path / ".g.jsonl.tmp").symlink_to(victim)
+    GoldenSet([GoldenCase(id="1", expected="x", prompt="p")]).save(g)
+    assert victim.read_text() == "keep me" and GoldenSet.load(g).cases[0].expected == "x"
+    assert g.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_ed25519_public_key_is_never_written_through_a_link(tmp_path):
+    from llmdr.storage.crypto import load_ed25519
+
+    priv, pub = tmp_path / "keys" / "m.key", tmp_path / "keys" / "m.pub"
+    pub.parent.mkdir()
+    outside = tmp_path / "elsewhere" / "planted.pem"
+    outside.parent.mkdir()
+    pub.symlink_to(outside)  # dangling: the public key counts as missing and is made
+    load_ed25519(priv, pub, create=True)
+    assert b"PUBLIC KEY" in pub.read_bytes() and not pub.is_symlink()
+    assert not outside.exists()
+
+
+# --- git in a dataset repository runs nothing the repository names, and gets no keys ---------------------------------------
+def test_git_in_a_dataset_repository_runs_no_fsmonitor_and_gets_no_keys(tmp_path, monkeypatch):
+    import subprocess
+
+    from llmdr.lineage.dvcrepo import git_commit
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    ran = tmp_path / "fsmonitor-ran.json"
+    hook = tmp_path / "hook.py"
+    hook.write_text(f"#!{sys.executable}\nimport json, os\nopen({str(ran)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
+    hook.chmod(0o755)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}
+    for args in (["init", "-q"], ["config", "core.fsmonitor", str(hook)]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    (root / "d.dvc").write_text("outs: []\n")
+    subprocess.run(["git", "-c", "core.fsmonitor=false", "add", "d.dvc"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "-c", "core.fsmonitor=false", "commit", "-qm", "x"], cwd=root, check=True, env=env)
+    assert not ran.exists()
+    monkeypatch.setenv("LLMDR_TEST_P_SK", SECRET)
+
+    head = subprocess.run(["git", "-c", "core.fsmonitor=false", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True, env=env).stdout.strip()
+    assert git_commit(root, root / "d.dvc") == head
+    assert not ran.exists(), "git ran the repository's core.fsmonitor command (with llmdr's environment)"
