@@ -21,7 +21,7 @@ from llmdr.repo.replicate import replicate_snapshot
 from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.credentials import clear_cache
-from llmdr.storage.factory import open_region
+from llmdr.storage.factory import adapter, open_region
 from tests.support.config import two_region_yaml, two_regions
 from tests.support.damage import chunks_in_same_pack, remove_chunk
 
@@ -218,7 +218,7 @@ def test_a_junk_catalog_entry_is_named_and_blocks_no_other_snapshot(protected, t
 def test_a_locked_junk_catalog_entry_is_named_and_blocks_no_other_snapshot(stack, tmp_path):
     bucket = f"llmdr-lock-{uuid.uuid4().hex[:8]}"
     cfg = cfg_for(stack, tmp_path, s_bucket=bucket, s_extra="    object_lock: {mode: COMPLIANCE, period: 30s}")
-    open_region(cfg, cfg.secondaries[0]).inner.ensure_bucket(object_lock=True)
+    assert adapter(cfg, cfg.secondaries[0]).ensure_bucket(object_lock=True) is True
     make_bundle(tmp_path / "bundle")
     snap, dr = protect(cfg, tmp_path / "bundle")
     junk = junk_entry(dr, cfg.bundle.name)
@@ -317,7 +317,7 @@ def test_immutability_fails_without_object_lock(protected):
 def test_immutability_passes_with_locked_copies_and_fails_when_locks_ran_out(stack, tmp_path):
     bucket = f"llmdr-lock-{uuid.uuid4().hex[:8]}"
     cfg = cfg_for(stack, tmp_path, s_bucket=bucket, s_extra="    object_lock: {mode: COMPLIANCE, period: 3s}")
-    open_region(cfg, cfg.secondaries[0]).inner.ensure_bucket(object_lock=True)
+    assert adapter(cfg, cfg.secondaries[0]).ensure_bucket(object_lock=True) is True
     make_bundle(tmp_path / "bundle")
     protect(cfg, tmp_path / "bundle")
     c = one(rd.run_checks(cfg, only={"immutability"}), "immutability/secondary")
