@@ -12,9 +12,10 @@ from llmdr.repo import snapshot as snapshot_mod
 from llmdr.repo.chunking import ChunkerParams
 from llmdr.repo.layout import RepoConfig, pack_key, record_key
 from llmdr.repo.prune import prune
-from llmdr.repo.repository import Repository, SnapshotInfo
+from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
 from llmdr.repo.retention import Policy, apply_retention, plan
+from llmdr.repo.snapinfo import SnapshotInfo
 from llmdr.repo.snapshot import take_snapshot
 from llmdr.storage.memory import MemoryStore
 from tests.support.damage import pack_keys

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from llmdr.repo.layout import (
 )
 from llmdr.repo.manifest import Manifest, canonical_json
 from llmdr.repo.pack import PackBlob, open_blob
+from llmdr.repo.snapinfo import SnapshotInfo
 from llmdr.repo.tree import BuiltTree, load_tree, manifest_of, parse_record
 from llmdr.storage.base import BlobInfo, BlobStore, RangeReader
 
@@ -62,56 +62,6 @@ log = logging.getLogger(__name__)
 
 _REPAIR = ("Restore from another region, or repair this one from a healthy copy (`llmdr verify --repair`, "
            "`llmdr replicate`).")
-
-
-@dataclass
-class SnapshotInfo:
-    """One live snapshot as the catalog lists it: cheap fields from the inline record; ``manifest`` (with the file
-    list) is loaded on first use."""
-
-    id: str
-    record: dict[str, Any]
-    seq: int
-    stored: float | None = None
-    future: bool = False
-    fork: bool = False
-    _repo: "Repository | None" = field(default=None, repr=False)
-    _manifest: Manifest | None = field(default=None, repr=False)
-
-    @property
-    def short(self) -> str:
-        return self.id[:12]
-
-    @property
-    def bundle(self) -> str:
-        return self.record["bundle"]
-
-    @property
-    def created(self) -> str:
-        return self.record["created"]
-
-    @property
-    def taken_at(self) -> float:
-        """When the snapshot's data is from, in seconds since the epoch, never later than the store received its
-        entry: a writer whose clock runs ahead cannot make an old snapshot look fresh (RPO checks use this)."""
-        from llmdr.repo.manifest import parse_utc
-
-        try:
-            created = parse_utc(self.created).timestamp()
-        except (TypeError, ValueError):
-            created = float("inf")
-        return min(created, self.stored) if self.stored is not None else created
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return dict(self.record.get("tags") or {})
-
-    @property
-    def manifest(self) -> Manifest:
-        if self._manifest is None:
-            assert self._repo is not None
-            self._manifest = self._repo.load_manifest(self.id)
-        return self._manifest
 
 
 class Repository:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from llmdr.errors import UsageError
 from llmdr.repo.layout import record_key
 from llmdr.repo.locks import Locker
-from llmdr.repo.repository import Repository, SnapshotInfo
+from llmdr.repo.repository import Repository
+from llmdr.repo.snapinfo import SnapshotInfo
 
 
 @dataclass(frozen=True)

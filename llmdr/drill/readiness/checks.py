@@ -15,7 +15,8 @@ from llmdr.config import Config, Region, format_duration
 from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes, utc_text
 from llmdr.errors import LlmdrError
 from llmdr.repo.manifest import parse_utc
-from llmdr.repo.repository import Repository, SnapshotInfo
+from llmdr.repo.repository import Repository
+from llmdr.repo.snapinfo import SnapshotInfo
 from llmdr.repo.verify import chunk_where
 
 
