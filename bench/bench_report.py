@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from harness import MB, MiB
 from report import Check, check_table
+
+AES_OPEN = "AES-256-GCM open (llmdr blob cipher)"  # the micro-bench row (bench.measure_micro) _restore_cpu reads
 
 RCLONE_TRANSFERS = 8                # same parallelism as llmdr's default transfer.workers
 
@@ -91,6 +94,7 @@ def compute_checks(r: Results) -> None:
         c.append(Check("replicate ÷ rclone copy (MB/s)", rep.mb_s / rclone.mb_s, ">=", 1.0))
     if s5_down:
         c.append(Check("restore ÷ s5cmd download (MB/s)", rest.mb_s / s5_down.mb_s, ">=", 1.0))
+        _restore_cpu(r, rest, s5_down)
     alt = next((x for x in r.rows if x.tool.startswith("llmdr restore (fsync")), None)
     if alt is not None and s5_down:
         c.append(Check(f"{alt.tool.removeprefix('llmdr ')} ÷ s5cmd download (MB/s)", alt.mb_s / s5_down.mb_s, "",
@@ -101,6 +105,33 @@ def compute_checks(r: Results) -> None:
                    + [x["peak_rss_mb"] for tool, xs in r.details.get("samples", {}).items()
                       if tool.startswith("llmdr restore") for x in xs])
     c.append(Check("peak RSS, llmdr restore (max of all runs)", rest_rss, "<=", 300, "MB"))
+
+
+def _restore_cpu(r: Results, rest: Row, s5_down: Row) -> None:
+    """Where the restore's extra CPU goes, beside the ratio: the client CPU llmdr uses beyond s5cmd's, against what
+    proving every byte (SHA-256) and, from an encrypted region, opening it (AES-256-GCM) cost at the micro-bench
+    rates; and the ratio the CPU alone allows on this machine (tool + servers CPU ÷ cores is a floor for the wall
+    time when both share the cores)."""
+    rates = {m.name: m.gb_s for m in r.micro}
+    sha = rates.get("SHA-256 (hashlib)")
+    if not sha:
+        return
+    gb = rest.nbytes / 1e9
+    crypto = gb / sha
+    parts = f"SHA-256 {gb / sha:.2f} s"
+    if r.details.get("restore_region_encrypted") and rates.get(AES_OPEN):
+        crypto += gb / rates[AES_OPEN]
+        parts += f" + AES-256-GCM {gb / rates[AES_OPEN]:.2f} s (the region is encrypted)"
+    extra = rest.cpu_s - s5_down.cpu_s
+    r.checks.append(Check("restore client CPU beyond s5cmd's ÷ verifying every byte at the micro-bench rates",
+                          extra / crypto, "", None,
+                          detail=f"{rest.cpu_s:.1f} − {s5_down.cpu_s:.1f} = {extra:.1f} CPU-s more; {parts}"))
+    cores = os.cpu_count() or 1
+    floor = (rest.cpu_s + rest.server_cpu_s) / cores
+    peer_floor = (s5_down.cpu_s + s5_down.server_cpu_s) / cores
+    r.checks.append(Check("restore ÷ s5cmd download, as far as CPU allows (CPU-s floors, tool + servers)",
+                          peer_floor / floor, "", None,
+                          detail=f"{peer_floor:.2f} s vs {floor:.2f} s on {cores} cores"))
 
 
 def fmt_rate(v: float | None) -> str:
