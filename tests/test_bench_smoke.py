@@ -72,7 +72,12 @@ def test_bench_smoke(tmp_path):
             "s5cmd cp (download)"} <= {x["tool"] for x in steps}
     check_statuses(steps, {"s5cmd", "restic", "rclone"})
     assert doc["details"]["restore_verified"]["identical"]
-    assert doc["meta"]["smoke"] and len(doc["micro"]) == 4
+    assert doc["meta"]["smoke"] and [m["name"] for m in doc["micro"]][-1] == "AES-256-GCM open (llmdr blob cipher)"
+    assert len(doc["micro"]) == 5 and all(m["gb_s"] > 0 for m in doc["micro"])
+    if any(x["tool"] == "s5cmd cp (download)" and x["status"] == "ran" for x in steps):
+        names = {c["metric"] for c in doc["checks"]}  # where the restore's CPU goes, beside its ratio
+        assert {"restore client CPU beyond s5cmd's ÷ verifying every byte at the micro-bench rates",
+                "restore ÷ s5cmd download, as far as CPU allows (CPU-s floors, tool + servers)"} <= names
 
 
 @pytest.mark.s3
