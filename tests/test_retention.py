@@ -38,6 +38,22 @@ def test_plan_keeps_newest_and_every_mth():
     assert plan(snaps[:2], Policy(keep_last=5)) == ([s.id for s in snaps[:2]], [])
 
 
+def test_keep_every_keeps_the_same_snapshots_from_run_to_run(tmp_path):
+    """Retention after every snapshot, as a protect schedule runs it: forgetting must not renumber what is left, or
+    each run would keep other snapshots and in the end only the first and the newest would survive."""
+    src = tmp_path / "src"
+    repo = Repository(MemoryStore())
+    repo.ensure_config(RepoConfig(chunker=SMALL))
+    taken = []
+    for i in range(21):
+        write_tree(src, {"config.json": f'{{"step": {i}}}'.encode()})
+        taken.append(take_snapshot(repo, src, bundle="b").snapshot_id)
+        apply_retention(repo, "b", Policy(keep_last=3, keep_every=4), prune=False)
+    live = repo.snapshot_ids(bundle="b")
+    assert live == [taken[i] for i in (0, 4, 8, 12, 16, 18, 19, 20)]
+    assert [s.number for s in repo.snapshots(bundle="b")] == [0, 4, 8, 12, 16, 18, 19, 20]
+
+
 def test_policy_never_forgets_everything():
     with pytest.raises(UsageError):
         Policy(keep_last=0)

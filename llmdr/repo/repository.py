@@ -379,8 +379,12 @@ class Repository:
             if strict and v.skipped:
                 key, why = next(iter(v.skipped.items()))
                 raise IntegrityError(f"{self.location}: catalog object {key} cannot be read ({why})")
-            out += [SnapshotInfo(e.id, e.record, e.seq, e.stored, e.id in v.future, e.id in v.forks, self)
-                    for e in v.live]
+            numbers, n = {}, 0
+            for e in v.entries:
+                if e.kind == "snapshot":
+                    numbers[e.seq], n = n, n + 1
+            out += [SnapshotInfo(e.id, e.record, e.seq, e.stored, e.id in v.future, e.id in v.forks,
+                                 number=numbers.get(e.seq), _repo=self) for e in v.live]
         return out
 
     def newest(self, *, bundle: str | None = None, strict: bool = False) -> str | None:
@@ -405,7 +409,7 @@ class Repository:
                 if e is None:
                     walks.remove(walk)
                     continue
-                yield SnapshotInfo(e.id, e.record, e.seq, e.stored, future_dated(e), False, self)
+                yield SnapshotInfo(e.id, e.record, e.seq, e.stored, future_dated(e), False, _repo=self)
 
     def has_snapshot(self, snapshot_id: str, *, bundle: str | None = None) -> bool:
         """True when ``snapshot_id`` is listed. A record is stored before its catalog entry, so where there is no

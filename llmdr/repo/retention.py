@@ -1,7 +1,8 @@
 """Retention: which snapshots to keep, and forgetting the rest.
 
 The plan is pure: of a bundle's snapshots (catalog order, oldest first), keep the newest ``keep_last`` and, among the
-older ones, every ``keep_every``-th (counted from the oldest, so the kept ones do not shift as new snapshots arrive).
+older ones, every ``keep_every``-th (counted from the first snapshot the catalog ever listed, forgotten ones included, so the
+kept ones do not shift as new snapshots arrive or old ones are forgotten).
 Order is the catalog's seq, never a clock: a snapshot taken on a host whose clock runs a year ahead is not "newest"
 unless it is the head. The head is never forgotten.
 
@@ -41,9 +42,10 @@ def plan(snapshots: list[SnapshotInfo], policy: Policy) -> tuple[list[str], list
     ids = [s.id for s in snapshots]
     newest = set(ids[-policy.keep_last:])
     keep = []
-    for i, sid in enumerate(ids):
-        if sid in newest or (policy.keep_every and i % policy.keep_every == 0):
-            keep.append(sid)
+    for i, s in enumerate(snapshots):
+        number = s.number if s.number is not None else i  # the catalog's count: forgetting does not renumber
+        if s.id in newest or (policy.keep_every and number % policy.keep_every == 0):
+            keep.append(s.id)
     forget = [sid for sid in ids if sid not in set(keep)]
     return keep, forget
 

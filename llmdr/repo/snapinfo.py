@@ -20,6 +20,9 @@ class SnapshotInfo:
     stored: float | None = None
     future: bool = False
     fork: bool = False
+    # its place among all the snapshots the bundle's catalog has listed, forgotten ones included (0: the first):
+    # forgetting does not renumber, so retention's keep_every keeps the same snapshots from run to run
+    number: int | None = None
     _repo: Any = field(default=None, repr=False)  # the Repository that lists it (loads the manifest)
     _manifest: Manifest | None = field(default=None, repr=False)
 
