@@ -16,7 +16,7 @@ EXIT_CODES: dict[int, str] = {
     6: "damaged: a chunk, manifest or restore test fails verification",
     7: "failover or failback stopped safely; traffic stays where it was",
     8: "the drill ran and a control failed (its report exists)",
-    9: "a readiness check failed",
+    9: "a readiness check FAILed",
     10: "locked by another llmdr command, or a drill report fails to verify",
     11: "the region holds an older repository format: run `llmdr migrate`",
     130: "interrupted (Ctrl-C): run the same command again to resume",
