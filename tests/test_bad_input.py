@@ -468,7 +468,7 @@ def test_disk_full_on_restore(stack, tmp_path, way):
     with small_disk(tmp_path / "small") if way == "tmpfs" else contextlib.nullcontext(tmp_path / "big") as room:
         target = room / "restored"
         if way == "tmpfs":
-            how, words = "tmpfs size=2m (ENOSPC)", ["no space left on the device", "mib free there now"]
+            how, words = "tmpfs size=2m (ENOSPC)", ["no space left on the device", "free there now"]
         else:
             ctx.preexec = _fsize_limit
             how, words = "RLIMIT_FSIZE 1 MiB (EFBIG)", ["file size limit", "ulimit -f", "extra.bin"]

@@ -22,7 +22,8 @@ def init(
     router_port: Annotated[int, typer.Option(help="Port of the local router (its admin API: the next one).")] = 18300,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config file.")] = False,
 ) -> None:
-    """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions."""
+    """Write a commented llmdr.yaml for BUNDLE_DIR with two local regions and a retention policy; in a git
+    repository also add the state folder (.llmdr/) to the .gitignore next to it."""
     from llmdr.repo.scaffold import render_config
 
     if config.exists() and not force:
@@ -33,11 +34,59 @@ def init(
                          secondary_port=secondary_port, router_port=router_port)
     from llmdr.config import parse_config
 
-    parse_config(text, source=config)  # never write a config llmdr itself would refuse
+    cfg = parse_config(text, source=config)  # never write a config llmdr itself would refuse
     from llmdr.common.files import atomic_write
 
     atomic_write(config, text, mode=0o644)  # temp file O_EXCL|O_NOFOLLOW: never written through a planted link
-    typer.echo(f"wrote {config}; next: `llmdr stack up` then `llmdr snapshot`")
+    typer.echo(f"wrote {config}")
+    ignored = ignore_state_dir(config.absolute().parent, cfg.state_dir)
+    if ignored:
+        typer.echo(ignored)
+    typer.echo("next: `llmdr stack up` then `llmdr snapshot`")
+
+
+def ignore_state_dir(folder: Path, state_dir: str) -> str | None:
+    """In a git repository (FOLDER or a folder above it has ``.git``), make sure FOLDER/.gitignore ignores the state
+    folder (keys, caches, the local stack's data): created if missing, the line added once. git itself is not run
+    (a repository's config can make git run its hooks). Returns what was done, or None outside git; a .gitignore
+    that is not a regular file is left alone, with a warning on stderr."""
+    import os
+    import stat
+
+    from llmdr.common.files import atomic_write
+
+    here = folder.resolve()
+    if not any((d / ".git").exists() for d in (here, *here.parents)):
+        return None
+    name = state_dir.strip("/")
+    if os.path.isabs(state_dir) or not name or ".." in Path(name).parts:
+        return None  # outside this folder: nothing here to ignore
+    path = folder / ".gitignore"
+    entry = f"{name}/"
+    yourself = (f"; add the line {entry} to your .gitignore yourself, so git never records the keys and state "
+                "kept there")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never read through a link or hang on a FIFO
+    except FileNotFoundError:
+        old, mode = b"", 0o644
+    except OSError as exc:
+        why = "is a symbolic link, left as it is" if path.is_symlink() else f"cannot be read ({exc.strerror})"
+        typer.echo(f"WARNING: {path} {why}{yourself}", err=True)
+        return None
+    else:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                typer.echo(f"WARNING: {path} is not a regular file{yourself}", err=True)
+                return None
+            old, mode = f.read(), st.st_mode & 0o777
+    wanted = {name, f"{name}/", f"/{name}", f"/{name}/", f"{name}/*", f"/{name}/*", f"**/{name}", f"**/{name}/"}
+    if any(line.strip().decode(errors="replace") in wanted for line in old.splitlines()):
+        return f"{path} already ignores {entry}"
+    sep = b"" if not old or old.endswith(b"\n") else b"\n"
+    atomic_write(path, old + sep + f"# llmdr state: keys, caches, the local stack's data\n{entry}\n".encode(),
+                 mode=mode)
+    return f"{'added' if old else 'wrote'} {entry} to {path}"
 
 
 @app.command("demo-bundle")
@@ -62,13 +111,13 @@ def demo_bundle(
 def sample_bundle(
     target: Annotated[Path, typer.Argument(help="Folder to write the sample bundle into.")],
     shards: Annotated[int, typer.Option(min=1, help="Number of safetensors shards.")] = 2,
-    shard_mb: Annotated[int, typer.Option(min=1, help="Size of each shard in MiB.")] = 8,
+    shard_mb: Annotated[int, typer.Option(min=1, help="Size of each shard in MB (10^6 bytes).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for the tensor bytes.")] = 0,
 ) -> None:
     """Write a synthetic model bundle (safetensors shards, tokenizer, configs, templates) for trying llmdr."""
-    from llmdr.devstack.samples import MiB, write_sample_bundle
+    from llmdr.devstack.samples import write_sample_bundle
 
-    files = write_sample_bundle(target, shards=shards, shard_size=shard_mb * MiB, seed=seed)
+    files = write_sample_bundle(target, shards=shards, shard_size=shard_mb * 1_000_000, seed=seed)
     typer.echo(f"wrote {len(files)} files into {target}")
 
 

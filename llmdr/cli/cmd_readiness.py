@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdr.cli.root import JsonOpt, app, emit, load_cfg
+from llmdr.cli.root import JsonOpt, app, emit, human_size, load_cfg
 from llmdr.errors import LlmdrError, UsageError
 
 
@@ -90,7 +90,7 @@ def plan(
             m = measure_throughput(repo, manifest, probe_bytes=min(cfg.readiness.probe_mb << 20,
                                    sum(manifest.chunk_set().values())), workers=cfg.transfer.download_workers)
             bps, eff = m["bytes_per_s"] * 8, 1.0
-            source = f"measured from {region} ({m['bytes'] / 1e6:.1f} MB in {m['seconds']:.2f} s)"
+            source = f"measured from {region} ({human_size(m['bytes'])} in {m['seconds']:.2f} s)"
         rtos = [r.rto_s for r in failover_history(cfg) if r.rto_s and r.ok and r.to_region == region]
         if rtos:
             warm_rto = sorted(rtos)[len(rtos) // 2]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmdr.cli.root import JsonOpt, app, emit, load_cfg
-from llmdr.errors import LlmdrError, UsageError
+from llmdr.errors import LlmdrError, StackError, UsageError
 
 stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -78,22 +78,16 @@ def stack_down(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop the local servers by their PIDs: a region's S3 server and serving replica; without REGION also the
-    router and the Prefect server and worker. Data stays on disk."""
-    from llmdr.devstack import orchestration
-    from llmdr.devstack.regions import local_regions, stop_region
-    from llmdr.devstack.serving import stop_serving
+    router, the Prefect server and worker and the MLflow UI. Says, for each, what it stopped (and its PID) or that it
+    was already stopped; exits 1 if one still runs. Data stays on disk."""
+    from llmdr.cli.stackstop import stop_stack
 
-    cfg = load_cfg()
-    regions = local_regions(cfg, region)
-    stop_serving(cfg, regions, router=region is None)
-    if region is None and orchestration.running(cfg):
-        orchestration.stop(cfg)
-    if region is None:
-        from llmdr.devstack import mlflowui
-
-        mlflowui.stop(cfg)
-    rows = [stop_region(cfg, r) for r in regions]
-    emit(as_json, [s.to_json() for s in rows], _status_table(rows))
+    rows = stop_stack(load_cfg(), region)
+    emit(as_json, {"processes": [r.to_json() for r in rows]}, "\n".join(r.line() for r in rows))
+    running = [r.name for r in rows if r.running]
+    if running:
+        raise StackError(f"still running after `llmdr stack down`: {', '.join(running)}; stop them by their PIDs "
+                         "(listed above) and check their logs in the state folder")
 
 
 @stack_app.command("status")

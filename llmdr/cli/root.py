@@ -17,6 +17,8 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from llmdr import __version__
+from llmdr.cli.exitcodes import epilog
+from llmdr.common.units import human_size as human_size  # re-exported: the cmd_* modules print sizes with it
 from llmdr.errors import LlmdrError
 
 # The order `llmdr --help` lists the commands in, whatever order the cmd_* modules register them in (a command
@@ -71,9 +73,28 @@ class _LazyCommands(MutableMapping):
         return len(self._names)
 
 
+def _flags_show_no_type() -> None:
+    """Typer 0.29's rich help prints a type after every option, flags included (``--json <bool>``), although a flag
+    takes no value (its plain help prints none). Show no type for a flag or a counter, in every command's help."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "llmdr_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich.llmdr_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
 app = typer.Typer(
     name="llmdr",
     help="Disaster recovery for LLM bundles: snapshot, replicate, verify, restore.",
+    epilog=epilog(),
     cls=_OrderedGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -202,12 +223,26 @@ def warn_hidden(hidden: dict[str, dict[str, Any]], region: str) -> None:
 
 
 def progress_for(as_json: bool):
-    """A byte progress bar on stderr when it is a terminal and the output is text; else no progress."""
-    from llmdr.common.progress import NoProgress
+    """Byte progress on stderr for text output: a bar on a terminal; else (a log, a pipe) a line now and then
+    (``LineProgress``: every $LLMDR_PROGRESS_INTERVAL seconds, default 10, or at each 10 % step; 0: at every step).
+    No progress with --json."""
+    from llmdr.common.progress import LineProgress, NoProgress
 
-    if as_json or not sys.stderr.isatty():
+    if as_json:
         return NoProgress()
-    return _RichProgress()
+    if sys.stderr.isatty():
+        return _RichProgress()
+    raw = os.environ.get("LLMDR_PROGRESS_INTERVAL", "").strip()
+    try:
+        interval = float(raw) if raw else 10.0
+        if not 0 <= interval < float("inf"):
+            raise ValueError(raw)
+    except ValueError:
+        from llmdr.errors import UsageError
+
+        raise UsageError(f"LLMDR_PROGRESS_INTERVAL={raw!r} in the environment: write the seconds between progress "
+                         "lines, e.g. 10 (0: a line at every 10 % step), or unset it") from None
+    return LineProgress(lambda line: typer.echo(line, err=True), interval)
 
 
 class _RichProgress:
@@ -215,7 +250,7 @@ class _RichProgress:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-        self._p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        self._p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(binary_units=False),
                            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
         self._task = None
 
@@ -229,15 +264,6 @@ class _RichProgress:
 
     def finish(self) -> None:
         self._p.stop()
-
-
-def human_size(n: float) -> str:
-    """Bytes as B / KiB / MiB / GiB / TiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # Running flows in this process ----------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmdr.common.progress import NoProgress, Progress
+from llmdr.common.units import human_size
 from llmdr.errors import IntegrityError, LlmdrError, UnsafePathError
 from llmdr.repo.bundle import IncompleteBundle, check_bundle, specs_from_manifest
 from llmdr.repo.layout import pack_key
@@ -474,7 +475,7 @@ def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_
     """The restore ran out of room: say where, how much is free against what the snapshot needs, and that a re-run
     resumes. Called after the unfinished files' temporary copies were removed."""
     try:
-        free = f"{shutil.disk_usage(root).free / 2**20:.1f} MiB free there now"
+        free = f"{human_size(shutil.disk_usage(root).free)} free there now"
     except OSError:
         free = "free space unknown"
     if not unfinished and exc.filename:
@@ -483,7 +484,7 @@ def _no_room(exc: OSError, snapshot_id: str, root: Path, manifest: Manifest, in_
               f"{f' and {len(unfinished) - 3} more' if len(unfinished) > 3 else ''})" if unfinished else ""
     return LlmdrError(
         f"restore of {snapshot_id[:12]} into {root} stopped: {_NO_ROOM[exc.errno]}{stopped}; {free}, the snapshot "
-        f"holds {manifest.total_size / 2**20:.1f} MiB in {len(manifest.files)} files. {in_place} files are in place "
+        f"holds {human_size(manifest.total_size)} in {len(manifest.files)} files. {in_place} files are in place "
         "and complete; no partial file was left. Free space there (or raise the limit), or restore into another "
         "folder, then run the same command again: it resumes and keeps the files already in place."
     )

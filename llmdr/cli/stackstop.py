@@ -1,0 +1,71 @@
+"""What `llmdr stack down` stops, and what it says about each process: which one, its PID, and whether it was
+stopped, was already stopped, or is still running. The stopping itself is the devstack's (by PID files checked
+against the command line); this module reads each PID before and checks it after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Stopped:
+    """One process `llmdr stack down` was asked to stop."""
+
+    what: str  # e.g. "S3 server (SeaweedFS)"
+    region: str | None  # None: the stack's own (router, Prefect, MLflow UI)
+    pid: int | None  # the PID it ran as; None: it was not running
+    running: bool = False  # still running after the stop (the stop failed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.region} {self.what}" if self.region else self.what
+
+    @property
+    def state(self) -> str:
+        return "already stopped" if self.pid is None else ("STILL RUNNING" if self.running else "stopped")
+
+    def line(self) -> str:
+        return f"{self.state:<15} {self.name}" + (f" (pid {self.pid})" if self.pid is not None else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "region": self.region, "pid": self.pid, "state": self.state.lower()}
+
+
+def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
+    """Stop a region's S3 server and serving replica (``region``), or every local region's plus the router, the
+    Prefect server, worker and runner and the MLflow UI; in that order, each by its PID. Returns one
+    :class:`Stopped` per process it looked for."""
+    from llmdr.common.process import alive
+    from llmdr.config import CaddyRouter
+    from llmdr.devstack import mlflowui, orchestration
+    from llmdr.devstack.regions import local_regions, region_pid, stop_region
+    from llmdr.devstack.serving import stop_serving
+    from llmdr.serving.replica import can_start, replica_status
+
+    regions = local_regions(cfg, region)
+    steps: list[tuple[list[Stopped], Callable[[], Any]]] = []
+    replicas = [Stopped("serving replica", r.name, replica_status(cfg, r).pid) for r in regions if can_start(r)]
+    router: list[Stopped] = []
+    if region is None and isinstance(cfg.router, CaddyRouter):
+        from llmdr.failover.router import open_router
+
+        router.append(Stopped("router (Caddy)", None, open_router(cfg).pid()))
+    steps.append((replicas + router, lambda: stop_serving(cfg, regions, router=region is None)))
+    if region is None:
+        st = orchestration.status(cfg)
+        steps.append(([Stopped("Prefect runner", None, st.runner_pid), Stopped("Prefect worker", None, st.worker_pid),
+                       Stopped("Prefect server", None, st.server_pid)], lambda: orchestration.stop(cfg)))
+        ml = mlflowui.status(cfg)
+        steps.append(([Stopped("MLflow UI", None, ml["pid"] if ml else None)], lambda: mlflowui.stop(cfg)))
+    for r in regions:
+        steps.append(([Stopped("S3 server (SeaweedFS)", r.name, region_pid(cfg, r))],
+                      lambda r=r: stop_region(cfg, r)))
+    out: list[Stopped] = []
+    for rows, stop in steps:
+        stop()
+        for row in rows:
+            row.running = row.pid is not None and alive(row.pid)
+        out += rows
+    return out
