@@ -23,7 +23,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
 ) -> None:
-    """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
+    """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions with streaming,
+    /v1/models, /health). SIGTERM or Ctrl-C: requests in flight finish, then it exits."""
     from llmdr.serving.server import ModelService, make_server
 
     service = ModelService(bundle_dir)
@@ -31,10 +32,11 @@ def serve(
         httpd = make_server(service, host, port)
     except OSError as exc:
         raise LlmdrError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
-    typer.echo(f"serving {service.name} from {bundle_dir} on http://{host}:{port} (bundle {service.digest[:12]})",
+    bound = httpd.server_address[1]
+    typer.echo(f"serving {service.name} from {bundle_dir} on http://{host}:{bound} (bundle {service.digest[:12]})",
                err=True)
     try:
-        httpd.serve_forever()
+        httpd.serve_forever()  # returns after SIGTERM once requests in flight have finished
     except KeyboardInterrupt:
         pass
     finally:
