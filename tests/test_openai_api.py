@@ -185,6 +185,9 @@ def test_list_prompts_n_and_token_prompts(served, expected):
     ids = model.tokenizer.encode("the river and").ids
     assert c.completions.create(model=MODEL, prompt=ids, max_tokens=4).choices[0].text == first
     assert out.usage.prompt_tokens == len(ids) + len(model.tokenizer.encode("how do I").ids)
+    for empty in ("", [[]]):  # generated from the begin-of-sequence token, as real servers do
+        out = c.completions.create(model=MODEL, prompt=empty, max_tokens=3)
+        assert out.usage.prompt_tokens == 1 and out.usage.completion_tokens == 3
 
 
 def test_content_parts_and_stop(served, expected):
@@ -242,6 +245,9 @@ def test_sampling_is_honoured_and_seeded(served, expected):
     ("POST", "/v1/completions", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens", "greater than or equal to 0"),
     ("POST", "/v1/completions", {"prompt": "word " * 300}, 400, "prompt", "at most 200"),
     ("POST", "/v1/completions", b"{not json", 400, None, "not valid JSON"),
+    ("POST", "/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400, None, "nests too deeply"),
+    ("POST", "/v1/completions", {"prompt": "x", "stop": "y" * 201}, 400, "stop", "at most 200 characters"),
+    ("POST", "/v1/completions", {"prompt": ["x"] * 9, "n": 8}, 400, "prompt", "over 64 per request"),
     ("POST", "/v1/completions", [1, 2], 400, None, "JSON object"),
     ("POST", "/v1/embeddings", {"input": "x"}, 404, None, "Invalid URL (POST /v1/embeddings)"),
     ("GET", "/v1/chat/completions", None, 405, None, "Method not allowed"),

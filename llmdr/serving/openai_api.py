@@ -22,7 +22,8 @@ from llmdr.serving.service import BadRequest, Generation, ModelService, Prompt
 log = logging.getLogger(__name__)
 
 MAX_N = 16  # choices per prompt: a CPU demo model, not a batch engine
-MAX_PROMPTS = 64
+MAX_CHOICES = 64  # prompts x n per request
+MAX_STOP_CHARS = 200
 ROLES = {"system", "user", "assistant", "developer"}  # developer: OpenAI's newer name for system
 
 # Fields OpenAI defines that llmdr accepts only at their neutral value (None is always accepted).
@@ -74,6 +75,8 @@ def parse(raw: bytes, model: type[_Common]) -> _Common:
         body = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise BadRequest("the request body nests too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object, e.g. {\"model\": ..., \"messages\": [...]}")
     for name in [k for k in body if k not in model.model_fields]:
@@ -106,8 +109,9 @@ def _param(loc: tuple) -> str | None:
 
 def generation(req: _Common, max_tokens: int | None = None) -> Generation:
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stops) > 4 or any(not s for s in stops):
-        raise BadRequest("stop: give at most 4 non-empty strings", param="stop")
+    if len(stops) > 4 or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise BadRequest(f"stop: give at most 4 non-empty strings of at most {MAX_STOP_CHARS} characters",
+                         param="stop")
     if req.stream_options is not None and not req.stream:
         raise BadRequest("stream_options: only allowed with stream: true", param="stream_options")
     return Generation(max_tokens=max_tokens if max_tokens is not None else req.max_tokens, n=req.n, stop=stops,
@@ -120,8 +124,9 @@ def completion_prompts(service: ModelService, req: CompletionRequest) -> list[Pr
         return [service.text_prompt(p)]
     if not p:
         raise BadRequest("prompt: give a string, a list of strings or token ids, not an empty list", param="prompt")
-    if len(p) > MAX_PROMPTS:
-        raise BadRequest(f"prompt: at most {MAX_PROMPTS} prompts per request", param="prompt")
+    if len(p) * req.n > MAX_CHOICES and not isinstance(p[0], int):
+        raise BadRequest(f"prompt: {len(p)} prompts x n={req.n} choices is over {MAX_CHOICES} per request; send fewer",
+                         param="prompt")
     if isinstance(p[0], int):
         return [service.token_prompt(p)]  # type: ignore[arg-type]
     if isinstance(p[0], str):

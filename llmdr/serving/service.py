@@ -127,6 +127,8 @@ class ModelService:
         return any(phrase in low for phrase in self.denylist)
 
     def _checked(self, ids: list[int], text: str, param: str) -> Prompt:
+        if not ids:  # an empty prompt: the model starts from its begin-of-sequence token, as real servers do
+            ids = [int(self.model.config["bos_token_id"])]
         if len(ids) > self.max_prompt_tokens:
             raise BadRequest(f"{param}: the prompt is {len(ids)} tokens; this server accepts at most "
                              f"{self.max_prompt_tokens}. Shorten it.", param=param, code="context_length_exceeded")
