@@ -324,3 +324,10 @@ def test_sigterm_lets_the_stream_in_flight_finish(bundle):
             c.models.list()
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("args,words", [(["--port", "99999"], "--port 99999 is not a TCP port"),
+                                        (["--host", "no-such-host.invalid"], "--host no-such-host.invalid")])
+def test_serve_refuses_a_bad_address(bundle, args, words):
+    r = subprocess.run(LLMDR + ["serve", str(bundle), *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
