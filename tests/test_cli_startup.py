@@ -12,7 +12,8 @@ import pytest
 from llmdr.common.gcpause import gc_paused
 
 HEAVY = ("boto3", "botocore", "cryptography", "prefect", "pydantic", "yaml", "jinja2", "tokenizers", "mlflow",
-         "urllib3", "llmdr.config", "llmdr.repo", "llmdr.storage", "llmdr.devstack", "flows", "tasks")
+         "urllib3", "llmdr.config", "llmdr.repo", "llmdr.storage", "llmdr.devstack", "flows", "tasks",
+         "starlette", "uvicorn", "fastapi", "llmdr.serving.server")
 
 # Runs the CLI as `llmdr ARGS...` would and prints, at exit, which of HEAVY the process imported.
 PROBE = """
@@ -32,7 +33,8 @@ def imported(args, cwd):
     return r, set(filter(None, line.removeprefix("IMPORTED=").split(",")))
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["snapshot", "--help"], ["restore", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["snapshot", "--help"], ["restore", "--help"],
+                                  ["serve", "--help"]])
 def test_version_and_help_import_no_heavy_library(args, tmp_path):
     r, mods = imported(args, tmp_path)
     assert r.returncode == 0, r.stderr

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmdr.cli.root import JsonOpt, app, emit, load_cfg, progress_for
-from llmdr.errors import LlmdrError
+from llmdr.errors import LlmdrError, UsageError
 
 golden_app = typer.Typer(help="Record and check golden answers of a serving endpoint.", no_args_is_help=True)
 app.add_typer(golden_app, name="golden")
@@ -23,18 +23,27 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
 ) -> None:
-    """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
+    """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions with streaming,
+    /v1/models, /health). SIGTERM or Ctrl-C: requests in flight finish, then it exits."""
+    import socket
+
     from llmdr.serving.server import ModelService, make_server
 
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a TCP port; give one between 1 and 65535 (0: any free port)")
     service = ModelService(bundle_dir)
     try:
         httpd = make_server(service, host, port)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}; give an address or a name this machine resolves, e.g. "
+                         "127.0.0.1") from None
     except OSError as exc:
         raise LlmdrError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
-    typer.echo(f"serving {service.name} from {bundle_dir} on http://{host}:{port} (bundle {service.digest[:12]})",
+    bound = httpd.server_address[1]
+    typer.echo(f"serving {service.name} from {bundle_dir} on http://{host}:{bound} (bundle {service.digest[:12]})",
                err=True)
     try:
-        httpd.serve_forever()
+        httpd.serve_forever()  # returns after SIGTERM once requests in flight have finished
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,184 +1,248 @@
 """An OpenAI-compatible HTTP server for a bundle folder: the local stand-in for vLLM, TGI or llama.cpp's server.
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (no
-streaming). Everything else in llmdr (golden checks, failover, drills) talks to a model only through this API, so a
-real vLLM endpoint is checked the same way. The server serves ``llmdr-tiny`` bundles (``llmdr demo-bundle``), applies
-the bundle's serving config (model name, prompt length limit) and its security rules (a prompt containing a
-denylisted phrase gets a refusal with ``finish_reason: content_filter``).
+Starlette on uvicorn (h11). Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``,
+``POST /v1/completions``, ``POST /v1/chat/completions`` (both with ``stream: true`` as server-sent events). Everything
+else in llmdr (golden checks, failover, drills) talks to a model only through this API, so a real vLLM endpoint is
+checked the same way. The model itself is ``service.ModelService``; the request and response shapes are
+``openai_api``. Every answer, errors included, is JSON and carries ``x-llmdr-bundle-digest``.
+
+Connections behind a shared router stay in step: a request body is always read to its end before the answer (an
+unknown route included), so the next request on a reused keep-alive connection starts where the client's did; a
+body over ``MAX_BODY`` gets 413 and, if it was not read to its end, the connection is closed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 import logging
+import signal
+import socket
 import threading
-import time
-import uuid
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from llmdr.errors import UnsafeTemplate, UsageError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from llmdr.serving import openai_api as api
+from llmdr.serving.service import REFUSAL, BadRequest, ModelNotFound, ModelService, bundle_digest
+
+__all__ = ["MAX_BODY", "REFUSAL", "BadRequest", "ModelService", "Server", "bundle_digest", "create_app", "make_server"]
 
 log = logging.getLogger(__name__)
 
-REFUSAL = "I can't help with that."
+MAX_BODY = 1_000_000  # bytes of request body
+DRAIN_BYTES = 64 << 20  # after a 413, read (and drop) at most this much more of the body before closing...
+DRAIN_SECONDS = 2.0  # ...for at most this long: a client that is still sending then reads the 413, not a reset
+# Idle keep-alive connections are kept longer than a proxy keeps its idle upstream connections (Caddy: 2 min), so
+# the proxy closes them first and never sends a request into a connection this server is closing.
+KEEP_ALIVE_S = 150
+GRACE_S = 8  # SIGTERM: requests in flight may finish for this long (replica stop kills after 10 s)
+ROUTES = "GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions"
 
 
-def bundle_digest(folder: Path) -> str:
-    """SHA-256 over every file's path and bytes: which bundle, exactly, a server is serving."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
+def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(payload, status_code=status, headers=headers)
 
 
-class BadRequest(Exception):
-    pass
+def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
+    """The ASGI app serving ``service``."""
+
+    async def health(request: Request) -> Response:
+        return _json(200, service.health())
+
+    async def models(request: Request) -> Response:
+        return _json(200, service.models())
+
+    async def model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        if model_id != service.name:
+            raise ModelNotFound(f"The model {model_id!r} does not exist: this server serves {service.name!r}",
+                                param="model", code="model_not_found")
+        return _json(200, service.model_card())
+
+    async def completions(request: Request) -> Response:
+        req = api.parse(await request.body(), api.CompletionRequest)
+        service.check_model(req.model)
+        gen = api.generation(req)
+        prompts = await run_in_threadpool(api.completion_prompts, service, req)
+        return await _answer(api.Reply(service, chat=False), prompts, gen, req)
+
+    async def chat(request: Request) -> Response:
+        req = api.parse(await request.body(), api.ChatRequest)
+        service.check_model(req.model)
+        gen = api.generation(req, req.max_completion_tokens)
+        messages = api.chat_messages(req.messages)
+        prompt = await run_in_threadpool(service.chat_prompt, messages)
+        return await _answer(api.Reply(service, chat=True), [prompt], gen, req)
+
+    async def _answer(reply: api.Reply, prompts: list, gen, req) -> Response:
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(api.stream_events(service, reply, prompts, gen, include),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+        def whole() -> dict:
+            rng = service.rng(gen)
+            runs = [service.run(p, gen, rng) for p in prompts for _ in range(gen.n)]
+            return reply.whole([(text, finish) for text, finish, _ in runs], sum(len(p.ids) for p in prompts),
+                               sum(tokens for _, _, tokens in runs))
+
+        return _json(200, await run_in_threadpool(whole))
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BadRequest)
+        status = 404 if isinstance(exc, ModelNotFound) else 400
+        return _json(status, api.error_body(str(exc), param=exc.param, code=exc.code))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            msg, code = f"Invalid URL ({where}): llmdr serve answers {ROUTES}", "unknown_url"
+        elif exc.status_code == 405:
+            msg, code = f"Method not allowed ({where}); allowed: {(exc.headers or {}).get('Allow')}", None
+        else:
+            msg, code = f"{where}: {exc.detail}", None
+        return _json(exc.status_code, api.error_body(msg, param=None, code=code), headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        from llmdr.errors import UnsafeTemplate
+
+        if isinstance(exc, UnsafeTemplate):  # the bundle's template, refused by the sandbox: nothing of it ran
+            log.error("%s", exc)
+        return _json(500, api.error_body(f"internal error: {exc}", "server_error"))
+
+    app = Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+    ], exception_handlers={BadRequest: bad_request, HTTPException: http_error, Exception: server_error})
+    return BodyLimit(app, max_body, service.digest)
 
 
-class ModelService:
-    """The model plus the bundle's serving config and security rules; thread-safe (one request at a time)."""
+class BodyLimit:
+    """ASGI middleware: reads the whole request body (at most ``limit`` bytes) before the app runs, so no answer ever
+    leaves part of a body on the connection; adds the bundle digest header to every answer. Over the limit: 413
+    with an OpenAI error body, the rest drained for a bounded time, then the connection closed."""
 
-    def __init__(self, folder: Path) -> None:
-        from llmdr.serving.tinymodel import TinyModel
+    def __init__(self, app: Any, limit: int, digest: str) -> None:
+        self.app, self.limit, self.digest = app, limit, digest.encode()
 
-        if not (folder / "config.json").is_file():
-            raise UsageError(f"{folder} has no config.json: not a model bundle folder")
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-        if model_type != "llmdr-tiny":
-            raise UsageError(
-                f"{folder} holds a {model_type!r} model; `llmdr serve` runs the llmdr-tiny demo model only. Serve "
-                "real models with vLLM, TGI or llama.cpp (same API) and point llmdr at that endpoint."
-            )
-        self.folder = folder
-        self.model = TinyModel(folder)
-        serving_file = folder / "serving.json"
-        self.serving = json.loads(serving_file.read_text()) if serving_file.exists() else {}
-        self.name = str(self.serving.get("model_name") or folder.name)
-        self.max_prompt_tokens = int(self.serving.get("max_prompt_tokens", 10_000))
-        self.denylist = [line.strip().lower() for f in sorted((folder / "security").glob("*deny*"))
-                         for line in f.read_text().splitlines() if line.strip()]
-        self.digest = bundle_digest(folder)
-        self.started = int(time.time())
-        self._lock = threading.Lock()
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
 
-    def _blocked(self, text: str) -> bool:
-        low = text.lower()
-        return any(phrase in low for phrase in self.denylist)
+        async def tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-llmdr-bundle-digest", self.digest)]
+            await send(message)
 
-    def _max_tokens(self, body: dict) -> int | None:
-        value = body.get("max_tokens", body.get("max_completion_tokens"))
-        if value is None:
-            return None
-        if not isinstance(value, int) or value < 0 or value > 512:
-            raise BadRequest("max_tokens must be an integer between 0 and 512")
-        return value
-
-    def _check_model(self, body: dict) -> None:
-        asked = body.get("model")
-        if asked not in (None, self.name):
-            raise BadRequest(f"model {asked!r} is not served here; this server serves {self.name!r}")
-
-    def complete(self, body: dict) -> dict:
-        self._check_model(body)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
-        text, n_in, n_out, finish = self._run(prompt, None, self._max_tokens(body))
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": self.name, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
-
-    def chat(self, body: dict) -> dict:
-        self._check_model(body)
-        messages = body.get("messages")
-        if (not isinstance(messages, list) or not messages
-                or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                           for m in messages)):
-            raise BadRequest("messages must be a non-empty list of {role, content} objects with string values")
-        text, n_in, n_out, finish = self._run(None, messages, self._max_tokens(body))
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
-
-    def _run(self, prompt: str | None, messages: list[dict] | None, max_tokens: int | None) -> tuple[str, int, int, str]:
-        rendered = prompt if prompt is not None else self.model.render_chat(messages or [])
-        n_in = len(self.model.tokenizer.encode(rendered).ids)
-        if n_in > self.max_prompt_tokens:
-            raise BadRequest(f"the prompt is {n_in} tokens; this server accepts at most {self.max_prompt_tokens}")
-        if self._blocked(rendered):
-            return REFUSAL, n_in, 0, "content_filter"
-        with self._lock:
-            return self.model.complete(rendered, max_tokens)
-
-    def health(self) -> dict:
-        return {"status": "ok", "model": self.name, "bundle": str(self.folder), "bundle_digest": self.digest}
-
-    def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.started,
-                                            "owned_by": "llmdr"}]}
-
-
-def make_server(service: ModelService, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "llmdr-serve"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.info("%s %s", self.address_string(), fmt % args)
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-llmdr-bundle-digest", service.digest)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-            self._send(status, {"error": {"message": message, "type": kind, "code": None}})
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path in ("/health", "/healthz"):
-                self._send(200, service.health())
-            elif self.path == "/v1/models":
-                self._send(200, service.models())
-            else:
-                self._error(404, f"no route {self.path}", "not_found")
-
-        def do_POST(self) -> None:  # noqa: N802
-            routes = {"/v1/completions": service.complete, "/v1/chat/completions": service.chat}
-            handler = routes.get(self.path)
-            if handler is None:
-                self._error(404, f"no route {self.path}", "not_found")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(receive, tagged, int(declared))
+            return
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
                 return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > 1_000_000:
-                    raise BadRequest("request body over 1 MB")
-                body = json.loads(self.rfile.read(length) or b"null")
-                if not isinstance(body, dict):
-                    raise BadRequest("the request body must be a JSON object")
-                if body.get("stream"):
-                    raise BadRequest("stream: true is not supported by llmdr serve")
-                self._send(200, handler(body))
-            except (BadRequest, ValueError) as exc:
-                self._error(HTTPStatus.BAD_REQUEST, str(exc))
-            except UnsafeTemplate as exc:  # the bundle's template, refused by the sandbox: nothing of it ran
-                log.error("%s", exc)
-                self._error(500, str(exc), "server_error")
-            except Exception as exc:  # a bug must not kill the server; report it as a 500
-                log.exception("request failed")
-                self._error(500, f"internal error: {exc}", "server_error")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await self._too_large(receive, tagged, None)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
 
-    httpd = ThreadingHTTPServer((host, port), Handler)
-    httpd.daemon_threads = True
-    return httpd
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: only http.disconnect (a streamed answer watches for it)
+
+        await self.app(scope, replay, tagged)
+
+    async def _too_large(self, receive: Any, send: Any, declared: int | None) -> None:
+        size = f"{declared} bytes" if declared is not None else "more than that"
+        body = json.dumps(api.error_body(f"the request body is {size}; llmdr serve accepts at most {self.limit} "
+                                         "bytes. Send a shorter prompt.", code="request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": True})  # the client has the answer...
+        drained = 0
+        try:  # ...while what it is still sending is read and dropped, so closing does not reset the connection
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while drained < DRAIN_BYTES:
+                    message = await receive()
+                    drained += len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break
+        except TimeoutError:
+            pass
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class Server:
+    """uvicorn serving an app on a socket bound here (so a busy port fails at once and port 0 is known), with the
+    calls of ``http.server``'s servers: ``serve_forever``, ``shutdown`` (from another thread), ``server_close``,
+    ``server_address``. In the main thread, SIGTERM and SIGINT stop it gracefully: no new connections, requests in
+    flight finish (up to ``GRACE_S``); after SIGTERM ``serve_forever`` returns, after SIGINT it raises
+    KeyboardInterrupt."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self.socket = socket.socket(family, kind, proto)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(addr)
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()[:2]
+        config = uvicorn.Config(app, http="h11", ws="none", lifespan="off", loop="asyncio", log_config=None,
+                                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACE_S,
+                                server_header=False, headers=[("server", "llmdr-serve")])
+        self._uvicorn = uvicorn.Server(config)
+        self._entered = threading.Event()
+        self._done = threading.Event()
+
+    def serve_forever(self) -> None:
+        self._entered.set()
+        main = threading.current_thread() is threading.main_thread()
+        # uvicorn re-raises the signal that stopped it once it has shut down: for SIGTERM, this handler makes that
+        # a clean return (exit 0) instead of a kill
+        previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (running in another thread) and wait until it has returned."""
+        self._uvicorn.should_exit = True
+        if self._entered.is_set():
+            self._done.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+
+def make_server(service: ModelService, host: str, port: int) -> Server:
+    return Server(create_app(service), host, port)

@@ -224,22 +224,42 @@ class TinyModel:
             h = h + np.maximum(x @ w[p + "up_proj.weight"], 0) @ w[p + "down_proj.weight"]
         return _rms(h[-1], w["norm.weight"]) @ w["lm_head.weight"].T
 
-    def complete_ids(self, ids: list[int], max_new_tokens: int | None = None) -> tuple[list[int], str]:
+    @property
+    def eos_id(self) -> int | None:
+        return self.generation.get("eos_token_id", self.config.get("eos_token_id"))
+
+    @property
+    def default_max_tokens(self) -> int:
+        return int(self.generation.get("max_new_tokens", 16))
+
+    def next_token(self, ids: list[int], out: list[int], *, temperature: float = 0.0, top_p: float = 1.0,
+                   rng: np.random.Generator | None = None) -> int:
+        """The token after prompt ``ids`` and completion so far ``out``: the bundle's repetition penalty applied, then
+        greedy (``temperature`` 0) or sampled at ``temperature`` from the ``top_p`` nucleus with ``rng``."""
         g = self.generation
-        limit = int(max_new_tokens if max_new_tokens is not None else g.get("max_new_tokens", 16))
         penalty = float(g.get("repetition_penalty", 1.0))
-        eos = g.get("eos_token_id", self.config.get("eos_token_id"))
         window = self.config["max_position_embeddings"]
-        banned = [i for t, i in self.tokenizer.get_vocab().items() if t in SPECIALS and i != eos]
+        logits = self._logits((ids + out)[-window:]).astype(np.float64)
+        logits[self._banned()] = -np.inf  # never emit <s>, role markers or <unk>
+        for t in set(ids + out):  # CTRL-style repetition penalty
+            logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        return sample(logits, temperature, top_p, rng if rng is not None else np.random.default_rng())
+
+    def _banned(self) -> list[int]:
+        if not hasattr(self, "_banned_ids"):
+            eos = self.eos_id
+            self._banned_ids = [i for t, i in self.tokenizer.get_vocab().items() if t in SPECIALS and i != eos]
+        return self._banned_ids
+
+    def complete_ids(self, ids: list[int], max_new_tokens: int | None = None) -> tuple[list[int], str]:
+        limit = int(max_new_tokens if max_new_tokens is not None else self.default_max_tokens)
         out: list[int] = []
         finish = "length"
         for _ in range(limit):
-            logits = self._logits((ids + out)[-window:]).astype(np.float64)
-            logits[banned] = -np.inf  # never emit <s>, role markers or <unk>
-            for t in set(ids + out):  # CTRL-style repetition penalty
-                logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
-            nxt = int(np.argmax(logits))
-            if nxt == eos:
+            nxt = self.next_token(ids, out)
+            if nxt == self.eos_id:
                 finish = "stop"
                 break
             out.append(nxt)
@@ -253,6 +273,19 @@ class TinyModel:
 
     def chat(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> tuple[str, int, int, str]:
         return self.complete(self.render_chat(messages), max_new_tokens)
+
+
+def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """One token drawn from softmax(logits / temperature), keeping the smallest set of most likely tokens whose
+    probabilities add up to ``top_p`` (nucleus sampling; at least one token is always kept)."""
+    z = logits / temperature
+    z = z - z[np.isfinite(z)].max()
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1
+    kept = order[:keep]
+    return int(rng.choice(kept, p=p[kept] / p[kept].sum()))
 
 
 def _rms(x: np.ndarray, g: np.ndarray) -> np.ndarray:
