@@ -78,8 +78,8 @@ def _flags_show_no_type() -> None:
     takes no value (its plain help prints none). Show no type for a flag or a counter, in every command's help."""
     from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
-    if getattr(shown, "llmdr_flags", False):
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "llmdr_flags", False):  # another Typer: its help is what it is
         return
 
     def display_type_rich(self, ctx):
