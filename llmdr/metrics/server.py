@@ -29,15 +29,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _html(registry, bundle: str) -> bytes:
+    now = time.time()
     rows = []
     for fam in registry.collect():
         for s in fam.samples:
             if s.name.endswith("_bucket"):
                 continue  # the buckets make the page long; /metrics has them
             labels = ", ".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "bundle")
+            shown = f"{s.value:.6g}"
+            if s.name.endswith("_timestamp_seconds"):  # a person reads a time and an age, not 1.79e+09
+                shown = f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(s.value))} ({now - s.value:.0f} s ago)"
             rows.append(f"<tr><td>{html.escape(s.name)}</td><td>{html.escape(labels)}</td>"
-                        f"<td class=n>{s.value:.6g}</td></tr>")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+                        f"<td class=n>{html.escape(shown)}</td></tr>")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llmdr metrics: {html.escape(bundle)}</title>
 <style>body{{font-family:DejaVu Sans,sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}}td.n{{text-align:right;
