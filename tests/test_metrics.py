@@ -190,6 +190,44 @@ def test_unreachable_region_is_a_value_and_the_cache_spares_the_stores(stack, tm
         exporter.close()
 
 
+def test_damaged_records_cost_their_own_metrics_not_the_scrape(tmp_path):
+    """Hand-edited or torn run records, drill reports and failover history, and regions nothing answers on: each
+    leaves out only its own values; the scrape still answers with everything else."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llmdr.metrics.collector import LlmdrCollector
+
+    cfg = write_config(tmp_path / "llmdr.yaml", OFFLINE_CONFIG)  # nothing listens on its regions' ports
+    runs = cfg.state_path / "runs"
+    runs.mkdir(parents=True)
+    (runs / "readiness.json").write_text(json.dumps({"operation": "readiness", "region": None, "ts": 1e9,
+                                                     "detail": {"score": "high", "checks": "all"}}))
+    (runs / "protect.json").write_text("{torn")
+    (runs / "verify@secondary.json").write_text(json.dumps({"operation": "verify", "region": "secondary",
+                                                            "ts": 1.5e9, "detail": {}}))
+    drill(cfg, 1.6e9, True, "fast")  # a measurement that is not a number
+    (drills_dir(cfg) / "torn").mkdir()
+    (drills_dir(cfg) / "torn" / "evidence.json").write_text("{not json")
+    (cfg.state_path / "failover").mkdir()
+    (cfg.state_path / "failover" / "history.jsonl").write_text("garbage\n")
+    collector = LlmdrCollector(cfg, region_timeout=30)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    try:
+        fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    finally:
+        collector.close()
+    assert value(fams, "llmdr_readiness_last_run_timestamp_seconds") == 1e9
+    assert value(fams, "llmdr_readiness_score") is None and "llmdr_readiness_checks" not in fams
+    assert value(fams, "llmdr_protect_last_success_timestamp_seconds") is None
+    assert value(fams, "llmdr_verify_last_success_timestamp_seconds", region="secondary") == 1.5e9
+    assert value(fams, "llmdr_drill_last_success_timestamp_seconds") == 1.6e9
+    assert value(fams, "llmdr_drill_last_rto_seconds") is None and value(fams, "llmdr_drill_last_rpo_seconds") == 42
+    assert "llmdr_failovers" not in fams
+    assert value(fams, "llmdr_region_catalog_up", region="primary") == 0
+    assert value(fams, "llmdr_rpo_objective_seconds") == 300
+
+
 def test_bad_listen_addresses_and_taken_ports_are_refused(tmp_path):
     for bad, why in (("http://127.0.0.1:18309", "no scheme"), ("127.0.0.1", "host:port"),
                      ("127.0.0.1:99999", "1 to 65535"), (":18309", "host:port")):

@@ -41,6 +41,9 @@ def serve(
     if with_stack:
         stop_with_stack(cfg, exporter)
     typer.echo(f"serving llmdr metrics of '{cfg.bundle.name}' on {exporter.url}/metrics (Ctrl-C stops)", err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"WARNING: {host} is not loopback and the exporter has no authentication: anyone who reaches "
+                   "this port reads the metrics (region names, RPO, endpoints); let only Prometheus in", err=True)
     try:
         exporter.serve_forever()
     except KeyboardInterrupt:

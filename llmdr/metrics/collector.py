@@ -203,9 +203,9 @@ class LlmdrCollector:
 
         fams: dict[str, Any] = {}
 
-        def add(name: str, value: Any, *labels: str) -> None:
+        def add(name: str, value: Any, *labels: str, scale: float = 1.0) -> None:
             try:
-                value = None if value is None else float(value)
+                value = None if value is None else float(value) * scale
             except (TypeError, ValueError):  # a hand-edited history: that value is left out, not the scrape
                 log.warning("metrics: %s%s: %r is not a number", name, list(labels), value)
                 return
@@ -238,22 +238,29 @@ class LlmdrCollector:
         if r.active is not None:
             for region in cfg.regions:
                 add("llmdr_active_region", 1 if region.name == r.active else 0, region.name)
+        for what, fn in (("run records", self._run_families), ("drill reports", self._drill_families),
+                         ("failover history", self._failover_families)):
+            try:
+                fn(r, add)
+            except Exception as exc:  # noqa: BLE001 - a malformed record costs its own metrics, not the scrape's
+                log.warning("metrics: %s left out: %s: %s", what, type(exc).__name__, exc)
+        add("llmdr_metrics_refresh_timestamp_seconds", r.at)
+        add("llmdr_metrics_refresh_duration_seconds", r.duration_s)
+        yield from fams.values()
+
+    @staticmethod
+    def _run_families(r: Reading, add) -> None:
         for mark in r.runs:
             if mark.operation == "protect":
                 add("llmdr_protect_last_success_timestamp_seconds", mark.ts)
             elif mark.operation == "verify" and mark.region:
                 add("llmdr_verify_last_success_timestamp_seconds", mark.ts, mark.region)
             elif mark.operation == "readiness":
-                score = mark.detail.get("score")
-                add("llmdr_readiness_score", None if score is None else float(score) / 100.0)
+                add("llmdr_readiness_score", mark.detail.get("score"), scale=0.01)  # recorded 0-100, exported 0-1
                 add("llmdr_readiness_last_run_timestamp_seconds", mark.ts)
-                for status in READINESS:
-                    add("llmdr_readiness_checks", (mark.detail.get("checks") or {}).get(status, 0), status)
-        self._drill_families(r, add)
-        self._failover_families(r, add)
-        add("llmdr_metrics_refresh_timestamp_seconds", r.at)
-        add("llmdr_metrics_refresh_duration_seconds", r.duration_s)
-        yield from fams.values()
+                checks = mark.detail.get("checks")
+                for status in READINESS if isinstance(checks, dict) else ():
+                    add("llmdr_readiness_checks", checks.get(status, 0), status)
 
     @staticmethod
     def _drill_families(r: Reading, add) -> None:
