@@ -165,7 +165,7 @@ def test_unreachable_region_is_a_value_and_the_cache_spares_the_stores(stack, tm
                       extra="metrics: {cache: 1h}")
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "a.bin").write_bytes(b"x" * 1000)
-    ops.snapshot_bundle(cfg)
+    first_sid = ops.snapshot_bundle(cfg).snapshot_id
     collector = LlmdrCollector(cfg, region_timeout=60)
     exporter = open_exporter(cfg, "127.0.0.1", 0, collector=collector)
     exporter.start_thread()
@@ -177,7 +177,8 @@ def test_unreachable_region_is_a_value_and_the_cache_spares_the_stores(stack, tm
         assert value(first, "llmdr_region_has_snapshot", region="secondary") is None
         assert value(first, "llmdr_rpo_age_seconds", region="secondary") is None
         assert value(first, "llmdr_region_catalog_up", region="primary") == 1
-        ops.snapshot_bundle(cfg, path=tmp_path / "bundle")  # a newer snapshot: not seen until the cache expires
+        (tmp_path / "bundle" / "b.bin").write_bytes(b"y" * 1000)
+        newer = ops.snapshot_bundle(cfg).snapshot_id  # not seen until the cache expires
         time.sleep(1.1)
         second = scrape(exporter.url)
         stamp = "llmdr_metrics_refresh_timestamp_seconds"
@@ -185,6 +186,8 @@ def test_unreachable_region_is_a_value_and_the_cache_spares_the_stores(stack, tm
         # the age grows at every scrape all the same (computed from the cached snapshot time)
         assert value(second, "llmdr_rpo_age_seconds", region="primary") >= \
             value(first, "llmdr_rpo_age_seconds", region="primary") + 1
+        assert collector.reading().regions["primary"].snapshot == first_sid
+        assert collector.refresh().regions["primary"].snapshot == newer != first_sid  # the next read sees it
     finally:
         exporter.shutdown()
         exporter.close()
