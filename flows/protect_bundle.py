@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
+from llmdr.common.runs import record_run
 from llmdr.config import load_config
 from llmdr.failover.standby import standby_regions
 from llmdr.lineage.tags import snapshot_dataset_tags
@@ -49,6 +50,7 @@ def protect_bundle(config_path: str = "") -> dict:
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")
+    record_run(cfg.state_path, "protect", snapshot=sid, regions=[r.name for r in cfg.regions])
     return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo,
             "standbys": standbys, "datasets": datasets, "validations": validations, "model_version": model,
             "retries": run_retries([snap, *copies, *verified, *retention, *rpo])}

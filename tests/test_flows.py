@@ -63,6 +63,9 @@ def test_protect_then_restore_flows(prefect_harness, region_config, tmp_path):
     assert [r["skipped"] for r in out["retention"]] == [True, True]  # no retention: configured
     [rpo] = out["rpo"]
     assert rpo["region"] == "secondary" and rpo["newest"] == sid and rpo["ok"] and rpo["age_s"] < 300
+    from llmdr.common.runs import read_marks  # the run record behind llmdr_protect_last_success_timestamp_seconds
+
+    assert {m.operation: m.detail.get("snapshot") for m in read_marks(region_config.state_path)}["protect"] == sid
     res = restore_bundle(target=str(tmp_path / "restored"), region="secondary", snapshot=sid[:8],
                          config_path=str(cfg_path))
     assert res["snapshot_id"] == sid

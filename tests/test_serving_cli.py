@@ -227,6 +227,8 @@ def test_stack_up_refuses_ports_of_servers_it_did_not_start(stack, tmp_path):
 
 
 def test_stack_up_without_and_with_serving(stack, tmp_path):
+    from llmdr.metrics import service as metrics_service
+
     cfg = on_session_servers(stack, make_served_config(stack, tmp_path))
     write_demo_bundle(cfg.bundle_path)
     sid = ops.snapshot_bundle(cfg).snapshot_id
@@ -254,3 +256,4 @@ def test_stack_up_without_and_with_serving(stack, tmp_path):
         assert {r.name: region_pid(stack, r) for r in stack.regions} == weeds  # the same S3 servers
     finally:
         stop_serving(cfg, router=True)
+        metrics_service.stop(cfg)  # the exporter `stack up` started (the session's S3 servers keep it alive)

@@ -9,6 +9,7 @@ from llmdr.cli import (  # noqa: F401  (imported for their @app.command registra
     cmd_failover,
     cmd_init,
     cmd_lineage,
+    cmd_metrics,
     cmd_migrate,
     cmd_readiness,
     cmd_replicate,

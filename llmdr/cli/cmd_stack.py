@@ -68,6 +68,12 @@ def stack_up(
         ml = mlflowui.start(cfg, mlflow_port)
         text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
         out["mlflow"] = ml
+    if cfg.metrics.with_stack:  # the Prometheus exporter (metrics: in llmdr.yaml); its trouble never fails the stack
+        from llmdr.metrics import service as metrics_service
+
+        exporter = metrics_service.start(cfg)
+        text += "\n" + exporter.line()
+        out["metrics"] = exporter.to_json()
     emit(as_json, out, text)
 
 
@@ -104,6 +110,10 @@ def stack_status(
     text = _status_table(rows)
     if orchestration.running(cfg):
         text += "\n" + orchestration.describe(orchestration.status(cfg))
+    if cfg.metrics.with_stack:
+        from llmdr.metrics import service as metrics_service
+
+        text += "\n" + metrics_service.status(cfg).line()
     emit(as_json, [s.to_json() for s in rows], text)
     if not all(s.healthy for s in rows):
         raise typer.Exit(3)

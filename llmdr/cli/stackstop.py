@@ -35,7 +35,7 @@ class Stopped:
 
 def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
     """Stop a region's S3 server and serving replica (``region``), or every local region's plus the router, the
-    Prefect server, worker and runner and the MLflow UI; in that order, each by its PID. Returns one
+    Prefect server, worker and runner, the MLflow UI and the metrics exporter; in that order, each by its PID. Returns one
     :class:`Stopped` per process it looked for."""
     from llmdr.common.process import alive
     from llmdr.config import CaddyRouter
@@ -59,6 +59,10 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
                        Stopped("Prefect server", None, st.server_pid)], lambda: orchestration.stop(cfg)))
         ml = mlflowui.status(cfg)
         steps.append(([Stopped("MLflow UI", None, ml["pid"] if ml else None)], lambda: mlflowui.stop(cfg)))
+        from llmdr.metrics import service as metrics_service
+
+        steps.append(([Stopped("metrics exporter (Prometheus)", None, metrics_service.pid(cfg))],
+                      lambda: metrics_service.stop(cfg)))
     for r in regions:
         steps.append(([Stopped("S3 server (SeaweedFS)", r.name, region_pid(cfg, r))],
                       lambda r=r: stop_region(cfg, r)))

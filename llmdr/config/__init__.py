@@ -21,6 +21,7 @@ from llmdr.config.sections import (
     Dataset,
     Drill,
     Failover,
+    Metrics,
     Monitor,
     Notifications,
     Objectives,
@@ -36,7 +37,7 @@ from llmdr.config.values import DEFAULT_CONFIG, ComponentKind, format_duration, 
 
 __all__ = [
     "DEFAULT_CONFIG", "Bundle", "CaddyRouter", "Checkpoints", "Component", "ComponentKind", "Config", "Contact",
-    "Credentials", "Dataset", "Drill", "Encryption", "Failover", "LocalServer", "ManifestSigning", "Monitor",
+    "Credentials", "Dataset", "Drill", "Encryption", "Failover", "LocalServer", "ManifestSigning", "Metrics", "Monitor",
     "Notifications", "ObjectLock", "Objectives", "Readiness", "Region", "Retention", "Route53Router", "Runbook",
     "Serving", "Signing", "Tracking", "Transfer", "format_duration", "load_config", "parse_config", "parse_duration",
 ]

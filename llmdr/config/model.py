@@ -16,6 +16,7 @@ from llmdr.config.sections import (
     Dataset,
     Drill,
     Failover,
+    Metrics,
     Monitor,
     Notifications,
     Objectives,
@@ -46,6 +47,7 @@ class Config(StrictModel):
     router: CaddyRouter | Route53Router | None = Field(default=None, discriminator="kind")
     monitor: Monitor = Monitor()  # how endpoints are probed and judged healthy, degraded or down
     failover: Failover = Failover()  # whether and how traffic moves when the active region is down
+    metrics: Metrics = Metrics()  # the Prometheus exporter (`llmdr metrics serve`; `llmdr stack up` starts it)
     notifications: Notifications | None = None  # who hears of failovers and failed checks; null: nobody is told
     drill: Drill = Drill()  # how a DR drill simulates the outage and where its signed reports go
     # DVC datasets validated and pushed to every region with each protect-bundle run; empty: none.
@@ -129,6 +131,8 @@ class Config(StrictModel):
         if isinstance(self.router, CaddyRouter):
             more += [("the router", urlparse(self.router.listen).port), ("the router admin API",
                                                                           urlparse(self.router.admin).port)]
+        if self.metrics.with_stack and used and self.metrics.host in loopback:  # `llmdr stack up` binds it
+            more.append(("metrics.listen (the exporter `llmdr stack up` starts)", self.metrics.port))
         for what, port in more:
             if port in used:
                 raise ValueError(f"{what} wants port {port}, already used by {used[port]}; pick another port")

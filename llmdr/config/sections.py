@@ -1,5 +1,5 @@
 """The other sections of ``llmdr.yaml``: the bundle and its components, objectives, retention, checkpoints,
-transfer settings, the router (Caddy or Route 53), monitoring, failover, notifications, drill signing, datasets,
+transfer settings, the router (Caddy or Route 53), monitoring, the metrics exporter, failover, notifications, drill signing, datasets,
 readiness, the runbook's contacts and the MLflow tracking store."""
 
 from __future__ import annotations
@@ -179,6 +179,52 @@ class Monitor(StrictModel):
     @classmethod
     def _dur(cls, v: Any) -> timedelta:
         return parse_duration(v)
+
+
+class Metrics(StrictModel):
+    """The Prometheus exporter: `llmdr metrics serve` in the foreground, and `llmdr stack up` next to the local stack
+    (docs/guide/metrics.md lists every metric)."""
+
+    # host:port the exporter listens on, e.g. 127.0.0.1:18309 (/metrics for Prometheus, / a small HTML view). It has
+    # no authentication: keep it on loopback, or behind a proxy or firewall that only lets Prometheus in.
+    listen: str = "127.0.0.1:18309"
+    # true: `llmdr stack up` starts the exporter on listen (and `llmdr stack down` stops it); false: only
+    # `llmdr metrics serve` runs it.
+    with_stack: bool = True
+    # How long scrapes reuse what one read: each region's newest snapshot (one catalog read per region), the drill
+    # reports, the failover history and run records, the monitor's verdicts. Probe histograms are always live.
+    cache: timedelta = timedelta(seconds=15)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, port = split_listen(v)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) as (host, port); ValueError saying what is wrong."""
+    example = "write host:port, e.g. 127.0.0.1:18309"
+    if not isinstance(text, str) or "//" in text or "/" in text:
+        raise ValueError(f"{text!r} is not host:port (no scheme, no path); {example}")
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port with a port from 1 to 65535; {example}")
+    return host, int(port)
 
 
 class Failover(StrictModel):

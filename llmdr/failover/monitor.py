@@ -292,6 +292,19 @@ class SampleStore:
             df = pd.read_sql(f"SELECT * FROM ({sql}) ORDER BY ts, _row", con, params=params)
         return _typed(df.drop(columns="_row").reset_index(drop=True))
 
+    def last_row(self) -> int:
+        """The newest sample's row number (0 when empty): where a reader that tails the store starts."""
+        with self._connect() as con:
+            return int(con.execute("SELECT COALESCE(MAX(rowid), 0) FROM samples").fetchone()[0])
+
+    def rows_after(self, row: int, limit: int = 10_000) -> list[tuple[int, Sample]]:
+        """Samples written after row ``row``, oldest first, with their row numbers (the metrics exporter's tail)."""
+        with self._connect() as con:
+            rows = con.execute(f"SELECT rowid, {', '.join(COLUMNS)} FROM samples WHERE rowid > ? ORDER BY rowid "
+                               "LIMIT ?", (row, limit)).fetchall()
+        return [(r[0], Sample(r[1], r[2], r[3], bool(r[4]), *r[5:9], None if r[9] is None else bool(r[9]), r[10]))
+                for r in rows]
+
     def prune(self, older_than: float) -> int:
         """Delete samples taken before ``older_than`` (unix time); returns how many."""
         with self._connect() as con:

@@ -161,7 +161,12 @@ def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | No
         raise IntegrityError(f"{manifest.problem()}; {hint}")
     res = verify_snapshot(repo, sid, subset=subset, repair_from=sources, workers=cfg.transfer.download_workers,
                           progress=progress, read=read)
-    return SnapshotCheck.of(res, manifest, repo)
+    check = SnapshotCheck.of(res, manifest, repo)
+    if check.ok and read and as_of is None and not hidden:  # read back today, sound, nothing behind a delete marker
+        from llmdr.common.runs import record_run
+
+        record_run(cfg.state_path, "verify", region=reg.name, snapshot=sid, sample=sample)
+    return check
 
 
 def resolve_checked(cfg: Config, repo: Repository, ref: str,

@@ -144,6 +144,11 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
             add(_guard(f"footprint/{r.name}", f"Storage footprint and cost: {r.name}",
                        lambda r=r: check_footprint(cfg, r, repo_of(r))))
     rep.duration_s = time.perf_counter() - t0
+    if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
+        from llmdr.common.runs import record_run
+
+        record_run(cfg.state_path, "readiness", ts=t, score=rep.score, verdict=rep.verdict,
+                       checks={s: sum(c.status == s for c in rep.checks) for s in (PASS, WARN, FAIL)})
     log.info("readiness of %s: %s, score %d (%d checks, %.1fs)", cfg.bundle.name, rep.verdict, rep.score,
              len(rep.checks), rep.duration_s)
     return rep
