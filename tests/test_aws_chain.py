@@ -273,11 +273,14 @@ def test_region_without_endpoint_reaches_seaweedfs_via_aws_endpoint_url_s3_and_s
     aws_env.setenv("LLMDR_AWSC_AK", keys.access_key_id)
     aws_env.setenv("LLMDR_AWSC_SK", keys.secret_access_key)
     aws_env.setenv("AWS_ENDPOINT_URL_S3", p.endpoint)
+    write_profiles(tmp_path, {"stranger": ("AKIASTRANGER00000001", "not-the-servers-secret")})
     named = "{access_key_env: LLMDR_AWSC_AK, secret_key_env: LLMDR_AWSC_SK}"
     cfg = config(tmp_path, region("primary", "primary", p.bucket, credentials=named,
                                   lines=f"prefix: {fresh_prefix()}\ns3_region: us-east-1"),
                  region("secondary", "secondary", "llmdr-no-such-bucket", credentials=named,
-                        lines="s3_region: eu-west-1"))
+                        lines="s3_region: eu-west-1"),
+                 region("stranger", "secondary", p.bucket, credentials="{profile: stranger}",
+                        lines="s3_region: us-west-2"))
     store = open_region(cfg, cfg.primary)
     store.put("probe", b"through the environment's endpoint")  # path-style: a custom endpoint, though no endpoint:
     assert store.get("probe") == b"through the environment's endpoint"
@@ -286,6 +289,10 @@ def test_region_without_endpoint_reaches_seaweedfs_via_aws_endpoint_url_s3_and_s
     with pytest.raises(BucketNotFound, match=r"bucket 'llmdr-no-such-bucket' does not exist at " + want.replace(
             "(", r"\(").replace(")", r"\)")):
         adapter(cfg, cfg.secondaries[0]).check_access()
+    with pytest.raises(AccessDenied) as denied:  # the message names the effective endpoint and where the keys came from
+        adapter(cfg, cfg.secondaries[1]).check_access()
+    assert want in str(denied.value) and "(AWS default chain: shared credentials file, profile 'stranger'; see " \
+        "credentials: in llmdr.yaml)" in str(denied.value)
 
 
 # --- addressing style ------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def region_s3(region: Region, keys: Keys, **options: Any) -> S3Store:
     return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
                    secret_access_key=keys.secret_access_key, session_token=keys.session_token,
                    region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
-                   profile=region.credentials.profile, **options)
+                   profile=region.credentials.profile, keys_from=keys.source, **options)
 
 
 def retrying(store: BlobStore, region: Region, attempts: int) -> BlobStore:

@@ -67,17 +67,20 @@ class S3Store:
         object_lock: tuple[str, float] | None = None,
         addressing_style: str = "auto",
         profile: str | None = None,
+        keys_from: str = "",
     ) -> None:
         """``object_lock`` = (mode, seconds): every put is locked (COMPLIANCE or GOVERNANCE) until now + seconds, and
         ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones.
         ``endpoint_url`` None: the endpoint botocore resolves (AWS_ENDPOINT_URL_S3, the ``profile``'s endpoint_url,
-        else AWS S3 in ``region_name``); ``addressing_style`` auto: path-style there unless it is AWS itself."""
+        else AWS S3 in ``region_name``); ``addressing_style`` auto: path-style there unless it is AWS itself.
+        ``keys_from`` names where the keys came from (``Keys.source``: names only) for access-denied messages."""
         from botocore.config import Config
 
         from llmdr.storage.aws import effective_endpoint, session
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.keys_from = keys_from or "the environment variables it names"
         self.endpoint = effective_endpoint(endpoint_url, region_name, addressing_style, profile)
         self.endpoint_url = self.endpoint.url  # the effective one, wherever it was set
         self.where = self.endpoint.describe(region_name)
@@ -135,7 +138,7 @@ class S3Store:
             if code in _DENIED or status == 403:
                 return AccessDenied(
                     f"{what}: access denied ({code}{': ' + msg if msg else ''}). Check the credentials this region "
-                    "reads (the environment variables named under credentials: in llmdr.yaml) and their permissions."
+                    f"reads ({self.keys_from}; see credentials: in llmdr.yaml) and their permissions."
                 )
             if code in _INTEGRITY:
                 return IntegrityError(f"{what}: the server rejected the bytes as damaged in transit ({code}); nothing was written")
