@@ -246,6 +246,11 @@ def test_aws_endpoint_url_s3_making_both_regions_one_store_fails_separation(tmp_
                          "sends both regions there (llmdr.yaml names no endpoint for them)")
     assert "unset AWS_ENDPOINT_URL_S3" in c.action
     assert c.data["endpoint_sources"] == ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_S3"]
+    # one region moved by the environment, the other named in llmdr.yaml: apart, but not where the file says
+    moved = config(tmp_path, region("use1", "primary", "llmdr-use1", lines="s3_region: us-east-1"),
+                   region("euw1", "secondary", "llmdr-euw1", endpoint="https://s3.example.net"), name="moved.yaml")
+    (w,) = check_separation(moved)
+    assert w.status == "WARN" and "use1's endpoint http://127.0.0.1:9 is set by AWS_ENDPOINT_URL_S3" in w.summary
 
 
 def test_a_profiles_endpoint_url_is_found_and_named(tmp_path, aws_env):

@@ -201,7 +201,8 @@ def check_separation(cfg: Config) -> list[Check]:
                    if moved else "point the DR region at another site")
             out.append(Check(cid, title, FAIL, f"same {' and '.join(same)}{why}", act, data))
             continue
-        warns = []
+        warns = [f"{x.name}'s endpoint {e.url} is set by {e.source}, not llmdr.yaml" for x, e in ((p, pe), (r, re_))
+                 if e.source not in ("llmdr.yaml", "AWS")]
         if ph == rh:
             warns.append(f"both stores run on host {ph}")
         if p.s3_region == r.s3_region:
