@@ -342,3 +342,15 @@ def test_effective_endpoint_asks_botocore(aws_env):
     aws_env.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8")  # the service-specific one wins, as in botocore
     assert effective_endpoint(None, "eu-west-1").source == "AWS_ENDPOINT_URL_S3"
     assert effective_endpoint("http://127.0.0.1:1", "eu-west-1").url == "http://127.0.0.1:1"  # llmdr.yaml wins
+
+
+def test_runbook_names_the_default_chain_and_each_regions_profile(tmp_path):
+    from llmdr.drill.runbook import render_runbook
+
+    cfg = config(tmp_path, region("use1", "primary", "llmdr-use1", lines="s3_region: us-east-1"),
+                 region("euw1", "secondary", "llmdr-euw1", credentials="{profile: dr-account}",
+                        lines="s3_region: eu-west-1"))
+    md = render_runbook(cfg, drills=[])
+    line = next(x for x in md.splitlines() if x.startswith("- **euw1** storage:"))
+    assert "the AWS default credential chain with profile `dr-account`" in line and "None" not in md
+    assert "- **use1** storage: the AWS default credential chain (`AWS_PROFILE`" in md
