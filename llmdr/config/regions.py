@@ -16,12 +16,15 @@ from llmdr.errors import UsageError
 
 
 class Credentials(StrictModel):
-    """Where a region's keys come from. Environment variables by default; or a Prefect Secret block holding
-    ``{"access_key_id": ..., "secret_access_key": ...}``."""
+    """Where a region's keys come from: environment variables named here, or a Prefect Secret block holding
+    ``{"access_key_id": ..., "secret_access_key": ...}``; with neither (or no ``credentials:`` at all), AWS's default
+    credential chain as botocore runs it: environment AWS_ACCESS_KEY_ID/..., web identity (IRSA), SSO, AWS_PROFILE or
+    ``profile`` with the shared config and credentials files, container and instance roles. A region that names
+    variables or a block never falls back to the chain."""
 
     # Name of the environment variable holding the access key id, e.g. LLMDR_PRIMARY_ACCESS_KEY_ID; read from the
-    # environment, else from <state_dir>/local.env (where `llmdr stack up` writes local regions' keys). Needed, with
-    # secret_key_env, unless prefect_secret_block is given.
+    # environment, else from <state_dir>/local.env (where `llmdr stack up` writes local regions' keys). Given with
+    # secret_key_env; null (and no prefect_secret_block): AWS's default credential chain.
     access_key_env: str | None = None
     # Name of the environment variable holding the secret access key (looked up like access_key_env).
     secret_key_env: str | None = None
@@ -35,8 +38,12 @@ class Credentials(StrictModel):
     # variable holding an ISO-8601 time, e.g. AWS_CREDENTIAL_EXPIRATION as set by `aws configure
     # export-credentials` and aws-vault. A Prefect Secret block may carry an "expiration" field instead.
     expiration_env: str | None = None
-    # Assume this IAM role with the keys above (STS AssumeRole) and use the temporary credentials it returns;
-    # their expiry is then known exactly.
+    # A named profile of the shared AWS config/credentials files for this region's keys (and its endpoint_url, if
+    # it sets one), instead of AWS_PROFILE; only with the default chain (no key variables, no block). Lets two
+    # regions use two accounts without mixing their keys.
+    profile: str | None = None
+    # Assume this IAM role with the keys above, or with the default chain's (STS AssumeRole), and use the temporary
+    # credentials it returns; their expiry is then known exactly.
     role_arn: str | None = None
     # The STS endpoint that role_arn is assumed through (an http(s) URL, any STS-compatible service); null: AWS STS
     # in s3_region.
@@ -60,8 +67,18 @@ class Credentials(StrictModel):
         env = self.access_key_env or self.secret_key_env
         if self.prefect_secret_block and env:
             raise ValueError("give either access_key_env/secret_key_env or prefect_secret_block, not both")
-        if not self.prefect_secret_block and not (self.access_key_env and self.secret_key_env):
-            raise ValueError("name both access_key_env and secret_key_env (environment variable names)")
+        if env and not (self.access_key_env and self.secret_key_env):
+            raise ValueError("name both access_key_env and secret_key_env (environment variable names), or neither "
+                             "to use the AWS default credential chain (AWS_PROFILE, SSO, web identity, roles)")
+        if self.profile is not None:
+            if env or self.prefect_secret_block:
+                raise ValueError("profile is for the AWS default credential chain: give it without access_key_env/"
+                                 "secret_key_env and prefect_secret_block")
+            if not re.fullmatch(r"[\w+=,.@:/-]{1,128}", self.profile):
+                raise ValueError(f"profile {self.profile!r} is not an AWS profile name (letters, digits, _+=,.@:/-)")
+        if self.default_chain and (self.session_token_env or self.expiration_env):
+            raise ValueError("session_token_env and expiration_env go with access_key_env/secret_key_env; the AWS "
+                             "default chain finds the session token and expiry itself")
         if self.role_arn is not None and not re.fullmatch(r"arn:[a-z-]+:iam::\d{12}:role/[\w+=,.@/-]+", self.role_arn):
             raise ValueError(f"role_arn {self.role_arn!r} is not an IAM role ARN like arn:aws:iam::123456789012:role/llmdr")
         if not 900 <= self.session_duration.total_seconds() <= 43200:
@@ -69,6 +86,11 @@ class Credentials(StrictModel):
         for field in ("access_key_env", "secret_key_env", "session_token_env", "expiration_env"):
             env_name(field, getattr(self, field))
         return self
+
+    @property
+    def default_chain(self) -> bool:
+        """No key variables and no block: the keys come from AWS's default credential chain."""
+        return not (self.prefect_secret_block or self.access_key_env or self.secret_key_env)
 
 
 class LocalServer(StrictModel):
@@ -217,7 +239,9 @@ class Region(StrictModel):
     # Exactly one primary: snapshots are taken there, it serves traffic normally and failback returns to it. Every
     # secondary is a disaster-recovery copy that protect-bundle copies each snapshot to, and a failover target.
     role: Literal["primary", "secondary"]
-    # URL of an S3-compatible server (SeaweedFS, MinIO...), e.g. http://127.0.0.1:8333; null: AWS S3 in s3_region.
+    # URL of an S3-compatible server (SeaweedFS, MinIO...), e.g. http://127.0.0.1:8333; it wins over everything else.
+    # null: what botocore resolves: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's endpoint_url if set (llmdr
+    # names it in messages, and `llmdr readiness` fails two regions it sends to one endpoint), else AWS S3 in s3_region.
     endpoint: str | None = None
     s3_region: str = "us-east-1"  # the region requests are signed for: the AWS region without an endpoint
     # The bucket holding this region's copy (3-63 lowercase letters, digits, '.', '-'); `llmdr stack up` creates it
@@ -225,7 +249,13 @@ class Region(StrictModel):
     bucket: str
     # Key prefix inside the bucket under which llmdr writes, e.g. llmdr/my-model; "": the bucket's top level.
     prefix: str = ""
-    credentials: Credentials  # where the keys for this region's store come from (names, never the keys)
+    # Where the keys for this region's store come from (names, never the keys); left out: AWS's default credential
+    # chain (AWS_PROFILE, SSO, web identity, container and instance roles).
+    credentials: Credentials = Field(default_factory=Credentials)
+    # S3 addressing: auto = path-style (http://host/bucket/key) for a custom endpoint (SeaweedFS, MinIO, one set by
+    # AWS_ENDPOINT_URL_S3), virtual-hosted (https://bucket.s3.<region>.amazonaws.com/key) for AWS S3; path or virtual
+    # forces one.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
     # Given (`local: {}` is enough): `llmdr stack` runs this region on this machine; null: a remote store.
     local: LocalServer | None = None
     # The region's model server; null: no endpoint here, so it is neither monitored nor a failover target.

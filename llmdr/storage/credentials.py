@@ -1,4 +1,5 @@
-"""Resolve a region's keys at run time: environment first, then the local stack's env file, or a Prefect block;
+"""Resolve a region's keys at run time: the variables named in llmdr.yaml (environment first, then the local stack's
+env file), or a Prefect block, or, when the region names neither, AWS's default credential chain (``aws.py``);
 optionally exchanged for an assumed role's temporary keys (STS AssumeRole).
 
 The local stack (``llmdr stack up``) generates keys for its own servers and keeps them in ``<state_dir>/local.env``
@@ -10,7 +11,7 @@ the ``Expiration`` STS returns for an assumed role. Assumed-role keys are cached
 minutes before they expire. No secret (secret key, session token) ever goes into a log line, a message or
 ``Keys.source``; access key ids appear at most as their first four characters.
 
-``quick_service_lookup`` makes building the process's botocore clients (S3 here and in ``s3``, STS) cheaper.
+``quick_service_lookup`` (in ``aws``) makes building the process's botocore clients (S3, STS) cheaper.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,6 +28,8 @@ from typing import Any
 from llmdr.common.files import atomic_write, private_dir
 from llmdr.config import Config, Region
 from llmdr.errors import AccessDenied, ConfigError, StorageError, TransientStorageError
+from llmdr.storage.aws import chain_keys, clear_sessions, session
+from llmdr.storage.aws import quick_service_lookup as quick_service_lookup  # re-exported: its old home
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ def _base_keys(cfg: Config, region: Region) -> Keys:
     creds = region.credentials
     if creds.prefect_secret_block:
         return _from_prefect_block(region, creds.prefect_secret_block)
+    if creds.default_chain:  # no names in llmdr.yaml: AWS's own chain (profile, SSO, web identity, roles...)
+        return Keys(*chain_keys(region))
     env_file = cfg.state_path / LOCAL_ENV
     fallback = read_env_file(env_file)
     used: dict[str, str] = {}  # variable name -> "environment" | env file path
@@ -184,10 +188,12 @@ _TRANSIENT = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "Serv
 
 
 def clear_cache() -> None:
-    """Forget every cached assumed-role key (tests; or after rotating the base keys)."""
+    """Forget every cached assumed-role key and the default chain's cached credentials (tests; or after rotating the
+    base keys)."""
     with _cache_lock:
         _cache.clear()
         _key_locks.clear()
+    clear_sessions()
 
 
 def _now() -> datetime:
@@ -219,71 +225,13 @@ def _assumed(region: Region, base: Keys) -> Keys:
         return keys
 
 
-def quick_service_lookup(session: Any) -> None:
-    """Give the botocore ``session`` a data loader that checks a service exists by looking at its own folder.
-
-    botocore's loader answers "is there an S3 model?" by listing every service it knows (~430 folders, a listdir
-    and a stat each) before loading the S3 model, and again for its endpoint rules: ~20 ms of every command. This
-    loader's answer is a :class:`_ServiceNames`, which checks one folder for ``in`` and lists them all only when
-    iterated (an unknown service's error message): the same answers, for any service. Idempotent."""
-    from botocore.loaders import Loader
-
-    if getattr(session.get_component("data_loader"), "quick_service_lookup", False):
-        return
-    data_path = session.get_config_variable("data_path")  # AWS_DATA_PATH, as botocore's own create_loader reads it
-    extra = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else None
-
-    class QuickLoader(Loader):
-        quick_service_lookup = True
-
-        def list_available_services(self, type_name: str) -> Sequence[str]:
-            return _ServiceNames(self, type_name, full=lambda: Loader.list_available_services(self, type_name))
-
-    session.register_component("data_loader", QuickLoader(extra_search_paths=extra))
-
-
-class _ServiceNames(Sequence):
-    """The services a botocore loader has a ``type_name`` model of (e.g. service-2): ``name in`` looks in that
-    service's folders only; iterating, indexing or ``len`` list them all as botocore does (``full``), once."""
-
-    def __init__(self, loader: Any, type_name: str, full: Any) -> None:
-        self._loader, self._type, self._full, self._names = loader, type_name, full, None
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str) or not name or os.sep in name:
-            return False
-        for base in self._loader.search_paths:
-            folder = os.path.join(base, name)
-            if os.path.isdir(folder) and any(self._loader.file_loader.exists(os.path.join(folder, version, self._type))
-                                             for version in os.listdir(folder)):
-                return True
-        return False
-
-    def _all(self) -> list[str]:
-        if self._names is None:
-            self._names = list(self._full())
-        return self._names
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._all()[i]
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-
 def _sts_client(region: Region, keys: Keys):
     from botocore.config import Config as BotoConfig
-
-    from llmdr.storage.s3 import shared_session
 
     # One attempt: bad keys must fail at once, and a transient fault surfaces as TransientStorageError for the
     # caller's retry layer (Prefect task retries), as for S3.
     config = BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=30)
-    quick_service_lookup(shared_session())
-    return shared_session().create_client(
+    return session(region.credentials.profile).create_client(
         "sts",
         endpoint_url=region.credentials.sts_endpoint,
         region_name=region.s3_region,

@@ -11,12 +11,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from llmdr.config import Config, Region
+from llmdr.storage.aws import quick_service_lookup
 from llmdr.storage.base import BlobStore
-from llmdr.storage.credentials import quick_service_lookup, resolve_keys
+from llmdr.storage.credentials import resolve_keys
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 
 if TYPE_CHECKING:
+    from llmdr.storage.credentials import Keys
     from llmdr.storage.crypto import SigningStore
     from llmdr.storage.s3 import S3Store
 
@@ -53,24 +55,30 @@ def adapter(cfg: Config, region: Region) -> S3Store:
     from llmdr.common.gcpause import gc_paused
 
     with gc_paused():  # botocore's import: many objects, no garbage
-        from llmdr.storage.s3 import S3Store, shared_session
+        from llmdr.storage.s3 import shared_session
 
         quick_service_lookup(shared_session())
     keys = resolve_keys(cfg, region)  # may ask STS for an assumed role's keys: not inside the pause
     with gc_paused():  # the client's service model: ~100k objects of parsed JSON, no garbage
-        return S3Store(
-            bucket=region.bucket,
-            endpoint_url=region.endpoint,
-            access_key_id=keys.access_key_id,
-            secret_access_key=keys.secret_access_key,
-            session_token=keys.session_token,
-            region_name=region.s3_region,
+        return region_s3(
+            region, keys,
             prefix=region.prefix,
             max_pool_connections=max(16, cfg.transfer.workers * 2),
-            name=region.name,
             object_lock=((region.object_lock.mode, region.object_lock.period.total_seconds())
                          if region.object_lock else None),
         )
+
+
+def region_s3(region: Region, keys: Keys, **options: Any) -> S3Store:
+    """An ``S3Store`` on the region's bucket with ``keys``: its endpoint as botocore resolves it (llmdr.yaml, else
+    AWS_ENDPOINT_URL_S3 / the profile's endpoint_url, else AWS S3), its addressing style and profile. ``options``:
+    more ``S3Store`` arguments (prefix, timeouts...)."""
+    from llmdr.storage.s3 import S3Store
+
+    return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
+                   secret_access_key=keys.secret_access_key, session_token=keys.session_token,
+                   region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
+                   profile=region.credentials.profile, keys_from=keys.source, **options)
 
 
 def retrying(store: BlobStore, region: Region, attempts: int) -> BlobStore:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -40,20 +39,12 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted"}
 
 
-_session_lock = threading.Lock()
-_session = None
-
-
 def shared_session():
-    """One botocore session per process: building a client parses the S3 service model (~0.2 s); the session's
-    loader caches it, so the second region's client is cheap."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            import botocore.session
+    """The process's botocore session (``aws.session``: one per AWS_* environment): building a client parses the S3
+    service model (~0.2 s); the session's loader caches it, so the second region's client is cheap."""
+    from llmdr.storage.aws import session
 
-            _session = botocore.session.get_session()
-        return _session
+    return session()
 
 
 class S3Store:
@@ -74,20 +65,30 @@ class S3Store:
         read_timeout: float = 60.0,
         name: str = "",
         object_lock: tuple[str, float] | None = None,
+        addressing_style: str = "auto",
+        profile: str | None = None,
+        keys_from: str = "",
     ) -> None:
         """``object_lock`` = (mode, seconds): every put is locked (COMPLIANCE or GOVERNANCE) until now + seconds, and
-        ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones."""
+        ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones.
+        ``endpoint_url`` None: the endpoint botocore resolves (AWS_ENDPOINT_URL_S3, the ``profile``'s endpoint_url,
+        else AWS S3 in ``region_name``); ``addressing_style`` auto: path-style there unless it is AWS itself.
+        ``keys_from`` names where the keys came from (``Keys.source``: names only) for access-denied messages."""
         from botocore.config import Config
+
+        from llmdr.storage.aws import effective_endpoint, session
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.endpoint_url = endpoint_url
-        where = endpoint_url or f"AWS {region_name}"
+        self.keys_from = keys_from or "the environment variables it names"
+        self.endpoint = effective_endpoint(endpoint_url, region_name, addressing_style, profile)
+        self.endpoint_url = self.endpoint.url  # the effective one, wherever it was set
+        self.where = self.endpoint.describe(region_name)
         label = f"region '{name}' " if name else ""
-        self.location = f"{label}s3://{bucket}/{self.prefix} at {where}"
+        self.location = f"{label}s3://{bucket}/{self.prefix} at {self.where}"
         self._lock_policy = LockPolicy(object_lock[0], float(object_lock[1])) if object_lock else None
         config = Config(
-            s3={"addressing_style": "path", "payload_signing_enabled": False},
+            s3={"addressing_style": self.endpoint.addressing_style, "payload_signing_enabled": False},
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -97,7 +98,7 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        self._client = shared_session().create_client(
+        self._client = session(profile).create_client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
@@ -129,7 +130,7 @@ class S3Store:
             msg = err.get("Message", "")
             if code == "NoSuchBucket":
                 return BucketNotFound(
-                    f"bucket '{self.bucket}' does not exist at {self.endpoint_url or 'AWS'} ({what}). Create it, "
+                    f"bucket '{self.bucket}' does not exist at {self.where} ({what}). Create it, "
                     "or for the local stack run `llmdr stack up`."
                 )
             if code in _NOT_FOUND:
@@ -137,7 +138,7 @@ class S3Store:
             if code in _DENIED or status == 403:
                 return AccessDenied(
                     f"{what}: access denied ({code}{': ' + msg if msg else ''}). Check the credentials this region "
-                    "reads (the environment variables named under credentials: in llmdr.yaml) and their permissions."
+                    f"reads ({self.keys_from}; see credentials: in llmdr.yaml) and their permissions."
                 )
             if code in _INTEGRITY:
                 return IntegrityError(f"{what}: the server rejected the bytes as damaged in transit ({code}); nothing was written")
@@ -148,7 +149,7 @@ class S3Store:
             return StorageError(f"{what}: {code or status} {msg}".strip())
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
             return TransientStorageError(
-                f"{what}: cannot connect to {self.endpoint_url or 'AWS'}. Is the server up? For the local stack: "
+                f"{what}: cannot connect to {self.where}. Is the server up? For the local stack: "
                 "`llmdr stack status`."
             )
         if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
@@ -262,7 +263,7 @@ class S3Store:
             mapped = self._map(exc, "head bucket", None)
             if isinstance(mapped, ObjectNotFound):
                 raise BucketNotFound(
-                    f"bucket '{self.bucket}' does not exist at {self.endpoint_url or 'AWS'}. Create it, or for the "
+                    f"bucket '{self.bucket}' does not exist at {self.where}. Create it, or for the "
                     "local stack run `llmdr stack up`."
                 ) from exc
             raise mapped from exc
@@ -476,7 +477,7 @@ class S3Store:
                     Bucket=self.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
             except Exception as exc:
                 raise ObjectLockUnavailable(
-                    f"bucket '{self.bucket}' at {self.endpoint_url or 'AWS'} exists without Object Lock and the "
+                    f"bucket '{self.bucket}' at {self.where} exists without Object Lock and the "
                     f"server refused to enable it ({self._map(exc, 'enable Object Lock on bucket', None)}). Object Lock "
                     "can only be set when a bucket is created here: point the region at a new bucket (llmdr copies "
                     "the snapshots in on the next protect) or remove object_lock: from the region."

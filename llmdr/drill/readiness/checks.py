@@ -23,23 +23,21 @@ from llmdr.repo.verify import chunk_where
 def check_credentials(cfg: Config, region: Region, now: float) -> Check:
     """A real signed call with the region's keys, and their expiry where the provider tells it."""
     from llmdr.storage.credentials import resolve_keys
-    from llmdr.storage.s3 import S3Store
+    from llmdr.storage.factory import region_s3
 
     cid, title = f"credentials/{region.name}", f"Credentials: {region.name}"
     keys = resolve_keys(cfg, region)
     where = keys_source(keys, region)
-    store = S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
-                    secret_access_key=keys.secret_access_key, session_token=keys.session_token,
-                    region_name=region.s3_region, prefix=region.prefix, name=region.name, connect_timeout=3,
-                    read_timeout=10)
+    store = region_s3(region, keys, prefix=region.prefix, connect_timeout=3, read_timeout=10)
     t0 = time.perf_counter()
     store.check_access()  # signed ListObjectsV2 on the bucket: wrong keys, missing bucket, unreachable all fail here
     call_ms = (time.perf_counter() - t0) * 1000
-    data: dict[str, Any] = {"source": where, "signed_call": "s3:ListObjectsV2", "call_ms": round(call_ms, 1)}
+    data: dict[str, Any] = {"source": where, "signed_call": "s3:ListObjectsV2", "call_ms": round(call_ms, 1),
+                            "endpoint": store.endpoint_url, "endpoint_source": store.endpoint.source}
     expiration = getattr(keys, "expiration", None)
     if expiration is None:
-        return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where}; the "
-                     "provider exposes no expiry (static keys: rotate them on your schedule)", data=data)
+        return Check(cid, title, PASS, f"signed S3 call accepted by {store.where} ({call_ms:.0f} ms); keys from "
+                     f"{where}; the provider exposes no expiry (static keys: rotate them on your schedule)", data=data)
     left = expiration.timestamp() - now
     data |= {"expires_utc": utc_text(expiration.timestamp()), "expires_in_s": round(left)}
     rto = cfg.objectives.rto.total_seconds()
@@ -56,8 +54,8 @@ def check_credentials(cfg: Config, region: Region, now: float) -> Check:
         return Check(cid, title, WARN, f"signed S3 call accepted; keys expire in {ago(left)} "
                      f"({utc_text(expiration.timestamp())})", "renew them before they expire; with role_arn llmdr "
                      "renews them itself", data)
-    return Check(cid, title, PASS, f"signed S3 call accepted ({call_ms:.0f} ms); keys from {where} valid for "
-                 f"{ago(left)}", data=data)
+    return Check(cid, title, PASS, f"signed S3 call accepted by {store.where} ({call_ms:.0f} ms); keys from {where} "
+                 f"valid for {ago(left)}", data=data)
 
 
 def keys_source(keys: Any, region: Region) -> str:
@@ -65,6 +63,8 @@ def keys_source(keys: Any, region: Region) -> str:
     if src:
         return src
     c = region.credentials
+    if c.default_chain:
+        return "AWS default chain" + (f", profile '{c.profile}'" if c.profile else "")
     return f"Prefect Secret block '{c.prefect_secret_block}'" if c.prefect_secret_block else \
         f"environment {c.access_key_env}/{c.secret_key_env}"
 
@@ -170,24 +170,39 @@ def check_drill(cfg: Config, now: float) -> Check:
 
 
 def check_separation(cfg: Config) -> list[Check]:
+    """Each DR region against the primary, on the endpoints botocore will really use (llmdr.yaml's, else
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / the profile's endpoint_url, else AWS S3 in s3_region): one endpoint for
+    both is one store, whatever the config file says."""
+    from llmdr.storage.aws import region_endpoint
+
     out = []
     p = cfg.primary
+    pe = region_endpoint(p)
     for r in cfg.secondaries:
         cid, title = f"separation/{r.name}", f"Regions separate: {p.name} / {r.name}"
-        ph = urlparse(p.endpoint).hostname if p.endpoint else f"s3.{p.s3_region}.amazonaws.com"
-        rh = urlparse(r.endpoint).hostname if r.endpoint else f"s3.{r.s3_region}.amazonaws.com"
-        data = {"names": [p.name, r.name], "endpoints": [p.endpoint or ph, r.endpoint or rh],
+        re_ = region_endpoint(r)
+        ph, rh = urlparse(pe.url).hostname or pe.url, urlparse(re_.url).hostname or re_.url
+        data = {"names": [p.name, r.name], "endpoints": [pe.url, re_.url],
+                "endpoint_sources": [pe.source, re_.source], "buckets": [p.bucket, r.bucket],
                 "s3_regions": [p.s3_region, r.s3_region], "hosts": [ph, rh]}
         same = []
         if p.name == r.name:
             same.append("region name")
-        if (p.endpoint or ph) == (r.endpoint or rh):
-            same.append("endpoint")
+        if pe.url.rstrip("/").lower() == re_.url.rstrip("/").lower():
+            same.append(f"endpoint {pe.url}" + (f" (buckets {p.bucket} and {r.bucket})"
+                                                          if p.bucket != r.bucket else f" and bucket {p.bucket}"))
         if same:
-            out.append(Check(cid, title, FAIL, f"same {' and '.join(same)}",
-                             "point the DR region at another site", data))
+            moved = [(x.name, e.source) for x, e in ((p, pe), (r, re_)) if e.source not in ("llmdr.yaml", "AWS")]
+            sources = sorted({src for _, src in moved})
+            why = ("" if not moved else f": {' and '.join(sources)} sends "
+                   f"{'both regions' if len(moved) == 2 else 'region ' + moved[0][0]} there (llmdr.yaml names no "
+                   "endpoint for " + ("them" if len(moved) == 2 else "it") + ")")
+            act = (f"unset {' / '.join(sources)}, or give each region its own endpoint: in llmdr.yaml (which wins)"
+                   if moved else "point the DR region at another site")
+            out.append(Check(cid, title, FAIL, f"same {' and '.join(same)}{why}", act, data))
             continue
-        warns = []
+        warns = [f"{x.name}'s endpoint {e.url} is set by {e.source}, not llmdr.yaml" for x, e in ((p, pe), (r, re_))
+                 if e.source not in ("llmdr.yaml", "AWS")]
         if ph == rh:
             warns.append(f"both stores run on host {ph}")
         if p.s3_region == r.s3_region:
@@ -199,8 +214,8 @@ def check_separation(cfg: Config) -> list[Check]:
                              "fine for a local demo; in production put the DR region on another site, another "
                              "provider region and other hosts", data))
         else:
-            out.append(Check(cid, title, PASS, f"{p.name} at {ph} ({p.s3_region}) vs {r.name} at {rh} "
-                             f"({r.s3_region})", data=data))
+            out.append(Check(cid, title, PASS, f"{p.name} at {pe.describe(p.s3_region)} vs {r.name} at "
+                             f"{re_.describe(r.s3_region)}", data=data))
     return out
 
 

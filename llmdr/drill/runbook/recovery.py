@@ -81,6 +81,10 @@ def credentials(c: Context) -> list[str]:
         if k.prefect_secret_block:
             src = (f"Prefect Secret block {code(k.prefect_secret_block)} (Prefect UI → Blocks; JSON with "
                    "`access_key_id`, `secret_access_key`, optionally `session_token`)")
+        elif k.default_chain:
+            src = ("the AWS default credential chain" + (f" with profile {code(k.profile)}" if k.profile else "")
+                   + " (`AWS_PROFILE` and the shared config/credentials files, SSO, web identity, container or "
+                   "instance role, or `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`)")
         else:
             src = (f"environment variables {code(k.access_key_env)} (access key id) and {code(k.secret_key_env)} "
                    "(secret access key)")
@@ -93,7 +97,7 @@ def credentials(c: Context) -> list[str]:
             more.append(f"assumes role {code(k.role_arn)} through STS "
                         f"{code(safe_url(k.sts_endpoint)) if k.sts_endpoint else '(AWS)'} for "
                         f"{format_duration(k.session_duration)}")
-        if r.is_local and not k.prefect_secret_block:
+        if r.is_local and not k.prefect_secret_block and not k.default_chain:
             more.append(f"on the local stack `llmdr stack up` generates them into {code(rel(cfg.state_dir, 'local.env'))} "
                         "(mode 0600) unless the environment sets them")
         lines.append(f"- **{r.name}** storage: {src}" + ("; " + "; ".join(more) if more else "") + ".")
