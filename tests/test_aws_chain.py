@@ -208,6 +208,23 @@ def test_web_identity_keys_come_from_sts(tmp_path, aws_env, moto):
     assert ident["arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/llmdr/llmdr-irsa"
 
 
+def test_a_store_on_the_chain_signs_with_credentials_botocore_renews(tmp_path, aws_env, moto):
+    """Web-identity keys last about an hour: a store must sign with the session's self-refreshing credentials, not
+    with a copy frozen when it was built, or a transfer longer than that fails half-way."""
+    from botocore.credentials import RefreshableCredentials
+
+    from llmdr.storage.factory import region_s3
+
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bGxtZHI6ZHIifQ.c2ln")
+    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    aws_env.setenv("AWS_ROLE_ARN", ROLE)
+    aws_env.setenv("AWS_ENDPOINT_URL_STS", moto)
+    cfg = aws_pair(tmp_path)
+    store = region_s3(cfg.primary, resolve_keys(cfg, cfg.primary))
+    assert isinstance(store._client._request_signer._credentials, RefreshableCredentials)
+
+
 def test_role_arn_on_top_of_a_profile_without_static_keys_in_llmdr_yaml(tmp_path, aws_env, moto):
     import boto3
 

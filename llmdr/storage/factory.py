@@ -75,6 +75,12 @@ def region_s3(region: Region, keys: Keys, **options: Any) -> S3Store:
     more ``S3Store`` arguments (prefix, timeouts...)."""
     from llmdr.storage.s3 import S3Store
 
+    if region.credentials.default_chain and not region.credentials.role_arn:
+        # botocore's own chain: the client takes the session's self-refreshing credentials rather than the frozen
+        # copy ``keys`` holds, so a transfer that outlives an SSO or web-identity session (~1 h) keeps going
+        return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=None, secret_access_key=None,
+                       region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
+                       profile=region.credentials.profile, keys_from=keys.source, **options)
     return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
                    secret_access_key=keys.secret_access_key, session_token=keys.session_token,
                    region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,

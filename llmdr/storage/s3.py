@@ -55,8 +55,8 @@ class S3Store:
         *,
         bucket: str,
         endpoint_url: str | None,
-        access_key_id: str,
-        secret_access_key: str,
+        access_key_id: str | None,
+        secret_access_key: str | None,
         region_name: str = "us-east-1",
         prefix: str = "",
         session_token: str | None = None,
@@ -73,6 +73,7 @@ class S3Store:
         ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones.
         ``endpoint_url`` None: the endpoint botocore resolves (AWS_ENDPOINT_URL_S3, the ``profile``'s endpoint_url,
         else AWS S3 in ``region_name``); ``addressing_style`` auto: path-style there unless it is AWS itself.
+        ``access_key_id`` None: the ``profile`` session's own credentials (botocore's chain, renewed as they expire).
         ``keys_from`` names where the keys came from (``Keys.source``: names only) for access-denied messages."""
         from botocore.config import Config
 
