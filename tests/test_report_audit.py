@@ -304,7 +304,7 @@ def test_the_python_snippet_in_the_readme_verifies_it(signed, tmp_path):
     assert len(snippet.strip().splitlines()) <= 12
     ok = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and signed["signer"]["fingerprint"] in ok.stdout and "OK" in ok.stdout, ok.stderr
-    (folder / "evidence.json").write_text((folder / "evidence.json").read_text().replace("PASS", "PASS "))
+    (folder / "evidence.json").write_text((folder / "evidence.json").read_text().replace("drillbot", "drillbOt"))
     bad = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "evidence.json changed" in bad.stderr
 
@@ -340,14 +340,13 @@ def test_llmdr_also_checks_the_portable_signature(signed, tmp_path):
     assert res.problems == ["SHA256SUMS.sig is not a valid signature of SHA256SUMS by this key"]
 
 
-def test_hmac_reports_have_an_openssl_recipe_too(tmp_path):
+def test_hmac_reports_have_an_openssl_recipe_too(signed, tmp_path):
     _tools()
     from llmdr.drill.portable import HMAC_RECIPE
 
     key = "0123456789abcdef0123456789abcdef"
-    rec = first_drill(tmp_path)
-    folder = tmp_path / rec["id"]
-    write_report(rec, folder)
+    folder = tmp_path / signed["folder"].name
+    shutil.copytree(signed["folder"], folder)
     sign_folder(folder, Signing(method="hmac"), tmp_path / "state", env={"LLMDR_REPORT_HMAC_KEY": key},
                 portable=True)
     env = dict(__import__("os").environ, LLMDR_REPORT_HMAC_KEY=key)

@@ -140,6 +140,8 @@ def report_verify(
 
     if folder.is_file():
         folder = folder.parent
+    if str(folder) in (".", ".."):  # `llmdr report verify .` inside the folder: name the folder in the output
+        folder = Path(os.path.abspath(folder))
     key = public_key
     hmac_key = None
     try:
