@@ -340,6 +340,18 @@ def test_llmdr_also_checks_the_portable_signature(signed, tmp_path):
     assert res.problems == ["SHA256SUMS.sig is not a valid signature of SHA256SUMS by this key"]
 
 
+def test_a_file_name_sha256sum_would_escape_is_refused_before_anything_changes(signed, tmp_path):
+    from llmdr.errors import UsageError
+
+    folder = tmp_path / signed["folder"].name
+    shutil.copytree(signed["folder"], folder)
+    (folder / "notes\nreport.pdf: OK").write_text("a line that would forge sha256sum's output")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(UsageError, match="holds a newline or backslash; rename it"):
+        sign_folder(folder, Signing(), signed["state"], portable=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_hmac_reports_have_an_openssl_recipe_too(signed, tmp_path):
     _tools()
     from llmdr.drill.portable import HMAC_RECIPE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ def key_fingerprint(path: Path) -> str:
 
 def write_key_and_readme(folder: Path, *, key_id: str, drill_id: str, private_key: Any = None) -> None:
     """Before the folder is hashed: the public key (Ed25519) and README.md in, stale SHA256SUMS files out."""
+    for _, dirs, files in os.walk(folder):  # refused before anything in the folder changes
+        for name in dirs + files:
+            if "\n" in name or "\\" in name or "\r" in name:
+                raise UsageError(f"{folder}: file name {name!r} holds a newline or backslash; rename it (a report's "
+                                 f"{SUMS_FILE} lists plain names)")
     for stale in (SUMS_FILE, SUMS_SIG_FILE, SUMS_HMAC_FILE, PUBLIC_KEY_FILE):
         (folder / stale).unlink(missing_ok=True)
     fp = None
@@ -91,14 +97,7 @@ def write_sums(folder: Path, entries: list[dict[str, Any]], *, private_key: Any 
                hmac_key: bytes | None = None) -> list[dict[str, Any]]:
     """SHA256SUMS from the folder's signed entries (``{path, sha256, size}``) and its Ed25519 signature or HMAC;
     returns the entries with those files added, sorted by path."""
-    lines = []
-    for e in entries:
-        rel = e["path"]
-        if "\n" in rel or "\\" in rel or "\r" in rel:
-            raise UsageError(f"{folder}: file name {rel!r} holds a newline or backslash; rename it (a report's "
-                             f"{SUMS_FILE} lists plain names)")
-        lines.append(f"{e['sha256']}  {rel}\n")
-    sums = "".join(lines).encode("utf-8")
+    sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries).encode("utf-8")
     out = {SUMS_FILE: sums}
     if private_key is not None:
         out[SUMS_SIG_FILE] = private_key.sign(sums)
