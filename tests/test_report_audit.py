@@ -203,7 +203,7 @@ def test_the_pdf_shows_labelled_evidence_not_json_or_keys(signed):
 
 def test_html_never_splits_a_number_from_its_unit(signed):
     html = signed["paths"]["html"].read_text()
-    assert re.search(r"td\.num \{[^}]*white-space: nowrap", html)
+    assert re.search(r"td\.num, th\.num, \.nowrap \{[^}]*white-space: nowrap", html)
     timeline = html[html.index('<section id="timeline">'):html.index('<section id="evidence">')]
     rows = [r for r in re.findall(r"<tr>(.*?)</tr>", timeline, re.S) if r.startswith("<td")]
     assert rows and all(re.match(r'<td class=" num">\d+</td><td class=" num">[\d.]+</td><td class=" num">', r)
