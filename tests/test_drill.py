@@ -38,7 +38,7 @@ def test_every_control_passes_and_a_first_drill_still_passes(tmp_path):
     ctl = {c.id: c.passed for c in rec.controls}
     assert set(ctl) == {"rto", "rpo", "golden_after_failover", "restore_test", "bundle_complete_dr", "failback",
                         "previous_drill"}
-    assert rec.passed and ctl["previous_drill"] is False and rec.failure_reasons == []
+    assert rec.passed and ctl["previous_drill"] is None and rec.failure_reasons == []  # N/A, not FAIL
 
 
 def test_each_failed_control_fails_the_drill(tmp_path):

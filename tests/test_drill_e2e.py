@@ -194,7 +194,7 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     ctl = _controls(rec)
     assert all(ctl[k] for k in ("rto", "rpo", "golden_after_failover", "restore_test", "bundle_complete_dr",
                                 "failback"))
-    assert ctl["previous_drill"] is False  # the first drill on record: shown, not blocking
+    assert ctl["previous_drill"] is None  # the first drill on record: N/A, not blocking
     m = rec["measurements"]
     assert 0 < m["rto_s"] < 120 and m["rto_s"] == round(m["rto_s"], 1)
     assert m["rpo_s"] > 0 and rec["evidence"]["snapshots"]["secondary"]["id"] == st["sid"]

@@ -48,7 +48,8 @@ def _drill_text(rec: dict) -> str:
     if rec.get("failed_over_at_end"):
         lines.append("!!! THE SYSTEM IS LEFT FAILED OVER: run `llmdr failback` !!!")
     for c in rec["controls"]:
-        lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']} (objective {c['objective']})")
+        res = "N/A " if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")
+        lines.append(f"  {res}  {c['name']}: {c['value']} (objective {c['objective']})")
     rep = rec.get("report") or {}
     if rep:
         files = rep.get("files", {})
@@ -125,7 +126,8 @@ def runbook(
 def report_verify(
     folder: Annotated[Path, typer.Argument(help="A drill report folder (holds SIGNATURE.json).")],
     public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM). Default: the project's "
-                                                       "drill.signing.public_key.")] = None,
+                                                       "drill.signing.public_key, else the report-signing.pub "
+                                                       "shipped in the folder.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a drill report offline: every file's SHA-256 against the signed list, the signature (Ed25519 with the
@@ -133,26 +135,41 @@ def report_verify(
     was signed for. Symlinks, FIFOs, device files and extra folders are refused. Exit 10 if anything was changed."""
     import os
 
+    from llmdr.drill.portable import PUBLIC_KEY_FILE, key_fingerprint
     from llmdr.drill.signing import verify_folder
 
     if folder.is_file():
         folder = folder.parent
+    if str(folder) in (".", ".."):  # `llmdr report verify .` inside the folder: name the folder in the output
+        folder = Path(os.path.abspath(folder))
     key = public_key
     hmac_key = None
     try:
         cfg = load_cfg()
         if key is None:
             key = cfg.state_path / cfg.drill.signing.public_key
-        env = os.environ.get(cfg.drill.signing.hmac_key_env)
-        hmac_key = env.encode() if env else None
-    except LlmdrError:
-        if key is None:
-            raise UsageError("no llmdr.yaml here to find the public key: pass --public-key FILE") from None
+        env_name = cfg.drill.signing.hmac_key_env
+    except LlmdrError:  # outside a project (an auditor in the report folder): the folder's own key, said so below
+        env_name = "LLMDR_REPORT_HMAC_KEY"
+    env = os.environ.get(env_name)
+    hmac_key = env.encode() if env else None
+    source = "given" if public_key is not None else "project"
+    if (key is None or not key.exists()) and public_key is None and (folder / PUBLIC_KEY_FILE).is_file():
+        key, source = folder / PUBLIC_KEY_FILE, "folder"
     res = verify_folder(folder, public_key=key if key and key.exists() else None, hmac_key=hmac_key)
-    text = (f"{folder}: signature OK for drill {res.drill_id} ({res.algorithm}, key {res.key_id}); {len(res.files)} "
-            "files unchanged" if res.ok else
+    fp = key_fingerprint(key) if res.algorithm == "ed25519" and key and key.exists() else None
+    shipped = " by the key shipped in the folder" if fp and source == "folder" else ""
+    note = ""
+    if shipped:
+        note = (f"\nfingerprint {fp} ({PUBLIC_KEY_FILE}): a key in the folder proves only that the files match it; "
+                "compare the fingerprint with the one the signer published, or pass --public-key FILE")
+    elif fp:
+        note = f"\npublic key {key}, fingerprint {fp}"
+    text = (f"{folder}: signature OK{shipped} for drill {res.drill_id} ({res.algorithm}, key {res.key_id}); "
+            f"{len(res.files)} files unchanged" + note if res.ok else
             f"{folder}: VERIFICATION FAILED\n" + "\n".join(f"  - {p}" for p in res.problems))
     emit(as_json, {"ok": res.ok, "problems": res.problems, "key_id": res.key_id, "algorithm": res.algorithm,
-                   "drill_id": res.drill_id, "files": res.files}, text)
+                   "drill_id": res.drill_id, "files": res.files, "public_key": str(key) if key else None,
+                   "public_key_source": source if fp else None, "fingerprint": fp}, text)
     if not res.ok:
         raise typer.Exit(10)

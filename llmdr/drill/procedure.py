@@ -44,9 +44,11 @@ def started_by(arg: str, *, flow_run_id: str | None, deployment: str | None,
 
 
 def start_record(cfg: Config, who: dict[str, Any], *, now: float | None = None) -> DrillRecord:
-    """A new drill record: scope from the config, who started it, the provenance fields still empty."""
+    """A new drill record: scope from the config, who started it (with the host and OS user running the drill, and
+    the approver: None, no approval step), the provenance fields still empty."""
     from llmdr import __version__
 
+    who = {"host": _host(), "os_user": _os_user(), "approver": None} | dict(who)
     rec = DrillRecord(bundle=cfg.bundle.name, started_ts=time.time() if now is None else now, started_by=who,
                       tool_version=__version__, scope=scope_of(cfg))
     rec.evidence["prefect_flow_run_id"] = rec.started_by.get("flow_run_id")
@@ -54,6 +56,21 @@ def start_record(cfg: Config, who: dict[str, Any], *, now: float | None = None) 
     rec.evidence["dataset_versions"] = []  # filled when datasets are configured and pulled from the DR region
     rec.mark("info", "drill started", detail=f"by {rec.started_by.get('kind')}", ts=rec.started_ts)
     return rec
+
+
+def _host() -> str | None:
+    import socket
+
+    return socket.gethostname() or None
+
+
+def _os_user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return None
 
 
 # --- before the outage -----------------------------------------------------------------------------------------------

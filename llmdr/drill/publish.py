@@ -13,6 +13,7 @@ from typing import Any
 
 from llmdr.config import Config
 from llmdr.drill.record import drills_dir, history
+from llmdr.errors import LlmdrError
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,15 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
         logger.warning("MLflow run not created: %s", exc)
         record["evidence"]["mlflow_run_id"] = None
         record["evidence"]["mlflow_error"] = str(exc)
+    _link_model_version(cfg, record, logger)
     write_runbook_into(cfg, folder, record, logger=logger)
+    try:
+        record["signer"] = signer_info(cfg.drill.signing, cfg.state_path)
+    except LlmdrError as exc:  # e.g. no HMAC key: the report is written, then signing says so
+        logger.warning("signing key not readable: %s", exc)
+        record["signer"] = None
     files = write_report(record, folder, history=past)
-    signature = sign_folder(folder, cfg.drill.signing, cfg.state_path)
+    signature = sign_folder(folder, cfg.drill.signing, cfg.state_path, portable=True)
     if target is not None and record["evidence"].get("mlflow_run_id"):
         try:
             log_drill(target, record, folder)
@@ -90,3 +97,31 @@ def mark_model_version(cfg: Config, snapshot_id: str | None, drill_id: str, pass
     except Exception as exc:  # noqa: BLE001 - the report still records the drill
         logger.warning("model version not marked: %s", exc)
         return {"error": str(exc)}
+
+
+def _link_model_version(cfg: Config, record: dict[str, Any], logger: Logger) -> None:
+    """Tag the verified model version with the drill's MLflow run (which exists only now)."""
+    mv, run_id = record["evidence"].get("model_version"), record["evidence"].get("mlflow_run_id")
+    if not (isinstance(mv, dict) and mv.get("name") and mv.get("version") and run_id):
+        return
+    from llmdr.lineage.registry import link_drill_run
+
+    try:
+        link_drill_run(cfg, mv["name"], mv["version"], run_id, tracking_uri=cfg.tracking.uri)
+    except Exception as exc:  # noqa: BLE001 - the report still records the drill
+        logger.warning("model version %s/%s not linked to MLflow run %s: %s", mv["name"], mv["version"], run_id, exc)
+
+
+def signer_info(settings: Any, state_dir: Path) -> dict[str, Any]:
+    """What the report says about its signer (public facts only): algorithm, key id, fingerprint and the public
+    key's file name in the folder; for HMAC the key id and the variable holding the key. Makes the Ed25519 pair on
+    first use, as signing would."""
+    from llmdr.drill import portable, signing
+
+    if settings.method == "hmac":
+        key = signing.hmac_key_from_env(settings)
+        return {"algorithm": signing.HMAC_SHA256, "key_id": signing.hmac_key_id(key), "key_env": settings.hmac_key_env}
+    priv, _ = signing.ensure_keypair(settings, state_dir)
+    raw = portable.raw_public(priv.public_key())
+    return {"algorithm": signing.ED25519, "key_id": signing.ed25519_key_id(raw), "fingerprint": portable.fingerprint(raw),
+            "public_key": portable.PUBLIC_KEY_FILE}

@@ -21,6 +21,7 @@ from llmdr.errors import LlmdrError
 from llmdr.failover.steps import utc
 
 SCHEMA = 1
+NO_PREVIOUS = "no previous drill"
 
 
 class DrillFailed(LlmdrError):
@@ -60,7 +61,7 @@ class TimelineEvent:
 class Control:
     id: str  # rto, rpo, golden_after_failover, restore_test, bundle_complete_dr, failback, previous_drill
     name: str
-    passed: bool
+    passed: bool | None  # None: not applicable (a first drill has no previous drill), shown as N/A
     value: str  # measured, human-readable ("2.41 s")
     objective: str  # "<= 15m"
     detail: str = ""
@@ -84,6 +85,7 @@ class DrillRecord:
     passed: bool = False
     failed_over_at_end: bool = False
     failure_reasons: list[str] = field(default_factory=list)
+    signer: dict[str, Any] | None = None  # the signing key's public facts, set when the report is published
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -162,8 +164,8 @@ def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -
                                 f"{len(dss) - len(bad)}/{len(dss)} valid", "md5 matches and expectation suite passes",
                                 "; ".join(d.get("validation") or d.get("error", "") for d in dss)))
     if previous_pass_ts is None:
-        controls.append(Control("previous_drill", "Previous passing drill within the drill interval", False,
-                                "none on record", f"<= {_dur(interval)}", "this is the first drill on record"))
+        controls.append(Control("previous_drill", "Previous passing drill within the drill interval", None,
+                                NO_PREVIOUS, f"<= {_dur(interval)}", "N/A: this is the first drill on record"))
     else:
         age = rec.started_ts - previous_pass_ts
         controls.append(Control("previous_drill", "Previous passing drill within the drill interval",
@@ -174,7 +176,7 @@ def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -
     for c in blocking:
         if not c.passed:
             rec.fail(f"{c.name}: {c.value} (objective {c.objective})")
-    rec.passed = all(c.passed for c in blocking) and not rec.failed_over_at_end and not rec.failure_reasons
+    rec.passed = all(c.passed is True for c in blocking) and not rec.failed_over_at_end and not rec.failure_reasons
 
 
 def drills_dir(cfg: Config) -> Path:

@@ -309,25 +309,33 @@ def _now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def sign_folder(folder: Path, settings: Signing, state_dir: Path,
-                env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def sign_folder(folder: Path, settings: Signing, state_dir: Path, env: Mapping[str, str] = os.environ, *,
+                portable: bool = False) -> dict[str, Any]:
     """Write ``folder/SIGNATURE.json`` covering every other file in the folder and the folder's name (the drill
     id); return its content. A symlink, FIFO, socket, device file or empty folder in it is refused (``UsageError``).
+    ``portable``: first write the files that let anyone verify without llmdr (:mod:`llmdr.drill.portable`).
 
     Signing again replaces the previous signature (call it after the last file is written)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"cannot sign {folder}: not a folder; give the drill report folder")
-    payload: dict[str, Any] = {"format": FORMAT, "signed_utc": _now_utc(), "drill_id": drill_id_of(folder),
-                               "files": _file_entries(folder)}
+    priv = key = None
     if settings.method == "hmac":
         key = hmac_key_from_env(settings, env)
-        payload |= {"algorithm": HMAC_SHA256, "key_id": hmac_key_id(key)}
-        sig = hmac.new(key, canonical(payload), hashlib.sha256).digest()
+        head = {"algorithm": HMAC_SHA256, "key_id": hmac_key_id(key)}
     else:
         priv, _ = ensure_keypair(settings, state_dir)
-        payload |= {"algorithm": ED25519, "key_id": ed25519_key_id(_raw_public(priv.public_key()))}
-        sig = priv.sign(canonical(payload))
+        head = {"algorithm": ED25519, "key_id": ed25519_key_id(_raw_public(priv.public_key()))}
+    if portable:
+        from llmdr.drill import portable as pt
+
+        pt.write_key_and_readme(folder, key_id=head["key_id"], drill_id=drill_id_of(folder), private_key=priv)
+    entries = _file_entries(folder)
+    if portable:
+        entries = pt.write_sums(folder, entries, private_key=priv, hmac_key=key)
+    payload: dict[str, Any] = {"format": FORMAT, "signed_utc": _now_utc(), "drill_id": drill_id_of(folder),
+                               "files": entries} | head
+    sig = hmac.new(key, canonical(payload), hashlib.sha256).digest() if priv is None else priv.sign(canonical(payload))
     doc = payload | {"signature": base64.b64encode(sig).decode("ascii")}
     atomic_write(folder / SIGNATURE_FILE, _render(doc), mode=0o644)
     log.info("signed %s: %d files, %s", folder, len(payload["files"]), payload["key_id"])
@@ -448,6 +456,7 @@ def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: byt
     except ValueError:
         sig = None
     payload = {k: v for k, v in doc.items() if k != "signature"}
+    pub = None
     if sig is None:
         problems.append(f"{SIGNATURE_FILE}: signature missing or not base64")
     elif algorithm == ED25519:
@@ -479,5 +488,10 @@ def verify_folder(folder: Path, *, public_key: Path | None = None, hmac_key: byt
         problems.append(f"{SIGNATURE_FILE}: unknown algorithm {algorithm!r} (expected {ED25519} or {HMAC_SHA256})")
     result.drill_id = _check_identity(folder, doc, files, problems)
     _check_files(folder, files, problems)
+    if not problems:  # the files are as signed: SHA256SUMS and its signature must agree with SIGNATURE.json
+        from llmdr.drill.portable import check_portable
+
+        check_portable(folder, files, public_key=pub if algorithm == ED25519 else None,
+                       hmac_key=hmac_key if algorithm == HMAC_SHA256 else None, problems=problems)
     result.ok = not problems
     return result

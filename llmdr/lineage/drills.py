@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llmdr.common.definitions import RPO_DEFINITION, RTO_DEFINITION
 from llmdr.lineage.tracking import (
     TAG_KIND,
     ArtifactUploadError,
@@ -29,6 +30,9 @@ from llmdr.lineage.tracking import (
 log = logging.getLogger(__name__)
 
 DRILL_EXPERIMENT = "dr-drills"
+# MLflow 3's UI opens an experiment by its kind: this one is a table of runs (RTO/RPO columns), not GenAI traces
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def _ms(ts: float | None) -> int | None:
@@ -57,6 +61,8 @@ def drill_params(record: dict) -> dict[str, str]:
         "outage_action": scope.get("outage_action"),
         "started_by": (record.get("started_by") or {}).get("kind"),
         "tool_version": record.get("tool_version"),
+        "rto_definition": RTO_DEFINITION,
+        "rpo_definition": RPO_DEFINITION,
     }
     return {k: str(v) for k, v in params.items() if v is not None and v != ""}
 
@@ -92,12 +98,23 @@ def drill_tags(record: dict) -> dict[str, str]:
         sid = snap.get("id") if isinstance(snap, dict) else snap
         if sid:
             tags[f"llmdr.snapshot.{region}"] = sid
-    if isinstance(ev.get("model_version"), (str, int)):
-        tags["llmdr.model_version"] = ev["model_version"]
+    mv = ev.get("model_version")
+    link = ""
+    if isinstance(mv, (str, int)):
+        tags["llmdr.model_version"] = mv
+    elif isinstance(mv, dict) and mv.get("name") and mv.get("version"):
+        name, version = str(mv["name"]), str(mv["version"])
+        tags |= {"llmdr.model_name": name, "llmdr.model_version": version,
+                 "llmdr.model_uri": f"models:/{name}/{version}"}
+        link = (f"\n\nVerified model version: [{name} version {version}](#/models/{name}/versions/{version}) "
+                "(a registry entry pointing at the snapshot, not a loadable MLflow model).")
     reasons = record.get("failure_reasons") or []
     verdict = "PASS" if record.get("passed") else "FAIL"
-    tags["mlflow.note.content"] = f"DR drill {record.get('id')} of {record.get('bundle')}: {verdict}" + (
-        "\n\n" + "\n".join(f"- {r}" for r in reasons) if reasons else "")
+    m = record.get("measurements") or {}
+    figures = "".join(f"; {n} {m[k]:.1f} s" for n, k in (("RTO", "rto_s"), ("RPO", "rpo_s")) if _num(m.get(k)) is not None)
+    tags["mlflow.note.content"] = (f"DR drill {record.get('id')} of {record.get('bundle')}: {verdict}{figures}" + (
+        "\n\n" + "\n".join(f"- {r}" for r in reasons) if reasons else "") + link
+        + f"\n\n{RTO_DEFINITION}. {RPO_DEFINITION}.")
     return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
 
 
@@ -121,6 +138,8 @@ def _drill_run(target: TrackingTarget, record: dict, experiment: str, *, final: 
     client = open_client(target)
     exp_id = ensure_experiment(target, experiment)
     try:
+        if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         run = _find_drill_run(client, exp_id, drill_id)
         if run is None:
             run = client.create_run(exp_id, start_time=_ms(record.get("started_ts")), run_name=f"drill {drill_id}")

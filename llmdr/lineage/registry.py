@@ -277,6 +277,16 @@ def mark_drill_verified(cfg: Config, snapshot_id: str, *, drill_id: str, passed:
     return out
 
 
+def link_drill_run(cfg: Config, name: str, version: str, mlflow_run_id: str, *,
+                   tracking_uri: str | None = None) -> None:
+    """Name the drill's MLflow run on the model version it verified (``llmdr.last_drill_mlflow_run_id``); the run
+    is created after :func:`mark_drill_verified`, so it is linked here once it exists."""
+    target = registry_target(cfg, tracking_uri)
+    client = open_client(target)
+    mlflow_call(f"link drill run {mlflow_run_id} to {name} version {version}", target,
+                lambda: _set_tags(client, name, str(version), {T_LAST_DRILL_RUN: mlflow_run_id}))
+
+
 # --- lookups (the lineage query) ------------------------------------------------------------------------------------
 def model_exists(client, name: str) -> bool:
     """Whether model ``name`` is registered."""

@@ -9,6 +9,9 @@ report links to it when it is there. ``llmdr.drill.signing`` signs the folder af
 One module per format: ``model`` (the document: one list of sections and blocks that the HTML and the PDF both
 render, so they always show the same facts), ``charts`` (matplotlib), ``html`` (jinja2), ``pdf`` (fpdf2, loaded only
 when a PDF is written) and ``markdown`` (the Prefect artifacts: :func:`render_markdown`, :func:`table_rows`).
+The document is built from ``doc`` (tables, sections), ``labels`` (every key a readable label, every number its unit,
+glued with a no-break space: never JSON), ``blocks`` (identity, measurements under the one RTO definition, evidence,
+snapshot roles) and ``signature`` (key id, fingerprint, the no-llmdr recipe of :mod:`llmdr.drill.portable`).
 :func:`trend_chart` also serves ``llmdr drills --chart`` on its own.
 """
 

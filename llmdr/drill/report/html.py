@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from llmdr.drill.report.labels import nobreak
 from llmdr.drill.report.model import (
     DASH,
     FILES,
@@ -40,4 +41,4 @@ def render_html(record: dict, images: dict[str, Path] | None = None, *, runbook:
     return tpl.render(record=record, verdict=verdict_of(record), sections=secs,
                       images={k: _data_uri(p) for k, p in images.items()}, kind_colors=KIND_COLORS,
                       bundle=record.get("bundle") or dig(record, "scope", "bundle") or DASH,
-                      headline=headline_figures(record), dash=DASH, runbook=runbook, runbook_label=RUNBOOK_LABEL)
+                      headline=[(k, nobreak(v)) for k, v in headline_figures(record)], dash=DASH, runbook=runbook, runbook_label=RUNBOOK_LABEL)

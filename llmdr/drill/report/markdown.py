@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmdr.common.definitions import RPO_DEFINITION, RTO_DEFINITION
 from llmdr.drill.report.model import (
     DASH,
+    NA,
     RUNBOOK_LABEL,
     as_dict,
     as_number,
     as_text,
+    control_result,
+    control_value,
     dig,
     objective_figures,
     parse_utc,
@@ -39,6 +43,7 @@ def render_markdown(record: dict) -> str:
               f"{as_text(record.get('tool_version'))}.", ""]
     for name, v in objective_figures(record):
         lines.append(f"- **{name}**: {v}")
+    lines.append(f"- {RTO_DEFINITION}; {RPO_DEFINITION}.")
     runbook = dig(record, "report", "files", "runbook") or dig(record, "evidence", "runbook")
     if runbook:
         lines.append(f"- **{RUNBOOK_LABEL}**: `{runbook}`")
@@ -47,8 +52,8 @@ def render_markdown(record: dict) -> str:
     lines += ["", "## Controls", "", "| control | result | measured | objective | detail |", "|---|---|---|---|---|"]
     for c in record.get("controls") or []:
         if isinstance(c, dict):
-            res = "PASS" if c.get("passed") else "**FAIL**"
-            lines.append(f"| {_md(c.get('name') or c.get('id'))} | {res} | {_md(c.get('value'))} | "
+            res = {"PASS": "PASS", "FAIL": "**FAIL**"}.get(control_result(c), NA)
+            lines.append(f"| {_md(c.get('name') or c.get('id'))} | {res} | {_md(control_value(c))} | "
                          f"{_md(c.get('objective'))} | {_md(c.get('detail') or '')} |")
     reasons = record.get("failure_reasons") or []
     lines += ["", "## Failure reasons", ""]

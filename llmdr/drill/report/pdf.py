@@ -13,11 +13,13 @@ from fpdf import FPDF
 from fpdf.enums import WrapMode, XPos, YPos
 from fpdf.fonts import FontFace
 
+from llmdr.drill.report.labels import nobreak
 from llmdr.drill.report.model import (
     DASH,
     FAIL_RGB,
     FILES,
     PASS_RGB,
+    WARN_RGB,
     Table,
     as_dict,
     dig,
@@ -133,7 +135,7 @@ def render_pdf(record: dict, path: Path, images: dict[str, Path] | None = None, 
     pdf.ln(3)
     pdf.set_fill_color(255, 255, 255)
     pdf.set_text_color(20, 20, 20)
-    _pdf_table(pdf, Table(["", ""], [[k, v] for k, v in headline_figures(record)], [1, 3], headings=False))
+    _pdf_table(pdf, Table(["", ""], [[k, nobreak(v)] for k, v in headline_figures(record)], [1, 3], headings=False))
 
     bottom = pdf.h - pdf.b_margin
 
@@ -224,9 +226,9 @@ def _pdf_table(pdf: ReportPDF, table: Table) -> None:
             row = tb.row()
             for i, cell in enumerate(r):
                 style = None
-                if i == table.status_col and cell in ("PASS", "FAIL"):
+                if i == table.status_col and cell in ("PASS", "FAIL", "N/A"):
                     style = FontFace(family="dv", emphasis="BOLD", size_pt=size,
-                                     color=PASS_RGB if cell == "PASS" else FAIL_RGB)
+                                     color={"PASS": PASS_RGB, "FAIL": FAIL_RGB}.get(cell, WARN_RGB))
                 elif i in table.mono_cols:
                     style = FontFace(family="dvmono", size_pt=size - 0.5)
                 elif not table.headings and i == 0:
