@@ -245,9 +245,9 @@ def use_local_prefect(cfg) -> None:
     """Send events and flow runs to the local Prefect server when `llmdr stack up --ui` runs one (unless the
     environment already names a Prefect API)."""
     from llmdr.devstack import orchestration
+    from llmdr.integrations.prefect import quiet_console
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_console()  # warnings on the console; INFO run logs still reach the API (the UI)
     if "PREFECT_API_URL" not in os.environ and orchestration.running(cfg):
         st = orchestration.status(cfg)
         if st.healthy:
