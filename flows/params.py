@@ -27,8 +27,8 @@ RESTORE_TARGET = Field(description="Folder to restore into. A relative path reso
 RESTORE_REGION = Field("secondary", description="Region to read the snapshot from (a region name in llmdr.yaml).")
 SNAPSHOT = Field("latest", description="Snapshot id, or a unique prefix of one (4+ hex characters), or 'latest' "
                                        "for the newest complete snapshot in the region.")
-RESTORE_FORCE = Field(False, description="Restore into a folder that already holds files, replacing the ones that "
-                                         "differ from the snapshot.")
+RESTORE_FORCE = Field(False, description="Restore into a folder that already holds files: the snapshot's files are "
+                                         "overwritten, other files are left alone.")
 
 # verify-replicas
 VERIFY_SNAPSHOT = Field("latest", description="Snapshot to read back in every region: id, unique prefix, or "

@@ -152,8 +152,11 @@ def _root(
     if as_of_time is not None:
         state.as_of = parse_as_of(as_of_time)
         as_of(ctx.invoked_subcommand or "")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # the terminal's own level: Prefect's run loggers log INFO for the API and propagate here
+        handler.setLevel(level)
 
 
 def load_cfg(config: Path | None = None):
