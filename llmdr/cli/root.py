@@ -153,8 +153,9 @@ def _root(
         state.as_of = parse_as_of(as_of_time)
         as_of(ctx.invoked_subcommand or "")
     level = logging.INFO if verbose else logging.WARNING
+    before = set(logging.getLogger().handlers)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
+    for handler in set(logging.getLogger().handlers) - before:
         # the terminal's own level: Prefect's run loggers log INFO for the API and propagate here
         handler.setLevel(level)
 
