@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create the process work pool (idempotent) and deploy every flow in prefect.yaml to the Prefect API in
-# $PREFECT_API_URL. Run from the repository root: LLMDR_CONFIG=/path/to/llmdr.yaml deployments/deploy.sh
+# Create the work pools (idempotent), deploy every flow in prefect.yaml to the Prefect API in $PREFECT_API_URL,
+# create the automations and fit the deployments to llmdr.yaml (configure.py: tags, region choices).
+# Run from the repository root: LLMDR_CONFIG=/path/to/llmdr.yaml deployments/deploy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PREFECT_API_URL:?set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api}"
@@ -12,3 +13,4 @@ for pool in llmdr-process llmdr-failover; do
 done
 uv run --frozen prefect --no-prompt deploy --all
 uv run --frozen python deployments/automations.py
+uv run --frozen python deployments/configure.py

@@ -16,7 +16,9 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic.json_schema import SkipJsonSchema
 
+from flows.params import CONFIG_PATH
 from llmdr.artifacts import artifact_key
 from llmdr.config import Config, load_config
 from llmdr.drill import procedure
@@ -39,35 +41,47 @@ from tasks.failover import send_notice
 
 
 @flow(name="dr-drill")
-def dr_drill(config_path: str = "", started_by: str = "") -> dict:
+def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "") -> dict:
     """Returns the drill record (its report folder in ``report``); raises ``DrillFailed`` if the drill did not pass,
-    so the run shows Failed in the UI. ``started_by``: "cli:<user>" from `llmdr drill`; empty for schedule/UI runs."""
+    so the run shows Failed in the UI. ``started_by``: "cli:<user>" from `llmdr drill`; empty for schedule/UI runs
+    (then read from the flow run); not on the UI's form."""
     cfg = load_config(config_path)
+    log = get_run_logger()
     primary, dr = cfg.primary, cfg.failover_target()
     rec = procedure.start_record(cfg, who_started(started_by))
     outage_started = False
     try:
+        log.info("phase prechecks: drill %s of %s (primary %s, DR region %s)", rec.id, cfg.bundle.name, primary.name,
+                 dr.name)
         if procedure.record_prechecks(rec, prechecks(config_path), dr.name):  # False: a problem blocks the drill
             # --- the outage ---
             t_out = time.time()
             procedure.record_rpo(rec, dr.name, t_out)
+            log.info("phase outage: cutting %s off (no data is deleted)", primary.name)
             action = simulate_outage(config_path, primary.name)
             outage_started = True
             procedure.record_outage(rec, primary.name, action, t_out)
 
             # --- the chain must fire on its own ---
+            log.info("phase failover: waiting for monitor -> automation -> failover to move traffic to %s", dr.name)
             fo = watch_for_failover(config_path, *procedure.failover_wait(cfg, t_out))
             if procedure.record_failover(rec, cfg, fo, t_out):
+                log.info("phase golden: the golden set through the router")
                 procedure.record_golden(rec, golden_through_router(config_path))
+            log.info("phase restore: restore test from the %s store", dr.name)
             procedure.record_restore_test(rec, restore_test_dr(config_path, dr.name), dr.name)
             if cfg.datasets:
                 procedure.record_datasets(rec, datasets_from_dr(config_path, dr.name), dr.name)
+        else:
+            log.warning("phase prechecks: the drill is blocked: %s", "; ".join(rec.failure_reasons) or "see the report")
     except Exception as exc:  # noqa: BLE001 - the drill reports every failure; it never dies half-way silently
-        get_run_logger().error("drill step failed: %s", exc)
+        log.error("drill step failed: %s", exc)
         procedure.record_step_failure(rec, exc)
     finally:
         if outage_started:
+            log.info("phase failback: bringing %s back and returning traffic to it", primary.name)
             _restore_and_fail_back(config_path, cfg, rec)
+    log.info("phase report: controls, verdict, signed report, artifacts, notice")
     return _finish(config_path, cfg, rec)
 
 

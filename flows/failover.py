@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import transaction
+from pydantic.json_schema import SkipJsonSchema
 
+from flows.params import CONFIG_PATH, FAILBACK_REASON, FAILOVER_REASON, FAILOVER_TO
 from llmdr.artifacts import artifact_key, failover_markdown, failover_table
 from llmdr.config import load_config
 from llmdr.failover import events
@@ -64,6 +66,8 @@ def _flow_run_id() -> str | None:
 
 def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
     """Switch, then verify through the router, as one transaction: a failed verification switches back."""
+    get_run_logger().info("phase switch: router %s -> %s, then the golden set through the router", previous,
+                          rec.to_region)
     try:
         with transaction():
             switch_router(config_path, rec.to_region, rec.reason, previous)
@@ -100,39 +104,54 @@ def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str
 
 
 @flow(name="failover")
-def failover(to: str = "", reason: str = "manual failover", trigger: str = "manual",
-             first_failure_ts: float | str | None = None, detected_at: str = "", config_path: str = "") -> dict:
+def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: SkipJsonSchema[str] = "manual",
+             first_failure_ts: SkipJsonSchema[float | str | None] = None, detected_at: SkipJsonSchema[str] = "",
+             config_path: str = CONFIG_PATH) -> dict:
     """``to``: target region (default: failover.target or the first secondary). ``trigger``: "automation" and
-    "drill" runs require the outage to be confirmed by direct probes; a "manual" run is a planned switchover and
-    moves traffic even if the active region answers. ``first_failure_ts``: unix time of the first failed probe
-    (from the monitor's event; the automation passes it as text), the start of the RTO clock."""
+    "drill" runs require the outage to be confirmed by direct probes; a "manual" run (the UI's, the CLI's) is a
+    planned switchover and moves traffic even if the active region answers. ``first_failure_ts``: unix time of the
+    first failed probe (from the monitor's event; the automation passes it as text), the start of the RTO clock.
+    ``trigger``, ``first_failure_ts`` and ``detected_at`` are the automation's: not on the UI's form."""
     cfg = load_config(config_path)
+    log = get_run_logger()
     active = read_active_region(config_path)
     rec = decide.new_failover(cfg, active=active, to=to, reason=reason, trigger=trigger,
                               first_failure_ts=first_failure_ts, detected_at=detected_at,
                               scheduled_ts=_scheduled_ts(), flow_run_id=_flow_run_id())
+    log.info("phase detect: %s run, traffic on %s, target %s (%s)", trigger, active, rec.to_region, reason)
     with _recorded(config_path, rec):
         if decide.already_active(rec, active):
+            log.info("phase detect: %s already takes the traffic; nothing to do", rec.to_region)
             return rec.to_json()
         if decide.needs_confirmation(trigger, active):
             if not decide.outage_confirmed(rec, active, confirm_outage(config_path, active)):
+                log.warning("phase detect: the outage of %s is not confirmed; traffic stays", active)
                 return rec.to_json()
+        log.info("phase dispatch: a verified replica in %s (warm standby or cold start)", rec.to_region)
         decide.replica_ready(rec, ensure_replica(config_path, rec.to_region))
         _verify_and_switch(config_path, rec, active)
+        log.info("phase recover: traffic on %s", rec.to_region)
         return rec.to_json()
 
 
 @flow(name="failback")
-def failback(reason: str = "primary healthy again", trigger: str = "manual", config_path: str = "") -> dict:
+def failback(reason: str = FAILBACK_REASON, trigger: SkipJsonSchema[str] = "manual",
+             config_path: str = CONFIG_PATH) -> dict:
     """Return traffic to the primary once its store answers and holds every snapshot; its replica is (re)started
-    on the newest snapshot and verified before the switch."""
+    on the newest snapshot and verified before the switch. ``trigger`` ("drill" from a drill): not on the form."""
     cfg = load_config(config_path)
+    log = get_run_logger()
     active = read_active_region(config_path)
     rec = decide.new_failback(cfg, active=active, reason=reason, trigger=trigger, flow_run_id=_flow_run_id())
+    log.info("phase detect: %s failback, traffic on %s, back to %s (%s)", trigger, active, rec.to_region, reason)
     with _recorded(config_path, rec):
         if decide.already_active(rec, active):
+            log.info("phase detect: %s already takes the traffic; nothing to do", rec.to_region)
             return rec.to_json()
+        log.info("phase recover: copy to %s the snapshots taken while failed over", rec.to_region)
         decide.data_copied_back(rec, copy_back_snapshots(config_path, decide.failback_source(cfg, active)))
+        log.info("phase dispatch: (re)start the replica in %s on the newest snapshot", rec.to_region)
         decide.replica_ready(rec, ensure_replica(config_path, rec.to_region, "latest", True))
         _verify_and_switch(config_path, rec, active)
+        log.info("phase recover: traffic back on %s", rec.to_region)
         return rec.to_json()

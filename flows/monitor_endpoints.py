@@ -5,17 +5,19 @@ of every target as a table artifact."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.params import CONFIG_PATH, DURATION_S
 from llmdr.artifacts import artifact_key, monitor_markdown, monitor_table
 from llmdr.config import load_config
 from tasks.monitor import watch_endpoints
 
 
 @flow(name="monitor-endpoints")
-def monitor_endpoints(duration_s: float = 58.0, config_path: str = "") -> dict:
+def monitor_endpoints(duration_s: float = DURATION_S, config_path: str = CONFIG_PATH) -> dict:
     cfg = load_config(config_path)
+    get_run_logger().info("phase watch: %s's endpoints and router for %.0f s", cfg.bundle.name, duration_s)
     summary = watch_endpoints(config_path, duration_s)
     key = artifact_key("monitor-endpoints", cfg.bundle.name)
     create_markdown_artifact(key=key, markdown=monitor_markdown(cfg.bundle.name, summary),

@@ -4,9 +4,10 @@ content → model version in the MLflow registry. Publishes a markdown summary a
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.params import CONFIG_PATH
 from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
 from llmdr.common.runs import record_run
 from llmdr.config import load_config
@@ -25,17 +26,23 @@ from tasks.protect import (
 
 
 @flow(name="protect-bundle", log_prints=False)
-def protect_bundle(config_path: str = "") -> dict:
+def protect_bundle(config_path: str = CONFIG_PATH) -> dict:
     """Fails (and publishes nothing partial) if any step fails; retention runs only after every copy verified."""
     cfg = load_config(config_path)
+    log = get_run_logger()
+    secondaries = ", ".join(r.name for r in cfg.secondaries)
+    log.info("phase snapshot: bundle %s from %s into %s", cfg.bundle.name, cfg.bundle.path, cfg.primary.name)
     check_bundle_complete(config_path)
     validations = [validate_dataset(config_path, d.name) for d in cfg.datasets]
     datasets = [push_dataset(config_path, d.name) for d in cfg.datasets]
     snap = take_snapshot(config_path, tags=snapshot_dataset_tags(datasets))
     sid = snap["snapshot_id"]
+    log.info("phase replicate: snapshot %s from %s to %s", sid[:12], cfg.primary.name, secondaries or "no region")
     futures = [copy_snapshot_to_region.submit(config_path, sid, r.name) for r in cfg.secondaries]
     copies = [f.result() for f in futures]
+    log.info("phase verify: every chunk of %s present in %s", sid[:12], secondaries or "no region")
     verified = [verify_copy(config_path, sid, r.name) for r in cfg.secondaries]
+    log.info("phase retention and RPO: %s", ", ".join(r.name for r in cfg.regions))
     retention = [apply_retention(config_path, r.name) for r in cfg.regions]
     rpo = [measure_rpo(config_path, r.name) for r in cfg.secondaries]
     standbys = [refresh_standby(config_path, region) for region in standby_regions(cfg)]

@@ -4,18 +4,22 @@ hardware, step, snapshot id)."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.params import CONFIG_PATH
 from llmdr.artifacts import artifact_key, checkpoints_summary_markdown, checkpoints_table
 from llmdr.config import load_config
 from tasks.checkpoints import protect_new_checkpoints, record_training_runs
 
 
 @flow(name="protect-checkpoints")
-def protect_checkpoints(config_path: str = "") -> dict:
+def protect_checkpoints(config_path: str = CONFIG_PATH) -> dict:
     cfg = load_config(config_path)
+    log = get_run_logger()
+    log.info("phase snapshot and replicate: new checkpoints of %s", cfg.bundle.name)
     out = protect_new_checkpoints(config_path)
+    log.info("phase record: %d new checkpoint(s) as MLflow training runs", len(out["new"]))
     out["training_runs"] = record_training_runs(config_path, out["new"])
     create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),
                              markdown=checkpoints_summary_markdown(out), description="Newest protect-checkpoints run")

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from llmdr.config import load_config
 from llmdr.drill import evidence, procedure, publish
 from llmdr.drill import record as core
+from llmdr.integrations.prefect import retry_api
 from tasks.retry import retry_if_transient
 
 
@@ -23,7 +24,7 @@ def who_started(started_by: str) -> dict:
             from prefect.client.orchestration import get_client
 
             with get_client(sync_client=True) as client:
-                fr = client.read_flow_run(runtime.flow_run.id)
+                fr = retry_api(client.read_flow_run, runtime.flow_run.id)
             creator = getattr(fr, "created_by", None)
             run = {"auto_scheduled": bool(fr.auto_scheduled),
                    "creator": getattr(creator, "display_value", None)}
@@ -41,7 +42,7 @@ def _automation_state() -> dict:
 
     try:
         with get_client(sync_client=True) as client:
-            for a in client.read_automations():
+            for a in retry_api(client.read_automations):
                 if a.name == AUTOMATION:
                     return {"name": AUTOMATION, "enabled": bool(a.enabled), "id": str(a.id)}
     except Exception as exc:  # noqa: BLE001

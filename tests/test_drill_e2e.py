@@ -216,6 +216,12 @@ def test_drill_passes_and_produces_every_format(drill_stack):
 
     arts = _api(st["api"], "/artifacts/filter", {"artifacts": {"key": {"any_": ["dr-drill-drillbot"]}}})
     assert arts and "PASS" in arts[0]["data"]
+    # every phase is in the run's logs on the API (the UI's Logs tab), not only on the worker's console
+    logs = _api(st["api"], "/logs/filter",
+                {"logs": {"flow_run_id": {"any_": [rec["evidence"]["prefect_flow_run_id"]]}}, "limit": 200})
+    phases = {x["message"].split(":")[0] for x in logs if x["level"] == 20 and x["message"].startswith("phase ")}
+    assert {f"phase {p}" for p in ("prechecks", "outage", "failover", "golden", "restore", "failback",
+                                   "report")} <= phases, phases
     mlflow_id = rec["evidence"].get("mlflow_run_id")
     assert mlflow_id, rec["evidence"].get("mlflow_error")
     from llmdr.lineage.drills import drill_runs

@@ -61,8 +61,9 @@ def _browser_check(url: str) -> None:
     profile = build / "chromium-profile"
     dom = subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True,
                          text=True, timeout=120).stdout
-    for name in ("protect-bundle", "protect-checkpoints", "restore-bundle", "verify-replicas-daily",
-                 "verify-replicas-weekly"):
+    # the page lists 10 deployments, by name: the 11th (verify-replicas-weekly) is on page 2
+    for name in ("dr-drill-on-demand", "protect-bundle", "protect-checkpoints", "restore-bundle",
+                 "verify-replicas-daily"):
         assert name in dom, f"{name} not on the rendered deployments page"
     subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", f"--screenshot={build / 'ui-deployments.png'}",
                     url], capture_output=True, timeout=120)

@@ -151,7 +151,7 @@ def test_monitor_exits_3_when_the_active_region_is_down(cfg, monkeypatch):
     sent = []
     monkeypatch.setattr(watch, "Watcher", functools.partial(
         watch.Watcher, emit=lambda event, resource, payload: sent.append((event, resource)) or True))
-    for var in ("PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED"):  # the command sets them if unset
+    for var in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED"):  # set if unset
         monkeypatch.setenv(var, os.environ.get(var, "WARNING" if var.endswith("LEVEL") else "false"))
     shutil.rmtree(watch.store_path(cfg).parent, ignore_errors=True)
     stop_replica(cfg, cfg.primary)

@@ -72,12 +72,8 @@ def protect(
 ) -> None:
     """Run the protect-bundle flow now, in this process (no Prefect server or worker needed): completeness,
     snapshot, copy to every secondary, verify the copies, retention, RPO clock."""
-    import os
-
     cfg = load_cfg()
     path = str((cfg.source_file or Path("llmdr.yaml")).resolve())
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     use_local_prefect(cfg)  # the local server when `stack up --ui` runs one, else a temporary one
     if checkpoints:
         from flows.protect_checkpoints import protect_checkpoints

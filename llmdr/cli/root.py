@@ -173,8 +173,12 @@ def _root(
     if as_of_time is not None:
         state.as_of = parse_as_of(as_of_time)
         as_of(ctx.invoked_subcommand or "")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    before = set(logging.getLogger().handlers)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in set(logging.getLogger().handlers) - before:
+        # the terminal's own level: Prefect's run loggers log INFO for the API and propagate here
+        handler.setLevel(level)
 
 
 def load_cfg(config: Path | None = None):
@@ -271,9 +275,9 @@ def use_local_prefect(cfg) -> None:
     """Send events and flow runs to the local Prefect server when `llmdr stack up --ui` runs one (unless the
     environment already names a Prefect API)."""
     from llmdr.devstack import orchestration
+    from llmdr.integrations.prefect import quiet_console
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_console()  # warnings on the console; INFO run logs still reach the API (the UI)
     if "PREFECT_API_URL" not in os.environ and orchestration.running(cfg):
         st = orchestration.status(cfg)
         if st.healthy:

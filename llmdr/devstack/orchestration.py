@@ -109,6 +109,7 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
             _run([_prefect(), "work-pool", "create", pool, "--type", "process"], e, root)
     _run([_prefect(), "--no-prompt", "deploy", "--all"], e, root)
     _run([sys.executable, str(root / "deployments" / "automations.py")], e, root)
+    _run([sys.executable, str(root / "deployments" / "configure.py")], e, root)  # tags, region choices
     if _pid(cfg, "worker") is None:
         _spawn(cfg, "worker", [_prefect(), "worker", "start", "--pool", POOL], e, root)
     if _pid(cfg, "runner") is None:

@@ -1,4 +1,5 @@
-"""The one core module that talks to Prefect: events, Secret blocks and notification blocks.
+"""The one core module that talks to Prefect: events, Secret blocks, notification blocks, the console/API log
+split of the CLI, and the retry of transient API errors.
 
 Everything else in ``llmdr`` is plain Python that runs with or without a Prefect server; the layer contract
 (``make lint``) refuses ``import prefect`` anywhere else in the core. Prefect is imported inside the functions, so
@@ -9,11 +10,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Statuses a Prefect API answers when it is briefly unable, not when the request is wrong: 503 is what Prefect on
+# SQLite answers to a write under load ("database is locked"), 502/504 what a proxy in front of it answers.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)  # four retries, 7.5 s of waiting at most
+
+
+def quiet_console(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep Prefect's console output to warnings and errors for a CLI user while every INFO line of a flow or task
+    run still reaches the Prefect API (the UI's run logs). ``PREFECT_LOGGING_LEVEL=WARNING`` would silence both:
+    it sets the level of the ``prefect`` loggers, in front of the API handler. Only the console handler's level is
+    set here; a value the user set is kept. Call it before Prefect is imported (its logging is set up on import)."""
+    environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def api_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed API call (httpx / Prefect client or urllib), None if it got no answer."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code
+    status = getattr(getattr(exc, "response", None), "status_code", None)  # httpx.HTTPStatusError and subclasses
+    return status if isinstance(status, int) else None
+
+
+def is_transient_api_error(exc: BaseException) -> bool:
+    """True for what a retry can cure: a transient status (429, 502, 503, 504), a refused or reset connection, a
+    timeout. Any other 4xx/5xx answer is final: the request itself is wrong, repeating it changes nothing."""
+    status = api_status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUSES
+    if isinstance(exc, (ConnectionError, TimeoutError)):  # refused, reset, aborted, timed out
+        return True
+    import httpx  # comes with prefect
+
+    if isinstance(exc, (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)):
+        return True  # refused, reset or half-closed connections, timeouts; not a malformed URL
+    reason = getattr(exc, "reason", None)  # urllib.error.URLError wraps the socket error
+    return isinstance(reason, (ConnectionError, TimeoutError))
+
+
+def retry_api(fn: Callable[..., T], *args: Any, delays: tuple[float, ...] = API_RETRY_DELAYS,
+              sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a call to the Prefect API, repeated after each delay of ``delays`` while it fails
+    with a transient error (:func:`is_transient_api_error`); the last error, or any other, is raised as is."""
+    for attempt, delay in enumerate((*delays, None)):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if delay is None or not is_transient_api_error(exc):
+                raise
+            log.warning("Prefect API call %s failed (%s); retry %d of %d in %.1f s",
+                        getattr(fn, "__name__", "call"), _short(exc), attempt + 1, len(delays), delay)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _short(exc: BaseException) -> str:
+    status = api_status(exc)
+    text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return f"HTTP {status}: {text}" if status is not None else text
 
 
 def emit_event(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
@@ -39,7 +105,7 @@ def load_secret(block: str) -> Any:
     raises for a missing block or an unreachable API; callers map it to their own error."""
     from prefect.blocks.system import Secret
 
-    return Secret.load(block).get()
+    return retry_api(Secret.load, block).get()
 
 
 def load_block(ref: str) -> Any:
@@ -48,7 +114,7 @@ def load_block(ref: str) -> Any:
     import prefect.blocks.notifications  # noqa: F401 - registers the built-in notification block types
     from prefect.blocks.core import Block
 
-    return call_sync(Block.load, ref)
+    return retry_api(call_sync, Block.load, ref)
 
 
 def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
