@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                        instead="pass --cold 0")["s5cmd"]
     api = ports["api"]
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from llmdr.integrations.prefect import quiet_console
+
+    quiet_console()  # a quiet console; the flows' run logs still reach the Prefect API
     from llmdr.config import load_config
     from llmdr.devstack import orchestration
     from llmdr.devstack.regions import start_region, stop_region
