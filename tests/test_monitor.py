@@ -273,7 +273,7 @@ def test_probe_a_real_model_server(tiny):
 
 def test_probe_wrong_model_is_a_failed_sample(tiny):
     s = probe("primary", tiny, timeout=10, model="gpt-9")
-    assert not s.ok and s.status == 400 and s.error.startswith("HTTP 400: model 'gpt-9' is not served here")
+    assert not s.ok and s.status == 404 and s.error.startswith("HTTP 404: The model 'gpt-9' does not exist")
 
 
 @pytest.mark.parametrize("case", [
