@@ -5,6 +5,8 @@ export UV_LINK_MODE ?= copy
 # Compiled bytecode in one ignored folder: every CLI, worker and server subprocess the demo and the tests start then
 # imports prefect/boto3/mlflow 2-3x faster than with PYTHONDONTWRITEBYTECODE set (measured: 3.1 s -> 1.1 s).
 PYENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/.pycache
+# the suite's parallel workers: its tests mostly wait on servers and subprocesses, so 3 fit on 2 cores
+TEST_WORKERS ?= 3
 
 .PHONY: install demo test lint bench bench-rto clean
 
@@ -20,7 +22,7 @@ demo: install
 
 # The layer contracts (.importlinter) also run inside the suite (tests/test_layering.py); lint first fails fast.
 test: lint
-	$(PYENV) $(UV) run --frozen pytest
+	$(PYENV) $(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(UV) run --frozen ruff check llmdr tasks flows tests bench deployments scripts

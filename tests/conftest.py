@@ -21,10 +21,14 @@ from tests.support.ports import free_base_ports
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark ``s3`` every test that uses the session's S3 servers, whatever fixture brings them in."""
+    """Mark ``s3`` every test that uses the session's S3 servers, whatever fixture brings them in; then put the files
+    with ``slow`` tests first (a stable sort: the order inside a file is kept), so that `make test`'s parallel workers
+    (``-n 3 --dist loadfile``: one file per worker at a time) start the long files first rather than end on them."""
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -90,3 +94,4 @@ def served_config(stack, tmp_path) -> Config:
     from llmdr.devstack.serving import stop_serving
 
     stop_serving(cfg, router=True)
+

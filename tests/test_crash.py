@@ -4,8 +4,10 @@
 
 Kill points: the transfer time of an uninterrupted run is measured first (from the moment its first pack, file or
 (prune) new index appears to its exit; the faster of two runs, as the machine is shared); each kill then comes a
-random delay within that time after the killed run's own transfer has begun. Counting from the transfer's start
-rather than the process's keeps the points mid-transfer whatever the interpreter's start-up costs on a busy machine.
+random delay within that time after the killed run's own transfer has begun; a run that finished before its kill
+shortens the time the next delays are drawn from (tests run in parallel, so the measured runs may have been slowed by
+a neighbour). Counting from the transfer's start rather than the process's keeps the points mid-transfer whatever the
+interpreter's start-up costs on a busy machine.
 After every kill:
 
 - snapshot / replicate: no partial snapshot is listed in the region written to (any listed snapshot has every
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +138,21 @@ def _exited(proc: subprocess.Popen, cmd: list[str]) -> None:
     assert proc.returncode == 0, f"{cmd[4:]} failed by itself (exit {proc.returncode}): {err}"
 
 
-def kill_during(cmd: list[str], started: Callable[[], bool], delay: float) -> bool:
+def kill_during(cmd: list[str], started: Callable[[], bool], delay: float) -> float | None:
     """Start ``cmd``; once ``started()`` (its transfer has begun), wait ``delay`` seconds more and SIGKILL it.
-    True when the kill landed: the process had not exited by itself."""
+    None when the kill landed (the process had not exited by itself), else the seconds its transfer took."""
     proc = _spawn_and_wait_for_transfer(cmd, started)
+    t0 = time.perf_counter()
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         proc.stderr.close()
-        return True
+        return None
+    took = time.perf_counter() - t0
     _exited(proc, cmd)
-    return False
+    return took
 
 
 def transfer_time(runs: list[tuple[list[str], Callable[[], bool]]]) -> float:
@@ -164,12 +168,13 @@ def transfer_time(runs: list[tuple[list[str], Callable[[], bool]]]) -> float:
     return min(times)
 
 
-def kill_points(duration: float, share: float = WINDOW) -> list[float]:
-    """KILLS seeded random delays within ``duration``, the transfer time of an uninterrupted run (its first
-    ``share``: on a shared machine a run is often faster than the one measured, and a kill after the exit
-    proves nothing)."""
+def kill_points(tally: Tally, share: float = WINDOW) -> Iterator[float]:
+    """KILLS seeded random delays within the first ``share`` of the transfer time (``tally.transfer_s``, read anew for
+    each kill: a run that finished before its kill shortens it). On a shared machine a run is often faster than the
+    one measured, and a kill after the exit proves nothing."""
     rng = random.Random(SEED)
-    return [rng.uniform(0, share * duration) for _ in range(KILLS)]
+    for _ in range(KILLS):
+        yield rng.uniform(0, share) * tally.transfer_s
 
 
 def repo(cfg: Config, name: str, create: RepoConfig | None = None) -> Repository:
@@ -238,6 +243,14 @@ class Tally:
     resent_bytes: int = 0  # ... of which had already arrived before the kill (must stay 0)
     unindexed_bytes: int = 0  # packs stored before the kill but in no index yet: sent again by the re-run (v2)
 
+    def kill(self, cmd: list[str], started: Callable[[], bool], delay: float) -> None:
+        """``kill_during``; a run that finished first did not land, and its transfer time bounds the next delays."""
+        took = kill_during(cmd, started, delay)
+        if took is None:
+            self.landed += 1
+        else:
+            self.transfer_s = min(self.transfer_s, took)
+
     def check(self) -> None:
         print(f"\n{self.op}: transfer {self.transfer_s:.2f}s uninterrupted; {KILLS} kills: {self.landed} landed, "
               f"{self.mid_transfer} mid-transfer; re-runs transferred {self.rerun_bytes} bytes, {self.resent_bytes} "
@@ -274,9 +287,9 @@ def test_snapshot_killed(world, tmp_path):
 
     runs = [(cli(p, "snapshot"), has_packs(r)) for p, _, r in (fresh(), fresh())]
     t = Tally("snapshot", transfer_time(runs))
-    for i, delay in enumerate(kill_points(t.transfer_s)):
+    for i, delay in enumerate(kill_points(t)):
         path, cfg, prim = fresh()
-        t.landed += kill_during(cli(path, "snapshot"), has_packs(prim), delay)
+        t.kill(cli(path, "snapshot"), has_packs(prim), delay)
         present = settled_chunks(prim)
         listed = assert_nothing_partial(prim, present)
         assert len(listed) <= 1  # killed after its manifest was written: complete (checked above)
@@ -306,9 +319,9 @@ def test_replicate_killed(world, tmp_path):
 
     runs = [(replicate(p), has_packs(r)) for p, _, r in (fresh(), fresh())]
     t = Tally("replicate", transfer_time(runs))
-    for i, delay in enumerate(kill_points(t.transfer_s)):
+    for i, delay in enumerate(kill_points(t)):
         path, cfg, dst = fresh()
-        t.landed += kill_during(replicate(path), has_packs(dst), delay)
+        t.kill(replicate(path), has_packs(dst), delay)
         present = settled_chunks(dst)
         listed = assert_nothing_partial(dst, present)
         assert listed in ([], [sid])
@@ -363,9 +376,9 @@ def test_restore_killed(world, tmp_path):
 
     t = Tally("restore", transfer_time([(restore(tmp_path / m), has_files(tmp_path / m)) for m in ("m1", "m2")]))
     finished = 0
-    for i, delay in enumerate(kill_points(t.transfer_s, RESTORE_WINDOW)):
+    for i, delay in enumerate(kill_points(t, RESTORE_WINDOW)):
         target = tmp_path / f"t{i}"
-        t.landed += kill_during(restore(target), has_files(target), delay)
+        t.kill(restore(target), has_files(target), delay)
         complete, partial, marker = target_state(target, world.tree) if target.exists() else ({}, 0, False)
         t.mid_transfer += 0 < len(complete) < len(world.tree) or partial > 0
         force = False
@@ -457,9 +470,9 @@ def test_prune_killed(world, tmp_path):
     for pw in measured:  # an uninterrupted run deletes every planned pack
         assert set(pw.repo.pack_infos()) == pw.live_packs and plans(pw.repo) == {}
     via_cli: list[str] = []
-    for i, delay in enumerate(kill_points(t.transfer_s)):
+    for i, delay in enumerate(kill_points(t)):
         pw = prune_world(world, big, small)
-        t.landed += kill_during(prune_cli(pw), index_changed(pw.repo), delay)
+        t.kill(prune_cli(pw), index_changed(pw.repo), delay)
         left = sorted(set(pw.repo.pack_infos()) & set(pw.planned))
         t.mid_transfer += bool(plans(pw.repo))  # after its first change, before its plan (deleted last) went
         assert pw.live_packs <= set(pw.repo.pack_infos()), f"kill {i}: a pack of the live snapshot was deleted"
