@@ -95,3 +95,24 @@ def served_config(stack, tmp_path) -> Config:
 
     stop_serving(cfg, router=True)
 
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """One moto server per test module (STS and IAM, which only AWS has)."""
+    from tests.support.moto import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def moto(moto_url):
+    """The module's moto server with fresh state and IAM authentication off (moto's default); authentication is
+    switched off again after a test that turned it on."""
+    from tests.support.moto import check_auth, reset
+
+    reset(moto_url)
+    try:
+        yield moto_url
+    finally:
+        check_auth(moto_url, on=False)

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
@@ -23,6 +22,7 @@ from llmdr.storage.aws import effective_endpoint
 from llmdr.storage.credentials import caller_identity, clear_cache, resolve_keys
 from llmdr.storage.factory import adapter, open_region
 from tests.support.config import config_yaml, fresh_prefix
+from tests.support.moto import check_auth
 
 ACCOUNT = "123456789012"  # moto's default account
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/llmdr"
@@ -165,33 +165,6 @@ def test_bad_addressing_style_is_refused(tmp_path):
 
 
 # --- STS through moto: web identity (IRSA) and role_arn on top of a profile -------------------------------------------
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _post(url: str, data: bytes = b"") -> None:
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "text/plain"})
-    urllib.request.urlopen(req, timeout=10).read()
-
-
-@pytest.fixture
-def moto(moto_url):
-    _post(f"{moto_url}/moto-api/reset")
-    try:
-        yield moto_url
-    finally:
-        _post(f"{moto_url}/moto-api/reset-auth", b"inf")
-
-
 def test_web_identity_keys_come_from_sts(tmp_path, aws_env, moto):
     token = tmp_path / "token"
     token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bGxtZHI6ZHIifQ.c2ln")
@@ -240,7 +213,7 @@ def test_role_arn_on_top_of_a_profile_without_static_keys_in_llmdr_yaml(tmp_path
                                                 "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/deployer"}}]}))
     write_profiles(tmp_path, {"deployer": (key["AccessKeyId"], key["SecretAccessKey"]),
                               "stranger": ("AKIASTRANGER00000001", "nope")})
-    _post(f"{moto}/moto-api/reset-auth", b"0")  # from now on moto checks every signature and policy
+    check_auth(moto, on=True)
     creds = f"{{profile: deployer, role_arn: '{ROLE}', sts_endpoint: '{moto}'}}"
     cfg = config(tmp_path, region("primary", "primary", "llmdr-a", credentials=creds, lines="s3_region: us-east-1"),
                  region("secondary", "secondary", "llmdr-b", lines="s3_region: eu-west-1"))

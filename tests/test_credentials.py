@@ -10,7 +10,6 @@ import http.server
 import json
 import socket
 import threading
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -27,6 +26,7 @@ from llmdr.storage.credentials import (
     resolve_keys,
 )
 from tests.support.config import two_region_yaml
+from tests.support.moto import check_auth
 
 ACCOUNT = "123456789012"  # moto's default account
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/llmdr"
@@ -56,35 +56,6 @@ def _fresh_cache():
 def base_env(monkeypatch):
     monkeypatch.setenv("LLMDR_CT_AK", BASE_AK)
     monkeypatch.setenv("LLMDR_CT_SK", BASE_SK)
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _post(url: str, data: bytes = b"") -> None:
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "text/plain"})
-    urllib.request.urlopen(req, timeout=10).read()
-
-
-@pytest.fixture
-def moto(moto_url):
-    """A moto server with fresh state and IAM authentication off (moto's default); auth is switched off again after
-    a test that turned it on."""
-    _post(f"{moto_url}/moto-api/reset")
-    try:
-        yield moto_url
-    finally:
-        _post(f"{moto_url}/moto-api/reset-auth", b"inf")
 
 
 def boto(moto_url: str, service: str, ak: str = BASE_AK, sk: str = BASE_SK):
@@ -194,7 +165,7 @@ def test_assumed_keys_work_for_s3_with_iam_auth_enforced(tmp_path, moto, monkeyp
     from llmdr.storage.factory import open_region
 
     ak, sk = _iam_setup(moto)
-    _post(f"{moto}/moto-api/reset-auth", b"0")  # from now on moto checks every signature and policy
+    check_auth(moto, on=True)
     monkeypatch.setenv("LLMDR_CT_AK", ak)
     monkeypatch.setenv("LLMDR_CT_SK", sk)
 
