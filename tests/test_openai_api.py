@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,34 +22,11 @@ from llmdr.serving.server import MAX_BODY
 from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
 from tests.support import config as builder
 from tests.support.ports import free_port
+from tests.support.serving import start_serve, stop_serve
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 MODEL = "llmdr-tiny"
 ASK = [{"role": "user", "content": "how do I restore a snapshot ?"}]
-
-
-def start_serve(bundle: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(LLMDR + ["serve", str(bundle), "--port", str(port)], stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode())
-        assert time.monotonic() < deadline, "llmdr serve did not come up"
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +40,7 @@ def bundle(tmp_path_factory) -> Path:
 def served(bundle):
     proc, url = start_serve(bundle)
     yield url
-    stop(proc)
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +299,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(bundle):
         with pytest.raises(openai.APIConnectionError):
             c.models.list()
     finally:
-        stop(proc)
+        stop_serve(proc)
 
 
 @pytest.mark.parametrize("args,words", [(["--port", "99999"], "--port 99999 is not a TCP port"),

@@ -4,7 +4,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
 from tests.support.ports import free_port
+from tests.support.serving import start_serve, stop_serve
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 
@@ -31,22 +31,9 @@ def call(url: str, body: dict | None = None) -> tuple[int, dict]:
 def server(tmp_path_factory):
     bundle = tmp_path_factory.mktemp("serve") / "tiny"
     write_demo_bundle(bundle)
-    port = free_port()
-    proc = subprocess.Popen(LLMDR + ["serve", str(bundle), "--port", str(port)], stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if call(url + "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.1)
+    proc, url = start_serve(bundle)
     yield url, bundle
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_serve(proc)
 
 
 def test_health_and_models(server):

@@ -1,10 +1,17 @@
-"""`llmdr serve`'s HTTP server in a thread, for tests that need an endpoint but no replica process."""
+"""`llmdr serve` for tests: as a real process on a free port (``start_serve``), or its HTTP server in a thread for
+tests that need an endpoint but no replica process (``serving``)."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 
 @contextlib.contextmanager
@@ -21,3 +28,33 @@ def serving(bundle: Path):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)
+
+
+def start_serve(bundle: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """``llmdr serve BUNDLE`` as its own process on a free loopback port, once its /health answers 200; returns the
+    process and its base URL. Fails with the server's stderr if it exits first."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmdr.cli", "serve", str(bundle), "--port", str(port)],
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"llmdr serve exited {proc.returncode}: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            stop_serve(proc)
+            raise AssertionError(f"llmdr serve did not answer {url}/health within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """Stop a ``start_serve`` process (SIGTERM, then wait)."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=15)
