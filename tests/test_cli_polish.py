@@ -207,6 +207,47 @@ def test_stack_down_names_what_it_stopped_and_what_was_already_stopped(tmp_path)
             stop_region(cfg, region)
 
 
+
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process this user can see."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+        except (ValueError, OSError):  # not a process, or gone meanwhile
+            pass
+    return out
+
+
+@pytest.mark.s3  # starts regions of its own
+def test_two_stack_ups_at_once_start_one_stack(tmp_path):
+    """The second waits for the first (the project's stack lock) and then finds every server up: one SeaweedFS process
+    per region, the one its pid file names. Without the lock both started servers and one failed on the ports, or
+    left a server no pid file named."""
+    from llmdr.devstack.regions import region_pid, stop_region
+
+    p, s = free_base_ports()
+    cfg = make_config(tmp_path, p, s, tmp_path / ".llmdr")
+    with open(cfg.source_file, "a") as f:
+        f.write("\nmetrics: {with_stack: false}\n")
+    try:
+        cmd = LLMDR + ["--config", str(cfg.source_file), "stack", "up", "--no-serving"]
+        procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [proc.communicate(timeout=180) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outs
+        assert sum("waiting for `llmdr stack up` (pid" in err for _, err in outs) == 1, outs
+        for region in cfg.regions:
+            pid = region_pid(cfg, region)
+            assert pid and alive(pid)
+            data = str(tmp_path / ".llmdr" / "stack" / region.name)
+            running = [pid for pid, cmdline in processes() if f"-config_dir={data} " in cmdline + " "]
+            assert running == [pid], f"{region.name}: processes {running}, pid file {pid}"
+    finally:
+        for region in cfg.regions:
+            stop_region(cfg, region)
+
+
 # init ---------------------------------------------------------------------------------------------------------------
 def init(folder: Path, *args: str):
     (folder / "model").mkdir(exist_ok=True)

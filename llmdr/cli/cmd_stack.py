@@ -41,39 +41,42 @@ def stack_up(
     the llmdr work pool, the deployments, the automations and a worker."""
     from llmdr.devstack.regions import local_regions, start_region
     from llmdr.devstack.serving import start_router, start_serving
+    from llmdr.devstack.stacklock import stack_lock
 
     cfg = load_cfg()
-    regions = local_regions(cfg, region)
-    if not regions:
-        raise UsageError(f"no region in {cfg.source_file} has a local: section, so there is nothing for `llmdr stack` "
-                         "to start; remote regions are run by their owners")
-    rows = [start_region(cfg, r) for r in regions]
-    text = _status_table(rows)
-    out: dict[str, Any] = {"regions": [s.to_json() for s in rows]}
-    if serving:
-        notes = start_serving(cfg, regions)
-        router = start_router(cfg)
-        notes += [router] if router else []
-        text += "\n" + "\n".join(f"{n.region:<12} {'serving' if n.started else '-':<8} {n.detail}" for n in notes)
-        out["serving"] = [n.__dict__ for n in notes]
-    if ui:
-        from llmdr.devstack import orchestration
+    with stack_lock(cfg, "stack up"):
+        regions = local_regions(cfg, region)
+        if not regions:
+            raise UsageError(f"no region in {cfg.source_file} has a local: section, so there is nothing for "
+                             "`llmdr stack` to start; remote regions are run by their owners")
+        rows = [start_region(cfg, r) for r in regions]
+        text = _status_table(rows)
+        out: dict[str, Any] = {"regions": [s.to_json() for s in rows]}
+        if serving:
+            notes = start_serving(cfg, regions)
+            router = start_router(cfg)
+            notes += [router] if router else []
+            text += "\n" + "\n".join(f"{n.region:<12} {'serving' if n.started else '-':<8} {n.detail}" for n in notes)
+            out["serving"] = [n.__dict__ for n in notes]
+        if ui:
+            from llmdr.devstack import orchestration
 
-        st = orchestration.start(cfg, ui_port)
-        text += "\n" + orchestration.describe(st)
-        out["prefect"] = st.to_json()
-    if mlflow:
-        from llmdr.devstack import mlflowui
+            st = orchestration.start(cfg, ui_port)
+            text += "\n" + orchestration.describe(st)
+            out["prefect"] = st.to_json()
+        if mlflow:
+            from llmdr.devstack import mlflowui
 
-        ml = mlflowui.start(cfg, mlflow_port)
-        text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
-        out["mlflow"] = ml
-    if cfg.metrics.with_stack:  # the Prometheus exporter (metrics: in llmdr.yaml); its trouble never fails the stack
-        from llmdr.metrics import service as metrics_service
+            ml = mlflowui.start(cfg, mlflow_port)
+            text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
+            out["mlflow"] = ml
+        # the Prometheus exporter (metrics: in llmdr.yaml); its trouble never fails the stack
+        if cfg.metrics.with_stack:
+            from llmdr.metrics import service as metrics_service
 
-        exporter = metrics_service.start(cfg)
-        text += "\n" + exporter.line()
-        out["metrics"] = exporter.to_json()
+            exporter = metrics_service.start(cfg)
+            text += "\n" + exporter.line()
+            out["metrics"] = exporter.to_json()
     emit(as_json, out, text)
 
 
@@ -87,8 +90,11 @@ def stack_down(
     router, the Prefect server and worker and the MLflow UI. Says, for each, what it stopped (and its PID) or that it
     was already stopped; exits 1 if one still runs. Data stays on disk."""
     from llmdr.cli.stackstop import stop_stack
+    from llmdr.devstack.stacklock import stack_lock
 
-    rows = stop_stack(load_cfg(), region)
+    cfg = load_cfg()
+    with stack_lock(cfg, "stack down"):
+        rows = stop_stack(cfg, region)
     emit(as_json, {"processes": [r.to_json() for r in rows]}, "\n".join(r.line() for r in rows))
     running = [r.name for r in rows if r.running]
     if running:
