@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -307,3 +308,81 @@ def test_sigterm_lets_the_stream_in_flight_finish(bundle):
 def test_serve_refuses_a_bad_address(bundle, args, words):
     r = subprocess.run(LLMDR + ["serve", str(bundle), *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# max_concurrency: generations at once -------------------------------------------------------------------------------
+@pytest.fixture
+def one_slot(tmp_path, monkeypatch):
+    """`llmdr serve`'s server (in this process) for a bundle allowing one generation at a time and a 0.5 s queue wait;
+    every generation sets ``entered`` and then waits for ``release``."""
+    import threading
+
+    from llmdr.serving.service import ModelService
+    from tests.support.serving import serving
+
+    b = tmp_path / "tiny"
+    write_demo_bundle(b)
+    conf = json.loads((b / "serving.json").read_text())
+    (b / "serving.json").write_text(json.dumps({**conf, "max_concurrency": 1, "timeout_s": 0.5}))
+    entered, release = threading.Event(), threading.Event()
+    original = ModelService.generate
+
+    def held(self, *args):
+        entered.set()
+        release.wait(30)
+        yield from original(self, *args)
+
+    monkeypatch.setattr(ModelService, "generate", held)
+    with serving(b) as url:
+        yield url, entered, release
+    release.set()
+
+
+def test_a_request_beyond_max_concurrency_waits_then_gets_429(one_slot):
+    import threading
+
+    url, entered, release = one_slot
+    first: dict = {}
+    t = threading.Thread(target=lambda: first.update(r=client(url).chat.completions.create(model=MODEL, messages=ASK)))
+    t.start()
+    assert entered.wait(30)  # the first request holds the only slot
+    with pytest.raises(openai.RateLimitError) as exc:
+        client(url).with_options(max_retries=0).chat.completions.create(model=MODEL, messages=ASK)
+    assert exc.value.status_code == 429 and exc.value.response.headers["retry-after"] == "1"
+    assert exc.value.code == "rate_limit_exceeded" and "1 generation slots stayed busy" in exc.value.message
+    release.set()
+    t.join(30)
+    assert first["r"].choices[0].message.content  # the first one was served
+    assert client(url).chat.completions.create(model=MODEL, messages=ASK).choices[0].message.content  # slot free
+
+
+def test_a_stream_left_by_its_client_frees_its_slot(one_slot):
+    url, entered, release = one_slot
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"model": MODEL, "messages": ASK, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert entered.wait(30)
+    status, _, _ = raw(url, "POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": ASK}).encode())
+    assert status == 429  # the stream holds the slot
+    s.close()  # the client leaves mid-stream
+    release.set()
+    deadline = time.monotonic() + 10
+    while (status := raw(url, "POST", "/v1/chat/completions",
+                         json.dumps({"model": MODEL, "messages": ASK}).encode())[0]) == 429:
+        assert time.monotonic() < deadline, "the slot of the abandoned stream was never freed"
+    assert status == 200
+
+
+@pytest.mark.parametrize("bad", [0, -1, "8", 1.5, True])
+def test_a_bad_max_concurrency_is_refused(tmp_path, bad):
+    from llmdr.errors import UsageError
+    from llmdr.serving.service import ModelService
+
+    b = tmp_path / "tiny"
+    write_demo_bundle(b)
+    conf = json.loads((b / "serving.json").read_text())
+    (b / "serving.json").write_text(json.dumps({**conf, "max_concurrency": bad}))
+    with pytest.raises(UsageError, match="max_concurrency must be a positive whole number"):
+        ModelService(b)

@@ -6,6 +6,10 @@ else in llmdr (golden checks, failover, drills) talks to a model only through th
 checked the same way. The model itself is ``service.ModelService``; the request and response shapes are
 ``openai_api``. Every answer, errors included, is JSON and carries ``x-llmdr-bundle-digest``.
 
+At most ``max_concurrency`` generations (serving.json) run at once, a stream holding its slot until its last event or
+the client's disconnect; more requests wait up to ``timeout_s`` for a slot, then get 429 (OpenAI's
+``rate_limit_exceeded``) with ``Retry-After``.
+
 Connections behind a shared router stay in step: a request body is always read to its end before the answer (an
 unknown route included), so the next request on a reused keep-alive connection starts where the client's did; a
 body over ``MAX_BODY`` gets 413 and, if it was not read to its end, the connection is closed.
@@ -22,14 +26,15 @@ import threading
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llmdr.serving import openai_api as api
-from llmdr.serving.service import REFUSAL, BadRequest, ModelNotFound, ModelService, bundle_digest
+from llmdr.serving.service import REFUSAL, BadRequest, Busy, ModelNotFound, ModelService, bundle_digest
 
 __all__ = ["MAX_BODY", "REFUSAL", "BadRequest", "ModelService", "Server", "bundle_digest", "create_app", "make_server"]
 
@@ -65,6 +70,17 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
                                 param="model", code="model_not_found")
         return _json(200, service.model_card())
 
+    slots = asyncio.Semaphore(service.max_concurrency)
+
+    async def take_slot() -> Slot:
+        try:
+            async with asyncio.timeout(service.queue_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise Busy(f"all {service.max_concurrency} generation slots stayed busy for {service.queue_timeout:g} s; "
+                       "retry later", code="rate_limit_exceeded") from None
+        return Slot(slots)
+
     async def completions(request: Request) -> Response:
         req = api.parse(await request.body(), api.CompletionRequest)
         service.check_model(req.model)
@@ -81,10 +97,24 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
         return await _answer(api.Reply(service, chat=True), [prompt], gen, req)
 
     async def _answer(reply: api.Reply, prompts: list, gen, req) -> Response:
+        slot = await take_slot()
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(api.stream_events(service, reply, prompts, gen, include),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+            async def events():
+                try:
+                    async for event in iterate_in_threadpool(api.stream_events(service, reply, prompts, gen,
+                                                                               include)):
+                        yield event
+                finally:
+                    slot.release()
+
+            try:  # the background task frees the slot too when the client left before the first event
+                return StreamingResponse(events(), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"}, background=BackgroundTask(slot.release))
+            except BaseException:
+                slot.release()
+                raise
 
         def whole() -> dict:
             rng = service.rng(gen)
@@ -92,10 +122,15 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
             return reply.whole([(text, finish) for text, finish, _ in runs], sum(len(p.ids) for p in prompts),
                                sum(tokens for _, _, tokens in runs))
 
-        return _json(200, await run_in_threadpool(whole))
+        try:
+            return _json(200, await run_in_threadpool(whole))
+        finally:
+            slot.release()
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadRequest)
+        if isinstance(exc, Busy):
+            return _json(429, api.error_body(str(exc), "requests", code=exc.code), headers={"Retry-After": "1"})
         status = 404 if isinstance(exc, ModelNotFound) else 400
         return _json(status, api.error_body(str(exc), param=exc.param, code=exc.code))
 
@@ -126,6 +161,18 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ], exception_handlers={BadRequest: bad_request, HTTPException: http_error, Exception: server_error})
     return BodyLimit(app, max_body, service.digest)
+
+
+class Slot:
+    """One generation slot taken from the server's semaphore; ``release`` is safe to call more than once."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
 
 
 class BodyLimit:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmdr.errors import UsageError
 
@@ -42,6 +43,10 @@ class BadRequest(Exception):
 
 class ModelNotFound(BadRequest):
     """The request names a model this server does not serve."""
+
+
+class Busy(BadRequest):
+    """Every generation slot (``max_concurrency`` in serving.json) stayed taken for the whole queue wait."""
 
 
 @dataclass
@@ -94,6 +99,9 @@ class ModelService:
         self.serving = json.loads(serving_file.read_text()) if serving_file.exists() else {}
         self.name = str(self.serving.get("model_name") or folder.name)
         self.max_prompt_tokens = int(self.serving.get("max_prompt_tokens", 10_000))
+        # generations at once (vLLM's --max-num-seqs); more wait up to timeout_s for a slot, then get 429
+        self.max_concurrency = _positive(self.serving, "max_concurrency", 64, serving_file, int)
+        self.queue_timeout = _positive(self.serving, "timeout_s", 30, serving_file, float)
         self.denylist = [line.strip().lower() for f in sorted((folder / "security").glob("*deny*"))
                          for line in f.read_text().splitlines() if line.strip()]
         self.digest = bundle_digest(folder)
@@ -195,3 +203,13 @@ def _held_back(text: str, stops: list[str]) -> int:
     """How many characters at the end of ``text`` could be the beginning of a stop sequence."""
     return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
                default=0)
+
+
+def _positive(serving: dict, key: str, default: float, where: Path, kind: type) -> Any:
+    """``serving[key]`` as a positive ``kind`` (``default`` when absent); UsageError naming the file otherwise."""
+    value = serving.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9 or \
+            (kind is int and value != int(value)):
+        raise UsageError(f"{where}: {key} must be a positive {'whole ' if kind is int else ''}number, not "
+                         f"{value!r}; fix serving.json in the bundle")
+    return kind(value)
