@@ -239,7 +239,7 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     ev.write_bytes(data.replace(b'"passed": true', b'"passed": false', 1) if b'"passed": true' in data
                    else data + b" ")
     bad = _llmdr(cfg, "report", "verify", str(folder))
-    assert bad.returncode == 10 and "evidence.json" in bad.stdout
+    assert bad.returncode == 12 and "evidence.json" in bad.stdout
     ev.write_bytes(data)
 
     listed = _llmdr(cfg, "drills")

@@ -324,7 +324,7 @@ def test_report_verify_dot_works_from_inside_the_folder(signed, tmp_path):
     assert f"fingerprint {signed['signer']['fingerprint']}" in ok.stdout
     (folder / "timeline.png").write_bytes((folder / "timeline.png").read_bytes() + b"\0")
     bad = verify()
-    assert bad.returncode == 10 and "timeline.png: SHA-256 differs" in bad.stdout
+    assert bad.returncode == 12 and "timeline.png: SHA-256 differs" in bad.stdout
 
 
 def test_llmdr_also_checks_the_portable_signature(signed, tmp_path):

@@ -132,7 +132,7 @@ def report_verify(
 ) -> None:
     """Check a drill report offline: every file's SHA-256 against the signed list, the signature (Ed25519 with the
     public key, or HMAC with the key in drill.signing.hmac_key_env), and that the folder is named after the drill it
-    was signed for. Symlinks, FIFOs, device files and extra folders are refused. Exit 10 if anything was changed."""
+    was signed for. Symlinks, FIFOs, device files and extra folders are refused. Exit 12 if anything was changed."""
     import os
 
     from llmdr.drill.portable import PUBLIC_KEY_FILE, key_fingerprint
@@ -172,4 +172,4 @@ def report_verify(
                    "drill_id": res.drill_id, "files": res.files, "public_key": str(key) if key else None,
                    "public_key_source": source if fp else None, "fingerprint": fp}, text)
     if not res.ok:
-        raise typer.Exit(10)
+        raise typer.Exit(12)

@@ -17,8 +17,9 @@ EXIT_CODES: dict[int, str] = {
     7: "failover or failback stopped safely; traffic stays where it was",
     8: "the drill ran and a control failed (its report exists)",
     9: "a readiness check FAILed",
-    10: "locked by another llmdr command, or a drill report fails to verify",
+    10: "locked by another llmdr command",
     11: "the region holds an older repository format: run `llmdr migrate`",
+    12: "a drill report fails to verify: a file changed, added or removed, or the signature does not match",
     130: "interrupted (Ctrl-C): run the same command again to resume",
 }
 

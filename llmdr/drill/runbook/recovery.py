@@ -211,7 +211,7 @@ def drill_programme(c: Context, now: datetime, drills: Sequence[Any] | None) -> 
               f"- {code(c.cmd('drills'))}: every drill (RTO, RPO, result); warns when the last passing one is older "
               f"than {format_duration(interval)}.",
               f"- {code(c.cmd('readiness'))}: the readiness checks; exits non-zero on any FAIL.",
-              f"- {code(c.cmd(verify))}: checks a report's signature and every file offline (exit 10 if anything "
+              f"- {code(c.cmd(verify))}: checks a report's signature and every file offline (exit 12 if anything "
               f"changed). Reports are under {code(reports + '/')}; each holds a copy of this runbook "
               "(`RUNBOOK.md`) as it was during that drill, covered by the signature.",
               f"- {code(c.cmd('runbook'))}: regenerates this file."]
