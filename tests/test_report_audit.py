@@ -353,18 +353,20 @@ def test_a_file_name_sha256sum_would_escape_is_refused_before_anything_changes(s
 
 
 def test_hmac_reports_have_an_openssl_recipe_too(signed, tmp_path):
+    """The README's recipe names the key variable the config uses (here not the default), and works as written."""
     _tools()
-    from llmdr.drill.portable import HMAC_RECIPE
-
     key = "0123456789abcdef0123456789abcdef"
     folder = tmp_path / signed["folder"].name
     shutil.copytree(signed["folder"], folder)
-    sign_folder(folder, Signing(method="hmac"), tmp_path / "state", env={"LLMDR_REPORT_HMAC_KEY": key},
-                portable=True)
-    env = dict(__import__("os").environ, LLMDR_REPORT_HMAC_KEY=key)
-    ok = _sh(" && ".join(HMAC_RECIPE), folder, env)
+    sign_folder(folder, Signing(method="hmac", hmac_key_env="TEAM_DR_KEY"), tmp_path / "state",
+                env={"TEAM_DR_KEY": key}, portable=True)
+    text = (folder / "README.md").read_text()
+    recipe = text.split("```sh\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert "in `TEAM_DR_KEY`" in text and '"$TEAM_DR_KEY"' in recipe[0] and "LLMDR_REPORT_HMAC_KEY" not in text
+    env = {k: v for k, v in __import__("os").environ.items() if k != "LLMDR_REPORT_HMAC_KEY"} | {"TEAM_DR_KEY": key}
+    ok = _sh(" && ".join(recipe), folder, env)
     assert ok.returncode == 0 and "HMAC OK" in ok.stdout, ok.stdout + ok.stderr
-    wrong = _sh(HMAC_RECIPE[0], folder, dict(env, LLMDR_REPORT_HMAC_KEY="another key of enough bytes"))
+    wrong = _sh(recipe[0], folder, dict(env, TEAM_DR_KEY="another key of enough bytes"))
     assert wrong.returncode != 0 and "HMAC OK" not in wrong.stdout
     assert verify_folder(folder, hmac_key=key.encode()).ok
 

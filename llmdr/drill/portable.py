@@ -35,11 +35,15 @@ OPENSSL_RECIPE = [
     f"openssl pkeyutl -verify -pubin -inkey {PUBLIC_KEY_FILE} -rawin -in {SUMS_FILE} -sigfile {SUMS_SIG_FILE}",
     f"sha256sum --check --strict {SUMS_FILE}",
 ]
-HMAC_RECIPE = [
-    f'openssl dgst -sha256 -hmac "$LLMDR_REPORT_HMAC_KEY" -r {SUMS_FILE} | cut -c1-64 | cmp - {SUMS_HMAC_FILE} '
-    "&& echo HMAC OK",
-    f"sha256sum --check --strict {SUMS_FILE}",
-]
+DEFAULT_HMAC_ENV = "LLMDR_REPORT_HMAC_KEY"
+
+
+def hmac_recipe(key_env: str = DEFAULT_HMAC_ENV) -> list[str]:
+    """The shell commands that check an HMAC-signed folder, the key in the environment variable ``key_env`` (the
+    config's ``drill.signing.hmac_key_env``, a validated variable name)."""
+    return [f'openssl dgst -sha256 -hmac "${key_env}" -r {SUMS_FILE} | cut -c1-64 | cmp - {SUMS_HMAC_FILE} '
+            "&& echo HMAC OK",
+            f"sha256sum --check --strict {SUMS_FILE}"]
 PYTHON_RECIPE = f'''import hashlib, pathlib
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
@@ -72,7 +76,8 @@ def key_fingerprint(path: Path) -> str:
     return fingerprint(raw_public(load_pem_public_key(Path(path).read_bytes())))
 
 
-def write_key_and_readme(folder: Path, *, key_id: str, drill_id: str, private_key: Any = None) -> None:
+def write_key_and_readme(folder: Path, *, key_id: str, drill_id: str, private_key: Any = None,
+                         hmac_key_env: str = DEFAULT_HMAC_ENV) -> None:
     """Before the folder is hashed: the public key (Ed25519) and README.md in, stale SHA256SUMS files out."""
     for _, dirs, files in os.walk(folder):  # refused before anything in the folder changes
         for name in dirs + files:
@@ -90,7 +95,7 @@ def write_key_and_readme(folder: Path, *, key_id: str, drill_id: str, private_ke
                                                                 serialization.PublicFormat.SubjectPublicKeyInfo),
                      mode=0o644)
         fp = fingerprint(raw_public(pub))
-    atomic_write(folder / README_FILE, readme(drill_id, key_id, fp), mode=0o644)
+    atomic_write(folder / README_FILE, readme(drill_id, key_id, fp, hmac_key_env), mode=0o644)
 
 
 def write_sums(folder: Path, entries: list[dict[str, Any]], *, private_key: Any = None,
@@ -110,7 +115,7 @@ def write_sums(folder: Path, entries: list[dict[str, Any]], *, private_key: Any 
     return sorted(list(entries) + added, key=lambda e: e["path"])
 
 
-def readme(drill_id: str, key_id: str, fp: str | None) -> str:
+def readme(drill_id: str, key_id: str, fp: str | None, hmac_key_env: str = DEFAULT_HMAC_ENV) -> str:
     head = [f"# DR drill report {drill_id}: how to check it", "",
             "`report.pdf` and `report.html` are the report, rendered from `evidence.json` (the drill's record). "
             f"`{SUMS_FILE}` lists every other file's SHA-256; `SIGNATURE.json` is llmdr's own signature over all of "
@@ -118,8 +123,8 @@ def readme(drill_id: str, key_id: str, fp: str | None) -> str:
             f"Signing key: `{key_id}`"]
     if fp is None:
         return "\n".join(head + [
-            "", "Signed with HMAC-SHA256: checking needs the signer's secret key, in `LLMDR_REPORT_HMAC_KEY`.", "",
-            "## Without llmdr (OpenSSL and coreutils)", "", "```sh", *HMAC_RECIPE, "```", "",
+            "", f"Signed with HMAC-SHA256: checking needs the signer's secret key, in `{hmac_key_env}`.", "",
+            "## Without llmdr (OpenSSL and coreutils)", "", "```sh", *hmac_recipe(hmac_key_env), "```", "",
             "## With llmdr", "", "```sh", "llmdr report verify .", "```", ""])
     return "\n".join(head + [
         f"Fingerprint (SHA-256 of the raw Ed25519 public key): `{fp}`", "",

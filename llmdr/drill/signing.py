@@ -329,7 +329,8 @@ def sign_folder(folder: Path, settings: Signing, state_dir: Path, env: Mapping[s
     if portable:
         from llmdr.drill import portable as pt
 
-        pt.write_key_and_readme(folder, key_id=head["key_id"], drill_id=drill_id_of(folder), private_key=priv)
+        pt.write_key_and_readme(folder, key_id=head["key_id"], drill_id=drill_id_of(folder), private_key=priv,
+                                 hmac_key_env=settings.hmac_key_env)
     entries = _file_entries(folder)
     if portable:
         entries = pt.write_sums(folder, entries, private_key=priv, hmac_key=key)

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from llmdr.drill.portable import (
-    HMAC_RECIPE,
+    DEFAULT_HMAC_ENV,
     OPENSSL_RECIPE,
     PUBLIC_KEY_FILE,
     README_FILE,
     SUMS_FILE,
     SUMS_HMAC_FILE,
     SUMS_SIG_FILE,
+    hmac_recipe,
 )
 from llmdr.drill.report.doc import kv
 
@@ -28,12 +29,13 @@ def signature_blocks(record: dict, *, runbook: str | None = None) -> list[Any]:
     if signer is None:
         return [what]
     if signer.get("algorithm") == "hmac-sha256":
+        key_env = signer.get("key_env") or DEFAULT_HMAC_ENV
         return [what, kv([("Algorithm", "HMAC-SHA256 (a shared secret: verifying needs the same key)"),
                           ("Key id", signer.get("key_id")), ("Key held in", signer.get("key_env")),
                           ("Files for checking without llmdr", f"{SUMS_FILE}, {SUMS_HMAC_FILE}, {README_FILE}")],
                          caption="Signing key"),
-                "Without llmdr, in the report folder (with the key in LLMDR_REPORT_HMAC_KEY): "
-                + "; then ".join(f"`{c}`" for c in HMAC_RECIPE) + "."]
+                f"Without llmdr, in the report folder (with the key in {key_env}): "
+                + "; then ".join(f"`{c}`" for c in hmac_recipe(key_env)) + "."]
     return [
         what,
         kv([("Algorithm", "Ed25519"), ("Key id", signer.get("key_id")),
