@@ -339,7 +339,7 @@ def test_report_renamed_or_copied_under_another_drill_id_is_refused(signed_repor
     folder.rename(copy)
     assert not verify_folder(copy, public_key=pub).ok
     r = llmdr(None, "report", "verify", str(copy), "--public-key", str(pub), cwd=folder.parent)
-    assert r.returncode == 10 and f"signed for drill '{DRILL}' but the folder is named '{OTHER}'" in r.stdout
+    assert r.returncode == 12 and f"signed for drill '{DRILL}' but the folder is named '{OTHER}'" in r.stdout
     copy.rename(folder)
     r = llmdr(None, "report", "verify", str(folder), "--public-key", str(pub), cwd=folder.parent)
     assert r.returncode == 0 and f"signature OK for drill {DRILL}" in r.stdout, r.stdout + r.stderr
