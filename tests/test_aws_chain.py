@@ -224,6 +224,34 @@ def test_role_arn_on_top_of_a_profile_without_static_keys_in_llmdr_yaml(tmp_path
     assert caller_identity(cfg, cfg.primary)["arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/llmdr/llmdr-primary"
 
 
+
+def test_role_arn_keys_are_renewed_by_the_client_before_they_expire(tmp_path, aws_env, moto, monkeypatch):
+    """An assumed role's keys last ``session_duration`` (here STS's minimum, 15 min: inside botocore's renewal window
+    at once). The store's client renews them itself through STS, so a transfer longer than the role's session keeps
+    signing with live keys; before, the store signed with the keys it was built with until they expired."""
+    import boto3
+    from botocore.credentials import RefreshableCredentials
+
+    from llmdr.storage import credentials as creds_mod
+
+    boto3.client("s3", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="AKIASETUP00000000001",
+                 aws_secret_access_key="setup").create_bucket(Bucket="llmdr-renew")
+    write_profiles(tmp_path, {"deployer": ("AKIADEPLOYER00000001", "deployer-secret")})
+    creds = f"{{profile: deployer, role_arn: '{ROLE}', sts_endpoint: '{moto}', session_duration: 15m}}"
+    cfg = config(tmp_path, region("primary", "primary", "llmdr-renew", endpoint=moto, credentials=creds,
+                                  lines="s3_region: us-east-1"),
+                 region("secondary", "secondary", "llmdr-b", lines="s3_region: eu-west-1"))
+    assumed = []
+    real = creds_mod._assume_role
+    monkeypatch.setattr(creds_mod, "_assume_role", lambda *a: assumed.append(real(*a)) or assumed[-1])
+    store = adapter(cfg, cfg.primary)
+    signer = store._client._request_signer._credentials
+    assert isinstance(signer, RefreshableCredentials) and len(assumed) == 1
+    store.put("renewed", b"payload")
+    assert store.get("renewed") == b"payload"
+    assert len(assumed) >= 2, "the client never asked STS for fresh keys"
+    assert signer.get_frozen_credentials().access_key == assumed[-1].access_key_id != assumed[0].access_key_id
+
 # --- effective endpoints ---------------------------------------------------------------------------------------------
 def test_aws_endpoint_url_s3_making_both_regions_one_store_fails_separation(tmp_path, aws_env):
     cfg = aws_pair(tmp_path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,29 @@ def session(profile: str | None = None) -> Any:
         while len(_sessions) > _MAX_SESSIONS:
             _sessions.popitem(last=False)
         return s
+
+
+def renewing_session(profile: str | None, renew: Callable[[], tuple[str, str, str | None, datetime]]) -> Any:
+    """A botocore session of its own whose clients sign with keys that ``renew`` returns (access key id, secret,
+    session token, expiration), renewed by botocore before they expire (``RefreshableCredentials``): for an assumed
+    role, whose keys outlive no transfer longer than the role's session. Shares the S3 model with ``session``."""
+    import botocore.session
+    from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
+
+    def metadata() -> dict[str, Any]:
+        ak, sk, token, expiration = renew()
+        return {"access_key": ak, "secret_key": sk, "token": token, "expiry_time": expiration.isoformat()}
+
+    class Renewing(CredentialProvider):
+        METHOD = "llmdr-assume-role"
+
+        def load(self) -> Any:
+            return RefreshableCredentials.create_from_metadata(metadata(), metadata, self.METHOD)
+
+    s = botocore.session.Session(profile=profile)
+    s.register_component("data_loader", session(profile).get_component("data_loader"))
+    s.register_component("credential_provider", CredentialResolver([Renewing()]))
+    return s
 
 
 def clear_sessions() -> None:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 LOCAL_ENV = "local.env"
 REFRESH_MARGIN = timedelta(minutes=5)  # assumed-role keys are renewed this long before they expire
+# botocore renews a client's refreshable credentials 15 min before they expire (its advisory window): keys handed
+# to such a renewal must last longer than that, or it asks again before every request
+RENEWAL_MARGIN = timedelta(minutes=16)
 _EXPIRY_EXAMPLE = "2026-05-01T12:00:00Z"
 
 
@@ -88,6 +91,12 @@ def resolve_keys(cfg: Config, region: Region) -> Keys:
     if region.credentials.role_arn:
         return _assumed(region, base)
     return base
+
+
+def renewed_keys(cfg: Config, region: Region) -> Keys:
+    """``resolve_keys`` for a client renewing its own keys (a region with ``role_arn``): the role is assumed anew once
+    the cached keys are inside botocore's renewal window, so a transfer longer than the role's session keeps going."""
+    return _assumed(region, _base_keys(cfg, region), margin=RENEWAL_MARGIN)
 
 
 def _base_keys(cfg: Config, region: Region) -> Keys:
@@ -209,7 +218,7 @@ def session_name(region: Region) -> str:
     return re.sub(r"[^\w+=,.@-]", "-", f"llmdr-{region.name}")[:64]
 
 
-def _assumed(region: Region, base: Keys) -> Keys:
+def _assumed(region: Region, base: Keys, margin: timedelta = REFRESH_MARGIN) -> Keys:
     creds = region.credentials
     key = (region.name, creds.role_arn or "", base.access_key_id, creds.sts_endpoint or "",
            str(int(creds.session_duration.total_seconds())))
@@ -217,7 +226,7 @@ def _assumed(region: Region, base: Keys) -> Keys:
         lock = _key_locks.setdefault(key, threading.Lock())
     with lock:  # one AssumeRole per key at a time; other regions are not held up
         hit = _cache.get(key)
-        if hit is not None and hit.expiration is not None and hit.expiration - _now() > REFRESH_MARGIN:
+        if hit is not None and hit.expiration is not None and hit.expiration - _now() > margin:
             return hit
         keys = _assume_role(region, base)
         with _cache_lock:

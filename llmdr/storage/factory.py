@@ -8,12 +8,13 @@ between them); nothing in production switches test doubles on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from llmdr.config import Config, Region
 from llmdr.storage.aws import quick_service_lookup
 from llmdr.storage.base import BlobStore
-from llmdr.storage.credentials import resolve_keys
+from llmdr.storage.credentials import renewed_keys, resolve_keys
 from llmdr.storage.readonly import ReadOnlyStore
 from llmdr.storage.retrying import RetryingStore
 
@@ -61,7 +62,7 @@ def adapter(cfg: Config, region: Region) -> S3Store:
     keys = resolve_keys(cfg, region)  # may ask STS for an assumed role's keys: not inside the pause
     with gc_paused():  # the client's service model: ~100k objects of parsed JSON, no garbage
         return region_s3(
-            region, keys,
+            region, keys, renew=lambda: renewed_keys(cfg, region),
             prefix=region.prefix,
             max_pool_connections=max(16, cfg.transfer.workers * 2),
             object_lock=((region.object_lock.mode, region.object_lock.period.total_seconds())
@@ -69,11 +70,26 @@ def adapter(cfg: Config, region: Region) -> S3Store:
         )
 
 
-def region_s3(region: Region, keys: Keys, **options: Any) -> S3Store:
+def region_s3(region: Region, keys: Keys, renew: Callable[[], Keys] | None = None, **options: Any) -> S3Store:
     """An ``S3Store`` on the region's bucket with ``keys``: its endpoint as botocore resolves it (llmdr.yaml, else
-    AWS_ENDPOINT_URL_S3 / the profile's endpoint_url, else AWS S3), its addressing style and profile. ``options``:
-    more ``S3Store`` arguments (prefix, timeouts...)."""
+    AWS_ENDPOINT_URL_S3 / the profile's endpoint_url, else AWS S3), its addressing style and profile. ``renew``: for a
+    region with ``role_arn``, where fresh keys come from once ``keys`` near their expiry (the client renews them
+    itself). ``options``: more ``S3Store`` arguments (prefix, timeouts...)."""
     from llmdr.storage.s3 import S3Store
+
+    if region.credentials.role_arn and renew is not None and keys.expiration is not None:
+        from llmdr.storage.aws import renewing_session
+
+        def fresh() -> tuple[str, str, str | None, Any]:
+            k = renew()
+            return k.access_key_id, k.secret_access_key, k.session_token, k.expiration or keys.expiration
+
+        first = iter([(keys.access_key_id, keys.secret_access_key, keys.session_token, keys.expiration)])
+        botocore_session = renewing_session(region.credentials.profile, lambda: next(first, None) or fresh())
+        return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=None, secret_access_key=None,
+                       region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
+                       profile=region.credentials.profile, keys_from=keys.source, botocore_session=botocore_session,
+                       **options)
 
     if region.credentials.default_chain and not region.credentials.role_arn:
         # botocore's own chain: the client takes the session's self-refreshing credentials rather than the frozen

@@ -68,13 +68,15 @@ class S3Store:
         addressing_style: str = "auto",
         profile: str | None = None,
         keys_from: str = "",
+        botocore_session: Any = None,
     ) -> None:
         """``object_lock`` = (mode, seconds): every put is locked (COMPLIANCE or GOVERNANCE) until now + seconds, and
         ``delete`` removes every version of a key (the bucket is versioned), refusing locked ones.
         ``endpoint_url`` None: the endpoint botocore resolves (AWS_ENDPOINT_URL_S3, the ``profile``'s endpoint_url,
         else AWS S3 in ``region_name``); ``addressing_style`` auto: path-style there unless it is AWS itself.
         ``access_key_id`` None: the ``profile`` session's own credentials (botocore's chain, renewed as they expire).
-        ``keys_from`` names where the keys came from (``Keys.source``: names only) for access-denied messages."""
+        ``keys_from`` names where the keys came from (``Keys.source``: names only) for access-denied messages.
+        ``botocore_session``: the client's session instead of the ``profile``'s (``aws.renewing_session``)."""
         from botocore.config import Config
 
         from llmdr.storage.aws import effective_endpoint, session
@@ -99,7 +101,7 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        self._client = session(profile).create_client(
+        self._client = (botocore_session or session(profile)).create_client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
