@@ -334,4 +334,4 @@ def status(cfg: Config) -> PostgresStatus:
 def describe(st: PostgresStatus) -> str:
     state = "healthy" if st.healthy else ("running" if st.pid else "stopped")
     return (f"postgres     {state:<8} {st.pid or '-':>7}  {st.url.removeprefix('postgresql://')} "
-            f"(databases {', '.join(st.databases) or '-'}; data {st.data_dir}) {'' if st.healthy else st.detail}")
+            f"(databases {', '.join(st.databases) or '-'}; data {st.data_dir})" + ("" if st.healthy else f" {st.detail}"))
