@@ -244,3 +244,37 @@ def test_stack_up_status_down_with_postgres(tmp_path):
     assert f"stopped         PostgreSQL (pid {pid})" in down.stdout
     assert not _alive(pid)
     assert "postgres     stopped" in llmdr("stack", "status").stdout
+
+
+# --- attacks ------------------------------------------------------------------------------------------------------------
+START = """
+import sys
+from llmdr.config import load_config
+from llmdr.devstack import postgres
+print(postgres.start(load_config(sys.argv[1])).pid)
+"""
+
+
+def test_two_first_starts_at_once_make_one_cluster_with_one_password(tmp_path, monkeypatch):
+    """Two commands starting the same fresh cluster together (`stack up` and `stack up --mlflow`...): one initdb, one
+    password, one server; the second waits and finds it running. A hostile password survives the URLs."""
+    cfg = pg_config(tmp_path)
+    (tmp_path / "state" / "postgres").mkdir(parents=True)
+    (tmp_path / "state" / "postgres" / "data.init-999999").mkdir()  # left by an initdb killed mid-way
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), POSTGRES_PASSWORD_ENV: "p@ss:w/rd%20 #?&"}
+    procs = [subprocess.Popen([sys.executable, "-c", START, str(tmp_path / "llmdr.yaml")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    monkeypatch.setenv(POSTGRES_PASSWORD_ENV, env[POSTGRES_PASSWORD_ENV])
+    try:
+        assert [p.returncode for p in procs] == [0, 0], outs
+        pids = {o[0].strip() for o in outs}
+        assert pids == {str(postgres.status(cfg).pid)}, outs
+        assert postgres.status(cfg).healthy
+        assert not list((tmp_path / "state" / "postgres").glob("data.init-*"))
+        # the password from the environment, with URL-special characters, works through MLflow's URL
+        from llmdr.lineage.tracking import open_client, registry_target
+
+        assert open_client(registry_target(cfg)).search_experiments() is not None
+    finally:
+        postgres.stop(cfg)

@@ -16,6 +16,7 @@ has to be opened to another account such as Debian's ``postgres``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -26,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmdr.common.files import atomic_write, private_dir
+from llmdr.common.files import atomic_write, open_private, private_dir
 from llmdr.common.process import alive, cmdline, port_open, spawn, tail
 from llmdr.config import Config
 from llmdr.config.sections import POSTGRES_USER
@@ -211,11 +212,30 @@ def _socket_dir(d: Path, port: int) -> str:
     return str(d) if len(f"{d}/.s.PGSQL.{port}") <= SOCKET_PATH_MAX else ""
 
 
+@contextlib.contextmanager
+def _start_lock(cfg: Config):
+    """One start at a time per cluster (`stack up`, `stack up --ui`, the MLflow UI and tests may start it at once):
+    two would each create a cluster with its own password. A ``flock``, released however its holder exits."""
+    fd = open_private(private_dir(base_dir(cfg)) / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def start(cfg: Config, timeout: float = 60.0) -> PostgresStatus:
     """Start the cluster (creating it at the first start) unless it runs, wait until it is ready, and create the
-    databases ``prefect`` and ``mlflow`` if missing. Idempotent."""
+    databases ``prefect`` and ``mlflow`` if missing. Idempotent; concurrent calls wait for each other."""
+    with _start_lock(cfg):
+        return _start(cfg, timeout)
+
+
+def _start(cfg: Config, timeout: float) -> PostgresStatus:
     port = cfg.control_plane.postgres_port
     d = data_dir(cfg)
+    for garbage in base_dir(cfg).glob("data.init-*"):  # an initdb killed mid-way (we hold the lock: none runs)
+        shutil.rmtree(garbage, ignore_errors=True)
     if postmaster_pid(cfg) is None:
         bins = binaries()
         initialized = _check_data_dir(cfg, bins["postgres"])
