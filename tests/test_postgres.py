@@ -148,14 +148,20 @@ def test_a_crash_and_a_reused_pid_in_postmaster_pid_do_not_stop_the_next_start(c
     assert st.healthy and st.pid != pid
     assert (token,) in _sql(cfg, "SELECT v FROM crash_probe", "prefect")
 
-    # after a reboot the PID in a stale postmaster.pid may run another program (here: this test's own PID)
+    # after a reboot the PID in a stale postmaster.pid may run another program (not postgres's parent, which
+    # postgres itself ignores: here a `sleep`)
     postgres.stop(cfg)
-    lines = ["0"] * 8
-    lines[0] = str(os.getpid())
-    pidfile.write_text("\n".join(lines) + "\n")
-    assert postgres.status(cfg).pid is None
-    st = postgres.start(cfg)
-    assert st.healthy and st.pid != os.getpid()
+    other = subprocess.Popen(["sleep", "120"])
+    try:
+        lines = ["0"] * 8
+        lines[0] = str(other.pid)
+        pidfile.write_text("\n".join(lines) + "\n")
+        assert postgres.status(cfg).pid is None
+        st = postgres.start(cfg)
+        assert st.healthy and st.pid != other.pid and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 # --- bad inputs: each a clear error, nothing half-made ----------------------------------------------------------------
