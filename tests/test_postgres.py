@@ -284,3 +284,12 @@ def test_two_first_starts_at_once_make_one_cluster_with_one_password(tmp_path, m
         assert open_client(registry_target(cfg)).search_experiments() is not None
     finally:
         postgres.stop(cfg)
+
+
+def test_the_runbook_says_where_mlflow_records_are(tmp_path):
+    from llmdr.drill.runbook.recovery import credentials
+    from llmdr.drill.runbook.text import Context
+
+    line = next(x for x in credentials(Context(pg_config(tmp_path, 18320))) if "**MLflow**" in x)
+    assert "database `mlflow` of the local PostgreSQL (127.0.0.1:18320" in line and "LLMDR_POSTGRES_PASSWORD" in line
+    assert "mlflow.db" not in line
