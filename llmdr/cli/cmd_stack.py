@@ -36,8 +36,9 @@ def stack_up(
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the local S3 servers (idempotent), wait until they answer, create the buckets; then each region's
-    serving replica restored from that region's store, and the Caddy router. With --ui also the Prefect server,
+    """Start the local S3 servers (idempotent), wait until they answer, create the buckets; the local PostgreSQL
+    when control_plane.database is postgres; then each region's serving replica restored from that region's store,
+    and the Caddy router. With --ui also the Prefect server,
     the llmdr work pool, the deployments, the automations and a worker."""
     from llmdr.devstack.regions import local_regions, start_region
     from llmdr.devstack.serving import start_router, start_serving
@@ -52,6 +53,12 @@ def stack_up(
         rows = [start_region(cfg, r) for r in regions]
         text = _status_table(rows)
         out: dict[str, Any] = {"regions": [s.to_json() for s in rows]}
+        if cfg.control_plane.database == "postgres" and (region is None or ui or mlflow):
+            from llmdr.devstack import postgres
+
+            pg = postgres.start(cfg)
+            text += "\n" + postgres.describe(pg)
+            out["postgres"] = pg.to_json()
         if serving:
             notes = start_serving(cfg, regions)
             router = start_router(cfg)
@@ -87,8 +94,8 @@ def stack_down(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop the local servers by their PIDs: a region's S3 server and serving replica; without REGION also the
-    router, the Prefect server and worker and the MLflow UI. Says, for each, what it stopped (and its PID) or that it
-    was already stopped; exits 1 if one still runs. Data stays on disk."""
+    router, the Prefect server and worker, the MLflow UI and the local PostgreSQL. Says, for each, what it stopped
+    (and its PID) or that it was already stopped; exits 1 if one still runs. Data stays on disk."""
     from llmdr.cli.stackstop import stop_stack
     from llmdr.devstack.stacklock import stack_lock
 
@@ -107,7 +114,8 @@ def stack_status(
     region: Annotated[Optional[str], typer.Argument(help="Only this region.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show each local region: running, healthy (authenticated access works), auth enforced."""
+    """Show each local region: running, healthy (authenticated access works), auth enforced; the Prefect server
+    and the local PostgreSQL when they run or are configured."""
     from llmdr.devstack import orchestration
     from llmdr.devstack.regions import local_regions, region_status
 
@@ -116,6 +124,10 @@ def stack_status(
     text = _status_table(rows)
     if orchestration.running(cfg):
         text += "\n" + orchestration.describe(orchestration.status(cfg))
+    if cfg.control_plane.database == "postgres":
+        from llmdr.devstack import postgres
+
+        text += "\n" + postgres.describe(postgres.status(cfg))
     if cfg.metrics.with_stack:
         from llmdr.metrics import service as metrics_service
 

@@ -35,7 +35,8 @@ class Stopped:
 
 def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
     """Stop a region's S3 server and serving replica (``region``), or every local region's plus the router, the
-    Prefect server, worker and runner, the MLflow UI and the metrics exporter; in that order, each by its PID. Returns one
+    Prefect server, worker and runner, the MLflow UI, the metrics exporter and the local PostgreSQL; in that order,
+    each by its PID. Returns one
     :class:`Stopped` per process it looked for."""
     from llmdr.common.process import alive
     from llmdr.config import CaddyRouter
@@ -63,6 +64,9 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
 
         steps.append(([Stopped("metrics exporter (Prometheus)", None, metrics_service.pid(cfg))],
                       lambda: metrics_service.stop(cfg)))
+        from llmdr.devstack import postgres  # after its clients: the Prefect server and the MLflow UI
+
+        steps.append(([Stopped("PostgreSQL", None, postgres.postmaster_pid(cfg))], lambda: postgres.stop(cfg)))
     for r in regions:
         steps.append(([Stopped("S3 server (SeaweedFS)", r.name, region_pid(cfg, r))],
                       lambda r=r: stop_region(cfg, r)))

@@ -18,6 +18,7 @@ from llmdr.config.sections import (
     Checkpoints,
     Component,
     Contact,
+    ControlPlane,
     Dataset,
     Drill,
     Failover,
@@ -37,6 +38,7 @@ from llmdr.config.values import DEFAULT_CONFIG, ComponentKind, format_duration, 
 
 __all__ = [
     "DEFAULT_CONFIG", "Bundle", "CaddyRouter", "Checkpoints", "Component", "ComponentKind", "Config", "Contact",
+    "ControlPlane",
     "Credentials", "Dataset", "Drill", "Encryption", "Failover", "LocalServer", "ManifestSigning", "Metrics", "Monitor",
     "Notifications", "ObjectLock", "Objectives", "Readiness", "Region", "Retention", "Route53Router", "Runbook",
     "Serving", "Signing", "Tracking", "Transfer", "format_duration", "load_config", "parse_config", "parse_duration",

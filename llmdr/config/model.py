@@ -13,6 +13,7 @@ from llmdr.config.sections import (
     Bundle,
     CaddyRouter,
     Checkpoints,
+    ControlPlane,
     Dataset,
     Drill,
     Failover,
@@ -53,6 +54,8 @@ class Config(StrictModel):
     # DVC datasets validated and pushed to every region with each protect-bundle run; empty: none.
     datasets: list[Dataset] = Field(default_factory=list)
     tracking: Tracking = Tracking()  # the MLflow tracking store and model registration
+    # The database of the local Prefect server and the default MLflow store: sqlite (default) or a local PostgreSQL.
+    control_plane: ControlPlane = ControlPlane()
     readiness: Readiness = Readiness()  # thresholds of `llmdr readiness`
     runbook: Runbook = Runbook()  # what `llmdr runbook` adds to what it derives from this file
     # Sign every manifest written and refuse any read without a valid signature; null: manifests are not signed.
@@ -133,6 +136,8 @@ class Config(StrictModel):
                                                                           urlparse(self.router.admin).port)]
         if self.metrics.with_stack and used and self.metrics.host in loopback:  # `llmdr stack up` binds it
             more.append(("metrics.listen (the exporter `llmdr stack up` starts)", self.metrics.port))
+        if self.control_plane.database == "postgres":
+            more.append(("control_plane.postgres_port (the local PostgreSQL)", self.control_plane.postgres_port))
         for what, port in more:
             if port in used:
                 raise ValueError(f"{what} wants port {port}, already used by {used[port]}; pick another port")

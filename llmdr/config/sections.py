@@ -1,6 +1,6 @@
 """The other sections of ``llmdr.yaml``: the bundle and its components, objectives, retention, checkpoints,
 transfer settings, the router (Caddy or Route 53), monitoring, the metrics exporter, failover, notifications, drill signing, datasets,
-readiness, the runbook's contacts and the MLflow tracking store."""
+readiness, the runbook's contacts, the MLflow tracking store and the control plane's database."""
 
 from __future__ import annotations
 
@@ -374,7 +374,8 @@ class Runbook(StrictModel):
 class Tracking(StrictModel):
     """MLflow: model registry and runs. Default store: sqlite under state_dir."""
 
-    # Any MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<state_dir>/mlflow/mlflow.db
+    # Any MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else the store control_plane.database picks (sqlite:///
+    # <state_dir>/mlflow/mlflow.db, or the mlflow database of the local PostgreSQL)
     uri: str | None = None
     model_name: str | None = None  # registered model name (default: the bundle name)
     # true: every protected snapshot registers / updates a model version, a passing drill moves its drill-verified
@@ -382,3 +383,24 @@ class Tracking(StrictModel):
     register_models: bool = True
 
 
+
+
+class ControlPlane(StrictModel):
+    """The database of the control plane llmdr runs itself: the local Prefect server's and the default MLflow
+    tracking store's (docs/guide/production.md)."""
+
+    # sqlite: each in its own SQLite file under state_dir (zero setup). postgres: `llmdr stack up` runs a PostgreSQL
+    # cluster in <state_dir>/postgres on 127.0.0.1:postgres_port (password in local.env or $LLMDR_POSTGRES_PASSWORD)
+    # with the databases prefect and mlflow. An explicit tracking.uri, $MLFLOW_TRACKING_URI or
+    # $PREFECT_API_DATABASE_CONNECTION_URL wins over it.
+    database: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_port: int = Field(default=18320, ge=1024, le=65535)  # loopback port of the local PostgreSQL
+
+    def postgres_url(self, database: str, password: str, driver: str = "postgresql") -> str:
+        """The URL of ``database`` in the local cluster (``driver`` e.g. ``postgresql+asyncpg`` for Prefect)."""
+        from urllib.parse import quote
+
+        return f"{driver}://{POSTGRES_USER}:{quote(password, safe='')}@127.0.0.1:{self.postgres_port}/{database}"
+
+
+POSTGRES_USER = "llmdr"  # the local cluster's one role (its superuser), owner of the prefect and mlflow databases

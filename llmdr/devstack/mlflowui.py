@@ -39,15 +39,19 @@ def start(cfg: Config, port: int = 5000, timeout: float = 120.0) -> dict:
     url = f"http://127.0.0.1:{port}"
     pid = _pid(cfg)
     if pid is None:
+        if cfg.control_plane.database == "postgres":
+            from llmdr.devstack import postgres
+
+            postgres.start(cfg)
         target = target_for(cfg, tracking_uri=cfg.tracking.uri)
         # the allow-listed environment (never the other region's keys, the encryption or manifest keys), plus the DR
-        # region's S3 settings so the UI can list and download the artifacts in its bucket
+        # region's S3 settings so the UI can list and download the artifacts in its bucket; the store's URI goes in
+        # the environment, not on the command line every local user can read (it may hold a database password)
         env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                         **target.s3_env})
+                         "MLFLOW_BACKEND_STORE_URI": target.tracking_uri, **target.s3_env})
         exe = Path(sys.executable).parent / "mlflow"
-        args = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", target.tracking_uri,
-                "--default-artifact-root", target.artifact_location, "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1"]
+        args = [str(exe) if exe.exists() else "mlflow", "server", "--default-artifact-root", target.artifact_location,
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         proc = spawn(args, d / "ui.log", cwd=d, env=env)
         write_pid(d / "ui.pid", proc.pid)
         (d / "ui.port").write_text(str(port))

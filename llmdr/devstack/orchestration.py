@@ -1,4 +1,5 @@
-"""The local orchestration stack: a Prefect server (SQLite, loopback), the llmdr work pool, the deployments of
+"""The local orchestration stack: a Prefect server (SQLite, or the local PostgreSQL with
+``control_plane: {database: postgres}``; loopback), the llmdr work pool, the deployments of
 ``prefect.yaml`` and one process worker, started next to the local S3 regions and stopped by PID.
 
 The server's state lives in ``<state_dir>/prefect``. Workers run flows from the llmdr code checkout
@@ -68,6 +69,19 @@ def env(cfg: Config, port: int) -> dict[str, str]:
     return e
 
 
+def server_env(cfg: Config, port: int) -> dict[str, str]:
+    """The server's environment: :func:`env`, plus its database when ``control_plane.database`` is postgres (the
+    ``prefect`` database of the local cluster; ``$PREFECT_API_DATABASE_CONNECTION_URL``, if set, wins: an external
+    PostgreSQL). The worker's environment does not carry the database URL."""
+    e = env(cfg, port)
+    if cfg.control_plane.database == "postgres" and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+        from llmdr.storage.credentials import postgres_password
+
+        e["PREFECT_API_DATABASE_CONNECTION_URL"] = cfg.control_plane.postgres_url(
+            "prefect", postgres_password(cfg) or "", driver="postgresql+asyncpg")
+    return e
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:  # noqa: S310
@@ -97,7 +111,11 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
     _dir(cfg).mkdir(parents=True, exist_ok=True)
     (_dir(cfg) / "port").write_text(str(port))
     if _pid(cfg, "server") is None:
-        _spawn(cfg, "server", [_prefect(), "server", "start"], e, _dir(cfg).parent)
+        if cfg.control_plane.database == "postgres":
+            from llmdr.devstack import postgres
+
+            postgres.start(cfg)
+        _spawn(cfg, "server", [_prefect(), "server", "start"], server_env(cfg, port), _dir(cfg).parent)
     deadline = time.monotonic() + timeout
     while not _healthy(port):
         if _pid(cfg, "server") is None or time.monotonic() > deadline:

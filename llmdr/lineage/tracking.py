@@ -5,7 +5,8 @@ The drill runs (:mod:`llmdr.lineage.drills`), the model registry (:mod:`llmdr.li
 
 Where things go:
 
-- **Tracking store**: ``sqlite:///<state_dir>/mlflow/mlflow.db`` by default (no server); ``MLFLOW_TRACKING_URI`` or an
+- **Tracking store**: ``sqlite:///<state_dir>/mlflow/mlflow.db`` by default (no server), or the ``mlflow`` database of
+  the local PostgreSQL with ``control_plane: {database: postgres}``; ``tracking.uri``, ``MLFLOW_TRACKING_URI`` or an
   explicit ``tracking_uri`` overrides it (any MLflow URI works, e.g. ``http://mlflow.internal:5000``).
 - **Artifacts**: in a region's bucket under ``<prefix>mlflow/<experiment>/<run id>/artifacts/``. Drill evidence goes
   to the DR region by default: it must survive the primary's loss, and the primary is down during part of a drill.
@@ -117,15 +118,26 @@ class TrackingTarget:
 
 
 def default_tracking_uri(cfg: Config) -> str:
+    """The store ``control_plane.database`` picks: the sqlite file under the state folder, or the ``mlflow`` database
+    of the local PostgreSQL (``llmdr stack up`` starts it and generates its password)."""
+    if cfg.control_plane.database == "postgres":
+        from llmdr.storage.credentials import POSTGRES_PASSWORD_ENV, postgres_password
+
+        password = postgres_password(cfg)
+        if not password:
+            raise TrackingError(f"control_plane.database is postgres, but the local PostgreSQL has no password yet "
+                                f"(${POSTGRES_PASSWORD_ENV}, or {cfg.state_path / 'local.env'}): run `llmdr stack up` "
+                                "to create it, or set tracking.uri / $MLFLOW_TRACKING_URI to another store")
+        # psycopg2 named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed
+        return cfg.control_plane.postgres_url("mlflow", password, driver="postgresql+psycopg2")
     return "sqlite:///" + str((cfg.state_path / "mlflow" / "mlflow.db").resolve())
 
 
 def target_for(cfg: Config, *, region: str | None = None, tracking_uri: str | None = None,
                local_artifacts: bool = False) -> TrackingTarget:
     """The tracking target for ``cfg``: tracking store from ``tracking_uri``, else ``tracking.uri`` in the config, else
-    ``MLFLOW_TRACKING_URI``, else the
-    sqlite file under the state folder; artifacts in ``region``'s bucket (default: the DR region, i.e.
-    ``cfg.failover_target()``), or on local disk with ``local_artifacts``. Resolves the region's keys now (raises
+    ``MLFLOW_TRACKING_URI``, else the store ``control_plane.database`` picks (:func:`default_tracking_uri`);
+    artifacts in ``region``'s bucket (default: the DR region, i.e. ``cfg.failover_target()``), or on local disk with ``local_artifacts``. Resolves the region's keys now (raises
     ``AccessDenied`` when they are not set); touches nothing else."""
     from llmdr.storage.credentials import resolve_keys
 
@@ -204,6 +216,7 @@ def open_client(target: TrackingTarget):
 
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _check_database_answers(uri)
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)  # opens (and migrates) the store now, with a clear error
@@ -213,6 +226,20 @@ def open_client(target: TrackingTarget):
                                 "reachable and writable.") from exc
         _clients[uri] = client
         return client
+
+
+def _check_database_answers(uri: str) -> None:
+    """Fail in seconds when a PostgreSQL or MySQL store does not answer: MLflow retries opening it for ~100 s."""
+    from llmdr.common.net import unreachable
+
+    u = urlparse(uri)
+    if not u.scheme.startswith(("postgresql", "mysql")) or not u.hostname:
+        return
+    port = u.port or (5432 if u.scheme.startswith("postgresql") else 3306)
+    if (exc := unreachable(f"tcp://{u.hostname}:{port}", _REACH_TIMEOUT_S)) is not None:
+        raise TrackingError(f"MLflow tracking store {safe_uri(uri)}: cannot open it: the database does not answer at "
+                            f"{u.hostname}:{port} ({exc.strerror or exc}). Start it (`llmdr stack up` starts the local "
+                            "PostgreSQL of control_plane.database: postgres) or check the tracking URI.")
 
 
 def ensure_experiment(target: TrackingTarget, name: str) -> str:

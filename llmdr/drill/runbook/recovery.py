@@ -149,6 +149,10 @@ def credentials(c: Context) -> list[str]:
         lines.append(f"- **MLflow** tracking store: `tracking.uri` in llmdr.yaml ({u.scheme or 'file'}"
                      + (f", host {u.hostname}" if u.hostname else "") + "); credentials, if any, as MLflow reads "
                      "them (`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` / `MLFLOW_TRACKING_TOKEN`).")
+    elif cfg.control_plane.database == "postgres":
+        lines.append(f"- **MLflow** tracking store: database `mlflow` of the local PostgreSQL (127.0.0.1:"
+                     f"{cfg.control_plane.postgres_port}, data {code(rel(cfg.state_dir, 'postgres', 'data'))}); its "
+                     f"password in {code('LLMDR_POSTGRES_PASSWORD')} or {code(rel(cfg.state_dir, 'local.env'))}.")
     else:
         lines.append(f"- **MLflow** tracking store: {code(rel(cfg.state_dir, 'mlflow', 'mlflow.db'))} (sqlite, no "
                      "credentials).")
