@@ -109,7 +109,7 @@ def test_the_front_refuses_to_expose_prefect_without_users(tmp_path):
         uiproxy.check(None, tmp_path / "u", ui=True, prefect_port=4200)
     assert uiproxy.check(None, None, ui=True, prefect_port=4200) is None
     users = tmp_path / "users"
-    for text, error in [("", "no 'name:hash' line"), ("alice:hiccup\n", "not a bcrypt hash"),
+    for text, error in [("", "no 'name:hash' line"), ("alice:hiccup\n", "not a bcrypt or argon2id hash"),
                         (f"al ice:{HASH}\n", "expected 'name:hash'"), (f"a:{HASH}\n# c\na:{HASH}\n", ":3: user 'a'")]:
         users.write_text(text)
         with pytest.raises(UsageError, match=error) as exc:
