@@ -49,6 +49,16 @@ def test_who_must_approve(tmp_path):
     assert none.go and none.outcome == "not-required" and none.detail == "not required by config (drill.approval: none)"
 
 
+def test_a_scheduled_run_is_scheduled_whatever_its_parameters_claim():
+    from llmdr.drill import procedure
+
+    sb = procedure.started_by("cli:mallory", flow_run_id="fr", deployment="dr-drill-quarterly",
+                              run={"auto_scheduled": True})
+    assert sb["kind"] == "schedule" and sb["claimed"] == "cli:mallory"
+    assert procedure.started_by("cli:ana", flow_run_id="fr", deployment="d", run={"auto_scheduled": False})["kind"] \
+        == "cli"
+
+
 def test_the_answer_decides(tmp_path):
     form = {"approver": "Alice Ops", "reason": "quarterly drill, change CHG-42"}
     d = approval.decide(form, now=NOW, timeout=DAY)

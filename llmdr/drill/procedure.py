@@ -33,6 +33,8 @@ def started_by(arg: str, *, flow_run_id: str | None, deployment: str | None,
     ``"cli:<user>"``; empty for scheduled and UI runs, which ``run`` tells apart (``{"auto_scheduled": bool,
     "creator": name or None}`` as read from the flow run; None when it could not be read: an in-process run)."""
     info: dict[str, Any] = {"flow_run_id": flow_run_id or None, "deployment": deployment}
+    if arg and run is not None and run.get("auto_scheduled"):  # the server's word wins over a parameter's claim
+        return info | {"kind": "schedule", "who": "prefect scheduler", "claimed": arg}
     if arg:
         kind, _, who = arg.partition(":")
         return info | {"kind": kind, "who": who or None}
