@@ -230,6 +230,27 @@ def test_the_front_answers_401_without_the_right_password(front):
     assert "alice-pw-1" not in log and base64.b64encode(b"alice:alice-pw-1").decode() not in log
 
 
+def test_only_the_resume_prefect_accepted_names_the_approver(tmp_path):
+    from llmdr.devstack.uiproxy import resume_logins
+
+    run = "9df5b0b6-8a9d-496b-a32f-e80878b3eedc"
+
+    def line(user, status, ts, uri=f"/api/flow_runs/{run}/resume", method="POST"):
+        return json.dumps({"ts": ts, "request": {"method": method, "uri": uri, "client_ip": "10.0.0.7"},
+                           "user_id": user, "status": status})
+    log = tmp_path / "access.log"
+    log.write_text("\n".join([
+        line("old", 201, NOW - 100),  # an earlier pause of the same run: before this approval was asked
+        line("mallory", 401, NOW + 1), line("eve", 200, NOW + 2),  # refused by the front; form refused by Prefect
+        line("bob", 201, NOW + 3, uri=f"/api/flow_runs/{run.upper()}/resume"),  # the one that resumed the run
+        line("carol", 200, NOW + 4),  # too late: the run no longer paused (Prefect answers 200 ABORT)
+        line("dan", 201, NOW + 5, uri="/api/flow_runs/00000000-0000-0000-0000-000000000000/resume"),
+        line("erin", 201, NOW + 6, method="GET"), '{"ts": 1, "request": ', "not json"]))
+    assert resume_logins(log, run, since_ts=NOW) == [{"login": "bob", "ts": NOW + 3, "status": 201,
+                                                      "remote_ip": "10.0.0.7"}]
+    assert resume_logins(tmp_path / "missing.log", run) == []
+
+
 class Drill:
     """``dr_drill`` run in a thread of this process (as a worker would run it), so the test can resume it."""
 

@@ -198,8 +198,8 @@ def stop(cfg: Config, timeout: float = 10.0) -> None:
 
 
 def resume_logins(path: Path, flow_run_id: str, *, since_ts: float = 0.0) -> list[dict[str, Any]]:
-    """Every successful resume request of ``flow_run_id`` in the access log at ``path`` since ``since_ts``, oldest
-    first: ``{"login", "ts", "status", "remote_ip"}``. Lines that are not JSON (a log cut mid-write) are skipped."""
+    """Every accepted resume request (HTTP 201) of ``flow_run_id`` in the access log at ``path`` since ``since_ts``,
+    oldest first: ``{"login", "ts", "status", "remote_ip"}``. Lines that are not JSON (a log cut mid-write) are skipped."""
     out = []
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -212,8 +212,10 @@ def resume_logins(path: Path, flow_run_id: str, *, since_ts: float = 0.0) -> lis
             m = RESUME_PATH.match(req["uri"])
         except (ValueError, KeyError, TypeError):
             continue
+        # 201: Prefect accepted the resume (the run left Paused); a resume it refused (invalid form, a run no longer
+        # paused) answers 200, so a later or failed attempt by someone else is never taken for the approval
         if (m and m.group(1).lower() == flow_run_id.lower() and req.get("method") == "POST"
-                and 200 <= int(e.get("status") or 0) < 300 and float(e.get("ts") or 0) >= since_ts):
+                and int(e.get("status") or 0) == 201 and float(e.get("ts") or 0) >= since_ts):
             out.append({"login": e.get("user_id") or None, "ts": float(e["ts"]), "status": int(e["status"]),
                         "remote_ip": req.get("client_ip") or req.get("remote_ip")})
     return out
