@@ -49,6 +49,8 @@ def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "
     log = get_run_logger()
     primary, dr = cfg.primary, cfg.failover_target()
     rec = procedure.start_record(cfg, who_started(started_by))
+    if not _approved(cfg, rec):  # a scheduled drill waits for a person's approval before anything is cut
+        return _finish_not_run(config_path, cfg, rec)
     outage_started = False
     try:
         log.info("phase prechecks: drill %s of %s (primary %s, DR region %s)", rec.id, cfg.bundle.name, primary.name,
@@ -83,6 +85,50 @@ def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "
             _restore_and_fail_back(config_path, cfg, rec)
     log.info("phase report: controls, verdict, signed report, artifacts, notice")
     return _finish(config_path, cfg, rec)
+
+
+def _approved(cfg: Config, rec: DrillRecord) -> bool:
+    """Whether the drill may go on: drills that need no approval go at once (the evidence says why); a scheduled one
+    pauses this run for the approval form (:mod:`llmdr.drill.approval`) and waits for its window."""
+    from llmdr.devstack.uiproxy import resume_login
+    from llmdr.drill import approval
+    from llmdr.integrations.prefect import pause_for_input
+
+    log = get_run_logger()
+    d = approval.requirement(cfg, rec.started_by)
+    if d is not None:
+        approval.record(rec, d, required=False)
+        log.info("approval: %s", d.detail)
+        return True
+    timeout = cfg.drill.approval_timeout
+    asked = time.time()
+    log.warning("approval: this scheduled drill waits up to %s for a person to approve it (Prefect UI: this run's "
+                "Resume button; nothing is cut before)", timeout)
+    form, error = pause_for_input(approval.ApprovalForm, timeout_s=timeout.total_seconds(), key=approval.PAUSE_KEY,
+                                  poll_s=approval.POLL_S)
+    answered = time.time()
+    values = form.model_dump(include=set(approval.ApprovalForm.model_fields)) if form is not None else None
+    d = approval.decide(values, now=answered, timeout=timeout, error=error)
+    login = resume_login(cfg, rec.started_by.get("flow_run_id"), since_ts=asked) if values is not None else None
+    approval.record(rec, d, required=True, form=values, asked_ts=asked, answered_ts=answered, login=login,
+                    timeout=timeout)
+    (log.info if d.go else log.error)("approval: %s", d.detail)
+    if d.go and d.wait_s:
+        time.sleep(d.wait_s)
+    return d.go
+
+
+def _finish_not_run(config_path: str, cfg: Config, rec: DrillRecord) -> dict:
+    """A drill whose approval was refused or never came: nothing was cut; its signed report, artifact and notice say
+    why, and the run fails. The steps are called directly, not as task runs: after a pause that timed out, Prefect
+    runs no more tasks in this flow run."""
+    procedure.finish_not_run(rec)
+    record = rec.to_json()
+    record["report"] = publish_report.fn(config_path, record)
+    key = artifact_key("dr-drill", cfg.bundle.name)
+    create_markdown_artifact(key=key, markdown=artifact_markdown(record), description="Newest DR drill report")
+    send_notice.fn(config_path, procedure.drill_notice(cfg, rec, record["report"]["folder"]))
+    return procedure.raise_if_failed(rec, record)
 
 
 def _restore_and_fail_back(config_path: str, cfg: Config, rec: DrillRecord) -> None:

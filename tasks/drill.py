@@ -17,9 +17,11 @@ from tasks.retry import retry_if_transient
 
 def who_started(started_by: str) -> dict:
     """Who or what started this flow run (:func:`llmdr.drill.procedure.started_by`), from the ``started_by``
-    parameter or, when it is empty, from the flow run as the Prefect server recorded it."""
+    parameter and the flow run as the Prefect server recorded it (read for every deployment run: a scheduled run is
+    "schedule" whatever its parameters claim, so a default ``started_by`` set on the deployment cannot skip the
+    approval)."""
     run: dict[str, Any] | None = None
-    if not started_by:
+    if not started_by or runtime.deployment.id:
         try:
             from prefect.client.orchestration import get_client
 

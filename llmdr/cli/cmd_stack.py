@@ -3,6 +3,7 @@ the MLflow UI) and `llmdr status` (where traffic goes now and the health of ever
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -34,16 +35,24 @@ def stack_up(
     mlflow: Annotated[bool, typer.Option("--mlflow", help="Also start the MLflow UI over the project's tracking "
                                          "store (model versions, drill runs, training runs).")] = False,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    ui_listen: Annotated[Optional[str], typer.Option(
+        help="With --ui: also start an authenticating front (Caddy, HTTP basic auth, one login per person, JSON "
+             "access log) on HOST:PORT before the Prefect UI and API, which stay on loopback. Needs --ui-users. "
+             "The login that resumes a paused drill goes into its signed evidence.")] = None,
+    ui_users: Annotated[Optional[Path], typer.Option(
+        help="The front's users: one 'name:hash' line per person, the hash from `caddy hash-password`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the local S3 servers (idempotent), wait until they answer, create the buckets; the local PostgreSQL
     when control_plane.database is postgres; then each region's serving replica restored from that region's store,
-    and the Caddy router. With --ui also the Prefect server,
-    the llmdr work pool, the deployments, the automations and a worker."""
+    and the Caddy router. With --ui also the Prefect server, the llmdr work pool, the deployments, the automations
+    and a worker; with --ui-listen the authenticating front."""
+    from llmdr.devstack import uiproxy
     from llmdr.devstack.regions import local_regions, start_region
     from llmdr.devstack.serving import start_router, start_serving
     from llmdr.devstack.stacklock import stack_lock
 
+    uiproxy.check(ui_listen, ui_users, ui=ui, prefect_port=ui_port)  # refused before anything starts
     cfg = load_cfg()
     with stack_lock(cfg, "stack up"):
         regions = local_regions(cfg, region)
@@ -68,9 +77,18 @@ def stack_up(
         if ui:
             from llmdr.devstack import orchestration
 
+            if ui_listen:  # the UI reached through the front asks its own origin for the API, not 127.0.0.1
+                import os
+
+                os.environ.setdefault("PREFECT_UI_API_URL", "/api")
             st = orchestration.start(cfg, ui_port)
             text += "\n" + orchestration.describe(st)
             out["prefect"] = st.to_json()
+            if ui_listen and ui_users:
+                front = uiproxy.start(cfg, ui_listen, ui_users, ui_port)
+                text += (f"\nui front     healthy  {front['pid']:>7}  {front['url']} (basic auth: "
+                         f"{', '.join(front['users'])}; access log {front['access_log']})")
+                out["ui_front"] = front
         if mlflow:
             from llmdr.devstack import mlflowui
 

@@ -55,6 +55,9 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
         router.append(Stopped("router (Caddy)", None, open_router(cfg).pid()))
     steps.append((replicas + router, lambda: stop_serving(cfg, regions, router=region is None)))
     if region is None:
+        from llmdr.devstack import uiproxy
+
+        steps.append(([Stopped("Prefect UI front (Caddy)", None, uiproxy.pid(cfg))], lambda: uiproxy.stop(cfg)))
         st = orchestration.status(cfg)
         steps.append(([Stopped("Prefect runner", None, st.runner_pid), Stopped("Prefect worker", None, st.worker_pid),
                        Stopped("Prefect server", None, st.server_pid)], lambda: orchestration.stop(cfg)))

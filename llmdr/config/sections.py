@@ -312,6 +312,20 @@ class Drill(StrictModel):
     # Where drill reports go, relative to this file: one signed folder per drill under <reports_dir>/drills/.
     reports_dir: str = "reports"
     signing: Signing = Signing()  # how the reports are signed
+    # required: a drill started by the Prefect schedule pauses before anything is cut until a person resumes its
+    # flow run with the approval form (approver, reason, optional window; Prefect UI or API); a rejection or no answer
+    # within approval_timeout ends it with nothing cut. none: scheduled drills run at once. `llmdr drill` never asks
+    # (a person at the control host started it; its OS user is recorded).
+    approval: Literal["required", "none"] = "required"
+    approval_timeout: timedelta = timedelta(hours=24)  # how long a scheduled drill waits for its approval
+
+    @field_validator("approval_timeout", mode="before")
+    @classmethod
+    def _approval_timeout(cls, v: Any) -> timedelta:
+        td = parse_duration(v)
+        if not timedelta(seconds=1) <= td <= timedelta(days=30):
+            raise ValueError("drill.approval_timeout must be between 1s and 30d, e.g. 24h")
+        return td
 
     @field_validator("pass_env")
     @classmethod

@@ -33,6 +33,8 @@ def started_by(arg: str, *, flow_run_id: str | None, deployment: str | None,
     ``"cli:<user>"``; empty for scheduled and UI runs, which ``run`` tells apart (``{"auto_scheduled": bool,
     "creator": name or None}`` as read from the flow run; None when it could not be read: an in-process run)."""
     info: dict[str, Any] = {"flow_run_id": flow_run_id or None, "deployment": deployment}
+    if arg and run is not None and run.get("auto_scheduled"):  # the server's word wins over a parameter's claim
+        return info | {"kind": "schedule", "who": "prefect scheduler", "claimed": arg}
     if arg:
         kind, _, who = arg.partition(":")
         return info | {"kind": kind, "who": who or None}
@@ -259,6 +261,14 @@ def finish(rec: DrillRecord, cfg: Config, *, now: float | None = None) -> None:
     evaluate(rec, cfg, previous_pass_ts=last_pass_ts(cfg, before=rec.started_ts))
 
 
+def finish_not_run(rec: DrillRecord, *, now: float | None = None) -> None:
+    """End a drill that never started (its approval was refused or never came): no controls are judged, since
+    nothing was measured; it does not pass, and its failure reasons say why it did not run."""
+    rec.ended_ts = time.time() if now is None else now
+    rec.mark("info", "drill ended", ok=None, ts=rec.ended_ts)
+    rec.controls, rec.passed = [], False
+
+
 def dr_snapshot_id(rec: DrillRecord, cfg: Config) -> str | None:
     """The snapshot the drill found in the DR region (the one whose model version a passing drill marks)."""
     return (rec.evidence.get("snapshots") or {}).get(cfg.failover_target().name, {}).get("id")
@@ -279,6 +289,13 @@ def history_rows(cfg: Config) -> list[dict[str, Any]]:
 def drill_notice(cfg: Config, rec: DrillRecord, folder: str) -> dict[str, Any]:
     """The notice every drill sends: critical when it failed, with its reasons and report folder."""
     verdict = "PASS" if rec.passed else "FAIL"
+    appr = rec.evidence.get("approval") or {}
+    if appr.get("outcome") in ("rejected", "timed-out", "invalid"):
+        return {"kind": "drill", "severity": "warning",
+                "title": f"llmdr: DR drill of {cfg.bundle.name} NOT RUN ({appr['outcome']}): nothing was cut",
+                "body": "\n".join(rec.failure_reasons),
+                "data": {"bundle": cfg.bundle.name, "drill_id": rec.id, "report": folder,
+                         "approval": appr["outcome"]}}
     rto = rec.measurements.get("rto_s")
     return {"kind": "drill", "severity": "info" if rec.passed else "critical",
             "title": f"llmdr: DR drill of {cfg.bundle.name} {verdict}" + (f" (RTO {rto:.1f} s)" if rto is not None

@@ -127,3 +127,25 @@ def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, result).result()
     return result
+
+
+def pause_for_input(form: type[T], *, timeout_s: float, key: str, poll_s: float = 5) -> tuple[T | None, str | None]:
+    """Pause the current flow run until a person resumes it with ``form`` filled in (the Prefect UI shows the form on
+    the paused run; the API takes ``POST /api/flow_runs/<id>/resume`` with ``{"run_input": {...}}``).
+
+    ``pause_flow_run`` keeps this process waiting, unlike ``suspend_flow_run``, which ends it and runs the flow again
+    from its start once resumed (and needs a deployment and persisted results): a drill paused before anything is
+    cut keeps its record in memory, and works the same in-process (tests, `llmdr drill`) and on a worker.
+
+    Returns ``(answer, None)``; ``(None, None)`` when nobody answered within ``timeout_s``; ``(None, why)`` when the
+    run was resumed without a usable form."""
+    from prefect import pause_flow_run
+    from prefect.exceptions import FlowPauseTimeout
+
+    try:
+        return pause_flow_run(wait_for_input=form, timeout=max(1, int(timeout_s)), poll_interval=max(1, int(poll_s)),
+                              key=key), None
+    except FlowPauseTimeout:
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - resumed without input, or input that does not parse
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

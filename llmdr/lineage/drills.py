@@ -94,6 +94,9 @@ def drill_tags(record: dict) -> dict[str, str]:
             "flow_run_id"),
         "llmdr.started_by": (record.get("started_by") or {}).get("kind"),
     }
+    appr = ev.get("approval") or {}
+    tags |= {"llmdr.approval": appr.get("outcome"), "llmdr.approver": appr.get("approver"),
+             "llmdr.approval_login": appr.get("login"), "llmdr.approval_reason": appr.get("reason")}
     for region, snap in sorted((ev.get("snapshots") or {}).items()):
         sid = snap.get("id") if isinstance(snap, dict) else snap
         if sid:

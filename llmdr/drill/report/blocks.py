@@ -29,7 +29,7 @@ KIND_TEXT = {"schedule": "the Prefect schedule", "ui": "a person, from the Prefe
 # the keys each block shows itself; the rest of the evidence is listed under "Other evidence"
 SHOWN = {"snapshots", "manifest_digests", "components", "golden_after_failover", "restore_test",
          "bundle_complete_dr", "failover", "failback", "model_version", "dataset_versions", "prefect_flow_run_id",
-         "mlflow_run_id", "runbook", "runbook_error", "prechecks", "datasets"}
+         "mlflow_run_id", "runbook", "runbook_error", "prechecks", "datasets", "approval"}
 
 
 def _utc(ts: Any) -> str | None:
@@ -51,7 +51,23 @@ def identity_pairs(record: dict) -> list[tuple[str, Any]]:
         ("Approver", sb.get("approver") or NO_APPROVAL)]
     known = {"kind", "who", "host", "os_user", "flow_run_id", "deployment", "approver"}
     pairs += [(label(k), value(k, v)) for k, v in sorted(sb.items()) if k not in known]
-    return pairs
+    return pairs + approval_pairs(record)
+
+
+APPROVAL_ROWS = (("outcome", "Approval"), ("detail", "Approval detail"),
+                 ("approver", "Approver's name (self-declared on the form)"), ("reason", "Approval reason"),
+                 ("not_before", "Approved window: not before"), ("not_after", "Approved window: not after"),
+                 ("asked_utc", "Approval asked"), ("answered_utc", "Approval answered"),
+                 ("timeout", "Approval timeout"), ("login", "Login that sent the approval (authenticating front)"),
+                 ("login_detail", "How the login was found"), ("login_remote_ip", "Approval sent from"))
+
+
+def approval_pairs(record: dict) -> list[tuple[str, Any]]:
+    """The approval step as the evidence records it (``evidence.approval``); nothing for older drills."""
+    appr = (record.get("evidence") or {}).get("approval")
+    if not isinstance(appr, dict):
+        return []
+    return [(name, appr[k]) for k, name in APPROVAL_ROWS if appr.get(k) not in (None, "")]
 
 
 # --- measurements --------------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ def render_markdown(record: dict) -> str:
     lines += [f"Drill `{as_text(record.get('id'))}` started {as_text(record.get('started_utc'))} by "
               f"{as_text(sb.get('kind'))}{who}, took {seconds_text(record.get('duration_s'), 1)}; llmdr "
               f"{as_text(record.get('tool_version'))}.", ""]
+    appr = as_dict(dig(record, "evidence", "approval"))
+    if appr:
+        login = f"; login {appr['login']}" if appr.get("login") else ""
+        lines += [f"**Approval**: {_md(appr.get('outcome'))}: {_md(appr.get('detail'))}{_md(login)}", ""]
     for name, v in objective_figures(record):
         lines.append(f"- **{name}**: {v}")
     lines.append(f"- {RTO_DEFINITION}; {RPO_DEFINITION}.")
