@@ -77,9 +77,27 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
                 logger.warning("MLflow run %s not completed: %s", record["evidence"]["mlflow_run_id"], exc2)
         except Exception as exc:  # noqa: BLE001
             logger.warning("MLflow run %s not completed: %s", record["evidence"]["mlflow_run_id"], exc)
-    return {"folder": str(folder), "files": {k: str(Path(v)) for k, v in files.items()},
+    stored = store_everywhere(cfg, folder, logger)
+    return {"folder": str(folder), "files": {k: str(Path(v)) for k, v in files.items()}, "stored": stored,
             "signature": {k: v for k, v in signature.items() if k != "files"} if isinstance(signature, dict)
             else signature, "mlflow_run_id": record["evidence"].get("mlflow_run_id")}
+
+
+def store_everywhere(cfg: Config, folder: Path, logger: Logger = log) -> dict[str, Any]:
+    """The signed folder, the golden set and the runbook in force, to every region's store (``llmdr.control``): a
+    region that is down gets them by `llmdr control sync`; nothing here fails the drill's publication."""
+    from llmdr.drill.stored import store_in_force, store_report
+
+    try:
+        place = store_report(cfg, folder)
+        out = {"held": place.held, "pending": place.pending, "in_force": store_in_force(cfg)}
+    except (LlmdrError, OSError, ValueError) as exc:
+        logger.warning("drill report not written to the regions' stores: %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if place.pending:
+        logger.warning("drill report %s pending for region(s) %s: run `llmdr control sync` when they answer",
+                       folder.name, ", ".join(place.pending))
+    return out
 
 
 def mark_model_version(cfg: Config, snapshot_id: str | None, drill_id: str, passed: bool, *,
