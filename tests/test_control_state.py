@@ -112,7 +112,7 @@ def test_history_outlives_the_control_host(cfgs):
     cfg, _ = cfgs
     now = time.time()
     first = _drill(cfg, now - 2 * 86400)
-    assert first["passed"] and first["report"]["stored"]["held"] == ["primary", "secondary"], first["report"]
+    assert first["passed"] and sorted(first["report"]["stored"]["held"]) == ["primary", "secondary"], first["report"]
     fover = _failover(cfg, now - 86400)
     placed = fo.append_history(cfg, fover)
     assert placed["held"] == ["primary", "secondary"] and not placed["pending"]
@@ -129,6 +129,13 @@ def test_history_outlives_the_control_host(cfgs):
         with pytest.raises(ObjectLocked):
             dr.delete(key)
         assert dr.head(key).size > 0
+    # the drill's MLflow artifacts in the DR bucket are locked too
+    run_id = first["report"]["mlflow_run_id"]
+    assert run_id and first["report"]["stored"]["mlflow_artifacts_locked"] > 0, first["report"]
+    mkeys = [b.key for b in dr.list("mlflow/") if f"/{run_id}/artifacts/" in b.key]
+    assert len(mkeys) == first["report"]["stored"]["mlflow_artifacts_locked"]
+    with pytest.raises(ObjectLocked):
+        dr.delete(mkeys[0])
     raw = adapter(cfg, cfg.primary).get(fkey)
     assert fover.id.encode() not in raw and fover.id.encode() in open_region(cfg, cfg.primary).get(fkey)
     assert [k for k in adapter(cfg, cfg.secondaries[0]).list(layout.SWITCHES)]

@@ -62,13 +62,15 @@ def _list_region(cfg: Config, region: Region, prefix: str) -> list[str] | None:
 
 
 def listing(cfg: Config, prefix: str) -> dict[str, list[str]]:
-    """Key -> the regions (config order) holding it, for every key under ``prefix`` in any region."""
+    """Key -> the regions holding it (Object-Locked ones first, then config order), for every key under ``prefix``
+    in any region."""
     ck = (_ident(cfg), prefix)
     with _lock:
         hit = _cache.get(ck)
     if hit is not None and time.monotonic() - hit[0] < CACHE_S:
         return hit[1]
-    regions = list(cfg.regions)
+    # Object-Locked regions first: a record is read from the copy nobody could have rewritten since, when there is one
+    regions = sorted(cfg.regions, key=lambda r: r.object_lock is None)
     with ThreadPoolExecutor(max_workers=max(1, len(regions)), thread_name_prefix="llmdr-control-list") as pool:
         found = list(pool.map(lambda r: _list_region(cfg, r, prefix), regions))
     out: dict[str, list[str]] = {}

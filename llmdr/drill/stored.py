@@ -17,17 +17,19 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from llmdr.config import Config
+from llmdr.config import Config, Region
 from llmdr.control import layout, listing, publish, read_object
+from llmdr.control.reads import CACHE_S
 from llmdr.control.records import Placement
 from llmdr.errors import LlmdrError
 
 log = logging.getLogger(__name__)
 
-_filled: dict[str, bool] = {}
+_filled: dict[str, float] = {}  # state folder -> when the stores were last read (monotonic)
 _fill_lock = threading.Lock()
 
 
@@ -151,11 +153,11 @@ def cached_folders(cfg: Config, local_ids: set[str]) -> list[Path]:
     cache = cache_dir(cfg)
     with _fill_lock:
         ident = str(cfg.state_path)
-        if not _filled.get(ident):
+        if time.monotonic() - _filled.get(ident, -1e9) >= CACHE_S:
             for drill_id, regions in sorted(stored_ids(cfg).items()):
                 if drill_id not in local_ids and not (cache / drill_id / "evidence.json").is_file():
                     fetch_report(cfg, drill_id, regions, cache)
-            _filled[ident] = True
+            _filled[ident] = time.monotonic()
     try:
         return sorted(p for p in cache.iterdir() if layout.is_drill_id(p.name) and p.name not in local_ids)
     except FileNotFoundError:
@@ -177,3 +179,20 @@ def restore_reports(cfg: Config, reports: Path) -> list[str]:
         shutil.copytree(folder, reports / folder.name)
         copied.append(folder.name)
     return copied
+
+
+def lock_run_artifacts(cfg: Config, region: Region, run_id: str) -> int:
+    """Give every object of MLflow run ``run_id``'s artifacts (``mlflow/<experiment>/<run>/artifacts/...`` in the
+    region's bucket) the region's Object Lock retention, from the store's clock; the number locked."""
+    from llmdr.storage.factory import adapter
+
+    if region.object_lock is None:
+        return 0
+    store = adapter(cfg, region)
+    until = store.server_time() + region.object_lock.period.total_seconds()
+    n = 0
+    for blob in store.list("mlflow/"):
+        if f"/{run_id}/artifacts/" in blob.key:
+            store.extend_lock(blob.key, until)
+            n += 1
+    return n
