@@ -237,3 +237,21 @@ def test_forged_records_in_a_store_are_skipped(cfgs):
     assert out.returncode == 0, out.stderr
     assert real["id"] in out.stdout and fake_id not in out.stdout, out.stdout
     assert f"skipping drill report {fake_id}" in out.stderr and "signature" in out.stderr, out.stderr
+
+
+def test_only_one_regions_keys_keeps_the_other_pending(stack, tmp_path):
+    """A host that holds only the primary's keys: records land there, the secondary's copy waits (named in the
+    warning), and the reads work from the primary."""
+    state = tmp_path / "state"
+    state.mkdir()
+    keys = (stack.state_path / "local.env").read_text().splitlines()
+    (state / "local.env").write_text("\n".join(line for line in keys if "LLMDR_TEST_S" not in line) + "\n")
+    cfg = two_regions(stack, tmp_path, state=state)
+    rec = _failover(cfg, time.time() - 30)
+    placed = fo.append_history(cfg, rec)
+    assert placed["held"] == ["primary"] and "LLMDR_TEST_S" in placed["pending"]["secondary"], placed
+    fo.history_path(cfg).unlink()
+    _forget()
+    out = _cli(cfg, "failovers", "--json")
+    assert out.returncode == 0 and [h["id"] for h in json.loads(out.stdout)] == [rec.id], out.stdout + out.stderr
+    assert "region 'secondary' not read" in out.stderr, out.stderr
