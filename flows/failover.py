@@ -41,7 +41,12 @@ from tasks.failover import (
 def _publish(config_path: str, rec: core.FailoverRecord) -> None:
     """History, artifacts, event and notices for a finished (or failed) run."""
     cfg = load_config(config_path)
-    core.append_history(cfg, rec)
+    placed = core.append_history(cfg, rec)
+    if placed["pending"]:  # the region that is down gets it by `llmdr control sync` or the next record
+        get_run_logger().warning("%s record %s stored in %s, pending for %s", rec.kind, rec.id,
+                                 ", ".join(placed["held"]) or "no region", ", ".join(placed["pending"]))
+    else:
+        get_run_logger().info("%s record %s stored in %s", rec.kind, rec.id, ", ".join(placed["held"]))
     key = artifact_key(rec.kind, cfg.bundle.name)
     create_markdown_artifact(key=key, markdown=failover_markdown(rec.to_json()),
                              description=f"Newest {rec.kind} of {cfg.bundle.name}")

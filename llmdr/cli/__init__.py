@@ -5,6 +5,7 @@ call one core function (or run one flow in this process); errors print one messa
 traceback. Importing this package registers every command on :data:`app`."""
 
 from llmdr.cli import (  # noqa: F401  (imported for their @app.command registrations)
+    cmd_control,
     cmd_drill,
     cmd_failover,
     cmd_init,

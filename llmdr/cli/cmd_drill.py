@@ -118,8 +118,15 @@ def runbook(
     how to restore, where credentials live (names only), emergency access."""
     from llmdr.drill.runbook import write_runbook
 
-    path = write_runbook(load_cfg(), out)
+    cfg = load_cfg()
+    path = write_runbook(cfg, out)
     typer.echo(f"runbook written to {path}")
+    if out is None:  # the runbook in force: into every region's store too, so it outlives this host
+        from llmdr.control import put_document
+
+        place = put_document(cfg, "runbook", path)
+        typer.echo(f"stored in region(s): {', '.join(place.held) or '-'}"
+                   + (f"; pending for {', '.join(place.pending)} (`llmdr control sync`)" if place.pending else ""))
 
 
 @report_app.command("verify")

@@ -27,7 +27,7 @@ HELP_ORDER = (
     "init", "demo-bundle", "serve", "verify", "forget", "sample-bundle", "snapshot", "protect", "check", "replicate",
     "snapshots", "show", "restore", "status", "monitor", "failover", "failback", "failovers", "drill", "drills",
     "readiness", "plan", "runbook", "lineage", "stack", "golden", "report", "datasets", "replica", "prune", "repair",
-    "locks", "undelete", "migrate",
+    "locks", "undelete", "migrate", "control",
 )
 
 

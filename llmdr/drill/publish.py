@@ -48,7 +48,7 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
 
     folder = drills_dir(cfg) / record["id"]
     past = [r.to_json() for r in history(cfg) if r.id != record["id"]] + [record]
-    target = None
+    target, mlflow_locked = None, None
     try:
         target = target_for(cfg)
         record["evidence"]["mlflow_run_id"] = begin_drill(target, record)
@@ -68,6 +68,7 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
     if target is not None and record["evidence"].get("mlflow_run_id"):
         try:
             log_drill(target, record, folder)
+            mlflow_locked = lock_mlflow_artifacts(cfg, target.region, record["evidence"]["mlflow_run_id"], logger)
         except ArtifactUploadError as exc:
             logger.warning("report artifacts not uploaded to %s (%s); keeping them in the local MLflow store",
                         target.region, exc)
@@ -77,9 +78,42 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
                 logger.warning("MLflow run %s not completed: %s", record["evidence"]["mlflow_run_id"], exc2)
         except Exception as exc:  # noqa: BLE001
             logger.warning("MLflow run %s not completed: %s", record["evidence"]["mlflow_run_id"], exc)
-    return {"folder": str(folder), "files": {k: str(Path(v)) for k, v in files.items()},
+    stored = store_everywhere(cfg, folder, logger) | {"mlflow_artifacts_locked": mlflow_locked}
+    return {"folder": str(folder), "files": {k: str(Path(v)) for k, v in files.items()}, "stored": stored,
             "signature": {k: v for k, v in signature.items() if k != "files"} if isinstance(signature, dict)
             else signature, "mlflow_run_id": record["evidence"].get("mlflow_run_id")}
+
+
+def store_everywhere(cfg: Config, folder: Path, logger: Logger = log) -> dict[str, Any]:
+    """The signed folder, the golden set and the runbook in force, to every region's store (``llmdr.control``): a
+    region that is down gets them by `llmdr control sync`; nothing here fails the drill's publication."""
+    from llmdr.drill.stored import store_in_force, store_report
+
+    try:
+        place = store_report(cfg, folder)
+        out = {"held": place.held, "pending": place.pending, "in_force": store_in_force(cfg)}
+    except (LlmdrError, OSError, ValueError) as exc:
+        logger.warning("drill report not written to the regions' stores: %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if place.pending:
+        logger.warning("drill report %s pending for region(s) %s: run `llmdr control sync` when they answer",
+                       folder.name, ", ".join(place.pending))
+    return out
+
+
+def lock_mlflow_artifacts(cfg: Config, region: str | None, run_id: str, logger: Logger = log) -> int | None:
+    """Object-Lock the drill's MLflow artifacts in the DR bucket like everything llmdr writes there (MLflow's own
+    upload sets no retention): the number of objects locked; None when the region has no ``object_lock:`` or the
+    lock failed (warned: the signed report in ``control/drills/`` is locked regardless)."""
+    from llmdr.drill.stored import lock_run_artifacts
+
+    if region is None or cfg.region(region).object_lock is None:
+        return None
+    try:
+        return lock_run_artifacts(cfg, cfg.region(region), run_id)
+    except (LlmdrError, OSError) as exc:
+        logger.warning("MLflow artifacts of run %s not Object-Locked in %s: %s", run_id, region, exc)
+        return None
 
 
 def mark_model_version(cfg: Config, snapshot_id: str | None, drill_id: str, passed: bool, *,

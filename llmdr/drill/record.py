@@ -183,13 +183,20 @@ def drills_dir(cfg: Config) -> Path:
     return cfg.reports_path / "drills"
 
 
-def history(cfg: Config) -> list[DrillRecord]:
-    """Every drill with a report on disk, oldest first."""
+def history(cfg: Config, *, stores: bool = True) -> list[DrillRecord]:
+    """Every drill with a report, oldest first: the reports folder, and (``stores``) the signed reports the regions'
+    stores hold that it lacks (verified, fetched once per command: ``llmdr.drill.stored``)."""
+    folders = sorted(drills_dir(cfg).glob("*/evidence.json"))
+    if stores:
+        from llmdr.drill.stored import cached_folders
+
+        local = {p.parent.name for p in folders}
+        folders += [f / "evidence.json" for f in cached_folders(cfg, local)]
     out = []
-    for path in sorted(drills_dir(cfg).glob("*/evidence.json")):
+    for path in folders:
         try:
             out.append(DrillRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OSError):
             continue
     return sorted(out, key=lambda r: r.started_ts)
 
@@ -263,7 +270,7 @@ def wait_for_failover(cfg: Config, since_ts: float, timeout: float, *, poll: flo
 
     deadline = time.monotonic() + timeout
     while True:
-        for rec in fo.history(cfg):
+        for rec in fo.history(cfg, stores=False):
             if rec.kind == "failover" and rec.started_ts >= since_ts and not rec.noop:
                 return rec
         if time.monotonic() >= deadline:

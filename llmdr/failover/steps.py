@@ -123,7 +123,9 @@ def history_path(cfg: Config) -> Path:
     return cfg.state_path / "failover" / "history.jsonl"
 
 
-def append_history(cfg: Config, rec: FailoverRecord) -> None:
+def append_history(cfg: Config, rec: FailoverRecord) -> dict:
+    """Record the run: one line in the local history, then one object in every region's store (``llmdr.control``;
+    a region that is down gets it later, by `llmdr control sync` or the next record). Returns where it landed."""
     from llmdr.common.files import open_private, private_dir
 
     path = history_path(cfg)
@@ -136,9 +138,17 @@ def append_history(cfg: Config, rec: FailoverRecord) -> None:
                          "of yours, never a symbolic link; move it away and run again") from None
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+    return store_record(cfg, rec)
 
 
-def history(cfg: Config) -> list[FailoverRecord]:
+def store_record(cfg: Config, rec: FailoverRecord) -> dict:
+    """The record in every region's store (``control/failovers/``); never raises for a region that is down."""
+    from llmdr.control import layout, put_record
+
+    return put_record(cfg, layout.failover_key(rec.started_ts, rec.id), rec.to_json()).to_json()
+
+
+def _local_history(cfg: Config) -> list[FailoverRecord]:
     try:
         lines = history_path(cfg).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -150,6 +160,41 @@ def history(cfg: Config) -> list[FailoverRecord]:
         except (ValueError, TypeError):
             log.warning("skipping an unreadable line in %s", history_path(cfg))
     return out
+
+
+def stored_history(cfg: Config) -> list[FailoverRecord]:
+    """The failover records in the regions' stores (each region listed once per command); a record whose name and
+    content disagree, or that does not parse as a record, is skipped with a warning."""
+    from llmdr.control import json_records, layout
+
+    out: list[FailoverRecord] = []
+
+    def check(key: str, data: dict) -> str | None:
+        name = layout.parse_record(layout.FAILOVERS, key)
+        if name is None or data.get("id") != name[1]:
+            return "its name does not carry the record's id"
+        try:
+            rec = FailoverRecord.from_json(data)
+        except (TypeError, ValueError, KeyError) as exc:
+            return f"not a failover record ({exc})"
+        if not isinstance(rec.started_ts, (int, float)) or layout.stamp(rec.started_ts) != name[0]:
+            return "its name does not carry the record's start time"
+        out.append(rec)
+        return None
+
+    json_records(cfg, layout.FAILOVERS, check=check)
+    return out
+
+
+def history(cfg: Config, *, stores: bool = True) -> list[FailoverRecord]:
+    """Every failover and failback, oldest first: the local history and (``stores``) the regions' copies, so a
+    fresh control host still has it."""
+    local = _local_history(cfg)
+    if not stores:
+        return local
+    seen = {r.id for r in local}
+    merged = local + [r for r in stored_history(cfg) if r.id not in seen and not seen.add(r.id)]
+    return sorted(merged, key=lambda r: r.started_ts)
 
 
 def pick_target(cfg: Config, to: str | None, active: str | None) -> Region:

@@ -82,7 +82,7 @@ class Caddy:
         self.selection_path = self.dir / "selected-region"
         self.pid_path = self.dir / "caddy.pid"
         self.log_path = self.dir / "caddy.log"
-        self.log = RouterLog(self.dir / "state.json")
+        self.log = RouterLog(self.dir / "state.json", cfg)
         if "{" in str(self.selection_path) or "}" in str(self.selection_path):
             raise UsageError(f"state_dir {cfg.state_path} contains '{{' or '}}', which Caddy would read as a "
                              "placeholder; choose a state_dir without braces")

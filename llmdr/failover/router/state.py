@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmdr.common.files import atomic_write, open_private, private_dir
+from llmdr.config import Config
 from llmdr.errors import LlmdrError
 from llmdr.failover.router.base import utc_now
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class RouterLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, cfg: Config | None = None):
         self.path = Path(path)
         self.history_path = self.path.with_name("history.jsonl")
+        self.cfg = cfg  # given: each switch also goes to every region's store (``llmdr.control``), in the background
 
     def record(self, active: str, *, reason: str, previous: str | None) -> dict:
         """Record a switch to ``active``: the current state first (atomic), then one history line."""
@@ -37,6 +39,11 @@ class RouterLog:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+        if self.cfg is not None:
+            from llmdr.control import layout
+            from llmdr.control.records import publish_soon
+
+            publish_soon(self.cfg, [(layout.switch_key(), line.encode())])
         return entry
 
     def current(self) -> dict | None:
