@@ -175,8 +175,6 @@ def _prune_empty(root: Path) -> None:
                 pass
 
 
-
-
 def publish_soon(cfg: Config, items: list[tuple[str, bytes]]) -> threading.Thread:
     """For a step on the recovery path (a router switch): keep ``items`` pending for every region (local, at once)
     and push them from a background thread, so the step never waits for a region that is down. A process that ends
