@@ -5,7 +5,7 @@ auth, one account per person) and writes a JSON access log naming the authentica
 The Prefect server itself keeps listening on 127.0.0.1 only; the front is the one door from the network. A drill's
 approval is a ``POST /api/flow_runs/<id>/resume`` (the UI's Resume button sends the same), so
 :func:`resume_login` can tell which login resumed a paused drill, and the drill's signed evidence records it next to
-the approver's self-declared name. What that proves and what it does not: docs/security.md.
+the approver's self-declared name. What that proves and what it does not: docs/design/security.md.
 
 The users file has one ``name:hash`` line per person; the hash is what ``caddy hash-password`` prints (bcrypt, or
 argon2id with ``--algorithm argon2id``; one algorithm for every line).

@@ -8,7 +8,7 @@ run with an :class:`ApprovalForm` (Prefect UI: the run's Resume button; API: ``P
 with ``{"run_input": {...}}``). A run started from the UI or API, or by `llmdr drill`, was started by a person and
 is not paused; the evidence says that no approval was asked and who started it.
 
-What the evidence can prove about the approver is limited; see docs/security.md ("Identity in the evidence"):
+What the evidence can prove about the approver is limited; see docs/design/security.md ("Identity in the evidence"):
 the approver's name is self-declared; the login the authenticating front (``llmdr.devstack.uiproxy``) saw on the
 resume request is recorded next to it.
 """
