@@ -199,7 +199,8 @@ def stop(cfg: Config, timeout: float = 10.0) -> None:
 
 def resume_logins(path: Path, flow_run_id: str, *, since_ts: float = 0.0) -> list[dict[str, Any]]:
     """Every accepted resume request (HTTP 201) of ``flow_run_id`` in the access log at ``path`` since ``since_ts``,
-    oldest first: ``{"login", "ts", "status", "remote_ip"}``. Lines that are not JSON (a log cut mid-write) are skipped."""
+    oldest first: ``{"login", "ts", "status", "remote_ip"}``. Lines that are not JSON (a log cut mid-write) are
+    skipped."""
     out = []
     try:
         lines = path.read_text(errors="replace").splitlines()
