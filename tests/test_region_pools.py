@@ -29,6 +29,7 @@ from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.drill.record import end_outage, simulate_outage
 from llmdr.failover import steps as fo
 from llmdr.failover.router import open_router
+from llmdr.integrations.prefect import retry_api
 from llmdr.repo import ops
 from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
@@ -121,11 +122,16 @@ golden: golden.jsonl
 
 
 def _api(port: int, path: str, body: dict | None = None, method: str = "POST"):
+    """One call to the Prefect REST API; retried on 503 (Prefect on SQLite: "database is locked" under load)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api{path}", method=method,
                                  data=json.dumps(body or {}).encode() if method != "GET" else None,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
-        return json.loads(r.read())
+
+    def call():
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
+            return json.loads(r.read())
+
+    return retry_api(call)
 
 
 def _wait(what: str, cond, timeout: float, step: float = 0.2):
@@ -220,9 +226,11 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
         assert rec.ok and rec.trigger == "automation" and not rec.replica["cold"], rec.to_json()
         assert t_outage - 0.5 <= rec.first_failure_ts and 0 < rec.rto_s
         # the automation's failover run and the monitor ran on the DR region's pool, its failover queue
-        run = _api(api_port, f"/flow_runs/{rec.flow_run_id}", method="GET")
+        run = _wait("the failover run to finish (its record is written before it ends)", lambda: (
+            lambda r: r if r["state"]["type"] not in ("PENDING", "RUNNING") else None)(
+            _api(api_port, f"/flow_runs/{rec.flow_run_id}", method="GET")), 60, 0.3)
         assert (run["work_pool_name"], run["work_queue_name"]) == ("llmdr-secondary", "failover")
-        assert run["state"]["type"] == "COMPLETED"
+        assert run["state"]["type"] == "COMPLETED", run["state"]
         mon = _api(api_port, f"/flow_runs/{monitor['id']}", method="GET")
         assert mon["work_pool_name"] == "llmdr-secondary"
         print(f"\nRTO {rec.rto_s:.2f}s with the primary's worker lost {rec.rto_breakdown()}")
