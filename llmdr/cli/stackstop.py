@@ -55,9 +55,11 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
     steps.append((replicas + router, lambda: stop_serving(cfg, regions, router=region is None)))
     if region is not None:
         # the region's loss includes its workers: flows bound to its pool wait for it, the others carry on
+        prefect_here = orchestration.running(cfg)
         for r in regions:
             rows = [Stopped(_worker_what(name), r.name, orchestration.worker_pid(cfg, name))
                     for name in orchestration.worker_names(cfg, r.name)]
+            rows = [row for row in rows if prefect_here or row.pid is not None]  # no Prefect here: nothing to say
             steps.append((rows, lambda r=r: orchestration.stop_workers(cfg, r.name, timeout=5.0)))
     if region is None:
         st = orchestration.status(cfg)
