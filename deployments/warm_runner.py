@@ -9,8 +9,9 @@ automation) the runner claims it (Pending), hands its id to the waiting child, w
 
     python deployments/warm_runner.py --pool llmdr-secondary --queue failover   # PREFECT_API_URL, LLMDR_CONFIG set
 
-Any plain ``prefect worker start --pool llmdr-secondary`` serves the same pool correctly, only slower (the local
-stack runs both: the runner takes a run first, the process worker when the runner is down).
+Any plain ``prefect worker start --pool llmdr-secondary`` serves the same pool correctly, only slower: start one by
+hand when the runner is down. (The local stack's process worker for that region serves only its ``default`` queue:
+serving ``failover`` too, it would race the runner and, winning, start a failover 3-14 s later.)
 """
 
 from __future__ import annotations

@@ -207,6 +207,9 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
             assert _environ(pid)["LLMDR_REGION"] == region
             assert f"llmdr-{region}" in " ".join(Path(f"/proc/{pid}/cmdline").read_text().split("\0"))
         assert _environ(st.runner_pid)["LLMDR_REGION"] == "secondary"
+        # the DR region's process worker leaves the failover queue to the runner (no race for a failover run)
+        assert Path(f"/proc/{st.workers['secondary']}/cmdline").read_text().split("\0")[-3:-1] == [
+            "--work-queue", "default"]
 
         monitor = _run_deployment(api_port, "monitor-endpoints", "monitor-endpoints", {"duration_s": 240})
         status_file = cfg.state_path / "monitor" / "status.json"
@@ -231,6 +234,8 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
             _api(api_port, f"/flow_runs/{rec.flow_run_id}", method="GET")), 60, 0.3)
         assert (run["work_pool_name"], run["work_queue_name"]) == ("llmdr-secondary", "failover")
         assert run["state"]["type"] == "COMPLETED", run["state"]
+        # started by the warm runner (it records its child's bare pid; a process worker records "host:pid")
+        assert run["infrastructure_pid"] and ":" not in run["infrastructure_pid"], run["infrastructure_pid"]
         mon = _api(api_port, f"/flow_runs/{monitor['id']}", method="GET")
         assert mon["work_pool_name"] == "llmdr-secondary"
         print(f"\nRTO {rec.rto_s:.2f}s with the primary's worker lost {rec.rto_breakdown()}")

@@ -23,8 +23,12 @@ from llmdr.config.model import Config
 POOL_PREFIX = "llmdr-"
 # the pools of the single-pool layout before per-region pools: stale once configure.py has moved the deployments
 LEGACY_POOLS = ("llmdr-process", "llmdr-failover")
-# the DR pool's queue served by deployments/warm_runner.py (RTO-critical runs); the process worker serves it too
+# the DR pool's queue served by deployments/warm_runner.py alone (RTO-critical runs): the local stack starts the DR
+# region's process worker on the "default" queue only, else it races the runner for a failover run and, when it
+# wins, the run starts 3-14 s later (a new Python process); `prefect worker start --pool llmdr-<dr>` (every queue)
+# is the by-hand fallback when the runner is down
 FAILOVER_QUEUE = "failover"
+DEFAULT_QUEUE = "default"
 PRIMARY_FLOWS = frozenset({"protect-bundle", "protect-checkpoints", "failback"})
 FAILOVER_FLOWS = frozenset({"failover", "monitor-endpoints"})  # on the FAILOVER_QUEUE: the warm runner's
 
@@ -59,7 +63,7 @@ def pool_region(cfg: Config, flow_name: str, parameters: dict[str, Any] | None =
 
 def pool_queue(flow_name: str) -> str:
     """The work queue, inside its pool, of a deployment of ``flow_name``."""
-    return FAILOVER_QUEUE if flow_name in FAILOVER_FLOWS else "default"
+    return FAILOVER_QUEUE if flow_name in FAILOVER_FLOWS else DEFAULT_QUEUE
 
 
 def deploy_env(cfg: Config) -> dict[str, str]:

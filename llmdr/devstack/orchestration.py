@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llmdr.common.process import read_pid, spawn, terminate, write_pid
 from llmdr.config import Config
-from llmdr.config.pools import FAILOVER_QUEUE, deploy_env, dr_region, region_pool
+from llmdr.config.pools import DEFAULT_QUEUE, FAILOVER_QUEUE, deploy_env, dr_region, region_pool
 from llmdr.errors import StackError
 
 LEGACY_PID_NAMES = ("runner", "worker")  # the single worker and runner before per-region pools
@@ -169,8 +169,9 @@ def worker_names(cfg: Config, region: str) -> list[str]:
 
 def start_workers(cfg: Config, regions: list[str] | None = None, *, port: int | None = None) -> dict[str, int]:
     """Start (idempotently) the process worker of each region's pool (default: every configured region) and, for
-    the DR region, the warm failover runner on its pool's ``failover`` queue; each with ``LLMDR_REGION`` set.
-    Returns the PID of each, by PID-file name."""
+    the DR region, the warm failover runner on its pool's ``failover`` queue (that region's process worker then
+    serves only ``default``: see ``llmdr.config.pools.FAILOVER_QUEUE``); each with ``LLMDR_REGION`` set. Returns the
+    PID of each, by PID-file name."""
     # not a flow run's own variables (a drill ending its outage restarts the workers from inside a run)
     e = {k: v for k, v in env(cfg, port or _port(cfg)).items() if not k.startswith("PREFECT__")}
     root = code_root()
@@ -187,6 +188,8 @@ def start_workers(cfg: Config, regions: list[str] | None = None, *, port: int | 
                             "--queue", FAILOVER_QUEUE]
                 else:
                     args = [_prefect(), "worker", "start", "--pool", pool, "--name", f"llmdr-worker-{region}"]
+                    if region == dr_region(cfg):
+                        args += ["--work-queue", DEFAULT_QUEUE]
                 pid = _spawn(cfg, name, args, re_, root)
             out[name] = pid
     return out

@@ -226,10 +226,10 @@ def failover(c: Context) -> list[str]:
               f"5. Artifacts → {code(artifact_key('failover', c.bundle))} (result, RTO, every step) and "
               f"{code(artifact_key('failover', c.bundle) + '-table')} (every run).",
               "",
-              f"A run needs a worker on pool {code(dr_pool(cfg))}, in {t.name}: the warm runner "
-              f"(`deployments/warm_runner.py`) or the region's process worker (both started by "
-              f"{code(c.cmd('stack up --ui'))}), or `prefect worker start --pool {dr_pool(cfg)}`. If it stays "
-              "Scheduled (Late), no worker serves that pool: use the command line.", "",
+              f"A run needs a worker on pool {code(dr_pool(cfg))}, queue `failover`, in {t.name}: the warm runner "
+              f"(`deployments/warm_runner.py`, started by {code(c.cmd('stack up --ui'))}), or, slower, "
+              f"`prefect worker start --pool {dr_pool(cfg)}`. If it stays Scheduled (Late), no worker serves that "
+              "queue (the UI shows it Not Ready): start one, or use the command line.", "",
               "### If llmdr cannot switch: change the router itself", ""]
     lines += _router_fallback(c)
     return lines
