@@ -113,12 +113,15 @@ def ensure_pools(cfg: Config) -> list[str]:
     return out
 
 
-def apply(cfg: Config) -> list[str]:
-    """Update every deployment tagged ``llmdr`` (tags, form, work pool); one line per deployment for the log."""
+def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
+    """Update every deployment tagged ``llmdr`` (tags, form, work pool); one line per deployment for the log. The
+    region pools are created first unless ``pools_ready`` (a deployment cannot be bound to a missing pool)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
+    if not pools_ready:
+        ensure_pools(cfg)
     out = []
     with get_client(sync_client=True) as client:
         deps = retry_api(client.read_deployments,
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for line in ensure_pools(cfg):
         print(f"work pool {line}")
-    for line in apply(cfg):
+    for line in apply(cfg, pools_ready=True):
         print(f"deployment {line}")
     warnings = stale(cfg, prune=args.prune)
     for line in warnings:

@@ -281,3 +281,52 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
         for r in cfg.regions:
             stop_region(cfg, r)
     assert not any(orchestration.status(cfg).workers.values()) and orchestration.status(cfg).runner_pid is None
+
+
+def _configure_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmdr_deploy_configure_pools", ROOT / "deployments" / "configure.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_configure_moves_deployments_off_a_renamed_regions_pool_and_prunes_it(prefect_harness, tmp_path):
+    """A deployment left on the pool of a region llmdr.yaml no longer has is moved to its rule's pool; the old pool
+    is reported, and deleted by --prune only once nothing uses it (a pool another deployment still uses stays)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.failover import failback
+
+    conf = _configure_module()
+    cfg = make_config(tmp_path, 21000, 24000, tmp_path / ".llmdr")  # never connected to: only names are used
+    tag = tmp_path.name[-20:]
+    old, shared = f"llmdr-gone-{tag}"[:60], f"llmdr-shared-{tag}"[:60]
+    with get_client(sync_client=True) as client:
+        for pool in (old, shared):
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name(failback.name)
+        ours = client.create_deployment(flow_id=flow_id, name=f"failback-{tag}", tags=["llmdr", "kind:failover"],
+                                        work_pool_name=old)
+        theirs = client.create_deployment(flow_id=flow_id, name=f"other-{tag}", tags=["not-llmdr"],
+                                          work_pool_name=shared)
+        lines = conf.apply(cfg)
+        assert any(f"failback/failback-{tag}: pool llmdr-primary/default (was {old}/default)" in x for x in lines), \
+            lines
+        assert client.read_deployment(ours).work_pool_name == "llmdr-primary"
+        warned = {w.split()[2]: w for w in conf.stale(cfg)}
+        assert "0 deployment(s), 0 online worker(s), 0 waiting run(s)" in warned[old]
+        assert f"prefect work-pool delete {old}" in warned[old]
+        assert "1 deployment(s)" in warned[shared] and f"other-{tag}" in warned[shared]
+        pruned = {w.split()[2]: w for w in conf.stale(cfg, prune=True)}
+        assert pruned[old].endswith("; deleted") and "not deleted: something still uses it" in pruned[shared]
+        with pytest.raises(ObjectNotFound):
+            client.read_work_pool(old)
+        assert client.read_work_pool(shared).name == shared
+        assert client.read_deployment(theirs).work_pool_name == shared  # not ours: left alone
+        client.delete_deployment(theirs)
+        client.delete_deployment(ours)
+        client.delete_work_pool(shared)
