@@ -10,9 +10,18 @@ here, on every deployment tagged ``llmdr``:
 - the configured region names as the choices of the region fields (restore-bundle's ``region``, failover's
   ``to``), so the form offers a list instead of a free text box;
 - restore-bundle's default ``region`` set to the failover target when prefect.yaml's default names no configured
-  region.
+  region;
+- the work pool: one process pool per region, ``llmdr-<region>``, created here if missing, and each deployment
+  bound to the pool of the region it acts in (the rule is ``llmdr.config.pools.pool_region``; failover and the
+  monitor on the DR pool's ``failover`` queue, served by the warm runner);
+- pools named ``llmdr-...`` that no configured region has (a region renamed or removed, or the old single-pool
+  ``llmdr-process``/``llmdr-failover``) are reported with their deployments, online workers and waiting runs;
+  ``--prune`` deletes those nothing uses any more.
 
 Idempotent: tags it added before are replaced, so running it again (or after a config change) is safe.
+
+    python deployments/configure.py             # after `prefect deploy --all`
+    eval "$(python deployments/configure.py --pools)"   # before it: create the pools, export their names
 """
 
 from __future__ import annotations
@@ -24,6 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.config import Config, load_config
+from llmdr.config.pools import (
+    FAILOVER_QUEUE,
+    deploy_env,
+    pool_queue,
+    pool_region,
+    region_pool,
+    region_pools,
+    stale_pools,
+)
 from llmdr.integrations.prefect import retry_api
 
 MANAGED_TAG_PREFIXES = ("bundle:", "region:")
@@ -63,12 +81,47 @@ def fitted(cfg: Config, flow_name: str, tags: list[str], parameters: dict[str, A
     return {"tags": new_tags, "parameters": parameters, "parameter_openapi_schema": schema}
 
 
-def apply(cfg: Config) -> list[str]:
-    """Update every deployment tagged ``llmdr``; one line per deployment for the log."""
+def ensure_pools(cfg: Config) -> list[str]:
+    """Create each region's process work pool and its ``failover`` queue where missing; one line per pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    out = []
+    with get_client(sync_client=True) as client:
+        for region, pool in region_pools(cfg).items():
+            try:
+                retry_api(client.read_work_pool, pool)
+                made = False
+            except ObjectNotFound:
+                try:
+                    retry_api(client.create_work_pool, WorkPoolCreate(
+                        name=pool, type="process", description=f"llmdr: flows that act in region {region}",
+                        base_job_template=ProcessWorker.get_default_base_job_template()))
+                    made = True
+                except ObjectAlreadyExists:  # created at the same moment by another configure
+                    made = False
+            queues = {q.name for q in retry_api(client.read_work_queues, work_pool_name=pool)}
+            if FAILOVER_QUEUE not in queues:
+                try:
+                    retry_api(client.create_work_queue, FAILOVER_QUEUE, work_pool_name=pool, priority=1,
+                              description="failover and the monitor: served by deployments/warm_runner.py first")
+                except ObjectAlreadyExists:
+                    pass
+            out.append(f"{pool} (region {region}): {'created' if made else 'exists'}")
+    return out
+
+
+def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
+    """Update every deployment tagged ``llmdr`` (tags, form, work pool); one line per deployment for the log. The
+    region pools are created first unless ``pools_ready`` (a deployment cannot be bound to a missing pool)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
+    if not pools_ready:
+        ensure_pools(cfg)
     out = []
     with get_client(sync_client=True) as client:
         deps = retry_api(client.read_deployments,
@@ -78,19 +131,87 @@ def apply(cfg: Config) -> list[str]:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
                          dict(d.parameter_openapi_schema or {}))
-            retry_api(client.update_deployment, d.id, DeploymentUpdate(**new))
-            out.append(f"{flow_name}/{d.name}: tags {', '.join(new['tags'])}")
+            pool = region_pool(pool_region(cfg, flow_name, new["parameters"]))
+            queue = pool_queue(flow_name)
+            moved = (d.work_pool_name, d.work_queue_name) != (pool, queue)
+            # a change of pool also drops the deployment's future scheduled runs; the scheduler makes new ones
+            retry_api(client.update_deployment, d.id,
+                      DeploymentUpdate(**new, **({"work_pool_name": pool, "work_queue_name": queue} if moved else {})))
+            was = f" (was {d.work_pool_name}/{d.work_queue_name})" if moved else ""
+            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}")
     return out
 
 
-def main() -> int:
+def stale(cfg: Config, prune: bool = False) -> list[str]:
+    """Say which ``llmdr-...`` pools no configured region has, what still uses them, and (``prune``) delete those
+    no deployment is bound to. One warning line per pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType, WorkerStatus
+
+    out = []
+    with get_client(sync_client=True) as client:
+        names = [p.name for p in retry_api(client.read_work_pools)]
+        for pool in stale_pools(cfg, names):
+            only = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+            deps = retry_api(client.read_deployments, work_pool_filter=only)
+            workers = [w.name for w in retry_api(client.read_workers_for_work_pool, pool)
+                       if w.status == WorkerStatus.ONLINE]
+            waiting = retry_api(client.read_flow_runs, work_pool_filter=only, flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))))
+            what = (f"work pool {pool} belongs to no region in llmdr.yaml (regions: {', '.join(region_pools(cfg))}; "
+                    f"renamed or removed?): {len(deps)} deployment(s), {len(workers)} online worker(s), "
+                    f"{len(waiting)} waiting run(s)")
+            if deps:
+                what += f" [{', '.join(sorted(d.name for d in deps))}: not llmdr's, or not configured]"
+            if waiting:
+                what += "; its waiting runs will not move: cancel them, or start them again on the new pool"
+            if prune and not (deps or workers or waiting):
+                retry_api(client.delete_work_pool, pool)
+                what += "; deleted"
+            else:
+                if workers:
+                    what += "; stop its workers (start them on the new region's pool)"
+                what += ("; not deleted: something still uses it" if prune else
+                         f"; once unused, delete it: `prefect work-pool delete {pool}` or configure.py --prune")
+            out.append(what)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pools", action="store_true", help="only create the region pools and print, as shell exports, "
+                    "the pool variables prefect.yaml needs (run before `prefect deploy`)")
+    ap.add_argument("--prune", action="store_true", help="delete the stale llmdr-... pools no deployment, online "
+                    "worker or waiting run uses")
+    args = ap.parse_args(argv)
     path = os.environ.get("LLMDR_CONFIG") or "llmdr.yaml"
     if not Path(path).exists():
         print(f"deployments/configure.py: {path} not found: set LLMDR_CONFIG to the project's llmdr.yaml",
               file=sys.stderr)
         return 2
-    for line in apply(load_config(path)):
+    cfg = load_config(path)
+    if args.pools:
+        for line in ensure_pools(cfg):
+            print(f"# work pool {line}")
+        for k, v in deploy_env(cfg).items():
+            print(f"export {k}={v}")
+        return 0
+    for line in ensure_pools(cfg):
+        print(f"work pool {line}")
+    for line in apply(cfg, pools_ready=True):
         print(f"deployment {line}")
+    warnings = stale(cfg, prune=args.prune)
+    for line in warnings:
+        print(f"WARNING: {line}", file=sys.stderr)
     return 0
 
 

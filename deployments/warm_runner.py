@@ -1,4 +1,4 @@
-"""A pre-warmed runner for the failover work pool: the RTO-critical flows start in well under a second.
+"""A pre-warmed runner for the DR region's work pool: the RTO-critical flows start in well under a second.
 
 A Prefect process worker starts every flow run in a new Python process, which must import Prefect, llmdr and the
 flow before the first line of the flow runs: 2.5-7 s on a small machine, most of a warm-standby RTO. This runner
@@ -7,9 +7,11 @@ but keeps two child processes waiting with everything already imported. When a r
 automation) the runner claims it (Pending), hands its id to the waiting child, which runs it exactly as
 ``python -m prefect.engine`` would, and immediately starts the next waiting child.
 
-    python deployments/warm_runner.py --pool llmdr-failover        # PREFECT_API_URL and LLMDR_CONFIG set
+    python deployments/warm_runner.py --pool llmdr-secondary --queue failover   # PREFECT_API_URL, LLMDR_CONFIG set
 
-Any plain ``prefect worker start --pool llmdr-failover`` serves the same pool correctly, only slower.
+Any plain ``prefect worker start --pool llmdr-secondary`` serves the same pool correctly, only slower: start one by
+hand when the runner is down. (The local stack's process worker for that region serves only its ``default`` queue:
+serving ``failover`` too, it would race the runner and, winning, start a failover 3-14 s later.)
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class Pool:
             c.discard()
 
 
-def runner(pool: str, poll: float) -> int:
+def runner(pool: str, poll: float, queues: list[str] | None = None) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.responses import SetStateStatus
@@ -124,12 +126,13 @@ def runner(pool: str, poll: float) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    name = f"llmdr-warm-runner-{os.getpid()}"
+    region = os.environ.get("LLMDR_REGION")
+    name = f"llmdr-warm-runner-{region + '-' if region else ''}{os.getpid()}"
     logf = sys.stderr
     pool_ = Pool(logf)
     running: list[subprocess.Popen] = []
     last_beat = 0.0
-    log.info("%s serving work pool %s (poll %.2fs)", name, pool, poll)
+    log.info("%s serving work pool %s, queues %s (poll %.2fs)", name, pool, ", ".join(queues or ["all"]), poll)
     with get_client(sync_client=True) as client:
         while not stopping:
             now = time.monotonic()
@@ -141,7 +144,7 @@ def runner(pool: str, poll: float) -> int:
                     log.warning("heartbeat failed: %s", exc)
             try:
                 scheduled = client.get_scheduled_flow_runs_for_work_pool(
-                    pool, scheduled_before=datetime.now(timezone.utc))
+                    pool, work_queue_names=queues, scheduled_before=datetime.now(timezone.utc))
             except Exception as exc:  # noqa: BLE001
                 log.warning("cannot read scheduled runs of %s: %s", pool, exc)
                 scheduled = []
@@ -167,15 +170,18 @@ def runner(pool: str, poll: float) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pool", default="llmdr-failover")
+    ap.add_argument("--pool", help="the DR region's work pool, llmdr-<region>")
+    ap.add_argument("--queue", action="append", help="only this work queue of the pool (repeatable; default: all)")
     ap.add_argument("--poll", type=float, default=0.25, help="seconds between looks for scheduled runs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child()
+    if not args.pool:
+        ap.error("--pool is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll (4/s) would fill the log
-    return runner(args.pool, args.poll)
+    return runner(args.pool, args.poll, args.queue)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,10 @@ def test_a_failover_that_failed_fails_the_drill(cfg):
     assert rec.timeline[-1].event == "failover failed" and rec.timeline[-1].ok is False
 
 
-@pytest.mark.parametrize("enabled, suffix", [(True, ""), (False, " — the failover automation is disabled")])
+@pytest.mark.parametrize("enabled, suffix", [
+    (True, " (a failover run needs a worker on the DR region's work pool llmdr-secondary: see the Prefect UI's Work "
+           "Pools, or `llmdr stack status` for the local stack)"),
+    (False, " — the failover automation is disabled")])
 def test_no_failover_within_the_rto_fails_the_drill(cfg, enabled, suffix):
     rec = _record(cfg)
     procedure.record_prechecks(rec, _pre(automation={"name": "a", "enabled": enabled}), "secondary")

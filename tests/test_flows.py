@@ -106,9 +106,12 @@ def test_prefect_yaml_entrypoints_are_flows():
         module, _, attr = dep["entrypoint"].partition(":")
         obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert isinstance(obj, Flow), dep["entrypoint"]
-        # failover, failback and the monitor go to the pool the warm runner serves; the rest to the process worker
-        want = "llmdr-failover" if obj.name in ("failover", "failback", "monitor-endpoints") else "llmdr-process"
+        # prefect.yaml binds by role (llmdr.config.pools: the rule); configure.py checks it against llmdr.yaml
+        from llmdr.config.pools import PRIMARY_FLOWS, pool_queue
+
+        want = "{{ $LLMDR_PRIMARY_POOL }}" if obj.name in PRIMARY_FLOWS else "{{ $LLMDR_DR_POOL }}"
         assert dep["work_pool"]["name"] == want, dep["name"]
+        assert dep["work_pool"]["work_queue_name"] == pool_queue(obj.name), dep["name"]
         names.add(obj.name)
     assert {"protect-bundle", "restore-bundle", "verify-replicas", "protect-checkpoints", "monitor-endpoints",
             "failover", "failback"} <= names

@@ -119,7 +119,7 @@ def test_every_section_in_order_with_the_configs_own_names(tmp_path):
     assert re.search(r"^llmdr golden check --url http://127.0.0.1:18300 +# golden set through the router", fo, re.M)
     assert "--config" not in md
     # Prefect UI steps with the deployment, its parameters and the artifact
-    assert "Deployments → **failover** (`failover/failover`, work pool `llmdr-failover`)" in fo
+    assert "Deployments → **failover** (`failover/failover`, work pool `llmdr-us-east`)" in fo
     assert "`to` = `us-east`" in fo and "`trigger` = `manual`" in fo
     assert "`failover-support-bot`" in fo
     # the Caddy fallback: the selection file, replaced atomically
@@ -336,7 +336,9 @@ def test_names_match_prefect_yaml_and_the_automation():
     for name in (runbook.DEPLOY_FAILOVER, runbook.DEPLOY_FAILBACK, runbook.DEPLOY_RESTORE, runbook.DEPLOY_MONITOR,
                  runbook.DEPLOY_DRILL):
         assert name in flows, name
-    assert flows[runbook.DEPLOY_FAILOVER]["work_pool"]["name"] == runbook.POOL_FAILOVER
+    # prefect.yaml names the DR pool through $LLMDR_DR_POOL, which deploy fills with llmdr-<failover target>
+    assert flows[runbook.DEPLOY_FAILOVER]["work_pool"]["name"] == "{{ $LLMDR_DR_POOL }}"
+    assert runbook.POOL_FAILOVER == "llmdr-{dr}"
     assert flows[runbook.DEPLOY_MONITOR]["schedules"][0]["interval"] == 60
     assert flows[runbook.DEPLOY_DRILL]["schedules"][0]["cron"] == "0 6 1 1,4,7,10 *"
     autos = yaml.safe_load((ROOT / "deployments" / "automations.yaml").read_text())["automations"]

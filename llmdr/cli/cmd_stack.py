@@ -27,7 +27,8 @@ def _status_table(rows) -> str:
 @stack_app.command("up")
 def stack_up(
     region: Annotated[Optional[str], typer.Argument(help="Only this region (default: every local region).")] = None,
-    ui: Annotated[bool, typer.Option("--ui", help="Also start a Prefect server + worker, deploy the flows and "
+    ui: Annotated[bool, typer.Option("--ui", help="Also start a Prefect server, a work pool and worker per region "
+                                     "(+ the warm failover runner on the DR region's), deploy the flows and "
                                      "create the automations.")] = False,
     ui_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     serving: Annotated[bool, typer.Option("--serving/--no-serving", help="Start the replicas (from each region's "
@@ -89,6 +90,13 @@ def stack_up(
                 text += (f"\nui front     healthy  {front['pid']:>7}  {front['url']} (basic auth: "
                          f"{', '.join(front['users'])}; access log {front['access_log']})")
                 out["ui_front"] = front
+        elif region is not None:  # a region back after `stack down REGION`: its workers too, if Prefect runs here
+            from llmdr.devstack import orchestration
+
+            if orchestration.running(cfg):
+                pids = orchestration.start_workers(cfg, [r.name for r in regions])
+                text += "\n" + "\n".join(f"{name:<20} pid {pid}" for name, pid in pids.items())
+                out["workers"] = pids
         if mlflow:
             from llmdr.devstack import mlflowui
 
@@ -107,13 +115,14 @@ def stack_up(
 
 @stack_app.command("down")
 def stack_down(
-    region: Annotated[Optional[str], typer.Argument(help="Only this region (its S3 server and its replica), e.g. "
-                                                    "to simulate its outage.")] = None,
+    region: Annotated[Optional[str], typer.Argument(help="Only this region (its S3 server, its replica and its "
+                                                    "Prefect workers), e.g. to simulate its outage.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop the local servers by their PIDs: a region's S3 server and serving replica; without REGION also the
-    router, the Prefect server and worker, the MLflow UI and the local PostgreSQL. Says, for each, what it stopped
-    (and its PID) or that it was already stopped; exits 1 if one still runs. Data stays on disk."""
+    """Stop the local servers by their PIDs: a region's S3 server, serving replica and Prefect workers (its work
+    pool's worker; on the DR region also the failover runner); without REGION also the router, the Prefect server
+    and every worker, the MLflow UI and the local PostgreSQL. Says, for each, what it stopped (and its PID) or that
+    it was already stopped; exits 1 if one still runs. Data stays on disk."""
     from llmdr.cli.stackstop import stop_stack
     from llmdr.devstack.stacklock import stack_lock
 

@@ -34,10 +34,10 @@ class Stopped:
 
 
 def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
-    """Stop a region's S3 server and serving replica (``region``), or every local region's plus the router, the
-    Prefect server, worker and runner, the MLflow UI, the metrics exporter and the local PostgreSQL; in that order,
-    each by its PID. Returns one
-    :class:`Stopped` per process it looked for."""
+    """Stop a region's S3 server, serving replica and Prefect workers (``region``: its loss), or every local
+    region's plus the router, the Prefect server, every worker and the runner, the MLflow UI, the metrics exporter
+    and the local PostgreSQL; in that order, each by its PID. Returns one :class:`Stopped` per process it looked
+    for."""
     from llmdr.common.process import alive
     from llmdr.config import CaddyRouter
     from llmdr.devstack import mlflowui, orchestration
@@ -54,12 +54,21 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
 
         router.append(Stopped("router (Caddy)", None, open_router(cfg).pid()))
     steps.append((replicas + router, lambda: stop_serving(cfg, regions, router=region is None)))
+    if region is not None:
+        # the region's loss includes its workers: flows bound to its pool wait for it, the others carry on
+        prefect_here = orchestration.running(cfg)
+        for r in regions:
+            rows = [Stopped(_worker_what(name), r.name, orchestration.worker_pid(cfg, name))
+                    for name in orchestration.worker_names(cfg, r.name)]
+            rows = [row for row in rows if prefect_here or row.pid is not None]  # no Prefect here: nothing to say
+            steps.append((rows, lambda r=r: orchestration.stop_workers(cfg, r.name, timeout=5.0)))
     if region is None:
         from llmdr.devstack import uiproxy
 
         steps.append(([Stopped("Prefect UI front (Caddy)", None, uiproxy.pid(cfg))], lambda: uiproxy.stop(cfg)))
         st = orchestration.status(cfg)
-        steps.append(([Stopped("Prefect runner", None, st.runner_pid), Stopped("Prefect worker", None, st.worker_pid),
+        workers = [Stopped("Prefect worker", r, pid) for r, pid in st.workers.items()]
+        steps.append(([Stopped("Prefect runner", None, st.runner_pid), *workers,
                        Stopped("Prefect server", None, st.server_pid)], lambda: orchestration.stop(cfg)))
         ml = mlflowui.status(cfg)
         steps.append(([Stopped("MLflow UI", None, ml["pid"] if ml else None)], lambda: mlflowui.stop(cfg)))
@@ -80,3 +89,7 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
             row.running = row.pid is not None and alive(row.pid)
         out += rows
     return out
+
+
+def _worker_what(name: str) -> str:
+    return "Prefect failover runner" if name.startswith("runner-") else "Prefect worker"

@@ -168,9 +168,14 @@ def record_failover(rec: DrillRecord, cfg: Config, fo: dict[str, Any] | None, ou
     limit = cfg.objectives.rto.total_seconds()
     if fo is None:
         automation = (rec.evidence.get("prechecks") or {}).get("automation") or {}
+        from llmdr.config.pools import dr_region, region_pool
+
         rec.fail(f"no failover within the RTO objective ({limit:.0f} s): the monitor → automation → failover "
                  "chain did not fire" + (" — the failover automation is disabled"
-                                         if automation.get("enabled") is False else ""))
+                                         if automation.get("enabled") is False else
+                                         f" (a failover run needs a worker on the DR region's work pool "
+                                         f"{region_pool(dr_region(cfg))}: see the Prefect UI's Work Pools, or "
+                                         "`llmdr stack status` for the local stack)"))
         rec.mark("detection", "no failover", ok=False, detail=f"waited {limit:.0f} s")
         return False
     rec.evidence["failover"] = fo

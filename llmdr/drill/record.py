@@ -236,12 +236,21 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
 
         raise UsageError(f"region '{region}' is not local, so `drill.outage: local` cannot stop it; set drill.outage: "
                          "command with an outage_command that blocks the region (never one that deletes data)")
+    from llmdr.devstack import orchestration
+
     rep = replica_status(cfg, reg) if reg.serving else None
     s3_pid = region_pid(cfg, reg)
     stop_replica(cfg, reg)
     stop_region(cfg, reg)
-    return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}) and the "
-                                        f"S3 server (pid {s3_pid or '-'}); data left on disk"}
+    # the region's Prefect workers go with it (fast: a lost region does not shut down politely)
+    workers = orchestration.stop_workers(cfg, region, timeout=3.0)
+    stopped = [f"{name} (pid {pid})" for name, pid, done in workers if done]
+    spared = [f"{name} (pid {pid}: it runs this drill)" for name, pid, done in workers if pid and not done]
+    return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}), the "
+                                        f"S3 server (pid {s3_pid or '-'}) and the Prefect workers "
+                                        f"{', '.join(stopped) or '-'}" + (f"; left running {', '.join(spared)}"
+                                                                         if spared else "") + "; data left on disk",
+            "workers_stopped": [name for name, _, done in workers if done]}
 
 
 def end_outage(cfg: Config, region: str) -> dict[str, Any]:
@@ -252,11 +261,15 @@ def end_outage(cfg: Config, region: str) -> dict[str, Any]:
         r = subprocess.run(cfg.drill.restore_command or [], capture_output=True, text=True, timeout=600,
                            env=child_env(pass_env=cfg.drill.pass_env), umask=0o077)
         return {"action": "command: " + " ".join(cfg.drill.restore_command or []), "returncode": r.returncode}
+    from llmdr.devstack import orchestration
     from llmdr.devstack.regions import start_region
     from llmdr.serving.replica import can_start, start_replica
 
     st = start_region(cfg, reg)
     action = f"local: S3 server started again (pid {st.pid})"
+    if orchestration.running(cfg):  # the local Prefect stack runs: the region's workers come back with it
+        pids = orchestration.start_workers(cfg, [region])
+        action += f", Prefect workers {', '.join(f'{n} (pid {p})' for n, p in pids.items())}"
     if reg.serving is not None and can_start(reg):
         rep = start_replica(cfg, reg)  # from the region's own store, as after a real outage
         action += f", replica restarted from its own store (pid {rep.pid})"

@@ -15,10 +15,10 @@ from llmdr.drill.runbook.text import (
     DEFAULT_UI,
     DEPLOY_FAILOVER,
     DEPLOY_MONITOR,
-    POOL_FAILOVER,
     Context,
     code,
     console,
+    dr_pool,
     dur,
     heading,
     rel,
@@ -154,7 +154,7 @@ def detect(c: Context) -> list[str]:
         lines += [warn("No region has a serving endpoint (regions[].serving.url): the monitor has nothing to "
                         "probe and no failover can run. Only the storage copies (sections 5 and 6) are protected."),
                   ""]
-    lines += [f"- The `monitor-endpoints` deployment ({code(DEPLOY_MONITOR)}, work pool {code(POOL_FAILOVER)}) runs every "
+    lines += [f"- The `monitor-endpoints` deployment ({code(DEPLOY_MONITOR)}, work pool {code(dr_pool(cfg))}) runs every "
               f"minute and watches for ~58 s: it probes every region's serving endpoint"
               + (" and the router" if cfg.router else "") + f" every {dur(m.interval)} (timeout "
               f"{dur(m.timeout)}). An endpoint is **down** after {m.down_after} failed probes in a row "
@@ -217,7 +217,7 @@ def failover(c: Context) -> list[str]:
     lines += ["", "### From the Prefect UI", "",
               f"1. Open the Prefect UI ({DEFAULT_UI} for the local stack started by {code(c.cmd('stack up --ui'))}; "
               f"{code(c.cmd('stack status'))} shows it), or your Prefect server.",
-              f"2. Deployments → **failover** ({code(DEPLOY_FAILOVER)}, work pool {code(POOL_FAILOVER)}).",
+              f"2. Deployments → **failover** ({code(DEPLOY_FAILOVER)}, work pool {code(dr_pool(cfg))}).",
               f"3. Run → Custom run → parameters: `to` = {code(t.name)}, `reason` = why (ticket), `trigger` = "
               "`manual` (keep it: other triggers require the outage to be confirmed first), `config_path` empty "
               "(the worker's llmdr.yaml). Submit.",
@@ -226,9 +226,10 @@ def failover(c: Context) -> list[str]:
               f"5. Artifacts → {code(artifact_key('failover', c.bundle))} (result, RTO, every step) and "
               f"{code(artifact_key('failover', c.bundle) + '-table')} (every run).",
               "",
-              f"A run needs a worker on pool {code(POOL_FAILOVER)}: the warm runner (`deployments/warm_runner.py`, "
-              f"started by {code(c.cmd('stack up --ui'))}) or `prefect worker start --pool {POOL_FAILOVER}`. If it stays "
-              "Scheduled, no worker serves that pool: use the command line.", "",
+              f"A run needs a worker on pool {code(dr_pool(cfg))}, queue `failover`, in {t.name}: the warm runner "
+              f"(`deployments/warm_runner.py`, started by {code(c.cmd('stack up --ui'))}), or, slower, "
+              f"`prefect worker start --pool {dr_pool(cfg)}`. If it stays Scheduled (Late), no worker serves that "
+              "queue (the UI shows it Not Ready): start one, or use the command line.", "",
               "### If llmdr cannot switch: change the router itself", ""]
     lines += _router_fallback(c)
     return lines

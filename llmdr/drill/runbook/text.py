@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 from llmdr.config import DEFAULT_CONFIG, Config, format_duration
 
 # Names defined in prefect.yaml and deployments/automations.yaml (tests/test_runbook.py checks they still match).
-POOL_FAILOVER = "llmdr-failover"
+# the DR region's work pool (llmdr-<failover target>, llmdr.config.pools) runs failover and the monitor; "{dr}" is
+# that region's name, filled in by :func:`dr_pool`
+POOL_FAILOVER = "llmdr-{dr}"
 DEPLOY_FAILOVER = "failover/failover"
 DEPLOY_FAILBACK = "failback/failback"
 DEPLOY_RESTORE = "restore-bundle/restore-bundle"
@@ -22,6 +24,15 @@ DEPLOY_MONITOR = "monitor-endpoints/monitor-endpoints"
 DEPLOY_DRILL = "dr-drill/dr-drill-quarterly"
 AUTOMATION = "llmdr-failover-when-active-region-down"
 DEFAULT_UI = "http://127.0.0.1:4200"
+
+
+
+def dr_pool(cfg: Config) -> str:
+    """The work pool that runs failover and the monitor: the failover target's (llmdr.config.pools)."""
+    from llmdr.config.pools import dr_region, region_pool
+
+    return region_pool(dr_region(cfg))
+
 
 SECTIONS = ("Overview", "Who is notified, who to call", "Detect an outage", "Fail over by hand", "Restore",
             "Fail back", "Credentials (names only)", "Emergency access", "Drills and readiness")
