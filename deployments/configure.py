@@ -130,7 +130,8 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
                               dict(d.parameter_openapi_schema or {})):
             schedules = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active) for s in d.schedules or []]
             limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None  # prefect.yaml's
-            retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit, concurrency_options=d.concurrency_options,
+            retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit,
+                      concurrency_options=d.concurrency_options,
                       parameters=new["parameters"], description=d.description, work_queue_name=d.work_queue_name,
                       work_pool_name=d.work_pool_name, tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
                       parameter_openapi_schema=new["parameter_openapi_schema"], pull_steps=d.pull_steps,

@@ -41,7 +41,7 @@ from tasks.failover import send_notice
 
 
 @flow(name="dr-drill")
-def dr_drill(config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE, started_by: SkipJsonSchema[str] = "") -> dict:
+def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "", bundle: str | None = BUNDLE) -> dict:
     """Returns the drill record (its report folder in ``report``); raises ``DrillFailed`` if the drill did not pass,
     so the run shows Failed in the UI. ``started_by``: "cli:<user>" from `llmdr drill`; empty for schedule/UI runs
     (then read from the flow run); not on the UI's form."""

@@ -136,8 +136,8 @@ def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: Skip
 
 
 @flow(name="failback")
-def failback(reason: str = FAILBACK_REASON, trigger: SkipJsonSchema[str] = "manual",
-             config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
+def failback(reason: str = FAILBACK_REASON, trigger: SkipJsonSchema[str] = "manual", config_path: str = CONFIG_PATH,
+             bundle: str | None = BUNDLE) -> dict:
     """Return traffic to the primary once its store answers and holds every snapshot; its replica is (re)started
     on the newest snapshot and verified before the switch. ``trigger`` ("drill" from a drill): not on the form."""
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view

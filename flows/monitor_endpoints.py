@@ -15,7 +15,8 @@ from tasks.monitor import watch_endpoints
 
 
 @flow(name="monitor-endpoints")
-def monitor_endpoints(duration_s: float = DURATION_S, config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
+def monitor_endpoints(duration_s: float = DURATION_S, config_path: str = CONFIG_PATH,
+                      bundle: str | None = BUNDLE) -> dict:
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     get_run_logger().info("phase watch: %s's endpoints and router for %.0f s", cfg.bundle.name, duration_s)

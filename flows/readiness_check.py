@@ -15,7 +15,8 @@ from tasks.readiness import run_readiness_checks
 
 
 @flow(name="readiness-check")
-def readiness_check(config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE, only: list[str] | None = ONLY, notify: bool = NOTIFY) -> dict:
+def readiness_check(config_path: str = CONFIG_PATH, only: list[str] | None = ONLY, notify: bool = NOTIFY,
+                    bundle: str | None = BUNDLE) -> dict:
     """Returns the readiness report; raises ``ReadinessFailed`` (after the artifacts and the notice) when a check
     failed."""
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view

@@ -16,8 +16,9 @@ from tasks.verify import run_restore_test, verify_snapshot
 
 
 @flow(name="verify-replicas")
-def verify_replicas(config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE, snapshot: str = VERIFY_SNAPSHOT, sample: str | None = SAMPLE,
-                    repair: bool = REPAIR, restore_test: bool = RESTORE_TEST, golden_path: str = GOLDEN_PATH) -> dict:
+def verify_replicas(config_path: str = CONFIG_PATH, snapshot: str = VERIFY_SNAPSHOT, sample: str | None = SAMPLE,
+                    repair: bool = REPAIR, restore_test: bool = RESTORE_TEST, golden_path: str = GOLDEN_PATH,
+                    bundle: str | None = BUNDLE) -> dict:
     """``sample``: None reads every chunk; "N/T" a fixed subset; "T" today's share of T (rotates daily)."""
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)

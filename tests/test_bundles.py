@@ -235,10 +235,13 @@ def _started_runs(api: str, deployment_ids: list[str]) -> list[dict]:
         time.sleep(2)
 
 
-def _interval(run: dict) -> tuple[float, float]:
+def _work(api: str, flow_run_id: str) -> tuple[float, float]:
     from datetime import datetime
 
-    return (datetime.fromisoformat(run["start_time"]).timestamp(), datetime.fromisoformat(run["end_time"]).timestamp())
+    tasks = _api(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    assert tasks, f"flow run {flow_run_id} ran no task"
+    return (min(datetime.fromisoformat(t["start_time"]).timestamp() for t in tasks),
+            max(datetime.fromisoformat(t["end_time"]).timestamp() for t in tasks))
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -282,16 +285,21 @@ def test_three_bundles_two_workers_prefect_concurrency(stack, tmp_path):
         # the per-bundle schedules have started protecting already; two more protects of each bundle at once, and
         # a restore of alpha from the DR region once its first protect is in, while the others keep protecting
         protects = {b: [_run(api, f"protect-bundle-{b}"), _run(api, f"protect-bundle-{b}")] for b in names}
+        # and one through the (paused) base deployment, whose own limit does not cover alpha's: only the flow's
+        # global concurrency limit llmdr-protect-alpha keeps it apart from alpha's other protects
+        protects["alpha"].append(_run(api, "protect-bundle", bundle="alpha"))
         _wait(api, [protects["alpha"][0]])
         restore = _run(api, "restore-bundle-alpha", target=str(tmp_path / "restored-alpha"), region="secondary")
         runs = _wait(api, [restore, *[i for ids in protects.values() for i in ids]])
         assert all(r["state_type"] == "COMPLETED" for r in runs.values()), \
             {r["name"]: r["state_name"] for r in runs.values()}
-        deps = {_deployment(api, f"protect-bundle-{b}")["id"]: b for b in names}
-        done = _started_runs(api, list(deps))
+        deps = [_deployment(api, d)["id"] for d in ("protect-bundle", *[f"protect-bundle-{b}" for b in names])]
+        done = _started_runs(api, deps)
         assert all(r["state_type"] == "COMPLETED" for r in done), {r["name"]: r["state_name"] for r in done}
-        spans = {b: sorted(_interval(r) for r in done if deps[r["deployment_id"]] == b) for b in names}
-        # the same bundle's protects never ran at once (scheduled and manual runs alike) ...
+        # what each protect did, from its first task's start to its last task's end (a run waiting for its slot has
+        # started, but runs no task)
+        spans = {b: sorted(_work(api, r["id"]) for r in done if r["parameters"]["bundle"] == b) for b in names}
+        # the same bundle's protects never ran at once (scheduled, manual and base-deployment runs alike) ...
         for b in names:
             assert len(spans[b]) >= 2 and not any(_overlap(x, y) for x, y in combinations(spans[b], 2)), spans[b]
         # ... while different bundles' did: nothing serialised that need not be

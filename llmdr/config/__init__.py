@@ -37,7 +37,8 @@ from llmdr.config.sections import (
 from llmdr.config.values import DEFAULT_CONFIG, ComponentKind, format_duration, parse_duration
 
 __all__ = [
-    "DEFAULT_CONFIG", "Bundle", "BundleEntry", "BundleServing", "CaddyRouter", "Checkpoints", "Component", "ComponentKind", "Config", "Contact",
+    "DEFAULT_CONFIG", "Bundle", "BundleEntry", "BundleServing", "CaddyRouter", "Checkpoints", "Component",
+    "ComponentKind", "Config", "Contact",
     "Credentials", "Dataset", "Drill", "Encryption", "Failover", "LocalServer", "ManifestSigning", "Metrics", "Monitor",
     "Notifications", "ObjectLock", "Objectives", "Readiness", "Region", "Retention", "Route53Router", "Runbook",
     "Serving", "Signing", "Tracking", "Transfer", "bundle_ref", "format_duration", "load_config", "parse_config",

@@ -115,7 +115,8 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
     if _pid(cfg, "runner") is None:
         _spawn(cfg, "runner", [sys.executable, str(root / "deployments" / "warm_runner.py"), "--pool", FAILOVER_POOL],
                e, root)
-    if start_monitor and not cfg.multi_bundle and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
+    watch = start_monitor and not cfg.multi_bundle  # several bundles: each bundle's monitor deployment, on schedule
+    if watch and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
         # start watching now rather than at the schedule's next minute
         _run([_prefect(), "deployment", "run", "monitor-endpoints/monitor-endpoints"], e, root)
     return status(cfg, port)
