@@ -121,7 +121,8 @@ def test_one_bundle_project_is_unchanged(tmp_path):
     ("\n  - {name: a, path: a, router: {kind: caddy, listen: 'http://127.0.0.1:19302', admin: "
      "'http://127.0.0.1:19119'}}\n", "", r"bundles\[0\] \(a\).*the router wants port 19302, already used by primary"),
     (" []\n", "", r"bundles.*at least 1 item"),
-])
+], ids=["replica-ports", "router-on-replica-port", "duplicate-name", "unknown-region", "bundle-and-bundles",
+        "unknown-key", "view-router-on-s3-port", "empty-list"])
 def test_bad_bundles_are_refused_clearly(tmp_path, bundles, extra, expected):
     with pytest.raises(ConfigError, match=f"(?s){expected}"):
         _parse(tmp_path, _yaml(bundles.rstrip("\n"), extra=extra))
@@ -147,6 +148,9 @@ def test_cli_needs_a_bundle_in_a_project_with_several(tmp_path):
     assert r.returncode == 2 and "no bundle named 'delta'" in r.stderr and "alpha, beta, gamma" in r.stderr
     r = _cli(["snapshots"], tmp_path / "llmdr.yaml", LLMDR_BUNDLE="all")
     assert r.returncode == 2 and "acts on one bundle" in r.stderr and "status" in r.stderr
+    # a "<config>#<bundle>" reference (what flows hand their tasks) selects the bundle on the command line too
+    r = _cli(["snapshots"], tmp_path / "llmdr.yaml", LLMDR_CONFIG=f"{tmp_path / 'llmdr.yaml'}#delta")
+    assert r.returncode == 2 and "no bundle named 'delta'" in r.stderr
 
 
 def _two_bundle_project(stack, tmp_path: Path, *, extra: str = "") -> Path:
@@ -173,6 +177,8 @@ def test_each_bundle_snapshots_and_restores_from_its_own_repository(stack, tmp_p
         r = _cli(["--bundle", b, "snapshots", "--json"], path)
         assert r.returncode == 0, r.stderr
         assert {s["bundle"] for s in json.loads(r.stdout)} == {b}  # only its own: a repository per bundle
+    r = _cli(["snapshots", "--json"], path, LLMDR_CONFIG=f"{path}#beta")  # a "<config>#<bundle>" reference
+    assert r.returncode == 0 and {s["bundle"] for s in json.loads(r.stdout)} == {"beta"}
     r = _cli(["--bundle", "alpha", "snapshots", "--region", "secondary", "--json"], path)
     assert r.returncode == 0 and json.loads(r.stdout) == []  # alpha was not replicated; beta's copy is not alpha's
     cfg = load_config(path, whole=True)

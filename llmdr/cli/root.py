@@ -195,11 +195,12 @@ def load_cfg(config: Path | None = None, *, whole: bool = False):
     from llmdr.common.gcpause import gc_paused
 
     with gc_paused():  # pydantic builds the config's models on import: many objects, no garbage
-        from llmdr.config import load_config
+        from llmdr.config import load_config, split_ref
 
-        cfg = load_config(split_bundle(config or state.config_path), whole=True)
+        path, in_ref = split_ref(config or state.config_path or os.environ.get("LLMDR_CONFIG") or None)
+        cfg = load_config(path, whole=True)
     if not whole:
-        cfg = cfg.for_bundle(_one_bundle(cfg))
+        cfg = cfg.for_bundle(_one_bundle(cfg, in_ref))
     if cfg.state_path.is_dir():  # keys, caches and logs live there: an existing state folder is tightened to 0700
         from llmdr.common.files import private_dir
 
@@ -211,17 +212,11 @@ def load_cfg(config: Path | None = None, *, whole: bool = False):
     return cfg
 
 
-def split_bundle(path: Path | None) -> Path | None:
-    """PATH without a ``#<bundle>`` suffix (the bundle comes from --bundle here)."""
-    from llmdr.config import split_ref
-
-    return Path(split_ref(path)[0]) if path is not None and split_ref(path)[0] else path
-
-
-def _one_bundle(cfg) -> str | None:
+def _one_bundle(cfg, in_ref: str | None = None) -> str | None:
+    """The bundle a command acts on: --bundle / $LLMDR_BUNDLE, else a ``<config>#<bundle>`` reference's."""
     from llmdr.errors import UsageError
 
-    name = state.bundle
+    name = state.bundle or in_ref
     if name == "all":
         raise UsageError(f"--bundle all: this command acts on one bundle; name one of {', '.join(cfg.bundle_names())} "
                          f"(`all` applies to: {', '.join(ALL_BUNDLES_COMMANDS)})")

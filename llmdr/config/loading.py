@@ -21,8 +21,8 @@ def load_config(path: str | os.PathLike[str] | None = None, bundle: str | None =
     """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``), seen as one bundle's config when a bundle is named:
     BUNDLE, else the ``#<bundle>`` suffix of PATH (``bundle_ref``), else ``$LLMDR_BUNDLE``. A project with
     ``bundles:`` and none named, or WHOLE, is returned whole (``views()``; its ``bundle`` says to choose one)."""
-    path, in_ref = split_ref(path)
-    p = Path(path or os.environ.get("LLMDR_CONFIG") or DEFAULT_CONFIG)
+    path, in_ref = split_ref(path or os.environ.get("LLMDR_CONFIG") or None)
+    p = Path(path or DEFAULT_CONFIG)
     if not p.exists():
         raise ConfigError(f"{p}: no such file. Create one with `llmdr init BUNDLE_DIR`, or pass --config PATH.")
     text = p.read_text(encoding="utf-8")
