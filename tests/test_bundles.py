@@ -92,6 +92,17 @@ def test_each_bundle_is_a_full_one_bundle_view(tmp_path):
     assert load_config(tmp_path / "llmdr.yaml").multi_bundle
 
 
+def test_a_flows_default_config_path_names_only_the_bundle(tmp_path, monkeypatch):
+    """A deployment's config_path is "" (the worker's $LLMDR_CONFIG): its tasks get "#<bundle>"."""
+    (tmp_path / "llmdr.yaml").write_text(_yaml(THREE))
+    monkeypatch.setenv("LLMDR_CONFIG", str(tmp_path / "llmdr.yaml"))
+    monkeypatch.delenv("LLMDR_BUNDLE", raising=False)
+    assert bundle_ref("", "beta") == "#beta" and load_config("#beta").bundle.name == "beta"
+    assert load_config("").multi_bundle
+    monkeypatch.setenv("LLMDR_CONFIG", f"{tmp_path / 'llmdr.yaml'}#gamma")
+    assert load_config("").bundle.name == "gamma" and load_config("#beta").bundle.name == "beta"
+
+
 def test_one_bundle_project_is_unchanged(tmp_path):
     text = _yaml("", serving=False).replace("bundles:\n", "bundle: {name: solo, path: b}\n")
     cfg = _parse(tmp_path, text)
@@ -305,6 +316,13 @@ def test_three_bundles_two_workers_prefect_concurrency(stack, tmp_path):
         # what each protect did, from its first task's start to its last task's end (a run waiting for its slot has
         # started, but runs no task)
         spans = {b: sorted(_work(api, r["id"]) for r in done if r["parameters"]["bundle"] == b) for b in names}
+        # each protect held its bundle's slot, and each upload and copy its region's transfer slot (the run logs)
+        for r in done:
+            query = {"logs": {"flow_run_id": {"any_": [r["id"]]}}, "limit": 200}
+            logs = " ".join(x["message"] for x in _api(api, "/logs/filter", query))
+            for limit in (f"llmdr-protect-{r['parameters']['bundle']}", "llmdr-transfer-primary",
+                          "llmdr-transfer-secondary"):
+                assert f"holding a slot of concurrency limit {limit} " in logs, (r["name"], limit)
         # the same bundle's protects never ran at once (scheduled, manual and base-deployment runs alike) ...
         for b in names:
             assert len(spans[b]) >= 2 and not any(_overlap(x, y) for x, y in combinations(spans[b], 2)), spans[b]

@@ -21,7 +21,10 @@ def load_config(path: str | os.PathLike[str] | None = None, bundle: str | None =
     """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``), seen as one bundle's config when a bundle is named:
     BUNDLE, else the ``#<bundle>`` suffix of PATH (``bundle_ref``), else ``$LLMDR_BUNDLE``. A project with
     ``bundles:`` and none named, or WHOLE, is returned whole (``views()``; its ``bundle`` says to choose one)."""
-    path, in_ref = split_ref(path or os.environ.get("LLMDR_CONFIG") or None)
+    path, in_ref = split_ref(path)
+    if not path:  # "" or "#<bundle>" (a flow's default): the file of $LLMDR_CONFIG, which may name a bundle too
+        path, env_ref = split_ref(os.environ.get("LLMDR_CONFIG") or None)
+        in_ref = in_ref or env_ref
     p = Path(path or DEFAULT_CONFIG)
     if not p.exists():
         raise ConfigError(f"{p}: no such file. Create one with `llmdr init BUNDLE_DIR`, or pass --config PATH.")

@@ -186,12 +186,13 @@ def concurrency_slot(name: str, limit: int) -> Iterator[None]:
         yield
         return
     from prefect.concurrency.sync import concurrency
+    from prefect.logging import get_run_logger
 
     if _ensured.get(name) != limit:
         ensure_concurrency_limit(name, limit)
     t0 = time.monotonic()
     with concurrency(name, occupy=1, strict=True):
-        waited = time.monotonic() - t0
-        if waited >= 1:
-            log.info("waited %.1f s for a slot of concurrency limit %s (%d slot(s))", waited, name, limit)
+        # in the run's log (the UI): which limit held this step back, and how long
+        get_run_logger().info("holding a slot of concurrency limit %s (%d slot(s)), after waiting %.1f s", name, limit,
+                              time.monotonic() - t0)
         yield
