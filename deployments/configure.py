@@ -115,7 +115,8 @@ def ensure_pools(cfg: Config) -> list[str]:
 
 def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
     """Update every deployment tagged ``llmdr`` (tags, form, work pool); one line per deployment for the log. The
-    region pools are created first unless ``pools_ready`` (a deployment cannot be bound to a missing pool)."""
+    region pools are created first unless ``pools_ready`` (a deployment cannot be bound to a missing pool). A project
+    with ``bundles:`` gets one copy of each per bundle instead (``apply_bundles``)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
@@ -127,6 +128,8 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
         deps = retry_api(client.read_deployments,
                          deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["llmdr"])))
         flows = {d.flow_id: retry_api(client.read_flow, d.flow_id).name for d in deps}
+        if cfg.multi_bundle:
+            return apply_bundles(client, cfg, deps, flows)
         for d in deps:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
@@ -184,6 +187,68 @@ def stale(cfg: Config, prune: bool = False) -> list[str]:
     return out
 
 
+# Several bundles (bundles: in llmdr.yaml) ---------------------------------------------------------------------------
+def bundle_deployment_name(base: str, bundle: str) -> str:
+    """The name of BUNDLE's copy of the deployment BASE (``protect-bundle`` → ``protect-bundle-support-bot``)."""
+    return f"{base}-{bundle}"
+
+
+def per_bundle(cfg: Config, flow_name: str, name: str, tags: list[str], parameters: dict[str, Any],
+               schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """One deployment per bundle of ``cfg`` from the base deployment NAME of prefect.yaml (pure: no API): the
+    bundle's name, its ``bundle`` parameter, and its view's tags and region choices (``fitted``)."""
+    out = []
+    for view in cfg.views():
+        b = view.bundle.name
+        new = fitted(view, flow_name, tags, {**parameters, "bundle": b}, schema)
+        prop = new["parameter_openapi_schema"].get("properties", {}).get("bundle")
+        if prop is not None:  # the form shows the bundle this deployment is for
+            prop["default"] = b
+        out.append({"name": bundle_deployment_name(name, b), "bundle": b, **new})
+    return out
+
+
+def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, str]) -> list[str]:
+    """Create or update each bundle's copy of every base deployment (one without a ``bundle`` parameter), with the
+    base's schedules, pool, concurrency limit and pull steps; pause the base (a run of it would not know which
+    bundle), delete copies of bundles no longer configured, and create the global concurrency limits the flows take
+    (``llmdr-protect-<bundle>``: 1 slot, ``llmdr-transfer-<region>``: transfer.region_slots)."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
+
+    from llmdr.integrations.prefect import ensure_concurrency_limit, protect_limit_name, transfer_limit_name
+
+    out = []
+    names = set(cfg.bundle_names())
+    bases = [d for d in deps if "bundle" not in (d.parameters or {})]
+    for d in deps:
+        b = (d.parameters or {}).get("bundle")
+        if b is not None and b not in names:
+            retry_api(client.delete_deployment, d.id)
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted (bundle {b} is no longer in {cfg.source_file})")
+    for d in bases:
+        flow_name = flows[d.flow_id]
+        for new in per_bundle(cfg, flow_name, d.name, list(d.tags), dict(d.parameters or {}),
+                              dict(d.parameter_openapi_schema or {})):
+            schedules = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active) for s in d.schedules or []]
+            limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None  # prefect.yaml's
+            retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit,
+                      concurrency_options=d.concurrency_options,
+                      parameters=new["parameters"], description=d.description, work_queue_name=d.work_queue_name,
+                      work_pool_name=d.work_pool_name, tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
+                      parameter_openapi_schema=new["parameter_openapi_schema"], pull_steps=d.pull_steps,
+                      enforce_parameter_schema=d.enforce_parameter_schema, job_variables=d.job_variables)
+            out.append(f"{flow_name}/{new['name']}: tags {', '.join(new['tags'])}")
+        if not d.paused:
+            retry_api(client.update_deployment, d.id, DeploymentUpdate(paused=True))
+        out.append(f"{flow_name}/{d.name}: paused (one copy per bundle runs instead)")
+    for b in cfg.bundle_names():
+        out.append(f"concurrency limit {protect_limit_name(b)}: {ensure_concurrency_limit(protect_limit_name(b), 1)}")
+    for r in cfg.regions:
+        name = transfer_limit_name(r.name)
+        out.append(f"concurrency limit {name}: {ensure_concurrency_limit(name, cfg.transfer.region_slots)}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -198,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deployments/configure.py: {path} not found: set LLMDR_CONFIG to the project's llmdr.yaml",
               file=sys.stderr)
         return 2
-    cfg = load_config(path)
+    cfg = load_config(path, whole=True)
     if args.pools:
         for line in ensure_pools(cfg):
             print(f"# work pool {line}")

@@ -18,9 +18,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.params import CONFIG_PATH
+from flows.params import BUNDLE, CONFIG_PATH
 from llmdr.artifacts import artifact_key
-from llmdr.config import Config, load_config
+from llmdr.config import Config, bundle_ref, load_config
 from llmdr.drill import procedure
 from llmdr.drill.record import DrillRecord
 from llmdr.drill.report.markdown import artifact_markdown
@@ -41,10 +41,11 @@ from tasks.failover import send_notice
 
 
 @flow(name="dr-drill")
-def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "") -> dict:
+def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "", bundle: str | None = BUNDLE) -> dict:
     """Returns the drill record (its report folder in ``report``); raises ``DrillFailed`` if the drill did not pass,
     so the run shows Failed in the UI. ``started_by``: "cli:<user>" from `llmdr drill`; empty for schedule/UI runs
     (then read from the flow run); not on the UI's form."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
     primary, dr = cfg.primary, cfg.failover_target()

@@ -20,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import transaction
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.params import CONFIG_PATH, FAILBACK_REASON, FAILOVER_REASON, FAILOVER_TO
+from flows.params import BUNDLE, CONFIG_PATH, FAILBACK_REASON, FAILOVER_REASON, FAILOVER_TO
 from llmdr.artifacts import artifact_key, failover_markdown, failover_table
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from llmdr.failover import events
 from llmdr.failover import run as decide
 from llmdr.failover import steps as core
@@ -111,12 +111,13 @@ def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str
 @flow(name="failover")
 def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: SkipJsonSchema[str] = "manual",
              first_failure_ts: SkipJsonSchema[float | str | None] = None, detected_at: SkipJsonSchema[str] = "",
-             config_path: str = CONFIG_PATH) -> dict:
+             config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
     """``to``: target region (default: failover.target or the first secondary). ``trigger``: "automation" and
     "drill" runs require the outage to be confirmed by direct probes; a "manual" run (the UI's, the CLI's) is a
     planned switchover and moves traffic even if the active region answers. ``first_failure_ts``: unix time of the
     first failed probe (from the monitor's event; the automation passes it as text), the start of the RTO clock.
     ``trigger``, ``first_failure_ts`` and ``detected_at`` are the automation's: not on the UI's form."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
     active = read_active_region(config_path)
@@ -140,10 +141,11 @@ def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: Skip
 
 
 @flow(name="failback")
-def failback(reason: str = FAILBACK_REASON, trigger: SkipJsonSchema[str] = "manual",
-             config_path: str = CONFIG_PATH) -> dict:
+def failback(reason: str = FAILBACK_REASON, trigger: SkipJsonSchema[str] = "manual", config_path: str = CONFIG_PATH,
+             bundle: str | None = BUNDLE) -> dict:
     """Return traffic to the primary once its store answers and holds every snapshot; its replica is (re)started
     on the newest snapshot and verified before the switch. ``trigger`` ("drill" from a drill): not on the form."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
     active = read_active_region(config_path)

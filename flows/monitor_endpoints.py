@@ -8,14 +8,16 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH, DURATION_S
+from flows.params import BUNDLE, CONFIG_PATH, DURATION_S
 from llmdr.artifacts import artifact_key, monitor_markdown, monitor_table
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from tasks.monitor import watch_endpoints
 
 
 @flow(name="monitor-endpoints")
-def monitor_endpoints(duration_s: float = DURATION_S, config_path: str = CONFIG_PATH) -> dict:
+def monitor_endpoints(duration_s: float = DURATION_S, config_path: str = CONFIG_PATH,
+                      bundle: str | None = BUNDLE) -> dict:
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     get_run_logger().info("phase watch: %s's endpoints and router for %.0f s", cfg.bundle.name, duration_s)
     summary = watch_endpoints(config_path, duration_s)

@@ -58,3 +58,8 @@ FAILOVER_REASON = Field("manual failover", description="Why traffic moves: kept 
                                                        "artifact and the notifications.")
 FAILBACK_REASON = Field("primary healthy again", description="Why traffic returns to the primary: kept in the "
                                                              "record, the artifact and the notifications.")
+
+# every flow
+BUNDLE = Field(None, description="The bundle to act on, in a project with several (bundles: in llmdr.yaml); "
+                                 "required there, and each per-bundle deployment sets it. Empty: the project's "
+                                 "only bundle.")

@@ -7,11 +7,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH
+from flows.params import BUNDLE, CONFIG_PATH
 from llmdr.artifacts import artifact_key, protect_summary_markdown, protect_table, run_retries
 from llmdr.common.runs import record_run
-from llmdr.config import load_config
+from llmdr.config import Config, bundle_ref, load_config
 from llmdr.failover.standby import standby_regions
+from llmdr.integrations.prefect import concurrency_slot, protect_limit_name
 from llmdr.lineage.tags import snapshot_dataset_tags
 from tasks.lineage import push_dataset, register_model_version, store_dataset_evidence, validate_dataset
 from tasks.protect import (
@@ -26,9 +27,16 @@ from tasks.protect import (
 
 
 @flow(name="protect-bundle", log_prints=False)
-def protect_bundle(config_path: str = CONFIG_PATH) -> dict:
+def protect_bundle(config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
     """Fails (and publishes nothing partial) if any step fails; retention runs only after every copy verified."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
+    # one protect of this bundle at a time, whichever worker or deployment runs it (other bundles' run alongside)
+    with concurrency_slot(protect_limit_name(cfg.bundle.name), 1):
+        return _protect(config_path, cfg)
+
+
+def _protect(config_path: str, cfg: Config) -> dict:
     log = get_run_logger()
     secondaries = ", ".join(r.name for r in cfg.secondaries)
     log.info("phase snapshot: bundle %s from %s into %s", cfg.bundle.name, cfg.bundle.path, cfg.primary.name)
@@ -57,7 +65,7 @@ def protect_bundle(config_path: str = CONFIG_PATH) -> dict:
                              description="Newest protect-bundle run")
     create_table_artifact(key=f"{key}-table", table=protect_table(snap, copies, verified),
                           description="protect-bundle transfers")
-    record_run(cfg.state_path, "protect", snapshot=sid, regions=[r.name for r in cfg.regions])
+    record_run(cfg.bundle_state_path, "protect", snapshot=sid, regions=[r.name for r in cfg.regions])
     return {"snapshot": snap, "copies": copies, "verified": verified, "retention": retention, "rpo": rpo,
             "standbys": standbys, "datasets": datasets, "validations": validations, "model_version": model,
             "retries": run_retries([snap, *copies, *verified, *retention, *rpo])}

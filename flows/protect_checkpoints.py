@@ -7,14 +7,15 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH
+from flows.params import BUNDLE, CONFIG_PATH
 from llmdr.artifacts import artifact_key, checkpoints_summary_markdown, checkpoints_table
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from tasks.checkpoints import protect_new_checkpoints, record_training_runs
 
 
 @flow(name="protect-checkpoints")
-def protect_checkpoints(config_path: str = CONFIG_PATH) -> dict:
+def protect_checkpoints(config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
     log.info("phase snapshot and replicate: new checkpoints of %s", cfg.bundle.name)

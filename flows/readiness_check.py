@@ -6,18 +6,20 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH, NOTIFY, ONLY
+from flows.params import BUNDLE, CONFIG_PATH, NOTIFY, ONLY
 from llmdr.artifacts import artifact_key
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from llmdr.drill.readiness import failure_notice, raise_if_failed
 from tasks.failover import send_notice
 from tasks.readiness import run_readiness_checks
 
 
 @flow(name="readiness-check")
-def readiness_check(config_path: str = CONFIG_PATH, only: list[str] | None = ONLY, notify: bool = NOTIFY) -> dict:
+def readiness_check(config_path: str = CONFIG_PATH, only: list[str] | None = ONLY, notify: bool = NOTIFY,
+                    bundle: str | None = BUNDLE) -> dict:
     """Returns the readiness report; raises ``ReadinessFailed`` (after the artifacts and the notice) when a check
     failed."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     get_run_logger().info("phase checks: %s of %s", ", ".join(only) if only else "every readiness check",
                           cfg.bundle.name)

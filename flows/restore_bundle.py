@@ -7,18 +7,19 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH, RESTORE_FORCE, RESTORE_REGION, RESTORE_TARGET, SNAPSHOT
+from flows.params import BUNDLE, CONFIG_PATH, RESTORE_FORCE, RESTORE_REGION, RESTORE_TARGET, SNAPSHOT
 from llmdr.artifacts import artifact_key, restore_summary_markdown, restore_table
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from llmdr.errors import UsageError
 from tasks.protect import restore_snapshot
 
 
 @flow(name="restore-bundle")
 def restore_bundle(target: str = RESTORE_TARGET, region: str = RESTORE_REGION, snapshot: str = SNAPSHOT,
-                   force: bool = RESTORE_FORCE, config_path: str = CONFIG_PATH) -> dict:
+                   force: bool = RESTORE_FORCE, config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
     """Restore ``snapshot`` (default: the newest) from ``region`` into ``target``, verifying every chunk. A relative
     ``target`` is inside the project folder (where llmdr.yaml is), wherever the worker runs the code from."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     if not target.strip():
         raise UsageError("restore-bundle: 'target' is empty: give the folder to restore into (an absolute path, or "

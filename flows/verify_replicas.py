@@ -7,9 +7,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.params import CONFIG_PATH, GOLDEN_PATH, REPAIR, RESTORE_TEST, SAMPLE, VERIFY_SNAPSHOT
+from flows.params import BUNDLE, CONFIG_PATH, GOLDEN_PATH, REPAIR, RESTORE_TEST, SAMPLE, VERIFY_SNAPSHOT
 from llmdr.artifacts import artifact_key, run_retries, verify_summary_markdown, verify_table
-from llmdr.config import load_config
+from llmdr.config import bundle_ref, load_config
 from llmdr.serving import restoretest
 from tasks.failover import send_notice
 from tasks.verify import run_restore_test, verify_snapshot
@@ -17,8 +17,10 @@ from tasks.verify import run_restore_test, verify_snapshot
 
 @flow(name="verify-replicas")
 def verify_replicas(config_path: str = CONFIG_PATH, snapshot: str = VERIFY_SNAPSHOT, sample: str | None = SAMPLE,
-                    repair: bool = REPAIR, restore_test: bool = RESTORE_TEST, golden_path: str = GOLDEN_PATH) -> dict:
+                    repair: bool = REPAIR, restore_test: bool = RESTORE_TEST, golden_path: str = GOLDEN_PATH,
+                    bundle: str | None = BUNDLE) -> dict:
     """``sample``: None reads every chunk; "N/T" a fixed subset; "T" today's share of T (rotates daily)."""
+    config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
     regions = ", ".join(r.name for r in cfg.regions)

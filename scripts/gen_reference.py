@@ -320,7 +320,8 @@ def _paths(tp: Any, prefix: str, into: dict[type, list[str]]) -> None:
         if prefix in into.setdefault(tp, []):
             return
         into[tp].append(prefix)
-        for name, field in tp.model_fields.items():
+        for fname, field in tp.model_fields.items():
+            name = field.alias or fname  # the key in the file
             _paths(field.annotation, f"{prefix}.{name}" if prefix else name, into)
     elif origin in (list, tuple) and args:
         _paths(args[0], f"{prefix}[]", into)
@@ -343,10 +344,13 @@ def render_config() -> str:
     while i < len(models):  # breadth first: a section's own sub-sections come after it, in field order
         model = models[i]
         i += 1
-        comments = _field_comments(model)
+        comments: dict[str, str] = {}
+        for base in reversed([c for c in model.__mro__ if _is_model(c)]):  # a subclass's fields: its bases' comments
+            comments.update(_field_comments(base))
         rows = ["| key | type | default | description |", "|---|---|---|---|"]
-        for name, field in model.model_fields.items():
-            desc = field.description or comments.get(name, "")
+        for fname, field in model.model_fields.items():
+            name = field.alias or fname  # the key in the file
+            desc = field.description or comments.get(fname, "")
             extra = _constraints(field)
             if extra:
                 desc = f"{desc} ({extra})" if desc else extra[0].upper() + extra[1:]

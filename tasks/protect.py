@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from llmdr.artifacts import retries_text
 from llmdr.config import load_config
+from llmdr.integrations.prefect import concurrency_slot, transfer_limit_name
 from llmdr.repo import ops
 from llmdr.storage.retrying import count_retries
 from tasks.retry import RETRY_DELAYS, retry_if_transient
@@ -17,11 +18,12 @@ from tasks.retry import RETRY_DELAYS, retry_if_transient
 def take_snapshot(config_path: str, region: str | None = None, tags: dict[str, str] | None = None) -> dict:
     """Snapshot the configured bundle into ``region`` (default: the primary); ``tags`` go into the manifest."""
     cfg = load_config(config_path)
-    with count_retries() as retries:
+    name = cfg.region(region).name
+    with concurrency_slot(transfer_limit_name(name), cfg.transfer.region_slots), count_retries() as retries:
         res = ops.snapshot_bundle(cfg, region=region, tags=tags)
     get_run_logger().info("snapshot %s: %d files, %d new bytes of %d; request retries: %s", res.snapshot_id[:12],
                           res.files, res.bytes_new, res.bytes_total, retries_text(retries.to_json()))
-    return res.to_json() | {"region": cfg.region(region).name, "retries": retries.to_json()}
+    return res.to_json() | {"region": name, "retries": retries.to_json()}
 
 
 @task(name="copy-snapshot-to-region", retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -30,7 +32,7 @@ def copy_snapshot_to_region(config_path: str, snapshot_id: str, to_region: str,
                             from_region: str | None = None) -> dict:
     """Make ``snapshot_id`` complete in ``to_region``; the snapshot appears there only when all of it is."""
     cfg = load_config(config_path)
-    with count_retries() as retries:
+    with concurrency_slot(transfer_limit_name(to_region), cfg.transfer.region_slots), count_retries() as retries:
         [res] = ops.replicate(cfg, snapshot_id, to=to_region, source=from_region)
     get_run_logger().info("%s -> %s: %d/%d chunks copied; request retries: %s", snapshot_id[:12], to_region,
                           res.chunks_copied, res.chunks_total, retries_text(retries.to_json()))

@@ -78,13 +78,13 @@ def protect(
     if checkpoints:
         from flows.protect_checkpoints import protect_checkpoints
 
-        out = protect_checkpoints(config_path=path)
+        out = protect_checkpoints(config_path=path, bundle=cfg.view_of)
         emit(as_json, out, f"{len(out['new'])} new checkpoint(s) of {len(out['found'])} protected "
                            f"({', '.join(n['checkpoint'] for n in out['new']) or 'none new'})")
         return
     from flows.protect_bundle import protect_bundle
 
-    out = protect_bundle(config_path=path)
+    out = protect_bundle(config_path=path, bundle=cfg.view_of)
     snap = out["snapshot"]
     lines = [f"snapshot {snap['snapshot_id'][:12]} in {snap['region']}: {human_size(snap['bytes_new'])} new of "
              f"{human_size(snap['bytes_total'])}"]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmdr.cli.root import JsonOpt, app, emit, load_cfg
+from llmdr.cli.root import JsonOpt, app, emit, load_cfg, load_views
 from llmdr.errors import LlmdrError, StackError, UsageError
 
 stack_app = typer.Typer(help="Run the local two-region SeaweedFS stack.", no_args_is_help=True)
@@ -54,7 +54,7 @@ def stack_up(
     from llmdr.devstack.stacklock import stack_lock
 
     uiproxy.check(ui_listen, ui_users, ui=ui, prefect_port=ui_port)  # refused before anything starts
-    cfg = load_cfg()
+    cfg = load_cfg(whole=True)
     with stack_lock(cfg, "stack up"):
         regions = local_regions(cfg, region)
         if not regions:
@@ -69,10 +69,17 @@ def stack_up(
             pg = postgres.start(cfg)
             text += "\n" + postgres.describe(pg)
             out["postgres"] = pg.to_json()
-        if serving:
-            notes = start_serving(cfg, regions)
-            router = start_router(cfg)
-            notes += [router] if router else []
+        if serving:  # every bundle's replicas and router
+            notes = []
+            for view in cfg.views():
+                vregions = local_regions(view, region)
+                vnotes = start_serving(view, vregions)
+                router = start_router(view)
+                vnotes += [router] if router else []
+                if view.view_of:
+                    for n in vnotes:
+                        n.region = f"{n.region}/{view.view_of}"
+                notes += vnotes
             text += "\n" + "\n".join(f"{n.region:<12} {'serving' if n.started else '-':<8} {n.detail}" for n in notes)
             out["serving"] = [n.__dict__ for n in notes]
         if ui:
@@ -104,7 +111,11 @@ def stack_up(
             text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
             out["mlflow"] = ml
         # the Prometheus exporter (metrics: in llmdr.yaml); its trouble never fails the stack
-        if cfg.metrics.with_stack:
+        if cfg.metrics.with_stack and cfg.multi_bundle:  # the exporter reads one bundle's repositories and state
+            text += ("\nmetrics      -         not started: the exporter covers one bundle and this project has "
+                     f"{len(cfg.bundle_names())}; set metrics.with_stack: false")
+            out["metrics"] = None
+        elif cfg.metrics.with_stack:
             from llmdr.metrics import service as metrics_service
 
             exporter = metrics_service.start(cfg)
@@ -126,7 +137,7 @@ def stack_down(
     from llmdr.cli.stackstop import stop_stack
     from llmdr.devstack.stacklock import stack_lock
 
-    cfg = load_cfg()
+    cfg = load_cfg(whole=True)
     with stack_lock(cfg, "stack down"):
         rows = stop_stack(cfg, region)
     emit(as_json, {"processes": [r.to_json() for r in rows]}, "\n".join(r.line() for r in rows))
@@ -146,7 +157,7 @@ def stack_status(
     from llmdr.devstack import orchestration
     from llmdr.devstack.regions import local_regions, region_status
 
-    cfg = load_cfg()
+    cfg = load_cfg(whole=True)
     rows = [region_status(cfg, r) for r in local_regions(cfg, region)]
     text = _status_table(rows)
     if orchestration.running(cfg):
@@ -178,14 +189,27 @@ def _age(iso: str | None) -> str:
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Where traffic goes now and the health of everything behind it: router, replicas, stores, monitor, last
-    failover. Exit 3 if the active region does not answer."""
+    failover; with --bundle all, for each bundle. Exit 3 if the active region (of any bundle shown) does not
+    answer."""
+    views = load_views()
+    shown = [_bundle_status(cfg) for cfg in views]
+    if len(shown) == 1:
+        emit(as_json, shown[0][0], "\n".join(shown[0][1]))
+    else:
+        emit(as_json, {"bundles": [out for out, _, _ in shown]},
+             "\n\n".join("\n".join([f"bundle   {out['bundle']}", *lines]) for out, lines, _ in shown))
+    if any(down for _, _, down in shown):
+        raise typer.Exit(3)
+
+
+def _bundle_status(cfg) -> tuple[dict[str, Any], list[str], bool]:
+    """One bundle's status: the JSON document, the text lines, and whether its active region does not answer."""
     from llmdr.devstack.regions import region_status
     from llmdr.failover import steps as fo
     from llmdr.failover.router import open_router, router_log
     from llmdr.failover.watch import read_status
     from llmdr.serving.replica import replica_status
 
-    cfg = load_cfg()
     out: dict[str, Any] = {"bundle": cfg.bundle.name}
     rec = router_log(cfg).current() if cfg.router else None
     active = None
@@ -227,7 +251,5 @@ def status(as_json: JsonOpt = False) -> None:
         rto = f", RTO {h.rto_s:.1f}s" if h.rto_s is not None else ""
         lines.append(f"last {h.kind}: {h.from_region} -> {h.to_region} {verdict}{rto} ({h.trigger}, "
                      f"{_age(fo.utc(h.started_ts))})")
-    emit(as_json, out, "\n".join(lines))
     act = next((r for r in rows if r["active"]), None)
-    if cfg.router and (act is None or not (act["replica"] or {}).get("healthy")):
-        raise typer.Exit(3)
+    return out, lines, bool(cfg.router and (act is None or not (act["replica"] or {}).get("healthy")))

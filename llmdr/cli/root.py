@@ -109,9 +109,12 @@ RegionOpt = Annotated[Optional[str], typer.Option("--region", "-r", help="Region
 
 class _State:
     config_path: Path | None = None
+    bundle: str | None = None  # --bundle / $LLMDR_BUNDLE: the bundle of a project with several ("all": each)
     as_of: float | None = None  # --as-of: read the regions as they were then (seconds since the epoch)
 
 
+# Commands that run once per bundle with `--bundle all` (every other command takes one bundle's name).
+ALL_BUNDLES_COMMANDS = ("status", "stack")
 # Commands that only read a region, so --as-of applies to them (design §6); every other command refuses it.
 AS_OF_COMMANDS = ("snapshots", "show", "restore", "verify")
 
@@ -167,8 +170,13 @@ def _root(
     as_of_time: Annotated[Optional[str], typer.Option(
         "--as-of", metavar="TIME", help="Read the region as it was at TIME (UTC ISO 8601, or e.g. 2h ago) from its "
         "object versions; read commands only (snapshots, show, restore, verify).")] = None,
+    bundle: Annotated[Optional[str], typer.Option(
+        "--bundle", "-b", envvar="LLMDR_BUNDLE", metavar="NAME", help="The bundle to act on, in a project with "
+        "several (bundles: in llmdr.yaml); required there. 'all': each in turn (status only; `stack` always acts "
+        "on every bundle).")] = None,
 ) -> None:
     state.config_path = config
+    state.bundle = bundle or None  # typer reads $LLMDR_BUNDLE into it
     state.as_of = None
     if as_of_time is not None:
         state.as_of = parse_as_of(as_of_time)
@@ -181,14 +189,18 @@ def _root(
         handler.setLevel(level)
 
 
-def load_cfg(config: Path | None = None):
-    """The project's config: from CONFIG, else the global --config, else ./llmdr.yaml or $LLMDR_CONFIG."""
+def load_cfg(config: Path | None = None, *, whole: bool = False):
+    """The project's config: from CONFIG, else the global --config, else ./llmdr.yaml or $LLMDR_CONFIG; seen as the
+    --bundle's view (required when the project has several bundles), or WHOLE (every bundle: ``cfg.views()``)."""
     from llmdr.common.gcpause import gc_paused
 
     with gc_paused():  # pydantic builds the config's models on import: many objects, no garbage
-        from llmdr.config import load_config
+        from llmdr.config import load_config, split_ref
 
-        cfg = load_config(config or state.config_path)
+        path, in_ref = split_ref(config or state.config_path or os.environ.get("LLMDR_CONFIG") or None)
+        cfg = load_config(path, whole=True)
+    if not whole:
+        cfg = cfg.for_bundle(_one_bundle(cfg, in_ref))
     if cfg.state_path.is_dir():  # keys, caches and logs live there: an existing state folder is tightened to 0700
         from llmdr.common.files import private_dir
 
@@ -198,6 +210,28 @@ def load_cfg(config: Path | None = None):
             logging.getLogger(__name__).warning("state folder %s is readable by others and not ours to tighten",
                                                 cfg.state_path)
     return cfg
+
+
+def _one_bundle(cfg, in_ref: str | None = None) -> str | None:
+    """The bundle a command acts on: --bundle / $LLMDR_BUNDLE, else a ``<config>#<bundle>`` reference's."""
+    from llmdr.errors import UsageError
+
+    name = state.bundle or in_ref
+    if name == "all":
+        raise UsageError(f"--bundle all: this command acts on one bundle; name one of {', '.join(cfg.bundle_names())} "
+                         f"(`all` applies to: {', '.join(ALL_BUNDLES_COMMANDS)})")
+    if name is None and cfg.multi_bundle:
+        raise UsageError(f"{cfg.source_file} protects several bundles ({', '.join(cfg.bundle_names())}): choose one "
+                         "with --bundle NAME or LLMDR_BUNDLE (`llmdr status --bundle all` shows every one)")
+    return name
+
+
+def load_views(config: Path | None = None) -> list:
+    """The configs a command run once per bundle acts on: --bundle's view, or every bundle's with ``--bundle all``
+    (a project with one bundle: that one)."""
+    cfg = load_cfg(config, whole=True)
+    name = state.bundle
+    return cfg.views() if name == "all" or (name is None and not cfg.multi_bundle) else [cfg.for_bundle(name)]
 
 
 def emit(as_json: bool, data: Any, text: str | None = None) -> None:
@@ -289,7 +323,7 @@ def run_flow(fn, **kw) -> dict:
     cfg = load_cfg()
     use_local_prefect(cfg)
     path = str((cfg.source_file or Path("llmdr.yaml")).resolve())
-    return fn(config_path=path, **kw)
+    return fn(config_path=path, bundle=cfg.view_of, **kw)
 
 
 def main() -> None:

@@ -47,13 +47,17 @@ def stop_stack(cfg, region: str | None = None) -> list[Stopped]:
 
     regions = local_regions(cfg, region)
     steps: list[tuple[list[Stopped], Callable[[], Any]]] = []
-    replicas = [Stopped("serving replica", r.name, replica_status(cfg, r).pid) for r in regions if can_start(r)]
-    router: list[Stopped] = []
-    if region is None and isinstance(cfg.router, CaddyRouter):
-        from llmdr.failover.router import open_router
+    for view in cfg.views():  # every bundle's replicas and router (a project with bundles: has one set per bundle)
+        of = f" of {view.view_of}" if view.view_of else ""
+        vregions = local_regions(view, region)
+        replicas = [Stopped(f"serving replica{of}", r.name, replica_status(view, r).pid)
+                    for r in vregions if can_start(r)]
+        router: list[Stopped] = []
+        if region is None and isinstance(view.router, CaddyRouter):
+            from llmdr.failover.router import open_router
 
-        router.append(Stopped("router (Caddy)", None, open_router(cfg).pid()))
-    steps.append((replicas + router, lambda: stop_serving(cfg, regions, router=region is None)))
+            router.append(Stopped(f"router (Caddy){of}", None, open_router(view).pid()))
+        steps.append((replicas + router, lambda v=view, rs=vregions: stop_serving(v, rs, router=region is None)))
     if region is not None:
         # the region's loss includes its workers: flows bound to its pool wait for it, the others carry on
         prefect_here = orchestration.running(cfg)

@@ -9,7 +9,8 @@ The package: ``values`` (durations, environment-variable names, the strict base 
 import it.
 """
 
-from llmdr.config.loading import load_config, parse_config
+from llmdr.config.bundles import BundleEntry, BundleServing
+from llmdr.config.loading import bundle_ref, load_config, parse_config, split_ref
 from llmdr.config.model import Config
 from llmdr.config.regions import Credentials, Encryption, LocalServer, ManifestSigning, ObjectLock, Region, Serving
 from llmdr.config.sections import (
@@ -37,9 +38,10 @@ from llmdr.config.sections import (
 from llmdr.config.values import DEFAULT_CONFIG, ComponentKind, format_duration, parse_duration
 
 __all__ = [
-    "DEFAULT_CONFIG", "Bundle", "CaddyRouter", "Checkpoints", "Component", "ComponentKind", "Config", "Contact",
-    "ControlPlane",
+    "DEFAULT_CONFIG", "Bundle", "BundleEntry", "BundleServing", "CaddyRouter", "Checkpoints", "Component",
+    "ComponentKind", "Config", "Contact", "ControlPlane",
     "Credentials", "Dataset", "Drill", "Encryption", "Failover", "LocalServer", "ManifestSigning", "Metrics", "Monitor",
     "Notifications", "ObjectLock", "Objectives", "Readiness", "Region", "Retention", "Route53Router", "Runbook",
-    "Serving", "Signing", "Tracking", "Transfer", "format_duration", "load_config", "parse_config", "parse_duration",
+    "Serving", "Signing", "Tracking", "Transfer", "bundle_ref", "format_duration", "load_config", "parse_config",
+    "parse_duration", "split_ref",
 ]

@@ -10,18 +10,47 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from llmdr.config.bundles import port_clashes, view_data
 from llmdr.config.model import Config
 from llmdr.config.values import DEFAULT_CONFIG, SECRET_KEYS, SECRET_SUFFIXES
 from llmdr.errors import ConfigError
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``)."""
-    p = Path(path or os.environ.get("LLMDR_CONFIG") or DEFAULT_CONFIG)
+def load_config(path: str | os.PathLike[str] | None = None, bundle: str | None = None, *,
+                whole: bool = False) -> Config:
+    """Read and validate ``llmdr.yaml`` (or ``$LLMDR_CONFIG``), seen as one bundle's config when a bundle is named:
+    BUNDLE, else the ``#<bundle>`` suffix of PATH (``bundle_ref``), else ``$LLMDR_BUNDLE``. A project with
+    ``bundles:`` and none named, or WHOLE, is returned whole (``views()``; its ``bundle`` says to choose one)."""
+    path, in_ref = split_ref(path)
+    if not path:  # "" or "#<bundle>" (a flow's default): the file of $LLMDR_CONFIG, which may name a bundle too
+        path, env_ref = split_ref(os.environ.get("LLMDR_CONFIG") or None)
+        in_ref = in_ref or env_ref
+    p = Path(path or DEFAULT_CONFIG)
     if not p.exists():
         raise ConfigError(f"{p}: no such file. Create one with `llmdr init BUNDLE_DIR`, or pass --config PATH.")
     text = p.read_text(encoding="utf-8")
-    return parse_config(text, source=p)
+    cfg = parse_config(text, source=p)
+    name = bundle or in_ref or os.environ.get("LLMDR_BUNDLE") or None
+    return cfg if whole or name is None or name == "all" else cfg.for_bundle(name)
+
+
+def bundle_ref(path: str | os.PathLike[str] | None, bundle: str | None) -> str:
+    """One string naming a config file and a bundle in it, ``<path>#<bundle>``, that ``load_config`` reads as that
+    bundle's view: what a flow hands its tasks (they take a config path), so each task sees the flow's bundle.
+    Without a bundle, PATH itself (``""``: the default file)."""
+    text = os.fspath(path) if path else ""
+    return f"{text}#{bundle}" if bundle else text
+
+
+def split_ref(path: str | os.PathLike[str] | None) -> tuple[str | None, str | None]:
+    """(file, bundle) of a ``bundle_ref``; a PATH that is an existing file is a file, even with a '#' in its name."""
+    if not path:
+        return None, None
+    text = os.fspath(path)
+    if "#" not in text or Path(text).exists():
+        return text, None
+    file, _, name = text.rpartition("#")
+    return file or None, name or None
 
 
 def parse_config(text: str, *, source: Path) -> Config:
@@ -55,7 +84,29 @@ def parse_config(text: str, *, source: Path) -> Config:
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
     cfg._base_dir = source.resolve().parent
     cfg._source_file = source
+    if cfg.bundles is not None:
+        _build_views(cfg, raw, node, source)
     return cfg
+
+
+def _build_views(cfg: Config, raw: dict[str, Any], node: yaml.Node | None, source: Path) -> None:
+    """Each bundle's one-bundle view, validated as a file with that one bundle would be; then what two bundles
+    both want (ports of replicas and routers)."""
+    for i, entry in enumerate(raw["bundles"]):
+        name = entry["name"]
+        try:
+            view = Config.model_validate(view_data(raw, entry))
+        except ValidationError as exc:
+            line = _line_of(node, ("bundles", i))
+            lines = [f"  {_dotted(e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors()]
+            raise ConfigError(f"{source} (line {line}): bundles[{i}] ({name}): the project as seen by this bundle "
+                              "(its overrides applied) is invalid\n" + "\n".join(lines)) from None
+        view._base_dir, view._source_file, view._view_of = cfg._base_dir, cfg._source_file, name
+        cfg._views[name] = view
+    clashes = port_clashes(list(cfg._views.values()))
+    if clashes:
+        raise ConfigError(f"{source}: bundles: clash\n" + "\n".join(f"  {c}" for c in clashes))
 
 
 def _compose_and_load(text: str) -> tuple[yaml.Node | None, Any]:

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from llmdr.config.bundles import BundleEntry
 from llmdr.config.regions import ManifestSigning, Region
 from llmdr.config.sections import (
     Bundle,
@@ -34,7 +35,11 @@ from llmdr.errors import UsageError
 
 class Config(StrictModel):
     version: Literal[1] = 1  # the file format's version; 1 is the only one
-    bundle: Bundle  # what is protected: the model bundle folder and the components it must hold
+    # What is protected: the model bundle folder and the components it must hold. Or bundles: instead, a list.
+    bundle_: Bundle | None = Field(default=None, alias="bundle")
+    # Several bundles protected by one project, each its own repository under <prefix>/<name> in every region, with
+    # its own state under <state_dir>/bundles/<name>; commands take --bundle NAME. Instead of bundle:, not with it.
+    bundles: list[BundleEntry] | None = Field(default=None, min_length=1)
     # Where the copies live: exactly one primary and at least one secondary, in separate stores
     regions: list[Region] = Field(min_length=2)
     objectives: Objectives = Objectives()  # RPO, RTO and drill interval, checked by readiness and drills
@@ -70,6 +75,64 @@ class Config(StrictModel):
     # set by load_config, not read from the file
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source_file: Path | None = PrivateAttr(default=None)
+    _views: dict[str, "Config"] = PrivateAttr(default_factory=dict)  # bundles: name -> its view (parse_config)
+    _view_of: str | None = PrivateAttr(default=None)  # a view: its bundle's name (it has a state folder of its own)
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle this config protects; a project with ``bundles:`` has one per view (``for_bundle``)."""
+        if self.bundle_ is None:
+            raise UsageError(f"{self.source_file or DEFAULT_CONFIG} protects several bundles "
+                             f"({', '.join(self.bundle_names())}): choose one with --bundle NAME (or LLMDR_BUNDLE, "
+                             "or a flow's bundle parameter)")
+        return self.bundle_
+
+    def bundle_names(self) -> list[str]:
+        """The names of the bundles this project protects, in file order."""
+        return [b.name for b in self.bundles] if self.bundles else [self.bundle.name]
+
+    @property
+    def multi_bundle(self) -> bool:
+        """True for the whole of a project with ``bundles:`` (not one of its views)."""
+        return self.bundles is not None
+
+    @property
+    def view_of(self) -> str | None:
+        """The bundle this is the view of (``for_bundle``); None for a project with one ``bundle:``."""
+        return self._view_of
+
+    def for_bundle(self, name: str | None) -> "Config":
+        """The one-bundle config of bundle NAME, on which everything single-bundle runs unchanged: its overrides
+        applied, each region's prefix extended with its name, its own state folder (``bundle_state_path``). A
+        project with ``bundle:`` is its own view (NAME must be its bundle's name, or None)."""
+        where = self.source_file or DEFAULT_CONFIG
+        if self.bundles is None:
+            if name is None or name == self.bundle.name or self.view_of is not None and name == self.view_of:
+                return self
+            raise UsageError(f"no bundle named {name!r} in {where}; it protects {self.bundle.name!r} only (unset "
+                             "--bundle / LLMDR_BUNDLE, or name that one)")
+        if name is None:
+            raise UsageError(f"{where} protects several bundles ({', '.join(self.bundle_names())}): choose one with "
+                             "--bundle NAME (or LLMDR_BUNDLE, or a flow's bundle parameter)")
+        if name not in self._views:
+            if name in self.bundle_names():
+                raise UsageError(f"the bundle views of {where} are built by load_config/parse_config; load the "
+                                 "file with them")
+            raise UsageError(f"no bundle named {name!r} in {where}; its bundles: {', '.join(self.bundle_names())}")
+        return self._views[name]
+
+    def views(self) -> list["Config"]:
+        """Every bundle's view (``for_bundle``), in file order; a one-bundle project is its only view."""
+        if self.bundles is None:
+            return [self]
+        return [self.for_bundle(n) for n in self.bundle_names()]
+
+    @property
+    def bundle_state_path(self) -> Path:
+        """Local state of this bundle alone: caches, replicas, monitor samples, router, failover history, scratch
+        space, run marks. The project's state folder for a one-bundle project, ``<state_dir>/bundles/<name>`` for a
+        view; what the bundles share (the local stack, keys, Prefect, MLflow, metrics) stays in ``state_path``."""
+        return self.state_path / "bundles" / self._view_of if self._view_of else self.state_path
 
     @property
     def base_dir(self) -> Path:
@@ -78,6 +141,27 @@ class Config(StrictModel):
     @property
     def source_file(self) -> Path | None:
         return self._source_file
+
+    @model_validator(mode="after")
+    def _one_bundle_key(self) -> "Config":
+        if self.bundle_ is not None and self.bundles is not None:
+            raise ValueError("give either bundle: (one bundle) or bundles: (a list of them), not both; move the "
+                             "bundle: entry into the bundles: list")
+        if self.bundle_ is None and self.bundles is None:
+            raise ValueError("bundle: is missing: name the bundle to protect (bundle: {name: ..., path: ...}), or "
+                             "several under bundles:")
+        if self.bundles is not None:
+            names = [b.name for b in self.bundles]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"bundle names must be unique; {dup} appears more than once in bundles:")
+            regions = {r.name for r in self.regions}
+            for b in self.bundles:
+                unknown = sorted(set(b.serving) - regions)
+                if unknown:
+                    raise ValueError(f"bundle '{b.name}': serving names unknown regions {unknown}; known: "
+                                     f"{', '.join(sorted(regions))}")
+        return self
 
     @model_validator(mode="after")
     def _regions_separate(self) -> "Config":
@@ -169,7 +253,8 @@ class Config(StrictModel):
     @property
     def reports_path(self) -> Path:
         p = Path(self.drill.reports_dir)
-        return p if p.is_absolute() else self.base_dir / p
+        p = p if p.is_absolute() else self.base_dir / p
+        return p / self._view_of if self._view_of else p  # a bundle's drills: its own reports
 
     def dataset_path(self, ds: "Dataset") -> Path:
         p = Path(ds.path)
@@ -182,7 +267,8 @@ class Config(StrictModel):
     @property
     def runbook_path(self) -> Path:
         p = Path(self.runbook.path)
-        return p if p.is_absolute() else self.base_dir / p
+        p = p if p.is_absolute() else self.base_dir / p
+        return p.with_name(f"{p.stem}-{self._view_of}{p.suffix}") if self._view_of else p  # one per bundle
 
     @property
     def model_name(self) -> str:

@@ -105,6 +105,9 @@ class Transfer(StrictModel):
     restore_memory_mb: int = Field(default=128, ge=32, le=65536)
     # MiB of read buffers a cross-region copy (replicate) holds at most, the same way: one blob-sized buffer per worker
     copy_memory_mb: int = Field(default=128, ge=32, le=65536)
+    # Snapshot uploads and cross-region copies into one region that protect-bundle runs at once, across all the
+    # project's bundles and workers (Prefect's global concurrency limit llmdr-transfer-<region>); more wait their turn.
+    region_slots: int = Field(default=2, ge=1, le=64)
 
 
 class CaddyRouter(StrictModel):

@@ -138,7 +138,8 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
         if name not in wanted:
             _stop_pid_file(cfg, name, 20.0, spare)
     start_workers(cfg, port=port)
-    if start_monitor and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
+    watch = start_monitor and not cfg.multi_bundle  # several bundles: each bundle's monitor deployment, on schedule
+    if watch and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
         # start watching now rather than at the schedule's next minute
         _run([_prefect(), "deployment", "run", "monitor-endpoints/monitor-endpoints"], e, root)
     return status(cfg, port)

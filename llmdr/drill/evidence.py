@@ -101,7 +101,7 @@ def datasets_from(cfg: Config, region: str) -> list[dict[str, Any]]:
 
     out = []
     for ds in cfg.datasets:
-        scratch = cfg.state_path / "scratch" / "datasets" / ds.name
+        scratch = cfg.bundle_state_path / "scratch" / "datasets" / ds.name
         shutil.rmtree(scratch, ignore_errors=True)
         entry: dict[str, Any] = {"name": ds.name, "region": region, "remote": remote_url(cfg.region(region))}
         try:

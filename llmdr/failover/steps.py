@@ -120,7 +120,7 @@ class FailoverRecord:
 
 
 def history_path(cfg: Config) -> Path:
-    return cfg.state_path / "failover" / "history.jsonl"
+    return cfg.bundle_state_path / "failover" / "history.jsonl"
 
 
 def append_history(cfg: Config, rec: FailoverRecord) -> dict:

@@ -54,11 +54,11 @@ def targets(cfg: Config) -> list[Target]:
 
 
 def store_path(cfg: Config) -> Path:
-    return cfg.state_path / "monitor" / "samples.sqlite"
+    return cfg.bundle_state_path / "monitor" / "samples.sqlite"
 
 
 def _status_path(cfg: Config) -> Path:
-    return cfg.state_path / "monitor" / "status.json"
+    return cfg.bundle_state_path / "monitor" / "status.json"
 
 
 def read_status(cfg: Config) -> dict:

@@ -9,10 +9,11 @@ Everything else in ``llmdr`` is plain Python that runs with or without a Prefect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -149,3 +150,71 @@ def pause_for_input(form: type[T], *, timeout_s: float, key: str, poll_s: float 
         return None, None
     except Exception as exc:  # noqa: BLE001 - resumed without input, or input that does not parse
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+# Concurrency through Prefect's global concurrency limits -------------------------------------------------------------
+def protect_limit_name(bundle: str) -> str:
+    """The global concurrency limit (1 slot) that keeps one protect-bundle run per bundle at a time."""
+    return f"llmdr-protect-{bundle}"
+
+
+def transfer_limit_name(region: str) -> str:
+    """The global concurrency limit that caps the uploads and copies into one region at once, across bundles."""
+    return f"llmdr-transfer-{region}"
+
+
+_ensured: dict[str, int] = {}  # limits this process created or checked: name -> slots
+
+
+def ensure_concurrency_limit(name: str, limit: int) -> str:
+    """Create the global concurrency limit NAME with LIMIT slots, or set an existing one's slots to LIMIT.
+    Idempotent, and safe when two processes create it at once. Returns "created", "updated" or "kept"."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            have = retry_api(client.read_global_concurrency_limit_by_name, name)
+        except ObjectNotFound:
+            try:
+                retry_api(client.create_global_concurrency_limit,
+                          GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True))
+                _ensured[name] = limit
+                return "created"
+            except ObjectAlreadyExists:  # another run created it between our read and our create
+                have = retry_api(client.read_global_concurrency_limit_by_name, name)
+        _ensured[name] = limit
+        if have.limit == limit and have.active:
+            return "kept"
+        retry_api(client.update_global_concurrency_limit, name,
+                  GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+        return "updated"
+
+
+def in_run() -> bool:
+    """True inside a Prefect flow or task run (where the API that holds the limits is the run's)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+@contextlib.contextmanager
+def concurrency_slot(name: str, limit: int) -> Iterator[None]:
+    """Hold one slot of the global concurrency limit NAME (LIMIT slots, created when missing) for the block: runs
+    beyond the limit wait in Prefect, whichever worker runs them. Outside a flow or task run (a test calling the
+    core directly) it holds nothing: there is no run to coordinate with."""
+    if not in_run():
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+    from prefect.logging import get_run_logger
+
+    if _ensured.get(name) != limit:
+        ensure_concurrency_limit(name, limit)
+    t0 = time.monotonic()
+    with concurrency(name, occupy=1, strict=True):
+        # in the run's log (the UI): which limit held this step back, and how long
+        get_run_logger().info("holding a slot of concurrency limit %s (%d slot(s)), after waiting %.1f s", name, limit,
+                              time.monotonic() - t0)
+        yield

@@ -63,7 +63,8 @@ def open_region_repo(cfg: Config, region: Region, *, attempts: int = 4):
     from llmdr.repo.repository import Repository
     from llmdr.storage.factory import open_region
 
-    return Repository(open_region(cfg, region, read_only=True, attempts=attempts), cache_dir=cfg.state_path / "cache")
+    return Repository(open_region(cfg, region, read_only=True, attempts=attempts),
+                      cache_dir=cfg.bundle_state_path / "cache")
 
 
 def _load_manifest(cfg: Config, snapshot_id: str, regions: list[str]) -> Manifest:

@@ -126,7 +126,7 @@ class LlmdrCollector:
         try:
             if repo is None:
                 repo = Repository(open_region(self.cfg, region, read_only=True, attempts=1),
-                                  cache_dir=self.cfg.state_path / "cache" / region.name)
+                                  cache_dir=self.cfg.bundle_state_path / "cache" / region.name)
             newest = next(repo.newest_first(bundle=self.bundle), None)
         except Exception as exc:  # noqa: BLE001 - an unreachable region is a value (catalog_up 0), not a crash
             self._repos.pop(region.name, None)
@@ -185,7 +185,7 @@ class LlmdrCollector:
     def _read_runs(self, r: Reading) -> None:
         from llmdr.common.runs import read_marks
 
-        r.runs = read_marks(self.cfg.state_path)
+        r.runs = read_marks(self.cfg.bundle_state_path)
 
     def _read_drills(self, r: Reading) -> None:
         from llmdr.drill.record import history

@@ -32,7 +32,7 @@ def open_repo(cfg: Config, region: str | Region | None = None, *, read_only: boo
     reg = region if isinstance(region, Region) else cfg.region(region)
     store = open_region(cfg, reg, read_only=read_only, as_of=as_of, use_hidden=hidden is not False,
                         hidden=hidden if isinstance(hidden, dict) else None)
-    return Repository(store, cache_dir=cfg.state_path / "cache" if cache else None,
+    return Repository(store, cache_dir=cfg.bundle_state_path / "cache" if cache else None,
                       pack_target=cfg.transfer.pack_mb * 1024 * 1024)
 
 
@@ -46,7 +46,7 @@ def snapshot_bundle(
 ) -> SnapshotResult:
     repo = open_repo(cfg, region)
     source = path or cfg.bundle_path
-    cache = StatCache.for_source(cfg.state_path / "cache", source)
+    cache = StatCache.for_source(cfg.bundle_state_path / "cache", source)
     return take_snapshot(repo, source, bundle=cfg.bundle.name, stat_cache=cache, workers=cfg.transfer.workers,
                          max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024, progress=progress,
                          tags=tags, components=specs_from_config(cfg.bundle.components))
@@ -165,7 +165,7 @@ def verify(cfg: Config, ref: str, *, region: str | None = None, sample: str | No
     if check.ok and read and as_of is None and not hidden:  # read back today, sound, nothing behind a delete marker
         from llmdr.common.runs import record_run
 
-        record_run(cfg.state_path, "verify", region=reg.name, snapshot=sid, sample=sample)
+        record_run(cfg.bundle_state_path, "verify", region=reg.name, snapshot=sid, sample=sample)
     return check
 
 

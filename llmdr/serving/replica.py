@@ -54,7 +54,7 @@ class ReplicaStatus:
 
 
 def replica_dir(cfg: Config, region: Region) -> Path:
-    return cfg.state_path / "replicas" / region.name
+    return cfg.bundle_state_path / "replicas" / region.name
 
 
 def _state_file(cfg: Config, region: Region) -> Path:

@@ -112,7 +112,7 @@ def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden
     except IntegrityError as exc:
         return RestoreTestResult(ref, repo.location, problems=[str(exc)])
     path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
-    return restore_test(repo, sid, cfg.state_path / "scratch", specs_from_config(cfg.bundle.components),
+    return restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
                         GoldenSet.load(path), workers=cfg.transfer.download_workers)
 
 

@@ -124,7 +124,7 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
 
     def repo_of(r: Region) -> Repository:
         if r.name not in repos:
-            repos[r.name] = Repository(_store(cfg, r), cache_dir=cfg.state_path / "cache" / r.name)
+            repos[r.name] = Repository(_store(cfg, r), cache_dir=cfg.bundle_state_path / "cache" / r.name)
         return repos[r.name]
 
     for kind, title, fn in per_dr:
@@ -147,7 +147,7 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
     if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
         from llmdr.common.runs import record_run
 
-        record_run(cfg.state_path, "readiness", ts=t, score=rep.score, verdict=rep.verdict,
+        record_run(cfg.bundle_state_path, "readiness", ts=t, score=rep.score, verdict=rep.verdict,
                        checks={s: sum(c.status == s for c in rep.checks) for s in (PASS, WARN, FAIL)})
     log.info("readiness of %s: %s, score %d (%d checks, %.1fs)", cfg.bundle.name, rep.verdict, rep.score,
              len(rep.checks), rep.duration_s)

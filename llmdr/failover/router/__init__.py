@@ -42,4 +42,4 @@ def upstreams(cfg: Config) -> dict[str, str]:
 
 def router_log(cfg: Config) -> RouterLog:
     """The switch record every router kind writes: ``<state>/router/state.json`` + ``history.jsonl``."""
-    return RouterLog(cfg.state_path / "router" / "state.json", cfg)
+    return RouterLog(cfg.bundle_state_path / "router" / "state.json", cfg)

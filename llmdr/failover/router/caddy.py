@@ -77,14 +77,14 @@ class Caddy:
         self.cfg = cfg
         self.router = cfg.router
         self.url = self.router.url
-        self.dir = cfg.state_path / "router"
+        self.dir = cfg.bundle_state_path / "router"
         self.config_path = self.dir / "caddy.json"
         self.selection_path = self.dir / "selected-region"
         self.pid_path = self.dir / "caddy.pid"
         self.log_path = self.dir / "caddy.log"
         self.log = RouterLog(self.dir / "state.json", cfg)
         if "{" in str(self.selection_path) or "}" in str(self.selection_path):
-            raise UsageError(f"state_dir {cfg.state_path} contains '{{' or '}}', which Caddy would read as a "
+            raise UsageError(f"state_dir {cfg.bundle_state_path} contains '{{' or '}}', which Caddy would read as a "
                              "placeholder; choose a state_dir without braces")
         self.listen_host, self.listen_port = _hostport(self.router.listen)
         self.admin_host, self.admin_port = _hostport(self.router.admin)

@@ -46,7 +46,7 @@ class Route53:
         self.cfg = cfg
         self.router: Route53Router = cfg.router
         self.url = self.router.url
-        self.log = RouterLog(cfg.state_path / "router" / "state.json", cfg)
+        self.log = RouterLog(cfg.bundle_state_path / "router" / "state.json", cfg)
         self.change_timeout = change_timeout
         self.poll_interval = poll_interval
         self._client = client
