@@ -44,7 +44,7 @@ class Placement:
 
 
 def pending_dir(cfg: Config) -> Path:
-    return cfg.state_path / "control" / "pending"
+    return cfg.bundle_state_path / "control" / "pending"
 
 
 def _pending_path(cfg: Config, region: str, key: str) -> Path:

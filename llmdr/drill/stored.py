@@ -34,7 +34,7 @@ _fill_lock = threading.Lock()
 
 
 def cache_dir(cfg: Config) -> Path:
-    return cfg.state_path / "control" / "drills"
+    return cfg.bundle_state_path / "control" / "drills"
 
 
 def _folder_files(folder: Path) -> list[tuple[str, bytes]]:
