@@ -32,7 +32,7 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
-from tests.support.ports import free_base_port, free_port
+from tests.support.ports import free_base_port, port_picker, region_ports
 
 BUNDLE = """
   name: drillbot
@@ -120,13 +120,7 @@ def drill_stack(tmp_path_factory):
     s = free_base_port()
     while abs(s - p) < 10 or abs(s - p) == 10000:
         s = free_base_port()
-    taken = {*range(p, p + 9), p + 10008, *range(s, s + 9), s + 10008}
-
-    def port() -> int:
-        while (n := free_port()) in taken:
-            pass
-        taken.add(n)
-        return n
+    port = port_picker(region_ports(p) | region_ports(s))
 
     ports = {"p": p, "s": s, "ps": port(), "ss": port(), "rl": port(), "ra": port()}
     path = tmp / "llmdr.yaml"

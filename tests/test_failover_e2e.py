@@ -28,7 +28,8 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
-from tests.support.ports import free_base_port, free_port
+from tests.support.ports import free_base_port, port_picker, region_ports
+from tests.support.waiting import wait_for
 
 EXTRA = """\
 router: {{kind: caddy, listen: "http://127.0.0.1:{rl}", admin: "http://127.0.0.1:{ra}"}}
@@ -98,16 +99,6 @@ def _api(port: int, path: str, body: dict):
         return json.loads(r.read())
 
 
-def _wait(what: str, cond, timeout: float, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @pytest.mark.s3
 @pytest.mark.slow
 def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path):
@@ -115,13 +106,7 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
     s = free_base_port()
     while abs(s - p) < 10 or abs(s - p) == 10000:
         s = free_base_port()
-    taken = {*range(p, p + 9), p + 10008, *range(s, s + 9), s + 10008}
-
-    def port() -> int:
-        while (n := free_port()) in taken:
-            pass
-        taken.add(n)
-        return n
+    port = port_picker(region_ports(p) | region_ports(s))
 
     wh = port()
     ps, ss = port(), port()
@@ -158,7 +143,7 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
                               "-p", "duration_s=240"], env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         status_file = cfg.state_path / "monitor" / "status.json"
-        _wait("the monitor to judge the primary healthy", lambda: status_file.exists() and json.loads(
+        wait_for("the monitor to judge the primary healthy", lambda: status_file.exists() and json.loads(
             status_file.read_text()).get("primary", {}).get("status") == "healthy", 120, 0.5)
 
         client = Client(cfg.router.url, gs.cases[0])
@@ -172,8 +157,8 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
         stop_region(cfg, cfg.primary)
 
         router = open_router(cfg)
-        _wait("the router to switch to secondary", lambda: router.active() == "secondary", 120)
-        rec = _wait("the failover record", lambda: next((h for h in fo.history(cfg) if h.kind == "failover"), None),
+        wait_for("the router to switch to secondary", lambda: router.active() == "secondary", 120)
+        rec = wait_for("the failover record", lambda: next((h for h in fo.history(cfg) if h.kind == "failover"), None),
                     30)
         assert rec.ok and rec.trigger == "automation" and rec.confirmed is True, rec.to_json()
         assert rec.first_failure_ts is not None and t_outage - 0.5 <= rec.first_failure_ts <= rec.verified_ts

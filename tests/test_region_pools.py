@@ -35,7 +35,8 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import config_yaml, make_config, region_yaml, two_region_yaml
-from tests.support.ports import free_base_ports, free_port
+from tests.support.ports import free_base_ports, port_picker, region_ports
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,16 +135,6 @@ def _api(port: int, path: str, body: dict | None = None, method: str = "POST"):
     return retry_api(call)
 
 
-def _wait(what: str, cond, timeout: float, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _run_deployment(port: int, flow: str, name: str, parameters: dict | None = None) -> dict:
     dep = _api(port, f"/deployments/name/{flow}/{name}", method="GET")
     return _api(port, f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters or {}})
@@ -164,13 +155,7 @@ def _polled_since(port: int, pool: str, since: datetime) -> bool:
 @pytest.mark.slow
 def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(tmp_path):
     p, s = free_base_ports()
-    taken = {*range(p, p + 9), p + 10008, *range(s, s + 9), s + 10008}
-
-    def port() -> int:
-        while (n := free_port()) in taken:
-            pass
-        taken.add(n)
-        return n
+    port = port_picker(region_ports(p) | region_ports(s))
 
     ps, ss = port(), port()
     text = two_region_yaml(p, s, keys=("POOLS_P", "POOLS_S"), local=True, bundle="{name: poolbot, path: model}",
@@ -213,7 +198,7 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
 
         monitor = _run_deployment(api_port, "monitor-endpoints", "monitor-endpoints", {"duration_s": 240})
         status_file = cfg.state_path / "monitor" / "status.json"
-        _wait("the monitor to judge the primary healthy", lambda: status_file.exists() and json.loads(
+        wait_for("the monitor to judge the primary healthy", lambda: status_file.exists() and json.loads(
             status_file.read_text()).get("primary", {}).get("status") == "healthy", 120, 0.5)
 
         # --- the primary region is lost: store, replica and its Prefect worker (the drill's local outage) ---
@@ -223,13 +208,13 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
         assert not alive(st.workers["primary"]) and alive(st.workers["secondary"]) and alive(st.runner_pid)
 
         router = open_router(cfg)
-        _wait("the router to switch to secondary", lambda: router.active() == "secondary", 120)
-        rec = _wait("the failover record", lambda: next((h for h in fo.history(cfg) if h.kind == "failover"), None),
+        wait_for("the router to switch to secondary", lambda: router.active() == "secondary", 120)
+        rec = wait_for("the failover record", lambda: next((h for h in fo.history(cfg) if h.kind == "failover"), None),
                     30)
         assert rec.ok and rec.trigger == "automation" and not rec.replica["cold"], rec.to_json()
         assert t_outage - 0.5 <= rec.first_failure_ts and 0 < rec.rto_s
         # the automation's failover run and the monitor ran on the DR region's pool, its failover queue
-        run = _wait("the failover run to finish (its record is written before it ends)", lambda: (
+        run = wait_for("the failover run to finish (its record is written before it ends)", lambda: (
             lambda r: r if r["state"]["type"] not in ("PENDING", "RUNNING") else None)(
             _api(api_port, f"/flow_runs/{rec.flow_run_id}", method="GET")), 60, 0.3)
         assert (run["work_pool_name"], run["work_queue_name"]) == ("llmdr-secondary", "failover")
@@ -244,7 +229,7 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
         protect = _run_deployment(api_port, "protect-bundle", "protect-bundle")
         # each queue of the DR pool polled again 2 s after the run existed (the worker polls every second)
         after = datetime.fromisoformat(protect["created"]) + timedelta(seconds=2)
-        _wait("the DR region's worker and runner to poll after the run was created",
+        wait_for("the DR region's worker and runner to poll after the run was created",
               lambda: _polled_since(api_port, "llmdr-secondary", after), 60, 0.5)
         waiting = _api(api_port, f"/flow_runs/{protect['id']}", method="GET")
         assert waiting["state"]["type"] == "SCHEDULED" and waiting["work_pool_name"] == "llmdr-primary", waiting
@@ -258,7 +243,7 @@ def test_primary_lost_with_its_worker_fails_over_through_the_dr_regions_runner(t
         # the primary comes back (the drill's end of outage): its worker too, and it takes the run
         back = end_outage(cfg, "primary")
         assert "worker-primary (pid" in back["action"], back
-        taken_by = _wait("the primary's worker to take the protect run", lambda: (lambda r: r if r["state"]["name"]
+        taken_by = wait_for("the primary's worker to take the protect run", lambda: (lambda r: r if r["state"]["name"]
                          not in ("Scheduled", "Late") else None)(_api(api_port, f"/flow_runs/{protect['id']}",
                                                                           method="GET")), 120, 0.5)
         assert taken_by["work_pool_name"] == "llmdr-primary"
