@@ -39,9 +39,16 @@ from tasks.failover import (
 
 
 def _publish(config_path: str, rec: core.FailoverRecord) -> None:
-    """History, artifacts, event and notices for a finished (or failed) run."""
+    """History, event, notices, the record in the stores, artifacts for a finished (or failed) run. People hear
+    first: storing the record waits on every region, the one that is down included."""
     cfg = load_config(config_path)
-    placed = core.append_history(cfg, rec)
+    core.append_history(cfg, rec, store=False)
+    event = decide.outcome_event(rec)
+    if event is not None:
+        events.emit(event, events.bundle_resource(cfg.bundle.name), rec.to_json())
+    for notice in decide.notices(rec):
+        send_notice(config_path, notice.to_args())
+    placed = core.store_record(cfg, rec)
     if placed["pending"]:  # the region that is down gets it by `llmdr control sync` or the next record
         get_run_logger().warning("%s record %s stored in %s, pending for %s", rec.kind, rec.id,
                                  ", ".join(placed["held"]) or "no region", ", ".join(placed["pending"]))
@@ -53,11 +60,6 @@ def _publish(config_path: str, rec: core.FailoverRecord) -> None:
     create_table_artifact(key=f"{key}-table", table=failover_table([r.to_json() for r in core.history(cfg)
                                                                      if r.kind == rec.kind]),
                           description=f"Every {rec.kind} of {cfg.bundle.name}, RTO per run")
-    event = decide.outcome_event(rec)
-    if event is not None:
-        events.emit(event, events.bundle_resource(cfg.bundle.name), rec.to_json())
-    for notice in decide.notices(rec):
-        send_notice(config_path, notice.to_args())
 
 
 def _scheduled_ts() -> float | None:

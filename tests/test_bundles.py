@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import bundle_ref, load_config, parse_config
+from llmdr.config.pools import region_pool
 from llmdr.errors import ConfigError, UsageError
 from tests.support.config import TEST_KEYS, copy_keys, fresh_prefix, region_yaml
 from tests.support.trees import read_tree, write_tree
@@ -306,7 +307,7 @@ def test_three_bundles_two_workers_prefect_concurrency(stack, tmp_path):
         assert st.healthy and st.worker_pid
         api = f"http://127.0.0.1:{port}/api"
         e = orchestration.env(cfg, port)
-        second = spawn([orchestration._prefect(), "worker", "start", "--pool", orchestration.POOL],
+        second = spawn([orchestration._prefect(), "worker", "start", "--pool", region_pool(cfg.primary.name)],
                        tmp_path / "worker2.log", cwd=orchestration.code_root(), env=e).pid
         # configure.py made one deployment per bundle, tagged, with its bundle parameter; the base is paused
         for b in names:

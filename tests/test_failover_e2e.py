@@ -174,8 +174,9 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
 
         arts = _api(api_port, "/artifacts/filter", {"artifacts": {"key": {"any_": ["failover-e2ebot"]}}})
         assert arts and f"RTO **{rec.rto_s:.1f} s**" in arts[0]["data"]
-        notices = [n for n in receiver.got if n.get("kind") == "failover"]
-        assert notices and "secondary" in notices[0]["title"]
+        # the notice is the flow's last step, after its record and artifact
+        notices = wait_for("the failover notice", lambda: [n for n in receiver.got if n.get("kind") == "failover"], 60)
+        assert "secondary" in notices[0]["title"]
 
         # --- failback once the primary's store is back ---
         start_region(cfg, cfg.primary)

@@ -123,9 +123,10 @@ def history_path(cfg: Config) -> Path:
     return cfg.bundle_state_path / "failover" / "history.jsonl"
 
 
-def append_history(cfg: Config, rec: FailoverRecord) -> dict:
-    """Record the run: one line in the local history, then one object in every region's store (``llmdr.control``;
-    a region that is down gets it later, by `llmdr control sync` or the next record). Returns where it landed."""
+def append_history(cfg: Config, rec: FailoverRecord, *, store: bool = True) -> dict | None:
+    """Record the run: one line in the local history, then (``store``) one object in every region's store
+    (``llmdr.control``; a region that is down gets it later, by `llmdr control sync` or the next record). Returns
+    where it landed (None without ``store``)."""
     from llmdr.common.files import open_private, private_dir
 
     path = history_path(cfg)
@@ -138,7 +139,7 @@ def append_history(cfg: Config, rec: FailoverRecord) -> dict:
                          "of yours, never a symbolic link; move it away and run again") from None
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
-    return store_record(cfg, rec)
+    return store_record(cfg, rec) if store else None
 
 
 def store_record(cfg: Config, rec: FailoverRecord) -> dict:
