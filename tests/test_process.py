@@ -18,6 +18,7 @@ from llmdr.common.process import (
     wait_started,
     write_pid,
 )
+from tests.support.waiting import wait_for
 
 
 def _sleeper(tmp_path, seconds: float = 30) -> subprocess.Popen:
@@ -28,6 +29,8 @@ def test_read_pid_checks_the_command_line_and_that_it_runs(tmp_path):
     proc = _sleeper(tmp_path)
     pid_file = tmp_path / "p.pid"
     try:
+        # until the child has exec'd, its command line is still the parent's (seen on a loaded machine)
+        wait_for("the sleeper to exec", lambda: "time.sleep(30)" in " ".join(cmdline(proc.pid) or []), 20, 0.02)
         write_pid(pid_file, proc.pid)
         assert read_pid(pid_file) == proc.pid
         assert read_pid(pid_file, matches=lambda args: "time.sleep(30)" in args[-1]) == proc.pid
