@@ -189,6 +189,9 @@ def test_a_record_written_while_a_region_is_down_arrives_after_sync(cfgs):
     assert pending(down) == {"secondary": [key]}
     out = _cli(down, "control", "sync")
     assert out.returncode == 1 and "secondary: pushed 0, left 1" in out.stdout, out.stdout + out.stderr
+    out = _cli(down, "control", "status", "--json")  # a region that does not answer is not "0 objects"
+    assert out.returncode == 0 and json.loads(out.stdout)["held"]["secondary"] is None, out.stdout + out.stderr
+    assert json.loads(out.stdout)["pending"] == {"secondary": [key]}
     # the region is back (the real endpoint): sync pushes the record, Object-Locked like the others
     out = _cli(cfg, "control", "sync", "--json")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -53,15 +53,14 @@ def sync(as_json: JsonOpt = False) -> None:
 
 @control_app.command("status")
 def status(as_json: JsonOpt = False) -> None:
-    """How many of llmdr's records each region holds, and which are pending for which region."""
-    from llmdr.control import layout, listing, pending
+    """How many of llmdr's records each region holds (or that it could not be read), and which are pending for
+    which region."""
+    from llmdr.control import layout, pending, region_keys
 
     cfg = load_cfg()
-    held: dict[str, int] = {r.name: 0 for r in cfg.regions}
-    for _key, regions in listing(cfg, layout.ROOT).items():
-        for r in regions:
-            held[r] += 1
+    held = {r: None if keys is None else len(keys) for r, keys in region_keys(cfg, layout.ROOT).items()}
     left = pending(cfg)
     out = {"held": held, "pending": left}
-    lines = [f"{r}: {n} objects under control/, {len(left.get(r, []))} pending" for r, n in held.items()]
+    lines = [f"{r}: {'not reachable (see the warning above)' if n is None else f'{n} objects'} under control/, "
+             f"{len(left.get(r, []))} pending" for r, n in held.items()]
     emit(as_json, out, "\n".join(lines))

@@ -8,8 +8,8 @@ pushed by ``llmdr control sync`` or the next write (``records``). Reads list eac
 trust what does not parse or lies outside the layout (``reads``).
 """
 
-from llmdr.control.reads import json_records, listing, read_object
+from llmdr.control.reads import json_records, listing, read_object, region_keys
 from llmdr.control.records import Placement, pending, publish, put_document, put_record, sync
 
-__all__ = ["Placement", "json_records", "listing", "pending", "publish", "put_document", "put_record", "read_object",
+__all__ = ["Placement", "json_records", "listing", "pending", "publish", "put_document", "put_record", "read_object", "region_keys",
            "sync"]

@@ -82,6 +82,11 @@ def listing(cfg: Config, prefix: str) -> dict[str, list[str]]:
     return out
 
 
+def region_keys(cfg: Config, prefix: str) -> dict[str, list[str] | None]:
+    """Region -> its keys under ``prefix``; None for a region that could not be read (warned). Not cached."""
+    return {r.name: _list_region(cfg, r, prefix) for r in cfg.regions}
+
+
 def read_object(cfg: Config, key: str, regions: list[str]) -> bytes | None:
     """The object at ``key`` from the first of ``regions`` that gives it; None (warned) when none does."""
     for name in regions:
