@@ -52,6 +52,15 @@ def until(cond, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def refused(lock) -> bool:
+    """True once ``lock.check()`` raises (the refresher thread has recorded its failure)."""
+    try:
+        lock.check()
+    except RepositoryLocked:
+        return True
+    return False
+
+
 class TestStore(MemoryStore):
     """A memory store that records put options and can refuse or stall puts (a store going away)."""
 
@@ -308,7 +317,8 @@ def test_a_failed_refresh_makes_check_raise_and_it_stays_failed():
     lock = acquire(store, SHARED, "snapshot", **FAST)
     lock.check()
     store.fail_puts = True
-    until(lambda: store.put_failures >= 1)
+    # the store counts the refused PUT before the refresher records it: wait for the lock to notice, not the store
+    until(lambda: store.put_failures >= 1 and refused(lock))
     with pytest.raises(RepositoryLocked, match="could not be refreshed") as e:
         lock.check()
     assert isinstance(e.value.__cause__, TransientStorageError)
