@@ -70,22 +70,24 @@ def session(profile: str | None = None) -> Any:
         return s
 
 
-def renewing_session(profile: str | None, renew: Callable[[], tuple[str, str, str | None, datetime]]) -> Any:
-    """A botocore session of its own whose clients sign with keys that ``renew`` returns (access key id, secret,
-    session token, expiration), renewed by botocore before they expire (``RefreshableCredentials``): for an assumed
-    role, whose keys outlive no transfer longer than the role's session. Shares the S3 model with ``session``."""
+def renewing_session(profile: str | None, first: tuple[str, str, str | None, datetime],
+                     renew: Callable[[], tuple[str, str, str | None, datetime]]) -> Any:
+    """A botocore session of its own whose clients sign with ``first`` (access key id, secret, session token,
+    expiration), then with what ``renew`` returns, called by botocore before the keys in use expire
+    (``RefreshableCredentials``): for an assumed role, whose keys outlive no transfer longer than the role's session.
+    Shares the S3 model with ``session``."""
     import botocore.session
     from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 
-    def metadata() -> dict[str, Any]:
-        ak, sk, token, expiration = renew()
+    def metadata(keys: tuple[str, str, str | None, datetime]) -> dict[str, Any]:
+        ak, sk, token, expiration = keys
         return {"access_key": ak, "secret_key": sk, "token": token, "expiry_time": expiration.isoformat()}
 
     class Renewing(CredentialProvider):
         METHOD = "llmdr-assume-role"
 
         def load(self) -> Any:
-            return RefreshableCredentials.create_from_metadata(metadata(), metadata, self.METHOD)
+            return RefreshableCredentials.create_from_metadata(metadata(first), lambda: metadata(renew()), self.METHOD)
 
     s = botocore.session.Session(profile=profile)
     s.register_component("data_loader", session(profile).get_component("data_loader"))

@@ -77,6 +77,9 @@ def region_s3(region: Region, keys: Keys, renew: Callable[[], Keys] | None = Non
     itself). ``options``: more ``S3Store`` arguments (prefix, timeouts...)."""
     from llmdr.storage.s3 import S3Store
 
+    common = dict(bucket=region.bucket, endpoint_url=region.endpoint, region_name=region.s3_region, name=region.name,
+                  addressing_style=region.addressing_style, profile=region.credentials.profile,
+                  keys_from=keys.source, **options)
     if region.credentials.role_arn and renew is not None and keys.expiration is not None:
         from llmdr.storage.aws import renewing_session
 
@@ -84,23 +87,15 @@ def region_s3(region: Region, keys: Keys, renew: Callable[[], Keys] | None = Non
             k = renew()
             return k.access_key_id, k.secret_access_key, k.session_token, k.expiration or keys.expiration
 
-        first = iter([(keys.access_key_id, keys.secret_access_key, keys.session_token, keys.expiration)])
-        botocore_session = renewing_session(region.credentials.profile, lambda: next(first, None) or fresh())
-        return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=None, secret_access_key=None,
-                       region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
-                       profile=region.credentials.profile, keys_from=keys.source, botocore_session=botocore_session,
-                       **options)
-
+        first = (keys.access_key_id, keys.secret_access_key, keys.session_token, keys.expiration)
+        return S3Store(access_key_id=None, secret_access_key=None,
+                       botocore_session=renewing_session(region.credentials.profile, first, fresh), **common)
     if region.credentials.default_chain and not region.credentials.role_arn:
         # botocore's own chain: the client takes the session's self-refreshing credentials rather than the frozen
         # copy ``keys`` holds, so a transfer that outlives an SSO or web-identity session (~1 h) keeps going
-        return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=None, secret_access_key=None,
-                       region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
-                       profile=region.credentials.profile, keys_from=keys.source, **options)
-    return S3Store(bucket=region.bucket, endpoint_url=region.endpoint, access_key_id=keys.access_key_id,
-                   secret_access_key=keys.secret_access_key, session_token=keys.session_token,
-                   region_name=region.s3_region, name=region.name, addressing_style=region.addressing_style,
-                   profile=region.credentials.profile, keys_from=keys.source, **options)
+        return S3Store(access_key_id=None, secret_access_key=None, **common)
+    return S3Store(access_key_id=keys.access_key_id, secret_access_key=keys.secret_access_key,
+                   session_token=keys.session_token, **common)
 
 
 def retrying(store: BlobStore, region: Region, attempts: int) -> BlobStore:
