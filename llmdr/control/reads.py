@@ -61,6 +61,14 @@ def _list_region(cfg: Config, region: Region, prefix: str) -> list[str] | None:
         return None
 
 
+def region_keys(cfg: Config, prefix: str) -> dict[str, list[str] | None]:
+    """Region -> its keys under ``prefix``, every region listed at once; None for a region that could not be read
+    (warned). In config order; not cached."""
+    with ThreadPoolExecutor(max_workers=max(1, len(cfg.regions)), thread_name_prefix="llmdr-control-list") as pool:
+        found = list(pool.map(lambda r: _list_region(cfg, r, prefix), cfg.regions))
+    return {r.name: keys for r, keys in zip(cfg.regions, found, strict=True)}
+
+
 def listing(cfg: Config, prefix: str) -> dict[str, list[str]]:
     """Key -> the regions holding it (Object-Locked ones first, then config order), for every key under ``prefix``
     in any region."""
@@ -69,22 +77,15 @@ def listing(cfg: Config, prefix: str) -> dict[str, list[str]]:
         hit = _cache.get(ck)
     if hit is not None and time.monotonic() - hit[0] < CACHE_S:
         return hit[1]
+    found = region_keys(cfg, prefix)
     # Object-Locked regions first: a record is read from the copy nobody could have rewritten since, when there is one
-    regions = sorted(cfg.regions, key=lambda r: r.object_lock is None)
-    with ThreadPoolExecutor(max_workers=max(1, len(regions)), thread_name_prefix="llmdr-control-list") as pool:
-        found = list(pool.map(lambda r: _list_region(cfg, r, prefix), regions))
     out: dict[str, list[str]] = {}
-    for region, keys in zip(regions, found, strict=True):
-        for k in keys or []:
+    for region in sorted(cfg.regions, key=lambda r: r.object_lock is None):
+        for k in found[region.name] or []:
             out.setdefault(k, []).append(region.name)
     with _lock:
         _cache[ck] = (time.monotonic(), out)
     return out
-
-
-def region_keys(cfg: Config, prefix: str) -> dict[str, list[str] | None]:
-    """Region -> its keys under ``prefix``; None for a region that could not be read (warned). Not cached."""
-    return {r.name: _list_region(cfg, r, prefix) for r in cfg.regions}
 
 
 def read_object(cfg: Config, key: str, regions: list[str]) -> bytes | None:
