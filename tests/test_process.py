@@ -53,6 +53,20 @@ def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path):
     assert not alive(proc.pid)
 
 
+def test_terminate_walks_a_ladder_of_signals_and_stops_at_the_one_that_works(tmp_path):
+    """PostgreSQL's ladder: SIGINT (ignored here), then SIGQUIT, which this child answers by writing and exiting:
+    SIGKILL is never needed."""
+    import signal
+
+    code = ("import os, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "def quit_(*_):\n    open('how', 'w').write('quit'); os._exit(0)\n"
+            "signal.signal(signal.SIGQUIT, quit_); print('ready', flush=True); time.sleep(60)")
+    proc = spawn([sys.executable, "-c", code], tmp_path / "p.log", cwd=tmp_path)
+    assert wait_started(proc, lambda: "ready" in tail(tmp_path / "p.log"), timeout=20, interval=0.02) is None
+    terminate(proc.pid, ladder=[(signal.SIGINT, 0.3), (signal.SIGQUIT, 20.0), (signal.SIGKILL, 5.0)])
+    assert not alive(proc.pid) and (tmp_path / "how").read_text() == "quit"
+
+
 def test_wait_started_tells_an_exit_from_a_timeout(tmp_path):
     proc = spawn([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "p.log", cwd=tmp_path)
     assert wait_started(proc, lambda: False, timeout=20, interval=0.02) == "exited" and proc.returncode == 3

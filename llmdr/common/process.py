@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from llmdr.common.files import atomic_write, open_private
@@ -69,23 +69,24 @@ def write_pid(path: Path, pid: int) -> None:
     atomic_write(path, f"{pid}\n")
 
 
-def terminate(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; returns once the process is gone."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
+def terminate(pid: int, timeout: float = 20.0, *,
+              ladder: Sequence[tuple[signal.Signals, float]] | None = None) -> None:
+    """Stop ``pid``: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; returns once the process is gone.
+    ``ladder``: other (signal, seconds to wait for the process to go) steps, tried in turn (e.g. PostgreSQL's
+    SIGINT, SIGQUIT); SIGKILL follows unless the ladder ends with it."""
+    steps = list(ladder if ladder is not None else [(signal.SIGTERM, timeout)])
+    if steps[-1][0] != signal.SIGKILL:
+        steps.append((signal.SIGKILL, float("inf")))
+    for sig, wait in steps:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
             return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while alive(pid):
-        time.sleep(0.05)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive(pid):
+                return
+            time.sleep(0.05)
 
 
 def reap(pid: int, timeout: float = 5.0) -> None:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmdr.common.files import atomic_write, open_private, private_dir
-from llmdr.common.process import alive, cmdline, port_open, spawn, tail
+from llmdr.common.process import alive, cmdline, port_open, spawn, tail, terminate
 from llmdr.config import Config
 from llmdr.config.sections import POSTGRES_USER
 from llmdr.errors import StackError
@@ -257,7 +257,7 @@ def _start(cfg: Config, timeout: float) -> PostgresStatus:
                 raise StackError(f"PostgreSQL exited with code {proc.returncode} while starting on 127.0.0.1:{port} "
                                  f"(data {d}):\n{tail(logfile)}")
             if time.monotonic() > deadline:
-                _signal_stop(proc.pid, 20.0)
+                terminate(proc.pid, ladder=_ladder(20.0))
                 raise StackError(f"PostgreSQL did not become ready on 127.0.0.1:{port} within {timeout:.0f}s "
                                  f"(data {d}):\n{tail(logfile)}")
             time.sleep(0.1)
@@ -303,26 +303,17 @@ def _create_databases(cfg: Config) -> None:
         conn.close()
 
 
-def _signal_stop(pid: int, timeout: float) -> None:
-    """Fast shutdown (SIGINT: running transactions roll back, a checkpoint is written), then immediate shutdown
-    (SIGQUIT: recovery at the next start), then SIGKILL."""
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid):
-                return
-            time.sleep(0.1)
+# fast shutdown (SIGINT: running transactions roll back, a checkpoint is written), then immediate shutdown (SIGQUIT:
+# recovery at the next start), then SIGKILL
+def _ladder(timeout: float) -> list[tuple[signal.Signals, float]]:
+    return [(signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)]
 
 
 def stop(cfg: Config, timeout: float = 30.0) -> int | None:
     """Stop the cluster by the PID in its postmaster.pid; returns that PID (None: it was not running)."""
     pid = postmaster_pid(cfg)
     if pid is not None:
-        _signal_stop(pid, timeout)
+        terminate(pid, ladder=_ladder(timeout))
         log.info("stopped PostgreSQL (pid %d)", pid)
     return pid
 
