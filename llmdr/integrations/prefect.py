@@ -218,3 +218,61 @@ def concurrency_slot(name: str, limit: int) -> Iterator[None]:
         get_run_logger().info("holding a slot of concurrency limit %s (%d slot(s)), after waiting %.1f s", name, limit,
                               time.monotonic() - t0)
         yield
+
+
+# What the Prefect API holds for a bundle's automatic failover (the readiness check "automation") -------------------
+def configured_api_url() -> str | None:
+    """The Prefect API URL this process would use: $PREFECT_API_URL, the active Prefect profile's setting (`prefect
+    config set PREFECT_API_URL=...`), or a flow run's; None when none is set (Prefect would then run flows against
+    a temporary local server of its own)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def failover_paths(api_url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Every automation of the Prefect API at API_URL that runs a deployment, as plain data for a judge: its name,
+    whether it is enabled, the events and resources its trigger matches, and for each run-deployment action the
+    deployment (name, flow, paused, its ``bundle`` parameter), its work pool and queue, and that queue's status
+    (READY when a worker or the warm runner polled it within Prefect's timeout) and last poll. Raises what the
+    client raises when the API does not answer; ``OSError`` when its /health does not answer within TIMEOUT (a
+    readiness check must not hang on a dead server)."""
+    import urllib.request
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:  # noqa: S310 - the API
+        r.read()
+    out: list[dict[str, Any]] = []
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for a in retry_api(client.read_automations):
+            trig = a.trigger.model_dump(mode="json")
+            entry: dict[str, Any] = {"name": a.name, "enabled": bool(a.enabled), "expect": sorted(trig.get("expect")
+                                     or []), "match": trig.get("match") or {}, "deployments": []}
+            for act in a.actions:
+                dep_id = getattr(act, "deployment_id", None)
+                if getattr(act, "type", None) != "run-deployment" or dep_id is None:
+                    continue
+                d: dict[str, Any] = {"id": str(dep_id)}
+                try:
+                    dep = retry_api(client.read_deployment, dep_id)
+                except ObjectNotFound:
+                    d["missing"] = True
+                    entry["deployments"].append(d)
+                    continue
+                d.update(name=dep.name, paused=bool(dep.paused), bundle=(dep.parameters or {}).get("bundle"),
+                         pool=dep.work_pool_name, queue=dep.work_queue_name,
+                         flow=retry_api(client.read_flow, dep.flow_id).name)
+                try:
+                    q = retry_api(client.read_work_queue_by_name, dep.work_queue_name,
+                                  work_pool_name=dep.work_pool_name)
+                    d.update(queue_status=str(getattr(q.status, "value", q.status) or "UNKNOWN"),
+                             queue_paused=bool(q.is_paused),
+                             last_polled=q.last_polled.timestamp() if q.last_polled else None)
+                except ObjectNotFound:
+                    d.update(queue_status="MISSING", queue_paused=False, last_polled=None)
+                entry["deployments"].append(d)
+            out.append(entry)
+    return out

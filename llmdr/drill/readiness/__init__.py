@@ -10,8 +10,9 @@ Checks: credentials (per region), rpo (per DR region: newest complete snapshot v
 DR copy holds every required component: manifest only, no download), drill (a passing drill within the drill
 interval), separation (regions really apart), immutability (DR bucket versioning + Object Lock, kept snapshots
 locked), doors (per local region: every port but S3 refuses a caller without credentials), bandwidth (timed ranged
-reads of real chunks from the DR store → time to restore the bundle vs the RTO) and footprint (logical vs stored bytes
-per region, monthly cost).
+reads of real chunks from the DR store → time to restore the bundle vs the RTO), footprint (logical vs stored bytes
+per region, monthly cost) and automation (the failover automation, its deployment on a pool outside the primary
+region and a worker polling its queue, read from the Prefect API: ``automation``).
 
 The checks are in ``checks``; the report (results, verdict, score, text and markdown, the flow's notice and
 :class:`ReadinessFailed`) in ``report``; :func:`run_checks` here runs them in a fixed order.
@@ -98,7 +99,7 @@ def _action_for(exc: Exception) -> str:
 
 
 CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
-          "footprint")
+          "footprint", "automation")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -143,6 +144,10 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
         for r in cfg.regions:
             add(_guard(f"footprint/{r.name}", f"Storage footprint and cost: {r.name}",
                        lambda r=r: check_footprint(cfg, r, repo_of(r))))
+    if "automation" in want:
+        from llmdr.drill.readiness.automation import check_automation
+
+        add(_guard("automation", "Automatic failover path outside the primary", lambda: check_automation(cfg, t)))
     rep.duration_s = time.perf_counter() - t0
     if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
         from llmdr.common.runs import record_run
