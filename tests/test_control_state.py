@@ -258,3 +258,64 @@ def test_only_one_regions_keys_keeps_the_other_pending(stack, tmp_path):
     out = _cli(cfg, "failovers", "--json")
     assert out.returncode == 0 and [h["id"] for h in json.loads(out.stdout)] == [rec.id], out.stdout + out.stderr
     assert "region 'secondary' not read" in out.stderr, out.stderr
+
+
+def test_signed_records_refuse_what_a_regions_write_keys_alone_can_write(stack, tmp_path, monkeypatch):
+    """With manifest_signing, llmdr's records carry a signature over {bundle, key, record}: a well-formed failover
+    record or golden pointer written by someone holding only a region's write keys, a signed record edited, or one
+    moved to another name are skipped on read; what llmdr wrote (failover, switch, golden pointer) reads back."""
+    from llmdr.control import put_document, put_record
+    from llmdr.control.sealing import SIG_FIELD
+    from llmdr.drill.rebuild import newest_document, stored_switches
+    from llmdr.failover.router import router_log
+
+    monkeypatch.setenv("LLMDR_T_CTL_MKEY", "m" * 40)
+    state = tmp_path / "state"
+    copy_keys(stack, state)
+    cfg = two_regions(stack, tmp_path, state=state,
+                      extra="manifest_signing: {method: hmac, hmac_key_env: LLMDR_T_CTL_MKEY}")
+    store = open_region(cfg, cfg.primary)  # the attacker's view: the primary's keys, a valid store chain
+    good = _failover(cfg, time.time() - 100)
+    fo.append_history(cfg, good)
+    raw = json.loads(store.get(layout.failover_key(good.started_ts, good.id)))
+    assert raw[SIG_FIELD]["method"] == "hmac" and raw[SIG_FIELD]["value"]
+    router_log(cfg).record("secondary", reason="test", previous="primary")  # a switch, pushed in the background
+    (tmp_path / "golden.jsonl").write_text('{"prompt": "2+2?", "answer": "4"}\n')
+    put_document(cfg, "golden", tmp_path / "golden.jsonl", ts=time.time() - 50)
+
+    # forgeries: unsigned; signed, then edited; signed under another name; a golden pointer to the attacker's set
+    unsigned = _failover(cfg, time.time() - 90)
+    store.put(layout.failover_key(unsigned.started_ts, unsigned.id), json.dumps(unsigned.to_json()).encode())
+    edited = dict(raw, reason="edited after signing")
+    edited_rec = _failover(cfg, time.time() - 80)
+    store.put(layout.failover_key(edited_rec.started_ts, edited_rec.id),
+              json.dumps(edited | {"id": edited_rec.id, "started_ts": edited_rec.started_ts}).encode())
+    store.put(layout.failover_key(good.started_ts, "0123456789ab"), json.dumps(raw | {"id": "0123456789ab"}).encode())
+    evil = b'{"prompt": "2+2?", "answer": "5"}\n'
+    sha = hashlib.sha256(evil).hexdigest()
+    store.put(layout.doc_key("golden", sha), evil)
+    store.put(layout.doc_pointer_prefix("golden") + layout.record_name(time.time()),
+              json.dumps({"sha256": sha, "size": len(evil), "name": "golden.jsonl", "written_utc": "now"}).encode())
+    # a record signed with the same key by another bundle's project on the same prefix does not verify for this one
+    other = two_regions(stack, tmp_path, state=state, prefix=cfg.primary.prefix, bundle="{name: otherbundle, path: bundle}",
+                        extra="manifest_signing: {method: hmac, hmac_key_env: LLMDR_T_CTL_MKEY}")
+    replayed = _failover(cfg, time.time() - 70)
+    put_record(other, layout.failover_key(replayed.started_ts, replayed.id), replayed.to_json())
+    _forget()
+
+    assert [r.id for r in fo.history(cfg, stores=True) if r.id in
+            {good.id, unsigned.id, edited_rec.id, "0123456789ab", replayed.id}] == [good.id]
+    found = newest_document(cfg, "golden")
+    assert found is not None and found[1] == (tmp_path / "golden.jsonl").read_bytes()  # not the attacker's "5"
+    deadline = time.monotonic() + 30
+    while not stored_switches(cfg) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        _forget()
+    assert [s["active"] for s in stored_switches(cfg)] == ["secondary"]
+    # the CLI says why each forgery was skipped
+    fo.history_path(cfg).unlink()
+    out = _cli(cfg, "failovers", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [h["id"] for h in json.loads(out.stdout)] == [good.id]
+    assert "not signed" in out.stderr and "does not verify" in out.stderr, out.stderr
+    assert out.stderr.count("does not verify") >= 3, out.stderr  # edited, renamed, another bundle's

@@ -3,7 +3,8 @@
 ``listing`` lists one prefix in every region once and remembers it for the rest of the command (``CACHE_S``; every
 write forgets it), so a command that reads the history several times asks each region once. A region that does not
 answer is left out with a warning: reads work from what the other regions hold. Nothing read here is trusted
-blindly: keys outside the layout and records that do not parse are skipped with a warning (``json_records``).
+blindly: keys outside the layout, records that do not parse and, in a project that signs, records whose signature
+does not verify (``sealing``) are skipped with a warning (``json_records``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from llmdr.config import Config, Region
 from llmdr.control import layout
+from llmdr.control.sealing import problem, unsealed
 from llmdr.errors import LlmdrError
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,10 @@ def json_records(cfg: Config, prefix: str, *, check: Callable[[str, dict], str |
         except (UnicodeDecodeError, ValueError) as exc:
             log.warning("skipping %s in the store of %s: not a JSON record (%s)", key, "/".join(regions), exc)
             continue
-        why = check(key, rec) if check else None
+        why = problem(cfg, key, rec)  # the signature, when the project signs its records
+        if why is None:
+            rec = unsealed(rec)
+            why = check(key, rec) if check else None
         if why:
             log.warning("skipping %s in the store of %s: %s", key, "/".join(regions), why)
             continue

@@ -24,6 +24,7 @@ from llmdr.common.files import atomic_write
 from llmdr.config import Config, Region
 from llmdr.control import layout
 from llmdr.control.reads import forget
+from llmdr.control.sealing import seal
 from llmdr.errors import Conflict, LlmdrError
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,14 @@ def publish(cfg: Config, items: list[tuple[str, bytes]]) -> Placement:
     return place
 
 
+def record_bytes(cfg: Config, key: str, record: dict) -> bytes:
+    """RECORD as stored under KEY: JSON, signed with the project's manifest key when it signs (``sealing``)."""
+    return (json.dumps(seal(cfg, key, record), sort_keys=True, indent=1) + "\n").encode()
+
+
 def put_record(cfg: Config, key: str, record: dict) -> Placement:
     """One JSON record under ``key`` in every region."""
-    return publish(cfg, [(key, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())])
+    return publish(cfg, [(key, record_bytes(cfg, key, record))])
 
 
 def put_document(cfg: Config, kind: str, path: Path, *, ts: float | None = None) -> Placement:
@@ -145,9 +151,9 @@ def put_document(cfg: Config, kind: str, path: Path, *, ts: float | None = None)
     sha = hashlib.sha256(data).hexdigest()
     pointer = {"sha256": sha, "size": len(data), "name": Path(path).name,
                "written_utc": layout.stamp(time.time() if ts is None else ts)}
-    return publish(cfg, [(layout.doc_key(kind, sha), data),
-                         (layout.doc_pointer_prefix(kind) + layout.record_name(ts),
-                          (json.dumps(pointer, sort_keys=True) + "\n").encode())])
+    key = layout.doc_pointer_prefix(kind) + layout.record_name(ts)
+    # the document is content-addressed (its name is its hash); the pointer that puts it in force is signed
+    return publish(cfg, [(layout.doc_key(kind, sha), data), (key, record_bytes(cfg, key, pointer))])
 
 
 def sync(cfg: Config) -> dict[str, dict]:

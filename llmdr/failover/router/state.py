@@ -41,9 +41,10 @@ class RouterLog:
             os.close(fd)
         if self.cfg is not None:
             from llmdr.control import layout
-            from llmdr.control.records import publish_soon
+            from llmdr.control.records import publish_soon, record_bytes
 
-            publish_soon(self.cfg, [(layout.switch_key(), line.encode())])
+            key = layout.switch_key()
+            publish_soon(self.cfg, [(key, record_bytes(self.cfg, key, entry))])
         return entry
 
     def current(self) -> dict | None:
