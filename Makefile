@@ -20,6 +20,12 @@ install: .venv/.installed
 demo: install
 	$(PYENV) ./scripts/demo.sh
 
+# The production shape (#18): two bundles, Prefect and MLflow on PostgreSQL, a worker per region, a drill of one
+# bundle while the other protects. `make demo` (SQLite, one bundle) stays the default: it starts faster.
+.PHONY: demo-fleet
+demo-fleet: install
+	$(PYENV) ./scripts/demo_fleet.sh
+
 # The layer contracts (.importlinter) also run inside the suite (tests/test_layering.py); lint first fails fast.
 test: lint
 	$(PYENV) $(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile
@@ -58,4 +64,4 @@ docs: install
 	$(PYENV) $(UV) run --frozen python scripts/gen_reference.py
 
 clean:
-	rm -rf .demo bench/work .pytest_cache .hypothesis .pycache
+	rm -rf .demo .demo-fleet bench/work .pytest_cache .hypothesis .pycache

@@ -21,31 +21,8 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 cd "$WORK"
 
-declare -a STEPS=()
-t() {  # t LABEL CMD...: run, time, remember
-  local label=$1; shift
-  local t0 ms
-  t0=$(date +%s%N)
-  if [ "$1" = "$LLMDR" ]; then echo "\$ llmdr ${*:2}"; else echo "($label)"; fi
-  local rc=0
-  "$@" || rc=$?
-  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  STEPS+=("$(printf '%-34s %4d.%03ds' "$label" $((ms / 1000)) $((ms % 1000)))")
-  return $rc
-}
-
-CLIENT_PID=""
-cleanup() {
-  [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null || true
-  if [ "${KEEP:-0}" != 1 ]; then "$LLMDR" stack down >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
-
-wait_for() {  # wait_for SECONDS DESCRIPTION CMD...: poll until CMD succeeds
-  local limit=$1 what=$2; shift 2
-  for _ in $(seq $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  echo "timed out after ${limit}s waiting for $what" >&2; return 1
-}
+# shellcheck source=scripts/demo_common.sh
+source "$ROOT/scripts/demo_common.sh"
 
 t "write the tiny model bundle"    "$LLMDR" demo-bundle model
 t "write llmdr.yaml"               "$LLMDR" init model --router-port "$ROUTER_PORT"
@@ -88,21 +65,14 @@ wait_for 120 "the monitor to learn the primary" grep -q '"primary": {"active": t
 "$LLMDR" status
 
 # a client: one request through the router every 200 ms, logging the time, HTTP code and the answering region
-( while true; do
-    printf '%s %s\n' "$(date +%s.%N)" "$(curl -s -o /dev/null -m 2 -w '%{http_code} %header{x-llmdr-region}' \
-      -H 'Content-Type: application/json' -d '{"prompt": "name three colors", "max_tokens": 8}' \
-      "$ROUTER_URL/v1/completions")"
-    sleep 0.2
-  done ) > client.log 2>/dev/null &
-CLIENT_PID=$!
-sleep 2
+start_client "$ROUTER_URL"
 
 echo
 echo "== a DR drill: the primary region is cut off; nothing but the automation moves traffic =="
 drill_rc=0
 t "DR drill (outage ... failback)"   "$LLMDR" drill || drill_rc=$?
 "$LLMDR" status
-kill "$CLIENT_PID"; CLIENT_PID=""
+stop_client
 t "lineage of the protected model"  "$LLMDR" lineage model@production
 "$LLMDR" datasets status
 t "restore from secondary"         "$LLMDR" restore latest --region secondary --to restored
@@ -125,12 +95,7 @@ echo "\$ rm model/tokenizer.json; llmdr snapshot    # must be refused"
 if "$LLMDR" snapshot; then refused="NOT refused"; else refused="refused"; fi
 echo "\$ llmdr failovers"
 "$LLMDR" failovers
-RTO=$("$LLMDR" failovers --json | python3 -c '
-import json, sys
-r = [x for x in json.load(sys.stdin) if x["kind"] == "failover" and x["ok"] and not x["noop"]][-1]
-b = r["rto_breakdown"] or {}
-print("%.2f s (%s; detection %.1f s + dispatch %.1f s + recovery %.1f s)" % (r["rto_s"], r["trigger"],
-      b.get("detection_s", 0), b.get("dispatch_s", 0), b.get("recovery_s", 0)))')
+RTO=$(last_rto)
 failed=$(awk '$2 != "200"' client.log | wc -l); total=$(wc -l < client.log)
 echo
 echo "== llmdr demo summary =="
