@@ -156,13 +156,15 @@ class Watcher:
             self.hardware_round(res, wait=False)
         return res
 
-    def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True) -> RoundResult:
+    def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True,
+                       now: float | None = None) -> RoundResult:
         """Start the hardware polls that are due and handle those that finished (``wait``: poll every region now
-        and wait for the answers). Adds the assessments and the events to ``res`` (a new result when None)."""
+        and wait for the answers). Adds the assessments and the events to ``res`` (a new result when None).
+        ``now``: the clock the GPUs are judged by (default: the time; tests replaying a recording pass its own)."""
         res = res or RoundResult(ts=time.time(), active=self.active())
         if self.hardware is None:
             return res
-        for ra, transitions in self.hardware.step(wait=wait):
+        for ra, transitions in self.hardware.step(wait=wait, now=now):
             res.hardware[ra.region] = ra
             for t in transitions:
                 self._hardware_event(ra.region, t, res)

@@ -9,12 +9,13 @@ window is ``trend_window`` of time.
   lists although it was there within the trend window (fallen off the bus).
 - **degraded** (act early: pre-warm the standby, plan a drain), any of:
 
-  - temperature at or above ``temperature_limit``; or a creep: the least-squares slope over the trend window is at
-    least ``temperature_rise_per_hour`` and the recent median's robust z against the baseline (the ``B`` readings
+  - temperature at or above ``temperature_limit``; or a creep: the least-squares slope over the trend window (or
+    over its second half when that is steeper: a creep that has just started) is at least
+    ``temperature_rise_per_hour`` and the recent median's robust z against the baseline (the ``B`` readings
     before the recent ``R``; MAD floored at 0.5 °C and 1 % of the median, so a flat baseline does not make every
-    jitter infinite) is at least ``z_threshold`` (without enough baseline yet, the slope alone, over at least 6
-    readings and 30 minutes); or the trend line reaches the limit within ``forecast_horizon`` while the slope or
-    the z is significant;
+    jitter infinite) is at least ``z_threshold`` (without enough baseline yet, the slope alone, over at least an
+    hour and a 3 °C rise); or the trend line reaches the limit within ``forecast_horizon`` while the slope (at
+    least 6 readings over 30 minutes) or the z is significant;
   - power: the recent median power's robust z against the baseline is at least ``z_threshold`` either way, while
     utilisation is within 15 points of the baseline's (more or less power for the same work; a load change is
     not a fault); MAD floored at 1 W and 5 %;
@@ -128,6 +129,10 @@ def _temperature(readings, window, s: Hardware, now: float, reasons: list[str]) 
     current = float(vr[-1])
     out |= {"current_c": current, "robust": _robust(vb, vr, floor=0.5, rel=0.01)}
     fit = _slope_per_hour(tw, vw)
+    half = tw >= tw[-1] - s.trend_window.total_seconds() / 2 if len(tw) else tw
+    late = _slope_per_hour(tw[half], vw[half]) if len(tw) and half.sum() >= 6 else None
+    if fit is not None and late is not None and late[0] > fit[0]:  # a creep that just started: the recent half
+        fit, tw, vw = late, tw[half], vw[half]
     forecast = None
     if fit is not None:
         slope, fitted = fit
@@ -142,8 +147,11 @@ def _temperature(readings, window, s: Hardware, now: float, reasons: list[str]) 
     slope = out.get("slope_c_per_h")
     enough_for_slope = fit is not None and len(vw) >= 6 and out["span_h"] >= 0.5
     steep = slope is not None and enough_for_slope and slope >= s.temperature_rise_per_hour
-    creeping = steep and (z is None or z >= s.z_threshold)
-    significant = steep or (z is not None and z >= s.z_threshold)
+    z_ok = z is not None and z >= s.z_threshold
+    # no baseline yet: the slope alone, over an hour and a rise of 3 °C at least (noise on integer degrees is not)
+    alone = z is None and steep and out["span_h"] >= 1 and slope * out["span_h"] >= 3
+    creeping = steep and (z_ok or alone)
+    significant = z_ok or (steep and (z is not None or alone))
     due = forecast is not None and forecast["hours"] <= s.forecast_horizon.total_seconds() / 3600
     trend = (f"{slope:+.1f} °C/h over {out['span_h']:.1f} h, {out['first_c']:.0f} → {current:.0f} °C"
              if slope is not None else f"{current:.0f} °C")

@@ -109,8 +109,7 @@ class HardwareMonitor:
                 if t.notify:
                     entry["notified_at"], entry["notified_status"] = now, g.status
             elif g.status == "healthy" and before in BAD:
-                t = Transition("recovered", before, g, notify=False)
-                entry["notified_status"] = None  # the next fault is news again (the cooldown still applies)
+                t = Transition("recovered", before, g, notify=False)  # a flapping GPU is announced once per cooldown
             if t is not None:
                 out.append(t)
             self.state[key] = entry
@@ -138,7 +137,7 @@ class HardwareMonitor:
                 fut.result()
             if fut.done():
                 del self._pending[region]
-                out.append(self.record(fut.result()))
+                out.append(self.record(fut.result(), now=now))
         return out
 
     def close(self) -> None:

@@ -1,0 +1,498 @@
+"""The hardware early warning on recorded GPU output (tests/data/gpu, synthetic but in NVIDIA's formats: see its
+README): the parsers, the detector's verdicts and forecast, the sources (a command replaying a recording, a real
+loopback dcgm-exporter, no nvidia-smi on this machine), the monitor's event and notice through a Watcher round, and
+`llmdr hardware status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from llmdr.config import parse_config
+from llmdr.config.hardware import Hardware
+from llmdr.errors import ConfigError
+from llmdr.hardware.detect import assess_gpu, assess_region
+from llmdr.hardware.monitor import HardwareMonitor
+from llmdr.hardware.readings import (
+    GpuReading,
+    HardwareParseError,
+    merge_remapped,
+    parse_dcgm,
+    parse_query_gpu,
+    parse_remapped_rows,
+    parse_xid_log,
+    throttle_names,
+)
+from llmdr.hardware.sources import NO_NVIDIA_SMI, Poll, open_source
+
+DATA = Path(__file__).parent / "data" / "gpu"
+REPLAY = Path(__file__).parent / "support" / "replay_gpu.py"
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = Hardware(source="nvidia-smi")
+H100 = "GPU-0c9d7e6f-2a4b-4d3c-b1e0-7f8a9b6c5d21"
+A100 = ("GPU-5f2c1a3e-8b7d-4c1e-9a0f-3d6b2e8c7a14", "GPU-a8e4d2c6-1f3b-4e5a-8c7d-9b0e1f2a3c45")
+
+
+def recording(name: str) -> list[GpuReading]:
+    return parse_query_gpu((DATA / name).read_text())
+
+
+def by_gpu(readings: list[GpuReading]) -> dict[str, list[GpuReading]]:
+    out: dict[str, list[GpuReading]] = {}
+    for r in readings:
+        out.setdefault(r.uuid, []).append(r)
+    return out
+
+
+def replay(readings: list[GpuReading], settings: Hardware = SETTINGS, **kw):
+    """The verdict after each reading, as a monitor polling the recording live would have given it."""
+    return [assess_gpu("r1", readings[: i + 1], settings, now=readings[i].ts, **kw) for i in range(len(readings))]
+
+
+# -- parsers --------------------------------------------------------------------------------------------------------
+
+
+def test_noheader_csv_with_the_default_fields():
+    rs = recording("a100-healthy.csv")
+    assert len(rs) == 2 * 73 and {r.uuid for r in rs} == set(A100)
+    first = rs[0]
+    assert (first.index, first.name, first.bus_id) == (0, "NVIDIA A100-SXM4-80GB", "0000:07:00")
+    assert first.power_limit_w == 400.0 and first.memory_total_mib == 81920 and first.throttle == 0
+    assert first.retired_sbe is None and first.retired_pending is None  # [N/A]: not reported, not zero
+    assert rs[2].ts - rs[0].ts == pytest.approx(300, abs=1)  # the -l 300 blocks are a series
+
+
+def test_header_with_units_old_driver_names_and_na_fields():
+    t4 = recording("t4-driver470-old-names.csv")
+    assert t4[0].throttle == 0x4 and throttle_names(t4[0].throttle) == ["sw_power_cap"]
+    assert t4[0].power_w == pytest.approx(63.25) and t4[0].utilization_pct == 96 and t4[0].memory_used_mib == 12218
+    assert (t4[0].retired_sbe, t4[0].retired_dbe, t4[0].retired_pending) == (0, 0, False)
+    gtx = recording("rtx3060-consumer-na.csv")
+    assert gtx[0].power_limit_w is None and gtx[0].ecc_corrected is None and gtx[0].ecc_uncorrected is None
+    assert gtx[0].temperature_c is not None and not gtx[0].problems
+
+
+def test_bracketed_problems_are_kept_and_bad_output_says_where():
+    text = "GPU-x, 0, [GPU is lost], 0x0"
+    rs = parse_query_gpu(text, fields=["uuid", "index", "temperature.gpu", "clocks_event_reasons.active"], now=1.0)
+    assert rs[0].problems == ["temperature.gpu: [gpu is lost]"] and rs[0].temperature_c is None
+    with pytest.raises(HardwareParseError, match="line 2: 3 values for 17 fields"):
+        parse_query_gpu((DATA / "a100-healthy.csv").read_text().splitlines()[0] + "\n1, 2, 3\n")
+    with pytest.raises(HardwareParseError, match="line 1: temperature.gpu: 'hot' is not a number"):
+        parse_query_gpu("GPU-x, hot", fields=["uuid", "temperature.gpu"], now=1.0)
+    with pytest.raises(HardwareParseError, match="no header line and no field list"):
+        parse_query_gpu("a, b", fields=None)
+    with pytest.raises(HardwareParseError, match="not a Prometheus sample"):
+        parse_dcgm("DCGM_FI_DEV_GPU_TEMP{gpu=0} not-a-sample and more", now=0)
+    with pytest.raises(HardwareParseError, match="no DCGM_"):
+        parse_dcgm("# nothing here\nup 1\n", now=0)
+
+
+def test_remapped_rows_with_and_without_header():
+    plain = parse_remapped_rows((DATA / "a100-remapped-rows.csv").read_text())
+    assert plain[A100[1]] == {"remap_correctable": 0, "remap_uncorrectable": 2, "remap_pending": True,
+                              "remap_failure": False}
+    failed = parse_remapped_rows((DATA / "a100-remapped-rows-failed.csv").read_text(), fields=None)
+    assert failed[A100[1]]["remap_failure"] is True and failed[A100[0]]["remap_failure"] is False
+
+
+def test_dcgm_exporter_scrape():
+    rs = {r.index: r for r in parse_dcgm((DATA / "dcgm-exporter.txt").read_text(), now=100.0)}
+    assert rs[0].temperature_c == 44 and rs[0].power_w == pytest.approx(512.348) and rs[0].throttle == 4
+    assert rs[0].memory_total_mib == 76677 + 4882 and rs[0].bus_id == "0000:18:00" and rs[0].xid_last == 0
+    bad = rs[1]
+    assert (bad.ecc_uncorrected, bad.ecc_corrected, bad.xid_last, bad.remap_pending) == (2, 12, 95, True)
+
+
+def test_kernel_log_xids():
+    xids = parse_xid_log((DATA / "kernel-xid.log").read_text())
+    assert [(x.bus_id, x.code, x.kind) for x in xids] == [
+        ("0000:0b:00", 13, "info"), ("0000:0b:00", 13, "info"), ("0000:07:00", 63, "warning"),
+        ("0000:0b:00", 79, "critical")]
+    assert xids[3].ts is not None and "fallen off the bus" in xids[3].detail
+    dmesg = parse_xid_log((DATA / "dmesg-xid.txt").read_text())
+    assert [x.code for x in dmesg] == [63, 94, 48, 48]
+    assert dmesg[0].ts == xids[2].ts  # `dmesg -T` and journalctl agree on the time
+    assert dmesg[2].ts is None and dmesg[2].detail != dmesg[3].detail  # plain dmesg: told apart by uptime
+
+
+# -- detector -------------------------------------------------------------------------------------------------------
+
+
+def test_healthy_series_is_never_flagged():
+    for uuid, series in by_gpu(recording("a100-healthy.csv")).items():
+        verdicts = replay(series)
+        assert {v.status for v in verdicts} == {"healthy"}, (uuid, [v.reasons for v in verdicts if v.reasons])
+    for name in ("rtx3060-consumer-na.csv", "t4-driver470-old-names.csv"):
+        assert {v.status for v in replay(recording(name))} == {"healthy"}
+
+
+def test_temperature_creep_is_flagged_hours_ahead_with_a_forecast():
+    series = recording("h100-temperature-creep.csv")
+    verdicts = replay(series)
+    first = next(i for i, v in enumerate(verdicts) if v.status != "healthy")
+    assert verdicts[first].status == "degraded" and first > 60  # not during the flat first 2 hours
+    assert all(v.status == "degraded" for v in verdicts[first:])
+    v = verdicts[first]
+    assert "temperature creeping" in v.reasons[0] and "°C/h" in v.summary and "85 °C in about" in v.summary
+    assert v.forecast["metric"] == "temperature" and v.forecast["limit"] == 85.0
+    assert 0 < v.forecast["hours"] <= SETTINGS.forecast_horizon.total_seconds() / 3600
+    assert v.trend["temperature"]["slope_c_per_h"] >= SETTINGS.temperature_rise_per_hour
+    # the forecast: a limit the recording does reach (82 °C), warned of an hour ahead, and the time is right once
+    # the creep has run for half an hour
+    at82 = Hardware(source="nvidia-smi", temperature_limit=82)
+    verdicts = replay(series, at82)
+    first = next(i for i, v in enumerate(verdicts) if v.status != "healthy")
+    hit = next(i for i, r in enumerate(series) if r.temperature_c >= 82)
+    assert series[hit].ts - series[first].ts >= 3600
+    for v in verdicts[first:hit]:
+        assert v.status == "degraded" and v.forecast is not None
+    settled = [v for v, r in zip(verdicts[first:hit], series[first:hit], strict=True) if r.ts >= series[first].ts + 1800]
+    assert settled and all(abs(v.forecast["at"] - series[hit].ts) <= 20 * 60 for v in settled)
+
+
+def test_the_limit_and_the_horizon_are_settings():
+    series = recording("h100-temperature-creep.csv")[:90]
+    assert assess_gpu("r1", series, SETTINGS, now=series[-1].ts).status == "degraded"
+    calm = Hardware(source="nvidia-smi", temperature_limit=100, forecast_horizon="1h", temperature_rise_per_hour=5)
+    assert assess_gpu("r1", series, calm, now=series[-1].ts).status == "healthy"
+
+
+def test_uncorrected_ecc_and_retired_page_are_critical_from_the_reading_they_appear_in():
+    series = recording("v100-dbe-retired-page.csv")
+    verdicts = replay(series)
+    appear = next(i for i, r in enumerate(series) if r.ecc_uncorrected)
+    assert {v.status for v in verdicts[:appear]} == {"healthy"}
+    assert {v.status for v in verdicts[appear:]} == {"critical"}
+    reasons = " | ".join(verdicts[appear].reasons)
+    assert "1 uncorrected ECC error(s)" in reasons and "double-bit errors went from 0 to 1" in reasons
+    assert "pending retirement" in reasons
+
+
+def test_thermal_throttle_degrades_but_the_power_cap_does_not():
+    series = recording("l40s-thermal-throttle.csv")
+    verdicts = replay(series)
+    hot = next(i for i, r in enumerate(series) if r.throttle & 0x40)
+    assert {v.status for v in verdicts[:hot]} == {"healthy"}  # sw_power_cap alone, hour after hour
+    assert verdicts[hot].status == "degraded"
+    assert "hw_thermal_slowdown" in verdicts[hot].reasons[0] and "sw_power_cap" not in verdicts[hot].reasons[0]
+
+
+def test_row_remapping_pending_degrades_failure_is_critical():
+    series = by_gpu(recording("a100-healthy.csv"))
+    for name, expected in (("a100-remapped-rows.csv", "degraded"), ("a100-remapped-rows-failed.csv", "critical")):
+        readings = [GpuReading.from_json(r.to_json()) for r in series[A100[1]]]
+        merge_remapped(readings[-1:], parse_remapped_rows((DATA / name).read_text()))  # with or without header
+        v = assess_gpu("r1", readings, SETTINGS, now=readings[-1].ts)
+        assert v.status == expected, v.reasons
+        assert any("row" in why for why in v.reasons)
+
+
+def test_dcgm_and_kernel_log_xids_reach_the_right_gpu():
+    dcgm = {r.index: r for r in parse_dcgm((DATA / "dcgm-exporter.txt").read_text(), now=1000.0)}
+    ra = assess_region("r1", SETTINGS, {r.uuid: [r] for r in dcgm.values()}, now=1000.0, last_poll=(1000.0, None))
+    verdict = {g.index: g for g in ra.gpus}
+    assert verdict[0].status == "healthy" and verdict[1].status == "critical" and ra.status == "critical"
+    assert any("Xid 95 (uncontained ECC error)" in why for why in verdict[1].reasons)
+    # the A100 node's kernel log: Xid 79 for the GPU at 0b:00, Xid 63 for 07:00, Xid 13 (an application's) ignored
+    series = by_gpu(recording("a100-healthy.csv"))
+    now = series[A100[0]][-1].ts
+    xids = parse_xid_log((DATA / "kernel-xid.log").read_text())
+    ra = assess_region("r1", SETTINGS, series, now=now, xids=xids, last_poll=(now, None))
+    verdict = {g.uuid: g for g in ra.gpus}
+    assert verdict[A100[0]].status == "degraded" and "Xid 63" in verdict[A100[0]].reasons[0]
+    assert verdict[A100[1]].status == "critical" and "Xid 79" in verdict[A100[1]].reasons[0]
+    assert [x["code"] for x in verdict[A100[1]].trend["xids"]] == [13, 13, 79]
+
+
+def test_a_gpu_missing_from_the_last_poll_is_critical_and_a_silent_source_unknown():
+    series = by_gpu(recording("a100-healthy.csv"))
+    now = series[A100[0]][-1].ts
+    one_gone = {A100[0]: series[A100[0]], A100[1]: series[A100[1]][:-1]}
+    ra = assess_region("r1", SETTINGS, one_gone, now=now, last_poll=(now, None))
+    gone = next(g for g in ra.gpus if g.uuid == A100[1])
+    assert gone.status == "critical" and "did not list this GPU" in gone.reasons[0]
+    failed = assess_region("r1", SETTINGS, series, now=now + 30, last_poll=(now + 30, "nvidia-smi exited 9: ..."))
+    assert failed.status == "unknown" and failed.reasons == ["nvidia-smi exited 9: ..."]
+    assert all("the source failed since" in g.reasons[-1] for g in failed.gpus)
+    stale = assess_gpu("r1", series[A100[0]], SETTINGS, now=now + 3600)
+    assert stale.status == "unknown" and "old" in stale.reasons[0]
+
+
+# -- sources --------------------------------------------------------------------------------------------------------
+
+
+def _command(recording_name: str, state: Path, upto: int, *extra: str) -> Hardware:
+    state.write_text(json.dumps({"upto": upto}))
+    return Hardware(source="command", command=[sys.executable, str(REPLAY), str(DATA / recording_name), str(state),
+                                               *extra])
+
+
+def test_command_source_replays_a_recording(tmp_path):
+    src = open_source("r1", _command("h100-temperature-creep.csv", tmp_path / "s.json", 30))
+    p1 = src.poll()
+    assert p1.ok and len(p1.readings) == 30 and p1.readings[0].uuid == H100
+    state = json.loads((tmp_path / "s.json").read_text())
+    (tmp_path / "s.json").write_text(json.dumps(state | {"upto": 35}))
+    p2 = src.poll()
+    assert len(p2.readings) == 5 and p2.readings[0].ts > p1.readings[-1].ts  # the next block, recorded times kept
+
+
+def test_sources_that_fail_say_why_and_never_raise(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi, whatever this machine has
+    p = open_source("r1", Hardware(source="nvidia-smi")).poll()
+    assert p.error == NO_NVIDIA_SMI and p.readings == []
+    exit1 = Hardware(source="command", command=[sys.executable, "-c", "import sys; print('boom', file=sys.stderr); "
+                                                                      "sys.exit(3)"])
+    assert open_source("r1", exit1).poll().error == f"{sys.executable} exited 3: boom"
+    garbage = Hardware(source="command", command=[sys.executable, "-c", "print('1, 2, 3')"])
+    assert "3 values for 17 fields" in open_source("r1", garbage).poll().error
+    slow = Hardware(source="command", command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout="1s")
+    assert "did not finish within 1 s" in open_source("r1", slow).poll().error
+    missing = Hardware(source="command", command=["no-such-tool-llmdr"])
+    assert open_source("r1", missing).poll().error == "no-such-tool-llmdr not found on PATH"
+    empty = Hardware(source="command", command=[sys.executable, "-c", "pass"])
+    assert open_source("r1", empty).poll().error == "command listed no GPU"
+
+
+class Exporter:
+    """A loopback HTTP server answering /metrics with ``body`` (a dcgm-exporter stand-in serving a recorded
+    scrape)."""
+
+    def __init__(self, body: str, status: int = 200) -> None:
+        outer = self
+        self.body, self.status = body, status
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                data = outer.body.encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_dcgm_exporter_source_over_http():
+    ex = Exporter((DATA / "dcgm-exporter.txt").read_text())
+    try:
+        src = open_source("r1", Hardware(source="dcgm-exporter", url=ex.url))
+        p = src.poll()
+        assert p.ok and sorted(r.index for r in p.readings) == [0, 1]
+        ex.status = 503
+        assert src.poll().error == f"dcgm-exporter at {ex.url} answered HTTP 503"
+        ex.status, ex.body = 200, "<html>login</html>\n"
+        assert "not a Prometheus sample" in src.poll().error
+    finally:
+        ex.close()
+    assert "not reachable" in src.poll().error
+
+
+def test_hardware_config_errors_say_what_to_write(tmp_path):
+    def load(hw: str):
+        return parse_config(f"""version: 1
+bundle: {{name: b, path: bundle}}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:18555
+    bucket: llmdr-primary
+    hardware: {hw}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:18655
+    bucket: llmdr-secondary
+""", source=tmp_path / "llmdr.yaml")
+
+    with pytest.raises(ConfigError, match="needs url"):
+        load("{source: dcgm-exporter}")
+    with pytest.raises(ConfigError, match="needs command"):
+        load("{source: command}")
+    with pytest.raises(ConfigError, match="source"):
+        load("{source: rocm-smi}")
+    assert load("{source: nvidia-smi, interval: 1m}").regions[0].hardware.interval.total_seconds() == 60
+
+
+# -- the monitor: events and notices ---------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook receiver on loopback: records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _config(tmp_path: Path, hardware: str, webhook: str):
+    text = f"""version: 1
+bundle: {{name: gpubot, path: bundle}}
+regions:
+  - name: primary
+    role: primary
+    endpoint: http://127.0.0.1:18555
+    bucket: llmdr-primary
+    credentials: {{access_key_env: A_AK, secret_key_env: A_SK}}
+    hardware: {hardware}
+  - name: secondary
+    role: secondary
+    endpoint: http://127.0.0.1:18655
+    bucket: llmdr-secondary
+    credentials: {{access_key_env: B_AK, secret_key_env: B_SK}}
+notifications: {{webhook_url: '{webhook}', timeout: 5s}}
+state_dir: .llmdr
+"""
+    (tmp_path / "llmdr.yaml").write_text(text)
+    return parse_config(text, source=tmp_path / "llmdr.yaml")
+
+
+def test_watcher_emits_hardware_degraded_once_and_the_notice_reaches_a_receiver(tmp_path, receiver):
+    from llmdr.failover.watch import Watcher
+
+    state = tmp_path / "replay.json"
+    cmd = json.dumps([sys.executable, str(REPLAY), str(DATA / "h100-temperature-creep.csv"), str(state)])
+    cfg = _config(tmp_path, f"{{source: command, command: {cmd}}}", receiver.url)
+    series = recording("h100-temperature-creep.csv")
+    emitted: list[tuple] = []
+    w = Watcher(cfg, emit=lambda event, resource, payload: emitted.append((event, resource, payload)) or True)
+    try:
+        state.write_text(json.dumps({"upto": 60}))  # the flat first 2 hours
+        res = w.hardware_round(now=series[59].ts)
+        assert res.hardware["primary"].status == "healthy" and emitted == [] and receiver.bodies == []
+        state.write_text(json.dumps({"printed": 60, "upto": 95}))  # the creep
+        res = w.hardware_round(now=series[94].ts)
+        assert res.hardware["primary"].status == "degraded"
+        [(event, resource, payload)] = emitted
+        assert event == "llmdr.hardware.degraded"
+        assert resource["prefect.resource.id"] == f"llmdr.hardware.gpubot.primary.{H100}"
+        assert resource["llmdr.region"] == "primary" and resource["llmdr.gpu"] == H100
+        assert payload["status"] == "degraded" and payload["previous"] == "healthy"
+        assert 0 < payload["forecast"]["hours"] < 6 and "°C/h" in payload["trend"]
+        assert "temperature creeping" in payload["reasons"][0]
+        [notice] = receiver.bodies
+        assert notice["kind"] == "hardware_degraded" and notice["severity"] == "warning"
+        assert notice["data"]["gpu"] == H100 and notice["data"]["forecast"]["hours"] == payload["forecast"]["hours"]
+        assert "pre-warm the DR standby in secondary" in notice["text"] and "llmdr replica start secondary" in \
+            notice["text"]
+        state.write_text(json.dumps({"printed": 95, "upto": 100}))  # still degraded: no new event, no new notice
+        w.hardware_round(now=series[99].ts)
+        assert len(emitted) == 1 and len(receiver.bodies) == 1
+        # a new monitor run remembers the GPU's status: nothing announced twice
+        w2 = Watcher(cfg, emit=lambda *a: emitted.append(a) or True)
+        state.write_text(json.dumps({"printed": 100, "upto": 103}))
+        w2.hardware_round(now=series[102].ts)
+        w2.hardware.close()
+        assert len(emitted) == 1 and len(receiver.bodies) == 1
+    finally:
+        w.hardware.close()
+
+
+def _poll(uuid: str, ts: float, **kw) -> Poll:
+    return Poll("primary", "command", ts, readings=[GpuReading(ts=ts, uuid=uuid, index=0, **kw)])
+
+
+def test_notices_are_rate_limited_per_gpu_but_an_escalation_is_news(tmp_path):
+    cfg = _config(tmp_path, "{source: nvidia-smi, notify_cooldown: 1h}", "http://127.0.0.1:9/unused")
+    mon = HardwareMonitor(cfg)
+    try:
+        t = 1_800_000_000.0
+        _, tr = mon.record(_poll("GPU-a", t, throttle=0x40), now=t)
+        assert [(x.event, x.notify) for x in tr] == [("degraded", True)]
+        _, tr = mon.record(_poll("GPU-a", t + 60, throttle=0x0), now=t + 60)
+        assert [(x.event, x.notify) for x in tr] == [("recovered", False)]
+        _, tr = mon.record(_poll("GPU-a", t + 120, throttle=0x40), now=t + 120)
+        assert [(x.event, x.notify) for x in tr] == [("degraded", False)]  # flapping: the event, not a 2nd notice
+        _, tr = mon.record(_poll("GPU-a", t + 180, throttle=0x40, ecc_uncorrected=1), now=t + 180)
+        assert [(x.event, x.gpu.status, x.notify) for x in tr] == [("degraded", "critical", True)]  # worse: news
+        _, tr = mon.record(_poll("GPU-b", t + 200, throttle=0x40), now=t + 200)
+        assert [x.notify for x in tr] == [True]  # another GPU: its own cooldown
+        _, tr = mon.record(_poll("GPU-a", t + 4000, throttle=0x0), now=t + 4000)
+        _, tr = mon.record(_poll("GPU-a", t + 4060, throttle=0x40), now=t + 4060)
+        assert [x.notify for x in tr if x.gpu.uuid == "GPU-a"] == [True]  # after the cooldown
+    finally:
+        mon.close()
+
+
+# -- the CLI --------------------------------------------------------------------------------------------------------
+
+
+def _cli(cwd: Path, *args: str, path: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMDR_", "PREFECT_"))}
+    env |= {"PATH": path, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "llmdr.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_without_a_gpu_says_so_and_exits_0(tmp_path):
+    _config(tmp_path, "{source: nvidia-smi}", "http://127.0.0.1:9/unused")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = _cli(tmp_path, "hardware", "status", path=str(empty))
+    assert out.returncode == 0, out.stderr
+    assert f"primary: UNKNOWN (source: nvidia-smi) - {NO_NVIDIA_SMI}" in out.stdout
+    assert "secondary: UNKNOWN (source: none) - no hardware source configured" in out.stdout
+    js = _cli(tmp_path, "hardware", "status", "--json", "--region", "primary", path=str(empty))
+    assert js.returncode == 0
+    [row] = json.loads(js.stdout)["regions"]
+    assert (row["status"], row["reasons"], row["gpus"]) == ("unknown", [NO_NVIDIA_SMI], [])
+    bad = _cli(tmp_path, "hardware", "status", "--region", "nope", path=str(empty))
+    assert bad.returncode == 2 and "no region named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_reads_a_replayed_recording_as_live(tmp_path):
+    state = tmp_path / "replay.json"
+    state.write_text(json.dumps({"upto": 95}))
+    cmd = json.dumps([sys.executable, str(REPLAY), str(DATA / "h100-temperature-creep.csv"), str(state),
+                      "--shift-to-now"])
+    _config(tmp_path, f"{{source: command, command: {cmd}}}", "http://127.0.0.1:9/unused")
+    out = _cli(tmp_path, "hardware", "status", "--json", path=os.environ["PATH"])
+    assert out.returncode == 0, out.stderr
+    primary = json.loads(out.stdout)["regions"][0]
+    [gpu] = primary["gpus"]
+    assert (primary["status"], gpu["uuid"], gpu["index"]) == ("degraded", H100, 3)
+    assert 0 < gpu["forecast"]["hours"] < 6 and "temperature creeping" in gpu["reasons"][0]
+    text = _cli(tmp_path, "hardware", "status", path=os.environ["PATH"])  # the recording is used up: no GPU listed
+    assert text.returncode == 0 and "primary: UNKNOWN (source: command) - command listed no GPU" in text.stdout
