@@ -496,3 +496,21 @@ def test_cli_reads_a_replayed_recording_as_live(tmp_path):
     assert 0 < gpu["forecast"]["hours"] < 6 and "temperature creeping" in gpu["reasons"][0]
     text = _cli(tmp_path, "hardware", "status", path=os.environ["PATH"])  # the recording is used up: no GPU listed
     assert text.returncode == 0 and "primary: UNKNOWN (source: command) - command listed no GPU" in text.stdout
+
+
+# -- the runbook ----------------------------------------------------------------------------------------------------
+
+
+def test_runbook_says_what_to_do_on_hardware_degraded(tmp_path):
+    from llmdr.drill.runbook import render_runbook
+
+    md = render_runbook(_config(tmp_path, "{source: dcgm-exporter, url: 'http://gpu-node-7:9400/metrics'}",
+                                "http://127.0.0.1:9/unused"))
+    part = md[md.index("### GPU hardware early warning"):md.index("## 4.")]
+    assert "dcgm-exporter at http://gpu-node-7:9400/metrics" in part and "85 °C" in part
+    assert "`llmdr.hardware.degraded`" in part and "llmdr replica start secondary --snapshot latest" in part
+    assert "llmdr failover --to secondary" in part and "drain" in part and "llmdr hardware status" in part
+    assert "GPU hardware degraded / critical" in md[md.index("## 2."):md.index("## 3.")]
+    (tmp_path / "plain").mkdir()
+    bare = render_runbook(_config(tmp_path / "plain", "null", "http://127.0.0.1:9/unused"))
+    assert "No region reads its GPUs' health" in bare and "GPU hardware degraded" not in bare
