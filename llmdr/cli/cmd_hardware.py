@@ -1,5 +1,5 @@
 """`llmdr hardware status`: read each region's GPU source once and judge every GPU against what the monitor has
-learnt of it (docs/guide/hardware.md)."""
+learnt of it (docs/guide/serving-and-failover.md, GPU hardware early warning)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A region's ``hardware:`` field: where the monitor reads that region's GPUs from, and the limits the hardware
-early warning judges them by (docs/guide/hardware.md)."""
+early warning judges them by (docs/guide/serving-and-failover.md, "GPU hardware early warning")."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ class Hardware(StrictModel):
     # temperature (`nvidia-smi -q -d TEMPERATURE`: GPU Slowdown Temp; about 90 °C on A100/H100 boards). At or above
     # it a GPU is degraded.
     temperature_limit: float = Field(default=85.0, gt=0, le=150)
-    # A rise of the temperature trend (°C per hour, least squares over trend_window) from which a GPU whose recent
-    # temperature is also above its baseline (robust z >= z_threshold) is degraded.
+    # A rise of the temperature trend (°C per hour, least squares over trend_window, or over its second half when
+    # steeper) from which a GPU whose recent temperature is also above its baseline (robust z >= z_threshold) is
+    # degraded.
     temperature_rise_per_hour: float = Field(default=3.0, gt=0)
     # How far back the trend lines (temperature, corrected ECC errors) are drawn.
     trend_window: timedelta = timedelta(hours=2)
