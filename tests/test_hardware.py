@@ -262,6 +262,76 @@ def test_sources_that_fail_say_why_and_never_raise(tmp_path, monkeypatch):
     assert open_source("r1", empty).poll().error == "command listed no GPU"
 
 
+def _fake_nvidia_smi(bindir: Path, remap: str) -> None:
+    bindir.mkdir()
+    exe = bindir / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'support' / 'fake_nvidia_smi.py'} "
+                   f"{DATA / 't4-driver470-old-names.csv'} {remap} \"$@\"\n")
+    exe.chmod(0o755)
+
+
+def test_nvidia_smi_source_falls_back_to_the_older_throttle_field(tmp_path, monkeypatch):
+    """The real source against a stand-in binary (no GPU here): a driver that refuses clocks_event_reasons.active
+    is asked for clocks_throttle_reasons.active; the query's field order is the one the stand-in answers in."""
+    from llmdr.hardware.readings import QUERY_FIELDS
+
+    _fake_nvidia_smi(tmp_path / "bin", "-")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    header = (DATA / "t4-driver470-old-names.csv").read_text().splitlines()[0]
+    older = {"clocks_event_reasons.active": "clocks_throttle_reasons.active",
+             "retired_pages.single_bit_ecc.count": "retired_pages.sbe", "retired_pages.double_bit.count": "retired_pages.dbe"}
+    assert [c.split(" [")[0].strip() for c in header.split(",")] == [older.get(f, f) for f in QUERY_FIELDS]
+    src = open_source("r1", Hardware(source="nvidia-smi"))
+    p = src.poll(now=1_800_000_000.0)
+    assert p.ok and len(p.readings) == 1 and p.readings[0].throttle == 0x4
+    assert p.readings[0].ts == 1_800_000_000.0  # live polls: the poll's time, not nvidia-smi's local time
+    assert p.notes == ["remapped rows not read: nvidia-smi exited 3: This operation is not supported on this GPU."]
+    assert "clocks_throttle_reasons.active" in src.fields
+
+
+def test_nvidia_smi_source_merges_remapped_rows(tmp_path, monkeypatch):
+    remap = tmp_path / "remap.csv"
+    remap.write_text("GPU-9a8b7c6d-5e4f-4321-8a9b-0c1d2e3f4a5b, 0, 3, 1, 0\n")
+    _fake_nvidia_smi(tmp_path / "bin", str(remap))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    p = open_source("r1", Hardware(source="nvidia-smi")).poll()
+    assert p.ok and not p.notes and (p.readings[0].remap_uncorrectable, p.readings[0].remap_pending) == (3, True)
+    assert assess_gpu("r1", p.readings, SETTINGS, now=p.ts).status == "degraded"
+
+
+def test_corrected_ecc_rate_power_at_the_same_load_and_xid_dedup(tmp_path):
+    t0 = 1_800_000_000.0
+
+    def series(n, **per_i):
+        return [GpuReading(ts=t0 + 300 * i, uuid="GPU-x", index=0,
+                           **{k: f(i) for k, f in per_i.items()}) for i in range(n)]
+
+    # 1 corrected error an hour, then 60 an hour: degraded; a driver reload (counter back to 0) is not a rate
+    wearing = series(40, ecc_corrected=lambda i: i // 12 if i < 30 else 2 + (i - 29) * 5)
+    v = assess_gpu("r1", wearing, SETTINGS, now=wearing[-1].ts)
+    assert v.status == "degraded" and "corrected ECC errors at 60/h" in v.reasons[0]
+    reload = series(40, ecc_corrected=lambda i: i // 12 if i < 35 else 0)
+    assert assess_gpu("r1", reload, SETTINGS, now=reload[-1].ts).status == "healthy"
+    # a third more power at the same utilisation: degraded; the same step with the load: healthy
+    more = series(40, power_w=lambda i: 300.0 + (i % 3) if i < 30 else 400.0, utilization_pct=lambda i: 95.0)
+    v = assess_gpu("r1", more, SETTINGS, now=more[-1].ts)
+    assert v.status == "degraded" and "power draw median 400 W" in v.reasons[0] and "above" in v.reasons[0]
+    busier = series(40, power_w=lambda i: 200.0 + (i % 3) if i < 30 else 390.0,
+                    utilization_pct=lambda i: 40.0 if i < 30 else 98.0)
+    assert assess_gpu("r1", busier, SETTINGS, now=busier[-1].ts).status == "healthy"
+    # the same kernel-log line read by two polls is one event
+    from llmdr.hardware.store import HardwareStore
+
+    store = HardwareStore(tmp_path / "hw.sqlite")
+    xids = parse_xid_log((DATA / "kernel-xid.log").read_text() + (DATA / "dmesg-xid.txt").read_text())
+    try:
+        assert store.add(Poll("r1", "nvidia-smi", t0, xids=xids)) == 7  # 8 lines, 1 repeated in both logs
+        assert store.add(Poll("r1", "nvidia-smi", t0 + 30, xids=xids)) == 0
+        assert len(store.xids("r1", since=0)) == 7
+    finally:
+        store.close()
+
+
 class Exporter:
     """A loopback HTTP server answering /metrics with ``body`` (a dcgm-exporter stand-in serving a recorded
     scrape)."""
@@ -428,6 +498,25 @@ def test_watcher_emits_hardware_degraded_once_and_the_notice_reaches_a_receiver(
         assert len(emitted) == 1 and len(receiver.bodies) == 1
     finally:
         w.hardware.close()
+
+
+def test_a_one_round_watch_waits_for_the_gpu_poll_and_a_dead_source_stops_nothing(tmp_path):
+    from llmdr.failover.watch import Watcher, watch
+
+    state = tmp_path / "replay.json"
+    state.write_text(json.dumps({"upto": 95}))
+    cmd = json.dumps([sys.executable, str(REPLAY), str(DATA / "h100-temperature-creep.csv"), str(state),
+                      "--shift-to-now"])
+    cfg = _config(tmp_path, f"{{source: command, command: {cmd}}}", "http://127.0.0.1:9/unused")
+    cfg.regions[1].hardware = Hardware(source="dcgm-exporter", url="http://127.0.0.1:9/metrics")  # nobody there
+    emitted: list[tuple] = []
+    summary = watch(cfg, rounds=1, watcher=Watcher(cfg, emit=lambda *a: emitted.append(a) or True,
+                                                   notify=lambda notice: []))
+    hw = summary.last.hardware
+    assert hw["primary"].status == "degraded" and hw["secondary"].status == "unknown"
+    assert "not reachable" in hw["secondary"].reasons[0]
+    assert [e["event"] for e in summary.emitted] == ["llmdr.hardware.degraded"] == [e[0] for e in emitted]
+    assert summary.to_json()["last"]["hardware"]["primary"]["gpus"][0]["uuid"] == H100
 
 
 def _poll(uuid: str, ts: float, **kw) -> Poll:

@@ -156,15 +156,16 @@ class Watcher:
             self.hardware_round(res, wait=False)
         return res
 
-    def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True,
+    def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True, finish: bool = False,
                        now: float | None = None) -> RoundResult:
         """Start the hardware polls that are due and handle those that finished (``wait``: poll every region now
-        and wait for the answers). Adds the assessments and the events to ``res`` (a new result when None).
-        ``now``: the clock the GPUs are judged by (default: the time; tests replaying a recording pass its own)."""
+        and wait for the answers; ``finish``: start none, wait for those running). Adds the assessments and the
+        events to ``res`` (a new result when None). ``now``: the clock the GPUs are judged by (default: the time;
+        tests replaying a recording pass its own)."""
         res = res or RoundResult(ts=time.time(), active=self.active())
         if self.hardware is None:
             return res
-        for ra, transitions in self.hardware.step(wait=wait, now=now):
+        for ra, transitions in self.hardware.step(wait=wait, finish=finish, now=now):
             res.hardware[ra.region] = ra
             for t in transitions:
                 self._hardware_event(ra.region, t, res)
@@ -249,9 +250,14 @@ def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = No
         t0 = time.monotonic()
         res = w.run_round()
         n += 1
+        last = (rounds is not None and n >= rounds) or (t_end is not None and time.monotonic() + interval > t_end)
+        if last and w.hardware is not None:  # the GPU polls still running are waited for, not dropped
+            w.hardware_round(res, wait=False, finish=True)
         emitted += res.emitted
         if on_round:
             on_round(res)
-        if (rounds is not None and n >= rounds) or (t_end is not None and time.monotonic() + interval > t_end):
+        if last:
+            if w.hardware is not None:
+                w.hardware.close()
             return WatchSummary(rounds=n, emitted=emitted, last=res)
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))

@@ -121,19 +121,21 @@ class HardwareMonitor:
     def poll_now(self, region: str) -> Poll:
         return self.sources[region].poll()
 
-    def step(self, *, wait: bool = False, now: float | None = None) -> list[tuple[RegionAssessment, list[Transition]]]:
+    def step(self, *, wait: bool = False, finish: bool = False,
+             now: float | None = None) -> list[tuple[RegionAssessment, list[Transition]]]:
         """Start the polls that are due (in the background) and record the ones that finished. ``wait``: poll
-        every region now and wait for the answers (tests, ``--once``)."""
-        now = time.time() if now is None else now
+        every region now and wait for the answers; ``finish``: start no poll, wait for the running ones (the
+        monitor's last round)."""
+        clock = time.time() if now is None else now
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sources)), thread_name_prefix="llmdr-hw")
         for region, src in self.sources.items():
-            if region not in self._pending and (wait or now >= self._next[region]):
-                self._next[region] = now + self.settings[region].interval.total_seconds()
+            if not finish and region not in self._pending and (wait or clock >= self._next[region]):
+                self._next[region] = time.time() + self.settings[region].interval.total_seconds()
                 self._pending[region] = self._pool.submit(src.poll)
         out = []
         for region, fut in list(self._pending.items()):
-            if wait:
+            if wait or finish:
                 fut.result()
             if fut.done():
                 del self._pending[region]
