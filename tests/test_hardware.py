@@ -369,6 +369,8 @@ def test_dcgm_exporter_source_over_http():
         assert p.ok and sorted(r.index for r in p.readings) == [0, 1]
         ex.status = 503
         assert src.poll().error == f"dcgm-exporter at {ex.url} answered HTTP 503"
+        tokened = Hardware(source="dcgm-exporter", url=ex.url + "?token=t0k")
+        assert open_source("r1", tokened).poll().error == f"dcgm-exporter at {ex.url} answered HTTP 503"  # no query
         ex.status, ex.body = 200, "<html>login</html>\n"
         assert "not a Prometheus sample" in src.poll().error
     finally:
@@ -398,6 +400,9 @@ regions:
         load("{source: command}")
     with pytest.raises(ConfigError, match="source"):
         load("{source: rocm-smi}")
+    with pytest.raises(ConfigError, match="must not carry user:password") as err:
+        load("{source: dcgm-exporter, url: 'http://ops:s3cret@gpu-node-7:9400/metrics'}")
+    assert "s3cret" not in str(err.value)
     assert load("{source: nvidia-smi, interval: 1m}").regions[0].hardware.interval.total_seconds() == 60
 
 

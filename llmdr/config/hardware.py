@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -68,6 +69,9 @@ class Hardware(StrictModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).username is not None:  # the value is not repeated: it holds a password
+            raise ValueError("must not carry user:password@ (not shown here): credentials never go in llmdr.yaml; "
+                             "keep dcgm-exporter on a network only the monitor reaches")
         return None if v is None else http_url(v, "http://gpu-node-1:9400/metrics")
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmdr.common.process import child_env
 from llmdr.config.hardware import Hardware
@@ -177,16 +178,18 @@ class DcgmExporter(Source):
 
     def _read(self, p: Poll) -> None:
         url = self.settings.url or ""
+        u = urlsplit(url)
+        where = f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path}"  # no user:password, no query
         req = urllib.request.Request(url, headers={"Accept": "text/plain", "User-Agent": "llmdr-hardware"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - a configured URL
                 body = resp.read(_OUTPUT_LIMIT).decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
             exc.close()
-            raise CommandFailed(f"dcgm-exporter at {url} answered HTTP {exc.code}") from None
+            raise CommandFailed(f"dcgm-exporter at {where} answered HTTP {exc.code}") from None
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            raise CommandFailed(f"dcgm-exporter at {url} not reachable: {reason}") from None
+            raise CommandFailed(f"dcgm-exporter at {where} not reachable: {reason}") from None
         p.readings = parse_dcgm(body, now=p.ts)
 
 
