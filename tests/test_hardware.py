@@ -243,6 +243,16 @@ def test_command_source_replays_a_recording(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(state | {"upto": 35}))
     p2 = src.poll()
     assert len(p2.readings) == 5 and p2.readings[0].ts > p1.readings[-1].ts  # the next block, recorded times kept
+    # one block (a live `ssh host nvidia-smi ...`) prints the host's local time: the poll's time is used instead
+    one = "\n".join((DATA / "a100-healthy.csv").read_text().splitlines()[:2])
+    live = Hardware(source="command", command=[sys.executable, "-c", f"print({one!r})"])
+    p3 = open_source("r1", live).poll(now=1_900_000_000.0)
+    assert [r.ts for r in p3.readings] == [1_900_000_000.0] * 2
+    # and two GPUs stamped milliseconds apart are one poll, not a GPU gone missing
+    a, b = p3.readings
+    a.ts -= 0.008
+    ra = assess_region("r1", SETTINGS, {a.uuid: [a], b.uuid: [b]}, now=b.ts, last_poll=(b.ts, None))
+    assert ra.status == "healthy", [g.reasons for g in ra.gpus]
 
 
 def test_sources_that_fail_say_why_and_never_raise(tmp_path, monkeypatch):

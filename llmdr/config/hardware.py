@@ -25,7 +25,8 @@ class Hardware(StrictModel):
     # The dcgm-exporter metrics URL, e.g. http://gpu-node-1:9400/metrics (source: dcgm-exporter only).
     url: str | None = None
     # The command's argv, e.g. [ssh, gpu-node-1, nvidia-smi, --query-gpu=..., --format=csv,nounits] (source:
-    # command only). Its standard output is parsed; a non-zero exit is a failed poll.
+    # command only). Its standard output is parsed (one block is stamped with the poll time; a longer series keeps
+    # its timestamp column, read as UTC); a non-zero exit is a failed poll.
     command: list[str] | None = None
     # A command printing the kernel log, for Xid events (not a --query-gpu field), e.g. [journalctl, -k, -o,
     # short-iso, --since, -2h] or [dmesg, -T]; its NVRM Xid lines are matched to GPUs by PCI bus id. Null: Xids

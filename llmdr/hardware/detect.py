@@ -298,7 +298,7 @@ def assess_region(region: str, s: Hardware, series: dict[str, list[GpuReading]],
             continue
         bus = readings[-1].bus_id
         g = assess_gpu(region, readings, s, now=now, xids=[x for x in xids if bus and x.bus_id == bus])
-        if poll_error is None and readings[-1].ts < poll_ts - 1e-6:
+        if poll_error is None and readings[-1].ts < poll_ts - max(1.0, s.interval.total_seconds() / 2):
             g.status = "critical"
             g.reasons.insert(0, "the last poll did not list this GPU any more (fallen off the bus? Xid 79)")
         elif poll_error and readings[-1].ts < poll_ts:

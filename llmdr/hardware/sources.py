@@ -39,6 +39,7 @@ from llmdr.hardware.readings import (
 
 log = logging.getLogger(__name__)
 NO_NVIDIA_SMI = "no NVIDIA GPU: nvidia-smi not found on PATH"
+ONE_BLOCK_S = 5.0  # rows of one nvidia-smi call are stamped within milliseconds of each other
 _OUTPUT_LIMIT = 4 << 20  # a kernel log or a big node's metrics, but not an endless stream
 
 
@@ -162,13 +163,18 @@ class NvidiaSmi(Source):
 
 
 class Command(Source):
-    """A command printing ``nvidia-smi --query-gpu`` CSV (with a header, or the default fields without); rows with
-    a ``timestamp`` keep it (read as UTC), others get the poll time."""
+    """A command printing ``nvidia-smi --query-gpu`` CSV (with a header, or the default fields without). One block
+    (all rows within a few seconds) is stamped with the poll time: nvidia-smi prints the GPU host's local time. A
+    longer series (a recording, ``-l`` output) keeps its ``timestamp`` column, read as UTC."""
 
     kind = "command"
 
     def _read(self, p: Poll) -> None:
         p.readings = parse_query_gpu(run_command(list(self.settings.command or []), self.timeout), now=p.ts)
+        times = [r.ts for r in p.readings]
+        if times and max(times) - min(times) < ONE_BLOCK_S:
+            for r in p.readings:
+                r.ts = p.ts
 
 
 class DcgmExporter(Source):
