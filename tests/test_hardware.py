@@ -272,11 +272,11 @@ def test_sources_that_fail_say_why_and_never_raise(tmp_path, monkeypatch):
     assert open_source("r1", empty).poll().error == "command listed no GPU"
 
 
-def _fake_nvidia_smi(bindir: Path, remap: str) -> None:
+def _fake_nvidia_smi(bindir: Path, remap: str, mode: str = "r470", rec: str = "t4-driver470-old-names.csv") -> None:
     bindir.mkdir()
     exe = bindir / "nvidia-smi"
     exe.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'support' / 'fake_nvidia_smi.py'} "
-                   f"{DATA / 't4-driver470-old-names.csv'} {remap} \"$@\"\n")
+                   f"{mode} {DATA / rec} {remap} \"$@\"\n")
     exe.chmod(0o755)
 
 
@@ -307,6 +307,26 @@ def test_nvidia_smi_source_merges_remapped_rows(tmp_path, monkeypatch):
     p = open_source("r1", Hardware(source="nvidia-smi")).poll()
     assert p.ok and not p.notes and (p.readings[0].remap_uncorrectable, p.readings[0].remap_pending) == (3, True)
     assert assess_gpu("r1", p.readings, SETTINGS, now=p.ts).status == "degraded"
+
+
+def test_a_gpu_lost_mid_run_is_critical_while_nvidia_smi_still_lists_the_others(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, "{source: nvidia-smi}", "http://127.0.0.1:9/unused")
+    mon = HardwareMonitor(cfg)
+    try:
+        before = recording("a100-healthy.csv")[-2:]  # the node's last good block, 30 s ago
+        t = before[-1].ts
+        mon.record(Poll("primary", "nvidia-smi", t, readings=before), now=t)
+        _fake_nvidia_smi(tmp_path / "bin", "-", mode="lost", rec="a100-healthy.csv")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        p = mon.sources["primary"].poll(now=t + 30)
+        assert p.ok and [r.uuid for r in p.readings] == [A100[0]]
+        assert any("GPU is lost" in n for n in p.notes) and any("exited 15" in n for n in p.notes)
+        ra, transitions = mon.record(p, now=t + 30)
+        verdict = {g.uuid: g for g in ra.gpus}
+        assert verdict[A100[0]].status == "healthy" and verdict[A100[1]].status == "critical"
+        assert [(x.gpu.uuid, x.event, x.notify) for x in transitions] == [(A100[1], "degraded", True)]
+    finally:
+        mon.close()
 
 
 def test_corrected_ecc_rate_power_at_the_same_load_and_xid_dedup(tmp_path):

@@ -6,7 +6,7 @@ window is ``trend_window`` of time.
   the trend window); more pages retired for double-bit errors; a row-remapping failure; a critical Xid (48, 64, 74,
   79, 95, 119, 120, 140 in NVIDIA's catalogue) logged for the GPU's PCI address or reported by DCGM; a field the
   driver reports as ``[GPU is lost]`` / ``[GPU requires reset]``; a GPU that the last successful poll no longer
-  lists although it was there within the trend window (fallen off the bus).
+  lists although it was there within the last day (fallen off the bus). Xid events count for ``trend_window``.
 - **degraded** (act early: pre-warm the standby, plan a drain), any of:
 
   - temperature at or above ``temperature_limit``; or a creep: the least-squares slope over the trend window (or
@@ -45,6 +45,7 @@ from llmdr.hardware.readings import CRITICAL_XIDS, WARNING_XIDS, GpuReading, Xid
 
 MAD_SCALE = 1.4826
 MIN_BASELINE = 20
+MISSING_FOR_S = 86400.0  # a GPU gone from the polls is reported (critical) this long, then forgotten
 ORDER = {"healthy": 0, "unknown": 1, "degraded": 2, "critical": 3}
 
 
@@ -291,7 +292,7 @@ def assess_region(region: str, s: Hardware, series: dict[str, list[GpuReading]],
     poll_ts, poll_error = last_poll if last_poll is not None else (max(r[-1].ts for r in series.values() if r), None)
     if poll_error:
         out.reasons = [poll_error]
-    horizon = s.trend_window.total_seconds()
+    horizon = max(s.trend_window.total_seconds(), MISSING_FOR_S)
     series = {u: rs for u, rs in series.items() if rs}
     for _, readings in sorted(series.items(), key=lambda kv: (kv[1][-1].index is None, kv[1][-1].index or 0, kv[0])):
         if readings[-1].ts < poll_ts - horizon:

@@ -67,7 +67,12 @@ class Poll:
 
 
 class CommandFailed(Exception):
-    """A command could not run, timed out or exited non-zero; the message says which, for a poll's reason."""
+    """A command could not run, timed out or exited non-zero; the message says which, for a poll's reason.
+    ``output``: what it printed on standard output all the same."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def run_command(argv: list[str], timeout: float) -> str:
@@ -86,7 +91,7 @@ def run_command(argv: list[str], timeout: float) -> str:
     out = proc.stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
     if proc.returncode != 0:
         said = (proc.stderr.decode("utf-8", "replace").strip() or out.strip()).splitlines()
-        raise CommandFailed(f"{argv[0]} exited {proc.returncode}" + (f": {said[0][:200]}" if said else ""))
+        raise CommandFailed(f"{argv[0]} exited {proc.returncode}" + (f": {said[0][:200]}" if said else ""), out)
     return out
 
 
@@ -145,13 +150,21 @@ class NvidiaSmi(Source):
         if shutil.which("nvidia-smi") is None:
             raise CommandFailed(NO_NVIDIA_SMI)
         try:
-            text = self._query()
+            try:
+                text = self._query()
+            except CommandFailed as exc:
+                if THROTTLE_FIELD_NEW not in str(exc) or THROTTLE_FIELD_NEW not in self.fields:
+                    raise
+                self.fields[self.fields.index(THROTTLE_FIELD_NEW)] = THROTTLE_FIELD_OLD  # a driver before r535
+                text = self._query()
+            p.readings = parse_query_gpu(text, fields=self.fields, now=p.ts)
         except CommandFailed as exc:
-            if THROTTLE_FIELD_NEW not in str(exc) or THROTTLE_FIELD_NEW not in self.fields:
+            # a lost GPU makes nvidia-smi exit non-zero ("Unable to determine the device handle for GPU...: GPU is
+            # lost") while it still prints the other GPUs' rows: keep those, so the lost one shows as missing
+            p.readings = self._rows_that_parse(exc.output, p)
+            if not p.readings:
                 raise
-            self.fields[self.fields.index(THROTTLE_FIELD_NEW)] = THROTTLE_FIELD_OLD  # a driver before r535
-            text = self._query()
-        p.readings = parse_query_gpu(text, fields=self.fields, now=p.ts)
+            p.notes.append(str(exc))
         for r in p.readings:
             r.ts = p.ts  # nvidia-smi prints local time; the poll's own time is unambiguous
         try:
@@ -160,6 +173,16 @@ class NvidiaSmi(Source):
             merge_remapped(p.readings, parse_remapped_rows(remap))
         except (CommandFailed, HardwareParseError) as exc:
             p.notes.append(f"remapped rows not read: {exc}")
+
+    def _rows_that_parse(self, output: str, p: Poll) -> list[GpuReading]:
+        out = []
+        for line in output.splitlines():
+            try:
+                out += parse_query_gpu(line, fields=self.fields, now=p.ts)
+            except HardwareParseError:
+                if line.strip():
+                    p.notes.append(f"nvidia-smi said: {line.strip()[:200]}")
+        return out
 
 
 class Command(Source):

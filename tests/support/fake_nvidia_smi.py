@@ -1,8 +1,12 @@
-"""Stands in for `nvidia-smi` on a machine without a GPU (tests/test_hardware.py puts it on PATH as `nvidia-smi`):
-answers `--query-gpu=...` from a recording as an r470 driver would, refusing the newer `clocks_event_reasons.active`
-like it, and `--query-remapped-rows` from another recording, or with the error of a GPU that has no row remapper.
+"""Stands in for `nvidia-smi` on a machine without a GPU (tests/test_hardware.py puts it on PATH as `nvidia-smi`).
 
-    fake_nvidia_smi.py GPU_RECORDING REMAP_RECORDING|- ARGS...
+    fake_nvidia_smi.py r470 GPU_RECORDING REMAP_RECORDING|- ARGS...
+        `--query-gpu=...` answered with the recording's last row as an r470 driver would, refusing the newer
+        `clocks_event_reasons.active` like it; `--query-remapped-rows` from REMAP_RECORDING, or with the error of a
+        GPU that has no row remapper (-).
+    fake_nvidia_smi.py lost GPU_RECORDING - ARGS...
+        the recording's last block (its last 2 rows, the default fields), the second GPU's row replaced by the
+        message nvidia-smi prints for a GPU that fell off the bus, and exit code 15.
 """
 
 from __future__ import annotations
@@ -10,16 +14,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+LOST = "Unable to determine the device handle for GPU0000:0B:00.0: GPU is lost.  Reboot the system to recover this GPU"
+
 
 def main(argv: list[str]) -> int:
-    gpu, remap, args = Path(argv[0]), argv[1], argv[2:]
+    mode, gpu, remap, args = argv[0], Path(argv[1]), argv[2], argv[3:]
     query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
+    rows = [ln for ln in gpu.read_text().splitlines() if ln.strip() and not ln.startswith("timestamp")]
+    if query is not None and mode == "lost":
+        print(rows[-2])
+        print(LOST)
+        return 15
     if query is not None:
         if "clocks_event_reasons.active" in query.split(","):
-            print('Field "clocks_event_reasons.active" is not a valid field to query.', file=sys.stdout)
+            print('Field "clocks_event_reasons.active" is not a valid field to query.')
             return 2
-        rows = [ln for ln in gpu.read_text().splitlines()[1:] if ln.strip()]  # the header's order is the query's
-        print("\n".join(r.replace(" W", "").replace(" %", "").replace(" MiB", "") for r in rows[-1:]))
+        print(rows[-1].replace(" W", "").replace(" %", "").replace(" MiB", ""))  # nounits
         return 0
     if any(a.startswith("--query-remapped-rows=") for a in args):
         if remap == "-":
