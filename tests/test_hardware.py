@@ -339,7 +339,10 @@ def test_corrected_ecc_rate_power_at_the_same_load_and_xid_dedup(tmp_path):
     # 1 corrected error an hour, then 60 an hour: degraded; a driver reload (counter back to 0) is not a rate
     wearing = series(40, ecc_corrected=lambda i: i // 12 if i < 30 else 2 + (i - 29) * 5)
     v = assess_gpu("r1", wearing, SETTINGS, now=wearing[-1].ts)
-    assert v.status == "degraded" and "corrected ECC errors at 60/h" in v.reasons[0]
+    assert v.status == "degraded" and "corrected ECC errors at 50/h over the last 60 min" in v.reasons[0]
+    # one corrected error, polled every 30 s: not "120 an hour"
+    once = [GpuReading(ts=t0 + 30 * i, uuid="GPU-x", ecc_corrected=int(i >= 200)) for i in range(210)]
+    assert assess_gpu("r1", once, SETTINGS, now=once[-1].ts).status == "healthy"
     reload = series(40, ecc_corrected=lambda i: i // 12 if i < 35 else 0)
     assert assess_gpu("r1", reload, SETTINGS, now=reload[-1].ts).status == "healthy"
     # a third more power at the same utilisation: degraded; the same step with the load: healthy

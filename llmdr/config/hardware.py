@@ -51,8 +51,8 @@ class Hardware(StrictModel):
     # Robust z-score (median and MAD, as the endpoint monitor's) of recent temperature or power against the GPU's
     # baseline from which it counts as changed.
     z_threshold: float = Field(default=4.0, gt=0)
-    # Corrected (single-bit) ECC errors per hour from which a GPU is degraded (and at least 4 times its baseline
-    # rate): a rising rate comes before uncorrectable errors.
+    # Corrected (single-bit) ECC errors per hour, over the last hour, from which a GPU is degraded (at least 3, and
+    # 4 times the rate before): a rising rate comes before uncorrectable errors.
     corrected_ecc_per_hour: float = Field(default=10.0, gt=0)
     # Readings that make a GPU's baseline: the last N before the recent window.
     baseline_window: int = Field(default=120, ge=10)

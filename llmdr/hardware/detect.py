@@ -19,8 +19,9 @@ window is ``trend_window`` of time.
   - power: the recent median power's robust z against the baseline is at least ``z_threshold`` either way, while
     utilisation is within 15 points of the baseline's (more or less power for the same work; a load change is
     not a fault); MAD floored at 1 W and 5 %;
-  - corrected (single-bit) ECC errors: the recent rate per hour is at least ``corrected_ecc_per_hour`` and 4 times
-    the baseline rate (a counter that went down means the driver reloaded: counted from there);
+  - corrected (single-bit) ECC errors: the rate over the last hour (at least 3 errors over at least 15 minutes) is
+    at least ``corrected_ecc_per_hour`` and 4 times the rate before it (a counter that went down means the driver
+    reloaded: counted from there);
   - more pages retired for single-bit errors, pages pending retirement, a row remap pending (a reset applies it),
     more rows remapped for uncorrectable errors; a warning Xid (63, 92, 94);
   - clocks slowed by the hardware: HW slowdown, SW or HW thermal slowdown, or the HW power brake active in the
@@ -199,18 +200,19 @@ def _counter_rate(readings: list[GpuReading], attr: str) -> tuple[float, float] 
 
 
 def _ecc(readings, s: Hardware, reasons: list[str]) -> dict:
-    base, recent = _split(readings, s)
-    out: dict[str, Any] = {}
-    rec = _counter_rate(recent, "ecc_corrected")
-    bas = _counter_rate(base, "ecc_corrected")
+    """Corrected ECC errors per hour over the last hour, against the rate before it. At least 3 errors over at least
+    15 minutes: one error in a short window is not a rate."""
+    last = readings[-1].ts
+    rec = _counter_rate([r for r in readings if r.ts >= last - 3600], "ecc_corrected")
     if rec is None:
         return {"skipped": "corrected ECC errors not reported"}
+    bas = _counter_rate([r for r in readings if r.ts <= last - 3600], "ecc_corrected")
     rate = rec[0] / rec[1]
     brate = bas[0] / bas[1] if bas else 0.0
-    out = {"recent_per_h": _num(rate, 2), "baseline_per_h": _num(brate, 2)}
-    if rate >= s.corrected_ecc_per_hour and rate >= 4 * brate:
-        reasons.append(f"corrected ECC errors at {rate:.0f}/h (baseline {brate:.1f}/h, threshold "
-                       f"{s.corrected_ecc_per_hour:g}/h): memory wearing out")
+    out = {"recent_per_h": _num(rate, 2), "recent_errors": rec[0], "baseline_per_h": _num(brate, 2)}
+    if rec[0] >= 3 and rec[1] >= 0.25 and rate >= s.corrected_ecc_per_hour and rate >= 4 * brate:
+        reasons.append(f"corrected ECC errors at {rate:.0f}/h over the last {rec[1] * 60:.0f} min (before: "
+                       f"{brate:.1f}/h; threshold {s.corrected_ecc_per_hour:g}/h): memory wearing out")
     return out
 
 
