@@ -9,15 +9,19 @@ window is ``trend_window`` of time.
   lists although it was there within the last day (fallen off the bus). Xid events count for ``trend_window``.
 - **degraded** (act early: pre-warm the standby, plan a drain), any of:
 
-  - temperature at or above ``temperature_limit``; or a creep: the least-squares slope over the trend window (or
-    over its second half when that is steeper: a creep that has just started) is at least
-    ``temperature_rise_per_hour`` and the recent median's robust z against the baseline (the ``B`` readings
-    before the recent ``R``; MAD floored at 0.5 °C and 1 % of the median, so a flat baseline does not make every
-    jitter infinite) is at least ``z_threshold`` (without enough baseline yet, the slope alone, over at least an
-    hour and a 3 °C rise); or the trend line reaches the limit within ``forecast_horizon`` while the slope (at
-    least 6 readings over 30 minutes) or the z is significant;
+  - temperature at or above ``temperature_limit``; or a creep **at the same load**. Temperatures are compared
+    load-adjusted (minus °C-per-utilisation-point x utilisation, learnt from the baseline when its load varied,
+    else 0.3), on the *settled* readings only (the load steady within 10 points for 10 minutes: a GPU warms up
+    for minutes after it gets busier). A creep: the least-squares slope over the trend window (or over its second
+    half when that is steeper: a creep that has just started) is at least ``temperature_rise_per_hour`` and the
+    recent median's robust z against the baseline (the ``B`` readings before the recent ``R``; MAD floored at
+    0.5 °C and 1 % of the median, so a flat baseline does not make every jitter infinite) is at least
+    ``z_threshold`` (without enough settled baseline, the slope alone, over at least an hour and a 3 °C rise); or
+    the trend line reaches the limit within ``forecast_horizon`` while the slope (at least 6 readings over 30
+    minutes, and a z of at least half the threshold) or the z is significant. A load that stayed within 10 points
+    all along is not adjusted;
   - power: the recent median power's robust z against the baseline is at least ``z_threshold`` either way, while
-    utilisation is within 15 points of the baseline's (more or less power for the same work; a load change is
+    utilisation is within 5 points of the baseline's (more or less power for the same work; a load change is
     not a fault); MAD floored at 1 W and 5 %;
   - corrected (single-bit) ECC errors: the rate over the last hour (at least 3 errors over at least 15 minutes) is
     at least ``corrected_ecc_per_hour`` and 4 times the rate before it (a counter that went down means the driver
@@ -30,7 +34,8 @@ window is ``trend_window`` of time.
   the source stopped); or the source's last poll failed (and nothing worse is known).
 - **healthy** otherwise.
 
-The **forecast** is where the temperature trend line meets ``temperature_limit``: hours from now and the time.
+The **forecast** is where the temperature trend line, at the busiest load of the trend window, meets
+``temperature_limit``: hours from now and the time.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ from llmdr.hardware.readings import CRITICAL_XIDS, WARNING_XIDS, GpuReading, Xid
 
 MAD_SCALE = 1.4826
 MIN_BASELINE = 20
+SAME_LOAD_PCT = 5.0  # power is compared with the baseline only at the same utilisation (± this many points)
+THERMAL_TAU_S = 180.0  # how fast a GPU's temperature follows its load (time constant)
+STEADY_PCT = 5.0  # a (smoothed) load within this many points all along needs no adjusting
+SETTLE_S = 600.0  # a GPU's temperature follows a change of load within minutes
+LOAD_C_PER_PCT = 0.3  # °C per utilisation point when the baseline cannot tell (idle ~35 °C, busy ~65 °C)
 MISSING_FOR_S = 86400.0  # a GPU gone from the polls is reported (critical) this long, then forgotten
 ORDER = {"healthy": 0, "unknown": 1, "degraded": 2, "critical": 3}
 
@@ -119,17 +129,81 @@ def _split(readings: list[GpuReading], s: Hardware) -> tuple[list[GpuReading], l
     return base, recent
 
 
+def _smoothed_load(readings: list[GpuReading]) -> dict[int, float | None]:
+    """Utilisation smoothed with the GPU's thermal lag (an exponential average, time constant ``THERMAL_TAU_S``),
+    by ``id(reading)``: what the temperature follows, rather than each sample's jitter."""
+    out: dict[int, float | None] = {}
+    level, last_ts = None, None
+    for r in readings:
+        if r.utilization_pct is None:
+            out[id(r)] = None
+            continue
+        if level is None or last_ts is None:
+            level = r.utilization_pct
+        else:
+            level += (r.utilization_pct - level) * (1 - math.exp(-max(0.0, r.ts - last_ts) / THERMAL_TAU_S))
+        last_ts = r.ts
+        out[id(r)] = level
+    return out
+
+
+def _load_effect(base: list[GpuReading], load: dict[int, float | None]) -> float:
+    """°C per utilisation point: learnt from the settled baseline when its load varied (least squares, 0..1), else
+    ``LOAD_C_PER_PCT``."""
+    pts = [(load[id(r)], r.temperature_c) for r in _settled(base, load)
+           if load.get(id(r)) is not None and r.temperature_c is not None]
+    if len(pts) >= MIN_BASELINE:
+        u = np.array([p[0] for p in pts], dtype=float)
+        if np.subtract(*np.percentile(u, [75, 25])) >= 20:
+            return float(np.clip(np.polyfit(u, np.array([p[1] for p in pts], dtype=float), 1)[0], 0.0, 1.0))
+    return LOAD_C_PER_PCT
+
+
+def _settled(readings: list[GpuReading], load: dict[int, float | None]) -> list[GpuReading]:
+    """The readings taken after the (smoothed) load had been steady within 10 points for ``SETTLE_S``: a GPU warms
+    up for minutes after it gets busier, and that lag must not look like a creep. Readings without a utilisation
+    count as settled (nothing to tell)."""
+    out, start = [], 0
+    for i, r in enumerate(readings):
+        while readings[start].ts < r.ts - SETTLE_S:
+            start += 1
+        u = load.get(id(r))
+        if u is None or ((start > 0 or readings[0].ts <= r.ts - SETTLE_S)
+                         and all(load.get(id(x)) is not None and abs(load[id(x)] - u) <= 10
+                                 for x in readings[max(0, start - 1):i + 1])):
+            out.append(r)
+    return out
+
+
+def _adjusted(readings: list[GpuReading], per_pct: float,
+              load: dict[int, float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(times, temperature minus the load's share) of the settled readings: a GPU that is warmer because it is
+    busier is not creeping."""
+    pts = [(r.ts, r.temperature_c - per_pct * (load.get(id(r)) or 0.0)) for r in _settled(readings, load)
+           if r.temperature_c is not None]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
 def _temperature(readings, window, s: Hardware, now: float, reasons: list[str]) -> tuple[dict, dict | None]:
     base, recent = _split(readings, s)
-    tb, vb = _series(base, "temperature_c")
-    tr, vr = _series(recent, "temperature_c")
-    tw, vw = _series(window, "temperature_c")
     out: dict[str, Any] = {"limit_c": s.temperature_limit}
-    if len(vr) == 0:
+    temps = [r.temperature_c for r in recent if r.temperature_c is not None]
+    if not temps:
         out["skipped"] = "no temperature reported"
         return out, None
-    current = float(vr[-1])
-    out |= {"current_c": current, "robust": _robust(vb, vr, floor=0.5, rel=0.01)}
+    current = float(temps[-1])
+    load = _smoothed_load(readings)
+    loads = [u for r in window if (u := load.get(id(r))) is not None]
+    steady = not loads or max(loads) - min(loads) <= STEADY_PCT
+    every = [u for r in base + window if (u := load.get(id(r))) is not None]
+    # a load that never changed needs no adjusting (and its jitter would only add noise)
+    per_pct = 0.0 if not every or max(every) - min(every) <= STEADY_PCT else _load_effect(base, load)
+    busiest = max(loads) if loads else 0.0  # the forecast is for the busiest load of the trend window
+    _, vb = _adjusted(base, per_pct, load)
+    _, vr = _adjusted(recent, per_pct, load)
+    tw, vw = _adjusted(window, per_pct, load)
+    out |= {"current_c": current, "load_c_per_pct": _num(per_pct, 3), "robust": _robust(vb, vr, floor=0.5,
+                                                                                          rel=0.01)}
     fit = _slope_per_hour(tw, vw)
     half = tw >= tw[-1] - s.trend_window.total_seconds() / 2 if len(tw) else tw
     late = _slope_per_hour(tw[half], vw[half]) if len(tw) and half.sum() >= 6 else None
@@ -138,13 +212,15 @@ def _temperature(readings, window, s: Hardware, now: float, reasons: list[str]) 
     forecast = None
     if fit is not None:
         slope, fitted = fit
+        fitted += per_pct * busiest  # back to degrees, at the busiest load
         span_h = (tw[-1] - tw[0]) / 3600
-        out |= {"slope_c_per_h": _num(slope, 2), "span_h": _num(span_h, 2), "first_c": float(vw[0]),
+        first_c = next(r.temperature_c for r in window if r.temperature_c is not None and r.ts >= tw[0])
+        out |= {"slope_c_per_h": _num(slope, 2), "span_h": _num(span_h, 2), "first_c": float(first_c),
                 "n": len(vw)}
         if slope > 0 and fitted < s.temperature_limit:
             hours = (s.temperature_limit - fitted) / slope
             forecast = {"metric": "temperature", "limit": s.temperature_limit, "hours": _num(hours, 2),
-                        "at": _num(now + hours * 3600, 0)}
+                        "at": _num(now + hours * 3600, 0), "at_load_pct": round(busiest) if loads else None}
     z = out["robust"].get("z")
     slope = out.get("slope_c_per_h")
     enough_for_slope = fit is not None and len(vw) >= 6 and out["span_h"] >= 0.5
@@ -153,16 +229,22 @@ def _temperature(readings, window, s: Hardware, now: float, reasons: list[str]) 
     # no baseline yet: the slope alone, over an hour and a rise of 3 °C at least (noise on integer degrees is not)
     alone = z is None and steep and out["span_h"] >= 1 and slope * out["span_h"] >= 3
     creeping = steep and (z_ok or alone)
-    significant = z_ok or (steep and (z is not None or alone))
+    significant = z_ok or (steep and (alone or (z is not None and z >= s.z_threshold / 2)))
     due = forecast is not None and forecast["hours"] <= s.forecast_horizon.total_seconds() / 3600
-    trend = (f"{slope:+.1f} °C/h over {out['span_h']:.1f} h, {out['first_c']:.0f} → {current:.0f} °C"
-             if slope is not None else f"{current:.0f} °C")
-    ahead = f"; {s.temperature_limit:g} °C in about {forecast['hours']:.1f} h" if forecast else ""
+    util_now = recent[-1].utilization_pct
+    if slope is None:
+        trend = f"{current:.0f} °C"
+    elif steady:
+        trend = f"{slope:+.1f} °C/h over {out['span_h']:.1f} h, {out['first_c']:.0f} → {current:.0f} °C"
+    else:
+        trend = (f"{slope:+.1f} °C/h at the same load over {out['span_h']:.1f} h, now {current:.0f} °C at "
+                 f"{util_now or 0:.0f} % load")
+    ahead = (f"; {s.temperature_limit:g} °C in about {forecast['hours']:.1f} h"
+             + ("" if steady else f" at {busiest:.0f} % load")) if forecast else ""
     if current >= s.temperature_limit:
         reasons.append(f"temperature {current:.0f} °C is at or above the limit {s.temperature_limit:g} °C ({trend})")
     elif creeping or (due and significant):
-        zt = f", recent median {z:+.1f} robust z from baseline {out['robust']['baseline_median']:.0f} °C" \
-            if z is not None else ""
+        zt = f", {z:+.1f} robust z above its baseline" if z is not None else ""
         reasons.append(f"temperature creeping: {trend}{zt}{ahead}")
     out["text"] = f"temperature {trend}{ahead}"
     return out, forecast
@@ -177,7 +259,7 @@ def _power(readings, s: Hardware, reasons: list[str]) -> dict:
     _, ur = _series(recent, "utilization_pct")
     if len(ub) and len(ur):
         out["utilization_baseline"], out["utilization_recent"] = float(np.median(ub)), float(np.median(ur))
-        out["same_load"] = abs(out["utilization_recent"] - out["utilization_baseline"]) <= 15
+        out["same_load"] = abs(out["utilization_recent"] - out["utilization_baseline"]) <= SAME_LOAD_PCT
     z = out.get("z")
     if z is not None and abs(z) >= s.z_threshold and out.get("same_load", True):
         way = "above" if z > 0 else "below"
