@@ -11,6 +11,9 @@ for trouble (issue #19, item 4).
 - ``store``: the readings in an sqlite file next to the endpoint monitor's samples.
 - ``detect``: the verdict per GPU (healthy / degraded / critical / unknown) with reasons, the trends behind them and
   a forecast of when a trend line reaches a known limit.
+- ``monitor``: polls the sources in the background, keeps the readings, judges the GPUs and says which changed
+  status (and whether that is worth a notice: once per GPU per ``notify_cooldown``, sooner when it gets worse).
 
-Pure core: no Prefect. The monitor (:mod:`llmdr.failover.watch`) polls the sources and emits the events.
+Pure core: no Prefect. The endpoint monitor (:mod:`llmdr.failover.watch`) runs ``monitor`` and emits the events and
+the notices.
 """

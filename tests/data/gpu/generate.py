@@ -75,7 +75,7 @@ def v100_dbe(rng: random.Random) -> str:
 
 
 def l40s_throttle(rng: random.Random) -> str:
-    """L40S in a hot rack: software power cap (normal) for an hour, then SW + HW thermal slowdown; with header."""
+    """L40S in a hot rack: software power cap (normal) for 100 minutes, then SW + HW thermal slowdown; with header."""
     lines = [QUERY.replace(",", ", ")]
     for i in range(25):
         t = START + timedelta(minutes=5 * i, milliseconds=rng.randint(0, 999))
