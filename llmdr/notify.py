@@ -1,4 +1,5 @@
-"""Notifications: tell people when llmdr fails over, fails back, or finds a replica that does not verify.
+"""Notifications: tell people when llmdr fails over, fails back, finds a replica that does not verify, or sees a GPU
+heading for failure (``hardware_notice``; the monitor sends it at most once per GPU per ``notify_cooldown``).
 
 Two channels, either or both (``Config.notifications``): a webhook (one JSON POST; Slack/Teams-style incoming webhooks
 show its top-level ``text``) and a Prefect notification block named ``"<block-type-slug>/<name>"`` (Slack, Teams,
@@ -30,7 +31,7 @@ from llmdr.config import Notifications
 
 log = logging.getLogger(__name__)
 
-KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness")
+KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness", "hardware_degraded")
 SEVERITIES = ("info", "warning", "critical")
 RETRY_DELAY_S = 0.25  # the one quick retry after a connection error or a 5xx
 _URL = re.compile(r"(https?)://([^/\s'\"<>]+)[^\s'\"<>]*")
@@ -328,3 +329,33 @@ def readiness_notice(bundle: str, *, verdict: str, score: int, failed: Sequence[
     steps = [f"{c.get('title')}: {c.get('action')}" for c in failed if c.get("action")]
     steps.append("re-run `llmdr readiness` once fixed")
     return Notice("readiness", title, _body(happened, evidence, steps), "critical" if failed else "warning", data)
+
+
+def hardware_notice(bundle: str, region: str, gpu: Mapping[str, Any], *, previous: str | None,
+                    active: bool | None, standby: str | None) -> Notice:
+    """A GPU of ``region`` turned degraded or critical (``gpu``: ``GpuAssessment.to_json()``). ``active``: the
+    region serves traffic now; ``standby``: the DR region to pre-warm (None when ``region`` is it)."""
+    status = str(gpu.get("status"))
+    label = f"GPU {gpu['index']}" if gpu.get("index") is not None else str(gpu.get("uuid"))
+    name = f" ({gpu['name']})" if gpu.get("name") else ""
+    forecast = gpu.get("forecast") or {}
+    data = {"bundle": bundle, "region": region, "gpu": gpu.get("uuid"), "index": gpu.get("index"),
+            "name": gpu.get("name"), "status": status, "previous": previous, "reasons": list(gpu.get("reasons", [])),
+            "trend": gpu.get("summary"), "forecast": forecast or None, "active": active}
+    title = f"llmdr: {bundle} {region} {label}{name} hardware {status.upper()}"
+    if forecast.get("hours") is not None:
+        title += f" (limit in ~{forecast['hours']:.1f} h)"
+    serving = " It serves traffic now." if active else ""
+    happened = (f"{label}{name} in {region} is {status}" + (f" (was {previous})" if previous else "") +
+                f": {'; '.join(data['reasons']) or 'see the evidence'}.{serving}")
+    evidence = [f"- trend: {gpu.get('summary') or 'n/a'}", f"- GPU uuid: {gpu.get('uuid')}"]
+    steps = ["drain the GPU (or its node) before it fails: stop scheduling work on it, move its replica",
+             f"check it: `nvidia-smi -q -i {gpu.get('uuid')}` and the kernel log (`journalctl -k | grep 'NVRM: Xid'`)"]
+    if standby:
+        steps.append(f"pre-warm the DR standby in {standby}: `llmdr replica start {standby} --snapshot latest`, "
+                     "then `llmdr status`")
+        steps.append(f"if {region}'s endpoint degrades too, fail over by hand: "
+                     f"`llmdr failover --to {standby} --reason 'GPU {status} in {region}'`")
+    steps.append("a critical GPU: reset it or replace it (RMA) before it serves again")
+    return Notice("hardware_degraded", title, _body(happened, evidence, steps),
+                  "critical" if status == "critical" else "warning", data)

@@ -8,6 +8,7 @@ from llmdr.cli import (  # noqa: F401  (imported for their @app.command registra
     cmd_control,
     cmd_drill,
     cmd_failover,
+    cmd_hardware,
     cmd_init,
     cmd_lineage,
     cmd_metrics,

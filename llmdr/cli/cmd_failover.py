@@ -38,6 +38,9 @@ def monitor(
             mark = "*" if smp.target == res.active else " "
             why = "; ".join(a.reasons) if a.reasons else (smp.error or "")
             typer.echo(f"{when} {mark}{smp.target:<11} {a.status:<9} {lat}  {why}")
+        for region, hw in res.hardware.items():
+            why = "; ".join(hw.reasons + [f"{g.uuid}: {'; '.join(g.reasons)}" for g in hw.gpus if g.reasons])
+            typer.echo(f"{when}  hardware {region:<11} {hw.status:<9} {len(hw.gpus)} GPU(s)  {why}")
         for e in res.emitted:
             sent = "" if e["sent"] else " [no Prefect API: not sent]"
             typer.echo(f"{when}  event {e['event']} ({e['target']}){sent}")

@@ -25,7 +25,7 @@ from llmdr.errors import LlmdrError
 # missing here is listed after these, in registration order).
 HELP_ORDER = (
     "init", "demo-bundle", "serve", "verify", "forget", "sample-bundle", "snapshot", "protect", "check", "replicate",
-    "snapshots", "show", "restore", "status", "monitor", "failover", "failback", "failovers", "drill", "drills",
+    "snapshots", "show", "restore", "status", "monitor", "hardware", "failover", "failback", "failovers", "drill", "drills",
     "readiness", "plan", "runbook", "lineage", "stack", "golden", "report", "datasets", "replica", "prune", "repair",
     "locks", "undelete", "migrate", "control",
 )

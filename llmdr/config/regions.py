@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
+from llmdr.config.hardware import Hardware
 from llmdr.config.values import BUCKET_NAME, StrictModel, env_name, http_url, parse_duration
 from llmdr.errors import UsageError
 
@@ -266,6 +267,8 @@ class Region(StrictModel):
     # Storage price per GB (10^9 bytes) and month, in any currency, for the cost estimate in `llmdr readiness`;
     # null: no estimate
     price_per_gb_month: float | None = Field(default=None, ge=0)
+    # GPU health for the hardware early warning (nvidia-smi, dcgm-exporter or a command); null: none read.
+    hardware: Hardware | None = None
 
     @field_validator("endpoint")
     @classmethod

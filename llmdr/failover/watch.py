@@ -4,6 +4,12 @@ its learned baseline, and emit Prefect events when a target's status changes.
 ``llmdr monitor`` and the ``monitor-endpoints`` flow both run :func:`watch`. An endpoint that stays down while it
 is the active region is re-announced every ``REANNOUNCE_S`` seconds, so a failover that could not complete is tried
 again by the automation.
+
+Regions with a ``hardware:`` source also have their GPUs read every ``hardware.interval``, in the background
+(:class:`llmdr.hardware.monitor.HardwareMonitor`): a GPU that turns degraded or critical becomes
+``llmdr.hardware.degraded`` (resource: the region and the GPU's uuid; payload: reasons, trend, forecast) and a
+``hardware_degraded`` notice (at most one per GPU per ``notify_cooldown``, sooner when it gets worse); back to
+healthy, ``llmdr.hardware.recovered``. A source that fails is a reason in the assessment, never an exception.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from llmdr.common.files import atomic_write
 from llmdr.config import Config
 from llmdr.failover import events
+from llmdr.notify import Delivery, Notice
 
 log = logging.getLogger(__name__)
 REANNOUNCE_S = 15.0
@@ -39,10 +46,12 @@ class RoundResult:
     samples: list = field(default_factory=list)  # monitor.Sample
     assessments: dict = field(default_factory=dict)  # target -> monitor.Assessment
     emitted: list[dict] = field(default_factory=list)
+    hardware: dict = field(default_factory=dict)  # region -> hardware.detect.RegionAssessment, when polled this round
 
     def to_json(self) -> dict:
         return {"ts": self.ts, "active": self.active, "samples": [s.to_json() for s in self.samples],
-                "assessments": {k: a.to_json() for k, a in self.assessments.items()}, "emitted": self.emitted}
+                "assessments": {k: a.to_json() for k, a in self.assessments.items()}, "emitted": self.emitted,
+                "hardware": {k: a.to_json() for k, a in self.hardware.items()}}
 
 
 def targets(cfg: Config) -> list[Target]:
@@ -71,8 +80,10 @@ def read_status(cfg: Config) -> dict:
 class Watcher:
     """One monitor: remembers each target's last status (also on disk, so a new run does not re-announce)."""
 
-    def __init__(self, cfg: Config, *, emit: Callable[[str, dict, dict], bool] = events.emit) -> None:
+    def __init__(self, cfg: Config, *, emit: Callable[[str, dict, dict], bool] = events.emit,
+                 notify: Callable[[Notice], list[Delivery]] | None = None) -> None:
         from llmdr.failover.monitor import SampleStore
+        from llmdr.hardware.monitor import HardwareMonitor, configured
 
         self.cfg = cfg
         self.targets = targets(cfg)
@@ -82,6 +93,14 @@ class Watcher:
         self.round_no = 0
         self._golden = self._load_golden()
         self._active_cache: tuple[float, str | None] = (0.0, None)
+        self.notify = notify or self._notify
+        self.notices: list[dict] = []  # hardware notices sent by this watcher: {gpu, title, deliveries}
+        self.hardware = HardwareMonitor(cfg) if configured(cfg) else None
+
+    def _notify(self, notice: Notice) -> list[Delivery]:
+        from llmdr.notify import notify
+
+        return notify(self.cfg.notifications, notice)
 
     def _load_golden(self) -> list:
         from llmdr.serving.golden import GoldenSet
@@ -133,7 +152,52 @@ class Watcher:
             res.assessments[t.name] = a
             self._transition(t, a, active, res)
         atomic_write(_status_path(cfg), json.dumps(self.status, sort_keys=True))
+        if self.hardware is not None:
+            self.hardware_round(res, wait=False)
         return res
+
+    def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True, finish: bool = False,
+                       now: float | None = None) -> RoundResult:
+        """Start the hardware polls that are due and handle those that finished (``wait``: poll every region now
+        and wait for the answers; ``finish``: start none, wait for those running). Adds the assessments and the
+        events to ``res`` (a new result when None). ``now``: the clock the GPUs are judged by (default: the time;
+        tests replaying a recording pass its own)."""
+        res = res or RoundResult(ts=time.time(), active=self.active())
+        if self.hardware is None:
+            return res
+        for ra, transitions in self.hardware.step(wait=wait, finish=finish, now=now):
+            res.hardware[ra.region] = ra
+            for t in transitions:
+                self._hardware_event(ra.region, t, res)
+        return res
+
+    def _hardware_event(self, region: str, t, res: RoundResult) -> None:
+        from llmdr.config.pools import dr_region
+        from llmdr.notify import hardware_notice
+
+        g = t.gpu
+        active = res.active
+        is_active = region == active if active is not None else None
+        event = events.HARDWARE_DEGRADED if t.event == "degraded" else events.HARDWARE_RECOVERED
+        payload = {"region": region, "gpu": g.uuid, "index": g.index, "name": g.name, "status": g.status,
+                   "previous": t.previous, "reasons": list(g.reasons), "trend": g.summary, "forecast": g.forecast,
+                   "evidence": g.trend, "active": is_active, "active_region": active,
+                   "reason": "; ".join(g.reasons) or g.status}
+        sent = self.emit(event, events.hardware_resource(self.cfg.bundle.name, region, g.uuid, name=g.name,
+                                                         index=g.index, active=is_active), payload)
+        res.emitted.append({"event": event, "target": f"{region}/{g.uuid}", "sent": sent,
+                            "reason": payload["reason"]})
+        log.warning("%s %s: %s (%s)", region, g.uuid, event, payload["reason"])
+        if t.notify:
+            try:
+                dr: str | None = dr_region(self.cfg)
+            except Exception:  # noqa: BLE001 - a config without a failover target still gets the notice
+                dr = None
+            notice = hardware_notice(self.cfg.bundle.name, region, g.to_json(), previous=t.previous,
+                                     active=is_active, standby=dr if dr != region else None)
+            deliveries = self.notify(notice)
+            self.notices.append({"gpu": g.uuid, "title": notice.title,
+                                 "deliveries": [d.__dict__ for d in deliveries]})
 
     def _transition(self, t: Target, a, active: str | None, res: RoundResult) -> None:
         prev = self.status.get(t.name, {})
@@ -176,6 +240,8 @@ def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = No
     until interrupted). Samples older than ``monitor.keep`` are pruned once per run."""
     w = watcher or Watcher(cfg)
     w.store.prune(time.time() - cfg.monitor.keep.total_seconds())
+    if w.hardware is not None:
+        w.hardware.store.prune(time.time() - cfg.monitor.keep.total_seconds())
     interval = cfg.monitor.interval.total_seconds()
     t_end = None if duration is None else time.monotonic() + duration
     emitted: list[dict] = []
@@ -184,9 +250,14 @@ def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = No
         t0 = time.monotonic()
         res = w.run_round()
         n += 1
+        last = (rounds is not None and n >= rounds) or (t_end is not None and time.monotonic() + interval > t_end)
+        if last and w.hardware is not None:  # the GPU polls still running are waited for, not dropped
+            w.hardware_round(res, wait=False, finish=True)
         emitted += res.emitted
         if on_round:
             on_round(res)
-        if (rounds is not None and n >= rounds) or (t_end is not None and time.monotonic() + interval > t_end):
+        if last:
+            if w.hardware is not None:
+                w.hardware.close()
             return WatchSummary(rounds=n, emitted=emitted, last=res)
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from llmdr import __version__
 from llmdr.artifacts import artifact_key
 from llmdr.config import DEFAULT_CONFIG, CaddyRouter, Config, Region, Route53Router, format_duration
+from llmdr.drill.runbook.hardware import hardware
 from llmdr.drill.runbook.text import (
     AUTOMATION,
     DEFAULT_UI,
@@ -140,7 +141,10 @@ def notify(c: Context) -> list[str]:
             ["readiness failed", "the daily readiness-check found a failing check (credentials, stale copy, "
                                  "missing component, no recent drill, no Object Lock, restore slower than the RTO)",
              "critical"],
-        ])
+        ] + ([["GPU hardware degraded / critical", "the monitor found a GPU heading for failure (section 3); once "
+                                                   "per GPU per cooldown, sooner if it gets worse",
+               "warning / critical"]] if any(r.hardware and r.hardware.source != "none" for r in cfg.regions)
+             else []))
         lines += ["", "Not notified by themselves: an endpoint going down or degraded (a Prefect event, "
                   "`llmdr.endpoint.down` / `.degraded`, that starts the failover automation), a failover that found "
                   "nothing to do (the target was already active, or the outage was a blip)."]
@@ -182,7 +186,7 @@ def detect(c: Context) -> list[str]:
         lines.append(f"**Failover is MANUAL** (`failover.auto: false`): the automation {code(AUTOMATION)} is "
                      f"created disabled. A down region is detected (events, {code(c.cmd('status'))}) but no notice is sent and "
                      "traffic does not move until someone follows section 4.")
-    return lines
+    return lines + hardware(c)
 
 
 def failover(c: Context) -> list[str]:
