@@ -146,6 +146,56 @@ def test_neither_bundle_nor_bundles_is_refused(tmp_path):
         _parse(tmp_path, text)
 
 
+def _automations_module():
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("llmdr_deploy_automations", root / "deployments" / "automations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_bundle_gets_its_own_failover_automation():
+    """With bundles:, one failover automation per bundle, matching only that bundle's endpoint events and running its
+    own failover deployment with its bundle; enabled per bundle; the one-bundle project keeps the single one."""
+    import yaml
+
+    from llmdr.failover.events import endpoint_resource
+
+    auto = _automations_module()
+    spec = yaml.safe_load((Path(auto.__file__).parent / "automations.yaml").read_text())
+    [single] = auto.automation_specs(spec, None, True)
+    assert single["name"] == "llmdr-failover-when-active-region-down" and single["enabled"]
+    assert single["actions"][0]["deployment"] == "failover/failover"
+    assert not auto.automation_specs(spec, None, False)[0]["enabled"]  # failover.auto: false
+    specs = {s["name"]: s for s in auto.automation_specs(spec, {"alpha": True, "beta": False}, True)}
+    assert sorted(specs) == ["llmdr-failover-when-active-region-down-alpha", "llmdr-failover-when-active-region-down-beta"]
+    alpha, beta = specs["llmdr-failover-when-active-region-down-alpha"], specs["llmdr-failover-when-active-region-down-beta"]
+    assert alpha["enabled"] and not beta["enabled"]
+    [act] = alpha["actions"]
+    assert act["deployment"] == "failover/failover-alpha" and act["parameters"]["bundle"] == "alpha"
+    assert "reason" in act["parameters"]  # the template's other parameters kept
+    # the trigger matches alpha's down event for the active region, and neither beta's nor a standby region's
+    from fnmatch import fnmatchcase
+
+    def matches(s: dict, resource: dict) -> bool:
+        return all(fnmatchcase(resource.get(k, ""), v) for k, v in s["trigger"]["match"].items())
+
+    a_down = endpoint_resource("alpha", "primary", active=True, url="http://127.0.0.1:1")
+    b_down = endpoint_resource("beta", "primary", active=True, url="http://127.0.0.1:2")
+    a_standby = endpoint_resource("alpha", "secondary", active=False, url="http://127.0.0.1:3")
+    assert matches(alpha, a_down) and not matches(alpha, b_down) and not matches(alpha, a_standby)
+    assert matches(beta, b_down) and not matches(beta, a_down)
+    assert matches(single, a_down) and matches(single, b_down)
+    # what is left on the server from another layout is deleted; automations that are not llmdr's failover stay
+    made = [s["name"] for s in specs.values()]
+    assert auto.stale_failover_automations(
+        ["llmdr-failover-when-active-region-down", "llmdr-failover-when-active-region-down-gamma",
+         "llmdr-failover-when-active-region-down-alpha", "someone-elses"], made) == [
+        "llmdr-failover-when-active-region-down", "llmdr-failover-when-active-region-down-gamma"]
+
+
 def _cli(args: list[str], cfg_path: Path, **env: str) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if k != "LLMDR_BUNDLE"} | {"LLMDR_CONFIG": str(cfg_path), **env}
     return subprocess.run(LLMDR + args, capture_output=True, text=True, timeout=300, env=e, cwd=cfg_path.parent)

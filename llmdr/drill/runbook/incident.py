@@ -11,11 +11,11 @@ from llmdr import __version__
 from llmdr.artifacts import artifact_key
 from llmdr.config import DEFAULT_CONFIG, CaddyRouter, Config, Region, Route53Router, format_duration
 from llmdr.drill.runbook.text import (
-    AUTOMATION,
     DEFAULT_UI,
     DEPLOY_FAILOVER,
     DEPLOY_MONITOR,
     Context,
+    automation_name,
     code,
     console,
     dr_pool,
@@ -168,7 +168,7 @@ def detect(c: Context) -> list[str]:
               "down).", ""]
     f = cfg.failover
     if f.auto:
-        lines.append(f"**Failover is automatic.** The Prefect automation {code(AUTOMATION)} runs the "
+        lines.append(f"**Failover is automatic.** The Prefect automation {code(automation_name(cfg))} runs the "
                      f"{code(DEPLOY_FAILOVER)} deployment when `llmdr.endpoint.down` arrives for the region the router "
                      f"sends traffic to. The flow confirms the outage with {f.confirm_probes} direct probes "
                      f"{dur(f.confirm_interval)} "
@@ -179,7 +179,7 @@ def detect(c: Context) -> list[str]:
                      f"has not moved within the RTO ({format_duration(cfg.objectives.rto)}), fail over by hand "
                      "(section 4).")
     else:
-        lines.append(f"**Failover is MANUAL** (`failover.auto: false`): the automation {code(AUTOMATION)} is "
+        lines.append(f"**Failover is MANUAL** (`failover.auto: false`): the automation {code(automation_name(cfg))} is "
                      f"created disabled. A down region is detected (events, {code(c.cmd('status'))}) but no notice is sent and "
                      "traffic does not move until someone follows section 4.")
     return lines
