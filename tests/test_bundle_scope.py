@@ -175,3 +175,18 @@ def test_stack_up_starts_one_exporter_for_every_bundle(stack, tmp_path):
     finally:
         stopped = service.stop(cfg)
     assert ex is None or (stopped == ex["pid"] and not alive(stopped))
+
+
+def test_a_bundles_runbook_names_its_own_deployments_and_automation(tmp_path):
+    from llmdr.drill.runbook import render_runbook
+
+    bundles = _served("alpha", 19501, 19502) + _served("beta", 19503, 19504)
+    cfg = load_config(_project(tmp_path, 19600, 19700, bundles=bundles), whole=True)
+    md = render_runbook(cfg.for_bundle("beta"), drills=[])
+    for name in ("failover/failover-beta", "failback/failback-beta", "restore-bundle/restore-bundle-beta",
+                 "monitor-endpoints/monitor-endpoints-beta", "dr-drill/dr-drill-quarterly-beta",
+                 "llmdr-failover-when-active-region-down-beta"):
+        assert f"`{name}`" in md, name
+    assert "`failover/failover`" not in md and "-alpha" not in md
+    one = parse_config(two_region_yaml(19600, 19700, local=True), source=tmp_path / "one.yaml")
+    assert "`failover/failover`" in render_runbook(one, drills=[])

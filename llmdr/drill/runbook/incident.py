@@ -18,6 +18,7 @@ from llmdr.drill.runbook.text import (
     automation_name,
     code,
     console,
+    deployment_name,
     dr_pool,
     dur,
     heading,
@@ -154,7 +155,7 @@ def detect(c: Context) -> list[str]:
         lines += [warn("No region has a serving endpoint (regions[].serving.url): the monitor has nothing to "
                         "probe and no failover can run. Only the storage copies (sections 5 and 6) are protected."),
                   ""]
-    lines += [f"- The `monitor-endpoints` deployment ({code(DEPLOY_MONITOR)}, work pool {code(dr_pool(cfg))}) runs every "
+    lines += [f"- The `monitor-endpoints` deployment ({code(deployment_name(c.cfg, DEPLOY_MONITOR))}, work pool {code(dr_pool(cfg))}) runs every "
               f"minute and watches for ~58 s: it probes every region's serving endpoint"
               + (" and the router" if cfg.router else "") + f" every {dur(m.interval)} (timeout "
               f"{dur(m.timeout)}). An endpoint is **down** after {m.down_after} failed probes in a row "
@@ -169,7 +170,7 @@ def detect(c: Context) -> list[str]:
     f = cfg.failover
     if f.auto:
         lines.append(f"**Failover is automatic.** The Prefect automation {code(automation_name(cfg))} runs the "
-                     f"{code(DEPLOY_FAILOVER)} deployment when `llmdr.endpoint.down` arrives for the region the router "
+                     f"{code(deployment_name(c.cfg, DEPLOY_FAILOVER))} deployment when `llmdr.endpoint.down` arrives for the region the router "
                      f"sends traffic to. The flow confirms the outage with {f.confirm_probes} direct probes "
                      f"{dur(f.confirm_interval)} "
                      f"apart (a blip does not move traffic), gets a healthy replica in {code(c.target.name)} "
@@ -217,7 +218,7 @@ def failover(c: Context) -> list[str]:
     lines += ["", "### From the Prefect UI", "",
               f"1. Open the Prefect UI ({DEFAULT_UI} for the local stack started by {code(c.cmd('stack up --ui'))}; "
               f"{code(c.cmd('stack status'))} shows it), or your Prefect server.",
-              f"2. Deployments → **failover** ({code(DEPLOY_FAILOVER)}, work pool {code(dr_pool(cfg))}).",
+              f"2. Deployments → **failover** ({code(deployment_name(c.cfg, DEPLOY_FAILOVER))}, work pool {code(dr_pool(cfg))}).",
               f"3. Run → Custom run → parameters: `to` = {code(t.name)}, `reason` = why (ticket), `trigger` = "
               "`manual` (keep it: other triggers require the outage to be confirmed first), `config_path` empty "
               "(the worker's llmdr.yaml). Submit.",

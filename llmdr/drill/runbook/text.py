@@ -27,6 +27,12 @@ DEFAULT_UI = "http://127.0.0.1:4200"
 
 
 
+def deployment_name(cfg: Config, base: str) -> str:
+    """``flow/deployment`` of CFG's bundle: its own copy ``flow/deployment-<bundle>`` in a project with several
+    (deployments/configure.py), BASE otherwise."""
+    return f"{base}-{cfg.view_of}" if cfg.view_of else base
+
+
 def automation_name(cfg: Config) -> str:
     """The failover automation of CFG's bundle: one per bundle in a project with several (deployments/automations.py),
     ``AUTOMATION-<bundle>``; the project's single one otherwise."""
