@@ -74,6 +74,8 @@ async def _apply(specs: list[dict[str, Any]]) -> list[str]:
     made = []
     async with get_client() as client:
         existing = {a.name: a for a in await client.read_automations()}
+        # every deployment resolved before anything is replaced: a missing one changes nothing
+        ready, missing = [], []
         for raw in specs:
             raw = dict(raw)
             actions = []
@@ -82,22 +84,27 @@ async def _apply(specs: list[dict[str, Any]]) -> list[str]:
                 name = action.pop("deployment", None)
                 if name:
                     try:
-                        dep = await client.read_deployment_by_name(name)
+                        action["deployment_id"] = str((await client.read_deployment_by_name(name)).id)
                     except ObjectNotFound:
-                        raise SystemExit(f"deployments/automations.py: automation {raw['name']} runs the deployment "
-                                         f"{name}, which this Prefect server does not have: deploy first (`prefect "
-                                         "deploy --all`), then `python deployments/configure.py` (it makes each "
-                                         "bundle's copy), then this") from None
-                    action["deployment_id"] = str(dep.id)
+                        missing.append(f"{raw['name']} runs {name}")
                 actions.append(action)
-            auto_obj = Automation.model_validate(raw | {"actions": actions})
-            if raw["name"] in existing:
-                await client.delete_automation(existing[raw["name"]].id)
+            ready.append(Automation.model_validate(raw | {"actions": actions}) if not missing else None)
+        if missing:
+            raise SystemExit(f"deployments/automations.py: this Prefect server lacks deployments the automations run "
+                             f"({'; '.join(missing)}); nothing was changed: deploy first (`prefect deploy --all`), "
+                             "then `python deployments/configure.py` (it makes each bundle's copy), then this")
+        for auto_obj in ready:
+            if auto_obj.name in existing:
+                await client.delete_automation(existing[auto_obj.name].id)
             await auto_obj.acreate()
-            made.append(f"{raw['name']} ({'enabled' if auto_obj.enabled else 'disabled'})")
+            made.append(f"{auto_obj.name} ({'enabled' if auto_obj.enabled else 'disabled'})")
+        per_bundle = any(s["name"].startswith(FAILOVER + "-") for s in specs)
         for name in stale_failover_automations(list(existing), [s["name"] for s in specs]):
             await client.delete_automation(existing[name].id)
-            made.append(f"{name} deleted (no such bundle in llmdr.yaml any more)")
+            why = ("its bundle is no longer in llmdr.yaml" if name.startswith(FAILOVER + "-") and per_bundle else
+                   "llmdr.yaml now has several bundles, each its own" if per_bundle else
+                   "llmdr.yaml now has one bundle")
+            made.append(f"{name} deleted ({why})")
     return made
 
 

@@ -130,6 +130,11 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
         flows = {d.flow_id: retry_api(client.read_flow, d.flow_id).name for d in deps}
         if cfg.multi_bundle:
             return apply_bundles(client, cfg, deps, flows)
+        for d in [d for d in deps if is_bundle_copy(d.name, d.parameters)]:  # left from a project with bundles:
+            retry_api(client.delete_deployment, d.id)
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted (a copy for bundles: that {cfg.source_file} no longer "
+                       "has)")
+        deps = [d for d in deps if not is_bundle_copy(d.name, d.parameters)]
         for d in deps:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
@@ -141,7 +146,8 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
             retry_api(client.update_deployment, d.id,
                       DeploymentUpdate(**new, **({"work_pool_name": pool, "work_queue_name": queue} if moved else {})))
             was = f" (was {d.work_pool_name}/{d.work_queue_name})" if moved else ""
-            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}")
+            paused = "; PAUSED (by a project with bundles:? `prefect deployment resume` it)" if d.paused else ""
+            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}{paused}")
     return out
 
 
@@ -191,6 +197,12 @@ def stale(cfg: Config, prune: bool = False) -> list[str]:
 def bundle_deployment_name(base: str, bundle: str) -> str:
     """The name of BUNDLE's copy of the deployment BASE (``protect-bundle`` → ``protect-bundle-support-bot``)."""
     return f"{base}-{bundle}"
+
+
+def is_bundle_copy(name: str, parameters: dict[str, Any] | None) -> bool:
+    """A deployment made by ``apply_bundles``: its ``bundle`` parameter set and its name ending ``-<bundle>``."""
+    b = (parameters or {}).get("bundle")
+    return bool(b) and name.endswith(f"-{b}")
 
 
 def per_bundle(cfg: Config, flow_name: str, name: str, tags: list[str], parameters: dict[str, Any],

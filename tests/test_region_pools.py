@@ -349,3 +349,8 @@ def test_each_bundles_deployment_copy_runs_on_the_pool_of_the_region_it_acts_in(
     made = conf.per_bundle(cfg, "restore-bundle", "restore-bundle", ["llmdr"], {"region": "us-east"}, schema)
     assert [c["name"] for c in made] == ["restore-bundle-alpha", "restore-bundle-beta"]
     assert [c["parameters"]["bundle"] for c in made] == ["alpha", "beta"]
+    # what a one-bundle project deletes when it was a project with bundles: before (its copies), and keeps
+    assert conf.is_bundle_copy("protect-bundle-alpha", {"bundle": "alpha"})
+    assert not conf.is_bundle_copy("protect-bundle", {"bundle": None})
+    assert not conf.is_bundle_copy("protect-bundle", {})
+    assert not conf.is_bundle_copy("my-own-protect", {"bundle": "alpha"})  # someone's deployment, not a copy
