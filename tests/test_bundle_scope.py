@@ -190,3 +190,42 @@ def test_a_bundles_runbook_names_its_own_deployments_and_automation(tmp_path):
     assert "`failover/failover`" not in md and "-alpha" not in md
     one = parse_config(two_region_yaml(19600, 19700, local=True), source=tmp_path / "one.yaml")
     assert "`failover/failover`" in render_runbook(one, drills=[])
+
+
+def test_readiness_finds_each_bundles_own_failover_automation(tmp_path):
+    """The readiness check ``automation`` (what the Prefect API would answer for deployments/automations.py's
+    per-bundle automations) passes each bundle on its own automation, and fails a bundle whose automation is gone
+    even though another bundle's is there."""
+    import importlib.util
+    import time
+
+    import yaml
+
+    from llmdr.drill.readiness import automation as ra
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("llmdr_deploy_automations2", root / "deployments" / "automations.py")
+    auto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auto)
+    specs = auto.automation_specs(yaml.safe_load((root / "deployments" / "automations.yaml").read_text()),
+                                  {"alpha": True, "beta": True})
+
+    def answered(s: dict) -> dict:  # as integrations.prefect.failover_paths reads it back from the server
+        act = s["actions"][0]
+        flow, name = act["deployment"].split("/")
+        return {"name": s["name"], "enabled": s["enabled"], "expect": s["trigger"]["expect"],
+                "match": s["trigger"]["match"], "deployments": [{
+                    "id": name, "name": name, "flow": flow, "paused": False, "bundle": act["parameters"]["bundle"],
+                    "pool": "llmdr-secondary", "queue": "failover", "queue_status": "READY", "queue_paused": False,
+                    "last_polled": time.time()}]}
+
+    cfg = load_config(_project(tmp_path, 19600, 19700, bundles=_served("alpha", 19501, 19502)
+                               + _served("beta", 19503, 19504)), whole=True)
+    both = [answered(s) for s in specs]
+    for b in ("alpha", "beta"):
+        c = ra.judge(cfg.for_bundle(b), both, time.time(), "http://127.0.0.1:1/api")
+        assert c.status == "PASS" and f"llmdr-failover-when-active-region-down-{b} → failover/failover-{b}" \
+            in c.summary and ("beta" if b == "alpha" else "alpha") not in c.summary, c
+    only_alpha = [a for a in both if a["name"].endswith("-alpha")]
+    c = ra.judge(cfg.for_bundle("beta"), only_alpha, time.time(), "http://127.0.0.1:1/api")
+    assert c.status == "FAIL" and "no automation" in c.summary, c
