@@ -65,8 +65,8 @@ def serve(
 @metrics_app.command("show")
 def show() -> None:
     """Print the metrics once (Prometheus text format), every bundle's or --bundle NAME's, without serving anything.
-    The probe counters count every
-    probe the monitor's store keeps (a running exporter counts those since it started)."""
+    The probe counters count every probe the monitor's store keeps (a running exporter counts those since it
+    started)."""
     from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
     from llmdr.metrics.collector import ProjectCollector
