@@ -130,6 +130,11 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
         flows = {d.flow_id: retry_api(client.read_flow, d.flow_id).name for d in deps}
         if cfg.multi_bundle:
             return apply_bundles(client, cfg, deps, flows)
+        for d in [d for d in deps if is_bundle_copy(d.name, d.parameters)]:  # left from a project with bundles:
+            retry_api(client.delete_deployment, d.id)
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted (a copy for bundles: that {cfg.source_file} no longer "
+                       "has)")
+        deps = [d for d in deps if not is_bundle_copy(d.name, d.parameters)]
         for d in deps:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
@@ -141,7 +146,8 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
             retry_api(client.update_deployment, d.id,
                       DeploymentUpdate(**new, **({"work_pool_name": pool, "work_queue_name": queue} if moved else {})))
             was = f" (was {d.work_pool_name}/{d.work_queue_name})" if moved else ""
-            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}")
+            paused = "; PAUSED (by a project with bundles:? `prefect deployment resume` it)" if d.paused else ""
+            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}{paused}")
     return out
 
 
@@ -193,10 +199,18 @@ def bundle_deployment_name(base: str, bundle: str) -> str:
     return f"{base}-{bundle}"
 
 
+def is_bundle_copy(name: str, parameters: dict[str, Any] | None) -> bool:
+    """A deployment made by ``apply_bundles``: its ``bundle`` parameter set and its name ending ``-<bundle>``."""
+    b = (parameters or {}).get("bundle")
+    return bool(b) and name.endswith(f"-{b}")
+
+
 def per_bundle(cfg: Config, flow_name: str, name: str, tags: list[str], parameters: dict[str, Any],
                schema: dict[str, Any]) -> list[dict[str, Any]]:
     """One deployment per bundle of ``cfg`` from the base deployment NAME of prefect.yaml (pure: no API): the
-    bundle's name, its ``bundle`` parameter, and its view's tags and region choices (``fitted``)."""
+    bundle's name, its ``bundle`` parameter, its view's tags and region choices (``fitted``), and its work pool and
+    queue by the same rule as a one-bundle project's deployments (``pool_region`` of the view and the copy's
+    parameters: e.g. a bundle's restore-bundle copy that reads from another region lands on that region's pool)."""
     out = []
     for view in cfg.views():
         b = view.bundle.name
@@ -204,13 +218,15 @@ def per_bundle(cfg: Config, flow_name: str, name: str, tags: list[str], paramete
         prop = new["parameter_openapi_schema"].get("properties", {}).get("bundle")
         if prop is not None:  # the form shows the bundle this deployment is for
             prop["default"] = b
-        out.append({"name": bundle_deployment_name(name, b), "bundle": b, **new})
+        out.append({"name": bundle_deployment_name(name, b), "bundle": b, **new,
+                    "work_pool_name": region_pool(pool_region(view, flow_name, new["parameters"])),
+                    "work_queue_name": pool_queue(flow_name)})
     return out
 
 
 def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, str]) -> list[str]:
     """Create or update each bundle's copy of every base deployment (one without a ``bundle`` parameter), with the
-    base's schedules, pool, concurrency limit and pull steps; pause the base (a run of it would not know which
+    base's schedules, concurrency limit and pull steps and its own pool (``per_bundle``); pause the base (a run of it would not know which
     bundle), delete copies of bundles no longer configured, and create the global concurrency limits the flows take
     (``llmdr-protect-<bundle>``: 1 slot, ``llmdr-transfer-<region>``: transfer.region_slots)."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
@@ -233,11 +249,13 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
             limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None  # prefect.yaml's
             retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit,
                       concurrency_options=d.concurrency_options,
-                      parameters=new["parameters"], description=d.description, work_queue_name=d.work_queue_name,
-                      work_pool_name=d.work_pool_name, tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
+                      parameters=new["parameters"], description=d.description,
+                      work_queue_name=new["work_queue_name"], work_pool_name=new["work_pool_name"],
+                      tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
                       parameter_openapi_schema=new["parameter_openapi_schema"], pull_steps=d.pull_steps,
                       enforce_parameter_schema=d.enforce_parameter_schema, job_variables=d.job_variables)
-            out.append(f"{flow_name}/{new['name']}: tags {', '.join(new['tags'])}")
+            out.append(f"{flow_name}/{new['name']}: pool {new['work_pool_name']}/{new['work_queue_name']}; tags "
+                       f"{', '.join(new['tags'])}")
         if not d.paused:
             retry_api(client.update_deployment, d.id, DeploymentUpdate(paused=True))
         out.append(f"{flow_name}/{d.name}: paused (one copy per bundle runs instead)")

@@ -12,5 +12,5 @@ export LLMDR_CODE=${LLMDR_CODE:-$PWD}
 pools=$(uv run --frozen python deployments/configure.py --pools)
 eval "$pools"
 uv run --frozen prefect --no-prompt deploy --all
+uv run --frozen python deployments/configure.py  # per-bundle copies first: each bundle's failover automation runs its own
 uv run --frozen python deployments/automations.py
-uv run --frozen python deployments/configure.py

@@ -36,20 +36,19 @@ def who_started(started_by: str) -> dict:
                                 deployment=runtime.deployment.name if runtime.deployment.id else None, run=run)
 
 
-def _automation_state() -> dict:
-    """The failover automation as this Prefect server has it: enabled, disabled, or not found (enabled None)."""
+def _automation_state(name: str) -> dict:
+    """The failover automation NAME (the bundle's: ``llmdr.drill.runbook.automation_name``) as this Prefect server
+    has it: enabled, disabled, or not found (enabled None)."""
     from prefect.client.orchestration import get_client
-
-    from llmdr.drill.runbook import AUTOMATION
 
     try:
         with get_client(sync_client=True) as client:
             for a in retry_api(client.read_automations):
-                if a.name == AUTOMATION:
-                    return {"name": AUTOMATION, "enabled": bool(a.enabled), "id": str(a.id)}
+                if a.name == name:
+                    return {"name": name, "enabled": bool(a.enabled), "id": str(a.id)}
     except Exception as exc:  # noqa: BLE001
-        return {"name": AUTOMATION, "enabled": None, "error": str(exc)}
-    return {"name": AUTOMATION, "enabled": None}
+        return {"name": name, "enabled": None, "error": str(exc)}
+    return {"name": name, "enabled": None}
 
 
 # No retries on the prechecks: a precheck that fails is a finding of the drill, not a fault to hide.
@@ -57,7 +56,10 @@ def _automation_state() -> dict:
 def prechecks(config_path: str) -> dict:
     """Before anything is cut: traffic on the primary, both replicas answering, the copy in each DR region, the
     monitor watching, the failover automation enabled."""
-    out = evidence.prechecks(load_config(config_path), _automation_state())
+    from llmdr.drill.runbook import automation_name
+
+    cfg = load_config(config_path)
+    out = evidence.prechecks(cfg, _automation_state(automation_name(cfg)))
     for w in out["warnings"]:
         get_run_logger().warning("precheck: %s", w)
     return out

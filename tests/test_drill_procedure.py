@@ -177,7 +177,8 @@ def test_no_dr_snapshot_no_rpo_and_the_control_fails(cfg):
 def test_outage_on_the_timeline(cfg):
     rec = _record(cfg)
     procedure.record_outage(rec, "primary", {"action": "local: stopped"}, T0 + 10)
-    assert rec.outage == {"region": "primary", "action": "local: stopped", "started_utc": utc(T0 + 10)}
+    assert rec.outage == {"region": "primary", "scope": "region", "action": "local: stopped",
+                          "started_utc": utc(T0 + 10)}
     assert (rec.timeline[-1].kind, rec.timeline[-1].event, rec.timeline[-1].t_s) == ("outage", "primary region down",
                                                                                     10.0)
 

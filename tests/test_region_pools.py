@@ -315,3 +315,42 @@ def test_configure_moves_deployments_off_a_renamed_regions_pool_and_prunes_it(pr
         client.delete_deployment(theirs)
         client.delete_deployment(ours)
         client.delete_work_pool(shared)
+
+
+def test_each_bundles_deployment_copy_runs_on_the_pool_of_the_region_it_acts_in(tmp_path):
+    """configure.py's per-bundle copies follow the one-bundle rule (``pool_region`` of the bundle's view and the
+    copy's parameters), not their base deployment's pool: alpha's restore-bundle copy that reads from us-east runs on
+    us-east's pool, beta's on the DR region's; protect on the primary's; failover on the DR pool's failover queue."""
+    conf = _configure_module()
+    text = config_yaml([region_yaml("eu-west", "primary", 18000, "b-eu", keys="K1"),
+                        region_yaml("us-east", "secondary", 18100, "b-us", keys="K2"),
+                        region_yaml("ap-south", "secondary", 18200, "b-ap", keys="K3")],
+                       extra="failover: {target: ap-south}")
+    text = text.replace("bundle: {name: testbundle, path: bundle}\n",
+                        "bundles:\n  - {name: alpha, path: a}\n  - {name: beta, path: b}\n")
+    (tmp_path / "llmdr.yaml").write_text(text)
+    cfg = parse_config(text, source=tmp_path / "llmdr.yaml")
+    assert cfg.multi_bundle
+    schema = {"properties": {"region": {"type": "string"}, "bundle": {"type": "string"}}}
+
+    def copies(flow: str, parameters: dict) -> dict[str, tuple[str, str, str | None]]:
+        return {c["bundle"]: (c["work_pool_name"], c["work_queue_name"], c["parameters"].get("region"))
+                for c in conf.per_bundle(cfg, flow, flow, ["llmdr"], parameters, schema)}
+
+    assert copies("restore-bundle", {"region": "us-east"}) == {
+        "alpha": ("llmdr-us-east", "default", "us-east"), "beta": ("llmdr-us-east", "default", "us-east")}
+    # prefect.yaml's default "secondary" names no region here: the failover target's, and its pool
+    assert copies("restore-bundle", {"region": "secondary"}) == {
+        "alpha": ("llmdr-ap-south", "default", "ap-south"), "beta": ("llmdr-ap-south", "default", "ap-south")}
+    assert {b: c[:2] for b, c in copies("protect-bundle", {}).items()} == {
+        "alpha": ("llmdr-eu-west", "default"), "beta": ("llmdr-eu-west", "default")}
+    assert {b: c[:2] for b, c in copies("failover", {}).items()} == {
+        "alpha": ("llmdr-ap-south", "failover"), "beta": ("llmdr-ap-south", "failover")}
+    made = conf.per_bundle(cfg, "restore-bundle", "restore-bundle", ["llmdr"], {"region": "us-east"}, schema)
+    assert [c["name"] for c in made] == ["restore-bundle-alpha", "restore-bundle-beta"]
+    assert [c["parameters"]["bundle"] for c in made] == ["alpha", "beta"]
+    # what a one-bundle project deletes when it was a project with bundles: before (its copies), and keeps
+    assert conf.is_bundle_copy("protect-bundle-alpha", {"bundle": "alpha"})
+    assert not conf.is_bundle_copy("protect-bundle", {"bundle": None})
+    assert not conf.is_bundle_copy("protect-bundle", {})
+    assert not conf.is_bundle_copy("my-own-protect", {"bundle": "alpha"})  # someone's deployment, not a copy

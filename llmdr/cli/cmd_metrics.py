@@ -14,6 +14,14 @@ metrics_app = typer.Typer(help="Prometheus metrics: RPO age, endpoint health, dr
 app.add_typer(metrics_app, name="metrics")
 
 
+def _project():
+    """(the whole project's config, the bundle views to export): --bundle NAME's alone, else every bundle's."""
+    from llmdr.cli.root import state
+
+    cfg = load_cfg(whole=True)
+    return cfg, cfg.views() if state.bundle in (None, "all") else [cfg.for_bundle(state.bundle)]
+
+
 def _listen(text: str | None, default: str) -> tuple[str, int]:
     from llmdr.config.sections import split_listen
 
@@ -31,16 +39,18 @@ def serve(
     with_stack: Annotated[bool, typer.Option("--with-stack", hidden=True, help="Stop once the config's local S3 "
                                              "servers are all gone (how `llmdr stack up` runs it).")] = False,
 ) -> None:
-    """Serve the metrics until interrupted: /metrics for Prometheus, / as an HTML page, /healthz. Stores are read
-    at most once per metrics.cache; probe histograms are live."""
+    """Serve the metrics until interrupted: /metrics for Prometheus, / as an HTML page, /healthz. Every bundle of
+    the project (each sample labelled bundle=...), or only --bundle NAME's. Stores are read at most once per
+    metrics.cache; probe histograms are live."""
     from llmdr.metrics.server import open_exporter, stop_with_stack
 
-    cfg = load_cfg()
+    cfg, views = _project()
     host, port = _listen(listen, cfg.metrics.listen)
-    exporter = open_exporter(cfg, host, port)
+    exporter = open_exporter(cfg, host, port, views=views)
     if with_stack:
         stop_with_stack(cfg, exporter)
-    typer.echo(f"serving llmdr metrics of '{cfg.bundle.name}' on {exporter.url}/metrics (Ctrl-C stops)", err=True)
+    names = ", ".join(f"'{v.bundle.name}'" for v in views)
+    typer.echo(f"serving llmdr metrics of {names} on {exporter.url}/metrics (Ctrl-C stops)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"WARNING: {host} is not loopback and the exporter has no authentication: anyone who reaches "
                    "this port reads the metrics (region names, RPO, endpoints); let only Prometheus in", err=True)
@@ -54,15 +64,16 @@ def serve(
 
 @metrics_app.command("show")
 def show() -> None:
-    """Print the metrics once (Prometheus text format), without serving anything. The probe counters count every
-    probe the monitor's store keeps (a running exporter counts those since it started)."""
+    """Print the metrics once (Prometheus text format), every bundle's or --bundle NAME's, without serving anything.
+    The probe counters count every probe the monitor's store keeps (a running exporter counts those since it
+    started)."""
     from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
-    from llmdr.metrics.collector import LlmdrCollector
+    from llmdr.metrics.collector import ProjectCollector
 
     disable_created_metrics()
-    cfg = load_cfg()
-    collector = LlmdrCollector(cfg, probes_from=0)
+    cfg, views = _project()
+    collector = ProjectCollector(cfg, views, probes_from=0)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:

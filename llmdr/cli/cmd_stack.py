@@ -110,12 +110,8 @@ def stack_up(
             ml = mlflowui.start(cfg, mlflow_port)
             text += f"\nmlflow       healthy  {ml['pid']:>7}  {ml['url']} (UI)"
             out["mlflow"] = ml
-        # the Prometheus exporter (metrics: in llmdr.yaml); its trouble never fails the stack
-        if cfg.metrics.with_stack and cfg.multi_bundle:  # the exporter reads one bundle's repositories and state
-            text += ("\nmetrics      -         not started: the exporter covers one bundle and this project has "
-                     f"{len(cfg.bundle_names())}; set metrics.with_stack: false")
-            out["metrics"] = None
-        elif cfg.metrics.with_stack:
+        # the Prometheus exporter (metrics: in llmdr.yaml), one for every bundle; its trouble never fails the stack
+        if cfg.metrics.with_stack:
             from llmdr.metrics import service as metrics_service
 
             exporter = metrics_service.start(cfg)

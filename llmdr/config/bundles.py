@@ -73,6 +73,11 @@ def view_data(raw: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
             data[key] = copy.deepcopy(entry[key])
     if entry.get("tracking"):
         data["tracking"] = {**(data.get("tracking") or {}), **entry["tracking"]}
+    # a drill of one bundle cuts only that bundle's replica unless the project asks for the whole region
+    # (drill.outage: local stops the region's store and workers, which every bundle shares)
+    drill = data.get("drill")
+    if drill is None or isinstance(drill, dict):
+        data["drill"] = {"outage": "replica", **(drill or {})}
     serving = entry.get("serving") or {}
     for region in data.get("regions") or []:
         region["prefix"] = bundle_prefix(str(region.get("prefix") or ""), name)

@@ -302,9 +302,14 @@ class Signing(StrictModel):
 class Drill(StrictModel):
     """The DR drill: how the outage is simulated, how long to wait for the automation, where reports go."""
 
-    # How the primary's outage is simulated. local: stop its local S3 server and replica (data stays on disk), then
-    # start them again; command: run outage_command, then restore_command.
-    outage: Literal["local", "command"] = "local"
+    # How the primary's outage is simulated. local: the whole region is lost: stop its local S3 server, its
+    # Prefect workers and the replica (data stays on disk), then start them again; with several bundles that is
+    # every bundle's store and workers, so the other bundles' protects fail until it is back. replica: only this
+    # bundle's serving replica in the region is stopped (by PID); the region's S3 store, its workers and the other
+    # bundles' replicas keep running, and the replica is started again from the region's own store. Default:
+    # local, or replica in a project with several bundles (bundles:). command: run outage_command, then
+    # restore_command.
+    outage: Literal["local", "replica", "command"] = "local"
     # "command": the argv that cuts the primary off (run without a shell, 10-minute limit); it must never delete data
     outage_command: list[str] | None = None
     restore_command: list[str] | None = None  # "command": the argv that brings it back

@@ -129,8 +129,9 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
         time.sleep(0.5)
     _run([sys.executable, str(root / "deployments" / "configure.py"), "--pools"], e, root)  # llmdr-<region>
     _run([_prefect(), "--no-prompt", "deploy", "--all"], e, root)
+    # pools, tags, region choices, and each bundle's deployment copies, which its failover automation runs
+    _run([sys.executable, str(root / "deployments" / "configure.py")], e, root)
     _run([sys.executable, str(root / "deployments" / "automations.py")], e, root)
-    _run([sys.executable, str(root / "deployments" / "configure.py")], e, root)  # pools, tags, region choices
     # workers of pools no deployment is bound to any more (a renamed region, another DR target, the old layout)
     wanted = {n for r in cfg.regions for n in worker_names(cfg, r.name)}
     spare = _ancestors()
@@ -138,20 +139,32 @@ def start(cfg: Config, port: int = 4200, timeout: float = 180.0, *, start_monito
         if name not in wanted:
             _stop_pid_file(cfg, name, 20.0, spare)
     start_workers(cfg, port=port)
-    watch = start_monitor and not cfg.multi_bundle  # several bundles: each bundle's monitor deployment, on schedule
-    if watch and any(r.serving for r in cfg.regions) and not _monitor_scheduled_soon(port):
-        # start watching now rather than at the schedule's next minute
-        _run([_prefect(), "deployment", "run", "monitor-endpoints/monitor-endpoints"], e, root)
+    if start_monitor:
+        # start watching now rather than at the schedule's next minute (a new deployment copy's first scheduled
+        # run can be a minute or more away): one run per bundle that serves, of its own monitor deployment
+        for deployment in monitor_deployments(cfg):
+            if not _monitor_scheduled_soon(port, deployment.split("/", 1)[1]):
+                _run([_prefect(), "deployment", "run", deployment], e, root)
     return status(cfg, port)
 
 
-def _monitor_scheduled_soon(port: int) -> bool:
-    """A monitor-endpoints run is running, or due within 10 s."""
+def monitor_deployments(cfg: Config) -> list[str]:
+    """The monitor deployment of every bundle that has an endpoint to watch: ``monitor-endpoints/monitor-endpoints``
+    for a one-bundle project, ``monitor-endpoints/monitor-endpoints-<bundle>`` for each of several (configure.py's
+    copies)."""
+    base = "monitor-endpoints/monitor-endpoints"
+    if not cfg.multi_bundle:
+        return [base] if any(r.serving for r in cfg.regions) else []
+    return [f"{base}-{v.bundle.name}" for v in cfg.views() if any(r.serving for r in v.regions)]
+
+
+def _monitor_scheduled_soon(port: int, deployment: str = "monitor-endpoints") -> bool:
+    """A run of the monitor deployment DEPLOYMENT is running, or due within 10 s."""
     import json
     from datetime import datetime, timedelta, timezone
 
     soon = (datetime.now(timezone.utc) + timedelta(seconds=10)).isoformat()
-    body = {"flows": {"name": {"any_": ["monitor-endpoints"]}},
+    body = {"flows": {"name": {"any_": ["monitor-endpoints"]}}, "deployments": {"name": {"any_": [deployment]}},
             "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "SCHEDULED"]}},
                           "expected_start_time": {"before_": soon}}, "limit": 1}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", data=json.dumps(body).encode(),

@@ -136,8 +136,12 @@ def record_rpo(rec: DrillRecord, dr_region: str, outage_ts: float) -> None:
 
 
 def record_outage(rec: DrillRecord, region: str, action: dict[str, Any], outage_ts: float) -> None:
-    rec.outage = {"region": region, "action": action["action"], "started_utc": utc(outage_ts)}
-    rec.mark("outage", f"{region} region down", ok=None, detail=action["action"], ts=outage_ts)
+    """The outage on the record, with its scope: ``region`` (store, workers, replica), ``replica`` (this bundle's
+    replica only) or ``command``."""
+    scope = action.get("scope") or "region"
+    rec.outage = {"region": region, "scope": scope, "action": action["action"], "started_utc": utc(outage_ts)}
+    what = f"{rec.bundle}'s replica in {region} down" if scope == "replica" else f"{region} region down"
+    rec.mark("outage", what, ok=None, detail=action["action"], ts=outage_ts)
 
 
 def failover_wait(cfg: Config, outage_ts: float) -> tuple[float, float]:

@@ -214,12 +214,25 @@ def scope_of(cfg: Config) -> dict[str, Any]:
             "objectives": {"rpo_s": cfg.objectives.rpo.total_seconds(), "rto_s": cfg.objectives.rto.total_seconds(),
                            "drill_interval_s": cfg.objectives.drill_interval.total_seconds()},
             "router": {"kind": cfg.router.kind, "url": cfg.router.url} if cfg.router else None,
-            "outage_action": cfg.drill.outage}
+            "outage_action": cfg.drill.outage, "outage_scope": outage_scope(cfg)}
+
+
+def outage_scope(cfg: Config) -> str:
+    """What the drill's outage cuts, in words for the report's scope."""
+    if cfg.drill.outage == "command":
+        return "what drill.outage_command cuts"
+    if cfg.drill.outage == "replica":
+        return (f"bundle {cfg.bundle.name}'s serving replica in the primary region only; the region's S3 store, its "
+                "Prefect workers and other bundles keep running")
+    shared = (" shared by every bundle of the project: the other bundles' protects fail until it is back"
+              if cfg.view_of else "")
+    return f"the whole primary region: its S3 store, its Prefect workers and its replica{shared}"
 
 
 def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
-    """Cut the region off without deleting anything: locally, stop its replica and S3 server (by PID); with
-    ``drill.outage: command``, run ``drill.outage_command``."""
+    """Cut the region off without deleting anything: locally, stop its replica, S3 server and workers (by PID);
+    with ``drill.outage: replica`` only this bundle's replica there (by PID); with ``drill.outage: command``, run
+    ``drill.outage_command``. The result's ``scope`` says which (``region``, ``replica`` or ``command``)."""
     import subprocess
 
     reg = cfg.region(region)
@@ -227,7 +240,9 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
         r = subprocess.run(cfg.drill.outage_command or [], capture_output=True, text=True, timeout=600,
                            env=child_env(pass_env=cfg.drill.pass_env), umask=0o077)
         return {"region": region, "action": "command: " + " ".join(cfg.drill.outage_command or []),
-                "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:]}
+                "returncode": r.returncode, "output": (r.stdout + r.stderr)[-500:], "scope": "command"}
+    if cfg.drill.outage == "replica":
+        return _stop_bundle_replica(cfg, reg)
     from llmdr.devstack.regions import region_pid, stop_region
     from llmdr.serving.replica import replica_status, stop_replica
 
@@ -246,11 +261,34 @@ def simulate_outage(cfg: Config, region: str) -> dict[str, Any]:
     workers = orchestration.stop_workers(cfg, region, timeout=3.0)
     stopped = [f"{name} (pid {pid})" for name, pid, done in workers if done]
     spared = [f"{name} (pid {pid}: it runs this drill)" for name, pid, done in workers if pid and not done]
+    others = (f"; every bundle's store and workers in {region} went with it (drill.outage: replica would cut only "
+              f"{cfg.bundle.name}'s replica)" if cfg.view_of else "")
     return {"region": region, "action": f"local: stopped the serving replica (pid {rep.pid if rep else '-'}), the "
                                         f"S3 server (pid {s3_pid or '-'}) and the Prefect workers "
                                         f"{', '.join(stopped) or '-'}" + (f"; left running {', '.join(spared)}"
-                                                                         if spared else "") + "; data left on disk",
-            "workers_stopped": [name for name, _, done in workers if done]}
+                                                                         if spared else "") + "; data left on disk"
+                                        + others,
+            "workers_stopped": [name for name, _, done in workers if done], "scope": "region"}
+
+
+def _stop_bundle_replica(cfg: Config, reg) -> dict[str, Any]:
+    """``drill.outage: replica``: stop this bundle's replica in the region by its PID, nothing else."""
+    from llmdr.errors import UsageError
+    from llmdr.serving.replica import can_start, replica_status, stop_replica
+
+    if reg.serving is None:
+        raise UsageError(f"drill.outage: replica: bundle '{cfg.bundle.name}' has no serving replica in region "
+                         f"'{reg.name}' to stop; give it one (serving: in the region, or the bundle's serving: "
+                         f"{{{reg.name}: {{url: ...}}}}), or use drill.outage: local or command")
+    rep = replica_status(cfg, reg)
+    if rep.pid is None or not can_start(reg):
+        raise UsageError(f"drill.outage: replica: the replica of '{cfg.bundle.name}' in '{reg.name}' "
+                         f"({reg.serving.url}) was not started by llmdr (no PID to stop, or no way to start it "
+                         "again); start it with `llmdr stack up` or `llmdr serve`, or use drill.outage: command")
+    stop_replica(cfg, reg)
+    return {"region": reg.name, "scope": "replica",
+            "action": f"replica: stopped the serving replica of {cfg.bundle.name} in {reg.name} (pid {rep.pid}); "
+                      f"the region's S3 store, its Prefect workers and other bundles' replicas left running"}
 
 
 def end_outage(cfg: Config, region: str) -> dict[str, Any]:
@@ -263,8 +301,12 @@ def end_outage(cfg: Config, region: str) -> dict[str, Any]:
         return {"action": "command: " + " ".join(cfg.drill.restore_command or []), "returncode": r.returncode}
     from llmdr.devstack import orchestration
     from llmdr.devstack.regions import start_region
-    from llmdr.serving.replica import can_start, start_replica
+    from llmdr.serving.replica import can_start, replica_status, start_replica
 
+    if cfg.drill.outage == "replica":
+        rep = start_replica(cfg, reg)  # from the region's own store, as after a real outage
+        return {"action": f"replica: {cfg.bundle.name}'s replica in {region} restarted from its own store "
+                          f"(pid {rep.pid})", "healthy": replica_status(cfg, reg).healthy}
     st = start_region(cfg, reg)
     action = f"local: S3 server started again (pid {st.pid})"
     if orchestration.running(cfg):  # the local Prefect stack runs: the region's workers come back with it

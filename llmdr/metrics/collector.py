@@ -293,3 +293,32 @@ class LlmdrCollector:
                      if rec.kind == "failover" and rec.ok and not rec.noop and rec.rto_s is not None), None)
         if good is not None:
             add("llmdr_failover_last_rto_seconds", good.rto_s)
+
+
+class ProjectCollector:
+    """Every bundle of a project in one exporter: one :class:`LlmdrCollector` per bundle view (``views``, default
+    ``cfg.views()``; a one-bundle project: itself), their families merged by name (a metric family appears once in
+    an exposition; each sample keeps its ``bundle`` label). Keyword arguments go to each bundle's collector."""
+
+    def __init__(self, cfg: Config, views: list[Config] | None = None, **kwargs: Any) -> None:
+        self.cfg = cfg
+        self.collectors = [LlmdrCollector(v, **kwargs) for v in (views if views is not None else cfg.views())]
+        self.bundles = [c.bundle for c in self.collectors]
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        merged: dict[str, Any] = {}
+        for c in self.collectors:
+            for fam in c.collect():
+                have = merged.get(fam.name)
+                if have is None:
+                    merged[fam.name] = fam
+                else:
+                    have.samples.extend(fam.samples)
+        yield from merged.values()
+
+    def close(self) -> None:
+        for c in self.collectors:
+            c.close()

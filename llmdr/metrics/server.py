@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from llmdr.config import Config
 from llmdr.errors import StackError
-from llmdr.metrics.collector import LlmdrCollector
+from llmdr.metrics.collector import LlmdrCollector, ProjectCollector
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def _html(registry, bundle: str) -> bytes:
+def _html(registry, bundles: list[str]) -> bytes:
+    """The metrics as a page: one table per bundle (in the project's order), a row per sample."""
     now = time.time()
-    rows = []
+    rows: dict[str, list[str]] = {b: [] for b in bundles}
     for fam in registry.collect():
         for s in fam.samples:
             if s.name.endswith("_bucket"):
@@ -39,20 +40,28 @@ def _html(registry, bundle: str) -> bytes:
             shown = f"{s.value:.6g}"
             if s.name.endswith("_timestamp_seconds"):  # a person reads a time and an age, not 1.79e+09
                 shown = f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(s.value))} ({now - s.value:.0f} s ago)"
-            rows.append(f"<tr><td>{html.escape(s.name)}</td><td>{html.escape(labels)}</td>"
-                        f"<td class=n>{html.escape(shown)}</td></tr>")
+            rows.setdefault(s.labels.get("bundle", ""), []).append(
+                f"<tr><td>{html.escape(s.name)}</td><td>{html.escape(labels)}</td>"
+                f"<td class=n>{html.escape(shown)}</td></tr>")
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llmdr metrics: {html.escape(bundle)}</title>
+    title = ("bundle " if len(bundles) == 1 else f"{len(bundles)} bundles: ") + ", ".join(bundles)
+    index = "" if len(bundles) == 1 else ("<p>" + " &middot; ".join(
+        f'<a href="#bundle-{html.escape(b)}">{html.escape(b)}</a>' for b in bundles) + "</p>")
+    tables = "".join(
+        (f'<h3 id="bundle-{html.escape(b)}">{html.escape(b) or "(no bundle label)"}</h3>' if len(bundles) > 1 else "")
+        + f"<table><tr><th>metric</th><th>labels</th><th>value</th></tr>{''.join(r)}</table>"
+        for b, r in rows.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llmdr metrics: {html.escape(title)}</title>
 <style>body{{font-family:DejaVu Sans,sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}}td.n{{text-align:right;
 font-family:DejaVu Sans Mono,monospace}}th{{background:#f3f3f3}}</style></head><body>
-<h2>llmdr metrics: bundle {html.escape(bundle)}</h2>
+<h2>llmdr metrics: {html.escape(title)}</h2>
 <p>{stamp} &middot; Prometheus scrapes <a href="/metrics">/metrics</a> (histogram buckets are there, not here)</p>
-<table><tr><th>metric</th><th>labels</th><th>value</th></tr>{''.join(rows)}</table></body></html>"""
+{index}{tables}</body></html>"""
     return page.encode()
 
 
-def make_app(registry, bundle: str) -> Callable:
+def make_app(registry, bundles: list[str] | str) -> Callable:
     """The WSGI application: /metrics, / and /healthz."""
     from prometheus_client import make_wsgi_app
 
@@ -66,7 +75,7 @@ def make_app(registry, bundle: str) -> Callable:
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"ok\n"]
         if path == "/":
-            body = _html(registry, bundle)
+            body = _html(registry, [bundles] if isinstance(bundles, str) else bundles)
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -79,7 +88,7 @@ def make_app(registry, bundle: str) -> Callable:
 class Exporter:
     """A bound exporter: ``url``, ``serve_forever()``, ``shutdown()`` (from another thread), ``close()``."""
 
-    def __init__(self, httpd, collector: LlmdrCollector, host: str) -> None:
+    def __init__(self, httpd, collector: LlmdrCollector | ProjectCollector, host: str) -> None:
         self.httpd, self.collector = httpd, collector
         port = httpd.server_address[1]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -100,9 +109,11 @@ class Exporter:
         return t
 
 
-def open_exporter(cfg: Config, host: str, port: int, *, collector: LlmdrCollector | None = None) -> Exporter:
-    """Bind ``host``:``port`` (0: any free port) and build the registry; ``StackError`` saying what to do when the
-    address is taken or cannot be bound."""
+def open_exporter(cfg: Config, host: str, port: int, *, collector: LlmdrCollector | ProjectCollector | None = None,
+                  views: list[Config] | None = None) -> Exporter:
+    """Bind ``host``:``port`` (0: any free port) and build the registry: every bundle of ``cfg`` (or of ``views``,
+    bundle views of it) in one exporter; ``StackError`` saying what to do when the address is taken or cannot be
+    bound."""
     from prometheus_client import CollectorRegistry, disable_created_metrics
     from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -113,10 +124,11 @@ def open_exporter(cfg: Config, host: str, port: int, *, collector: LlmdrCollecto
         address_family = family
 
     registry = CollectorRegistry(auto_describe=False)
-    collector = collector or LlmdrCollector(cfg)
+    collector = collector or ProjectCollector(cfg, views)
+    bundles = collector.bundles if isinstance(collector, ProjectCollector) else [collector.bundle]
     registry.register(collector)
     try:
-        httpd = make_server(host, port, make_app(registry, cfg.bundle.name), Server, handler_class=_QuietHandler)
+        httpd = make_server(host, port, make_app(registry, bundles), Server, handler_class=_QuietHandler)
     except OSError as exc:
         collector.close()
         where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"

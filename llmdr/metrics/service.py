@@ -1,5 +1,5 @@
 """The exporter next to the local stack: `llmdr stack up` starts ``llmdr metrics serve --with-stack`` detached on
-``metrics.listen`` (PID file ``<state>/metrics/exporter.pid``, log ``exporter.log``), `llmdr stack status` shows
+``metrics.listen`` (every bundle of the project in that one exporter) (PID file ``<state>/metrics/exporter.pid``, log ``exporter.log``), `llmdr stack status` shows
 it, `llmdr stack down` stops it by PID. It also stops by itself once the stack's S3 servers are all gone."""
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def start(cfg: Config, timeout: float = 60.0) -> ExporterStatus:
         argv += ["--config", str(cfg.source_file.resolve())]
     argv += ["metrics", "serve", "--with-stack"]
     private_dir(d)  # 0700 like the rest of the state folder, whatever the umask
-    # llmdr itself, so it gets llmdr's environment: it reads the regions with the same keys
-    proc = spawn(argv, d / "exporter.log", cwd=cfg.base_dir, env=dict(os.environ))
+    # llmdr itself, so it gets llmdr's environment: it reads the regions with the same keys; every bundle of the
+    # project (not one chosen by $LLMDR_BUNDLE)
+    env = {k: v for k, v in os.environ.items() if k != "LLMDR_BUNDLE"}
+    proc = spawn(argv, d / "exporter.log", cwd=cfg.base_dir, env=env)
     write_pid(d / "exporter.pid", proc.pid)
     deadline = time.monotonic() + timeout
     while not healthy(cfg):

@@ -146,7 +146,7 @@ def sections(record: dict, *, has_trend: bool = False, runbook: str | None = Non
              ("RTO objective", seconds_text(obj.get("rto_s"), 0)), ("RPO objective", seconds_text(obj.get("rpo_s"), 0)),
              ("Drill interval", seconds_text(obj.get("drill_interval_s"), 0)),
              ("Router", f"{router.get('kind', DASH)} {router.get('url') or ''}".strip() if router else None),
-             ("Outage action", scope.get("outage_action"))]),
+             ("Outage action", scope.get("outage_action")), ("Outage scope", scope.get("outage_scope"))]),
         Table(["region", "role", "endpoint", "bucket"],
               [[as_text(r.get("name")), as_text(r.get("role")), as_text(r.get("endpoint")), as_text(r.get("bucket"))]
                for r in regions if isinstance(r, dict)] or [[NOT_RECORDED, DASH, DASH, DASH]],

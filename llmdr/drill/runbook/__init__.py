@@ -39,10 +39,12 @@ from llmdr.drill.runbook.text import (
     POOL_FAILOVER,
     SECTIONS,
     Context,
+    automation_name,
+    deployment_name,
 )
 
 __all__ = ["AUTOMATION", "DEFAULT_UI", "DEPLOY_DRILL", "DEPLOY_FAILBACK", "DEPLOY_FAILOVER", "DEPLOY_MONITOR",
-           "DEPLOY_RESTORE", "POOL_FAILOVER", "SECTIONS", "render_runbook", "write_runbook"]
+           "DEPLOY_RESTORE", "POOL_FAILOVER", "SECTIONS", "automation_name", "deployment_name", "render_runbook", "write_runbook"]
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,14 @@ from llmdr.artifacts import artifact_key
 from llmdr.config import DEFAULT_CONFIG, CaddyRouter, Config, Region, Route53Router, format_duration
 from llmdr.drill.runbook.hardware import hardware
 from llmdr.drill.runbook.text import (
-    AUTOMATION,
     DEFAULT_UI,
     DEPLOY_FAILOVER,
     DEPLOY_MONITOR,
     Context,
+    automation_name,
     code,
     console,
+    deployment_name,
     dr_pool,
     dur,
     heading,
@@ -158,7 +159,7 @@ def detect(c: Context) -> list[str]:
         lines += [warn("No region has a serving endpoint (regions[].serving.url): the monitor has nothing to "
                         "probe and no failover can run. Only the storage copies (sections 5 and 6) are protected."),
                   ""]
-    lines += [f"- The `monitor-endpoints` deployment ({code(DEPLOY_MONITOR)}, work pool {code(dr_pool(cfg))}) runs every "
+    lines += [f"- The `monitor-endpoints` deployment ({code(deployment_name(c.cfg, DEPLOY_MONITOR))}, work pool {code(dr_pool(cfg))}) runs every "
               f"minute and watches for ~58 s: it probes every region's serving endpoint"
               + (" and the router" if cfg.router else "") + f" every {dur(m.interval)} (timeout "
               f"{dur(m.timeout)}). An endpoint is **down** after {m.down_after} failed probes in a row "
@@ -172,8 +173,8 @@ def detect(c: Context) -> list[str]:
               "down).", ""]
     f = cfg.failover
     if f.auto:
-        lines.append(f"**Failover is automatic.** The Prefect automation {code(AUTOMATION)} runs the "
-                     f"{code(DEPLOY_FAILOVER)} deployment when `llmdr.endpoint.down` arrives for the region the router "
+        lines.append(f"**Failover is automatic.** The Prefect automation {code(automation_name(cfg))} runs the "
+                     f"{code(deployment_name(c.cfg, DEPLOY_FAILOVER))} deployment when `llmdr.endpoint.down` arrives for the region the router "
                      f"sends traffic to. The flow confirms the outage with {f.confirm_probes} direct probes "
                      f"{dur(f.confirm_interval)} "
                      f"apart (a blip does not move traffic), gets a healthy replica in {code(c.target.name)} "
@@ -183,7 +184,7 @@ def detect(c: Context) -> list[str]:
                      f"has not moved within the RTO ({format_duration(cfg.objectives.rto)}), fail over by hand "
                      "(section 4).")
     else:
-        lines.append(f"**Failover is MANUAL** (`failover.auto: false`): the automation {code(AUTOMATION)} is "
+        lines.append(f"**Failover is MANUAL** (`failover.auto: false`): the automation {code(automation_name(cfg))} is "
                      f"created disabled. A down region is detected (events, {code(c.cmd('status'))}) but no notice is sent and "
                      "traffic does not move until someone follows section 4.")
     return lines + hardware(c)
@@ -221,7 +222,7 @@ def failover(c: Context) -> list[str]:
     lines += ["", "### From the Prefect UI", "",
               f"1. Open the Prefect UI ({DEFAULT_UI} for the local stack started by {code(c.cmd('stack up --ui'))}; "
               f"{code(c.cmd('stack status'))} shows it), or your Prefect server.",
-              f"2. Deployments → **failover** ({code(DEPLOY_FAILOVER)}, work pool {code(dr_pool(cfg))}).",
+              f"2. Deployments → **failover** ({code(deployment_name(c.cfg, DEPLOY_FAILOVER))}, work pool {code(dr_pool(cfg))}).",
               f"3. Run → Custom run → parameters: `to` = {code(t.name)}, `reason` = why (ticket), `trigger` = "
               "`manual` (keep it: other triggers require the outage to be confirmed first), `config_path` empty "
               "(the worker's llmdr.yaml). Submit.",

@@ -19,6 +19,7 @@ from llmdr.drill.runbook.text import (
     Context,
     code,
     console,
+    deployment_name,
     field,
     heading,
     rel,
@@ -44,7 +45,7 @@ def restore(c: Context) -> list[str]:
              f"{code(c.cmd(f'restore latest --region {t.name} --to {shlex.quote(cfg.bundle.path)} --force'))}. A region with "
              f"corrupt or missing chunks: {code(c.cmd(f'verify latest --region {c.primary.name} --repair'))} "
              "fetches intact copies from another region.", "",
-             f"From the Prefect UI: Deployments → **restore-bundle** ({code(DEPLOY_RESTORE)}) → Run → Custom run: "
+             f"From the Prefect UI: Deployments → **restore-bundle** ({code(deployment_name(c.cfg, DEPLOY_RESTORE))}) → Run → Custom run: "
              f"`target` = a folder on the worker's machine, `region` = {code(t.name)}, `snapshot` = `latest` (or an "
              f"id), `force` only to overwrite. Result: artifact {code(artifact_key('restore-bundle', c.bundle))}."]
     if cfg.datasets:
@@ -66,7 +67,7 @@ def failback(c: Context) -> list[str]:
               f"Failback requires {p.name}'s store to answer; it copies back every snapshot taken in the DR region "
               f"meanwhile, (re)starts {p.name}'s replica on the newest snapshot, checks the golden set, then switches "
               "the router and checks again through it (rolled back if that fails), and sends the failback notice. "
-              f"From the UI: Deployments → **failback** ({code(DEPLOY_FAILBACK)}) → Run. Artifact "
+              f"From the UI: Deployments → **failback** ({code(deployment_name(c.cfg, DEPLOY_FAILBACK))}) → Run. Artifact "
               f"{code(artifact_key('failback', c.bundle))}."]
     return lines
 
@@ -211,7 +212,7 @@ def drill_programme(c: Context, now: datetime, drills: Sequence[Any] | None) -> 
               f"- {code(c.cmd('drill'))}: a full drill now (needs {code(c.cmd('stack up --ui'))}): the primary is cut off, the "
               "automation must fail over on its own, RTO/RPO are measured, the restore test runs from the DR store, "
               "then failback; exit 8 if a control fails. Scheduled: the `dr-drill-quarterly` deployment "
-              f"({code(DEPLOY_DRILL)}, 06:00 UTC on 1 January, April, July and October).",
+              f"({code(deployment_name(c.cfg, DEPLOY_DRILL))}, 06:00 UTC on 1 January, April, July and October).",
               f"- {code(c.cmd('drills'))}: every drill (RTO, RPO, result); warns when the last passing one is older "
               f"than {format_duration(interval)}.",
               f"- {code(c.cmd('readiness'))}: the readiness checks; exits non-zero on any FAIL.",

@@ -27,6 +27,18 @@ DEFAULT_UI = "http://127.0.0.1:4200"
 
 
 
+def deployment_name(cfg: Config, base: str) -> str:
+    """``flow/deployment`` of CFG's bundle: its own copy ``flow/deployment-<bundle>`` in a project with several
+    (deployments/configure.py), BASE otherwise."""
+    return f"{base}-{cfg.view_of}" if cfg.view_of else base
+
+
+def automation_name(cfg: Config) -> str:
+    """The failover automation of CFG's bundle: one per bundle in a project with several (deployments/automations.py),
+    ``AUTOMATION-<bundle>``; the project's single one otherwise."""
+    return f"{AUTOMATION}-{cfg.view_of}" if cfg.view_of else AUTOMATION
+
+
 def dr_pool(cfg: Config) -> str:
     """The work pool that runs failover and the monitor: the failover target's (llmdr.config.pools)."""
     from llmdr.config.pools import dr_region, region_pool
