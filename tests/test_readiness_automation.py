@@ -6,6 +6,7 @@ deployment moved to the primary region's pool (FAIL)."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -24,7 +25,7 @@ def _cfg(tmp_path, extra: str = ""):
 def _auto(name="llmdr-failover-when-active-region-down", *, enabled=True, match=None, **dep):
     d = {"id": "d1", "name": "failover", "flow": "failover", "paused": False, "bundle": None,
          "pool": "llmdr-secondary", "queue": "failover", "queue_status": "READY", "queue_paused": False,
-         "last_polled": time.time() - 3} | dep
+         "last_polled": 3.0} | dep  # seconds before the judge's "now" (made absolute in the test)
     return {"name": name, "enabled": enabled, "expect": ["llmdr.endpoint.down"],
             "match": match if match is not None else {"prefect.resource.id": "llmdr.endpoint.*", "llmdr.active": "true"},
             "deployments": [d]}
@@ -36,7 +37,7 @@ def _auto(name="llmdr-failover-when-active-region-down", *, enabled=True, match=
     ([_auto(enabled=False)], "FAIL", "is disabled"),
     ([_auto(queue_status="NOT_READY", last_polled=None)], "FAIL", "nothing serves llmdr-secondary/failover "
                                                                   "(NOT_READY, never polled)"),
-    ([_auto(queue_status="NOT_READY", last_polled=time.time() - 600)], "FAIL", "last polled 10m"),
+    ([_auto(queue_status="NOT_READY", last_polled=600.0)], "FAIL", "last polled 10m"),
     ([_auto(queue_paused=True)], "FAIL", "paused"),
     ([_auto(pool="llmdr-primary")], "FAIL", "the primary region's pool"),
     ([_auto(missing=True)], "FAIL", "no longer exists"),
@@ -49,7 +50,13 @@ def _auto(name="llmdr-failover-when-active-region-down", *, enabled=True, match=
         "deployment-gone", "deployment-paused", "other-bundle", "one-of-two"])
 def test_the_judge(tmp_path, automations, status, words):
     cfg = _cfg(tmp_path)
-    c = ra.judge(cfg, automations, time.time(), "http://127.0.0.1:1/api")
+    now = time.time()
+    automations = copy.deepcopy(automations)
+    for a in automations:  # the table was built at collection: its poll ages count from now, not from then
+        for d in a["deployments"]:
+            if d.get("last_polled") is not None:
+                d["last_polled"] = now - d["last_polled"]
+    c = ra.judge(cfg, automations, now, "http://127.0.0.1:1/api")
     assert c.status == status and words in c.summary, c
     assert (c.action != "") == (status != "PASS")
 
