@@ -106,8 +106,9 @@ def judge(cfg: Config, automations: list[dict[str, Any]], now: float, api: str) 
     dr = region_pool(cfg.failover_target().name)
     return Check(CID, TITLE, FAIL, "; ".join(problems),
                  f"start the warm runner (`python deployments/warm_runner.py --pool {dr} --queue failover`) or a "
-                 f"worker (`prefect worker start --pool {dr} --work-queue failover`) in the DR region, and run "
-                 "deployments/configure.py so the failover deployment is on that pool", data)
+                 f"worker (`prefect worker start --pool {dr} --work-queue failover`) in the DR region (the local stack: "
+                 "`llmdr stack up --ui` starts what is missing), and run deployments/configure.py so the failover "
+                 "deployment is on that pool", data)
 
 
 def check_automation(cfg: Config, now: float) -> Check:
