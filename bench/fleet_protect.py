@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 SUBMITTED = re.compile(r"Worker '([^']+)' submitting flow run")
+SLOT_WAIT = re.compile(r"holding a slot of concurrency limit (\S+) .*after waiting ([0-9.]+) s")
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 KEYS = ("FLEET_P", "FLEET_S")
 
@@ -95,14 +96,17 @@ def project_yaml(ports: dict[str, int], names: list[str], prefix: str) -> str:
     return f"version: 1\nbundles:{bundles}\nregions:\n" + "".join(regions) + extra + "state_dir: .llmdr\n"
 
 
-def worker_of(api: Api, run_id: str) -> str | None:
-    """The worker that submitted the run: a worker says so in the run's log ("Worker 'NAME' submitting flow run")."""
-    logs = api("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    for x in logs:
-        m = SUBMITTED.search(x.get("message") or "")
-        if m:
-            return m.group(1)
-    return None
+def from_run_log(api: Api, run_id: str) -> tuple[str | None, dict[str, float]]:
+    """From the run's log: the worker that submitted it ("Worker 'NAME' submitting flow run"), and the seconds it
+    waited for each concurrency limit's slot, summed (llmdr's concurrency_slot logs each wait)."""
+    worker, waited = None, {}
+    for x in api("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}):
+        msg = x.get("message") or ""
+        if m := SUBMITTED.search(msg):
+            worker = m.group(1)
+        elif m := SLOT_WAIT.search(msg):
+            waited[m.group(1)] = round(waited.get(m.group(1), 0.0) + float(m.group(2)), 2)
+    return worker, waited
 
 
 def protect_part(work: Path, ports: dict[str, int], *, bundles: int, bundle_mb: int, levels: list[int],
@@ -201,7 +205,8 @@ def measure_level(api: Api, cfg_path: Path, ports: dict[str, int], names: list[s
     for rid, b in ids.items():
         r = runs[rid]
         span = api.task_span(rid) if r["start_time"] else None
-        rows.append({"bundle": b, "id": rid, "state": r["state_name"], "worker": worker_of(api, rid),
+        worker, waited = from_run_log(api, rid)
+        rows.append({"bundle": b, "id": rid, "state": r["state_name"], "worker": worker, "slot_wait_s": waited,
                      "start_after_s": round(ts(r["start_time"]) - t0, 2) if r["start_time"] else None,
                      "end_after_s": round(ts(r["end_time"]) - t0, 2) if r["end_time"] else None,
                      "task_span": [round(span[0] - t0, 2), round(span[1] - t0, 2)] if span else None,
@@ -210,8 +215,11 @@ def measure_level(api: Api, cfg_path: Path, ports: dict[str, int], names: list[s
     wall = max(ends) if ends and len(done) == len(ids) else None
     done_bytes = sum(sizes[x["bundle"]] for x in rows if x["state"] == "Completed")
     per_worker: dict[str, int] = {}
+    slot_wait: dict[str, float] = {}
     for x in rows:
         per_worker[x["worker"] or "?"] = per_worker.get(x["worker"] or "?", 0) + 1
+        for limit, secs in x["slot_wait_s"].items():
+            slot_wait[limit] = round(slot_wait.get(limit, 0.0) + secs, 2)
     return {"workers": n, "prefix": f"fleet-w{n}", "runs_created": len(ids), "create_s": round(created_s, 2),
             "completed": len(done), "other_runs": other, "wall_s": wall,
             "bundles_per_min": round(len(done) / wall * 60, 2) if wall else None,
@@ -220,7 +228,7 @@ def measure_level(api: Api, cfg_path: Path, ports: dict[str, int], names: list[s
             "overlap_runs": max_overlap([(x["start_after_s"], x["end_after_s"]) for x in rows
                                          if x["start_after_s"] is not None and x["end_after_s"] is not None]),
             "first_start_s": min((x["start_after_s"] for x in rows if x["start_after_s"] is not None), default=None),
-            "runs_per_worker": per_worker, "runs": rows}
+            "runs_per_worker": per_worker, "slot_wait_s": slot_wait, "runs": rows}
 
 
 def postgres_version() -> str:

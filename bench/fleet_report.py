@@ -7,6 +7,15 @@ def _f(v, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def slot_waits(waited: dict[str, float]) -> dict[str, float]:
+    """Seconds waited per concurrency limit, the per-bundle protect limits summed as one."""
+    out: dict[str, float] = {}
+    for name, secs in sorted(waited.items()):
+        key = "protect-(each bundle)" if name.startswith("llmdr-protect-") else name.removeprefix("llmdr-")
+        out[key] = out.get(key, 0.0) + secs
+    return out
+
+
 def protect_lines(p: dict) -> list[str]:
     mb = p["total_bytes"] / 1e6
     lines = ["## A. Protect throughput by worker count", "",
@@ -17,13 +26,14 @@ def protect_lines(p: dict) -> list[str]:
              f"protects of the same content. `transfer.region_slots` {p['transfer_region_slots']} (Prefect's global "
              "limit `llmdr-transfer-<region>`).", "",
              "| workers | completed | wall s | bundles/min | MB/s | most protecting at once (task spans) | most runs "
-             "running at once | first run started after s | runs per worker |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "running at once | first run started after s | runs per worker | waited for slots, s (all runs) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for lv in p["levels"]:
         per = ", ".join(f"{k} {v}" for k, v in sorted(lv["runs_per_worker"].items()))
+        waits = ", ".join(f"{k} {v:.1f}" for k, v in slot_waits(lv["slot_wait_s"]).items())
         lines.append(f"| {lv['workers']} | {lv['completed']}/{lv['runs_created']} | {_f(lv['wall_s'])} | "
                      f"{_f(lv['bundles_per_min'])} | {_f(lv['mb_s'], '.1f')} | {lv['overlap_protecting']} | "
-                     f"{lv['overlap_runs']} | {_f(lv['first_start_s'])} | {per} |")
+                     f"{lv['overlap_runs']} | {_f(lv['first_start_s'])} | {per} | {waits or '-'} |")
     bad = [(lv["workers"], r) for lv in p["levels"] for r in lv["runs"] if r["state"] != "Completed"]
     for n, r in bad:
         lines.append(f"\nNOT COMPLETED ({n} workers): {r['bundle']} {r['state']}: {r.get('message') or ''}")
@@ -78,12 +88,20 @@ def render_markdown(res: dict) -> str:
         lines.append(f"| {c['name']} | {c['value']} | {c['goal']} | {c['verdict']} |")
     lines += ["", "Notes:",
               "- Wall time: from just before the first run is created to the last run's end (Prefect's end time; "
-              "server and bench on this host). MB/s = bundle bytes ÷ wall. A process worker starts every run it "
-              "picks up at once (no per-worker limit is set), so one worker already runs every bundle side by side: "
-              "the columns of overlap say what more workers changed.",
+              "server and bench on this host). MB/s = bundle bytes ÷ wall. First run started after: creation → the "
+              "first flow run Running, i.e. the worker's poll (1 s) and a new Python process per run importing "
+              "Prefect, llmdr and the flow, every run at once on the same cores.",
+              "- Runs per worker (from each run's log: \"Worker 'NAME' submitting flow run\"): a process worker "
+              "without `--limit` takes every scheduled run it sees at one poll, so the first of the N workers to "
+              "poll after the runs are created starts all of them and the others stay idle; one worker already "
+              "runs every bundle side by side, and the overlap columns show whether more workers changed that. "
+              "Extra workers spread runs only with a per-worker `--limit` (or a pool limit), and add capacity only "
+              "on other hosts: here they share the same 2 cores.",
               "- Protecting at once: the most runs between their first task's start and last task's end at one "
-              "instant (a run waiting for its bundle's slot has started but runs no task); runs running at once: "
-              "the same from each flow run's start and end.",
+              "instant (a run waiting for its bundle's slot has started but runs no task; one waiting inside its "
+              "snapshot or copy task for a `llmdr-transfer-<region>` slot counts); runs running at once: the same "
+              "from each flow run's start and end. Waited for slots: the seconds each run's log says it waited for "
+              "each Prefect concurrency limit, summed over the level's runs.",
               "- RTO: first failed probe of the primary → first golden-correct answer through the router (the failover "
               "record); detection → the monitor's event; dispatch: event → automation → run → picked up and started "
               "(the runner hands it to a pre-imported process; a process worker starts a new Python process); "
