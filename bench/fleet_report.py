@@ -92,9 +92,9 @@ def render_markdown(res: dict) -> str:
               "first flow run Running, i.e. the worker's poll (1 s) and a new Python process per run importing "
               "Prefect, llmdr and the flow, every run at once on the same cores.",
               "- Runs per worker (from each run's log: \"Worker 'NAME' submitting flow run\"): a process worker "
-              "without `--limit` takes every scheduled run it sees at one poll, so the first of the N workers to "
-              "poll after the runs are created starts all of them and the others stay idle; one worker already "
-              "runs every bundle side by side, and the overlap columns show whether more workers changed that. "
+              "without `--limit` takes every scheduled run it sees at one poll, so the runs go to whichever workers "
+              "polled while they were being created (often one takes them all) and one worker alone already runs "
+              "every bundle side by side; the overlap columns show whether more workers changed that. "
               "Extra workers spread runs only with a per-worker `--limit` (or a pool limit), and add capacity only "
               "on other hosts: here they share the same 2 cores.",
               "- Protecting at once: the most runs between their first task's start and last task's end at one "
