@@ -12,6 +12,8 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+from harness import sigterm_deferred
+
 SUBMITTED = re.compile(r"Worker '([^']+)' submitting flow run")
 SLOT_WAIT = re.compile(r"holding a slot of concurrency limit (\S+) .*after waiting ([0-9.]+) s")
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -173,15 +175,16 @@ def protect_part(work: Path, ports: dict[str, int], *, bundles: int, bundle_mb: 
                           "ok": level["completed"] == level["runs_created"]})
             print(json.dumps({k: v for k, v in level.items() if k != "runs"}), flush=True)
     finally:
-        t = time.perf_counter()
-        for pid in extra.values():
-            terminate(pid, 2.0)  # a Prefect worker takes ~15 s to heed SIGTERM; its runs are over: SIGKILL then
-        orchestration.stop(cfg, timeout=2.0)
-        postgres.stop(cfg)
-        for r in cfg.regions:
-            stop_region(cfg, r)
-        os.environ.pop("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", None)
-        phases["stop"] = round(time.perf_counter() - t, 1)
+        with sigterm_deferred():
+            t = time.perf_counter()
+            for pid in extra.values():
+                terminate(pid, 2.0)  # a Prefect worker takes ~15 s to heed SIGTERM; its runs are over: SIGKILL then
+            orchestration.stop(cfg, timeout=2.0)
+            postgres.stop(cfg)
+            for r in cfg.regions:
+                stop_region(cfg, r)
+            os.environ.pop("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", None)
+            phases["stop"] = round(time.perf_counter() - t, 1)
     return out
 
 

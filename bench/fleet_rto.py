@@ -10,6 +10,7 @@ from pathlib import Path
 
 import rto
 from fleet_protect import Api
+from harness import sigterm_deferred
 
 STOP_S = 2.0  # SIGTERM → SIGKILL at the end and at the topology switch (a Prefect worker takes ~15 s to heed SIGTERM)
 DR_RUNNER = ("a process worker per region's pool; the warm runner (deployments/warm_runner.py) on the DR region's "
@@ -187,11 +188,12 @@ def rto_part(work: Path, ports: dict[str, int], *, trials: int, dead_wait: int |
                           "ok": not d["failover_started"]})
             lap("lone worker lost")
     finally:
-        if single is not None:
-            stop_tree(single, STOP_S)
-        rto.stop_stack(cfg, client, timeout=STOP_S)
-        postgres.stop(cfg)
-        lap("stop")
+        with sigterm_deferred():
+            if single is not None:
+                stop_tree(single, STOP_S)
+            rto.stop_stack(cfg, client, timeout=STOP_S)
+            postgres.stop(cfg)
+            lap("stop")
     for topo in ("dr_runner", "single_worker"):
         out[topo]["median"] = summary(out[topo]["trials"])
     return out
