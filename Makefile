@@ -8,7 +8,7 @@ PYENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/.pycache
 # the suite's parallel workers: its tests mostly wait on servers and subprocesses, so 3 fit on 2 cores
 TEST_WORKERS ?= 3
 
-.PHONY: install demo test lint bench bench-rto clean
+.PHONY: install demo test lint bench bench-rto bench-fleet clean
 
 install: .venv/.installed
 
@@ -39,6 +39,10 @@ bench: install
 
 bench-rto: install
 	$(UV) run --frozen python bench/rto.py
+
+# issue #18: protect throughput with 1/2/4 workers on 6 bundles (PostgreSQL profile), warm RTO by worker topology
+bench-fleet: install
+	$(PYENV) $(UV) run --frozen python bench/fleet.py
 
 .PHONY: bench-lock
 bench-lock: install

@@ -9,6 +9,7 @@ child (see that file for why a launcher). Only 127.0.0.1 is ever contacted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import peers
 
@@ -120,6 +121,21 @@ def utc_now() -> str:
 def stop_on_sigterm() -> None:
     """SIGTERM becomes SystemExit, so a script's ``finally`` stops its servers."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A block that a SIGTERM does not cut short (a ``finally`` stopping servers): one that arrives meanwhile exits
+    (143) once the block is done. Without it, a second SIGTERM, or one that comes while the ``finally`` runs, left
+    servers running."""
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if got:
+            sys.exit(143)
 
 
 # work folder and ports -------------------------------------------------------------------------------------------------

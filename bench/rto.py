@@ -54,12 +54,13 @@ failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 """
 
 
-def config_text(ports: dict[str, int]) -> str:
+def config_text(ports: dict[str, int], extra: str = "") -> str:
+    """The bench's llmdr.yaml; ``extra``: more top-level lines (bench/fleet.py adds its control plane)."""
     return two_region_yaml(ports["p"], ports["s"], keys=("RTO_P", "RTO_S"), local=True,
                            bundle="\n  name: rto-bench\n  path: model\n",
                            primary_lines=f'    serving: {{url: "http://127.0.0.1:{ports["ps"]}"}}',
                            secondary_lines=f'    serving: {{url: "http://127.0.0.1:{ports["ss"]}"}}',
-                           extra=EXTRA.format(**ports))
+                           extra=EXTRA.format(**ports) + extra)
 
 
 def smoke_ports() -> dict[str, int]:
@@ -114,7 +115,10 @@ def prefect(env: dict, *args: str, timeout: float = 300) -> str:
     return r.stdout
 
 
-def trial(cfg, env, client: Client, kind: str) -> dict:
+def trial(cfg, env, client: Client, kind: str, *, lose_workers: bool = False) -> dict:
+    """One outage of the primary and its failback. ``lose_workers``: the primary region's Prefect workers are
+    stopped with it (as a drill's local outage does) and started again before the failback."""
+    from llmdr.devstack import orchestration
     from llmdr.devstack.regions import start_region, stop_region
     from llmdr.failover import steps as fo
     from llmdr.failover.router import open_router
@@ -131,6 +135,8 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
     t_outage = time.time()
     stop_replica(cfg, cfg.primary)
     stop_region(cfg, cfg.primary)
+    if lose_workers:
+        orchestration.stop_workers(cfg, cfg.primary.name, timeout=3.0)  # fast, like simulate_outage's
     wait("the router to switch to secondary", lambda: router.active() == "secondary", 600)
     rec = wait("the failover record", lambda: next((h for h in fo.history(cfg)[before:] if h.kind == "failover"),
                                                    None), 60)
@@ -144,6 +150,8 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
            round((rec.first_failure_ts or t_outage) - t_outage, 3), "client_failed_during": sum(not e[1] for e in during),
            "client_requests_during": len(during), "client_ok_after": all(e[1] and e[2] == "secondary" for e in after)}
     start_region(cfg, cfg.primary)
+    if lose_workers:
+        orchestration.start_workers(cfg, [cfg.primary.name])  # failback runs on the primary's pool
     prefect(env, "deployment", "run", "failback/failback", "--watch", "--watch-timeout", "300")
     wait("the router back on primary", lambda: router.active() == "primary", 60)
     if kind == "cold":
@@ -155,6 +163,68 @@ def trial(cfg, env, client: Client, kind: str) -> dict:
     wait("the monitor to see primary healthy", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy",
          120, 0.5)
     return out
+
+
+def write_project(work: Path, ports: dict[str, int], pad_mb: int, extra: str = ""):
+    """llmdr.yaml (``config_text``) and the tiny model, with ``pad_mb`` MiB of random padding, in ``work``; returns
+    the loaded config and the bundle's bytes."""
+    from llmdr.config import load_config
+    from llmdr.serving.tinymodel import write_demo_bundle
+
+    (work / "llmdr.yaml").write_text(config_text(ports, extra))
+    write_demo_bundle(work / "model")
+    if pad_mb:
+        (work / "model" / "extra").mkdir()
+        with open(work / "model" / "extra" / "padding.bin", "wb") as f:
+            for _ in range(pad_mb):
+                f.write(os.urandom(1 << 20))
+    cfg = load_config(work / "llmdr.yaml")
+    return cfg, sum(p.stat().st_size for p in (work / "model").rglob("*") if p.is_file())
+
+
+def start_stack(cfg, api: int) -> tuple[dict, Client]:
+    """Both regions, a snapshot copied to the secondary, a replica per region and the router, the golden set,
+    Prefect (``orchestration.start``: server, deployments, automation, a worker per region, the warm runner), a
+    long monitor-endpoints run once the monitor sees the primary healthy, and the client (started). Returns the
+    Prefect environment and the client; ``stop_stack`` undoes it all, also after a failure half-way."""
+    from llmdr.devstack import orchestration
+    from llmdr.devstack.regions import start_region
+    from llmdr.devstack.serving import start_router, start_serving
+    from llmdr.failover.watch import read_status
+    from llmdr.repo import ops
+    from llmdr.serving import golden
+    from llmdr.serving.endpoint import OpenAIEndpoint
+
+    for r in cfg.regions:
+        start_region(cfg, r)
+    sid = ops.snapshot_bundle(cfg).snapshot_id
+    ops.replicate(cfg, sid, to="secondary")
+    start_serving(cfg)
+    start_router(cfg)
+    golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
+    print("starting Prefect (server, deployments, automation, worker, warm runner)...", flush=True)
+    orchestration.start(cfg, api, start_monitor=False)
+    env = orchestration.env(cfg, api)
+    prefect(env, "deployment", "run", "monitor-endpoints/monitor-endpoints", "-p", "duration_s=3600")
+    wait("the monitor", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy", 180, 0.5)
+    client = Client(cfg.router.url)
+    client.start()
+    return env, client
+
+
+def stop_stack(cfg, client: Client | None, timeout: float = 20.0) -> None:
+    """Stop the client, Prefect (workers, runner, server: each given ``timeout`` s after SIGTERM), the replicas and
+    router, and both regions."""
+    from llmdr.devstack import orchestration
+    from llmdr.devstack.regions import stop_region
+    from llmdr.devstack.serving import stop_serving
+
+    if client is not None:
+        client.stop.set()
+    orchestration.stop(cfg, timeout)
+    stop_serving(cfg, router=True)
+    for r in cfg.regions:
+        stop_region(cfg, r)
 
 
 def s5cmd_download_rate(cfg, work: Path) -> dict:
@@ -228,45 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     from llmdr.integrations.prefect import quiet_console
 
     quiet_console()  # a quiet console; the flows' run logs still reach the Prefect API
-    from llmdr.config import load_config
-    from llmdr.devstack import orchestration
-    from llmdr.devstack.regions import start_region, stop_region
-    from llmdr.devstack.serving import start_router, start_serving, stop_serving
-    from llmdr.repo import ops
-    from llmdr.serving import golden
-    from llmdr.serving.endpoint import OpenAIEndpoint
-    from llmdr.serving.tinymodel import write_demo_bundle
-
     started = utc_now()
     work = args.work
     prepare_work(work, ".llmdr-bench-rto", "bench/rto.py")  # never empties a folder this harness did not make
-    (work / "llmdr.yaml").write_text(config_text(ports))
-    write_demo_bundle(work / "model")
-    if args.pad_mb:
-        (work / "model" / "extra").mkdir()
-        with open(work / "model" / "extra" / "padding.bin", "wb") as f:
-            for _ in range(args.pad_mb):
-                f.write(os.urandom(1 << 20))
-    cfg = load_config(work / "llmdr.yaml")
-    bundle_bytes = sum(p.stat().st_size for p in (work / "model").rglob("*") if p.is_file())
+    cfg, bundle_bytes = write_project(work, ports, args.pad_mb)
     client = None
     try:
-        for r in cfg.regions:
-            start_region(cfg, r)
-        sid = ops.snapshot_bundle(cfg).snapshot_id
-        ops.replicate(cfg, sid, to="secondary")
-        start_serving(cfg)
-        start_router(cfg)
-        golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
-        print("starting Prefect (server, deployments, automation, worker, warm runner)...", flush=True)
-        orchestration.start(cfg, api, start_monitor=False)
-        env = orchestration.env(cfg, api)
-        prefect(env, "deployment", "run", "monitor-endpoints/monitor-endpoints", "-p", "duration_s=3600")
-        from llmdr.failover.watch import read_status
-
-        wait("the monitor", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy", 180, 0.5)
-        client = Client(cfg.router.url)
-        client.start()
+        env, client = start_stack(cfg, api)
         trials = []
         for kind in ["warm"] * args.warm + ["cold"] * args.cold:
             t = trial(cfg, env, client, kind)
@@ -274,12 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             trials.append(t)
         peer = s5cmd_download_rate(cfg, work) if args.cold and s5cmd else None
     finally:
-        if client is not None:
-            client.stop.set()
-        orchestration.stop(cfg)
-        stop_serving(cfg, router=True)
-        for r in cfg.regions:
-            stop_region(cfg, r)
+        stop_stack(cfg, client)
     warm = [t["rto_s"] for t in trials if t["kind"] == "warm"]
     cold = [t for t in trials if t["kind"] == "cold"]
     checks = []
