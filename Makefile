@@ -60,7 +60,7 @@ bench-history: install
 # Every bench script once at its smallest size (also part of `make test`, as tests/test_bench_smoke.py).
 .PHONY: bench-smoke
 bench-smoke: install
-	$(PYENV) $(UV) run --frozen pytest -q tests/test_bench_smoke.py
+	$(PYENV) $(UV) run --frozen pytest -q tests/test_bench_smoke.py tests/test_bench_rto_smoke.py tests/test_bench_fleet_smoke.py
 
 # docs/reference/ (CLI, configuration, exit codes) generated from the code; tests/test_docs.py fails when it is stale.
 .PHONY: docs

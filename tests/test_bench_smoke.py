@@ -8,44 +8,15 @@ committed results under bench/results/ must not be touched."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.benchsmoke import BENCH, load, run_smoke
 from tests.support.ports import free_base_ports
 
 # each smoke run starts its own SeaweedFS regions
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-COMMITTED = BENCH / "results"
-
-
-def committed_results() -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in COMMITTED.glob("*")} if COMMITTED.exists() else {}
-
-
-def run_smoke(script: str, tmp_path: Path, *args: str, timeout: float = 900) -> Path:
-    """``bench/<script> --smoke`` in its own work and results folders; returns the results folder."""
-    results = tmp_path / "results"
-    before = committed_results()
-    env = {k: v for k, v in os.environ.items() if k != "LLMDR_BENCH_RESULTS"}
-    r = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--work", str(tmp_path / "work"),
-                        "--results", str(results), *args], capture_output=True, text=True, timeout=timeout, env=env,
-                       cwd=tmp_path)
-    assert r.returncode == 0, f"{script} --smoke exited {r.returncode}:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    assert committed_results() == before, f"{script} --smoke changed files under {COMMITTED}"
-    assert not (tmp_path / "work").exists(), "the work folder is removed without --keep"
-    return results
-
-
-def load(results: Path, name: str) -> dict:
-    assert (results / f"{name}.md").stat().st_size > 0
-    return json.loads((results / f"{name}.json").read_text())
-
 
 def check_statuses(steps: list[dict], peers: set[str]) -> None:
     """llmdr's own steps ran; a peer's step ran or was skipped with a reason."""
@@ -114,17 +85,6 @@ def test_object_lock_smoke(tmp_path):
 
 @pytest.mark.s3
 @pytest.mark.slow
-def test_rto_smoke(tmp_path):
-    doc = load(run_smoke("rto.py", tmp_path, timeout=1200), "rto-smoke")
-    steps = {x["step"]: x for x in doc["steps"]}
-    assert steps["warm trial"]["status"] == "ran" and steps["cold trial"]["status"] == "ran"
-    peer = steps["s5cmd download (peer)"]
-    assert peer["status"] == "ran" or (peer["status"] == "skipped" and peer["reason"])
-    assert [t["kind"] for t in doc["trials"]] == ["warm", "cold"] and doc["smoke"]
-
-
-@pytest.mark.s3
-@pytest.mark.slow
 def test_history_smoke(tmp_path):
     p, s = free_base_ports()
     doc = load(run_smoke("history.py", tmp_path, "--primary-port", str(p), "--secondary-port", str(s)),
@@ -139,36 +99,6 @@ def test_history_smoke(tmp_path):
     assert {c["metric"].split(":")[0] for c in doc["checks"] if c["bound"] == 1.2} == {
         f"{c} ({m})" for c in commands for m in ("cold", "warm")}
     assert sum(b["added"] for b in doc["details"]["builds"]) >= 12 - 2, "the history was built in-process"
-
-
-@pytest.mark.s3
-@pytest.mark.slow
-def test_fleet_smoke(tmp_path):
-    doc = load(run_smoke("fleet.py", tmp_path, timeout=1200), "fleet-smoke")
-    assert doc["smoke"] and all(x["status"] == "ran" and x["ok"] for x in doc["steps"]), doc["steps"]
-    protect = doc["protect"]
-    assert protect["database"].startswith("postgresql") and len(protect["bundles"]) == 3
-    assert [lv["workers"] for lv in protect["levels"]] == [1, 2]
-    for lv in protect["levels"]:
-        # every protect of every bundle completed, and only the bench's runs ran
-        assert lv["runs_created"] == lv["completed"] == 3 and lv["other_runs"] == [], lv
-        assert sorted(r["bundle"] for r in lv["runs"]) == protect["bundles"]
-        assert all(r["state"] == "Completed" and r["task_span"] for r in lv["runs"]), lv["runs"]
-        assert lv["wall_s"] > 0 and lv["bundles_per_min"] > 0 and lv["mb_s"] > 0
-        assert 1 <= lv["overlap_protecting"] <= 3 and 1 <= lv["overlap_runs"] <= 3
-        # each run was submitted by one of this level's workers (named in its run log)
-        workers = {"llmdr-worker-primary"} | {f"fleet-worker-{k}" for k in range(2, lv["workers"] + 1)}
-        assert {r["worker"] for r in lv["runs"]} <= workers, lv["runs"]
-    rto = doc["rto"]
-    for topology in ("dr_runner", "single_worker"):
-        [trial] = rto[topology]["trials"]
-        # the RTO and its split come from the failover record the automation-driven failover stored
-        assert trial["ok"] and trial["rto_s"] > 0 and trial["client_ok_after"], trial
-        assert all(trial[k] is not None and trial[k] >= 0 for k in ("detection_s", "dispatch_s", "recovery_s"))
-        assert rto[topology]["median"]["rto_s"] == trial["rto_s"]
-    dead = rto["dead_worker"]
-    assert dead["failover_started"] is False and dead["router_active_after"] == "primary", dead
-    assert all(c["verdict"] != "FAIL" for c in doc["checks"])
 
 
 @pytest.mark.parametrize("script", ["bench.py", "scale.py", "object_lock.py", "rto.py", "history.py", "fleet.py"])

@@ -33,6 +33,9 @@ def quiet_console(environ: MutableMapping[str, str] = os.environ) -> None:
     set here; a value the user set is kept. Call it before Prefect is imported (its logging is set up on import)."""
     environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a command run without a Prefect server (e.g. `llmdr protect`) starts a temporary one; Prefect gives it 20 s,
+    # which a busy 2-core host missed ("Timed out while attempting to connect to ephemeral Prefect API server")
+    environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def api_status(exc: BaseException) -> int | None:
