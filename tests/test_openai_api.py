@@ -240,21 +240,34 @@ def test_errors_have_openai_shapes(served, method, path, body, status, param, wo
     assert len(headers["x-llmdr-bundle-digest"]) == 64
 
 
-def test_an_oversized_body_gets_413_and_a_clean_connection(served):
+def read_answer(f) -> tuple[int, dict, dict]:
+    """One HTTP/1.1 answer with a Content-Length from the socket file ``f``: (status, headers, JSON body)."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, json.loads(f.read(int(headers["content-length"])))
+
+
+def post_head(length: int, extra: bytes = b"") -> bytes:
+    return (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n%s\r\n" % (length, extra))
+
+
+def test_an_oversized_body_gets_413_after_it_was_read_and_the_connection_stays_usable(served):
     host, port = served.removeprefix("http://").split(":")
     body = b'{"prompt": "' + b"x" * MAX_BODY + b'"}'
+    ask = json.dumps({"prompt": "the river and", "max_tokens": 3}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        s.sendall(post_head(len(body)) + body)
         f = s.makefile("rb")
-        status = f.readline()
-        headers = {}
-        while (line := f.readline()) not in (b"\r\n", b""):
-            k, v = line.decode().split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-        out = json.loads(f.read(int(headers["content-length"])))
-        assert status.split()[1] == b"413" and out["error"]["code"] == "request_too_large"
-        assert headers["connection"] == "close" and f.read() == b""  # closed, nothing more on the wire
+        status, headers, out = read_answer(f)
+        assert status == 413 and out["error"]["code"] == "request_too_large", out
+        assert headers.get("connection") != "close"
+        s.sendall(post_head(len(ask)) + ask)  # the same connection, in step: the next request is answered
+        status, _, out = read_answer(f)
+        assert status == 200 and out["object"] == "text_completion", out
     # chunked, no length given: counted as it comes
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     conn.request("POST", "/v1/completions", body=iter([body[:600_000], body[600_000:]]),
@@ -262,6 +275,23 @@ def test_an_oversized_body_gets_413_and_a_clean_connection(served):
     resp = conn.getresponse()
     assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "request_too_large"
     conn.close()
+
+
+@pytest.mark.parametrize("case", ["too big to drain", "waits for 100-continue"])
+def test_a_body_not_worth_reading_gets_413_at_once_and_a_closed_connection(case, bundle, monkeypatch):
+    from llmdr.serving import server
+    from tests.support.serving import serving
+
+    monkeypatch.setattr(server, "DRAIN_BYTES", 2 * MAX_BODY)
+    declared = 5 * MAX_BODY if case == "too big to drain" else 2 * MAX_BODY
+    with serving(bundle) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(post_head(declared, b"Expect: 100-continue\r\n" if case == "waits for 100-continue" else b""))
+            f = s.makefile("rb")  # nothing of the body sent: the answer must not wait for it
+            status, headers, out = read_answer(f)
+            assert status == 413 and out["error"]["code"] == "request_too_large", out
+            assert headers["connection"] == "close" and f.read() == b""  # closed, nothing more on the wire
 
 
 # --- a bad request must not hurt the next client on a reused upstream connection ----------------------------------

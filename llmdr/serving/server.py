@@ -12,7 +12,8 @@ the client's disconnect; more requests wait up to ``timeout_s`` for a slot, then
 
 Connections behind a shared router stay in step: a request body is always read to its end before the answer (an
 unknown route included), so the next request on a reused keep-alive connection starts where the client's did; a
-body over ``MAX_BODY`` gets 413 and, if it was not read to its end, the connection is closed.
+body over ``MAX_BODY`` gets 413 after the rest of it was read and dropped (up to 64 MiB, 10 s), or at once with the
+connection closed if it is bigger, slower, or not sent yet (``Expect: 100-continue``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ __all__ = ["MAX_BODY", "REFUSAL", "BadRequest", "ModelService", "Server", "bundl
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1_000_000  # bytes of request body
-DRAIN_BYTES = 64 << 20  # after a 413, read (and drop) at most this much more of the body before closing...
-DRAIN_SECONDS = 2.0  # ...for at most this long: a client that is still sending then reads the 413, not a reset
+DRAIN_BYTES = 64 << 20  # before a 413, read (and drop) at most this much more of the body...
+DRAIN_SECONDS = 10.0  # ...for at most this long; past either, the 413 comes at once and the connection is closed
 # Idle keep-alive connections are kept longer than a proxy keeps its idle upstream connections (Caddy: 2 min), so
 # the proxy closes them first and never sends a request into a connection this server is closing.
 KEEP_ALIVE_S = 150
@@ -193,9 +194,10 @@ class BodyLimit:
                 message["headers"] = [*message.get("headers", []), (b"x-llmdr-bundle-digest", self.digest)]
             await send(message)
 
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(receive, tagged, int(declared))
+            await self._too_large(receive, tagged, int(declared), headers)
             return
         chunks, total, more = [], 0, True
         while more:
@@ -205,7 +207,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.limit:
-                await self._too_large(receive, tagged, None)
+                await self._too_large(receive, tagged, None, headers, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -220,25 +222,36 @@ class BodyLimit:
 
         await self.app(scope, replay, tagged)
 
-    async def _too_large(self, receive: Any, send: Any, declared: int | None) -> None:
+    async def _too_large(self, receive: Any, send: Any, declared: int | None, headers: dict, more: bool = True) -> None:
+        """Answer 413. The rest of the body is read and dropped first (at most ``DRAIN_BYTES``, for at most
+        ``DRAIN_SECONDS``), so the answer comes after the request like any other and the connection stays in step
+        and open. Answering while the body is still coming raced a reverse proxy: Caddy flushed the 413's head to
+        its client, then dropped the upstream connection (and the 413's body with it) when writing the rest of the
+        request failed. Only a body too big or too slow to drain, or a client waiting for ``100-continue`` (it has
+        sent nothing yet), gets the 413 at once with ``Connection: close``."""
         size = f"{declared} bytes" if declared is not None else "more than that"
         body = json.dumps(api.error_body(f"the request body is {size}; llmdr serve accepts at most {self.limit} "
                                          "bytes. Send a shorter prompt.", code="request_too_large")).encode()
+        waiting = b"100-continue" in headers.get(b"expect", b"").lower()
+        complete = not more
+        if more and not waiting and (declared is None or declared <= DRAIN_BYTES):
+            drained = 0
+            try:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    while drained < DRAIN_BYTES:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return  # the client left: nobody to answer
+                        drained += len(message.get("body", b""))
+                        if not message.get("more_body"):
+                            complete = True
+                            break
+            except TimeoutError:
+                pass
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body, "more_body": True})  # the client has the answer...
-        drained = 0
-        try:  # ...while what it is still sending is read and dropped, so closing does not reset the connection
-            async with asyncio.timeout(DRAIN_SECONDS):
-                while drained < DRAIN_BYTES:
-                    message = await receive()
-                    drained += len(message.get("body", b""))
-                    if message["type"] != "http.request" or not message.get("more_body"):
-                        break
-        except TimeoutError:
-            pass
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    "headers": head if complete else [*head, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class Server:
