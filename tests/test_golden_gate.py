@@ -21,7 +21,7 @@ def _set(*expected: str) -> golden.GoldenSet:
 
 
 def _check(expected: list[str], actual: list[str], gate: Gate) -> golden.GoldenReport:
-    answers = dict(zip((f"c{i}" for i in range(len(expected))), actual))
+    answers = {f"c{i}": a for i, a in enumerate(actual)}
     return golden.check(_set(*expected), lambda c: answers[c.id], gate)
 
 
