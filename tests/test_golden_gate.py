@@ -258,3 +258,23 @@ def test_a_passing_report_needs_no_override(tmp_path):
     decide.golden_direct(rec, _report(ok=True), override={"by": "ana@ops1", "reason": "just in case"})
     assert rec.golden_override is None and [(s.name, s.ok) for s in rec.steps] == [("golden-check", True)]
     assert "1/1 cases pass the similarity gate (threshold 0.9, 1 needed): c0 0.9565" in rec.steps[0].detail
+
+
+# --- the drill report shows the gate and every score ----------------------------------------------------------------
+
+
+def test_drill_report_shows_the_gate_and_scores():
+    from llmdr.drill.record import _gate_expected
+    from llmdr.drill.report.blocks import evidence_blocks
+    from llmdr.drill.report.labels import golden_summary
+
+    rep = _check(["a b c d", "x"], ["a b c", "x"], Gate("similarity", 0.9, 1)).to_json()
+    assert rep["ok"] and rep["passed"] == 1 and rep["required"] == 1
+    assert golden_summary(rep) == "ok, 1/2\u00a0cases, similarity gate ≥\u00a00.9, 1 needed"
+    assert _gate_expected(rep) == "1 of 2 cases pass the similarity gate score >= 0.9"
+    old = {"ok": True, "passed": 6, "total": 6}  # a record from before gate modes still reads
+    assert golden_summary(old) == "ok, 6/6\u00a0cases" and _gate_expected(old) == "all cases"
+    [table] = [b for b in evidence_blocks({"evidence": {"golden_after_failover": rep}})
+               if "Golden outputs" in str(getattr(b, "caption", ""))]
+    assert table.headers[:4] == ["case", "result", "gate score", "similarity"]
+    assert [row[2] for row in table.rows] == ["0.86", "1.00"]

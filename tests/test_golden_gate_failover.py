@@ -114,6 +114,9 @@ def test_a_standby_within_tolerance_passes_similarity_and_fails_exact(prefect_ha
     assert router.active() == "primary" and len(router_log(cfg).history()) == switches
     rec = fo.history(cfg)[-1]
     assert not rec.ok and [(s.name, s.ok) for s in rec.steps] == [("ensure-replica", True), ("golden-check", False)]
+    # the refused run's record keeps the evidence: the gate and every score
+    assert rec.golden_direct["gate"]["mode"] == "exact" and not rec.golden_direct["ok"]
+    assert _scores(rec.golden_direct).count(0.0) >= 4 and rec.golden_override is None
 
     cfg = _gate(cfg, "{mode: similarity, threshold: 0.9}")
     out = _run(cfg, reason="similarity gate")
@@ -211,3 +214,38 @@ def test_cli_refuses_the_override_without_a_reason(tmp_path):
     assert res.returncode != 0
     assert "--accept-golden-mismatch needs --reason TEXT" in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
+
+
+# --- the restore test judges by the gate too ------------------------------------------------------------------------
+
+
+def test_restore_test_uses_the_gate(region_config, tmp_path):
+    """A snapshot of the 11-token model restore-tested against the 12-token golden set: fails exact, passes a 0.9
+    similarity gate, with the gate and every score in the result."""
+    from llmdr.repo.bundle import content_digests, detected_specs
+    from llmdr.repo.repository import Repository
+    from llmdr.repo.snapshot import take_snapshot
+    from llmdr.serving.restoretest import restore_test
+    from tests.support.serving import serving
+
+    good = tmp_path / "good"
+    write_demo_bundle(good)
+    specs = detected_specs(good)
+    with serving(good) as url:
+        gs = golden.record(golden.default_cases(), OpenAIEndpoint(url).answer,
+                           {"components": content_digests(good, specs)})
+    close = tmp_path / "close"
+    write_demo_bundle(close)
+    gen = json.loads((close / "generation_config.json").read_text())
+    gen["max_new_tokens"] = 11
+    (close / "generation_config.json").write_text(json.dumps(gen))
+    repo = Repository(open_region(region_config, region_config.secondaries[0]))
+    sid = take_snapshot(repo, close, bundle="tiny").snapshot_id
+
+    exact = restore_test(repo, sid, tmp_path / "scratch", specs, gs)
+    assert not exact.ok and "golden answers pass the exact gate (6 needed)" in " ".join(exact.problems)
+    assert exact.differing_components == ["generation_config"]
+    tolerant = restore_test(repo, sid, tmp_path / "scratch", specs, gs, gate=golden.Gate("similarity", 0.9))
+    assert tolerant.ok, tolerant.problems
+    out = tolerant.to_json()["golden"]
+    assert out["gate"]["mode"] == "similarity" and round(22 / 23, 4) in [c["score"] for c in out["cases"]]

@@ -130,7 +130,7 @@ def _gate_expected(g: dict[str, Any]) -> str:
     gate = g.get("gate") if isinstance(g.get("gate"), dict) else None
     if not gate:
         return "all cases"
-    need = "all cases" if g.get("required") in (None, g.get("total")) else f"{g['required']} cases"
+    need = "all cases" if g.get("required") in (None, g.get("total")) else f"{g['required']} of {g.get('total')} cases"
     thr = f" score >= {gate['threshold']}" if gate.get("threshold") is not None else ""
     return f"{need} pass the {gate.get('mode', 'exact')} gate{thr}"
 

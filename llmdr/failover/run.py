@@ -152,6 +152,7 @@ def golden_direct(rec: FailoverRecord, report: dict | None, error: BaseException
     """The golden set against the target's replica, before any switch: its report (mode and every score), or the
     error that stopped it. A mismatch a person accepted (``override``) is a failed check plus the override step."""
     if error is not None:
+        rec.golden_direct = getattr(error, "report", None)  # the failed report, when the check got that far
         rec.step("golden-check", False, str(error))
         return
     rec.golden_direct = report

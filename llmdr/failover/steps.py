@@ -359,9 +359,11 @@ def check_replica(cfg: Config, region: str, *, accept_mismatch: bool = False) ->
         hint = (f"Check its bundle with `llmdr verify latest --region {region} --restore-test`; a person who knows "
                 f"the answers are acceptable may run `llmdr failover --to {region} --accept-golden-mismatch --reason "
                 "TEXT`")
-    raise FailoverError(f"the replica in '{region}' gives wrong answers ({rep.passed}/{len(rep.results)} golden "
+    err = FailoverError(f"the replica in '{region}' gives wrong answers ({rep.passed}/{len(rep.results)} golden "
                         f"cases pass the {rep.gate.mode} gate, {rep.required} needed; scores: {scores}); traffic "
                         f"was not moved. {hint}")
+    err.report = rep.to_json() | {"accepted_mismatch": False}  # the evidence: the record keeps every score
+    raise err
 
 
 def verify_router(cfg: Config, region: str, *, accept_mismatch: bool = False) -> dict:
