@@ -122,7 +122,8 @@ def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str
     decide.golden_direct(rec, report, override=override)
     if rec.golden_override is not None:
         get_run_logger().warning("golden MISMATCH ACCEPTED by %s: %s", override["by"], override["reason"])
-    _switch_and_verify(config_path, rec, previous, accept)
+    # the check through the router is as tolerant as the one the person saw: strict if the replica passed
+    _switch_and_verify(config_path, rec, previous, rec.golden_override is not None)
 
 
 @flow(name="failover")

@@ -165,6 +165,10 @@ def test_config_default_is_exact_and_values_load():
     assert _parse(_yaml("golden_gate: {min_pass: 0.8}\n")).golden_gate.min_pass == 0.8
     assert _parse(_yaml("golden_gate: {min_pass: '4'}\n")).golden_gate.min_pass == 4
     assert _parse(_yaml("golden_gate: {min_pass: ALL}\n")).golden_gate.min_pass == "all"
+    one = _parse(_yaml("golden_gate: {min_pass: 1.0}\n")).golden_gate  # the fraction 1.0: every case, not one
+    assert one.min_pass == 1.0 and Gate.of(one).required(6) == 6
+    assert _parse(_yaml("golden_gate: {min_pass: 1}\n")).golden_gate.min_pass == 1  # the count 1
+    assert _parse(_yaml("golden_gate: {min_pass: 5.0}\n")).golden_gate.min_pass == 5
     assert Gate.of(_parse(_yaml("golden_gate: {mode: equivalent}\n")).golden_gate) == Gate("equivalent", 0.9, "all")
 
 
@@ -172,11 +176,11 @@ def test_config_default_is_exact_and_values_load():
     ("{mode: fuzzy}", r"golden_gate.mode"),
     ("{threshold: 0}", r"golden_gate.threshold"),
     ("{threshold: 1.2}", r"golden_gate.threshold"),
-    ("{min_pass: 0}", r"golden_gate.min_pass: 0 is not \"all\", a whole number"),
-    ("{min_pass: -1}", r"golden_gate.min_pass: -1 is not"),
-    ("{min_pass: 1.5}", r"golden_gate.min_pass: 1.5 is not"),
-    ("{min_pass: most}", r"golden_gate.min_pass: 'most' is not"),
-    ("{min_pass: true}", r"golden_gate.min_pass: True is not"),
+    ("{min_pass: 0}", r"golden_gate.min_pass.*: 0 is not \"all\", a whole number"),
+    ("{min_pass: -1}", r"golden_gate.min_pass.*: -1 is not"),
+    ("{min_pass: 1.5}", r"golden_gate.min_pass.*: 1.5 is not"),
+    ("{min_pass: most}", r"golden_gate.min_pass.*: 'most' is not"),
+    ("{min_pass: true}", r"golden_gate.min_pass.*: True is not"),
     ("{mode: exact, tolerance: 0.9}", r"golden_gate.tolerance"),
 ])
 def test_bad_config_values_are_clear_errors(section, message):

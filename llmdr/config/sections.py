@@ -247,7 +247,7 @@ class GoldenGate(StrictModel):
     @field_validator("min_pass", mode="before")
     @classmethod
     def _min_pass(cls, v: Any) -> str | int | float:
-        bad = (f"golden_gate.min_pass: {v!r} is not \"all\", a whole number of cases (1 or more) or a fraction "
+        bad = (f"{v!r} is not \"all\", a whole number of cases (1 or more) or a fraction "
                "between 0 and 1 (e.g. 0.8)")
         if isinstance(v, bool):
             raise ValueError(bad)
@@ -263,12 +263,12 @@ class GoldenGate(StrictModel):
             if v < 1:
                 raise ValueError(bad)
             return v
-        if isinstance(v, float):
-            if v.is_integer() and v >= 1:
+        if isinstance(v, float):  # 1.0 is the fraction "all of them", 5.0 the count 5
+            if 0 < v <= 1:
+                return v
+            if v.is_integer() and v > 1:
                 return int(v)
-            if not 0 < v <= 1:
-                raise ValueError(bad)
-            return v
+            raise ValueError(bad)
         raise ValueError(bad)
 
 
