@@ -3,7 +3,9 @@
 failover (run by the automation on ``llmdr.endpoint.down`` for the active region, by ``llmdr failover``, or from
 the UI): confirm the outage → a healthy replica in the target region (warm, or cold-started from that region's
 store) → golden set against it → [switch the router → golden set through the router] as one transaction, rolled
-back if the second check fails → record, artifact, event, notification.
+back if the second check fails → record, artifact, event, notification. The golden set is judged by the bundle's
+``golden_gate``; only a person's manual run may accept a mismatch (``accept_golden_mismatch`` with a reason of its
+own): it skips nothing else (outage confirmation of an automation run, the replica's health, answers to every case).
 
 failback: the primary's store answers → copy back any snapshot taken while failed over → (re)start the primary's
 replica on the newest snapshot → golden set → [switch → verify through the router] → record, artifact, notice.
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import transaction
+from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from flows.params import BUNDLE, CONFIG_PATH, FAILBACK_REASON, FAILOVER_REASON, FAILOVER_TO
@@ -71,7 +74,14 @@ def _flow_run_id() -> str | None:
     return str(runtime.flow_run.id or "") or None
 
 
-def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
+ACCEPT_GOLDEN_MISMATCH = Field(False, description="Move traffic even if the target's answers fail the golden gate "
+                                                  "(they must still answer every case). A person's decision only: "
+                                                  "write why in 'reason' (required); it is recorded, signed and "
+                                                  "announced with the failover.")
+
+
+def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str | None,
+                       accept_mismatch: bool = False) -> None:
     """Switch, then verify through the router, as one transaction: a failed verification switches back."""
     get_run_logger().info("phase switch: router %s -> %s, then the golden set through the router", previous,
                           rec.to_region)
@@ -79,7 +89,7 @@ def _switch_and_verify(config_path: str, rec: core.FailoverRecord, previous: str
         with transaction():
             switch_router(config_path, rec.to_region, rec.reason, previous)
             decide.switched(rec, previous)
-            result = verify_through_router(config_path, rec.to_region)
+            result = verify_through_router(config_path, rec.to_region, accept_mismatch)
     except Exception as exc:
         if rec.switched_ts is not None:
             decide.router_check_failed(rec, exc, previous, core.active_region(load_config(config_path)))
@@ -99,26 +109,35 @@ def _recorded(config_path: str, rec: core.FailoverRecord):
         _publish(config_path, rec)
 
 
-def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str | None) -> None:
-    """The golden set against the target's replica directly, then the switch + check through the router."""
+def _verify_and_switch(config_path: str, rec: core.FailoverRecord, previous: str | None,
+                       override: dict | None = None) -> None:
+    """The golden set against the target's replica directly, then the switch + check through the router.
+    ``override``: a person accepted a golden mismatch ({by, reason})."""
+    accept = override is not None
     try:
-        report = golden_check(config_path, rec.to_region)
+        report = golden_check(config_path, rec.to_region, accept)
     except Exception as exc:
         decide.golden_direct(rec, None, exc)
         raise
-    decide.golden_direct(rec, report)
-    _switch_and_verify(config_path, rec, previous)
+    decide.golden_direct(rec, report, override=override)
+    if rec.golden_override is not None:
+        get_run_logger().warning("golden MISMATCH ACCEPTED by %s: %s", override["by"], override["reason"])
+    # the check through the router is as tolerant as the one the person saw: strict if the replica passed
+    _switch_and_verify(config_path, rec, previous, rec.golden_override is not None)
 
 
 @flow(name="failover")
 def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: SkipJsonSchema[str] = "manual",
              first_failure_ts: SkipJsonSchema[float | str | None] = None, detected_at: SkipJsonSchema[str] = "",
-             config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE) -> dict:
+             config_path: str = CONFIG_PATH, bundle: str | None = BUNDLE,
+             accept_golden_mismatch: bool = ACCEPT_GOLDEN_MISMATCH) -> dict:
     """``to``: target region (default: failover.target or the first secondary). ``trigger``: "automation" and
     "drill" runs require the outage to be confirmed by direct probes; a "manual" run (the UI's, the CLI's) is a
     planned switchover and moves traffic even if the active region answers. ``first_failure_ts``: unix time of the
     first failed probe (from the monitor's event; the automation passes it as text), the start of the RTO clock.
-    ``trigger``, ``first_failure_ts`` and ``detected_at`` are the automation's: not on the UI's form."""
+    ``trigger``, ``first_failure_ts`` and ``detected_at`` are the automation's: not on the UI's form.
+    ``accept_golden_mismatch``: a person's override of the golden gate, manual runs only, with ``reason``."""
+    override = decide.golden_override(trigger, accept_golden_mismatch, reason)  # refused before anything runs
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()
@@ -137,7 +156,7 @@ def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: Skip
                 return rec.to_json()
         log.info("phase dispatch: a verified replica in %s (warm standby or cold start)", rec.to_region)
         decide.replica_ready(rec, ensure_replica(config_path, rec.to_region))
-        _verify_and_switch(config_path, rec, active)
+        _verify_and_switch(config_path, rec, active, override)
         log.info("phase recover: traffic on %s", rec.to_region)
         return rec.to_json()
 

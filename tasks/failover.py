@@ -39,9 +39,10 @@ def ensure_replica(config_path: str, region: str, snapshot: str = "latest", rest
 
 
 @task(name="golden-check", cache_policy=NO_CACHE)
-def golden_check(config_path: str, region: str) -> dict:
-    """The golden set against the region's replica directly; raises ``FailoverError`` if any answer is wrong."""
-    return core.check_replica(load_config(config_path), region)
+def golden_check(config_path: str, region: str, accept_mismatch: bool = False) -> dict:
+    """The golden set against the region's replica directly, judged by the bundle's golden gate; raises
+    ``FailoverError`` if the answers fail it, unless a person accepted the mismatch (``accept_mismatch``)."""
+    return core.check_replica(load_config(config_path), region, accept_mismatch=accept_mismatch)
 
 
 @task(name="switch-router", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 3])
@@ -62,9 +63,10 @@ def _switch_back(txn) -> None:
 
 
 @task(name="verify-through-router", cache_policy=NO_CACHE)
-def verify_through_router(config_path: str, region: str) -> dict:
-    """Golden-check through the router until answers come, correct, from ``region``."""
-    return core.verify_router(load_config(config_path), region)
+def verify_through_router(config_path: str, region: str, accept_mismatch: bool = False) -> dict:
+    """Golden-check through the router until answers come, correct (or, ``accept_mismatch``, at all), from
+    ``region``."""
+    return core.verify_router(load_config(config_path), region, accept_mismatch=accept_mismatch)
 
 
 @task(name="copy-back-snapshots", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30],

@@ -125,7 +125,8 @@ def test_hidden_plumbing_is_still_accepted_and_defaults_still_apply():
     validate(params, schema, raise_on_error=True)
     assert get_call_parameters(failover.fn, (), {}) == {"to": "", "reason": "manual failover", "trigger": "manual",
                                                         "first_failure_ts": None, "detected_at": "",
-                                                        "config_path": "", "bundle": None}
+                                                        "config_path": "", "bundle": None,
+                                                        "accept_golden_mismatch": False}
 
 
 # --- relative restore target -------------------------------------------------------------------------------------

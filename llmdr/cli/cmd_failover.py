@@ -61,16 +61,25 @@ def _failover_text(out: dict) -> str:
 def failover(
     to: Annotated[Optional[str], typer.Option("--to", help="Target region (default: failover.target or the first "
                                               "secondary).")] = None,
-    reason: Annotated[str, typer.Option(help="Why; recorded with the switch.")] = "manual failover",
+    reason: Annotated[Optional[str], typer.Option(help="Why; recorded with the switch (default \"manual failover\"). "
+                                                  "Required with --accept-golden-mismatch.")] = None,
+    accept_golden_mismatch: Annotated[bool, typer.Option(
+        "--accept-golden-mismatch", help="Move traffic even if the target's answers fail the golden gate (they must "
+        "still answer every case); needs --reason. Recorded with your user@host, signed, and announced.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Move traffic to a verified replica in another region now: start it from that region's store if it is not
-    warm, check the golden set against it, switch the router, check again through the router (switch rolled back
-    if that fails). Runs the failover flow in this process (visible in the UI when `stack up --ui` runs)."""
+    warm, check the golden set against it (judged by golden_gate), switch the router, check again through the
+    router (switch rolled back if that fails). Runs the failover flow in this process (visible in the UI when
+    `stack up --ui` runs)."""
+    from llmdr.failover.run import DEFAULT_REASON, golden_override
+
+    golden_override("manual", accept_golden_mismatch, reason or "", by="-")  # a missing reason: before anything
     use_local_prefect(load_cfg())
     from flows.failover import failover as flow
 
-    out = run_flow(flow, to=to or "", reason=reason, trigger="manual")
+    out = run_flow(flow, to=to or "", reason=reason or DEFAULT_REASON, trigger="manual",
+                   accept_golden_mismatch=accept_golden_mismatch)
     emit(as_json, out, _failover_text(out))
 
 

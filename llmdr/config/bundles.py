@@ -15,12 +15,12 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from llmdr.config.sections import Bundle, CaddyRouter, Dataset, Objectives, Retention, Route53Router
+from llmdr.config.sections import Bundle, CaddyRouter, Dataset, GoldenGate, Objectives, Retention, Route53Router
 from llmdr.config.values import StrictModel
 
 # What a bundle entry may set for itself; everything else (regions, transfer, monitor, failover, drill...) is the
 # project's.
-OVERRIDES = ("golden", "objectives", "retention", "router", "datasets")
+OVERRIDES = ("golden", "golden_gate", "objectives", "retention", "router", "datasets")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -46,6 +46,7 @@ class BundleEntry(Bundle):
 
     # The golden set of this bundle, relative to llmdr.yaml; null: the project's golden:
     golden: str | None = None
+    golden_gate: GoldenGate | None = None  # how this bundle's answers are judged; null: the project's golden_gate:
     objectives: Objectives | None = None  # this bundle's RPO, RTO and drill interval; null: the project's
     retention: Retention | None = None  # this bundle's snapshot retention; null: the project's
     # Region name -> this bundle's replica there (url and optionally command, model, warm), over the region's serving:

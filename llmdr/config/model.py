@@ -18,6 +18,7 @@ from llmdr.config.sections import (
     Dataset,
     Drill,
     Failover,
+    GoldenGate,
     Metrics,
     Monitor,
     Notifications,
@@ -68,6 +69,9 @@ class Config(StrictModel):
     # The golden set (JSONL of prompts and recorded answers, `llmdr golden record`), relative to this file: checked
     # on a replica before traffic moves to it and through the router after, by restore tests and by the monitor.
     golden: str = "golden.jsonl"
+    # How answers are judged against the golden set (exact, similarity or equivalent; threshold; how many cases must
+    # pass), wherever it gates: failover, the router check, restore tests, drills.
+    golden_gate: GoldenGate = GoldenGate()
     # Local state, relative to this file: caches, the local stack's data and generated keys (local.env), monitor
     # samples, router state, replicas, signing keys. Keep it out of version control.
     state_dir: str = ".llmdr"

@@ -1,5 +1,5 @@
 """The other sections of ``llmdr.yaml``: the bundle and its components, objectives, retention, checkpoints,
-transfer settings, the router (Caddy or Route 53), monitoring, the metrics exporter, failover, notifications, drill signing, datasets,
+transfer settings, the router (Caddy or Route 53), monitoring, the metrics exporter, the golden gate, failover, notifications, drill signing, datasets,
 readiness, the runbook's contacts, the MLflow tracking store and the control plane's database."""
 
 from __future__ import annotations
@@ -228,6 +228,48 @@ def split_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not host:port with a port from 1 to 65535; {example}")
     return host, int(port)
+
+
+class GoldenGate(StrictModel):
+    """How a replica's answers are judged against the golden set (``llmdr.serving.golden.judge``)."""
+
+    # exact: the answer equals the recorded one, byte for byte (the deterministic tiny model); similarity: the
+    # token similarity of the normalised texts (NFKC, case, whitespace, punctuation) is at least threshold;
+    # equivalent: the normalised texts are equal, or their token-overlap F1 is at least threshold.
+    mode: Literal["exact", "similarity", "equivalent"] = "exact"
+    # The lowest per-case score that passes in similarity and equivalent modes (0 < threshold <= 1; 1.0 means equal
+    # after normalisation); not used by exact.
+    threshold: float = Field(default=0.9, gt=0, le=1)
+    # How many cases must pass: "all", a count (e.g. 5) or a fraction of the cases (e.g. 0.8). A case the endpoint
+    # did not answer always fails the gate, whatever this says.
+    min_pass: str | int | float = "all"
+
+    @field_validator("min_pass", mode="before")
+    @classmethod
+    def _min_pass(cls, v: Any) -> str | int | float:
+        bad = (f"{v!r} is not \"all\", a whole number of cases (1 or more) or a fraction "
+               "between 0 and 1 (e.g. 0.8)")
+        if isinstance(v, bool):
+            raise ValueError(bad)
+        if isinstance(v, str):
+            text = v.strip().lower()
+            if text == "all":
+                return "all"
+            try:
+                v = float(text) if any(c in text for c in ".e") else int(text)
+            except ValueError:
+                raise ValueError(bad) from None
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(bad)
+            return v
+        if isinstance(v, float):  # 1.0 is the fraction "all of them", 5.0 the count 5
+            if 0 < v <= 1:
+                return v
+            if v.is_integer() and v > 1:
+                return int(v)
+            raise ValueError(bad)
+        raise ValueError(bad)
 
 
 class Failover(StrictModel):

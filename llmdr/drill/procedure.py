@@ -200,7 +200,9 @@ def record_failover(rec: DrillRecord, cfg: Config, fo: dict[str, Any] | None, ou
 def record_golden(rec: DrillRecord, g: dict[str, Any]) -> None:
     rec.evidence["golden_after_failover"] = g
     rec.mark("check", "golden set through the router", ok=g["ok"],
-             detail=f"{g['passed']}/{g['total']} from {g.get('region')}")
+             detail=f"{g['passed']}/{g['total']} from {g.get('region')}, "
+                    f"{(g.get('gate') or {}).get('mode', 'exact')} gate; scores "
+                    + ", ".join(f"{c.get('id')} {c.get('score')}" for c in g.get("cases") or []))
 
 
 def record_restore_test(rec: DrillRecord, rt: dict[str, Any], dr_region: str) -> None:

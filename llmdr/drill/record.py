@@ -125,6 +125,16 @@ def _dur(seconds: float) -> str:
     return format_duration(timedelta(seconds=seconds))
 
 
+def _gate_expected(g: dict[str, Any]) -> str:
+    """What the golden control expects: the gate the check ran under ("all cases" before gate modes)."""
+    gate = g.get("gate") if isinstance(g.get("gate"), dict) else None
+    if not gate:
+        return "all cases"
+    need = "all cases" if g.get("required") in (None, g.get("total")) else f"{g['required']} of {g.get('total')} cases"
+    thr = f" score >= {gate['threshold']}" if gate.get("threshold") is not None else ""
+    return f"{need} pass the {gate.get('mode', 'exact')} gate{thr}"
+
+
 def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -> None:
     """Fill ``rec.controls`` and ``rec.passed`` from the measurements and evidence gathered by the flow."""
     m, ev = rec.measurements, rec.evidence
@@ -142,7 +152,7 @@ def evaluate(rec: DrillRecord, cfg: Config, *, previous_pass_ts: float | None) -
                             m.get("rpo_detail", "")))
     g = ev.get("golden_after_failover") or {}
     controls.append(Control("golden_after_failover", "Golden outputs correct through the router after failover",
-                            bool(g.get("ok")), f"{g.get('passed', 0)}/{g.get('total', 0)} cases", "all cases",
+                            bool(g.get("ok")), f"{g.get('passed', 0)}/{g.get('total', 0)} cases", _gate_expected(g),
                             "" if g else "not checked"))
     rt = ev.get("restore_test") or {}
     controls.append(Control("restore_test", "Restore test from the DR store passed", bool(rt.get("ok")),

@@ -6,6 +6,8 @@ steps (``llmdr.failover.steps``) and ask this module what follows from each resu
   confirmed first (automation and drill runs; a manual run is a planned switchover) and what an unconfirmed one means
   (a blip: the run ends, successfully, and traffic stays);
 - where a failback takes the snapshots from, what each step adds to the record;
+- a person's override of the golden gate (``--accept-golden-mismatch --reason``): who may ask for it (a manual
+  run, with a reason of its own), and what the record and the notices then say;
 - once the run ends: the Prefect event it emits and the notices it sends.
 """
 
@@ -15,6 +17,7 @@ import time
 from datetime import datetime
 
 from llmdr.config import Config
+from llmdr.errors import UsageError
 from llmdr.failover.steps import FailoverRecord, pick_target
 from llmdr.notify import Notice, failback_notice, failover_notice, verification_failed_notice
 
@@ -44,6 +47,37 @@ def new_failover(cfg: Config, *, active: str | None, to: str = "", reason: str, 
                           trigger=trigger, reason=reason, started_ts=time.time() if now is None else now,
                           first_failure_ts=parse_ts(first_failure_ts), detected_ts=parse_event_time(detected_at),
                           scheduled_ts=scheduled_ts, flow_run_id=flow_run_id)
+
+
+DEFAULT_REASON = "manual failover"  # the failover flow's and CLI's default reason: not a reason for an override
+
+
+def operator() -> str:
+    """Who runs this process, as ``user@host`` (the OS user; the uid when it has no name)."""
+    import getpass
+    import os
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def golden_override(trigger: str, accept: bool, reason: str, *, by: str | None = None) -> dict | None:
+    """A person's acceptance of a golden mismatch, checked before anything runs: only a manual run may carry it
+    (the automation and drills never do), and only with a reason of its own. None when not asked for."""
+    if not accept:
+        return None
+    if trigger != "manual":
+        raise UsageError(f"accept_golden_mismatch is a person's decision: a {trigger!r} run may not carry it. Run "
+                         "`llmdr failover --to REGION --accept-golden-mismatch --reason TEXT` by hand")
+    text = (reason or "").strip()
+    if not text or text == DEFAULT_REASON:
+        raise UsageError("--accept-golden-mismatch needs --reason TEXT saying why the replica's different answers "
+                         "are acceptable (it is recorded, signed, and sent with the notice)")
+    return {"by": by or operator(), "reason": text}
 
 
 def new_failback(cfg: Config, *, active: str | None, reason: str, trigger: str, flow_run_id: str | None = None,
@@ -101,13 +135,33 @@ def data_copied_back(rec: FailoverRecord, data: dict) -> None:
                                             f"{(data['source_newest'] or '?')[:12]}")
 
 
-def golden_direct(rec: FailoverRecord, report: dict | None, error: BaseException | None = None) -> None:
-    """The golden set against the target's replica, before any switch: its report, or the error that stopped it."""
+def gate_summary(report: dict) -> str:
+    """``5/6 cases pass the similarity gate (threshold 0.9, 6 needed): chat-1 0.957, ...``"""
+    gate = report.get("gate")
+    if not gate:  # a report without gate modes (older records)
+        return f"{report['passed']}/{report['total']} cases"
+    thr = f"threshold {gate['threshold']}, " if gate.get("threshold") is not None else ""
+    scores = ", ".join(f"{c['id']} {'error' if c.get('score') is None else c['score']}"
+                       for c in report.get("cases", []))
+    return (f"{report['passed']}/{report['total']} cases pass the {gate['mode']} gate ({thr}"
+            f"{report.get('required', report['total'])} needed)" + (f": {scores}" if scores else ""))
+
+
+def golden_direct(rec: FailoverRecord, report: dict | None, error: BaseException | None = None,
+                  override: dict | None = None) -> None:
+    """The golden set against the target's replica, before any switch: its report (mode and every score), or the
+    error that stopped it. A mismatch a person accepted (``override``) is a failed check plus the override step."""
     if error is not None:
+        rec.golden_direct = getattr(error, "report", None)  # the failed report, when the check got that far
         rec.step("golden-check", False, str(error))
         return
     rec.golden_direct = report
-    rec.step("golden-check", True, f"{report['passed']}/{report['total']} cases")
+    if report.get("accepted_mismatch") and override is not None:
+        rec.golden_override = {**override, "report": report}
+        rec.step("golden-check", False, f"MISMATCH: {gate_summary(report)}")
+        rec.step("golden-override", True, f"GOLDEN MISMATCH ACCEPTED by {override['by']}: {override['reason']}")
+        return
+    rec.step("golden-check", True, gate_summary(report))
 
 
 def switched(rec: FailoverRecord, previous: str | None, now: float | None = None) -> None:
@@ -125,7 +179,13 @@ def router_check_failed(rec: FailoverRecord, error: BaseException, previous: str
 def verified(rec: FailoverRecord, result: dict) -> None:
     """Golden-correct answers through the router from the target: the run is done, its RTO measured."""
     rec.golden_router = result["golden"]
-    rec.step("verify-through-router", True, f"golden set correct through the router from {rec.to_region}")
+    if result["golden"].get("accepted_mismatch"):
+        if rec.golden_override is not None:
+            rec.golden_override["router_report"] = result["golden"]
+        rec.step("verify-through-router", True, f"answers from {rec.to_region} through the router; golden MISMATCH "
+                                                 f"accepted: {gate_summary(result['golden'])}")
+    else:
+        rec.step("verify-through-router", True, f"golden set correct through the router from {rec.to_region}")
     rec.finish(result["verified_ts"])
 
 
@@ -148,10 +208,17 @@ def notices(rec: FailoverRecord) -> list[Notice]:
         return []
     details = {"flow_run_id": rec.flow_run_id, "steps": [s.name + (" ok" if s.ok else " FAILED") for s in rec.steps],
                "error": rec.error}
+    reason = rec.reason
+    what = "golden check before switching traffic"
+    ov = rec.golden_override
+    if ov is not None:  # said loudly: the title, the reason and the evidence of every notice carry it
+        details["golden_override"] = {"by": ov["by"], "reason": ov["reason"],
+                                      "gate": gate_summary(ov["report"])}
+        reason = f"GOLDEN MISMATCH ACCEPTED by {ov['by']} ({ov['reason']})"
+        what = f"golden check before switching traffic; the mismatch was ACCEPTED by {ov['by']}: {ov['reason']}"
     make = failover_notice if rec.kind == "failover" else failback_notice
-    out = [make(rec.bundle, rec.from_region, rec.to_region, rto_s=rec.rto_s, reason=rec.reason, ok=rec.ok,
+    out = [make(rec.bundle, rec.from_region, rec.to_region, rto_s=rec.rto_s, reason=reason, ok=rec.ok,
                 details=details)]
     if any(s.name.startswith("golden") and not s.ok for s in rec.steps):
-        out.append(verification_failed_notice(rec.bundle, rec.to_region, what="golden check before switching "
-                                              "traffic", details=details))
+        out.append(verification_failed_notice(rec.bundle, rec.to_region, what=what, details=details))
     return out

@@ -3,7 +3,11 @@
 The order is fixed by what must be true before users are moved: the outage is confirmed by direct probes (not a
 single blip), a replica answers in the target region (the warm standby, or a cold start from that region's own
 store), the golden set passes against it directly, and only then does the router switch; the golden set is then
-checked again *through the router*. If that last check fails the switch is rolled back.
+checked again *through the router*. If that last check fails the switch is rolled back. The golden set is judged by
+the bundle's ``golden_gate`` (exact, similarity or equivalent). A person running a manual failover may accept a
+replica whose answers fail the gate (``--accept-golden-mismatch --reason``): the run then moves traffic when every
+case got an answer (a replica that does not answer is never accepted), and the record carries ``golden_override``
+(who, why, the report with every score) into every region's store, signed like every record.
 
 RTO is measured from the first failed probe (the monitor's evidence; for a manual switch, the start of the run) to
 the first golden-correct answer through the router. Every run is appended to ``<state>/failover/history.jsonl``.
@@ -68,6 +72,7 @@ class FailoverRecord:
     switched_ts: float | None = None
     verified_ts: float | None = None
     golden_router: dict | None = None
+    golden_override: dict | None = None  # a person accepted a golden mismatch: {by, reason, report}
     rto_s: float | None = None
     rto_basis: str | None = None
     ok: bool = False
@@ -236,14 +241,14 @@ def confirm_outage(cfg: Config, region: Region) -> tuple[bool, list[dict]]:
 
 
 def golden_check(cfg: Config, url: str, *, model: str | None = None, timeout: float = 30.0):
-    """The golden set against one URL (a replica, or the router)."""
+    """The golden set against one URL (a replica, or the router), judged by the bundle's ``golden_gate``."""
     from llmdr.serving.endpoint import check_endpoint
 
     path = cfg.golden_path
     if not path.exists():
         raise UsageError(f"{path}: no golden set, so a replica's answers cannot be checked before traffic is moved. "
                          "Record one from a known-good server: llmdr golden record --url URL")
-    return check_endpoint(path, url, model=model, timeout=timeout)
+    return check_endpoint(path, url, model=model, timeout=timeout, gate=cfg.golden_gate)
 
 
 def answering_region(url: str, timeout: float = 5.0) -> str | None:
@@ -256,9 +261,11 @@ def answering_region(url: str, timeout: float = 5.0) -> str | None:
 
 
 def verify_through_router(cfg: Config, router_url: str, expect: str, *, model: str | None = None,
-                          attempts: int = 20, delay: float = 0.1) -> tuple[float, dict]:
+                          attempts: int = 20, delay: float = 0.1,
+                          accept_mismatch: bool = False) -> tuple[float, dict]:
     """Golden-check through the router until it passes from the expected region (a few tries: the switch is
-    propagating); returns the time of the first verified-correct answer and the golden report."""
+    propagating); returns the time of the first verified-correct answer and the golden report. ``accept_mismatch``
+    (a person's override): answers to every case from the expected region are enough, right or wrong."""
     last: dict = {}
     for _ in range(attempts):
         seen = answering_region(router_url)
@@ -266,8 +273,8 @@ def verify_through_router(cfg: Config, router_url: str, expect: str, *, model: s
             last = {"ok": False, "detail": f"router still answers from {seen}"}
         else:
             rep = golden_check(cfg, router_url, model=model)
-            if rep.ok:
-                return time.time(), rep.to_json() | {"region": seen or expect}
+            if rep.ok or (accept_mismatch and rep.answered):
+                return time.time(), rep.to_json() | {"region": seen or expect, "accepted_mismatch": not rep.ok}
             last = rep.to_json()
         time.sleep(delay)
     raise FailoverError(f"answers through the router {router_url} were not golden-correct from '{expect}' after "
@@ -332,22 +339,40 @@ def _serving(cfg: Config, region: str):
     return serving
 
 
-def check_replica(cfg: Config, region: str) -> dict:
-    """The golden set against the region's replica directly; a wrong answer is a ``FailoverError`` (traffic stays)."""
+def check_replica(cfg: Config, region: str, *, accept_mismatch: bool = False) -> dict:
+    """The golden set against the region's replica directly; answers that fail the gate are a ``FailoverError``
+    (traffic stays) unless a person accepts the mismatch (``accept_mismatch``): then a replica that answered every
+    case passes, with ``accepted_mismatch`` in the report. A case without an answer is never accepted."""
     serving = _serving(cfg, region)
     rep = golden_check(cfg, serving.url, model=serving.model)
-    if not rep.ok:
-        raise FailoverError(f"the replica in '{region}' gives wrong answers ({rep.passed}/{len(rep.results)} "
-                            "golden cases pass); traffic was not moved. Check its bundle with `llmdr verify "
-                            f"latest --region {region} --restore-test`")
-    return rep.to_json()
+    if rep.ok:
+        return rep.to_json() | {"accepted_mismatch": False}
+    if accept_mismatch and rep.answered:
+        log.warning("golden mismatch ACCEPTED by a person for '%s': %d/%d cases pass the %s gate", region,
+                    rep.passed, len(rep.results), rep.gate.mode)
+        return rep.to_json() | {"accepted_mismatch": True}
+    scores = ", ".join(f"{r.id} {'error' if r.score is None else f'{r.score:.3f}'}" for r in rep.results)
+    if not rep.answered:
+        hint = (f"{rep.errors} case(s) got no answer, which no override accepts. Check the replica with "
+                f"`llmdr replicas` and its bundle with `llmdr verify latest --region {region} --restore-test`")
+    else:
+        hint = (f"Check its bundle with `llmdr verify latest --region {region} --restore-test`; a person who knows "
+                f"the answers are acceptable may run `llmdr failover --to {region} --accept-golden-mismatch --reason "
+                "TEXT`")
+    err = FailoverError(f"the replica in '{region}' gives wrong answers ({rep.passed}/{len(rep.results)} golden "
+                        f"cases pass the {rep.gate.mode} gate, {rep.required} needed; scores: {scores}); traffic "
+                        f"was not moved. {hint}")
+    err.report = rep.to_json() | {"accepted_mismatch": False}  # the evidence: the record keeps every score
+    raise err
 
 
-def verify_router(cfg: Config, region: str) -> dict:
-    """Golden-check through the router until answers come, correct, from ``region``."""
+def verify_router(cfg: Config, region: str, *, accept_mismatch: bool = False) -> dict:
+    """Golden-check through the router until answers come, correct (or, ``accept_mismatch``, at all), from
+    ``region``."""
     from llmdr.failover.router import open_router
 
-    ts, report = verify_through_router(cfg, open_router(cfg).url, region, model=_serving(cfg, region).model)
+    ts, report = verify_through_router(cfg, open_router(cfg).url, region, model=_serving(cfg, region).model,
+                                       accept_mismatch=accept_mismatch)
     return {"verified_ts": ts, "golden": report}
 
 

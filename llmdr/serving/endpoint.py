@@ -59,6 +59,8 @@ class OpenAIEndpoint:
         return out["choices"][0]["text"]
 
 
-def check_endpoint(golden_path: Path, url: str, *, model: str | None = None, timeout: float = 60.0) -> GoldenReport:
-    """Ask the endpoint at ``url`` every case of the golden file; the report says which answers differ."""
-    return check(GoldenSet.load(golden_path), OpenAIEndpoint(url, model=model, timeout=timeout).answer)
+def check_endpoint(golden_path: Path, url: str, *, model: str | None = None, timeout: float = 60.0,
+                   gate: Any = None) -> GoldenReport:
+    """Ask the endpoint at ``url`` every case of the golden file, judged by ``gate`` (the config's ``golden_gate``;
+    None: exact); the report says which answers fail and every score."""
+    return check(GoldenSet.load(golden_path), OpenAIEndpoint(url, model=model, timeout=timeout).answer, gate)

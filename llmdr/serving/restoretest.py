@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmdr.config import Config
 from llmdr.errors import IntegrityError
@@ -49,8 +50,9 @@ class RestoreTestResult:
 
 
 def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[ComponentSpec],
-                 golden: GoldenSet, *, workers: int = 8) -> RestoreTestResult:
-    """Run the restore test; the scratch folder is removed afterwards whatever happens."""
+                 golden: GoldenSet, *, workers: int = 8, gate: Any = None) -> RestoreTestResult:
+    """Run the restore test; the scratch folder is removed afterwards whatever happens. ``gate``: how answers are
+    judged (the config's ``golden_gate``; None: exact)."""
     from llmdr.serving.server import ModelService, make_server
 
     t0 = time.perf_counter()
@@ -85,7 +87,7 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         thread.start()
         try:
             url = f"http://127.0.0.1:{httpd.server_address[1]}"
-            res.golden = check(golden, OpenAIEndpoint(url).answer)
+            res.golden = check(golden, OpenAIEndpoint(url).answer, gate)
         finally:
             httpd.shutdown()
             httpd.server_close()
@@ -93,7 +95,8 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         if not res.golden.ok:
             differ = ", ".join(res.differing_components) or "none recorded"
             res.problems.append(
-                f"{res.golden.passed}/{len(res.golden.results)} golden answers match; components that differ from "
+                f"{res.golden.passed}/{len(res.golden.results)} golden answers pass the {res.golden.gate.mode} gate "
+                f"({res.golden.required} needed); components that differ from "
                 f"the golden set's bundle: {differ}"
             )
         return res
@@ -113,7 +116,7 @@ def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden
         return RestoreTestResult(ref, repo.location, problems=[str(exc)])
     path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
     return restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
-                        GoldenSet.load(path), workers=cfg.transfer.download_workers)
+                        GoldenSet.load(path), workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
 
 
 # --- the verdict of a verify-replicas run -------------------------------------------------------------------------

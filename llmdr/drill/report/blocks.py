@@ -199,12 +199,13 @@ def evidence_blocks(record: dict) -> list[Any]:
     g = ev.get("golden_after_failover")
     if isinstance(g, dict) and g:
         cases = [c for c in g.get("cases") or [] if isinstance(c, dict)]
-        rows = [[value("", c.get("id")), "PASS" if c.get("ok") else "FAIL", _ratio(c.get("similarity")),
-                 value("", c.get("expected")), value("", f"error: {c['error']}" if c.get("error") else c.get("actual"))]
+        rows = [[value("", c.get("id")), "PASS" if c.get("ok") else "FAIL", _ratio(c.get("score")),
+                 _ratio(c.get("similarity")), value("", c.get("expected")),
+                 value("", f"error: {c['error']}" if c.get("error") else c.get("actual"))]
                 for c in cases]
-        blocks.append(Table(["case", "result", "similarity", "expected", "actual through the router"],
-                            rows or [[DASH, "PASS" if g.get("ok") else "FAIL", DASH, DASH, DASH]],
-                            [0.9, 0.7, 0.8, 2.4, 2.4], f"Golden outputs after failover: {golden_summary(g)}",
+        blocks.append(Table(["case", "result", "gate score", "similarity", "expected", "actual through the router"],
+                            rows or [[DASH, "PASS" if g.get("ok") else "FAIL", DASH, DASH, DASH, DASH]],
+                            [0.9, 0.7, 0.7, 0.8, 2.2, 2.2], f"Golden outputs after failover: {golden_summary(g)}",
                             status_col=1))
     else:
         blocks.append(kv([("Golden outputs after failover", NOT_RECORDED)]))

@@ -99,7 +99,15 @@ def number(v: Any) -> float | None:
 
 
 def golden_summary(v: dict) -> str:
-    return f"{'ok' if v.get('ok') else 'FAILED'}, {v.get('passed', DASH)}/{v.get('total', DASH)}{NBSP}cases"
+    """``ok, 6/6 cases, similarity gate ≥ 0.9`` (a report from before gate modes: no gate part)."""
+    gate = v.get("gate") if isinstance(v.get("gate"), dict) else None
+    how = ""
+    if gate:
+        thr = gate.get("threshold")
+        how = f", {gate.get('mode', 'exact')} gate" + (f" ≥{NBSP}{thr}" if thr is not None else "")
+        if v.get("required") is not None and v.get("required") != v.get("total"):
+            how += f", {v['required']} needed"
+    return f"{'ok' if v.get('ok') else 'FAILED'}, {v.get('passed', DASH)}/{v.get('total', DASH)}{NBSP}cases{how}"
 
 
 def is_golden(v: Any) -> bool:
