@@ -177,8 +177,11 @@ class Monitor(StrictModel):
     # the golden file)
     golden_every: int = Field(default=10, ge=0)
     keep: timedelta = timedelta(days=7)  # samples older than this are deleted when a monitor run starts
+    # After a notice that an endpoint is degraded or down (notifications:), no other notice about it for this long
+    # unless it gets worse (degraded -> down); its recovery is announced once. 0s: every change is announced.
+    notify_cooldown: timedelta = timedelta(minutes=30)
 
-    @field_validator("interval", "timeout", "keep", mode="before")
+    @field_validator("interval", "timeout", "keep", "notify_cooldown", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> timedelta:
         return parse_duration(v)
@@ -241,6 +244,11 @@ class Failover(StrictModel):
     # Region to fail over to (a secondary); null: the first secondary in regions that has a serving: section and is
     # not the active region.
     target: str | None = None
+    # true: when the active region's endpoint turns degraded, a Prefect automation runs the prewarm-standby
+    # deployment, which starts the failover target's replica from its own store (if llmdr can start it and it is
+    # not answering already), so a failover that may follow is warm; false: the automation is created disabled.
+    # A replica started this way keeps running (and costing) until `llmdr replica stop`.
+    prewarm_on_degraded: bool = True
 
     @field_validator("confirm_interval", mode="before")
     @classmethod

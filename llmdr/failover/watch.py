@@ -10,6 +10,11 @@ Regions with a ``hardware:`` source also have their GPUs read every ``hardware.i
 ``llmdr.hardware.degraded`` (resource: the region and the GPU's uuid; payload: reasons, trend, forecast) and a
 ``hardware_degraded`` notice (at most one per GPU per ``notify_cooldown``, sooner when it gets worse); back to
 healthy, ``llmdr.hardware.recovered``. A source that fails is a reason in the assessment, never an exception.
+
+An endpoint (or the router) that is degraded or down is also announced to people (``notifications:``) with the
+evidence, by ``endpoint_notice``: at most once per target per ``monitor.notify_cooldown`` unless it gets worse
+(degraded -> down: at once), and once when it is healthy again (:func:`notice_due` decides; what was last
+announced lives in ``status.json`` beside the status, so a new monitor run does not repeat it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,26 @@ from llmdr.notify import Delivery, Notice
 log = logging.getLogger(__name__)
 REANNOUNCE_S = 15.0
 ROUTER = "router"
+BAD = ("degraded", "down")
+RANK = {"degraded": 1, "down": 2}
+
+
+def notice_due(entry: dict, status: str, now: float, cooldown: float) -> str | None:
+    """Whether this round's ``status`` of a target is news for people: ``"problem"`` (tell them it is degraded or
+    down), ``"recovered"`` (it is healthy again after a problem notice) or None. ``entry``: what was last announced
+    (``notified_status``: degraded, down, or healthy for a recovery; ``notified_at``; ``notified_problem``: the
+    last problem announced). Judged every round, not only on a change, so a problem kept quiet by the cooldown is
+    announced when the cooldown ends if it persists; an unknown status (too few or stale samples) says nothing."""
+    told, at = entry.get("notified_status"), entry.get("notified_at")
+    if status in BAD:
+        if told in BAD:  # an open problem: only worse is news
+            return "problem" if RANK[status] > RANK[told] else None
+        quiet = at is None or now - at >= cooldown
+        worse = RANK[status] > RANK.get(entry.get("notified_problem") or "", 0)
+        return "problem" if quiet or worse else None
+    if status == "healthy" and told in BAD:
+        return "recovered"
+    return None
 
 
 @dataclass
@@ -94,7 +119,7 @@ class Watcher:
         self._golden = self._load_golden()
         self._active_cache: tuple[float, str | None] = (0.0, None)
         self.notify = notify or self._notify
-        self.notices: list[dict] = []  # hardware notices sent by this watcher: {gpu, title, deliveries}
+        self.notices: list[dict] = []  # notices sent by this watcher: {gpu or target, title, deliveries}
         self.hardware = HardwareMonitor(cfg) if configured(cfg) else None
 
     def _notify(self, notice: Notice) -> list[Delivery]:
@@ -212,7 +237,8 @@ class Watcher:
         elif a.status == "healthy" and before in ("degraded", "down"):
             event = events.ENDPOINT_RECOVERED
         entry = {"status": a.status, "since": prev.get("since", now) if before == a.status else now,
-                 "emitted": prev.get("emitted", 0), "active": is_active}
+                 "emitted": prev.get("emitted", 0), "active": is_active,
+                 **{k: prev[k] for k in ("notified_status", "notified_at", "notified_problem") if k in prev}}
         if event:
             payload = a.to_json() | {"url": t.url, "active": is_active, "active_region": active,
                                      "reason": "; ".join(a.reasons) or a.status}
@@ -221,7 +247,29 @@ class Watcher:
             entry["emitted"] = now
             res.emitted.append({"event": event, "target": t.name, "sent": sent, "reason": payload["reason"]})
             log.warning("%s: %s (%s)", t.name, event, payload["reason"])
+        due = notice_due(entry, a.status, now, self.cfg.monitor.notify_cooldown.total_seconds())
+        if due is not None:
+            self._endpoint_notice(t, a, before, is_active, entry, now)
         self.status[t.name] = entry
+
+    def _endpoint_notice(self, t: Target, a, before: str | None, is_active: bool | None, entry: dict,
+                         now: float) -> None:
+        from llmdr.config.pools import dr_region
+        from llmdr.notify import endpoint_notice
+
+        try:
+            dr: str | None = dr_region(self.cfg)
+        except Exception:  # noqa: BLE001 - a config without a failover target still gets the notice
+            dr = None
+        notice = endpoint_notice(self.cfg.bundle.name, t.name, a.to_json(), previous=before, active=is_active,
+                                 standby=dr if dr != t.name else None,
+                                 prewarm=self.cfg.failover.prewarm_on_degraded)
+        deliveries = self.notify(notice)
+        entry["notified_status"], entry["notified_at"] = a.status, now
+        if a.status in BAD:
+            entry["notified_problem"] = a.status
+        self.notices.append({"target": t.name, "title": notice.title, "kind": notice.kind,
+                             "deliveries": [d.__dict__ for d in deliveries]})
 
 
 @dataclass
