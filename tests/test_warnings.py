@@ -198,3 +198,122 @@ def test_a_worse_state_is_announced_at_once_and_the_standby_is_announced_as_not_
 ])
 def test_notice_due(entry, status, now, due):
     assert notice_due(entry, status, now, cooldown=1800) == due
+
+
+# -- pre-warm the DR standby on degraded ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("degraded, target, active, enabled, answers, startable, why", [
+    ("primary", "secondary", "primary", True, False, True, None),              # start it
+    ("primary", "secondary", None, True, False, True, None),                   # router cannot say: harmless, start
+    ("primary", "secondary", "primary", False, False, True, "prewarm_on_degraded is false"),
+    ("primary", "secondary", "secondary", True, False, True, "does not serve the traffic now"),  # already failed over
+    ("secondary", "secondary", "secondary", True, False, True, "is the degraded region itself"),
+    ("primary", "secondary", "primary", True, True, True, "already warm"),     # a no-op
+    ("primary", "secondary", "primary", True, True, False, "already warm"),    # someone else's server that answers
+    ("primary", "secondary", "primary", True, False, False, "cannot start a replica in secondary"),
+])
+def test_why_not_prewarm(degraded, target, active, enabled, answers, startable, why):
+    from llmdr.failover.standby import why_not_prewarm
+
+    got = why_not_prewarm(degraded, target, active=active, enabled=enabled, answers=answers, startable=startable)
+    assert (got is None) if why is None else (why in got)
+
+
+def _automations():
+    import importlib.util
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("llmdr_deploy_automations_w", root / "deployments" / "automations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, yaml.safe_load((root / "deployments" / "automations.yaml").read_text())
+
+
+def _matches(s: dict, event: str, resource: dict) -> bool:
+    from fnmatch import fnmatchcase
+
+    return event in s["trigger"]["expect"] and all(fnmatchcase(resource.get(k, ""), v)
+                                                   for k, v in s["trigger"]["match"].items())
+
+
+def test_the_prewarm_automation_runs_on_degraded_of_the_active_region_only():
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.prewarm_standby import prewarm_standby
+    from llmdr.failover.events import ENDPOINT_DEGRADED, ENDPOINT_DOWN, endpoint_resource
+
+    auto, spec = _automations()
+    specs = {s["name"]: s for s in auto.automation_specs(spec, None, True, True)}
+    failover, prewarm = specs[auto.FAILOVER], specs[auto.PREWARM]
+    assert prewarm["enabled"] and failover["enabled"]
+    active = endpoint_resource("bot", "primary", active=True, url="http://127.0.0.1:1")
+    standby = endpoint_resource("bot", "secondary", active=False, url="http://127.0.0.1:2")
+    assert _matches(prewarm, ENDPOINT_DEGRADED, active) and not _matches(prewarm, ENDPOINT_DEGRADED, standby)
+    assert not _matches(prewarm, ENDPOINT_DOWN, active) and not _matches(failover, ENDPOINT_DEGRADED, active)
+    [act] = prewarm["actions"]
+    assert act["deployment"] == "prewarm-standby/prewarm-standby"
+    # what the automation passes is what the flow accepts (the templates render to text)
+    validate({k: "x" for k in act["parameters"]}, parameter_schema(prewarm_standby.fn).model_dump_for_openapi(),
+             raise_on_error=True)
+    assert act["parameters"]["region"]["template"] == "{{ event.resource.get('llmdr.region') }}"
+    # failover.prewarm_on_degraded: false turns this one off and leaves the failover one alone, and the reverse
+    off = {s["name"]: s for s in auto.automation_specs(spec, None, True, False)}
+    assert not off[auto.PREWARM]["enabled"] and off[auto.FAILOVER]["enabled"]
+    off = {s["name"]: s for s in auto.automation_specs(spec, None, False, True)}
+    assert off[auto.PREWARM]["enabled"] and not off[auto.FAILOVER]["enabled"]
+
+
+def test_each_bundle_gets_its_own_prewarm_automation():
+    from llmdr.failover.events import ENDPOINT_DEGRADED, endpoint_resource
+
+    auto, spec = _automations()
+    specs = {s["name"]: s for s in auto.automation_specs(spec, {"alpha": True, "beta": True}, True,
+                                                         {"alpha": True, "beta": False})}
+    a, b = specs[f"{auto.PREWARM}-alpha"], specs[f"{auto.PREWARM}-beta"]
+    assert a["enabled"] and not b["enabled"]
+    assert specs[f"{auto.FAILOVER}-beta"]["enabled"]  # beta's failover is its own setting
+    [act] = a["actions"]
+    assert act["deployment"] == "prewarm-standby/prewarm-standby-alpha" and act["parameters"]["bundle"] == "alpha"
+    a_deg = endpoint_resource("alpha", "primary", active=True, url="http://127.0.0.1:1")
+    b_deg = endpoint_resource("beta", "primary", active=True, url="http://127.0.0.1:2")
+    assert _matches(a, ENDPOINT_DEGRADED, a_deg) and not _matches(a, ENDPOINT_DEGRADED, b_deg)
+    # a removed bundle's pre-warm automation, and the single one after a switch to bundles:, are deleted
+    assert auto.stale_failover_automations([auto.PREWARM, f"{auto.PREWARM}-gamma", f"{auto.PREWARM}-alpha",
+                                            "someone-elses"], list(specs)) == [auto.PREWARM, f"{auto.PREWARM}-gamma"]
+
+
+def test_prewarm_starts_the_standby_from_its_own_store_once(prefect_harness, served_config):
+    """The flow for real: the standby (not running) is restored from the secondary's store and started, and
+    answers; a second run is a no-op; a degraded standby region, or the setting off, starts nothing."""
+    from flows.prewarm_standby import prewarm_standby
+    from llmdr.devstack.serving import start_router
+    from llmdr.failover.standby import prewarm_standby as core
+    from llmdr.repo import ops
+    from llmdr.serving.replica import replica_status, start_replica
+    from llmdr.serving.tinymodel import write_demo_bundle
+
+    cfg = served_config
+    write_demo_bundle(cfg.bundle_path)
+    sid = ops.snapshot_bundle(cfg).snapshot_id
+    ops.replicate(cfg, sid, to="secondary")
+    start_replica(cfg, cfg.primary)
+    start_router(cfg)
+    sec = cfg.region("secondary")
+    assert not replica_status(cfg, sec).healthy
+
+    out = prewarm_standby(region="primary", reason="latency creep", trigger="automation",
+                          config_path=str(cfg.source_file))
+    st = replica_status(cfg, sec)
+    assert out["started"] and out["answers"] and out["snapshot"] == sid and st.healthy and st.snapshot == sid
+    assert "/replicas/secondary/" in json.loads((cfg.state_path / "replicas" / "secondary" / "replica.json")
+                                                .read_text())["model_dir"]
+    again = core(cfg, "primary")
+    assert not again.started and again.why == "already warm: it answers" and again.answers
+    assert replica_status(cfg, sec).pid == st.pid
+    assert "does not serve the traffic now" in core(cfg, "secondary").why
+    cfg.failover.prewarm_on_degraded = False
+    assert core(cfg, "primary").why == "failover.prewarm_on_degraded is false"
