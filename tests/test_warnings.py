@@ -86,9 +86,9 @@ def servers():
         s.close()
 
 
-def _config(tmp_path: Path, primary: str, secondary: str, webhook: str, cooldown: str = "30m"):
+def _config(tmp_path: Path, primary: str, secondary: str, webhook: str, cooldown: str = "30m", bundle: str = "warnbot"):
     text = f"""version: 1
-bundle: {{name: warnbot, path: bundle}}
+bundle: {{name: {bundle}, path: bundle}}
 regions:
   - name: primary
     role: primary
@@ -317,3 +317,60 @@ def test_prewarm_starts_the_standby_from_its_own_store_once(prefect_harness, ser
     assert "does not serve the traffic now" in core(cfg, "secondary").why
     cfg.failover.prewarm_on_degraded = False
     assert core(cfg, "primary").why == "failover.prewarm_on_degraded is false"
+
+
+def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_server(tmp_path, servers,
+                                                                                    prefect_harness):
+    """The whole chain on the harness's Prefect server: a real latency creep of the active region → the watcher's
+    llmdr.endpoint.degraded event → the pre-warm automation of automations.yaml (this bundle's copy) → a run of the
+    prewarm-standby deployment with the region and the reason (no worker here: the run itself is tested above)."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import ObjectAlreadyExists
+
+    primary, secondary, receiver = servers
+    bundle = f"warn{tmp_path.name[-12:].replace('_', '').lower()}"  # its own events only: the server is shared
+    cfg = _config(tmp_path, primary.url, secondary.url, receiver.url, bundle=bundle)
+    auto, spec = _automations()
+    [wanted] = [s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: True})
+                if s["name"] == f"{auto.PREWARM}-{bundle}"]
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
+        except ObjectAlreadyExists:
+            pass
+        flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
+        dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
+                                          work_pool_name="llmdr-secondary",
+                                          entrypoint="flows/prewarm_standby.py:prewarm_standby")
+        action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
+        made = Automation.model_validate(wanted | {"actions": [action]}).create()
+        w = Watcher(cfg)  # events go to the harness's server for real
+        try:
+            _rounds(w, 14)
+            primary.delay = 0.25
+            done = _rounds(w, 3)
+            assert done[-1].assessments["primary"].status == "degraded"
+            assert [(e["event"], e["sent"]) for r in done for e in r.emitted] == [("llmdr.endpoint.degraded", True)]
+            runs = []
+            for _ in range(240):
+                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+                if runs:
+                    break
+                time.sleep(0.25)
+            [run] = runs
+            assert run.parameters["region"] == "primary" and run.parameters["bundle"] == bundle
+            assert run.parameters["trigger"] == "automation" and "latency median" in run.parameters["reason"]
+            # the secondary degrading (not the active region) does not pre-warm anything
+            secondary.delay = 0.25
+            done = _rounds(w, 4)
+            assert [(e["event"], e["target"], e["sent"]) for r in done for e in r.emitted] == [
+                ("llmdr.endpoint.degraded", "secondary", True)]
+            time.sleep(2)  # an automation acts 0.4-0.6 s after the event here (PLATFORM.md): 2 s is ample
+            assert len(client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[dep_id])))) == 1
+        finally:
+            w.store.close()
+            client.delete_automation(made.id)
