@@ -34,7 +34,7 @@ from llmdr.config import Notifications
 log = logging.getLogger(__name__)
 
 KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness", "hardware_degraded",
-         "endpoint_degraded", "endpoint_recovered")
+         "endpoint_degraded", "endpoint_recovered", "endpoint_drift")
 SEVERITIES = ("info", "warning", "critical")
 RETRY_DELAY_S = 0.25  # the one quick retry after a connection error or a 5xx
 _URL = re.compile(r"(https?)://([^/\s'\"<>]+)[^\s'\"<>]*")
@@ -432,3 +432,29 @@ def endpoint_notice(bundle: str, target: str, assessment: Mapping[str, Any], *, 
     return Notice("endpoint_down" if status == "down" else "endpoint_degraded", title,
                   _body(happened, _endpoint_evidence(assessment), steps),
                   "critical" if status == "down" and active else "warning", data)
+
+
+def drift_notice(bundle: str, target: str, drift: Mapping[str, Any], *, active: bool | None) -> Notice:
+    """The real answers of ``target`` drifted from their baseline, or are back to it (``drift``:
+    ``drift.DriftAssessment.to_json()``). The evidence is counts only: the monitor never keeps answer texts."""
+    status = str(drift.get("status"))
+    ev = drift.get("evidence") or {}
+    reasons = list(drift.get("reasons") or [])
+    data = {"bundle": bundle, "target": target, "status": status, "active": active, "reasons": reasons,
+            "length": ev.get("length"), "refusals": ev.get("refusals"), "vocabulary": ev.get("vocabulary"),
+            "recent_n": ev.get("recent_n"), "baseline_n": ev.get("baseline_n"), "settings": ev.get("settings")}
+    if status != "drift":
+        return Notice("endpoint_drift", f"llmdr: {bundle} {target} answers back to their baseline",
+                      _body(f"The sampled answers of {target} look like its baseline again.", [],
+                            ["nothing urgent"]), "info", data)
+    serving = " It serves traffic now." if active else ""
+    happened = (f"The sampled real answers of {target} drifted from its baseline: {'; '.join(reasons)}.{serving}")
+    evidence = [f"- {r}" for r in reasons]
+    evidence.append(f"- window: the newest {ev.get('recent_n')} sampled answers against the {ev.get('baseline_n')} "
+                    "before them (counts only: no answer text is kept)")
+    steps = [f"ask {target} the golden set: `llmdr golden check --url <its serving.url>`",
+             "did the model, its generation settings or the prompts clients send change? (a new release is a "
+             "legitimate drift: the baseline follows it after a while)",
+             "a wrong model or broken weights: fail over to the verified standby"]
+    return Notice("endpoint_drift", f"llmdr: {bundle} {target} answers DRIFTED: {reasons[0] if reasons else ''}"[:200],
+                  _body(happened, evidence, steps), "warning", data)

@@ -374,3 +374,100 @@ def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_serv
         finally:
             w.store.close()
             client.delete_automation(made.id)
+
+
+# -- drift on real traffic -----------------------------------------------------------------------------------------
+
+VOCAB = [f"w{i}" for i in range(3000)]
+ZIPF = [1 / (i + 1) for i in range(3000)]
+REFUSAL = "I'm sorry, but I cannot help with that request as it goes against my guidelines."
+
+
+def _answer(rng, vocab=VOCAB) -> str:
+    return " ".join(rng.choices(vocab, ZIPF, k=max(1, int(rng.gauss(20, 5)))))
+
+
+def _fill(store, target: str, texts: list[str], settings, salt: bytes, t0: float) -> None:
+    from llmdr.failover.drift import features
+
+    for i, text in enumerate(texts):
+        store.add(t0 + i, target, features(text, settings, salt))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_drift_is_quiet_on_the_same_traffic_and_sees_refusals_and_a_new_vocabulary(seed):
+    import random
+
+    from llmdr.config import Drift
+    from llmdr.failover.drift import assess_drift, features
+
+    rng, s, salt = random.Random(seed), Drift(), b"s" * 16
+    base = [features(_answer(rng), s, salt) for _ in range(500)]
+    same = assess_drift("primary", base + [features(_answer(rng), s, salt) for _ in range(100)], s)
+    assert same.status == "normal" and same.reasons == [], same.evidence
+    refusing = assess_drift("primary", base + [features(REFUSAL if rng.random() < 0.3 else _answer(rng), s, salt)
+                                               for _ in range(100)], s)
+    assert refusing.status == "drift" and any("refusals rose" in r for r in refusing.reasons)
+    shifted = VOCAB[50:] + VOCAB[:50]  # another model: the same kind of words, used at other rates
+    new = assess_drift("primary", base + [features(_answer(rng, shifted) if rng.random() < 0.5 else _answer(rng),
+                                                   s, salt) for _ in range(100)], s)
+    assert new.status == "drift" and any("vocabulary shifted" in r for r in new.reasons), new.evidence
+    short = assess_drift("primary", base + [features("ok " * 2, s, salt) for _ in range(100)], s)
+    assert any("answer length median 2 " in r and "below" in r for r in short.reasons)
+    assert assess_drift("primary", base[:250], s).status == "unknown"
+
+
+def test_what_is_kept_is_counts_not_text(tmp_path):
+    from llmdr.config import Drift
+    from llmdr.failover.drift import DriftStore, features, load_salt
+
+    salt = load_salt(tmp_path / "drift-salt")
+    assert load_salt(tmp_path / "drift-salt") == salt and (tmp_path / "drift-salt").stat().st_mode & 0o777 == 0o600
+    store = DriftStore(tmp_path / "drift.sqlite")
+    store.add(1.0, "primary", features("The patient's secret diagnosis is Zebrafish syndrome", Drift(), salt))
+    store.close()
+    raw = (tmp_path / "drift.sqlite").read_bytes()
+    for word in (b"patient", b"secret", b"diagnosis", b"Zebrafish", b"zebrafish", b"syndrome"):
+        assert word not in raw
+    assert features("I'm sorry, I can't do that", Drift(), salt).refusal
+    assert not features("Sure: here it is", Drift(), salt).refusal
+
+
+def test_drift_becomes_an_event_and_one_notice_at_a_real_receiver(tmp_path, servers):
+    import random
+
+    from llmdr.config import Drift
+    from llmdr.failover.drift import DriftStore, load_salt
+    from llmdr.failover.watch import drift_path
+
+    primary, secondary, receiver = servers
+    cfg = _config(tmp_path, primary.url, secondary.url, receiver.url)
+    cfg.monitor.drift = Drift(sample=1.0)
+    settings, rng = cfg.monitor.drift, random.Random(7)
+    salt = load_salt(drift_path(cfg).parent / "drift-salt")
+    store = DriftStore(drift_path(cfg))
+    _fill(store, "primary", [_answer(rng) for _ in range(600)], settings, salt, 1000.0)
+    emitted: list[tuple] = []
+    w = Watcher(cfg, emit=lambda *a: emitted.append(a) or True)
+    try:
+        res = w.run_round()
+        assert res.drift["primary"].status == "normal" and receiver.bodies == [] and emitted == []
+        _fill(store, "primary", [REFUSAL if rng.random() < 0.4 else _answer(rng) for _ in range(100)], settings,
+              salt, 2000.0)
+        res = w.run_round()
+        assert res.drift["primary"].status == "drift"
+        [(event, resource, payload)] = emitted
+        assert event == "llmdr.endpoint.drift" and resource["llmdr.region"] == "primary"
+        assert payload["evidence"]["refusals"]["recent_rate"] >= 0.3 and payload["active"] is True
+        [notice] = receiver.bodies
+        assert notice["kind"] == "endpoint_drift" and notice["data"]["refusals"]["recent_count"] >= 3
+        assert "no answer text is kept" in notice["text"]
+        _rounds(w, 2)  # still drifting: nothing new
+        assert len(emitted) == 1 and len(receiver.bodies) == 1
+        _fill(store, "primary", [_answer(rng) for _ in range(100)], settings, salt, 3000.0)
+        assert w.run_round().drift["primary"].status == "normal"
+        assert [b["kind"] for b in receiver.bodies] == ["endpoint_drift"] * 2
+        assert receiver.bodies[1]["severity"] == "info" and len(emitted) == 1
+    finally:
+        w.store.close()
+        store.close()

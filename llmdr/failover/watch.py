@@ -15,6 +15,10 @@ An endpoint (or the router) that is degraded or down is also announced to people
 evidence, by ``endpoint_notice``: at most once per target per ``monitor.notify_cooldown`` unless it gets worse
 (degraded -> down: at once), and once when it is healthy again (:func:`notice_due` decides; what was last
 announced lives in ``status.json`` beside the status, so a new monitor run does not repeat it).
+
+With ``monitor.drift``, each round also judges the sampled real responses of every endpoint
+(:mod:`llmdr.failover.drift`): one that starts to drift becomes ``llmdr.endpoint.drift`` (payload: reasons,
+length z, refusal rates, vocabulary distance) and an ``endpoint_drift`` notice, rate-limited like the others.
 """
 
 from __future__ import annotations
@@ -72,11 +76,13 @@ class RoundResult:
     assessments: dict = field(default_factory=dict)  # target -> monitor.Assessment
     emitted: list[dict] = field(default_factory=list)
     hardware: dict = field(default_factory=dict)  # region -> hardware.detect.RegionAssessment, when polled this round
+    drift: dict = field(default_factory=dict)  # target -> drift.DriftAssessment, with monitor.drift
 
     def to_json(self) -> dict:
         return {"ts": self.ts, "active": self.active, "samples": [s.to_json() for s in self.samples],
                 "assessments": {k: a.to_json() for k, a in self.assessments.items()}, "emitted": self.emitted,
-                "hardware": {k: a.to_json() for k, a in self.hardware.items()}}
+                "hardware": {k: a.to_json() for k, a in self.hardware.items()},
+                "drift": {k: a.to_json() for k, a in self.drift.items()}}
 
 
 def targets(cfg: Config) -> list[Target]:
@@ -89,6 +95,11 @@ def targets(cfg: Config) -> list[Target]:
 
 def store_path(cfg: Config) -> Path:
     return cfg.bundle_state_path / "monitor" / "samples.sqlite"
+
+
+def drift_path(cfg: Config) -> Path:
+    """The sampled responses' counts (``llmdr.failover.drift``); its salt is ``drift-salt`` beside it."""
+    return cfg.bundle_state_path / "monitor" / "drift.sqlite"
 
 
 def _status_path(cfg: Config) -> Path:
@@ -121,6 +132,11 @@ class Watcher:
         self.notify = notify or self._notify
         self.notices: list[dict] = []  # notices sent by this watcher: {gpu or target, title, deliveries}
         self.hardware = HardwareMonitor(cfg) if configured(cfg) else None
+        self.drift = None
+        if cfg.monitor.drift is not None:
+            from llmdr.failover.drift import DriftStore
+
+            self.drift = DriftStore(drift_path(cfg))
 
     def _notify(self, notice: Notice) -> list[Delivery]:
         from llmdr.notify import notify
@@ -176,10 +192,48 @@ class Watcher:
             a = assessed[t.name]
             res.assessments[t.name] = a
             self._transition(t, a, active, res)
+        if self.drift is not None:
+            self.drift_round(res)
         atomic_write(_status_path(cfg), json.dumps(self.status, sort_keys=True))
         if self.hardware is not None:
             self.hardware_round(res, wait=False)
         return res
+
+    def drift_round(self, res: RoundResult) -> None:
+        """Judge every endpoint's sampled real responses; a start of drift is an event and a notice."""
+        from llmdr.failover.drift import assess_drift
+
+        settings = self.cfg.monitor.drift
+        now = time.time()
+        for target in self.drift.targets():
+            d = assess_drift(target, self.drift.newest(target, settings.recent + settings.baseline), settings)
+            res.drift[target] = d
+            key = f"drift:{target}"
+            prev = self.status.get(key, {})
+            entry = {"status": d.status, "since": prev.get("since", now) if prev.get("status") == d.status else now,
+                     **{k: prev[k] for k in ("notified_status", "notified_at", "notified_problem") if k in prev}}
+            is_active = None if target == ROUTER else target == res.active
+            if d.status == "drift" and prev.get("status") != "drift":
+                url = next((t.url for t in self.targets if t.name == target), "")
+                payload = d.to_json() | {"active": is_active, "active_region": res.active,
+                                         "reason": "; ".join(d.reasons)}
+                sent = self.emit(events.ENDPOINT_DRIFT, events.endpoint_resource(
+                    self.cfg.bundle.name, target, active=is_active, url=url), payload)
+                res.emitted.append({"event": events.ENDPOINT_DRIFT, "target": target, "sent": sent,
+                                    "reason": payload["reason"]})
+                log.warning("%s: %s (%s)", target, events.ENDPOINT_DRIFT, payload["reason"])
+            as_status = {"drift": "degraded", "normal": "healthy"}.get(d.status, "unknown")
+            if notice_due(entry, as_status, now, self.cfg.monitor.notify_cooldown.total_seconds()):
+                from llmdr.notify import drift_notice
+
+                notice = drift_notice(self.cfg.bundle.name, target, d.to_json(), active=is_active)
+                deliveries = self.notify(notice)
+                entry["notified_status"], entry["notified_at"] = as_status, now
+                if as_status in BAD:
+                    entry["notified_problem"] = as_status
+                self.notices.append({"target": target, "title": notice.title, "kind": notice.kind,
+                                     "deliveries": [x.__dict__ for x in deliveries]})
+            self.status[key] = entry
 
     def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True, finish: bool = False,
                        now: float | None = None) -> RoundResult:
@@ -288,6 +342,8 @@ def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = No
     until interrupted). Samples older than ``monitor.keep`` are pruned once per run."""
     w = watcher or Watcher(cfg)
     w.store.prune(time.time() - cfg.monitor.keep.total_seconds())
+    if w.drift is not None:
+        w.drift.prune(time.time() - cfg.monitor.keep.total_seconds())
     if w.hardware is not None:
         w.hardware.store.prune(time.time() - cfg.monitor.keep.total_seconds())
     interval = cfg.monitor.interval.total_seconds()
