@@ -437,8 +437,7 @@ def test_drift_becomes_an_event_and_one_notice_at_a_real_receiver(tmp_path, serv
     import random
 
     from llmdr.config import Drift
-    from llmdr.failover.drift import DriftStore, load_salt
-    from llmdr.failover.watch import drift_path
+    from llmdr.failover.drift import DriftStore, drift_path, load_salt
 
     primary, secondary, receiver = servers
     cfg = _config(tmp_path, primary.url, secondary.url, receiver.url)
@@ -471,3 +470,54 @@ def test_drift_becomes_an_event_and_one_notice_at_a_real_receiver(tmp_path, serv
     finally:
         w.store.close()
         store.close()
+
+
+def test_llmdr_serve_tees_a_share_of_its_answers_as_counts(tmp_path):
+    """The tee for real: `llmdr serve` started the way `llmdr replica start` starts it with monitor.drift set
+    (command_for), answers through the OpenAI API, and the monitor's drift store holds one row per answer (sample 1),
+    without the answers' words."""
+    import subprocess
+    import urllib.request
+
+    from llmdr.config import Drift
+    from llmdr.failover.drift import DriftStore, drift_path
+    from llmdr.serving.replica import command_for
+    from llmdr.serving.tinymodel import write_demo_bundle
+    from tests.support.ports import free_port
+
+    port = free_port()
+    cfg = _config(tmp_path, f"http://127.0.0.1:{port}", "http://127.0.0.1:9", "http://127.0.0.1:9/hook")
+    text = (tmp_path / "llmdr.yaml").read_text().replace("golden_every: 0,", "golden_every: 0, drift: {sample: 1},")
+    text = text.replace("    serving: {url: 'http", "    local: {enabled: true}\n    serving: {url: 'http", 1)  # llmdr serve
+    (tmp_path / "llmdr.yaml").write_text(text)
+    cfg = parse_config(text, source=tmp_path / "llmdr.yaml")
+    assert cfg.monitor.drift == Drift(sample=1)
+    write_demo_bundle(tmp_path / "model")
+    argv = command_for(cfg, cfg.primary, tmp_path / "model")
+    assert argv[-4:] == ["--drift-config", str(tmp_path / "llmdr.yaml"), "--drift-target", "primary"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        answers = []
+        for _ in range(60):
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST", data=json.dumps(
+                    {"prompt": "the cat", "max_tokens": 6, "temperature": 0}).encode(),
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    answers.append(json.loads(resp.read())["choices"][0]["text"])
+                if len(answers) == 3:
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.25)
+        assert len(answers) == 3
+        store = DriftStore(drift_path(cfg))
+        rows = store.newest("primary", 10)
+        store.close()
+        assert len(rows) == 3 and all(r.length > 0 and r.buckets for r in rows)
+        raw = b"".join(p.read_bytes() for p in drift_path(cfg).parent.glob("drift.sqlite*"))
+        words = {w for a in answers for w in a.split() if len(w) >= 4}
+        assert words and not any(w.encode() in raw for w in words)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

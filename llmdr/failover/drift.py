@@ -24,6 +24,12 @@ monitor's state folder) the buckets cannot be turned back into words, and a buck
 
 Any of them: status ``drift`` with the reasons; none: ``normal``; too few samples: ``unknown``. Imports neither
 Prefect nor boto3.
+
+**Where the answers come from**: a tee in ``llmdr serve`` (:func:`tee`, wired by ``llmdr serve --drift-config``,
+which ``llmdr replica start`` passes when ``monitor.drift`` is set). Not the Caddy router, whose access log cannot
+hold response bodies, and not the monitor's probes, which are synthetic prompts, not real traffic. Streamed answers
+are not sampled (a stream is never held whole); servers llmdr does not run (vLLM, TGI behind ``serving.command``)
+would need the same tee in front of them.
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdr.config import Drift
+from llmdr.config import Config, Drift
 
 BUCKETS = 256
 MAD_SCALE = 1.4826
@@ -81,6 +88,11 @@ def features(text: str, settings: Drift, salt: bytes, *, tokens: int | None = No
         buckets[b] = buckets.get(b, 0) + 1
     refusal = any(p.lower() in low for p in settings.refusal_phrases)
     return Features(tokens if tokens is not None else len(words), refusal, buckets)
+
+
+def drift_path(cfg: Config) -> Path:
+    """The sampled responses' counts of ``cfg``'s bundle; its salt is ``drift-salt`` beside it."""
+    return cfg.bundle_state_path / "monitor" / "drift.sqlite"
 
 
 class DriftStore:
@@ -137,6 +149,30 @@ class DriftStore:
 def sampled(settings: Drift, rng: random.Random | None = None) -> bool:
     """Is this response one of the ``sample`` share kept?"""
     return (rng or random).random() < settings.sample
+
+
+def tee(cfg: Config, target: str, *, rng: random.Random | None = None) -> Callable[[str, int | None], None]:
+    """The hook ``llmdr serve`` calls with every whole answer it sends (text, completion tokens): keeps the
+    ``monitor.drift.sample`` share of them, as counts, for ``target``. Never raises: sampling must not break an
+    answer."""
+    settings = cfg.monitor.drift
+    if settings is None:
+        raise ValueError("monitor.drift is not set")
+    store = DriftStore(drift_path(cfg))
+    salt = load_salt(drift_path(cfg).parent / "drift-salt")
+    rng = rng or random.Random()
+
+    def observe(text: str, tokens: int | None) -> None:
+        if not sampled(settings, rng):
+            return
+        try:
+            store.add(time.time(), target, features(text, settings, salt, tokens=tokens))
+        except Exception as exc:  # noqa: BLE001 - a full disk or a locked file must not fail the answer
+            import logging
+
+            logging.getLogger(__name__).warning("drift sample not kept: %s", exc)
+
+    return observe
 
 
 # -------------------------------------------------------------------------------------------------------- assess

@@ -34,6 +34,7 @@ from pathlib import Path
 from llmdr.common.files import atomic_write
 from llmdr.config import Config
 from llmdr.failover import events
+from llmdr.failover.drift import drift_path
 from llmdr.notify import Delivery, Notice
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,6 @@ def targets(cfg: Config) -> list[Target]:
 
 def store_path(cfg: Config) -> Path:
     return cfg.bundle_state_path / "monitor" / "samples.sqlite"
-
-
-def drift_path(cfg: Config) -> Path:
-    """The sampled responses' counts (``llmdr.failover.drift``); its salt is ``drift-salt`` beside it."""
-    return cfg.bundle_state_path / "monitor" / "drift.sqlite"
 
 
 def _status_path(cfg: Config) -> Path:

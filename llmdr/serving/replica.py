@@ -90,7 +90,13 @@ def command_for(cfg: Config, region: Region, model_dir: Path) -> list[str]:
                              "serving.command, e.g. 'vllm serve {model_dir} --host {host} --port {port}'")
         exe = Path(sys.executable).parent / "llmdr"
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "llmdr.cli"]
-        return [*base, "serve", str(model_dir), "--host", serving.host, "--port", str(serving.port)]
+        argv = [*base, "serve", str(model_dir), "--host", serving.host, "--port", str(serving.port)]
+        if cfg.monitor.drift is not None and cfg.source_file is not None:  # the tee for the drift check
+            from llmdr.config import bundle_ref
+
+            ref = bundle_ref(cfg.source_file, cfg.view_of)  # a bundle's view: that bundle's monitor folder
+            argv += ["--drift-config", ref, "--drift-target", region.name]
+        return argv
     raw = shlex.split(serving.command) if isinstance(serving.command, str) else list(serving.command)
     try:
         return [part.format(**fields) for part in raw]
