@@ -521,3 +521,15 @@ def test_llmdr_serve_tees_a_share_of_its_answers_as_counts(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_a_standby_that_does_not_answer_and_cannot_be_started_fails_the_prewarm(tmp_path):
+    from llmdr.failover.standby import prewarm_standby
+
+    cfg = _config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:7", "http://127.0.0.1:9/hook")  # nobody there
+    out = prewarm_standby(cfg, "primary")
+    assert not out.ok and out.answers is False and "cannot start a replica in secondary" in out.detail
+    cfg.failover.prewarm_on_degraded = False  # switched off: nothing to report
+    assert prewarm_standby(cfg, "primary").ok
+    with pytest.raises(Exception, match="no region named 'nowhere'"):
+        prewarm_standby(cfg, "nowhere")

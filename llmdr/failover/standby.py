@@ -120,6 +120,7 @@ def refresh_standby(cfg: Config, region: str) -> StandbyRefresh:
 
 PREWARM_OFF = "failover.prewarm_on_degraded is false"
 ALREADY_WARM = "already warm: it answers"
+CANNOT_START = "llmdr cannot start a replica in"
 
 
 def why_not_prewarm(degraded: str, target: str, *, active: str | None, enabled: bool, answers: bool,
@@ -138,8 +139,8 @@ def why_not_prewarm(degraded: str, target: str, *, active: str | None, enabled: 
     if answers:
         return ALREADY_WARM
     if not startable:
-        return (f"llmdr cannot start a replica in {target} (no serving.command): start its server by hand before "
-                "a failover needs it")
+        return (f"{CANNOT_START} {target} (no serving.command): start its server by hand before a failover needs "
+                "it")
     return None
 
 
@@ -189,6 +190,8 @@ def prewarm_standby(cfg: Config, degraded: str) -> Prewarm:
     why = why_not_prewarm(degraded, reg.name, active=active or None, enabled=cfg.failover.prewarm_on_degraded,
                           answers=st.healthy, startable=can_start(reg))
     if why is not None and why != ALREADY_WARM:
+        if why.startswith(CANNOT_START):  # a cold standby nobody can start: a failure to report, not a skip
+            return Prewarm(degraded, reg.name, False, why, answers=False, detail=why)
         return Prewarm(degraded, reg.name, False, why)
     out = Prewarm(degraded, reg.name, False, why, snapshot=st.snapshot)
     if why is None:
