@@ -8,6 +8,7 @@ slowly; the watcher probes it for real and judges it with the real SampleStore a
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -315,6 +316,20 @@ def test_prewarm_starts_the_standby_from_its_own_store_once(prefect_harness, ser
     assert not again.started and again.why == "already warm: it answers" and again.answers
     assert replica_status(cfg, sec).pid == st.pid
     assert "does not serve the traffic now" in core(cfg, "secondary").why
+    # a cold standby started by the pre-warm and by a failover at once (degraded comes one probe before down):
+    # the two starts run one after the other, and the second finds the first's replica answering
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmdr.serving.replica import ensure_replica, stop_replica
+
+    stop_replica(cfg, sec)
+    shutil.rmtree(cfg.state_path / "replicas" / "secondary", ignore_errors=True)  # cold: restore again
+    with ThreadPoolExecutor(2) as pool:
+        warmed = pool.submit(core, cfg, "primary")
+        failover = pool.submit(ensure_replica, cfg, sec)
+        pre, fo = warmed.result(), failover.result()
+    st = replica_status(cfg, sec)
+    assert pre.answers and fo.healthy and st.healthy and fo.pid == st.pid, (pre, fo, st)
     cfg.failover.prewarm_on_degraded = False
     assert core(cfg, "primary").why == "failover.prewarm_on_degraded is false"
 
