@@ -2,13 +2,16 @@
 
 Idempotent: an automation with the same name is replaced. A run-deployment action's ``deployment:`` name is
 resolved to that server's deployment id. ``failover.auto: false`` in $LLMDR_CONFIG creates the failover
-automation disabled (visible in the UI, enabled there or by setting auto: true and running this again).
+automation disabled (visible in the UI, enabled there or by setting auto: true and running this again);
+``failover.prewarm_on_degraded: false`` does the same to the pre-warm automation (on ``llmdr.endpoint.degraded`` of
+the active region it runs ``prewarm-standby``, which starts the DR standby so a failover that may follow is warm).
 
 A project with several bundles (``bundles:``) gets one failover automation per bundle instead
 (``llmdr-failover-when-active-region-down-<bundle>``): it matches only that bundle's endpoint events (the monitor's
 resource carries ``llmdr.bundle``) and runs that bundle's copy of the failover deployment (``failover/failover-<b>``,
-made by deployments/configure.py, which must therefore run first). Failover automations of bundles no longer
-configured, and the single one of a project that now has several bundles (or the reverse), are deleted.
+made by deployments/configure.py, which must therefore run first); the pre-warm automation likewise. Per-bundle
+automations of bundles no longer configured, and the single one of a project that now has several bundles (or the
+reverse), are deleted.
 """
 
 from __future__ import annotations
@@ -24,31 +27,42 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 FAILOVER = "llmdr-failover-when-active-region-down"  # llmdr.drill.runbook.AUTOMATION
+PREWARM = "llmdr-prewarm-standby-when-active-region-degraded"
+PER_BUNDLE = (FAILOVER, PREWARM)  # made once per bundle, each enabled by its own setting
 
 
-def _is_failover(name: str) -> bool:
-    return name == FAILOVER or name.startswith(FAILOVER + "-")
+def _is_per_bundle(name: str) -> bool:
+    return any(name == base or name.startswith(base + "-") for base in PER_BUNDLE)
 
 
-def automation_specs(spec: dict[str, Any], bundles: dict[str, bool] | None, auto: bool = True) -> list[dict[str, Any]]:
-    """The automations to create (pure: no API): SPEC's, with the failover one disabled unless ``auto``; with
-    ``bundles`` (bundle name → its ``failover.auto``) the failover one once per bundle, scoped to its endpoint events
-    and its own failover deployment."""
+def _base(name: str) -> str:
+    return next(base for base in PER_BUNDLE if name == base or name.startswith(base + "-"))
+
+
+def automation_specs(spec: dict[str, Any], bundles: dict[str, bool] | None, auto: bool = True,
+                     prewarm: bool | dict[str, bool] = True) -> list[dict[str, Any]]:
+    """The automations to create (pure: no API): SPEC's, with the failover one disabled unless ``auto`` and the
+    pre-warm one unless ``prewarm``; with ``bundles`` (bundle name → its ``failover.auto``; ``prewarm`` then maps
+    bundle name → its ``failover.prewarm_on_degraded``, a missing bundle: on) both once per bundle, scoped to its
+    endpoint events and its own deployment."""
     out = []
     for raw in spec.get("automations", []):
-        if not _is_failover(raw["name"]):
+        if not _is_per_bundle(raw["name"]):
             out.append(copy.deepcopy(raw))
             continue
+        is_prewarm = raw["name"] == PREWARM
         if bundles is None:
             one = copy.deepcopy(raw)
-            one["enabled"] = bool(one.get("enabled", True)) and auto
+            on = (bool(prewarm) if not isinstance(prewarm, dict) else True) if is_prewarm else auto
+            one["enabled"] = bool(one.get("enabled", True)) and on
             out.append(one)
             continue
         for b, b_auto in bundles.items():
+            on = (prewarm.get(b, True) if isinstance(prewarm, dict) else bool(prewarm)) if is_prewarm else b_auto
             one = copy.deepcopy(raw)
             one["name"] = f"{raw['name']}-{b}"
             one["description"] = f"[bundle {b}] " + (raw.get("description") or "")
-            one["enabled"] = bool(raw.get("enabled", True)) and b_auto
+            one["enabled"] = bool(raw.get("enabled", True)) and on
             match = one["trigger"].setdefault("match", {})
             match["prefect.resource.id"] = f"llmdr.endpoint.{b}.*"
             match["llmdr.bundle"] = b
@@ -61,9 +75,9 @@ def automation_specs(spec: dict[str, Any], bundles: dict[str, bool] | None, auto
 
 
 def stale_failover_automations(existing: list[str], wanted: list[str]) -> list[str]:
-    """Failover automations on the server that SPECS no longer make: a removed bundle's, the single one of a
-    project that now has ``bundles:``, or the per-bundle ones of a project back to one bundle."""
-    return sorted(n for n in existing if _is_failover(n) and n not in wanted)
+    """Failover and pre-warm automations on the server that SPECS no longer make: a removed bundle's, the single
+    one of a project that now has ``bundles:``, or the per-bundle ones of a project back to one bundle."""
+    return sorted(n for n in existing if _is_per_bundle(n) and n not in wanted)
 
 
 async def _apply(specs: list[dict[str, Any]]) -> list[str]:
@@ -101,7 +115,7 @@ async def _apply(specs: list[dict[str, Any]]) -> list[str]:
         per_bundle = any(s["name"].startswith(FAILOVER + "-") for s in specs)
         for name in stale_failover_automations(list(existing), [s["name"] for s in specs]):
             await client.delete_automation(existing[name].id)
-            why = ("its bundle is no longer in llmdr.yaml" if name.startswith(FAILOVER + "-") and per_bundle else
+            why = ("its bundle is no longer in llmdr.yaml" if name != _base(name) and per_bundle else
                    "llmdr.yaml now has several bundles, each its own" if per_bundle else
                    "llmdr.yaml now has one bundle")
             made.append(f"{name} deleted ({why})")
@@ -109,7 +123,7 @@ async def _apply(specs: list[dict[str, Any]]) -> list[str]:
 
 
 def main() -> int:
-    auto, bundles = True, None
+    auto, bundles, prewarm = True, None, True
     cfg_path = os.environ.get("LLMDR_CONFIG")
     if cfg_path and Path(cfg_path).exists():
         from llmdr.config import load_config
@@ -117,9 +131,10 @@ def main() -> int:
         cfg = load_config(cfg_path, whole=True)
         if cfg.multi_bundle:
             bundles = {v.bundle.name: v.failover.auto for v in cfg.views()}
+            prewarm = {v.bundle.name: v.failover.prewarm_on_degraded for v in cfg.views()}
         else:
-            auto = cfg.failover.auto
-    specs = automation_specs(yaml.safe_load((HERE / "automations.yaml").read_text()), bundles, auto)
+            auto, prewarm = cfg.failover.auto, cfg.failover.prewarm_on_degraded
+    specs = automation_specs(yaml.safe_load((HERE / "automations.yaml").read_text()), bundles, auto, prewarm)
     for line in asyncio.run(_apply(specs)):
         print(f"automation {line}")
     return 0

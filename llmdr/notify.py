@@ -1,5 +1,7 @@
 """Notifications: tell people when llmdr fails over, fails back, finds a replica that does not verify, or sees a GPU
-heading for failure (``hardware_notice``; the monitor sends it at most once per GPU per ``notify_cooldown``).
+heading for failure (``hardware_notice``; the monitor sends it at most once per GPU per ``notify_cooldown``), or an
+endpoint that turned degraded or down and its recovery (``endpoint_notice``; at most once per endpoint per
+``monitor.notify_cooldown`` unless it gets worse).
 
 Two channels, either or both (``Config.notifications``): a webhook (one JSON POST; Slack/Teams-style incoming webhooks
 show its top-level ``text``) and a Prefect notification block named ``"<block-type-slug>/<name>"`` (Slack, Teams,
@@ -31,7 +33,8 @@ from llmdr.config import Notifications
 
 log = logging.getLogger(__name__)
 
-KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness", "hardware_degraded")
+KINDS = ("failover", "failback", "verification_failed", "endpoint_down", "drill", "readiness", "hardware_degraded",
+         "endpoint_degraded", "endpoint_recovered", "endpoint_drift")
 SEVERITIES = ("info", "warning", "critical")
 RETRY_DELAY_S = 0.25  # the one quick retry after a connection error or a 5xx
 _URL = re.compile(r"(https?)://([^/\s'\"<>]+)[^\s'\"<>]*")
@@ -359,3 +362,99 @@ def hardware_notice(bundle: str, region: str, gpu: Mapping[str, Any], *, previou
     steps.append("a critical GPU: reset it or replace it (RMA) before it serves again")
     return Notice("hardware_degraded", title, _body(happened, evidence, steps),
                   "critical" if status == "critical" else "warning", data)
+
+
+def _endpoint_evidence(a: Mapping[str, Any]) -> list[str]:
+    """The numbers behind an endpoint verdict (``Assessment.to_json()``), one line each."""
+    ev = a.get("evidence") or {}
+    out = [f"- {r}" for r in a.get("reasons") or []]
+    lat, tok = ev.get("latency") or {}, ev.get("tokens") or {}
+    if lat.get("z") is not None:
+        out.append(f"- latency: recent median {lat['recent_median']:.3f} s over {lat['recent_n']} probes vs baseline "
+                   f"{lat['baseline_median']:.3f} s over {lat['baseline_n']} (robust z {lat['z']:+.1f})")
+    if tok.get("z") is not None:
+        out.append(f"- tokens per answer: recent median {tok['recent_median']:g} vs baseline {tok['baseline_median']:g} "
+                   f"(robust z {tok['z']:+.1f})")
+    if ev.get("recent_n"):
+        out.append(f"- errors: {ev.get('recent_errors', 0)} of the last {ev['recent_n']} probes failed"
+                   + (f" (latest: {ev['last_error']})" if ev.get("last_error") else ""))
+    golden = ev.get("golden") or {}
+    if golden.get("recent_checks"):
+        out.append(f"- golden spot-checks: {golden.get('recent_failed', 0)} of {golden['recent_checks']} failed in "
+                   "the recent window")
+    st = ev.get("settings") or {}
+    if st:
+        out.append(f"- window: the newest {st.get('recent_window')} probes against the {st.get('baseline_window')} "
+                   f"before them; degraded at robust z >= {st.get('z_threshold')} or error rate >= "
+                   f"{st.get('error_rate_threshold')}")
+    return out
+
+
+def endpoint_notice(bundle: str, target: str, assessment: Mapping[str, Any], *, previous: str | None,
+                    active: bool | None, standby: str | None, prewarm: bool = False) -> Notice:
+    """An endpoint (a region's, or the router's: ``target`` "router") turned degraded or down, or recovered
+    (``assessment``: ``monitor.Assessment.to_json()``). ``active``: the region serves traffic now; ``standby``: the
+    failover target (None when ``target`` is it); ``prewarm``: the automation pre-warms it on degraded."""
+    status = str(assessment.get("status"))
+    reasons = list(assessment.get("reasons") or [])
+    ev = assessment.get("evidence") or {}
+    data = {"bundle": bundle, "target": target, "status": status, "previous": previous, "active": active,
+            "reasons": reasons, "latency": ev.get("latency"), "tokens": ev.get("tokens"),
+            "error_rate": ev.get("error_rate"), "recent_n": ev.get("recent_n"), "golden": ev.get("golden"),
+            "settings": ev.get("settings")}
+    what = "the router" if target == "router" else f"{target}'s endpoint"
+    serving = " It serves traffic now." if active else (" It is not the region serving traffic." if active is False
+                                                        else "")
+    was = f" (was {previous})" if previous else ""
+    if status == "healthy":
+        title = f"llmdr: {bundle} {target} endpoint recovered"
+        happened = f"{what.capitalize()} is healthy again{was}: its recent probes match its baseline.{serving}"
+        steps = ["nothing urgent; find out what caused it (server, GPU and network logs around the time above)"]
+        if standby and prewarm and active:
+            steps.append(f"a standby pre-warmed in {standby} keeps running: `llmdr replica stop {standby}` if it "
+                         "should not")
+        return Notice("endpoint_recovered", title, _body(happened, [], steps), "info", data)
+    title = f"llmdr: {bundle} {target} endpoint {status.upper()}: {reasons[0] if reasons else status}"
+    if len(title) > 200:
+        title = title[:199] + "…"
+    happened = f"{what.capitalize()} is {status}{was}: {'; '.join(reasons) or 'see the evidence'}.{serving}"
+    steps = [f"check {what}: its server log, GPU (`nvidia-smi`), load and network"]
+    if active and standby:
+        if status == "degraded":
+            steps.append(f"the DR standby in {standby} is being pre-warmed by the prewarm automation"
+                         if prewarm else f"pre-warm the DR standby in {standby}: `llmdr replica start {standby}`")
+            steps.append(f"if it gets worse, fail over by hand: `llmdr failover --to {standby} --reason "
+                         f"'{target} {status}'` (a down endpoint triggers the failover automation)")
+        else:
+            steps.append(f"the failover automation moves traffic to {standby} (`llmdr status` shows where it goes)")
+    elif active is False:
+        steps.append(f"{target} is a failover target: a failover to it now could land on a {status} region")
+    return Notice("endpoint_down" if status == "down" else "endpoint_degraded", title,
+                  _body(happened, _endpoint_evidence(assessment), steps),
+                  "critical" if status == "down" and active else "warning", data)
+
+
+def drift_notice(bundle: str, target: str, drift: Mapping[str, Any], *, active: bool | None) -> Notice:
+    """The real answers of ``target`` drifted from their baseline, or are back to it (``drift``:
+    ``drift.DriftAssessment.to_json()``). The evidence is counts only: the monitor never keeps answer texts."""
+    status = str(drift.get("status"))
+    ev = drift.get("evidence") or {}
+    reasons = list(drift.get("reasons") or [])
+    data = {"bundle": bundle, "target": target, "status": status, "active": active, "reasons": reasons,
+            "length": ev.get("length"), "refusals": ev.get("refusals"), "vocabulary": ev.get("vocabulary"),
+            "recent_n": ev.get("recent_n"), "baseline_n": ev.get("baseline_n"), "settings": ev.get("settings")}
+    if status != "drift":
+        return Notice("endpoint_drift", f"llmdr: {bundle} {target} answers back to their baseline",
+                      _body(f"The sampled answers of {target} look like its baseline again.", [],
+                            ["nothing urgent"]), "info", data)
+    serving = " It serves traffic now." if active else ""
+    happened = (f"The sampled real answers of {target} drifted from its baseline: {'; '.join(reasons)}.{serving}")
+    evidence = [f"- {r}" for r in reasons]
+    evidence.append(f"- window: the newest {ev.get('recent_n')} sampled answers against the {ev.get('baseline_n')} "
+                    "before them (counts only: no answer text is kept)")
+    steps = [f"ask {target} the golden set: `llmdr golden check --url <its serving.url>`",
+             "did the model, its generation settings or the prompts clients send change? (a new release is a "
+             "legitimate drift: the baseline follows it after a while)",
+             "a wrong model or broken weights: fail over to the verified standby"]
+    return Notice("endpoint_drift", f"llmdr: {bundle} {target} answers DRIFTED: {reasons[0] if reasons else ''}"[:200],
+                  _body(happened, evidence, steps), "warning", data)

@@ -22,6 +22,12 @@ def serve(
     bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder to serve (an llmdr-tiny model).")],
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    drift_config: Annotated[str | None, typer.Option(
+        help="llmdr.yaml (optionally PATH#BUNDLE) whose monitor.drift says which share of whole answers to keep, "
+             "as counts only, for the monitor's drift check; `llmdr replica start` passes it when monitor.drift "
+             "is set.")] = None,
+    drift_target: Annotated[str | None, typer.Option(help="The region these answers are counted for (with "
+                                                          "--drift-config).")] = None,
 ) -> None:
     """Serve a bundle over an OpenAI-compatible API (/v1/completions, /v1/chat/completions with streaming,
     /v1/models, /health). SIGTERM or Ctrl-C: requests in flight finish, then it exits."""
@@ -31,9 +37,21 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port; give one between 1 and 65535 (0: any free port)")
+    on_answer = None
+    if drift_config or drift_target:
+        if not (drift_config and drift_target):
+            raise UsageError("--drift-config and --drift-target go together: give both (or neither)")
+        from llmdr.config import load_config
+        from llmdr.failover.drift import tee
+
+        cfg = load_config(drift_config)
+        if cfg.monitor.drift is None:
+            raise UsageError(f"--drift-config {drift_config}: monitor.drift is not set there; add e.g. "
+                             "`monitor: {drift: {sample: 0.05}}` or leave --drift-config out")
+        on_answer = tee(cfg, drift_target)
     service = ModelService(bundle_dir)
     try:
-        httpd = make_server(service, host, port)
+        httpd = make_server(service, host, port, on_answer=on_answer)
     except socket.gaierror as exc:
         raise UsageError(f"--host {host}: {exc.strerror}; give an address or a name this machine resolves, e.g. "
                          "127.0.0.1") from None

@@ -155,6 +155,36 @@ class Route53Router(StrictModel):
         return http_url(v, "https://api.example.com")
 
 
+DEFAULT_REFUSALS = ["i'm sorry", "i am sorry", "i cannot", "i can't", "i can not", "i'm unable", "i am unable",
+                    "i won't", "as an ai", "i'm not able", "i am not able"]
+
+
+class Drift(StrictModel):
+    """Drift on real traffic (opt-in): a share of the responses `llmdr serve` sends is reduced to counts (length,
+    refusal yes/no, hashed word buckets; never the text) and compared per endpoint with its learned baseline."""
+
+    # Share of answered requests that are sampled, 0 < sample <= 1 (0.05: one in twenty)
+    sample: float = Field(default=0.05, gt=0, le=1)
+    # The newest N sampled responses are judged against the N before them (baseline), per endpoint
+    recent: int = Field(default=100, ge=10)
+    baseline: int = Field(default=500, ge=20)
+    # Robust z of the recent median answer length (log scale) from which an endpoint drifts, either way
+    z_threshold: float = Field(default=4.0, gt=0)
+    # Rise of the refusal rate (recent minus baseline, e.g. 0.1: ten points) from which an endpoint drifts
+    refusal_delta: float = Field(default=0.1, gt=0, le=1)
+    # How far the Jensen-Shannon distance (base 2, 0..1) between the recent and baseline word distributions may
+    # exceed the baseline's own spread (its slices' distance from the rest of it) before an endpoint drifts
+    js_threshold: float = Field(default=0.08, gt=0, le=1)
+    # An answer that contains one of these (case-insensitive) counts as a refusal
+    refusal_phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+
+    @model_validator(mode="after")
+    def _windows(self) -> "Drift":
+        if self.baseline < self.recent:
+            raise ValueError(f"baseline ({self.baseline}) must be at least recent ({self.recent})")
+        return self
+
+
 class Monitor(StrictModel):
     """How `llmdr monitor` and the monitor-endpoints flow probe endpoints and decide degraded / down."""
 
@@ -177,8 +207,13 @@ class Monitor(StrictModel):
     # the golden file)
     golden_every: int = Field(default=10, ge=0)
     keep: timedelta = timedelta(days=7)  # samples older than this are deleted when a monitor run starts
+    # After a notice that an endpoint is degraded or down (notifications:), no other notice about it for this long
+    # unless it gets worse (degraded -> down); its recovery is announced once. 0s: every change is announced.
+    notify_cooldown: timedelta = timedelta(minutes=30)
+    # Drift on real traffic, off unless set (e.g. {sample: 0.05}): what is kept is counts, never texts (see Drift)
+    drift: Drift | None = None
 
-    @field_validator("interval", "timeout", "keep", mode="before")
+    @field_validator("interval", "timeout", "keep", "notify_cooldown", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> timedelta:
         return parse_duration(v)
@@ -283,6 +318,11 @@ class Failover(StrictModel):
     # Region to fail over to (a secondary); null: the first secondary in regions that has a serving: section and is
     # not the active region.
     target: str | None = None
+    # true: when the active region's endpoint turns degraded, a Prefect automation runs the prewarm-standby
+    # deployment, which starts the failover target's replica from its own store (if llmdr can start it and it is
+    # not answering already), so a failover that may follow is warm; false: the automation is created disabled.
+    # A replica started this way keeps running (and costing) until `llmdr replica stop`.
+    prewarm_on_degraded: bool = True
 
     @field_validator("confirm_interval", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """Prefect events llmdr emits, with their resource ids and labels in one place.
 
-Events: ``llmdr.endpoint.down`` / ``.degraded`` / ``.recovered`` (monitor), ``llmdr.hardware.degraded`` /
+Events: ``llmdr.endpoint.down`` / ``.degraded`` / ``.recovered`` (monitor), ``llmdr.endpoint.drift`` (the
+monitor: the real traffic's answers drifted from their baseline, ``monitor.drift``), ``llmdr.hardware.degraded`` /
 ``.recovered`` (the monitor's GPU health, one resource per region and GPU), ``llmdr.failover.completed`` /
 ``.failed`` and ``llmdr.failback.completed`` / ``.failed``. The endpoint resource carries ``llmdr.active`` ("true"
 for the region the router sends traffic to), which the failover automation matches on.
@@ -13,6 +14,7 @@ from typing import Any
 ENDPOINT_DOWN = "llmdr.endpoint.down"
 ENDPOINT_DEGRADED = "llmdr.endpoint.degraded"
 ENDPOINT_RECOVERED = "llmdr.endpoint.recovered"
+ENDPOINT_DRIFT = "llmdr.endpoint.drift"
 HARDWARE_DEGRADED = "llmdr.hardware.degraded"
 HARDWARE_RECOVERED = "llmdr.hardware.recovered"
 

@@ -114,3 +114,112 @@ def refresh_standby(cfg: Config, region: str) -> StandbyRefresh:
     new = start_replica(cfg, reg, ref=newest)
     log.info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], (new.snapshot or "?")[:12])
     return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot)
+
+
+# -- pre-warm on degraded ------------------------------------------------------------------------------------------
+
+PREWARM_OFF = "failover.prewarm_on_degraded is false"
+ALREADY_WARM = "already warm: it answers"
+CANNOT_START = "llmdr cannot start a replica in"
+
+
+def why_not_prewarm(degraded: str, target: str, *, active: str | None, enabled: bool, answers: bool,
+                    startable: bool) -> str | None:
+    """Why the failover target ``target`` is not started because ``degraded`` turned degraded; None: start it.
+
+    ``active``: the region serving traffic (None when that cannot be told: the event said ``degraded`` serves it,
+    and starting a standby that receives no traffic is harmless). ``answers``: the target's replica answers now;
+    ``startable``: llmdr can start a replica there (``serving.command``)."""
+    if not enabled:
+        return PREWARM_OFF
+    if active is not None and degraded != active:
+        return f"{degraded} does not serve the traffic now ({active} does): a failover would not leave it"
+    if target == degraded:
+        return f"the failover target {target} is the degraded region itself: there is no other standby to warm"
+    if answers:
+        return ALREADY_WARM
+    if not startable:
+        return (f"{CANNOT_START} {target} (no serving.command): start its server by hand before a failover needs "
+                "it")
+    return None
+
+
+@dataclass
+class Prewarm:
+    """What pre-warming the standby did: ``started`` a replica, or not (``why``); ``answers``: a completion probe of
+    the standby succeeded afterwards (None when not probed); ``seconds``: the start, restore included."""
+
+    degraded: str
+    region: str
+    started: bool
+    why: str | None = None
+    answers: bool | None = None
+    snapshot: str | None = None
+    seconds: float | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Nothing went wrong: skipped for a reason, or started (or found warm) and answering."""
+        return self.answers is not False
+
+    def to_json(self) -> dict:
+        return {"degraded": self.degraded, "region": self.region, "started": self.started, "why": self.why,
+                "answers": self.answers, "snapshot": self.snapshot, "seconds": self.seconds, "detail": self.detail,
+                "ok": self.ok}
+
+
+def prewarm_standby(cfg: Config, degraded: str) -> Prewarm:
+    """``degraded`` (the active region) turned degraded: make sure the failover target answers, so the failover
+    that may follow is warm. A replica llmdr can start is started from the target region's own store (newest
+    snapshot), then asked a short completion; one that answers already is left as it is (a no-op)."""
+    import time
+
+    from llmdr.errors import LlmdrError
+    from llmdr.failover.monitor import probe
+    from llmdr.serving.replica import can_start, replica_status, start_replica
+
+    cfg.region(degraded)  # an unknown name is a clear ConfigError, before anything is started
+    reg = cfg.failover_target()
+    if reg.serving is None:
+        return Prewarm(degraded, reg.name, False, f"{reg.name} has no serving: section (nothing to warm)")
+    timeout = cfg.monitor.timeout.total_seconds()
+    st = replica_status(cfg, reg)
+    primary = cfg.primary.name
+    active = traffic_region(cfg, unknown="") if cfg.router else primary
+    why = why_not_prewarm(degraded, reg.name, active=active or None, enabled=cfg.failover.prewarm_on_degraded,
+                          answers=st.healthy, startable=can_start(reg))
+    if why is not None and why != ALREADY_WARM:
+        if why.startswith(CANNOT_START):  # a cold standby nobody can start: a failure to report, not a skip
+            return Prewarm(degraded, reg.name, False, why, answers=False, detail=why)
+        return Prewarm(degraded, reg.name, False, why)
+    out = Prewarm(degraded, reg.name, False, why, snapshot=st.snapshot)
+    if why is None:
+        t0 = time.monotonic()
+        try:
+            new = start_replica(cfg, reg, ref="latest")
+        except LlmdrError as exc:
+            return Prewarm(degraded, reg.name, False, None, answers=False, seconds=round(time.monotonic() - t0, 3),
+                           detail=f"the replica did not start: {exc}")
+        out = Prewarm(degraded, reg.name, True, None, snapshot=new.snapshot, seconds=round(time.monotonic() - t0, 3))
+        log.warning("%s degraded: pre-warmed the standby in %s on %s in %.1f s", degraded, reg.name,
+                    (new.snapshot or "?")[:12], out.seconds)
+    sample = probe(reg.name, reg.serving.url, timeout=timeout, model=reg.serving.model)
+    out.answers = sample.ok
+    out.detail = (f"answered a completion in {sample.latency_s:.3f} s" if sample.ok else
+                  f"does not answer a completion: {sample.error}")
+    return out
+
+
+def prewarm_markdown(bundle: str, out: dict, reason: str, trigger: str) -> str:
+    """The prewarm-standby run's artifact: what happened to the standby and why (``out``: ``Prewarm.to_json()``)."""
+    state = ("started and answering" if out["started"] and out["answers"] else
+             "already warm and answering" if out["answers"] else
+             "NOT ANSWERING" if out["answers"] is False else f"left as it is: {out['why']}")
+    lines = [f"# prewarm-standby: {bundle}", "", f"**{out['region']}**: {state}", "",
+             f"- degraded region: {out['degraded']}", f"- reason: {reason or '(none given)'}",
+             f"- triggered by: {trigger}"]
+    for key in ("snapshot", "seconds", "detail"):
+        if out.get(key):
+            lines.append(f"- {key}: {out[key]}")
+    return "\n".join(lines) + "\n"

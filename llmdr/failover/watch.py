@@ -10,6 +10,15 @@ Regions with a ``hardware:`` source also have their GPUs read every ``hardware.i
 ``llmdr.hardware.degraded`` (resource: the region and the GPU's uuid; payload: reasons, trend, forecast) and a
 ``hardware_degraded`` notice (at most one per GPU per ``notify_cooldown``, sooner when it gets worse); back to
 healthy, ``llmdr.hardware.recovered``. A source that fails is a reason in the assessment, never an exception.
+
+An endpoint (or the router) that is degraded or down is also announced to people (``notifications:``) with the
+evidence, by ``endpoint_notice``: at most once per target per ``monitor.notify_cooldown`` unless it gets worse
+(degraded -> down: at once), and once when it is healthy again (:func:`notice_due` decides; what was last
+announced lives in ``status.json`` beside the status, so a new monitor run does not repeat it).
+
+With ``monitor.drift``, each round also judges the sampled real responses of every endpoint
+(:mod:`llmdr.failover.drift`): one that starts to drift becomes ``llmdr.endpoint.drift`` (payload: reasons,
+length z, refusal rates, vocabulary distance) and an ``endpoint_drift`` notice, rate-limited like the others.
 """
 
 from __future__ import annotations
@@ -25,11 +34,32 @@ from pathlib import Path
 from llmdr.common.files import atomic_write
 from llmdr.config import Config
 from llmdr.failover import events
+from llmdr.failover.drift import drift_path
 from llmdr.notify import Delivery, Notice
 
 log = logging.getLogger(__name__)
 REANNOUNCE_S = 15.0
 ROUTER = "router"
+BAD = ("degraded", "down")
+RANK = {"degraded": 1, "down": 2}
+
+
+def notice_due(entry: dict, status: str, now: float, cooldown: float) -> str | None:
+    """Whether this round's ``status`` of a target is news for people: ``"problem"`` (tell them it is degraded or
+    down), ``"recovered"`` (it is healthy again after a problem notice) or None. ``entry``: what was last announced
+    (``notified_status``: degraded, down, or healthy for a recovery; ``notified_at``; ``notified_problem``: the
+    last problem announced). Judged every round, not only on a change, so a problem kept quiet by the cooldown is
+    announced when the cooldown ends if it persists; an unknown status (too few or stale samples) says nothing."""
+    told, at = entry.get("notified_status"), entry.get("notified_at")
+    if status in BAD:
+        if told in BAD:  # an open problem: only worse is news
+            return "problem" if RANK[status] > RANK[told] else None
+        quiet = at is None or now - at >= cooldown
+        worse = RANK[status] > RANK.get(entry.get("notified_problem") or "", 0)
+        return "problem" if quiet or worse else None
+    if status == "healthy" and told in BAD:
+        return "recovered"
+    return None
 
 
 @dataclass
@@ -47,11 +77,13 @@ class RoundResult:
     assessments: dict = field(default_factory=dict)  # target -> monitor.Assessment
     emitted: list[dict] = field(default_factory=list)
     hardware: dict = field(default_factory=dict)  # region -> hardware.detect.RegionAssessment, when polled this round
+    drift: dict = field(default_factory=dict)  # target -> drift.DriftAssessment, with monitor.drift
 
     def to_json(self) -> dict:
         return {"ts": self.ts, "active": self.active, "samples": [s.to_json() for s in self.samples],
                 "assessments": {k: a.to_json() for k, a in self.assessments.items()}, "emitted": self.emitted,
-                "hardware": {k: a.to_json() for k, a in self.hardware.items()}}
+                "hardware": {k: a.to_json() for k, a in self.hardware.items()},
+                "drift": {k: a.to_json() for k, a in self.drift.items()}}
 
 
 def targets(cfg: Config) -> list[Target]:
@@ -94,8 +126,13 @@ class Watcher:
         self._golden = self._load_golden()
         self._active_cache: tuple[float, str | None] = (0.0, None)
         self.notify = notify or self._notify
-        self.notices: list[dict] = []  # hardware notices sent by this watcher: {gpu, title, deliveries}
+        self.notices: list[dict] = []  # notices sent by this watcher: {gpu or target, title, deliveries}
         self.hardware = HardwareMonitor(cfg) if configured(cfg) else None
+        self.drift = None
+        if cfg.monitor.drift is not None:
+            from llmdr.failover.drift import DriftStore
+
+            self.drift = DriftStore(drift_path(cfg))
 
     def _notify(self, notice: Notice) -> list[Delivery]:
         from llmdr.notify import notify
@@ -151,10 +188,48 @@ class Watcher:
             a = assessed[t.name]
             res.assessments[t.name] = a
             self._transition(t, a, active, res)
+        if self.drift is not None:
+            self.drift_round(res)
         atomic_write(_status_path(cfg), json.dumps(self.status, sort_keys=True))
         if self.hardware is not None:
             self.hardware_round(res, wait=False)
         return res
+
+    def drift_round(self, res: RoundResult) -> None:
+        """Judge every endpoint's sampled real responses; a start of drift is an event and a notice."""
+        from llmdr.failover.drift import assess_drift
+
+        settings = self.cfg.monitor.drift
+        now = time.time()
+        for target in self.drift.targets():
+            d = assess_drift(target, self.drift.newest(target, settings.recent + settings.baseline), settings)
+            res.drift[target] = d
+            key = f"drift:{target}"
+            prev = self.status.get(key, {})
+            entry = {"status": d.status, "since": prev.get("since", now) if prev.get("status") == d.status else now,
+                     **{k: prev[k] for k in ("notified_status", "notified_at", "notified_problem") if k in prev}}
+            is_active = None if target == ROUTER else target == res.active
+            if d.status == "drift" and prev.get("status") != "drift":
+                url = next((t.url for t in self.targets if t.name == target), "")
+                payload = d.to_json() | {"active": is_active, "active_region": res.active,
+                                         "reason": "; ".join(d.reasons)}
+                sent = self.emit(events.ENDPOINT_DRIFT, events.endpoint_resource(
+                    self.cfg.bundle.name, target, active=is_active, url=url), payload)
+                res.emitted.append({"event": events.ENDPOINT_DRIFT, "target": target, "sent": sent,
+                                    "reason": payload["reason"]})
+                log.warning("%s: %s (%s)", target, events.ENDPOINT_DRIFT, payload["reason"])
+            as_status = {"drift": "degraded", "normal": "healthy"}.get(d.status, "unknown")
+            if notice_due(entry, as_status, now, self.cfg.monitor.notify_cooldown.total_seconds()):
+                from llmdr.notify import drift_notice
+
+                notice = drift_notice(self.cfg.bundle.name, target, d.to_json(), active=is_active)
+                deliveries = self.notify(notice)
+                entry["notified_status"], entry["notified_at"] = as_status, now
+                if as_status in BAD:
+                    entry["notified_problem"] = as_status
+                self.notices.append({"target": target, "title": notice.title, "kind": notice.kind,
+                                     "deliveries": [x.__dict__ for x in deliveries]})
+            self.status[key] = entry
 
     def hardware_round(self, res: RoundResult | None = None, *, wait: bool = True, finish: bool = False,
                        now: float | None = None) -> RoundResult:
@@ -212,7 +287,8 @@ class Watcher:
         elif a.status == "healthy" and before in ("degraded", "down"):
             event = events.ENDPOINT_RECOVERED
         entry = {"status": a.status, "since": prev.get("since", now) if before == a.status else now,
-                 "emitted": prev.get("emitted", 0), "active": is_active}
+                 "emitted": prev.get("emitted", 0), "active": is_active,
+                 **{k: prev[k] for k in ("notified_status", "notified_at", "notified_problem") if k in prev}}
         if event:
             payload = a.to_json() | {"url": t.url, "active": is_active, "active_region": active,
                                      "reason": "; ".join(a.reasons) or a.status}
@@ -221,7 +297,29 @@ class Watcher:
             entry["emitted"] = now
             res.emitted.append({"event": event, "target": t.name, "sent": sent, "reason": payload["reason"]})
             log.warning("%s: %s (%s)", t.name, event, payload["reason"])
+        due = notice_due(entry, a.status, now, self.cfg.monitor.notify_cooldown.total_seconds())
+        if due is not None:
+            self._endpoint_notice(t, a, before, is_active, entry, now)
         self.status[t.name] = entry
+
+    def _endpoint_notice(self, t: Target, a, before: str | None, is_active: bool | None, entry: dict,
+                         now: float) -> None:
+        from llmdr.config.pools import dr_region
+        from llmdr.notify import endpoint_notice
+
+        try:
+            dr: str | None = dr_region(self.cfg)
+        except Exception:  # noqa: BLE001 - a config without a failover target still gets the notice
+            dr = None
+        notice = endpoint_notice(self.cfg.bundle.name, t.name, a.to_json(), previous=before, active=is_active,
+                                 standby=dr if dr != t.name else None,
+                                 prewarm=self.cfg.failover.prewarm_on_degraded)
+        deliveries = self.notify(notice)
+        entry["notified_status"], entry["notified_at"] = a.status, now
+        if a.status in BAD:
+            entry["notified_problem"] = a.status
+        self.notices.append({"target": t.name, "title": notice.title, "kind": notice.kind,
+                             "deliveries": [d.__dict__ for d in deliveries]})
 
 
 @dataclass
@@ -240,6 +338,8 @@ def watch(cfg: Config, *, duration: float | None = None, rounds: int | None = No
     until interrupted). Samples older than ``monitor.keep`` are pruned once per run."""
     w = watcher or Watcher(cfg)
     w.store.prune(time.time() - cfg.monitor.keep.total_seconds())
+    if w.drift is not None:
+        w.drift.prune(time.time() - cfg.monitor.keep.total_seconds())
     if w.hardware is not None:
         w.hardware.store.prune(time.time() - cfg.monitor.keep.total_seconds())
     interval = cfg.monitor.interval.total_seconds()

@@ -9,6 +9,8 @@ that the PID still runs that argv.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import shlex
@@ -90,7 +92,13 @@ def command_for(cfg: Config, region: Region, model_dir: Path) -> list[str]:
                              "serving.command, e.g. 'vllm serve {model_dir} --host {host} --port {port}'")
         exe = Path(sys.executable).parent / "llmdr"
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "llmdr.cli"]
-        return [*base, "serve", str(model_dir), "--host", serving.host, "--port", str(serving.port)]
+        argv = [*base, "serve", str(model_dir), "--host", serving.host, "--port", str(serving.port)]
+        if cfg.monitor.drift is not None and cfg.source_file is not None:  # the tee for the drift check
+            from llmdr.config import bundle_ref
+
+            ref = bundle_ref(cfg.source_file, cfg.view_of)  # a bundle's view: that bundle's monitor folder
+            argv += ["--drift-config", ref, "--drift-target", region.name]
+        return argv
     raw = shlex.split(serving.command) if isinstance(serving.command, str) else list(serving.command)
     try:
         return [part.format(**fields) for part in raw]
@@ -168,17 +176,38 @@ def _prepare_model(cfg: Config, region: Region, ref: str, *, progress=None) -> t
     return sid, target, time.monotonic() - t0, True
 
 
+@contextlib.contextmanager
+def _start_lock(root: Path):
+    """One start of a region's replica at a time on this host: a failover and a pre-warm that both find the standby
+    cold must not restore into the same folder at once, nor stop each other's starting server. The second waits,
+    then finds the first's replica answering and leaves it."""
+    with open(root / "start.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start_replica(cfg: Config, region: Region, *, ref: str = "latest", progress=None,
                   timeout: float | None = None) -> ReplicaStatus:
     """Start (idempotently) the region's replica on snapshot ``ref`` of its own store and wait until healthy.
 
     If a replica already runs that snapshot and answers, nothing happens. If it runs another snapshot, it is
-    replaced (stop, start) — the router should not point at it while that happens.
+    replaced (stop, start) — the router should not point at it while that happens. Two starts of one region on
+    this host run one after the other (``_start_lock``).
     """
+    _serving(region)
+    root = private_dir(replica_dir(cfg, region))  # the restored bundle, its log and state: the owner's only
+    with _start_lock(root):
+        return _start_replica(cfg, region, root, ref=ref, progress=progress, timeout=timeout)
+
+
+def _start_replica(cfg: Config, region: Region, root: Path, *, ref: str, progress, timeout: float | None
+                   ) -> ReplicaStatus:
     from datetime import datetime, timezone
 
     serving = _serving(region)
-    root = private_dir(replica_dir(cfg, region))  # the restored bundle, its log and state: the owner's only
     sid, model_dir, restore_s, cold = _prepare_model(cfg, region, ref, progress=progress)
     current = replica_status(cfg, region)
     if current.pid and current.snapshot == sid and current.healthy:

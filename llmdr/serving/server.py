@@ -24,6 +24,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -55,8 +56,10 @@ def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> 
     return JSONResponse(payload, status_code=status, headers=headers)
 
 
-def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
-    """The ASGI app serving ``service``."""
+def create_app(service: ModelService, *, max_body: int = MAX_BODY,
+               on_answer: Callable[[str, int | None], None] | None = None) -> Any:
+    """The ASGI app serving ``service``. ``on_answer(text, completion tokens)`` sees every whole (not streamed)
+    answer after it is made, e.g. the monitor's drift sampling; it must not raise."""
 
     async def health(request: Request) -> Response:
         return _json(200, service.health())
@@ -120,6 +123,9 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY) -> Any:
         def whole() -> dict:
             rng = service.rng(gen)
             runs = [service.run(p, gen, rng) for p in prompts for _ in range(gen.n)]
+            if on_answer is not None:
+                for text, _, tokens in runs:
+                    on_answer(text, tokens)
             return reply.whole([(text, finish) for text, finish, _ in runs], sum(len(p.ids) for p in prompts),
                                sum(tokens for _, _, tokens in runs))
 
@@ -304,5 +310,6 @@ class Server:
         self.socket.close()
 
 
-def make_server(service: ModelService, host: str, port: int) -> Server:
-    return Server(create_app(service), host, port)
+def make_server(service: ModelService, host: str, port: int,
+                on_answer: Callable[[str, int | None], None] | None = None) -> Server:
+    return Server(create_app(service, on_answer=on_answer), host, port)

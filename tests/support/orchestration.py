@@ -62,9 +62,8 @@ def browser_check(url: str, profile: Path) -> None:
     build.mkdir(exist_ok=True)
     dom = subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True,
                          text=True, timeout=120).stdout
-    # the page lists 10 deployments, by name: the 11th (verify-replicas-weekly) is on page 2
-    for name in ("dr-drill-on-demand", "protect-bundle", "protect-checkpoints", "restore-bundle",
-                 "verify-replicas-daily"):
+    # the page lists 10 deployments, by name: the 11th and 12th (verify-replicas-daily, -weekly) are on page 2
+    for name in ("dr-drill-on-demand", "prewarm-standby", "protect-bundle", "protect-checkpoints", "restore-bundle"):
         assert name in dom, f"{name} not on the rendered deployments page"
     subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", f"--screenshot={build / 'ui-deployments.png'}",
                     url], capture_output=True, timeout=120)
