@@ -16,7 +16,7 @@ import pytest
 from llmdr.config import Monitor
 from llmdr.failover.monitor import Assessment, Sample, SampleStore, assess, assess_all, probe, samples_frame
 from llmdr.serving.endpoint import OpenAIEndpoint
-from llmdr.serving.golden import GoldenCase
+from llmdr.serving.golden import Gate, GoldenCase
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.ports import free_port
 from tests.support.serving import serving
@@ -288,6 +288,11 @@ def test_golden_probe_passes_with_the_recorded_answer_and_fails_with_another(tin
     bad = probe("primary", tiny, timeout=10, golden=wrong)
     assert bad.ok and bad.golden_ok is False  # the endpoint answered; the answer is wrong
     assert f"golden case {case.id}: answer differs (similarity" in bad.error
+    # the bundle's golden_gate judges the spot-check as it judges a failover: a near answer passes a similarity gate
+    near = probe("primary", tiny, timeout=10, golden=wrong, gate=Gate("similarity", threshold=0.5))
+    assert near.golden_ok is True and near.error is None
+    strict = probe("primary", tiny, timeout=10, golden=wrong, gate=Gate("similarity", threshold=0.99))
+    assert strict.golden_ok is False and "answer differs (similarity score " in strict.error and "< 0.99)" in strict.error
 
 
 def test_probe_closed_port():

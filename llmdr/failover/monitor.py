@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmdr.config import Monitor
-from llmdr.serving.golden import GoldenCase, similarity
+from llmdr.serving.golden import Gate, GoldenCase, judge
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,11 +162,11 @@ def _completion_tokens(payload: dict) -> int | None:
 
 
 def probe(target: str, url: str, *, timeout: float, model: str | None = None, golden: GoldenCase | None = None,
-          prompt: str = "ping") -> Sample:
+          prompt: str = "ping", gate: Any = None) -> Sample:
     """One real request to ``url`` (the endpoint's base URL), timed end to end.
 
-    A short completion of ``prompt``, or ``golden``'s request, whose answer must then equal the recorded one exactly
-    (``golden_ok``). Unreachable, slow, erroring or malformed endpoints give ``ok=False`` samples; only programming
+    A short completion of ``prompt``, or ``golden``'s request, whose answer is then judged against the recorded one
+    by ``gate`` (the bundle's ``golden_gate:``; None: exact) into ``golden_ok``. Unreachable, slow, erroring or malformed endpoints give ``ok=False`` samples; only programming
     errors (a malformed URL, a non-positive timeout) raise.
     """
     if timeout <= 0:
@@ -205,9 +205,15 @@ def probe(target: str, url: str, *, timeout: float, model: str | None = None, go
     golden_ok: bool | None = None
     error: str | None = None
     if golden is not None:
-        golden_ok = text == golden.expected
+        verdict = judge(golden, text, Gate.of(gate))
+        golden_ok = verdict.ok
         if not golden_ok:
-            error = f"golden case {golden.id}: answer differs (similarity {similarity(golden.expected, text):.2f})"
+            why = f"similarity {verdict.similarity:.2f}"
+            if verdict.mode == "similarity":
+                why = f"similarity score {verdict.score:.2f} < {verdict.threshold}"
+            elif verdict.mode == "equivalent":
+                why = f"equivalent score {verdict.score:.2f} < {verdict.threshold}, {why}"
+            error = f"golden case {golden.id}: answer differs ({why})"
     return Sample(ts, target, url, True, latency, status, error, _completion_tokens(payload), golden_ok, region)
 
 

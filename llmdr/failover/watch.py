@@ -178,7 +178,8 @@ class Watcher:
             golden = self._golden[(self.round_no // every) % len(self._golden)]
         timeout = cfg.monitor.timeout.total_seconds()
         with ThreadPoolExecutor(max_workers=max(1, len(self.targets))) as pool:
-            samples = list(pool.map(lambda t: probe(t.name, t.url, timeout=timeout, model=t.model, golden=golden),
+            samples = list(pool.map(lambda t: probe(t.name, t.url, timeout=timeout, model=t.model, golden=golden,
+                                                   gate=cfg.golden_gate),
                                     self.targets))
         self.store.add(samples)
         active = self.active()
