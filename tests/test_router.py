@@ -359,7 +359,7 @@ def test_open_router_and_upstreams(tmp_path):
     router = open_router(cfg)
     assert isinstance(router, Caddy) and router.url == "http://127.0.0.1:18603"
     st = RouterState("caddy", router.url, None, None, None, None)
-    assert set(st.to_json()) == {"kind", "url", "active", "since", "reason", "upstream"}
+    assert set(st.to_json()) == {"kind", "url", "active", "since", "reason", "upstream", "fallback"}
 
 
 # --- Route 53 (moto) -----------------------------------------------------------------------------------------------

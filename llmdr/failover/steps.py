@@ -386,3 +386,66 @@ def copy_back(cfg: Config, source: str) -> dict:
         [res] = ops.replicate(cfg, sid, to=cfg.primary.name, source=source)
         copied.append(res.to_json())
     return state | {"copied": copied}
+
+
+# --- the router's fallback to the verified standby -----------------------------------------------------------------
+
+
+def standby_stale(cfg: Config, region: Region, snapshot: str | None) -> str | None:
+    """Why the replica serving ``snapshot`` in ``region`` is stale (its own store's newest snapshot holds other
+    files), or None. A replica llmdr does not run (no recorded snapshot) is judged by its answers only."""
+    if snapshot is None:
+        return None
+    from llmdr.failover.standby import same_content
+    from llmdr.repo.ops import open_repo
+
+    try:
+        repo = open_repo(cfg, region, read_only=True)
+        newest = repo.resolve("latest", bundle=cfg.bundle.name)
+        if same_content(repo, snapshot, newest):
+            return None
+    except LlmdrError as exc:
+        return f"its store cannot say which snapshot is newest ({exc})"
+    return f"it serves {snapshot[:12]}, but the newest snapshot in {region.name} is {newest[:12]}"
+
+
+def arm_fallback(cfg: Config) -> dict:
+    """Verify the failover target's standby and make it the router's fallback for failed dials, or remove the
+    fallback and say why. Verified means: it answers, it serves the newest snapshot of its own store (when llmdr runs
+    it), and the golden set passes against it directly by the bundle's gate (no override ever arms it). Returns
+    ``{"fallback": region or None, "region": the standby checked, "why": ...}``."""
+    from llmdr.failover.router import open_router
+    from llmdr.serving.replica import replica_status
+
+    router = open_router(cfg)
+    if not router.supports_fallback:
+        return {"fallback": None, "region": None, "why": f"the {router.kind} router has no fallback"}
+    active = router.active()
+    target = pick_target(cfg, None, active)
+    evidence: dict = {}
+    why: str | None = None
+    if active is None:
+        why = "no region receives the traffic (nothing to fall back from)"
+    elif target.name == active:
+        why = f"the failover target {target.name} receives the traffic itself"
+    else:
+        st = replica_status(cfg, target)
+        evidence["snapshot"] = st.snapshot
+        if not st.healthy:
+            why = f"its replica does not answer ({st.detail})"
+        else:
+            why = standby_stale(cfg, target, st.snapshot)
+        if why is None:
+            rep = golden_check(cfg, target.serving.url, model=target.serving.model)
+            evidence["golden"] = {"passed": rep.passed, "total": len(rep.results), "mode": rep.gate.mode}
+            if not rep.ok:
+                why = (f"its answers fail the golden set ({rep.passed}/{len(rep.results)} cases pass the "
+                       f"{rep.gate.mode} gate)")
+    if why is not None:
+        router.set_fallback(None, reason=f"{target.name} is not a verified standby: {why}", evidence=evidence)
+        log.warning("no fallback to %s: %s", target.name, why)
+        return {"fallback": None, "region": target.name, "why": why}
+    now = router.set_fallback(target.name, reason=f"{target.name} verified: golden set passes, newest snapshot",
+                              evidence=evidence)
+    return {"fallback": now, "region": target.name, "why": None if now == target.name else "the router did not "
+            "take the fallback (a switch happened meanwhile)"}

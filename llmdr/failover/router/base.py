@@ -25,6 +25,8 @@ class RouterState:
     since: str | None  # UTC time of the last recorded switch to ``active``
     reason: str | None  # why that switch happened
     upstream: str | None  # what the router points at (caddy: host:port dialled; route53: record value)
+    # the verified standby a failed dial is retried on (caddy only; None: none, a failed dial is the client's error)
+    fallback: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -44,8 +46,15 @@ class Router(Protocol):
 
     kind: str
     url: str
+    # The router can retry a failed dial on a verified standby (``set_fallback``); only a caller that has just
+    # verified that standby names it, and every switch removes it.
+    supports_fallback: bool
 
     def active(self) -> str | None: ...
+
+    def fallback(self) -> str | None: ...
+
+    def set_fallback(self, region: str | None, *, reason: str, evidence: dict | None = None) -> str | None: ...
 
     def switch(self, region: str, *, reason: str) -> RouterState: ...
 

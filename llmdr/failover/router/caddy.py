@@ -34,16 +34,27 @@ from llmdr.common.files import atomic_write, bundled_binary, private_dir
 from llmdr.common.process import port_open, read_pid, reap, spawn, tail, terminate, wait_started, write_pid
 from llmdr.config import CaddyRouter, Config
 from llmdr.errors import StackError, UsageError
-from llmdr.failover.router.base import RouterState, describe_state
+from llmdr.failover.router.base import RouterState, describe_state, utc_now
 from llmdr.failover.router.state import RouterLog
 
 log = logging.getLogger(__name__)
 
 ROUTE_ID = "llmdr-route"
-BRANCH_ID = "llmdr-region-"  # + region name
+BRANCH_ID = "llmdr-region-"  # + region name (+ "+" + standby name)
 SERVER = "llmdr"
 REGION_HEADER = "X-Llmdr-Region"
 REGION_VAR = "llmdr_region"  # request variable holding the selected region
+# request variable "<selected region>|<verified standby>" (empty after the bar: none). One variable, because a vars
+# matcher with two keys matches when either does (an OR), which would pair a region with a standby never verified.
+PAIR_VAR = "llmdr_pair"
+ANSWERED = "{llmdr_answered}"  # placeholder: the region whose upstream answered (branches with a fallback)
+# Fallback to the verified standby: how long one request may keep trying the upstreams (a dial error is retried at
+# once on the next one; the time also bounds a retry of a dial that hangs), the wait between two tries, and how long
+# an upstream whose dial failed is skipped (passive health: one failure is enough, and the next requests go straight
+# to the standby instead of dialling a dead port first).
+FALLBACK_TRY = "5s"
+FALLBACK_TRY_INTERVAL = "25ms"
+FALLBACK_FAIL_DURATION = "3s"
 # How long a request in flight may keep running after SIGTERM (or after a config reload). LLM responses stream for
 # minutes; past this Caddy closes them.
 GRACE_PERIOD = "10m"
@@ -80,6 +91,8 @@ class Caddy:
         self.dir = cfg.bundle_state_path / "router"
         self.config_path = self.dir / "caddy.json"
         self.selection_path = self.dir / "selected-region"
+        self.fallback_path = self.dir / "fallback-region"  # the verified standby, read by Caddy on every request
+        self.fallback_path_record = self.dir / "fallback.json"  # why it is there: since, reason, evidence
         self.pid_path = self.dir / "caddy.pid"
         self.log_path = self.dir / "caddy.log"
         self.log = RouterLog(self.dir / "state.json", cfg)
@@ -118,7 +131,9 @@ class Caddy:
 
     # --- the Caddy config ------------------------------------------------------------------------------------------
 
-    def _proxy(self, region: str, scheme: str, dial: str) -> dict:
+    def _proxy(self, region: str, scheme: str, dial: str, fallback: tuple[str, str] | None = None) -> dict:
+        """The reverse proxy to ``region``'s endpoint; ``fallback`` (standby region, dial): a second upstream tried
+        only when a dial to the first fails (policy ``first``; see the module docstring)."""
         transport: dict = {
             "protocol": "http",
             "dial_timeout": "5s",
@@ -127,7 +142,7 @@ class Caddy:
         }
         if scheme == "https":
             transport["tls"] = {"server_name": dial.rsplit(":", 1)[0].strip("[]")}
-        return {
+        proxy: dict = {
             "handler": "reverse_proxy",
             "upstreams": [{"dial": dial}],
             "transport": transport,
@@ -139,10 +154,35 @@ class Caddy:
                 "response": {"set": {REGION_HEADER: [region]}},
             },
         }
+        if fallback is None:
+            return proxy
+        proxy["upstreams"].append({"dial": fallback[1]})
+        proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": FALLBACK_TRY,
+                                   "try_interval": FALLBACK_TRY_INTERVAL}
+        proxy["health_checks"] = {"passive": {"fail_duration": FALLBACK_FAIL_DURATION, "max_fails": 1}}
+        # the header names the region that answered, not the selected one (see _answered)
+        proxy["headers"]["response"]["set"][REGION_HEADER] = [ANSWERED]
+        return proxy
+
+    @staticmethod
+    def _answered(pairs: list[tuple[str, str]]) -> dict:
+        """A map handler: upstream host:port -> its region, read (lazily) when the response header is set, after
+        the proxy chose the upstream."""
+        return {"handler": "map", "source": "{http.reverse_proxy.upstream.hostport}", "destinations": [ANSWERED],
+                "mappings": [{"input": dial, "outputs": [name]} for name, dial in pairs],
+                "defaults": ["unknown"]}
 
     def _route(self) -> dict:
         targets = self._targets()
+        # selected region + verified standby (same scheme: one transport serves both) first, then the region alone
         branches: list[dict] = [
+            {"@id": f"{BRANCH_ID}{name}+{other}", "match": [{"vars": {PAIR_VAR: [f"{name}|{other}"]}}],
+             "handle": [self._answered([(name, dial), (other, odial)]),
+                        self._proxy(name, scheme, dial, (other, odial))], "terminal": True}
+            for name, (scheme, dial) in targets.items()
+            for other, (oscheme, odial) in targets.items() if other != name and oscheme == scheme
+        ]
+        branches += [
             {"@id": BRANCH_ID + name, "match": [{"vars": {REGION_VAR: [name]}}],
              "handle": [self._proxy(name, scheme, dial)], "terminal": True}
             for name, (scheme, dial) in targets.items()
@@ -157,7 +197,8 @@ class Caddy:
             # The vars handler expands the placeholder once, when the request passes it, so every branch matches
             # against the same reading. (A map handler would not do: its outputs are lazy placeholders, re-read at
             # every branch's matcher, and a switch between two matchers sent a request to the 503 branch.)
-            {"handler": "vars", REGION_VAR: "{file." + str(self.selection_path) + "}"},
+            {"handler": "vars", REGION_VAR: "{file." + str(self.selection_path) + "}",
+             PAIR_VAR: "{file." + str(self.selection_path) + "}|{file." + str(self.fallback_path) + "}"},
             {"handler": "subroute", "routes": branches},
         ]}
 
@@ -177,6 +218,16 @@ class Caddy:
                 }},
             }},
         }
+
+    def _fallback_file(self) -> str:
+        try:
+            return self.fallback_path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def _set_fallback_file(self, region: str) -> None:
+        # always present (empty: no fallback): a missing file is an error line in Caddy's log for every request
+        atomic_write(self.fallback_path, region)
 
     def _select(self, region: str) -> None:
         # atomic rename: Caddy reads either the old name or the new one, never a partial file
@@ -210,6 +261,7 @@ class Caddy:
                                  f"or pick another port for router.{what} in {self.cfg.source_file or 'llmdr.yaml'}")
         private_dir(self.dir)  # caddy.json, its log: the owner's only
         self._select(active)
+        self._set_fallback_file("")  # a new Caddy starts without a fallback: the standby is verified first
         atomic_write(self.config_path, json.dumps(self._config(), indent=2) + "\n")
         argv = [caddy_binary(), "run", "--config", str(self.config_path)]
         try:
@@ -290,13 +342,26 @@ class Caddy:
             raise StackError(f"the caddy on {self.router.admin} does not route by {self.selection_path} (its "
                              f"{ROUTE_ID} selects by {source!r}); it was not started from this state folder. Stop it "
                              "and run `llmdr stack up`")
-        out = {}
+        return self._branches(handlers)[0]
+
+    def _branches(self, handlers: list[dict]) -> tuple[dict[str, str], set[tuple[str, str]]]:
+        """From the live route's handlers: region -> dial of the one-region branches, and the (region, standby)
+        pairs that have a branch with a fallback."""
+        out: dict[str, str] = {}
+        pairs: set[tuple[str, str]] = set()
         for branch in (handlers[1].get("routes") if len(handlers) > 1 else None) or []:
-            name = str(branch.get("@id", "")).removeprefix(BRANCH_ID)
+            match = ((branch.get("match") or [{}])[0]).get("vars") or {}
             proxy = next((h for h in branch.get("handle", []) if h.get("handler") == "reverse_proxy"), None)
-            if branch.get("@id", "").startswith(BRANCH_ID) and proxy and proxy.get("upstreams"):
+            if not str(branch.get("@id", "")).startswith(BRANCH_ID) or not proxy or not proxy.get("upstreams"):
+                continue
+            name = (match.get(REGION_VAR) or [None])[0]
+            if PAIR_VAR in match:
+                pair = str((match[PAIR_VAR] or [""])[0]).split("|")
+                if len(pair) == 2:
+                    pairs.add((pair[0], pair[1]))
+            elif name is not None:
                 out[name] = proxy["upstreams"][0]["dial"]
-        return out
+        return out, pairs
 
     def _read_live(self) -> tuple[str | None, str | None]:
         """(region, upstream) the next request goes to: the selection file Caddy reads on every request, mapped
@@ -329,6 +394,14 @@ class Caddy:
             previous = self.active()
             if previous != region:
                 t0 = time.monotonic()
+                # the standby verified for the old selection is not verified for the new one: no fallback until
+                # the next standby is checked (removed first, so no request pairs the new region with it)
+                if self._fallback_file():
+                    self._set_fallback_file("")
+                    atomic_write(self.fallback_path_record, json.dumps(
+                        {"fallback": None, "since": utc_now(), "reason": f"switch {previous} -> {region}: the "
+                         "next standby is verified before it is a fallback", "evidence": {}},
+                        sort_keys=True, indent=2) + "\n")
                 self._select(region)
                 now = self.active()
                 if now != region:
@@ -345,7 +418,63 @@ class Caddy:
         """Where Caddy sends traffic plus the last recorded switch; active/upstream are None when it is not running."""
         try:
             active, upstream = self._read_live()
+            fallback = self.fallback()
         except StackError:
-            active, upstream = None, None
-        return describe_state(self.kind, self.url, active, upstream, self.log.current())
+            active, upstream, fallback = None, None, None
+        st = describe_state(self.kind, self.url, active, upstream, self.log.current())
+        st.fallback = fallback
+        return st
+
+    # --- the verified standby --------------------------------------------------------------------------------------
+
+    supports_fallback = True
+
+    def fallback(self) -> str | None:
+        """The standby Caddy retries a failed dial on, as it stands now: the fallback file, if the running Caddy has
+        a branch for (active, it). None: no fallback, a failed dial is the client's error."""
+        self._require_running()
+        route = self._admin("GET", f"/id/{ROUTE_ID}") or {}
+        _, pairs = self._branches(route.get("handle") or [])
+        try:
+            active = self.selection_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        standby = self._fallback_file()
+        return standby if (active, standby) in pairs else None
+
+    def fallback_record(self) -> dict | None:
+        """Why the standby is (or is not) the fallback: the last ``set_fallback`` (region, since, reason, evidence)."""
+        try:
+            return json.loads(self.fallback_path_record.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def set_fallback(self, region: str | None, *, reason: str, evidence: dict | None = None) -> str | None:
+        """Make ``region`` (a standby whose replica was just verified) the fallback for failed dials, or remove the
+        fallback (None). No reload: Caddy reads the file on the next request. Returns the fallback in effect.
+
+        Only a caller that verified the standby may name it; the fallback is removed at every switch (the next
+        standby must be verified again)."""
+        if region is not None:
+            self._check_region(region)
+        self._require_running()
+        with self.log.lock():  # no switch between the check of the active region and the write
+            self._sync_config()
+            active = self.active()
+            if region is not None and region == active:
+                raise UsageError(f"{region} receives the traffic now; a fallback is another region's verified "
+                                 "standby")
+            targets = self._targets()
+            if region is not None and active is not None and targets[region][0] != targets[active][0]:
+                raise UsageError(f"{region} ({targets[region][0]}) and {active} ({targets[active][0]}) use "
+                                 "different schemes; the caddy router retries on a standby of the same scheme only")
+            entry = {"fallback": region, "since": utc_now(), "reason": reason, "evidence": evidence or {}}
+            if region is None:
+                self._set_fallback_file("")  # first: no request retries on it from now on
+                atomic_write(self.fallback_path_record, json.dumps(entry, sort_keys=True, indent=2) + "\n")
+            else:
+                atomic_write(self.fallback_path_record, json.dumps(entry, sort_keys=True, indent=2) + "\n")
+                self._set_fallback_file(region)
+            log.info("caddy router: fallback %s: %s", region or "removed", reason)
+        return self.fallback()
 

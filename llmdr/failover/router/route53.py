@@ -215,6 +215,21 @@ class Route53:
                 self.log.record(region, reason=reason, previous=previous)
         return self.state()
 
+    # --- the verified standby: not a Route 53 feature llmdr drives ---------------------------------------------------
+
+    supports_fallback = False
+
+    def fallback(self) -> str | None:
+        """Always None: a resolver that cannot reach the record's value does not retry another one."""
+        return None
+
+    def set_fallback(self, region: str | None, *, reason: str, evidence: dict | None = None) -> str | None:
+        """Nothing to arm (``supports_fallback`` is False); naming a region is a usage error."""
+        if region is not None:
+            raise UsageError("the route53 router has no fallback to a standby: DNS clients do not retry another "
+                             "record when a dial fails (Route 53's own health checks on a failover record would)")
+        return None
+
     def state(self) -> RouterState:
         active, value = self._active_and_value(self._record_sets())
         return describe_state(self.kind, self.url, active, value, self.log.current())
