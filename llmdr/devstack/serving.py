@@ -58,7 +58,11 @@ def start_router(cfg: Config) -> ServingNote | None:
     active = (cur or {}).get("active") or cfg.primary.name
     router = open_router(cfg)
     pid = router.start(active)
-    return ServingNote("router", True, f"caddy on {cfg.router.listen} -> {router.active()} (pid {pid})")
+    from llmdr.failover.steps import rearm_fallback
+
+    fb = rearm_fallback(cfg)  # the standby becomes the fallback for failed dials only once verified
+    fallback = f"fallback {fb['fallback']}" if fb["fallback"] else f"no fallback: {fb['why']}"
+    return ServingNote("router", True, f"caddy on {cfg.router.listen} -> {router.active()} (pid {pid}; {fallback})")
 
 
 def stop_serving(cfg: Config, regions: list[Region] | None = None, *, router: bool = False) -> None:

@@ -111,9 +111,23 @@ def refresh_standby(cfg: Config, region: str) -> StandbyRefresh:
     newest = repo.resolve("latest", bundle=cfg.bundle.name)
     if same_content(repo, st.snapshot, newest):
         return StandbyRefresh(region, False, SAME_CONTENT, snapshot=st.snapshot)
+    if cfg.router is not None:
+        # the router stops retrying on it while it restarts; the refresh-standby task arms it again once verified
+        # on the new snapshot (``steps.rearm_fallback``)
+        _drop_fallback(cfg, f"the standby in {region} moves to {newest[:12]}")
     new = start_replica(cfg, reg, ref=newest)
     log.info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], (new.snapshot or "?")[:12])
     return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot)
+
+
+def _drop_fallback(cfg: Config, reason: str) -> None:
+    from llmdr.errors import LlmdrError
+    from llmdr.failover.router import open_router
+
+    try:
+        open_router(cfg).set_fallback(None, reason=reason)
+    except LlmdrError:
+        pass  # no router running: nothing retries on the standby
 
 
 # -- pre-warm on degraded ------------------------------------------------------------------------------------------

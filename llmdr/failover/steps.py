@@ -320,6 +320,7 @@ def switch_back(cfg: Config, previous: str | None) -> None:
     """Undo a switch whose verification failed: traffic back to ``previous`` (nothing to do if there was none)."""
     if previous:
         switch_traffic(cfg, previous, reason=ROLLBACK_REASON)
+        rearm_fallback(cfg)  # the switch back removed the fallback; the standby is verified again
 
 
 def replica_for_traffic(cfg: Config, region: str, *, snapshot: str = "latest", restart: bool = False) -> dict:
@@ -373,7 +374,8 @@ def verify_router(cfg: Config, region: str, *, accept_mismatch: bool = False) ->
 
     ts, report = verify_through_router(cfg, open_router(cfg).url, region, model=_serving(cfg, region).model,
                                        accept_mismatch=accept_mismatch)
-    return {"verified_ts": ts, "golden": report}
+    # the switch removed the fallback: the next standby is armed once verified (after the RTO clock stopped)
+    return {"verified_ts": ts, "golden": report, "fallback": rearm_fallback(cfg)}
 
 
 def copy_back(cfg: Config, source: str) -> dict:
@@ -449,3 +451,23 @@ def arm_fallback(cfg: Config) -> dict:
                               evidence=evidence)
     return {"fallback": now, "region": target.name, "why": None if now == target.name else "the router did not "
             "take the fallback (a switch happened meanwhile)"}
+
+
+def rearm_fallback(cfg: Config) -> dict:
+    """``arm_fallback`` where a failure must not stop the caller (stack up, a refreshed standby, after a switch):
+    anything that keeps the standby from being verified removes the fallback (when the router can still be
+    reached) and is returned as the reason."""
+    if cfg.router is None:
+        return {"fallback": None, "region": None, "why": "no router: section"}
+    try:
+        return arm_fallback(cfg)
+    except LlmdrError as exc:
+        why = str(exc)
+    try:
+        from llmdr.failover.router import open_router
+
+        open_router(cfg).set_fallback(None, reason=f"the standby could not be verified: {why}")
+    except LlmdrError:
+        pass  # a router that cannot be reached has no fallback to remove (a new Caddy starts without one)
+    log.warning("no fallback to the standby: %s", why)
+    return {"fallback": None, "region": None, "why": why}

@@ -11,6 +11,18 @@ Layout of the Caddy JSON config (written to ``<state>/router/caddy.json`` and gi
   variable ``llmdr_region``, then a ``subroute`` with one branch per region (``@id`` ``llmdr-region-<name>``) matched on that value, each a
   ``reverse_proxy`` to the region's serving endpoint that adds ``X-Llmdr-Region: <name>`` to the response. No
   selection (or an unknown one) answers 503 with what to run.
+- Before those, one branch per (region, standby) pair (``@id`` ``llmdr-region-<name>+<standby>``), matched on the
+  request variable ``llmdr_pair`` = ``<selection>|<fallback file>``: a ``reverse_proxy`` with both upstreams,
+  policy ``first`` (the selected region while it can be dialled), ``try_duration`` and ``try_interval`` and a
+  passive health check (one failure skips that upstream for a few seconds). Caddy retries a request on the next
+  upstream only when the dial failed (for a POST it never retries once the request was sent: a completion running
+  on the primary when it crashes is lost, 502), so the standby gets the requests a dead primary cannot take, and
+  nothing else. ``X-Llmdr-Region`` then names the region that answered (a ``map`` of the upstream chosen).
+- The fallback file ``<state>/router/fallback-region`` names the verified standby, or nothing. Only
+  ``set_fallback`` writes it, after the caller verified that standby (``steps.arm_fallback``: it answers, serves
+  its store's newest snapshot, passes the golden set); every switch empties it first, and a standby about to
+  restart is removed. An unverified standby is therefore never in the route: with the primary down and no
+  fallback, clients get 502, not the answers of a model nobody checked. ``fallback.json`` says since when and why.
 
 Why a selection file and not an admin-API edit of the upstream: every admin-API change is a full config reload, and
 on Linux Caddy opens a new SO_REUSEPORT listener and closes the old one at each reload. Measured here (Caddy 2.11.7):
