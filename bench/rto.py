@@ -141,7 +141,9 @@ def trial(cfg, env, client: Client, kind: str, *, lose_workers: bool = False) ->
 
     router = open_router(cfg)
     sec = cfg.region("secondary")
+    windows: dict[str, list[float]] = {}  # when each endpoint was down on purpose (its failed probes are expected)
     if kind == "cold":
+        windows["secondary"] = [time.time()]
         stop_replica(cfg, sec)
         for d in replica_dir(cfg, sec).glob("model-*"):
             shutil.rmtree(d) if d.is_dir() else d.unlink()
@@ -183,6 +185,7 @@ def trial(cfg, env, client: Client, kind: str, *, lose_workers: bool = False) ->
         from llmdr.serving.replica import start_replica
 
         start_replica(cfg, sec)
+        windows["secondary"].append(time.time())
         from llmdr.failover.steps import rearm_fallback
 
         rearm_fallback(cfg)  # the standby is back: verified, it is the fallback again
@@ -190,6 +193,40 @@ def trial(cfg, env, client: Client, kind: str, *, lose_workers: bool = False) ->
 
     wait("the monitor to see primary healthy", lambda: read_status(cfg).get("primary", {}).get("status") == "healthy",
          120, 0.5)
+    out["down_windows"] = windows | {"primary": [t_outage, time.time()]}
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
+
+
+def probe_stats(cfg, trials: list[dict], since: float) -> list[dict]:
+    """The monitor's probes of each endpoint outside the trials' outages (``down_windows``): how many, how many
+    failed, the longest streak of failures (``down_after`` of them in a row is a false "down"), and the latency of
+    the successful ones. What a shorter interval would risk: probes that fail while nothing is wrong."""
+    import sqlite3
+
+    from llmdr.failover.watch import store_path
+
+    con = sqlite3.connect(f"file:{store_path(cfg)}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT target, ts, ok, latency_s FROM samples WHERE ts >= ? ORDER BY target, ts",
+                           (since,)).fetchall()
+    finally:
+        con.close()
+    out = []
+    for target in sorted({r[0] for r in rows}):
+        windows = [w for t in trials for name, w in t.get("down_windows", {}).items() if name == target]
+        mine = [r for r in rows if r[0] == target and not any(w[0] - 1 <= r[1] <= w[-1] + 1 for w in windows)]
+        streak = longest = 0
+        for r in mine:
+            streak = 0 if r[2] else streak + 1
+            longest = max(longest, streak)
+        lat = sorted(r[3] for r in mine if r[2] and r[3] is not None)
+        out.append({"target": target, "probes": len(mine), "failed": sum(not r[2] for r in mine),
+                    "longest_failed_streak": longest, "latency_p50_s": _pct(lat, 0.5),
+                    "latency_p99_s": _pct(lat, 0.99), "latency_max_s": lat[-1] if lat else None})
     return out
 
 
@@ -278,6 +315,10 @@ def s5cmd_download_rate(cfg, work: Path) -> dict:
     return {"bytes": nbytes, "seconds": round(secs, 3), "mb_s": round(nbytes / secs / 1e6, 1)}
 
 
+def _interval(v: str) -> str:
+    return f"{v} s" if v.replace(".", "", 1).isdigit() else v
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -285,7 +326,7 @@ def _f(v: float | None) -> str:
 def render(res: dict) -> str:
     lines = [f"# Failover RTO, local stack ({res['started']})", "",
              f"Bundle {res['bundle_mb']:.0f} MB (tiny model + {res['pad_mb']} MB padding), monitor every "
-             f"{res.get('monitor_interval', '1s')}, down "
+             f"{_interval(res.get('monitor_interval', '1s'))}, down "
              "after 2 failed probes, confirmation 2 probes 0.2 s apart; client request through the router every "
              "100 ms.", "",
              "| trial | fallback armed | outage → first failed probe s | RTO s | detection s | dispatch s "
@@ -303,6 +344,13 @@ def render(res: dict) -> str:
     lines += ["", "| target | value | goal | verdict |", "|---|---:|---|---|"]
     for c in res["checks"]:
         lines.append(f"| {c['name']} | {c['value']} | {c['goal']} | {c['verdict']} |")
+    if res.get("probes"):
+        lines += ["", "Monitor probes outside the outages (a failed streak of `down_after` = 2 would be a false "
+                  "\"down\"):", "", "| endpoint | probes | failed | longest failed streak | latency p50 / p99 / max s |",
+                  "|---|---:|---:|---:|---|"]
+        for p in res["probes"]:
+            lines.append(f"| {p['target']} | {p['probes']} | {p['failed']} | {p['longest_failed_streak']} | "
+                         f"{_f(p['latency_p50_s'])} / {_f(p['latency_p99_s'])} / {_f(p['latency_max_s'])} |")
     lines += ["", "Notes:",
               "- Fallback armed: the verified standby the router retries failed dials on (Caddy, policy first, "
               "passive health); the client's requests go there from the outage on, so its outage is shorter than "
@@ -323,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad-mb", type=int, default=512)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--cold", type=int, default=2)
-    ap.add_argument("--monitor-interval", default="1s", help="monitor.interval (down after 2 failed probes)")
+    ap.add_argument("--monitor-interval", default="1s", help="monitor.interval: seconds (0.5) or a duration (1s); down after 2 failed probes")
     common_args(ap, work=BENCH_DIR / "work" / "rto",
                 smoke="check the harness: 1 warm and 1 cold trial, no padding, free loopback ports, s5cmd only if "
                       "installed, nothing judged; writes rto-smoke.json|.md, never into bench/results/")
@@ -345,10 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env, client = start_stack(cfg, api)
         trials = []
+        t_first = time.time()
         for kind in ["warm"] * args.warm + ["cold"] * args.cold:
             t = trial(cfg, env, client, kind)
             print(json.dumps(t), flush=True)
             trials.append(t)
+        probes = probe_stats(cfg, trials, t_first)
         peer = s5cmd_download_rate(cfg, work) if args.cold and s5cmd else None
     finally:
         stop_stack(cfg, client)
@@ -386,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.append({"step": "s5cmd download (peer)", "status": "ran"} if peer else
                      {"step": "s5cmd download (peer)", "status": "skipped", "reason": peers.missing("s5cmd")})
     res = {"started": started, "smoke": args.smoke, "steps": steps, "bundle_mb": bundle_bytes / 1e6,
-           "pad_mb": args.pad_mb, "monitor_interval": args.monitor_interval, "trials": trials, "checks": checks, "peer_s5cmd": peer}
+           "pad_mb": args.pad_mb, "monitor_interval": args.monitor_interval, "trials": trials, "probes": probes, "checks": checks, "peer_s5cmd": peer}
     text = render(res)
     write_results(out_dir, "rto-", res, text, smoke=args.smoke, started=started)
     print(text)

@@ -198,3 +198,30 @@ def test_a_standby_that_does_not_answer_is_not_armed_and_its_fallback_is_removed
     armed = fo.arm_fallback(cfg)
     assert armed["fallback"] is None and "does not answer" in armed["why"]
     assert router.fallback() is None
+
+
+def test_a_primary_whose_dials_hang_is_given_up_for_the_standby(make_stack):
+    """The primary's port accepts nothing (its accept queue is full: SYNs are dropped, a dial hangs, as when packets
+    to a lost host are dropped): after the dial timeout the same request goes to the standby."""
+    import socket
+
+    cfg, router, procs = make_stack()
+    assert fo.arm_fallback(cfg)["fallback"] == "secondary"
+    port = cfg.region("primary").serving.url.rsplit(":", 1)[1]
+    kill(procs["primary"], signal.SIGKILL)
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the dead primary's connections linger in TIME_WAIT
+    hung.bind(("127.0.0.1", int(port)))
+    hung.listen(0)
+    filler = socket.create_connection(("127.0.0.1", int(port)), timeout=5)  # fills the queue: next SYNs are dropped
+    try:
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            probe.connect(("127.0.0.1", int(port)))  # the premise: a dial to the primary hangs
+        probe.close()
+        results = [post(router.url, timeout=15) for _ in range(3)]
+    finally:
+        filler.close()
+        hung.close()
+    assert [(r[0], r[1]) for r in results] == [(200, "secondary")] * 3, results

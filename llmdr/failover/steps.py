@@ -423,7 +423,12 @@ def arm_fallback(cfg: Config) -> dict:
     if not router.supports_fallback:
         return {"fallback": None, "region": None, "why": f"the {router.kind} router has no fallback"}
     active = router.active()
-    target = pick_target(cfg, None, active)
+    try:
+        target = pick_target(cfg, None, active)
+    except UsageError:  # e.g. failed over to the only secondary: the primary is no standby until failback
+        why = f"no secondary region other than {active} to keep as a standby"
+        router.set_fallback(None, reason=why)
+        return {"fallback": None, "region": None, "why": why}
     evidence: dict = {}
     why: str | None = None
     if active is None:

@@ -65,6 +65,7 @@ ANSWERED = "{llmdr_answered}"  # placeholder: the region whose upstream answered
 # an upstream whose dial failed is skipped (passive health: one failure is enough, and the next requests go straight
 # to the standby instead of dialling a dead port first).
 FALLBACK_TRY = "5s"
+FALLBACK_DIAL_TIMEOUT = "2s"  # a dial that hangs (packets dropped) gives up in time for the standby to be tried
 FALLBACK_TRY_INTERVAL = "25ms"
 FALLBACK_FAIL_DURATION = "3s"
 # How long a request in flight may keep running after SIGTERM (or after a config reload). LLM responses stream for
@@ -169,6 +170,7 @@ class Caddy:
         if fallback is None:
             return proxy
         proxy["upstreams"].append({"dial": fallback[1]})
+        transport["dial_timeout"] = FALLBACK_DIAL_TIMEOUT
         proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": FALLBACK_TRY,
                                    "try_interval": FALLBACK_TRY_INTERVAL}
         proxy["health_checks"] = {"passive": {"fail_duration": FALLBACK_FAIL_DURATION, "max_fails": 1}}
