@@ -6,10 +6,13 @@
 
 Two SeaweedFS regions, a replica per region restored from its own store, Caddy, a Prefect server with the
 deployments, the failover automation, a process worker and the warm failover runner, and the monitor-endpoints
-deployment watching every second. Each trial kills the primary region (its S3 server and its replica) while a client
-sends a request through the router every 100 ms, waits for the automation-driven failover, reads its record (RTO
-from the first failed probe to the first golden-correct answer through the router, with detection / dispatch /
-recovery), then restarts the primary and fails back (the failback deployment) before the next trial.
+deployment probing every 0.5 s (``--monitor-interval``). The router's fallback is armed on the verified warm standby.
+Each trial kills the primary region (its S3 server and its replica) while a client sends a request through the
+router every 100 ms, waits for the automation-driven failover, reads its record (RTO from the first failed probe to
+the first golden-correct answer through the router, with detection / dispatch / recovery), counts the client's
+requests and failures (and what they got), then restarts the primary and fails back (the failback deployment)
+before the next trial. At the end, the monitor's probes outside the outages say whether the interval produced
+false failures.
 
 Warm: the secondary's replica runs (the default). Cold: the secondary's replica is stopped and its restored copy
 deleted before the outage, so the failover restores the bundle from the secondary's store and starts the server;
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -74,12 +78,12 @@ def smoke_ports() -> dict[str, int]:
 
 
 class Client(threading.Thread):
-    """A request through the router every 100 ms: (time, ok, answering region)."""
+    """A request through the router every 100 ms: (time, ok, answering region, error or None)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
-        self.log: list[tuple[float, bool, str | None]] = []
+        self.log: list[tuple[float, bool, str | None, str | None]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -91,13 +95,15 @@ class Client(threading.Thread):
                                              headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=2) as r:  # noqa: S310 - loopback
                     r.read()
-                    self.log.append((t, True, r.headers.get("X-Llmdr-Region")))
-            except Exception:  # noqa: BLE001 - a failed request is the measurement
-                self.log.append((t, False, None))
+                    self.log.append((t, True, r.headers.get("X-Llmdr-Region"), None))
+            except urllib.error.HTTPError as e:
+                self.log.append((t, False, None, f"HTTP {e.code}"))
+            except Exception as e:  # noqa: BLE001 - a failed request is the measurement
+                self.log.append((t, False, None, f"{type(e).__name__}: {e}"[:120]))
             time.sleep(0.1)
 
 
-def client_view(log: list[tuple[float, bool, str | None]], t_outage: float) -> dict:
+def client_view(log: list[tuple[float, bool, str | None, str | None]], t_outage: float) -> dict:
     """What the client saw from the outage to the verified failover: its requests, the failed ones, the outage it
     lived through (first failed request -> first answer after the last failed one; 0 without failures) and when the
     DR region first answered it."""
@@ -107,7 +113,11 @@ def client_view(log: list[tuple[float, bool, str | None]], t_outage: float) -> d
     if failed:
         after = next((e[0] for e in log if e[1] and e[0] > failed[-1][0]), None)
         outage = round((after or failed[-1][0]) - failed[0][0], 3)
-    return {"client_requests_during": len(log), "client_failed_during": len(failed), "client_outage_s": outage,
+    errors: dict[str, int] = {}
+    for e in failed:
+        errors[e[3] or "?"] = errors.get(e[3] or "?", 0) + 1
+    return {"client_requests_during": len(log), "client_failed_during": len(failed), "client_errors": errors,
+            "client_outage_s": outage,
             "client_first_dr_answer_s": None if first_dr is None else round(first_dr - t_outage, 3)}
 
 
@@ -344,6 +354,10 @@ def render(res: dict) -> str:
     lines += ["", "| target | value | goal | verdict |", "|---|---:|---|---|"]
     for c in res["checks"]:
         lines.append(f"| {c['name']} | {c['value']} | {c['goal']} | {c['verdict']} |")
+    errs = [f"{t['kind']} trial {n}: " + ", ".join(f"{k} × {v}" for k, v in t["client_errors"].items())
+            for n, t in enumerate(res["trials"], 1) if t.get("client_errors")]
+    if errs:
+        lines += ["", "What the failed client requests got: " + "; ".join(errs) + "."]
     if res.get("probes"):
         lines += ["", "Monitor probes outside the outages (a failed streak of `down_after` = 2 would be a false "
                   "\"down\"):", "", "| endpoint | probes | failed | longest failed streak | latency p50 / p99 / max s |",
@@ -371,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad-mb", type=int, default=512)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--cold", type=int, default=2)
-    ap.add_argument("--monitor-interval", default="1s", help="monitor.interval: seconds (0.5) or a duration (1s); down after 2 failed probes")
+    ap.add_argument("--monitor-interval", default="0.5",
+                    help="monitor.interval: seconds (0.5, the default) or a duration (1s); down after 2 failed probes")
     common_args(ap, work=BENCH_DIR / "work" / "rto",
                 smoke="check the harness: 1 warm and 1 cold trial, no padding, free loopback ports, s5cmd only if "
                       "installed, nothing judged; writes rto-smoke.json|.md, never into bench/results/")
@@ -393,12 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env, client = start_stack(cfg, api)
         trials = []
-        t_first = time.time()
         for kind in ["warm"] * args.warm + ["cold"] * args.cold:
             t = trial(cfg, env, client, kind)
             print(json.dumps(t), flush=True)
             trials.append(t)
-        probes = probe_stats(cfg, trials, t_first)
+        probes = probe_stats(cfg, trials, 0.0)  # the baseline before the first trial included
         peer = s5cmd_download_rate(cfg, work) if args.cold and s5cmd else None
     finally:
         stop_stack(cfg, client)
