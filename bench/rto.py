@@ -227,7 +227,9 @@ def probe_stats(cfg, trials: list[dict], since: float) -> list[dict]:
         con.close()
     out = []
     for target in sorted({r[0] for r in rows}):
-        windows = [w for t in trials for name, w in t.get("down_windows", {}).items() if name == target]
+        # the router is down with the primary when no standby was armed (the cold trials): expected failures too
+        windows = [w for t in trials for name, w in t.get("down_windows", {}).items()
+                   if name == target or (target == "router" and name == "primary" and not t.get("fallback_armed"))]
         mine = [r for r in rows if r[0] == target and not any(w[0] - 1 <= r[1] <= w[-1] + 1 for w in windows)]
         streak = longest = 0
         for r in mine:
