@@ -117,6 +117,12 @@ class CaddyRouter(StrictModel):
     kind: Literal["caddy"] = "caddy"  # selects this router (the default kind)
     listen: str = "http://127.0.0.1:18100"  # where clients send requests (loopback, explicit port)
     admin: str = "http://127.0.0.1:18119"  # Caddy's admin API (loopback only)
+    # With a verified standby armed as the fallback: true also sends it a request the active region accepted but
+    # never answered (the connection reset or closed before the response began, e.g. a replica stopping or crashing
+    # with the request queued), within 5 s of the request's start; request bodies up to 4 MiB are buffered to allow
+    # it. The request may then have run twice (its first answer was never delivered). false: only requests whose
+    # connection to the active region failed (nothing sent) go to the standby.
+    replay_unanswered: bool = True
 
     @field_validator("listen", "admin")
     @classmethod

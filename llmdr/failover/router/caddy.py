@@ -14,10 +14,11 @@ Layout of the Caddy JSON config (written to ``<state>/router/caddy.json`` and gi
 - Before those, one branch per (region, standby) pair (``@id`` ``llmdr-region-<name>+<standby>``), matched on the
   request variable ``llmdr_pair`` = ``<selection>|<fallback file>``: a ``reverse_proxy`` with both upstreams,
   policy ``first`` (the selected region while it can be dialled), ``try_duration`` and ``try_interval`` and a
-  passive health check (one failure skips that upstream for a few seconds). Caddy retries a request on the next
-  upstream only when the dial failed (for a POST it never retries once the request was sent: a completion running
-  on the primary when it crashes is lost, 502), so the standby gets the requests a dead primary cannot take, and
-  nothing else. ``X-Llmdr-Region`` then names the region that answered (a ``map`` of the upstream chosen).
+  passive health check (one failure skips that upstream for a few seconds). A failed dial is retried on the
+  standby; with ``router.replay_unanswered`` (the default) so is a request the selected region accepted but never
+  answered (reset or closed before the response began: a replica stopping with requests in its accept queue, or
+  crashing), its body kept in a buffer for that. A response that has begun is never retried (a stream is cut).
+  ``X-Llmdr-Region`` then names the region that answered (a ``map`` of the upstream chosen).
 - The fallback file ``<state>/router/fallback-region`` names the verified standby, or nothing. Only
   ``set_fallback`` writes it, after the caller verified that standby (``steps.arm_fallback``: it answers, serves
   its store's newest snapshot, passes the golden set); every switch empties it first, and a standby about to
@@ -60,14 +61,13 @@ REGION_VAR = "llmdr_region"  # request variable holding the selected region
 # matcher with two keys matches when either does (an OR), which would pair a region with a standby never verified.
 PAIR_VAR = "llmdr_pair"
 ANSWERED = "{llmdr_answered}"  # placeholder: the region whose upstream answered (branches with a fallback)
-# Fallback to the verified standby: how long one request may keep trying the upstreams (a dial error is retried at
-# once on the next one; the time also bounds a retry of a dial that hangs), the wait between two tries, and how long
-# an upstream whose dial failed is skipped (passive health: one failure is enough, and the next requests go straight
-# to the standby instead of dialling a dead port first).
+# Fallback to the verified standby: how long one request may keep trying, the wait between tries, how long an
+# upstream that failed is skipped (passive health: one failure, then requests go straight to the standby).
 FALLBACK_TRY = "5s"
 FALLBACK_DIAL_TIMEOUT = "2s"  # a dial that hangs (packets dropped) gives up in time for the standby to be tried
 FALLBACK_TRY_INTERVAL = "25ms"
 FALLBACK_FAIL_DURATION = "3s"
+FALLBACK_BODY_BUFFER = 4 << 20  # bytes of request body kept to replay an unanswered request on the standby
 # How long a request in flight may keep running after SIGTERM (or after a config reload). LLM responses stream for
 # minutes; past this Caddy closes them.
 GRACE_PERIOD = "10m"
@@ -174,6 +174,12 @@ class Caddy:
         proxy["load_balancing"] = {"selection_policy": {"policy": "first"}, "try_duration": FALLBACK_TRY,
                                    "try_interval": FALLBACK_TRY_INTERVAL}
         proxy["health_checks"] = {"passive": {"fail_duration": FALLBACK_FAIL_DURATION, "max_fails": 1}}
+        if self.router.replay_unanswered:
+            # sent but not answered (reset, EOF before the response): retried on the standby too, which needs the
+            # body kept (without a buffer Caddy re-sent the POST with an empty body: "ContentLength=78 with Body
+            # length 0"); a response already started is never retried
+            proxy["load_balancing"]["retry_match"] = [{"method": ["GET", "HEAD", "POST"]}]
+            proxy["request_buffers"] = FALLBACK_BODY_BUFFER
         # the header names the region that answered, not the selected one (see _answered)
         proxy["headers"]["response"]["set"][REGION_HEADER] = [ANSWERED]
         return proxy
@@ -234,10 +240,7 @@ class Caddy:
         }
 
     def _fallback_file(self) -> str:
-        try:
-            return self.fallback_path.read_text().strip()
-        except FileNotFoundError:
-            return ""
+        return self.fallback_path.read_text().strip() if self.fallback_path.exists() else ""
 
     def _set_fallback_file(self, region: str) -> None:
         # always present (empty: no fallback): a missing file is an error line in Caddy's log for every request
