@@ -391,6 +391,66 @@ def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_serv
             client.delete_automation(made.id)
 
 
+def test_a_gpu_of_the_active_region_degrading_runs_the_prewarm_deployment_through_a_real_prefect_server(
+        tmp_path, prefect_harness):
+    """llmdr.hardware.degraded of a GPU in the active region (the event the watcher emits, test_hardware.py) → the GPU
+    pre-warm automation of automations.yaml (this bundle's copy) → one prewarm-standby run with the region and the
+    GPU's reason; a GPU of the standby region, or another bundle's GPU, runs nothing."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from llmdr.failover import events
+
+    bundle = f"gpu{tmp_path.name[-12:].replace('_', '').lower()}"
+    auto, spec = _automations()
+    specs = {s["name"]: s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: True})}
+    wanted = specs[f"{auto.PREWARM_GPU}-{bundle}"]
+    assert wanted["enabled"] and wanted["trigger"]["match"]["prefect.resource.id"] == f"llmdr.hardware.{bundle}.*"
+    off = {s["name"]: s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: False})}
+    assert not off[f"{auto.PREWARM_GPU}-{bundle}"]["enabled"]  # failover.prewarm_on_degraded: false
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
+        except ObjectAlreadyExists:
+            pass
+        flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
+        dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
+                                          work_pool_name="llmdr-secondary",
+                                          entrypoint="flows/prewarm_standby.py:prewarm_standby")
+        action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
+        made = Automation.model_validate(wanted | {"actions": [action]}).create()
+        try:
+            time.sleep(1)  # the automation is loaded by the server's triggers service before the event
+            payload = {"region": "primary", "gpu": "GPU-1", "status": "degraded",
+                       "reason": "temperature 79 C rising 6 C/h: 82 C in ~30 min"}
+
+            def runs():
+                return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+
+            # not the active region's GPU, and another bundle's GPU: nothing
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle, "secondary", "GPU-2", name=None, index=1, active=False), payload | {"region": "secondary"})
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle + "x", "primary", "GPU-3", name=None, index=0, active=True), payload)
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle, "primary", "GPU-1", name="NVIDIA H100", index=0, active=True), payload)
+            found = []
+            for _ in range(240):
+                if found := runs():
+                    break
+                time.sleep(0.25)
+            time.sleep(2)  # an automation acts 0.4-0.6 s after the event here (PLATFORM.md): 2 s is ample
+            [run] = runs()
+            assert found and run.parameters["region"] == "primary" and run.parameters["bundle"] == bundle
+            assert run.parameters["trigger"] == "automation"
+            assert run.parameters["reason"] == "GPU GPU-1: temperature 79 C rising 6 C/h: 82 C in ~30 min"
+        finally:
+            client.delete_automation(made.id)
+
+
 # -- drift on real traffic -----------------------------------------------------------------------------------------
 
 VOCAB = [f"w{i}" for i in range(3000)]
