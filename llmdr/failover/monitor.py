@@ -36,25 +36,22 @@ Imports neither Prefect nor boto3: the monitor flow's tasks wrap these functions
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import logging
 import math
-import os
 import socket
-import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmdr.common.sqlitestore import WalStore
 from llmdr.config import Monitor
 from llmdr.serving.golden import Gate, GoldenCase, judge
 
@@ -233,39 +230,16 @@ def _typed(df: "pd.DataFrame") -> "pd.DataFrame":
                       "region": "object"})
 
 
-class SampleStore:
-    """Probe samples in an sqlite file in WAL mode with a busy timeout, so the monitor flow can write while the CLI
-    reads, from another process. One connection per store and process (opening one per call made every call pay a
-    WAL checkpoint on close); thread-safe."""
+class SampleStore(WalStore):
+    """Probe samples in an sqlite file (``WalStore``: the monitor flow writes while the CLI reads)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._pid = 0
-        with self._connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, target TEXT NOT NULL, url TEXT NOT NULL,"
-                        " ok INTEGER NOT NULL, latency_s REAL, status INTEGER, error TEXT, tokens INTEGER,"
-                        " golden_ok INTEGER, region TEXT)")
-            con.execute("CREATE INDEX IF NOT EXISTS samples_target_ts ON samples (target, ts)")
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._con is None or self._pid != os.getpid():  # a forked child must not share the parent's handle
-                self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                self._con.execute("PRAGMA journal_mode=WAL")
-                self._con.execute("PRAGMA synchronous=NORMAL")  # with WAL: survives a crashed process, cheap commits
-                self._pid = os.getpid()
-            with self._con:  # commits, or rolls back on error
-                yield self._con
-
-    def close(self) -> None:
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
+        super().__init__(path, (
+            "CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, target TEXT NOT NULL, url TEXT NOT NULL,"
+            " ok INTEGER NOT NULL, latency_s REAL, status INTEGER, error TEXT, tokens INTEGER,"
+            " golden_ok INTEGER, region TEXT)",
+            "CREATE INDEX IF NOT EXISTS samples_target_ts ON samples (target, ts)",
+        ))
 
     def add(self, samples: Iterable[Sample]) -> None:
         rows = [(s.ts, s.target, s.url, int(s.ok), s.latency_s, s.status, s.error, s.tokens,
