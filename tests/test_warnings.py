@@ -309,16 +309,33 @@ def test_prewarm_starts_the_standby_from_its_own_store_once(prefect_harness, ser
     assert core(cfg, "primary").why == "failover.prewarm_on_degraded is false"
 
 
+def _on_server(client, wanted: dict):
+    """The pre-warm automation WANTED (an automation_specs entry) on the harness's Prefect server, with the
+    deployment it runs on the DR region's pool (no worker: the run's creation is what is tested); returns
+    (deployment id, automation)."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
+    except ObjectAlreadyExists:
+        pass
+    flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
+    dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
+                                      work_pool_name="llmdr-secondary",
+                                      entrypoint="flows/prewarm_standby.py:prewarm_standby")
+    action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
+    return dep_id, Automation.model_validate(wanted | {"actions": [action]}).create()
+
+
 def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_server(tmp_path, servers,
                                                                                     prefect_harness):
     """The whole chain on the harness's Prefect server: a real latency creep of the active region → the watcher's
     llmdr.endpoint.degraded event → the pre-warm automation of automations.yaml (this bundle's copy) → a run of the
     prewarm-standby deployment with the region and the reason (no worker here: the run itself is tested above)."""
-    from prefect.automations import Automation
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.exceptions import ObjectAlreadyExists
 
     primary, secondary, receiver = servers
     bundle = f"warn{tmp_path.name[-12:].replace('_', '').lower()}"  # its own events only: the server is shared
@@ -327,16 +344,7 @@ def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_serv
     [wanted] = [s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: True})
                 if s["name"] == f"{auto.PREWARM}-{bundle}"]
     with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
-        except ObjectAlreadyExists:
-            pass
-        flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
-        dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
-                                          work_pool_name="llmdr-secondary",
-                                          entrypoint="flows/prewarm_standby.py:prewarm_standby")
-        action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
-        made = Automation.model_validate(wanted | {"actions": [action]}).create()
+        dep_id, made = _on_server(client, wanted)
         w = Watcher(cfg)  # events go to the harness's server for real
         try:
             _rounds(w, 14)
@@ -371,11 +379,8 @@ def test_a_gpu_of_the_active_region_degrading_runs_the_prewarm_deployment_throug
     """llmdr.hardware.degraded of a GPU in the active region (the event the watcher emits, test_hardware.py) → the GPU
     pre-warm automation of automations.yaml (this bundle's copy) → one prewarm-standby run with the region and the
     GPU's reason; a GPU of the standby region, or another bundle's GPU, runs nothing."""
-    from prefect.automations import Automation
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.exceptions import ObjectAlreadyExists
 
     from llmdr.failover import events
 
@@ -387,16 +392,7 @@ def test_a_gpu_of_the_active_region_degrading_runs_the_prewarm_deployment_throug
     off = {s["name"]: s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: False})}
     assert not off[f"{auto.PREWARM_GPU}-{bundle}"]["enabled"]  # failover.prewarm_on_degraded: false
     with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
-        except ObjectAlreadyExists:
-            pass
-        flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
-        dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
-                                          work_pool_name="llmdr-secondary",
-                                          entrypoint="flows/prewarm_standby.py:prewarm_standby")
-        action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
-        made = Automation.model_validate(wanted | {"actions": [action]}).create()
+        dep_id, made = _on_server(client, wanted)
         try:
             time.sleep(1)  # the automation is loaded by the server's triggers service before the event
             payload = {"region": "primary", "gpu": "GPU-1", "status": "degraded",
