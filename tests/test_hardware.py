@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from llmdr.hardware.readings import (
     throttle_names,
 )
 from llmdr.hardware.sources import NO_NVIDIA_SMI, Poll, open_source
-from tests.support.receiver import Receiver
+from tests.support.loopback import Loopback, Quiet, Receiver
 
 DATA = Path(__file__).parent / "data" / "gpu"
 REPLAY = Path(__file__).parent / "support" / "replay_gpu.py"
@@ -401,7 +399,7 @@ def test_corrected_ecc_rate_power_at_the_same_load_and_xid_dedup(tmp_path):
         store.close()
 
 
-class Exporter:
+class Exporter(Loopback):
     """A loopback HTTP server answering /metrics with ``body`` (a dcgm-exporter stand-in serving a recorded
     scrape)."""
 
@@ -409,7 +407,7 @@ class Exporter:
         outer = self
         self.body, self.status = body, status
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_GET(self):  # noqa: N802 - http.server's naming
                 data = outer.body.encode()
                 self.send_response(outer.status)
@@ -418,16 +416,7 @@ class Exporter:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/metrics")
 
 
 def test_dcgm_exporter_source_over_http():

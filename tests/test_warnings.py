@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from llmdr.config import parse_config
 from llmdr.failover.watch import Watcher, notice_due, read_status
-from tests.support.receiver import Receiver
+from tests.support.loopback import Loopback, Quiet, Receiver
 
 
-class Endpoint:
+class Endpoint(Loopback):
     """A tiny OpenAI-compatible completions server whose answer delay can be changed while it runs."""
 
     def __init__(self) -> None:
         self.delay = 0.0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802
@@ -42,16 +40,7 @@ class Endpoint:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
