@@ -18,7 +18,8 @@ go to a **SampleStore**, an sqlite file that two processes (the monitor flow and
   - latency creep: the median latency of the recent window's successful samples has a robust z-score
     >= ``z_threshold`` against the baseline, which is the last ``B`` successful samples *before* the recent window:
     ``z = (recent median - baseline median) / (1.4826 * MAD)``. MAD is floored at 5 % of the baseline median (and
-    1 ms) so that a perfectly flat baseline does not turn every jitter into an infinite z. Only slower counts;
+    ``LATENCY_MAD_FLOOR_S``) so that a perfectly flat baseline does not turn every jitter into an infinite z. Only
+    slower counts;
   - tokens per response: the same robust z on ``log(1 + tokens)`` (completion tokens), in both directions (a
     collapse to 0-1 tokens is a classic silent failure; a runaway to max_tokens is another). The log scale makes
     these multiplicative steps stand out even when normal answer lengths vary widely; MAD floor 0.05 (about 5 %);
@@ -63,6 +64,11 @@ log = logging.getLogger(__name__)
 PING_MAX_TOKENS = 8  # a routine probe asks for a short completion: cheap, but long enough to see tokens collapse
 REGION_HEADER = "X-Llmdr-Region"
 MAD_SCALE = 1.4826  # makes the MAD of normal data estimate its standard deviation
+# Latency's MAD is at least 5 ms: a busy probe host adds milliseconds of scheduling delay to every probe, whatever
+# the endpoint; with a 1 ms floor, three probes each ~7 ms late on a 2-core host under load flagged a loopback endpoint
+# degraded. A creep must then be ~30 ms (z 4) above the baseline (a 50 ms endpoint turning 100 ms still is), or
+# 4 x 1.48 x 5 % of it for endpoints slower than 100 ms.
+LATENCY_MAD_FLOOR_S = 0.005
 MIN_RECENT = 3
 MIN_BASELINE = 20
 COLUMNS = ["ts", "target", "url", "ok", "latency_s", "status", "error", "tokens", "golden_ok", "region"]
@@ -413,7 +419,7 @@ def assess(frame: "pd.DataFrame", settings: Monitor) -> Assessment:
     base_idx = np.flatnonzero(comparable & ~in_recent)[-B:]
     rec_idx = np.flatnonzero(comparable & in_recent)
     min_baseline = min(B, max(MIN_BASELINE, 2 * R))
-    lat = _robust_z(latency[base_idx], latency[rec_idx], min_baseline, floor=0.001)
+    lat = _robust_z(latency[base_idx], latency[rec_idx], min_baseline, floor=LATENCY_MAD_FLOOR_S)
     tok = _token_z(tokens[base_idx], tokens[rec_idx], min_baseline)
     checks = np.flatnonzero(golden >= 0)
     recent_checks = checks[checks >= recent.start]
