@@ -641,3 +641,50 @@ def test_runbook_says_what_to_do_on_hardware_degraded(tmp_path):
     (tmp_path / "plain").mkdir()
     bare = render_runbook(_config(tmp_path / "plain", "null", "http://127.0.0.1:9/unused"))
     assert "No region reads its GPUs' health" in bare and "GPU hardware degraded" not in bare
+
+
+def test_the_metrics_exporter_serves_each_gpus_health_from_the_monitors_store(tmp_path, receiver):
+    """The monitor's hardware rounds store a recorded H100 creeping hot; a scrape of llmdr's exporter then has the
+    GPU's status, temperature, power, forecast and newest reading's time, as `llmdr hardware status` judges them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llmdr.failover.watch import Watcher
+    from llmdr.metrics.collector import LlmdrCollector
+
+    state = tmp_path / "replay.json"
+    cmd = json.dumps([sys.executable, str(REPLAY), str(DATA / "h100-temperature-creep.csv"), str(state)])
+    cfg = _config(tmp_path, f"{{source: command, command: {cmd}}}", receiver.url)
+    series = recording("h100-temperature-creep.csv")
+    w = Watcher(cfg, emit=lambda *a: True)
+    try:
+        state.write_text(json.dumps({"upto": 60}))
+        w.hardware_round(now=series[59].ts)
+        state.write_text(json.dumps({"printed": 60, "upto": 95}))
+        res = w.hardware_round(now=series[94].ts)
+    finally:
+        w.hardware.close()
+    [gpu] = res.hardware["primary"].gpus
+    assert gpu.status == "degraded" and gpu.forecast["hours"] > 0
+
+    def scrape(now: float) -> dict:
+        collector = LlmdrCollector(cfg, cache_s=0, region_timeout=5, clock=lambda: now)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        try:
+            text = generate_latest(registry).decode()
+        finally:
+            collector.close()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    got = scrape(series[94].ts)
+    gl = (("bundle", "gpubot"), ("gpu", H100), ("region", "primary"))
+    assert {st: got[("llmdr_gpu_status", tuple(sorted(gl + (("status", st),))))]
+            for st in ("healthy", "degraded", "critical", "unknown")} == {"healthy": 0, "degraded": 1, "critical": 0,
+                                                                           "unknown": 0}
+    assert got[("llmdr_gpu_temperature_celsius", gl)] == series[94].temperature_c
+    assert got[("llmdr_gpu_power_watts", gl)] == series[94].power_w
+    assert got[("llmdr_gpu_hours_to_limit", gl)] == pytest.approx(gpu.forecast["hours"])
+    assert got[("llmdr_gpu_last_reading_timestamp_seconds", gl)] == pytest.approx(series[94].ts)
+    assert not any(name == "llmdr_gpu_status" and dict(labels).get("region") == "secondary" for name, labels in got)
