@@ -297,8 +297,13 @@ class SampleStore(WalStore):
             return con.execute("DELETE FROM samples WHERE ts < ?", (older_than,)).rowcount
 
     def targets(self) -> list[str]:
+        """Every target with samples, sorted. One index seek per target (a skip scan), not a walk over every sample:
+        the metrics exporter asks at every refresh, and a week of 2 s probes is ~300,000 samples per target."""
         with self._connect() as con:
-            return [r[0] for r in con.execute("SELECT DISTINCT target FROM samples ORDER BY target")]
+            return [r[0] for r in con.execute(
+                "WITH RECURSIVE t(target) AS (SELECT MIN(target) FROM samples UNION ALL "
+                "SELECT (SELECT MIN(target) FROM samples WHERE target > t.target) FROM t WHERE t.target IS NOT NULL) "
+                "SELECT target FROM t WHERE target IS NOT NULL")]
 
     def _failure_streak(self, target: str) -> tuple[int, float | None]:
         """How many samples the target's current failure streak holds (all of them since its last success) and when
