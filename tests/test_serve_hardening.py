@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -60,14 +61,14 @@ def ask(url: str, path: str, payload: dict) -> tuple[int, dict]:
 
 def closed_within(s: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
     """Whether the server closes ``s`` within ``seconds`` (a generous bound, not a timing under test), sending
-    ``trickle`` every 0.2 s meanwhile."""
+    ``trickle`` every 0.2 s meanwhile; what comes before the close is read and dropped."""
     s.settimeout(0.2)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             if trickle:
                 s.sendall(trickle)
-            if s.recv(4096) == b"":
+            if s.recv(1 << 20) == b"":
                 return True
         except TimeoutError:
             continue
@@ -176,3 +177,43 @@ def test_an_idle_keep_alive_connection_outlives_the_head_deadline(impatient):
         time.sleep(2.5)  # idle for longer than the 1 s head deadline
         s.sendall(post("/v1/chat/completions", {"messages": ASK, "max_tokens": 2}))
         assert read_answer(f)[0] == 200
+
+
+def test_a_stream_whose_client_stops_reading_frees_its_slot(tmp_path, monkeypatch):
+    """A client that asks for a stream and reads nothing: once the socket buffers are full the server waits on it;
+    after STALL_SECONDS it gives the stream up like a disconnect, so the only slot is free for the next client."""
+    from llmdr.serving import server
+    from llmdr.serving.service import ModelService, Piece
+
+    b = tmp_path / "tiny"
+    write_demo_bundle(b)
+    conf = json.loads((b / "serving.json").read_text())
+    (b / "serving.json").write_text(json.dumps({**conf, "max_concurrency": 1, "timeout_s": 0.5}))
+    original = ModelService.generate
+    flooding = threading.Event()
+
+    def flood(self, prompt, gen, rng):  # far more than loopback's socket buffers (~4 MB) hold
+        if gen.max_tokens == 1:
+            yield from original(self, prompt, gen, rng)
+            return
+        flooding.set()  # the stream holds the only slot
+        for i in range(2000):
+            yield Piece("x" * 10_000, None, i + 1)
+        yield Piece("", "length", 2000)
+
+    monkeypatch.setattr(ModelService, "generate", flood)
+    monkeypatch.setattr(server, "STALL_SECONDS", 1.0)
+    with serving(b) as u:
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(address(u))
+        reader.sendall(post("/v1/completions", {"prompt": "a", "stream": True}))  # and never read
+        try:
+            assert flooding.wait(30)
+            deadline = time.monotonic() + 30
+            while (status := ask(u, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0]) == 429:
+                assert time.monotonic() < deadline, "the stream of a client that stopped reading kept the only slot"
+            assert status == 200
+            assert closed_within(reader, 30)  # and its connection is closed
+        finally:
+            reader.close()

@@ -15,7 +15,8 @@ unknown route included), so the next request on a reused keep-alive connection s
 body over ``MAX_BODY`` gets 413 after the rest of it was read and dropped (up to 64 MiB, 10 s), or at once with the
 connection closed if it is bigger, slower, or not sent yet (``Expect: 100-continue``). A request framed by both
 Content-Length and Transfer-Encoding is refused and its connection closed (request smuggling); a request head must
-come within ``HEAD_SECONDS`` and a body within ``BODY_SECONDS`` (slow loris).
+come within ``HEAD_SECONDS`` and a body within ``BODY_SECONDS`` (slow loris); a stream its client stops reading is
+ended after ``STALL_SECONDS``, freeing its slot.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ DRAIN_SECONDS = 10.0  # ...for at most this long; past either, the 413 comes at 
 # and the file descriptor behind it, forever
 HEAD_SECONDS = 30.0
 BODY_SECONDS = 60.0
+# A streamed answer whose client reads nothing for this long (the socket's buffers full) is ended like a disconnect:
+# its generation slot is freed and the connection closed, so clients that stop reading cannot hold every slot
+STALL_SECONDS = 60.0
 # Idle keep-alive connections are kept longer than a proxy keeps its idle upstream connections (Caddy: 2 min), so
 # the proxy closes them first and never sends a request into a connection this server is closing.
 KEEP_ALIVE_S = 150
@@ -204,9 +208,22 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
 
+        stalled = asyncio.Event()
+
         async def tagged(message: dict) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-llmdr-bundle-digest", self.digest)]
+            if stalled.is_set():
+                return  # the answer was given up: the rest goes nowhere
+            if message["type"] == "http.response.body" and message.get("more_body"):  # a stream: the client may stall
+                try:
+                    async with asyncio.timeout(STALL_SECONDS):
+                        await send(message)
+                except TimeoutError:
+                    log.warning("ending a stream to %s: its client read nothing for %g s", scope.get("client"),
+                                STALL_SECONDS)
+                    stalled.set()
+                return
             await send(message)
 
         headers = dict(scope["headers"])
@@ -247,7 +264,16 @@ class BodyLimit:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: only http.disconnect (a streamed answer watches for it)
+            # after the body: only http.disconnect, which a streamed answer watches for; a stalled client counts as
+            # gone (the app stops, uvicorn closes the connection of the unfinished answer)
+            came, stall = asyncio.ensure_future(receive()), asyncio.ensure_future(stalled.wait())
+            try:
+                await asyncio.wait({came, stall}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in (came, stall):
+                    if not waiting.done():
+                        waiting.cancel()
+            return came.result() if came.done() and not came.cancelled() else {"type": "http.disconnect"}
 
         await self.app(scope, replay, tagged)
 
