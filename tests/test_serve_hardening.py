@@ -217,3 +217,9 @@ def test_a_stream_whose_client_stops_reading_frees_its_slot(tmp_path, monkeypatc
             assert closed_within(reader, 30)  # and its connection is closed
         finally:
             reader.close()
+
+
+def test_an_unsupported_value_is_not_echoed_back_whole(url):
+    status, out = ask(url, "/v1/chat/completions", {"messages": ASK, "logit_bias": {str(i): 1 for i in range(50_000)}})
+    assert status == 400 and out["error"]["param"] == "logit_bias", out
+    assert out["error"]["message"].startswith('logit_bias={"0": 1, "1": 1') and len(out["error"]["message"]) < 200

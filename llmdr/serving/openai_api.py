@@ -84,7 +84,9 @@ def parse(raw: bytes, model: type[_Common]) -> _Common:
         if value is None or name in HARMLESS or value in NEUTRAL.get(name, ()):
             continue
         if name in NEUTRAL:
-            raise BadRequest(f"{name}={json.dumps(value)} is not supported by llmdr serve; leave it out", param=name)
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a 1 MB value is not echoed back whole
+            raise BadRequest(f"{name}={shown} is not supported by llmdr serve; leave it out", param=name)
         raise BadRequest(f"Unrecognized request argument supplied: {name}", param=name)
     try:
         return model.model_validate(body)
