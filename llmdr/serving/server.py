@@ -237,21 +237,20 @@ class BodyLimit:
         chunks, total, more = [], 0, True
         try:
             async with asyncio.timeout(BODY_SECONDS):
-                while more:
+                while more and total <= self.limit:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         return
                     chunk = message.get("body", b"")
                     total += len(chunk)
-                    if total > self.limit:
-                        await self._too_large(receive, tagged, None, headers, more=message.get("more_body", False),
-                                              close=smuggled)
-                        return
                     chunks.append(chunk)
                     more = message.get("more_body", False)
         except TimeoutError:
             await _refuse(tagged, 408, f"the request body did not arrive within {BODY_SECONDS:g} s ({total} bytes "
                                        "came); send it at once", "request_timeout")
+            return
+        if total > self.limit:  # outside the body's deadline: the drain has its own
+            await self._too_large(receive, tagged, None, headers, more=more, close=smuggled)
             return
         if smuggled:
             await _refuse(tagged, 400, "the request has both Content-Length and Transfer-Encoding; send one of them "
