@@ -94,6 +94,19 @@ def test_bracketed_problems_are_kept_and_bad_output_says_where():
         parse_dcgm("# nothing here\nup 1\n", now=0)
 
 
+def test_a_dcgm_answer_cannot_make_thousands_of_gpu_series():
+    """Each GPU becomes labelled series in llmdr's exporter: an endpoint answering for many nodes (or a hostile one)
+    is refused, not turned into unbounded label values."""
+    def answer(n: int, uuid: str = "GPU-{i:08d}") -> str:
+        return "".join(f'DCGM_FI_DEV_GPU_TEMP{{gpu="{i}",UUID="{uuid.format(i=i)}"}} 40\n' for i in range(n))
+
+    assert len(parse_dcgm(answer(64), now=0)) == 64  # an HGX node has 8 or 16
+    with pytest.raises(HardwareParseError, match="more than 64 GPUs in one answer; point hardware.url"):
+        parse_dcgm(answer(10_000), now=0)
+    with pytest.raises(HardwareParseError, match="line 1: a GPU id of 300 characters"):
+        parse_dcgm(answer(1, "G" * 300), now=0)
+
+
 def test_remapped_rows_with_and_without_header():
     plain = parse_remapped_rows((DATA / "a100-remapped-rows.csv").read_text())
     assert plain[A100[1]] == {"remap_correctable": 0, "remap_uncorrectable": 2, "remap_pending": True,
