@@ -546,10 +546,18 @@ def test_llmdr_serve_tees_a_share_of_its_answers_as_counts(tmp_path):
                 assert proc.poll() is None, proc.stderr.read().decode()
                 time.sleep(0.25)
         assert len(answers) == 3
+        # a streamed answer is seen too, once its choice finished
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST", data=json.dumps(
+            {"prompt": "the river", "max_tokens": 6, "temperature": 0, "stream": True}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            events = [ln[6:] for ln in resp.read().decode().splitlines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        answers.append("".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]))
         store = DriftStore(drift_path(cfg))
         rows = store.newest("primary", 10)
         store.close()
-        assert len(rows) == 3 and all(r.length > 0 and r.buckets for r in rows)
+        assert len(rows) == 4 and all(r.length > 0 and r.buckets for r in rows)
         raw = b"".join(p.read_bytes() for p in drift_path(cfg).parent.glob("drift.sqlite*"))
         words = {w for a in answers for w in a.split() if len(w) >= 4}
         assert words and not any(w.encode() in raw for w in words)

@@ -69,8 +69,8 @@ def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> 
 
 def create_app(service: ModelService, *, max_body: int = MAX_BODY,
                on_answer: Callable[[str, int | None], None] | None = None) -> Any:
-    """The ASGI app serving ``service``. ``on_answer(text, completion tokens)`` sees every whole (not streamed)
-    answer after it is made, e.g. the monitor's drift sampling; it must not raise."""
+    """The ASGI app serving ``service``. ``on_answer(text, completion tokens)`` sees every answer after it is made
+    (a streamed one once its choice finished), e.g. the monitor's drift sampling; it must not raise."""
 
     async def health(request: Request) -> Response:
         return _json(200, service.health())
@@ -121,7 +121,7 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY,
             async def events():
                 try:
                     async for event in iterate_in_threadpool(api.stream_events(service, reply, prompts, gen,
-                                                                               include)):
+                                                                               include, on_answer)):
                         yield event
                 finally:
                     slot.release()
