@@ -69,11 +69,12 @@ class StandbyRefresh:
     why: str | None = None
     snapshot: str | None = None
     previous: str | None = None
+    golden: dict | None = None  # the refreshed standby against its snapshot's golden set (``standby_golden``)
 
     def to_json(self) -> dict:
         out: dict = {"region": self.region, "refreshed": self.refreshed}
         if self.refreshed:
-            return out | {"snapshot": self.snapshot, "previous": self.previous}
+            return out | {"snapshot": self.snapshot, "previous": self.previous, "golden": self.golden}
         out["why"] = self.why
         if self.why == SAME_CONTENT:
             out["snapshot"] = self.snapshot
@@ -113,7 +114,32 @@ def refresh_standby(cfg: Config, region: str) -> StandbyRefresh:
         return StandbyRefresh(region, False, SAME_CONTENT, snapshot=st.snapshot)
     new = start_replica(cfg, reg, ref=newest)
     log.info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], (new.snapshot or "?")[:12])
-    return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot)
+    golden = standby_golden(cfg, region)
+    if not golden["ok"]:
+        log.warning("standby in %s on %s would not pass a failover's golden check: %s", region,
+                    (new.snapshot or "?")[:12], golden.get("error") or f"{golden['passed']}/{golden['total']} pass")
+    return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot, golden=golden)
+
+
+def standby_golden(cfg: Config, region: str) -> dict:
+    """The replica of ``region`` asked the golden set of the snapshot it serves (the set a failover's check would
+    use), judged by the bundle's gate: the report, with ``golden_set`` saying which set; ``{ok: False, error}``
+    when it cannot be judged (no set for a new model version, a refused set, no answer)."""
+    from llmdr.errors import LlmdrError
+    from llmdr.serving.endpoint import check_set
+    from llmdr.serving.snapgolden import for_region
+
+    reg = cfg.region(region)
+    if reg.serving is None:
+        return {"ok": False, "error": f"region '{region}' has no serving: section"}
+    try:
+        resolved = for_region(cfg, reg)
+        rep = check_set(resolved.golden, reg.serving.url, model=reg.serving.model, gate=cfg.golden_gate,
+                        timeout=30.0)
+    except LlmdrError as exc:
+        return {"ok": False, "error": str(exc)}
+    rep.basis = resolved.to_json()
+    return rep.to_json()
 
 
 # -- pre-warm on degraded ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.config import Config
-from llmdr.errors import IntegrityError
+from llmdr.errors import IntegrityError, UsageError
 from llmdr.repo import ops
 from llmdr.repo.bundle import (
     ComponentSpec,
@@ -105,18 +105,29 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         res.duration_s = time.perf_counter() - t0
 
 
-def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):
-    """Restore into scratch, check completeness, serve, compare with the golden set. The region's own manifests
-    are used (not this machine's cache); a 'latest' that cannot be decided fails the test, naming the manifest."""
+def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path | None = None):
+    """Restore into scratch, check completeness, serve, compare with the golden set of that snapshot's content
+    (``snapgolden.for_snapshot``; ``golden_path``, default the project's golden file, only for a snapshot from
+    before per-snapshot sets). The region's own manifests are used (not this machine's cache); a 'latest' that
+    cannot be decided, or a new model version without a golden set, fails the test, naming what to do."""
+    from llmdr.serving.snapgolden import for_snapshot
+
     reg = cfg.region(region)
     repo = ops.open_repo(cfg, reg, read_only=True, cache=False)
     try:
         sid = ops.resolve_checked(cfg, repo, ref, lambda: ops.readable_others(cfg, reg))
     except IntegrityError as exc:
         return RestoreTestResult(ref, repo.location, problems=[str(exc)])
-    path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
-    return restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
-                        GoldenSet.load(path), workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
+    path = None if golden_path is None else golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
+    try:
+        resolved = for_snapshot(cfg, repo, sid, fallback=path)
+    except (UsageError, IntegrityError) as exc:  # no set for a new model version, or a refused one
+        return RestoreTestResult(sid, repo.location, problems=[str(exc)])
+    res = restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
+                       resolved.golden, workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
+    if res.golden is not None:
+        res.golden.basis = resolved.to_json()
+    return res
 
 
 # --- the verdict of a verify-replicas run -------------------------------------------------------------------------
