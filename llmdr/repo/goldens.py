@@ -146,22 +146,6 @@ def read_golden(cfg: Config, repo: Repository, digest: str) -> StoredGolden | No
     return parse_record(cfg, digest, data, repo.location)
 
 
-def write_golden(cfg: Config, digest: str, data: bytes, regions: list[str] | None = None) -> dict[str, str]:
-    """Store the sealed record in every region (or ``regions``); region -> "ok" or why it failed. A failure in
-    one region does not stop the others (the caller decides whether that fails its run)."""
-    from llmdr.errors import LlmdrError
-    from llmdr.repo.ops import open_repo
-
-    out: dict[str, str] = {}
-    for name in regions or [r.name for r in cfg.regions]:
-        try:
-            open_repo(cfg, name).save_golden(cfg.bundle.name, digest, data)
-            out[name] = "ok"
-        except (LlmdrError, OSError) as exc:
-            out[name] = f"not written: {exc}"
-    return out
-
-
 def copy_golden(cfg: Config, src: Repository, dst: Repository, manifest: Manifest) -> bool:
     """Copy the golden set of ``manifest``'s content from ``src`` to ``dst`` when ``src`` has one (verified first)
     and ``dst`` has none; True when copied. The sealed bytes go as they are: the seal names no region."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,12 @@ class RestoreTestResult:
 
 
 def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[ComponentSpec],
-                 golden: GoldenSet, *, workers: int = 8, gate: Any = None) -> RestoreTestResult:
-    """Run the restore test; the scratch folder is removed afterwards whatever happens. ``gate``: how answers are
-    judged (the config's ``golden_gate``; None: exact)."""
+                 golden: GoldenSet | Callable[[], GoldenSet], *, workers: int = 8,
+                 gate: Any = None) -> RestoreTestResult:
+    """Run the restore test; the scratch folder is removed afterwards whatever happens. ``golden``: the set, or a
+    function that finds it once the snapshot restored complete (a ``UsageError`` / ``IntegrityError`` from it, e.g.
+    no set for a new model version, fails the test with its message). ``gate``: how answers are judged (the config's
+    ``golden_gate``; None: exact)."""
     from llmdr.serving.server import ModelService, make_server
 
     t0 = time.perf_counter()
@@ -74,6 +78,12 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         res.problems += [f"incomplete: {p}" for p in report.problems]
         if res.problems:
             return res
+        if callable(golden):
+            try:
+                golden = golden()
+            except (UsageError, IntegrityError) as exc:
+                res.problems.append(str(exc))
+                return res
         expected = golden.header.get("components") or {}
         actual = content_digests(target, specs or detected_specs(target))
         res.differing_components = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
@@ -119,14 +129,16 @@ def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden
     except IntegrityError as exc:
         return RestoreTestResult(ref, repo.location, problems=[str(exc)])
     path = None if golden_path is None else golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
-    try:
-        resolved = for_snapshot(cfg, repo, sid, fallback=path)
-    except (UsageError, IntegrityError) as exc:  # no set for a new model version, or a refused one
-        return RestoreTestResult(sid, repo.location, problems=[str(exc)])
+    found: list = []
+
+    def golden_set() -> GoldenSet:
+        found.append(for_snapshot(cfg, repo, sid, fallback=path))
+        return found[-1].golden
+
     res = restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
-                       resolved.golden, workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
-    if res.golden is not None:
-        res.golden.basis = resolved.to_json()
+                       golden_set, workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
+    if res.golden is not None and found:
+        res.golden.basis = found[-1].to_json()
     return res
 
 

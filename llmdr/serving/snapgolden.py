@@ -199,7 +199,22 @@ def attach(cfg: Config, sid: str, gs: GoldenSet, digest: str, *, how: str, sourc
     """Seal ``gs`` as the set of content ``digest`` and write it to every region; region -> "ok" or why not."""
     gs.header = {**gs.header, "answer_digest": digest, "snapshot": gs.header.get("snapshot", sid)}
     data = goldens.golden_record(cfg, digest, gs.to_text(), snapshot=sid, how=how, source=source)
-    return goldens.write_golden(cfg, digest, data, regions)
+    return write_everywhere(cfg, digest, data, regions)
+
+
+def write_everywhere(cfg: Config, digest: str, data: bytes, regions: list[str] | None = None) -> dict[str, str]:
+    """Store the sealed record in every region (or ``regions``); region -> "ok" or why it failed. A failure in one
+    region does not stop the others (the caller decides whether that fails its run)."""
+    from llmdr.repo.ops import open_repo
+
+    out: dict[str, str] = {}
+    for name in regions or [r.name for r in cfg.regions]:
+        try:
+            open_repo(cfg, name).save_golden(cfg.bundle.name, digest, data)
+            out[name] = "ok"
+        except (LlmdrError, OSError) as exc:
+            out[name] = f"not written: {exc}"
+    return out
 
 
 @dataclass
