@@ -144,3 +144,69 @@ def test_a_standby_on_a_new_version_without_a_set_is_refused(prefect_harness, se
     rec = fo.history(cfg)[-1]
     assert not rec.ok and [(s.name, s.ok) for s in rec.steps][-1] == ("golden-check", False)
     assert "llmdr golden record --snapshot" in rec.steps[-1].detail
+
+
+def _cli(cfg, *args: str):
+    import subprocess
+
+    return subprocess.run([*LLMDR, "--config", str(cfg.source_file), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_readiness_and_the_drill_precheck_fail_until_golden_record_fills_the_set(served):
+    from llmdr.drill.readiness import run_checks
+    from llmdr.drill.readiness.golden import standby_problem
+
+    cfg, _ = served
+    secondary = cfg.region("secondary")
+    sid = replica_status(cfg, secondary).snapshot  # the set-less new version the last test left on the standby
+    assert sid and for_snapshot_missing(cfg, sid)
+
+    rep = run_checks(cfg, only={"golden"})
+    got = {c.id: c for c in rep.checks}
+    assert set(got) == {"golden/secondary", "golden/standby-secondary"}, got
+    assert got["golden/secondary"].status == "FAIL" and "NO golden set" in got["golden/secondary"].summary
+    assert f"llmdr golden record --snapshot {sid[:12]}" in got["golden/secondary"].action
+    assert got["golden/standby-secondary"].status == "FAIL" and "would NOT pass" in \
+        got["golden/standby-secondary"].summary
+    assert "golden record --snapshot" in (standby_problem(cfg) or "")
+
+    # a URL that does not serve that snapshot is refused: its answers would not be this snapshot's
+    wrong = _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary",
+                 "--url", cfg.primary.serving.url)
+    assert wrong.returncode == 2 and f"not snapshot {sid[:12]}" in wrong.stderr, wrong.stderr
+
+    done = _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["snapshot"] == sid and out["regions"] == {"primary": "ok", "secondary": "ok"} and out["cases"] == 6
+
+    rep = run_checks(cfg, only={"golden"})
+    assert [(c.id, c.status) for c in rep.checks] == [("golden/secondary", "PASS"),
+                                                       ("golden/standby-secondary", "PASS")], rep.checks
+    assert "has its own golden set (6 cases, manual" in rep.checks[0].summary
+    assert standby_problem(cfg) is None
+
+    # golden check: the replica against its snapshot's set (exit 0); against the project's old file (exit 5)
+    ok = _cli(cfg, "golden", "check", "--region", "secondary", "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["golden_set"]["snapshot"] == sid
+    stale = _cli(cfg, "golden", "check", "--url", secondary.serving.url, "--golden", str(cfg.golden_path))
+    assert stale.returncode == 5 and "golden answers match (exact gate, 6 needed)" in stale.stdout
+
+    # a set edited in the store is refused on read: readiness fails and names the fix
+    repo = ops.open_repo(cfg, secondary)
+    digest = goldens.answer_digest(repo.load_manifest(sid))
+    raw = json.loads(repo.load_golden(cfg.bundle.name, digest))
+    raw["golden"] = raw["golden"].replace('"expected": "', '"expected": "x', 1)
+    repo.save_golden(cfg.bundle.name, digest, json.dumps(raw).encode())
+    [check, _standby] = run_checks(cfg, only={"golden"}).checks
+    assert check.status == "FAIL" and "does not verify" in check.summary, check
+
+
+def for_snapshot_missing(cfg, sid: str) -> bool:
+    try:
+        for_snapshot(cfg, ops.open_repo(cfg, "secondary", read_only=True), sid)
+    except NoGoldenSet:
+        return True
+    return False
