@@ -210,3 +210,30 @@ def for_snapshot_missing(cfg, sid: str) -> bool:
     except NoGoldenSet:
         return True
     return False
+
+
+def test_monitor_spot_checks_judge_each_target_by_its_snapshots_set(served):
+    import re
+
+    from llmdr.config import load_config
+    from llmdr.failover.watch import Watcher
+
+    cfg, _ = served
+    sid = replica_status(cfg, cfg.region("secondary")).snapshot
+    assert _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary").returncode == 0
+    path = cfg.source_file
+    path.write_text(re.sub(r"golden_every: 0", "golden_every: 1", path.read_text()))
+    cfg = load_config(path)
+    w = Watcher(cfg, emit=lambda *a, **k: True, notify=lambda n: [])
+    project = [c.expected for c in golden.GoldenSet.load(cfg.golden_path).cases]
+    by_target = {t.name: [c.expected for c in w._golden_cases(t)] for t in w.targets}
+    primary_sid = replica_status(cfg, cfg.primary).snapshot
+    for region, snap in (("primary", primary_sid), ("secondary", sid)):
+        own = for_snapshot(cfg, ops.open_repo(cfg, region, read_only=True), snap)
+        assert own.source == "snapshot" and by_target[region] == [c.expected for c in own.golden.cases]
+        assert by_target[region] != project, f"{region} serves a new model: the project's old set would fail it"
+    assert by_target["router"] == by_target["primary"], "the router is judged by the region that answers"
+    res = w.run_round()
+    assert {s.target: s.golden_ok for s in res.samples} == {"primary": True, "secondary": True, "router": True}, \
+        [(s.target, s.error) for s in res.samples]
+    path.write_text(re.sub(r"golden_every: 1", "golden_every: 0", path.read_text()))
