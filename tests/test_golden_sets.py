@@ -169,3 +169,15 @@ def test_record_from_snapshot_serves_that_exact_snapshot(cfg, bundle, tmp_path):
     (bundle / "generation_config.json").write_text('{"max_new_tokens": 2}\n')
     assert record_from_snapshot(cfg, repo, sid, cases, tmp_path / "scratch").cases[0].expected == \
         gs.cases[0].expected
+
+
+def test_a_model_llmdr_cannot_serve_is_said_before_any_restore(cfg, bundle, tmp_path):
+    from llmdr.serving.snapgolden import CannotServe
+
+    repo = Repository(MemoryStore())
+    conf = json.loads((bundle / "config.json").read_text()) | {"model_type": "llama"}
+    (bundle / "config.json").write_text(json.dumps(conf))
+    sid = _snap(repo, bundle)
+    with pytest.raises(CannotServe, match="holds a 'llama' model; `llmdr serve` runs the llmdr-tiny demo model only"):
+        record_from_snapshot(cfg, repo, sid, golden.default_cases()[:1], tmp_path / "scratch")
+    assert not (tmp_path / "scratch").exists(), "nothing was restored"

@@ -170,6 +170,11 @@ def test_readiness_and_the_drill_precheck_fail_until_golden_record_fills_the_set
     assert got["golden/standby-secondary"].status == "FAIL" and "would NOT pass" in \
         got["golden/standby-secondary"].summary
     assert "golden record --snapshot" in (standby_problem(cfg) or "")
+    from llmdr.drill.evidence import prechecks
+
+    pre = prechecks(cfg, {"name": "failover-automation", "enabled": True})
+    assert any("would not pass its golden check" in p and "golden record --snapshot" in p for p in pre["problems"]), \
+        pre["problems"]
 
     # a URL that does not serve that snapshot is refused: its answers would not be this snapshot's
     wrong = _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary",
@@ -186,6 +191,7 @@ def test_readiness_and_the_drill_precheck_fail_until_golden_record_fills_the_set
                                                        ("golden/standby-secondary", "PASS")], rep.checks
     assert "has its own golden set (6 cases, manual" in rep.checks[0].summary
     assert standby_problem(cfg) is None
+    assert not any("golden" in p for p in prechecks(cfg, {"name": "a", "enabled": True})["problems"])
 
     # golden check: the replica against its snapshot's set (exit 0); against the project's old file (exit 5)
     ok = _cli(cfg, "golden", "check", "--region", "secondary", "--json")
@@ -237,3 +243,21 @@ def test_monitor_spot_checks_judge_each_target_by_its_snapshots_set(served):
     assert {s.target: s.golden_ok for s in res.samples} == {"primary": True, "secondary": True, "router": True}, \
         [(s.target, s.error) for s in res.samples]
     path.write_text(re.sub(r"golden_every: 1", "golden_every: 0", path.read_text()))
+
+
+def test_protect_flags_a_new_version_llmdr_cannot_serve_without_failing(served, tmp_path):
+    from llmdr.serving.snapgolden import attach_at_protect, golden_markdown
+
+    cfg, _ = served
+    folder = tmp_path / "model-llama"
+    write_demo_bundle(folder)
+    conf = json.loads((folder / "config.json").read_text()) | {"model_type": "llama"}
+    (folder / "config.json").write_text(json.dumps(conf))
+    sid = ops.snapshot_bundle(cfg, path=folder, tags=goldens.versioned_tags()).snapshot_id
+    res = attach_at_protect(cfg, sid)
+    assert res.state == "missing" and res.regions == {}, res
+    assert f"llmdr golden record --snapshot {sid[:12]}" in res.warning and "'llama' model" in res.warning
+    md = golden_markdown(res.to_json())
+    assert "**MISSING**" in md and "> **Warning:**" in md
+    with pytest.raises(NoGoldenSet):
+        for_snapshot(cfg, ops.open_repo(cfg, cfg.primary, read_only=True), sid)

@@ -161,6 +161,25 @@ def prompts_for(cfg: Config, repo: Repository, sid: str, *, look_back: int = 20)
     return default_cases(), "the default prompts"
 
 
+def unservable(repo: Repository, sid: str) -> str | None:
+    """Why ``llmdr serve`` cannot run snapshot ``sid`` (its ``config.json`` read from the store, nothing restored);
+    None when it can. The rule is ``ModelService``'s: an llmdr-tiny model (``model_type``)."""
+    import json
+
+    manifest = repo.load_manifest(sid)
+    entry = next((f for f in manifest.files if f.path == "config.json"), None)
+    if entry is None:
+        return f"snapshot {sid[:12]} has no config.json: not a model llmdr serve can run"
+    try:
+        model_type = json.loads(b"".join(repo.load_chunk(d, size=n, of=" of config.json") for d, n in entry.chunks)
+                                ).get("model_type")
+    except (ValueError, AttributeError):
+        return f"snapshot {sid[:12]}'s config.json does not parse"
+    if model_type != "llmdr-tiny":
+        return (f"snapshot {sid[:12]} holds a {model_type!r} model; `llmdr serve` runs the llmdr-tiny demo model only")
+    return None
+
+
 def record_from_snapshot(cfg: Config, repo: Repository, sid: str, cases: list[GoldenCase], scratch: Path) -> GoldenSet:
     """Restore ``sid`` into scratch, serve it with ``llmdr serve`` in this process, ask every case; the folder is
     removed afterwards. ``CannotServe`` when ``llmdr serve`` cannot run the bundle."""
@@ -169,6 +188,9 @@ def record_from_snapshot(cfg: Config, repo: Repository, sid: str, cases: list[Go
     from llmdr.serving.endpoint import OpenAIEndpoint
     from llmdr.serving.server import ModelService, make_server
 
+    why = unservable(repo, sid)
+    if why is not None:  # said before a restore that would be wasted (a real model may be hundreds of GB)
+        raise CannotServe(why)
     target = scratch / f"golden-{sid[:12]}"
     shutil.rmtree(target, ignore_errors=True)
     try:
