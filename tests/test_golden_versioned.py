@@ -261,3 +261,24 @@ def test_protect_flags_a_new_version_llmdr_cannot_serve_without_failing(served, 
     assert "**MISSING**" in md and "> **Warning:**" in md
     with pytest.raises(NoGoldenSet):
         for_snapshot(cfg, ops.open_repo(cfg, cfg.primary, read_only=True), sid)
+    # copied to the DR region, it is the newest there: the standby is not moved onto a model it cannot be judged by
+    from llmdr.failover.standby import NO_GOLDEN_SET, refresh_standby
+
+    secondary = cfg.region("secondary")
+    before = replica_status(cfg, secondary).snapshot
+    ops.replicate(cfg, sid, to="secondary")
+    stay = refresh_standby(cfg, "secondary")
+    assert not stay.refreshed and stay.why.startswith(NO_GOLDEN_SET) and "golden record --snapshot" in stay.why
+    assert stay.snapshot == before == replica_status(cfg, secondary).snapshot and replica_status(cfg, secondary).healthy
+    # the same content protected before per-snapshot sets existed: the project's file, which judged it, is adopted
+    old = ops.snapshot_bundle(cfg, path=folder).snapshot_id  # untagged, as an older llmdr took them
+    again = ops.snapshot_bundle(cfg, path=folder, tags=goldens.versioned_tags()).snapshot_id
+    res = attach_at_protect(cfg, again)
+    assert res.state == "carried_over" and old[:12] in res.detail and res.warning is None, res
+    assert res.regions == {"primary": "ok", "secondary": "ok"}
+    adopted = for_snapshot(cfg, ops.open_repo(cfg, cfg.primary, read_only=True), again)
+    assert adopted.source == "snapshot" and adopted.stored.how == "adopted"
+    in_dr = goldens.read_golden(cfg, ops.open_repo(cfg, "secondary", read_only=True), res.answer_digest)
+    assert in_dr is not None and in_dr.text == adopted.stored.text
+    assert [c.expected for c in adopted.golden.cases] == [
+        c.expected for c in golden.GoldenSet.load(cfg.golden_path).cases]

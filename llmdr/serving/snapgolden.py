@@ -13,7 +13,9 @@ snapshot or for the replica of a region, which set judges it (``for_snapshot``, 
 At protect time (``attach_at_protect``) the new snapshot's set is carried over for free when its answer-relevant
 content has one already; else it is recorded from that exact snapshot, restored from the primary into scratch and
 served by ``llmdr serve`` in-process, asked the previous set's prompts; else (a bundle ``llmdr serve`` cannot run,
-e.g. a vLLM model) the snapshot is flagged "no golden set": a warning, not a failed protect.
+e.g. a vLLM model) the project's golden file is adopted when an earlier snapshot from before per-snapshot sets has
+the same answer-relevant content (the file judged exactly that content until now); else the snapshot is flagged "no
+golden set": a warning, not a failed protect.
 """
 
 from __future__ import annotations
@@ -274,6 +276,15 @@ def attach_at_protect(cfg: Config, sid: str) -> ProtectGolden:
     try:
         gs = record_from_snapshot(cfg, repo, sid, cases, cfg.bundle_state_path / "scratch")
     except CannotServe as exc:
+        legacy = same_content_before(cfg, repo, sid, digest)
+        if legacy is not None and cfg.golden_path.exists():
+            gs = GoldenSet.load(cfg.golden_path)
+            regions = attach(cfg, sid, gs, digest, how="adopted",
+                             source=f"protect-bundle: {cfg.golden_path.name}, which judged snapshot {legacy[:12]}")
+            return _warn_regions(ProtectGolden(
+                sid, digest, "carried_over", f"answer-relevant content unchanged since snapshot {legacy[:12]} (from "
+                f"before per-snapshot sets): the project's {cfg.golden_path.name}, which judged it, carries over",
+                regions))
         warning = (f"snapshot {sid[:12]} is a new model version with NO golden set: llmdr cannot serve it to record "
                    f"one ({exc}). A standby on it will be refused and readiness fails until you {record_hint(sid)}")
         log.warning("%s", warning)
@@ -282,6 +293,17 @@ def attach_at_protect(cfg: Config, sid: str) -> ProtectGolden:
     out = ProtectGolden(sid, digest, "recorded", f"{len(gs.cases)} answers recorded from snapshot {sid[:12]} served "
                                                  f"by llmdr serve ({whence})", regions)
     return _warn_regions(out)
+
+
+def same_content_before(cfg: Config, repo: Repository, sid: str, digest: str, *, look_back: int = 20) -> str | None:
+    """An earlier snapshot from before per-snapshot sets (untagged) with the same answer-relevant content: the one
+    the project's golden file judged; None if there is none among the newest ``look_back``."""
+    for n, info in enumerate(repo.newest_first(bundle=cfg.bundle.name)):
+        if n >= look_back:
+            break
+        if info.id != sid and not goldens.versioned(info.manifest) and goldens.answer_digest(info.manifest) == digest:
+            return info.id
+    return None
 
 
 def _spread(cfg: Config, repo: Repository, digest: str) -> dict[str, str]:
