@@ -181,3 +181,20 @@ def test_a_model_llmdr_cannot_serve_is_said_before_any_restore(cfg, bundle, tmp_
     with pytest.raises(CannotServe, match="holds a 'llama' model; `llmdr serve` runs the llmdr-tiny demo model only"):
         record_from_snapshot(cfg, repo, sid, golden.default_cases()[:1], tmp_path / "scratch")
     assert not (tmp_path / "scratch").exists(), "nothing was restored"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["golden", "record"], "give --url URL (a known-good endpoint) or --snapshot ID|latest"),
+    (["golden", "record", "--url", "http://127.0.0.1:9", "--region", "primary"], "--region goes with --snapshot"),
+    (["golden", "check"], "give --url URL or --region REGION (one of them)"),
+    (["golden", "check", "--url", "http://127.0.0.1:9", "--region", "primary"], "one of them"),
+    (["golden", "check", "--region", "primary"], "has no serving: section"),
+])
+def test_golden_commands_refuse_bad_input_clearly(cfg, args, message):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not cfg.golden_path.exists(), "nothing written"

@@ -226,7 +226,10 @@ def test_monitor_spot_checks_judge_each_target_by_its_snapshots_set(served):
 
     cfg, _ = served
     sid = replica_status(cfg, cfg.region("secondary")).snapshot
-    assert _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary").returncode == 0
+    # recorded at the standby itself this time: --url is accepted because that replica serves exactly this snapshot
+    rec = _cli(cfg, "golden", "record", "--snapshot", sid[:12], "--region", "secondary",
+               "--url", cfg.region("secondary").serving.url)
+    assert rec.returncode == 0 and "from the replica of secondary" in rec.stdout, rec.stdout + rec.stderr
     path = cfg.source_file
     path.write_text(re.sub(r"golden_every: 0", "golden_every: 1", path.read_text()))
     cfg = load_config(path)
