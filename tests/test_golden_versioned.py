@@ -123,6 +123,16 @@ def test_a_model_update_is_protected_with_its_own_set_and_the_failover_lands_on_
     again = _protect(cfg)
     assert again["golden"]["state"] == "carried_over" and again["golden"]["answer_digest"] == g["answer_digest"]
 
+    # a set edited in the primary's store is never carried over: protect records it again and replaces it everywhere
+    primary = ops.open_repo(cfg, cfg.primary)
+    raw = json.loads(primary.load_golden(cfg.bundle.name, g["answer_digest"]))
+    primary.save_golden(cfg.bundle.name, g["answer_digest"], json.dumps(raw | {"how": "manual"}).encode())
+    healed = _protect(cfg)["golden"]
+    assert healed["state"] == "recorded" and "the stored set was refused" in healed["detail"], healed
+    for region in cfg.regions:
+        fixed = goldens.read_golden(cfg, ops.open_repo(cfg, region, read_only=True), g["answer_digest"])
+        assert fixed.how == "recorded" and fixed.text.splitlines()[1:] == new_set.to_text().splitlines()[1:]
+
 
 def test_a_standby_on_a_new_version_without_a_set_is_refused(prefect_harness, served, tmp_path):
     cfg, _ = served

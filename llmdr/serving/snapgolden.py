@@ -265,7 +265,12 @@ def attach_at_protect(cfg: Config, sid: str) -> ProtectGolden:
 
     repo = open_repo(cfg, cfg.primary)
     digest = goldens.answer_digest(repo.load_manifest(sid))
-    stored = goldens.read_golden(cfg, repo, digest)  # a refused (forged) set raises: protect must not carry it
+    refused = ""
+    try:
+        stored = goldens.read_golden(cfg, repo, digest)
+    except goldens.GoldenRefused as exc:  # never carried over: recorded again from the snapshot, replacing it
+        log.warning("%s; recording the set again from snapshot %s", exc, sid[:12])
+        stored, refused = None, f" (the stored set was refused: {str(exc).splitlines()[0]})"
     if stored is not None:
         regions = _spread(cfg, repo, digest)
         out = ProtectGolden(sid, digest, "carried_over",
@@ -285,13 +290,14 @@ def attach_at_protect(cfg: Config, sid: str) -> ProtectGolden:
                 sid, digest, "carried_over", f"answer-relevant content unchanged since snapshot {legacy[:12]} (from "
                 f"before per-snapshot sets): the project's {cfg.golden_path.name}, which judged it, carries over",
                 regions))
-        warning = (f"snapshot {sid[:12]} is a new model version with NO golden set: llmdr cannot serve it to record "
-                   f"one ({exc}). A standby on it will be refused and readiness fails until you {record_hint(sid)}")
+        warning = (f"snapshot {sid[:12]} is a new model version with NO golden set{refused}: llmdr cannot serve it "
+                   f"to record one ({exc}). A standby on it will be refused and readiness fails until you "
+                   f"{record_hint(sid)}")
         log.warning("%s", warning)
         return ProtectGolden(sid, digest, "missing", str(exc), warning=warning)
     regions = attach(cfg, sid, gs, digest, how="recorded", source=f"protect-bundle, {whence}")
     out = ProtectGolden(sid, digest, "recorded", f"{len(gs.cases)} answers recorded from snapshot {sid[:12]} served "
-                                                 f"by llmdr serve ({whence})", regions)
+                                                 f"by llmdr serve ({whence}){refused}", regions)
     return _warn_regions(out)
 
 
