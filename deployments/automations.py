@@ -3,8 +3,9 @@
 Idempotent: an automation with the same name is replaced. A run-deployment action's ``deployment:`` name is
 resolved to that server's deployment id. ``failover.auto: false`` in $LLMDR_CONFIG creates the failover
 automation disabled (visible in the UI, enabled there or by setting auto: true and running this again);
-``failover.prewarm_on_degraded: false`` does the same to the pre-warm automation (on ``llmdr.endpoint.degraded`` of
-the active region it runs ``prewarm-standby``, which starts the DR standby so a failover that may follow is warm).
+``failover.prewarm_on_degraded: false`` does the same to the two pre-warm automations (on ``llmdr.endpoint.degraded``
+of the active region, and on ``llmdr.hardware.degraded`` of one of its GPUs, they run ``prewarm-standby``, which
+starts the DR standby so a failover that may follow is warm).
 
 A project with several bundles (``bundles:``) gets one failover automation per bundle instead
 (``llmdr-failover-when-active-region-down-<bundle>``): it matches only that bundle's endpoint events (the monitor's
@@ -28,7 +29,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 FAILOVER = "llmdr-failover-when-active-region-down"  # llmdr.drill.runbook.AUTOMATION
 PREWARM = "llmdr-prewarm-standby-when-active-region-degraded"
-PER_BUNDLE = (FAILOVER, PREWARM)  # made once per bundle, each enabled by its own setting
+PREWARM_GPU = "llmdr-prewarm-standby-when-active-region-gpu-degraded"  # the same run on llmdr.hardware.degraded
+PER_BUNDLE = (FAILOVER, PREWARM, PREWARM_GPU)  # made once per bundle, each enabled by its own setting
 
 
 def _is_per_bundle(name: str) -> bool:
@@ -50,7 +52,7 @@ def automation_specs(spec: dict[str, Any], bundles: dict[str, bool] | None, auto
         if not _is_per_bundle(raw["name"]):
             out.append(copy.deepcopy(raw))
             continue
-        is_prewarm = raw["name"] == PREWARM
+        is_prewarm = raw["name"] in (PREWARM, PREWARM_GPU)
         if bundles is None:
             one = copy.deepcopy(raw)
             on = (bool(prewarm) if not isinstance(prewarm, dict) else True) if is_prewarm else auto
@@ -64,7 +66,8 @@ def automation_specs(spec: dict[str, Any], bundles: dict[str, bool] | None, auto
             one["description"] = f"[bundle {b}] " + (raw.get("description") or "")
             one["enabled"] = bool(raw.get("enabled", True)) and on
             match = one["trigger"].setdefault("match", {})
-            match["prefect.resource.id"] = f"llmdr.endpoint.{b}.*"
+            kind = str(match.get("prefect.resource.id", "llmdr.endpoint.*")).split(".")[1]  # endpoint | hardware
+            match["prefect.resource.id"] = f"llmdr.{kind}.{b}.*"
             match["llmdr.bundle"] = b
             for action in one.get("actions", []):
                 if action.get("type") == "run-deployment" and action.get("deployment"):

@@ -29,6 +29,7 @@ from llmdr.config import bundle_ref, load_config
 from llmdr.failover import events
 from llmdr.failover import run as decide
 from llmdr.failover import steps as core
+from llmdr.integrations.prefect import run_origin
 from tasks.failover import (
     confirm_outage,
     copy_back_snapshots,
@@ -137,7 +138,8 @@ def failover(to: str = FAILOVER_TO, reason: str = FAILOVER_REASON, trigger: Skip
     first failed probe (from the monitor's event; the automation passes it as text), the start of the RTO clock.
     ``trigger``, ``first_failure_ts`` and ``detected_at`` are the automation's: not on the UI's form.
     ``accept_golden_mismatch``: a person's override of the golden gate, manual runs only, with ``reason``."""
-    override = decide.golden_override(trigger, accept_golden_mismatch, reason)  # refused before anything runs
+    override = decide.golden_override(trigger, accept_golden_mismatch, reason,  # refused before anything runs
+                                      run=run_origin() if accept_golden_mismatch else None)
     config_path = bundle_ref(config_path, bundle)  # tasks load this bundle's view
     cfg = load_config(config_path)
     log = get_run_logger()

@@ -100,3 +100,18 @@ def refresh_standby(config_path: str, region: str) -> dict:
 
     # the refresh removed the router's fallback to it: armed again once verified on the new snapshot
     return res.to_json() | {"fallback": rearm_fallback(cfg)}
+
+
+@task(name="attach-golden-set", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
+def attach_golden_set(config_path: str, snapshot_id: str) -> dict:
+    """Give the new snapshot its golden set in every region: carried over, recorded from the snapshot, or flagged
+    missing with a warning (``llmdr.serving.snapgolden.attach_at_protect``); a missing set does not fail protect."""
+    from llmdr.serving.snapgolden import attach_at_protect
+
+    res = attach_at_protect(load_config(config_path), snapshot_id)
+    log = get_run_logger()
+    if res.warning:
+        log.warning("golden set of %s: %s", snapshot_id[:12], res.warning)
+    else:
+        log.info("golden set of %s: %s (%s)", snapshot_id[:12], res.state, res.detail)
+    return res.to_json()

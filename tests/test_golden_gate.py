@@ -212,6 +212,12 @@ def test_override_needs_a_manual_run_and_a_reason_of_its_own():
     ov = decide.golden_override("manual", True, "  new GPU type in DR, answers reviewed  ", by="ana@ops1")
     assert ov == {"by": "ana@ops1", "reason": "new GPU type in DR, answers reviewed"}
     assert "@" in decide.golden_override("manual", True, "reviewed")["by"]  # the OS user and host by default
+    # a run from the Prefect UI / API: the login that created it, not the worker's OS user alone
+    run = {"flow_run_id": "f-1", "deployment": "failover", "auto_scheduled": False, "creator": "alice"}
+    by = decide.golden_override("manual", True, "reviewed", run=run)["by"]
+    assert by.startswith("alice, flow run f-1, run by the worker ") and "@" in by
+    by = decide.golden_override("manual", True, "reviewed", run=run | {"creator": None})["by"]
+    assert by.startswith("a Prefect UI / API user (the server recorded no login), flow run f-1")
     for reason in ("", "   ", decide.DEFAULT_REASON):
         with pytest.raises(UsageError, match="needs --reason TEXT"):
             decide.golden_override("manual", True, reason)

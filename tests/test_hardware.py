@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from llmdr.hardware.readings import (
     throttle_names,
 )
 from llmdr.hardware.sources import NO_NVIDIA_SMI, Poll, open_source
+from tests.support.loopback import Loopback, Quiet, Receiver
 
 DATA = Path(__file__).parent / "data" / "gpu"
 REPLAY = Path(__file__).parent / "support" / "replay_gpu.py"
@@ -93,6 +92,19 @@ def test_bracketed_problems_are_kept_and_bad_output_says_where():
         parse_dcgm("DCGM_FI_DEV_GPU_TEMP{gpu=0} not-a-sample and more", now=0)
     with pytest.raises(HardwareParseError, match="no DCGM_"):
         parse_dcgm("# nothing here\nup 1\n", now=0)
+
+
+def test_a_dcgm_answer_cannot_make_thousands_of_gpu_series():
+    """Each GPU becomes labelled series in llmdr's exporter: an endpoint answering for many nodes (or a hostile one)
+    is refused, not turned into unbounded label values."""
+    def answer(n: int, uuid: str = "GPU-{i:08d}") -> str:
+        return "".join(f'DCGM_FI_DEV_GPU_TEMP{{gpu="{i}",UUID="{uuid.format(i=i)}"}} 40\n' for i in range(n))
+
+    assert len(parse_dcgm(answer(64), now=0)) == 64  # an HGX node has 8 or 16
+    with pytest.raises(HardwareParseError, match="more than 64 GPUs in one answer; point hardware.url"):
+        parse_dcgm(answer(10_000), now=0)
+    with pytest.raises(HardwareParseError, match="line 1: a GPU id of 300 characters"):
+        parse_dcgm(answer(1, "G" * 300), now=0)
 
 
 def test_remapped_rows_with_and_without_header():
@@ -400,7 +412,7 @@ def test_corrected_ecc_rate_power_at_the_same_load_and_xid_dedup(tmp_path):
         store.close()
 
 
-class Exporter:
+class Exporter(Loopback):
     """A loopback HTTP server answering /metrics with ``body`` (a dcgm-exporter stand-in serving a recorded
     scrape)."""
 
@@ -408,7 +420,7 @@ class Exporter:
         outer = self
         self.body, self.status = body, status
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_GET(self):  # noqa: N802 - http.server's naming
                 data = outer.body.encode()
                 self.send_response(outer.status)
@@ -417,16 +429,7 @@ class Exporter:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/metrics")
 
 
 def test_dcgm_exporter_source_over_http():
@@ -475,32 +478,6 @@ regions:
 
 
 # -- the monitor: events and notices ---------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A webhook receiver on loopback: records every POSTed JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -677,3 +654,50 @@ def test_runbook_says_what_to_do_on_hardware_degraded(tmp_path):
     (tmp_path / "plain").mkdir()
     bare = render_runbook(_config(tmp_path / "plain", "null", "http://127.0.0.1:9/unused"))
     assert "No region reads its GPUs' health" in bare and "GPU hardware degraded" not in bare
+
+
+def test_the_metrics_exporter_serves_each_gpus_health_from_the_monitors_store(tmp_path, receiver):
+    """The monitor's hardware rounds store a recorded H100 creeping hot; a scrape of llmdr's exporter then has the
+    GPU's status, temperature, power, forecast and newest reading's time, as `llmdr hardware status` judges them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llmdr.failover.watch import Watcher
+    from llmdr.metrics.collector import LlmdrCollector
+
+    state = tmp_path / "replay.json"
+    cmd = json.dumps([sys.executable, str(REPLAY), str(DATA / "h100-temperature-creep.csv"), str(state)])
+    cfg = _config(tmp_path, f"{{source: command, command: {cmd}}}", receiver.url)
+    series = recording("h100-temperature-creep.csv")
+    w = Watcher(cfg, emit=lambda *a: True)
+    try:
+        state.write_text(json.dumps({"upto": 60}))
+        w.hardware_round(now=series[59].ts)
+        state.write_text(json.dumps({"printed": 60, "upto": 95}))
+        res = w.hardware_round(now=series[94].ts)
+    finally:
+        w.hardware.close()
+    [gpu] = res.hardware["primary"].gpus
+    assert gpu.status == "degraded" and gpu.forecast["hours"] > 0
+
+    def scrape(now: float) -> dict:
+        collector = LlmdrCollector(cfg, cache_s=0, region_timeout=5, clock=lambda: now)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        try:
+            text = generate_latest(registry).decode()
+        finally:
+            collector.close()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    got = scrape(series[94].ts)
+    gl = (("bundle", "gpubot"), ("gpu", H100), ("region", "primary"))
+    assert {st: got[("llmdr_gpu_status", tuple(sorted(gl + (("status", st),))))]
+            for st in ("healthy", "degraded", "critical", "unknown")} == {"healthy": 0, "degraded": 1, "critical": 0,
+                                                                           "unknown": 0}
+    assert got[("llmdr_gpu_temperature_celsius", gl)] == series[94].temperature_c
+    assert got[("llmdr_gpu_power_watts", gl)] == series[94].power_w
+    assert got[("llmdr_gpu_hours_to_limit", gl)] == pytest.approx(gpu.forecast["hours"])
+    assert got[("llmdr_gpu_last_reading_timestamp_seconds", gl)] == pytest.approx(series[94].ts)
+    assert not any(name == "llmdr_gpu_status" and dict(labels).get("region") == "secondary" for name, labels in got)

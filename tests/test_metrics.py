@@ -372,3 +372,51 @@ def test_guide_documents_every_metric():
     guide = (ROOT / "docs" / "guide" / "metrics.md").read_text()
     missing = [m.name for m in METRICS if f"`{m.name}_total`" not in guide and f"`{m.name}`" not in guide]
     assert not missing, f"docs/guide/metrics.md does not document {missing}"
+
+
+def test_a_refresh_finds_the_probe_targets_without_walking_every_sample(tmp_path):
+    """The exporter lists the monitor's targets at every refresh; a week of 2 s probes is ~300,000 samples per target.
+    Work is counted in SQLite VM steps (deterministic), not in seconds."""
+    from llmdr.failover.monitor import Sample, SampleStore
+
+    store = SampleStore(tmp_path / "samples.sqlite")
+    assert store.targets() == []
+    names = ["secondary", "primary", "dr-west"]
+    store.add(Sample(float(i), names[i % 3], "http://x", True, 0.1, 200, None, 12, None, None) for i in range(60_000))
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store._connect() as con:
+        con.set_progress_handler(count, 100)  # called every 100 VM steps
+    try:
+        assert store.targets() == sorted(names)
+    finally:
+        with store._connect() as con:
+            con.set_progress_handler(None, 100)
+        store.close()
+    assert steps < 20, f"{steps * 100} SQLite steps to list 3 targets of 60,000 samples: a walk over every sample"
+
+
+def test_a_silent_connection_to_the_exporter_is_closed(tmp_path, monkeypatch):
+    """Each connection has a thread: an idle or trickling client must not keep it forever."""
+    import socket
+
+    from llmdr.metrics import server
+
+    monkeypatch.setattr(server, "READ_TIMEOUT_S", 1.0)
+    cfg = parse_config(OFFLINE_CONFIG, source=tmp_path / "llmdr.yaml")
+    exporter = open_exporter(cfg, "127.0.0.1", 0)
+    exporter.start_thread()
+    try:
+        with socket.create_connection(("127.0.0.1", exporter.httpd.server_address[1]), timeout=30) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert s.recv(4096) == b""  # closed by the server (a socket timeout here fails the test)
+        with urllib.request.urlopen(f"{exporter.url}/healthz", timeout=30) as r:  # others are still served
+            assert r.status == 200
+    finally:
+        exporter.shutdown()
+        exporter.close()

@@ -327,6 +327,39 @@ def test_report_verify_dot_works_from_inside_the_folder(signed, tmp_path):
     assert bad.returncode == 12 and "timeline.png: SHA-256 differs" in bad.stdout
 
 
+def test_a_report_re_signed_with_a_key_swapped_in_fails_against_the_published_fingerprint(signed, tmp_path):
+    """An attacker who can edit the folder changes the evidence, signs it again with their own key and ships that
+    key beside it: the folder is self-consistent, so only the fingerprint the signer published can tell."""
+    genuine = tmp_path / "genuine" / signed["folder"].name
+    forged = tmp_path / "forged" / signed["folder"].name
+    shutil.copytree(signed["folder"], genuine)
+    shutil.copytree(signed["folder"], forged)
+    evidence = forged / "evidence.json"
+    evidence.write_text(evidence.read_text().replace("drillbot", "drillbOt"))
+    for name in ("SIGNATURE.json", "SHA256SUMS", "SHA256SUMS.sig", "report-signing.pub"):
+        (forged / name).unlink()
+    attacker = tmp_path / "attacker"
+    sign_folder(forged, Signing(), attacker, portable=True)
+    assert (forged / "report-signing.pub").read_bytes() == (attacker / "keys" / "report-signing.pub").read_bytes()
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("LLMDR_CONFIG",)}
+    published = signed["signer"]["fingerprint"]
+
+    def verify(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llmdr.cli", "report", "verify", str(folder), *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    fooled = verify(forged)  # the folder's own key: consistent, so OK, with the warning to compare fingerprints
+    assert fooled.returncode == 0 and "compare the fingerprint" in fooled.stdout, fooled.stdout + fooled.stderr
+    caught = verify(forged, "--fingerprint", published)
+    assert caught.returncode == 12, caught.stdout + caught.stderr
+    assert f"not the one you expect ({published})" in caught.stdout
+    for given in (published, signed["signer"]["key_id"], ":".join(published[i:i + 2] for i in range(0, 64, 2))):
+        ok = verify(genuine, "--fingerprint", given)
+        assert ok.returncode == 0 and "the one you expected" in ok.stdout, ok.stdout + ok.stderr
+    bad = verify(genuine, "--fingerprint", "abc")
+    assert bad.returncode == 2 and "64 hex digits" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_llmdr_also_checks_the_portable_signature(signed, tmp_path):
     """SHA256SUMS.sig is covered by SIGNATURE.json, and llmdr checks it verifies too: a folder whose portable
     signature is bad fails even when SIGNATURE.json was re-made over it."""

@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from llmdr.config import parse_config
 from llmdr.failover.watch import Watcher, notice_due, read_status
+from tests.support.loopback import Loopback, Quiet, Receiver
 
 
-class Endpoint:
+class Endpoint(Loopback):
     """A tiny OpenAI-compatible completions server whose answer delay can be changed while it runs."""
 
     def __init__(self) -> None:
         self.delay = 0.0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802
@@ -41,42 +40,7 @@ class Endpoint:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Receiver:
-    """A webhook receiver on loopback: records every POSTed JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -334,16 +298,33 @@ def test_prewarm_starts_the_standby_from_its_own_store_once(prefect_harness, ser
     assert core(cfg, "primary").why == "failover.prewarm_on_degraded is false"
 
 
+def _on_server(client, wanted: dict):
+    """The pre-warm automation WANTED (an automation_specs entry) on the harness's Prefect server, with the
+    deployment it runs on the DR region's pool (no worker: the run's creation is what is tested); returns
+    (deployment id, automation)."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
+    except ObjectAlreadyExists:
+        pass
+    flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
+    dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
+                                      work_pool_name="llmdr-secondary",
+                                      entrypoint="flows/prewarm_standby.py:prewarm_standby")
+    action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
+    return dep_id, Automation.model_validate(wanted | {"actions": [action]}).create()
+
+
 def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_server(tmp_path, servers,
                                                                                     prefect_harness):
     """The whole chain on the harness's Prefect server: a real latency creep of the active region → the watcher's
     llmdr.endpoint.degraded event → the pre-warm automation of automations.yaml (this bundle's copy) → a run of the
     prewarm-standby deployment with the region and the reason (no worker here: the run itself is tested above)."""
-    from prefect.automations import Automation
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.exceptions import ObjectAlreadyExists
 
     primary, secondary, receiver = servers
     bundle = f"warn{tmp_path.name[-12:].replace('_', '').lower()}"  # its own events only: the server is shared
@@ -352,16 +333,7 @@ def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_serv
     [wanted] = [s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: True})
                 if s["name"] == f"{auto.PREWARM}-{bundle}"]
     with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name="llmdr-secondary", type="process"))
-        except ObjectAlreadyExists:
-            pass
-        flow_name, dep_name = wanted["actions"][0]["deployment"].split("/")
-        dep_id = client.create_deployment(client.create_flow_from_name(flow_name), dep_name,
-                                          work_pool_name="llmdr-secondary",
-                                          entrypoint="flows/prewarm_standby.py:prewarm_standby")
-        action = {k: v for k, v in wanted["actions"][0].items() if k != "deployment"} | {"deployment_id": str(dep_id)}
-        made = Automation.model_validate(wanted | {"actions": [action]}).create()
+        dep_id, made = _on_server(client, wanted)
         w = Watcher(cfg)  # events go to the harness's server for real
         try:
             _rounds(w, 14)
@@ -388,6 +360,54 @@ def test_a_latency_creep_runs_the_prewarm_deployment_through_a_real_prefect_serv
                 id=DeploymentFilterId(any_=[dep_id])))) == 1
         finally:
             w.store.close()
+            client.delete_automation(made.id)
+
+
+def test_a_gpu_of_the_active_region_degrading_runs_the_prewarm_deployment_through_a_real_prefect_server(
+        tmp_path, prefect_harness):
+    """llmdr.hardware.degraded of a GPU in the active region (the event the watcher emits, test_hardware.py) → the GPU
+    pre-warm automation of automations.yaml (this bundle's copy) → one prewarm-standby run with the region and the
+    GPU's reason; a GPU of the standby region, or another bundle's GPU, runs nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from llmdr.failover import events
+
+    bundle = f"gpu{tmp_path.name[-12:].replace('_', '').lower()}"
+    auto, spec = _automations()
+    specs = {s["name"]: s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: True})}
+    wanted = specs[f"{auto.PREWARM_GPU}-{bundle}"]
+    assert wanted["enabled"] and wanted["trigger"]["match"]["prefect.resource.id"] == f"llmdr.hardware.{bundle}.*"
+    off = {s["name"]: s for s in auto.automation_specs(spec, {bundle: True}, True, {bundle: False})}
+    assert not off[f"{auto.PREWARM_GPU}-{bundle}"]["enabled"]  # failover.prewarm_on_degraded: false
+    with get_client(sync_client=True) as client:
+        dep_id, made = _on_server(client, wanted)
+        try:
+            time.sleep(1)  # the automation is loaded by the server's triggers service before the event
+            payload = {"region": "primary", "gpu": "GPU-1", "status": "degraded",
+                       "reason": "temperature 79 C rising 6 C/h: 82 C in ~30 min"}
+
+            def runs():
+                return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+
+            # not the active region's GPU, and another bundle's GPU: nothing
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle, "secondary", "GPU-2", name=None, index=1, active=False), payload | {"region": "secondary"})
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle + "x", "primary", "GPU-3", name=None, index=0, active=True), payload)
+            assert events.emit(events.HARDWARE_DEGRADED, events.hardware_resource(
+                bundle, "primary", "GPU-1", name="NVIDIA H100", index=0, active=True), payload)
+            found = []
+            for _ in range(240):
+                if found := runs():
+                    break
+                time.sleep(0.25)
+            time.sleep(2)  # an automation acts 0.4-0.6 s after the event here (PLATFORM.md): 2 s is ample
+            [run] = runs()
+            assert found and run.parameters["region"] == "primary" and run.parameters["bundle"] == bundle
+            assert run.parameters["trigger"] == "automation"
+            assert run.parameters["reason"] == "GPU GPU-1: temperature 79 C rising 6 C/h: 82 C in ~30 min"
+        finally:
             client.delete_automation(made.id)
 
 
@@ -526,10 +546,18 @@ def test_llmdr_serve_tees_a_share_of_its_answers_as_counts(tmp_path):
                 assert proc.poll() is None, proc.stderr.read().decode()
                 time.sleep(0.25)
         assert len(answers) == 3
+        # a streamed answer is seen too, once its choice finished
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST", data=json.dumps(
+            {"prompt": "the river", "max_tokens": 6, "temperature": 0, "stream": True}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            events = [ln[6:] for ln in resp.read().decode().splitlines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        answers.append("".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]))
         store = DriftStore(drift_path(cfg))
         rows = store.newest("primary", 10)
         store.close()
-        assert len(rows) == 3 and all(r.length > 0 and r.buckets for r in rows)
+        assert len(rows) == 4 and all(r.length > 0 and r.buckets for r in rows)
         raw = b"".join(p.read_bytes() for p in drift_path(cfg).parent.glob("drift.sqlite*"))
         words = {w for a in answers for w in a.split() if len(w) >= 4}
         assert words and not any(w.encode() in raw for w in words)

@@ -135,6 +135,10 @@ def report_verify(
     public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM). Default: the project's "
                                                        "drill.signing.public_key, else the report-signing.pub "
                                                        "shipped in the folder.")] = None,
+    fingerprint: Annotated[Optional[str], typer.Option(
+        help="The signer's published key fingerprint (64 hex digits) or key id (ed25519:...): fail (exit 12) unless "
+             "the report was signed by that key. Without it, a report signed by the key shipped in the folder only "
+             "proves the files match that key.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a drill report offline: every file's SHA-256 against the signed list, the signature (Ed25519 with the
@@ -142,8 +146,10 @@ def report_verify(
     was signed for. Symlinks, FIFOs, device files and extra folders are refused. Exit 12 if anything was changed."""
     import os
 
-    from llmdr.drill.portable import PUBLIC_KEY_FILE, key_fingerprint
+    from llmdr.drill.portable import PUBLIC_KEY_FILE, expected_key, fingerprint_problem, key_fingerprint
     from llmdr.drill.signing import verify_folder
+
+    expected = expected_key(fingerprint) if fingerprint is not None else None
 
     if folder.is_file():
         folder = folder.parent
@@ -165,9 +171,13 @@ def report_verify(
         key, source = folder / PUBLIC_KEY_FILE, "folder"
     res = verify_folder(folder, public_key=key if key and key.exists() else None, hmac_key=hmac_key)
     fp = key_fingerprint(key) if res.algorithm == "ed25519" and key and key.exists() else None
-    shipped = " by the key shipped in the folder" if fp and source == "folder" else ""
+    if expected is not None and res.ok and (problem := fingerprint_problem(expected, fp)):
+        res.ok, res.problems = False, [*res.problems, problem]
+    shipped = " by the key shipped in the folder" if fp and source == "folder" and expected is None else ""
     note = ""
-    if shipped:
+    if expected is not None and fp:
+        note = f"\nfingerprint {fp}: the one you expected"
+    elif shipped:
         note = (f"\nfingerprint {fp} ({PUBLIC_KEY_FILE}): a key in the folder proves only that the files match it; "
                 "compare the fingerprint with the one the signer published, or pass --public-key FILE")
     elif fp:

@@ -23,8 +23,9 @@ def verify(
                                          "region.")] = False,
     restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore, check, serve and ask the "
                                                "golden set.")] = False,
-    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file for --restore-test "
-                                              "(JSONL).")] = Path("golden.jsonl"),
+    golden_file: Annotated[Path, typer.Option("--golden", help="Golden file for --restore-test (JSONL); judges "
+                                              "only snapshots from before golden sets were versioned (a newer "
+                                              "snapshot is judged by its own set).")] = Path("golden.jsonl"),
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a snapshot in a region: every chunk (or a subset) read back and hashed; optionally repaired from

@@ -66,8 +66,10 @@ class Config(StrictModel):
     runbook: Runbook = Runbook()  # what `llmdr runbook` adds to what it derives from this file
     # Sign every manifest written and refuse any read without a valid signature; null: manifests are not signed.
     manifest_signing: ManifestSigning | None = None
-    # The golden set (JSONL of prompts and recorded answers, `llmdr golden record`), relative to this file: checked
-    # on a replica before traffic moves to it and through the router after, by restore tests and by the monitor.
+    # The project's golden set (JSONL of prompts and recorded answers, `llmdr golden record`), relative to this file.
+    # Each snapshot protect-bundle takes carries its own set (stored beside it in every region); this file judges
+    # snapshots from before that and replicas llmdr did not start, is asked by the monitor, and gives the prompts
+    # of the first set recorded.
     golden: str = "golden.jsonl"
     # How answers are judged against the golden set (exact, similarity or equivalent; threshold; how many cases must
     # pass), wherever it gates: failover, the router check, restore tests, drills.

@@ -55,6 +55,7 @@ def prechecks(cfg: Config, automation: dict[str, Any]) -> dict[str, Any]:
     """Before anything is cut: where traffic goes, each replica's health, the copy in each region, the monitor's
     status and the failover ``automation`` (``{"name", "enabled": bool or None}``), with the problems that block
     the drill and the warnings (:func:`llmdr.drill.procedure.assess_prechecks`)."""
+    from llmdr.drill.readiness.golden import standby_problem
     from llmdr.failover.watch import read_status
     from llmdr.serving.replica import replica_status
 
@@ -64,6 +65,9 @@ def prechecks(cfg: Config, automation: dict[str, Any]) -> dict[str, Any]:
     monitor = read_status(cfg)
     problems, warnings = assess_prechecks(cfg.primary.name, active=now["active"], router_error=now["error"],
                                           replicas=replicas, monitor=monitor, automation=automation)
+    golden = standby_problem(cfg)  # a failover whose golden check could only fail: the drill would prove nothing
+    if golden is not None:
+        problems.append(f"the failover target would not pass its golden check: {golden}")
     return {"problems": problems, "warnings": warnings, "active": now["active"], "replicas": replicas,
             "copies": copies, "monitor": monitor, "automation": automation, "checked_at": time.time()}
 

@@ -69,6 +69,30 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def expected_key(text: str) -> str:
+    """A fingerprint given to compare (``--fingerprint``) as 64 lower-case hex digits, or ``ed25519:`` + 32 (a key
+    id); colons and spaces between digit pairs, as some registers print them, are dropped. UsageError otherwise."""
+    t = text.strip().lower()
+    body = t.removeprefix("ed25519:").replace(":", "").replace(" ", "")
+    want = 32 if t.startswith("ed25519:") else 64
+    if len(body) != want or any(c not in "0123456789abcdef" for c in body):
+        raise UsageError(f"--fingerprint {text!r}: give the signer's key fingerprint (64 hex digits, as the report and "
+                         "`openssl pkey -pubin -in report-signing.pub -outform DER | tail -c 32 | sha256sum` print it) "
+                         "or its key id (ed25519: and 32 hex digits)")
+    return f"ed25519:{body}" if want == 32 else body
+
+
+def fingerprint_problem(expected: str, actual: str | None) -> str | None:
+    """Why a report signed by the key with fingerprint ``actual`` (None: not an Ed25519 signature) does not match
+    ``expected`` (from :func:`expected_key`); None when it does."""
+    if actual is None:
+        return "--fingerprint was given but this report has no Ed25519 signature to compare it with"
+    if actual == expected or ("ed25519:" + actual[:32]) == expected:
+        return None
+    return (f"signed by the key with fingerprint {actual}, not the one you expect ({expected}): the key beside the "
+            "report is someone else's, so the report may be forged; get the report from its signer again")
+
+
 def key_fingerprint(path: Path) -> str:
     """The fingerprint of a PEM public key file (one :mod:`llmdr.drill.signing` has already loaded)."""
     from cryptography.hazmat.primitives.serialization import load_pem_public_key

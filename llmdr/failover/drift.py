@@ -34,7 +34,6 @@ would need the same tee in front of them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -42,14 +41,13 @@ import os
 import random
 import re
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmdr.common.sqlitestore import WalStore
 from llmdr.config import Config, Drift
 
 BUCKETS = 256
@@ -95,35 +93,15 @@ def drift_path(cfg: Config) -> Path:
     return cfg.bundle_state_path / "monitor" / "drift.sqlite"
 
 
-class DriftStore:
+class DriftStore(WalStore):
     """Sampled responses' features per target, in sqlite (WAL: the server writes while the monitor reads)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._pid = 0
-        with self._connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS responses (ts REAL NOT NULL, target TEXT NOT NULL, "
-                        "length INTEGER NOT NULL, refusal INTEGER NOT NULL, buckets TEXT NOT NULL)")
-            con.execute("CREATE INDEX IF NOT EXISTS responses_target_ts ON responses (target, ts)")
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._con is None or self._pid != os.getpid():
-                self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                self._con.execute("PRAGMA journal_mode=WAL")
-                self._pid = os.getpid()
-            with self._con:
-                yield self._con
-
-    def close(self) -> None:
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
+        super().__init__(path, (
+            "CREATE TABLE IF NOT EXISTS responses (ts REAL NOT NULL, target TEXT NOT NULL, "
+            "length INTEGER NOT NULL, refusal INTEGER NOT NULL, buckets TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS responses_target_ts ON responses (target, ts)",
+        ))
 
     def add(self, ts: float, target: str, f: Features) -> None:
         with self._connect() as con:

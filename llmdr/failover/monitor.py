@@ -18,7 +18,8 @@ go to a **SampleStore**, an sqlite file that two processes (the monitor flow and
   - latency creep: the median latency of the recent window's successful samples has a robust z-score
     >= ``z_threshold`` against the baseline, which is the last ``B`` successful samples *before* the recent window:
     ``z = (recent median - baseline median) / (1.4826 * MAD)``. MAD is floored at 5 % of the baseline median (and
-    1 ms) so that a perfectly flat baseline does not turn every jitter into an infinite z. Only slower counts;
+    ``LATENCY_MAD_FLOOR_S``) so that a perfectly flat baseline does not turn every jitter into an infinite z. Only
+    slower counts;
   - tokens per response: the same robust z on ``log(1 + tokens)`` (completion tokens), in both directions (a
     collapse to 0-1 tokens is a classic silent failure; a runaway to max_tokens is another). The log scale makes
     these multiplicative steps stand out even when normal answer lengths vary widely; MAD floor 0.05 (about 5 %);
@@ -36,25 +37,22 @@ Imports neither Prefect nor boto3: the monitor flow's tasks wrap these functions
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import logging
 import math
-import os
 import socket
-import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmdr.common.sqlitestore import WalStore
 from llmdr.config import Monitor
 from llmdr.serving.golden import Gate, GoldenCase, judge
 
@@ -66,6 +64,11 @@ log = logging.getLogger(__name__)
 PING_MAX_TOKENS = 8  # a routine probe asks for a short completion: cheap, but long enough to see tokens collapse
 REGION_HEADER = "X-Llmdr-Region"
 MAD_SCALE = 1.4826  # makes the MAD of normal data estimate its standard deviation
+# Latency's MAD is at least 5 ms: a busy probe host adds milliseconds of scheduling delay to every probe, whatever
+# the endpoint; with a 1 ms floor, three probes each ~7 ms late on a 2-core host under load flagged a loopback endpoint
+# degraded. A creep must then be ~30 ms (z 4) above the baseline (a 50 ms endpoint turning 100 ms still is), or
+# 4 x 1.48 x 5 % of it for endpoints slower than 100 ms.
+LATENCY_MAD_FLOOR_S = 0.005
 MIN_RECENT = 3
 MIN_BASELINE = 20
 COLUMNS = ["ts", "target", "url", "ok", "latency_s", "status", "error", "tokens", "golden_ok", "region"]
@@ -233,39 +236,16 @@ def _typed(df: "pd.DataFrame") -> "pd.DataFrame":
                       "region": "object"})
 
 
-class SampleStore:
-    """Probe samples in an sqlite file in WAL mode with a busy timeout, so the monitor flow can write while the CLI
-    reads, from another process. One connection per store and process (opening one per call made every call pay a
-    WAL checkpoint on close); thread-safe."""
+class SampleStore(WalStore):
+    """Probe samples in an sqlite file (``WalStore``: the monitor flow writes while the CLI reads)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._pid = 0
-        with self._connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, target TEXT NOT NULL, url TEXT NOT NULL,"
-                        " ok INTEGER NOT NULL, latency_s REAL, status INTEGER, error TEXT, tokens INTEGER,"
-                        " golden_ok INTEGER, region TEXT)")
-            con.execute("CREATE INDEX IF NOT EXISTS samples_target_ts ON samples (target, ts)")
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._con is None or self._pid != os.getpid():  # a forked child must not share the parent's handle
-                self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                self._con.execute("PRAGMA journal_mode=WAL")
-                self._con.execute("PRAGMA synchronous=NORMAL")  # with WAL: survives a crashed process, cheap commits
-                self._pid = os.getpid()
-            with self._con:  # commits, or rolls back on error
-                yield self._con
-
-    def close(self) -> None:
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
+        super().__init__(path, (
+            "CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, target TEXT NOT NULL, url TEXT NOT NULL,"
+            " ok INTEGER NOT NULL, latency_s REAL, status INTEGER, error TEXT, tokens INTEGER,"
+            " golden_ok INTEGER, region TEXT)",
+            "CREATE INDEX IF NOT EXISTS samples_target_ts ON samples (target, ts)",
+        ))
 
     def add(self, samples: Iterable[Sample]) -> None:
         rows = [(s.ts, s.target, s.url, int(s.ok), s.latency_s, s.status, s.error, s.tokens,
@@ -317,8 +297,13 @@ class SampleStore:
             return con.execute("DELETE FROM samples WHERE ts < ?", (older_than,)).rowcount
 
     def targets(self) -> list[str]:
+        """Every target with samples, sorted. One index seek per target (a skip scan), not a walk over every sample:
+        the metrics exporter asks at every refresh, and a week of 2 s probes is ~300,000 samples per target."""
         with self._connect() as con:
-            return [r[0] for r in con.execute("SELECT DISTINCT target FROM samples ORDER BY target")]
+            return [r[0] for r in con.execute(
+                "WITH RECURSIVE t(target) AS (SELECT MIN(target) FROM samples UNION ALL "
+                "SELECT (SELECT MIN(target) FROM samples WHERE target > t.target) FROM t WHERE t.target IS NOT NULL) "
+                "SELECT target FROM t WHERE target IS NOT NULL")]
 
     def _failure_streak(self, target: str) -> tuple[int, float | None]:
         """How many samples the target's current failure streak holds (all of them since its last success) and when
@@ -439,7 +424,7 @@ def assess(frame: "pd.DataFrame", settings: Monitor) -> Assessment:
     base_idx = np.flatnonzero(comparable & ~in_recent)[-B:]
     rec_idx = np.flatnonzero(comparable & in_recent)
     min_baseline = min(B, max(MIN_BASELINE, 2 * R))
-    lat = _robust_z(latency[base_idx], latency[rec_idx], min_baseline, floor=0.001)
+    lat = _robust_z(latency[base_idx], latency[rec_idx], min_baseline, floor=LATENCY_MAD_FLOOR_S)
     tok = _token_z(tokens[base_idx], tokens[rec_idx], min_baseline)
     checks = np.flatnonzero(golden >= 0)
     recent_checks = checks[checks >= recent.start]

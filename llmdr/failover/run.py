@@ -65,9 +65,12 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def golden_override(trigger: str, accept: bool, reason: str, *, by: str | None = None) -> dict | None:
+def golden_override(trigger: str, accept: bool, reason: str, *, by: str | None = None,
+                    run: dict | None = None) -> dict | None:
     """A person's acceptance of a golden mismatch, checked before anything runs: only a manual run may carry it
-    (the automation and drills never do), and only with a reason of its own. None when not asked for."""
+    (the automation and drills never do), and only with a reason of its own. None when not asked for. Who: ``by``,
+    else for a deployment run (``run``: ``llmdr.integrations.prefect.run_origin``) the login that created it on the
+    Prefect server and the worker that ran it, else this process's user@host (the CLI's person)."""
     if not accept:
         return None
     if trigger != "manual":
@@ -77,6 +80,9 @@ def golden_override(trigger: str, accept: bool, reason: str, *, by: str | None =
     if not text or text == DEFAULT_REASON:
         raise UsageError("--accept-golden-mismatch needs --reason TEXT saying why the replica's different answers "
                          "are acceptable (it is recorded, signed, and sent with the notice)")
+    if by is None and run is not None:  # a UI / API run: the worker's OS user is not the person who asked
+        who = run.get("creator") or "a Prefect UI / API user (the server recorded no login)"
+        by = f"{who}, flow run {run.get('flow_run_id')}, run by the worker {operator()}"
     return {"by": by or operator(), "reason": text}
 
 

@@ -3,7 +3,11 @@
 A standby is refreshed only when that is safe and useful: llmdr runs it (``serving.warm`` and a way to start it),
 it is running, it does not receive the traffic now (a restart would drop requests; when the router cannot say
 where traffic goes, the standby is left alone too), and the newest snapshot in its own region holds other files than
-the one it serves. A new snapshot of an unchanged bundle (new id, same content) leaves it running.
+the one it serves. A new snapshot of an unchanged bundle (new id, same content) leaves it running. Nor does it move
+onto a snapshot that has no golden set to be judged by (a new model version whose set was not recorded, or a set
+that is refused): a failover's check would refuse it, while the standby where it is still passes its own snapshot's
+set (``why_unjudged``; readiness fails until ``llmdr golden record --snapshot`` fills the set in). After a move, the
+standby is asked its new snapshot's set (``standby_golden``) and the result says whether it passes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from llmdr.config import Config, Region
+from llmdr.errors import UsageError
 from llmdr.repo.manifest import Manifest
 from llmdr.repo.repository import Repository
 
@@ -21,6 +26,7 @@ NOT_WARM = "no warm standby llmdr runs here"
 NOT_RUNNING = "standby not running"
 SERVES_TRAFFIC = "it serves the traffic now"
 SAME_CONTENT = "already serves this content"
+NO_GOLDEN_SET = "the newest snapshot cannot be judged by a golden set, so the standby stays where it is"
 
 
 def content_key(manifest: Manifest) -> tuple:
@@ -69,13 +75,15 @@ class StandbyRefresh:
     why: str | None = None
     snapshot: str | None = None
     previous: str | None = None
+    golden: dict | None = None  # the refreshed standby against its snapshot's golden set (``standby_golden``)
 
     def to_json(self) -> dict:
         out: dict = {"region": self.region, "refreshed": self.refreshed}
         if self.refreshed:
-            return out | {"snapshot": self.snapshot, "previous": self.previous}
+            out |= {"snapshot": self.snapshot, "previous": self.previous}
+            return out if self.golden is None else out | {"golden": self.golden}
         out["why"] = self.why
-        if self.why == SAME_CONTENT:
+        if self.why == SAME_CONTENT or (self.why or "").startswith(NO_GOLDEN_SET):
             out["snapshot"] = self.snapshot
         return out
 
@@ -111,13 +119,57 @@ def refresh_standby(cfg: Config, region: str) -> StandbyRefresh:
     newest = repo.resolve("latest", bundle=cfg.bundle.name)
     if same_content(repo, st.snapshot, newest):
         return StandbyRefresh(region, False, SAME_CONTENT, snapshot=st.snapshot)
+    unjudged = why_unjudged(cfg, repo, newest)
+    if unjudged is not None:  # a standby that can be judged beats one that a failover's check must refuse
+        log.warning("standby in %s stays on %s: %s", region, (st.snapshot or "?")[:12], unjudged)
+        return StandbyRefresh(region, False, unjudged, snapshot=st.snapshot)
     if cfg.router is not None:
         # the router stops retrying on it while it restarts; the refresh-standby task arms it again once verified
         # on the new snapshot (``steps.rearm_fallback``)
         _drop_fallback(cfg, f"the standby in {region} moves to {newest[:12]}")
     new = start_replica(cfg, reg, ref=newest)
     log.info("standby in %s moved %s -> %s", region, (st.snapshot or "?")[:12], (new.snapshot or "?")[:12])
-    return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot)
+    golden = standby_golden(cfg, region)
+    if not golden["ok"]:
+        log.warning("standby in %s on %s would not pass a failover's golden check: %s", region,
+                    (new.snapshot or "?")[:12], golden.get("error") or f"{golden['passed']}/{golden['total']} pass")
+    return StandbyRefresh(region, True, snapshot=new.snapshot, previous=st.snapshot, golden=golden)
+
+
+def why_unjudged(cfg: Config, repo: Repository, sid: str) -> str | None:
+    """Why a standby on snapshot ``sid`` could not be judged by a failover's golden check (no set of its own for a
+    new model version, or a refused one); None when it could."""
+    from llmdr.repo.goldens import GoldenRefused
+    from llmdr.serving.snapgolden import NoGoldenSet, for_snapshot
+
+    try:
+        for_snapshot(cfg, repo, sid)
+    except (NoGoldenSet, GoldenRefused) as exc:
+        return f"{NO_GOLDEN_SET}: {exc}"
+    except UsageError:  # an older snapshot and no project file either: judged as before (by nothing) - it moves
+        return None
+    return None
+
+
+def standby_golden(cfg: Config, region: str) -> dict:
+    """The replica of ``region`` asked the golden set of the snapshot it serves (the set a failover's check would
+    use), judged by the bundle's gate: the report, with ``golden_set`` saying which set; ``{ok: False, error}``
+    when it cannot be judged (no set for a new model version, a refused set, no answer)."""
+    from llmdr.errors import LlmdrError
+    from llmdr.serving.endpoint import check_set
+    from llmdr.serving.snapgolden import for_region
+
+    reg = cfg.region(region)
+    if reg.serving is None:
+        return {"ok": False, "error": f"region '{region}' has no serving: section"}
+    try:
+        resolved = for_region(cfg, reg)
+        rep = check_set(resolved.golden, reg.serving.url, model=reg.serving.model, gate=cfg.golden_gate,
+                        timeout=30.0)
+    except LlmdrError as exc:
+        return {"ok": False, "error": str(exc)}
+    rep.basis = resolved.to_json()
+    return rep.to_json()
 
 
 def _drop_fallback(cfg: Config, reason: str) -> None:

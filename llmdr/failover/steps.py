@@ -241,14 +241,17 @@ def confirm_outage(cfg: Config, region: Region) -> tuple[bool, list[dict]]:
 
 
 def golden_check(cfg: Config, url: str, *, model: str | None = None, timeout: float = 30.0):
-    """The golden set against one URL (a replica, or the router), judged by the bundle's ``golden_gate``."""
-    from llmdr.serving.endpoint import check_endpoint
+    """The golden set against one URL (a replica, or the router), judged by the bundle's ``golden_gate``. The set is
+    that of the snapshot the answering replica serves (``llmdr.serving.snapgolden.for_url``; the project's golden
+    file only for snapshots from before per-snapshot sets, or a replica llmdr did not start); the report's
+    ``golden_set`` says which. A new model version without its own set is a ``NoGoldenSet`` (a ``UsageError``)."""
+    from llmdr.serving.endpoint import check_set
+    from llmdr.serving.snapgolden import for_url
 
-    path = cfg.golden_path
-    if not path.exists():
-        raise UsageError(f"{path}: no golden set, so a replica's answers cannot be checked before traffic is moved. "
-                         "Record one from a known-good server: llmdr golden record --url URL")
-    return check_endpoint(path, url, model=model, timeout=timeout, gate=cfg.golden_gate)
+    resolved = for_url(cfg, url)
+    rep = check_set(resolved.golden, url, model=model, timeout=timeout, gate=cfg.golden_gate)
+    rep.basis = resolved.to_json()
+    return rep
 
 
 def answering_region(url: str, timeout: float = 5.0) -> str | None:

@@ -123,7 +123,7 @@ class Watcher:
         self.emit = emit
         self.status = read_status(cfg)
         self.round_no = 0
-        self._golden = self._load_golden()
+        self._golden_sets: dict[str, tuple[float, list]] = {}  # target -> (when resolved, its snapshot's cases)
         self._active_cache: tuple[float, str | None] = (0.0, None)
         self.notify = notify or self._notify
         self.notices: list[dict] = []  # notices sent by this watcher: {gpu or target, title, deliveries}
@@ -139,16 +139,29 @@ class Watcher:
 
         return notify(self.cfg.notifications, notice)
 
-    def _load_golden(self) -> list:
-        from llmdr.serving.golden import GoldenSet
+    GOLDEN_TTL = 60.0  # seconds a target's set is reused (a standby refreshed onto a new snapshot is seen after it)
 
-        if self.cfg.monitor.golden_every == 0 or not self.cfg.golden_path.exists():
-            return []
+    def _golden_cases(self, target: Target) -> list:
+        """The cases of the set that judges ``target``: that of the snapshot its replica serves (the router: the
+        answering region's), else the project's (``snapgolden.for_url``); none (no spot-check) when that snapshot
+        has no set of its own or it cannot be told. Resolved at most every ``GOLDEN_TTL`` seconds."""
+        from llmdr.serving.snapgolden import for_url
+
+        now = time.monotonic()
+        hit = self._golden_sets.get(target.name)
+        if hit is not None and now - hit[0] < self.GOLDEN_TTL:
+            return hit[1]
         try:
-            return GoldenSet.load(self.cfg.golden_path).cases
-        except Exception as exc:  # noqa: BLE001 - a broken golden file must not stop monitoring
-            log.warning("golden spot-checks off: %s", exc)
-            return []
+            cases = for_url(self.cfg, target.url, timeout=self.cfg.monitor.timeout.total_seconds()).golden.cases
+        except Exception as exc:  # noqa: BLE001 - no set for this target: no spot-check of it (readiness says why)
+            log.warning("golden spot-checks of %s off for now: %s", target.name, str(exc).splitlines()[0])
+            cases = []
+        self._golden_sets[target.name] = (now, cases)
+        return cases
+
+    def _golden_case(self, target: Target, n: int):
+        cases = self._golden_cases(target)
+        return cases[n % len(cases)] if cases else None
 
     def active(self) -> str | None:
         """The region the router sends traffic to (asked at most every 2 s; the last record if it cannot answer)."""
@@ -172,13 +185,13 @@ class Watcher:
 
         cfg = self.cfg
         self.round_no += 1
-        golden = None
         every = cfg.monitor.golden_every
-        if self._golden and every and self.round_no % every == 1 % every:
-            golden = self._golden[(self.round_no // every) % len(self._golden)]
+        golden_round = bool(every) and self.round_no % every == 1 % every
+        n = self.round_no // every if every else 0
         timeout = cfg.monitor.timeout.total_seconds()
         with ThreadPoolExecutor(max_workers=max(1, len(self.targets))) as pool:
-            samples = list(pool.map(lambda t: probe(t.name, t.url, timeout=timeout, model=t.model, golden=golden,
+            samples = list(pool.map(lambda t: probe(t.name, t.url, timeout=timeout, model=t.model,
+                                                   golden=self._golden_case(t, n) if golden_round else None,
                                                    gate=cfg.golden_gate),
                                     self.targets))
         self.store.add(samples)

@@ -41,6 +41,23 @@ def configured(cfg: Config) -> dict[str, Hardware]:
     return {r.name: r.hardware for r in cfg.regions if r.hardware is not None and r.hardware.source != "none"}
 
 
+def assess_stored(store: HardwareStore, region: str, s: Hardware, *, now: float,
+                  extra: Poll | None = None) -> RegionAssessment:
+    """REGION's GPUs judged on what STORE holds (enough readings for the baseline, the recent window and the trend),
+    plus ``extra`` (a poll not stored). Reads only: the metrics exporter calls it on the monitor's store."""
+    per_gpu = s.baseline_window + s.recent_window + int(s.trend_window.total_seconds() /
+                                                         s.interval.total_seconds()) + 10
+    series = {u: store.readings(region, u, limit=per_gpu) for u in store.gpus(region)}
+    last_poll = store.last_poll(region)
+    xids = store.xids(region, since=now - s.trend_window.total_seconds())
+    if extra is not None:
+        for r in extra.readings:
+            series.setdefault(r.uuid, []).append(r)
+        xids = xids + [x for x in extra.xids if x not in xids]
+        last_poll = (extra.ts, extra.error)
+    return assess_region(region, s, series, now=now, xids=xids, last_poll=last_poll)
+
+
 @dataclass
 class Transition:
     """A GPU whose status changed: ``event`` is ``degraded`` (into degraded or critical, or degraded -> critical)
@@ -70,19 +87,8 @@ class HardwareMonitor:
 
     def assess(self, region: str, *, now: float | None = None, extra: Poll | None = None) -> RegionAssessment:
         """The region's GPUs judged on what the store holds, plus ``extra`` (a poll not stored)."""
-        now = time.time() if now is None else now
-        s = self.settings.get(region) or Hardware()
-        per_gpu = s.baseline_window + s.recent_window + int(s.trend_window.total_seconds() /
-                                                             s.interval.total_seconds()) + 10
-        series = {u: self.store.readings(region, u, limit=per_gpu) for u in self.store.gpus(region)}
-        last_poll = self.store.last_poll(region)
-        xids = self.store.xids(region, since=now - s.trend_window.total_seconds())
-        if extra is not None:
-            for r in extra.readings:
-                series.setdefault(r.uuid, []).append(r)
-            xids = xids + [x for x in extra.xids if x not in xids]
-            last_poll = (extra.ts, extra.error)
-        return assess_region(region, s, series, now=now, xids=xids, last_poll=last_poll)
+        return assess_stored(self.store, region, self.settings.get(region) or Hardware(),
+                             now=time.time() if now is None else now, extra=extra)
 
     def record(self, poll: Poll, *, now: float | None = None) -> tuple[RegionAssessment, list[Transition]]:
         """Store a poll, judge the region and return the GPUs whose status changed."""

@@ -326,8 +326,16 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?\s
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
+# One dcgm-exporter serves one node (8 or 16 GPUs). Each GPU becomes a labelled series in llmdr's exporter and rows in
+# the hardware store: an answer from something else (an aggregator, a broken or hostile endpoint) must not create
+# thousands of them.
+MAX_DCGM_GPUS = 64
+MAX_GPU_ID = 128  # characters of a UUID label (NVIDIA's: 40)
+
+
 def parse_dcgm(text: str, *, now: float) -> list[GpuReading]:
-    """Readings from dcgm-exporter's Prometheus text, one per GPU (by its ``UUID`` label, else ``gpu``)."""
+    """Readings from dcgm-exporter's Prometheus text, one per GPU (by its ``UUID`` label, else ``gpu``); at most
+    ``MAX_DCGM_GPUS`` GPUs with ids of at most ``MAX_GPU_ID`` characters, HardwareParseError otherwise."""
     gpus: dict[str, dict[str, Any]] = {}
     fb_free: dict[str, float] = {}
     seen_any = False
@@ -348,6 +356,12 @@ def parse_dcgm(text: str, *, now: float) -> list[GpuReading]:
         key = labels.get("UUID") or labels.get("uuid") or (f"index-{labels['gpu']}" if "gpu" in labels else None)
         if key is None:
             continue
+        if len(key) > MAX_GPU_ID:
+            raise HardwareParseError(f"dcgm-exporter line {n}: a GPU id of {len(key)} characters ({key[:40]!r}...); "
+                                     f"llmdr takes at most {MAX_GPU_ID}: is this a dcgm-exporter /metrics?")
+        if key not in gpus and len(gpus) == MAX_DCGM_GPUS:
+            raise HardwareParseError(f"dcgm-exporter: more than {MAX_DCGM_GPUS} GPUs in one answer; point "
+                                     "hardware.url at one node's dcgm-exporter, not an aggregate of many")
         try:
             value = float(raw)
         except ValueError:

@@ -4,51 +4,26 @@ as a row with an empty uuid and its reason, so "the source stopped answering" is
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sqlite3
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
+from llmdr.common.sqlitestore import WalStore
 from llmdr.hardware.readings import GpuReading, XidEvent
 from llmdr.hardware.sources import Poll
 
 
-class HardwareStore:
+class HardwareStore(WalStore):
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._pid = 0
-        with self._connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS readings (ts REAL NOT NULL, region TEXT NOT NULL, uuid TEXT NOT "
-                        "NULL, error TEXT, data TEXT)")
-            con.execute("CREATE INDEX IF NOT EXISTS readings_gpu_ts ON readings (region, uuid, ts)")
-            con.execute("CREATE TABLE IF NOT EXISTS xids (ts REAL, region TEXT NOT NULL, bus_id TEXT NOT NULL, "
-                        "code INTEGER NOT NULL, detail TEXT NOT NULL, seen REAL NOT NULL)")
+        super().__init__(path, (
+            "CREATE TABLE IF NOT EXISTS readings (ts REAL NOT NULL, region TEXT NOT NULL, uuid TEXT NOT "
+            "NULL, error TEXT, data TEXT)",
+            "CREATE INDEX IF NOT EXISTS readings_gpu_ts ON readings (region, uuid, ts)",
+            "CREATE TABLE IF NOT EXISTS xids (ts REAL, region TEXT NOT NULL, bus_id TEXT NOT NULL, "
+            "code INTEGER NOT NULL, detail TEXT NOT NULL, seen REAL NOT NULL)",
             # the same log line read again by the next poll is the same event (NULL ts: plain dmesg)
-            con.execute("CREATE UNIQUE INDEX IF NOT EXISTS xids_once ON xids (region, bus_id, code, detail, "
-                        "COALESCE(ts, -1))")
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._con is None or self._pid != os.getpid():
-                self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-                self._con.execute("PRAGMA journal_mode=WAL")
-                self._con.execute("PRAGMA synchronous=NORMAL")
-                self._pid = os.getpid()
-            with self._con:
-                yield self._con
-
-    def close(self) -> None:
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
+            "CREATE UNIQUE INDEX IF NOT EXISTS xids_once ON xids (region, bus_id, code, detail, "
+            "COALESCE(ts, -1))",
+        ))
 
     def add(self, poll: Poll) -> int:
         """Keep a poll: its readings, or its error; and its Xid events not seen before. Returns how many Xid

@@ -202,6 +202,26 @@ def in_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
+def run_origin() -> dict[str, Any] | None:
+    """The deployment run this process runs, as the Prefect server recorded it: ``{"flow_run_id", "deployment",
+    "auto_scheduled", "creator"}`` (``creator``: the login or API key that created it, when the server knows one).
+    None outside a deployment run (an in-process run: the CLI's) or when the server cannot be read."""
+    from prefect import runtime
+
+    if not runtime.deployment.id:
+        return None
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            fr = retry_api(client.read_flow_run, runtime.flow_run.id)
+    except Exception:  # noqa: BLE001 - the caller says "not known"
+        return None
+    creator = getattr(fr, "created_by", None)
+    return {"flow_run_id": str(fr.id), "deployment": runtime.deployment.name, "auto_scheduled": bool(fr.auto_scheduled),
+            "creator": getattr(creator, "display_value", None)}
+
+
 @contextlib.contextmanager
 def concurrency_slot(name: str, limit: int) -> Iterator[None]:
     """Hold one slot of the global concurrency limit NAME (LIMIT slots, created when missing) for the block: runs

@@ -40,6 +40,7 @@ class MetricDef:
 
 
 B, BR, BE = ("bundle",), ("bundle", "region"), ("bundle", "endpoint")
+BRG = ("bundle", "region", "gpu")  # gpu: the GPU's uuid, as its health source reports it
 
 METRICS: tuple[MetricDef, ...] = (
     # live, from the monitor's probes (counted since this exporter started; rate() and increase() handle restarts)
@@ -71,6 +72,20 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("llmdr_active_region", GAUGE, BR,
               "1 for the region the router sends traffic to (as the router's switch record says), 0 for the others.",
               "router record"),
+    # GPU health, from the monitor's hardware store (regions[].hardware); judged as `llmdr hardware status` does
+    MetricDef("llmdr_gpu_status", GAUGE, (*BRG, "status"),
+              "1 for the GPU's current health (healthy, degraded, critical, unknown), 0 for the others: ECC and Xid "
+              "errors, throttling, a temperature or power creep against the GPU's own baseline.", "hardware store"),
+    MetricDef("llmdr_gpu_temperature_celsius", GAUGE, BRG,
+              "The GPU's temperature in its newest reading.", "hardware store"),
+    MetricDef("llmdr_gpu_power_watts", GAUGE, BRG,
+              "The GPU's power draw in its newest reading.", "hardware store"),
+    MetricDef("llmdr_gpu_hours_to_limit", GAUGE, BRG,
+              "Forecast hours until the GPU's rising trend (temperature) reaches its limit; absent without a rising "
+              "trend.", "hardware store"),
+    MetricDef("llmdr_gpu_last_reading_timestamp_seconds", GAUGE, BRG,
+              "Unix time of the GPU's newest reading (an old one: the monitor or the health source is not running).",
+              "hardware store"),
     # the regions' stores, read at most once per cache period
     MetricDef("llmdr_rpo_age_seconds", GAUGE, BR,
               "Age of the newest snapshot of the bundle in the region (by the store's clock when the writer's runs "

@@ -30,6 +30,7 @@ from llmdr.metrics.probes import ProbeFeed
 log = logging.getLogger(__name__)
 
 STATUSES = ("healthy", "degraded", "down", "unknown")
+GPU_STATUSES = ("healthy", "degraded", "critical", "unknown")
 READINESS = ("PASS", "WARN", "FAIL")
 
 
@@ -53,6 +54,7 @@ class Reading:
     runs: list[Any] = field(default_factory=list)  # llmdr.common.runs.RunMark
     drills: list[Any] = field(default_factory=list)  # llmdr.drill.record.DrillRecord, oldest first
     failovers: list[Any] = field(default_factory=list)  # llmdr.failover.steps.FailoverRecord, oldest first
+    gpus: list[Any] = field(default_factory=list)  # llmdr.hardware.detect.GpuAssessment of every configured region
 
 
 class LlmdrCollector:
@@ -110,7 +112,8 @@ class LlmdrCollector:
         r = Reading(at=self.clock())
         r.regions = self._read_regions()
         for name, fn in (("monitor", self._read_monitor), ("router", self._read_router), ("runs", self._read_runs),
-                         ("drills", self._read_drills), ("failovers", self._read_failovers)):
+                         ("drills", self._read_drills), ("failovers", self._read_failovers),
+                         ("GPU health", self._read_hardware)):
             try:
                 fn(r)
             except Exception as exc:  # noqa: BLE001 - one unreadable source must not hide the others
@@ -174,6 +177,19 @@ class LlmdrCollector:
             r.endpoints[name] = {"status": a.status, "latency_z": lat, "tokens_z": None if tok is None else abs(tok),
                                  "error_ratio": ev.get("error_rate"), "last_ts": ev.get("last_ts")}
 
+    def _read_hardware(self, r: Reading) -> None:
+        from llmdr.hardware.monitor import assess_stored, configured, store_path
+        from llmdr.hardware.store import HardwareStore
+
+        regions = configured(self.cfg)
+        if not regions or not store_path(self.cfg).exists():
+            return
+        store = HardwareStore(store_path(self.cfg))
+        try:
+            r.gpus = [g for name, s in regions.items() for g in assess_stored(store, name, s, now=r.at).gpus]
+        finally:
+            store.close()
+
     def _read_router(self, r: Reading) -> None:
         if self.cfg.router is None:
             return
@@ -235,6 +251,14 @@ class LlmdrCollector:
             add("llmdr_endpoint_anomaly_score", e.get("tokens_z"), name, "tokens")
             add("llmdr_endpoint_error_ratio", e.get("error_ratio"), name)
             add("llmdr_endpoint_last_probe_timestamp_seconds", e.get("last_ts"), name)
+        for g in r.gpus:
+            last = g.last or {}
+            for status in GPU_STATUSES:
+                add("llmdr_gpu_status", 1 if g.status == status else 0, g.region, g.uuid, status)
+            add("llmdr_gpu_temperature_celsius", last.get("temperature_c"), g.region, g.uuid)
+            add("llmdr_gpu_power_watts", last.get("power_w"), g.region, g.uuid)
+            add("llmdr_gpu_hours_to_limit", (g.forecast or {}).get("hours"), g.region, g.uuid)
+            add("llmdr_gpu_last_reading_timestamp_seconds", last.get("ts"), g.region, g.uuid)
         if r.active is not None:
             for region in cfg.regions:
                 add("llmdr_active_region", 1 if region.name == r.active else 0, region.name)

@@ -23,7 +23,16 @@ from llmdr.metrics.collector import LlmdrCollector, ProjectCollector
 log = logging.getLogger(__name__)
 
 
+# Every connection has a thread; one whose client sends nothing for this long is closed, so idle connections cannot
+# pile threads up (the wsgiref default waits forever)
+READ_TIMEOUT_S = 30.0
+
+
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        self.timeout = READ_TIMEOUT_S  # read at connection time, so tests can shorten it
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("%s " + format, self.address_string(), *args)
 

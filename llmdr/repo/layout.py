@@ -6,6 +6,7 @@
     trees/<2 hex>/<64 hex>              file lists
     snaps/<64 hex>                      snapshot records; the id is the SHA-256 of the record
     evidence/<snapshot id>/<name>       records kept beside a snapshot
+    golden/<bundle>/<answer digest>.json  the golden set of a bundle's answer-relevant content (``goldens.py``)
 
 (The catalog's keys are in ``catalog.py``, locks' in ``repolock.py``, prune plans' in ``prune.py``.) Only the
 repository package uses these to reach objects; everything else goes through ``repository.Repository``.
@@ -27,6 +28,7 @@ INDEX = "index/"
 TREES = "trees/"
 SNAPS = "snaps/"
 EVIDENCE = "evidence/"
+GOLDEN = "golden/"
 REPO_FORMAT = 2
 DEFAULT_PACK_TARGET = 32 * 1024 * 1024
 MIGRATED_FROM = "migrated_from"  # record field: the v1 id of a snapshot `llmdr migrate` converted (migrate.py)
@@ -62,6 +64,16 @@ def evidence_key(snapshot_id: str, name: str) -> str:
     if not name or "/" in name or name in (".", "..") or name != name.strip():
         raise UsageError(f"evidence name {name!r} must be one plain file name, e.g. 'datasets.json'")
     return f"{EVIDENCE}{snapshot_id}/{name}"
+
+
+def golden_key(bundle: str, digest: str) -> str:
+    """``golden/<bundle>/<answer digest>.json``: the golden set every snapshot of ``bundle`` whose answer-relevant
+    content hashes to ``digest`` must answer (``goldens.answer_digest``)."""
+    if not is_hex_digest(digest):
+        raise UsageError(f"not an answer digest: {digest!r}")
+    if not bundle or "/" in bundle or bundle in (".", "..") or bundle != bundle.strip():
+        raise UsageError(f"bundle name {bundle!r} cannot name a golden set")
+    return f"{GOLDEN}{bundle}/{digest}.json"
 
 
 @dataclass(frozen=True, slots=True)

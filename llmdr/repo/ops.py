@@ -70,9 +70,26 @@ def replicate(
     ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
     from llmdr.repo.replicate import replicate_snapshot
 
-    return [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck,
-                               memory_bytes=cfg.transfer.copy_memory_mb << 20)
-            for sid in ids]
+    out = [replicate_snapshot(src, dst, sid, workers=cfg.transfer.workers, progress=progress, recheck=recheck,
+                              memory_bytes=cfg.transfer.copy_memory_mb << 20)
+           for sid in ids]
+    _copy_goldens(cfg, src, dst, ids)
+    return out
+
+
+def _copy_goldens(cfg: Config, src: Repository, dst: Repository, ids: list[str]) -> None:
+    """The golden set of each copied snapshot's content goes along (``goldens.copy_golden``); a set that cannot be
+    copied (refused, a region error) is a warning: the snapshot itself is copied and verified."""
+    import logging
+
+    from llmdr.repo.goldens import copy_golden
+
+    for sid in ids:
+        try:
+            copy_golden(cfg, src, dst, src.load_manifest(sid))
+        except LlmdrError as exc:
+            logging.getLogger(__name__).warning("golden set of snapshot %s not copied to %s: %s", sid[:12],
+                                                dst.location, exc)
 
 
 def restore(

@@ -7,6 +7,7 @@
     snaps/<64 hex>                      snapshot records (~1 KB); the id is the SHA-256 of the record
     catalog/<b>/…, bundles/<b>.json     the order of each bundle's snapshots (``catalog.py``)
     evidence/<snapshot id>/<name>       records kept beside a snapshot (dataset validations)
+    golden/<bundle>/<digest>.json       golden sets, one per answer-relevant content (``goldens.py``)
     locks/, prune/                      command locks (``repolock.py``) and prune plans (``prune.py``)
 
 A snapshot exists in a region when its catalog entry does; the entry is written after its record, trees, packs and
@@ -47,6 +48,7 @@ from llmdr.repo.layout import (
     PACKS,
     RepoConfig,
     evidence_key,
+    golden_key,
     key_to_pack,
     pack_key,
     record_key,
@@ -457,6 +459,26 @@ class Repository:
     def load_evidence(self, snapshot_id: str, name: str) -> bytes:
         """The evidence ``name`` kept beside ``snapshot_id``; ``ObjectNotFound`` when there is none."""
         return self.store.get(evidence_key(snapshot_id, name))
+
+    # golden sets -------------------------------------------------------------------------------------------------------
+    def save_golden(self, bundle: str, digest: str, data: bytes) -> str:
+        """Keep ``data`` (a sealed golden record, ``goldens.py``) as ``golden/<bundle>/<digest>.json``; returns the
+        key. A later record of the same content replaces it (a new version where the bucket keeps versions)."""
+        key = golden_key(bundle, digest)
+        self.store.put(key, data, sha256=hashlib.sha256(data).digest())
+        return key
+
+    def load_golden(self, bundle: str, digest: str) -> bytes:
+        """The golden record of ``digest``; ``ObjectNotFound`` when there is none."""
+        return self.store.get(golden_key(bundle, digest))
+
+    def golden_digests(self, bundle: str) -> list[str]:
+        """The answer digests that have a golden set stored for ``bundle``."""
+        prefix = golden_key(bundle, "0" * 64).rsplit("/", 1)[0] + "/"
+        return sorted(i.key[len(prefix):-len(".json")] for i in self.store.list(prefix) if i.key.endswith(".json"))
+
+    def delete_golden(self, bundle: str, digest: str) -> None:
+        self.store.delete(golden_key(bundle, digest))
 
     # local cache of immutable objects ---------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path | None:

@@ -64,3 +64,9 @@ def check_endpoint(golden_path: Path, url: str, *, model: str | None = None, tim
     """Ask the endpoint at ``url`` every case of the golden file, judged by ``gate`` (the config's ``golden_gate``;
     None: exact); the report says which answers fail and every score."""
     return check(GoldenSet.load(golden_path), OpenAIEndpoint(url, model=model, timeout=timeout).answer, gate)
+
+
+def check_set(golden: GoldenSet, url: str, *, model: str | None = None, timeout: float = 60.0,
+              gate: Any = None) -> GoldenReport:
+    """As ``check_endpoint``, for a set already loaded (a snapshot's own, ``snapgolden``)."""
+    return check(golden, OpenAIEndpoint(url, model=model, timeout=timeout).answer, gate)

@@ -72,28 +72,37 @@ class GoldenSet:
     cases: list[GoldenCase]
     header: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: Path) -> None:
+    def to_text(self) -> str:
+        """The set as JSONL (header line first), as ``save`` writes it and ``parse`` reads it."""
         lines = [json.dumps({"golden": 1, **self.header}, sort_keys=True)]
         lines += [json.dumps(c.to_json(), sort_keys=True) for c in self.cases]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: Path) -> None:
         from llmdr.common.files import atomic_write
 
-        atomic_write(path, "\n".join(lines) + "\n", mode=0o644)  # never written through a planted link
+        atomic_write(path, self.to_text(), mode=0o644)  # never written through a planted link
 
     @classmethod
     def load(cls, path: Path) -> "GoldenSet":
         if not path.exists():
             raise UsageError(f"golden file {path} does not exist; record one with `llmdr golden record --url URL`")
+        return cls.parse(path.read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "GoldenSet":
+        """A set from its JSONL text; ``where`` names it in errors (a path, or a stored object)."""
         header: dict[str, Any] = {}
         cases: list[GoldenCase] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                raise UsageError(f"{where}:{n}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise UsageError(f"{path}:{n}: expected a JSON object")
+                raise UsageError(f"{where}:{n}: expected a JSON object")
             if "golden" in obj:
                 header = {k: v for k, v in obj.items() if k != "golden"}
                 continue
@@ -101,12 +110,12 @@ class GoldenSet:
                 case = GoldenCase(id=str(obj["id"]), expected=obj["expected"], messages=obj.get("messages"),
                                   prompt=obj.get("prompt"), max_tokens=obj.get("max_tokens"))
             except KeyError as exc:
-                raise UsageError(f"{path}:{n}: a case needs {exc.args[0]!r}") from None
+                raise UsageError(f"{where}:{n}: a case needs {exc.args[0]!r}") from None
             if (case.messages is None) == (case.prompt is None) or not isinstance(case.expected, str):
-                raise UsageError(f"{path}:{n}: a case has either messages or prompt, and a string expected")
+                raise UsageError(f"{where}:{n}: a case has either messages or prompt, and a string expected")
             cases.append(case)
         if not cases:
-            raise UsageError(f"{path} holds no cases")
+            raise UsageError(f"{where} holds no cases")
         return cls(cases, header)
 
 
@@ -179,6 +188,7 @@ class CaseResult:
 class GoldenReport:
     results: list[CaseResult]
     gate: Gate = field(default_factory=Gate)
+    basis: dict[str, Any] | None = None  # which set judged: the snapshot's own or the project file (snapgolden)
 
     @property
     def passed(self) -> int:
@@ -202,8 +212,9 @@ class GoldenReport:
         return bool(self.results) and self.errors == 0
 
     def to_json(self) -> dict:
+        basis = {} if self.basis is None else {"golden_set": self.basis}
         return {"ok": self.ok, "passed": self.passed, "total": len(self.results), "required": self.required,
-                "gate": self.gate.to_json(),
+                "gate": self.gate.to_json(), **basis,
                 "cases": [{"id": r.id, "ok": r.ok, "mode": r.mode,
                            "score": None if r.score is None else round(r.score, 4), "threshold": r.threshold,
                            "similarity": round(r.similarity, 3), "expected": r.expected, "actual": r.actual,

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,7 +84,9 @@ def parse(raw: bytes, model: type[_Common]) -> _Common:
         if value is None or name in HARMLESS or value in NEUTRAL.get(name, ()):
             continue
         if name in NEUTRAL:
-            raise BadRequest(f"{name}={json.dumps(value)} is not supported by llmdr serve; leave it out", param=name)
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a 1 MB value is not echoed back whole
+            raise BadRequest(f"{name}={shown} is not supported by llmdr serve; leave it out", param=name)
         raise BadRequest(f"Unrecognized request argument supplied: {name}", param=name)
     try:
         return model.model_validate(body)
@@ -213,9 +215,10 @@ def sse(payload: dict | str) -> bytes:
 
 
 def stream_events(service: ModelService, reply: Reply, prompts: list[Prompt], gen: Generation,
-                  include_usage: bool) -> Iterator[bytes]:
+                  include_usage: bool, on_answer: Callable[[str, int | None], None] | None = None) -> Iterator[bytes]:
     """The server-sent events of a streamed response, ``data: [DONE]`` last. Choices run one after another (index
-    ``prompt * n + k``); an error after the first event is sent as an error event, then ``[DONE]``."""
+    ``prompt * n + k``); an error after the first event is sent as an error event, then ``[DONE]``. ``on_answer``
+    sees each choice's whole text once it finished (a stream its client left is not seen)."""
     rng = service.rng(gen)
     n_out = 0
     try:
@@ -224,14 +227,17 @@ def stream_events(service: ModelService, reply: Reply, prompts: list[Prompt], ge
                 index = p_index * gen.n + k
                 if reply.chat:
                     yield sse(reply.chunk(index, None, None, role=True, with_usage=include_usage))
-                tokens = 0
+                tokens, parts = 0, []
                 for piece in service.generate(prompt, gen, rng):
                     tokens = piece.tokens
                     if piece.text:
+                        parts.append(piece.text)
                         yield sse(reply.chunk(index, piece.text, None, with_usage=include_usage))
                     if piece.finish:
                         yield sse(reply.chunk(index, None if reply.chat else "", piece.finish,
                                               with_usage=include_usage))
+                        if on_answer is not None:
+                            on_answer("".join(parts), tokens)
                 n_out += tokens
     except Exception as exc:  # noqa: BLE001 - the status line is sent already: the client learns it in the stream
         log.exception("stream failed")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmdr.config import Config
-from llmdr.errors import IntegrityError
+from llmdr.errors import IntegrityError, UsageError
 from llmdr.repo import ops
 from llmdr.repo.bundle import (
     ComponentSpec,
@@ -50,9 +51,12 @@ class RestoreTestResult:
 
 
 def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[ComponentSpec],
-                 golden: GoldenSet, *, workers: int = 8, gate: Any = None) -> RestoreTestResult:
-    """Run the restore test; the scratch folder is removed afterwards whatever happens. ``gate``: how answers are
-    judged (the config's ``golden_gate``; None: exact)."""
+                 golden: GoldenSet | Callable[[], GoldenSet], *, workers: int = 8,
+                 gate: Any = None) -> RestoreTestResult:
+    """Run the restore test; the scratch folder is removed afterwards whatever happens. ``golden``: the set, or a
+    function that finds it once the snapshot restored complete (a ``UsageError`` / ``IntegrityError`` from it, e.g.
+    no set for a new model version, fails the test with its message). ``gate``: how answers are judged (the config's
+    ``golden_gate``; None: exact)."""
     from llmdr.serving.server import ModelService, make_server
 
     t0 = time.perf_counter()
@@ -74,6 +78,12 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         res.problems += [f"incomplete: {p}" for p in report.problems]
         if res.problems:
             return res
+        if callable(golden):
+            try:
+                golden = golden()
+            except (UsageError, IntegrityError) as exc:
+                res.problems.append(str(exc))
+                return res
         expected = golden.header.get("components") or {}
         actual = content_digests(target, specs or detected_specs(target))
         res.differing_components = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
@@ -105,18 +115,31 @@ def restore_test(repo: Repository, snapshot_id: str, scratch: Path, specs: list[
         res.duration_s = time.perf_counter() - t0
 
 
-def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path = Path("golden.jsonl")):
-    """Restore into scratch, check completeness, serve, compare with the golden set. The region's own manifests
-    are used (not this machine's cache); a 'latest' that cannot be decided fails the test, naming the manifest."""
+def run_restore_test(cfg: Config, ref: str, *, region: str | None = None, golden_path: Path | None = None):
+    """Restore into scratch, check completeness, serve, compare with the golden set of that snapshot's content
+    (``snapgolden.for_snapshot``; ``golden_path``, default the project's golden file, only for a snapshot from
+    before per-snapshot sets). The region's own manifests are used (not this machine's cache); a 'latest' that
+    cannot be decided, or a new model version without a golden set, fails the test, naming what to do."""
+    from llmdr.serving.snapgolden import for_snapshot
+
     reg = cfg.region(region)
     repo = ops.open_repo(cfg, reg, read_only=True, cache=False)
     try:
         sid = ops.resolve_checked(cfg, repo, ref, lambda: ops.readable_others(cfg, reg))
     except IntegrityError as exc:
         return RestoreTestResult(ref, repo.location, problems=[str(exc)])
-    path = golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
-    return restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
-                        GoldenSet.load(path), workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
+    path = None if golden_path is None else golden_path if golden_path.is_absolute() else cfg.base_dir / golden_path
+    found: list = []
+
+    def golden_set() -> GoldenSet:
+        found.append(for_snapshot(cfg, repo, sid, fallback=path))
+        return found[-1].golden
+
+    res = restore_test(repo, sid, cfg.bundle_state_path / "scratch", specs_from_config(cfg.bundle.components),
+                       golden_set, workers=cfg.transfer.download_workers, gate=cfg.golden_gate)
+    if res.golden is not None and found:
+        res.golden.basis = found[-1].to_json()
+    return res
 
 
 # --- the verdict of a verify-replicas run -------------------------------------------------------------------------

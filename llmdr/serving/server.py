@@ -13,7 +13,10 @@ the client's disconnect; more requests wait up to ``timeout_s`` for a slot, then
 Connections behind a shared router stay in step: a request body is always read to its end before the answer (an
 unknown route included), so the next request on a reused keep-alive connection starts where the client's did; a
 body over ``MAX_BODY`` gets 413 after the rest of it was read and dropped (up to 64 MiB, 10 s), or at once with the
-connection closed if it is bigger, slower, or not sent yet (``Expect: 100-continue``).
+connection closed if it is bigger, slower, or not sent yet (``Expect: 100-continue``). A request framed by both
+Content-Length and Transfer-Encoding is refused and its connection closed (request smuggling); a request head must
+come within ``HEAD_SECONDS`` and a body within ``BODY_SECONDS`` (slow loris); a stream its client stops reading is
+ended after ``STALL_SECONDS``, freeing its slot.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000  # bytes of request body
 DRAIN_BYTES = 64 << 20  # before a 413, read (and drop) at most this much more of the body...
 DRAIN_SECONDS = 10.0  # ...for at most this long; past either, the 413 comes at once and the connection is closed
+# A client gets this long for a request's head, counted from its connection or from its first byte after an answer,
+# and this long for the whole body (at most MAX_BODY): a client trickling bytes (slow loris) cannot keep a connection,
+# and the file descriptor behind it, forever
+HEAD_SECONDS = 30.0
+BODY_SECONDS = 60.0
+# A streamed answer whose client reads nothing for this long (the socket's buffers full) is ended like a disconnect:
+# its generation slot is freed and the connection closed, so clients that stop reading cannot hold every slot
+STALL_SECONDS = 60.0
 # Idle keep-alive connections are kept longer than a proxy keeps its idle upstream connections (Caddy: 2 min), so
 # the proxy closes them first and never sends a request into a connection this server is closing.
 KEEP_ALIVE_S = 150
@@ -58,8 +69,8 @@ def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> 
 
 def create_app(service: ModelService, *, max_body: int = MAX_BODY,
                on_answer: Callable[[str, int | None], None] | None = None) -> Any:
-    """The ASGI app serving ``service``. ``on_answer(text, completion tokens)`` sees every whole (not streamed)
-    answer after it is made, e.g. the monitor's drift sampling; it must not raise."""
+    """The ASGI app serving ``service``. ``on_answer(text, completion tokens)`` sees every answer after it is made
+    (a streamed one once its choice finished), e.g. the monitor's drift sampling; it must not raise."""
 
     async def health(request: Request) -> Response:
         return _json(200, service.health())
@@ -90,12 +101,14 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY,
         service.check_model(req.model)
         gen = api.generation(req)
         prompts = await run_in_threadpool(api.completion_prompts, service, req)
+        service.check_budget(len(prompts) * gen.n, gen)
         return await _answer(api.Reply(service, chat=False), prompts, gen, req)
 
     async def chat(request: Request) -> Response:
         req = api.parse(await request.body(), api.ChatRequest)
         service.check_model(req.model)
         gen = api.generation(req, req.max_completion_tokens)
+        service.check_budget(gen.n, gen, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
         messages = api.chat_messages(req.messages)
         prompt = await run_in_threadpool(service.chat_prompt, messages)
         return await _answer(api.Reply(service, chat=True), [prompt], gen, req)
@@ -108,7 +121,7 @@ def create_app(service: ModelService, *, max_body: int = MAX_BODY,
             async def events():
                 try:
                     async for event in iterate_in_threadpool(api.stream_events(service, reply, prompts, gen,
-                                                                               include)):
+                                                                               include, on_answer)):
                         yield event
                 finally:
                     slot.release()
@@ -195,28 +208,54 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
 
+        stalled = asyncio.Event()
+
         async def tagged(message: dict) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-llmdr-bundle-digest", self.digest)]
+            if stalled.is_set():
+                return  # the answer was given up: the rest goes nowhere
+            if message["type"] == "http.response.body" and message.get("more_body"):  # a stream: the client may stall
+                try:
+                    async with asyncio.timeout(STALL_SECONDS):
+                        await send(message)
+                except TimeoutError:
+                    log.warning("ending a stream to %s: its client read nothing for %g s", scope.get("client"),
+                                STALL_SECONDS)
+                    stalled.set()
+                return
             await send(message)
 
         headers = dict(scope["headers"])
+        # both framings: the server parsed it as chunked, a proxy in front may have read Content-Length (request
+        # smuggling); RFC 9112 6.3 says to answer and close the connection, never to read the next request on it
+        smuggled = b"transfer-encoding" in headers and b"content-length" in headers
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(receive, tagged, int(declared), headers)
+            await self._too_large(receive, tagged, int(declared), headers, close=smuggled)
             return
         chunks, total, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                await self._too_large(receive, tagged, None, headers, more=message.get("more_body", False))
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(BODY_SECONDS):
+                while more and total <= self.limit:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    total += len(chunk)
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await _refuse(tagged, 408, f"the request body did not arrive within {BODY_SECONDS:g} s ({total} bytes "
+                                       "came); send it at once", "request_timeout")
+            return
+        if total > self.limit:  # outside the body's deadline: the drain has its own
+            await self._too_large(receive, tagged, None, headers, more=more, close=smuggled)
+            return
+        if smuggled:
+            await _refuse(tagged, 400, "the request has both Content-Length and Transfer-Encoding; send one of them "
+                                       "(a proxy and this server could read the body differently)", "invalid_framing")
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -224,11 +263,21 @@ class BodyLimit:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: only http.disconnect (a streamed answer watches for it)
+            # after the body: only http.disconnect, which a streamed answer watches for; a stalled client counts as
+            # gone (the app stops, uvicorn closes the connection of the unfinished answer)
+            came, stall = asyncio.ensure_future(receive()), asyncio.ensure_future(stalled.wait())
+            try:
+                await asyncio.wait({came, stall}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in (came, stall):
+                    if not waiting.done():
+                        waiting.cancel()
+            return came.result() if came.done() and not came.cancelled() else {"type": "http.disconnect"}
 
         await self.app(scope, replay, tagged)
 
-    async def _too_large(self, receive: Any, send: Any, declared: int | None, headers: dict, more: bool = True) -> None:
+    async def _too_large(self, receive: Any, send: Any, declared: int | None, headers: dict, more: bool = True,
+                         close: bool = False) -> None:
         """Answer 413. The rest of the body is read and dropped first (at most ``DRAIN_BYTES``, for at most
         ``DRAIN_SECONDS``), so the answer comes after the request like any other and the connection stays in step
         and open. Answering while the body is still coming raced a reverse proxy: Caddy flushed the 413's head to
@@ -236,8 +285,7 @@ class BodyLimit:
         request failed. Only a body too big or too slow to drain, or a client waiting for ``100-continue`` (it has
         sent nothing yet), gets the 413 at once with ``Connection: close``."""
         size = f"{declared} bytes" if declared is not None else "more than that"
-        body = json.dumps(api.error_body(f"the request body is {size}; llmdr serve accepts at most {self.limit} "
-                                         "bytes. Send a shorter prompt.", code="request_too_large")).encode()
+        refusal = f"the request body is {size}; llmdr serve accepts at most {self.limit} bytes. Send a shorter prompt."
         waiting = b"100-continue" in headers.get(b"expect", b"").lower()
         complete = not more
         if more and not waiting and (declared is None or declared <= DRAIN_BYTES):
@@ -254,10 +302,17 @@ class BodyLimit:
                             break
             except TimeoutError:
                 pass
-        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": head if complete else [*head, (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await _refuse(send, 413, refusal, "request_too_large", close=close or not complete)
+
+
+async def _refuse(send: Any, status: int, message: str, code: str, close: bool = True) -> None:
+    """Answer ``status`` with an OpenAI error body from the middleware (the app never saw the request);
+    ``Connection: close`` unless ``close`` is false."""
+    body = json.dumps(api.error_body(message, code=code)).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*head, (b"connection", b"close")] if close else head})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class Server:
@@ -280,7 +335,7 @@ class Server:
             self.socket.close()
             raise
         self.server_address = self.socket.getsockname()[:2]
-        config = uvicorn.Config(app, http="h11", ws="none", lifespan="off", loop="asyncio", log_config=None,
+        config = uvicorn.Config(app, http=_head_deadline_protocol(), ws="none", lifespan="off", loop="asyncio", log_config=None,
                                 timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACE_S,
                                 server_header=False, headers=[("server", "llmdr-serve")])
         self._uvicorn = uvicorn.Server(config)
@@ -308,6 +363,50 @@ class Server:
 
     def server_close(self) -> None:
         self.socket.close()
+
+
+def _head_deadline_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline (``HEAD_SECONDS``) for every request head: from the connection, or from
+    the first byte of a head after an answer (an idle keep-alive connection is uvicorn's ``timeout_keep_alive``).
+    uvicorn itself waits for a head forever, so clients sending a byte now and then (slow loris) kept any number of
+    connections open. Past the deadline the connection is closed; nothing was asked, so nothing is answered."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # part of a head came (a whole one would have moved the state on)
+                self._arm()
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEAD_SECONDS, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info("closing a connection from %s: no whole request head within %g s", self.client, HEAD_SECONDS)
+                self.transport.close()
+
+    return HeadDeadline
 
 
 def make_server(service: ModelService, host: str, port: int,

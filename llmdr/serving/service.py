@@ -102,6 +102,9 @@ class ModelService:
         # generations at once (vLLM's --max-num-seqs); more wait up to timeout_s for a slot, then get 429
         self.max_concurrency = _positive(self.serving, "max_concurrency", 64, serving_file, int)
         self.queue_timeout = _positive(self.serving, "timeout_s", 30, serving_file, float)
+        # completion tokens one request may ask for (choices x max_tokens): without it, 64 choices of 512 tokens kept
+        # the tiny model busy for minutes and one client's few requests held every slot
+        self.max_request_tokens = _positive(self.serving, "max_request_tokens", 4096, serving_file, int)
         self.denylist = [line.strip().lower() for f in sorted((folder / "security").glob("*deny*"))
                          for line in f.read_text().splitlines() if line.strip()]
         self.digest = bundle_digest(folder)
@@ -127,6 +130,15 @@ class ModelService:
         if asked not in (None, self.name):
             raise ModelNotFound(f"The model {asked!r} does not exist: this server serves {self.name!r} only "
                                 "(GET /v1/models lists it)", param="model", code="model_not_found")
+
+    def check_budget(self, choices: int, gen: Generation, param: str = "max_tokens") -> None:
+        """BadRequest when ``choices`` answers of ``gen``'s length (the bundle's default when unset) are more
+        completion tokens than ``max_request_tokens`` (serving.json) allows in one request."""
+        per = gen.max_tokens if gen.max_tokens is not None else self.model.default_max_tokens
+        if choices * per > self.max_request_tokens:
+            raise BadRequest(f"{param}: {choices} choice(s) x {per} tokens = {choices * per} completion tokens; this "
+                             f"server generates at most {self.max_request_tokens} per request (max_request_tokens in "
+                             f"the bundle's serving.json). Lower {param} or n, or send fewer prompts.", param=param)
 
     # --- prompts ----------------------------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ Checks: credentials (per region), rpo (per DR region: newest complete snapshot v
 DR copy holds every required component: manifest only, no download), drill (a passing drill within the drill
 interval), separation (regions really apart), immutability (DR bucket versioning + Object Lock, kept snapshots
 locked), doors (per local region: every port but S3 refuses a caller without credentials), bandwidth (timed ranged
-reads of real chunks from the DR store → time to restore the bundle vs the RTO), footprint (logical vs stored bytes
-per region, monthly cost) and automation (the failover automation, its deployment on a pool outside the primary
+reads of real chunks from the DR store → time to restore the bundle vs the RTO), golden (the DR copy's newest
+snapshot has its own golden set, and the failover target's standby passes its snapshot's set: ``golden``),
+footprint (logical vs stored bytes per region, monthly cost) and automation (the failover automation, its deployment on a pool outside the primary
 region and a worker polling its queue, read from the Prefect API: ``automation``).
 
 The checks are in ``checks``; the report (results, verdict, score, text and markdown, the flow's notice and
@@ -38,6 +39,7 @@ from llmdr.drill.readiness.checks import (
     keys_source,
     measure_throughput,
 )
+from llmdr.drill.readiness.golden import check_golden
 from llmdr.drill.readiness.report import (
     EXIT_FAIL,
     FAIL,
@@ -99,7 +101,7 @@ def _action_for(exc: Exception) -> str:
 
 
 CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
-          "footprint", "automation")
+          "golden", "footprint", "automation")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -120,7 +122,8 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
     per_dr = [("rpo", "DR copy fresh (RPO)", lambda r, repo: check_rpo(cfg, r, repo, t)),
               ("components", "Bundle complete in DR copy", lambda r, repo: check_components(cfg, r, repo)),
               ("immutability", "DR copy immutable", lambda r, repo: check_immutability(cfg, r, repo, t)),
-              ("bandwidth", "Restore fits the RTO", lambda r, repo: check_bandwidth(cfg, r, repo))]
+              ("bandwidth", "Restore fits the RTO", lambda r, repo: check_bandwidth(cfg, r, repo)),
+              ("golden", "Golden set of the newest snapshot", lambda r, repo: check_golden(cfg, r, repo))]
     repos: dict[str, Repository] = {}
 
     def repo_of(r: Region) -> Repository:

@@ -37,7 +37,9 @@ def hardware(c: Context) -> list[str]:
               "Each becomes the event `llmdr.hardware.degraded` (Prefect UI → Events; resource "
               f"`llmdr.hardware.{c.bundle}.<region>.<GPU uuid>`) and a notice (severity warning / critical) with the "
               "reasons, the trend and the forecast.", "",
-              "On `llmdr.hardware.degraded` in the active region:", ""]
+              "On `llmdr.hardware.degraded` in the active region (with `stack up --ui` and "
+              "`failover.prewarm_on_degraded` on, an automation has already run the standby's pre-warm; check it):",
+              ""]
     standby = [(c.cmd("hardware status --region <region>"), "which GPU, why, the trend, hours to the limit"),
                (c.cmd(f"replica start {t.name} --snapshot latest"), f"pre-warm the DR standby in {t.name}"),
                (c.cmd("status"), f"{t.name}'s replica: running, on the latest snapshot")]
