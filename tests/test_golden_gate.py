@@ -288,3 +288,36 @@ def test_drill_report_shows_the_gate_and_scores():
                if "Golden outputs" in str(getattr(b, "caption", ""))]
     assert table.headers[:4] == ["case", "result", "gate score", "similarity"]
     assert [row[2] for row in table.rows] == ["0.86", "1.00"]
+
+
+def test_check_asks_cases_at_once_and_keeps_their_order():
+    """The golden check is on a failover's critical path twice: its cases are asked concurrently (two of them wait for
+    each other here: one after another, the barrier breaks and both fail), the report keeps the set's order, and a
+    case that raises fails alone."""
+    import threading
+
+    from llmdr.serving.golden import GoldenCase, GoldenSet, check
+
+    cases = [GoldenCase(f"c{i}", f"answer {i}", prompt=f"p{i}") for i in range(6)]
+    both = threading.Barrier(2, timeout=10)
+
+    def answer(c: GoldenCase) -> str:
+        if c.id in ("c0", "c1"):
+            both.wait()
+        if c.id == "c4":
+            raise OSError("connection reset")
+        return c.expected
+
+    rep = check(GoldenSet(cases, {}), answer)
+    assert [r.id for r in rep.results] == [c.id for c in cases]
+    assert [r.ok for r in rep.results] == [True, True, True, True, False, True]
+    assert rep.results[4].error == "connection reset"
+    # parallel=1: one after another (the barrier is never met)
+    one = threading.Barrier(2, timeout=0.5)
+
+    def serial(c: GoldenCase) -> str:
+        if c.id == "c0":
+            one.wait()
+        return c.expected
+
+    assert check(GoldenSet(cases[:2], {}), serial, parallel=1).results[0].ok is False
