@@ -36,14 +36,18 @@ def child() -> int:
     sys.path.insert(0, str(ROOT))
     from uuid import UUID
 
+    import boto3  # noqa: F401 - 0.45 s here: the failover's first read of a store (the golden set) paid it
     from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
 
     import flows.failover  # noqa: F401 - imported now so the run does not pay for it
     import flows.monitor_endpoints  # noqa: F401
+    import llmdr.control.records  # noqa: F401
     import llmdr.failover.monitor  # noqa: F401
     import llmdr.failover.router.caddy  # noqa: F401
     import llmdr.notify  # noqa: F401
+    import llmdr.repo.goldens  # noqa: F401
     import llmdr.serving.replica  # noqa: F401
+    import llmdr.serving.snapgolden  # noqa: F401
 
     print("ready", flush=True)
     line = sys.stdin.readline().strip()
