@@ -536,3 +536,26 @@ def test_flows_fail_with_the_clear_message(stack, tmp_path, prefect_harness):
             assert w in msg, msg
     assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
     assert ctx.snapshot_ids() == []
+
+
+def test_a_file_whose_first_open_failed_gives_every_chunk_that_error(tmp_path, monkeypatch):
+    """The restore of a file of several chunks: when pre-sizing its temporary file fails (EFBIG under a file size
+    limit), that file is abandoned; another thread writing another of its chunks must get the same EFBIG, not ENOENT on
+    the removed temporary file (which the restore then reported instead, 1 run in 20 of test_disk_full_on_restore)."""
+    import errno
+
+    from llmdr.repo import restore
+    from llmdr.repo.manifest import FileEntry
+
+    def efbig(fd, size):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(restore.os, "ftruncate", efbig)
+    entry = FileEntry("big.bin", 3 * MiB, 0o644, 0, (("aa" * 32, 2 * MiB), ("bb" * 32, MiB)))
+    job = restore._FileJob(entry, str(tmp_path / "big.bin"), str(tmp_path / ".llmdr-tmp-0123456789abcdef"), 0o644,
+                           False)
+    for _ in range(2):  # the first chunk's thread, then the second's
+        with pytest.raises(OSError) as err:
+            job.open()
+        assert err.value.errno == errno.EFBIG and err.value.filename == "big.bin"
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

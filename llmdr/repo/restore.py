@@ -151,8 +151,11 @@ class _FileJob:
         self.lock = threading.Lock()
         self.created = False
         self.done = False
+        self.failed: OSError | None = None  # why the first open failed: another chunk's thread gets the same error
 
     def open(self) -> None:
+        if self.failed is not None:  # not ENOENT on the removed temporary file, which hid EFBIG 1 run in 20
+            raise OSError(self.failed.errno, self.failed.strerror, self.failed.filename)
         if self.created:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_NOFOLLOW)
             return
@@ -163,8 +166,10 @@ class _FileJob:
                 os.ftruncate(self.fd, self.entry.size)  # EFBIG here when the file exceeds a file size limit
             except BaseException as exc:
                 self.abandon()
-                if isinstance(exc, OSError) and exc.filename is None:
-                    exc.filename = self.entry.path
+                if isinstance(exc, OSError):
+                    if exc.filename is None:
+                        exc.filename = self.entry.path
+                    self.failed = exc
                 raise
 
     def close(self) -> None:
