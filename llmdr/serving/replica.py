@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -181,7 +182,8 @@ def _start_lock(root: Path):
     """One start of a region's replica at a time on this host: a failover and a pre-warm that both find the standby
     cold must not restore into the same folder at once, nor stop each other's starting server. The second waits,
     then finds the first's replica answering and leaves it."""
-    with open(root / "start.lock", "a+") as f:
+    fd = os.open(root / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)  # the owner's only, like the folder
+    with os.fdopen(fd, "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
