@@ -231,6 +231,10 @@ def test_checks_are_recorded_with_their_result(cfg):
                               "secondary")
     marks = {e.event: (e.ok, e.detail) for e in rec.timeline}
     assert marks["golden set through the router"] == (False, "5/6 from secondary")
+    procedure.record_golden(rec, {"ok": True, "passed": 2, "total": 2, "region": "secondary",
+                                  "gate": {"mode": "similarity"}, "cases": [{"id": "a", "score": 1.0},
+                                                                            {"id": "b", "score": 0.93}]})
+    assert rec.timeline[-1].detail == "2/2 from secondary, similarity gate; scores a 1.0, b 0.93"
     assert marks["restore test from the secondary store"] == (True, "abc from secondary: 6/6 golden")
     assert marks["datasets from the secondary DVC remote"] == (False, "ok; md5 mismatch")
     assert rec.evidence["dataset_versions"] == [{"name": "d1", "md5": "m1", "remote": "s3://x"},

@@ -199,10 +199,12 @@ def record_failover(rec: DrillRecord, cfg: Config, fo: dict[str, Any] | None, ou
 # --- checks in the DR region -----------------------------------------------------------------------------------------
 def record_golden(rec: DrillRecord, g: dict[str, Any]) -> None:
     rec.evidence["golden_after_failover"] = g
-    rec.mark("check", "golden set through the router", ok=g["ok"],
-             detail=f"{g['passed']}/{g['total']} from {g.get('region')}, "
-                    f"{(g.get('gate') or {}).get('mode', 'exact')} gate; scores "
-                    + ", ".join(f"{c.get('id')} {c.get('score')}" for c in g.get("cases") or []))
+    detail = f"{g['passed']}/{g['total']} from {g.get('region')}"
+    if g.get("gate"):
+        detail += f", {g['gate'].get('mode', 'exact')} gate"
+    if g.get("cases"):
+        detail += "; scores " + ", ".join(f"{c.get('id')} {c.get('score')}" for c in g["cases"])
+    rec.mark("check", "golden set through the router", ok=g["ok"], detail=detail)
 
 
 def record_restore_test(rec: DrillRecord, rt: dict[str, Any], dr_region: str) -> None:
