@@ -23,7 +23,7 @@ from llmdr.serving.server import MAX_BODY
 from llmdr.serving.tinymodel import TinyModel, write_demo_bundle
 from tests.support import config as builder
 from tests.support.ports import free_port
-from tests.support.serving import start_serve, stop_serve
+from tests.support.serving import read_answer, start_serve, stop_serve
 
 LLMDR = [sys.executable, "-m", "llmdr.cli"]
 MODEL = "llmdr-tiny"
@@ -238,16 +238,6 @@ def test_errors_have_openai_shapes(served, method, path, body, status, param, wo
     assert out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == param
     assert words in out["error"]["message"], out
     assert len(headers["x-llmdr-bundle-digest"]) == 64
-
-
-def read_answer(f) -> tuple[int, dict, dict]:
-    """One HTTP/1.1 answer with a Content-Length from the socket file ``f``: (status, headers, JSON body)."""
-    status = int(f.readline().split()[1])
-    headers = {}
-    while (line := f.readline()) not in (b"\r\n", b""):
-        k, v = line.decode().split(":", 1)
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, json.loads(f.read(int(headers["content-length"])))
 
 
 def post_head(length: int, extra: bytes = b"") -> bytes:

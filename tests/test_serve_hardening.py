@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.serving.tinymodel import write_demo_bundle
-from tests.support.serving import serving
+from tests.support.serving import read_answer, serving
 
 ASK = [{"role": "user", "content": "hi"}]
 
@@ -34,16 +34,6 @@ def url(bundle):
 def address(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
-
-
-def read_answer(f) -> tuple[int, dict, dict]:
-    """One HTTP/1.1 answer with a Content-Length from the socket file ``f``: (status, headers, JSON body)."""
-    status = int(f.readline().split()[1])
-    headers = {}
-    while (line := f.readline()) not in (b"\r\n", b""):
-        k, v = line.decode().split(":", 1)
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, json.loads(f.read(int(headers["content-length"])))
 
 
 def post(path: str, payload: dict, extra: bytes = b"") -> bytes:

@@ -4,6 +4,7 @@ tests that need an endpoint but no replica process (``serving``)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import threading
@@ -58,3 +59,13 @@ def stop_serve(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def read_answer(f) -> tuple[int, dict, dict]:
+    """One HTTP/1.1 answer with a Content-Length from the socket file ``f``: (status, headers, JSON body)."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, json.loads(f.read(int(headers["content-length"])))
