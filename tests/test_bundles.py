@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmdr.config import bundle_ref, load_config, parse_config
-from llmdr.config.pools import region_pool
+from llmdr.config.pools import region_pool, region_pools
 from llmdr.errors import ConfigError, UsageError
 from tests.support.config import TEST_KEYS, copy_keys, fresh_prefix, region_yaml
 from tests.support.trees import read_tree, write_tree
@@ -353,22 +353,6 @@ def _every(api: str, dep: str, seconds: int) -> None:
     _patch(api, f"/deployments/{d['id']}/schedules/{sched['id']}", {"schedule": {"interval": seconds}, "active": True})
 
 
-def _delete_scheduled(api: str, deployment_ids: list[str]) -> None:
-    """Delete the runs these deployments' schedules made that have not started (nor been claimed by a worker)."""
-    query = {"flow_runs": {"deployment_id": {"any_": deployment_ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
-             "limit": 200}
-    while True:  # the API answers 200 at most at a time; a schedule every 20 s makes up to 100 per deployment
-        left = [r for r in _api(api, "/flow_runs/filter", query) if r["auto_scheduled"] and not r["start_time"]]
-        if not left:
-            return
-        for r in left:
-            req = urllib.request.Request(f"{api}/flow_runs/{r['id']}", method="DELETE")
-            try:
-                urllib.request.urlopen(req, timeout=30).close()
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 404, exc  # gone meanwhile
-
-
 def _ts(text: str) -> float:
     from datetime import datetime
 
@@ -493,13 +477,17 @@ def test_three_bundles_two_workers_prefect_concurrency(stack, tmp_path, monkeypa
         assert fo_run["deployment_id"] == _deployment(api, "failover-alpha")["id"]
         assert not any(fo.history(cfg.for_bundle(b), stores=False) for b in names[1:])
         window = (_ts(drun["start_time"]), _ts(drun["end_time"]))  # the drill run, prechecks to signed report
-        # stop scheduling (a paused deployment's runs scheduled ahead stay, and workers still take them: they are
-        # deleted once the runs started here are through), let what runs finish
+        # stop scheduling, let what runs finish, then stop the workers taking more: a paused deployment's runs
+        # scheduled ahead stay and workers still take them, and deleting those raced a worker that had just claimed
+        # one (it ran, made a snapshot, and its run was gone). A paused work pool hands out no run at all; a run a
+        # worker fetched just before the pause is PENDING within its next loop (1 s), hence the settle.
         deps = [_deployment(api, d)["id"] for d in ("protect-bundle", *[f"protect-bundle-{b}" for b in names])]
         for d in deps[1:]:
             _patch(api, f"/deployments/{d}", {"paused": True})
         _resubmit_unsubmitted(api, _wait(api, manual))
-        _delete_scheduled(api, deps)
+        for pool in region_pools(cfg).values():
+            _patch(api, f"/work_pools/{pool}", {"is_paused": True})
+        time.sleep(3)
         done = [r for r in _started_runs(api, deps) if r["start_time"]]
         assert all(r["state_type"] == "COMPLETED" for r in done), {r["name"]: r["state_name"] for r in done}
         took = time.monotonic() - t_start
