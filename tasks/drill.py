@@ -3,15 +3,13 @@ the results are in ``llmdr.drill.procedure``, called by the flow."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
 from llmdr.config import load_config
 from llmdr.drill import evidence, procedure, publish
 from llmdr.drill import record as core
-from llmdr.integrations.prefect import retry_api
+from llmdr.integrations.prefect import flow_run_record, retry_api
 from tasks.retry import retry_if_transient
 
 
@@ -20,18 +18,7 @@ def who_started(started_by: str) -> dict:
     parameter and the flow run as the Prefect server recorded it (read for every deployment run: a scheduled run is
     "schedule" whatever its parameters claim, so a default ``started_by`` set on the deployment cannot skip the
     approval)."""
-    run: dict[str, Any] | None = None
-    if not started_by or runtime.deployment.id:
-        try:
-            from prefect.client.orchestration import get_client
-
-            with get_client(sync_client=True) as client:
-                fr = retry_api(client.read_flow_run, runtime.flow_run.id)
-            creator = getattr(fr, "created_by", None)
-            run = {"auto_scheduled": bool(fr.auto_scheduled),
-                   "creator": getattr(creator, "display_value", None)}
-        except Exception:  # noqa: BLE001 - in-process runs without a deployment
-            run = None
+    run = flow_run_record() if not started_by or runtime.deployment.id else None
     return procedure.started_by(started_by, flow_run_id=str(runtime.flow_run.id or "") or None,
                                 deployment=runtime.deployment.name if runtime.deployment.id else None, run=run)
 

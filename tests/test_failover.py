@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from prefect.transactions import transaction
 
 from flows.failover import failback, failover
 from llmdr.artifacts import failover_markdown, failover_table
-from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.errors import UsageError
 from llmdr.failover import steps as fo
 from llmdr.failover.router import open_router, router_log
@@ -37,41 +35,13 @@ from llmdr.serving.replica import ready_marker, replica_status, start_replica, s
 from llmdr.serving.tinymodel import write_demo_bundle
 from tasks.failover import switch_router
 from tests.support.config import make_config, make_served_config
+from tests.support.loopback import Receiver
+from tests.support.served import protect_demo, serve_with_golden, stopped_afterwards
 
 pytestmark = pytest.mark.s3
 
 
 # --- real parts -------------------------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A webhook receiver on loopback: keeps every JSON body it is sent, in order."""
-
-    def __init__(self) -> None:
-        got = self.got = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def kinds_since(self, mark: int) -> list[str]:
-        return [n["kind"] for n in self.got[mark:]]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -83,30 +53,6 @@ def receiver():
         r.close()
 
 
-def _protect(cfg) -> str:
-    """The demo bundle snapshotted into the primary and replicated to the secondary; returns the snapshot id."""
-    write_demo_bundle(cfg.bundle_path)
-    sid = ops.snapshot_bundle(cfg).snapshot_id
-    ops.replicate(cfg, sid, to="secondary")
-    return sid
-
-
-def _serve(cfg) -> None:
-    """Replicas and router up, and the golden set recorded from the primary's replica."""
-    start_serving(cfg)
-    start_router(cfg)
-    assert open_router(cfg).active() == "primary"
-    golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
-
-
-@contextlib.contextmanager
-def _stopped_afterwards(cfg):
-    try:
-        yield cfg
-    finally:
-        stop_serving(cfg, router=True)
-
-
 def _served(stack, tmp: Path, receiver: Receiver, *, warm: bool = True):
     return make_served_config(stack, tmp, warm=warm,
                               extra=f'notifications: {{webhook_url: "{receiver.url}"}}')
@@ -116,9 +62,9 @@ def _served(stack, tmp: Path, receiver: Receiver, *, warm: bool = True):
 def shared(stack, tmp_path_factory, receiver):
     """One served stack for the tests that leave it as they found it: (config, snapshot id)."""
     cfg = _served(stack, tmp_path_factory.mktemp("failover"), receiver)
-    with _stopped_afterwards(cfg):
-        sid = _protect(cfg)
-        _serve(cfg)
+    with stopped_afterwards(cfg):
+        sid = protect_demo(cfg)
+        serve_with_golden(cfg)
         yield cfg, sid
 
 
@@ -167,7 +113,7 @@ def _iso(ts: float) -> str:
 def test_manual_failover_moves_traffic_to_the_verified_standby(prefect_harness, served, receiver):
     cfg, sid = served
     router = open_router(cfg)
-    mark = len(receiver.got)
+    mark = len(receiver.requests)
     switches = len(router_log(cfg).history())
 
     out = _run(failover, cfg, to="secondary", trigger="manual", reason="planned switchover")
@@ -193,7 +139,7 @@ def test_manual_failover_moves_traffic_to_the_verified_standby(prefect_harness, 
     assert (switch["previous"], switch["active"], switch["reason"]) == ("primary", "secondary", "planned switchover")
 
     assert receiver.kinds_since(mark) == ["failover"]
-    notice = receiver.got[mark]
+    notice = receiver.bodies[mark]
     assert notice["data"]["ok"] is True and notice["data"]["to_region"] == "secondary"
     assert notice["bundle"] == "testbundle" and notice["severity"] == "warning"
 
@@ -217,7 +163,7 @@ def test_manual_failover_moves_traffic_to_the_verified_standby(prefect_harness, 
 def test_automation_failover_needs_a_confirmed_outage(prefect_harness, served, receiver):
     cfg, _ = served
     router = open_router(cfg)
-    mark = len(receiver.got)
+    mark = len(receiver.requests)
     switches = len(router_log(cfg).history())
 
     out = _run(failover, cfg, trigger="automation", reason="llmdr.endpoint.down (a blip)",
@@ -259,7 +205,7 @@ def test_automation_failover_on_a_real_outage_measures_rto_from_the_first_failed
     assert b["detection_s"] + b["dispatch_s"] + b["recovery_s"] == pytest.approx(out["rto_s"], abs=0.005)
     # dispatch splits into the run being scheduled and it starting (here the flow was called directly)
     assert b["automation_s"] + b["pickup_s"] == pytest.approx(b["dispatch_s"], abs=0.005)
-    assert receiver.got[-1]["kind"] == "failover" and receiver.got[-1]["data"]["rto_s"] == out["rto_s"]
+    assert receiver.bodies[-1]["kind"] == "failover" and receiver.bodies[-1]["data"]["rto_s"] == out["rto_s"]
     md = _artifact_of_run("failover-testbundle", out["flow_run_id"])
     assert "detection 1.0 s" in md and "First failed probe" in md
 
@@ -275,7 +221,7 @@ def test_failover_refuses_a_standby_that_gives_wrong_answers(prefect_harness, se
     gen["max_new_tokens"] = 3
     (wrong / "generation_config.json").write_text(json.dumps(gen))
     wrong_sid = ops.snapshot_bundle(cfg, region="secondary", path=wrong).snapshot_id
-    mark = len(receiver.got)
+    mark = len(receiver.requests)
     switches = len(router_log(cfg).history())
     try:
         st = start_replica(cfg, secondary, ref=wrong_sid)
@@ -292,8 +238,8 @@ def test_failover_refuses_a_standby_that_gives_wrong_answers(prefect_harness, se
         assert [(s.name, s.ok) for s in rec.steps] == [("ensure-replica", True), ("golden-check", False)]
         assert "wrong answers" in rec.error
         assert receiver.kinds_since(mark) == ["failover", "verification_failed"]
-        assert receiver.got[mark]["data"]["ok"] is False and receiver.got[mark]["severity"] == "critical"
-        assert receiver.got[mark + 1]["data"]["region"] == "secondary"
+        assert receiver.bodies[mark]["data"]["ok"] is False and receiver.bodies[mark]["severity"] == "critical"
+        assert receiver.bodies[mark + 1]["data"]["region"] == "secondary"
         md = _artifact_of_run("failover-testbundle", rec.flow_run_id)
         assert "failover FAILED" in md and "golden-check" in md
     finally:
@@ -346,7 +292,7 @@ def test_failover_rolls_back_when_the_standby_dies_during_the_switch(prefect_har
 
     watcher = threading.Thread(target=kill_on_switch, daemon=True)
     switches = len(router_log(cfg).history())
-    mark = len(receiver.got)
+    mark = len(receiver.requests)
     watcher.start()
     try:
         with pytest.raises(fo.FailoverError, match="not golden-correct"):
@@ -364,8 +310,8 @@ def test_failover_rolls_back_when_the_standby_dies_during_the_switch(prefect_har
         assert not rec.ok and rec.rolled_back and rec.switched_ts is not None and rec.verified_ts is None
         assert [(s.name, s.ok) for s in rec.steps] == [("ensure-replica", True), ("golden-check", True),
                                                        ("switch-router", True), ("verify-through-router", False)]
-        assert receiver.kinds_since(mark)[:1] == ["failover"] and receiver.got[mark]["data"]["ok"] is False
-        assert "verify-through-router FAILED" in receiver.got[mark]["data"]["details"]["steps"]
+        assert receiver.kinds_since(mark)[:1] == ["failover"] and receiver.bodies[mark]["data"]["ok"] is False
+        assert "verify-through-router FAILED" in receiver.bodies[mark]["data"]["details"]["steps"]
         md = _artifact_of_run("failover-testbundle", rec.flow_run_id)
         assert "failover FAILED" in md and "rolled back" in md
     finally:
@@ -374,13 +320,13 @@ def test_failover_rolls_back_when_the_standby_dies_during_the_switch(prefect_har
 
 def test_failover_cold_starts_the_standby_from_the_dr_store(prefect_harness, stack, tmp_path, receiver):
     cfg = _served(stack, tmp_path, receiver, warm=False)
-    with _stopped_afterwards(cfg):
-        dr_sid = _protect(cfg)
+    with stopped_afterwards(cfg):
+        dr_sid = protect_demo(cfg)
         # a newer snapshot in the primary only: a cold start that read the primary would run this one
         (cfg.bundle_path / "README.md").write_text("release notes\n")
         primary_sid = ops.snapshot_bundle(cfg).snapshot_id
         assert primary_sid != dr_sid
-        _serve(cfg)
+        serve_with_golden(cfg)
         secondary = cfg.region("secondary")
         assert not replica_status(cfg, secondary).healthy, "warm: false must leave the standby stopped"
         assert replica_status(cfg, cfg.primary).snapshot == primary_sid
@@ -410,16 +356,16 @@ def test_failover_cold_starts_the_standby_from_the_dr_store(prefect_harness, sta
 
 def test_failback_copies_snapshots_taken_in_the_dr_region_back_first(prefect_harness, stack, tmp_path, receiver):
     cfg = _served(stack, tmp_path, receiver)
-    with _stopped_afterwards(cfg):
-        _protect(cfg)
-        _serve(cfg)
+    with stopped_afterwards(cfg):
+        protect_demo(cfg)
+        serve_with_golden(cfg)
         assert _run(failover, cfg, to="secondary", trigger="manual")["ok"]
         # protected while failed over: the new snapshot lands in the secondary only
         (cfg.bundle_path / "README.md").write_text("changed while failed over\n")
         new_sid = ops.snapshot_bundle(cfg, region="secondary").snapshot_id
         before = fo.primary_data_current(cfg, source="secondary")
         assert not before["current"] and before["missing_in_primary"] == [new_sid]
-        mark = len(receiver.got)
+        mark = len(receiver.requests)
 
         out = _run(failback, cfg, reason="primary repaired")
 
@@ -434,7 +380,7 @@ def test_failback_copies_snapshots_taken_in_the_dr_region_back_first(prefect_har
         after = fo.primary_data_current(cfg, source="secondary")
         assert after["current"] and after["primary_newest"] == new_sid
         assert open_router(cfg).active() == "primary" and fo.answering_region(cfg.router.url) == "primary"
-        assert receiver.kinds_since(mark) == ["failback"] and receiver.got[mark]["data"]["ok"] is True
+        assert receiver.kinds_since(mark) == ["failback"] and receiver.bodies[mark]["data"]["ok"] is True
         assert [r.kind for r in fo.history(cfg)] == ["failover", "failback"]
         md = _artifact_of_run("failback-testbundle", out["flow_run_id"])
         assert "failback completed" in md

@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -28,6 +27,7 @@ from llmdr.serving import golden
 from llmdr.serving.endpoint import OpenAIEndpoint
 from llmdr.serving.tinymodel import write_demo_bundle
 from tests.support.config import two_region_yaml
+from tests.support.loopback import Receiver
 from tests.support.ports import free_base_port, port_picker, region_ports
 from tests.support.waiting import wait_for
 
@@ -38,29 +38,6 @@ failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 notifications: {{webhook_url: "http://127.0.0.1:{wh}/hook"}}
 golden: golden.jsonl
 """
-
-
-class Receiver:
-    """A webhook receiver on loopback: keeps every JSON body it is sent."""
-
-    def __init__(self, port: int) -> None:
-        got = self.got = []
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), H)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Client(threading.Thread):
@@ -175,7 +152,7 @@ def test_primary_region_outage_fails_over_by_automation_and_fails_back(tmp_path)
         arts = _api(api_port, "/artifacts/filter", {"artifacts": {"key": {"any_": ["failover-e2ebot"]}}})
         assert arts and f"RTO **{rec.rto_s:.1f} s**" in arts[0]["data"]
         # the notice is the flow's last step, after its record and artifact
-        notices = wait_for("the failover notice", lambda: [n for n in receiver.got if n.get("kind") == "failover"], 60)
+        notices = wait_for("the failover notice", lambda: [n for n in receiver.bodies if n.get("kind") == "failover"], 60)
         assert "secondary" in notices[0]["title"]
 
         # --- failback once the primary's store is back ---

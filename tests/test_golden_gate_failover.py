@@ -10,7 +10,6 @@ there. The failover records are stored, signed with the manifest key (HMAC), in 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from flows.failover import failover
 from llmdr.config import load_config
 from llmdr.control import layout
 from llmdr.control.sealing import SIG_FIELD
-from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.errors import UsageError
 from llmdr.failover import steps as fo
 from llmdr.failover.router import open_router, router_log
@@ -32,7 +30,8 @@ from llmdr.serving.replica import start_replica
 from llmdr.serving.tinymodel import write_demo_bundle
 from llmdr.storage.factory import open_region
 from tests.support.config import make_served_config
-from tests.test_failover import Receiver
+from tests.support.loopback import Receiver
+from tests.support.served import env_secret, protect_demo, serve_with_golden, stopped_afterwards
 
 pytestmark = pytest.mark.s3
 
@@ -53,28 +52,21 @@ def receiver():
 def gate_stack(stack, tmp_path_factory, receiver):
     """A served stack (traffic on the primary) with signed records, the golden set recorded from the primary, and
     the two other models snapshotted into the secondary: (config, snapshot ids by name)."""
-    os.environ[KEY_ENV] = "g" * 40
-    cfg = make_served_config(stack, tmp_path_factory.mktemp("gate"), warm=True,
-                             extra=f'notifications: {{webhook_url: "{receiver.url}"}}\n'
-                                   f"manifest_signing: {{method: hmac, hmac_key_env: {KEY_ENV}}}")
-    try:
-        write_demo_bundle(cfg.bundle_path)
-        sids = {"good": ops.snapshot_bundle(cfg).snapshot_id}
-        ops.replicate(cfg, sids["good"], to="secondary")
-        for name, limit in (("close", 11), ("far", 3)):
-            folder = cfg.base_dir / f"model-{name}"
-            write_demo_bundle(folder)
-            gen = json.loads((folder / "generation_config.json").read_text())
-            gen["max_new_tokens"] = limit
-            (folder / "generation_config.json").write_text(json.dumps(gen))
-            sids[name] = ops.snapshot_bundle(cfg, region="secondary", path=folder).snapshot_id
-        start_serving(cfg)
-        start_router(cfg)
-        golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
-        yield cfg, sids
-    finally:
-        stop_serving(cfg, router=True)
-        os.environ.pop(KEY_ENV, None)
+    with env_secret(KEY_ENV, "g" * 40):
+        cfg = make_served_config(stack, tmp_path_factory.mktemp("gate"), warm=True,
+                                 extra=f'notifications: {{webhook_url: "{receiver.url}"}}\n'
+                                       f"manifest_signing: {{method: hmac, hmac_key_env: {KEY_ENV}}}")
+        with stopped_afterwards(cfg):
+            sids = {"good": protect_demo(cfg)}
+            for name, limit in (("close", 11), ("far", 3)):
+                folder = cfg.base_dir / f"model-{name}"
+                write_demo_bundle(folder)
+                gen = json.loads((folder / "generation_config.json").read_text())
+                gen["max_new_tokens"] = limit
+                (folder / "generation_config.json").write_text(json.dumps(gen))
+                sids[name] = ops.snapshot_bundle(cfg, region="secondary", path=folder).snapshot_id
+            serve_with_golden(cfg)
+            yield cfg, sids
 
 
 def _gate(cfg, line: str | None):
@@ -163,7 +155,7 @@ def test_a_standby_beyond_tolerance_is_refused_and_a_person_may_accept_it(prefec
                  accept_golden_mismatch=True)
     assert len(fo.history(cfg)) == before + 1, "only the refused run without override was recorded"
 
-    mark = len(receiver.got)
+    mark = len(receiver.requests)
     out = _run(cfg, reason="DR GPUs differ; answers reviewed by ana", accept_golden_mismatch=True)
     assert out["ok"] and router.active() == "secondary" and fo.answering_region(router.url) == "secondary"
     assert [(s["name"], s["ok"]) for s in out["steps"]] == [
@@ -187,8 +179,8 @@ def test_a_standby_beyond_tolerance_is_refused_and_a_person_may_accept_it(prefec
     # said loudly: both notices name the acceptance
     kinds = receiver.kinds_since(mark)
     assert kinds == ["failover", "verification_failed"], kinds
-    assert "GOLDEN MISMATCH ACCEPTED by " + ov["by"] in receiver.got[mark]["data"]["reason"]
-    assert "ACCEPTED by" in receiver.got[mark + 1]["title"]
+    assert "GOLDEN MISMATCH ACCEPTED by " + ov["by"] in receiver.bodies[mark]["data"]["reason"]
+    assert "ACCEPTED by" in receiver.bodies[mark + 1]["title"]
 
 
 def test_the_override_never_accepts_a_replica_that_does_not_answer(prefect_harness, gate_stack):

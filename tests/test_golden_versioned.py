@@ -10,7 +10,6 @@ that names `llmdr golden record --snapshot`."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
 
@@ -18,16 +17,16 @@ import pytest
 
 from flows.failover import failover
 from flows.protect_bundle import protect_bundle
-from llmdr.devstack.serving import start_router, start_serving, stop_serving
 from llmdr.failover import steps as fo
 from llmdr.failover.router import open_router
 from llmdr.repo import goldens, ops
 from llmdr.serving import golden
-from llmdr.serving.endpoint import OpenAIEndpoint, check_set
+from llmdr.serving.endpoint import check_set
 from llmdr.serving.replica import replica_status, start_replica, stop_replica
 from llmdr.serving.snapgolden import NoGoldenSet, for_snapshot
 from llmdr.serving.tinymodel import TinyConfig, _weights, load_safetensors, save_safetensors, write_demo_bundle
 from tests.support.config import make_served_config
+from tests.support.served import env_secret, protect_demo, serve_with_golden, stopped_afterwards
 
 pytestmark = pytest.mark.s3
 
@@ -49,20 +48,13 @@ def new_weights(folder, seed: int) -> None:
 def served(stack, tmp_path_factory):
     """Traffic on the primary, a warm standby in the secondary, signed records; the project's golden.jsonl recorded
     once from the primary (the way golden sets were kept before)."""
-    os.environ[KEY_ENV] = "v" * 40
-    cfg = make_served_config(stack, tmp_path_factory.mktemp("goldv"), warm=True,
-                             extra=f"manifest_signing: {{method: hmac, hmac_key_env: {KEY_ENV}}}")
-    try:
-        write_demo_bundle(cfg.bundle_path)
-        sid0 = ops.snapshot_bundle(cfg).snapshot_id  # a snapshot from before per-snapshot sets (untagged)
-        ops.replicate(cfg, sid0, to="secondary")
-        start_serving(cfg)
-        start_router(cfg)
-        golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
-        yield cfg, sid0
-    finally:
-        stop_serving(cfg, router=True)
-        os.environ.pop(KEY_ENV, None)
+    with env_secret(KEY_ENV, "v" * 40):
+        cfg = make_served_config(stack, tmp_path_factory.mktemp("goldv"), warm=True,
+                                 extra=f"manifest_signing: {{method: hmac, hmac_key_env: {KEY_ENV}}}")
+        with stopped_afterwards(cfg):
+            sid0 = protect_demo(cfg)  # a snapshot from before per-snapshot sets (untagged)
+            serve_with_golden(cfg)
+            yield cfg, sid0
 
 
 def _protect(cfg) -> dict:

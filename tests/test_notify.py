@@ -12,7 +12,6 @@ import socket
 import threading
 import uuid
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -25,50 +24,19 @@ from llmdr.notify import (
     notify,
     verification_failed_notice,
 )
+from tests.support.loopback import Receiver
 from tests.support.ports import free_port
 
 TOKEN = "T0000/B0000/xoxb-s3cr3t-t0ken"
 
 
-class Receiver:
-    """A webhook receiver: records every request; answers with the scripted statuses, then 200."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.statuses: list[int] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("Content-Length", 0))
-                outer.requests.append({"path": self.path, "headers": dict(self.headers),
-                                       "body": self.rfile.read(length)})
-                status = outer.statuses.pop(0) if outer.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def json(self, i: int = 0) -> dict:
-        return json.loads(self.requests[i]["body"])
-
-
 @pytest.fixture
 def receiver():
     r = Receiver()
-    r.thread.start()
     try:
         yield r
     finally:
-        r.server.shutdown()
-        r.server.server_close()
+        r.close()
 
 
 @pytest.fixture
@@ -103,7 +71,7 @@ def _notice() -> Notice:
 
 def test_webhook_posts_the_notice_as_json(receiver):
     notice = _notice()
-    out = notify(Notifications(webhook_url=receiver.url + "/hook"), notice)
+    out = notify(Notifications(webhook_url=receiver.base + "/hook"), notice)
     assert out == [Delivery("webhook", True, "HTTP 200 from 127.0.0.1")]
     assert len(receiver.requests) == 1
     req = receiver.requests[0]
@@ -120,7 +88,7 @@ def test_webhook_posts_the_notice_as_json(receiver):
 
 def test_webhook_url_from_env_is_used_and_never_shown(receiver, caplog):
     caplog.set_level(logging.DEBUG)
-    secret_url = f"{receiver.url}/services/{TOKEN}"
+    secret_url = f"{receiver.base}/services/{TOKEN}"
     settings = Notifications(webhook_url_env="LLMDR_TEST_HOOK")
 
     ok = notify(settings, _notice(), env={"LLMDR_TEST_HOOK": secret_url})
@@ -139,14 +107,14 @@ def test_webhook_url_from_env_is_used_and_never_shown(receiver, caplog):
 
 def test_a_single_5xx_is_retried_once_and_delivered(receiver):
     receiver.statuses = [503]
-    out = notify(Notifications(webhook_url=receiver.url), _notice())
+    out = notify(Notifications(webhook_url=receiver.base), _notice())
     assert out[0].ok and "2nd attempt" in out[0].detail
     assert len(receiver.requests) == 2
 
 
 def test_a_4xx_is_not_retried(receiver):
     receiver.statuses = [404]
-    out = notify(Notifications(webhook_url=receiver.url + f"/{TOKEN}"), _notice())
+    out = notify(Notifications(webhook_url=receiver.base + f"/{TOKEN}"), _notice())
     assert not out[0].ok and "HTTP 404" in out[0].detail and "token" in out[0].detail
     assert "s3cr3t" not in out[0].detail
     assert len(receiver.requests) == 1
@@ -242,7 +210,7 @@ def _save_webhook_block(url: str) -> str:
 
 def test_prefect_block_delivers_through_a_saved_block(prefect_api, receiver, caplog):
     caplog.set_level(logging.DEBUG)
-    ref = _save_webhook_block(f"{receiver.url}/prefect/{TOKEN}")
+    ref = _save_webhook_block(f"{receiver.base}/prefect/{TOKEN}")
     notice = _notice()
     out = notify(Notifications(prefect_block=ref), notice)
     assert out == [Delivery(f"prefect:{ref}", True, "sent through CustomWebhookNotificationBlock")]

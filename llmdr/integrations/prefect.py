@@ -202,13 +202,13 @@ def in_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def run_origin() -> dict[str, Any] | None:
-    """The deployment run this process runs, as the Prefect server recorded it: ``{"flow_run_id", "deployment",
-    "auto_scheduled", "creator"}`` (``creator``: the login or API key that created it, when the server knows one).
-    None outside a deployment run (an in-process run: the CLI's) or when the server cannot be read."""
+def flow_run_record() -> dict[str, Any] | None:
+    """The flow run this process runs, as the Prefect server recorded it: ``{"flow_run_id", "auto_scheduled",
+    "creator"}`` (``creator``: the login or API key that created it, when the server knows one). None outside a flow
+    run, or when the server cannot be read (an in-process run without a server)."""
     from prefect import runtime
 
-    if not runtime.deployment.id:
+    if not runtime.flow_run.id:
         return None
     try:
         from prefect.client.orchestration import get_client
@@ -218,8 +218,19 @@ def run_origin() -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - the caller says "not known"
         return None
     creator = getattr(fr, "created_by", None)
-    return {"flow_run_id": str(fr.id), "deployment": runtime.deployment.name, "auto_scheduled": bool(fr.auto_scheduled),
+    return {"flow_run_id": str(fr.id), "auto_scheduled": bool(fr.auto_scheduled),
             "creator": getattr(creator, "display_value", None)}
+
+
+def run_origin() -> dict[str, Any] | None:
+    """The deployment run this process runs: :func:`flow_run_record` with its ``"deployment"`` name. None outside a
+    deployment run (an in-process run: the CLI's) or when the server cannot be read."""
+    from prefect import runtime
+
+    if not runtime.deployment.id:
+        return None
+    record = flow_run_record()
+    return None if record is None else record | {"deployment": runtime.deployment.name}
 
 
 @contextlib.contextmanager
