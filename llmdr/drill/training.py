@@ -78,8 +78,18 @@ def local_newest(cfg: Config) -> dict[str, Any] | None:
     if not folders:
         return {"name": None, "step": None, "path": str(root), "written_ts": None}
     newest = max(folders, key=lambda p: (step_of(p.name), p.name))
-    written = max((f.stat().st_mtime for f in newest.rglob("*") if f.is_file()), default=newest.stat().st_mtime)
-    return {"name": newest.name, "step": step_of(newest.name), "path": str(newest), "written_ts": written}
+    return {"name": newest.name, "step": step_of(newest.name), "path": str(newest), "written_ts": _written(newest)}
+
+
+def _written(folder: Path) -> float | None:
+    """The newest modification time in ``folder``; files a trainer removes while this looks are skipped."""
+    times = []
+    for f in [folder, *folder.rglob("*")]:
+        try:
+            times.append(f.stat().st_mtime)
+        except OSError:  # rotated away (save_total_limit) or renamed into place meanwhile
+            continue
+    return max(times, default=None)
 
 
 def snapshot_step(s: SnapshotInfo) -> int | None:
@@ -191,8 +201,12 @@ def restore_newest(cfg: Config, region: str) -> dict[str, Any]:
     if cfg.checkpoints is None:
         out["problems"].append("drill.training_restore is on but llmdr.yaml has no checkpoints: section")
         return _summed(out)
-    scratch = cfg.bundle_state_path / "scratch" / "training-restore"
-    shutil.rmtree(scratch, ignore_errors=True)
+    import tempfile
+
+    # its own folder: two drills at once never share (or delete) each other's scratch
+    parent = cfg.bundle_state_path / "scratch"
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="training-restore-", dir=parent))
     t0 = time.perf_counter()
     try:
         repo = open_repo(cfg, region, read_only=True, cache=False)
@@ -203,7 +217,7 @@ def restore_newest(cfg: Config, region: str) -> dict[str, Any]:
         s = snaps[0]
         step = snapshot_step(s)
         out.update(snapshot_id=s.id, checkpoint=s.tags.get("checkpoint"), step=step, created=s.created)
-        target = scratch / (s.tags.get("checkpoint") or "checkpoint")
+        target = scratch / s.short  # never a name from the store: a tag like "../x" must not leave scratch
         res = restore_snapshot(repo, s.id, target, workers=cfg.transfer.download_workers,
                                memory_bytes=cfg.transfer.restore_memory_mb << 20)
         t1 = time.perf_counter()
