@@ -40,8 +40,8 @@ class TrainingObjectives(StrictModel):
     """Recovery objectives of training (the checkpoints), separate from serving's: a lost checkpoint costs GPU
     hours, not answers, so they are usually hours where serving's are minutes."""
 
-    # Training RPO: the newest complete checkpoint snapshot in each DR region may be at most this old while a newer
-    # checkpoint exists locally (readiness FAILs beyond it and WARNs beyond 75 % of it).
+    # Training RPO: the newest complete checkpoint snapshot in each DR region may be at most this old unless it is
+    # the newest checkpoint folder on the host (readiness FAILs beyond it and WARNs beyond 75 % of it).
     rpo: timedelta = timedelta(hours=24)
     # Training RTO: restoring the newest checkpoint from a DR region (download and byte-for-byte check) may take at
     # most this long (readiness FAILs when the measured throughput says it would not; the drill's training-restore

@@ -250,7 +250,8 @@ def _dur(seconds: float) -> str:
 def _summed(out: dict[str, Any]) -> dict[str, Any]:
     what = (f"{out['checkpoint']} (step {out['step']}, {(out['snapshot_id'] or '')[:12]}) from {out['region']}"
             if out.get("snapshot_id") else f"no checkpoint from {out['region']}")
-    figures = (f": {out.get('files', 0)} files, {out.get('bytes', 0)} bytes restored in {out.get('restore_s', 0):.2f} s"
+    figures = (f": {out.get('files', 0)} files, {out.get('bytes', 0) / 1e6:.1f} MB restored in "
+               f"{out.get('restore_s', 0):.2f} s"
                f", verified in {out.get('verify_s', 0):.2f} s" if "restore_s" in out else "")
     out["summary"] = what + figures + ("; " + "; ".join(out["problems"][:3]) if out["problems"] else "; no problems")
     return out
