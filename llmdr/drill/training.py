@@ -260,7 +260,7 @@ def _summed(out: dict[str, Any]) -> dict[str, Any]:
 def record_restore(rec: Any, out: dict[str, Any], dr_region: str) -> None:
     """The training restore on the drill record: evidence, its time as a measurement, a timeline mark."""
     rec.evidence["training_restore"] = out
-    if out.get("total_s") is not None and out.get("snapshot_id"):
+    if "restore_s" in out:  # it was restored (a restore that failed half-way measured nothing)
         rec.measurements["training_restore_s"] = out["total_s"]
     rec.mark("check", f"training checkpoint restore from the {dr_region} store", ok=bool(out.get("ok")),
              detail=out.get("summary", ""))

@@ -22,7 +22,9 @@ from llmdr.config import Config, Region, format_duration
 from llmdr.drill import training as tr
 from llmdr.drill.readiness.report import FAIL, PASS, WARN, Check, ago, gigabytes
 from llmdr.repo.repository import Repository
+from llmdr.repo.snapinfo import SnapshotInfo
 
+Newest = tuple[SnapshotInfo | None, list[dict[str, Any]]]  # what llmdr.drill.training.newest_complete answers
 RPO_TITLE = "Training checkpoint fresh (training RPO)"
 RTO_TITLE = "Training checkpoint restore fits the training RTO"
 
@@ -32,12 +34,19 @@ def checks(cfg: Config, now: float, repo_of: Callable[[Region], Repository]
     """The training checks to run, as (id, title, check) for ``run_checks``' guard."""
     if cfg.checkpoints is None:
         return [("training", "Training checkpoints", lambda: check_no_checkpoints(cfg))]
+    found: dict[str, Newest] = {}
+
+    def newest(r: Region) -> Newest:  # one index listing per region serves both checks
+        if r.name not in found:
+            found[r.name] = tr.newest_complete(repo_of(r), cfg)
+        return found[r.name]
+
     out: list[tuple[str, str, Callable[[], Check]]] = []
     for r in cfg.secondaries:
         out.append((f"training-rpo/{r.name}", f"{RPO_TITLE}: {r.name}",
-                    lambda r=r: check_training_rpo(cfg, r, repo_of(r), now)))
+                    lambda r=r: check_training_rpo(cfg, r, repo_of(r), now, newest(r))))
         out.append((f"training-rto/{r.name}", f"{RTO_TITLE}: {r.name}",
-                    lambda r=r: check_training_rto(cfg, r, repo_of(r))))
+                    lambda r=r: check_training_rto(cfg, r, repo_of(r), newest(r))))
     return out
 
 
@@ -59,11 +68,12 @@ def _objective_words(cfg: Config, which: str) -> tuple[float, str]:
     return td.total_seconds(), words
 
 
-def check_training_rpo(cfg: Config, region: Region, repo: Repository, now: float) -> Check:
+def check_training_rpo(cfg: Config, region: Region, repo: Repository, now: float,
+                       found: Newest | None = None) -> Check:
     cid, title = f"training-rpo/{region.name}", f"{RPO_TITLE}: {region.name}"
     rpo, rpo_words = _objective_words(cfg, "rpo")
     local = tr.local_newest(cfg)
-    newest, skipped = tr.newest_complete(repo, cfg)
+    newest, skipped = found if found is not None else tr.newest_complete(repo, cfg)
     data: dict[str, Any] = {"series": tr.series(cfg), "rpo_s": rpo, "local": local,
                             "skipped": skipped, "snapshot": newest.id if newest else None}
     passed_over = (f"; {len(skipped)} newer snapshot(s) passed over as incomplete "
@@ -102,13 +112,13 @@ def check_training_rpo(cfg: Config, region: Region, repo: Repository, now: float
     return Check(cid, title, PASS, summary, data=data)
 
 
-def check_training_rto(cfg: Config, region: Region, repo: Repository) -> Check:
+def check_training_rto(cfg: Config, region: Region, repo: Repository, found: Newest | None = None) -> Check:
     from llmdr.drill.plan import human_rate, human_seconds, make_plan
     from llmdr.drill.readiness.checks import measure_throughput
 
     cid, title = f"training-rto/{region.name}", f"{RTO_TITLE}: {region.name}"
     rto, rto_words = _objective_words(cfg, "rto")
-    newest, _ = tr.newest_complete(repo, cfg)
+    newest, _ = found if found is not None else tr.newest_complete(repo, cfg)
     if newest is None:
         return Check(cid, title, FAIL, f"no complete checkpoint snapshot in {region.name} to restore",
                      "run protect-checkpoints (`llmdr protect --checkpoints`)", {"rto_s": rto})
