@@ -196,9 +196,13 @@ def test_the_byte_check_finds_an_altered_a_short_and_an_extra_file(tmp_path):
     ('{"global_step": true}', "trainer_state.json has no global_step number"),
     ('[1, 2]', "trainer_state.json has no global_step number"),
     ('{"global_step": 7}', None),
+    ('{"global_step": 7.0}', "trainer_state.json has no global_step number"),
+    (b"\xff\xfe{", "trainer_state.json does not parse"),  # not UTF-8
 ])
 def test_checkpoint_problem(tmp_path, state, problem):
-    if state is not None:
+    if isinstance(state, bytes):
+        (tmp_path / "trainer_state.json").write_bytes(state)
+    elif state is not None:
         (tmp_path / "trainer_state.json").write_text(state)
     got = tr.checkpoint_problem(tmp_path, 7)
     assert (got is None) if problem is None else got.startswith(problem)
@@ -226,3 +230,9 @@ def test_the_signed_report_shows_the_control_with_its_figures(trained, tmp_path,
     html = (folder / "report.html").read_text()
     assert "Training checkpoint restored from the DR region within the training RTO" in html
     assert "checkpoint-200 (step 200" in html
+
+
+def test_a_giant_trainer_state_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "MAX_STATE_BYTES", 64)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 7, "log_history": [' + "1," * 40 + "1]}")
+    assert tr.checkpoint_problem(tmp_path, 7).startswith("trainer_state.json is 1")

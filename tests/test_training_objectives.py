@@ -108,6 +108,27 @@ def test_a_newer_local_checkpoint_not_yet_copied_ages_against_the_training_rpo(t
     assert (c.action == "") == (status == "PASS")
 
 
+def test_a_host_clock_behind_the_store_never_shows_a_negative_age(trained):
+    cfg, root, newest = trained
+    write_checkpoint(root, 300)
+    c = one(training(cfg, newest.taken_at - 5 * HOUR), "training-rpo/secondary")
+    assert c.status == "PASS" and "is 0s old vs training RPO 10h" in c.summary and c.data["age_s"] < 0
+
+
+def test_a_step_tag_that_is_no_number_never_counts_as_newest(trained):
+    """A snapshot in the DR region tagged step "latest" (made by hand, or forged): ordered below every numbered one."""
+    from llmdr.repo.snapshot import take_snapshot
+
+    cfg, root, _ = trained
+    odd = write_checkpoint(root.parent / "odd", 900)
+    take_snapshot(open_repo(cfg, "secondary"), odd, bundle=tr.series(cfg), kind="checkpoint",
+                  tags={"checkpoint": "checkpoint-odd", "step": "latest"})
+    dr = open_repo(cfg, "secondary", cache=False)
+    assert [tr.snapshot_step(s) for s in tr.by_step(dr, cfg)] == [200, 100, None]
+    c = one(training(cfg, None), "training-rpo/secondary")
+    assert c.status == "PASS" and c.data["checkpoint"] == "checkpoint-200"
+
+
 def test_a_newer_incomplete_copy_is_passed_over(trained):
     cfg, root, _ = trained
     write_checkpoint(root, 300)

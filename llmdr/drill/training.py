@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"  # written last by a Hugging Face Trainer save: its presence marks the end
 CONTROL_ID = "training_restore"
+MAX_STATE_BYTES = 256 << 20  # a long log_history is megabytes; more is not a trainer state
 _READ = 1 << 20
 
 
@@ -138,6 +139,8 @@ def checkpoint_problem(folder: Path, step: int | None) -> str | None:
     point at a fuller completeness check."""
     path = folder / TRAINER_STATE
     try:
+        if path.stat().st_size > MAX_STATE_BYTES:  # a forged giant must not take the drill's memory
+            return f"{TRAINER_STATE} is {path.stat().st_size} bytes, more than a trainer state ({MAX_STATE_BYTES})"
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return f"{TRAINER_STATE} is missing"
