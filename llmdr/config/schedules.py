@@ -294,6 +294,16 @@ def refuse(reasons: list[str], where: str) -> None:
                           "llmdr.yaml; nothing was changed:\n  - " + "\n  - ".join(reasons))
 
 
+def drill_schedule(cfg: Config) -> str:
+    """The scheduled drill's cadence in words, for the runbook: ``every 76d at 06:00 UTC (objectives.drill_interval
+    90d - 13d12h margin)``."""
+    d = derive(cfg, "dr-drill")
+    at = f" at {d.anchor_hour:02d}:00 UTC" if d.anchor_hour is not None else ""
+    margin = human(drill_margin(cfg))
+    return f"every {d.every}{at} (objectives.drill_interval {human(cfg.objectives.drill_interval.total_seconds())} - " \
+        f"{margin} margin; unless prefect.yaml sets its own)"
+
+
 def plan_lines(cfg: Config) -> list[str]:
     """The derived schedules of this config, one line each (for `llmdr plan`-like summaries and the docs)."""
     out = []
