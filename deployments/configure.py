@@ -51,6 +51,7 @@ from llmdr.config.schedules import (
     flow_of_entrypoint,
     human,
     is_derived,
+    not_enabled,
     plan_schedules,
     refusals,
     refuse,
@@ -146,8 +147,8 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
             return apply_bundles(client, cfg, deps, flows)
         copies = [d for d in deps if is_bundle_copy(d.name, d.parameters)]  # left from a project with bundles:
         deps = [d for d in deps if not is_bundle_copy(d.name, d.parameters)]
-        off = [d for d in deps if not enabled(cfg, flows[d.flow_id])]
-        deps = [d for d in deps if enabled(cfg, flows[d.flow_id])]
+        off = [d for d in deps if not_enabled(cfg, flows[d.flow_id])]
+        deps = [d for d in deps if not not_enabled(cfg, flows[d.flow_id])]
         # every schedule is decided (and refused) before anything is written
         plans = {d.id: plan_schedules(cfg, flows[d.flow_id], d.name, list(d.schedules or []), d.parameters,
                                       measured_copy_s(client, d.id) if flows[d.flow_id] in PROTECT_FLOWS else None,
@@ -160,7 +161,7 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
                        "has)")
         for d in off:
             retry_api(client.delete_deployment, d.id)
-            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled_reason(cfg, flows[d.flow_id])})")
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg, flows[d.flow_id])})")
         for d in deps:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
@@ -179,16 +180,6 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
             if plans[d.id].warning:
                 out.append(f"WARNING: {plans[d.id].warning}")
     return out
-
-
-def enabled(cfg: Config, flow_name: str) -> bool:
-    """Whether the config enables deployments of ``flow_name``: protect-checkpoints only with ``checkpoints:``."""
-    return not (flow_name == "protect-checkpoints" and cfg.checkpoints is None)
-
-
-def not_enabled_reason(cfg: Config, flow_name: str) -> str:
-    return (f"{cfg.source_file or 'llmdr.yaml'} has no checkpoints: section, so its runs would fail; "
-            "`prefect deploy` creates it again from prefect.yaml, configure.py removes it again")
 
 
 def stale(cfg: Config, prune: bool = False) -> list[str]:
@@ -367,11 +358,12 @@ def check_prefect_yaml(cfg: Config, path: Path) -> list[str]:
     out, plans = [], []
     views = cfg.views() if cfg.multi_bundle else [cfg]
     for name, flow_name, scheds, params in yaml_schedules(path):
-        if flow_name == "protect-checkpoints" and cfg.checkpoints is None:
-            out.append(f"{name}: not deployed for this config (no checkpoints: section): configure.py removes it")
-            continue
         for view in views:
             label = bundle_deployment_name(name, view.bundle.name) if cfg.multi_bundle else name
+            why = not_enabled(view, flow_name)
+            if why:
+                out.append(f"{label}: not deployed for this config ({why})")
+                continue
             plan = plan_schedules(view, flow_name, label, scheds, params, None, schedule_gap)
             plans.append(plan)
             out.append(f"{label}: {plan.line()}" + (f"; WARNING: {plan.warning}" if plan.warning else ""))
@@ -423,13 +415,17 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
     names = set(cfg.bundle_names())
     copies = {d.name: d for d in deps if "bundle" in (d.parameters or {})}
     bases = [d for d in deps if "bundle" not in (d.parameters or {})]
-    off = [d for d in bases if not enabled(cfg, flows[d.flow_id])]
-    bases = [d for d in bases if enabled(cfg, flows[d.flow_id])]
+    off = [d for d in bases if not_enabled(cfg, flows[d.flow_id])]  # for no bundle at all
+    bases = [d for d in bases if not not_enabled(cfg, flows[d.flow_id])]
     planned = []  # (base, its copy's fields, the copy's schedule plan): decided (and refused) before any write
+    wanted = set()
     for d in bases:
         flow_name = flows[d.flow_id]
         for new, view in zip(per_bundle(cfg, flow_name, d.name, list(d.tags), dict(d.parameters or {}),
                                         dict(d.parameter_openapi_schema or {})), cfg.views(), strict=True):
+            if not_enabled(view, flow_name):  # e.g. the monitor of a bundle with no serving endpoint
+                continue
+            wanted.add(new["name"])
             mine = copies.get(new["name"])
             copy_s = measured_copy_s(client, mine.id) if mine is not None and flow_name in PROTECT_FLOWS else None
             planned.append((d, new, plan_schedules(view, flow_name, new["name"], list(d.schedules or []),
@@ -440,12 +436,12 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
         if b is not None and b not in names:
             retry_api(client.delete_deployment, d.id)
             out.append(f"{flows[d.flow_id]}/{d.name}: deleted (bundle {b} is no longer in {cfg.source_file})")
-        elif b is not None and not enabled(cfg, flows[d.flow_id]):
+        elif b is not None and d.name not in wanted and not_enabled(cfg.for_bundle(b), flows[d.flow_id]):
             retry_api(client.delete_deployment, d.id)
-            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled_reason(cfg, flows[d.flow_id])})")
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg.for_bundle(b), flows[d.flow_id])})")
     for d in off:
         retry_api(client.delete_deployment, d.id)
-        out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled_reason(cfg, flows[d.flow_id])})")
+        out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg, flows[d.flow_id])})")
     for d, new, plan in planned:
         flow_name = flows[d.flow_id]
         # the base's explicit schedules, and the derived one of this bundle's objectives

@@ -180,6 +180,7 @@ def test_shipped_prefect_yaml_meets_the_default_objectives_and_the_old_one_is_re
     assert any(x.startswith("protect-bundle: schedule every 150 s (2m30s) (derived:") for x in lines), lines
     assert any(x.startswith("dr-drill-quarterly: schedule every 76d (derived:") for x in lines), lines
     assert any(x.startswith("protect-checkpoints: not deployed") for x in lines), lines
+    assert any(x.startswith("monitor-endpoints: not deployed") and "no serving endpoint" in x for x in lines)
     assert any("verify-replicas-daily: schedule cron '30 2 * * *' (UTC) (explicit, meets" in x for x in lines)
     # the prefect.yaml before #20: protect every 300 s with rpo 300 s, and a quarterly drill (92 days from 1 July)
     old = yaml.safe_load((ROOT / "prefect.yaml").read_text())

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = """\
 bundles:
   - {name: sched-a, path: a, objectives: {rpo: 1h}}
-  - {name: sched-b, path: b, objectives: {rpo: 10m}}
+  - {name: sched-b, path: b, objectives: {rpo: 10m}, serving: {secondary: {url: "http://127.0.0.1:29502"}}}
 """
+SERVED = OFFLINE_CONFIG.replace("bucket: llmdr-secondary,", 'bucket: llmdr-secondary, serving: {url: "http://127.0.0.1:29501"},')
 
 
 def _configure():
@@ -63,7 +64,8 @@ def test_deployed_schedules_are_derived_from_the_objectives(prefect_harness, tmp
     from prefect.states import Completed, Running
 
     conf = _configure()
-    cfg = write_config(tmp_path / "llmdr.yaml", OFFLINE_CONFIG)  # rpo 5m, drill_interval 90d, no checkpoints:
+    # rpo 5m, drill_interval 90d, no checkpoints:, a serving endpoint in the DR region (never started: names only)
+    cfg = write_config(tmp_path / "llmdr.yaml", SERVED)
     names = [d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
     conf.ensure_pools(cfg)
     _deploy(PREFECT_API_URL.value(), cfg, tmp_path)
@@ -97,7 +99,7 @@ def test_deployed_schedules_are_derived_from_the_objectives(prefect_harness, tmp
 
             # a measured copy time longer than RPO/2 (a run held Running for 9 s, RPO 16 s): interval = RPO - the
             # longest recent run's time, as the server measured it
-            fast = write_config(tmp_path / "fast.yaml", OFFLINE_CONFIG.replace("rpo: 5m", "rpo: 16s"))
+            fast = write_config(tmp_path / "fast.yaml", SERVED.replace("rpo: 5m", "rpo: 16s"))
             dep = client.read_deployment_by_name("protect-bundle/protect-bundle")
             run = client.create_flow_run_from_deployment(dep.id)
             client.set_flow_run_state(run.id, Running(), force=True)
@@ -113,7 +115,7 @@ def test_deployed_schedules_are_derived_from_the_objectives(prefect_harness, tmp
             # an explicit schedule every 300 s (the old prefect.yaml's): refused with the arithmetic, nothing changed
             client.create_deployment_schedules(dep.id, [DeploymentScheduleCreate(
                 schedule=IntervalSchedule(interval=timedelta(seconds=300)), active=True)])
-            other = write_config(tmp_path / "other.yaml", OFFLINE_CONFIG.replace("name: b,", "name: renamed,"))
+            other = write_config(tmp_path / "other.yaml", SERVED.replace("name: b,", "name: renamed,"))
             with pytest.raises(ConfigError) as e:
                 conf.apply(other)
             assert "protect-bundle every 300 s (5m) cannot keep the DR copy within objectives.rpo 300 s (5m)" in \
@@ -127,7 +129,8 @@ def test_deployed_schedules_are_derived_from_the_objectives(prefect_harness, tmp
             client.delete_deployment_schedule(dep.id, explicit.id)
 
             # several bundles: each copy of protect-bundle gets its own bundle's RPO / 2; the base is paused
-            multi = write_config(tmp_path / "multi.yaml", OFFLINE_CONFIG.replace(
+            multi = write_config(tmp_path / "multi.yaml", SERVED.replace(
+                ' serving: {url: "http://127.0.0.1:29501"},', "").replace(
                 'bundle: {name: b, path: model, components: {tokenizer: {paths: ["tokenizer.json"]}}}\n', BUNDLES))
             conf.apply(multi)
             for b, every in (("sched-a", 1800), ("sched-b", 300)):
@@ -136,6 +139,19 @@ def test_deployed_schedules_are_derived_from_the_objectives(prefect_harness, tmp
             assert client.read_deployment_by_name("protect-bundle/protect-bundle").paused
             with pytest.raises(ObjectNotFound):
                 client.read_deployment_by_name("protect-checkpoints/protect-checkpoints-sched-a")
+            # the monitor only for the bundle with an endpoint to watch
+            client.read_deployment_by_name("monitor-endpoints/monitor-endpoints-sched-b")
+            with pytest.raises(ObjectNotFound):
+                client.read_deployment_by_name("monitor-endpoints/monitor-endpoints-sched-a")
+
+            # back to one bundle, now without any serving endpoint: the copies go, and the monitor with them
+            lines = conf.apply(write_config(tmp_path / "plain.yaml", OFFLINE_CONFIG))
+            assert any(x.startswith("monitor-endpoints/monitor-endpoints: deleted (") and "no serving endpoint" in x
+                       for x in lines), lines
+            with pytest.raises(ObjectNotFound):
+                client.read_deployment_by_name("monitor-endpoints/monitor-endpoints")
+            [ps3] = _schedules(client, "protect-bundle/protect-bundle")
+            assert ps3.active and ps3.schedule.interval == timedelta(seconds=150)
     finally:
         with get_client(sync_client=True) as client:
             for name in [*names, *(f"{n}-{b}" for n in names for b in ("sched-a", "sched-b"))]:

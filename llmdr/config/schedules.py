@@ -218,6 +218,22 @@ def verify_cycle(gap_s: float, sample: str | None) -> tuple[float | None, str]:
     return float(t * days * 86400), f"every {days} d x sample {t} (today's 1/{t})"
 
 
+def not_enabled(cfg: Config, flow: str) -> str:
+    """Why the config does not enable deployments of ``flow`` (empty: it does): protect-checkpoints needs a
+    ``checkpoints:`` section (its runs fail without one); monitor-endpoints needs a serving endpoint in some region
+    of the bundle (of some bundle, for the whole of a project with ``bundles:``), as ``llmdr stack up`` assumes."""
+    where = cfg.source_file.name if cfg.source_file else "llmdr.yaml"
+    if flow == "protect-checkpoints" and cfg.checkpoints is None:
+        return (f"{where} has no checkpoints: section, so its runs would fail; `prefect deploy` creates it again "
+                "from prefect.yaml, configure.py removes it again")
+    if flow == "monitor-endpoints":
+        views = cfg.views() if cfg.multi_bundle else [cfg]
+        if not any(r.serving is not None for v in views for r in v.regions):
+            who = f"bundle {cfg.bundle.name}" if not cfg.multi_bundle else "any bundle"
+            return f"{where} gives {who} no serving endpoint to watch in any region"
+    return ""
+
+
 def flow_of_entrypoint(entrypoint: str) -> str:
     """prefect.yaml's ``flows/dr_drill.py:dr_drill`` → the flow's name, ``dr-drill``."""
     return entrypoint.rpartition(":")[2].replace("_", "-")
