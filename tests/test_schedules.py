@@ -226,3 +226,17 @@ def test_hostile_prefect_yaml_schedules_are_refused_clearly(tmp_path):
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(doc))
     [line] = conf.check_prefect_yaml(cfg, tmp_path / "two.yaml")
     assert "every 400 s (6m40s) + cron '* * * * *'" in line and "meets the objectives" in line
+
+
+def test_plan_shows_the_derived_schedules(tmp_path):
+    cfg = _cfg(tmp_path, "{rpo: 10m, rto: 15m, drill_interval: 30d}")
+    r = subprocess.run([sys.executable, "-m", "llmdr.cli", "--config", str(cfg.source_file), "plan", "--size", "1GB",
+                        "--bandwidth", "1Gbps", "--json"], capture_output=True, text=True, timeout=180,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    import json
+
+    scheds = json.loads(r.stdout)["schedules"]
+    assert scheds[0].startswith("protect-bundle: every 300 s (5m): objectives.rpo 600 s (10m)")
+    assert scheds[2].startswith("dr-drill: every 25d: objectives.drill_interval 30d - margin 4d12h")
+    assert "within 7d" in scheds[3]

@@ -326,7 +326,9 @@ def plan_lines(cfg: Config) -> list[str]:
     for flow in DERIVED_FLOWS:
         d = derive(cfg, flow)
         if d is None:
-            out.append(f"{flow}: not deployed (no checkpoints: section)")
+            out.append(f"{flow}: not deployed ({not_enabled(cfg, flow)})")
         else:
             out.append(f"{flow}: every {d.every}: {d.why}")
+    out.append(f"verify-replicas: every chunk read back within {human(verify_cycle_limit(cfg))} "
+               "(min(7 d, objectives.drill_interval / 2); prefect.yaml's daily 1/7 and weekly full runs are checked)")
     return out
