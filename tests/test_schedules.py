@@ -64,7 +64,10 @@ def test_protect_every_half_the_rpo_until_the_copy_time_is_measured(tmp_path):
 def test_each_bundle_and_each_objective_gets_its_own_interval(tmp_path):
     assert derive(_cfg(tmp_path, "{rpo: 1h}"), "protect-bundle").interval_s == 1800
     assert derive(_cfg(tmp_path, "{rpo: 3s}"), "protect-bundle").interval_s == 1  # 1.5 s, whole seconds down
-    assert derive(_cfg(tmp_path, "{rpo: 1s}"), "protect-bundle").interval_s == 1  # never 0
+    tiny = derive(_cfg(tmp_path, "{rpo: 1s}"), "protect-bundle")
+    assert tiny.interval_s == 1 and "leaves no time for a run" in tiny.warning  # never 0
+    assert "leaves no time" in derive(_cfg(tmp_path, "{rpo: 0s}"), "protect-bundle").warning
+    assert check_explicit(_cfg(tmp_path, "{rpo: 0s}"), "protect-bundle", "p", 1, "every 1 s").refused
 
 
 def test_checkpoints_only_with_a_checkpoints_section_from_the_training_rpo(tmp_path):
@@ -240,3 +243,9 @@ def test_plan_shows_the_derived_schedules(tmp_path):
     assert scheds[0].startswith("protect-bundle: every 300 s (5m): objectives.rpo 600 s (10m)")
     assert scheds[2].startswith("dr-drill: every 25d: objectives.drill_interval 30d - margin 4d12h")
     assert "within 7d" in scheds[3]
+
+
+def test_deploy_sh_parses():
+    """deploy.sh is valid bash (a quote inside `${VAR:?message}` once made every run of it a syntax error)."""
+    r = subprocess.run(["bash", "-n", str(ROOT / "deployments" / "deploy.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -127,8 +127,9 @@ def derive(cfg: Config, flow: str, copy_s: float | None = None) -> Derived | Non
         interval = half if copy_s is None else min(half, obj - math.ceil(copy_s))
         warning = ""
         if interval < 1:
-            warning = (f"{flow}: its runs take {human(math.ceil(copy_s or 0))}, as long as {name} "
-                       f"{human(obj)} or longer: no schedule keeps the DR copy within it; scheduled every "
+            took = (f"its runs take {human(math.ceil(copy_s))}, as long as {name} {human(obj)} or longer"
+                    if copy_s is not None else f"{name} {human(obj)} leaves no time for a run")
+            warning = (f"{flow}: {took}: no schedule keeps the DR copy within it; scheduled every "
                        f"{human(max(1, half))} anyway. Make the copy faster (transfer.workers, bandwidth) or raise "
                        f"{name}")
             interval = max(1.0, half)
