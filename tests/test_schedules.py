@@ -249,3 +249,24 @@ def test_deploy_sh_parses():
     """deploy.sh is valid bash (a quote inside `${VAR:?message}` once made every run of it a syntax error)."""
     r = subprocess.run(["bash", "-n", str(ROOT / "deployments" / "deploy.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_each_bundle_is_checked_against_its_own_objectives(tmp_path):
+    """With bundles:, an explicit prefect.yaml schedule is checked once per bundle: every 20 min meets a 1 h RPO
+    (20 min + 30 min reserved) but not the 10 min one, and only that bundle's copy is named in the refusal."""
+    conf = _configure()
+    text = OFFLINE_CONFIG.replace(
+        'bundle: {name: b, path: model, components: {tokenizer: {paths: ["tokenizer.json"]}}}\n',
+        "bundles:\n  - {name: slow, path: a, objectives: {rpo: 1h}}\n  - {name: fast, path: b, objectives: {rpo: 10m}}\n")
+    cfg = write_config(tmp_path / "multi.yaml", text)
+    doc = {"deployments": [{"name": "protect-bundle", "entrypoint": "flows/protect_bundle.py:protect_bundle",
+                            "schedules": [{"interval": 1200}]}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        conf.check_prefect_yaml(cfg, tmp_path / "p.yaml")
+    assert "refused: 1 schedule(s)" in str(e.value)
+    assert "protect-bundle-fast every 1200 s (20m) cannot keep the DR copy within objectives.rpo 600 s (10m)" in str(e.value)
+    doc["deployments"][0]["schedules"] = [{"interval": 150}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    lines = conf.check_prefect_yaml(cfg, tmp_path / "p.yaml")
+    assert [x.split(":")[0] for x in lines] == ["protect-bundle-slow", "protect-bundle-fast"]
