@@ -16,12 +16,20 @@ here, on every deployment tagged ``llmdr``:
   monitor on the DR pool's ``failover`` queue, served by the warm runner);
 - pools named ``llmdr-...`` that no configured region has (a region renamed or removed, or the old single-pool
   ``llmdr-process``/``llmdr-failover``) are reported with their deployments, online workers and waiting runs;
-  ``--prune`` deletes those nothing uses any more.
+  ``--prune`` deletes those nothing uses any more;
+- the schedules: each placeholder schedule (slug ``llmdr-derived``) replaced by the one derived from the objectives
+  (``llmdr.config.schedules``: protect every min(RPO/2, RPO - measured copy time), the drill every drill_interval -
+  margin), every explicit schedule checked against them; when one cannot meet them the whole run is refused (exit 2,
+  the arithmetic on stderr) before anything is written. ``--check`` / ``--pools`` check prefect.yaml the same way
+  before `prefect deploy`;
+- only the deployments the config enables: protect-checkpoints without ``checkpoints:`` and monitor-endpoints
+  without a serving endpoint (per bundle) are deleted, with a line saying why.
 
 Idempotent: tags it added before are replaced, so running it again (or after a config change) is safe.
 
     python deployments/configure.py             # after `prefect deploy --all`
-    eval "$(python deployments/configure.py --pools)"   # before it: create the pools, export their names
+    eval "$(python deployments/configure.py --pools)"   # before it: check the schedules, create the pools, export
+    python deployments/configure.py --check     # only check prefect.yaml's schedules (no API)
 """
 
 from __future__ import annotations
