@@ -22,6 +22,9 @@ then writes. The rules, stated so an operator can check them:
   drill never relies on a DR copy read back fewer than twice in its interval. Refused when every scheduled
   verify deployment's cycle is longer.
 
+Deployments exist only for what the config enables (``not_enabled``): protect-checkpoints needs ``checkpoints:``,
+monitor-endpoints a serving endpoint to watch.
+
 Schedules that configure.py owns carry the slug ``llmdr-derived``; any other active schedule on a deployment is
 explicit (prefect.yaml or the UI) and wins over the derived one once it passes the check.
 """
