@@ -274,9 +274,19 @@ def schedule_gap(schedules: list[Any]) -> tuple[float, str]:
     return max(b - a for a, b in zip(times, times[1:], strict=False)), what
 
 
+def run_lag_s(run: Any) -> float:
+    """How long after its scheduled time a run finished, seconds: the wait for a worker (its poll, the process
+    start, a concurrency slot) plus the run itself, all of which the DR copy ages by; its run time when it has no
+    end or expected start."""
+    if run.end_time is not None and run.expected_start_time is not None:
+        return max(0.0, (run.end_time - run.expected_start_time).total_seconds())
+    return run.total_run_time.total_seconds() if run.total_run_time else 0.0
+
+
 def measured_copy_s(client: Any, deployment_id: Any) -> float | None:
-    """The longest total run time of the deployment's last 10 completed runs (its copy time, snapshot to verified
-    DR copy, plus retention), seconds; None before it has run."""
+    """The copy time of a protect deployment: the longest ``run_lag_s`` of its last 10 completed runs (from the
+    scheduled time to the verified DR copy, plus retention), seconds, as the Prefect server timed them; None before
+    it has run."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -290,8 +300,8 @@ def measured_copy_s(client: Any, deployment_id: Any) -> float | None:
     runs = retry_api(client.read_flow_runs, deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                      flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                          any_=[StateType.COMPLETED]))), sort=FlowRunSort.END_TIME_DESC, limit=10)
-    times = [r.total_run_time.total_seconds() for r in runs if r.total_run_time and r.total_run_time.total_seconds()]
-    return max(times) if times else None
+    lags = [run_lag_s(r) for r in runs]
+    return max(lags) if any(lags) else None
 
 
 def derived_schedule(d: Derived) -> Any:

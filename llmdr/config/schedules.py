@@ -5,7 +5,7 @@ each one's schedule must be, refuses the whole deploy when an explicit schedule 
 then writes. The rules, stated so an operator can check them:
 
 - **protect-bundle** (``objectives.rpo``): a snapshot taken at ``t`` is in the DR region at ``t + c`` (``c``: the
-  copy time, snapshot + copy + verify of one run); the next one is taken at ``t + I`` and lands at ``t + I + c``, so
+  copy time: from the run's scheduled time, through the wait for a worker, to the verified copy); the next one is taken at ``t + I`` and lands at ``t + I + c``, so
   just before it lands the newest DR copy is ``I + c`` old. It stays within the RPO when ``I + c ≤ RPO``. Derived:
   ``I = min(RPO/2, RPO − c)`` with ``c`` the longest of the deployment's last completed runs when Prefect has any;
   without a measurement ``c`` is unknown and half the RPO is reserved for it: ``I = RPO/2``. An explicit schedule
@@ -116,7 +116,7 @@ def verify_cycle_limit(cfg: Config) -> float:
 def _copy_text(copy_s: float | None, objective_s: float) -> str:
     if copy_s is None:
         return f"copy time {human(objective_s / 2)} (not measured yet: half the objective reserved)"
-    return f"copy time {human(math.ceil(copy_s))} (the longest of its last completed runs)"
+    return f"copy time {human(math.ceil(copy_s))} (the longest of its last completed runs, scheduled time to end)"
 
 
 def derive(cfg: Config, flow: str, copy_s: float | None = None) -> Derived | None:
