@@ -56,6 +56,7 @@ from llmdr.config.schedules import (
     PROTECT_FLOWS,
     Derived,
     SchedulePlan,
+    check_deployments,
     flow_of_entrypoint,
     human,
     is_derived,
@@ -63,6 +64,8 @@ from llmdr.config.schedules import (
     plan_schedules,
     refusals,
     refuse,
+    run_lag_s,
+    same_schedule,
 )
 from llmdr.errors import ConfigError, LlmdrError
 from llmdr.integrations.prefect import retry_api
@@ -274,15 +277,6 @@ def schedule_gap(schedules: list[Any]) -> tuple[float, str]:
     return max(b - a for a, b in zip(times, times[1:], strict=False)), what
 
 
-def run_lag_s(run: Any) -> float:
-    """How long after its scheduled time a run finished, seconds: the wait for a worker (its poll, the process
-    start, a concurrency slot) plus the run itself, all of which the DR copy ages by; its run time when it has no
-    end or expected start."""
-    if run.end_time is not None and run.expected_start_time is not None:
-        return max(0.0, (run.end_time - run.expected_start_time).total_seconds())
-    return run.total_run_time.total_seconds() if run.total_run_time else 0.0
-
-
 def measured_copy_s(client: Any, deployment_id: Any) -> float | None:
     """The copy time of a protect deployment: the longest ``run_lag_s`` of its last 10 completed runs (from the
     scheduled time to the verified DR copy, plus retention), seconds, as the Prefect server timed them; None before
@@ -311,12 +305,6 @@ def derived_schedule(d: Derived) -> Any:
 
     anchor = ANCHOR.replace(hour=d.anchor_hour) if d.anchor_hour is not None else ANCHOR
     return IntervalSchedule(interval=timedelta(seconds=d.interval_s), anchor_date=anchor, timezone="UTC")
-
-
-def same_schedule(a: Any, b: Any) -> bool:
-    keys = ("interval", "anchor_date", "cron", "rrule", "timezone")
-    return type(a).__name__ == type(b).__name__ and all(
-        getattr(a, k, None) == getattr(b, k, None) for k in keys if k != "timezone" or hasattr(a, "cron"))
 
 
 def write_schedules(client: Any, d: Any, plan: SchedulePlan) -> str:
@@ -373,20 +361,7 @@ def yaml_schedules(path: Path) -> list[tuple[str, str, list[Any], dict[str, Any]
 def check_prefect_yaml(cfg: Config, path: Path) -> list[str]:
     """Check prefect.yaml's schedules against the config (each bundle's objectives, for ``bundles:``) before they
     are deployed; raises ``ConfigError`` with the arithmetic when one cannot meet them. One line per deployment."""
-    out, plans = [], []
-    views = cfg.views() if cfg.multi_bundle else [cfg]
-    for name, flow_name, scheds, params in yaml_schedules(path):
-        for view in views:
-            label = bundle_deployment_name(name, view.bundle.name) if cfg.multi_bundle else name
-            why = not_enabled(view, flow_name)
-            if why:
-                out.append(f"{label}: not deployed for this config ({why})")
-                continue
-            plan = plan_schedules(view, flow_name, label, scheds, params, None, schedule_gap)
-            plans.append(plan)
-            out.append(f"{label}: {plan.line()}" + (f"; WARNING: {plan.warning}" if plan.warning else ""))
-    refuse(refusals(plans), str(path))
-    return out
+    return check_deployments(cfg, yaml_schedules(path), schedule_gap, str(path))
 
 
 # Several bundles (bundles: in llmdr.yaml) ---------------------------------------------------------------------------

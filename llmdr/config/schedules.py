@@ -314,6 +314,43 @@ def refuse(reasons: list[str], where: str) -> None:
                           "llmdr.yaml; nothing was changed:\n  - " + "\n  - ".join(reasons))
 
 
+def run_lag_s(run: Any) -> float:
+    """How long after its scheduled time a run finished, seconds: the wait for a worker (its poll, the process
+    start, a concurrency slot) plus the run itself, all of which the DR copy ages by; its run time when it has no
+    end or expected start."""
+    if run.end_time is not None and run.expected_start_time is not None:
+        return max(0.0, (run.end_time - run.expected_start_time).total_seconds())
+    return run.total_run_time.total_seconds() if run.total_run_time else 0.0
+
+
+def same_schedule(a: Any, b: Any) -> bool:
+    """Two Prefect schedules (interval, cron or rrule) that make the same runs."""
+    keys = ("interval", "anchor_date", "cron", "rrule", "timezone")
+    return type(a).__name__ == type(b).__name__ and all(
+        getattr(a, k, None) == getattr(b, k, None) for k in keys if k != "timezone" or hasattr(a, "cron"))
+
+
+def check_deployments(cfg: Config, deployments: list[tuple[str, str, list[Any], dict[str, Any]]],
+                      gap: Callable[[list[Any]], tuple[float, str]], where: str) -> list[str]:
+    """Check the schedules of ``deployments`` (name, flow, schedules, parameters: prefect.yaml's, before `prefect
+    deploy`) against the config, each bundle's objectives for ``bundles:`` (its copy named ``<name>-<bundle>``);
+    raises ``ConfigError`` with the arithmetic when one cannot meet them. One line per deployment (and bundle)."""
+    out, plans = [], []
+    views = cfg.views() if cfg.multi_bundle else [cfg]
+    for name, flow_name, scheds, params in deployments:
+        for view in views:
+            label = f"{name}-{view.bundle.name}" if cfg.multi_bundle else name
+            why = not_enabled(view, flow_name)
+            if why:
+                out.append(f"{label}: not deployed for this config ({why})")
+                continue
+            plan = plan_schedules(view, flow_name, label, scheds, params, None, gap)
+            plans.append(plan)
+            out.append(f"{label}: {plan.line()}" + (f"; WARNING: {plan.warning}" if plan.warning else ""))
+    refuse(refusals(plans), where)
+    return out
+
+
 def drill_schedule(cfg: Config) -> str:
     """The scheduled drill's cadence in words, for the runbook: ``every 76d at 06:00 UTC (objectives.drill_interval
     90d - 13d12h margin)``."""
