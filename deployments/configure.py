@@ -16,12 +16,20 @@ here, on every deployment tagged ``llmdr``:
   monitor on the DR pool's ``failover`` queue, served by the warm runner);
 - pools named ``llmdr-...`` that no configured region has (a region renamed or removed, or the old single-pool
   ``llmdr-process``/``llmdr-failover``) are reported with their deployments, online workers and waiting runs;
-  ``--prune`` deletes those nothing uses any more.
+  ``--prune`` deletes those nothing uses any more;
+- the schedules: each placeholder schedule (slug ``llmdr-derived``) replaced by the one derived from the objectives
+  (``llmdr.config.schedules``: protect every min(RPO/2, RPO - measured copy time), the drill every drill_interval -
+  margin), every explicit schedule checked against them; when one cannot meet them the whole run is refused (exit 2,
+  the arithmetic on stderr) before anything is written. ``--check`` / ``--pools`` check prefect.yaml the same way
+  before `prefect deploy`;
+- only the deployments the config enables: protect-checkpoints without ``checkpoints:`` and monitor-endpoints
+  without a serving endpoint (per bundle) are deleted, with a line saying why.
 
 Idempotent: tags it added before are replaced, so running it again (or after a config change) is safe.
 
     python deployments/configure.py             # after `prefect deploy --all`
-    eval "$(python deployments/configure.py --pools)"   # before it: create the pools, export their names
+    eval "$(python deployments/configure.py --pools)"   # before it: check the schedules, create the pools, export
+    python deployments/configure.py --check     # only check prefect.yaml's schedules (no API)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,23 @@ from llmdr.config.pools import (
     region_pools,
     stale_pools,
 )
+from llmdr.config.schedules import (
+    DERIVED_SLUG,
+    PROTECT_FLOWS,
+    Derived,
+    SchedulePlan,
+    check_deployments,
+    flow_of_entrypoint,
+    human,
+    is_derived,
+    not_enabled,
+    plan_schedules,
+    refusals,
+    refuse,
+    run_lag_s,
+    same_schedule,
+)
+from llmdr.errors import ConfigError, LlmdrError
 from llmdr.integrations.prefect import retry_api
 
 MANAGED_TAG_PREFIXES = ("bundle:", "region:")
@@ -130,11 +156,23 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
         flows = {d.flow_id: retry_api(client.read_flow, d.flow_id).name for d in deps}
         if cfg.multi_bundle:
             return apply_bundles(client, cfg, deps, flows)
-        for d in [d for d in deps if is_bundle_copy(d.name, d.parameters)]:  # left from a project with bundles:
+        copies = [d for d in deps if is_bundle_copy(d.name, d.parameters)]  # left from a project with bundles:
+        deps = [d for d in deps if not is_bundle_copy(d.name, d.parameters)]
+        off = [d for d in deps if not_enabled(cfg, flows[d.flow_id])]
+        deps = [d for d in deps if not not_enabled(cfg, flows[d.flow_id])]
+        # every schedule is decided (and refused) before anything is written
+        plans = {d.id: plan_schedules(cfg, flows[d.flow_id], d.name, list(d.schedules or []), d.parameters,
+                                      measured_copy_s(client, d.id) if flows[d.flow_id] in PROTECT_FLOWS else None,
+                                      schedule_gap)
+                 for d in deps}
+        refuse(refusals(list(plans.values())), "the deployments on the Prefect API")
+        for d in copies:
             retry_api(client.delete_deployment, d.id)
             out.append(f"{flows[d.flow_id]}/{d.name}: deleted (a copy for bundles: that {cfg.source_file} no longer "
                        "has)")
-        deps = [d for d in deps if not is_bundle_copy(d.name, d.parameters)]
+        for d in off:
+            retry_api(client.delete_deployment, d.id)
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg, flows[d.flow_id])})")
         for d in deps:
             flow_name = flows[d.flow_id]
             new = fitted(cfg, flow_name, list(d.tags), dict(d.parameters or {}),
@@ -145,9 +183,13 @@ def apply(cfg: Config, *, pools_ready: bool = False) -> list[str]:
             # a change of pool also drops the deployment's future scheduled runs; the scheduler makes new ones
             retry_api(client.update_deployment, d.id,
                       DeploymentUpdate(**new, **({"work_pool_name": pool, "work_queue_name": queue} if moved else {})))
+            sched = write_schedules(client, d, plans[d.id])
             was = f" (was {d.work_pool_name}/{d.work_queue_name})" if moved else ""
             paused = "; PAUSED (by a project with bundles:? `prefect deployment resume` it)" if d.paused else ""
-            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}{paused}")
+            out.append(f"{flow_name}/{d.name}: pool {pool}/{queue}{was}; tags {', '.join(new['tags'])}; {sched}"
+                       f"{paused}")
+            if plans[d.id].warning:
+                out.append(f"WARNING: {plans[d.id].warning}")
     return out
 
 
@@ -193,6 +235,135 @@ def stale(cfg: Config, prune: bool = False) -> list[str]:
     return out
 
 
+# Schedules (llmdr.config.schedules: derived from the objectives; explicit ones checked) ---------------------------
+SCHEDULE_HORIZON = timedelta(days=800)  # how far a cron/rrule is unrolled to find its longest gap (covers quarters)
+SCHEDULE_SAMPLES = 5000  # at most this many runs per schedule (a frequent cron: its gaps within that window)
+ANCHOR = datetime(2026, 1, 1, tzinfo=timezone.utc)  # derived schedules are anchored here: re-running changes nothing
+
+
+def schedule_gap(schedules: list[Any]) -> tuple[float, str]:
+    """The longest time between two runs of these (active) Prefect schedules together, in seconds, found by
+    unrolling them with Prefect's own scheduler code, and how they read (``every 300 s``, ``cron '...' (UTC)``).
+    One interval schedule: its interval. Nothing within the horizon: the horizon."""
+    import asyncio
+
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    from prefect.server.schemas import schedules as server
+
+    texts = []
+    for s in schedules:
+        if isinstance(s, IntervalSchedule):
+            texts.append(f"every {human(s.interval.total_seconds())}")
+        elif isinstance(s, CronSchedule):
+            texts.append(f"cron '{s.cron}' ({s.timezone or 'UTC'})")
+        else:
+            texts.append(f"rrule '{getattr(s, 'rrule', s)}'")
+    what = " + ".join(texts)
+    if len(schedules) == 1 and isinstance(schedules[0], IntervalSchedule):
+        return schedules[0].interval.total_seconds(), what
+    start = datetime.now(timezone.utc)
+    end = start + SCHEDULE_HORIZON
+    dates: list[datetime] = []
+    for s in schedules:
+        kind = {"IntervalSchedule": server.IntervalSchedule, "CronSchedule": server.CronSchedule}.get(
+            type(s).__name__, server.RRuleSchedule)
+        got = asyncio.run(kind(**s.model_dump(exclude_none=True)).get_dates(n=SCHEDULE_SAMPLES, start=start, end=end))
+        if got:  # Prefect caps how many dates it unrolls: beyond a schedule's last one, the union is not known
+            end = min(end, got[-1])
+        dates += got
+    times = sorted({d.timestamp() for d in dates if d <= end} | {start.timestamp()})
+    if len(times) < 2:
+        return SCHEDULE_HORIZON.total_seconds(), what
+    return max(b - a for a, b in zip(times, times[1:], strict=False)), what
+
+
+def measured_copy_s(client: Any, deployment_id: Any) -> float | None:
+    """The copy time of a protect deployment: the longest ``run_lag_s`` of its last 10 completed runs (from the
+    scheduled time to the verified DR copy, plus retention), seconds, as the Prefect server timed them; None before
+    it has run."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = retry_api(client.read_flow_runs, deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                         any_=[StateType.COMPLETED]))), sort=FlowRunSort.END_TIME_DESC, limit=10)
+    lags = [run_lag_s(r) for r in runs]
+    return max(lags) if any(lags) else None
+
+
+def derived_schedule(d: Derived) -> Any:
+    """The Prefect interval schedule of a derived one (anchored at a fixed time: the same config gives the same
+    schedule, so a re-run keeps the runs already scheduled)."""
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    anchor = ANCHOR.replace(hour=d.anchor_hour) if d.anchor_hour is not None else ANCHOR
+    return IntervalSchedule(interval=timedelta(seconds=d.interval_s), anchor_date=anchor, timezone="UTC")
+
+
+def write_schedules(client: Any, d: Any, plan: SchedulePlan) -> str:
+    """Apply ``plan`` to deployment ``d``: its derived schedule updated in place (or created), extra derived ones
+    deleted; explicit ones are left as they are. Returns what was done, for the log."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    if plan.derived is None:
+        return plan.line()
+    want = derived_schedule(plan.derived)
+    mine = [s for s in d.schedules or [] if is_derived(s)]
+    if mine and same_schedule(mine[0].schedule, want) and mine[0].active == plan.active:
+        state = "kept"
+    elif mine:
+        retry_api(client.update_deployment_schedule, d.id, mine[0].id, schedule=want, active=plan.active)
+        state = "updated"
+    else:
+        retry_api(client.create_deployment_schedules, d.id,
+                  [DeploymentScheduleCreate(schedule=want, active=plan.active, slug=DERIVED_SLUG)])
+        state = "created"
+    for extra in mine[1:]:
+        retry_api(client.delete_deployment_schedule, d.id, extra.id)
+    return plan.line() + ("" if plan.active else f"; derived every {plan.derived.every} kept inactive") + \
+        f" [{state}]"
+
+
+def yaml_schedules(path: Path) -> list[tuple[str, str, list[Any], dict[str, Any]]]:
+    """prefect.yaml's deployments as (name, flow name, schedules, parameters), each schedule read by `prefect
+    deploy`'s own code into what it would create (``schedule``, ``active``, ``slug``), to check before it does."""
+    from types import SimpleNamespace
+
+    import yaml
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule as read_schedule
+
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot be read as YAML: {e}") from None
+    out = []
+    for dep in doc.get("deployments") or []:
+        scheds = []
+        for i, raw in enumerate(dep.get("schedules") or []):
+            try:
+                s = read_schedule(dict(raw))
+            except (ValueError, TypeError, AttributeError) as e:
+                raise ConfigError(f"{path.name}: deployment {dep.get('name')} schedule {i + 1}: {e}") from None
+            scheds.append(SimpleNamespace(schedule=s["schedule"], active=s.get("active", True) is not False,
+                                          slug=s.get("slug")))
+        out.append((dep.get("name", "?"), flow_of_entrypoint(dep.get("entrypoint", "")), scheds,
+                    dep.get("parameters") or {}))
+    return out
+
+
+def check_prefect_yaml(cfg: Config, path: Path) -> list[str]:
+    """Check prefect.yaml's schedules against the config (each bundle's objectives, for ``bundles:``) before they
+    are deployed; raises ``ConfigError`` with the arithmetic when one cannot meet them. One line per deployment."""
+    return check_deployments(cfg, yaml_schedules(path), schedule_gap, str(path))
+
+
 # Several bundles (bundles: in llmdr.yaml) ---------------------------------------------------------------------------
 def bundle_deployment_name(base: str, bundle: str) -> str:
     """The name of BUNDLE's copy of the deployment BASE (``protect-bundle`` → ``protect-bundle-support-bot``)."""
@@ -235,30 +406,59 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
 
     out = []
     names = set(cfg.bundle_names())
+    copies = {d.name: d for d in deps if "bundle" in (d.parameters or {})}
     bases = [d for d in deps if "bundle" not in (d.parameters or {})]
+    off = [d for d in bases if not_enabled(cfg, flows[d.flow_id])]  # for no bundle at all
+    bases = [d for d in bases if not not_enabled(cfg, flows[d.flow_id])]
+    planned = []  # (base, its copy's fields, the copy's schedule plan): decided (and refused) before any write
+    wanted = set()
+    for d in bases:
+        flow_name = flows[d.flow_id]
+        for new, view in zip(per_bundle(cfg, flow_name, d.name, list(d.tags), dict(d.parameters or {}),
+                                        dict(d.parameter_openapi_schema or {})), cfg.views(), strict=True):
+            if not_enabled(view, flow_name):  # e.g. the monitor of a bundle with no serving endpoint
+                continue
+            wanted.add(new["name"])
+            mine = copies.get(new["name"])
+            copy_s = measured_copy_s(client, mine.id) if mine is not None and flow_name in PROTECT_FLOWS else None
+            planned.append((d, new, plan_schedules(view, flow_name, new["name"], list(d.schedules or []),
+                                                   d.parameters, copy_s, schedule_gap)))
+    refuse(refusals([p for _, _, p in planned]), "the deployments on the Prefect API")
     for d in deps:
         b = (d.parameters or {}).get("bundle")
         if b is not None and b not in names:
             retry_api(client.delete_deployment, d.id)
             out.append(f"{flows[d.flow_id]}/{d.name}: deleted (bundle {b} is no longer in {cfg.source_file})")
-    for d in bases:
+        elif b is not None and d.name not in wanted and not_enabled(cfg.for_bundle(b), flows[d.flow_id]):
+            retry_api(client.delete_deployment, d.id)
+            out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg.for_bundle(b), flows[d.flow_id])})")
+    for d in off:
+        retry_api(client.delete_deployment, d.id)
+        out.append(f"{flows[d.flow_id]}/{d.name}: deleted ({not_enabled(cfg, flows[d.flow_id])})")
+    for d, new, plan in planned:
         flow_name = flows[d.flow_id]
-        for new in per_bundle(cfg, flow_name, d.name, list(d.tags), dict(d.parameters or {}),
-                              dict(d.parameter_openapi_schema or {})):
-            schedules = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active) for s in d.schedules or []]
-            limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None  # prefect.yaml's
-            retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit,
-                      concurrency_options=d.concurrency_options,
-                      parameters=new["parameters"], description=d.description,
-                      work_queue_name=new["work_queue_name"], work_pool_name=new["work_pool_name"],
-                      tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
-                      parameter_openapi_schema=new["parameter_openapi_schema"], pull_steps=d.pull_steps,
-                      enforce_parameter_schema=d.enforce_parameter_schema, job_variables=d.job_variables)
-            out.append(f"{flow_name}/{new['name']}: pool {new['work_pool_name']}/{new['work_queue_name']}; tags "
-                       f"{', '.join(new['tags'])}")
+        # the base's explicit schedules, and the derived one of this bundle's objectives
+        schedules = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active, slug=s.slug)
+                     for s in d.schedules or [] if not is_derived(s)]
+        if plan.derived is not None:
+            schedules.append(DeploymentScheduleCreate(schedule=derived_schedule(plan.derived), active=plan.active,
+                                                      slug=DERIVED_SLUG))
+        limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None  # prefect.yaml's
+        retry_api(client.create_deployment, d.flow_id, new["name"], schedules=schedules, concurrency_limit=limit,
+                  concurrency_options=d.concurrency_options,
+                  parameters=new["parameters"], description=d.description,
+                  work_queue_name=new["work_queue_name"], work_pool_name=new["work_pool_name"],
+                  tags=new["tags"], path=d.path, entrypoint=d.entrypoint,
+                  parameter_openapi_schema=new["parameter_openapi_schema"], pull_steps=d.pull_steps,
+                  enforce_parameter_schema=d.enforce_parameter_schema, job_variables=d.job_variables)
+        out.append(f"{flow_name}/{new['name']}: pool {new['work_pool_name']}/{new['work_queue_name']}; tags "
+                   f"{', '.join(new['tags'])}; {plan.line()}")
+        if plan.warning:
+            out.append(f"WARNING: {plan.warning}")
+    for d in bases:
         if not d.paused:
             retry_api(client.update_deployment, d.id, DeploymentUpdate(paused=True))
-        out.append(f"{flow_name}/{d.name}: paused (one copy per bundle runs instead)")
+        out.append(f"{flows[d.flow_id]}/{d.name}: paused (one copy per bundle runs instead)")
     for b in cfg.bundle_names():
         out.append(f"concurrency limit {protect_limit_name(b)}: {ensure_concurrency_limit(protect_limit_name(b), 1)}")
     for r in cfg.regions:
@@ -267,12 +467,19 @@ def apply_bundles(client: Any, cfg: Config, deps: list[Any], flows: dict[Any, st
     return out
 
 
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pools", action="store_true", help="only create the region pools and print, as shell exports, "
-                    "the pool variables prefect.yaml needs (run before `prefect deploy`)")
+    ap.add_argument("--pools", action="store_true", help="check prefect.yaml's schedules against the objectives "
+                    "(--check), create the region pools and print, as shell exports, the pool variables prefect.yaml "
+                    "needs (run before `prefect deploy`)")
+    ap.add_argument("--check", nargs="?", const=str(PREFECT_YAML), metavar="PREFECT_YAML", help="only check the "
+                    "schedules of prefect.yaml (default: the one beside deployments/) against llmdr.yaml's "
+                    "objectives, without the Prefect API; exit 2 with the arithmetic when one cannot meet them")
     ap.add_argument("--prune", action="store_true", help="delete the stale llmdr-... pools no deployment, online "
                     "worker or waiting run uses")
     args = ap.parse_args(argv)
@@ -281,17 +488,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deployments/configure.py: {path} not found: set LLMDR_CONFIG to the project's llmdr.yaml",
               file=sys.stderr)
         return 2
-    cfg = load_config(path, whole=True)
-    if args.pools:
+    try:
+        cfg = load_config(path, whole=True)
+        if args.check is not None or args.pools:
+            lines = check_prefect_yaml(cfg, Path(args.check or PREFECT_YAML))
+            if args.check is not None:
+                for line in lines:
+                    print(line)
+                return 0
+            for line in lines:
+                print(f"# schedule {line}")
+            for line in ensure_pools(cfg):
+                print(f"# work pool {line}")
+            for k, v in deploy_env(cfg).items():
+                print(f"export {k}={v}")
+            return 0
         for line in ensure_pools(cfg):
-            print(f"# work pool {line}")
-        for k, v in deploy_env(cfg).items():
-            print(f"export {k}={v}")
-        return 0
-    for line in ensure_pools(cfg):
-        print(f"work pool {line}")
-    for line in apply(cfg, pools_ready=True):
-        print(f"deployment {line}")
+            print(f"work pool {line}")
+        for line in apply(cfg, pools_ready=True):
+            print(line if line.startswith("WARNING: ") else f"deployment {line}",
+                  file=sys.stderr if line.startswith("WARNING: ") else sys.stdout)
+    except LlmdrError as e:
+        print(f"deployments/configure.py: {e}", file=sys.stderr)
+        return e.exit_code
     warnings = stale(cfg, prune=args.prune)
     for line in warnings:
         print(f"WARNING: {line}", file=sys.stderr)

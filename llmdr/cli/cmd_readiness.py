@@ -98,4 +98,12 @@ def plan(
         raise UsageError("give --size and --bandwidth (e.g. --size 140GB --bandwidth 1Gbps), or --region to "
                          "measure them")
     p = make_plan(size_b, bps, rto_s, start_s=start_s, efficiency=eff, warm_rto_s=warm_rto, source=source)
-    emit(as_json, p.to_json(), render_plan(p))
+    if cfg is None:
+        emit(as_json, p.to_json(), render_plan(p))
+        return
+    from llmdr.config.schedules import plan_lines  # the schedules deployments/configure.py derives from the config
+
+    scheds = plan_lines(cfg)
+    emit(as_json, {**p.to_json(), "schedules": scheds}, render_plan(p) + "\n\nSchedules derived from the objectives "
+         "(deployments/configure.py; an explicit one in prefect.yaml must meet them):\n" +
+         "\n".join(f"  {line}" for line in scheds))

@@ -92,12 +92,12 @@ objectives:
   rto: 15m             # time allowed from outage to correct answers from the DR region
   drill_interval: 90d  # a DR drill at least this often
 
-# Which snapshots protect-bundle keeps, in every region, after each run. It runs every 5 minutes (288 snapshots a
-# day); without this section every one is kept forever, and the catalog, `llmdr snapshots` and each region's
+# Which snapshots protect-bundle keeps, in every region, after each run. It runs every RPO/2 (150 s for the 5m
+# above: 576 snapshots a day); without this section every one is kept forever, and the catalog, `llmdr snapshots` and each region's
 # metadata grow without end. The newest snapshot is never forgotten. A forgotten snapshot's space comes back with
 # the prune; in a region under Object Lock its objects stay until their locks end.
 retention:
-  keep_last: 576       # the newest 576 snapshots: two days at one every 5 minutes
+  keep_last: 576       # the newest 576 snapshots: a day at one every 150 s
   prune: true          # then delete the chunks no remaining snapshot (of any bundle) uses...
   grace: 6h            # ...once written at least this long ago (a snapshot still uploading has chunks no manifest names)
 

@@ -62,8 +62,9 @@ def browser_check(url: str, profile: Path) -> None:
     build.mkdir(exist_ok=True)
     dom = subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True,
                          text=True, timeout=120).stdout
-    # the page lists 10 deployments, by name: the 11th and 12th (verify-replicas-daily, -weekly) are on page 2
-    for name in ("dr-drill-on-demand", "prewarm-standby", "protect-bundle", "protect-checkpoints", "restore-bundle"):
+    # the page lists 10 deployments, by name: the 11th (verify-replicas-weekly) is on page 2; protect-checkpoints is
+    # not deployed (no checkpoints: in the test's llmdr.yaml)
+    for name in ("dr-drill-on-demand", "prewarm-standby", "protect-bundle", "restore-bundle"):
         assert name in dom, f"{name} not on the rendered deployments page"
     subprocess.run([browser, *CHROMIUM, f"--user-data-dir={profile}", f"--screenshot={build / 'ui-deployments.png'}",
                     url], capture_output=True, timeout=120)
@@ -81,7 +82,8 @@ def deploy_and_run(region_config, tmp_path, database: str) -> None:
         assert st.healthy and st.server_pid and st.worker_pid
         api = f"http://127.0.0.1:{port}/api"
         names = {d["name"] for d in api_post(api, "/deployments/filter", {})}
-        assert {"protect-bundle", "verify-replicas-daily", "protect-checkpoints", "restore-bundle"} <= names
+        assert {"protect-bundle", "verify-replicas-daily", "restore-bundle"} <= names
+        assert "protect-checkpoints" not in names  # no checkpoints: section, so configure.py removed it
         env = orchestration.env(cfg, port)
         r = subprocess.run([orchestration._prefect(), "deployment", "run", "protect-bundle/protect-bundle", "--watch",
                             "--watch-timeout", "240"], env=env, capture_output=True, text=True, timeout=300)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from llmdr.artifacts import artifact_key
 from llmdr.config import CaddyRouter, Route53Router, format_duration
+from llmdr.config.schedules import drill_schedule
 from llmdr.drill.runbook.text import (
     DEPLOY_DRILL,
     DEPLOY_FAILBACK,
@@ -212,7 +213,7 @@ def drill_programme(c: Context, now: datetime, drills: Sequence[Any] | None) -> 
               f"- {code(c.cmd('drill'))}: a full drill now (needs {code(c.cmd('stack up --ui'))}): the primary is cut off, the "
               "automation must fail over on its own, RTO/RPO are measured, the restore test runs from the DR store, "
               "then failback; exit 8 if a control fails. Scheduled: the `dr-drill-quarterly` deployment "
-              f"({code(deployment_name(c.cfg, DEPLOY_DRILL))}, 06:00 UTC on 1 January, April, July and October).",
+              f"({code(deployment_name(c.cfg, DEPLOY_DRILL))}, {drill_schedule(cfg)}).",
               f"- {code(c.cmd('drills'))}: every drill (RTO, RPO, result); warns when the last passing one is older "
               f"than {format_duration(interval)}.",
               f"- {code(c.cmd('readiness'))}: the readiness checks; exits non-zero on any FAIL.",
