@@ -74,17 +74,17 @@ def test_checkpoints_only_with_a_checkpoints_section_from_the_training_rpo(tmp_p
     cfg = _cfg(tmp_path)
     assert derive(cfg, "protect-checkpoints") is None
     with_ckpt = _cfg(tmp_path, extra="checkpoints: {path: ckpts}\n")
-    assert training_rpo(with_ckpt) == timedelta(hours=24)  # the seed's, until objectives.training exists
+    assert training_rpo(with_ckpt) == timedelta(hours=24)  # the seed's, without objectives.training
     d = derive(with_ckpt, "protect-checkpoints")
     assert d.interval_s == 12 * 3600 and "training rpo" in d.why
     assert any(x.startswith("protect-checkpoints: not deployed") for x in plan_lines(cfg))
 
 
 def test_training_rpo_is_read_from_objectives_training_when_the_config_has_it(tmp_path):
-    cfg = _cfg(tmp_path, extra="checkpoints: {path: ckpts}\n")
-    # objectives.training comes with #20 item 3 (another branch); its rpo is read the same way once it is there
-    object.__setattr__(cfg.objectives, "training", SimpleNamespace(rpo=timedelta(hours=6)))
-    assert derive(cfg, "protect-checkpoints").interval_s == 3 * 3600
+    cfg = _cfg(tmp_path, objectives="{rpo: 5m, rto: 15m, drill_interval: 90d, training: {rpo: 6h, rto: 12h}}",
+               extra="checkpoints: {path: ckpts}\n")
+    d = derive(cfg, "protect-checkpoints")
+    assert d.interval_s == 3 * 3600 and "objectives.training.rpo" in d.why
 
 
 def test_drill_every_interval_minus_readiness_margin_at_six(tmp_path):

@@ -10,7 +10,7 @@ then writes. The rules, stated so an operator can check them:
   ``I = min(RPO/2, RPO − c)`` with ``c`` the longest of the deployment's last completed runs when Prefect has any;
   without a measurement ``c`` is unknown and half the RPO is reserved for it: ``I = RPO/2``. An explicit schedule
   whose longest gap ``G`` has ``G + c > RPO`` (``c`` measured, else ``RPO/2``) is refused.
-- **protect-checkpoints** (``objectives.training.rpo``; 24 h until that objective exists in the config): the same
+- **protect-checkpoints** (``objectives.training.rpo``; 24 h when ``objectives.training`` is not set): the same
   rule with the training RPO, derived only when ``checkpoints:`` is configured (otherwise the deployment is removed).
 - **dr-drill** (``objectives.drill_interval``): readiness FAILs once the last passing drill is older than the
   interval and WARNs within ``margin = min(15 % of it, 14 d)`` of that. Derived: every ``drill_interval − margin``
@@ -42,7 +42,7 @@ from llmdr.config.values import format_duration
 from llmdr.errors import ConfigError
 
 DERIVED_SLUG = "llmdr-derived"  # the slug of a schedule configure.py derives and may replace
-DEFAULT_TRAINING_RPO = timedelta(hours=24)  # the seed's training RPO, until objectives.training is configured
+DEFAULT_TRAINING_RPO = timedelta(hours=24)  # the seed's training RPO, when objectives.training is not set
 DRILL_MARGIN_SHARE = 0.15  # readiness's warning window before a drill is due (llmdr.drill.readiness.checks)
 DRILL_MARGIN_MAX = timedelta(days=14)
 DRILL_HOUR_UTC = 6  # a derived drill starts at 06:00 UTC, like the quarterly cron did
@@ -88,15 +88,14 @@ def human(seconds: float) -> str:
 
 def training_rpo(cfg: Config) -> timedelta:
     """``objectives.training.rpo`` when the config has it, else the seed's 24 h."""
-    training = getattr(cfg.objectives, "training", None)
-    rpo = getattr(training, "rpo", None) if training is not None else None
-    return rpo if isinstance(rpo, timedelta) else DEFAULT_TRAINING_RPO
+    training = cfg.objectives.training
+    return DEFAULT_TRAINING_RPO if training is None else training.rpo
 
 
 def objective_of(cfg: Config, flow: str) -> tuple[str, float]:
     """The objective a protect flow's schedule serves: (its name in llmdr.yaml, seconds)."""
     if flow == "protect-checkpoints":
-        name = "objectives.training.rpo" if getattr(cfg.objectives, "training", None) is not None else \
+        name = "objectives.training.rpo" if cfg.objectives.training is not None else \
             "training rpo (objectives.training.rpo, default 24h)"
         return name, training_rpo(cfg).total_seconds()
     return "objectives.rpo", cfg.objectives.rpo.total_seconds()
