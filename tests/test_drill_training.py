@@ -11,6 +11,7 @@ import pytest
 from llmdr.drill import procedure
 from llmdr.drill import training as tr
 from llmdr.drill.record import DrillRecord
+from llmdr.errors import ConfigError
 from llmdr.repo.ops import open_repo
 from llmdr.repo.repository import Repository
 from llmdr.repo.restore import restore_snapshot
@@ -138,10 +139,9 @@ def test_no_checkpoint_in_the_dr_region(stack, tmp_path):
     assert _control(rec).value == "not restored" and "training_restore_s" not in rec.measurements
 
 
-def test_on_without_a_checkpoints_section_fails_saying_why(stack, tmp_path):
-    cfg = two_regions(stack, tmp_path, extra=ON)
-    out = tr.restore_newest(cfg, "secondary")
-    assert out["problems"] == ["drill.training_restore is on but llmdr.yaml has no checkpoints: section"]
+def test_on_without_a_checkpoints_section_is_refused_at_load(stack, tmp_path):
+    with pytest.raises(ConfigError, match=r"drill.training_restore: true .* no checkpoints: section; add one"):
+        two_regions(stack, tmp_path, extra=ON)
 
 
 def test_on_but_never_run_fails_and_off_shows_no_control(trained, stack, tmp_path):

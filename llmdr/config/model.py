@@ -197,6 +197,9 @@ class Config(StrictModel):
         ds_names = [d.name for d in self.datasets]
         if len(ds_names) != len(set(ds_names)):
             raise ValueError("dataset names must be unique")
+        if self.drill.training_restore and self.checkpoints is None:
+            raise ValueError("drill.training_restore: true restores the newest training checkpoint, but there is no "
+                             "checkpoints: section; add one (checkpoints: {path: ...}) or set training_restore: false")
         if self.failover.target is not None and self.failover.target not in names_set:
             raise ValueError(f"failover.target {self.failover.target!r} is not a region name ({', '.join(names)})")
         if self.failover.target == primary.name:
