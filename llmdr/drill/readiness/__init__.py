@@ -34,6 +34,7 @@ from llmdr.drill.readiness.checks import (
     check_drill,
     check_footprint,
     check_immutability,
+    check_residency,
     check_rpo,
     check_separation,
     keys_source,
@@ -60,7 +61,7 @@ from llmdr.repo.repository import Repository
 
 __all__ = ["CHECKS", "EXIT_FAIL", "FAIL", "PASS", "WARN", "Check", "Readiness", "ReadinessFailed", "artifact_content",
            "check_bandwidth", "check_components", "check_credentials", "check_doors", "check_drill", "check_footprint",
-           "check_immutability", "check_rpo", "check_separation", "failure_notice", "keys_source",
+           "check_immutability", "check_residency", "check_rpo", "check_separation", "failure_notice", "keys_source",
            "measure_throughput", "raise_if_failed", "render_markdown", "render_text", "run_checks"]
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _action_for(exc: Exception) -> str:
 
 
 CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
-          "golden", "footprint", "automation")
+          "golden", "footprint", "automation", "residency")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -151,6 +152,8 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
         from llmdr.drill.readiness.automation import check_automation
 
         add(_guard("automation", "Automatic failover path outside the primary", lambda: check_automation(cfg, t)))
+    if "residency" in want:
+        add(_guard("residency", "Data stays in its jurisdiction", lambda: check_residency(cfg)))
     rep.duration_s = time.perf_counter() - t0
     if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
         from llmdr.common.runs import record_run
