@@ -1,0 +1,132 @@
+"""Data residency at the writing doors, against the session's real SeaweedFS regions, real DVC and a real MLflow
+store: a config that load_config would refuse, built without it (``Config.model_validate``: a caller that skips the
+loader, or a config changed in memory), still cannot send data out of its jurisdiction. Each door is shown refusing
+with nothing written, then passing with the region back in the policy (so the empty listing is not an accident)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmdr.config import Config
+from llmdr.config.residency import ResidencyError
+from llmdr.repo import ops
+from llmdr.storage.factory import open_region
+from tests.support.config import fresh_prefix, two_region_yaml
+
+pytestmark = pytest.mark.s3
+
+DVC = str(Path(sys.executable).parent / "dvc")
+EU = "    jurisdiction: EU\n    geography: eu-west"
+CN = "    jurisdiction: CN\n    geography: Shanghai"
+
+
+def unchecked(stack, tmp: Path, *, primary: str = EU, secondary: str = CN, extra: str = "") -> Config:
+    """The session regions with these jurisdiction lines and an EU-only bundle, validated as a model but not through
+    load_config (whose residency check would refuse it)."""
+    text = two_region_yaml(stack.primary.port, stack.secondaries[0].port, prefix=fresh_prefix(),
+                           bundle="{name: bank-bot, path: bundle, residency: [EU]}", primary_lines=primary,
+                           secondary_lines=secondary, extra=extra, state_dir=stack.state_path)
+    path = tmp / "llmdr.yaml"
+    path.write_text(text)
+    cfg = Config.model_validate(yaml.safe_load(text))
+    cfg._base_dir, cfg._source_file = tmp, path
+    return cfg
+
+
+def keys_in(cfg: Config, region: str, under: str = "") -> list[str]:
+    return [b.key for b in open_region(cfg, cfg.region(region), read_only=True).list(under)]
+
+
+def write_bundle(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "weights.bin").write_bytes(os.urandom(200_000))
+    (root / "config.json").write_text('{"model": "bank-bot"}\n')
+
+
+def test_replicate_refuses_a_destination_outside_the_policy(stack, tmp_path):
+    cfg = unchecked(stack, tmp_path)
+    write_bundle(tmp_path / "bundle")
+    snap = ops.snapshot_bundle(cfg)  # the EU primary is allowed
+    assert keys_in(cfg, "primary")
+    with pytest.raises(ResidencyError) as exc:
+        ops.replicate(cfg, "latest", to="secondary")
+    msg = str(exc.value)
+    assert msg.startswith("replicate latest of 'bank-bot' to region 'secondary': bundle 'bank-bot' may be stored "
+                          "only in [EU] (its residency policy), and region 'secondary' (jurisdiction CN, Shanghai)")
+    assert exc.value.exit_code == 2
+    assert keys_in(cfg, "secondary") == []  # nothing written, not even a lock or the repository config
+    cfg.regions[1].jurisdiction = "eu"  # back in the policy: the same call copies
+    [res] = ops.replicate(cfg, "latest", to="secondary")
+    assert res.snapshot_id == snap.snapshot_id and keys_in(cfg, "secondary")
+
+
+def test_snapshot_and_checkpoints_refuse_a_primary_outside_the_policy(stack, tmp_path):
+    cfg = unchecked(stack, tmp_path, primary="", secondary=EU,
+                    extra="checkpoints: {path: ckpt}")  # the primary declares no jurisdiction
+    write_bundle(tmp_path / "bundle")
+    write_bundle(tmp_path / "ckpt" / "checkpoint-100")
+    with pytest.raises(ResidencyError, match="region 'primary' \\(no jurisdiction declared\\) is outside it"):
+        ops.snapshot_bundle(cfg)
+    with pytest.raises(ResidencyError, match="^protect the checkpoints of 'bank-bot': "):
+        ops.protect_checkpoints(cfg)
+    assert keys_in(cfg, "primary") == [] and keys_in(cfg, "secondary") == []
+
+
+@pytest.fixture
+def dvc_project(stack, tmp_path, monkeypatch):
+    """A real git+DVC repository holding one CSV, with an llmdr config whose dataset must stay in the EU."""
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "loans.csv").write_text("id,amount\n" + "".join(f"{i},{i * 7}\n" for i in range(200)))
+    for args in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "add", "-q", "data/loans.csv"]):
+        subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    return tmp_path
+
+
+def test_dvc_push_refuses_a_region_outside_the_dataset_policy(stack, dvc_project):
+    from llmdr.lineage.datasets import present, push, push_all
+
+    cfg = unchecked(stack, dvc_project, secondary="    jurisdiction: US",
+                    extra="datasets:\n  - {name: loans, path: data/loans.csv, residency: [EU]}")
+    cfg.bundle.residency = None  # only the dataset's own policy is in force here
+    loans = cfg.datasets[0]
+    with pytest.raises(ResidencyError) as exc:
+        push(cfg, loans, "secondary")
+    assert str(exc.value).startswith("dataset 'loans': DVC push to region 'secondary': dataset 'loans' may be "
+                                     "stored only in [EU] (its residency policy), and region 'secondary' "
+                                     "(jurisdiction US) is outside it")
+    assert keys_in(cfg, "secondary") == []
+    with pytest.raises(ResidencyError):  # every region tried, the refusal raised: the EU primary got its copy
+        push_all(cfg, loans)
+    assert present(cfg, loans, "primary") and keys_in(cfg, "secondary") == []
+    cfg.regions[1].jurisdiction = "EU"
+    assert push(cfg, loans, "secondary").pushed == 1 and present(cfg, loans, "secondary")
+
+
+def test_mlflow_artifacts_refuse_a_region_outside_the_policy(stack, tmp_path):
+    from llmdr.lineage import drills, tracking
+    from llmdr.lineage.training import record_training_run
+
+    db = tmp_path / "mlflow.db"
+    cfg = unchecked(stack, tmp_path)  # the DR region, where drill artifacts go, is in China
+    with pytest.raises(ResidencyError, match="^MLflow artifacts to region 'secondary': bundle 'bank-bot'"):
+        tracking.target_for(cfg, tracking_uri=f"sqlite:///{db}")
+    cfg.regions[0].jurisdiction = None  # training runs go to the primary: refused before the store is touched
+    with pytest.raises(ResidencyError, match="^MLflow artifacts to region 'primary'"):
+        record_training_run(cfg, checkpoint=str(tmp_path / "checkpoint-1"), snapshot_id="c" * 64, step=1, params={},
+                            datasets=[], hardware={}, tracking_uri=f"sqlite:///{db}")
+    assert not db.exists() and keys_in(cfg, "secondary") == [] and keys_in(cfg, "primary") == []
+    cfg.regions[1].jurisdiction = "EU"  # in the policy: the drill's artifacts reach the DR bucket
+    from tests.test_tracking import report_folder, sample_record
+
+    target = tracking.target_for(cfg, tracking_uri=f"sqlite:///{db}")
+    drills.log_drill(target, sample_record("bank-bot"), report_folder(tmp_path))
+    assert any(k.startswith("mlflow/") for k in keys_in(cfg, "secondary"))
