@@ -130,3 +130,54 @@ def test_mlflow_artifacts_refuse_a_region_outside_the_policy(stack, tmp_path):
     target = tracking.target_for(cfg, tracking_uri=f"sqlite:///{db}")
     drills.log_drill(target, sample_record("bank-bot"), report_folder(tmp_path))
     assert any(k.startswith("mlflow/") for k in keys_in(cfg, "secondary"))
+
+
+def s3_client(cfg: Config, region: str):
+    """A plain boto3 client on a region, to read the object headers llmdr's store does not expose."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    from llmdr.storage.credentials import resolve_keys
+
+    r = cfg.region(region)
+    k = resolve_keys(cfg, r)
+    return boto3.client("s3", endpoint_url=r.endpoint, aws_access_key_id=k.access_key_id,
+                        aws_secret_access_key=k.secret_access_key, region_name=r.s3_region,
+                        config=BotoConfig(s3={"addressing_style": "path"}))
+
+
+def test_server_side_encryption_settings_reach_dvc_and_mlflow_uploads(stack, dvc_project, monkeypatch):
+    """What docs/guide/residency.md tells users to do for DVC and MLflow objects (llmdr does not encrypt them
+    client-side): the DVC remote's own `sse` setting and MLflow's MLFLOW_S3_UPLOAD_EXTRA_ARGS. Both survive llmdr's
+    calls (its DVC override sets only URL, endpoint and keys; its MLflow environment leaves that variable alone):
+    the objects come back with ServerSideEncryption set. SeaweedFS here does SSE-S3 (AES256), not SSE-KMS."""
+    from llmdr.lineage import drills, tracking
+    from llmdr.lineage.datasets import configure_remotes, push
+    from llmdr.lineage.dvcrepo import remote_url
+    from tests.test_tracking import report_folder, sample_record
+
+    cfg = unchecked(stack, dvc_project, secondary=EU,
+                    extra="datasets:\n  - {name: loans, path: data/loans.csv, residency: [EU]}")
+    loans = cfg.datasets[0]
+    configure_remotes(cfg, dvc_project)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([DVC, "remote", "modify", "llmdr-secondary", "sse", "AES256"], cwd=dvc_project, env=env,
+                   check=True, capture_output=True, timeout=120)
+    assert push(cfg, loans, "secondary").pushed == 1 and push(cfg, loans, "primary").pushed == 1
+    s3 = {r: s3_client(cfg, r) for r in ("primary", "secondary")}
+
+    def sse(region: str, prefix: str) -> set:
+        bucket = cfg.region(region).bucket
+        keys = [o["Key"] for o in s3[region].list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        assert keys, f"nothing under {prefix} in {region}"
+        return {s3[region].head_object(Bucket=bucket, Key=k).get("ServerSideEncryption") for k in keys}
+
+    base = cfg.regions[0].prefix + "/"
+    assert remote_url(cfg.regions[1]).endswith(base + "dvc")
+    assert sse("secondary", base + "dvc/") == {"AES256"}
+    assert sse("primary", base + "dvc/") == {None}  # the remote without the setting: not encrypted by the store
+
+    monkeypatch.setenv("MLFLOW_S3_UPLOAD_EXTRA_ARGS", '{"ServerSideEncryption": "AES256"}')
+    target = tracking.target_for(cfg, tracking_uri=f"sqlite:///{dvc_project / 'mlflow.db'}")
+    drills.log_drill(target, sample_record("bank-bot"), report_folder(dvc_project / "r"))
+    assert sse("secondary", base + "mlflow/") == {"AES256"}
