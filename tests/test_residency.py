@@ -61,7 +61,7 @@ def test_eu_bank_with_both_regions_in_the_eu_loads(tmp_path):
 def test_a_third_region_in_china_is_refused_at_load_naming_bundle_region_jurisdiction_policy(tmp_path):
     msg = refused(tmp_path, config_yaml(regions(third="CN"), bundle=EU_BUNDLE))
     assert "llmdr.yaml: refused by residency policy" in msg
-    assert "bundle.residency (line 2)" in msg
+    assert "bundle.residency (line 2), regions[2] (line 17)" in msg
     assert "bundle 'bank-bot' may be stored only in [EU]" in msg
     assert "region 'cn-east' (jurisdiction CN, Shanghai) is outside it" in msg
     assert "To fix: remove the region" in msg and "eu-west" not in msg

@@ -97,7 +97,8 @@ def _refuse_outside_residency(cfg: Config, node: yaml.Node | None, source: Path)
     problems = config_problems(cfg)
     if problems:
         raise ResidencyError(f"{source}: refused by residency policy\n" + "\n".join(
-            f"  {_dotted(loc)} (line {_line_of(node, loc)}): {msg}" for loc, msg in problems))
+            "  " + ", ".join(f"{_dotted(loc)} (line {_line_of(node, loc)})" for loc in locs) + f": {msg}"
+            for locs, msg in problems))
 
 
 def _build_views(cfg: Config, raw: dict[str, Any], node: yaml.Node | None, source: Path) -> None:

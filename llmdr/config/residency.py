@@ -143,17 +143,17 @@ def require_all(cfg: Config, doing: str) -> None:
         require_resident(cfg, r, doing)
 
 
-def config_problems(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
-    """Every (location in the file, message) where a policy excludes one of the project's regions: each bundle's
-    copies and each dataset's DVC remotes go to every region. Empty when the config complies."""
-    out: list[tuple[tuple[Any, ...], str]] = []
+def config_problems(cfg: Config) -> list[tuple[list[tuple[Any, ...]], str]]:
+    """Every (locations in the file: the policy's and the region's, message) where a policy excludes one of the
+    project's regions: each bundle's copies and each dataset's DVC remotes go to every region. Empty when the config
+    complies."""
+    out: list[tuple[list[tuple[Any, ...]], str]] = []
 
-    def check(loc: tuple[Any, ...], what: str, policy: list[str] | None, extra: list[str] | None = None) -> None:
-        for r in cfg.regions:
-            for pol in (policy, extra):
-                if pol is not None and not allows(pol, r):
-                    out.append((loc, _refusal(what, pol, r, "every region of the project receives a copy")))
-                    return
+    def check(loc: tuple[Any, ...], what: str, policy: list[str] | None) -> None:
+        for i, r in enumerate(cfg.regions):
+            if policy is not None and not allows(policy, r):
+                out.append(([loc, ("regions", i)], _refusal(what, policy, r, "every region of the project receives a "
+                                                               "copy")))
 
     if cfg.bundles is not None:
         for i, b in enumerate(cfg.bundles):
@@ -161,12 +161,10 @@ def config_problems(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
             for j, ds in enumerate(b.datasets or []):
                 check(("bundles", i, "datasets", j, "residency"), f"dataset '{ds.name}' of bundle '{b.name}'",
                       ds.residency)
-        for j, ds in enumerate(cfg.datasets):
-            check(("datasets", j, "residency"), f"dataset '{ds.name}'", ds.residency)
     else:
         check(("bundle", "residency"), f"bundle '{cfg.bundle.name}'", cfg.bundle.residency)
-        for j, ds in enumerate(cfg.datasets):
-            check(("datasets", j, "residency"), f"dataset '{ds.name}'", ds.residency)
+    for j, ds in enumerate(cfg.datasets):
+        check(("datasets", j, "residency"), f"dataset '{ds.name}'", ds.residency)
     return out
 
 
