@@ -52,7 +52,7 @@ KNOWN: dict[str, str] = {
     "RU": "Russia (152-FZ)",
 }
 # A jurisdiction or geography as written in llmdr.yaml: one short name, no list separators
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,63}$")
+NAME = re.compile(r"^[^\W_][\w .()/-]{0,63}$")
 
 
 class ResidencyError(ConfigError):
@@ -70,7 +70,7 @@ def check_name(field: str, value: str | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not NAME.fullmatch(value.strip()):
-        raise ValueError(f"{field} {value!r} is not a short name (1-64 letters, digits, spaces, . _ ( ) / -), e.g. "
+        raise ValueError(f"{field} {value!r} is not a short name (1-64 letters, digits, spaces, . _ ( ) / -, starting with a letter or digit), e.g. "
                          f"{', '.join(list(KNOWN)[:4])}")
     return value.strip()
 
