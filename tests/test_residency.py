@@ -142,6 +142,9 @@ def test_require_resident_refuses_a_region_changed_after_load(tmp_path):
     assert msg.startswith("replicate latest to region 'eu-north': bundle 'bank-bot' may be stored only in [EU]")
     assert "Nothing was written" in msg
     require_resident(cfg, cfg.regions[0], "snapshot")  # the EU primary is still fine
+    from llmdr.errors import is_retriable
+
+    assert not is_retriable(exc.value)  # Prefect tasks and the retrying store never try it again
 
 
 def test_readiness_row_fails_for_a_region_outside_and_names_it(tmp_path):

@@ -181,3 +181,19 @@ def test_server_side_encryption_settings_reach_dvc_and_mlflow_uploads(stack, dvc
     target = tracking.target_for(cfg, tracking_uri=f"sqlite:///{dvc_project / 'mlflow.db'}")
     drills.log_drill(target, sample_record("bank-bot"), report_folder(dvc_project / "r"))
     assert sse("secondary", base + "mlflow/") == {"AES256"}
+
+
+def test_drill_report_is_not_stored_in_the_regions_when_one_is_outside(stack, tmp_path):
+    """The signed drill report goes to every region's store; with one outside the policy it goes to none (the
+    report stays in the local folder) and publication says why, instead of failing the drill."""
+    from llmdr.drill.publish import store_everywhere
+
+    cfg = unchecked(stack, tmp_path)
+    folder = tmp_path / "reports" / "drills" / "20261204T120000Z-abcdef"
+    folder.mkdir(parents=True)
+    (folder / "evidence.json").write_text('{"drill": "evidence"}\n')
+    out = store_everywhere(cfg, folder)
+    assert out["error"].startswith("ResidencyError: store drill report 20261204T120000Z-abcdef in every region: "
+                                   "bundle 'bank-bot' may be stored only in [EU]")
+    assert keys_in(cfg, "primary") == [] and keys_in(cfg, "secondary") == []
+    assert (folder / "evidence.json").is_file()
