@@ -95,7 +95,8 @@ def test_a_bundles_entry_policy_is_refused_and_its_view_carries_it(tmp_path):
 
 @pytest.mark.parametrize("policy, region, ok", [(["EU"], "eu", True), (["eu", "EEA"], "EEA", True),
                                                  (["EU"], "DE", False), (None, None, True), (["EU"], None, False),
-                                                 (["European  Union"], "european union", True)])
+                                                 (["European  Union"], "european union", True),
+                                                 (["Türkiye"], "TÜRKIYE", True)])
 def test_matching_ignores_case_and_has_no_hierarchy(tmp_path, policy, region, ok):
     cfg = load(tmp_path, config_yaml(regions("EU", "EU")))
     r = cfg.regions[1]
@@ -109,6 +110,11 @@ def test_matching_ignores_case_and_has_no_hierarchy(tmp_path, policy, region, ok
     ("{name: b, path: m, residency: EU}", "EU", "valid list"),
     ("{name: b, path: m, residency: ['EU, US']}", "EU", "is not a short name"),
     ("{name: b, path: m}", "'EU; DROP'", "jurisdiction 'EU; DROP' is not a short name"),
+    ("{name: b, path: m, residency: [null]}", "EU", "Input should be a valid string"),
+    ("{name: b, path: m, residency: ['*']}", "EU", "residency '*' is not a short name"),  # no wildcards
+    ("{name: b, path: m}", "'EU\\nCN'", "is not a short name"),
+    ("{name: b, path: m}", "''", "jurisdiction '' is not a short name"),
+    ("{name: b, path: m}", "'" + "E" * 65 + "'", "is not a short name"),
 ])
 def test_bad_values_are_clear_config_errors(tmp_path, bundle, region, says):
     with pytest.raises(ConfigError) as exc:
