@@ -75,7 +75,9 @@ def test_started_by_the_cli_a_schedule_the_ui_or_the_api():
 def test_a_new_record_names_its_scope_and_starter(cfg):
     rec = _record(cfg)
     assert rec.bundle == "b" and rec.started_ts == T0 and rec.scope["objectives"]["rto_s"] == 900
-    assert rec.evidence == {"prefect_flow_run_id": "fr-1", "model_version": None, "dataset_versions": []}
+    assert rec.evidence == {"prefect_flow_run_id": "fr-1", "model_version": None, "dataset_versions": [],
+                            "residency": rec.evidence["residency"]}
+    assert rec.evidence["residency"]["summary"] == "no residency policy (data may be stored in any region)"
     assert [(e.kind, e.event, e.detail) for e in rec.timeline] == [("info", "drill started", "by cli")]
 
 

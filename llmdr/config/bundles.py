@@ -68,7 +68,8 @@ def view_data(raw: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """The plain data of the one-bundle config of ENTRY (one item of RAW's ``bundles:``)."""
     data = copy.deepcopy({k: v for k, v in raw.items() if k != "bundles"})
     name = entry["name"]
-    data["bundle"] = {k: copy.deepcopy(entry[k]) for k in ("name", "path", "components") if k in entry}
+    data["bundle"] = {k: copy.deepcopy(entry[k]) for k in ("name", "path", "components", "residency")
+                      if k in entry}
     for key in OVERRIDES:
         if entry.get(key) is not None:
             data[key] = copy.deepcopy(entry[key])

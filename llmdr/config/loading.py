@@ -86,7 +86,19 @@ def parse_config(text: str, *, source: Path) -> Config:
     cfg._source_file = source
     if cfg.bundles is not None:
         _build_views(cfg, raw, node, source)
+    _refuse_outside_residency(cfg, node, source)
     return cfg
+
+
+def _refuse_outside_residency(cfg: Config, node: yaml.Node | None, source: Path) -> None:
+    """A bundle's or dataset's residency policy that excludes one of the regions (they all get a copy)."""
+    from llmdr.config.residency import ResidencyError, config_problems
+
+    problems = config_problems(cfg)
+    if problems:
+        raise ResidencyError(f"{source}: refused by residency policy\n" + "\n".join(
+            "  " + ", ".join(f"{_dotted(loc)} (line {_line_of(node, loc)})" for loc in locs) + f": {msg}"
+            for locs, msg in problems))
 
 
 def _build_views(cfg: Config, raw: dict[str, Any], node: yaml.Node | None, source: Path) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator, model_validator
 
 from llmdr.config.hardware import Hardware
+from llmdr.config.residency import check_name
 from llmdr.config.values import BUCKET_NAME, StrictModel, env_name, http_url, parse_duration
 from llmdr.errors import UsageError
 
@@ -269,6 +270,12 @@ class Region(StrictModel):
     price_per_gb_month: float | None = Field(default=None, ge=0)
     # GPU health for the hardware early warning (nvidia-smi, dcgm-exporter or a command); null: none read.
     hardware: Hardware | None = None
+    # The jurisdiction whose law governs the data in this region's store, e.g. EU, US, CN (free text compared
+    # ignoring case, no hierarchy: EU does not include DE; recommended codes in docs/guide/residency.md). A bundle or
+    # dataset with a residency policy refuses a region without one (unknown is not compliant). null: not declared.
+    jurisdiction: str | None = None
+    # Where the store is, for people and reports, e.g. eu-west or Frankfurt; never checked against a policy.
+    geography: str | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -281,6 +288,11 @@ class Region(StrictModel):
         if not BUCKET_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
         return v
+
+    @field_validator("jurisdiction", "geography")
+    @classmethod
+    def _place(cls, v: str | None, info: Any) -> str | None:
+        return check_name(info.field_name, v)
 
     @model_validator(mode="after")
     def _local_needs_loopback(self) -> "Region":

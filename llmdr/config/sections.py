@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
+from llmdr.config.residency import check_policy
 from llmdr.config.values import ComponentKind, StrictModel, env_name, http_url, parse_duration
 
 
@@ -34,6 +35,15 @@ class Bundle(StrictModel):
     # Keys are component kinds: weights, tokenizer, model_config, generation_config, prompt_templates,
     # serving_config, security_rules, datasets, checkpoints. Empty: no completeness check.
     components: dict[ComponentKind, Component] = Field(default_factory=dict)
+    # The jurisdictions the bundle's data may be stored in (snapshots, checkpoints, the MLflow artifacts of its drills
+    # and training runs), e.g. [EU]: compared with each region's jurisdiction; a config with a region outside it is
+    # refused, and so is every write there. null: no policy.
+    residency: list[str] | None = None
+
+    @field_validator("residency")
+    @classmethod
+    def _residency(cls, v: list[str] | None) -> list[str] | None:
+        return check_policy("residency", v)
 
 
 class TrainingObjectives(StrictModel):
@@ -477,6 +487,14 @@ class Dataset(StrictModel):
     # Expectation suite JSON, relative to llmdr.yaml (default: expectations/<name>.json); when missing, one is
     # profiled from the data on the first backup and never overwritten.
     suite: str | None = None
+    # The jurisdictions this dataset's DVC copies may be stored in, e.g. [EU] (the bundle's residency applies too);
+    # a config with a region outside it is refused, and so is a push there. null: only the bundle's policy.
+    residency: list[str] | None = None
+
+    @field_validator("residency")
+    @classmethod
+    def _residency(cls, v: list[str] | None) -> list[str] | None:
+        return check_policy("residency", v)
 
 
 class Readiness(StrictModel):

@@ -49,6 +49,7 @@ def start_record(cfg: Config, who: dict[str, Any], *, now: float | None = None) 
     """A new drill record: scope from the config, who started it (with the host and OS user running the drill, and
     the approver: None, no approval step), the provenance fields still empty."""
     from llmdr import __version__
+    from llmdr.config.residency import evidence as residency_evidence
 
     who = {"host": _host(), "os_user": _os_user(), "approver": None} | dict(who)
     rec = DrillRecord(bundle=cfg.bundle.name, started_ts=time.time() if now is None else now, started_by=who,
@@ -56,6 +57,7 @@ def start_record(cfg: Config, who: dict[str, Any], *, now: float | None = None) 
     rec.evidence["prefect_flow_run_id"] = rec.started_by.get("flow_run_id")
     rec.evidence["model_version"] = None  # filled from the model registry when the drill ends
     rec.evidence["dataset_versions"] = []  # filled when datasets are configured and pulled from the DR region
+    rec.evidence["residency"] = residency_evidence(cfg)  # the policies and each region's jurisdiction, checked
     rec.mark("info", "drill started", detail=f"by {rec.started_by.get('kind')}", ts=rec.started_ts)
     return rec
 

@@ -87,9 +87,11 @@ def publish_report(cfg: Config, record: dict[str, Any], *, logger: Logger = log)
 def store_everywhere(cfg: Config, folder: Path, logger: Logger = log) -> dict[str, Any]:
     """The signed folder, the golden set and the runbook in force, to every region's store (``llmdr.control``): a
     region that is down gets them by `llmdr control sync`; nothing here fails the drill's publication."""
+    from llmdr.config.residency import require_all
     from llmdr.drill.stored import store_in_force, store_report
 
     try:
+        require_all(cfg, f"store drill report {folder.name} in every region")
         place = store_report(cfg, folder)
         out = {"held": place.held, "pending": place.pending, "in_force": store_in_force(cfg)}
     except (LlmdrError, OSError, ValueError) as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdr.config import Config, Dataset, Region
+from llmdr.config.residency import require_resident
 from llmdr.errors import (
     IntegrityError,
     LlmdrError,
@@ -84,6 +85,7 @@ def push(cfg: Config, ds: Dataset, region: str) -> PushResult:
     """Push the recorded version (from the local DVC cache) to ``region``'s remote, then check the region holds it.
     Pushing a version the region has already uploads nothing (``already=True``)."""
     r = cfg.region(region)
+    require_resident(cfg, r, f"dataset '{ds.name}': DVC push to region '{r.name}'", dataset=ds)
     ver = version(cfg, ds)
     _, root, dvcfile = locate(cfg, ds)
     keys = resolve_keys(cfg, r)

@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from llmdr.config import Config
+from llmdr.config.residency import require_resident
 from llmdr.errors import LlmdrError, StorageError
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def target_for(cfg: Config, *, region: str | None = None, tracking_uri: str | No
         root = (cfg.state_path / "mlflow" / "artifacts").resolve().as_uri()
         return TrackingTarget(tracking_uri=uri, artifact_location=root, s3_env={}, region=None)
     reg = cfg.region(region) if region else cfg.failover_target()
+    require_resident(cfg, reg, f"MLflow artifacts to region '{reg.name}'")
     keys = resolve_keys(cfg, reg)
     prefix = reg.prefix.strip("/") + "/" if reg.prefix.strip("/") else ""
     env = {"AWS_ACCESS_KEY_ID": keys.access_key_id, "AWS_SECRET_ACCESS_KEY": keys.secret_access_key,

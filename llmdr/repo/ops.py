@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmdr.common.progress import Progress
 from llmdr.config import Config, Region
+from llmdr.config.residency import require_all, require_resident
 from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
 from llmdr.repo.repository import Repository
@@ -44,6 +45,7 @@ def snapshot_bundle(
     tags: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> SnapshotResult:
+    require_resident(cfg, cfg.region(region), f"snapshot of '{cfg.bundle.name}' into region '{cfg.region(region).name}'")
     repo = open_repo(cfg, region)
     source = path or cfg.bundle_path
     cache = StatCache.for_source(cfg.bundle_state_path / "cache", source)
@@ -65,6 +67,7 @@ def replicate(
     src_region, dst_region = cfg.region(source), cfg.region(to)
     if src_region.name == dst_region.name:
         raise UsageError(f"source and destination are both '{src_region.name}'; name another region")
+    require_resident(cfg, dst_region, f"replicate {ref} of '{cfg.bundle.name}' to region '{dst_region.name}'")
     src = open_repo(cfg, src_region, read_only=True)
     dst = open_repo(cfg, dst_region)
     ids = src.snapshot_ids() if ref == "all" else [src.resolve(ref, bundle=cfg.bundle.name)]
@@ -252,6 +255,7 @@ def protect_checkpoints(cfg: Config) -> dict:
     ck = cfg.checkpoints
     if ck is None:
         raise UsageError(f"{cfg.source_file} has no checkpoints: section (path, pattern, retention)")
+    require_all(cfg, f"protect the checkpoints of '{cfg.bundle.name}'")
     root = Path(ck.path) if Path(ck.path).is_absolute() else cfg.base_dir / ck.path
     if not root.is_dir():
         raise UsageError(f"checkpoint folder {root} does not exist; set checkpoints.path in llmdr.yaml")

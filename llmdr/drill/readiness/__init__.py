@@ -14,7 +14,8 @@ reads of real chunks from the DR store → time to restore the bundle vs the RTO
 snapshot has its own golden set, and the failover target's standby passes its snapshot's set: ``golden``),
 footprint (logical vs stored bytes per region, monthly cost), automation (the failover automation, its deployment on a pool outside the primary
 region and a worker polling its queue, read from the Prefect API: ``automation``) and training (per DR region: the
-newest complete checkpoint vs the training RPO, its restore time vs the training RTO: ``training``).
+newest complete checkpoint vs the training RPO, its restore time vs the training RTO: ``training``) and residency
+(the residency policies against the regions' jurisdictions and the datasets' DVC remotes: ``check_residency``).
 
 The checks are in ``checks``; the report (results, verdict, score, text and markdown, the flow's notice and
 :class:`ReadinessFailed`) in ``report``; :func:`run_checks` here runs them in a fixed order.
@@ -35,6 +36,7 @@ from llmdr.drill.readiness.checks import (
     check_drill,
     check_footprint,
     check_immutability,
+    check_residency,
     check_rpo,
     check_separation,
     keys_source,
@@ -61,7 +63,7 @@ from llmdr.repo.repository import Repository
 
 __all__ = ["CHECKS", "EXIT_FAIL", "FAIL", "PASS", "WARN", "Check", "Readiness", "ReadinessFailed", "artifact_content",
            "check_bandwidth", "check_components", "check_credentials", "check_doors", "check_drill", "check_footprint",
-           "check_immutability", "check_rpo", "check_separation", "failure_notice", "keys_source",
+           "check_immutability", "check_residency", "check_rpo", "check_separation", "failure_notice", "keys_source",
            "measure_throughput", "raise_if_failed", "render_markdown", "render_text", "run_checks"]
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def _action_for(exc: Exception) -> str:
 
 
 CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
-          "golden", "footprint", "automation", "training")
+          "golden", "footprint", "automation", "training", "residency")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -157,6 +159,8 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
 
         for cid, title, fn in training_checks(cfg, t, repo_of):
             add(_guard(cid, title, fn))
+    if "residency" in want:
+        add(_guard("residency", "Data stays in its jurisdiction", lambda: check_residency(cfg)))
     rep.duration_s = time.perf_counter() - t0
     if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
         from llmdr.common.runs import record_run

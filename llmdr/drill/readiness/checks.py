@@ -403,3 +403,41 @@ def check_footprint(cfg: Config, region: Region, repo: Repository) -> Check:
                      "versions outside llmdr's control (overwrites, delete markers) are kept by versioning: add a "
                      "lifecycle rule expiring noncurrent versions after the lock period", data)
     return Check(cid, title, PASS, summary, data=data)
+
+
+def check_residency(cfg: Config) -> Check:
+    """The residency policies (bundle, datasets) against each region's declared jurisdiction, and the DVC remotes
+    really configured in each dataset's repository (``.dvc/config``): a remote left pointing elsewhere, e.g. at a
+    region since removed, is where a plain ``dvc push`` sends the data. PASS with no policy (nothing to hold to)."""
+    import configparser
+
+    from llmdr.config.residency import allows, evidence, policies
+    from llmdr.lineage.dvcrepo import locate, remote_url
+
+    ev = evidence(cfg)
+    cid, title = "residency", "Data stays in its jurisdiction"
+    problems = list(ev["problems"])
+    for ds in cfg.datasets if ev["declared"] else []:
+        allowed = {remote_url(r).rstrip("/") for r in cfg.regions
+                   if all(allows(p, r) for _, p in policies(cfg, ds))}
+        try:
+            _, root, _ = locate(cfg, ds)
+        except LlmdrError:
+            continue  # not tracked yet: nothing configured to push anywhere
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+        for section in conf.sections():  # DVC writes ['remote "NAME"']
+            url = conf[section].get("url", "").strip().rstrip("/")
+            head = section.strip("'\" ")
+            if head.startswith("remote ") and url and url not in allowed:
+                name = head.removeprefix("remote ").strip("'\" ")
+                problems.append(f"dataset '{ds.name}': DVC remote '{name}' in {root / '.dvc'} points at {url}, "
+                                "which is not a region its policy allows")
+    ev["problems"] = problems
+    if not ev["declared"]:
+        return Check(cid, title, PASS, ev["summary"], data=ev)
+    if problems:
+        return Check(cid, title, FAIL, "; ".join(problems),
+                     "remove the region or the DVC remote outside the policy (`dvc remote remove NAME`), or declare "
+                     "the region's jurisdiction; see docs/guide/residency.md", ev)
+    return Check(cid, title, PASS, ev["summary"], data=ev)

@@ -29,7 +29,8 @@ KIND_TEXT = {"schedule": "the Prefect schedule", "ui": "a person, from the Prefe
 # the keys each block shows itself; the rest of the evidence is listed under "Other evidence"
 SHOWN = {"snapshots", "manifest_digests", "components", "golden_after_failover", "restore_test",
          "bundle_complete_dr", "failover", "failback", "model_version", "dataset_versions", "prefect_flow_run_id",
-         "mlflow_run_id", "runbook", "runbook_error", "prechecks", "datasets", "approval"}
+         "mlflow_run_id", "runbook", "runbook_error", "prechecks", "datasets", "approval",
+         "residency"}
 
 
 def _utc(ts: Any) -> str | None:
@@ -231,7 +232,8 @@ def evidence_blocks(record: dict) -> list[Any]:
                        for x in dv) or None
     blocks.append(kv([("Model version", model_version_text(ev.get("model_version"))), ("Dataset versions", dv),
                       ("Prefect flow run", ev.get("prefect_flow_run_id")), ("MLflow run", ev.get("mlflow_run_id")),
-                      ("Runbook", ev.get("runbook"))], caption="Provenance"))
+                      ("Runbook", ev.get("runbook")),
+                      ("Data residency", (ev.get("residency") or {}).get("summary"))], caption="Provenance"))
     other = [(k, ev[k]) for k in sorted(ev) if k not in SHOWN]
     if other:
         pairs: list[tuple[str, Any]] = []
