@@ -31,7 +31,8 @@ def tiny_trainer(out, *, callbacks=(), seed: int = SEED):
 
     torch.set_num_threads(1)  # 2 cores shared with the rest of the suite
     set_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                                       bos_token_id=0, eos_token_id=0))
     g = torch.Generator().manual_seed(seed)
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (4 * STEPS, 16), generator=g)]
     args = TrainingArguments(output_dir=str(out), max_steps=STEPS, save_steps=5, save_strategy="steps",
