@@ -89,17 +89,3 @@ def test_every_saved_checkpoint_is_protected_and_a_resumed_run_matches(trainer_l
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
-
-def test_a_checkpoint_that_never_completes_is_a_clear_error(trainer_libs, stack, tmp_path):
-    from llmdr.training.protector import CheckpointNotComplete, CheckpointProtector
-
-    cfg = two_regions(stack, tmp_path, extra="checkpoints: {path: out, layout: hf}")
-    d = tmp_path / "out" / "checkpoint-3"
-    d.mkdir(parents=True)
-    (d / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}")  # header only: no trainer_state.json
-    p = CheckpointProtector(cfg, background=True, timeout_s=0.5, settle_s=0)
-    p.submit(d, {"step": "3"})
-    with pytest.raises(CheckpointNotComplete, match=r"checkpoint-3 was not complete after waiting 0.5 s: "
-                                                    r".*trainer_state.json: missing"):
-        p.close()
-    assert series_tags(cfg, "primary") == []

@@ -48,9 +48,14 @@ def wait_complete(folder: Path, *, layout: str = "auto", require: list[str] | tu
     stable_since: float | None = None
     last_fp = ""
     while True:
-        c = check_checkpoint(folder, layout, require) if folder.is_dir() else None
+        if not folder.is_dir():  # the callbacks run after the save: a folder that is gone was deleted, not late
+            raise CheckpointNotComplete(
+                f"checkpoint {folder} is gone before it could be protected: the trainer deleted it (save_total_limit "
+                "or ModelCheckpoint's save_top_k rotation) or it was never written there; raise the limit, or use "
+                "background=False so each checkpoint is protected before the next save")
+        c = check_checkpoint(folder, layout, require)
         now = time.monotonic()
-        if c is not None and c.complete:
+        if c.complete:
             if c.fingerprint != last_fp:
                 last_fp, stable_since = c.fingerprint, now
             if now - stable_since >= settle_s:  # type: ignore[operator]
@@ -58,8 +63,7 @@ def wait_complete(folder: Path, *, layout: str = "auto", require: list[str] | tu
         else:
             last_fp, stable_since = "", None
         if now - start >= timeout_s:
-            why = "; ".join(c.problems) if c is not None and c.problems else (
-                "the folder does not exist" if c is None else f"its files kept changing for {timeout_s:g} s")
+            why = "; ".join(c.problems) if c.problems else f"its files kept changing for {timeout_s:g} s"
             raise CheckpointNotComplete(
                 f"checkpoint {folder} was not complete after waiting {timeout_s:g} s: {why}. Nothing was uploaded; "
                 "check the trainer's disk and logs, then run `llmdr protect --checkpoints` (it takes every complete "
