@@ -42,11 +42,11 @@ def restore(
     from llmdr.errors import UsageError
     from llmdr.repo.ops import restore as do_restore
 
-    if to is None:
-        raise UsageError("restore needs --to FOLDER, the folder to restore into (created if missing)")
     if (snapshot_ref is None) == (checkpoint is None):
         raise UsageError("name what to restore: a SNAPSHOT (id, prefix or latest) or --checkpoint latest|step:N, "
                          "not both")
+    if to is None:
+        raise UsageError("restore needs --to FOLDER, the folder to restore into (created if missing)")
     cfg = load_cfg()
     reg = cfg.region(region)
     if checkpoint is not None:
