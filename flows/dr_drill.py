@@ -3,7 +3,8 @@
 prechecks → RPO (outage start − newest snapshot complete in the DR region) → cut the primary off (S3 server and
 replica, locally; a configured command in the cloud; never deletes data) → watch the monitor → automation →
 failover chain fire on its own (the drill never starts a failover; nothing within the RTO objective is a FAIL) →
-golden set through the router → restore test from the DR store → bring the primary back → failback → confirm →
+golden set through the router → restore test from the DR store (and, with drill.training_restore, the newest
+training checkpoint) → bring the primary back → failback → confirm →
 controls → report (HTML, PDF, evidence JSON, charts), signed; MLflow run; Prefect artifacts; notice.
 
 Composition only: every decision (what blocks the drill, RPO/RTO, whether to fail back, the verdict) is a function
@@ -21,7 +22,7 @@ from pydantic.json_schema import SkipJsonSchema
 from flows.params import BUNDLE, CONFIG_PATH
 from llmdr.artifacts import artifact_key
 from llmdr.config import Config, bundle_ref, load_config
-from llmdr.drill import procedure
+from llmdr.drill import procedure, training
 from llmdr.drill.record import DrillRecord
 from llmdr.drill.report.markdown import artifact_markdown
 from tasks.drill import (
@@ -34,6 +35,7 @@ from tasks.drill import (
     read_traffic,
     restore_test_dr,
     simulate_outage,
+    training_restore_dr,
     watch_for_failover,
     who_started,
 )
@@ -75,6 +77,9 @@ def dr_drill(config_path: str = CONFIG_PATH, started_by: SkipJsonSchema[str] = "
             procedure.record_restore_test(rec, restore_test_dr(config_path, dr.name), dr.name)
             if cfg.datasets:
                 procedure.record_datasets(rec, datasets_from_dr(config_path, dr.name), dr.name)
+            if cfg.drill.training_restore:
+                log.info("phase training restore: the newest checkpoint from the %s store", dr.name)
+                training.record_restore(rec, training_restore_dr(config_path, dr.name), dr.name)
         else:
             log.warning("phase prechecks: the drill is blocked: %s", "; ".join(rec.failure_reasons) or "see the report")
     except Exception as exc:  # noqa: BLE001 - the drill reports every failure; it never dies half-way silently

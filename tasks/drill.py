@@ -79,6 +79,16 @@ def restore_test_dr(config_path: str, region: str) -> dict:
     return evidence.restore_test(load_config(config_path), region)
 
 
+# Not retried: restore_newest returns every failure as its finding (a retry would only hide a flaky region).
+@task(name="training-restore-dr", cache_policy=NO_CACHE, retries=0)
+def training_restore_dr(config_path: str, region: str) -> dict:
+    """Restore the newest training checkpoint from the DR store into scratch, verify it byte for byte and check it
+    is complete, timed (``drill.training_restore``)."""
+    from llmdr.drill.training import restore_newest
+
+    return restore_newest(load_config(config_path), region)
+
+
 @task(name="end-outage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
 def end_outage(config_path: str, region: str) -> dict:
     """Bring the region back (its S3 server and replica, or the configured restore command)."""

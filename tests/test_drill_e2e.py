@@ -50,6 +50,8 @@ monitor: {{interval: 1s, timeout: 1s, down_after: 2, recent_window: 5, baseline_
 failover: {{confirm_probes: 2, confirm_interval: 0.2}}
 golden: golden.jsonl
 notifications: {{webhook_url_env: DRILL_WEBHOOK_URL}}
+checkpoints: {{path: ckpts}}
+drill: {{training_restore: true}}
 """
 
 
@@ -135,6 +137,10 @@ def drill_stack(tmp_path_factory):
             start_region(cfg, r)
         sid = ops.snapshot_bundle(cfg).snapshot_id
         ops.replicate(cfg, sid, to="secondary")
+        from tests.support.trainobj import write_checkpoint
+
+        write_checkpoint(tmp / "ckpts", 500)  # the drill's training-restore control restores it from secondary
+        ops.protect_checkpoints(cfg)
         start_serving(cfg)
         start_router(cfg)
         golden.record(golden.default_cases(), OpenAIEndpoint(cfg.primary.serving.url).answer).save(cfg.golden_path)
@@ -189,6 +195,9 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     assert all(ctl[k] for k in ("rto", "rpo", "golden_after_failover", "restore_test", "bundle_complete_dr",
                                 "failback"))
     assert ctl["previous_drill"] is None  # the first drill on record: N/A, not blocking
+    tr = rec["evidence"]["training_restore"]
+    assert ctl["training_restore"] and (tr["checkpoint"], tr["verified"], tr["complete"]) == ("checkpoint-500", True,
+                                                                                              True)
     m = rec["measurements"]
     assert 0 < m["rto_s"] < 120 and m["rto_s"] == round(m["rto_s"], 1)
     assert m["rpo_s"] > 0 and rec["evidence"]["snapshots"]["secondary"]["id"] == st["sid"]
@@ -214,8 +223,8 @@ def test_drill_passes_and_produces_every_format(drill_stack):
     logs = _api(st["api"], "/logs/filter",
                 {"logs": {"flow_run_id": {"any_": [rec["evidence"]["prefect_flow_run_id"]]}}, "limit": 200})
     phases = {x["message"].split(":")[0] for x in logs if x["level"] == 20 and x["message"].startswith("phase ")}
-    assert {f"phase {p}" for p in ("prechecks", "outage", "failover", "golden", "restore", "failback",
-                                   "report")} <= phases, phases
+    assert {f"phase {p}" for p in ("prechecks", "outage", "failover", "golden", "restore", "training restore",
+                                   "failback", "report")} <= phases, phases
     mlflow_id = rec["evidence"].get("mlflow_run_id")
     assert mlflow_id, rec["evidence"].get("mlflow_error")
     from llmdr.lineage.drills import drill_runs
@@ -241,23 +250,10 @@ def test_drill_passes_and_produces_every_format(drill_stack):
 
 
 @pytest.mark.s3
-def test_stale_dr_copy_fails_the_rpo_control(drill_stack):
-    st = drill_stack
-    cfg_path = st["cfg"].source_file
-    cfg_path.write_text(drill_config(**st["ports"], rpo="5s", rto="2m"))
-    try:
-        run, rec = _run_drill(st)
-    finally:
-        cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="2m"))
-    assert run.returncode != 0
-    ctl = _controls(rec)
-    assert not ctl["rpo"] and ctl["rto"] and ctl["failback"] and not rec["passed"]
-    assert any("RPO" in r for r in rec["failure_reasons"])
-    assert ctl["previous_drill"] is True  # the first drill passed minutes ago
-
-
-@pytest.mark.s3
-def test_drill_fails_when_the_automation_is_off(drill_stack):
+def test_drill_fails_when_the_automation_is_off_and_the_dr_copy_is_stale(drill_stack):
+    """Two findings in one drill (a drill costs a minute): the failover automation paused, so nothing fails over
+    within the RTO, and an RPO of 5 s that the DR copy (taken minutes ago) exceeds at the outage. Each control fails
+    with its own reason; the failback control still passes."""
     st = drill_stack
     name = "llmdr-failover-when-active-region-down"
 
@@ -270,16 +266,19 @@ def test_drill_fails_when_the_automation_is_off(drill_stack):
     automation("pause")
     assert not next(a for a in _api(st["api"], "/automations/filter", {}) if a["name"] == name)["enabled"]
     cfg_path = st["cfg"].source_file
-    cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="20s"))
+    cfg_path.write_text(drill_config(**st["ports"], rpo="5s", rto="20s"))
     try:
         run, rec = _run_drill(st)
     finally:
         cfg_path.write_text(drill_config(**st["ports"], rpo="1h", rto="2m"))
         automation("resume")
     assert run.returncode != 0 and not rec["passed"]
-    assert not _controls(rec)["rto"]
+    ctl = _controls(rec)
+    assert not ctl["rto"] and not ctl["rpo"] and ctl["failback"], ctl
+    assert ctl["previous_drill"] is True  # the first drill passed minutes ago
     reason = " ".join(rec["failure_reasons"])
     assert "no failover within the RTO objective" in reason and "automation is disabled" in reason
+    assert "RPO" in reason
     assert not rec["failed_over_at_end"] and open_router(st["cfg"]).active() == "primary"
 
 

@@ -16,7 +16,7 @@ from llmdr.errors import LlmdrError, UsageError
 def readiness(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated check kinds: credentials, rpo, components, "
                                                 "drill, separation, immutability, doors, bandwidth, "
-                                                "footprint.")] = None,
+                                                "golden, footprint, automation, training.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Also write the report as markdown here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:

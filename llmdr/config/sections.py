@@ -36,6 +36,27 @@ class Bundle(StrictModel):
     components: dict[ComponentKind, Component] = Field(default_factory=dict)
 
 
+class TrainingObjectives(StrictModel):
+    """Recovery objectives of training (the checkpoints), separate from serving's: a lost checkpoint costs GPU
+    hours, not answers, so they are usually hours where serving's are minutes."""
+
+    # Training RPO: the newest complete checkpoint snapshot in each DR region may be at most this old unless it is
+    # the newest checkpoint folder on the host (readiness FAILs beyond it and WARNs beyond 75 % of it).
+    rpo: timedelta = timedelta(hours=24)
+    # Training RTO: restoring the newest checkpoint from a DR region (download and byte-for-byte check) may take at
+    # most this long (readiness FAILs when the measured throughput says it would not; the drill's training-restore
+    # control fails beyond it).
+    rto: timedelta = timedelta(hours=24)
+
+    @field_validator("rpo", "rto", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> timedelta:
+        td = parse_duration(v)
+        if td <= timedelta(0):
+            raise ValueError("a training objective must be longer than 0s, e.g. 24h")
+        return td
+
+
 class Objectives(StrictModel):
     # Recovery point objective: the newest complete snapshot in each DR region may be at most this old (readiness
     # FAILs beyond it and WARNs beyond 75 % of it); a drill fails when the DR copy was older at the outage.
@@ -47,6 +68,9 @@ class Objectives(StrictModel):
     # A passing DR drill is due at least this often: readiness FAILs when the last one is older, and WARNs when the
     # next is due within 15 % of it (at most 14 days).
     drill_interval: timedelta = timedelta(days=90)
+    # Training objectives (checkpoints), e.g. {rpo: 24h, rto: 24h}; {} takes those defaults. null: none set, and
+    # readiness judges the checkpoints against the defaults, saying so.
+    training: TrainingObjectives | None = None
 
     @field_validator("rpo", "rto", "drill_interval", mode="before")
     @classmethod
@@ -433,6 +457,10 @@ class Drill(StrictModel):
     # (a person at the control host started it; its OS user is recorded).
     approval: Literal["required", "none"] = "required"
     approval_timeout: timedelta = timedelta(hours=24)  # how long a scheduled drill waits for its approval
+    # true: the drill also restores the newest training checkpoint (series <bundle>-checkpoints) from the DR region
+    # into scratch, checks every byte against its manifest and its trainer_state.json against its step, and times it
+    # against objectives.training.rto: the report's training_restore control. Needs a checkpoints: section.
+    training_restore: bool = False
 
     @field_validator("approval_timeout", mode="before")
     @classmethod

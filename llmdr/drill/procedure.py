@@ -272,6 +272,9 @@ def finish(rec: DrillRecord, cfg: Config, *, now: float | None = None) -> None:
     rec.ended_ts = time.time() if now is None else now
     rec.mark("info", "drill ended", ok=None, ts=rec.ended_ts)
     evaluate(rec, cfg, previous_pass_ts=last_pass_ts(cfg, before=rec.started_ts))
+    from llmdr.drill.training import add_control
+
+    add_control(rec, cfg)  # drill.training_restore: the training-restore control (off: none)
 
 
 def finish_not_run(rec: DrillRecord, *, now: float | None = None) -> None:

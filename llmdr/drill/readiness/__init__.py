@@ -12,8 +12,9 @@ interval), separation (regions really apart), immutability (DR bucket versioning
 locked), doors (per local region: every port but S3 refuses a caller without credentials), bandwidth (timed ranged
 reads of real chunks from the DR store → time to restore the bundle vs the RTO), golden (the DR copy's newest
 snapshot has its own golden set, and the failover target's standby passes its snapshot's set: ``golden``),
-footprint (logical vs stored bytes per region, monthly cost) and automation (the failover automation, its deployment on a pool outside the primary
-region and a worker polling its queue, read from the Prefect API: ``automation``).
+footprint (logical vs stored bytes per region, monthly cost), automation (the failover automation, its deployment on a pool outside the primary
+region and a worker polling its queue, read from the Prefect API: ``automation``) and training (per DR region: the
+newest complete checkpoint vs the training RPO, its restore time vs the training RTO: ``training``).
 
 The checks are in ``checks``; the report (results, verdict, score, text and markdown, the flow's notice and
 :class:`ReadinessFailed`) in ``report``; :func:`run_checks` here runs them in a fixed order.
@@ -101,7 +102,7 @@ def _action_for(exc: Exception) -> str:
 
 
 CHECKS = ("credentials", "rpo", "components", "drill", "separation", "immutability", "doors", "bandwidth",
-          "golden", "footprint", "automation")
+          "golden", "footprint", "automation", "training")
 
 
 def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None = None) -> Readiness:
@@ -151,6 +152,11 @@ def run_checks(cfg: Config, *, now: float | None = None, only: set[str] | None =
         from llmdr.drill.readiness.automation import check_automation
 
         add(_guard("automation", "Automatic failover path outside the primary", lambda: check_automation(cfg, t)))
+    if "training" in want:  # checkpoints vs objectives.training (llmdr.drill.readiness.training)
+        from llmdr.drill.readiness.training import checks as training_checks
+
+        for cid, title, fn in training_checks(cfg, t, repo_of):
+            add(_guard(cid, title, fn))
     rep.duration_s = time.perf_counter() - t0
     if only is None:  # a full run is what the readiness score means (llmdr_readiness_score)
         from llmdr.common.runs import record_run
