@@ -11,9 +11,9 @@ What is taken (``protect_checkpoints``, the time-based flow; ``protect_checkpoin
 - a folder that changed while it was being snapshotted (its fingerprint before and after differ) has that snapshot
   forgotten at once, before any copy, and is reported; the next run takes it again.
 
-Each snapshot carries the tags ``checkpoint`` (folder name), ``step``, ``fingerprint``, ``epoch`` and ``loss`` (from a
-Hugging Face ``trainer_state.json``: ``global_step`` is the step then) and whatever the caller adds (the callbacks:
-run id, Lightning's epoch and loss).
+Each snapshot carries the tags ``checkpoint`` (folder name), ``step`` (the folder name's last number),
+``fingerprint``, ``epoch`` and ``loss`` (from a Hugging Face ``trainer_state.json``) and whatever the caller adds (the
+callbacks: run id, Lightning's epoch and loss).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def recorded_fingerprints(repo: Repository, series: str) -> dict[str, str]:
 
 
 def trainer_tags(folder: Path) -> dict[str, str]:
-    """``step``, ``epoch`` and the last logged ``loss`` from a Hugging Face ``trainer_state.json`` ({} without one)."""
+    """``epoch`` and the last logged ``loss`` from a Hugging Face ``trainer_state.json`` ({} without one)."""
     import json
 
     try:
@@ -74,9 +74,7 @@ def trainer_tags(folder: Path) -> dict[str, str]:
         return {}
     if not isinstance(state, dict):
         return {}
-    out = {}
-    if isinstance(state.get("global_step"), int):
-        out["step"] = str(state["global_step"])
+    out = {}  # not the step: the folder name's step is the tag, and a global_step that disagrees stays visible
     if isinstance(state.get("epoch"), (int, float)):
         out["epoch"] = f"{state['epoch']:g}"
     losses = [e["loss"] for e in state.get("log_history") or [] if isinstance(e, dict)

@@ -11,6 +11,7 @@ from llmdr.common.progress import Progress
 from llmdr.config import Config, Region
 from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
+from llmdr.repo.checkpoints import checkpoint_series  # noqa: F401  (re-exported: its home before #20)
 from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import SnapshotResult, take_snapshot
 from llmdr.repo.statcache import StatCache
@@ -261,7 +262,7 @@ def protect_checkpoint(cfg: Config, folder: Path, *, tags: dict[str, str] | None
 def restore_checkpoint(cfg: Config, ref: str, target: Path, *, region: str | None = None, force: bool = False,
                        progress: Progress | None = None) -> RestoreResult:
     """Restore checkpoint ``latest`` or ``step:N`` of the bundle's checkpoint series from ``region``."""
-    from llmdr.repo.checkpoints import checkpoint_series, resolve_checkpoint
+    from llmdr.repo.checkpoints import resolve_checkpoint
     from llmdr.repo.restore import restore_snapshot
 
     repo = open_repo(cfg, region, read_only=True)
