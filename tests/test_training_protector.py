@@ -95,3 +95,31 @@ def test_config_without_checkpoints_and_a_bad_mode(stack, tmp_path):
     cfg = two_regions(stack, tmp_path, extra="checkpoints: {path: out}")
     with pytest.raises(UsageError, match="mode 'cloud'"):
         CheckpointProtector(cfg, mode="cloud")  # type: ignore[arg-type]
+
+
+def test_deployment_mode_starts_a_protect_checkpoints_run(prefect_harness, cfg, tmp_path):
+    """mode="deployment": a run of the protect-checkpoints deployment is created for this bundle (a worker would take
+    it); a deployment that does not exist is a clear error."""
+    import asyncio
+
+    from prefect import get_client
+
+    from flows.protect_checkpoints import protect_checkpoints
+    from llmdr.errors import UsageError
+
+    d = hf_checkpoint(tmp_path / "out", 5)
+    missing = CheckpointProtector(cfg, mode="deployment", background=False, settle_s=0, deployment="nope/nope")
+    with pytest.raises(UsageError, match="no Prefect deployment 'nope/nope'.*llmdr deploy"):
+        missing.submit(d)
+    protect_checkpoints.to_deployment(name="protect-checkpoints").apply()
+    p = CheckpointProtector(cfg, mode="deployment", background=False, settle_s=0)
+    p.submit(d)
+    [res] = p.results
+    assert res["checkpoint"] == "checkpoint-5"
+
+    async def params():
+        async with get_client() as client:
+            return (await client.read_flow_run(res["flow_run_id"])).parameters
+
+    assert asyncio.run(params()) == {"config_path": str(cfg.source_file), "bundle": None}
+    assert series_tags(cfg, "primary") == []  # nothing uploaded from this process: the worker's run does it
