@@ -1,6 +1,8 @@
 """protect-checkpoints: back up new training checkpoints incrementally, copy them to every DR region, keep the
 last N (and every Mth) of them, and record each new one as an MLflow training run (parameters, dataset versions,
-hardware, step, snapshot id)."""
+hardware, step, snapshot id). Only complete checkpoints are taken (``checkpoints.layout``); incomplete ones are
+listed in the artifact with the file and the reason, and looked at again on the next run; a checkpoint the trainer
+rewrote is taken again."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ def protect_checkpoints(config_path: str = CONFIG_PATH, bundle: str | None = BUN
     log = get_run_logger()
     log.info("phase snapshot and replicate: new checkpoints of %s", cfg.bundle.name)
     out = protect_new_checkpoints(config_path)
+    if out["incomplete"]:
+        log.warning("%d incomplete checkpoint(s) not taken: %s", len(out["incomplete"]),
+                    ", ".join(c["checkpoint"] for c in out["incomplete"]))
     log.info("phase record: %d new checkpoint(s) as MLflow training runs", len(out["new"]))
     out["training_runs"] = record_training_runs(config_path, out["new"])
     create_markdown_artifact(key=artifact_key("protect-checkpoints", cfg.bundle.name),

@@ -155,12 +155,17 @@ def verify_summary_markdown(bundle: str, checks: list[dict], tests: list[dict]) 
 
 def checkpoints_summary_markdown(out: dict) -> str:
     lines = [f"# protect-checkpoints: {out['series']}", "",
-             f"{len(out['found'])} checkpoint folder(s) found, {len(out['new'])} new.", "",
+             f"{len(out['found'])} checkpoint folder(s) found, {len(out['new'])} new, "
+             f"{len(out.get('incomplete', []))} incomplete (not taken; looked at again next run).", "",
              "| checkpoint | snapshot | bytes total | bytes new | deduplicated | duration s |",
              "|---|---|---:|---:|---:|---:|"]
     for n in out["new"]:
-        lines.append(f"| {n['checkpoint']} | {n['snapshot_id'][:12]} | {_mb(n['bytes_total'])} | {_mb(n['bytes_new'])} | "
-                     f"{_mb(n['bytes_deduplicated'])} | {n['duration_s']:.2f} |")
+        again = " (rewritten: taken again)" if n.get("revisit") else ""
+        lines.append(f"| {n['checkpoint']}{again} | {n['snapshot_id'][:12]} | {_mb(n['bytes_total'])} | "
+                     f"{_mb(n['bytes_new'])} | {_mb(n['bytes_deduplicated'])} | {n['duration_s']:.2f} |")
+    if out.get("incomplete"):
+        lines += ["", "## Incomplete checkpoints (not snapshotted)", "", "| checkpoint | layout | why |", "|---|---|---|"]
+        lines += [f"| {c['checkpoint']} | {c['layout']} | {'; '.join(c['problems'])} |" for c in out["incomplete"]]
     for r in out["retention"]:
         lines.append(f"\nRetention in {r['region']}: kept {len(r['kept'])}, forgot {len(r['forgotten'])}, "
                      f"pruned {r['chunks_deleted']} chunk(s) ({_mb(r['bytes_freed'])}).")

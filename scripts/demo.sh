@@ -5,7 +5,8 @@
 #   automation, monitor -> protect-bundle (snapshot + copy + verify) -> a DR drill while a client sends requests:
 #   the primary region is cut off, the automation fails over on its own, RTO/RPO measured, answers checked through
 #   the router, restore test from the DR store, primary back, failback -> signed report (HTML, PDF, JSON), MLflow
-#   run, Prefect artifacts -> restore from the secondary is byte-identical -> an incomplete bundle is refused.
+#   run, Prefect artifacts -> restore from the secondary is byte-identical -> a tiny model trains, the llmdr callback
+#   protects each checkpoint, one is restored by step -> an incomplete bundle is refused.
 # Runs in ./.demo (kept out of git). KEEP=1 leaves the stack running afterwards.
 set -euo pipefail
 
@@ -51,7 +52,13 @@ cat >> llmdr.yaml <<'YAML'
 datasets:
   - name: tickets
     path: data/tickets.csv
+
+# training checkpoints: the Hugging Face Trainer writes them, llmdr's callback protects each one as it is saved
+checkpoints:
+  path: train/out
+  layout: hf
 YAML
+mkdir -p train/out
 
 t "start two regions + router"     "$LLMDR" stack up
 "$LLMDR" datasets remotes >/dev/null   # `dvc pull -r llmdr-secondary` by hand works too
@@ -78,6 +85,12 @@ t "lineage of the protected model"  "$LLMDR" lineage model@production
 t "restore from secondary"         "$LLMDR" restore latest --region secondary --to restored
 if diff -r model restored >/dev/null; then verdict="byte-identical"; else verdict="DIFFERENT"; fi
 REPORT=$(ls -d reports/drills/*/ 2>/dev/null | tail -1)
+
+echo
+echo "== training: a tiny model trains on CPU; the llmdr callback protects every checkpoint it saves =="
+t "train + protect checkpoints"    "$PY" "$ROOT/scripts/demo_training.py" llmdr.yaml train/out
+t "restore checkpoint step:5"      "$LLMDR" restore --checkpoint step:5 --region secondary --to restored-ckpt
+if diff -r train/out/checkpoint-5 restored-ckpt >/dev/null; then ck_verdict="byte-identical"; else ck_verdict="DIFFERENT"; fi
 t "verify the signed report"       "$LLMDR" report verify "$REPORT"
 
 echo
@@ -102,10 +115,11 @@ echo "== llmdr demo summary =="
 printf '%s\n' "${STEPS[@]}"
 echo "restored bundle vs original: $verdict ($(find restored -type f | wc -l) files, $(du -sh restored | cut -f1))"
 echo "snapshot of a bundle without its tokenizer: $refused"
+echo "training checkpoint step 5 restored from the secondary vs the trainer's: $ck_verdict"
 echo "readiness: $(if [ $ready_rc = 0 ]; then echo "no FAIL"; else echo "FAIL (exit $ready_rc)"; fi) (llmdr readiness); runbook: RUNBOOK.md"
 echo "drill: $(if [ $drill_rc = 0 ]; then echo PASS; else echo "FAIL (exit $drill_rc)"; fi); failover RTO (first failed probe -> golden-correct answer through the router): $RTO"
 echo "drill report: ${REPORT}report.html, ${REPORT}report.pdf, ${REPORT}evidence.json (signed: SIGNATURE.json)"
 echo "MLflow: experiment dr-drills in .llmdr/mlflow/mlflow.db (mlflow ui --backend-store-uri sqlite:///$WORK/.llmdr/mlflow/mlflow.db)"
 echo "client requests through the router: $total, failed: $failed (while the primary was down, before the switch)"
 echo "Prefect UI: http://127.0.0.1:$UI_PORT (flow runs; artifacts dr-drill-model, failover-model, failback-model; automations)"
-[ "$verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ] && [ "$drill_rc" = 0 ] && [ "$ready_rc" = 0 ]
+[ "$verdict" = "byte-identical" ] && [ "$ck_verdict" = "byte-identical" ] && [ "$refused" = "refused" ] && [ -n "$RTO" ] && [ "$drill_rc" = 0 ] && [ "$ready_rc" = 0 ]

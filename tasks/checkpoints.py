@@ -12,10 +12,15 @@ from tasks.retry import RETRY_DELAYS, retry_if_transient
 @task(name="protect-new-checkpoints", retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def protect_new_checkpoints(config_path: str) -> dict:
-    """Snapshot and copy every checkpoint not yet protected; apply the checkpoint retention; re-running resumes."""
+    """Snapshot and copy every complete checkpoint not yet protected (or rewritten since); apply the checkpoint
+    retention; re-running resumes and looks at incomplete folders again."""
     out = ops.protect_checkpoints(load_config(config_path))
-    get_run_logger().info("%d checkpoint folder(s), %d new: %s", len(out["found"]), len(out["new"]),
-                          ", ".join(n["checkpoint"] for n in out["new"]) or "none")
+    log = get_run_logger()
+    log.info("%d checkpoint folder(s), %d new: %s", len(out["found"]), len(out["new"]),
+             ", ".join(n["checkpoint"] for n in out["new"]) or "none")
+    for c in out["incomplete"]:
+        log.warning("checkpoint %s incomplete, not taken (looked at again next run): %s", c["checkpoint"],
+                    "; ".join(c["problems"]))
     return out
 
 

@@ -55,7 +55,9 @@ def test_missing_credentials_are_explained(tmp_path):
 
 def test_usage_error_exit_code(tmp_path):
     r = run(["restore"], tmp_path)
-    assert r.returncode == 2 and "Missing argument" in r.stderr
+    assert r.returncode == 2 and "name what to restore: a SNAPSHOT" in r.stderr and "Traceback" not in r.stderr
+    r = run(["restore", "latest"], tmp_path)
+    assert r.returncode == 2 and "restore needs --to FOLDER" in r.stderr
 
 
 def test_version():

@@ -1,6 +1,8 @@
 """Prefect layer: the retry policy on real task runs, and the protect/restore flows run for real against the stack."""
 
 import hashlib
+import json
+import struct
 
 import pytest
 from prefect import flow, task
@@ -207,7 +209,9 @@ def test_protect_checkpoints_incremental_with_retention(prefect_harness, region_
     def checkpoint(step: int) -> None:
         d = path.parent / "ckpts" / f"checkpoint-{step}"
         d.mkdir(parents=True)
-        (d / "model.safetensors").write_bytes(base + random.Random(step).randbytes(MiB))  # mostly shared
+        data = base + random.Random(step).randbytes(MiB)  # mostly shared
+        head = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}).encode()
+        (d / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + data)  # complete: it parses
         (d / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
 
     for step in (100, 200):

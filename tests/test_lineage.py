@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def write_checkpoint(root: Path, step: int = 200) -> Path:
     (folder / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 256, "rope_scaling": {"type": "linear", "factor": 2.0},
         "architectures": ["LlamaForCausalLM"], "bad key(!)": 1}))
-    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    head = json.dumps({"w": {"dtype": "U8", "shape": [4096], "data_offsets": [0, 4096]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + os.urandom(4096))  # parses
     return folder
 
 

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -286,7 +287,7 @@ def test_atomic_write_is_0600_tightens_and_never_follows_a_planted_link(tmp_path
     target.chmod(0o644)
     victim = tmp_path / "victim"
     victim.write_text("keep")
-    (target.parent / f".f.json.{os.getpid()}.tmp").symlink_to(victim)
+    (target.parent / f".f.json.{os.getpid()}.{threading.get_ident()}.tmp").symlink_to(victim)  # its temp name
     atomic_write(target, "{}")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600 and victim.read_text() == "keep"
     public = tmp_path / "report.html"

@@ -79,7 +79,8 @@ def trained(stack, tmp_path):
     assert [n["checkpoint"] for n in out["new"]] == ["checkpoint-100", "checkpoint-200"]
     dr = open_repo(cfg, "secondary", cache=False)
     newest = tr.by_step(dr, cfg)[0]
-    assert newest.tags == {"checkpoint": "checkpoint-200", "step": "200"}
+    assert {k: newest.tags[k] for k in ("checkpoint", "step", "epoch")} == {  # + the folder's fingerprint
+        "checkpoint": "checkpoint-200", "step": "200", "epoch": "2"}
     return cfg, root, newest
 
 

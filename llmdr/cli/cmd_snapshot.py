@@ -80,7 +80,9 @@ def protect(
 
         out = protect_checkpoints(config_path=path, bundle=cfg.view_of)
         emit(as_json, out, f"{len(out['new'])} new checkpoint(s) of {len(out['found'])} protected "
-                           f"({', '.join(n['checkpoint'] for n in out['new']) or 'none new'})")
+                           f"({', '.join(n['checkpoint'] for n in out['new']) or 'none new'})"
+             + "".join(f"\nincomplete, not taken (looked at again next run): {c['checkpoint']}: "
+                       f"{'; '.join(c['problems'])}" for c in out.get("incomplete", [])))
         return
     from flows.protect_bundle import protect_bundle
 

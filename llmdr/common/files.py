@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 
@@ -52,11 +53,13 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
     symbolic link planted at its name."""
     if not path.parent.is_dir():
         private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid and thread: two threads of one process (a trainer callback's protection thread beside another protection)
+    # writing the same cache object must not share, or unlink, each other's temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags, mode)
-    except FileExistsError:  # left by a crashed run of this pid (or planted): removed, never written through
+    except FileExistsError:  # left by a crashed run of this pid and thread (or planted): removed, never written through
         tmp.unlink()
         fd = os.open(tmp, flags, mode)
     try:

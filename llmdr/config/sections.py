@@ -111,8 +111,9 @@ class Retention(StrictModel):
 
 
 class Checkpoints(StrictModel):
-    """Training checkpoints: each sub-folder of ``path`` matching ``pattern`` is one checkpoint, snapshotted once
-    (checkpoints deduplicate against each other) and kept by its own retention policy."""
+    """Training checkpoints: each sub-folder of ``path`` matching ``pattern`` is one checkpoint, snapshotted once it
+    is complete (checkpoints deduplicate against each other), again when the trainer rewrites it, and kept by its own
+    retention policy."""
 
     path: str  # the folder holding the checkpoint folders, relative to this file, e.g. output/checkpoints
     # Which sub-folders of path are checkpoints (fnmatch, case-sensitive); taken in order of the last number in
@@ -121,6 +122,24 @@ class Checkpoints(StrictModel):
     # The policy for the checkpoint snapshots (series <bundle name>-checkpoints), applied in every region by
     # protect-checkpoints (`llmdr protect --checkpoints`); null: every checkpoint is kept.
     retention: Retention | None = None
+    # What a complete checkpoint folder holds (an incomplete one is not snapshotted, is reported and is looked at
+    # again next run): hf (Hugging Face Trainer: weights, optimizer.pt, scheduler.pt, rng_state*.pth and
+    # trainer_state.json, all parsing), lightning (*.ckpt archives that open), files (only the require patterns),
+    # auto (lightning when a *.ckpt is there, else trainer_state.json and weights plus whatever HF files are present).
+    layout: Literal["auto", "hf", "lightning", "files"] = "auto"
+    # Patterns (fnmatch, relative to a checkpoint folder) that must each match a non-empty file, on top of the layout
+    require: list[str] = Field(default_factory=list)
+    # A checkpoint is taken only when two looks this far apart see the same file names, sizes and modification
+    # times (a writer the layout cannot see finishing); 0s: one look.
+    settle: timedelta = timedelta(0)
+
+    @field_validator("settle", mode="before")
+    @classmethod
+    def _settle(cls, v: Any) -> timedelta:
+        d = parse_duration(v)
+        if d > timedelta(minutes=10):
+            raise ValueError(f"settle {d} is longer than 10 minutes: protect-checkpoints waits this long on every run")
+        return d
 
 
 class Transfer(StrictModel):

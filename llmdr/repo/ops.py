@@ -12,6 +12,7 @@ from llmdr.config import Config, Region
 from llmdr.config.residency import require_all, require_resident
 from llmdr.errors import IntegrityError, LlmdrError, UsageError
 from llmdr.repo.bundle import BundleReport, check_bundle, specs_from_config
+from llmdr.repo.checkpoints import checkpoint_series  # noqa: F401  (re-exported: its home before #20)
 from llmdr.repo.repository import Repository
 from llmdr.repo.snapshot import SnapshotResult, take_snapshot
 from llmdr.repo.statcache import StatCache
@@ -242,58 +243,35 @@ def apply_configured_retention(cfg: Config, region: str):
                   grace_s=r.grace.total_seconds())
 
 
-def checkpoint_series(cfg: Config) -> str:
-    return f"{cfg.bundle.name}-checkpoints"
+def _all_repos(cfg: Config) -> dict[str, Repository]:
+    return {r.name: open_repo(cfg, r) for r in cfg.regions}
 
 
 def protect_checkpoints(cfg: Config) -> dict:
-    """Snapshot every checkpoint folder not yet protected (oldest step first) into the primary, copy each to every
-    secondary, then apply the checkpoint retention policy in every region."""
-    import fnmatch
-    import re
+    """Snapshot every complete checkpoint folder not yet protected (or rewritten since) into the primary, copy each
+    to every secondary, apply the checkpoint retention in every region (``llmdr.repo.checkpoints``)."""
+    from llmdr.repo.checkpoints import protect_checkpoints as protect
 
-    ck = cfg.checkpoints
-    if ck is None:
-        raise UsageError(f"{cfg.source_file} has no checkpoints: section (path, pattern, retention)")
     require_all(cfg, f"protect the checkpoints of '{cfg.bundle.name}'")
-    root = Path(ck.path) if Path(ck.path).is_absolute() else cfg.base_dir / ck.path
-    if not root.is_dir():
-        raise UsageError(f"checkpoint folder {root} does not exist; set checkpoints.path in llmdr.yaml")
+    return protect(cfg, _all_repos(cfg))
 
-    def step(name: str) -> tuple[int, str]:
-        nums = re.findall(r"\d+", name)
-        return (int(nums[-1]) if nums else -1, name)
 
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and fnmatch.fnmatchcase(p.name, ck.pattern)),
-                     key=lambda p: step(p.name))
-    series = checkpoint_series(cfg)
-    primary = open_repo(cfg, cfg.primary)
-    done = {s.manifest.tags.get("checkpoint") for s in primary.snapshots(bundle=series)}
-    new = []
-    for folder in folders:
-        if folder.name in done:
-            continue
-        res = take_snapshot(primary, folder, bundle=series, kind="checkpoint", workers=cfg.transfer.workers,
-                            max_inflight_bytes=cfg.transfer.max_inflight_mb * 1024 * 1024,
-                            tags={"checkpoint": folder.name, "step": str(step(folder.name)[0])})
-        new.append(res.to_json() | {"checkpoint": folder.name, "region": cfg.primary.name})
-    from llmdr.repo.replicate import replicate_snapshot
+def protect_checkpoint(cfg: Config, folder: Path, *, tags: dict[str, str] | None = None) -> dict:
+    """Protect one complete checkpoint folder now (the trainer callbacks); ``IncompleteCheckpoint`` otherwise."""
+    from llmdr.repo.checkpoints import protect_checkpoint as protect
 
-    copies = []
-    for r in cfg.secondaries:
-        dst = open_repo(cfg, r)
-        for snap in new:
-            copies.append(replicate_snapshot(primary, dst, snap["snapshot_id"], workers=cfg.transfer.workers,
-                                             memory_bytes=cfg.transfer.copy_memory_mb << 20).to_json()
-                          | {"region": r.name})
-    retention = []
-    if ck.retention is not None:
-        from llmdr.repo.retention import Policy, apply_retention
+    require_all(cfg, f"protect checkpoint {folder.name} of '{cfg.bundle.name}'")
+    return protect(cfg, _all_repos(cfg), folder, tags=tags)
 
-        policy = Policy(ck.retention.keep_last, ck.retention.keep_every)
-        for r in cfg.regions:
-            res = apply_retention(open_repo(cfg, r), series, policy, prune=ck.retention.prune,
-                                  grace_s=ck.retention.grace.total_seconds())
-            retention.append(res.to_json() | {"region": r.name})
-    return {"series": series, "found": [p.name for p in folders], "new": new, "copies": copies,
-            "retention": retention}
+
+def restore_checkpoint(cfg: Config, ref: str, target: Path, *, region: str | None = None, force: bool = False,
+                       progress: Progress | None = None) -> RestoreResult:
+    """Restore checkpoint ``latest`` or ``step:N`` of the bundle's checkpoint series from ``region``."""
+    from llmdr.repo.checkpoints import resolve_checkpoint
+    from llmdr.repo.restore import restore_snapshot
+
+    repo = open_repo(cfg, region, read_only=True)
+    sid = resolve_checkpoint(repo, checkpoint_series(cfg), ref)
+    return restore_snapshot(repo, sid, target, force=force, workers=cfg.transfer.download_workers,
+                            durable=cfg.transfer.fsync, progress=progress,
+                            memory_bytes=cfg.transfer.restore_memory_mb << 20)

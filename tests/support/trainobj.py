@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from pathlib import Path
 
 from llmdr.config import Config
@@ -18,7 +19,9 @@ def write_checkpoint(root: Path, step: int, *, global_step: int | None = None, s
     d = root / f"checkpoint-{step}"
     d.mkdir(parents=True)
     rnd = random.Random(step)
-    (d / "model.safetensors").write_bytes(rnd.randbytes(size))
+    head = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    # a safetensors file whose header parses and fits: protect-checkpoints takes only complete checkpoints
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + rnd.randbytes(size))
     (d / "optimizer.pt").write_bytes(rnd.randbytes(size // 2))
     (d / "trainer_state.json").write_text(json.dumps({"global_step": step if global_step is None else global_step,
                                                       "epoch": step / 100, "log_history": []}))
