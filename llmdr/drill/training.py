@@ -30,6 +30,7 @@ from typing import Any
 
 from llmdr.config import Config, format_duration
 from llmdr.config.sections import TrainingObjectives
+from llmdr.repo.checkpoint_check import check_checkpoint
 from llmdr.repo.manifest import Manifest
 from llmdr.repo.repository import Repository
 from llmdr.repo.snapinfo import SnapshotInfo
@@ -119,8 +120,9 @@ def newest_complete(repo: Repository, cfg: Config) -> tuple[SnapshotInfo | None,
     present = repo.list_chunks()
     for s in snaps:
         m = s.manifest
-        if not any(f.path == TRAINER_STATE for f in m.files):
-            skipped.append({"snapshot": s.id, "checkpoint": s.tags.get("checkpoint"), "why": f"no {TRAINER_STATE}"})
+        why = listed_incomplete([f.path for f in m.files], cfg.checkpoints.layout if cfg.checkpoints else "auto")
+        if why:
+            skipped.append({"snapshot": s.id, "checkpoint": s.tags.get("checkpoint"), "why": why})
             continue
         need = m.chunk_set()
         missing = [d for d, n in need.items() if present.get(d) != n]
@@ -133,10 +135,22 @@ def newest_complete(repo: Repository, cfg: Config) -> tuple[SnapshotInfo | None,
 
 
 # --- the checkpoint itself --------------------------------------------------------------------------------------------
+def listed_incomplete(paths: list[str], layout: str) -> str | None:
+    """Why a snapshot holding ``paths`` cannot be a complete checkpoint of ``layout`` (checkpoints.layout; the
+    trainer's last-written file is missing), None when it can; the full check reads the files once restored
+    (``llmdr.repo.checkpoint_check``)."""
+    has_ckpt = any(p.endswith(".ckpt") for p in paths)
+    if layout == "lightning" or (layout == "auto" and has_ckpt):
+        return None if has_ckpt else "no .ckpt file"
+    if layout == "files":
+        return None
+    return None if TRAINER_STATE in paths else f"no {TRAINER_STATE}"
+
+
 def checkpoint_problem(folder: Path, step: int | None) -> str | None:
     """None when the checkpoint in ``folder`` is complete enough to resume from: its trainer_state.json parses and
-    its ``global_step`` is ``step`` (the snapshot's tag); else what is wrong. Minimal on purpose: the one place to
-    point at a fuller completeness check."""
+    its ``global_step`` is ``step`` (the snapshot's tag); else what is wrong. The restore runs it after the layout's
+    full check (``llmdr.repo.checkpoint_check``) passed on an HF checkpoint."""
     path = folder / TRAINER_STATE
     try:
         if path.stat().st_size > MAX_STATE_BYTES:  # a forged giant must not take the drill's memory
@@ -229,10 +243,13 @@ def restore_newest(cfg: Config, region: str) -> dict[str, Any]:
         out["verify_s"] = round(time.perf_counter() - t1, 3)
         out["verified"] = not bad
         out["problems"] += bad
-        problem = checkpoint_problem(target, step)
-        out["complete"] = problem is None
-        if problem:
-            out["problems"].append(problem)
+        ck = cfg.checkpoints
+        check = check_checkpoint(target, ck.layout, ck.require) if ck else check_checkpoint(target)
+        found = list(check.problems)
+        if not found and check.layout == "hf":  # and the state is the one of the step the snapshot claims
+            found += [p for p in [checkpoint_problem(target, step)] if p]
+        out["complete"] = not found
+        out["problems"] += found
     except Exception as exc:  # noqa: BLE001 - a restore that fails is the control's finding
         log.warning("training restore from %s failed: %s", region, exc)
         out["problems"].append(f"restore failed: {str(exc).splitlines()[0]}")
