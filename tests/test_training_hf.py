@@ -64,6 +64,16 @@ def test_every_saved_checkpoint_is_protected_and_a_resumed_run_matches(trainer_l
     assert [t["step"] for t in tags] == ["5", "10", "15", "20"]
     assert [t["epoch"] for t in tags] == ["0.25", "0.5", "0.75", "1"]
     assert tags[-1]["loss"] == f"{loss_at(full, 20):.6g}" and {t["run_name"] for t in tags} == {"tiny-gpt2"}
+    # each protected checkpoint is an MLflow training run too, tied to its snapshot, with the trainer's loss history
+    import mlflow
+
+    from llmdr.lineage.tracking import default_tracking_uri
+
+    runs = {r["snapshot_id"]: r["run_id"] for res in cb.results for r in res["training_runs"]}
+    assert list(runs) == [res["new"][0]["snapshot_id"] for res in cb.results]
+    client = mlflow.MlflowClient(default_tracking_uri(cfg))
+    last = client.get_run(runs[cb.results[-1]["new"][0]["snapshot_id"]])
+    assert last.data.tags["llmdr.checkpoint"] == "checkpoint-20"
     final_loss = loss_at(full, STEPS)
 
     # Interrupted: a fresh config and output, stopped after the step-10 save, protected by the callback (blocking).

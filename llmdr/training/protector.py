@@ -134,6 +134,7 @@ class CheckpointProtector:
                 from llmdr.repo.ops import protect_checkpoint
 
                 out = protect_checkpoint(self.cfg, folder, tags=tags)
+                out["training_runs"] = self._record(folder, out["new"])
             out |= {"waited_s": round(waited, 3), "duration_s": round(time.monotonic() - t0, 3)}
             self.results.append(out)
             log.info("checkpoint %s protected (%s) in %.2f s", folder.name, self.mode, out["duration_s"])
@@ -142,6 +143,22 @@ class CheckpointProtector:
             self.errors.append(exc)
             if raise_errors:
                 raise
+
+    def _record(self, folder: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The new snapshot as an MLflow training run (what the protect-checkpoints flow records; a deployment run
+        records its own). The checkpoint is protected either way: a failure here is kept for ``close()`` as its own
+        error, saying so."""
+        if not new:
+            return []
+        from llmdr.lineage.training import record_checkpoint_runs
+
+        try:
+            return record_checkpoint_runs(self.cfg, new)
+        except Exception as exc:  # noqa: BLE001 - reported by close(), never lost
+            log.error("checkpoint %s protected, but its MLflow training run was not recorded: %s", folder.name, exc)
+            self.errors.append(RuntimeError(f"checkpoint {folder.name} is protected, but recording its MLflow "
+                                            f"training run failed: {exc}"))
+            return []
 
     def _start_deployment(self) -> str:
         from llmdr.training.trigger import start_protect_deployment
