@@ -43,8 +43,8 @@ def post(url: str, timeout: float = 10) -> tuple[int, str | None, str]:
             return r.status, r.headers.get("X-Llmdr-Region"), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("X-Llmdr-Region"), e.read().decode(errors="replace")
-    except OSError as e:
-        return 0, None, str(e)
+    except (OSError, http.client.HTTPException) as e:  # a response cut by the crash is an IncompleteRead
+        return 0, None, f"{type(e).__name__}: {e}"
 
 
 class Load(threading.Thread):
