@@ -40,6 +40,13 @@ def _matches(want: dict, got: dict) -> bool:
     return all(k in got and got[k] == v for k, v in want.items())
 
 
+def _raised(info: dict) -> bool:
+    """Whether GE's exception info says a metric raised (flat, or nested per metric in GE 1.x)."""
+    if "raised_exception" in info:
+        return bool(info["raised_exception"])
+    return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
+
+
 def conform(df: "pd.DataFrame", types: dict[str, str]) -> "pd.DataFrame":
     """Undo the two per-batch read artefacts described in the module docstring; anything else is left as read."""
     import numpy as np
@@ -118,7 +125,7 @@ class BatchChecker:
             a["success"] = False
             if part not in a["partitions"]:
                 a["partitions"].append(part)
-            if not a["exception_info"] and r.get("exception_info"):
+            if not a["exception_info"] and _raised(r.get("exception_info") or {}):
                 a["exception_info"] = r["exception_info"]
             if "observed_value" not in a["result"] and "observed_value" in res:
                 a["result"]["observed_value"] = res["observed_value"]
