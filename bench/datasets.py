@@ -95,7 +95,7 @@ def write_dataset(folder: Path, *, fmt: str, target_bytes: int, partitions: int,
     rng = np.random.default_rng(seed)
     labels = np.array(["billing", "bug", "feature", "account", "outage", "refund", "login", "export"])
     alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789", dtype="S1")
-    bytes_per_row = 110 if fmt == "parquet" else 150  # measured on this generator (random text, floats)
+    bytes_per_row = 83 if fmt == "parquet" else 150  # measured on this generator (random text, floats)
     rows = max(partitions * 10, target_bytes // bytes_per_row // partitions)
     written = total_rows = 0
     t0 = time.perf_counter()

@@ -261,3 +261,11 @@ def test_config_refuses_bad_validation_settings(tmp_path):
             Dataset(name="d", path="d", **bad)
     d = Dataset(name="d", path="d.csv")
     assert (d.validation, d.format, d.batch_rows) == ("full", "auto", 100_000)
+
+
+def test_an_unquoted_yaml_off_means_off(tmp_path):
+    from llmdr.config import parse_config
+    from tests.test_expectations import CONFIG
+
+    text = CONFIG.format(datasets="  - {name: d, path: d.csv, validation: off}")
+    assert parse_config(text, source=tmp_path / "llmdr.yaml").datasets[0].validation == "off"

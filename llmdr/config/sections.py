@@ -457,6 +457,12 @@ class Dataset(StrictModel):
     seed: int = Field(default=0, ge=0)  # the sample's seed: the same seed and data give the same sample
     # Rows read and validated at once (a partition larger than this is read in several batches)
     batch_rows: int = Field(default=100_000, ge=100, le=10_000_000)
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `validation: off` as false
+
     # true: a dataset failing its expectation suite stops the snapshot; false: the failure is only reported
     block_on_failure: bool = True
     # Expectation suite JSON, relative to llmdr.yaml (default: expectations/<name>.json); when missing, one is
