@@ -269,3 +269,31 @@ def test_an_unquoted_yaml_off_means_off(tmp_path):
 
     text = CONFIG.format(datasets="  - {name: d, path: d.csv, validation: off}")
     assert parse_config(text, source=tmp_path / "llmdr.yaml").datasets[0].validation == "off"
+
+
+def test_a_column_with_text_in_one_batch_only_profiles_and_validates_as_the_whole_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    df = frame(300).astype({"id": "object"})
+    df.loc[250, "id"] = "n/a"  # only the third batch has text: read whole, the column is text
+    df.to_csv(tmp_path / "t.csv", index=False)
+    cfg, dss = project(tmp_path, {"t": "t.csv"})
+    d = dss["t"].model_copy(update={"batch_rows": 100})
+    ex.ensure_suite(cfg, d)
+    types = {e["kwargs"]["column"]: e["kwargs"]["type_"] for e in json.loads(cfg.suite_path(d).read_text())[
+        "expectations"] if e["type"] == "expect_column_values_to_be_of_type"}
+    assert types["id"] == ex._ge_type(pd.read_csv(tmp_path / "t.csv")["id"].dtype)
+    rep = ex.validate(cfg, d)
+    assert rep.success and rep.batches == 3, rep.summary()
+
+
+def test_a_symbolic_link_out_of_the_folder_is_refused(tmp_path):
+    root = tmp_path / "ds"
+    write_parts(root, "csv", parts=1)
+    secret = tmp_path / "secret.csv"
+    secret.write_text("token\nabc123\n")
+    (root / "day=0" / "leak.csv").symlink_to(secret)
+    with pytest.raises(UsageError, match=r"symbolic links leading out of the dataset folder: day=0/leak.csv"):
+        pt.discover(root)
+    (root / "day=0" / "leak.csv").unlink()
+    (root / "day=0" / "inside.csv").symlink_to(root / "day=0" / "part-0.csv")  # a link inside: fine
+    assert [p.name for p in pt.discover(root)] == ["day=0/inside.csv", "day=0/part-0.csv"]

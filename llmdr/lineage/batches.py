@@ -14,8 +14,9 @@ partitions where it failed:
 
 Before a batch is validated, two read artefacts are undone so a batch is judged as the whole file would be: an
 integer column read as integers where the suite expects floats (a batch without the nulls that make pandas read the
-whole column as float64) is widened to the expected float type, and a column that is entirely null in this batch is
-cast to the expected type. Any other type difference is a real one and fails.
+whole column as float64) is widened to the expected float type; a column holding only numbers in this batch where the
+suite expects text (``object``/``str``: text in other batches) is read as text; and a column that is entirely null in
+this batch is cast to the expected type. Any other type difference is a real one and fails.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def conform(df: "pd.DataFrame", types: dict[str, str]) -> "pd.DataFrame":
         if target is not None and target.kind == "f" and pdt.is_integer_dtype(s.dtype) and not pdt.is_bool_dtype(
                 s.dtype):
             df[col] = s.astype(target)
+        elif want in ("object", "str") and (pdt.is_numeric_dtype(s.dtype) or pdt.is_bool_dtype(s.dtype)):
+            df[col] = s.astype(want).where(s.notna(), None)  # text elsewhere, only numbers in this batch
         elif len(s) and s.isna().all() and str(s.dtype) != want:
             try:
                 df[col] = s.astype(want)

@@ -4,7 +4,8 @@ A folder dataset (``datasets[].path`` naming a folder, tracked by DVC as one ``.
 anywhere below it; hive-style sub-folders (``year=2026/month=11/part-0.parquet``) are recognised and their
 ``key=value`` pairs recorded with each partition (they are not added as columns: the suite checks the files'
 columns). Files and folders whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``, ``_metadata``) are not
-data and are skipped, as Spark and pyarrow do.
+data and are skipped, as Spark and pyarrow do. A file that is a symbolic link leading out of the folder is refused
+(its values could end up in the evidence); links to folders are not followed.
 
 ``format: auto`` picks the format from the suffixes; a folder mixing formats, or holding a file with an unknown
 suffix, is refused with the files named. Partitions are read in sorted order (by their path inside the folder), so
@@ -95,6 +96,12 @@ def discover(path: Path, fmt: str = "auto", *, dataset: str = "") -> list[Partit
                          "bring the data back with `dvc pull` first.")
     files = sorted((p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))),
                    key=lambda p: p.relative_to(path).as_posix())
+    outside = [p.relative_to(path).as_posix() for p in files
+               if p.is_symlink() and not p.resolve().is_relative_to(path.resolve())]
+    if outside:
+        raise UsageError(f"{who}{path}: {len(outside)} file(s) are symbolic links leading out of the dataset folder: "
+                         f"{_names(outside)}. Validation reads only the dataset's own files (their values can land "
+                         "in the evidence): replace the links with the files, or remove them.")
     if not files:
         raise UsageError(f"{who}{path}: the dataset folder holds no data files (names starting with '.' or '_' are "
                          "skipped). Put its partitions there, or `dvc pull` it first.")

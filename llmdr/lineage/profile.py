@@ -80,7 +80,10 @@ def _merge_dtype(a: ColumnStats, b: ColumnStats) -> Any:
         return b
     if pdt.is_float_dtype(a) and pdt.is_integer_dtype(b):
         return a
-    return a  # genuinely different types across batches: keep the first; validation will flag the others
+    # numbers in some batches, text in others: the whole file read at once gives the text column's dtype
+    if pdt.is_numeric_dtype(a) and not pdt.is_numeric_dtype(b):
+        return b
+    return a  # text then numbers (kept), or two different non-numeric types: validation flags the odd batches
 
 
 def merge(into: dict[str, ColumnStats] | None, new: dict[str, ColumnStats]) -> dict[str, ColumnStats]:
