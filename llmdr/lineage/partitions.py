@@ -11,7 +11,8 @@ data and are skipped, as Spark and pyarrow do. A file that is a symbolic link le
 suffix, is refused with the files named. Partitions are read in sorted order (by their path inside the folder), so
 batches, samples and reports are the same on every run.
 
-Reading is streamed: Parquet by ``pyarrow.ParquetFile.iter_batches``, CSV and JSON lines by pandas chunks, never more
+Reading is streamed: Parquet by ``pyarrow.ParquetFile.iter_batches`` with buffered page reads (so a file written as
+one huge row group is not held whole), CSV and JSON lines by pandas chunks, never more
 than ``batch_rows`` rows at a time (a ``.json`` records file, allowed only as a single-file dataset, is read whole).
 :func:`sample_rows` draws a seeded sample across all partitions by priority reservoir (each row gets a random key
 from one seeded generator, in partition order; the ``n`` smallest keys are kept), holding at most ``n`` + one batch
@@ -38,6 +39,7 @@ SUFFIXES = {".parquet": ("parquet", "Parquet"), ".pq": ("parquet", "Parquet"), "
 FOLDER_FORMATS = ("parquet", "csv", "jsonl")
 FORMATS = ("auto", *FOLDER_FORMATS)
 _LIST = 5  # files named in an error message
+_READ_BUFFER = 1 << 20  # Parquet: bytes read at a time from a column chunk
 
 
 @dataclass
@@ -146,7 +148,9 @@ def iter_batches(part: Partition, batch_rows: int) -> Iterator["pd.DataFrame"]:
         if part.format == "parquet":
             import pyarrow.parquet as pq
 
-            with pq.ParquetFile(part.path) as pf:
+            # buffered page reads: without them pyarrow holds a row group's whole column chunks (a 127 MB file of
+            # one row group: +160 MB over the baseline; buffered: +56 MB, as for any batch of that size)
+            with pq.ParquetFile(part.path, buffer_size=_READ_BUFFER, pre_buffer=False) as pf:
                 empty = True
                 for rb in pf.iter_batches(batch_size=batch_rows):
                     empty = False
