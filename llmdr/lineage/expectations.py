@@ -130,7 +130,7 @@ def profile_dataset(data: Path, ds: "Dataset") -> tuple[dict, int]:
     for part in discover(data, ds.format, dataset=ds.name):
         for batch in iter_batches(part, ds.batch_rows):
             rows += len(batch)
-            stats = merge(stats, batch_stats(batch))
+            stats = merge(stats, batch_stats(batch, stats))
     suite = suite_from_stats(stats or {}, name=ds.name, rows=rows, stamp=_utc_now(), ge_version=_ge_version())
     return suite, rows
 

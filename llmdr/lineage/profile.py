@@ -43,8 +43,9 @@ def _num(v: Any) -> int | float:
     return int(v) if isinstance(v, int) else float(v)
 
 
-def batch_stats(df: "pd.DataFrame") -> dict[str, ColumnStats]:
-    """Statistics of one batch, by column name (in the frame's order)."""
+def batch_stats(df: "pd.DataFrame", prev: dict[str, ColumnStats] | None = None) -> dict[str, ColumnStats]:
+    """Statistics of one batch, by column name (in the frame's order). ``prev`` (the statistics merged so far) skips
+    the string checks already settled: a column known to hold non-strings, too many values, or non-dates."""
     import pandas as pd
     from pandas.api import types as pdt
 
@@ -57,11 +58,19 @@ def batch_stats(df: "pd.DataFrame") -> dict[str, ColumnStats]:
             if pdt.is_numeric_dtype(s.dtype):
                 st.lo, st.hi = _num(values.min()), _num(values.max())
             elif isinstance(s.dtype, pd.CategoricalDtype) or pdt.is_string_dtype(s.dtype) or pdt.is_object_dtype(s.dtype):
-                st.all_str = all(isinstance(v, str) for v in values)
+                known = (prev or {}).get(str(col))
+                if known is not None and not known.all_str:
+                    st.all_str = False
+                else:
+                    st.all_str = isinstance(s.dtype, pd.StringDtype) or all(isinstance(v, str) for v in values)
                 if st.all_str:
-                    uniq = values.unique()
-                    st.distinct = set(uniq.tolist()) if len(uniq) <= MAX_SET else None
-                    st.iso = bool(values.str.fullmatch(_ISO_DATE).all())
+                    if known is not None and known.distinct is None:
+                        st.distinct = None
+                    else:
+                        uniq = values.unique()
+                        st.distinct = set(uniq.tolist()) if len(uniq) <= MAX_SET else None
+                    st.iso = (False if known is not None and not known.iso
+                              else bool(values.str.fullmatch(_ISO_DATE).all()))
         out[str(col)] = st
     return out
 
