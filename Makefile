@@ -57,6 +57,11 @@ bench-scale: install
 bench-history: install
 	$(UV) run --frozen python bench/history.py
 
+# Validating a ~1 GB folder of Parquet partitions, full and sampled (issue #20): bench/results/datasets-*.
+.PHONY: bench-datasets
+bench-datasets: install
+	$(UV) run --frozen python bench/datasets.py
+
 # Every bench script once at its smallest size (also part of `make test`, as tests/test_bench_smoke.py).
 .PHONY: bench-smoke
 bench-smoke: install

@@ -95,7 +95,7 @@ def protect_summary_markdown(bundle: str, snap: dict, copies: list[dict], rpo: l
             v = checked.get(d["name"], {})
             regions = ", ".join(p["region"] for p in d.get("pushes", []))
             lines.append(f"| {d['name']} | `{d['md5']}` | {regions} | {v.get('evaluated', 0) - v.get('failed', 0)}/"
-                         f"{v.get('evaluated', 0)} | {'valid' if v.get('success') else '**FAILED**'} |")
+                         f"{v.get('evaluated', 0)} | {_dataset_result(v)} |")
     for r in rpo or []:
         if r["age_s"] is None:
             lines += ["", f"**RPO clock, {r['region']}: no snapshot there at all** (objective {r['objective_s']:.0f} s)"]
@@ -292,3 +292,15 @@ def monitor_markdown(bundle: str, summary: dict) -> str:
     if summary["emitted"]:
         lines += ["", "Events:", *[f"- `{e['event']}` {e['target']}: {e['reason']}" for e in summary["emitted"]]]
     return "\n".join(lines) + "\n"
+
+
+def _dataset_result(v: dict) -> str:
+    """A dataset's cell in the protect summary: valid, FAILED (naming failing partitions), or validation off."""
+    if v.get("mode") == "off":
+        return "**validation off by config**"
+    if not v.get("success"):
+        parts = v.get("failed_partitions") or []
+        return "**FAILED**" + (f" in {', '.join(parts[:3])}" + (" ..." if len(parts) > 3 else "") if parts else "")
+    if v.get("sample"):
+        return f"valid (sample of {v['sample']['rows']} rows, seed {v['sample']['seed']})"
+    return "valid"

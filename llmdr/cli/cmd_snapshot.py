@@ -91,7 +91,8 @@ def protect(
     lines = [f"snapshot {snap['snapshot_id'][:12]} in {snap['region']}: {human_size(snap['bytes_new'])} new of "
              f"{human_size(snap['bytes_total'])}"]
     for v in out.get("validations", []):
-        lines.append(f"dataset {v['dataset']}: {v['evaluated'] - v['failed']}/{v['evaluated']} expectations passed"
+        lines.append(f"dataset {v['dataset']}: validation off by config" if v.get("mode") == "off" else
+                     f"dataset {v['dataset']}: {v['evaluated'] - v['failed']}/{v['evaluated']} expectations passed"
                      + (" (suite profiled from the data on this first backup)" if v.get("suite_created") else ""))
     for d in out.get("datasets", []):
         lines.append(f"dataset {d['name']}: md5 {d['md5']} in every region's DVC remote ("

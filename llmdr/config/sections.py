@@ -500,7 +500,26 @@ class Dataset(StrictModel):
 
     # The dataset's name, unique: what `llmdr datasets` commands take, and the default suite's file name
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    path: str  # the data file, relative to llmdr.yaml (its .dvc file sits next to it)
+    # The data, relative to llmdr.yaml (its .dvc file sits next to it): one file, or a folder of Parquet, CSV or
+    # JSON-lines partitions (hive-style key=value/ sub-folders recognised; names starting with . or _ skipped)
+    path: str
+    # The partitions' format: auto (by suffix; a folder mixing formats or holding unknown files is refused), parquet,
+    # csv or jsonl
+    format: Literal["auto", "parquet", "csv", "jsonl"] = "auto"
+    # How the suite is checked: full (every row, in batches of batch_rows, memory bounded whatever the size), sample
+    # (a seeded sample of sample_rows rows across all partitions; row count still checked on the total) or off
+    # (nothing checked, and the evidence and artifact say so)
+    validation: Literal["full", "sample", "off"] = "full"
+    sample_rows: int = Field(default=100_000, ge=1, le=10_000_000)  # rows in the sample (validation: sample)
+    seed: int = Field(default=0, ge=0)  # the sample's seed: the same seed and data give the same sample
+    # Rows read and validated at once (a partition larger than this is read in several batches)
+    batch_rows: int = Field(default=100_000, ge=100, le=10_000_000)
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `validation: off` as false
+
     # true: a dataset failing its expectation suite stops the snapshot; false: the failure is only reported
     block_on_failure: bool = True
     # Expectation suite JSON, relative to llmdr.yaml (default: expectations/<name>.json); when missing, one is

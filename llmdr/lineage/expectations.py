@@ -35,6 +35,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmdr.errors import ConfigError, UsageError
+from llmdr.lineage.batches import BatchChecker
+from llmdr.lineage.partitions import Partition, discover, iter_batches, sample_rows
+from llmdr.lineage.profile import (  # noqa: F401 - the profile's constants are part of this module's API
+    _ISO_DATE,
+    MAX_SET,
+    NULL_MARGIN,
+    RANGE_WIDEN,
+    ROW_COUNT_HIGH,
+    ROW_COUNT_LOW,
+    batch_stats,
+    ge_type,
+    merge,
+    suite_from_stats,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,13 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROW_COUNT_LOW = 0.5
-ROW_COUNT_HIGH = 2.0
-NULL_MARGIN = 0.05
-MAX_SET = 20
-RANGE_WIDEN = 0.1
 SAMPLE = 5
-_ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 _FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSON lines",
             ".ndjson": "JSON lines", ".json": "JSON (a list of records)"}
 
@@ -94,108 +102,50 @@ def load_frame(path: Path) -> "pd.DataFrame":
 
 # --- profiling -----------------------------------------------------------------------------------------------------
 
-def _ge_type(dtype: Any) -> str:
-    """The ``type_`` GE's pandas check accepts for this dtype: it compares ``dtype.type`` with ``np.dtype(type_)``
-    (or a pandas type of that name), so 'category' must be written 'CategoricalDtypeType' and so on."""
-    import numpy as np
-
-    name = str(dtype)
-    try:
-        if np.dtype(name).type is dtype.type:
-            return name
-    except TypeError:
-        pass
-    return dtype.type.__name__
-
-
-def _num(v: Any) -> int | float:
-    v = v.item() if hasattr(v, "item") else v
-    return int(v) if isinstance(v, int) else float(v)
+_ge_type = ge_type
 
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _ge_version() -> str | None:
+    try:
+        return metadata.version("great-expectations")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def profile_suite(df: "pd.DataFrame", *, name: str) -> dict:
     """An expectation suite profiled from ``df`` (rules in the module docstring), as plain JSON in GE's suite
     format: ``{"name", "id", "expectations": [{"type", "kwargs", "meta"}], "meta", "notes"}``."""
-    import pandas as pd
-    from pandas.api import types as pdt
+    return suite_from_stats(batch_stats(df), name=name, rows=len(df), stamp=_utc_now(), ge_version=_ge_version())
 
-    stamp = _utc_now()
-    n = len(df)
-    exps: list[dict] = []
 
-    def expect(expectation: str, /, **kwargs: Any) -> None:
-        exps.append({"type": expectation, "kwargs": kwargs, "meta": {"llmdr": f"profiled {stamp}"}})
-
-    expect("expect_table_columns_to_match_ordered_list", column_list=[str(c) for c in df.columns])
-    expect("expect_table_row_count_to_be_between", min_value=math.ceil(ROW_COUNT_LOW * n),
-           max_value=math.floor(ROW_COUNT_HIGH * n))
-    for col in df.columns:
-        s = df[col]
-        c = str(col)
-        expect("expect_column_values_to_be_of_type", column=c, type_=_ge_type(s.dtype))
-        nulls = float(s.isna().mean()) if n else 0.0
-        if nulls == 0:
-            expect("expect_column_values_to_not_be_null", column=c)
-        elif nulls + NULL_MARGIN < 1:
-            # GE's `mostly` is the share that must be non-null; floor it so float noise cannot fail the profile
-            mostly = math.floor((1 - nulls - NULL_MARGIN) * 10_000) / 10_000
-            expect("expect_column_values_to_not_be_null", column=c, mostly=mostly)
-        values = s.dropna()
-        if values.empty:
-            continue
-        if pdt.is_bool_dtype(s.dtype):
-            continue
-        if pdt.is_numeric_dtype(s.dtype):
-            lo, hi = _num(values.min()), _num(values.max())
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                continue
-            pad = (hi - lo) * RANGE_WIDEN if hi > lo else max(abs(hi) * RANGE_WIDEN, 1)
-            low, high = lo - pad, hi + pad
-            if lo >= 0:
-                low = max(low, 0)
-            if pdt.is_integer_dtype(s.dtype):
-                low, high = math.floor(low), math.ceil(high)
-            else:  # outward to 6 decimals, so the file reads 1.097 rather than 1.0970000000000002
-                low, high = math.floor(low * 1e6) / 1e6, math.ceil(high * 1e6) / 1e6
-            expect("expect_column_values_to_be_between", column=c, min_value=_num(low), max_value=_num(high))
-        elif isinstance(s.dtype, pd.CategoricalDtype) or pdt.is_string_dtype(s.dtype) or s.dtype == object:
-            if not all(isinstance(v, str) for v in values):
-                continue
-            distinct = values.nunique()
-            if distinct <= MAX_SET and distinct < len(values):
-                expect("expect_column_values_to_be_in_set", column=c, value_set=sorted(values.unique().tolist()))
-            elif values.str.fullmatch(_ISO_DATE).all():
-                expect("expect_column_values_to_match_regex", column=c, regex=_ISO_DATE)
-    try:
-        ge_version = metadata.version("great-expectations")
-    except metadata.PackageNotFoundError:
-        ge_version = None
-    return {
-        "name": name,
-        "id": None,
-        "expectations": exps,
-        "meta": {"great_expectations_version": ge_version,
-                 "llmdr": {"profiled": stamp, "rows": n,
-                           "rules": f"row count {ROW_COUNT_LOW}x..{ROW_COUNT_HIGH}x; null fraction <= observed + "
-                                    f"{NULL_MARGIN}; value sets for string columns with <= {MAX_SET} values; numeric "
-                                    f"ranges widened by {RANGE_WIDEN:.0%} of the span"}},
-        "notes": "Profiled by llmdr at the first backup. Edit freely: llmdr never overwrites this file.",
-    }
+def profile_dataset(data: Path, ds: "Dataset") -> tuple[dict, int]:
+    """The suite profiled from every partition of the dataset at ``data``, one batch in memory at a time (same rules
+    and, for data that fits one batch, the same suite as :func:`profile_suite`); and the rows profiled."""
+    stats = None
+    rows = 0
+    for part in discover(data, ds.format, dataset=ds.name):
+        for batch in iter_batches(part, ds.batch_rows):
+            rows += len(batch)
+            stats = merge(stats, batch_stats(batch, stats))
+    suite = suite_from_stats(stats or {}, name=ds.name, rows=rows, stamp=_utc_now(), ge_version=_ge_version())
+    return suite, rows
 
 
 def ensure_suite(cfg: "Config", ds: "Dataset", df: "pd.DataFrame | None" = None) -> tuple[Path, bool]:
     """The dataset's suite file, profiled from its data when missing (``created`` is True then). An existing file
     is the user's and is never rewritten, not even when a concurrent run creates it first."""
     path = cfg.suite_path(ds)
-    if path.exists():
+    if path.exists() or ds.validation == "off":  # off: nothing reads the suite, so no reason to read the data
         return path, False
     if df is None:
-        df = load_frame(cfg.dataset_path(ds))
-    text = json.dumps(profile_suite(df, name=ds.name), indent=2) + "\n"
+        suite, rows = profile_dataset(cfg.dataset_path(ds), ds)
+    else:
+        suite, rows = profile_suite(df, name=ds.name), len(df)
+    text = json.dumps(suite, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -211,7 +161,7 @@ def ensure_suite(cfg: "Config", ds: "Dataset", df: "pd.DataFrame | None" = None)
             return path, False
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("profiled %s (%d rows) into %s", ds.name, len(df), path)
+    log.info("profiled %s (%d rows) into %s", ds.name, rows, path)
     return path, True
 
 
@@ -219,8 +169,11 @@ def ensure_suite(cfg: "Config", ds: "Dataset", df: "pd.DataFrame | None" = None)
 
 @dataclass
 class ValidationReport:
-    """One dataset file checked against its suite. ``failures`` name each failing expectation and column;
-    ``result`` is GE's full JSON result, kept as evidence."""
+    """A dataset (a file or a folder of partitions) checked against its suite. ``failures`` name each failing
+    expectation, column and the partitions where it failed; ``result`` is GE's JSON shape aggregated over every batch
+    (:mod:`llmdr.lineage.batches`), kept as evidence. ``mode`` is full, sample or off; ``rows`` the rows checked,
+    ``total_rows`` the dataset's; ``sample`` the sample's size and seed (sample mode); ``batches`` and
+    ``max_batch_rows`` show the batch cap (``batch_rows``) was kept."""
 
     dataset: str
     path: str
@@ -231,18 +184,43 @@ class ValidationReport:
     failures: list[dict] = field(default_factory=list)
     result: dict = field(default_factory=dict)
     duration_s: float = 0.0
+    mode: str = "full"
+    format: str | None = None
+    partitions: int = 0
+    partition_keys: list[str] = field(default_factory=list)  # the hive keys seen (year, month...)
+    failed_partitions: list[str] = field(default_factory=list)
+    rows: int = 0
+    total_rows: int = 0
+    sample: dict | None = None
+    batch_rows: int = 0
+    batches: int = 0
+    max_batch_rows: int = 0
+    note: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        head = f"{self.dataset}: {self.evaluated - self.failed}/{self.evaluated} expectations passed"
+        if self.mode == "off":
+            return f"{self.dataset}: validation off by config (datasets[].validation: off); nothing was checked"
+        what = (f"sample of {self.rows} of {self.total_rows} rows (seed {self.sample['seed']})" if self.sample
+                else f"{self.rows} rows")
+        head = (f"{self.dataset}: {self.evaluated - self.failed}/{self.evaluated} expectations passed"
+                + (f" ({what} in {self.partitions} partitions)" if self.partitions > 1 or self.sample else ""))
         if not self.failures:
             return head
-        parts = [f"FAILED {_label(f)} — {f['detail']}" for f in self.failures[:3]]
+        parts = [f"FAILED {_label(f)} — {f['detail']}" + _where(f) for f in self.failures[:3]]
         if len(self.failures) > 3:
             parts.append(f"and {len(self.failures) - 3} more")
         return head + "; " + "; ".join(parts)
+
+
+def _where(f: dict) -> str:
+    parts = f.get("partitions") or []
+    if not parts or parts == [""]:
+        return ""
+    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return f" in {', '.join(parts[:3])}{more}"
 
 
 def _label(f: dict) -> str:
@@ -387,7 +365,8 @@ def _detail(f: dict) -> str:
     return text
 
 
-def _run_ge(df: "pd.DataFrame", suite: Any) -> dict:
+def _ge_runner() -> Any:
+    """A function validating one DataFrame against a built suite with GE, its ephemeral context made once."""
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -395,33 +374,66 @@ def _run_ge(df: "pd.DataFrame", suite: Any) -> dict:
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (ctx.data_sources.add_pandas("llmdr").add_dataframe_asset("dataset")
                  .add_batch_definition_whole_dataframe("whole"))
-    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    return _jsonable(batch.validate(suite).to_json_dict())
+
+    def run(df: "pd.DataFrame", suite: Any) -> dict:
+        return _jsonable(batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite).to_json_dict())
+
+    return run
+
+
+def _checked(ds: "Dataset", parts: list[Partition], checker: BatchChecker) -> tuple[int, dict | None]:
+    """Feed the checker per ``ds.validation``: every row (full) or the seeded sample; returns the dataset's total rows
+    and the sample record."""
+    if ds.validation == "full":
+        for part in parts:
+            for batch in iter_batches(part, ds.batch_rows):
+                checker.add(part, batch)
+        return checker.rows, None
+    groups, total, _ = sample_rows(parts, ds.sample_rows, ds.seed, ds.batch_rows)
+    for part, df in groups:
+        for i in range(0, len(df), ds.batch_rows):
+            checker.add(part, df.iloc[i:i + ds.batch_rows].reset_index(drop=True))
+    return total, {"rows": checker.rows, "requested": ds.sample_rows, "seed": ds.seed, "method": "priority reservoir"}
 
 
 def validate(cfg: "Config", ds: "Dataset", *, path: Path | None = None) -> ValidationReport:
-    """Check the dataset file (or ``path``, e.g. a restored copy) against the dataset's suite."""
+    """Check the dataset (a file or a folder of partitions; or ``path``, e.g. a restored copy) against its suite, as
+    ``datasets[].validation`` says: every row in bounded batches (full), a seeded sample (sample), or not at all but
+    on the record (off)."""
     t0 = time.monotonic()
     data_path = Path(path) if path is not None else cfg.dataset_path(ds)
     suite_path = cfg.suite_path(ds)
+    if ds.validation == "off":
+        report = ValidationReport(dataset=ds.name, path=str(data_path), suite=str(suite_path), success=True,
+                                  evaluated=0, failed=0, mode="off", note="validation off by config",
+                                  result={"success": None, "note": "validation off by config"})
+        log.warning("%s", report.summary())
+        return report
     suite_json = _read_suite(suite_path, ds.name)
-    df = load_frame(data_path)
-    result = _run_ge(df, _build_suite(suite_json, suite_path))
+    parts = discover(data_path, ds.format, dataset=ds.name)
+    built = _build_suite(suite_json, suite_path)
+    checker = BatchChecker(suite_json, built, _ge_runner())
+    total, sample = _checked(ds, parts, checker)
+    result = _jsonable(checker.result(total))
     if not suite_json.get("expectations"):
         log.warning("%s: the suite %s holds no expectations, so validation cannot fail", ds.name, suite_path)
-    order = {(e["type"], json.dumps(e.get("kwargs", {}), sort_keys=True, default=str)): i
-             for i, e in reversed(list(enumerate(suite_json.get("expectations", []))))}
-
-    def position(f: dict) -> int:
-        return order.get((f["expectation"], json.dumps(f["kwargs"], sort_keys=True, default=str)), len(order))
-
-    columns = {str(c) for c in df.columns}
-    failures = sorted((_failure(r, columns) for r in result.get("results", []) if not r.get("success")), key=position)
+    columns = checker.columns or set()
+    failures = []
+    for r in result.get("results", []):
+        if not r.get("success"):
+            f = _failure(r, columns)
+            f["partitions"] = r.get("partitions") or []
+            failures.append(f)
     stats = result.get("statistics") or {}
-    evaluated = int(stats.get("evaluated_expectations") or 0)
+    keys = sorted({k for p in parts for k in p.keys})
     report = ValidationReport(dataset=ds.name, path=str(data_path), suite=str(suite_path),
-                              success=bool(result.get("success")), evaluated=evaluated,
+                              success=bool(result.get("success")),
+                              evaluated=int(stats.get("evaluated_expectations") or 0),
                               failed=int(stats.get("unsuccessful_expectations") or 0), failures=failures,
-                              result=result, duration_s=round(time.monotonic() - t0, 3))
+                              result=result, duration_s=round(time.monotonic() - t0, 3), mode=ds.validation,
+                              format=parts[0].format, partitions=len(parts), partition_keys=keys,
+                              failed_partitions=sorted({p for f in failures for p in f["partitions"]}),
+                              rows=checker.rows, total_rows=total, sample=sample, batch_rows=ds.batch_rows,
+                              batches=checker.batches, max_batch_rows=checker.max_batch_rows)
     log.info("%s", report.summary())
     return report
