@@ -5,17 +5,12 @@ folder pulled back from the secondary validates; a bad partition blocks the next
 
 from __future__ import annotations
 
-import shutil
-import uuid
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from llmdr.repo import ops
-from llmdr.serving.tinymodel import write_demo_bundle
-from tests.support.config import two_region_yaml, write_config
-from tests.test_protect_lineage import BUNDLE, DVC, _run
+from tests.support.dvcproject import DVC, dvc_project, run
 
 EXTRA = """\
 datasets:
@@ -31,27 +26,17 @@ def part(i: int, rows: int = 250, label: str | None = None) -> pd.DataFrame:
                          "label": label or np.array(["billing", "outage", "restore"])[ids % 3]})
 
 
-@pytest.fixture
-def project(stack, tmp_path):
-    root = tmp_path / "project"
-    root.mkdir()
-    _run("git", "init", "-q", cwd=root)
-    _run(DVC, "init", "-q", cwd=root)
+def _days(root) -> None:
     for i in range(DAYS):
         p = root / "data" / "events" / f"day={i}" / "part-0.parquet"
         p.parent.mkdir(parents=True)
         part(i).to_parquet(p, index=False)
     (root / "data" / "events" / "_SUCCESS").write_text("")
-    _run(DVC, "add", "-q", "data/events", cwd=root)
-    _run("git", "add", "-A", cwd=root)
-    _run("git", "commit", "-q", "-m", "v1", cwd=root)
-    write_demo_bundle(root / "model")
-    state = root / ".llmdr"
-    state.mkdir()
-    shutil.copy(stack.state_path / "local.env", state / "local.env")
-    text = two_region_yaml(stack.primary.port, stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
-                           bundle=BUNDLE, extra=EXTRA.format(db=tmp_path / "mlflow.db"))
-    return write_config(root / "llmdr.yaml", text)
+
+
+@pytest.fixture
+def project(stack, tmp_path):
+    return dvc_project(stack, tmp_path, write_data=_days, track="data/events", extra=EXTRA)
 
 
 def test_a_partitioned_folder_is_validated_pushed_restored_and_a_bad_partition_blocks(prefect_harness, project,
@@ -84,7 +69,7 @@ def test_a_partitioned_folder_is_validated_pushed_restored_and_a_bad_partition_b
 
     # one day goes bad and is re-added to DVC: the next snapshot is refused, naming that partition
     part(2, label="spam").to_parquet(cfg.dataset_path(ds) / "day=2" / "part-0.parquet", index=False)
-    _run(DVC, "add", "-q", "data/events", cwd=cfg.base_dir)
+    run(DVC, "add", "-q", "data/events", cwd=cfg.base_dir)
     with pytest.raises(Exception, match=r"expect_column_values_to_be_in_set\(label\).* in day=2/part-0.parquet"):
         protect_bundle(config_path=str(cfg.source_file))
     assert len(ops.open_repo(cfg, "primary", read_only=True).snapshots(bundle="linbot")) == 1

@@ -108,7 +108,7 @@ def test_profile_follows_the_documented_rules_and_ge_loads_it(ge_import_s):
     assert by[(NOT_NULL, "score")]["mostly"] == pytest.approx(0.85)  # 10% observed + 5% margin
     assert by[(IN_SET, "label")]["value_set"] == sorted(LABELS)
     assert (IN_SET, "text") not in by and (IN_SET, "created") not in by  # too many distinct values
-    assert by[("expect_column_values_to_match_regex", "created")]["regex"] == ex._ISO_DATE
+    assert by[("expect_column_values_to_match_regex", "created")]["regex"] == ex.ISO_DATE
     assert by[(BETWEEN, "id")] == {"column": "id", "min_value": 0, "max_value": 330}  # 1..300 widened, not < 0
     lo, hi = by[(BETWEEN, "score")]["min_value"], by[(BETWEEN, "score")]["max_value"]
     assert 0 <= lo < tickets()["score"].min() and tickets()["score"].max() < hi < 1.1

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +14,13 @@ from pathlib import Path
 import pytest
 
 from llmdr.repo import ops
-from llmdr.serving.tinymodel import write_demo_bundle
-from tests.support.config import two_region_yaml, write_config
+from tests.support.dvcproject import DVC, dvc_project, run
 
-DVC = str(Path(sys.executable).parent / "dvc")
-GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-BUNDLE = '{name: linbot, path: model, components: {weights: {paths: ["*.safetensors"]}, tokenizer: {paths: ["tokenizer.json"]}}}'
 EXTRA = """\
 datasets:
   - {{name: tickets, path: data/tickets.csv}}
 tracking: {{uri: "sqlite:///{db}"}}
 """
-
-
-def _run(*args: str, cwd: Path) -> None:
-    r = subprocess.run(args, cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1", **GIT_ID}, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _write(path: Path, labels: list[str]) -> None:
@@ -47,23 +34,8 @@ def _write(path: Path, labels: list[str]) -> None:
 
 @pytest.fixture
 def project(stack, tmp_path):
-    import uuid
-
-    root = tmp_path / "project"
-    root.mkdir()
-    _run("git", "init", "-q", cwd=root)
-    _run(DVC, "init", "-q", cwd=root)
-    _write(root / "data" / "tickets.csv", ["billing", "outage", "restore"])
-    _run(DVC, "add", "-q", "data/tickets.csv", cwd=root)
-    _run("git", "add", "-A", cwd=root)
-    _run("git", "commit", "-q", "-m", "v1", cwd=root)
-    write_demo_bundle(root / "model")
-    state = root / ".llmdr"
-    state.mkdir()
-    shutil.copy(stack.state_path / "local.env", state / "local.env")
-    text = two_region_yaml(stack.primary.port, stack.secondaries[0].port, prefix=f"t-{uuid.uuid4().hex[:10]}",
-                           bundle=BUNDLE, extra=EXTRA.format(db=tmp_path / "mlflow.db"))
-    return write_config(root / "llmdr.yaml", text)
+    return dvc_project(stack, tmp_path, track="data/tickets.csv", extra=EXTRA,
+                       write_data=lambda root: _write(root / "data" / "tickets.csv", ["billing", "outage", "restore"]))
 
 
 def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, project):
@@ -105,7 +77,7 @@ def test_protect_with_a_dataset_registers_the_whole_chain(prefect_harness, proje
 
     # the data goes bad (labels no one has seen, re-added to DVC): the next snapshot is refused
     _write(cfg.dataset_path(ds), ["spam", "ham"])
-    _run(DVC, "add", "-q", "data/tickets.csv", cwd=cfg.base_dir)
+    run(DVC, "add", "-q", "data/tickets.csv", cwd=cfg.base_dir)
     with pytest.raises(Exception, match=r"expect_column_values_to_be_in_set\(label\)"):
         protect_bundle(config_path=str(cfg.source_file))
     assert len(ops.open_repo(cfg, "primary", read_only=True).snapshots(bundle="linbot")) == 1

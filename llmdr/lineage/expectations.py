@@ -38,7 +38,7 @@ from llmdr.errors import ConfigError, UsageError
 from llmdr.lineage.batches import BatchChecker
 from llmdr.lineage.partitions import Partition, discover, iter_batches, sample_rows
 from llmdr.lineage.profile import (  # noqa: F401 - the profile's constants are part of this module's API
-    _ISO_DATE,
+    ISO_DATE,
     MAX_SET,
     NULL_MARGIN,
     RANGE_WIDEN,

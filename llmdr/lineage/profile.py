@@ -22,7 +22,7 @@ ROW_COUNT_HIGH = 2.0
 NULL_MARGIN = 0.05
 MAX_SET = 20
 RANGE_WIDEN = 0.1
-_ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ColumnStats:
     hi: Any = None
     all_str: bool = True  # every non-null value is a str
     distinct: set | None = field(default_factory=set)  # None once more than MAX_SET distinct strings were seen
-    iso: bool = True  # every non-null string matches _ISO_DATE
+    iso: bool = True  # every non-null string matches ISO_DATE
 
 
 def _num(v: Any) -> int | float:
@@ -70,7 +70,7 @@ def batch_stats(df: "pd.DataFrame", prev: dict[str, ColumnStats] | None = None) 
                         uniq = values.unique()
                         st.distinct = set(uniq.tolist()) if len(uniq) <= MAX_SET else None
                     st.iso = (False if known is not None and not known.iso
-                              else bool(values.str.fullmatch(_ISO_DATE).all()))
+                              else bool(values.str.fullmatch(ISO_DATE).all()))
         out[str(col)] = st
     return out
 
@@ -181,7 +181,7 @@ def suite_from_stats(stats: dict[str, ColumnStats], *, name: str, rows: int, sta
             if st.distinct is not None and len(st.distinct) < st.rows - st.nulls:
                 expect("expect_column_values_to_be_in_set", column=c, value_set=sorted(st.distinct))
             elif st.iso:
-                expect("expect_column_values_to_match_regex", column=c, regex=_ISO_DATE)
+                expect("expect_column_values_to_match_regex", column=c, regex=ISO_DATE)
     return {
         "name": name,
         "id": None,
